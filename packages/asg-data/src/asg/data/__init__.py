@@ -13,7 +13,81 @@ __version__ = "0.1.0"
 __all__: list[str] = ["__version__"]
 
 # --- data pipeline: datasets, samplers, loader, transforms, formats, bundled data (pipeline owner) ---
-# (pipeline imports go here)
+from .builtin import load_cifar10, load_cifar100, load_fashion_mnist, load_mnist
+from .bundled import SHAKESPEARE_PLAYS, load_digits, load_shakespeare
+from .collate import default_collate
+from .datasets import (
+    ConcatDataset,
+    Dataset,
+    InMemoryDataset,
+    MapDataset,
+    SubsetDataset,
+    random_split,
+    train_test_split,
+)
+from .errors import DataFormatError, DatasetNotFoundError
+from .formats import ImageFolder, read_cifar_binary, read_idx, write_cifar_binary, write_idx
+from .loader import DataLoader
+from .samplers import BatchSampler, RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
+from .transforms import (
+    Clip,
+    Compose,
+    Flatten,
+    Lambda,
+    Log,
+    MinMaxScale,
+    Normalize,
+    OneHot,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomNoise,
+    ToFloat,
+    Transform,
+)
+
+__all__ += [
+    "SHAKESPEARE_PLAYS",
+    "BatchSampler",
+    "Clip",
+    "Compose",
+    "ConcatDataset",
+    "DataFormatError",
+    "DataLoader",
+    "Dataset",
+    "DatasetNotFoundError",
+    "Flatten",
+    "ImageFolder",
+    "InMemoryDataset",
+    "Lambda",
+    "Log",
+    "MapDataset",
+    "MinMaxScale",
+    "Normalize",
+    "OneHot",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "RandomNoise",
+    "RandomSampler",
+    "Sampler",
+    "SequentialSampler",
+    "SubsetDataset",
+    "ToFloat",
+    "Transform",
+    "WeightedRandomSampler",
+    "default_collate",
+    "load_cifar10",
+    "load_cifar100",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_mnist",
+    "load_shakespeare",
+    "random_split",
+    "read_cifar_binary",
+    "read_idx",
+    "train_test_split",
+    "write_cifar_binary",
+    "write_idx",
+]  # fmt: skip
 
 # --- text (tokenizers, LM dataset) and metrics (text/metrics owner): append below this line ---
 # Add e.g. `from .text import CharTokenizer` and then `__all__ += ["CharTokenizer"]`.
