@@ -1,0 +1,37 @@
+"""asg.core — the Abstract Semantic Graph: build a graph, differentiate it, optimise it, run it.
+
+Example:
+    >>> import numpy as np
+    >>> import asg.core as ag
+    >>> x = ag.input("x", ("B", 3))
+    >>> w = ag.parameter(np.ones((3, 2), "float32"), name="w")
+    >>> y = (x @ w).relu().sum()
+    >>> (gw,) = ag.grad(y, [w])
+    >>> f = ag.compile([y, gw])
+    >>> value, grad_w = f(np.ones((4, 3), "float32"))
+    >>> float(value), grad_w.shape
+    (24.0, (3, 2))
+"""
+
+from . import dtypes, ops, passes
+from .autograd import grad, hvp, value_and_grad
+from .backends import available_backends, get_backend, register_backend
+from .dtypes import bool_, float16, float32, float64, int32, int64
+from .errors import ASGError, ExecutionError, MissingRuleError, ShapeError
+from .function import Function, compile
+from .gradcheck import check_grads, numerical_grad
+from .graph import Graph, Node, Variable
+from .ops import *  # noqa: F403
+from .ops import __all__ as _ops_all
+from .registry import OPS, OpDef, TensorType, define_op, get_op, register_kernel
+from .tensor import Tensor, apply, as_tensor, constant, input, parameter, state
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OPS", "ASGError", "ExecutionError", "Function", "Graph", "MissingRuleError", "Node", "OpDef", "ShapeError",
+    "Tensor", "TensorType", "Variable", "apply", "as_tensor", "available_backends", "bool_", "check_grads",
+    "compile", "constant", "define_op", "dtypes", "float16", "float32", "float64", "get_backend", "get_op", "grad",
+    "hvp", "input", "int32", "int64", "numerical_grad", "ops", "parameter", "passes", "register_backend",
+    "register_kernel", "state", "value_and_grad", *_ops_all,
+]

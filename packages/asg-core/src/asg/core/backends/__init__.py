@@ -1,0 +1,13 @@
+"""Executors. A backend turns a specialised graph into a :class:`~asg.core.backends.base.Plan`.
+
+Backends are plug-ins: asg-core ships ``"numpy"``; other packages register theirs under the
+``asg.backends`` entry-point group (or call :func:`register_backend`).
+"""
+
+from .base import Backend, Plan, available_backends, get_backend, register_backend
+
+__all__ = ["Backend", "NumpyBackend", "Plan", "available_backends", "get_backend", "register_backend"]
+
+from .numpy_backend import NumpyBackend  # noqa: E402
+
+register_backend("numpy", NumpyBackend)

@@ -1,0 +1,165 @@
+"""The numpy executor: a plan is a flat list of kernel calls over preassigned slots and buffers."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExecutionError
+from ..graph import Graph, Node
+from ..passes.memory import MemoryPlan, plan_memory
+from ..registry import get_op, kernel_for
+from ..specialize import Specialization
+
+Step = tuple[Any, tuple[int, ...], int, tuple[int, ...]]
+
+
+class NumpyPlan:
+    """A graph specialised to one set of input shapes, ready to run on numpy arrays.
+
+    Intermediate values live in a list of slots; kernels that accept ``out=`` write into buffers
+    allocated once per plan (see :mod:`asg.core.passes.memory`). Values no longer needed are
+    dropped as soon as their last reader has run. Not safe to call from two threads at once.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        spec: Specialization,
+        num_outputs: int,
+        updates: Sequence[tuple[Node, Node]],
+        memory_planning: bool = True,
+    ) -> None:
+        self.graph = graph
+        nodes = graph.nodes
+        slot = {n.id: i for i, n in enumerate(nodes)}
+        self._template: list[Any] = [None] * len(nodes)
+        self._input_slots = [slot[n.id] for n in graph.inputs]
+        self._param_slots = [(slot[n.id], n.data) for n in nodes if n.op == "parameter"]
+        for n in nodes:
+            if n.op == "constant":
+                self._template[slot[n.id]] = n.data
+        outputs = graph.outputs[:num_outputs]
+        self._outputs = [(slot[n.id], _needs_copy(n)) for n in outputs]
+        self._updates = [(param.data, slot[value.id]) for param, value in updates]
+        keep = {n.id for n in outputs}
+        self.memory: MemoryPlan = plan_memory(graph, spec, keep) if memory_planning else MemoryPlan()
+        buffers = [np.empty(shape, dtype) for shape, dtype in self.memory.buffers]
+
+        last_reader: dict[int, int] = {}
+        compute = [n for n in nodes if n.op not in ("input", "parameter", "constant")]
+        for step, n in enumerate(compute):
+            for i in n.inputs:
+                last_reader[i.id] = step
+        pinned = keep | {v.id for _, v in updates}
+        frees: dict[int, list[int]] = {}
+        for node_id, step in last_reader.items():
+            if node_id not in pinned:
+                frees.setdefault(step, []).append(slot[node_id])
+
+        self._steps: list[Step] = []
+        self._nodes: list[Node] = compute
+        self._expected: list[tuple[tuple[int, ...], np.dtype]] = []
+        for step, n in enumerate(compute):
+            kernel = kernel_for("numpy", n.op)
+            attrs = spec.attrs[n.id]
+            if n.id in self.memory.buffer_of:
+                attrs = {**attrs, "out": buffers[self.memory.buffer_of[n.id]]}
+            fn = functools.partial(kernel, **attrs) if attrs else kernel
+            args = tuple(slot[i.id] for i in n.inputs)
+            self._steps.append((fn, args, slot[n.id], tuple(frees.get(step, ()))))
+            self._expected.append((spec.shapes[n.id], np.dtype(n.dtype)))
+
+        self._validated = False
+
+    def __call__(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        env = list(self._template)
+        for s, array in zip(self._input_slots, feeds, strict=True):
+            env[s] = array
+        for s, var in self._param_slots:
+            env[s] = var.value
+        steps = self._steps
+        index = 0
+        try:
+            with np.errstate(all="ignore"):
+                if self._validated:
+                    for index, (fn, args, out, frees) in enumerate(steps):  # noqa: B007
+                        env[out] = fn(*[env[a] for a in args])
+                        for s in frees:
+                            env[s] = None
+                else:
+                    self._run_checked(env)
+        except ExecutionError:
+            raise
+        except Exception as err:
+            raise self._error(index, err) from err
+        results = [env[s].copy() if copy else env[s] for s, copy in self._outputs]
+        values = [env[s] for _, s in self._updates]
+        for (var, _), value in zip(self._updates, values, strict=True):
+            if np.may_share_memory(value, var.value):
+                value = value.copy()
+            np.copyto(var.value, value, casting="same_kind")
+        return [np.asarray(r) for r in results]
+
+    def _run_checked(self, env: list[Any]) -> None:
+        """First run: also check each kernel's result against the inferred shape and dtype."""
+        for index, ((fn, args, out, frees), (shape, dtype)) in enumerate(zip(self._steps, self._expected, strict=True)):
+            try:
+                result = np.asarray(fn(*[env[a] for a in args]))
+            except Exception as err:
+                raise self._error(index, err) from err
+            if result.dtype != dtype:
+                # Kernels that follow numpy promotion are cast to the graph's dtype from now on.
+                fn = _casting(fn, dtype)
+                self._steps[index] = (fn, args, out, frees)
+                result = result.astype(dtype)
+            if result.shape != shape:
+                raise self._error(
+                    index, AssertionError(f"kernel returned shape {result.shape}, the shape rule says {shape}")
+                )
+            env[out] = result
+            for s in frees:
+                env[s] = None
+        self._validated = True
+
+    def _error(self, index: int, err: BaseException) -> ExecutionError:
+        node = self._nodes[index]
+        where = f"\n  built at {node.meta['source']}" if node.meta.get("source") else ""
+        return ExecutionError(
+            f"while executing {self.graph.format_node(node)}{where}\n  {type(err).__name__}: {err}"
+        )
+
+
+def _needs_copy(node: Node) -> bool:
+    """Outputs that alias parameters, constants, inputs or other values are copied before returning."""
+    if node.op in ("input", "parameter", "constant"):
+        return True
+    return get_op(node.op).view
+
+
+def _casting(fn: Any, dtype: np.dtype) -> Any:
+    def cast(*args: Any) -> Any:
+        return np.asarray(fn(*args)).astype(dtype, copy=False)
+
+    return cast
+
+
+class NumpyBackend:
+    """The reference CPU backend: numpy kernels, buffer reuse, in-place elementwise ops."""
+
+    name = "numpy"
+
+    def __init__(self, memory_planning: bool = True) -> None:
+        self.memory_planning = memory_planning
+
+    def compile(
+        self,
+        graph: Graph,
+        spec: Specialization,
+        num_outputs: int,
+        updates: Sequence[tuple[Node, Node]],
+    ) -> NumpyPlan:
+        return NumpyPlan(graph, spec, num_outputs, updates, self.memory_planning)

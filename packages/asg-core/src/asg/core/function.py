@@ -1,0 +1,185 @@
+"""``compile``: from output tensors to a callable, with plans cached by input shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .backends import get_backend
+from .dtypes import is_float
+from .errors import ShapeError
+from .graph import Graph, Node
+from .passes import Pass, run_passes
+from .shapes import format_shape
+from .specialize import bind_inputs, specialize
+from .tensor import Tensor
+
+
+class Function:
+    """A compiled graph: call it with input arrays; parameters are updated in place.
+
+    Plans are built on the first call for each distinct set of input shapes and cached, so a
+    smaller last batch just works (it builds one more plan).
+    """
+
+    def __init__(
+        self,
+        outputs: Sequence[Tensor],
+        inputs: Sequence[Tensor] | None,
+        updates: Mapping[Tensor, Tensor] | None,
+        backend: str,
+        passes: Sequence[str | Pass] | None,
+        memory_planning: bool,
+        single: bool,
+    ) -> None:
+        self._single = single
+        self.num_outputs = len(outputs)
+        update_pairs = _check_updates(updates or {})
+        source = Graph(
+            [t.node for t in outputs] + [value.node for _, value in update_pairs],
+            None if inputs is None else [_check_input(t) for t in inputs],
+        )
+        self.source_graph = source
+        optimized = run_passes(source, passes)
+        self.graph = optimized
+        self.inputs: list[Node] = optimized.inputs
+        params = {p.data: p for p in optimized.parameters}
+        self._updates = [
+            (params.get(param.node.data, param.node), new) for (param, _), new in
+            zip(update_pairs, optimized.outputs[self.num_outputs :], strict=True)
+        ]
+        self.backend = get_backend(backend) if memory_planning else _unplanned(backend)
+        self.backend_name = backend
+        self._plans: dict[tuple, Any] = {}
+        missing = [n.label for n in source.nodes if n.op == "input" and n not in source.inputs]
+        if missing:
+            raise ValueError(f"compile: the outputs depend on inputs not listed in inputs=: {', '.join(missing)}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        arrays = self._feeds(args, kwargs)
+        key = tuple((a.shape, a.dtype.str) for a in arrays)
+        plan = self._plans.get(key)
+        if plan is None:
+            spec = specialize(self.graph, bind_inputs(self.graph, arrays))
+            plan = self.backend.compile(self.graph, spec, self.num_outputs, self._updates)
+            self._plans[key] = plan
+        results = plan(arrays)
+        return results[0] if self._single else results
+
+    def plan_for(self, *args: Any, **kwargs: Any) -> Any:
+        """The plan that a call with these arguments runs (building it if needed)."""
+        arrays = self._feeds(args, kwargs)
+        key = tuple((a.shape, a.dtype.str) for a in arrays)
+        if key not in self._plans:
+            spec = specialize(self.graph, bind_inputs(self.graph, arrays))
+            self._plans[key] = self.backend.compile(self.graph, spec, self.num_outputs, self._updates)
+        return self._plans[key]
+
+    @property
+    def num_plans(self) -> int:
+        """How many input-shape specialisations have been compiled."""
+        return len(self._plans)
+
+    def _feeds(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[np.ndarray]:
+        names = [n.name for n in self.inputs]
+        if len(args) > len(names):
+            raise TypeError(f"expected at most {len(names)} inputs ({', '.join(map(str, names))}), got {len(args)}")
+        values: list[Any] = list(args) + [None] * (len(names) - len(args))
+        for key, value in kwargs.items():
+            if key not in names:
+                raise TypeError(f"unknown input {key!r}; inputs are {', '.join(map(str, names))}")
+            i = names.index(key)
+            if i < len(args):
+                raise TypeError(f"input {key!r} given twice")
+            values[i] = value
+        arrays = []
+        for node, value in zip(self.inputs, values, strict=True):
+            if value is None:
+                raise TypeError(f"missing input {node.name!r} {format_shape(node.shape)} {node.dtype}")
+            arrays.append(_coerce(node, value))
+        return arrays
+
+
+def _coerce(node: Node, value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.name == node.dtype:
+        return array
+    kind = array.dtype.kind
+    if is_float(node.dtype) and kind in "fiub":
+        return array.astype(node.dtype)
+    if node.dtype in ("int32", "int64") and kind in "iub":
+        return array.astype(node.dtype)
+    if node.dtype == "bool" and kind == "b":
+        return array
+    raise ShapeError(f"input {node.name!r} expects {node.dtype}, got an array of {array.dtype}")
+
+
+def _check_input(t: Tensor) -> Node:
+    if not isinstance(t, Tensor) or t.node.op != "input":
+        raise TypeError(f"compile: inputs= must list tensors made by ag.input(), got {t!r}")
+    return t.node
+
+
+def _check_updates(updates: Mapping[Tensor, Tensor]) -> list[tuple[Tensor, Tensor]]:
+    pairs = []
+    for param, value in updates.items():
+        if not isinstance(param, Tensor) or param.node.op != "parameter":
+            raise TypeError(f"compile: updates= keys must be parameters (ag.parameter/ag.state), got {param!r}")
+        if not isinstance(value, Tensor):
+            raise TypeError(f"compile: the update of {param.node.label} must be a Tensor, got {type(value).__name__}")
+        if value.shape != param.shape or value.dtype != param.dtype:
+            raise ShapeError(
+                f"compile: update of {param.node.label} {format_shape(param.shape)} {param.dtype} has type "
+                f"{format_shape(value.shape)} {value.dtype}; it must match exactly"
+            )
+        pairs.append((param, value))
+    return pairs
+
+
+def _unplanned(backend: str) -> Any:
+    from .backends.numpy_backend import NumpyBackend
+
+    if backend != "numpy":
+        raise ValueError("memory_planning=False is only meaningful for the numpy backend")
+    return NumpyBackend(memory_planning=False)
+
+
+def compile(  # noqa: A001
+    outputs: Tensor | Sequence[Tensor],
+    inputs: Sequence[Tensor] | None = None,
+    updates: Mapping[Tensor, Tensor] | None = None,
+    backend: str = "numpy",
+    passes: Sequence[str | Pass] | None = None,
+    memory_planning: bool = True,
+) -> Function:
+    """Compile output tensors (and parameter updates) into a callable.
+
+    Args:
+        outputs: a tensor (the call returns one array) or a list (the call returns a list).
+        inputs: input tensors in call order; default: every input the graph reads, in creation order.
+            Inputs can also be passed by name.
+        updates: ``{parameter: new_value}``; after each call the parameters hold the new values.
+        backend: ``"numpy"`` or an installed backend such as ``"wgpu"``.
+        passes: optimisation passes to run (``None``: the default pipeline, ``[]``: none).
+        memory_planning: reuse buffers of intermediate values (numpy backend).
+
+    Example:
+        >>> import asg.core as ag
+        >>> x = ag.input("x", ("B", 2))
+        >>> w = ag.parameter(np.ones((2, 1), "float32"), name="w")
+        >>> loss = ((x @ w) ** 2).mean()
+        >>> (gw,) = ag.grad(loss, [w])
+        >>> step = ag.compile(loss, updates={w: w - 0.1 * gw})
+        >>> float(step(np.ones((4, 2), "float32")))
+        4.0
+        >>> w.numpy().ravel().tolist()
+        [0.6000000238418579, 0.6000000238418579]
+    """
+    single = isinstance(outputs, Tensor)
+    outs = [outputs] if single else list(outputs)
+    for t in outs:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"compile: outputs must be Tensors, got {type(t).__name__}")
+    return Function(outs, inputs, updates, backend, passes, memory_planning, single)

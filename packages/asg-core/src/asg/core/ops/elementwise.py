@@ -1,0 +1,449 @@
+"""Elementwise ops: arithmetic, comparisons, selection and activations.
+
+Each op is declared once with its shape rule, gradient rule and numpy kernel. Gradients are
+written with the Tensor API; broadcasting is undone by autograd (``sum_to``), not by the rules.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..dtypes import dtype_of
+from ..registry import TensorType, define_op
+from ..tensor import Tensor, apply
+from ._rules import arithmetic, broadcast, comparison, float_unary, logical, same_type, true_division
+
+_SQRT_2 = math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _binary(ufunc: np.ufunc):
+    def kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return ufunc(a, b, out=out)
+
+    kernel.__name__ = ufunc.__name__
+    return kernel
+
+
+def _unary(ufunc: np.ufunc):
+    def kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return ufunc(x, out=out)
+
+    kernel.__name__ = ufunc.__name__
+    return kernel
+
+
+# ----------------------------------------------------------------------------- arithmetic
+define_op("add", infer=arithmetic, grad=lambda g, out, a, b: (g, g), kernel=_binary(np.add),
+          out_arg=True, elementwise=True, symbol="+")
+define_op("sub", infer=arithmetic, grad=lambda g, out, a, b: (g, -g), kernel=_binary(np.subtract),
+          out_arg=True, elementwise=True, symbol="-")
+define_op("mul", infer=arithmetic, grad=lambda g, out, a, b: (g * b, g * a), kernel=_binary(np.multiply),
+          out_arg=True, elementwise=True, symbol="*")
+
+
+def _div_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    if out is None and not (a.dtype.kind == "f" or b.dtype.kind == "f"):
+        return np.divide(a, b, dtype=np.float32)
+    return np.divide(a, b, out=out)
+
+
+define_op("div", infer=true_division, grad=lambda g, out, a, b: (g / b, -g * out / b), kernel=_div_kernel,
+          out_arg=True, elementwise=True, symbol="/")
+
+
+def _pow_grad(g: Tensor, out: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    safe_log = where(a > 0, log(where(a > 0, a, 1.0)), 0.0)
+    return g * b * (a ** (b - 1)), g * out * safe_log
+
+
+define_op("pow", infer=arithmetic, grad=_pow_grad, kernel=_binary(np.power), out_arg=True, elementwise=True,
+          symbol="**")
+define_op("maximum", infer=arithmetic, kernel=_binary(np.maximum), out_arg=True, elementwise=True,
+          grad=lambda g, out, a, b: (where(a >= b, g, 0.0), where(a >= b, 0.0, g)))
+define_op("minimum", infer=arithmetic, kernel=_binary(np.minimum), out_arg=True, elementwise=True,
+          grad=lambda g, out, a, b: (where(a <= b, g, 0.0), where(a <= b, 0.0, g)))
+
+define_op("neg", infer=same_type, grad=lambda g, out, x: (-g,), kernel=_unary(np.negative), out_arg=True,
+          elementwise=True)
+define_op("exp", infer=float_unary, grad=lambda g, out, x: (g * out,), kernel=_unary(np.exp), out_arg=True,
+          elementwise=True)
+define_op("log", infer=float_unary, grad=lambda g, out, x: (g / x,), kernel=_unary(np.log), out_arg=True,
+          elementwise=True)
+define_op("sqrt", infer=float_unary, grad=lambda g, out, x: (g * 0.5 / out,), kernel=_unary(np.sqrt),
+          out_arg=True, elementwise=True)
+
+
+def _rsqrt_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    out = np.sqrt(x, out=out)
+    return np.reciprocal(out, out=out)
+
+
+define_op("rsqrt", infer=float_unary, grad=lambda g, out, x: (g * -0.5 * out * out * out,), kernel=_rsqrt_kernel,
+          out_arg=True, elementwise=True)
+define_op("abs", infer=same_type, grad=lambda g, out, x: (g * sign(x),), kernel=_unary(np.abs), out_arg=True,
+          elementwise=True)
+define_op("sign", infer=same_type, differentiable=False, kernel=_unary(np.sign), out_arg=True, elementwise=True)
+
+
+def _erf_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    if x.dtype == np.float64:
+        result = np.frompyfunc(math.erf, 1, 1)(x).astype(np.float64)
+    else:
+        # Chebyshev fit of erfc (Numerical Recipes, erfcc): |error| < 1.2e-7, enough for float32.
+        z = np.abs(x).astype(np.float32)
+        t = 1.0 / (1.0 + 0.5 * z)
+        poly = -0.82215223 + t * 0.17087277
+        for c in (1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418, 0.37409196, 1.00002368):
+            poly = c + t * poly
+        erfc = t * np.exp(-z * z - 1.26551223 + t * poly)
+        result = np.copysign(1.0 - erfc, x).astype(x.dtype)
+    if out is None:
+        return result
+    np.copyto(out, result)
+    return out
+
+
+define_op("erf", infer=float_unary, kernel=_erf_kernel, out_arg=True, elementwise=True,
+          grad=lambda g, out, x: (g * (2.0 / math.sqrt(math.pi)) * exp(-x * x),))
+
+
+def _clamp_infer(x: TensorType, min: float | None, max: float | None) -> TensorType:  # noqa: A002
+    if min is not None and max is not None and min > max:
+        raise ValueError(f"min={min} is greater than max={max}")
+    return x
+
+
+def _clamp_kernel(x: np.ndarray, min: float | None, max: float | None, out: np.ndarray | None = None) -> np.ndarray:  # noqa: A002
+    return np.clip(x, min, max, out=out)
+
+
+define_op("clamp", infer=_clamp_infer, kernel=_clamp_kernel, out_arg=True, elementwise=True,
+          grad=lambda g, out, x, min, max: (where(_in_range(x, min, max), g, 0.0),))
+
+
+def _in_range(x: Tensor, lo: float | None, hi: float | None) -> Tensor:
+    if lo is None:
+        return x <= hi
+    if hi is None:
+        return x >= lo
+    return (x >= lo) & (x <= hi)
+
+
+# ----------------------------------------------------------------------------- comparisons and selection
+for _name, _ufunc, _sym in (
+    ("less", np.less, "<"), ("less_equal", np.less_equal, "<="), ("greater", np.greater, ">"),
+    ("greater_equal", np.greater_equal, ">="), ("equal", np.equal, "=="), ("not_equal", np.not_equal, "!="),
+):
+    define_op(_name, infer=comparison, differentiable=False, kernel=_binary(_ufunc), out_arg=True,
+              elementwise=True, symbol=_sym)
+define_op("logical_and", infer=logical, differentiable=False, kernel=_binary(np.logical_and), out_arg=True,
+          elementwise=True, symbol="&")
+define_op("logical_or", infer=logical, differentiable=False, kernel=_binary(np.logical_or), out_arg=True,
+          elementwise=True, symbol="|")
+
+
+def _logical_not_infer(x: TensorType) -> TensorType:
+    if x.dtype != "bool":
+        raise ValueError(f"expected a bool tensor, got {x.dtype}")
+    return x
+
+
+define_op("logical_not", infer=_logical_not_infer, differentiable=False, kernel=_unary(np.logical_not),
+          out_arg=True, elementwise=True)
+
+
+def _where_infer(cond: TensorType, a: TensorType, b: TensorType) -> TensorType:
+    if cond.dtype != "bool":
+        raise ValueError(f"the condition must be a bool tensor, got {cond.dtype} (compare first, e.g. x > 0)")
+    return TensorType(broadcast(cond, a, b), arithmetic(a, b).dtype)
+
+
+def _where_kernel(cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.where(cond, a, b)
+
+
+define_op("where", infer=_where_infer, kernel=_where_kernel,
+          grad=lambda g, out, c, a, b: (None, where(c, g, 0.0), where(c, 0.0, g)))
+
+
+# ----------------------------------------------------------------------------- activations
+def _relu_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.maximum(x, 0, out=out)
+
+
+define_op("relu", infer=float_unary, kernel=_relu_kernel, out_arg=True, elementwise=True,
+          grad=lambda g, out, x: (where(x > 0, g, 0.0),))
+
+
+def _leaky_relu_kernel(x: np.ndarray, negative_slope: float, out: np.ndarray | None = None) -> np.ndarray:
+    return np.where(x > 0, x, x * np.asarray(negative_slope, x.dtype))
+
+
+define_op("leaky_relu", infer=float_unary, kernel=_leaky_relu_kernel, elementwise=True,
+          grad=lambda g, out, x, negative_slope: (where(x > 0, g, g * negative_slope),))
+
+
+def _elu_kernel(x: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(x > 0, x, np.asarray(alpha, x.dtype) * np.expm1(np.minimum(x, 0)))
+
+
+define_op("elu", infer=float_unary, kernel=_elu_kernel, elementwise=True,
+          grad=lambda g, out, x, alpha: (where(x > 0, g, g * (out + alpha)),))
+
+
+def _sigmoid_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    # 1 / (1 + e^-x) == (1 + tanh(x / 2)) / 2, which never overflows.
+    out = np.multiply(x, np.asarray(0.5, x.dtype), out=out)
+    np.tanh(out, out=out)
+    out += 1
+    out *= 0.5
+    return out
+
+
+define_op("sigmoid", infer=float_unary, kernel=_sigmoid_kernel, out_arg=True, elementwise=True,
+          grad=lambda g, out, x: (g * out * (1.0 - out),))
+define_op("tanh", infer=float_unary, kernel=_unary(np.tanh), out_arg=True, elementwise=True,
+          grad=lambda g, out, x: (g * (1.0 - out * out),))
+
+
+def _silu_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    out = _sigmoid_kernel(x, out)
+    return np.multiply(out, x, out=out)
+
+
+def _silu_grad(g: Tensor, out: Tensor, x: Tensor) -> tuple[Tensor]:
+    s = sigmoid(x)
+    return (g * (s * (1.0 + x * (1.0 - s))),)
+
+
+define_op("silu", infer=float_unary, kernel=_silu_kernel, out_arg=True, elementwise=True, grad=_silu_grad)
+
+
+def _softplus_kernel(x: np.ndarray, beta: float, threshold: float) -> np.ndarray:
+    bx = x * np.asarray(beta, x.dtype)
+    soft = (np.logaddexp(bx, np.zeros_like(bx)) / np.asarray(beta, x.dtype)).astype(x.dtype)
+    return np.where(bx > threshold, x, soft)
+
+
+define_op("softplus", infer=float_unary, kernel=_softplus_kernel, elementwise=True,
+          grad=lambda g, out, x, beta, threshold: (where(x * beta > threshold, g, g * sigmoid(x * beta)),))
+
+
+def _gelu_kernel(x: np.ndarray, approximate: str) -> np.ndarray:
+    half = np.asarray(0.5, x.dtype)
+    if approximate == "tanh":
+        inner = np.asarray(math.sqrt(2.0 / math.pi), x.dtype) * (x + np.asarray(0.044715, x.dtype) * x * x * x)
+        return half * x * (1 + np.tanh(inner))
+    return half * x * (1 + _erf_kernel(x * np.asarray(1 / _SQRT_2, x.dtype)))
+
+
+def _gelu_grad(g: Tensor, out: Tensor, x: Tensor, approximate: str) -> tuple[Tensor]:
+    if approximate == "tanh":
+        k = math.sqrt(2.0 / math.pi)
+        t = tanh(k * (x + 0.044715 * x * x * x))
+        return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3 * 0.044715 * x * x)),)
+    cdf = 0.5 * (1.0 + erf(x * (1 / _SQRT_2)))
+    return (g * (cdf + x * _INV_SQRT_2PI * exp(-0.5 * x * x)),)
+
+
+def _gelu_infer(x: TensorType, approximate: str) -> TensorType:
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return float_unary(x)
+
+
+define_op("gelu", infer=_gelu_infer, kernel=_gelu_kernel, elementwise=True, grad=_gelu_grad)
+
+
+# ----------------------------------------------------------------------------- cast
+def _cast_infer(x: TensorType, dtype: str) -> TensorType:
+    return TensorType(x.shape, dtype_of(dtype))
+
+
+def _cast_kernel(x: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
+    if out is None:
+        return x.astype(dtype)
+    np.copyto(out, x, casting="unsafe")
+    return out
+
+
+def _cast_grad(g: Tensor, out: Tensor, x: Tensor, dtype: str) -> tuple[Tensor | None]:
+    return (cast(g, x.dtype) if x.dtype in ("float16", "float32", "float64") else None,)
+
+
+define_op("cast", infer=_cast_infer, kernel=_cast_kernel, out_arg=True, elementwise=True, grad=_cast_grad)
+
+
+# ----------------------------------------------------------------------------- public functions
+def add(a: Any, b: Any) -> Tensor:
+    """``a + b`` with broadcasting."""
+    return apply("add", a, b)
+
+
+def sub(a: Any, b: Any) -> Tensor:
+    """``a - b`` with broadcasting."""
+    return apply("sub", a, b)
+
+
+def mul(a: Any, b: Any) -> Tensor:
+    """``a * b`` with broadcasting."""
+    return apply("mul", a, b)
+
+
+def div(a: Any, b: Any) -> Tensor:
+    """``a / b`` with broadcasting (integers divide to float32)."""
+    return apply("div", a, b)
+
+
+def pow(a: Any, b: Any) -> Tensor:  # noqa: A001
+    """``a ** b`` with broadcasting."""
+    return apply("pow", a, b)
+
+
+def maximum(a: Any, b: Any) -> Tensor:
+    """Elementwise maximum; ties send the gradient to ``a``."""
+    return apply("maximum", a, b)
+
+
+def minimum(a: Any, b: Any) -> Tensor:
+    """Elementwise minimum; ties send the gradient to ``a``."""
+    return apply("minimum", a, b)
+
+
+def neg(x: Any) -> Tensor:
+    """``-x``."""
+    return apply("neg", x)
+
+
+def exp(x: Any) -> Tensor:
+    """``e ** x``."""
+    return apply("exp", x)
+
+
+def log(x: Any) -> Tensor:
+    """Natural logarithm."""
+    return apply("log", x)
+
+
+def sqrt(x: Any) -> Tensor:
+    """Square root."""
+    return apply("sqrt", x)
+
+
+def rsqrt(x: Any) -> Tensor:
+    """``1 / sqrt(x)``."""
+    return apply("rsqrt", x)
+
+
+def abs(x: Any) -> Tensor:  # noqa: A001
+    """Absolute value (gradient ``sign(x)``, 0 at 0)."""
+    return apply("abs", x)
+
+
+def sign(x: Any) -> Tensor:
+    """-1, 0 or 1; no gradient flows through it."""
+    return apply("sign", x)
+
+
+def erf(x: Any) -> Tensor:
+    """The error function."""
+    return apply("erf", x)
+
+
+def clamp(x: Any, min: float | None = None, max: float | None = None) -> Tensor:  # noqa: A002
+    """Limit values to ``[min, max]`` (either bound may be None); gradient 0 outside.
+
+    >>> import asg.core as ag
+    >>> ag.clamp(ag.input("x", (3,)), 0.0, 1.0).shape
+    (3,)
+    """
+    if min is None and max is None:
+        raise ValueError("clamp: give min, max or both")
+    return apply("clamp", x, min=None if min is None else float(min), max=None if max is None else float(max))
+
+
+def less(a: Any, b: Any) -> Tensor:
+    """``a < b`` (bool)."""
+    return apply("less", a, b)
+
+
+def greater(a: Any, b: Any) -> Tensor:
+    """``a > b`` (bool)."""
+    return apply("greater", a, b)
+
+
+def equal(a: Any, b: Any) -> Tensor:
+    """``a == b`` (bool)."""
+    return apply("equal", a, b)
+
+
+def where(cond: Any, a: Any, b: Any) -> Tensor:
+    """``a`` where ``cond`` holds, else ``b`` (broadcasting all three).
+
+    >>> import asg.core as ag
+    >>> x = ag.input("x", (4,))
+    >>> ag.where(x > 0, x, 0.0).shape
+    (4,)
+    """
+    ref = next((v.dtype for v in (a, b) if isinstance(v, Tensor)), None)
+    from ..tensor import as_tensor
+
+    return apply("where", cond, as_tensor(a, ref), as_tensor(b, ref))
+
+
+def relu(x: Any) -> Tensor:
+    """``max(x, 0)``."""
+    return apply("relu", x)
+
+
+def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
+    """``x`` for positive inputs, ``negative_slope * x`` otherwise."""
+    return apply("leaky_relu", x, negative_slope=float(negative_slope))
+
+
+def elu(x: Any, alpha: float = 1.0) -> Tensor:
+    """``x`` for positive inputs, ``alpha * (exp(x) - 1)`` otherwise."""
+    return apply("elu", x, alpha=float(alpha))
+
+
+def sigmoid(x: Any) -> Tensor:
+    """``1 / (1 + exp(-x))``, computed without overflow."""
+    return apply("sigmoid", x)
+
+
+def tanh(x: Any) -> Tensor:
+    """Hyperbolic tangent."""
+    return apply("tanh", x)
+
+
+def silu(x: Any) -> Tensor:
+    """``x * sigmoid(x)`` (also called swish)."""
+    return apply("silu", x)
+
+
+def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """``log(1 + exp(beta x)) / beta``, linear above ``threshold`` as in PyTorch."""
+    return apply("softplus", x, beta=float(beta), threshold=float(threshold))
+
+
+def gelu(x: Any, approximate: str = "none") -> Tensor:
+    """Gaussian error linear unit, exact (``"none"``) or with the tanh approximation (``"tanh"``)."""
+    return apply("gelu", x, approximate=approximate)
+
+
+def cast(x: Any, dtype: Any) -> Tensor:
+    """Convert to ``dtype``; gradients flow back for floating-point inputs.
+
+    >>> import asg.core as ag
+    >>> ag.cast(ag.input("i", (3,), "int64"), "float32").dtype
+    'float32'
+    """
+    dtype = dtype_of(dtype)
+    if isinstance(x, Tensor) and x.dtype == dtype:
+        return x
+    return apply("cast", x, dtype=dtype)
+

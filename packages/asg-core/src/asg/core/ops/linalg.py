@@ -1,0 +1,68 @@
+"""Linear algebra: batched, broadcasting matmul."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..dtypes import promote
+from ..registry import TensorType, define_op
+from ..shapes import broadcast_shapes
+from ..tensor import Tensor, apply, as_tensor
+from ._rules import require_float
+
+
+def _matmul_infer(a: TensorType, b: TensorType) -> TensorType:
+    if a.ndim < 2 or b.ndim < 2:
+        raise ValueError("both operands need at least 2 dimensions (use ag.matmul for vectors)")
+    if a.dtype != b.dtype:
+        raise ValueError(f"dtypes differ: {a.dtype} and {b.dtype} (cast one of them)")
+    require_float(a, b)
+    k1, k2 = a.shape[-1], b.shape[-2]
+    if k1 != k2 and not (isinstance(k1, str) or isinstance(k2, str)):
+        raise ValueError(f"inner dimensions {k1} and {k2} differ")
+    try:
+        batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError as err:
+        raise ValueError(f"batch dimensions do not broadcast: {err}") from None
+    return TensorType((*batch, a.shape[-2], b.shape[-1]), promote(a.dtype, b.dtype))
+
+
+def _matmul_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.matmul(a, b, out=out)
+
+
+def _matmul_grad(g: Tensor, out: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    from .shape import swapaxes
+
+    return matmul(g, swapaxes(b, -1, -2)), matmul(swapaxes(a, -1, -2), g)
+
+
+define_op("matmul", infer=_matmul_infer, grad=_matmul_grad, kernel=_matmul_kernel, out_arg=True, symbol="@")
+
+
+def matmul(a: Any, b: Any) -> Tensor:
+    """Matrix product with NumPy semantics: batched, broadcasting, 1-d operands promoted.
+
+    >>> import asg.core as ag
+    >>> x, w = ag.input("x", ("B", 784)), ag.input("w", (784, 10))
+    >>> ag.matmul(x, w).shape
+    ('B', 10)
+    """
+    from .shape import reshape
+
+    a, b = as_tensor(a), as_tensor(b)
+    if a.ndim >= 2 and b.ndim >= 2:
+        return apply("matmul", a, b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: {a.node.label} {a.shape} @ {b.node.label} {b.shape}: operands must not be 0-d")
+    a2 = reshape(a, (1, *a.shape)) if a.ndim == 1 else a
+    b2 = reshape(b, (*b.shape, 1)) if b.ndim == 1 else b
+    out = apply("matmul", a2, b2)
+    shape = out.shape
+    if a.ndim == 1:
+        shape = shape[:-2] + shape[-1:]
+    if b.ndim == 1:
+        shape = shape[:-1]
+    return reshape(out, shape)
