@@ -312,7 +312,7 @@ def _decode_attr(value: Any) -> Any:
 
 
 def _encode_array(array: np.ndarray) -> dict[str, Any]:
-    array = np.ascontiguousarray(array)
+    array = np.array(array, order="C", copy=False) if array.flags.c_contiguous else np.array(array, order="C")
     return {
         "dtype": array.dtype.name,
         "shape": list(array.shape),

@@ -347,11 +347,11 @@ def parameter(value: Any, name: str | None = None, dtype: Any = None, trainable:
     >>> w.numpy().shape
     (3, 2)
     """
-    array = np.array(value, dtype=None if dtype is None else dtype_of(dtype), copy=True)
+    array = np.array(value, dtype=None if dtype is None else dtype_of(dtype), copy=True, order="C")
     if array.dtype == np.float64 and dtype is None and not isinstance(value, np.ndarray):
         array = array.astype(np.float32)
     dtype_name = dtype_of(array.dtype)
-    var = Variable(np.ascontiguousarray(array), name, trainable)
+    var = Variable(array, name, trainable)
     return Tensor(Node("parameter", (), {}, array.shape, dtype_name, name, var))
 
 
