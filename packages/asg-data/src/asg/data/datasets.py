@@ -256,7 +256,7 @@ def _check_fraction_or_count(value: float | int, n: int, name: str) -> int:
 def _stratified_test_indices(labels: np.ndarray, n_test: int, rng: np.random.Generator) -> np.ndarray:
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     if counts.min() < 2:
-        lonely = classes[counts.argmin()]
+        lonely = classes[counts.argmin()].item()
         raise ValueError(
             f"stratified split: class {lonely!r} has only 1 member; every class needs at least 2"
         )

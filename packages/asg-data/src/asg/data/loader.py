@@ -17,12 +17,11 @@ loaded with one fancy-indexing call per array instead of reading and collating i
 
 from __future__ import annotations
 
-import multiprocessing
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Any, Literal
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -30,6 +29,9 @@ from .collate import default_collate
 from .datasets import Dataset
 from .samplers import BatchSampler, RandomSampler, SequentialSampler, _base_seed
 from .transforms import rng_scope
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 __all__ = ["DataLoader"]
 
@@ -179,6 +181,9 @@ class DataLoader:
         if self.worker_type == "thread":
             return ThreadPoolExecutor(self.num_workers, thread_name_prefix="asg-data-loader"), True
         if self._process_pool is None:
+            import multiprocessing  # imported here: only process workers need it
+            from concurrent.futures import ProcessPoolExecutor
+
             context = multiprocessing.get_context(self.multiprocessing_context)
             self._process_pool = ProcessPoolExecutor(
                 self.num_workers,
