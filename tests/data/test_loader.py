@@ -56,7 +56,7 @@ def test_sequential_order_and_last_batch() -> None:
 def test_shuffle_is_seeded_and_changes_every_epoch() -> None:
     loader = DataLoader(_dataset(50), batch_size=8, shuffle=True, seed=123)
     epoch0, epoch1 = _labels(loader), _labels(loader)
-    flat0 = sum(epoch0, [])
+    flat0 = [label for batch in epoch0 for label in batch]
     assert sorted(flat0) == list(range(50)) and flat0 != list(range(50))
     assert epoch0 != epoch1
     same_seed = DataLoader(_dataset(50), batch_size=8, shuffle=True, seed=123)
@@ -73,7 +73,9 @@ def test_unseeded_shuffle_still_differs_per_epoch() -> None:
 
 def _augmenting_dataset(n: int = 37) -> InMemoryDataset:
     images = np.arange(n * 2 * 3, dtype=np.uint8).reshape(n, 1, 2, 3)
-    augment = Compose([ToFloat(scale=1 / 255), RandomHorizontalFlip(p=0.5, seed=9), RandomNoise(std=0.1, seed=9)])
+    augment = Compose(
+        [ToFloat(scale=1 / 255), RandomHorizontalFlip(p=0.5, seed=9), RandomNoise(std=0.1, seed=9)]
+    )
     return InMemoryDataset(images, np.arange(n), transform=augment)
 
 
@@ -100,7 +102,9 @@ def test_same_batches_and_augmentations_whatever_num_workers(per_item: bool) -> 
         loader = DataLoader(ds, batch_size=5, shuffle=True, seed=7, num_workers=workers, prefetch_factor=2)
         _assert_same_epochs(_epochs(loader), reference)
     # The augmentation is really random: the same image comes out differently in the next epoch.
-    first, second = ({int(label): x for xs, ys in epoch for x, label in zip(xs, ys, strict=True)} for epoch in reference)
+    first, second = (
+        {int(label): x for xs, ys in epoch for x, label in zip(xs, ys, strict=True)} for epoch in reference
+    )
     assert all(not np.array_equal(first[k], second[k]) for k in range(len(ds)))
 
 
@@ -119,8 +123,15 @@ def test_fast_path_equals_item_by_item_path() -> None:
     y = rng.integers(0, 10, size=30)
     ds = InMemoryDataset(x, y, transform=ToFloat(scale=1 / 255))
     fast = list(DataLoader(ds, batch_size=7, shuffle=True, seed=1))
-    slow = list(DataLoader(ds, batch_size=7, shuffle=True, seed=1, collate_fn=lambda items: tuple(
-        np.stack(col) for col in zip(*items, strict=True))))
+    slow = list(
+        DataLoader(
+            ds,
+            batch_size=7,
+            shuffle=True,
+            seed=1,
+            collate_fn=lambda items: tuple(np.stack(col) for col in zip(*items, strict=True)),
+        )
+    )
     for (fx, fy), (sx, sy) in zip(fast, slow, strict=True):
         assert fx.dtype == sx.dtype == np.float32
         np.testing.assert_array_equal(fx, sx)
