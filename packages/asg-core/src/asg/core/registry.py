@@ -16,6 +16,7 @@ or kernel is an error naming the op, never a silent zero.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -99,9 +100,6 @@ def define_op(
     """Declare an op: its rules and numpy kernel in one place. Returns the registered :class:`OpDef`."""
     if name in OPS:
         raise ValueError(f"op {name!r} is already defined (in {OPS[name].family})")
-    import inspect
-
-    module = inspect.getmodule(inspect.stack()[1].frame)
     op = OpDef(
         name=name,
         infer=infer,
@@ -113,7 +111,7 @@ def define_op(
         view=view,
         symbol=symbol,
         shape_attrs=shape_attrs,
-        family=module.__name__ if module else "",
+        family=sys._getframe(1).f_globals.get("__name__", ""),
         doc=doc,
     )
     OPS[name] = op

@@ -45,7 +45,7 @@ class NumpyPlan:
         outputs = graph.outputs[:num_outputs]
         self._outputs = [(slot[n.id], _needs_copy(n)) for n in outputs]
         self._updates = [(param.data, slot[value.id]) for param, value in updates]
-        keep = {n.id for n in outputs}
+        keep = {n.id for n in outputs} | {value.id for _, value in updates}
         self.memory: MemoryPlan = plan_memory(graph, spec, keep) if memory_planning else MemoryPlan()
         buffers = [np.empty(shape, dtype) for shape, dtype in self.memory.buffers]
 
@@ -54,7 +54,7 @@ class NumpyPlan:
         for step, n in enumerate(compute):
             for i in n.inputs:
                 last_reader[i.id] = step
-        pinned = keep | {v.id for _, v in updates}
+        pinned = keep
         frees: dict[int, list[int]] = {}
         for node_id, step in last_reader.items():
             if node_id not in pinned:
@@ -73,36 +73,61 @@ class NumpyPlan:
             self._steps.append((fn, args, slot[n.id], tuple(frees.get(step, ()))))
             self._expected.append((spec.shapes[n.id], np.dtype(n.dtype)))
 
-        self._validated = False
+        self._fast: Any = None
 
     def __call__(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self._fast is None:
+            results, values = self._run_interpreted(feeds)
+            self._fast = self._generate()
+        else:
+            try:
+                with np.errstate(all="ignore"):
+                    results, values = self._fast(feeds, [var.value for _, var in self._param_slots])
+            except Exception:
+                # Run again step by step to name the node that failed.
+                results, values = self._run_interpreted(feeds)
+        for (var, _), value in zip(self._updates, values, strict=True):
+            if np.may_share_memory(value, var.value):
+                value = value.copy()
+            np.copyto(var.value, value, casting="same_kind")
+        return [r.copy() if copy else r for r, (_, copy) in zip(results, self._outputs, strict=True)]
+
+    def _run_interpreted(self, feeds: Sequence[np.ndarray]) -> tuple[list[Any], list[Any]]:
         env = list(self._template)
         for s, array in zip(self._input_slots, feeds, strict=True):
             env[s] = array
         for s, var in self._param_slots:
             env[s] = var.value
-        steps = self._steps
-        index = 0
-        try:
-            with np.errstate(all="ignore"):
-                if self._validated:
-                    for index, (fn, args, out, frees) in enumerate(steps):  # noqa: B007
-                        env[out] = fn(*[env[a] for a in args])
-                        for s in frees:
-                            env[s] = None
-                else:
-                    self._run_checked(env)
-        except ExecutionError:
-            raise
-        except Exception as err:
-            raise self._error(index, err) from err
-        results = [env[s].copy() if copy else env[s] for s, copy in self._outputs]
-        values = [env[s] for _, s in self._updates]
-        for (var, _), value in zip(self._updates, values, strict=True):
-            if np.may_share_memory(value, var.value):
-                value = value.copy()
-            np.copyto(var.value, value, casting="same_kind")
-        return [np.asarray(r) for r in results]
+        with np.errstate(all="ignore"):
+            self._run_checked(env)
+        return [env[s] for s, _ in self._outputs], [env[s] for _, s in self._updates]
+
+    def _generate(self) -> Any:
+        """Python source for the whole plan: one line per kernel call, values in local variables.
+
+        Local variables are the cheapest storage CPython has, so the per-op overhead is one call.
+        """
+        namespace: dict[str, Any] = {}
+        lines = ["def plan(feeds, params):"]
+        if self._input_slots:
+            lines.append("    " + "".join(f"v{s}, " for s in self._input_slots) + "= feeds")
+        if self._param_slots:
+            lines.append("    " + "".join(f"v{s}, " for s, _ in self._param_slots) + "= params")
+        for s, value in enumerate(self._template):
+            if value is not None:
+                namespace[f"c{s}"] = value
+                lines.append(f"    v{s} = c{s}")
+        for index, (fn, args, out, frees) in enumerate(self._steps):
+            namespace[f"f{index}"] = fn
+            lines.append(f"    v{out} = f{index}({', '.join(f'v{a}' for a in args)})")
+            if frees:
+                lines.append("    del " + ", ".join(f"v{s}" for s in frees))
+        outs = "".join(f"v{s}, " for s, _ in self._outputs)
+        updates = "".join(f"v{s}, " for _, s in self._updates)
+        lines.append(f"    return ({outs}), ({updates})")
+        self.source = "\n".join(lines)
+        exec(compile(self.source, f"<asg plan {id(self):x}>", "exec"), namespace)  # noqa: S102
+        return namespace["plan"]
 
     def _run_checked(self, env: list[Any]) -> None:
         """First run: also check each kernel's result against the inferred shape and dtype."""
@@ -123,7 +148,6 @@ class NumpyPlan:
             env[out] = result
             for s in frees:
                 env[s] = None
-        self._validated = True
 
     def _error(self, index: int, err: BaseException) -> ExecutionError:
         node = self._nodes[index]
