@@ -25,10 +25,13 @@ def _accumulate(grads: dict[int, Tensor], node: Node, value: Tensor) -> None:
 def _fit_to(g: Tensor, x: Node) -> Tensor:
     """Undo broadcasting and dtype changes so the cotangent has exactly ``x``'s type."""
     from .ops.elementwise import cast
-    from .ops.shape import sum_to
+    from .ops.shape import broadcast_to, sum_to
+    from .shapes import broadcast_shapes
 
     if g.shape != x.shape:
-        g = sum_to(g, x.shape)
+        # A rule may return a cotangent that is broadcast (sum it back) or not yet broadcast.
+        grows = g.ndim < x.ndim and broadcast_shapes(g.shape, x.shape) == x.shape
+        g = broadcast_to(g, x.shape) if grows else sum_to(g, x.shape)
     if g.dtype != x.dtype:
         g = cast(g, x.dtype)
     return g
