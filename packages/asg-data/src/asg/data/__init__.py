@@ -91,3 +91,54 @@ __all__ += [
 
 # --- text (tokenizers, LM dataset) and metrics (text/metrics owner): append below this line ---
 # Add e.g. `from .text import CharTokenizer` and then `__all__ += ["CharTokenizer"]`.
+from .metrics import (  # noqa: E402
+    EMA,
+    F1,
+    MAE,
+    MAPE,
+    MSE,
+    R2,
+    RMSE,
+    Accuracy,
+    ConfusionMatrix,
+    EarlyStopping,
+    ExplainedVariance,
+    MaxError,
+    Metric,
+    MetricLogger,
+    Precision,
+    Recall,
+    RunningMean,
+    RunningStd,
+    TopKAccuracy,
+    accuracy,
+    confusion_matrix,
+    explained_variance,
+    f1,
+    format_confusion_matrix,
+    mae,
+    mape,
+    max_error,
+    mse,
+    precision,
+    r2,
+    recall,
+    rmse,
+    top_k_accuracy,
+)
+from .text import (  # noqa: E402
+    ByteLevelBPETokenizer,
+    CharTokenizer,
+    LanguageModelDataset,
+    from_gpt2_files,
+    random_blocks,
+)
+
+__all__ += [  # noqa: RUF022 (grouped by topic)
+    "CharTokenizer", "ByteLevelBPETokenizer", "from_gpt2_files", "LanguageModelDataset", "random_blocks",
+    "Metric", "Accuracy", "Precision", "Recall", "F1", "ConfusionMatrix", "TopKAccuracy",
+    "MSE", "RMSE", "MAE", "R2", "MAPE", "ExplainedVariance", "MaxError",
+    "RunningMean", "RunningStd", "EMA", "MetricLogger", "EarlyStopping",
+    "accuracy", "precision", "recall", "f1", "confusion_matrix", "format_confusion_matrix",
+    "top_k_accuracy", "mse", "rmse", "mae", "r2", "mape", "explained_variance", "max_error",
+]  # fmt: skip

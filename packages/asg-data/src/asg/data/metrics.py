@@ -136,7 +136,7 @@ def _label_index(name: str, labels: np.ndarray, values: np.ndarray, which: str) 
     pos_c = np.minimum(pos, sorted_labels.size - 1)
     ok = sorted_labels[pos_c] == values
     if not np.all(ok):
-        bad = values[~ok][0]
+        bad = values[~ok].tolist()[0]
         raise ValueError(
             f"{name}: {which} contains the label {bad!r}, which is not in labels {labels.tolist()}"
         )

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._atomic import atomic_write_json, read_json
+from ..errors import DatasetNotFoundError
 
 __all__ = ["GPT2_PATTERN", "ByteLevelBPETokenizer", "bytes_to_unicode", "from_gpt2_files"]
 
@@ -569,7 +570,9 @@ def from_gpt2_files(
     enc_path, bpe_path = Path(encoder_json), Path(vocab_bpe)
     for p, name in ((enc_path, "encoder.json"), (bpe_path, "vocab.bpe")):
         if not p.is_file():
-            raise FileNotFoundError(f"from_gpt2_files: expected GPT-2's {name} at {str(p)!r}. {_GPT2_HINT}")
+            raise DatasetNotFoundError(
+                f"from_gpt2_files: expected GPT-2's {name} at {str(p)!r}. {_GPT2_HINT}"
+            )
     encoder = read_json(enc_path, what="from_gpt2_files(encoder.json)")
     if not isinstance(encoder, dict):
         raise ValueError(f"from_gpt2_files: {str(enc_path)!r} must hold a JSON object token -> id")
