@@ -45,6 +45,7 @@ class NumpyPlan:
         outputs = graph.outputs[:num_outputs]
         self._outputs = [(slot[n.id], _needs_copy(n)) for n in outputs]
         self._updates = [(param.data, slot[value.id]) for param, value in updates]
+        self._update_copies = [_needs_copy(value) for _, value in updates]
         keep = {n.id for n in outputs} | {value.id for _, value in updates}
         self.memory: MemoryPlan = plan_memory(graph, spec, keep) if memory_planning else MemoryPlan()
         buffers = [np.empty(shape, dtype) for shape, dtype in self.memory.buffers]
@@ -86,11 +87,12 @@ class NumpyPlan:
             except Exception:
                 # Run again step by step to name the node that failed.
                 results, values = self._run_interpreted(feeds)
+        # Values that may alias parameters (views, leaves) are copied before any parameter is written.
+        results = [r.copy() if copy else r for r, (_, copy) in zip(results, self._outputs, strict=True)]
+        values = [v.copy() if copy else v for v, copy in zip(values, self._update_copies, strict=True)]
         for (var, _), value in zip(self._updates, values, strict=True):
-            if np.may_share_memory(value, var.value):
-                value = value.copy()
             np.copyto(var.value, value, casting="same_kind")
-        return [r.copy() if copy else r for r, (_, copy) in zip(results, self._outputs, strict=True)]
+        return results
 
     def _run_interpreted(self, feeds: Sequence[np.ndarray]) -> tuple[list[Any], list[Any]]:
         env = list(self._template)

@@ -1,0 +1,101 @@
+"""The numpy executor: generated plans, error reporting, parameter updates and output aliasing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import asg.core as ag
+
+
+def test_plan_runs_as_generated_code_after_a_checked_first_run():
+    x = ag.input("x", ("B", 3))
+    y = (x * 2.0 + 1.0).relu().sum(axis=1)
+    f = ag.compile(y)
+    data = np.array([[1.0, -2.0, 3.0], [0.5, 0.5, -9.0]], np.float32)
+    first = f(data)
+    plan = f.plan_for(data)
+    assert plan._fast is not None and "def plan(feeds, params):" in plan.source
+    np.testing.assert_allclose(f(data), first)
+    np.testing.assert_allclose(first, np.maximum(data * 2 + 1, 0).sum(axis=1))
+
+
+def test_kernel_failure_names_the_node_in_both_paths():
+    table = ag.parameter(np.zeros((4, 2), np.float32), name="table")
+    idx = ag.input("idx", (3,), "int64")
+    f = ag.compile(ag.index_select(table, idx, 0).named("rows"))
+    f(np.array([0, 1, 3]))  # builds and validates the plan
+    for _ in range(2):  # the second time the generated fast path fails and is re-run step by step
+        with pytest.raises(ag.ExecutionError) as info:
+            f(np.array([0, 7, 1]))
+        message = str(info.value)
+        assert "while executing rows:f32[3,2] = index_select table idx" in message
+        assert "index 7 is out of range for axis 0 of size 4" in message
+        assert "test_numpy_backend.py" in message  # where the node was built
+
+
+def test_updates_read_old_values_even_when_they_swap_parameters():
+    a = ag.parameter(np.array([1.0, 2.0], np.float32), name="a")
+    b = ag.parameter(np.array([3.0, 4.0], np.float32), name="b")
+    step = ag.compile((a * b).sum(), updates={a: b, b: a})
+    assert float(step()) == 11.0
+    np.testing.assert_array_equal(a.numpy(), [3.0, 4.0])
+    np.testing.assert_array_equal(b.numpy(), [1.0, 2.0])
+
+
+def test_outputs_never_alias_parameters_or_reused_buffers():
+    w = ag.parameter(np.ones(3, np.float32), name="w")
+    x = ag.input("x", (3,))
+    h = (x + 1.0) * 2.0
+    step = ag.compile([w, h.reshape((3, 1)), h], updates={w: w + h})
+    held_w, held_view, held_h = step(np.zeros(3, np.float32))
+    step(np.full(3, 5.0, np.float32))
+    np.testing.assert_array_equal(held_w, np.ones(3))
+    np.testing.assert_array_equal(held_view.ravel(), [2.0, 2.0, 2.0])
+    np.testing.assert_array_equal(held_h, [2.0, 2.0, 2.0])
+    np.testing.assert_array_equal(w.numpy(), [1 + 2 + 12] * 3)
+
+
+def test_update_values_that_are_read_later_are_not_overwritten_before_the_copy():
+    # m_new feeds both its own update and a later computation: its buffer must survive to the end.
+    p = ag.parameter(np.full(4, 1.0, np.float32), name="p")
+    m = ag.state(np.zeros(4, np.float32), name="m")
+    g = ag.input("g", (4,))
+    m_new = 0.5 * m + g
+    tmp = (m_new * 3.0 + 1.0) * 2.0
+    p_new = p - 0.1 * tmp
+    step = ag.compile([], updates={m: m_new, p: p_new})
+    step(np.full(4, 2.0, np.float32))
+    np.testing.assert_allclose(m.numpy(), 2.0)
+    np.testing.assert_allclose(p.numpy(), 1.0 - 0.1 * (2.0 * 3.0 + 1.0) * 2.0, rtol=1e-6)
+
+
+def test_memory_planning_off_gives_the_same_training_trajectory():
+    rng = np.random.default_rng(0)
+    xb = rng.normal(size=(16, 5)).astype(np.float32)
+    yb = rng.integers(0, 3, 16)
+    losses = []
+    for planning in (True, False):
+        x, y = ag.input("x", ("B", 5)), ag.input("y", ("B",), "int64")
+        w = ag.parameter(np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32), name="w")
+        loss = ag.cross_entropy(ag.tanh(x @ w) * 2.0, y)
+        (gw,) = ag.grad(loss, [w])
+        step = ag.compile(loss, updates={w: w - 0.3 * gw}, memory_planning=planning)
+        losses.append([float(step(xb, yb)) for _ in range(5)])
+    np.testing.assert_array_equal(losses[0], losses[1])
+    assert losses[0][-1] < losses[0][0]
+
+
+def test_kernels_that_promote_are_cast_to_the_graph_dtype():
+    i = ag.input("i", (3,), "int64")
+    x = ag.input("x", (3,), "float32")
+    f = ag.compile(i + x)
+    for _ in range(2):
+        out = f(np.array([1, 2, 3]), np.ones(3, np.float32))
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, [2, 3, 4])
+
+
+def test_unknown_backend_lists_the_available_ones():
+    with pytest.raises(ValueError, match="no backend named 'nope'; available: .*numpy"):
+        ag.compile(ag.input("x", (1,)) * 2.0, backend="nope")
