@@ -99,3 +99,21 @@ def test_kernels_that_promote_are_cast_to_the_graph_dtype():
 def test_unknown_backend_lists_the_available_ones():
     with pytest.raises(ValueError, match="no backend named 'nope'; available: .*numpy"):
         ag.compile(ag.input("x", (1,)) * 2.0, backend="nope")
+
+
+def test_threaded_elementwise_blocks_match_the_serial_result(monkeypatch):
+    from asg.core.backends import numpy_backend
+
+    monkeypatch.setattr(numpy_backend, "PARALLEL_MIN_ELEMENTS", 16)
+    monkeypatch.setattr(numpy_backend, "_workers", lambda: 3)
+    monkeypatch.setattr(numpy_backend, "_pool", None)
+    x, y = ag.input("x", ("B", 8)), ag.input("y", (8,))
+    h = x * y + x  # broadcast second operand, in-place chain
+    z = ag.sigmoid(h) - h.T.T + ag.transpose(h.reshape((8, -1)))[:1, :1]
+    f = ag.compile(z)
+    rng = np.random.default_rng(0)
+    xb, yb = rng.normal(size=(7, 8)).astype(np.float32), rng.normal(size=8).astype(np.float32)
+    hb = xb * yb + xb
+    want = 1 / (1 + np.exp(-hb)) - hb + hb.reshape(8, -1).T[:1, :1]
+    for _ in range(2):
+        np.testing.assert_allclose(f(xb, yb), want, rtol=1e-5, atol=1e-6)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -68,8 +70,13 @@ class NumpyPlan:
             kernel = kernel_for("numpy", n.op)
             attrs = spec.attrs[n.id]
             if n.id in self.memory.buffer_of:
-                attrs = {**attrs, "out": buffers[self.memory.buffer_of[n.id]]}
-            fn = functools.partial(kernel, **attrs) if attrs else kernel
+                out = buffers[self.memory.buffer_of[n.id]]
+                if get_op(n.op).elementwise and out.size >= PARALLEL_MIN_ELEMENTS and _workers() > 1:
+                    fn = _parallel_elementwise(kernel, attrs, out)
+                else:
+                    fn = functools.partial(kernel, **attrs, out=out)
+            else:
+                fn = functools.partial(kernel, **attrs) if attrs else kernel
             args = tuple(slot[i.id] for i in n.inputs)
             self._steps.append((fn, args, slot[n.id], tuple(frees.get(step, ()))))
             self._expected.append((spec.shapes[n.id], np.dtype(n.dtype)))
@@ -157,6 +164,57 @@ class NumpyPlan:
         return ExecutionError(
             f"while executing {self.graph.format_node(node)}{where}\n  {type(err).__name__}: {err}"
         )
+
+
+PARALLEL_MIN_ELEMENTS = 1 << 16
+_pool: ThreadPoolExecutor | None = None
+
+
+@functools.cache
+def _workers() -> int:
+    """Threads for large elementwise kernels: ``ASG_NUM_THREADS`` (default 1)."""
+    return max(1, int(os.environ.get("ASG_NUM_THREADS", "1")))
+
+
+def _parallel_elementwise(kernel: Any, attrs: dict[str, Any], out: np.ndarray) -> Any:
+    """Run an elementwise kernel over row blocks of ``out`` on several threads.
+
+    numpy releases the GIL inside ufunc loops, so the blocks run at the same time. Inputs that
+    span the full first axis are split with the output; broadcast ones are passed whole. When an
+    input overlaps the output other than exactly (a view in another layout), one thread runs it.
+    """
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_workers() - 1, thread_name_prefix="asg-elementwise")
+    pool = _pool
+    rows = out.shape[0] if out.ndim else 0
+    parts = min(_workers(), rows)
+    bounds = [rows * i // parts for i in range(parts + 1)] if parts > 1 else []
+    whole = functools.partial(kernel, **attrs, out=out)
+
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        if not bounds:
+            return whole(*arrays)
+        split = []
+        for a in arrays:
+            full_rows = a.ndim == out.ndim and a.shape[0] == rows
+            if a is not out and np.may_share_memory(a, out) and not (
+                full_rows and a.strides == out.strides and a.ctypes.data == out.ctypes.data
+            ):
+                return whole(*arrays)
+            split.append(full_rows)
+
+        def block(lo: int, hi: int) -> None:
+            args = [a[lo:hi] if s else a for a, s in zip(arrays, split, strict=True)]
+            kernel(*args, **attrs, out=out[lo:hi])
+
+        futures = [pool.submit(block, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+        block(bounds[0], bounds[1])
+        for f in futures:
+            f.result()
+        return out
+
+    return run
 
 
 def _needs_copy(node: Node) -> bool:
