@@ -30,9 +30,34 @@ class MemoryPlan:
         """Total size of the planned buffers."""
         return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in self.buffers)
 
+    @property
+    def planned_values(self) -> int:
+        """How many values write into a planned buffer (several may share one)."""
+        return len(self.buffer_of)
+
+    def planned_bytes(self, spec: Specialization) -> int:
+        """Bytes the planned values would take with one buffer each (compare with :meth:`bytes`)."""
+        return sum(_nbytes(spec.shapes[i], self.buffers[b][1]) for i, b in self.buffer_of.items())
+
+
+def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
+def intermediate_bytes(graph: Graph, spec: Specialization) -> int:
+    """Bytes of every value the graph computes (views excluded): the memory of a run without reuse."""
+    return sum(
+        _nbytes(spec.shapes[n.id], n.dtype)
+        for n in graph.nodes
+        if n.op not in LEAF_OPS and not get_op(n.op).view
+    )
+
 
 def plan_memory(graph: Graph, spec: Specialization, keep_alive: Iterable[int]) -> MemoryPlan:
     """Assign buffers to the nodes of ``graph`` (run in its order); ``keep_alive`` ids are never pooled.
+
+    The graph's outputs (including the new values of parameter updates, which are copied into
+    the parameters after the run) are always kept alive, whatever ``keep_alive`` says.
 
     Example:
         >>> import asg.core as ag
@@ -41,10 +66,10 @@ def plan_memory(graph: Graph, spec: Specialization, keep_alive: Iterable[int]) -
         >>> y = ((x + 1.0) * 2.0).sum()
         >>> g = ag.Graph([y.node])
         >>> plan = plan_memory(g, specialize(g, {}), keep_alive=[y.node.id])
-        >>> len(plan.buffers), plan.in_place   # x+1 gets a buffer; *2 reuses it in place
+        >>> len(plan.buffers), plan.in_place  # x+1 gets a buffer; *2 reuses it in place
         (1, 1)
     """
-    keep = set(keep_alive)
+    keep = set(keep_alive) | {n.id for n in graph.outputs}
     order = [n for n in graph.nodes if n.op not in LEAF_OPS]
     position = {n.id: i for i, n in enumerate(order)}
     end = len(order)

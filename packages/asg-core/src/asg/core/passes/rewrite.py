@@ -1,0 +1,106 @@
+"""Rebuilding a graph node by node: the one utility every rewriting pass is written with.
+
+:func:`rewrite` walks a graph in topological order and offers each node (with its inputs already
+rewritten) to a callback, which may return a replacement. The input graph is never mutated: a node
+whose inputs changed is copied, an untouched node is shared, and leaves (inputs, parameters,
+constants) are shared, so parameter :class:`~asg.core.graph.Variable` storage stays the same and
+compiled updates still write into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..graph import LEAF_OPS, Graph, Node
+from ..registry import get_op, infer_type
+from ..shapes import format_shape, normalize_shape
+
+Replace = Callable[[Node], "Node | None"]
+
+# Ops whose every application must stay distinct (stateful randomness without an explicit key).
+# Random ops that take their key as an input or attribute are ordinary pure ops: equal keys, equal values.
+IMPURE_OPS: set[str] = set()
+
+
+def mark_impure(op_name: str) -> None:
+    """Declare that two applications of ``op_name`` to equal inputs may differ (CSE and folding skip it).
+
+    >>> mark_impure("my_stateful_sampler")
+    >>> is_pure("my_stateful_sampler")
+    False
+    >>> IMPURE_OPS.discard("my_stateful_sampler")
+    """
+    IMPURE_OPS.add(op_name)
+
+
+def is_pure(op_name: str) -> bool:
+    """True when the op's result depends only on its inputs and attributes.
+
+    >>> is_pure("add")
+    True
+    """
+    if op_name in IMPURE_OPS:
+        return False
+    if op_name in LEAF_OPS:
+        return True
+    return not getattr(get_op(op_name), "impure", False)
+
+
+def copy_node(node: Node, inputs: Sequence[Node]) -> Node:
+    """A copy of ``node`` reading ``inputs`` instead: same op, attributes, type, name, data and meta."""
+    return Node(node.op, inputs, node.attrs, node.shape, node.dtype, node.name, node.data, dict(node.meta))
+
+
+def make_node(op: str, inputs: Sequence[Node], attrs: Mapping[str, Any], like: Node) -> Node:
+    """A new node of ``op`` whose type comes from the op's shape rule; it inherits ``like``'s meta.
+
+    Passes use it to build replacements (``like`` is the node being replaced, so errors still
+    point at the user's source line).
+
+    >>> import asg.core as ag
+    >>> x = ag.input("x", (2, 3))
+    >>> make_node("transpose", [x.node], {"axes": (1, 0)}, like=x.node).shape
+    (3, 2)
+    """
+    result = infer_type(get_op(op), inputs, dict(attrs))
+    return Node(op, inputs, attrs, normalize_shape(result.shape), result.dtype, None, None, dict(like.meta))
+
+
+def rewrite(graph: Graph, replace: Replace, what: str = "rewrite") -> Graph:
+    """Rebuild ``graph``, letting ``replace(node)`` substitute nodes; returns ``graph`` itself if nothing changed.
+
+    ``replace`` sees each node in topological order with its inputs already rewritten, and
+    returns a node of the same shape and dtype to use instead (an existing node or a new one),
+    or ``None`` to keep it. Inputs and outputs keep their order (compiled functions rely on it).
+
+    Example:
+        >>> import asg.core as ag
+        >>> x = ag.input("x", (3,))
+        >>> g = ag.Graph([(-(-x)).node])
+        >>> unwrap = lambda n: n.inputs[0].inputs[0] if n.op == "neg" and n.inputs[0].op == "neg" else None
+        >>> len(g), len(rewrite(g, unwrap))
+        (3, 1)
+    """
+    mapping: dict[int, Node] = {}
+    changed = False
+    for node in graph.nodes:
+        inputs = tuple(mapping[i.id] for i in node.inputs)
+        current = node
+        if any(new is not old for new, old in zip(inputs, node.inputs, strict=True)):
+            current = copy_node(node, inputs)
+            changed = True
+        replacement = None if node.op == "input" else replace(current)
+        if replacement is not None and replacement is not current:
+            if replacement.shape != node.shape or replacement.dtype != node.dtype:
+                raise ValueError(
+                    f"{what}: the replacement of {graph.format_node(node)} has type "
+                    f"{replacement.dtype} {format_shape(replacement.shape)}; a pass must keep "
+                    f"{node.dtype} {format_shape(node.shape)}"
+                )
+            current = replacement
+            changed = True
+        mapping[node.id] = current
+    if not changed:
+        return graph
+    return Graph([mapping[n.id] for n in graph.outputs], [mapping[n.id] for n in graph.inputs])
