@@ -177,10 +177,10 @@ class ToFloat(_ElementwiseTransform):
             raise ValueError(f"ToFloat dtype must be a float dtype, got {self.dtype}")
 
     def __call__(self, x: Any) -> np.ndarray:
-        out = np.array(x, dtype=self.dtype, copy=True)
-        if self.scale != 1.0:
-            out *= self.dtype.type(self.scale)
-        return out
+        if self.scale == 1.0:
+            return np.array(x, dtype=self.dtype, copy=True)
+        # One pass: the ufunc casts each element to the float dtype and scales it.
+        return np.asarray(np.multiply(x, self.dtype.type(self.scale), dtype=self.dtype))
 
 
 def _channel_shape(values: np.ndarray, ndim: int, channel_axis: int | None, batched: bool) -> np.ndarray:
