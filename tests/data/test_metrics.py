@@ -582,3 +582,12 @@ def test_early_stopping_errors():
         no_copy.restore()
     with pytest.raises(TypeError, match="dict of arrays"):
         EarlyStopping().step(1.0, state=[1, 2])  # type: ignore[arg-type]
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import asg.data.metrics
+
+    result = doctest.testmod(asg.data.metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 30 and result.failed == 0

@@ -421,3 +421,14 @@ def test_lm_dataset_with_char_tokenizer_and_dataloader():
     xb, yb = batches[0]
     assert np.asarray(xb).shape == (8, 5) and np.asarray(yb).dtype == np.int64
     np.testing.assert_array_equal(np.asarray(yb)[:, :-1], np.asarray(xb)[:, 1:])
+
+
+@pytest.mark.parametrize(
+    "module", ["asg.data.text", "asg.data.text.char", "asg.data.text.bpe", "asg.data.text.lm"]
+)
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -292,7 +292,7 @@ class ByteLevelBPETokenizer:
             return out
         import regex
 
-        split = regex.compile(
+        split = _compile(
             "(" + "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")"
         )
         for k, chunk in enumerate(split.split(text)):
