@@ -4,6 +4,7 @@ Public functions are re-exported here and from :mod:`asg.core`.
 """
 
 from .activation import cross_entropy, log_softmax, softmax
+from .conv import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, conv2d, conv_transpose2d, max_pool2d
 from .elementwise import (
     abs,
     add,
@@ -70,4 +71,5 @@ __all__ = [
     "mul", "neg", "one_hot", "ones", "ones_like", "pad", "permute", "pow", "relu", "reshape", "rsqrt", "sigmoid",
     "sign", "silu", "softmax", "softplus", "sqrt", "squeeze", "stack", "stop_gradient", "sub", "sum", "sum_to",
     "swapaxes", "take_along_axis", "tanh", "transpose", "unsqueeze", "var", "where", "zeros", "zeros_like",
+    "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "conv2d", "conv_transpose2d", "max_pool2d",
 ]

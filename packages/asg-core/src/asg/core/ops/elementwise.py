@@ -211,8 +211,8 @@ define_op("tanh", infer=float_unary, kernel=_unary(np.tanh), out_arg=True, eleme
 
 
 def _silu_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    out = _sigmoid_kernel(x, out)
-    return np.multiply(out, x, out=out)
+    # ``out`` may be ``x`` itself (the planner runs elementwise ops in place): read x before writing out.
+    return np.multiply(_sigmoid_kernel(x), x, out=out)
 
 
 def _silu_grad(g: Tensor, out: Tensor, x: Tensor) -> tuple[Tensor]:

@@ -1,0 +1,1080 @@
+"""Convolution and pooling over NCHW tensors: conv2d, conv_transpose2d, max/avg pools, adaptive pools.
+
+Weights follow PyTorch: ``conv2d`` takes ``(C_out, C_in/groups, kH, kW)``, ``conv_transpose2d`` takes
+``(C_in, C_out/groups, kH, kW)``.
+
+Convolution is three bilinear primitives that are each other's gradients, so every order of
+derivative stays inside the family::
+
+    conv2d(x, w)                        -> y     grads: conv_transpose2d(g, w), conv2d_backward_weight(x, g)
+    conv_transpose2d(g, w)              -> x'    grads: conv2d(g', w),          conv2d_backward_weight(g', g)
+    conv2d_backward_weight(x, g)        -> w'    grads: conv_transpose2d(g, g'), conv2d(x, g')
+
+Kernels share one im2col: a strided window view of the padded input copied into
+``(N, groups, C_in/groups*kH*kW, H_out*W_out)`` columns, so a batched matmul with the weight gives
+NCHW output directly; the transpose scatters columns back with one strided add per kernel offset.
+
+Max pools are ``max_pool2d`` (window maxima), ``max_pool2d_backward(x, g)`` (``g`` scattered to the
+first maximum of each window of ``x``) and ``max_pool2d_gather(x, h)`` (``h`` read at those positions):
+the last two are each other's gradient wrt their second input and have none wrt ``x``. Average pools
+are linear: the forward and its backward op are each other's gradient. The adaptive pools use
+PyTorch's bins, ``start = floor(i*H/out)``, ``end = ceil((i+1)*H/out)``.
+
+Spatial dims may be symbolic for conv and floor-mode pools (the output is then a dim expression);
+the batch dim may always be symbolic.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..errors import ShapeError
+from ..registry import TensorType, define_op
+from ..shapes import Dim, dim_add, dim_floordiv, dim_mul, format_shape
+from ..tensor import Tensor, apply, as_tensor
+from ._rules import require_float
+
+Pair = tuple[int, int]
+Padding4 = tuple[int, int, int, int]  # (top, bottom, left, right)
+IntOrPair = int | Sequence[int]
+
+
+# ============================================================================= argument helpers
+def _pair(value: IntOrPair, what: str, minimum: int = 0) -> Pair:
+    """``3`` -> ``(3, 3)``; ``(2, 3)`` stays; anything else is a ``ValueError`` naming ``what``."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+    ):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"{what} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{what} must be at least {minimum}, got {value!r}")
+    return pair
+
+
+def _effective(kernel: int, dilation: int) -> int:
+    """Extent of a dilated kernel: ``dilation * (kernel - 1) + 1``."""
+    return dilation * (kernel - 1) + 1
+
+
+def _sliding_count(size: Dim, padded_extra: int, span: int, stride: int) -> Dim:
+    """Number of windows of extent ``span`` over ``size + padded_extra`` with ``stride`` (symbolic-friendly)."""
+    if isinstance(size, int):
+        return (size + padded_extra - span) // stride + 1
+    return dim_add(dim_floordiv(dim_add(size, padded_extra - span), stride), 1)
+
+
+def _check_4d(*named: tuple[str, TensorType]) -> None:
+    for what, t in named:
+        if t.ndim != 4:
+            raise ValueError(f"{what} must be 4-d (N, C, H, W), got shape {format_shape(t.shape)}")
+
+
+def _check_float_pair(a: TensorType, b: TensorType) -> None:
+    require_float(a, b)
+    if a.dtype != b.dtype:
+        raise ValueError(f"dtypes differ: {a.dtype} and {b.dtype} (cast one of them)")
+
+
+def _known(*dims: Dim) -> bool:
+    return all(isinstance(d, int) for d in dims)
+
+
+# ============================================================================= im2col / col2im
+_workspace = threading.local()
+
+
+def _scratch(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A per-thread reusable buffer (its contents are garbage); saves page faults on big im2col columns."""
+    cache = getattr(_workspace, "buffers", None)
+    if cache is None:
+        cache = _workspace.buffers = {}
+    key = (shape, np.dtype(dtype).str)
+    buffer = cache.get(key)
+    if buffer is None:
+        if len(cache) > 32:
+            cache.clear()
+        buffer = cache[key] = np.empty(shape, dtype)
+    return buffer
+
+
+def _reshaped(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A view of ``array`` with ``shape``; raises instead of silently copying (writes must land)."""
+    view = array.view()
+    view.shape = shape
+    return view
+
+
+def _pad(x: np.ndarray, padding: Padding4, value: float = 0.0) -> np.ndarray:
+    top, bottom, left, right = padding
+    if not (top or bottom or left or right):
+        return x
+    n, c, h, w = x.shape
+    padded = np.full((n, c, h + top + bottom, w + left + right), value, x.dtype)
+    padded[:, :, top : top + h, left : left + w] = x
+    return padded
+
+
+def _window_view(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, out_hw: Pair) -> np.ndarray:
+    """Read-only view ``(N, C, kH, kW, H_out, W_out)`` of the windows of padded ``xp``."""
+    n, c = xp.shape[:2]
+    s_n, s_c, s_h, s_w = xp.strides
+    return as_strided(
+        xp,
+        (n, c, kernel[0], kernel[1], out_hw[0], out_hw[1]),
+        (s_n, s_c, s_h * dilation[0], s_w * dilation[1], s_h * stride[0], s_w * stride[1]),
+        writeable=False,
+    )
+
+
+def _im2col(
+    x: np.ndarray, kernel: Pair, stride: Pair, padding: Padding4, dilation: Pair, groups: int
+) -> tuple[np.ndarray, Pair]:
+    """Columns ``(N, groups, C/groups*kH*kW, H_out*W_out)`` of ``x`` and the output size."""
+    xp = _pad(x, padding)
+    n, c, hp, wp = xp.shape
+    out_hw = (
+        (hp - _effective(kernel[0], dilation[0])) // stride[0] + 1,
+        (wp - _effective(kernel[1], dilation[1])) // stride[1] + 1,
+    )
+    windows = _window_view(xp, kernel, stride, dilation, out_hw)
+    cols = _scratch((n, c, kernel[0], kernel[1], out_hw[0], out_hw[1]), x.dtype)
+    np.copyto(cols, windows)
+    return _reshaped(cols, (n, groups, c // groups * kernel[0] * kernel[1], out_hw[0] * out_hw[1])), out_hw
+
+
+def _col2im(
+    cols: np.ndarray, size: Pair, stride: Pair, padding: Padding4, dilation: Pair, out: np.ndarray | None
+) -> np.ndarray:
+    """Adjoint of im2col: add columns ``(N, C, kH, kW, H_out, W_out)`` back into ``(N, C, *size)``."""
+    n, c, kh, kw, ho, wo = cols.shape
+    top, bottom, left, right = padding
+    shape = (n, c, size[0] + top + bottom, size[1] + left + right)
+    unpadded = not (top or bottom or left or right)
+    if unpadded and out is not None:
+        target = out
+        target.fill(0)
+    else:
+        target = np.zeros(shape, cols.dtype)
+    for i in range(kh):
+        rows = slice(i * dilation[0], i * dilation[0] + stride[0] * (ho - 1) + 1, stride[0])
+        for j in range(kw):
+            columns = slice(j * dilation[1], j * dilation[1] + stride[1] * (wo - 1) + 1, stride[1])
+            target[:, :, rows, columns] += cols[:, :, i, j]
+    if unpadded:
+        return target
+    inner = target[:, :, top : top + size[0], left : left + size[1]]
+    if out is not None:
+        np.copyto(out, inner)
+        return out
+    return np.ascontiguousarray(inner)
+
+
+# ============================================================================= conv2d
+ConvAttrs = dict[str, Any]
+
+
+def _conv_infer(
+    x: TensorType, w: TensorType, stride: Pair, padding: Padding4, dilation: Pair, groups: int
+) -> TensorType:
+    _check_4d(("input", x), ("weight", w))
+    _check_float_pair(x, w)
+    n, c, h, wd = x.shape
+    c_out, c_per_group, kh, kw = w.shape
+    if not _known(c_out, c_per_group, kh, kw):
+        raise ValueError(f"the weight shape must be static, got {format_shape(w.shape)}")
+    if isinstance(c, int) and c != c_per_group * groups:
+        raise ValueError(
+            f"input has {c} channels but the weight expects {c_per_group * groups} (groups={groups})"
+        )
+    if c_out % groups:
+        raise ValueError(f"the weight's {c_out} output channels do not split into groups={groups}")
+    return TensorType((n, c_out, *_conv_out_hw((h, wd), (kh, kw), stride, padding, dilation)), x.dtype)
+
+
+def _conv_out_hw(
+    size: tuple[Dim, Dim], kernel: Pair, stride: Pair, padding: Padding4, dilation: Pair
+) -> tuple:
+    out = []
+    for axis, (dim, pads) in enumerate(zip(size, (padding[:2], padding[2:]), strict=True)):
+        span = _effective(kernel[axis], dilation[axis])
+        if isinstance(dim, int) and dim + sum(pads) < span:
+            raise ValueError(
+                f"the kernel ({kernel[0]}x{kernel[1]}, dilation {dilation}) spans {span} but the padded input "
+                f"is only {dim + sum(pads)} along {'HW'[axis]}"
+            )
+        out.append(_sliding_count(dim, sum(pads), span, stride[axis]))
+    return tuple(out)
+
+
+def _conv_kernel(
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: Pair,
+    padding: Padding4,
+    dilation: Pair,
+    groups: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    c_out, c_per_group, kh, kw = w.shape
+    cols, (ho, wo) = _im2col(x, (kh, kw), stride, padding, dilation, groups)
+    result = np.empty((x.shape[0], c_out, ho, wo), x.dtype) if out is None else out
+    weight = w.reshape(groups, c_out // groups, c_per_group * kh * kw)
+    np.matmul(weight, cols, out=_reshaped(result, (x.shape[0], groups, c_out // groups, ho * wo)))
+    return result
+
+
+def _conv_grad(g: Tensor, out: Tensor, x: Tensor, w: Tensor, **attrs: Any) -> tuple[Tensor, Tensor]:
+    return (
+        apply("conv_transpose2d", g, w, size=tuple(x.shape[2:]), **attrs),
+        apply("conv2d_backward_weight", x, g, kernel_size=tuple(w.shape[2:]), **attrs),
+    )
+
+
+define_op(
+    "conv2d",
+    infer=_conv_infer,
+    grad=_conv_grad,
+    kernel=_conv_kernel,
+    out_arg=True,
+    doc="2-d cross-correlation of NCHW ``x`` with ``w`` (C_out, C_in/groups, kH, kW); "
+    "padding is (top, bottom, left, right).",
+)
+
+
+# ----------------------------------------------------------------------------- conv_transpose2d
+def _conv_transpose_infer(
+    g: TensorType,
+    w: TensorType,
+    size: tuple[Dim, Dim],
+    stride: Pair,
+    padding: Padding4,
+    dilation: Pair,
+    groups: int,
+) -> TensorType:
+    _check_4d(("input", g), ("weight", w))
+    _check_float_pair(g, w)
+    n, c, hg, wg = g.shape
+    c_in, c_out_per_group, kh, kw = w.shape
+    if not _known(c_in, c_out_per_group, kh, kw):
+        raise ValueError(f"the weight shape must be static, got {format_shape(w.shape)}")
+    if isinstance(c, int) and c != c_in:
+        raise ValueError(f"input has {c} channels but the weight expects {c_in}")
+    if c_in % groups:
+        raise ValueError(f"the weight's {c_in} input channels do not split into groups={groups}")
+    # The forward conv of the result must give back the input's spatial size.
+    counts = _conv_out_hw(size, (kh, kw), stride, padding, dilation)
+    for axis, (got, want) in enumerate(zip(counts, (hg, wg), strict=True)):
+        if _known(got, want) and got != want:
+            raise ValueError(
+                f"an output of size {size[axis]} along {'HW'[axis]} convolves back to {got}, not to the input's "
+                f"{want} (check output_padding: it must be smaller than the stride)"
+            )
+    return TensorType((n, c_out_per_group * groups, *size), g.dtype)
+
+
+def _conv_transpose_kernel(
+    g: np.ndarray,
+    w: np.ndarray,
+    size: Pair,
+    stride: Pair,
+    padding: Padding4,
+    dilation: Pair,
+    groups: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    n, c_in, hg, wg = g.shape
+    _, c_out_per_group, kh, kw = w.shape
+    # (groups, C_out/groups*kH*kW, C_in/groups) @ (N, groups, C_in/groups, Hg*Wg)
+    weight = w.reshape(groups, c_in // groups, c_out_per_group * kh * kw).transpose(0, 2, 1)
+    cols = _scratch((n, groups, c_out_per_group * kh * kw, hg * wg), g.dtype)
+    np.matmul(weight, g.reshape(n, groups, c_in // groups, hg * wg), out=cols)
+    cols6 = _reshaped(cols, (n, groups * c_out_per_group, kh, kw, hg, wg))
+    return _col2im(cols6, size, stride, padding, dilation, out)
+
+
+def _conv_transpose_grad(g: Tensor, out: Tensor, gy: Tensor, w: Tensor, size: tuple, **attrs: Any) -> tuple:
+    return (
+        apply("conv2d", g, w, **attrs),
+        apply("conv2d_backward_weight", g, gy, kernel_size=tuple(w.shape[2:]), **attrs),
+    )
+
+
+define_op(
+    "conv_transpose2d",
+    infer=_conv_transpose_infer,
+    grad=_conv_transpose_grad,
+    kernel=_conv_transpose_kernel,
+    out_arg=True,
+    shape_attrs=("size",),
+    doc="Adjoint of conv2d wrt its input (the gradient of conv2d, and PyTorch's conv_transpose2d): "
+    "``w`` is (C_in, C_out/groups, kH, kW), ``size`` the output's (H, W).",
+)
+
+
+# ----------------------------------------------------------------------------- conv2d_backward_weight
+def _backward_weight_infer(
+    x: TensorType,
+    g: TensorType,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Padding4,
+    dilation: Pair,
+    groups: int,
+) -> TensorType:
+    _check_4d(("input", x), ("output gradient", g))
+    _check_float_pair(x, g)
+    if _known(x.shape[0], g.shape[0]) and x.shape[0] != g.shape[0]:
+        raise ValueError(f"batch sizes differ: {x.shape[0]} and {g.shape[0]}")
+    c, c_out = x.shape[1], g.shape[1]
+    if not _known(c, c_out):
+        raise ValueError("channel counts must be static")
+    if c % groups or c_out % groups:
+        raise ValueError(f"channels {c} and {c_out} must both divide into groups={groups}")
+    counts = _conv_out_hw(tuple(x.shape[2:]), kernel_size, stride, padding, dilation)
+    for axis, (got, want) in enumerate(zip(counts, g.shape[2:], strict=True)):
+        if _known(got, want) and got != want:
+            raise ValueError(
+                f"the input convolves to size {got} along {'HW'[axis]} but the gradient has {want}"
+            )
+    return TensorType((c_out, c // groups, *kernel_size), x.dtype)
+
+
+def _backward_weight_kernel(
+    x: np.ndarray,
+    g: np.ndarray,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Padding4,
+    dilation: Pair,
+    groups: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    n, c_out, ho, wo = g.shape
+    cols, _ = _im2col(x, kernel_size, stride, padding, dilation, groups)
+    grads = g.reshape(n, groups, c_out // groups, ho * wo)
+    per_sample = np.matmul(grads, cols.transpose(0, 1, 3, 2))  # (N, groups, C_out/groups, C_in/groups*kH*kW)
+    shape = (c_out, x.shape[1] // groups, *kernel_size)
+    result = np.empty(shape, x.dtype) if out is None else out
+    np.sum(per_sample, axis=0, out=_reshaped(result, per_sample.shape[1:]))
+    return result
+
+
+def _backward_weight_grad(
+    g: Tensor, out: Tensor, x: Tensor, gy: Tensor, kernel_size: Pair, **attrs: Any
+) -> tuple:
+    return (
+        apply("conv_transpose2d", gy, g, size=tuple(x.shape[2:]), **attrs),
+        apply("conv2d", x, g, **attrs),
+    )
+
+
+define_op(
+    "conv2d_backward_weight",
+    infer=_backward_weight_infer,
+    grad=_backward_weight_grad,
+    kernel=_backward_weight_kernel,
+    out_arg=True,
+    doc="Gradient of conv2d wrt its weight: correlates the input with the output gradient.",
+)
+
+
+# ----------------------------------------------------------------------------- public conv functions
+def _conv_padding(padding: IntOrPair | str, kernel: Pair, stride: Pair, dilation: Pair) -> Padding4:
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(
+                    "padding='same' needs stride 1 (as in PyTorch); pass explicit padding instead"
+                )
+            pads: list[int] = []
+            for k, d in zip(kernel, dilation, strict=True):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]  # the odd pixel goes bottom/right, as in PyTorch
+            return (pads[0], pads[1], pads[2], pads[3])
+        raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    ph, pw = _pair(padding, "padding")
+    return (ph, ph, pw, pw)
+
+
+def _add_channel_bias(y: Tensor, bias: Any) -> Tensor:
+    if bias is None:
+        return y
+    from .shape import reshape
+
+    bias = as_tensor(bias, y.dtype)
+    if bias.ndim != 1:
+        raise ValueError(f"bias {bias.node.label} must be 1-d (C_out,), got shape {format_shape(bias.shape)}")
+    if bias.shape[0] != y.shape[1]:
+        raise ValueError(
+            f"bias {bias.node.label} has {bias.shape[0]} entries for {y.shape[1]} output channels"
+        )
+    return y + reshape(bias, (1, bias.shape[0], 1, 1))
+
+
+def _build(op: str, tensors: Sequence[Tensor], attrs_fn: Callable[[], dict[str, Any]]) -> Tensor:
+    """Validate attributes in the context of the op's inputs, then apply."""
+    try:
+        attrs = attrs_fn()
+    except ValueError as err:
+        described = ", ".join(f"{t.node.label} {format_shape(t.shape)}" for t in tensors)
+        raise ShapeError(f"{op}: {described}: {err}") from None
+    return apply(op, *tensors, **attrs)
+
+
+def conv2d(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair | str = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+) -> Tensor:
+    """2-d convolution (cross-correlation, as PyTorch) of an NCHW tensor.
+
+    Args:
+        x: input ``(N, C_in, H, W)``; ``N`` (and H, W) may be symbolic.
+        weight: ``(C_out, C_in/groups, kH, kW)``.
+        bias: optional ``(C_out,)``, added per channel.
+        stride, dilation: int or (h, w) pair.
+        padding: int, (h, w) pair, ``"valid"`` (none) or ``"same"`` (stride 1 only).
+        groups: split channels into groups; ``groups == C_in`` is a depthwise convolution.
+
+    Example:
+        >>> import numpy as np, asg.core as ag
+        >>> x = ag.input("x", ("B", 3, 32, 32))
+        >>> w = ag.parameter(np.zeros((16, 3, 3, 3), "float32"), name="w")
+        >>> ag.conv2d(x, w, stride=2, padding=1).shape
+        ('B', 16, 16, 16)
+    """
+    x, weight = as_tensor(x), as_tensor(weight)
+
+    def attrs() -> dict[str, Any]:
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(f"groups must be a positive int, got {groups!r}")
+        stride2, dilation2 = _pair(stride, "stride", 1), _pair(dilation, "dilation", 1)
+        kernel = tuple(weight.shape[2:]) if weight.ndim == 4 else (1, 1)
+        return dict(
+            stride=stride2,
+            padding=_conv_padding(padding, kernel, stride2, dilation2),
+            dilation=dilation2,
+            groups=groups,
+        )
+
+    return _add_channel_bias(_build("conv2d", (x, weight), attrs), bias)
+
+
+def conv_transpose2d(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    *,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+) -> Tensor:
+    """Transposed convolution (the gradient of conv2d wrt its input), as PyTorch's conv_transpose2d.
+
+    The output size is ``(H - 1)*stride - 2*padding + dilation*(k - 1) + output_padding + 1``;
+    ``output_padding`` must be smaller than the stride. ``dilation`` and ``groups`` are keyword-only
+    because PyTorch's positional order puts ``groups`` before ``dilation``.
+
+    Args:
+        x: input ``(N, C_in, H, W)``.
+        weight: ``(C_in, C_out/groups, kH, kW)``.
+        bias: optional ``(C_out,)``.
+
+    Example:
+        >>> import numpy as np, asg.core as ag
+        >>> x = ag.input("x", ("B", 16, 8, 8))
+        >>> w = ag.parameter(np.zeros((16, 8, 4, 4), "float32"), name="w")
+        >>> ag.conv_transpose2d(x, w, stride=2, padding=1).shape
+        ('B', 8, 16, 16)
+    """
+    x, weight = as_tensor(x), as_tensor(weight)
+
+    def attrs() -> dict[str, Any]:
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(f"groups must be a positive int, got {groups!r}")
+        if x.ndim != 4 or weight.ndim != 4:
+            raise ValueError("input and weight must be 4-d (N, C, H, W) and (C_in, C_out/groups, kH, kW)")
+        stride2, dilation2 = _pair(stride, "stride", 1), _pair(dilation, "dilation", 1)
+        pad2, extra = _pair(padding, "padding"), _pair(output_padding, "output_padding")
+        if extra[0] >= stride2[0] or extra[1] >= stride2[1]:
+            raise ValueError(f"output_padding {extra} must be smaller than the stride {stride2}")
+        size = []
+        for axis in range(2):
+            k = weight.shape[2 + axis]
+            grow = _effective(k, dilation2[axis]) + extra[axis] - 2 * pad2[axis]  # size = (H-1)*s + grow
+            h = x.shape[2 + axis]
+            if isinstance(h, int):
+                size.append((h - 1) * stride2[axis] + grow)
+            else:
+                size.append(dim_add(dim_mul(h, stride2[axis]), grow - stride2[axis]))
+            if isinstance(size[-1], int) and size[-1] < 1:
+                raise ValueError(f"the output would have size {size[-1]} along {'HW'[axis]}")
+        return dict(
+            size=tuple(size),
+            stride=stride2,
+            padding=(pad2[0], pad2[0], pad2[1], pad2[1]),
+            dilation=dilation2,
+            groups=groups,
+        )
+
+    return _add_channel_bias(_build("conv_transpose2d", (x, weight), attrs), bias)
+
+
+# ============================================================================= pooling geometry
+@dataclass(frozen=True)
+class _Windows:
+    """Where the windows of a pool sit in its (padded) input.
+
+    ``rows[i]`` / ``cols[j]`` index the input rows / columns that kernel offset ``i`` / ``j`` reads for
+    every output position: a strided slice for regular pools, an index array for adaptive ones.
+    """
+
+    rows: tuple[slice | np.ndarray, ...]
+    cols: tuple[slice | np.ndarray, ...]
+    padding: Padding4
+    out_hw: Pair
+    disjoint: bool  # no input element lies in two windows
+
+    @property
+    def strided(self) -> bool:
+        return isinstance(self.rows[0], slice) and isinstance(self.cols[0], slice)
+
+    def take(self, xp: np.ndarray, i: int, j: int) -> np.ndarray:
+        rows, cols = self.rows[i], self.cols[j]
+        if self.strided:
+            return xp[:, :, rows, cols]
+        return xp[:, :, rows][:, :, :, cols]
+
+    def offsets(self) -> list[tuple[int, int]]:
+        return [(i, j) for i in range(len(self.rows)) for j in range(len(self.cols))]
+
+
+def _pool_out_size(size: Dim, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> Dim:
+    """PyTorch's pooling output size (``pooling_output_shape``)."""
+    span = _effective(kernel, dilation)
+    if not isinstance(size, int):
+        if ceil_mode:
+            raise ValueError("ceil_mode=True needs static spatial sizes")
+        return _sliding_count(size, 2 * pad, span, stride)
+    if size + 2 * pad < span:
+        raise ValueError(f"the window spans {span} but the padded input is only {size + 2 * pad}")
+    out = (size + 2 * pad - span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1  # the last window must start inside the input or its left padding
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _regular_windows(
+    size: Pair, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil_mode: bool
+) -> _Windows:
+    out_hw, pads, axes = [], [], []
+    for a in range(2):
+        out = int(_pool_out_size(size[a], kernel[a], stride[a], padding[a], dilation[a], ceil_mode))
+        span = _effective(kernel[a], dilation[a])
+        # Extra padding past the end for ceil_mode windows that overhang it.
+        extra = max(0, (out - 1) * stride[a] + span - (size[a] + 2 * padding[a]))
+        out_hw.append(out)
+        pads += [padding[a], padding[a] + extra]
+        axes.append(
+            tuple(
+                slice(i * dilation[a], i * dilation[a] + stride[a] * (out - 1) + 1, stride[a])
+                for i in range(kernel[a])
+            )
+        )
+    disjoint = all(stride[a] >= _effective(kernel[a], dilation[a]) for a in range(2))
+    return _Windows(axes[0], axes[1], (pads[0], pads[1], pads[2], pads[3]), (out_hw[0], out_hw[1]), disjoint)
+
+
+def adaptive_bins(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's adaptive-pool bins: ``start = floor(i*size/out)``, ``end = ceil((i+1)*size/out)``.
+
+    >>> adaptive_bins(5, 3)
+    (array([0, 1, 3]), array([2, 4, 5]))
+    """
+    i = np.arange(out)
+    return (i * size) // out, -((-(i + 1) * size) // out)
+
+
+@functools.lru_cache(maxsize=256)
+def _adaptive_windows(size: Pair, output_size: Pair) -> _Windows:
+    axes = []
+    disjoint = True
+    for a in range(2):
+        starts, ends = adaptive_bins(size[a], output_size[a])
+        longest = int((ends - starts).max())
+        # Short bins repeat their last index: a repeated element never changes a max or its first argmax.
+        axes.append(tuple(np.minimum(starts + r, ends - 1) for r in range(longest)))
+        disjoint = disjoint and bool(np.all(starts[1:] >= ends[:-1]))
+    return _Windows(axes[0], axes[1], (0, 0, 0, 0), output_size, disjoint)
+
+
+# ============================================================================= max pooling kernels
+def _max_windows(x: np.ndarray, win: _Windows, out: np.ndarray | None) -> np.ndarray:
+    xp = _pad(x, win.padding, -np.inf)
+    result = np.empty((*x.shape[:2], *win.out_hw), x.dtype) if out is None else out
+    first, *rest = win.offsets()
+    np.copyto(result, win.take(xp, *first))
+    for i, j in rest:
+        np.maximum(result, win.take(xp, i, j), out=result)
+    return result
+
+
+def _first_argmax(x: np.ndarray, win: _Windows) -> np.ndarray:
+    """Per output position, the index (into ``win.offsets()``) of the window's first maximum."""
+    xp = _pad(x, win.padding, -np.inf)
+    offsets = win.offsets()
+    best = np.array(win.take(xp, *offsets[0]))
+    index = np.zeros(best.shape, np.int16 if len(offsets) < 2**15 else np.int32)
+    for k, (i, j) in enumerate(offsets[1:], start=1):
+        candidate = win.take(xp, i, j)
+        better = candidate > best
+        np.copyto(best, candidate, where=better)
+        np.copyto(index, k, where=better)
+    return index
+
+
+def _scatter_to_argmax(x: np.ndarray, g: np.ndarray, win: _Windows, out: np.ndarray | None) -> np.ndarray:
+    index = _first_argmax(x, win)
+    top, bottom, left, right = win.padding
+    n, c, h, w = x.shape
+    padded = top or bottom or left or right
+    if padded or out is None:
+        target = np.zeros((n, c, h + top + bottom, w + left + right), g.dtype)
+    else:
+        target = out
+        target.fill(0)
+    for k, (i, j) in enumerate(win.offsets()):
+        hit = index == k
+        if win.strided and win.disjoint:
+            np.copyto(target[:, :, win.rows[i], win.cols[j]], g, where=hit)
+        elif win.strided:
+            target[:, :, win.rows[i], win.cols[j]] += np.where(hit, g, 0)
+        else:
+            rows, cols = win.rows[i], win.cols[j]
+            np.add.at(target, (slice(None), slice(None), rows[:, None], cols[None, :]), np.where(hit, g, 0))
+    if not padded:
+        return target
+    inner = target[:, :, top : top + h, left : left + w]
+    if out is None:
+        return np.ascontiguousarray(inner)
+    np.copyto(out, inner)
+    return out
+
+
+def _gather_at_argmax(x: np.ndarray, h: np.ndarray, win: _Windows, out: np.ndarray | None) -> np.ndarray:
+    index = _first_argmax(x, win)
+    hp = _pad(h, win.padding)
+    result = np.empty((*x.shape[:2], *win.out_hw), h.dtype) if out is None else out
+    for k, (i, j) in enumerate(win.offsets()):
+        np.copyto(result, win.take(hp, i, j), where=index == k)
+    return result
+
+
+def _define_max_pool_family(
+    name: str, infer: Callable[..., TensorType], windows: Callable[..., _Windows]
+) -> None:
+    """Declare ``name``, ``name_backward`` and ``name_gather`` for one way of placing windows."""
+    backward, gather = f"{name}_backward", f"{name}_gather"
+
+    def infer_pair(x: TensorType, other: TensorType, *, like_input: bool, **attrs: Any) -> TensorType:
+        pooled = infer(x, **attrs)
+        want = x if like_input else pooled
+        if _known(*other.shape, *want.shape) and tuple(other.shape) != tuple(want.shape):
+            raise ValueError(f"the second operand must have shape {format_shape(want.shape)}")
+        if other.dtype != x.dtype:
+            raise ValueError(f"dtypes differ: {x.dtype} and {other.dtype} (cast one of them)")
+        return want
+
+    def forward_kernel(x: np.ndarray, out: np.ndarray | None = None, **attrs: Any) -> np.ndarray:
+        return _max_windows(x, windows(x.shape, **attrs), out)
+
+    def backward_kernel(
+        x: np.ndarray, g: np.ndarray, out: np.ndarray | None = None, **attrs: Any
+    ) -> np.ndarray:
+        return _scatter_to_argmax(x, g, windows(x.shape, **attrs), out)
+
+    def gather_kernel(
+        x: np.ndarray, h: np.ndarray, out: np.ndarray | None = None, **attrs: Any
+    ) -> np.ndarray:
+        return _gather_at_argmax(x, h, windows(x.shape, **attrs), out)
+
+    define_op(
+        name,
+        infer=infer,
+        kernel=forward_kernel,
+        out_arg=True,
+        grad=lambda g, out, x, **attrs: (apply(backward, x, g, **attrs),),
+        doc="Maximum over each pooling window.",
+    )
+    define_op(
+        backward,
+        infer=lambda x, g, **attrs: infer_pair(x, g, like_input=True, **attrs),
+        kernel=backward_kernel,
+        out_arg=True,
+        grad=lambda gg, out, x, g, **attrs: (None, apply(gather, x, gg, **attrs)),
+        doc=f"Gradient of {name}: each window's cotangent goes to the window's first maximum in ``x``.",
+    )
+    define_op(
+        gather,
+        infer=lambda x, h, **attrs: infer_pair(x, h, like_input=False, **attrs),
+        kernel=gather_kernel,
+        out_arg=True,
+        grad=lambda gg, out, x, h, **attrs: (None, apply(backward, x, gg, **attrs)),
+        doc=f"``h`` read at the first maximum of each window of ``x`` (adjoint of {backward}).",
+    )
+
+
+def _check_pool_input(x: TensorType) -> None:
+    _check_4d(("input", x))
+    require_float(x)
+
+
+def _max_pool_infer(
+    x: TensorType, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil_mode: bool
+) -> TensorType:
+    _check_pool_input(x)
+    out = [
+        _pool_out_size(x.shape[2 + a], kernel_size[a], stride[a], padding[a], dilation[a], ceil_mode)
+        for a in range(2)
+    ]
+    return TensorType((*x.shape[:2], *out), x.dtype)
+
+
+def _max_pool_windows(
+    shape: tuple[int, ...], kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil_mode: bool
+) -> _Windows:
+    return _regular_windows(tuple(shape[2:]), kernel_size, stride, padding, dilation, ceil_mode)
+
+
+_define_max_pool_family("max_pool2d", _max_pool_infer, _max_pool_windows)
+
+
+def _adaptive_infer(x: TensorType, output_size: Pair) -> TensorType:
+    _check_pool_input(x)
+    return TensorType((*x.shape[:2], *output_size), x.dtype)
+
+
+def _adaptive_max_windows(shape: tuple[int, ...], output_size: Pair) -> _Windows:
+    return _adaptive_windows(tuple(shape[2:]), output_size)
+
+
+_define_max_pool_family("adaptive_max_pool2d", _adaptive_infer, _adaptive_max_windows)
+
+
+# ============================================================================= average pooling
+def _avg_pool_infer(
+    x: TensorType, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool, count_include_pad: bool
+) -> TensorType:
+    return _max_pool_infer(x, kernel_size, stride, padding, (1, 1), ceil_mode)
+
+
+@functools.lru_cache(maxsize=256)
+def _avg_divisor(
+    size: Pair, kernel: Pair, stride: Pair, padding: Pair, out_hw: Pair, count_include_pad: bool, dtype: str
+) -> np.ndarray:
+    """``1 / window size`` per output position, counted as PyTorch does (``(H_out, W_out)``)."""
+    lengths = []
+    for a in range(2):
+        start = np.arange(out_hw[a]) * stride[a] - padding[a]
+        end = np.minimum(start + kernel[a], size[a] + padding[a])  # ceil-mode overhang is never counted
+        if count_include_pad:
+            lengths.append(end - start)
+        else:
+            lengths.append(np.minimum(end, size[a]) - np.maximum(start, 0))
+    inverse = 1.0 / np.outer(lengths[0], lengths[1]).astype(np.float64)
+    inverse = inverse.astype(dtype)
+    inverse.setflags(write=False)
+    return inverse
+
+
+def _avg_setup(
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    ceil_mode: bool,
+    count_include_pad: bool,
+) -> tuple[_Windows, np.ndarray]:
+    win = _regular_windows(tuple(shape[2:]), kernel_size, stride, padding, (1, 1), ceil_mode)
+    divisor = _avg_divisor(
+        tuple(shape[2:]), kernel_size, stride, padding, win.out_hw, count_include_pad, np.dtype(dtype).name
+    )
+    return win, divisor
+
+
+def _avg_pool_kernel(x: np.ndarray, out: np.ndarray | None = None, **attrs: Any) -> np.ndarray:
+    win, inverse = _avg_setup(x.shape, x.dtype, **attrs)
+    xp = _pad(x, win.padding)
+    result = np.empty((*x.shape[:2], *win.out_hw), x.dtype) if out is None else out
+    first, *rest = win.offsets()
+    np.copyto(result, win.take(xp, *first))
+    for i, j in rest:
+        np.add(result, win.take(xp, i, j), out=result)
+    np.multiply(result, inverse, out=result)
+    return result
+
+
+def _avg_pool_backward_infer(g: TensorType, size: tuple[Dim, Dim], **attrs: Any) -> TensorType:
+    _check_pool_input(g)
+    x = TensorType((*g.shape[:2], *size), g.dtype)
+    pooled = _avg_pool_infer(x, **attrs)
+    if _known(*pooled.shape[2:], *g.shape[2:]) and tuple(pooled.shape[2:]) != tuple(g.shape[2:]):
+        raise ValueError(f"an input of size {tuple(size)} pools to {pooled.shape[2:]}, not {g.shape[2:]}")
+    return x
+
+
+def _avg_pool_backward_kernel(
+    g: np.ndarray, size: Pair, out: np.ndarray | None = None, **attrs: Any
+) -> np.ndarray:
+    n, c = g.shape[:2]
+    win, inverse = _avg_setup((n, c, *size), g.dtype, **attrs)
+    share = g * inverse
+    top, bottom, left, right = win.padding
+    padded = top or bottom or left or right
+    if padded or out is None:
+        target = np.zeros((n, c, size[0] + top + bottom, size[1] + left + right), g.dtype)
+    else:
+        target = out
+        target.fill(0)
+    for i, j in win.offsets():
+        view = target[:, :, win.rows[i], win.cols[j]]
+        if win.disjoint:
+            np.copyto(view, share)
+        else:
+            view += share
+    if not padded:
+        return target
+    inner = target[:, :, top : top + size[0], left : left + size[1]]
+    if out is None:
+        return np.ascontiguousarray(inner)
+    np.copyto(out, inner)
+    return out
+
+
+define_op(
+    "avg_pool2d",
+    infer=_avg_pool_infer,
+    kernel=_avg_pool_kernel,
+    out_arg=True,
+    grad=lambda g, out, x, **attrs: (apply("avg_pool2d_backward", g, size=tuple(x.shape[2:]), **attrs),),
+    doc="Mean over each pooling window (PyTorch's divisor rules for padding and ceil_mode).",
+)
+define_op(
+    "avg_pool2d_backward",
+    infer=_avg_pool_backward_infer,
+    kernel=_avg_pool_backward_kernel,
+    out_arg=True,
+    shape_attrs=("size",),
+    grad=lambda gg, out, g, size, **attrs: (apply("avg_pool2d", gg, **attrs),),
+    doc="Gradient of avg_pool2d: each window's cotangent spread evenly over it (adjoint of avg_pool2d).",
+)
+
+
+# ----------------------------------------------------------------------------- adaptive average pooling
+@functools.lru_cache(maxsize=256)
+def _bin_average_matrix(size: int, out: int, dtype: str) -> np.ndarray:
+    """``(out, size)`` matrix whose row ``i`` averages bin ``i``."""
+    starts, ends = adaptive_bins(size, out)
+    matrix = np.zeros((out, size), np.float64)
+    for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        matrix[i, s:e] = 1.0 / (e - s)
+    matrix = matrix.astype(dtype)
+    matrix.setflags(write=False)
+    return matrix
+
+
+def _adaptive_avg_kernel(x: np.ndarray, output_size: Pair, out: np.ndarray | None = None) -> np.ndarray:
+    n, c, h, w = x.shape
+    oh, ow = output_size
+    if (oh, ow) == (1, 1):
+        result = np.mean(x, axis=(2, 3), keepdims=True, out=out)
+    elif h % oh == 0 and w % ow == 0:
+        result = np.mean(x.reshape(n, c, oh, h // oh, ow, w // ow), axis=(3, 5), out=out)
+    else:
+        rows = _bin_average_matrix(h, oh, x.dtype.name)
+        cols = _bin_average_matrix(w, ow, x.dtype.name)
+        result = np.matmul(np.matmul(rows, x), cols.T, out=out)
+    return result
+
+
+def _adaptive_avg_backward_infer(g: TensorType, size: tuple[Dim, Dim], output_size: Pair) -> TensorType:
+    _check_pool_input(g)
+    if _known(*g.shape[2:]) and tuple(g.shape[2:]) != tuple(output_size):
+        raise ValueError(f"the gradient's spatial size {g.shape[2:]} is not the pooled size {output_size}")
+    return TensorType((*g.shape[:2], *size), g.dtype)
+
+
+def _adaptive_avg_backward_kernel(
+    g: np.ndarray, size: Pair, output_size: Pair, out: np.ndarray | None = None
+) -> np.ndarray:
+    rows = _bin_average_matrix(size[0], output_size[0], g.dtype.name)
+    cols = _bin_average_matrix(size[1], output_size[1], g.dtype.name)
+    return np.matmul(np.matmul(rows.T, g), cols, out=out)
+
+
+define_op(
+    "adaptive_avg_pool2d",
+    infer=_adaptive_infer,
+    kernel=_adaptive_avg_kernel,
+    out_arg=True,
+    grad=lambda g, out, x, output_size: (
+        apply("adaptive_avg_pool2d_backward", g, size=tuple(x.shape[2:]), output_size=output_size),
+    ),
+    doc="Mean over PyTorch's adaptive bins, to a fixed output size.",
+)
+define_op(
+    "adaptive_avg_pool2d_backward",
+    infer=_adaptive_avg_backward_infer,
+    kernel=_adaptive_avg_backward_kernel,
+    out_arg=True,
+    shape_attrs=("size",),
+    grad=lambda gg, out, g, size, output_size: (apply("adaptive_avg_pool2d", gg, output_size=output_size),),
+    doc="Gradient of adaptive_avg_pool2d (its adjoint).",
+)
+
+
+# ============================================================================= public pooling functions
+def _pool_attrs(
+    kernel_size: IntOrPair, stride: IntOrPair | None, padding: IntOrPair, dilation: IntOrPair, limit: str
+) -> tuple[Pair, Pair, Pair, Pair]:
+    kernel = _pair(kernel_size, "kernel_size", 1)
+    strides = kernel if stride is None or stride == () or stride == [] else _pair(stride, "stride", 1)
+    pads = _pair(padding, "padding")
+    dilations = _pair(dilation, "dilation", 1)
+    for a in range(2):
+        span = _effective(kernel[a], dilations[a]) if limit == "effective" else kernel[a]
+        if 2 * pads[a] > span:
+            raise ValueError(
+                f"padding {pads} must be at most half of the {'effective ' * (limit == 'effective')}"
+                f"kernel size {kernel} (as in PyTorch)"
+            )
+    return kernel, strides, pads, dilations
+
+
+def max_pool2d(
+    x: Any,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    ceil_mode: bool = False,
+) -> Tensor:
+    """Max pooling over NCHW windows, as PyTorch (stride defaults to the kernel size; padding is -inf).
+
+    The gradient goes to the first maximum of each window (PyTorch's tie rule).
+
+    Example:
+        >>> import asg.core as ag
+        >>> ag.max_pool2d(ag.input("x", ("B", 6, 28, 28)), 2).shape
+        ('B', 6, 14, 14)
+    """
+    x = as_tensor(x)
+
+    def attrs() -> dict[str, Any]:
+        kernel, strides, pads, dilations = _pool_attrs(kernel_size, stride, padding, dilation, "effective")
+        return dict(
+            kernel_size=kernel, stride=strides, padding=pads, dilation=dilations, ceil_mode=bool(ceil_mode)
+        )
+
+    return _build("max_pool2d", (x,), attrs)
+
+
+def avg_pool2d(
+    x: Any,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> Tensor:
+    """Average pooling over NCHW windows, as PyTorch (including its divisors for padding and ceil_mode).
+
+    Example:
+        >>> import asg.core as ag
+        >>> ag.avg_pool2d(ag.input("x", ("B", 3, 7, 7)), 3, stride=2, padding=1).shape
+        ('B', 3, 4, 4)
+    """
+    x = as_tensor(x)
+
+    def attrs() -> dict[str, Any]:
+        kernel, strides, pads, _ = _pool_attrs(kernel_size, stride, padding, 1, "kernel")
+        return dict(
+            kernel_size=kernel,
+            stride=strides,
+            padding=pads,
+            ceil_mode=bool(ceil_mode),
+            count_include_pad=bool(count_include_pad),
+        )
+
+    return _build("avg_pool2d", (x,), attrs)
+
+
+def _adaptive_size(x: Tensor, output_size: int | Sequence[int | None]) -> dict[str, Any]:
+    if isinstance(output_size, Sequence) and not isinstance(output_size, str) and len(output_size) == 2:
+        sizes = [x.shape[2 + a] if s is None and x.ndim == 4 else s for a, s in enumerate(output_size)]
+        if any(not isinstance(s, int) for s in sizes):
+            raise ValueError(
+                f"output_size must hold static ints (or None to keep a static input size), "
+                f"got {output_size!r}"
+            )
+        output_size = (int(sizes[0]), int(sizes[1]))
+    return dict(output_size=_pair(output_size, "output_size", 1))
+
+
+def adaptive_avg_pool2d(x: Any, output_size: int | Sequence[int | None]) -> Tensor:
+    """Average over PyTorch's adaptive bins so the output is ``output_size`` (``None`` keeps a dim).
+
+    Example:
+        >>> import asg.core as ag
+        >>> ag.adaptive_avg_pool2d(ag.input("x", ("B", 512, 7, 7)), 1).shape
+        ('B', 512, 1, 1)
+    """
+    x = as_tensor(x)
+    return _build("adaptive_avg_pool2d", (x,), lambda: _adaptive_size(x, output_size))
+
+
+def adaptive_max_pool2d(x: Any, output_size: int | Sequence[int | None]) -> Tensor:
+    """Maximum over PyTorch's adaptive bins so the output is ``output_size`` (``None`` keeps a dim).
+
+    Example:
+        >>> import asg.core as ag
+        >>> ag.adaptive_max_pool2d(ag.input("x", ("B", 8, 10, 9)), (3, 4)).shape
+        ('B', 8, 3, 4)
+    """
+    x = as_tensor(x)
+    return _build("adaptive_max_pool2d", (x,), lambda: _adaptive_size(x, output_size))
+
+
+__all__ = [
+    "adaptive_avg_pool2d",
+    "adaptive_bins",
+    "adaptive_max_pool2d",
+    "avg_pool2d",
+    "conv2d",
+    "conv_transpose2d",
+    "max_pool2d",
+]
