@@ -36,7 +36,10 @@ from .elementwise import (
     tanh,
     where,
 )
+from .layers import embedding, linear
 from .linalg import matmul
+from .normalization import BatchNormOutput, batch_norm, layer_norm
+from .random import RNG, bernoulli, dropout, fold_in, random_normal, random_uniform, split_key
 from .reduction import argmax, argmin, logsumexp, max, mean, min, sum, var
 from .shape import (
     broadcast_to,
@@ -71,5 +74,7 @@ __all__ = [
     "mul", "neg", "one_hot", "ones", "ones_like", "pad", "permute", "pow", "relu", "reshape", "rsqrt", "sigmoid",
     "sign", "silu", "softmax", "softplus", "sqrt", "squeeze", "stack", "stop_gradient", "sub", "sum", "sum_to",
     "swapaxes", "take_along_axis", "tanh", "transpose", "unsqueeze", "var", "where", "zeros", "zeros_like",
+    "linear", "embedding", "layer_norm", "batch_norm", "BatchNormOutput", "RNG", "bernoulli", "dropout",
+    "fold_in", "random_normal", "random_uniform", "split_key",
     "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "conv2d", "conv_transpose2d", "max_pool2d",
 ]

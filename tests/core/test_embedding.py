@@ -1,0 +1,107 @@
+"""linear and embedding: parity with numpy and PyTorch, gradients (scatter-add, padding_idx), errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from optest import check_op, rand
+
+import asg.core as ag
+from asg.core.errors import ExecutionError, ShapeError
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+# ----------------------------------------------------------------------------- linear
+def test_linear_with_bias_on_3d_input_matches_numpy_torch_and_finite_differences():
+    x, w, b = rand(2, 3, 4), rand(5, 4, seed=1), rand(5, seed=2)
+    check_op(ag.linear, x, w, b, ref=lambda x, w, b: x @ w.T + b, torch_fn=F.linear)
+
+
+def test_linear_without_bias_on_1d_input():
+    x, w = rand(4, seed=3), rand(3, 4, seed=4)
+    check_op(lambda x, w: ag.linear(x, w), x, w, ref=lambda x, w: w @ x, torch_fn=lambda x, w: F.linear(x, w))
+
+
+def test_linear_symbolic_batch():
+    x = ag.input("x", ("B", 4))
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    f = ag.compile(ag.linear(x, ag.constant(w), ag.constant(np.ones(3, np.float32))))
+    data = rand(5, 4).astype(np.float32)
+    np.testing.assert_allclose(f(data), data @ w.T + 1, rtol=1e-5)
+
+
+def test_linear_errors():
+    x = ag.input("x", ("B", 784))
+    w = ag.parameter(np.zeros((10, 128), "float32"), name="fc.weight")
+    with pytest.raises(
+        ShapeError,
+        match=r"linear: x x \(B, 784\), weight fc.weight \(10, 128\): x has 784 input "
+        r"features but weight expects 128 \(weight is \(out_features, in_features\)\)",
+    ):
+        ag.linear(x, w)
+    with pytest.raises(ShapeError, match=r"weight must be 2-d"):
+        ag.linear(x, ag.input("v", (784,)))
+    w_ok = ag.parameter(np.zeros((10, 784), "float32"), name="w")
+    with pytest.raises(ShapeError, match=r"bias b \(7,\) must have shape \(10,\)"):
+        ag.linear(x, w_ok, ag.parameter(np.zeros(7, "float32"), name="b"))
+
+
+# ----------------------------------------------------------------------------- embedding
+def test_embedding_with_repeated_indices_matches_torch_and_scatter_adds():
+    idx = np.array([[1, 3, 1], [0, 1, 4]], dtype=np.int64)
+    w = rand(5, 3, seed=5)
+    check_op(ag.embedding, idx, w, ref=lambda idx, w: w[idx], torch_fn=F.embedding)
+
+
+def test_embedding_gradient_is_np_add_at_of_the_cotangent():
+    rng = np.random.default_rng(6)
+    tokens = ag.input("tokens", ("B", "T"), "int64")
+    weight = ag.parameter(rng.standard_normal((7, 4)).astype(np.float32), name="wte")
+    cot = ag.input("cot", ("B", "T", 4))
+    (dw,) = ag.grad((ag.embedding(tokens, weight) * cot).sum(), [weight])
+    f = ag.compile(dw, inputs=[tokens, cot])
+    for batch in (3, 2):
+        idx = rng.integers(0, 7, size=(batch, 5))
+        c = rng.standard_normal((batch, 5, 4)).astype(np.float32)
+        want = np.zeros((7, 4), np.float32)
+        np.add.at(want, idx.reshape(-1), c.reshape(-1, 4))
+        np.testing.assert_allclose(f(idx, c), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding_idx", [2, -1])
+def test_embedding_padding_idx_row_gets_no_gradient_like_torch(padding_idx):
+    idx = np.array([[2, 0, 4], [4, 2, 1]], dtype=np.int64)
+    w = rand(5, 3, seed=7)
+    # order=0: the padding row's zero gradient is by definition, not the derivative finite differences see
+    check_op(
+        lambda idx, w: ag.embedding(idx, w, padding_idx=padding_idx),
+        idx,
+        w,
+        ref=lambda idx, w: w[idx],
+        torch_fn=lambda idx, w: F.embedding(idx, w, padding_idx=padding_idx),
+        order=0,
+    )
+    (dw,) = ag.grad(
+        ag.embedding(ag.constant(idx), weight := ag.input("w", (5, 3)), padding_idx).sum(), [weight]
+    )
+    got = ag.compile(dw)(w.astype(np.float32))
+    assert np.all(got[padding_idx] == 0) and np.all(got[0] == 1) and np.all(got[1] == 1)
+
+
+def test_embedding_errors():
+    w = ag.parameter(np.zeros((5, 3), "float32"), name="wte")
+    with pytest.raises(
+        ShapeError,
+        match=r"embedding: idx f \(2,\), weight wte \(5, 3\): indices must be int32 or "
+        r"int64, got float32",
+    ):
+        ag.embedding(ag.input("f", (2,)), w)
+    with pytest.raises(ShapeError, match=r"weight must be 2-d \(num_embeddings, embedding_dim\)"):
+        ag.embedding(ag.input("i", (2,), "int64"), ag.input("v", (5,)))
+    with pytest.raises(ValueError, match=r"padding_idx 5 is out of range for 5 embeddings"):
+        ag.embedding(ag.input("i", (2,), "int64"), w, padding_idx=5)
+    f = ag.compile(ag.embedding(ag.input("tokens", (2,), "int64"), w))
+    with pytest.raises(ExecutionError, match=r"index 9 is out of range for axis 0 of size 5"):
+        f(np.array([1, 9]))

@@ -1,0 +1,311 @@
+"""layer_norm and batch_norm: parity with numpy (float64) and PyTorch, gradients to second order, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from optest import check_op, rand
+
+import asg.core as ag
+from asg.core.errors import ShapeError
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def layer_norm_ref(x, normalized_ndim, weight=None, bias=None, eps=1e-5):
+    axes = tuple(range(x.ndim - normalized_ndim, x.ndim))
+    y = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+# ----------------------------------------------------------------------------- layer_norm
+def test_layer_norm_affine_last_dim_matches_numpy_torch_and_finite_differences():
+    x, w, b = rand(3, 5), rand(5, seed=1), rand(5, seed=2)
+    check_op(
+        lambda x, w, b: ag.layer_norm(x, 5, w, b),
+        x,
+        w,
+        b,
+        ref=lambda x, w, b: layer_norm_ref(x, 1, w, b),
+        torch_fn=lambda x, w, b: F.layer_norm(x, (5,), w, b),
+    )
+
+
+def test_layer_norm_without_affine_over_last_two_dims():
+    x = rand(2, 3, 4, seed=3)
+    check_op(
+        lambda x: ag.layer_norm(x, (3, 4)),
+        x,
+        ref=lambda x: layer_norm_ref(x, 2),
+        torch_fn=lambda x: F.layer_norm(x, (3, 4)),
+    )
+
+
+def test_layer_norm_affine_over_last_two_dims():
+    x, w, b = rand(2, 2, 3, seed=4), rand(2, 3, seed=5), rand(2, 3, seed=6)
+    check_op(
+        lambda x, w, b: ag.layer_norm(x, (2, 3), w, b, eps=1e-3),
+        x,
+        w,
+        b,
+        ref=lambda x, w, b: layer_norm_ref(x, 2, w, b, eps=1e-3),
+        torch_fn=lambda x, w, b: F.layer_norm(x, (2, 3), w, b, eps=1e-3),
+    )
+
+
+@pytest.mark.parametrize("which", ["weight", "bias"])
+def test_layer_norm_with_only_weight_or_only_bias(which):
+    x, p = rand(3, 4, seed=7), rand(4, seed=8)
+
+    def fn(x, p):
+        return ag.layer_norm(x, 4, **{which: p})
+
+    def torch_fn(x, p):
+        return F.layer_norm(x, (4,), **{which: p})
+
+    check_op(fn, x, p, ref=lambda x, p: layer_norm_ref(x, 1, **{which: p}), torch_fn=torch_fn)
+
+
+def test_layer_norm_float32_kernel_on_transformer_sized_rows_matches_float64():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((64, 128)) * 3 + 5).astype(np.float32)
+    w, b = rng.standard_normal(128).astype(np.float32), rng.standard_normal(128).astype(np.float32)
+    xs = ag.input("x", ("B", 128))
+    y = ag.compile(ag.layer_norm(xs, 128, ag.constant(w), ag.constant(b)))(x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, layer_norm_ref(x.astype(np.float64), 1, w, b), rtol=1e-5, atol=2e-5)
+
+
+def test_layer_norm_gradients_use_the_fused_backward_ops_and_match_torch_in_float32():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 6, 16)).astype(np.float32)
+    w, b = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    cot = rng.standard_normal(x.shape).astype(np.float32)
+    xs = ag.input("x", ("B", "T", 16))
+    ws, bs = ag.parameter(w, name="w"), ag.parameter(b, name="b")
+    loss = (ag.layer_norm(xs, 16, ws, bs) * ag.constant(cot)).sum()
+    grads = ag.grad(loss, [xs, ws, bs])
+    ops = {n.op for n in ag.Graph([g.node for g in grads]).nodes}
+    assert {"layer_norm_backward", "layer_norm_weight_grad"} <= ops
+    dx, dw, db = ag.compile(grads, inputs=[xs])(x)
+
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    (F.layer_norm(tx, (16,), tw, tb) * torch.tensor(cot)).sum().backward()
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_layer_norm_backward_op_differentiates_like_torch_double_backward():
+    g, x, w = rand(3, 4, seed=9), rand(3, 4, seed=10), rand(4, seed=11)
+
+    def fn(g, x, w):
+        return ag.apply("layer_norm_backward", g, x, w, normalized_shape=(4,), eps=1e-5, has_weight=True)
+
+    def torch_fn(g, x, w):
+        y = F.layer_norm(x, (4,), w)
+        (dx,) = torch.autograd.grad(y, x, g, create_graph=True)
+        return dx
+
+    def ref(g, x, w):
+        xh = layer_norm_ref(x, 1)
+        gh = g * w
+        rstd = 1 / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+        return rstd * (gh - gh.mean(-1, keepdims=True) - xh * (gh * xh).mean(-1, keepdims=True))
+
+    check_op(fn, g, x, w, ref=ref, torch_fn=torch_fn, grad_rtol=1e-3, grad_atol=1e-4)
+
+
+def test_layer_norm_weight_grad_op_differentiates_like_torch_double_backward():
+    g, x = rand(3, 4, seed=12), rand(3, 4, seed=13)
+
+    def fn(g, x):
+        return ag.apply("layer_norm_weight_grad", g, x, normalized_shape=(4,), eps=1e-5)
+
+    def torch_fn(g, x):
+        w = torch.ones(4, dtype=x.dtype, requires_grad=True)
+        (dw,) = torch.autograd.grad(F.layer_norm(x, (4,), w), w, g, create_graph=True)
+        return dw
+
+    check_op(
+        fn,
+        g,
+        x,
+        ref=lambda g, x: (g * layer_norm_ref(x, 1)).sum(0),
+        torch_fn=torch_fn,
+        grad_rtol=1e-3,
+        grad_atol=1e-4,
+    )
+
+
+def test_layer_norm_third_order_gradient_matches_finite_differences():
+    w = rand(4, seed=14)
+
+    def first_derivative(x):
+        y = ag.layer_norm(x, 4, ag.constant(w))
+        (dx,) = ag.grad((y * y * y).sum(), [x])
+        return dx
+
+    ag.check_grads(first_derivative, [rand(2, 4, seed=15)], order=2, rtol=1e-3, atol=1e-4)
+
+
+def test_layer_norm_symbolic_batch_runs_for_two_batch_sizes():
+    x = ag.input("x", ("B", "T", 8))
+    f = ag.compile(ag.layer_norm(x, 8))
+    for batch in (3, 2):
+        data = rand(batch, 5, 8, seed=batch).astype(np.float32)
+        np.testing.assert_allclose(f(data), layer_norm_ref(data.astype(np.float64), 1), rtol=1e-5, atol=1e-5)
+    assert f.num_plans == 2
+
+
+def test_layer_norm_errors_name_the_tensors_and_the_reason():
+    x = ag.input("x", ("B", 10))
+    with pytest.raises(
+        ShapeError,
+        match=r"layer_norm: x \(B, 10\): normalized_shape \(8,\) does not match the last "
+        r"1 dimension\(s\) of the input \(B, 10\)",
+    ):
+        ag.layer_norm(x, 8)
+    w = ag.parameter(np.ones(5, "float32"), name="ln.weight")
+    with pytest.raises(
+        ShapeError,
+        match=r"layer_norm: x \(B, 10\), ln.weight \(5,\): weight has shape \(5,\), "
+        r"expected \(10,\)",
+    ):
+        ag.layer_norm(x, 10, w)
+    with pytest.raises(ShapeError, match=r"must name 1 to 2 trailing dimensions"):
+        ag.layer_norm(x, (2, 3, 10))
+    with pytest.raises(ShapeError, match=r"expected a floating-point tensor, got int64"):
+        ag.layer_norm(ag.input("i", (2, 10), "int64"), 10)
+
+
+# ----------------------------------------------------------------------------- batch_norm
+def batch_norm_train_ref(x, w, b, eps=1e-5):
+    axes = (0, *range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps)
+    return y * w.reshape(shape) + b.reshape(shape)
+
+
+def test_batch_norm_training_2d_matches_numpy_torch_and_finite_differences():
+    x, w, b = rand(4, 3, seed=20), rand(3, seed=21), rand(3, seed=22)
+    check_op(
+        lambda x, w, b: ag.batch_norm(x, None, None, w, b, training=True).output,
+        x,
+        w,
+        b,
+        ref=batch_norm_train_ref,
+        torch_fn=lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+    )
+
+
+def test_batch_norm_training_4d_gradients_through_batch_stats_match_torch():
+    x, w, b = rand(2, 3, 2, 2, seed=23), rand(3, seed=24), rand(3, seed=25)
+    check_op(
+        lambda x, w, b: ag.batch_norm(x, None, None, w, b, training=True, eps=1e-3).output,
+        x,
+        w,
+        b,
+        ref=lambda x, w, b: batch_norm_train_ref(x, w, b, eps=1e-3),
+        torch_fn=lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True, eps=1e-3),
+    )
+
+
+def test_batch_norm_eval_uses_running_stats():
+    x, w, b = rand(2, 3, 2, 2, seed=26), rand(3, seed=27), rand(3, seed=28)
+    mean, var = rand(3, seed=29), rand(3, seed=30, low=0.5, high=2.0)
+
+    def fn(x, w, b):
+        return ag.batch_norm(
+            x, ag.constant(mean, x.dtype), ag.constant(var, x.dtype), w, b, training=False
+        ).output
+
+    def ref(x, w, b):
+        s = (1, 3, 1, 1)
+        return (x - mean.reshape(s)) / np.sqrt(var.reshape(s) + 1e-5) * w.reshape(s) + b.reshape(s)
+
+    check_op(
+        fn,
+        x,
+        w,
+        b,
+        ref=ref,
+        torch_fn=lambda x, w, b: F.batch_norm(
+            x, torch.tensor(mean, dtype=x.dtype), torch.tensor(var, dtype=x.dtype), w, b, training=False
+        ),
+    )
+
+
+def test_batch_norm_running_stats_follow_torch_batchnorm2d_over_compiled_steps():
+    rng = np.random.default_rng(31)
+    channels = 3
+    module = torch.nn.BatchNorm2d(channels, momentum=0.2)
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor(rng.standard_normal(channels), dtype=torch.float32))
+        module.bias.copy_(torch.tensor(rng.standard_normal(channels), dtype=torch.float32))
+    running_mean = ag.state(np.zeros(channels, "float32"), "bn.running_mean")
+    running_var = ag.state(np.ones(channels, "float32"), "bn.running_var")
+    weight = ag.parameter(module.weight.detach().numpy(), name="bn.weight")
+    bias = ag.parameter(module.bias.detach().numpy(), name="bn.bias")
+    x = ag.input("x", ("N", channels, 4, 4))
+    cot = ag.input("cot", ("N", channels, 4, 4))
+    y, new_mean, new_var = ag.batch_norm(
+        x, running_mean, running_var, weight, bias, training=True, momentum=0.2
+    )
+    dx, dw = ag.grad((y * cot).sum(), [x, weight])
+    step = ag.compile([y, dx, dw], inputs=[x, cot], updates={running_mean: new_mean, running_var: new_var})
+
+    module.train()
+    for batch in (4, 4, 3):  # the last, smaller batch builds a second plan with its own unbiased count
+        data = (rng.standard_normal((batch, channels, 4, 4)) * 2 + 1).astype(np.float32)
+        c = rng.standard_normal(data.shape).astype(np.float32)
+        out, got_dx, got_dw = step(data, c)
+        tx = torch.tensor(data, requires_grad=True)
+        module.weight.grad = None
+        t_out = module(tx)
+        (t_out * torch.tensor(c)).sum().backward()
+        np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got_dx, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got_dw, module.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(running_mean.numpy(), module.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(running_var.numpy(), module.running_var.numpy(), rtol=1e-5, atol=1e-6)
+
+    module.eval()
+    y_eval = ag.batch_norm(x, running_mean, running_var, weight, bias, training=False).output
+    data = rng.standard_normal((2, channels, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(
+        ag.compile(y_eval, inputs=[x])(data),
+        module(torch.tensor(data)).detach().numpy(),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_batch_norm_eval_returns_the_running_stats_unchanged():
+    mean, var = ag.state(np.zeros(2, "float32")), ag.state(np.ones(2, "float32"))
+    out = ag.batch_norm(ag.input("x", (4, 2)), mean, var)
+    assert out.running_mean is mean and out.running_var is var
+
+
+def test_batch_norm_errors():
+    x = ag.input("x", ("N", 3, 8, 8))
+    good, bad = ag.state(np.zeros(3, "float32"), "rm"), ag.state(np.zeros(4, "float32"), "rv")
+    with pytest.raises(
+        ShapeError,
+        match=r"batch_norm: x x \(N, 3, 8, 8\): running_var rv has shape \(4,\), "
+        r"expected \(3,\)",
+    ):
+        ag.batch_norm(x, good, bad, training=True)
+    with pytest.raises(ShapeError, match=r"expected \(N, C\) or \(N, C, \*spatial\), got 1 dimension"):
+        ag.batch_norm(ag.input("v", (3,)), good, good)
+    with pytest.raises(ShapeError, match=r"more than 1 value per channel, got 1"):
+        ag.batch_norm(ag.input("one", (1, 3)), good, good, training=True)
+    with pytest.raises(ValueError, match=r"eval mode \(training=False\) needs running_mean and running_var"):
+        ag.batch_norm(x, None, None, training=False)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\], got 1.5"):
+        ag.batch_norm(x, good, good, training=True, momentum=1.5)
