@@ -231,7 +231,13 @@ def test_workers_load_ahead_while_the_caller_computes() -> None:
     loader = DataLoader(Slow(), batch_size=1, num_workers=2, prefetch_factor=2)
     iterator = iter(loader)
     assert next(iterator).tolist() == [0]
-    time.sleep(0.3)  # "compute" on batch 0: meanwhile workers fill the prefetch window
+    # While the caller "computes" on batch 0 (asks for nothing), the workers fill the prefetch window.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with lock:
+            if {1, 2, 3} <= set(started):
+                break
+        time.sleep(0.01)
     with lock:
         assert {1, 2, 3} <= set(started), started
     assert [b.tolist() for b in iterator] == [[k] for k in range(1, 8)]

@@ -74,9 +74,10 @@ def _normalize_index(index: Any, length: int, what: str) -> int:
 
 def _index_array(indices: Any, length: int, what: str) -> np.ndarray:
     idx = np.asarray(indices)
-    if idx.dtype == bool or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
-        raise TypeError(f"{what} indices must be integers, got dtype {idx.dtype}")
-    idx = idx.astype(np.int64, copy=False).reshape(-1)
+    if idx.dtype != np.int64 or idx.ndim != 1:  # the loader's batches are already 1-D int64
+        if idx.dtype == bool or (idx.size and idx.dtype.kind not in "iu"):
+            raise TypeError(f"{what} indices must be integers, got dtype {idx.dtype}")
+        idx = idx.astype(np.int64, copy=False).reshape(-1)
     if idx.size and (idx.min() < -length or idx.max() >= length):
         bad = idx[(idx < -length) | (idx >= length)][0]
         raise IndexError(f"{what} index {int(bad)} is out of range for length {length}")

@@ -28,7 +28,7 @@ import numpy as np
 from .collate import default_collate
 from .datasets import Dataset
 from .samplers import BatchSampler, RandomSampler, SequentialSampler, _base_seed
-from .transforms import rng_scope
+from .transforms import _activate, _LazyGenerator
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
@@ -36,22 +36,24 @@ if TYPE_CHECKING:
 __all__ = ["DataLoader"]
 
 CollateFn = Callable[[list[Any]], Any]
+# (loader seed, (epoch, batch number)): the entropy and spawn key of a batch's SeedSequence.
+RngKey = tuple[int, tuple[int, int]]
 
 
 def _load_batch(
-    dataset: Dataset[Any],
-    indices: np.ndarray,
-    collate_fn: CollateFn | None,
-    seed_sequence: np.random.SeedSequence,
+    dataset: Dataset[Any], indices: np.ndarray, collate_fn: CollateFn | None, rng_key: RngKey
 ) -> Any:
-    """Read and collate the items at ``indices`` with transforms drawing from ``seed_sequence``."""
-    with rng_scope(seed_sequence):
+    """Read and collate the items at ``indices``; random transforms draw from the batch's ``rng_key``."""
+    previous = _activate(_LazyGenerator(rng_key))
+    try:
         if collate_fn is None:
             get_batch = getattr(dataset, "get_batch", None)
             if callable(get_batch):
                 return get_batch(indices)
             return default_collate([dataset[int(i)] for i in indices])
         return collate_fn([dataset[int(i)] for i in indices])
+    finally:
+        _activate(previous)
 
 
 # State of a worker process: set once by the pool initializer, so the dataset is sent once per worker.
@@ -63,8 +65,8 @@ def _init_process_worker(dataset: Dataset[Any], collate_fn: CollateFn | None) ->
     _worker_state["collate_fn"] = collate_fn
 
 
-def _process_worker_load(indices: np.ndarray, seed_sequence: np.random.SeedSequence) -> Any:
-    return _load_batch(_worker_state["dataset"], indices, _worker_state["collate_fn"], seed_sequence)
+def _process_worker_load(indices: np.ndarray, rng_key: RngKey) -> Any:
+    return _load_batch(_worker_state["dataset"], indices, _worker_state["collate_fn"], rng_key)
 
 
 class DataLoader:
@@ -152,8 +154,8 @@ class DataLoader:
             raise ValueError(f"epoch must be non-negative, got {epoch}")
         self.epoch = int(epoch)
 
-    def _seed_sequence(self, epoch: int, batch_number: int) -> np.random.SeedSequence:
-        return np.random.SeedSequence(self.seed, spawn_key=(epoch, batch_number))
+    def _rng_key(self, epoch: int, batch_number: int) -> RngKey:
+        return (self.seed, (epoch, batch_number))
 
     def __iter__(self) -> Iterator[Any]:
         epoch = self.epoch
@@ -170,7 +172,7 @@ class DataLoader:
         for number, indices in enumerate(batches):
             idx = np.asarray(indices, dtype=np.int64)
             try:
-                batch = _load_batch(self.dataset, idx, self.collate_fn, self._seed_sequence(epoch, number))
+                batch = _load_batch(self.dataset, idx, self.collate_fn, self._rng_key(epoch, number))
             except Exception as error:
                 error.add_note(_where(number, epoch, idx))
                 raise
@@ -196,12 +198,10 @@ class DataLoader:
             )
         return self._process_pool, False
 
-    def _submit(
-        self, executor: Executor, indices: np.ndarray, seed_sequence: np.random.SeedSequence
-    ) -> Future:
+    def _submit(self, executor: Executor, indices: np.ndarray, rng_key: RngKey) -> Future:
         if self.worker_type == "thread":
-            return executor.submit(_load_batch, self.dataset, indices, self.collate_fn, seed_sequence)
-        return executor.submit(_process_worker_load, indices, seed_sequence)
+            return executor.submit(_load_batch, self.dataset, indices, self.collate_fn, rng_key)
+        return executor.submit(_process_worker_load, indices, rng_key)
 
     def _iterate_with_workers(self, batches: Iterator[Any], epoch: int) -> Iterator[Any]:
         executor, shut_down_after = self._executor()
@@ -211,9 +211,7 @@ class DataLoader:
         try:
             for number, indices in numbered:
                 idx = np.asarray(indices, dtype=np.int64)
-                in_flight.append(
-                    (number, idx, self._submit(executor, idx, self._seed_sequence(epoch, number)))
-                )
+                in_flight.append((number, idx, self._submit(executor, idx, self._rng_key(epoch, number))))
                 if len(in_flight) >= limit:
                     yield _result(*in_flight.popleft(), epoch)
             while in_flight:

@@ -48,16 +48,31 @@ _active = threading.local()
 
 
 class _LazyGenerator:
-    """Builds its generator from a SeedSequence on first use (most batches never need one)."""
+    """A generator made on first use (most batches never need one): from a ready generator, a
+    SeedSequence, or an (entropy, spawn_key) pair as the DataLoader passes per batch."""
 
-    def __init__(self, seed_sequence: np.random.SeedSequence) -> None:
-        self.seed_sequence = seed_sequence
-        self.generator: np.random.Generator | None = None
+    __slots__ = ("generator", "source")
+
+    def __init__(
+        self, source: np.random.Generator | np.random.SeedSequence | tuple[int, tuple[int, ...]]
+    ) -> None:
+        self.source = source
+        self.generator = source if isinstance(source, np.random.Generator) else None
 
     def get(self) -> np.random.Generator:
         if self.generator is None:
-            self.generator = np.random.default_rng(self.seed_sequence)
+            source = self.source
+            if isinstance(source, tuple):
+                source = np.random.SeedSequence(source[0], spawn_key=source[1])
+            self.generator = np.random.default_rng(source)
         return self.generator
+
+
+def _activate(holder: _LazyGenerator | None) -> _LazyGenerator | None:
+    """Install ``holder`` for this thread and return the previous one (the loader's cheap rng_scope)."""
+    previous = getattr(_active, "rng", None)
+    _active.rng = holder
+    return previous
 
 
 @contextmanager
@@ -73,17 +88,11 @@ def rng_scope(source: np.random.Generator | np.random.SeedSequence) -> Iterator[
     >>> bool((a == b).all())
     True
     """
-    previous = getattr(_active, "rng", None)
-    if isinstance(source, np.random.Generator):
-        holder = _LazyGenerator(np.random.SeedSequence(0))
-        holder.generator = source
-    else:
-        holder = _LazyGenerator(source)
-    _active.rng = holder
+    previous = _activate(_LazyGenerator(source))
     try:
         yield
     finally:
-        _active.rng = previous
+        _activate(previous)
 
 
 class Transform:
