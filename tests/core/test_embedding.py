@@ -9,8 +9,12 @@ from optest import check_op, rand
 import asg.core as ag
 from asg.core.errors import ExecutionError, ShapeError
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
+try:  # PyTorch is the reference where installed; check_op skips its torch part without it
+    import torch
+
+    F = torch.nn.functional
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = F = None
 
 
 # ----------------------------------------------------------------------------- linear
@@ -86,7 +90,7 @@ def test_embedding_padding_idx_row_gets_no_gradient_like_torch(padding_idx):
     (dw,) = ag.grad(
         ag.embedding(ag.constant(idx), weight := ag.input("w", (5, 3)), padding_idx).sum(), [weight]
     )
-    got = ag.compile(dw)(w.astype(np.float32))
+    got = ag.compile(dw, inputs=[weight])(w.astype(np.float32))
     assert np.all(got[padding_idx] == 0) and np.all(got[0] == 1) and np.all(got[1] == 1)
 
 

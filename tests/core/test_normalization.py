@@ -9,8 +9,13 @@ from optest import check_op, rand
 import asg.core as ag
 from asg.core.errors import ShapeError
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
+try:  # PyTorch is the reference where installed; check_op skips its torch part without it
+    import torch
+
+    F = torch.nn.functional
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = F = None
+needs_torch = pytest.mark.skipif(torch is None, reason="needs PyTorch")
 
 
 def layer_norm_ref(x, normalized_ndim, weight=None, bias=None, eps=1e-5):
@@ -81,6 +86,7 @@ def test_layer_norm_float32_kernel_on_transformer_sized_rows_matches_float64():
     np.testing.assert_allclose(y, layer_norm_ref(x.astype(np.float64), 1, w, b), rtol=1e-5, atol=2e-5)
 
 
+@needs_torch
 def test_layer_norm_gradients_use_the_fused_backward_ops_and_match_torch_in_float32():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 6, 16)).astype(np.float32)
@@ -241,6 +247,7 @@ def test_batch_norm_eval_uses_running_stats():
     )
 
 
+@needs_torch
 def test_batch_norm_running_stats_follow_torch_batchnorm2d_over_compiled_steps():
     rng = np.random.default_rng(31)
     channels = 3

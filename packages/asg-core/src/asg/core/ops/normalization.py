@@ -222,17 +222,16 @@ def _layer_norm_backward_kernel(
 ) -> np.ndarray:
     k = len(normalized_shape)
     out, dx = _out_rows(x, k, out)
-    rstd = _centered_and_rstd(_row_view(x, k), dx, eps)
-    dx *= rstd[:, None]  # dx holds x_hat for now
+    rstd = _centered_and_rstd(_row_view(x, k), dx, eps)  # dx holds x - mean for now
     g_rows = _row_view(g, k)
     g_hat = g_rows * weight[0].reshape(-1) if has_weight else g_rows
     features = dx.shape[1]
+    # dx = rstd * (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat)) with x_hat = (x - mean) * rstd
     mean_g = g_hat @ np.ones(features, dx.dtype)
     mean_g *= 1.0 / features
-    mean_gx = np.einsum("ij,ij->i", g_hat, dx)
-    mean_gx *= 1.0 / features
-    # dx = rstd * (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat))
-    dx *= mean_gx[:, None]
+    x_coef = np.einsum("ij,ij->i", g_hat, dx)  # sum(g_hat * (x - mean))
+    x_coef *= rstd * rstd * (1.0 / features)
+    dx *= x_coef[:, None]
     dx += mean_g[:, None]
     np.subtract(g_hat, dx, out=dx)
     dx *= rstd[:, None]
