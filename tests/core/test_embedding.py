@@ -109,3 +109,12 @@ def test_embedding_errors():
     f = ag.compile(ag.embedding(ag.input("tokens", (2,), "int64"), w))
     with pytest.raises(ExecutionError, match=r"index 9 is out of range for axis 0 of size 5"):
         f(np.array([1, 9]))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from asg.core.ops import layers
+
+    result = doctest.testmod(layers, extraglobs={"np": np})
+    assert result.attempted > 0 and result.failed == 0

@@ -316,3 +316,35 @@ def test_batch_norm_errors():
         ag.batch_norm(x, None, None, training=False)
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\], got 1.5"):
         ag.batch_norm(x, good, good, training=True, momentum=1.5)
+
+
+def test_json_round_trip_of_layer_norm_batch_norm_and_their_gradients_runs_the_same():
+    rng = np.random.default_rng(40)
+    x = ag.input("x", ("B", 3, 4))
+    w, b = (
+        ag.parameter(rng.standard_normal(4).astype("float32"), "w"),
+        ag.parameter(np.zeros(4, "float32"), "b"),
+    )
+    h = ag.layer_norm(x, 4, w, b)
+    y = ag.batch_norm(h, None, None, training=True).output
+    (dx,) = ag.grad((y * y).sum(), [x])
+    graph = ag.Graph([y.node, dx.node])
+    text = graph.to_json()
+    loaded = ag.Graph.from_json(text)
+    assert loaded.to_json() == text
+    data = rng.standard_normal((2, 3, 4)).astype("float32")
+    want = ag.compile([y, dx], inputs=[x])(data)
+    got = ag.compile([ag.Tensor(n) for n in loaded.outputs], inputs=[ag.Tensor(n) for n in loaded.inputs])(
+        data
+    )
+    for g, e in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from asg.core.ops import normalization
+
+    result = doctest.testmod(normalization, extraglobs={"np": np})
+    assert result.attempted > 0 and result.failed == 0

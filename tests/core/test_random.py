@@ -235,3 +235,24 @@ def test_random_ops_reject_bad_keys_shapes_and_parameters():
         ag.random_uniform(0, (-2,))
     with pytest.raises(ShapeError, match=r"fold_in: .*data must be an integer tensor, got float32"):
         ag.fold_in(0, ag.input("d", ()))
+
+
+def test_json_round_trip_of_a_dropout_graph_draws_the_same_mask():
+    x, key = ag.input("x", ("B", 8)), key_input()
+    y = ag.dropout(x, 0.5, ag.fold_in(key, 3))
+    loaded = ag.Graph.from_json(ag.Graph([y.node]).to_json())
+    data, k = np.ones((4, 8), "float32"), np.int64(12)
+    want = ag.compile(y, inputs=[x, key])(data, k)
+    got = ag.compile([ag.Tensor(n) for n in loaded.outputs], inputs=[ag.Tensor(n) for n in loaded.inputs])(
+        data, k
+    )
+    np.testing.assert_array_equal(got[0], want)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from asg.core.ops import random
+
+    result = doctest.testmod(random, extraglobs={"np": np})
+    assert result.attempted > 0 and result.failed == 0
