@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import dtype_of
+from ..dtypes import dtype_of, promote
 from ..registry import TensorType, define_op
 from ..tensor import Tensor, apply
 from ._rules import arithmetic, broadcast, comparison, float_unary, logical, same_type, true_division
@@ -28,6 +28,18 @@ def _binary(ufunc: np.ufunc):
     return kernel
 
 
+def _arithmetic(ufunc: np.ufunc):
+    """A binary kernel that computes bool operands as integers (numpy's bool ``+`` is logical or)."""
+
+    def kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if a.dtype == np.bool_ and b.dtype == np.bool_:
+            a = a.astype(np.int64)
+        return ufunc(a, b, out=out)
+
+    kernel.__name__ = ufunc.__name__
+    return kernel
+
+
 def _unary(ufunc: np.ufunc):
     def kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return ufunc(x, out=out)
@@ -37,12 +49,33 @@ def _unary(ufunc: np.ufunc):
 
 
 # ----------------------------------------------------------------------------- arithmetic
-define_op("add", infer=arithmetic, grad=lambda g, out, a, b: (g, g), kernel=_binary(np.add),
-          out_arg=True, elementwise=True, symbol="+")
-define_op("sub", infer=arithmetic, grad=lambda g, out, a, b: (g, -g), kernel=_binary(np.subtract),
-          out_arg=True, elementwise=True, symbol="-")
-define_op("mul", infer=arithmetic, grad=lambda g, out, a, b: (g * b, g * a), kernel=_binary(np.multiply),
-          out_arg=True, elementwise=True, symbol="*")
+define_op(
+    "add",
+    infer=arithmetic,
+    grad=lambda g, out, a, b: (g, g),
+    kernel=_arithmetic(np.add),
+    out_arg=True,
+    elementwise=True,
+    symbol="+",
+)
+define_op(
+    "sub",
+    infer=arithmetic,
+    grad=lambda g, out, a, b: (g, -g),
+    kernel=_arithmetic(np.subtract),
+    out_arg=True,
+    elementwise=True,
+    symbol="-",
+)
+define_op(
+    "mul",
+    infer=arithmetic,
+    grad=lambda g, out, a, b: (g * b, g * a),
+    kernel=_arithmetic(np.multiply),
+    out_arg=True,
+    elementwise=True,
+    symbol="*",
+)
 
 
 def _div_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -51,8 +84,15 @@ def _div_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> 
     return np.divide(a, b, out=out)
 
 
-define_op("div", infer=true_division, grad=lambda g, out, a, b: (g / b, -g * out / b), kernel=_div_kernel,
-          out_arg=True, elementwise=True, symbol="/")
+define_op(
+    "div",
+    infer=true_division,
+    grad=lambda g, out, a, b: (g / b, -g * out / b),
+    kernel=_div_kernel,
+    out_arg=True,
+    elementwise=True,
+    symbol="/",
+)
 
 
 def _pow_grad(g: Tensor, out: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,21 +100,71 @@ def _pow_grad(g: Tensor, out: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Ten
     return g * b * (a ** (b - 1)), g * out * safe_log
 
 
-define_op("pow", infer=arithmetic, grad=_pow_grad, kernel=_binary(np.power), out_arg=True, elementwise=True,
-          symbol="**")
-define_op("maximum", infer=arithmetic, kernel=_binary(np.maximum), out_arg=True, elementwise=True,
-          grad=lambda g, out, a, b: (where(a >= b, g, 0.0), where(a >= b, 0.0, g)))
-define_op("minimum", infer=arithmetic, kernel=_binary(np.minimum), out_arg=True, elementwise=True,
-          grad=lambda g, out, a, b: (where(a <= b, g, 0.0), where(a <= b, 0.0, g)))
+define_op(
+    "pow",
+    infer=arithmetic,
+    grad=_pow_grad,
+    kernel=_arithmetic(np.power),
+    out_arg=True,
+    elementwise=True,
+    symbol="**",
+)
+define_op(
+    "maximum",
+    infer=arithmetic,
+    kernel=_arithmetic(np.maximum),
+    out_arg=True,
+    elementwise=True,
+    grad=lambda g, out, a, b: (where(a >= b, g, 0.0), where(a >= b, 0.0, g)),
+)
+define_op(
+    "minimum",
+    infer=arithmetic,
+    kernel=_arithmetic(np.minimum),
+    out_arg=True,
+    elementwise=True,
+    grad=lambda g, out, a, b: (where(a <= b, g, 0.0), where(a <= b, 0.0, g)),
+)
 
-define_op("neg", infer=same_type, grad=lambda g, out, x: (-g,), kernel=_unary(np.negative), out_arg=True,
-          elementwise=True)
-define_op("exp", infer=float_unary, grad=lambda g, out, x: (g * out,), kernel=_unary(np.exp), out_arg=True,
-          elementwise=True)
-define_op("log", infer=float_unary, grad=lambda g, out, x: (g / x,), kernel=_unary(np.log), out_arg=True,
-          elementwise=True)
-define_op("sqrt", infer=float_unary, grad=lambda g, out, x: (g * 0.5 / out,), kernel=_unary(np.sqrt),
-          out_arg=True, elementwise=True)
+
+def _neg_infer(x: TensorType) -> TensorType:
+    if x.dtype == "bool":
+        raise ValueError("cannot negate a bool tensor (use ~x or ag.logical_not for logical negation)")
+    return x
+
+
+define_op(
+    "neg",
+    infer=_neg_infer,
+    grad=lambda g, out, x: (-g,),
+    kernel=_unary(np.negative),
+    out_arg=True,
+    elementwise=True,
+)
+define_op(
+    "exp",
+    infer=float_unary,
+    grad=lambda g, out, x: (g * out,),
+    kernel=_unary(np.exp),
+    out_arg=True,
+    elementwise=True,
+)
+define_op(
+    "log",
+    infer=float_unary,
+    grad=lambda g, out, x: (g / x,),
+    kernel=_unary(np.log),
+    out_arg=True,
+    elementwise=True,
+)
+define_op(
+    "sqrt",
+    infer=float_unary,
+    grad=lambda g, out, x: (g * 0.5 / out,),
+    kernel=_unary(np.sqrt),
+    out_arg=True,
+    elementwise=True,
+)
 
 
 def _rsqrt_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -82,47 +172,85 @@ def _rsqrt_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.reciprocal(out, out=out)
 
 
-define_op("rsqrt", infer=float_unary, grad=lambda g, out, x: (g * -0.5 * out * out * out,), kernel=_rsqrt_kernel,
-          out_arg=True, elementwise=True)
-define_op("abs", infer=same_type, grad=lambda g, out, x: (g * sign(x),), kernel=_unary(np.abs), out_arg=True,
-          elementwise=True)
-define_op("sign", infer=same_type, differentiable=False, kernel=_unary(np.sign), out_arg=True, elementwise=True)
+define_op(
+    "rsqrt",
+    infer=float_unary,
+    grad=lambda g, out, x: (g * -0.5 * out * out * out,),
+    kernel=_rsqrt_kernel,
+    out_arg=True,
+    elementwise=True,
+)
+define_op(
+    "abs",
+    infer=same_type,
+    grad=lambda g, out, x: (g * sign(x),),
+    kernel=_unary(np.abs),
+    out_arg=True,
+    elementwise=True,
+)
+define_op(
+    "sign", infer=same_type, differentiable=False, kernel=_unary(np.sign), out_arg=True, elementwise=True
+)
+
+
+_ERF_SERIES = [2.0 / math.sqrt(math.pi) * (-1) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(12)]
 
 
 def _erf_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     if x.dtype == np.float64:
         result = np.frompyfunc(math.erf, 1, 1)(x).astype(np.float64)
     else:
-        # Chebyshev fit of erfc (Numerical Recipes, erfcc): |error| < 1.2e-7, enough for float32.
-        z = np.abs(x).astype(np.float32)
+        # Evaluated in float64 and rounded once: a Taylor series near 0 (where 1 - erfc would lose the
+        # relative precision), and the Chebyshev fit of erfc (Numerical Recipes' erfcc, fractional
+        # error < 1.2e-7) beyond; both are within one float32 ulp of math.erf.
+        z = np.abs(x).astype(np.float64)
+        z2 = z * z
+        series = np.full_like(z, _ERF_SERIES[-1])
+        for c in reversed(_ERF_SERIES[:-1]):
+            series = series * z2 + c
+        series *= z
         t = 1.0 / (1.0 + 0.5 * z)
         poly = -0.82215223 + t * 0.17087277
         for c in (1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418, 0.37409196, 1.00002368):
             poly = c + t * poly
-        erfc = t * np.exp(-z * z - 1.26551223 + t * poly)
-        result = np.copysign(1.0 - erfc, x).astype(x.dtype)
+        tail = 1.0 - t * np.exp(-z2 - 1.26551223 + t * poly)
+        result = np.copysign(np.where(z < 1.0, series, tail), x).astype(x.dtype)
     if out is None:
         return result
     np.copyto(out, result)
     return out
 
 
-define_op("erf", infer=float_unary, kernel=_erf_kernel, out_arg=True, elementwise=True,
-          grad=lambda g, out, x: (g * (2.0 / math.sqrt(math.pi)) * exp(-x * x),))
+define_op(
+    "erf",
+    infer=float_unary,
+    kernel=_erf_kernel,
+    out_arg=True,
+    elementwise=True,
+    grad=lambda g, out, x: (g * (2.0 / math.sqrt(math.pi)) * exp(-x * x),),
+)
 
 
-def _clamp_infer(x: TensorType, min: float | None, max: float | None) -> TensorType:  # noqa: A002
+def _clamp_infer(x: TensorType, min: float | None, max: float | None) -> TensorType:
     if min is not None and max is not None and min > max:
         raise ValueError(f"min={min} is greater than max={max}")
     return x
 
 
-def _clamp_kernel(x: np.ndarray, min: float | None, max: float | None, out: np.ndarray | None = None) -> np.ndarray:  # noqa: A002
+def _clamp_kernel(
+    x: np.ndarray, min: float | None, max: float | None, out: np.ndarray | None = None
+) -> np.ndarray:
     return np.clip(x, min, max, out=out)
 
 
-define_op("clamp", infer=_clamp_infer, kernel=_clamp_kernel, out_arg=True, elementwise=True,
-          grad=lambda g, out, x, min, max: (where(_in_range(x, min, max), g, 0.0),))
+define_op(
+    "clamp",
+    infer=_clamp_infer,
+    kernel=_clamp_kernel,
+    out_arg=True,
+    elementwise=True,
+    grad=lambda g, out, x, min, max: (where(_in_range(x, min, max), g, 0.0),),
+)
 
 
 def _in_range(x: Tensor, lo: float | None, hi: float | None) -> Tensor:
@@ -135,15 +263,40 @@ def _in_range(x: Tensor, lo: float | None, hi: float | None) -> Tensor:
 
 # ----------------------------------------------------------------------------- comparisons and selection
 for _name, _ufunc, _sym in (
-    ("less", np.less, "<"), ("less_equal", np.less_equal, "<="), ("greater", np.greater, ">"),
-    ("greater_equal", np.greater_equal, ">="), ("equal", np.equal, "=="), ("not_equal", np.not_equal, "!="),
+    ("less", np.less, "<"),
+    ("less_equal", np.less_equal, "<="),
+    ("greater", np.greater, ">"),
+    ("greater_equal", np.greater_equal, ">="),
+    ("equal", np.equal, "=="),
+    ("not_equal", np.not_equal, "!="),
 ):
-    define_op(_name, infer=comparison, differentiable=False, kernel=_binary(_ufunc), out_arg=True,
-              elementwise=True, symbol=_sym)
-define_op("logical_and", infer=logical, differentiable=False, kernel=_binary(np.logical_and), out_arg=True,
-          elementwise=True, symbol="&")
-define_op("logical_or", infer=logical, differentiable=False, kernel=_binary(np.logical_or), out_arg=True,
-          elementwise=True, symbol="|")
+    define_op(
+        _name,
+        infer=comparison,
+        differentiable=False,
+        kernel=_binary(_ufunc),
+        out_arg=True,
+        elementwise=True,
+        symbol=_sym,
+    )
+define_op(
+    "logical_and",
+    infer=logical,
+    differentiable=False,
+    kernel=_binary(np.logical_and),
+    out_arg=True,
+    elementwise=True,
+    symbol="&",
+)
+define_op(
+    "logical_or",
+    infer=logical,
+    differentiable=False,
+    kernel=_binary(np.logical_or),
+    out_arg=True,
+    elementwise=True,
+    symbol="|",
+)
 
 
 def _logical_not_infer(x: TensorType) -> TensorType:
@@ -152,22 +305,32 @@ def _logical_not_infer(x: TensorType) -> TensorType:
     return x
 
 
-define_op("logical_not", infer=_logical_not_infer, differentiable=False, kernel=_unary(np.logical_not),
-          out_arg=True, elementwise=True)
+define_op(
+    "logical_not",
+    infer=_logical_not_infer,
+    differentiable=False,
+    kernel=_unary(np.logical_not),
+    out_arg=True,
+    elementwise=True,
+)
 
 
 def _where_infer(cond: TensorType, a: TensorType, b: TensorType) -> TensorType:
     if cond.dtype != "bool":
         raise ValueError(f"the condition must be a bool tensor, got {cond.dtype} (compare first, e.g. x > 0)")
-    return TensorType(broadcast(cond, a, b), arithmetic(a, b).dtype)
+    return TensorType(broadcast(cond, a, b), promote(a.dtype, b.dtype))
 
 
 def _where_kernel(cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(cond, a, b)
 
 
-define_op("where", infer=_where_infer, kernel=_where_kernel,
-          grad=lambda g, out, c, a, b: (None, where(c, g, 0.0), where(c, 0.0, g)))
+define_op(
+    "where",
+    infer=_where_infer,
+    kernel=_where_kernel,
+    grad=lambda g, out, c, a, b: (None, where(c, g, 0.0), where(c, 0.0, g)),
+)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -175,39 +338,68 @@ def _relu_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.maximum(x, 0, out=out)
 
 
-define_op("relu", infer=float_unary, kernel=_relu_kernel, out_arg=True, elementwise=True,
-          grad=lambda g, out, x: (where(x > 0, g, 0.0),))
+define_op(
+    "relu",
+    infer=float_unary,
+    kernel=_relu_kernel,
+    out_arg=True,
+    elementwise=True,
+    grad=lambda g, out, x: (where(x > 0, g, 0.0),),
+)
 
 
 def _leaky_relu_kernel(x: np.ndarray, negative_slope: float, out: np.ndarray | None = None) -> np.ndarray:
     return np.where(x > 0, x, x * np.asarray(negative_slope, x.dtype))
 
 
-define_op("leaky_relu", infer=float_unary, kernel=_leaky_relu_kernel, elementwise=True,
-          grad=lambda g, out, x, negative_slope: (where(x > 0, g, g * negative_slope),))
+define_op(
+    "leaky_relu",
+    infer=float_unary,
+    kernel=_leaky_relu_kernel,
+    elementwise=True,
+    grad=lambda g, out, x, negative_slope: (where(x > 0, g, g * negative_slope),),
+)
 
 
 def _elu_kernel(x: np.ndarray, alpha: float) -> np.ndarray:
     return np.where(x > 0, x, np.asarray(alpha, x.dtype) * np.expm1(np.minimum(x, 0)))
 
 
-define_op("elu", infer=float_unary, kernel=_elu_kernel, elementwise=True,
-          grad=lambda g, out, x, alpha: (where(x > 0, g, g * (out + alpha)),))
+define_op(
+    "elu",
+    infer=float_unary,
+    kernel=_elu_kernel,
+    elementwise=True,
+    grad=lambda g, out, x, alpha: (where(x > 0, g, g * (out + alpha)),),
+)
 
 
 def _sigmoid_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    # 1 / (1 + e^-x) == (1 + tanh(x / 2)) / 2, which never overflows.
-    out = np.multiply(x, np.asarray(0.5, x.dtype), out=out)
-    np.tanh(out, out=out)
-    out += 1
-    out *= 0.5
+    # With e = exp(-|x|) in (0, 1]: 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0. Nothing
+    # overflows, and tiny values for very negative x keep their relative precision.
+    negative = x < 0
+    e = np.exp(-np.abs(x))
+    out = np.divide(np.asarray(1, x.dtype), np.add(e, 1, out=np.empty_like(e)), out=out)
+    np.multiply(out, e, out=out, where=negative)
     return out
 
 
-define_op("sigmoid", infer=float_unary, kernel=_sigmoid_kernel, out_arg=True, elementwise=True,
-          grad=lambda g, out, x: (g * out * (1.0 - out),))
-define_op("tanh", infer=float_unary, kernel=_unary(np.tanh), out_arg=True, elementwise=True,
-          grad=lambda g, out, x: (g * (1.0 - out * out),))
+define_op(
+    "sigmoid",
+    infer=float_unary,
+    kernel=_sigmoid_kernel,
+    out_arg=True,
+    elementwise=True,
+    grad=lambda g, out, x: (g * out * (1.0 - out),),
+)
+define_op(
+    "tanh",
+    infer=float_unary,
+    kernel=_unary(np.tanh),
+    out_arg=True,
+    elementwise=True,
+    grad=lambda g, out, x: (g * (1.0 - out * out),),
+)
 
 
 def _silu_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -229,14 +421,21 @@ def _softplus_kernel(x: np.ndarray, beta: float, threshold: float) -> np.ndarray
     return np.where(bx > threshold, x, soft)
 
 
-define_op("softplus", infer=float_unary, kernel=_softplus_kernel, elementwise=True,
-          grad=lambda g, out, x, beta, threshold: (where(x * beta > threshold, g, g * sigmoid(x * beta)),))
+define_op(
+    "softplus",
+    infer=float_unary,
+    kernel=_softplus_kernel,
+    elementwise=True,
+    grad=lambda g, out, x, beta, threshold: (where(x * beta > threshold, g, g * sigmoid(x * beta)),),
+)
 
 
 def _gelu_kernel(x: np.ndarray, approximate: str) -> np.ndarray:
     half = np.asarray(0.5, x.dtype)
     if approximate == "tanh":
-        inner = np.asarray(math.sqrt(2.0 / math.pi), x.dtype) * (x + np.asarray(0.044715, x.dtype) * x * x * x)
+        inner = np.asarray(math.sqrt(2.0 / math.pi), x.dtype) * (
+            x + np.asarray(0.044715, x.dtype) * x * x * x
+        )
         return half * x * (1 + np.tanh(inner))
     return half * x * (1 + _erf_kernel(x * np.asarray(1 / _SQRT_2, x.dtype)))
 
@@ -299,7 +498,7 @@ def div(a: Any, b: Any) -> Tensor:
     return apply("div", a, b)
 
 
-def pow(a: Any, b: Any) -> Tensor:  # noqa: A001
+def pow(a: Any, b: Any) -> Tensor:
     """``a ** b`` with broadcasting."""
     return apply("pow", a, b)
 
@@ -339,7 +538,7 @@ def rsqrt(x: Any) -> Tensor:
     return apply("rsqrt", x)
 
 
-def abs(x: Any) -> Tensor:  # noqa: A001
+def abs(x: Any) -> Tensor:
     """Absolute value (gradient ``sign(x)``, 0 at 0)."""
     return apply("abs", x)
 
@@ -354,7 +553,7 @@ def erf(x: Any) -> Tensor:
     return apply("erf", x)
 
 
-def clamp(x: Any, min: float | None = None, max: float | None = None) -> Tensor:  # noqa: A002
+def clamp(x: Any, min: float | None = None, max: float | None = None) -> Tensor:
     """Limit values to ``[min, max]`` (either bound may be None); gradient 0 outside.
 
     >>> import asg.core as ag
@@ -446,4 +645,3 @@ def cast(x: Any, dtype: Any) -> Tensor:
     if isinstance(x, Tensor) and x.dtype == dtype:
         return x
     return apply("cast", x, dtype=dtype)
-

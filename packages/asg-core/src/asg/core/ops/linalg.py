@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import promote
+from ..errors import ShapeError
 from ..registry import TensorType, define_op
-from ..shapes import broadcast_shapes
+from ..shapes import broadcast_shapes, format_shape
 from ..tensor import Tensor, apply, as_tensor
 from ._rules import require_float
 
@@ -56,7 +57,10 @@ def matmul(a: Any, b: Any) -> Tensor:
     if a.ndim >= 2 and b.ndim >= 2:
         return apply("matmul", a, b)
     if a.ndim == 0 or b.ndim == 0:
-        raise ValueError(f"matmul: {a.node.label} {a.shape} @ {b.node.label} {b.shape}: operands must not be 0-d")
+        raise ShapeError(
+            f"matmul: {a.node.label} {format_shape(a.shape)} @ {b.node.label} {format_shape(b.shape)}: "
+            "operands must not be 0-d"
+        )
     a2 = reshape(a, (1, *a.shape)) if a.ndim == 1 else a
     b2 = reshape(b, (*b.shape, 1)) if b.ndim == 1 else b
     out = apply("matmul", a2, b2)

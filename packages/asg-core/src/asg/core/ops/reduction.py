@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ShapeError
 from ..registry import TensorType, define_op
-from ..shapes import dim_prod, normalize_axes, normalize_axis
+from ..shapes import dim_prod, format_shape, normalize_axes, normalize_axis
 from ..tensor import Tensor, apply, as_tensor
 from ._rules import require_float
 
@@ -37,12 +38,19 @@ def expand_reduced(g: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) 
     return broadcast_to(g, x.shape)
 
 
-def _sum_kernel(x: np.ndarray, axes: tuple[int, ...], keepdims: bool, out: np.ndarray | None = None) -> np.ndarray:
+def _sum_kernel(
+    x: np.ndarray, axes: tuple[int, ...], keepdims: bool, out: np.ndarray | None = None
+) -> np.ndarray:
     return np.sum(x, axis=axes, keepdims=keepdims, out=out, dtype=np.int64 if x.dtype == np.bool_ else None)
 
 
-define_op("sum", infer=_reduce_infer, kernel=_sum_kernel, out_arg=True,
-          grad=lambda g, out, x, axes, keepdims: (expand_reduced(g, x, axes, keepdims),))
+define_op(
+    "sum",
+    infer=_reduce_infer,
+    kernel=_sum_kernel,
+    out_arg=True,
+    grad=lambda g, out, x, axes, keepdims: (expand_reduced(g, x, axes, keepdims),),
+)
 
 
 def _extreme_grad(g: Tensor, out: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) -> tuple[Tensor]:
@@ -54,11 +62,15 @@ def _extreme_grad(g: Tensor, out: Tensor, x: Tensor, axes: tuple[int, ...], keep
     return (expand_reduced(g, x, axes, keepdims) * share,)
 
 
-def _max_kernel(x: np.ndarray, axes: tuple[int, ...], keepdims: bool, out: np.ndarray | None = None) -> np.ndarray:
+def _max_kernel(
+    x: np.ndarray, axes: tuple[int, ...], keepdims: bool, out: np.ndarray | None = None
+) -> np.ndarray:
     return np.max(x, axis=axes, keepdims=keepdims, out=out)
 
 
-def _min_kernel(x: np.ndarray, axes: tuple[int, ...], keepdims: bool, out: np.ndarray | None = None) -> np.ndarray:
+def _min_kernel(
+    x: np.ndarray, axes: tuple[int, ...], keepdims: bool, out: np.ndarray | None = None
+) -> np.ndarray:
     return np.min(x, axis=axes, keepdims=keepdims, out=out)
 
 
@@ -78,30 +90,49 @@ def _arg_infer(x: TensorType, axis: int, keepdims: bool) -> TensorType:
     return TensorType(_reduced_shape(x, (axis,), keepdims), "int64")
 
 
-define_op("argmax", infer=_arg_infer, differentiable=False,
-          kernel=lambda x, axis, keepdims: np.argmax(x, axis=axis, keepdims=keepdims))
-define_op("argmin", infer=_arg_infer, differentiable=False,
-          kernel=lambda x, axis, keepdims: np.argmin(x, axis=axis, keepdims=keepdims))
+define_op(
+    "argmax",
+    infer=_arg_infer,
+    differentiable=False,
+    kernel=lambda x, axis, keepdims: np.argmax(x, axis=axis, keepdims=keepdims),
+)
+define_op(
+    "argmin",
+    infer=_arg_infer,
+    differentiable=False,
+    kernel=lambda x, axis, keepdims: np.argmin(x, axis=axis, keepdims=keepdims),
+)
 
 
 def _count_infer(x: TensorType, axes: tuple[int, ...], dtype: str) -> TensorType:
     return TensorType((), dtype)
 
 
-define_op("count", infer=_count_infer, differentiable=False,
-          kernel=lambda x, axes, dtype: np.asarray(int(np.prod([x.shape[a] for a in axes])), dtype),
-          doc="Number of elements over ``axes`` of the input's runtime shape (for symbolic shapes).")
+define_op(
+    "count",
+    infer=_count_infer,
+    differentiable=False,
+    kernel=lambda x, axes, dtype: np.asarray(int(np.prod([x.shape[a] for a in axes])), dtype),
+    doc="Number of elements over ``axes`` of the input's runtime shape (for symbolic shapes).",
+)
 
 
 # ----------------------------------------------------------------------------- public functions
-def _axes(x: Tensor, axis: Axes) -> tuple[int, ...]:
+def _axes(x: Tensor, axis: Axes, op: str) -> tuple[int, ...]:
     try:
         return normalize_axes(axis, x.ndim)
     except ValueError as err:
-        raise ValueError(f"reduction over {x.node.label} {x.shape}: {err}") from None
+        raise ShapeError(f"{op}: {x.node.label} {format_shape(x.shape)}: {err}") from None
 
 
-def sum(x: Any, axis: Axes = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def _axis(x: Tensor, axis: int, op: str) -> int:
+    try:
+        return normalize_axis(axis, x.ndim)
+    except ValueError as err:
+        raise ShapeError(f"{op}: {x.node.label} {format_shape(x.shape)}: {err}") from None
+
+
+def sum(x: Any, axis: Axes = None, keepdims: bool = False) -> Tensor:
     """Sum over ``axis`` (all axes by default).
 
     >>> import asg.core as ag
@@ -109,7 +140,7 @@ def sum(x: Any, axis: Axes = None, keepdims: bool = False) -> Tensor:  # noqa: A
     ('B',)
     """
     x = as_tensor(x)
-    return apply("sum", x, axes=_axes(x, axis), keepdims=bool(keepdims))
+    return apply("sum", x, axes=_axes(x, axis, "sum"), keepdims=bool(keepdims))
 
 
 def element_count(x: Tensor, axes: tuple[int, ...]) -> Tensor | float:
@@ -124,7 +155,7 @@ def mean(x: Any, axis: Axes = None, keepdims: bool = False) -> Tensor:
     """Mean over ``axis`` (all axes by default); works with symbolic dimensions."""
     x = as_tensor(x)
     require_float_tensor(x, "mean")
-    axes = _axes(x, axis)
+    axes = _axes(x, axis, "mean")
     n = element_count(x, axes)
     total = sum(x, axes, keepdims)
     return total * (1.0 / n) if not isinstance(n, Tensor) else total / n
@@ -133,35 +164,35 @@ def mean(x: Any, axis: Axes = None, keepdims: bool = False) -> Tensor:
 def var(x: Any, axis: Axes = None, keepdims: bool = False, correction: int = 0) -> Tensor:
     """Variance over ``axis``; ``correction=1`` gives the unbiased estimate."""
     x = as_tensor(x)
-    axes = _axes(x, axis)
+    axes = _axes(x, axis, "var")
     centered = x - mean(x, axes, keepdims=True)
     sq = sum(centered * centered, axes, keepdims)
     n = element_count(x, axes)
     return sq / (n - correction)
 
 
-def max(x: Any, axis: Axes = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def max(x: Any, axis: Axes = None, keepdims: bool = False) -> Tensor:
     """Maximum over ``axis``; tied maxima share the gradient."""
     x = as_tensor(x)
-    return apply("max", x, axes=_axes(x, axis), keepdims=bool(keepdims))
+    return apply("max", x, axes=_axes(x, axis, "max"), keepdims=bool(keepdims))
 
 
-def min(x: Any, axis: Axes = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def min(x: Any, axis: Axes = None, keepdims: bool = False) -> Tensor:
     """Minimum over ``axis``; tied minima share the gradient."""
     x = as_tensor(x)
-    return apply("min", x, axes=_axes(x, axis), keepdims=bool(keepdims))
+    return apply("min", x, axes=_axes(x, axis, "min"), keepdims=bool(keepdims))
 
 
 def argmax(x: Any, axis: int = -1, keepdims: bool = False) -> Tensor:
     """Index of the maximum along ``axis`` (int64)."""
     x = as_tensor(x)
-    return apply("argmax", x, axis=normalize_axis(axis, x.ndim), keepdims=bool(keepdims))
+    return apply("argmax", x, axis=_axis(x, axis, "argmax"), keepdims=bool(keepdims))
 
 
 def argmin(x: Any, axis: int = -1, keepdims: bool = False) -> Tensor:
     """Index of the minimum along ``axis`` (int64)."""
     x = as_tensor(x)
-    return apply("argmin", x, axis=normalize_axis(axis, x.ndim), keepdims=bool(keepdims))
+    return apply("argmin", x, axis=_axis(x, axis, "argmin"), keepdims=bool(keepdims))
 
 
 def logsumexp(x: Any, axis: Axes = None, keepdims: bool = False) -> Tensor:
@@ -170,7 +201,7 @@ def logsumexp(x: Any, axis: Axes = None, keepdims: bool = False) -> Tensor:
     from .shape import reshape, stop_gradient
 
     x = as_tensor(x)
-    axes = _axes(x, axis)
+    axes = _axes(x, axis, "logsumexp")
     m = stop_gradient(max(x, axes, keepdims=True))
     out = log(sum(exp(x - m), axes, keepdims=True)) + m
     return out if keepdims else reshape(out, tuple(d for i, d in enumerate(x.shape) if i not in axes))
@@ -180,4 +211,4 @@ def require_float_tensor(x: Tensor, what: str) -> None:
     try:
         require_float(TensorType(x.shape, x.dtype))
     except ValueError as err:
-        raise ValueError(f"{what}: {x.node.label} {x.shape}: {err}") from None
+        raise ShapeError(f"{what}: {x.node.label} {format_shape(x.shape)}: {err}") from None

@@ -1,0 +1,222 @@
+"""Reductions: sum, mean, var, max, min, argmax, argmin, logsumexp over axes, with keepdims."""
+
+from __future__ import annotations
+
+import numpy as np
+import optest
+import pytest
+from optest import check_op, rand, run
+
+import asg.core as ag
+
+
+class _NoTorch:
+    """Stands in for PyTorch when it is not installed: comparisons that need it skip their test."""
+
+    def __getattr__(self, name: str) -> _NoTorch:
+        return self
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        pytest.skip("PyTorch is not installed")
+
+
+torch = optest.torch or _NoTorch()
+
+X = rand(2, 3, 4, seed=20)
+AXES = [None, 0, 1, -1, (0, 2), (1, -1), (0, 1, 2)]
+
+
+def _torch_dims(axis):
+    if axis is None:
+        return ()
+    return axis if isinstance(axis, tuple) else (axis,)
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", AXES, ids=str)
+def test_sum(axis, keepdims):
+    dims = _torch_dims(axis) or (0, 1, 2)
+    check_op(
+        lambda x: ag.sum(x, axis, keepdims),
+        X,
+        ref=lambda x: np.sum(x, axis=axis, keepdims=keepdims),
+        torch_fn=lambda t: t.sum(dim=dims, keepdim=keepdims),
+    )
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", [None, 1, (0, 2)], ids=str)
+def test_mean(axis, keepdims):
+    dims = _torch_dims(axis) or (0, 1, 2)
+    check_op(
+        lambda x: x.mean(axis, keepdims),
+        X,
+        ref=lambda x: np.mean(x, axis=axis, keepdims=keepdims),
+        torch_fn=lambda t: t.mean(dim=dims, keepdim=keepdims),
+    )
+
+
+@pytest.mark.parametrize("correction", [0, 1])
+@pytest.mark.parametrize("axis", [None, 0, (1, 2)], ids=str)
+def test_var(axis, correction):
+    dims = _torch_dims(axis) or (0, 1, 2)
+    check_op(
+        lambda x: x.var(axis, correction=correction),
+        X,
+        ref=lambda x: np.var(x, axis=axis, ddof=correction),
+        torch_fn=lambda t: t.var(dim=dims, correction=correction),
+    )
+
+
+def test_var_keepdims():
+    check_op(
+        lambda x: ag.var(x, 1, keepdims=True), X, ref=lambda x: np.var(x, axis=1, keepdims=True), order=1
+    )
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", [None, 0, -1, (0, 2)], ids=str)
+@pytest.mark.parametrize("which", ["max", "min"])
+def test_max_min(which, axis, keepdims):
+    dims = _torch_dims(axis) or (0, 1, 2)
+    tfn = torch.amax if which == "max" else torch.amin
+    check_op(
+        lambda x: getattr(x, which)(axis, keepdims),
+        X,
+        ref=lambda x: getattr(np, which)(x, axis=axis, keepdims=keepdims),
+        torch_fn=lambda t: tfn(t, dim=dims, keepdim=keepdims),
+    )
+
+
+def test_max_ties_share_the_gradient_equally():
+    x = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]])
+    xs = ag.input("x", (2, 3), "float64")
+    g_rows, g_all, g_min = ag.compile(
+        ag.grad(xs.max(axis=1).sum(), [xs]) + ag.grad(xs.max(), [xs]) + ag.grad(xs.min(axis=1).sum(), [xs])
+    )(x)
+    np.testing.assert_allclose(g_rows, [[0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]])
+    np.testing.assert_allclose(g_all, [[0, 0.5, 0.5], [0, 0, 0]])
+    np.testing.assert_allclose(g_min, [[1, 0, 0], [1 / 3, 1 / 3, 1 / 3]])
+    t = torch.tensor(x, requires_grad=True)
+    t.max().backward()  # PyTorch also splits a full reduction's gradient among ties
+    np.testing.assert_allclose(g_all, t.grad.numpy())
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_argmax_argmin(axis, keepdims):
+    for name in ("argmax", "argmin"):
+        got = run(lambda x, n=name: getattr(ag, n)(x, axis, keepdims), X)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, getattr(np, name)(X, axis=axis, keepdims=keepdims))
+        np.testing.assert_array_equal(
+            got, getattr(torch, name)(torch.tensor(X), dim=axis, keepdim=keepdims).numpy()
+        )
+    np.testing.assert_array_equal(run(lambda x: x.argmax(), X[0]), np.argmax(X[0], axis=-1))
+
+
+def test_argmax_has_no_gradient():
+    x = ag.input("x", (3, 4), "float64")
+    (gx,) = ag.grad(
+        (x.argmax(axis=1).astype("float64") * x.sum()).sum() * 0.0 + x.argmax(1).astype("float64").sum(), [x]
+    )
+    np.testing.assert_array_equal(ag.compile(gx)(rand(3, 4)), np.zeros((3, 4)))
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", [None, 1, (0, 2)], ids=str)
+def test_logsumexp(axis, keepdims):
+    dims = _torch_dims(axis) or (0, 1, 2)
+    check_op(
+        lambda x: ag.logsumexp(x, axis, keepdims),
+        X,
+        ref=lambda x: np.log(np.sum(np.exp(x), axis=axis, keepdims=keepdims)),
+        torch_fn=lambda t: torch.logsumexp(t, dim=dims, keepdim=keepdims),
+    )
+
+
+def test_logsumexp_is_stable_for_large_values():
+    x = np.array([[1000.0, 1000.0, -1000.0], [-1000.0, -1000.0, -1000.0]], np.float32)
+    got = run(lambda v: ag.logsumexp(v, axis=1), x)
+    np.testing.assert_allclose(got, [1000 + np.log(2), -1000 + np.log(3)], rtol=1e-6)
+
+
+def test_sum_of_bool_counts_as_int64():
+    mask = np.array([[True, False, True], [True, True, True]])
+    got = run(lambda m: m.sum(), mask)
+    assert got.dtype == np.int64 and got == 5
+    got = run(lambda m: m.sum(axis=0), mask)
+    np.testing.assert_array_equal(got, [2, 1, 2])
+    assert got.dtype == np.int64
+    assert ag.input("m", (2,), "bool").sum().dtype == "int64"
+
+
+def test_integer_sum_and_max_keep_dtype():
+    a = np.array([[1, 5, 3], [7, 2, 9]], np.int32)
+    for fn, ref in [
+        (lambda v: v.sum(axis=1), lambda v: v.sum(axis=1)),
+        (lambda v: v.max(axis=0), lambda v: v.max(0)),
+        (lambda v: v.min(), lambda v: v.min()),
+    ]:
+        got = run(fn, a)
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, ref(a))
+
+
+def test_mean_of_integers_is_an_error():
+    with pytest.raises(ag.ShapeError, match=r"mean: i \(3,\): expected a floating-point tensor, got int64"):
+        ag.input("i", (3,), "int64").mean()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_reductions_keep_float_dtype(dtype):
+    x = X.astype(dtype)
+    for fn in (
+        lambda v: v.sum(1),
+        lambda v: v.mean(),
+        lambda v: v.var(0),
+        lambda v: v.max(2),
+        lambda v: ag.logsumexp(v, 1),
+    ):
+        got = run(fn, x)
+        assert got.dtype == np.dtype(dtype)
+
+
+def test_mean_and_var_with_symbolic_batch():
+    x = ag.input("x", ("B", 3), "float64")
+    f = ag.compile([x.mean(), x.var(axis=0, correction=1), x.mean(axis=0)])
+    for batch in (4, 7):
+        data = rand(batch, 3, seed=batch)
+        mean, var, col = f(data)
+        np.testing.assert_allclose(mean, data.mean())
+        np.testing.assert_allclose(var, data.var(axis=0, ddof=1))
+        np.testing.assert_allclose(col, data.mean(axis=0))
+    assert f.num_plans == 2
+    (gx,) = ag.grad(x.var(), [x])
+    data = rand(5, 3)
+    np.testing.assert_allclose(ag.compile(gx)(data), 2 * (data - data.mean()) / data.size)
+
+
+def test_reductions_of_zero_d_and_empty_axes():
+    np.testing.assert_allclose(run(lambda v: v.sum(), np.array(3.0)), 3.0)
+    np.testing.assert_allclose(run(lambda v: v.sum(axis=()), X), X)
+    check_op(lambda v: v.sum(axis=()) * 2.0, X[0, 0], ref=lambda v: 2 * v, order=1)
+
+
+def test_bad_axis_names_the_op_and_tensor():
+    x = ag.input("x", (2, 3))
+    for fn in (
+        lambda: x.sum(axis=2),
+        lambda: x.mean(axis=-3),
+        lambda: x.max(axis=(0, 5)),
+        lambda: x.argmax(axis=2),
+    ):
+        with pytest.raises(
+            ag.ShapeError, match=r"^(sum|mean|max|argmax): x \(2, 3\): axis -?\d is out of range for a 2-d"
+        ):
+            fn()
+
+
+def test_max_over_empty_axis_is_an_error():
+    with pytest.raises(ag.ShapeError, match=r"max: x \(0, 3\): cannot reduce over axis 0 of size 0"):
+        ag.input("x", (0, 3)).max(axis=0)
