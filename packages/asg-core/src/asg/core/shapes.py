@@ -1,9 +1,10 @@
 """Shapes whose dimensions may be symbolic.
 
 A dimension is an ``int`` or a ``str``: a symbol such as ``"B"`` (a batch size fixed only when the
-graph runs) or a product of symbols and integers such as ``"B*T"`` or ``"4*B"``. Sums, which a few
-ops produce, are kept as opaque parenthesised expressions such as ``"(B+T)"``. Every symbolic
-dimension is resolved to an ``int`` when a plan is compiled for concrete input shapes.
+graph runs) or an integer polynomial of symbols such as ``"B*T"``, ``"4*B"`` or ``"(B+2)"``, with
+``//`` by an integer kept as an opaque factor (``"((B-1)//2)"``). Dimensions are kept in one
+canonical text form, so ``"(B+T)"`` minus ``"B"`` is ``"T"``. Every symbolic dimension is resolved to
+an ``int`` when a plan is compiled for concrete input shapes.
 """
 
 from __future__ import annotations
@@ -12,54 +13,109 @@ import ast
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
+from numpy import bool_ as np_bool
+
 Dim = int | str
 Shape = tuple[Dim, ...]
 
 
-def _split_product(dim: str) -> list[str]:
-    """Split ``"4*B*(S+T)"`` into ``["4", "B", "(S+T)"]`` (top-level ``*`` only)."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(dim):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "*" and depth == 0:
-            parts.append(dim[start:i])
-            start = i + 1
-    parts.append(dim[start:])
-    return [p.strip() for p in parts]
+Poly = dict[tuple[str, ...], int]  # monomial (sorted atoms, repeats allowed) -> integer coefficient
 
 
-def _factors(dim: Dim) -> tuple[int, list[str]]:
-    """A dimension as (integer coefficient, sorted symbolic factors)."""
+def _poly_add(a: Poly, b: Poly, sign: int = 1) -> Poly:
+    out = dict(a)
+    for mono, c in b.items():
+        out[mono] = out.get(mono, 0) + sign * c
+    return {m: c for m, c in out.items() if c}
+
+
+def _poly_mul(a: Poly, b: Poly) -> Poly:
+    out: Poly = {}
+    for ma, ca in a.items():
+        for mb, cb in b.items():
+            mono = tuple(sorted(ma + mb))
+            out[mono] = out.get(mono, 0) + ca * cb
+    return {m: c for m, c in out.items() if c}
+
+
+def _poly_floordiv(a: Poly, b: Poly) -> Poly:
+    if len(b) == 1 and () in b and b[()] > 0 and all(c % b[()] == 0 for c in a.values()):
+        return {m: c // b[()] for m, c in a.items()}
+    divisor = _format(b)
+    atom = f"({_format(a)}//{divisor})"
+    return {(atom,): 1}
+
+
+def _parse(dim: Dim) -> Poly:
+    """A dimension as a polynomial over its symbols; ``//`` that does not divide stays an opaque atom."""
     if isinstance(dim, int):
-        return dim, []
-    coeff, names = 1, []
-    for part in _split_product(dim):
-        if part.lstrip("-").isdigit():
-            coeff *= int(part)
-        else:
-            names.append(part)
-    return coeff, sorted(names)
+        return {(): dim} if dim else {}
+    try:
+        tree = ast.parse(dim.strip(), mode="eval").body
+    except SyntaxError:
+        return {(dim,): 1}
+
+    def walk(node: ast.AST) -> Poly:
+        if isinstance(node, ast.Name):
+            return {(node.id,): 1}
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return {(): node.value} if node.value else {}
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return {m: -c for m, c in walk(node.operand).items()}
+        if isinstance(node, ast.BinOp):
+            left, right = walk(node.left), walk(node.right)
+            if isinstance(node.op, ast.Add):
+                return _poly_add(left, right)
+            if isinstance(node.op, ast.Sub):
+                return _poly_add(left, right, -1)
+            if isinstance(node.op, ast.Mult):
+                return _poly_mul(left, right)
+            if isinstance(node.op, ast.FloorDiv):
+                return _poly_floordiv(left, right)
+        raise ValueError(f"malformed symbolic dimension {dim!r}")
+
+    return walk(tree)
 
 
-def _from_factors(coeff: int, names: list[str]) -> Dim:
-    if not names:
-        return coeff
-    if coeff == 0:
-        return 0
-    body = "*".join(sorted(names))
+def _format_term(mono: tuple[str, ...], coeff: int) -> str:
+    if not mono:
+        return str(coeff)
+    body = "*".join(mono)
     return body if coeff == 1 else f"{coeff}*{body}"
 
 
+def _format(poly: Poly) -> Dim:
+    """The canonical text of a polynomial: ``"4*B*T"`` for a product, ``"(B*T+2)"`` for a sum."""
+    terms = sorted(((m, c) for m, c in poly.items() if c), key=lambda t: (not t[0], t[0]))
+    if not terms:
+        return 0
+    if len(terms) == 1:
+        mono, coeff = terms[0]
+        if not mono:
+            return coeff
+        if coeff > 0:
+            return _format_term(mono, coeff)
+    text = ""
+    for k, (mono, coeff) in enumerate(terms):
+        sign = "-" if coeff < 0 else ("+" if k else "")
+        text += sign + _format_term(mono, -coeff if coeff < 0 else coeff)
+    return f"({text})"
+
+
 def normalize_dim(dim: Dim) -> Dim:
-    """Canonical form of a dimension: ``"T*B"`` and ``"B*T"`` both become ``"B*T"``."""
+    """Canonical form of a dimension: ``"T*B"`` and ``"B*T"`` both become ``"B*T"``, ``"((B+1)+1)"`` becomes
+    ``"(B+2)"`` and ``"2*3"`` becomes ``6``.
+
+    >>> normalize_dim("T*B"), normalize_dim("((B+1)+1)"), normalize_dim("((B+T)-B)")
+    ('B*T', '(B+2)', 'T')
+    """
     if isinstance(dim, bool) or not isinstance(dim, (int, str)):
-        if hasattr(dim, "__index__"):
+        if hasattr(dim, "__index__") and not isinstance(dim, (bool, np_bool)):
             return int(dim)  # numpy integers
         raise TypeError(f"a dimension must be an int or a symbol name, got {dim!r}")
-    return _from_factors(*_factors(dim))
+    if isinstance(dim, int):
+        return dim
+    return _format(_parse(dim))
 
 
 def normalize_shape(shape: Iterable[Dim] | Dim) -> Shape:
@@ -71,9 +127,7 @@ def normalize_shape(shape: Iterable[Dim] | Dim) -> Shape:
 
 def dim_mul(a: Dim, b: Dim) -> Dim:
     """Product of two dimensions, symbolic where either is."""
-    ca, na = _factors(a)
-    cb, nb = _factors(b)
-    return _from_factors(ca * cb, na + nb)
+    return _format(_poly_mul(_parse(a), _parse(b)))
 
 
 def dim_prod(dims: Iterable[Dim]) -> Dim:
@@ -86,39 +140,56 @@ def dim_prod(dims: Iterable[Dim]) -> Dim:
 
 def dim_div(a: Dim, b: Dim) -> Dim | None:
     """``a / b`` when it divides exactly (symbols cancel), else ``None``."""
-    ca, na = _factors(a)
-    cb, nb = _factors(b)
-    if cb == 0 or ca % cb:
+    pa, pb = _parse(a), _parse(b)
+    if not pb:
         return None
-    rest = list(na)
-    for name in nb:
-        if name not in rest:
+    if len(pb) != 1:
+        return 1 if pa == pb else None
+    ((mono_b, cb),) = pb.items()
+    out: Poly = {}
+    for mono, c in pa.items():
+        rest = list(mono)
+        for atom in mono_b:
+            if atom not in rest:
+                return None
+            rest.remove(atom)
+        if c % cb:
             return None
-        rest.remove(name)
-    return _from_factors(ca // cb, rest)
+        out[tuple(rest)] = out.get(tuple(rest), 0) + c // cb
+    return _format(out)
 
 
 def dim_add(a: Dim, b: Dim) -> Dim:
-    """Sum of two dimensions; symbolic sums stay expressions (``"(B+T)"``)."""
+    """Sum of two dimensions; symbolic sums are simplified (``"(B+1)"`` plus 1 is ``"(B+2)"``)."""
     if isinstance(a, int) and isinstance(b, int):
         return a + b
-    if a == 0:
-        return b
-    if b == 0:
-        return a
-    if isinstance(b, int) and b < 0:
-        return f"({a}-{-b})"
-    return f"({a}+{b})"
+    return _format(_poly_add(_parse(a), _parse(b)))
+
+
+def dim_sub(a: Dim, b: Dim) -> Dim:
+    """Difference of two dimensions (``"(B+T)"`` minus ``"B"`` is ``"T"``)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a - b
+    return _format(_poly_add(_parse(a), _parse(b), -1))
 
 
 def dim_floordiv(a: Dim, b: int) -> Dim:
     """``a // b`` for a positive int ``b``: exact when it divides, else an expression."""
-    exact = dim_div(a, b)
-    if exact is not None:
-        return exact
     if isinstance(a, int):
         return a // b
-    return f"({a}//{b})"
+    return _format(_poly_floordiv(_parse(a), {(): b}))
+
+
+def dims_differ(a: Dim, b: Dim) -> bool:
+    """True when two dimensions differ for every value of their symbols (``"6*B"`` and ``"4*B"``, ``"(B+1)"``
+    and ``"B"``); False when they are equal or may be."""
+    diff = _parse(dim_sub(a, b))
+    if not diff:
+        return False
+    if list(diff) == [()]:
+        return True
+    pa, pb = _parse(a), _parse(b)
+    return len(pa) == 1 and len(pb) == 1 and next(iter(pa)) == next(iter(pb))
 
 
 def is_static(shape: Sequence[Dim]) -> bool:
@@ -153,9 +224,7 @@ def broadcast_shapes(*shapes: Sequence[Dim]) -> Shape:
             d = shape[i]
             if d == 1 or d == result:
                 continue
-            if result == 1:
-                result = d
-            elif isinstance(result, str) and isinstance(d, int):
+            if result == 1 or (isinstance(result, str) and isinstance(d, int)):
                 result = d
             elif isinstance(result, int) and isinstance(d, str):
                 continue
@@ -183,7 +252,17 @@ def normalize_axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ..
 
 
 _ALLOWED_NODES = (
-    ast.Expression, ast.BinOp, ast.Name, ast.Constant, ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Load,
+    ast.Expression,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.USub,
+    ast.Name,
+    ast.Constant,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.FloorDiv,
+    ast.Load,
 )
 
 
@@ -206,7 +285,11 @@ def resolve_dim(dim: Dim, bindings: Mapping[str, int]) -> int:
         if isinstance(node, ast.Expression):
             return value(node.body)
         if isinstance(node, ast.Constant):
-            return int(node.value)
+            if type(node.value) is not int:
+                raise ValueError(f"malformed symbolic dimension {dim!r}")
+            return node.value
+        if isinstance(node, ast.UnaryOp):
+            return -value(node.operand)
         if isinstance(node, ast.Name):
             if node.id not in bindings:
                 raise ValueError(f"symbolic dimension {node.id!r} has no value (known: {dict(bindings)})")

@@ -45,7 +45,19 @@ def _log_softmax_grad(g: Tensor, out: Tensor, x: Tensor, axis: int) -> tuple[Ten
 
 
 define_op("softmax", infer=_softmax_infer, kernel=_softmax_kernel, out_arg=True, grad=_softmax_grad)
-define_op("log_softmax", infer=_softmax_infer, kernel=_log_softmax_kernel, out_arg=True, grad=_log_softmax_grad)
+define_op(
+    "log_softmax", infer=_softmax_infer, kernel=_log_softmax_kernel, out_arg=True, grad=_log_softmax_grad
+)
+
+
+def _axis(x: Tensor, axis: int, op: str) -> int:
+    from ..errors import ShapeError
+    from ..shapes import format_shape
+
+    try:
+        return normalize_axis(axis, x.ndim)
+    except ValueError as err:
+        raise ShapeError(f"{op}: {x.node.label} {format_shape(x.shape)}: {err}") from None
 
 
 def softmax(x: Any, axis: int = -1) -> Tensor:
@@ -56,13 +68,13 @@ def softmax(x: Any, axis: int = -1) -> Tensor:
     ('B', 10)
     """
     x = as_tensor(x)
-    return apply("softmax", x, axis=normalize_axis(axis, x.ndim))
+    return apply("softmax", x, axis=_axis(x, axis, "softmax"))
 
 
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
     """``x - logsumexp(x)`` along ``axis``, computed stably."""
     x = as_tensor(x)
-    return apply("log_softmax", x, axis=normalize_axis(axis, x.ndim))
+    return apply("log_softmax", x, axis=_axis(x, axis, "log_softmax"))
 
 
 def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
@@ -76,22 +88,27 @@ def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoot
     ()
     """
     from ..errors import ShapeError
+    from ..shapes import format_shape
     from .reduction import mean, sum
     from .shape import one_hot
 
     logits, target = as_tensor(logits), as_tensor(target, "int64")
     if logits.ndim != 2 or target.ndim != 1:
         raise ShapeError(
-            f"cross_entropy: logits {logits.node.label} {logits.shape} and target {target.node.label} "
-            f"{target.shape}: expected logits (N, C) and integer targets (N,)"
+            f"cross_entropy: logits {logits.node.label} {format_shape(logits.shape)} and target "
+            f"{target.node.label} {format_shape(target.shape)}: expected logits (N, C) and integer targets (N,)"
         )
     if target.dtype not in ("int32", "int64"):
-        raise ShapeError(f"cross_entropy: target {target.node.label} must hold integer class indices, got {target.dtype}")
+        raise ShapeError(
+            f"cross_entropy: target {target.node.label} must hold integer class indices, got {target.dtype}"
+        )
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     num_classes = logits.shape[1]
     if not isinstance(num_classes, int):
-        raise ShapeError(f"cross_entropy: the class dimension of {logits.node.label} must be static, got {num_classes!r}")
+        raise ShapeError(
+            f"cross_entropy: the class dimension of {logits.node.label} must be static, got {num_classes!r}"
+        )
     logp = log_softmax(logits, axis=1)
     picked = one_hot(target, num_classes, logits.dtype)
     if label_smoothing:

@@ -17,6 +17,8 @@ from ..shapes import (
     dim_div,
     dim_floordiv,
     dim_prod,
+    dim_sub,
+    dims_differ,
     format_shape,
     normalize_axis,
     normalize_shape,
@@ -40,17 +42,19 @@ def _reshape_infer(x: TensorType, shape: Shape) -> TensorType:
                 raise ValueError(f"cannot reshape {total} elements into {format_shape(shape)}")
             missing = f"(({total})//({known}))"
         return TensorType(tuple(missing if d == -1 else d for d in shape), x.dtype)
-    if isinstance(total, int) and isinstance(known, int) and total != known:
-        raise ValueError(f"cannot reshape {total} elements into {format_shape(shape)} ({known} elements)")
-    ratio = dim_div(total, known)
-    if isinstance(ratio, int) and ratio != 1:
+    if dims_differ(total, known):
         raise ValueError(f"cannot reshape {total} elements into {format_shape(shape)} ({known} elements)")
     return TensorType(tuple(shape), x.dtype)
 
 
-define_op("reshape", infer=_reshape_infer, view=True, shape_attrs=("shape",),
-          kernel=lambda x, shape: np.reshape(x, shape),
-          grad=lambda g, out, x, shape: (reshape(g, x.shape),))
+define_op(
+    "reshape",
+    infer=_reshape_infer,
+    view=True,
+    shape_attrs=("shape",),
+    kernel=lambda x, shape: np.reshape(x, shape),
+    grad=lambda g, out, x, shape: (reshape(g, x.shape),),
+)
 
 
 # ----------------------------------------------------------------------------- transpose
@@ -60,16 +64,23 @@ def _transpose_infer(x: TensorType, axes: tuple[int, ...]) -> TensorType:
     return TensorType(tuple(x.shape[a] for a in axes), x.dtype)
 
 
-define_op("transpose", infer=_transpose_infer, view=True,
-          kernel=lambda x, axes: np.transpose(x, axes),
-          grad=lambda g, out, x, axes: (transpose(g, tuple(int(i) for i in np.argsort(axes))),))
+define_op(
+    "transpose",
+    infer=_transpose_infer,
+    view=True,
+    kernel=lambda x, axes: np.transpose(x, axes),
+    grad=lambda g, out, x, axes: (transpose(g, tuple(int(i) for i in np.argsort(axes))),),
+)
 
 
 # ----------------------------------------------------------------------------- broadcast_to / sum_to
 def _broadcast_to_infer(x: TensorType, shape: Shape) -> TensorType:
     if len(shape) < x.ndim:
         raise ValueError(f"cannot broadcast to fewer dimensions: target {format_shape(shape)}")
-    result = broadcast_shapes(x.shape, shape)
+    try:
+        result = broadcast_shapes(x.shape, shape)
+    except ValueError as err:
+        raise ValueError(f"cannot broadcast to {format_shape(shape)}: {err}") from None
     if len(result) != len(shape) or any(
         r != s and not (isinstance(s, str) or isinstance(r, str)) for r, s in zip(result, shape, strict=True)
     ):
@@ -77,9 +88,14 @@ def _broadcast_to_infer(x: TensorType, shape: Shape) -> TensorType:
     return TensorType(tuple(shape), x.dtype)
 
 
-define_op("broadcast_to", infer=_broadcast_to_infer, view=True, shape_attrs=("shape",),
-          kernel=lambda x, shape: np.broadcast_to(x, shape),
-          grad=lambda g, out, x, shape: (sum_to(g, x.shape),))
+define_op(
+    "broadcast_to",
+    infer=_broadcast_to_infer,
+    view=True,
+    shape_attrs=("shape",),
+    kernel=lambda x, shape: np.broadcast_to(x, shape),
+    grad=lambda g, out, x, shape: (sum_to(g, x.shape),),
+)
 
 
 def _sum_to_infer(x: TensorType, shape: Shape) -> TensorType:
@@ -102,9 +118,15 @@ def _sum_to_kernel(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.sum(x, axis=axes, keepdims=True).reshape(shape)
 
 
-define_op("sum_to", infer=_sum_to_infer, shape_attrs=("shape",), kernel=_sum_to_kernel, view=True,
-          grad=lambda g, out, x, shape: (broadcast_to(g, x.shape),),
-          doc="Sum a broadcast value back to ``shape`` (the adjoint of broadcast_to).")
+define_op(
+    "sum_to",
+    infer=_sum_to_infer,
+    shape_attrs=("shape",),
+    kernel=_sum_to_kernel,
+    view=True,
+    grad=lambda g, out, x, shape: (broadcast_to(g, x.shape),),
+    doc="Sum a broadcast value back to ``shape`` (the adjoint of broadcast_to).",
+)
 
 
 # ----------------------------------------------------------------------------- slicing
@@ -113,10 +135,9 @@ def _slice_len(d: Dim, start: int | None, stop: int | None, step: int) -> Dim:
         return len(range(*slice(start, stop, step).indices(d)))
     begin: Dim = 0 if start is None else (start if start >= 0 else dim_add(d, start))
     end: Dim = d if stop is None else (stop if stop >= 0 else dim_add(d, stop))
-    if isinstance(begin, int) and isinstance(end, int):
-        span: Dim = max(end - begin, 0)
-    else:
-        span = end if begin == 0 else (dim_add(end, -begin) if isinstance(begin, int) else f"({end}-{begin})")
+    span: Dim = (
+        max(end - begin, 0) if isinstance(begin, int) and isinstance(end, int) else dim_sub(end, begin)
+    )
     return span if step == 1 else dim_floordiv(dim_add(span, step - 1), step)
 
 
@@ -134,9 +155,13 @@ def _as_slices(index: tuple[tuple[int | None, int | None, int], ...]) -> tuple[s
     return tuple(slice(*s) for s in index)
 
 
-define_op("slice", infer=_slice_infer, view=True,
-          kernel=lambda x, index: x[_as_slices(index)],
-          grad=lambda g, out, x, index: (apply("slice_backward", g, shape=x.shape, index=index),))
+define_op(
+    "slice",
+    infer=_slice_infer,
+    view=True,
+    kernel=lambda x, index: x[_as_slices(index)],
+    grad=lambda g, out, x, index: (apply("slice_backward", g, shape=x.shape, index=index),),
+)
 
 
 def _slice_backward_infer(g: TensorType, shape: Shape, index: tuple) -> TensorType:
@@ -149,9 +174,14 @@ def _slice_backward_kernel(g: np.ndarray, shape: tuple[int, ...], index: tuple) 
     return out
 
 
-define_op("slice_backward", infer=_slice_backward_infer, shape_attrs=("shape",), kernel=_slice_backward_kernel,
-          grad=lambda g, out, gy, shape, index: (apply("slice", g, index=index),),
-          doc="Place a slice's cotangent into zeros of the sliced tensor's shape.")
+define_op(
+    "slice_backward",
+    infer=_slice_backward_infer,
+    shape_attrs=("shape",),
+    kernel=_slice_backward_kernel,
+    grad=lambda g, out, gy, shape, index: (apply("slice", g, index=index),),
+    doc="Place a slice's cotangent into zeros of the sliced tensor's shape.",
+)
 
 
 # ----------------------------------------------------------------------------- concat / pad
@@ -164,7 +194,9 @@ def _concat_infer(*xs: TensorType, axis: int) -> TensorType:
             raise ValueError(f"input {i} has {t.ndim} dimensions, input 0 has {first.ndim}")
         for a, (d0, d) in enumerate(zip(first.shape, t.shape, strict=True)):
             if a != axis and d0 != d and isinstance(d0, int) and isinstance(d, int):
-                raise ValueError(f"input {i} has size {d} on axis {a}, input 0 has {d0} (only axis {axis} may differ)")
+                raise ValueError(
+                    f"input {i} has size {d} on axis {a}, input 0 has {d0} (only axis {axis} may differ)"
+                )
         size = dim_add(size, t.shape[axis])
     dtype = xs[0].dtype
     for t in xs:
@@ -187,9 +219,7 @@ def _slice_between(x: Tensor, axis: int, start: Dim, stop: Dim) -> Tensor:
 
 
 def _slice_range_infer(x: TensorType, axis: int, start: Dim, stop: Dim) -> TensorType:
-    span = stop - start if isinstance(start, int) and isinstance(stop, int) else f"({stop}-{start})"
-    if start == 0:
-        span = stop
+    span = dim_sub(stop, start)
     return TensorType(tuple(span if a == axis else d for a, d in enumerate(x.shape)), x.dtype)
 
 
@@ -205,11 +235,18 @@ def _slice_range_grad(g: Tensor, out: Tensor, x: Tensor, axis: int, start: Dim, 
     return (concat([zeros_like(before), g, zeros_like(after)], axis),)
 
 
-define_op("slice_range", infer=_slice_range_infer, view=True, shape_attrs=("start", "stop"),
-          kernel=_slice_range_kernel, grad=_slice_range_grad,
-          doc="``x[..., start:stop, ...]`` on one axis; bounds may be symbolic (used by concat's gradient).")
-define_op("concat", infer=_concat_infer, grad=_concat_grad,
-          kernel=lambda *xs, axis: np.concatenate(xs, axis=axis))
+define_op(
+    "slice_range",
+    infer=_slice_range_infer,
+    view=True,
+    shape_attrs=("start", "stop"),
+    kernel=_slice_range_kernel,
+    grad=_slice_range_grad,
+    doc="``x[..., start:stop, ...]`` on one axis; bounds may be symbolic (used by concat's gradient).",
+)
+define_op(
+    "concat", infer=_concat_infer, grad=_concat_grad, kernel=lambda *xs, axis: np.concatenate(xs, axis=axis)
+)
 
 
 def _pad_infer(x: TensorType, pad_width: tuple[tuple[int, int], ...], value: float) -> TensorType:
@@ -217,7 +254,9 @@ def _pad_infer(x: TensorType, pad_width: tuple[tuple[int, int], ...], value: flo
         raise ValueError(f"pad_width has {len(pad_width)} entries for a {x.ndim}-d tensor")
     if any(b < 0 or a < 0 for b, a in pad_width):
         raise ValueError(f"padding must be non-negative, got {pad_width}")
-    return TensorType(tuple(dim_add(dim_add(d, b), a) for d, (b, a) in zip(x.shape, pad_width, strict=True)), x.dtype)
+    return TensorType(
+        tuple(dim_add(dim_add(d, b), a) for d, (b, a) in zip(x.shape, pad_width, strict=True)), x.dtype
+    )
 
 
 def _pad_grad(g: Tensor, out: Tensor, x: Tensor, pad_width: tuple, value: float) -> tuple[Tensor]:
@@ -225,8 +264,12 @@ def _pad_grad(g: Tensor, out: Tensor, x: Tensor, pad_width: tuple, value: float)
     return (apply("slice", g, index=index),)
 
 
-define_op("pad", infer=_pad_infer, grad=_pad_grad,
-          kernel=lambda x, pad_width, value: np.pad(x, pad_width, constant_values=value))
+define_op(
+    "pad",
+    infer=_pad_infer,
+    grad=_pad_grad,
+    kernel=lambda x, pad_width, value: np.pad(x, pad_width, constant_values=value),
+)
 
 
 # ----------------------------------------------------------------------------- gathers
@@ -245,16 +288,24 @@ def _index_select_kernel(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarra
     return np.take(x, idx, axis=axis)
 
 
-define_op("index_select", infer=_index_select_infer, kernel=_index_select_kernel,
-          grad=lambda g, out, x, idx, axis: (
-              apply("index_select_backward", g, idx, axis=axis, shape=x.shape), None))
+define_op(
+    "index_select",
+    infer=_index_select_infer,
+    kernel=_index_select_kernel,
+    grad=lambda g, out, x, idx, axis: (
+        apply("index_select_backward", g, idx, axis=axis, shape=x.shape),
+        None,
+    ),
+)
 
 
 def _index_select_backward_infer(g: TensorType, idx: TensorType, axis: int, shape: Shape) -> TensorType:
     return TensorType(tuple(shape), g.dtype)
 
 
-def _index_select_backward_kernel(g: np.ndarray, idx: np.ndarray, axis: int, shape: tuple[int, ...]) -> np.ndarray:
+def _index_select_backward_kernel(
+    g: np.ndarray, idx: np.ndarray, axis: int, shape: tuple[int, ...]
+) -> np.ndarray:
     out = np.zeros(shape, g.dtype)
     moved = np.moveaxis(out, axis, 0)
     g_moved = np.moveaxis(g, list(range(axis, axis + idx.ndim)), list(range(idx.ndim)))
@@ -270,10 +321,14 @@ def _index_select_backward_kernel(g: np.ndarray, idx: np.ndarray, axis: int, sha
     return out
 
 
-define_op("index_select_backward", infer=_index_select_backward_infer, shape_attrs=("shape",),
-          kernel=_index_select_backward_kernel,
-          grad=lambda g, out, gy, idx, axis, shape: (index_select(g, idx, axis), None),
-          doc="Scatter-add rows of ``g`` into zeros at ``idx`` (the adjoint of index_select).")
+define_op(
+    "index_select_backward",
+    infer=_index_select_backward_infer,
+    shape_attrs=("shape",),
+    kernel=_index_select_backward_kernel,
+    grad=lambda g, out, gy, idx, axis, shape: (index_select(g, idx, axis), None),
+    doc="Scatter-add rows of ``g`` into zeros at ``idx`` (the adjoint of index_select).",
+)
 
 
 def _take_along_infer(x: TensorType, idx: TensorType, axis: int) -> TensorType:
@@ -282,18 +337,27 @@ def _take_along_infer(x: TensorType, idx: TensorType, axis: int) -> TensorType:
     if idx.ndim != x.ndim:
         raise ValueError(f"indices must have as many dimensions as the input ({x.ndim}), got {idx.ndim}")
     axis = normalize_axis(axis, x.ndim)
-    shape = broadcast_shapes(tuple(1 if a == axis else d for a, d in enumerate(x.shape)),
-                             tuple(1 if a == axis else d for a, d in enumerate(idx.shape)))
+    shape = broadcast_shapes(
+        tuple(1 if a == axis else d for a, d in enumerate(x.shape)),
+        tuple(1 if a == axis else d for a, d in enumerate(idx.shape)),
+    )
     return TensorType(tuple(idx.shape[axis] if a == axis else d for a, d in enumerate(shape)), x.dtype)
 
 
-define_op("take_along_axis", infer=_take_along_infer,
-          kernel=lambda x, idx, axis: np.take_along_axis(x, idx, axis=axis),
-          grad=lambda g, out, x, idx, axis: (
-              apply("take_along_axis_backward", g, idx, axis=axis, shape=x.shape), None))
+define_op(
+    "take_along_axis",
+    infer=_take_along_infer,
+    kernel=lambda x, idx, axis: np.take_along_axis(x, idx, axis=axis),
+    grad=lambda g, out, x, idx, axis: (
+        apply("take_along_axis_backward", g, idx, axis=axis, shape=x.shape),
+        None,
+    ),
+)
 
 
-def _take_along_backward_kernel(g: np.ndarray, idx: np.ndarray, axis: int, shape: tuple[int, ...]) -> np.ndarray:
+def _take_along_backward_kernel(
+    g: np.ndarray, idx: np.ndarray, axis: int, shape: tuple[int, ...]
+) -> np.ndarray:
     out = np.zeros(shape, g.dtype)
     full_idx = np.broadcast_to(idx, g.shape)
     grids = list(np.indices(g.shape, sparse=True))
@@ -302,10 +366,14 @@ def _take_along_backward_kernel(g: np.ndarray, idx: np.ndarray, axis: int, shape
     return out
 
 
-define_op("take_along_axis_backward", infer=_index_select_backward_infer, shape_attrs=("shape",),
-          kernel=_take_along_backward_kernel,
-          grad=lambda g, out, gy, idx, axis, shape: (take_along_axis(g, idx, axis), None),
-          doc="Scatter-add ``g`` into zeros along ``axis`` at ``idx`` (the adjoint of take_along_axis).")
+define_op(
+    "take_along_axis_backward",
+    infer=_index_select_backward_infer,
+    shape_attrs=("shape",),
+    kernel=_take_along_backward_kernel,
+    grad=lambda g, out, gy, idx, axis, shape: (take_along_axis(g, idx, axis), None),
+    doc="Scatter-add ``g`` into zeros along ``axis`` at ``idx`` (the adjoint of take_along_axis).",
+)
 
 
 def _one_hot_infer(idx: TensorType, num_classes: int, dtype: str) -> TensorType:
@@ -330,10 +398,21 @@ def _full_infer(shape: Shape, value: float, dtype: str) -> TensorType:
     return TensorType(tuple(shape), dtype)
 
 
-define_op("full", infer=_full_infer, differentiable=False, shape_attrs=("shape",),
-          kernel=lambda shape, value, dtype: np.full(shape, value, dtype))
-define_op("stop_gradient", infer=lambda x: x, differentiable=False, view=True, kernel=lambda x: x,
-          doc="Identity whose gradient is zero.")
+define_op(
+    "full",
+    infer=_full_infer,
+    differentiable=False,
+    shape_attrs=("shape",),
+    kernel=lambda shape, value, dtype: np.full(shape, value, dtype),
+)
+define_op(
+    "stop_gradient",
+    infer=lambda x: x,
+    differentiable=False,
+    view=True,
+    kernel=lambda x: x,
+    doc="Identity whose gradient is zero.",
+)
 
 
 # ----------------------------------------------------------------------------- public functions
@@ -367,7 +446,9 @@ def squeeze(x: Any, axis: int | Sequence[int] | None = None) -> Tensor:
         axes = {normalize_axis(a, x.ndim) for a in ((axis,) if isinstance(axis, int) else axis)}
         for a in axes:
             if x.shape[a] != 1:
-                raise ValueError(f"squeeze: axis {a} of {x.node.label} {format_shape(x.shape)} has size {x.shape[a]}, not 1")
+                raise ValueError(
+                    f"squeeze: axis {a} of {x.node.label} {format_shape(x.shape)} has size {x.shape[a]}, not 1"
+                )
     return reshape(x, tuple(d for i, d in enumerate(x.shape) if i not in axes))
 
 
