@@ -54,6 +54,7 @@ def grad(
         not depend on it.
 
     Example:
+        >>> import numpy as np
         >>> import asg.core as ag
         >>> x = ag.input("x", (3,), "float64")
         >>> (dx,) = ag.grad((x * x).sum(), [x])
@@ -69,7 +70,9 @@ def grad(
         if not isinstance(t, Tensor):
             raise TypeError(f"grad: wrt must hold Tensors, got {type(t).__name__}")
         if not is_float(t.dtype):
-            raise ShapeError(f"grad: cannot differentiate with respect to {t.node.label}: its dtype is {t.dtype}")
+            raise ShapeError(
+                f"grad: cannot differentiate with respect to {t.node.label}: its dtype is {t.dtype}"
+            )
     if grad_output is None:
         if output.ndim != 0:
             raise ShapeError(
@@ -77,7 +80,9 @@ def grad(
                 "(e.g. loss.sum()) or pass grad_output"
             )
         if not is_float(output.dtype):
-            raise ShapeError(f"grad: output {output.node.label} has dtype {output.dtype}; it must be floating point")
+            raise ShapeError(
+                f"grad: output {output.node.label} has dtype {output.dtype}; it must be floating point"
+            )
         seed = full((), 1.0, output.dtype)
     else:
         if grad_output.shape != output.shape:
@@ -92,9 +97,10 @@ def grad(
     # Only nodes that lie on a path from a target to the output need cotangents.
     needed: set[int] = set()
     for node in order:
-        if node.id in target_ids or any(i.id in needed for i in node.inputs):
-            if node.id in target_ids or get_op_differentiable(node):
-                needed.add(node.id)
+        if node.id in target_ids or (
+            any(i.id in needed for i in node.inputs) and get_op_differentiable(node)
+        ):
+            needed.add(node.id)
 
     grads: dict[int, Tensor] = {output.node.id: seed}
     for node in reversed(order):
@@ -109,7 +115,9 @@ def grad(
         try:
             rule = grad_rule(op)
         except MissingRuleError as err:
-            raise MissingRuleError(f"{err} (needed for {node.label}, built at {node.meta.get('source')})") from None
+            raise MissingRuleError(
+                f"{err} (needed for {node.label}, built at {node.meta.get('source')})"
+            ) from None
         input_grads = rule(g, Tensor(node), *(Tensor(i) for i in node.inputs), **node.attrs)
         if len(input_grads) != len(node.inputs):
             raise MissingRuleError(

@@ -12,7 +12,9 @@ from .ops.reduction import sum as _sum
 from .tensor import Tensor, input
 
 
-def numerical_grad(f: Callable[..., float], arrays: Sequence[np.ndarray], eps: float = 1e-6) -> list[np.ndarray]:
+def numerical_grad(
+    f: Callable[..., float], arrays: Sequence[np.ndarray], eps: float = 1e-6
+) -> list[np.ndarray]:
     """Central-difference gradient of a scalar function of float64 arrays."""
     arrays = [np.array(a, dtype=np.float64) for a in arrays]
     grads = []
@@ -47,8 +49,9 @@ def check_grads(
     checked the same way. Raises ``AssertionError`` naming the input and the worst entry.
 
     Example:
+        >>> import numpy as np
         >>> import asg.core as ag
-        >>> check_grads(lambda x: ag.tanh(x) * x, [np.linspace(-1, 1, 5)], order=2)
+        >>> ag.check_grads(lambda x: ag.tanh(x) * x, [np.linspace(-1, 1, 5)], order=2)
     """
     rng = np.random.default_rng(seed)
     arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
@@ -69,7 +72,13 @@ def check_grads(
 
 
 def _compare(
-    scalar: Tensor, xs: list[Tensor], arrays: list[np.ndarray], eps: float, rtol: float, atol: float, what: str
+    scalar: Tensor,
+    xs: list[Tensor],
+    arrays: list[np.ndarray],
+    eps: float,
+    rtol: float,
+    atol: float,
+    what: str,
 ) -> None:
     analytic = compile(grad(scalar, xs), inputs=xs)(*arrays)
     value = compile([scalar], inputs=xs)

@@ -22,7 +22,14 @@ from .dtypes import dtype_of
 from .shapes import Shape, format_shape
 
 LEAF_OPS = frozenset({"input", "parameter", "constant"})
-_SHORT_DTYPE = {"float16": "f16", "float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
+_SHORT_DTYPE = {
+    "float16": "f16",
+    "float32": "f32",
+    "float64": "f64",
+    "int32": "i32",
+    "int64": "i64",
+    "bool": "bool",
+}
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _ids = itertools.count()
 
@@ -276,27 +283,86 @@ class Graph:
 
     @classmethod
     def from_json(cls, text: str) -> Graph:
-        """Load a graph written by :meth:`to_json` (no code is executed, nothing is unpickled)."""
+        """Load a graph written by :meth:`to_json` (no code is executed, nothing is unpickled).
+
+        Every node is checked as it is read: its inputs must come before it, its op must be
+        registered, and its recorded shape and dtype must be what the op's shape rule gives.
+        A malformed document raises ``ValueError`` naming the node.
+        """
         doc = json.loads(text)
-        if doc.get("format") != "asg-graph":
+        if not isinstance(doc, dict) or doc.get("format") != "asg-graph":
             raise ValueError("not an ASG graph JSON document (missing 'format': 'asg-graph')")
         if doc.get("version") != 1:
-            raise ValueError(f"unsupported ASG graph JSON version {doc.get('version')!r}; this reader knows 1")
+            raise ValueError(
+                f"unsupported ASG graph JSON version {doc.get('version')!r}; this reader knows 1"
+            )
+        try:
+            records, input_ids, output_ids = doc["nodes"], doc["inputs"], doc["outputs"]
+        except KeyError as err:
+            raise ValueError(f"ASG graph JSON lacks the {err.args[0]!r} field") from None
         nodes: list[Node] = []
-        for i, rec in enumerate(doc["nodes"]):
-            inputs = [nodes[j] for j in rec["inputs"]]
-            if any(j >= i for j in rec["inputs"]):
-                raise ValueError(f"node {i} reads a later node: the JSON is not in topological order")
-            data: Any = None
-            if rec["op"] == "parameter":
-                value = _decode_array(rec["data"]) if "data" in rec else np.zeros(rec["shape"], rec["dtype"])
-                data = Variable(value, rec.get("name"), rec.get("trainable", True))
-            elif rec["op"] == "constant":
-                data = _decode_array(rec["data"])
-            shape = tuple(rec["shape"])
-            attrs = {k: _decode_attr(v) for k, v in rec["attrs"].items()}
-            nodes.append(Node(rec["op"], inputs, attrs, shape, dtype_of(rec["dtype"]), rec.get("name"), data, {}))
-        return cls([nodes[i] for i in doc["outputs"]], [nodes[i] for i in doc["inputs"]])
+        for i, rec in enumerate(records):
+            try:
+                nodes.append(_node_from_record(rec, nodes))
+            except (KeyError, TypeError, ValueError, IndexError) as err:
+                what = f"missing field {err.args[0]!r}" if isinstance(err, KeyError) else str(err)
+                raise ValueError(f"ASG graph JSON node {i} ({_describe_record(rec)}): {what}") from None
+        for what, ids in (("inputs", input_ids), ("outputs", output_ids)):
+            for j in ids:
+                if not isinstance(j, int) or not 0 <= j < len(nodes):
+                    raise ValueError(
+                        f"ASG graph JSON {what} refer to node {j!r}, but there are {len(nodes)} nodes"
+                    )
+        return cls([nodes[i] for i in output_ids], [nodes[i] for i in input_ids])
+
+
+def _describe_record(rec: Any) -> str:
+    if isinstance(rec, dict):
+        return f"op {rec.get('op')!r}" + (f", name {rec['name']!r}" if rec.get("name") else "")
+    return f"a {type(rec).__name__}, not an object"
+
+
+def _node_from_record(rec: Mapping[str, Any], nodes: list[Node]) -> Node:
+    from .registry import get_op, infer_type
+    from .shapes import normalize_shape
+
+    op = rec["op"]
+    for j in rec["inputs"]:
+        if not isinstance(j, int) or not 0 <= j < len(nodes):
+            raise ValueError(
+                f"it reads node {j!r}, which does not come before it (the JSON must be in topological order)"
+            )
+    inputs = [nodes[j] for j in rec["inputs"]]
+    shape = normalize_shape(rec["shape"])
+    dtype = dtype_of(rec["dtype"])
+    attrs = {k: _decode_attr(v) for k, v in rec["attrs"].items()}
+    data: Any = None
+    if op in LEAF_OPS:
+        if inputs or attrs:
+            raise ValueError(f"a {op} node has no inputs or attributes")
+        if op == "parameter":
+            value = _decode_array(rec["data"]) if "data" in rec else np.zeros(shape, dtype)
+            data = Variable(value, rec.get("name"), bool(rec.get("trainable", True)))
+        elif op == "constant":
+            data = _decode_array(rec["data"])
+        if data is not None:
+            array = data.value if op == "parameter" else data
+            if array.shape != shape or array.dtype.name != dtype:
+                raise ValueError(
+                    f"its data is {format_shape(array.shape)} {array.dtype.name}, but the node says "
+                    f"{format_shape(shape)} {dtype}"
+                )
+    else:
+        try:
+            result = infer_type(get_op(op), inputs, attrs)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+        if normalize_shape(result.shape) != shape or result.dtype != dtype:
+            raise ValueError(
+                f"it records type {format_shape(shape)} {dtype}, but the shape rule of {op!r} gives "
+                f"{format_shape(result.shape)} {result.dtype}"
+            )
+    return Node(op, inputs, attrs, shape, dtype, rec.get("name"), data, {})
 
 
 def _encode_attr(value: Any) -> Any:
@@ -326,5 +392,7 @@ def _decode_array(rec: Mapping[str, Any]) -> np.ndarray:
     shape = tuple(rec["shape"])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(f"array data holds {len(raw)} bytes, but shape {shape} {dtype.name} needs {expected}")
+        raise ValueError(
+            f"array data holds {len(raw)} bytes, but shape {shape} {dtype.name} needs {expected}"
+        )
     return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(shape)
