@@ -285,3 +285,33 @@ def test_value_and_grad():
     v, g = ag.compile([value, gx])(np.array([1.0, 2.0]))
     assert v == 5.0
     np.testing.assert_array_equal(g, [2.0, 4.0])
+
+
+CORE_FAMILIES = ("elementwise", "reduction", "shape", "linalg", "activation")
+# Every op of these families, and the test module that checks it against references.
+COVERED = {
+    "test_elementwise": "add sub mul div pow maximum minimum neg exp log sqrt rsqrt abs sign erf clamp less "
+    "less_equal greater greater_equal equal not_equal logical_and logical_or logical_not where relu leaky_relu "
+    "elu sigmoid tanh silu softplus gelu cast",
+    "test_reduction": "sum max min argmax argmin count",
+    "test_shape": "reshape transpose broadcast_to sum_to slice slice_backward slice_range concat pad index_select "
+    "index_select_backward take_along_axis take_along_axis_backward one_hot full stop_gradient",
+    "test_linalg": "matmul",
+    "test_activation": "softmax log_softmax",
+}
+
+
+def test_every_core_op_is_covered_and_differentiable_ops_have_rules():
+    covered = {name for names in COVERED.values() for name in names.split()}
+    core_ops = {
+        name
+        for name, op in ag.OPS.items()
+        if op.family.rsplit(".", 1)[-1] in CORE_FAMILIES and "test_" not in name
+    }
+    assert core_ops - covered == set(), "ops without tests: add them to a test module and to COVERED"
+    for name in core_ops:
+        op = ag.get_op(name)
+        assert not op.differentiable or op.grad is not None, (
+            f"{name} is differentiable but has no gradient rule"
+        )
+        assert "numpy" in op.kernels
