@@ -53,18 +53,20 @@ def copy_node(node: Node, inputs: Sequence[Node]) -> Node:
 
 
 def make_node(op: str, inputs: Sequence[Node], attrs: Mapping[str, Any], like: Node) -> Node:
-    """A new node of ``op`` whose type comes from the op's shape rule; it inherits ``like``'s meta.
+    """A new node of ``op`` whose type comes from the op's shape rule; it takes ``like``'s name and meta.
 
-    Passes use it to build replacements (``like`` is the node being replaced, so errors still
-    point at the user's source line).
+    Passes use it to build replacements (``like`` is the node being replaced, so printouts keep
+    the user's name and errors still point at the user's source line).
 
     >>> import asg.core as ag
     >>> x = ag.input("x", (2, 3))
-    >>> make_node("transpose", [x.node], {"axes": (1, 0)}, like=x.node).shape
-    (3, 2)
+    >>> y = (x * 2.0).named("y")
+    >>> t = make_node("transpose", [y.node], {"axes": (1, 0)}, like=y.node)
+    >>> t.shape, t.name, t.op
+    ((3, 2), 'y', 'transpose')
     """
     result = infer_type(get_op(op), inputs, dict(attrs))
-    return Node(op, inputs, attrs, normalize_shape(result.shape), result.dtype, None, None, dict(like.meta))
+    return Node(op, inputs, attrs, normalize_shape(result.shape), result.dtype, like.name, None, dict(like.meta))
 
 
 def rewrite(graph: Graph, replace: Replace, what: str = "rewrite") -> Graph:
