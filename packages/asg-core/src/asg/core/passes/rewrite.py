@@ -66,7 +66,9 @@ def make_node(op: str, inputs: Sequence[Node], attrs: Mapping[str, Any], like: N
     ((3, 2), 'y', 'transpose')
     """
     result = infer_type(get_op(op), inputs, dict(attrs))
-    return Node(op, inputs, attrs, normalize_shape(result.shape), result.dtype, like.name, None, dict(like.meta))
+    return Node(
+        op, inputs, attrs, normalize_shape(result.shape), result.dtype, like.name, None, dict(like.meta)
+    )
 
 
 def rewrite(graph: Graph, replace: Replace, what: str = "rewrite") -> Graph:
