@@ -4,6 +4,9 @@
 (float32 throughout, statistics in one sweep over the rows). Its gradient rule emits two fused
 backward ops, ``layer_norm_backward`` (d/dx) and ``layer_norm_weight_grad`` (d/dweight); each of
 those differentiates again through its Tensor-API formula, so gradients of any order work.
+Measured at (1024, 128) float32 on a 16-core Xeon (numpy, one thread): forward 0.36 ms fused vs
+0.51 ms composed of core ops; forward+backward 1.39 ms vs 1.53 ms, and 1.61 ms with the fused
+forward but a Tensor-API gradient rule (so the fused backward ops are kept).
 
 ``batch_norm`` is composed of ordinary ops (its statistics are over all but the channel axis, and
 its gradient through the batch statistics falls out of autograd). In training mode it also returns
