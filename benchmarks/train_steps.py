@@ -389,14 +389,14 @@ def check_same_loss(
 def profile_plan(fn: Any, feeds: Sequence[np.ndarray], repeats: int = 10) -> tuple[float, list, list]:
     """Time every kernel of the plan that ``fn(*feeds)`` runs, by running its steps one by one.
 
-    Returns (total kernel ms per step, [(op, ms, calls)] by op, [(ms, node text)] slowest nodes).
-    Parameters are not updated by these runs.
+    Returns (total kernel ms per step, [(op, ms, calls)] by op, [(ms, node text)] slowest nodes), each
+    kernel's time being its median over ``repeats`` runs. Parameters are not updated by these runs.
     """
     plan = fn.plan_for(*feeds)
     fn(*feeds)  # make sure the plan has been validated
     steps, nodes = plan._steps, plan._nodes
-    per_step = np.zeros(len(steps))
-    for _ in range(repeats):
+    samples = np.zeros((repeats, len(steps)))
+    for r in range(repeats):
         env = list(plan._template)
         for s, array in zip(plan._input_slots, fn._feeds(feeds, {}), strict=True):
             env[s] = array
@@ -407,10 +407,11 @@ def profile_plan(fn: Any, feeds: Sequence[np.ndarray], repeats: int = 10) -> tup
                 values = [env[a] for a in args]
                 start = time.perf_counter()
                 env[out] = kernel(*values)
-                per_step[i] += time.perf_counter() - start
+                samples[r, i] = time.perf_counter() - start
                 for s in frees:
                     env[s] = None
-    per_step *= 1e3 / repeats
+    # The median over repeats of each kernel resists preemption by other processes.
+    per_step = np.median(samples, axis=0) * 1e3
     by_op: dict[str, list[float]] = {}
     for node, ms in zip(nodes, per_step, strict=True):
         entry = by_op.setdefault(node.op, [0.0, 0])
@@ -450,6 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="per-op kernel times of the ASG plans")
+    parser.add_argument("--profile-only", action="store_true", help="only the profile (no timing table)")
     parser.add_argument("--top", type=int, default=12, help="rows in each profile (default 12)")
     parser.add_argument("--composed", action="store_true", help="conv/pool/layer_norm from primitive ops")
     parser.add_argument("--no-check", action="store_true", help="skip the ASG-vs-torch loss check")
@@ -485,6 +487,9 @@ def main(argv: list[str] | None = None) -> None:
             return step(x, y)
 
         ref_step = torch_step(module, x, y) if module is not None else None
+        if args.profile_only:
+            profiles.append((w.name, median_ms([asg_step], 2, 3)[0], step, (x, y)))
+            continue
         if ref_step is not None and not args.no_check:
             print(check_same_loss(w.name, asg_step, ref_step), flush=True)
         medians = median_ms(
@@ -496,8 +501,16 @@ def main(argv: list[str] | None = None) -> None:
             profiles.append((w.name, asg_ms, step, (x, y)))
     print()
 
+    if rows:
+        print_table(rows)
+    for name, asg_ms, step, feeds in profiles:
+        print_profile(name, asg_ms, step, feeds, args.top)
+
+
+def print_table(rows: list[tuple[Workload, float, float | None]]) -> None:
+    """The markdown table: ASG and PyTorch median step times, ratio and target."""
     header = f"| {'workload':26s} | {'ASG ms':>8s} |"
-    if torch is not None:
+    if any(t is not None for _, _, t in rows):
         header += f" {'PyTorch ms':>10s} | {'ASG/PyTorch':>11s} | {'target':>6s} | {'':4s} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
@@ -508,9 +521,6 @@ def main(argv: list[str] | None = None) -> None:
             ok = "ok" if ratio <= TARGETS[w.name] else "MISS"
             line += f" {torch_ms:10.2f} | {ratio:11.2f} | {'<= ' + str(TARGETS[w.name]):>6s} | {ok:4s} |"
         print(line)
-
-    for name, asg_ms, step, feeds in profiles:
-        print_profile(name, asg_ms, step, feeds, args.top)
 
 
 if __name__ == "__main__":
