@@ -193,14 +193,24 @@ define_op(
 )
 
 
-
-
 # Minimax rational fit of erf on [-4, 4] (odd numerator, even denominator, in x^2), the form used by
 # Eigen's and XLA's float32 erf: |error| < 5e-7, within a few float32 ulps, and no exp or branches.
-_ERF_NUMERATOR = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
-                  -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
-_ERF_DENOMINATOR = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
-                    -7.37332916720468e-03, -1.42647390514189e-02)
+_ERF_NUMERATOR = (
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+)
+_ERF_DENOMINATOR = (
+    -1.45660718464996e-05,
+    -2.13374055278905e-04,
+    -1.68282697438203e-03,
+    -7.37332916720468e-03,
+    -1.42647390514189e-02,
+)
 
 
 def _erf_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -220,9 +230,10 @@ def _erf_kernel(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         for c in _ERF_DENOMINATOR[1:]:
             den *= x2
             den += c
+        # The fit overshoots 1 by up to 2 ulps near |x| = 4; clip so that 1 - erf(x) is never negative.
         if out is not None and out.dtype == work:
-            return np.divide(num, den, out=out)
-        result = np.divide(num, den, out=num).astype(x.dtype, copy=False)
+            return np.clip(np.divide(num, den, out=out), -1.0, 1.0, out=out)
+        result = np.clip(np.divide(num, den, out=num), -1.0, 1.0, out=num).astype(x.dtype, copy=False)
     if out is None:
         return result
     np.copyto(out, result)
