@@ -40,7 +40,7 @@ for pyproject in packages/*/pyproject.toml; do
 done
 
 # The dev dependency group, read from the root pyproject.toml (one list for hatch and for this script).
-mapfile -t dev_deps < <("$py" - <<'EOF'
+dev_deps_text=$("$py" - <<'EOF'
 import os
 import tomllib
 
@@ -52,6 +52,7 @@ for dep in deps:
     print(dep)
 EOF
 )
+mapfile -t dev_deps <<<"$dev_deps_text"
 
 # Reinstall only when what decides the environment changed (pyprojects, this script, the torch choice).
 stamp=$venv/.asg-test-stamp
