@@ -170,6 +170,22 @@ def test_getitem_with_a_tensor_index_is_index_select():
     np.testing.assert_array_equal(grad_x, np.array([[1.0] * 3, [1.0] * 3, [0.0] * 3, [3.0] * 3]))
 
 
+def test_getitem_with_a_fixed_boolean_mask_selects_like_numpy():
+    x = rand(4, 3, seed=45)
+    mask = np.array([True, False, True, True])
+    check_op(lambda v: v[mask], x, ref=lambda v: v[mask], torch_fn=lambda t: t[torch.tensor(mask)])
+    check_op(lambda v: v[:, [False, True, True]], x, ref=lambda v: v[:, [False, True, True]], order=1)
+    xs = ag.input("x", (4, 3))
+    with pytest.raises(
+        IndexError, match=r"boolean index of shape \(3,\) does not match axis 0 of x \(4, 3\)"
+    ):
+        xs[np.array([True, False, True])]
+    with pytest.raises(IndexError, match=r"x\[mask\]: a boolean mask tensor gives a data-dependent shape"):
+        xs[xs[:, 0] > 0]
+    with pytest.raises(IndexError, match="index arrays must hold integers, got float64"):
+        xs[np.array([0.0, 1.0])]
+
+
 def test_getitem_errors():
     x = ag.input("x", (2, 3))
     with pytest.raises(IndexError, match=r"index 3 is out of range for axis 1 of size 3 \(x\)"):

@@ -576,6 +576,20 @@ def stop_gradient(x: Any) -> Tensor:
     return apply("stop_gradient", x)
 
 
+def _mask_to_indices(x: Tensor, mask: Any, axis: int) -> np.ndarray:
+    """The positions a fixed boolean mask selects along ``axis`` (as numpy does); masks computed in
+    the graph have a data-dependent size, so they are refused."""
+    if isinstance(mask, Tensor):
+        raise IndexError(
+            f"{x.node.label}[mask]: a boolean mask tensor gives a data-dependent shape; use ag.where(mask, x, 0.0)"
+        )
+    if mask.ndim != 1 or mask.shape[0] != x.shape[axis]:
+        raise IndexError(
+            f"boolean index of shape {mask.shape} does not match axis {axis} of {x.node.label} {format_shape(x.shape)}"
+        )
+    return np.flatnonzero(mask).astype(np.int64)
+
+
 def getitem(x: Tensor, key: Any) -> Tensor:
     """``x[key]`` for ints, slices (positive steps), ``None``, ``...`` and one integer index tensor/array."""
     if not isinstance(key, tuple):
@@ -587,7 +601,13 @@ def getitem(x: Tensor, key: Any) -> Tensor:
         axis = arrays[0]
         if any(not (isinstance(k, slice) and k == slice(None)) for i, k in enumerate(key) if i != axis):
             raise IndexError("an index array can only be combined with full slices ':'")
-        idx = key[axis] if isinstance(key[axis], Tensor) else np.asarray(key[axis], dtype=np.int64)
+        idx = key[axis] if isinstance(key[axis], Tensor) else np.asarray(key[axis])
+        if idx.dtype == np.bool_ or idx.dtype == "bool":
+            idx = _mask_to_indices(x, idx, axis)
+        elif not isinstance(idx, Tensor):
+            if idx.size and idx.dtype.kind not in "iu":
+                raise IndexError(f"index arrays must hold integers, got {idx.dtype}")
+            idx = idx.astype(np.int64)
         return index_select(x, idx, axis)
     n_specified = sum(1 for k in key if k is not None and k is not Ellipsis)
     if n_specified > x.ndim:
