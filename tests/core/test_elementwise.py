@@ -13,17 +13,7 @@ from optest import check_op, rand, run
 import asg.core as ag
 
 
-class _NoTorch:
-    """Stands in for PyTorch when it is not installed: comparisons that need it skip their test."""
-
-    def __getattr__(self, name: str) -> _NoTorch:
-        return self
-
-    def __call__(self, *args: object, **kwargs: object) -> None:
-        pytest.skip("PyTorch is not installed")
-
-
-torch = optest.torch or _NoTorch()
+torch = optest.torch_or_skip
 
 # ----------------------------------------------------------------------------- unary ops
 POSITIVE = rand(2, 3, seed=1, low=0.2, high=3.0)

@@ -117,3 +117,27 @@ def test_threaded_elementwise_blocks_match_the_serial_result(monkeypatch):
     want = 1 / (1 + np.exp(-hb)) - hb + hb.reshape(8, -1).T[:1, :1]
     for _ in range(2):
         np.testing.assert_allclose(f(xb, yb), want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_output_listed_twice_comes_back_as_two_arrays():
+    x = ag.input("x", (2,))
+    y = x * 2.0
+    a, b = ag.compile([y, y])(np.ones(2, np.float32))
+    a[0] = 100.0
+    np.testing.assert_array_equal(b, [2.0, 2.0])
+
+
+def test_integer_feeds_are_range_checked_when_narrowed():
+    j = ag.input("j", (1,), "int32")
+    f = ag.compile(j * 1)
+    np.testing.assert_array_equal(f(np.array([7])), [7])
+    with pytest.raises(ag.ShapeError, match="'j' is int32, but the array holds values outside its range"):
+        f(np.array([2**40]))
+
+
+def test_calling_a_function_without_inputs_with_arguments_explains_inputs():
+    x = ag.input("x", (2,))
+    (gx,) = ag.grad((x * 3.0).sum(), [x])  # constant gradient: no input reached
+    with pytest.raises(TypeError, match=r"depend on no input; list the inputs to accept with compile"):
+        ag.compile(gx)(np.ones(2, np.float32))
+    np.testing.assert_array_equal(ag.compile(gx, inputs=[x])(np.ones(2, np.float32)), [3.0, 3.0])

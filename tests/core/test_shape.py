@@ -10,17 +10,7 @@ from optest import check_op, rand, run
 import asg.core as ag
 
 
-class _NoTorch:
-    """Stands in for PyTorch when it is not installed: comparisons that need it skip their test."""
-
-    def __getattr__(self, name: str) -> _NoTorch:
-        return self
-
-    def __call__(self, *args: object, **kwargs: object) -> None:
-        pytest.skip("PyTorch is not installed")
-
-
-torch = optest.torch or _NoTorch()
+torch = optest.torch_or_skip
 
 X = rand(2, 3, 4, seed=40)
 

@@ -85,7 +85,14 @@ class Function:
     def _feeds(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[np.ndarray]:
         names = [n.name for n in self.inputs]
         if len(args) > len(names):
-            raise TypeError(f"expected at most {len(names)} inputs ({', '.join(map(str, names))}), got {len(args)}")
+            hint = (
+                " (the outputs depend on no input; list the inputs to accept with compile(..., inputs=[...]))"
+                if not names
+                else ""
+            )
+            raise TypeError(
+                f"expected at most {len(names)} inputs ({', '.join(map(str, names))}), got {len(args)}{hint}"
+            )
         values: list[Any] = list(args) + [None] * (len(names) - len(args))
         for key, value in kwargs.items():
             if key not in names:
@@ -110,6 +117,12 @@ def _coerce(node: Node, value: Any) -> np.ndarray:
     if is_float(node.dtype) and kind in "fiub":
         return array.astype(node.dtype)
     if node.dtype in ("int32", "int64") and kind in "iub":
+        info = np.iinfo(node.dtype)
+        if array.size and kind != "b" and (array.min() < info.min or array.max() > info.max):
+            raise ShapeError(
+                f"input {node.name!r} is {node.dtype}, but the array holds values outside its range "
+                f"({array.min()}..{array.max()})"
+            )
         return array.astype(node.dtype)
     if node.dtype == "bool" and kind == "b":
         return array

@@ -45,7 +45,10 @@ class NumpyPlan:
             if n.op == "constant":
                 self._template[slot[n.id]] = n.data
         outputs = graph.outputs[:num_outputs]
-        self._outputs = [(slot[n.id], _needs_copy(n)) for n in outputs]
+        # An output listed twice is returned as two arrays, so the caller may change one freely.
+        self._outputs = [
+            (slot[n.id], _needs_copy(n) or n in outputs[:i]) for i, n in enumerate(outputs)
+        ]
         self._updates = [(param.data, slot[value.id]) for param, value in updates]
         self._update_copies = [_needs_copy(value) for _, value in updates]
         keep = {n.id for n in outputs} | {value.id for _, value in updates}
