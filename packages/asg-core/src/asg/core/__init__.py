@@ -25,6 +25,7 @@ from .ops import *  # noqa: F403
 from .ops import __all__ as _ops_all
 from .registry import OPS, OpDef, TensorType, define_op, get_op, register_kernel
 from .tensor import Tensor, apply, as_tensor, constant, input, parameter, state
+from .verify import verify
 
 __version__ = "0.1.0"
 
@@ -33,5 +34,5 @@ __all__ = [
     "Tensor", "TensorType", "Variable", "apply", "as_tensor", "available_backends", "bool_", "check_grads",
     "compile", "constant", "define_op", "dtypes", "float16", "float32", "float64", "get_backend", "get_op", "grad",
     "hvp", "input", "int32", "int64", "numerical_grad", "ops", "parameter", "passes", "register_backend",
-    "register_kernel", "state", "value_and_grad", *_ops_all,
+    "register_kernel", "state", "value_and_grad", "verify", *_ops_all,
 ]
