@@ -37,7 +37,9 @@ def run(fn: Callable[..., ag.Tensor], *arrays: np.ndarray, **compile_kwargs: Any
     return ag.compile(fn(*xs), inputs=xs, **compile_kwargs)(*arrays)
 
 
-def run_grads(fn: Callable[..., ag.Tensor], arrays: Sequence[np.ndarray], cotangent: np.ndarray | None = None):
+def run_grads(
+    fn: Callable[..., ag.Tensor], arrays: Sequence[np.ndarray], cotangent: np.ndarray | None = None
+):
     """Value of ``fn`` and gradients of ``sum(fn * cotangent)`` with respect to every float input."""
     xs = [ag.input(f"x{i}", a.shape, np.asarray(a).dtype) for i, a in enumerate(arrays)]
     out = fn(*xs)
@@ -84,7 +86,9 @@ def check_op(
                 args.append(next(it) if i in float_idx else ag.constant(a))
             return fn(*args)
 
-        ag.check_grads(only_floats, [f64[i] for i in float_idx], order=order, eps=eps, rtol=grad_rtol, atol=grad_atol)
+        ag.check_grads(
+            only_floats, [f64[i] for i in float_idx], order=order, eps=eps, rtol=grad_rtol, atol=grad_atol
+        )
     if torch_fn is not None and torch is not None:
         f32 = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in arrays]
         tensors = [torch.tensor(a, requires_grad=a.dtype.kind == "f") for a in f32]

@@ -12,7 +12,6 @@ from optest import check_op, rand, run
 
 import asg.core as ag
 
-
 torch = optest.torch_or_skip
 
 # ----------------------------------------------------------------------------- unary ops

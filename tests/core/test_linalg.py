@@ -9,7 +9,6 @@ from optest import check_op, rand
 
 import asg.core as ag
 
-
 torch = optest.torch_or_skip
 
 SHAPES = [

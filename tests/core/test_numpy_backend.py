@@ -97,7 +97,7 @@ def test_kernels_that_promote_are_cast_to_the_graph_dtype():
 
 
 def test_unknown_backend_lists_the_available_ones():
-    with pytest.raises(ValueError, match="no backend named 'nope'; available: .*numpy"):
+    with pytest.raises(ValueError, match=r"no backend named 'nope'; available: .*numpy"):
         ag.compile(ag.input("x", (1,)) * 2.0, backend="nope")
 
 

@@ -9,7 +9,6 @@ from optest import check_op, rand, run
 
 import asg.core as ag
 
-
 torch = optest.torch_or_skip
 
 X = rand(2, 3, 4, seed=20)

@@ -47,15 +47,17 @@ class Function:
         self.inputs: list[Node] = optimized.inputs
         params = {p.data: p for p in optimized.parameters}
         self._updates = [
-            (params.get(param.node.data, param.node), new) for (param, _), new in
-            zip(update_pairs, optimized.outputs[self.num_outputs :], strict=True)
+            (params.get(param.node.data, param.node), new)
+            for (param, _), new in zip(update_pairs, optimized.outputs[self.num_outputs :], strict=True)
         ]
         self.backend = get_backend(backend) if memory_planning else _unplanned(backend)
         self.backend_name = backend
         self._plans: dict[tuple, Any] = {}
         missing = [n.label for n in source.nodes if n.op == "input" and n not in source.inputs]
         if missing:
-            raise ValueError(f"compile: the outputs depend on inputs not listed in inputs=: {', '.join(missing)}")
+            raise ValueError(
+                f"compile: the outputs depend on inputs not listed in inputs=: {', '.join(missing)}"
+            )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         arrays = self._feeds(args, kwargs)
@@ -139,9 +141,13 @@ def _check_updates(updates: Mapping[Tensor, Tensor]) -> list[tuple[Tensor, Tenso
     pairs = []
     for param, value in updates.items():
         if not isinstance(param, Tensor) or param.node.op != "parameter":
-            raise TypeError(f"compile: updates= keys must be parameters (ag.parameter/ag.state), got {param!r}")
+            raise TypeError(
+                f"compile: updates= keys must be parameters (ag.parameter/ag.state), got {param!r}"
+            )
         if not isinstance(value, Tensor):
-            raise TypeError(f"compile: the update of {param.node.label} must be a Tensor, got {type(value).__name__}")
+            raise TypeError(
+                f"compile: the update of {param.node.label} must be a Tensor, got {type(value).__name__}"
+            )
         if value.shape != param.shape or value.dtype != param.dtype:
             raise ShapeError(
                 f"compile: update of {param.node.label} {format_shape(param.shape)} {param.dtype} has type "
@@ -159,7 +165,7 @@ def _unplanned(backend: str) -> Any:
     return NumpyBackend(memory_planning=False)
 
 
-def compile(  # noqa: A001
+def compile(
     outputs: Tensor | Sequence[Tensor],
     inputs: Sequence[Tensor] | None = None,
     updates: Mapping[Tensor, Tensor] | None = None,

@@ -5,9 +5,10 @@ its gradient rule and its numpy kernel::
 
     exp = define_op(
         "exp",
-        infer=float_unary,                      # (TensorType, **attrs) -> TensorType
-        grad=lambda g, out, x: (g * out,),      # cotangents of the inputs, as Tensors
-        kernel=np.exp, out_arg=True,            # numpy kernel; accepts out=
+        infer=float_unary,  # (TensorType, **attrs) -> TensorType
+        grad=lambda g, out, x: (g * out,),  # cotangents of the inputs, as Tensors
+        kernel=np.exp,
+        out_arg=True,  # numpy kernel; accepts out=
     )
 
 Other backends add kernels for the same name with :func:`register_kernel`. A missing gradient rule
@@ -167,5 +168,7 @@ def infer_type(op: OpDef, inputs: Sequence[Node], attrs: dict[str, Any]) -> Tens
 def grad_rule(op: OpDef) -> GradRule:
     """The op's gradient rule, or a :class:`MissingRuleError` naming the op."""
     if op.grad is None:
-        raise MissingRuleError(f"op {op.name!r} has no gradient rule, so nothing can be differentiated through it")
+        raise MissingRuleError(
+            f"op {op.name!r} has no gradient rule, so nothing can be differentiated through it"
+        )
     return op.grad

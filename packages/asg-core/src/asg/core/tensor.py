@@ -196,7 +196,9 @@ class Tensor:
     def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
         return _ops().mean(self, axis, keepdims)
 
-    def var(self, axis: int | Sequence[int] | None = None, keepdims: bool = False, correction: int = 0) -> Tensor:
+    def var(
+        self, axis: int | Sequence[int] | None = None, keepdims: bool = False, correction: int = 0
+    ) -> Tensor:
         return _ops().var(self, axis, keepdims, correction)
 
     def max(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
@@ -209,22 +211,28 @@ class Tensor:
         return _ops().argmax(self, axis, keepdims)
 
     def reshape(self, *shape: Dim | Sequence[Dim]) -> Tensor:
-        return _ops().reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], (int, str)) else shape)
+        return _ops().reshape(
+            self, shape[0] if len(shape) == 1 and not isinstance(shape[0], (int, str)) else shape
+        )
 
     def flatten(self, start_axis: int = 0, end_axis: int = -1) -> Tensor:
         return _ops().flatten(self, start_axis, end_axis)
 
     def transpose(self, *axes: int) -> Tensor:
-        return _ops().transpose(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else axes or None)
+        return _ops().transpose(
+            self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else axes or None
+        )
 
     permute = transpose
 
     @property
-    def T(self) -> Tensor:  # noqa: N802
+    def T(self) -> Tensor:
         return _ops().transpose(self)
 
     def expand(self, *shape: Dim | Sequence[Dim]) -> Tensor:
-        return _ops().broadcast_to(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], (int, str)) else shape)
+        return _ops().broadcast_to(
+            self, shape[0] if len(shape) == 1 and not isinstance(shape[0], (int, str)) else shape
+        )
 
     def squeeze(self, axis: int | Sequence[int] | None = None) -> Tensor:
         return _ops().squeeze(self, axis)
@@ -265,7 +273,7 @@ class Tensor:
     def tanh(self) -> Tensor:
         return apply("tanh", self)
 
-    def clamp(self, min: float | None = None, max: float | None = None) -> Tensor:  # noqa: A002
+    def clamp(self, min: float | None = None, max: float | None = None) -> Tensor:
         return _ops().clamp(self, min, max)
 
     def softmax(self, axis: int = -1) -> Tensor:
@@ -328,7 +336,7 @@ def apply(name: str, *args: Any, **attrs: Any) -> Tensor:
     return Tensor(Node(name, inputs, attrs, normalize_shape(result.shape), result.dtype))
 
 
-def input(name: str, shape: Sequence[Dim] | Dim, dtype: Any = "float32") -> Tensor:  # noqa: A001
+def input(name: str, shape: Sequence[Dim] | Dim, dtype: Any = "float32") -> Tensor:
     """A graph input, fed when the compiled function is called. Dimensions may be symbols.
 
     >>> x = input("x", ("B", 784))

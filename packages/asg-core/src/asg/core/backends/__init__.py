@@ -8,6 +8,6 @@ from .base import Backend, Plan, available_backends, get_backend, register_backe
 
 __all__ = ["Backend", "NumpyBackend", "Plan", "available_backends", "get_backend", "register_backend"]
 
-from .numpy_backend import NumpyBackend  # noqa: E402
+from .numpy_backend import NumpyBackend
 
 register_backend("numpy", NumpyBackend)

@@ -46,9 +46,7 @@ class NumpyPlan:
                 self._template[slot[n.id]] = n.data
         outputs = graph.outputs[:num_outputs]
         # An output listed twice is returned as two arrays, so the caller may change one freely.
-        self._outputs = [
-            (slot[n.id], _needs_copy(n) or n in outputs[:i]) for i, n in enumerate(outputs)
-        ]
+        self._outputs = [(slot[n.id], _needs_copy(n) or n in outputs[:i]) for i, n in enumerate(outputs)]
         self._updates = [(param.data, slot[value.id]) for param, value in updates]
         self._update_copies = [_needs_copy(value) for _, value in updates]
         keep = {n.id for n in outputs} | {value.id for _, value in updates}
@@ -138,12 +136,14 @@ class NumpyPlan:
         updates = "".join(f"v{s}, " for _, s in self._updates)
         lines.append(f"    return ({outs}), ({updates})")
         self.source = "\n".join(lines)
-        exec(compile(self.source, f"<asg plan {id(self):x}>", "exec"), namespace)  # noqa: S102
+        exec(compile(self.source, f"<asg plan {id(self):x}>", "exec"), namespace)
         return namespace["plan"]
 
     def _run_checked(self, env: list[Any]) -> None:
         """First run: also check each kernel's result against the inferred shape and dtype."""
-        for index, ((fn, args, out, frees), (shape, dtype)) in enumerate(zip(self._steps, self._expected, strict=True)):
+        for index, ((fn, args, out, frees), (shape, dtype)) in enumerate(
+            zip(self._steps, self._expected, strict=True)
+        ):
             try:
                 result = np.asarray(fn(*[env[a] for a in args]))
             except Exception as err:
@@ -155,7 +155,8 @@ class NumpyPlan:
                 result = result.astype(dtype)
             if result.shape != shape:
                 raise self._error(
-                    index, AssertionError(f"kernel returned shape {result.shape}, the shape rule says {shape}")
+                    index,
+                    AssertionError(f"kernel returned shape {result.shape}, the shape rule says {shape}"),
                 )
             env[out] = result
             for s in frees:
@@ -201,8 +202,10 @@ def _parallel_elementwise(kernel: Any, attrs: dict[str, Any], out: np.ndarray) -
         split = []
         for a in arrays:
             full_rows = a.ndim == out.ndim and a.shape[0] == rows
-            if a is not out and np.may_share_memory(a, out) and not (
-                full_rows and a.strides == out.strides and a.ctypes.data == out.ctypes.data
+            if (
+                a is not out
+                and np.may_share_memory(a, out)
+                and not (full_rows and a.strides == out.strides and a.ctypes.data == out.ctypes.data)
             ):
                 return whole(*arrays)
             split.append(full_rows)

@@ -21,7 +21,9 @@ def float_unary(x: TensorType, **_: object) -> TensorType:
 def require_float(*types: TensorType) -> None:
     for t in types:
         if not is_float(t.dtype):
-            raise ValueError(f"expected a floating-point tensor, got {t.dtype} (cast it with .astype('float32'))")
+            raise ValueError(
+                f"expected a floating-point tensor, got {t.dtype} (cast it with .astype('float32'))"
+            )
 
 
 def broadcast(*types: TensorType) -> tuple:
