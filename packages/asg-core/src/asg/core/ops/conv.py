@@ -93,6 +93,11 @@ def _known(*dims: Dim) -> bool:
     return all(isinstance(d, int) for d in dims)
 
 
+def _same_where_known(a: Sequence[Dim], b: Sequence[Dim]) -> bool:
+    """Same rank, and equal in every dim that is static in both (or spelled the same)."""
+    return len(a) == len(b) and all(p == q or not _known(p, q) for p, q in zip(a, b, strict=True))
+
+
 # ============================================================================= im2col / col2im
 _workspace = threading.local()
 
@@ -642,22 +647,26 @@ def _max_windows(x: np.ndarray, win: _Windows, out: np.ndarray | None) -> np.nda
     return result
 
 
-def _first_argmax(x: np.ndarray, win: _Windows) -> np.ndarray:
-    """Per output position, the index (into ``win.offsets()``) of the window's first maximum."""
-    xp = _pad(x, win.padding, -np.inf)
+def _first_max_hits(xp: np.ndarray, win: _Windows) -> list[np.ndarray]:
+    """Per kernel offset (in ``win.offsets()`` order), a bool mask of the output positions whose window has
+    its first maximum at that offset (PyTorch's tie rule). ``xp`` is the padded input."""
     offsets = win.offsets()
     best = np.array(win.take(xp, *offsets[0]))
-    index = np.zeros(best.shape, np.int16 if len(offsets) < 2**15 else np.int32)
-    for k, (i, j) in enumerate(offsets[1:], start=1):
-        candidate = win.take(xp, i, j)
-        better = candidate > best
-        np.copyto(best, candidate, where=better)
-        np.copyto(index, k, where=better)
-    return index
+    for i, j in offsets[1:]:
+        np.maximum(best, win.take(xp, i, j), out=best)
+    hits = []
+    remaining = np.ones(best.shape, bool)
+    for i, j in offsets[:-1]:
+        hit = np.equal(win.take(xp, i, j), best)
+        np.logical_and(hit, remaining, out=hit)
+        np.logical_xor(remaining, hit, out=remaining)
+        hits.append(hit)
+    hits.append(remaining)  # whatever no earlier offset claimed
+    return hits
 
 
 def _scatter_to_argmax(x: np.ndarray, g: np.ndarray, win: _Windows, out: np.ndarray | None) -> np.ndarray:
-    index = _first_argmax(x, win)
+    hits = _first_max_hits(_pad(x, win.padding, -np.inf), win)
     top, bottom, left, right = win.padding
     n, c, h, w = x.shape
     padded = top or bottom or left or right
@@ -666,15 +675,14 @@ def _scatter_to_argmax(x: np.ndarray, g: np.ndarray, win: _Windows, out: np.ndar
     else:
         target = out
         target.fill(0)
-    for k, (i, j) in enumerate(win.offsets()):
-        hit = index == k
+    for hit, (i, j) in zip(hits, win.offsets(), strict=True):
         if win.strided and win.disjoint:
-            np.copyto(target[:, :, win.rows[i], win.cols[j]], g, where=hit)
+            np.multiply(g, hit, out=target[:, :, win.rows[i], win.cols[j]])
         elif win.strided:
-            target[:, :, win.rows[i], win.cols[j]] += np.where(hit, g, 0)
+            target[:, :, win.rows[i], win.cols[j]] += g * hit
         else:
             rows, cols = win.rows[i], win.cols[j]
-            np.add.at(target, (slice(None), slice(None), rows[:, None], cols[None, :]), np.where(hit, g, 0))
+            np.add.at(target, (slice(None), slice(None), rows[:, None], cols[None, :]), g * hit)
     if not padded:
         return target
     inner = target[:, :, top : top + h, left : left + w]
@@ -685,11 +693,13 @@ def _scatter_to_argmax(x: np.ndarray, g: np.ndarray, win: _Windows, out: np.ndar
 
 
 def _gather_at_argmax(x: np.ndarray, h: np.ndarray, win: _Windows, out: np.ndarray | None) -> np.ndarray:
-    index = _first_argmax(x, win)
+    hits = _first_max_hits(_pad(x, win.padding, -np.inf), win)
     hp = _pad(h, win.padding)
     result = np.empty((*x.shape[:2], *win.out_hw), h.dtype) if out is None else out
-    for k, (i, j) in enumerate(win.offsets()):
-        np.copyto(result, win.take(hp, i, j), where=index == k)
+    offsets = win.offsets()
+    np.multiply(win.take(hp, *offsets[0]), hits[0], out=result)
+    for hit, (i, j) in zip(hits[1:], offsets[1:], strict=True):
+        result += win.take(hp, i, j) * hit
     return result
 
 
@@ -700,13 +710,14 @@ def _define_max_pool_family(
     backward, gather = f"{name}_backward", f"{name}_gather"
 
     def infer_pair(x: TensorType, other: TensorType, *, like_input: bool, **attrs: Any) -> TensorType:
+        """``like_input``: ``other`` is pooled-shaped and the result input-shaped (backward); else the reverse."""
         pooled = infer(x, **attrs)
-        want = x if like_input else pooled
-        if _known(*other.shape, *want.shape) and tuple(other.shape) != tuple(want.shape):
-            raise ValueError(f"the second operand must have shape {format_shape(want.shape)}")
+        other_should_be, result = (pooled, x) if like_input else (x, pooled)
+        if not _same_where_known(other.shape, other_should_be.shape):
+            raise ValueError(f"the second operand must have shape {format_shape(other_should_be.shape)}")
         if other.dtype != x.dtype:
             raise ValueError(f"dtypes differ: {x.dtype} and {other.dtype} (cast one of them)")
-        return want
+        return TensorType(result.shape, x.dtype)
 
     def forward_kernel(x: np.ndarray, out: np.ndarray | None = None, **attrs: Any) -> np.ndarray:
         return _max_windows(x, windows(x.shape, **attrs), out)
@@ -842,7 +853,7 @@ def _avg_pool_backward_infer(g: TensorType, size: tuple[Dim, Dim], **attrs: Any)
     _check_pool_input(g)
     x = TensorType((*g.shape[:2], *size), g.dtype)
     pooled = _avg_pool_infer(x, **attrs)
-    if _known(*pooled.shape[2:], *g.shape[2:]) and tuple(pooled.shape[2:]) != tuple(g.shape[2:]):
+    if not _same_where_known(pooled.shape, g.shape):
         raise ValueError(f"an input of size {tuple(size)} pools to {pooled.shape[2:]}, not {g.shape[2:]}")
     return x
 
@@ -923,7 +934,7 @@ def _adaptive_avg_kernel(x: np.ndarray, output_size: Pair, out: np.ndarray | Non
 
 def _adaptive_avg_backward_infer(g: TensorType, size: tuple[Dim, Dim], output_size: Pair) -> TensorType:
     _check_pool_input(g)
-    if _known(*g.shape[2:]) and tuple(g.shape[2:]) != tuple(output_size):
+    if not _same_where_known(g.shape[2:], output_size):
         raise ValueError(f"the gradient's spatial size {g.shape[2:]} is not the pooled size {output_size}")
     return TensorType((*g.shape[:2], *size), g.dtype)
 
