@@ -164,21 +164,24 @@ def _im2col(
 def _col2im(
     cols: np.ndarray, size: Pair, stride: Pair, padding: Padding4, dilation: Pair, out: np.ndarray | None
 ) -> np.ndarray:
-    """Adjoint of im2col: add columns ``(N, C, kH, kW, H_out, W_out)`` back into ``(N, C, *size)``."""
-    n, c, kh, kw, ho, wo = cols.shape
+    """Adjoint of im2col: add columns ``(N, groups, kH, kW, C/groups, H_out, W_out)`` into ``(N, C, *size)``.
+
+    Each kernel offset's block ``cols[:, :, i, j]`` is contiguous per group, so each strided add streams."""
+    n, groups, kh, kw, c_per_group, ho, wo = cols.shape
     top, bottom, left, right = padding
-    shape = (n, c, size[0] + top + bottom, size[1] + left + right)
+    shape = (n, groups * c_per_group, size[0] + top + bottom, size[1] + left + right)
     unpadded = not (top or bottom or left or right)
     if unpadded and out is not None:
         target = out
         target.fill(0)
     else:
         target = np.zeros(shape, cols.dtype)
+    grouped = _reshaped(target, (n, groups, c_per_group, shape[2], shape[3]))
     for i in range(kh):
         rows = slice(i * dilation[0], i * dilation[0] + stride[0] * (ho - 1) + 1, stride[0])
         for j in range(kw):
             columns = slice(j * dilation[1], j * dilation[1] + stride[1] * (wo - 1) + 1, stride[1])
-            target[:, :, rows, columns] += cols[:, :, i, j]
+            grouped[:, :, :, rows, columns] += cols[:, :, i, j]
     if unpadded:
         return target
     inner = target[:, :, top : top + size[0], left : left + size[1]]
@@ -303,12 +306,16 @@ def _conv_transpose_kernel(
 ) -> np.ndarray:
     n, c_in, hg, wg = g.shape
     _, c_out_per_group, kh, kw = w.shape
-    # (groups, C_out/groups*kH*kW, C_in/groups) @ (N, groups, C_in/groups, Hg*Wg)
-    weight = w.reshape(groups, c_in // groups, c_out_per_group * kh * kw).transpose(0, 2, 1)
-    cols = _scratch((n, groups, c_out_per_group * kh * kw, hg * wg), g.dtype)
+    # (groups, kH*kW*C_out/groups, C_in/groups) @ (N, groups, C_in/groups, Hg*Wg), rows ordered (kH, kW, C_out/groups)
+    weight = (
+        w.reshape(groups, c_in // groups, c_out_per_group, kh, kw)
+        .transpose(0, 3, 4, 2, 1)
+        .reshape(groups, kh * kw * c_out_per_group, c_in // groups)
+    )
+    cols = _scratch((n, groups, kh * kw * c_out_per_group, hg * wg), g.dtype)
     np.matmul(weight, g.reshape(n, groups, c_in // groups, hg * wg), out=cols)
-    cols6 = _reshaped(cols, (n, groups * c_out_per_group, kh, kw, hg, wg))
-    return _col2im(cols6, size, stride, padding, dilation, out)
+    cols7 = _reshaped(cols, (n, groups, kh, kw, c_out_per_group, hg, wg))
+    return _col2im(cols7, size, stride, padding, dilation, out)
 
 
 def _conv_transpose_grad(g: Tensor, out: Tensor, gy: Tensor, w: Tensor, size: tuple, **attrs: Any) -> tuple:
