@@ -31,13 +31,26 @@ def _matmul_infer(a: TensorType, b: TensorType) -> TensorType:
 
 
 def _matmul_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous:
+        # (..., m, k) @ (k, n) is one (M, k) @ (k, n) BLAS call, not a loop of small ones.
+        rows = a.reshape(-1, a.shape[-1])
+        if out is None:
+            return np.matmul(rows, b).reshape((*a.shape[:-1], b.shape[-1]))
+        np.matmul(rows, b, out=out.reshape(rows.shape[0], b.shape[-1]))
+        return out
     return np.matmul(a, b, out=out)
 
 
 def _matmul_grad(g: Tensor, out: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    from .shape import swapaxes
+    from .shape import reshape, swapaxes
 
-    return matmul(g, swapaxes(b, -1, -2)), matmul(swapaxes(a, -1, -2), g)
+    grad_a = matmul(g, swapaxes(b, -1, -2))
+    if b.ndim == 2 and a.ndim > 2:
+        # A weight shared over batch dims: one (k, M) @ (M, n) product instead of a batch summed later.
+        grad_b = matmul(swapaxes(reshape(a, (-1, a.shape[-1])), 0, 1), reshape(g, (-1, g.shape[-1])))
+    else:
+        grad_b = matmul(swapaxes(a, -1, -2), g)
+    return grad_a, grad_b
 
 
 define_op("matmul", infer=_matmul_infer, grad=_matmul_grad, kernel=_matmul_kernel, out_arg=True, symbol="@")
