@@ -45,6 +45,10 @@ import numpy as np
 
 import asg.core as ag
 
+# Adam as graph updates is written once, in the digits example (asg-nn will own optimizers).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from train_digits import adam_updates
+
 try:
     import torch
     import torch.nn as tnn
@@ -227,30 +231,6 @@ def asg_gpt(
     return m, [idx, y], ag.cross_entropy(logits, y)
 
 
-def adam_updates(
-    params: Sequence[ag.Tensor],
-    grads: Sequence[ag.Tensor],
-    lr: float = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-) -> dict[ag.Tensor, ag.Tensor]:
-    """torch.optim.Adam as graph updates (bias corrections from an in-graph step counter)."""
-    beta1, beta2 = betas
-    step = ag.state(np.zeros((), np.float32), name="adam.step")
-    t = step + 1.0
-    step_size = lr / (1.0 - ag.pow(beta1, t))
-    sqrt_bc2 = ag.sqrt(1.0 - ag.pow(beta2, t))
-    updates: dict[ag.Tensor, ag.Tensor] = {step: t}
-    for p, g in zip(params, grads, strict=True):
-        m = ag.state(np.zeros(p.shape, np.float32), name=f"adam.m.{p.name}")
-        v = ag.state(np.zeros(p.shape, np.float32), name=f"adam.v.{p.name}")
-        m_new = beta1 * m + (1.0 - beta1) * g
-        v_new = beta2 * v + (1.0 - beta2) * (g * g)
-        updates[m], updates[v] = m_new, v_new
-        updates[p] = p - step_size * m_new / (ag.sqrt(v_new) / sqrt_bc2 + eps)
-    return updates
-
-
 # ============================================================================ PyTorch reference models
 def torch_models() -> dict[str, Callable[[], Any]]:
     """Constructors of the reference PyTorch models (exactly those of torch_cpu_steps.py)."""
@@ -355,7 +335,7 @@ def build_asg(w: Workload, seed: int, module: Any = None) -> Any:
         model.load_torch(module)
     params = list(model.params.values())
     grads = ag.grad(loss, params)
-    return ag.compile(loss, inputs=inputs, updates=adam_updates(params, grads))
+    return ag.compile(loss, inputs=inputs, updates=adam_updates(params, grads, lr=1e-3))
 
 
 def torch_step(module: Any, x: np.ndarray, y: np.ndarray) -> Callable[[], Any]:
