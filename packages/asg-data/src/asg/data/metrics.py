@@ -27,6 +27,7 @@ import io
 import json
 import math
 import os
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -411,7 +412,7 @@ def format_confusion_matrix(
 # Stateful metrics
 
 
-class Metric:
+class Metric(ABC):
     """Base of the stateful metrics: ``update(y_true, y_pred)`` per batch, ``compute()``, ``reset()``."""
 
     name: str = "Metric"
@@ -419,15 +420,18 @@ class Metric:
     def __init__(self) -> None:
         self.reset()
 
-    def reset(self) -> None:  # pragma: no cover - overridden
+    @abstractmethod
+    def reset(self) -> None:
         """Forget every update."""
         raise NotImplementedError
 
-    def update(self, y_true: Any, y_pred: Any) -> None:  # pragma: no cover - overridden
+    @abstractmethod
+    def update(self, y_true: Any, y_pred: Any) -> None:
         """Accumulate one batch."""
         raise NotImplementedError
 
-    def compute(self) -> Any:  # pragma: no cover - overridden
+    @abstractmethod
+    def compute(self) -> Any:
         """The metric over every batch since the last reset."""
         raise NotImplementedError
 
@@ -754,7 +758,8 @@ class _RegressionMetric(Metric):
         self._true.add(t)
         self._err.add(err)
 
-    def _per_output(self) -> np.ndarray:  # pragma: no cover - overridden
+    @abstractmethod
+    def _per_output(self) -> np.ndarray:
         raise NotImplementedError
 
     def compute(self) -> float | np.ndarray:

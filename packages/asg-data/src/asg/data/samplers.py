@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
@@ -33,7 +34,7 @@ def _base_seed(seed: int | None) -> int:
     return int(seed)
 
 
-class Sampler:
+class Sampler(ABC):
     """Base class: an iterable of dataset indices with a length, and an epoch for reshuffling."""
 
     epoch: int = 0
@@ -49,9 +50,11 @@ class Sampler:
         self.epoch += 1
         return rng
 
+    @abstractmethod
     def __iter__(self) -> Iterator[int]:
         raise NotImplementedError
 
+    @abstractmethod
     def __len__(self) -> int:
         raise NotImplementedError
 

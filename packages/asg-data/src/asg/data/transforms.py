@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -95,9 +96,10 @@ def rng_scope(source: np.random.Generator | np.random.SeedSequence) -> Iterator[
         _activate(previous)
 
 
-class Transform:
+class Transform(ABC):
     """Base class. Subclasses implement ``__call__`` for one sample; ``batch`` defaults to a loop."""
 
+    @abstractmethod
     def __call__(self, x: Any) -> Any:
         raise NotImplementedError
 

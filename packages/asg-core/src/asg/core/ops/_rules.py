@@ -56,3 +56,9 @@ def logical(a: TensorType, b: TensorType, **_: object) -> TensorType:
         if t.dtype != "bool":
             raise ValueError(f"expected bool tensors, got {t.dtype} (compare first, e.g. x > 0)")
     return TensorType(broadcast(a, b), "bool")
+
+
+def require_indices(idx: TensorType) -> None:
+    """Index tensors must hold int32 or int64."""
+    if idx.dtype not in ("int32", "int64"):
+        raise ValueError(f"indices must be int32 or int64, got {idx.dtype}")

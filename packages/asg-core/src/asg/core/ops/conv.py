@@ -449,6 +449,11 @@ def _build(op: str, tensors: Sequence[Tensor], attrs_fn: Callable[[], dict[str, 
     return apply(op, *tensors, **attrs)
 
 
+def _check_groups(groups: Any) -> None:
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+
+
 def conv2d(
     x: Any,
     weight: Any,
@@ -478,8 +483,7 @@ def conv2d(
     x, weight = as_tensor(x), as_tensor(weight)
 
     def attrs() -> dict[str, Any]:
-        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-            raise ValueError(f"groups must be a positive int, got {groups!r}")
+        _check_groups(groups)
         stride2, dilation2 = _pair(stride, "stride", 1), _pair(dilation, "dilation", 1)
         kernel = tuple(weight.shape[2:]) if weight.ndim == 4 else (1, 1)
         return dict(
@@ -524,8 +528,7 @@ def conv_transpose2d(
     x, weight = as_tensor(x), as_tensor(weight)
 
     def attrs() -> dict[str, Any]:
-        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-            raise ValueError(f"groups must be a positive int, got {groups!r}")
+        _check_groups(groups)
         if x.ndim != 4 or weight.ndim != 4:
             raise ValueError("input and weight must be 4-d (N, C, H, W) and (C_in, C_out/groups, kH, kW)")
         stride2, dilation2 = _pair(stride, "stride", 1), _pair(dilation, "dilation", 1)

@@ -24,6 +24,7 @@ from ..shapes import (
     normalize_shape,
 )
 from ..tensor import Tensor, apply, as_tensor
+from ._rules import require_indices
 
 
 # ----------------------------------------------------------------------------- reshape
@@ -274,8 +275,7 @@ define_op(
 
 # ----------------------------------------------------------------------------- gathers
 def _index_select_infer(x: TensorType, idx: TensorType, axis: int) -> TensorType:
-    if idx.dtype not in ("int32", "int64"):
-        raise ValueError(f"indices must be int32 or int64, got {idx.dtype}")
+    require_indices(idx)
     axis = normalize_axis(axis, x.ndim)
     return TensorType(x.shape[:axis] + idx.shape + x.shape[axis + 1 :], x.dtype)
 
@@ -332,8 +332,7 @@ define_op(
 
 
 def _take_along_infer(x: TensorType, idx: TensorType, axis: int) -> TensorType:
-    if idx.dtype not in ("int32", "int64"):
-        raise ValueError(f"indices must be int32 or int64, got {idx.dtype}")
+    require_indices(idx)
     if idx.ndim != x.ndim:
         raise ValueError(f"indices must have as many dimensions as the input ({x.ndim}), got {idx.ndim}")
     axis = normalize_axis(axis, x.ndim)
@@ -377,8 +376,7 @@ define_op(
 
 
 def _one_hot_infer(idx: TensorType, num_classes: int, dtype: str) -> TensorType:
-    if idx.dtype not in ("int32", "int64"):
-        raise ValueError(f"indices must be int32 or int64, got {idx.dtype}")
+    require_indices(idx)
     if num_classes <= 0:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     return TensorType((*idx.shape, num_classes), dtype)
