@@ -19,8 +19,9 @@ from asg.core.passes import DEFAULT_PASSES, PASSES, cse, dce, fold, rewrite, run
 from asg.core.passes.cse import common_subexpression_elimination
 from asg.core.passes.dce import dead_code_elimination
 from asg.core.passes.fold import constant_folding
-from asg.core.passes.rewrite import IMPURE_OPS, make_node, mark_impure
+from asg.core.passes.rewrite import make_node, mark_impure
 from asg.core.passes.simplify import simplify as simplify_pass
+from asg.core.registry import EFFECTFUL, ops_with
 from asg.core.specialize import bind_inputs, specialize
 from asg.core.verify import verify
 
@@ -214,14 +215,14 @@ def test_cse_respects_impure_ops_and_merges_keyed_random_ops():
         constant_folding(constant_key) is constant_key
     )  # another backend may draw differently: never folded
     name = "test_passes_stateful_sample"
-    if name not in ag.OPS:
-        ag.define_op(
-            name,
-            infer=lambda t: t,
-            kernel=lambda t: t + np.random.default_rng().random(t.shape).astype(t.dtype),
-        )
-    mark_impure(name)
+    ag.define_op(
+        name,
+        infer=lambda t: t,
+        kernel=lambda t: t + np.random.default_rng().random(t.shape).astype(t.dtype),
+    )
     try:
+        mark_impure(name)
+        assert name in ops_with(EFFECTFUL)
         graph = graph_of(ag.apply(name, x) - ag.apply(name, x))
         assert common_subexpression_elimination(graph) is graph
         assert (
@@ -229,7 +230,7 @@ def test_cse_respects_impure_ops_and_merges_keyed_random_ops():
             == 1
         )
     finally:
-        IMPURE_OPS.discard(name)
+        del ag.OPS[name]
 
 
 # ----------------------------------------------------------------------------- constant folding
@@ -496,3 +497,22 @@ def test_pipeline_keeps_output_order_with_merged_and_leaf_outputs():
     out[3][...] = 0  # outputs that are leaves are copies
     out[1][...] = 0
     assert data.any() and w.numpy().any()
+
+
+# ----------------------------------------------------------------------------- op traits
+def test_traits_are_named_sets_of_ops():
+    from asg.core.registry import BILINEAR, COMMUTATIVE, ELEMENTWISE, MOVEMENT, RANDOM, REDUCTION, VIEW
+
+    assert {"add", "mul", "maximum", "minimum", "equal", "not_equal"} <= ops_with(COMMUTATIVE)
+    assert not {"sub", "div", "pow", "less"} & ops_with(COMMUTATIVE)
+    assert {"add", "exp", "relu", "where", "cast"} <= ops_with(ELEMENTWISE)
+    assert "matmul" not in ops_with(ELEMENTWISE)
+    assert {"matmul", "mul", "conv2d"} <= ops_with(BILINEAR)
+    assert {"sum", "max", "min", "argmax"} <= ops_with(REDUCTION)
+    assert {"random_uniform", "random_normal", "bernoulli"} <= ops_with(RANDOM)
+    assert {"reshape", "transpose"} <= ops_with(VIEW) & ops_with(MOVEMENT)
+    with pytest.raises(ValueError, match="unknown trait 'fast'"):
+        ops_with("fast")
+    with pytest.raises(ValueError, match="unknown traits"):
+        ag.define_op("test_traits_bad", infer=lambda t: t, kernel=lambda t: t, traits=("fast",))
+    assert "test_traits_bad" not in ag.OPS

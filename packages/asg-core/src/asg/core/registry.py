@@ -18,7 +18,7 @@ or kernel is an error naming the op, never a silent zero.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -41,6 +41,18 @@ class TensorType(NamedTuple):
         return len(self.shape)
 
 
+# Op traits: named sets of ops that passes and backends query (tinygrad's ``GroupOp``), so no pass
+# keeps its own list of op names. ``ops_with(COMMUTATIVE)`` is the set of commutative ops.
+ELEMENTWISE = "elementwise"  # output element i depends only on input elements i (same broadcast shape)
+COMMUTATIVE = "commutative"  # binary op whose operands can be swapped exactly (IEEE arithmetic)
+VIEW = "view"  # the output may share storage with the first input (reshape, transpose, slice ...)
+MOVEMENT = "movement"  # output elements are input elements, rearranged or repeated (no new values)
+REDUCTION = "reduction"  # reduces its input over ``axes``
+BILINEAR = "bilinear"  # linear in each of its two inputs (mul, matmul, convolution)
+RANDOM = "random"  # draws numbers from a key: pure given the key, but never constant-folded
+EFFECTFUL = "effectful"  # two applications to equal inputs may differ: never merged or folded
+TRAITS = frozenset({ELEMENTWISE, COMMUTATIVE, VIEW, MOVEMENT, REDUCTION, BILINEAR, RANDOM, EFFECTFUL})
+
 InferRule = Callable[..., TensorType]
 GradRule = Callable[..., Sequence["Tensor | None"]]
 
@@ -62,6 +74,7 @@ class OpDef:
         out_arg: the numpy kernel accepts ``out=`` (so the executor can hand it a reused buffer).
         elementwise: output element i depends only on input elements i (safe to run in place).
         view: the numpy kernel may return a view of its first input.
+        traits: the named sets this op belongs to (:data:`ELEMENTWISE`, :data:`COMMUTATIVE`, ...).
         symbol: infix symbol used in error messages (``@`` for matmul).
         shape_attrs: attributes holding dimensions that may be symbolic; they are resolved to
             ints when a plan is compiled for concrete input shapes.
@@ -79,6 +92,16 @@ class OpDef:
     shape_attrs: tuple[str, ...] = ()
     family: str = ""
     doc: str = ""
+    traits: frozenset[str] = frozenset()
+
+    def has(self, trait: str) -> bool:
+        """True when the op carries ``trait``.
+
+        >>> import asg.core as ag
+        >>> ag.get_op("add").has("commutative"), ag.get_op("sub").has("commutative")
+        (True, False)
+        """
+        return trait in self.traits
 
 
 OPS: dict[str, OpDef] = {}
@@ -96,11 +119,19 @@ def define_op(
     view: bool = False,
     symbol: str | None = None,
     shape_attrs: tuple[str, ...] = (),
+    traits: Iterable[str] = (),
     doc: str = "",
 ) -> OpDef:
-    """Declare an op: its rules and numpy kernel in one place. Returns the registered :class:`OpDef`."""
+    """Declare an op: its rules and numpy kernel in one place. Returns the registered :class:`OpDef`.
+
+    ``elementwise=True`` and ``view=True`` also give the op the :data:`ELEMENTWISE` and :data:`VIEW` traits.
+    """
     if name in OPS:
         raise ValueError(f"op {name!r} is already defined (in {OPS[name].family})")
+    trait_set = frozenset(traits) | ({ELEMENTWISE} if elementwise else set()) | ({VIEW} if view else set())
+    unknown = trait_set - TRAITS
+    if unknown:
+        raise ValueError(f"op {name!r}: unknown traits {sorted(unknown)}; known: {', '.join(sorted(TRAITS))}")
     op = OpDef(
         name=name,
         infer=infer,
@@ -114,9 +145,36 @@ def define_op(
         shape_attrs=shape_attrs,
         family=sys._getframe(1).f_globals.get("__name__", ""),
         doc=doc,
+        traits=trait_set,
     )
     OPS[name] = op
     return op
+
+
+def ops_with(trait: str) -> frozenset[str]:
+    """Names of the registered ops that carry ``trait``.
+
+    >>> import asg.core as ag
+    >>> sorted(ag.registry.ops_with(ag.registry.COMMUTATIVE))[:3]
+    ['add', 'equal', 'logical_and']
+    """
+    if trait not in TRAITS:
+        raise ValueError(f"unknown trait {trait!r}; known: {', '.join(sorted(TRAITS))}")
+    return frozenset(name for name, op in OPS.items() if trait in op.traits)
+
+
+def op_has(name: str, trait: str) -> bool:
+    """True when ``name`` is a registered op carrying ``trait`` (leaves such as ``input`` carry none)."""
+    op = OPS.get(name)
+    return op is not None and trait in op.traits
+
+
+def add_trait(name: str, trait: str) -> None:
+    """Give a registered op one more trait (for example :data:`EFFECTFUL` for a stateful sampler)."""
+    if trait not in TRAITS:
+        raise ValueError(f"unknown trait {trait!r}; known: {', '.join(sorted(TRAITS))}")
+    op = get_op(name)
+    op.traits = op.traits | {trait}
 
 
 def get_op(name: str) -> OpDef:

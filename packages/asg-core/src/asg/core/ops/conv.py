@@ -36,7 +36,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ShapeError
-from ..registry import TensorType, define_op
+from ..registry import BILINEAR, TensorType, define_op
 from ..shapes import Dim, dim_add, dim_floordiv, dim_mul, format_shape
 from ..tensor import Tensor, apply, as_tensor
 from ._rules import require_float
@@ -254,6 +254,7 @@ def _conv_grad(g: Tensor, out: Tensor, x: Tensor, w: Tensor, **attrs: Any) -> tu
 
 define_op(
     "conv2d",
+    traits=(BILINEAR,),
     infer=_conv_infer,
     grad=_conv_grad,
     kernel=_conv_kernel,
@@ -327,6 +328,7 @@ def _conv_transpose_grad(g: Tensor, out: Tensor, gy: Tensor, w: Tensor, size: tu
 
 define_op(
     "conv_transpose2d",
+    traits=(BILINEAR,),
     infer=_conv_transpose_infer,
     grad=_conv_transpose_grad,
     kernel=_conv_transpose_kernel,
@@ -396,6 +398,7 @@ def _backward_weight_grad(
 
 define_op(
     "conv2d_backward_weight",
+    traits=(BILINEAR,),
     infer=_backward_weight_infer,
     grad=_backward_weight_grad,
     kernel=_backward_weight_kernel,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import dtype_of, promote
-from ..registry import TensorType, define_op
+from ..registry import BILINEAR, COMMUTATIVE, ELEMENTWISE, TensorType, define_op
 from ..tensor import Tensor, apply
 from ._rules import arithmetic, broadcast, comparison, float_unary, logical, same_type, true_division
 
@@ -51,6 +51,7 @@ def _unary(ufunc: np.ufunc):
 # ----------------------------------------------------------------------------- arithmetic
 define_op(
     "add",
+    traits=(COMMUTATIVE,),
     infer=arithmetic,
     grad=lambda g, out, a, b: (g, g),
     kernel=_arithmetic(np.add),
@@ -69,6 +70,10 @@ define_op(
 )
 define_op(
     "mul",
+    traits=(
+        COMMUTATIVE,
+        BILINEAR,
+    ),
     infer=arithmetic,
     grad=lambda g, out, a, b: (g * b, g * a),
     kernel=_arithmetic(np.multiply),
@@ -111,6 +116,7 @@ define_op(
 )
 define_op(
     "maximum",
+    traits=(COMMUTATIVE,),
     infer=arithmetic,
     kernel=_arithmetic(np.maximum),
     out_arg=True,
@@ -119,6 +125,7 @@ define_op(
 )
 define_op(
     "minimum",
+    traits=(COMMUTATIVE,),
     infer=arithmetic,
     kernel=_arithmetic(np.minimum),
     out_arg=True,
@@ -281,16 +288,17 @@ def _in_range(x: Tensor, lo: float | None, hi: float | None) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- comparisons and selection
-for _name, _ufunc, _sym in (
-    ("less", np.less, "<"),
-    ("less_equal", np.less_equal, "<="),
-    ("greater", np.greater, ">"),
-    ("greater_equal", np.greater_equal, ">="),
-    ("equal", np.equal, "=="),
-    ("not_equal", np.not_equal, "!="),
+for _name, _ufunc, _sym, _traits in (
+    ("less", np.less, "<", ()),
+    ("less_equal", np.less_equal, "<=", ()),
+    ("greater", np.greater, ">", ()),
+    ("greater_equal", np.greater_equal, ">=", ()),
+    ("equal", np.equal, "==", (COMMUTATIVE,)),
+    ("not_equal", np.not_equal, "!=", (COMMUTATIVE,)),
 ):
     define_op(
         _name,
+        traits=_traits,
         infer=comparison,
         differentiable=False,
         kernel=_binary(_ufunc),
@@ -300,6 +308,7 @@ for _name, _ufunc, _sym in (
     )
 define_op(
     "logical_and",
+    traits=(COMMUTATIVE,),
     infer=logical,
     differentiable=False,
     kernel=_binary(np.logical_and),
@@ -309,6 +318,7 @@ define_op(
 )
 define_op(
     "logical_or",
+    traits=(COMMUTATIVE,),
     infer=logical,
     differentiable=False,
     kernel=_binary(np.logical_or),
@@ -346,6 +356,7 @@ def _where_kernel(cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 define_op(
     "where",
+    traits=(ELEMENTWISE,),
     infer=_where_infer,
     kernel=_where_kernel,
     grad=lambda g, out, c, a, b: (None, where(c, g, 0.0), where(c, 0.0, g)),

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..dtypes import promote
 from ..errors import ShapeError
-from ..registry import TensorType, define_op
+from ..registry import BILINEAR, TensorType, define_op
 from ..shapes import broadcast_shapes, format_shape
 from ..tensor import Tensor, apply, as_tensor
 from ._rules import require_float
@@ -53,7 +53,15 @@ def _matmul_grad(g: Tensor, out: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, 
     return grad_a, grad_b
 
 
-define_op("matmul", infer=_matmul_infer, grad=_matmul_grad, kernel=_matmul_kernel, out_arg=True, symbol="@")
+define_op(
+    "matmul",
+    traits=(BILINEAR,),
+    infer=_matmul_infer,
+    grad=_matmul_grad,
+    kernel=_matmul_kernel,
+    out_arg=True,
+    symbol="@",
+)
 
 
 def matmul(a: Any, b: Any) -> Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..dtypes import dtype_of, is_float
 from ..errors import ShapeError
-from ..registry import TensorType, define_op
+from ..registry import RANDOM, TensorType, define_op
 from ..shapes import Dim, format_shape, normalize_shape
 from ..tensor import Tensor, apply, as_tensor, constant, state
 from ._rules import broadcast
@@ -198,6 +198,7 @@ define_op(
 )
 define_op(
     "random_uniform",
+    traits=(RANDOM,),
     infer=_random_float_infer,
     kernel=_uniform_kernel,
     differentiable=False,
@@ -206,6 +207,7 @@ define_op(
 )
 define_op(
     "random_normal",
+    traits=(RANDOM,),
     infer=_random_float_infer,
     kernel=_normal_kernel,
     differentiable=False,
@@ -214,6 +216,7 @@ define_op(
 )
 define_op(
     "bernoulli",
+    traits=(RANDOM,),
     infer=_bernoulli_infer,
     kernel=_bernoulli_kernel,
     differentiable=False,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShapeError
-from ..registry import TensorType, define_op
+from ..registry import REDUCTION, TensorType, define_op
 from ..shapes import dim_prod, format_shape, normalize_axes, normalize_axis
 from ..tensor import Tensor, apply, as_tensor
 from ._rules import require_float
@@ -46,6 +46,7 @@ def _sum_kernel(
 
 define_op(
     "sum",
+    traits=(REDUCTION,),
     infer=_reduce_infer,
     kernel=_sum_kernel,
     out_arg=True,
@@ -81,8 +82,12 @@ def _nonempty_infer(x: TensorType, axes: tuple[int, ...], keepdims: bool) -> Ten
     return _reduce_infer(x, axes, keepdims)
 
 
-define_op("max", infer=_nonempty_infer, kernel=_max_kernel, out_arg=True, grad=_extreme_grad)
-define_op("min", infer=_nonempty_infer, kernel=_min_kernel, out_arg=True, grad=_extreme_grad)
+define_op(
+    "max", traits=(REDUCTION,), infer=_nonempty_infer, kernel=_max_kernel, out_arg=True, grad=_extreme_grad
+)
+define_op(
+    "min", traits=(REDUCTION,), infer=_nonempty_infer, kernel=_min_kernel, out_arg=True, grad=_extreme_grad
+)
 
 
 def _arg_infer(x: TensorType, axis: int, keepdims: bool) -> TensorType:
@@ -92,12 +97,14 @@ def _arg_infer(x: TensorType, axis: int, keepdims: bool) -> TensorType:
 
 define_op(
     "argmax",
+    traits=(REDUCTION,),
     infer=_arg_infer,
     differentiable=False,
     kernel=lambda x, axis, keepdims: np.argmax(x, axis=axis, keepdims=keepdims),
 )
 define_op(
     "argmin",
+    traits=(REDUCTION,),
     infer=_arg_infer,
     differentiable=False,
     kernel=lambda x, axis, keepdims: np.argmin(x, axis=axis, keepdims=keepdims),

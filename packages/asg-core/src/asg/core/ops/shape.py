@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import dtype_of
-from ..registry import TensorType, define_op
+from ..registry import MOVEMENT, TensorType, define_op
 from ..shapes import (
     Dim,
     Shape,
@@ -50,6 +50,7 @@ def _reshape_infer(x: TensorType, shape: Shape) -> TensorType:
 
 define_op(
     "reshape",
+    traits=(MOVEMENT,),
     infer=_reshape_infer,
     view=True,
     shape_attrs=("shape",),
@@ -67,6 +68,7 @@ def _transpose_infer(x: TensorType, axes: tuple[int, ...]) -> TensorType:
 
 define_op(
     "transpose",
+    traits=(MOVEMENT,),
     infer=_transpose_infer,
     view=True,
     kernel=lambda x, axes: np.transpose(x, axes),
@@ -91,6 +93,7 @@ def _broadcast_to_infer(x: TensorType, shape: Shape) -> TensorType:
 
 define_op(
     "broadcast_to",
+    traits=(MOVEMENT,),
     infer=_broadcast_to_infer,
     view=True,
     shape_attrs=("shape",),
@@ -158,6 +161,7 @@ def _as_slices(index: tuple[tuple[int | None, int | None, int], ...]) -> tuple[s
 
 define_op(
     "slice",
+    traits=(MOVEMENT,),
     infer=_slice_infer,
     view=True,
     kernel=lambda x, index: x[_as_slices(index)],
@@ -405,6 +409,7 @@ define_op(
 )
 define_op(
     "stop_gradient",
+    traits=(MOVEMENT,),
     infer=lambda x: x,
     differentiable=False,
     view=True,

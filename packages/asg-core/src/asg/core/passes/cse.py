@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..graph import Graph, Node
+from ..registry import COMMUTATIVE, op_has
 from . import register_pass
 from .rewrite import is_pure, rewrite
-
-# Operand order does not matter for these ops (exactly, in IEEE arithmetic).
-COMMUTATIVE_OPS = frozenset({"add", "mul", "equal", "not_equal", "logical_and", "logical_or"})
 
 
 def attr_key(value: Any) -> Any:
@@ -35,7 +33,7 @@ def node_key(node: Node) -> Any:
         data = node.data
         return ("constant", node.dtype, node.shape, data.tobytes())
     inputs = tuple(i.id for i in node.inputs)
-    if node.op in COMMUTATIVE_OPS:
+    if op_has(node.op, COMMUTATIVE):
         inputs = tuple(sorted(inputs))
     attrs = tuple(sorted((k, attr_key(v)) for k, v in node.attrs.items()))
     return (node.op, inputs, attrs, node.shape, node.dtype)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..graph import Graph, Node
-from ..registry import get_op
+from ..registry import RANDOM, get_op
 from ..shapes import is_static
 from . import register_pass
 from .rewrite import is_pure, rewrite
@@ -27,7 +27,7 @@ def foldable(node: Node, max_elements: int = MAX_FOLDED_ELEMENTS) -> bool:
     if not all(i.op == "constant" for i in node.inputs):
         return False
     op = get_op(node.op)
-    return "numpy" in op.kernels and "random" not in op.family
+    return "numpy" in op.kernels and not op.has(RANDOM)
 
 
 def evaluate(node: Node) -> np.ndarray | None:

@@ -13,25 +13,19 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..graph import LEAF_OPS, Graph, Node
-from ..registry import get_op, infer_type
+from ..registry import EFFECTFUL, add_trait, get_op, infer_type
 from ..shapes import format_shape, normalize_shape
 
 Replace = Callable[[Node], "Node | None"]
-
-# Ops whose every application must stay distinct (stateful randomness without an explicit key).
-# Random ops that take their key as an input or attribute are ordinary pure ops: equal keys, equal values.
-IMPURE_OPS: set[str] = set()
 
 
 def mark_impure(op_name: str) -> None:
     """Declare that two applications of ``op_name`` to equal inputs may differ (CSE and folding skip it).
 
-    >>> mark_impure("my_stateful_sampler")
-    >>> is_pure("my_stateful_sampler")
-    False
-    >>> IMPURE_OPS.discard("my_stateful_sampler")
+    It gives the op the :data:`~asg.core.registry.EFFECTFUL` trait. Random ops that take their key as an
+    input are ordinary pure ops (equal keys, equal values) and carry :data:`~asg.core.registry.RANDOM`.
     """
-    IMPURE_OPS.add(op_name)
+    add_trait(op_name, EFFECTFUL)
 
 
 def is_pure(op_name: str) -> bool:
@@ -40,11 +34,9 @@ def is_pure(op_name: str) -> bool:
     >>> is_pure("add")
     True
     """
-    if op_name in IMPURE_OPS:
-        return False
     if op_name in LEAF_OPS:
         return True
-    return not getattr(get_op(op_name), "impure", False)
+    return not get_op(op_name).has(EFFECTFUL)
 
 
 def copy_node(node: Node, inputs: Sequence[Node]) -> Node:

@@ -23,10 +23,9 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph import Graph, Node
+from ..registry import MOVEMENT, op_has
 from . import register_pass
 from .rewrite import make_node, rewrite
-
-_VALUE_PRESERVING_VIEWS = frozenset({"reshape", "transpose", "broadcast_to", "stop_gradient"})
 
 
 class _Values:
@@ -46,7 +45,7 @@ class _Values:
                 value = first.item()
         elif node.op == "full":
             value = node.attrs["value"]
-        elif node.op in _VALUE_PRESERVING_VIEWS:
+        elif op_has(node.op, MOVEMENT):
             value = self.uniform(node.inputs[0])
         self._known[node.id] = value
         return value
