@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from optest import check_op, rand, run
 
 import asg.core as ag
-from asg.core.ops.conv import adaptive_bins
+from asg.core.ops.pooling import adaptive_bins
 
 
 # ============================================================================= plain-loop references

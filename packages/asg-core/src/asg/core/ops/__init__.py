@@ -4,7 +4,7 @@ Public functions are re-exported here and from :mod:`asg.core`.
 """
 
 from .activation import cross_entropy, log_softmax, softmax
-from .conv import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, conv2d, conv_transpose2d, max_pool2d
+from .convolution import conv2d, conv_transpose2d
 from .elementwise import (
     abs,
     add,
@@ -39,6 +39,7 @@ from .elementwise import (
 from .layers import embedding, linear
 from .linalg import matmul
 from .normalization import BatchNormOutput, batch_norm, layer_norm
+from .pooling import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from .random import RNG, bernoulli, dropout, fold_in, random_normal, random_uniform, split_key
 from .reduction import argmax, argmin, logsumexp, max, mean, min, sum, var
 from .shape import (
