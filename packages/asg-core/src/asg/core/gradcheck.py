@@ -41,12 +41,13 @@ def check_grads(
     rtol: float = 1e-5,
     atol: float = 1e-6,
     seed: int = 0,
+    backend: str = "numpy",
 ) -> None:
     """Check ``grad`` of ``fn`` against float64 central differences, to first or second order.
 
     ``fn`` takes one Tensor per array and returns a Tensor (of any shape: it is contracted with a
     fixed random cotangent). For ``order=2`` the gradient itself is differentiated again and
-    checked the same way. Raises ``AssertionError`` naming the input and the worst entry.
+    checked the same way. Both run on ``backend``, which must support float64. Raises ``AssertionError`` naming the input and the worst entry.
 
     Example:
         >>> import numpy as np
@@ -59,7 +60,7 @@ def check_grads(
     out = fn(*xs)
     cot = rng.standard_normal(out.shape) if out.ndim else np.float64(1.0)
     scalar = _sum(out * cot) if out.ndim else out
-    _compare(scalar, xs, arrays, eps, rtol, atol, "first")
+    _compare(scalar, xs, arrays, eps, rtol, atol, "first", backend)
     if order >= 2:
         grads = grad(scalar, xs)
         vs = [rng.standard_normal(a.shape) for a in arrays]
@@ -68,7 +69,7 @@ def check_grads(
             term = _sum(g * v)
             second = term if second is None else second + term
         assert second is not None
-        _compare(second, xs, arrays, eps, rtol, atol, "second")
+        _compare(second, xs, arrays, eps, rtol, atol, "second", backend)
 
 
 def _compare(
@@ -79,9 +80,10 @@ def _compare(
     rtol: float,
     atol: float,
     what: str,
+    backend: str,
 ) -> None:
-    analytic = compile(grad(scalar, xs), inputs=xs)(*arrays)
-    value = compile([scalar], inputs=xs)
+    analytic = compile(grad(scalar, xs), inputs=xs, backend=backend)(*arrays)
+    value = compile([scalar], inputs=xs, backend=backend)
     numeric = numerical_grad(lambda *a: float(value(*a)[0]), arrays, eps)
     for i, (a, n) in enumerate(zip(analytic, numeric, strict=True)):
         if not np.allclose(a, n, rtol=rtol, atol=atol):
