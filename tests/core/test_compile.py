@@ -160,3 +160,52 @@ def test_mlp_trained_with_sgd_separates_a_toy_problem():
     accuracy = float(np.mean(predict(points) == labels))
     assert accuracy > 0.95, accuracy
     assert np.mean(losses[-7:]) < 0.5 * np.mean(losses[:7])
+
+
+def sgd_step_parts(seed: int = 3):
+    rng = np.random.default_rng(seed)
+    w = ag.parameter(rng.standard_normal((3, 2)), name="w", dtype="float64")
+    x = ag.input("x", ("B", 3), "float64")
+    loss = ((x @ w) ** 2).mean()
+    (gw,) = ag.grad(loss, [w])
+    return w, x, loss, w - 0.1 * gw
+
+
+def test_updates_accept_a_list_of_pairs_like_a_dict():
+    batch = np.random.default_rng(4).standard_normal((5, 3))
+    results = []
+    for as_list in (False, True):
+        w, _, loss, new_w = sgd_step_parts()
+        step = ag.compile(loss, updates=[(w, new_w)] if as_list else {w: new_w})
+        results.append(([float(step(batch)) for _ in range(3)], w.numpy().copy()))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_updates_of_the_wrong_form_say_what_to_pass():
+    w, _, loss, new_w = sgd_step_parts()
+    with pytest.raises(
+        TypeError, match=r"updates= takes \{parameter: new_value\} or a list of \(parameter, "
+    ):
+        ag.compile(loss, updates=[w, new_w])
+    with pytest.raises(ValueError, match="compile: updates= lists parameter w twice"):
+        ag.compile(loss, updates=[(w, new_w), (w, new_w)])
+
+
+def test_from_graph_runs_an_optimised_graph_without_passes_and_continues_training():
+    batch = np.random.default_rng(5).standard_normal((5, 3))
+    w, _, loss, new_w = sgd_step_parts()
+    step = ag.compile(loss, updates={w: new_w})
+    assert step.updates[0][0] is w.node and step.updates[0][1] is step.graph.outputs[1]
+    assert step.inputs == step.graph.inputs and step.backend_name == "numpy" and step.num_outputs == 1
+    w0 = w.numpy().copy()
+    want = [float(step(batch)) for _ in range(4)]
+    w.assign(w0)
+    again = ag.Function.from_graph(step.graph, step.num_outputs, step.updates, single=step.single)
+    assert again.graph is step.graph and again.options == step.options
+    got = [float(again(batch)) for _ in range(2)] + [float(step(batch)) for _ in range(2)]
+    assert got == want  # the same parameter storage, updated by either function
+    with pytest.raises(
+        ValueError, match=r"graph\.outputs must be the num_outputs results followed by the update"
+    ):
+        ag.Function.from_graph(step.graph, 2, step.updates)

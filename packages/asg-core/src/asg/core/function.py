@@ -28,36 +28,99 @@ class Function:
         self,
         outputs: Sequence[Tensor],
         inputs: Sequence[Tensor] | None,
-        updates: Mapping[Tensor, Tensor] | None,
+        updates: Mapping[Tensor, Tensor] | Sequence[tuple[Tensor, Tensor]] | None,
         backend: str,
         passes: Sequence[str | Pass] | None,
         memory_planning: bool,
         single: bool,
     ) -> None:
-        self._single = single
-        self.num_outputs = len(outputs)
-        update_pairs = _check_updates(updates or {})
+        update_pairs = _check_updates(updates)
         source = Graph(
             [t.node for t in outputs] + [value.node for _, value in update_pairs],
             None if inputs is None else [_check_input(t) for t in inputs],
         )
-        self.source_graph = source
-        optimized = run_passes(source, passes)
-        self.graph = optimized
-        self.inputs: list[Node] = optimized.inputs
-        params = {p.data: p for p in optimized.parameters}
-        self._updates = [
-            (params.get(param.node.data, param.node), new)
-            for (param, _), new in zip(update_pairs, optimized.outputs[self.num_outputs :], strict=True)
-        ]
-        self.backend = get_backend(backend) if memory_planning else _unplanned(backend)
-        self.backend_name = backend
-        self._plans: dict[tuple, Any] = {}
         missing = [n.label for n in source.nodes if n.op == "input" and n not in source.inputs]
         if missing:
             raise ValueError(
                 f"compile: the outputs depend on inputs not listed in inputs=: {', '.join(missing)}"
             )
+        optimized = run_passes(source, passes)
+        params = {p.data: p for p in optimized.parameters}
+        pairs = [
+            (params.get(param.node.data, param.node), new)
+            for (param, _), new in zip(update_pairs, optimized.outputs[len(outputs) :], strict=True)
+        ]
+        self._setup(optimized, len(outputs), pairs, backend, memory_planning, single)
+        self.source_graph = source
+
+    @classmethod
+    def from_graph(
+        cls,
+        graph: Graph,
+        num_outputs: int,
+        updates: Sequence[tuple[Node, Node]] = (),
+        backend: str = "numpy",
+        options: Mapping[str, Any] | None = None,
+        single: bool = False,
+    ) -> Function:
+        """A Function over an already-optimised graph; no pass runs again.
+
+        ``graph.outputs`` are the ``num_outputs`` results followed by the new value of each update;
+        ``updates`` pairs each parameter node with its new-value node (``graph.outputs[num_outputs:]``).
+        ``single=True`` makes a call return one array instead of a list (as ``compile(tensor)`` does).
+
+        Example:
+            >>> import asg.core as ag
+            >>> x = ag.input("x", (2,))
+            >>> f = ag.compile(x * 2.0)
+            >>> g = ag.Function.from_graph(f.graph, f.num_outputs, f.updates, single=True)
+            >>> g(np.ones(2, "float32")).tolist()
+            [2.0, 2.0]
+        """
+        pairs = list(updates)
+        if [v.id for _, v in pairs] != [n.id for n in graph.outputs[num_outputs:]]:
+            raise ValueError(
+                "Function.from_graph: graph.outputs must be the num_outputs results followed by the "
+                f"update values in updates order; got {len(graph.outputs)} outputs, num_outputs={num_outputs}, "
+                f"{len(pairs)} updates"
+            )
+        for param, _ in pairs:
+            if param.op != "parameter":
+                raise TypeError(f"Function.from_graph: update targets must be parameter nodes, got {param!r}")
+        opts = dict(options or {})
+        self = cls.__new__(cls)
+        self._setup(graph, num_outputs, pairs, backend, bool(opts.pop("memory_planning", True)), single)
+        self.source_graph = graph
+        return self
+
+    def _setup(
+        self,
+        graph: Graph,
+        num_outputs: int,
+        updates: list[tuple[Node, Node]],
+        backend: str,
+        memory_planning: bool,
+        single: bool,
+    ) -> None:
+        self._single = single
+        self.num_outputs = num_outputs
+        self.graph = graph
+        self.inputs: list[Node] = graph.inputs
+        self._updates = updates
+        self.backend = get_backend(backend) if memory_planning else _unplanned(backend)
+        self.backend_name = backend
+        self.options: dict[str, Any] = {"memory_planning": memory_planning}
+        self._plans: dict[tuple, Any] = {}
+
+    @property
+    def updates(self) -> list[tuple[Node, Node]]:
+        """(parameter node, new-value node) pairs of the optimised graph, in ``graph.outputs`` order."""
+        return list(self._updates)
+
+    @property
+    def single(self) -> bool:
+        """True when a call returns one array (compiled from one tensor), False for a list."""
+        return self._single
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         arrays = self._feeds(args, kwargs)
@@ -137,9 +200,25 @@ def _check_input(t: Tensor) -> Node:
     return t.node
 
 
-def _check_updates(updates: Mapping[Tensor, Tensor]) -> list[tuple[Tensor, Tensor]]:
+def _check_updates(
+    updates: Mapping[Tensor, Tensor] | Sequence[tuple[Tensor, Tensor]] | None,
+) -> list[tuple[Tensor, Tensor]]:
+    if updates is None:
+        return []
+    if isinstance(updates, Mapping):
+        items = list(updates.items())
+    else:
+        items = []
+        for item in updates:
+            if not (isinstance(item, tuple | list) and len(item) == 2):
+                raise TypeError(
+                    "compile: updates= takes {parameter: new_value} or a list of (parameter, new_value) "
+                    f"pairs, got the item {item!r}"
+                )
+            items.append((item[0], item[1]))
     pairs = []
-    for param, value in updates.items():
+    seen: set[int] = set()
+    for param, value in items:
         if not isinstance(param, Tensor) or param.node.op != "parameter":
             raise TypeError(
                 f"compile: updates= keys must be parameters (ag.parameter/ag.state), got {param!r}"
@@ -153,6 +232,9 @@ def _check_updates(updates: Mapping[Tensor, Tensor]) -> list[tuple[Tensor, Tenso
                 f"compile: update of {param.node.label} {format_shape(param.shape)} {param.dtype} has type "
                 f"{format_shape(value.shape)} {value.dtype}; it must match exactly"
             )
+        if param.node.id in seen:
+            raise ValueError(f"compile: updates= lists parameter {param.node.label} twice")
+        seen.add(param.node.id)
         pairs.append((param, value))
     return pairs
 
@@ -168,7 +250,7 @@ def _unplanned(backend: str) -> Any:
 def compile(
     outputs: Tensor | Sequence[Tensor],
     inputs: Sequence[Tensor] | None = None,
-    updates: Mapping[Tensor, Tensor] | None = None,
+    updates: Mapping[Tensor, Tensor] | Sequence[tuple[Tensor, Tensor]] | None = None,
     backend: str = "numpy",
     passes: Sequence[str | Pass] | None = None,
     memory_planning: bool = True,
@@ -179,7 +261,8 @@ def compile(
         outputs: a tensor (the call returns one array) or a list (the call returns a list).
         inputs: input tensors in call order; default: every input the graph reads, in creation order.
             Inputs can also be passed by name.
-        updates: ``{parameter: new_value}``; after each call the parameters hold the new values.
+        updates: ``{parameter: new_value}`` or a list of ``(parameter, new_value)`` pairs; after each
+            call the parameters hold the new values.
         backend: ``"numpy"`` or an installed backend such as ``"wgpu"``.
         passes: optimisation passes to run (``None``: the default pipeline, ``[]``: none).
         memory_planning: reuse buffers of intermediate values (numpy backend).
