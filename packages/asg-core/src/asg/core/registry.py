@@ -11,15 +11,20 @@ its gradient rule and its numpy kernel::
         out_arg=True,  # numpy kernel; accepts out=
     )
 
-Other backends add kernels for the same name with :func:`register_kernel`. A missing gradient rule
-or kernel is an error naming the op, never a silent zero.
+Other backends add kernels for the same name with :func:`register_kernel`, or a *lowering* with
+:func:`register_lowering`: a rule called once per plan with the node's concrete types
+(:class:`~asg.core.lowering.LoweringContext`) that returns what the backend runs. Flags describing a
+kernel (accepts ``out=``, may return a view, safe in place) belong to the backend's :class:`Kernel`
+record, not to the op. A missing gradient rule, kernel or lowering is an error naming the op, never a
+silent zero.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import MissingRuleError, ShapeError
@@ -27,6 +32,7 @@ from .shapes import Shape, format_shape
 
 if TYPE_CHECKING:
     from .graph import Node
+    from .lowering import LoweringContext
     from .tensor import Tensor
 
 
@@ -51,10 +57,43 @@ REDUCTION = "reduction"  # reduces its input over ``axes``
 BILINEAR = "bilinear"  # linear in each of its two inputs (mul, matmul, convolution)
 RANDOM = "random"  # draws numbers from a key: pure given the key, but never constant-folded
 EFFECTFUL = "effectful"  # two applications to equal inputs may differ: never merged or folded
-TRAITS = frozenset({ELEMENTWISE, COMMUTATIVE, VIEW, MOVEMENT, REDUCTION, BILINEAR, RANDOM, EFFECTFUL})
+NORMALIZATION = "normalization"  # normalises its first input over trailing axes (layer_norm): a fusion anchor
+TRAITS = frozenset(
+    {ELEMENTWISE, COMMUTATIVE, VIEW, MOVEMENT, REDUCTION, BILINEAR, RANDOM, EFFECTFUL, NORMALIZATION}
+)
 
 InferRule = Callable[..., TensorType]
 GradRule = Callable[..., Sequence["Tensor | None"]]
+LoweringRule = Callable[["LoweringContext"], Any]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A backend's kernel for one op, with the flags the scheduler needs to plan its buffers.
+
+    Attributes:
+        fn: what the backend runs; for numpy ``fn(*arrays, **attrs)`` returning an array.
+        out_arg: ``fn`` accepts ``out=`` (the scheduler may hand it a reused buffer).
+        returns_view: the result may share storage with the first input (reshape, transpose ...).
+        in_place: the result may be written over an input that dies at this very step (elementwise).
+
+    Calling the record calls ``fn``, so ``op.kernels["numpy"](x, axis=0)`` works as before.
+    """
+
+    fn: Callable[..., Any]
+    out_arg: bool = False
+    returns_view: bool = False
+    in_place: bool = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def bind(self, attrs: Mapping[str, Any]) -> Kernel:
+        """The same kernel with its attributes fixed: called with the arrays only (and ``out=``)."""
+        return replace(self, fn=functools.partial(self.fn, **attrs)) if attrs else self
+
+
+NumpyKernel = Kernel  # the numpy backend's records are plain Kernels: fn(*arrays, **attrs, out=None)
 
 
 @dataclass
@@ -70,10 +109,8 @@ class OpDef:
             ``grad=None`` on a differentiable op makes differentiation through it an error.
         differentiable: ``False`` for ops whose output is piecewise constant (comparisons,
             argmax, random): gradients stop there and are zero.
-        kernels: backend name -> kernel; the numpy kernel is ``kernels["numpy"]``.
-        out_arg: the numpy kernel accepts ``out=`` (so the executor can hand it a reused buffer).
-        elementwise: output element i depends only on input elements i (safe to run in place).
-        view: the numpy kernel may return a view of its first input.
+        kernels: backend name -> :class:`Kernel`; the numpy kernel is ``kernels["numpy"]``.
+        lowerings: backend name -> lowering rule (see :func:`register_lowering`).
         traits: the named sets this op belongs to (:data:`ELEMENTWISE`, :data:`COMMUTATIVE`, ...).
         symbol: infix symbol used in error messages (``@`` for matmul).
         shape_attrs: attributes holding dimensions that may be symbolic; they are resolved to
@@ -84,10 +121,8 @@ class OpDef:
     infer: InferRule
     grad: GradRule | None = None
     differentiable: bool = True
-    kernels: dict[str, Callable[..., Any]] = field(default_factory=dict)
-    out_arg: bool = False
-    elementwise: bool = False
-    view: bool = False
+    kernels: dict[str, Kernel] = field(default_factory=dict)
+    lowerings: dict[str, LoweringRule] = field(default_factory=dict)
     symbol: str | None = None
     shape_attrs: tuple[str, ...] = ()
     family: str = ""
@@ -102,6 +137,16 @@ class OpDef:
         (True, False)
         """
         return trait in self.traits
+
+    @property
+    def elementwise(self) -> bool:
+        """Shorthand for ``op.has(ELEMENTWISE)``."""
+        return ELEMENTWISE in self.traits
+
+    @property
+    def view(self) -> bool:
+        """Shorthand for ``op.has(VIEW)``."""
+        return VIEW in self.traits
 
 
 OPS: dict[str, OpDef] = {}
@@ -125,6 +170,8 @@ def define_op(
     """Declare an op: its rules and numpy kernel in one place. Returns the registered :class:`OpDef`.
 
     ``elementwise=True`` and ``view=True`` also give the op the :data:`ELEMENTWISE` and :data:`VIEW` traits.
+    ``kernel`` becomes the numpy :class:`Kernel` record: ``out_arg`` says it accepts ``out=``; it may
+    return a view when the op is a view, and runs in place when the op is elementwise.
     """
     if name in OPS:
         raise ValueError(f"op {name!r} is already defined (in {OPS[name].family})")
@@ -137,10 +184,16 @@ def define_op(
         infer=infer,
         grad=grad,
         differentiable=differentiable,
-        kernels={"numpy": kernel},
-        out_arg=out_arg,
-        elementwise=elementwise,
-        view=view,
+        kernels={
+            "numpy": kernel
+            if isinstance(kernel, Kernel)
+            else Kernel(
+                kernel,
+                out_arg=out_arg,
+                returns_view=VIEW in trait_set,
+                in_place=ELEMENTWISE in trait_set,
+            )
+        },
         symbol=symbol,
         shape_attrs=shape_attrs,
         family=sys._getframe(1).f_globals.get("__name__", ""),
@@ -185,19 +238,53 @@ def get_op(name: str) -> OpDef:
         raise KeyError(f"no op named {name!r} is registered; known ops: {', '.join(sorted(OPS))}") from None
 
 
-def register_kernel(backend: str, name: str, kernel: Callable[..., Any]) -> None:
-    """Add a backend's kernel for an existing op (used by backend packages such as asg-gpu)."""
-    get_op(name).kernels[backend] = kernel
+def register_kernel(backend: str, name: str, kernel: Kernel | Callable[..., Any]) -> None:
+    """Add a backend's kernel for an existing op (a bare callable has no flags: no ``out=``, no view).
+
+    Without a lowering for ``backend``, the kernel is lowered by binding the node's attributes.
+    """
+    get_op(name).kernels[backend] = kernel if isinstance(kernel, Kernel) else Kernel(kernel)
 
 
-def kernel_for(backend: str, name: str) -> Callable[..., Any]:
+def register_lowering(name: str, backend: str, rule: LoweringRule) -> None:
+    """Register how op ``name`` is lowered on ``backend`` (JAX's ``register_lowering``).
+
+    ``rule(ctx)`` is called once per plan with a :class:`~asg.core.lowering.LoweringContext` (concrete
+    input and output types, resolved attrs, the node's name and scope) and returns what the backend
+    runs: for numpy a :class:`Kernel` or a callable ``fn(*arrays)``; for wgpu a pipeline and dispatch size.
+
+    Example:
+        >>> import numpy as np
+        >>> import asg.core as ag
+        >>> ag.register_lowering("exp", "numpy-doc", lambda ctx: ag.Kernel(np.exp, out_arg=True))
+        >>> ag.registry.lowering_rule("numpy-doc", "exp") is not None
+        True
+        >>> del ag.get_op("exp").lowerings["numpy-doc"]
+    """
+    get_op(name).lowerings[backend] = rule
+
+
+def lowering_rule(backend: str, name: str) -> LoweringRule | None:
+    """The lowering registered for op ``name`` on ``backend``, or ``None`` (then its kernel is used)."""
+    return get_op(name).lowerings.get(backend)
+
+
+def has_rule_for(backend: str, name: str) -> bool:
+    """True when ``backend`` can run op ``name`` (a lowering or a kernel is registered)."""
+    op = get_op(name)
+    return backend in op.lowerings or backend in op.kernels
+
+
+def kernel_for(backend: str, name: str) -> Kernel:
     """The kernel of op ``name`` on ``backend``, or a :class:`MissingRuleError` naming both."""
     op = get_op(name)
     try:
         return op.kernels[backend]
     except KeyError:
         raise MissingRuleError(
-            f"op {name!r} has no kernel for backend {backend!r} (it has: {', '.join(sorted(op.kernels))})"
+            f"op {name!r} has no kernel or lowering for backend {backend!r} "
+            f"(it has kernels for: {', '.join(sorted(op.kernels))}); register one with "
+            f"register_lowering({name!r}, {backend!r}, rule) or register_kernel({backend!r}, {name!r}, fn)"
         ) from None
 
 

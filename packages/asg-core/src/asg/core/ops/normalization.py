@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import ShapeError
-from ..registry import TensorType, define_op
+from ..registry import NORMALIZATION, TensorType, define_op
 from ..shapes import Dim, format_shape, normalize_shape
 from ..tensor import Tensor, apply, as_tensor
 from ._rules import require_float
@@ -147,6 +147,7 @@ def _layer_norm_grad(
 
 define_op(
     "layer_norm",
+    traits=(NORMALIZATION,),
     infer=_layer_norm_infer,
     kernel=_layer_norm_kernel,
     grad=_layer_norm_grad,
