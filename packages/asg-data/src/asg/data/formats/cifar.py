@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_write_bytes
 from ..errors import DataFormatError
 
 __all__ = ["CIFAR10_CLASSES", "IMAGE_BYTES", "read_cifar_binary", "write_cifar_binary"]
@@ -77,7 +78,7 @@ def read_cifar_binary(
 def write_cifar_binary(
     path: str | os.PathLike[str], images: np.ndarray, labels: Sequence[np.ndarray]
 ) -> None:
-    """Write records ``labels[0][i], labels[1][i], ..., pixels of images[i]`` (for tests and fixtures)."""
+    """Write records ``labels[0][i], labels[1][i], ..., pixels of images[i]`` atomically (for fixtures)."""
     imgs = np.asarray(images)
     if imgs.dtype != np.uint8 or imgs.shape[1:] != IMAGE_SHAPE:
         raise ValueError(f"CIFAR images must be uint8 of shape (N, 3, 32, 32), got {imgs.dtype} {imgs.shape}")
@@ -86,4 +87,4 @@ def write_cifar_binary(
         if len(col) != len(imgs) or col.min(initial=0) < 0 or col.max(initial=0) > 255:
             raise ValueError("each label array needs one value in 0..255 per image")
     records = np.concatenate([*(c.astype(np.uint8) for c in columns), imgs.reshape(len(imgs), -1)], axis=1)
-    Path(path).write_bytes(records.tobytes())
+    atomic_write_bytes(path, records.tobytes())

@@ -9,12 +9,13 @@ Example:
     ('to b', 'o be')
 """
 
-from .bpe import GPT2_PATTERN, ByteLevelBPETokenizer, bytes_to_unicode, from_gpt2_files
+from .bpe import GPT2_PATTERN, PATTERN_TIMEOUT_S, ByteLevelBPETokenizer, bytes_to_unicode, from_gpt2_files
 from .char import CharTokenizer
 from .lm import LanguageModelDataset, random_blocks
 
 __all__ = [
     "GPT2_PATTERN",
+    "PATTERN_TIMEOUT_S",
     "ByteLevelBPETokenizer",
     "CharTokenizer",
     "LanguageModelDataset",

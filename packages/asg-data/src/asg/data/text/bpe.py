@@ -22,10 +22,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from .._atomic import atomic_write_json, read_json
+from .._atomic import atomic_write_json, json_field, read_json
 from ..errors import DatasetNotFoundError
 
-__all__ = ["GPT2_PATTERN", "ByteLevelBPETokenizer", "bytes_to_unicode", "from_gpt2_files"]
+__all__ = [
+    "GPT2_PATTERN",
+    "PATTERN_TIMEOUT_S",
+    "ByteLevelBPETokenizer",
+    "bytes_to_unicode",
+    "from_gpt2_files",
+]
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 """The GPT-2 pre-tokenization regex (verbatim from OpenAI's ``encoder.py``)."""
@@ -85,6 +91,59 @@ def _compile(pattern: str) -> Any:
     return regex.compile(pattern)
 
 
+# Patterns known to run in linear time, matched without a time limit. Any other pattern (from a file,
+# or passed in) is matched with a time limit, since a pattern such as ``(a|aa)+$`` backtracks
+# exponentially and would hang `encode`.
+_TRUSTED_PATTERNS = frozenset({GPT2_PATTERN})
+
+PATTERN_TIMEOUT_S = 1.0
+"""Default ``pattern_timeout``: seconds allowed per started million characters of text."""
+
+
+def _compile_checked(pattern: Any, where: str) -> Any:
+    """Compile a pre-tokenization pattern; a pattern that is not a valid ``regex`` raises ValueError."""
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"{where}: the pre-tokenization pattern must be a non-empty string, got {pattern!r}")
+    import regex
+
+    try:
+        return _compile(pattern)
+    except regex.error as error:
+        raise ValueError(
+            f"{where}: the pre-tokenization pattern {pattern!r} is not a valid "
+            f"regular expression ({error}); GPT2_PATTERN is GPT-2's"
+        ) from None
+
+
+def _pretokenize(compiled: Any, text: str, timeout: float, where: str, source: str | None) -> list[str]:
+    """Split ``text`` into pieces with ``compiled``; patterns other than the trusted ones run under a time
+    limit of ``timeout`` seconds per started million characters, and raise TimeoutError past it."""
+    if compiled.pattern in _TRUSTED_PATTERNS:
+        return compiled.findall(text)
+    budget = timeout * (1 + len(text) // 1_000_000)
+    origin = f" (field 'pattern' of {source!r})" if source is not None else ""
+    try:
+        return compiled.findall(text, timeout=budget)
+    except TimeoutError:
+        raise TimeoutError(
+            f"{where}: the pre-tokenization pattern {compiled.pattern!r}{origin} did not "
+            f"finish on {len(text)} characters of text within {budget:g} s: it backtracks catastrophically "
+            f"(nested or overlapping repetition such as '(a|aa)+'). Use GPT2_PATTERN (matched without a time "
+            f"limit) or a pattern without nested repetition; pattern_timeout= sets the seconds allowed per "
+            f"million characters"
+        ) from None
+
+
+def _checked_id(token: Any, value: Any, what: str) -> int:
+    """An id from a vocabulary mapping: an integer (numpy integers too), not a string, float or bool."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise ValueError(
+            f"ByteLevelBPETokenizer: {what}[{token!r}] is {value!r} ({type(value).__name__}); "
+            f"token ids must be integers"
+        )
+    return int(value)
+
+
 def _word_pairs(word: Sequence[str]) -> list[tuple[str, str]]:
     return [(word[i], word[i + 1]) for i in range(len(word) - 1)]
 
@@ -112,8 +171,13 @@ class ByteLevelBPETokenizer:
         merges: merge rules in rank order, each a pair of token strings.
         special_tokens: literal strings with fixed ids (e.g. ``{"<|endoftext|>": 50256}``). They are
             only recognised in text passed to :meth:`encode` with ``allowed_special``.
-        pattern: the pre-tokenization regex (``regex`` syntax); GPT-2's by default.
+        pattern: the pre-tokenization regex (``regex`` syntax); GPT-2's by default. Patterns other than
+            `GPT2_PATTERN` are matched under a time limit (see ``pattern_timeout``).
         cache_size: number of pre-token pieces whose encodings are cached (cleared when full).
+        pattern_timeout: seconds a pattern other than `GPT2_PATTERN` may take per started million
+            characters of text; past it `encode` raises ``TimeoutError`` (a catastrophically
+            backtracking pattern would otherwise hang).
+        source: the file this tokenizer was read from, named in errors (set by `load`).
 
     Example:
         >>> tok = ByteLevelBPETokenizer.train(["low lower lowest"] * 10, vocab_size=262)
@@ -132,11 +196,22 @@ class ByteLevelBPETokenizer:
         special_tokens: Mapping[str, int] | None = None,
         pattern: str = GPT2_PATTERN,
         cache_size: int = 200_000,
+        pattern_timeout: float = PATTERN_TIMEOUT_S,
+        source: str | None = None,
     ) -> None:
-        self._encoder: dict[str, int] = {str(t): int(i) for t, i in vocab.items()}
+        self._encoder: dict[str, int] = {str(t): _checked_id(t, i, "vocab") for t, i in vocab.items()}
         self._merges: list[tuple[str, str]] = [(str(a), str(b)) for a, b in merges]
-        self._special: dict[str, int] = {str(t): int(i) for t, i in (special_tokens or {}).items()}
+        self._special: dict[str, int] = {
+            str(t): _checked_id(t, i, "special_tokens") for t, i in (special_tokens or {}).items()
+        }
+        if not pattern_timeout > 0:
+            raise ValueError(
+                f"ByteLevelBPETokenizer: pattern_timeout must be > 0. Received: {pattern_timeout!r}"
+            )
+        self.source = source
+        self._pat = _compile_checked(pattern, "ByteLevelBPETokenizer")  # a loader adds the file name
         self.pattern = pattern
+        self.pattern_timeout = float(pattern_timeout)
         self.cache_size = int(cache_size)
         self._cache: dict[str, list[int]] = {}
         self._validate()
@@ -148,7 +223,6 @@ class ByteLevelBPETokenizer:
                 self._decoder[i] = tok.translate(_DECODE_TABLE).encode("latin-1")
         for tok, i in self._special.items():
             self._decoder[i] = tok.encode("utf-8")
-        self._pat = None  # compiled lazily
 
     def _validate(self) -> None:
         ids: dict[int, str] = {}
@@ -239,12 +313,12 @@ class ByteLevelBPETokenizer:
         return parts
 
     def _encode_ordinary(self, text: str, out: list[int]) -> None:
-        pat = self._pat
-        if pat is None:
-            pat = self._pat = _compile(self.pattern)
         cache = self._cache
         encoder = self._encoder
-        for piece in pat.findall(text):
+        pieces = _pretokenize(
+            self._pat, text, self.pattern_timeout, "ByteLevelBPETokenizer.encode", self.source
+        )
+        for piece in pieces:
             ids = cache.get(piece)
             if ids is None:
                 word = piece.encode("utf-8").decode("latin-1").translate(_BYTE_TABLE)
@@ -377,14 +451,14 @@ class ByteLevelBPETokenizer:
         if backend != "python":
             raise ValueError(f"ByteLevelBPETokenizer.train: unknown backend {backend!r} (python, tokenizers)")
 
-        pat = _compile(pattern)
+        pat = _compile_checked(pattern, "ByteLevelBPETokenizer.train")
         counts: Counter[str] = Counter()
         for doc in docs:
             if not isinstance(doc, str):
                 raise TypeError(
                     f"ByteLevelBPETokenizer.train: corpus items must be str, got {type(doc).__name__}"
                 )
-            counts.update(pat.findall(doc))
+            counts.update(_pretokenize(pat, doc, PATTERN_TIMEOUT_S, "ByteLevelBPETokenizer.train", None))
         word_freq: Counter[str] = Counter()
         for piece, c in counts.items():
             word_freq[piece.encode("utf-8").decode("latin-1").translate(_BYTE_TABLE)] += c
@@ -488,25 +562,53 @@ class ByteLevelBPETokenizer:
             "format": _FORMAT,
             "version": 1,
             "pattern": self.pattern,
-            "vocab": self._encoder,
+            "vocab": dict(self._encoder),
             "merges": [list(m) for m in self._merges],
-            "special_tokens": self._special,
+            "special_tokens": dict(self._special),
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ByteLevelBPETokenizer:
-        """Rebuild a tokenizer from :meth:`to_dict` output, checking its format tag."""
+    def from_dict(cls, d: dict[str, Any], *, source: str | None = None) -> ByteLevelBPETokenizer:
+        """Rebuild a tokenizer from :meth:`to_dict` output, checking its format tag and every field.
+
+        ``source`` (the file ``d`` was read from) is named in the errors and kept as ``self.source``.
+
+        Example:
+            >>> d = ByteLevelBPETokenizer.train("abab", vocab_size=257).to_dict()
+            >>> d["vocab"]["a"] = "x"
+            >>> ByteLevelBPETokenizer.from_dict(d, source="bpe.json")
+            Traceback (most recent call last):
+            ...
+            ValueError: ByteLevelBPETokenizer.load: 'bpe.json': vocab['a'] is 'x' (str);
+            token ids must be integers
+        """
+        where = (
+            f"ByteLevelBPETokenizer.load: {source!r}"
+            if source is not None
+            else "ByteLevelBPETokenizer.from_dict"
+        )
         if not isinstance(d, dict) or d.get("format") != _FORMAT:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"ByteLevelBPETokenizer.from_dict: expected format {_FORMAT!r}, got {got!r}")
+            raise ValueError(f"{where}: expected format {_FORMAT!r}, got {got!r}")
         if d.get("version") != 1:
-            raise ValueError(f"ByteLevelBPETokenizer.from_dict: unsupported version {d.get('version')!r}")
+            raise ValueError(
+                f"{where}: unsupported version {d.get('version')!r} (this reader knows version 1)"
+            )
+        vocab = json_field(d, "vocab", where, dict, "an object token -> integer id")
+        raw_merges = json_field(d, "merges", where, list, "an array of [left, right] token pairs")
+        specials = json_field(
+            d, "special_tokens", where, dict, "an object token -> integer id", optional=True
+        )
+        pattern = json_field(d, "pattern", where, str, "the pre-tokenization regex as a string")
         merges = []
-        for m in d["merges"]:
-            if not (isinstance(m, list) and len(m) == 2):
-                raise ValueError(f"ByteLevelBPETokenizer.from_dict: a merge must be a pair, got {m!r}")
+        for k, m in enumerate(raw_merges):
+            if not (isinstance(m, list) and len(m) == 2 and all(isinstance(t, str) for t in m)):
+                raise ValueError(f"{where}: field 'merges'[{k}] must be a pair of token strings, got {m!r}")
             merges.append((m[0], m[1]))
-        return cls(d["vocab"], merges, special_tokens=d.get("special_tokens") or {}, pattern=d["pattern"])
+        try:
+            return cls(vocab, merges, special_tokens=specials or {}, pattern=pattern, source=source)
+        except ValueError as error:
+            raise ValueError(f"{where}: {str(error).removeprefix('ByteLevelBPETokenizer: ')}") from None
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save as one JSON file (written atomically).
@@ -524,7 +626,7 @@ class ByteLevelBPETokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ByteLevelBPETokenizer:
         """Load a tokenizer saved with :meth:`save`."""
-        return cls.from_dict(read_json(path, what="ByteLevelBPETokenizer.load"))
+        return cls.from_dict(read_json(path, what="ByteLevelBPETokenizer.load"), source=str(path))
 
     @classmethod
     def from_gpt2_files(
@@ -576,6 +678,12 @@ def from_gpt2_files(
     encoder = read_json(enc_path, what="from_gpt2_files(encoder.json)")
     if not isinstance(encoder, dict):
         raise ValueError(f"from_gpt2_files: {str(enc_path)!r} must hold a JSON object token -> id")
+    bad = next(((t, i) for t, i in encoder.items() if isinstance(i, bool) or not isinstance(i, int)), None)
+    if bad is not None:
+        raise ValueError(
+            f"from_gpt2_files: {str(enc_path)!r}: token {bad[0]!r} has id {bad[1]!r}; "
+            "every id must be an integer"
+        )
     merges: list[tuple[str, str]] = []
     lines = bpe_path.read_text(encoding="utf-8").split("\n")
     for lineno, line in enumerate(lines, start=1):
@@ -588,4 +696,10 @@ def from_gpt2_files(
             )
         merges.append((parts[0], parts[1]))
     special = {t: i for t, i in encoder.items() if t == "<|endoftext|>"}
-    return ByteLevelBPETokenizer(encoder, merges, special_tokens=special)
+    try:
+        return ByteLevelBPETokenizer(encoder, merges, special_tokens=special)
+    except ValueError as error:
+        files = f"{str(enc_path)!r} and {str(bpe_path)!r}"
+        raise ValueError(
+            f"from_gpt2_files: {files}: {str(error).removeprefix('ByteLevelBPETokenizer: ')}"
+        ) from None

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from .._atomic import atomic_write_json, read_json
+from .._atomic import atomic_write_json, json_field, read_json
 
 __all__ = ["CharTokenizer"]
 
@@ -38,11 +38,9 @@ class CharTokenizer:
 
     def __init__(self, chars: Iterable[str], *, unk_token: str | None = None) -> None:
         chars = list(chars)
-        for c in chars:
+        for k, c in enumerate(chars):
             if not isinstance(c, str) or len(c) != 1:
-                raise ValueError(
-                    f"CharTokenizer: every vocabulary entry must be a single character, got {c!r}"
-                )
+                raise ValueError(f"CharTokenizer: chars[{k}] must be a single character, got {c!r}")
         self._chars: list[str] = sorted(set(chars))
         if unk_token is not None and (not isinstance(unk_token, str) or not unk_token):
             raise ValueError(f"CharTokenizer: unk_token must be a non-empty string, got {unk_token!r}")
@@ -129,14 +127,31 @@ class CharTokenizer:
         return {"format": _FORMAT, "version": 1, "chars": self._chars, "unk_token": self.unk_token}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CharTokenizer:
-        """Rebuild a tokenizer from :meth:`to_dict` output, checking its format tag."""
+    def from_dict(cls, d: dict[str, Any], *, source: str | None = None) -> CharTokenizer:
+        """Rebuild a tokenizer from :meth:`to_dict` output, checking its format tag and fields.
+
+        ``source`` (the file ``d`` was read from) is named in the errors.
+
+        Example:
+            >>> CharTokenizer.from_dict({"format": "asg.CharTokenizer", "version": 1}, source="c.json")
+            Traceback (most recent call last):
+            ...
+            ValueError: CharTokenizer.load: 'c.json': field 'chars' is missing; expected a list of single characters
+        """
+        where = f"CharTokenizer.load: {source!r}" if source is not None else "CharTokenizer.from_dict"
         if not isinstance(d, dict) or d.get("format") != _FORMAT:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"CharTokenizer.from_dict: expected format {_FORMAT!r}, got {got!r}")
+            raise ValueError(f"{where}: expected format {_FORMAT!r}, got {got!r}")
         if d.get("version") != 1:
-            raise ValueError(f"CharTokenizer.from_dict: unsupported version {d.get('version')!r}")
-        return cls(d["chars"], unk_token=d.get("unk_token"))
+            raise ValueError(
+                f"{where}: unsupported version {d.get('version')!r} (this reader knows version 1)"
+            )
+        chars = json_field(d, "chars", where, list, "a list of single characters")
+        unk_token = json_field(d, "unk_token", where, str, "a string or null", optional=True)
+        try:
+            return cls(chars, unk_token=unk_token)
+        except ValueError as error:
+            raise ValueError(f"{where}: {str(error).removeprefix('CharTokenizer: ')}") from None
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save as JSON (written atomically).
@@ -154,7 +169,7 @@ class CharTokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CharTokenizer:
         """Load a tokenizer saved with :meth:`save`."""
-        return cls.from_dict(read_json(path, what="CharTokenizer.load"))
+        return cls.from_dict(read_json(path, what="CharTokenizer.load"), source=str(path))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CharTokenizer):
