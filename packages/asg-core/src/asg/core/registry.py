@@ -148,6 +148,12 @@ class OpDef:
         """Shorthand for ``op.has(VIEW)``."""
         return VIEW in self.traits
 
+    @property
+    def out_arg(self) -> bool:
+        """The numpy kernel accepts ``out=`` (a flag of the kernel record: ``kernels["numpy"].out_arg``)."""
+        kernel = self.kernels.get("numpy")
+        return bool(kernel is not None and kernel.out_arg)
+
 
 OPS: dict[str, OpDef] = {}
 
