@@ -20,3 +20,7 @@ class MissingRuleError(ASGError, NotImplementedError):
 
 class ExecutionError(ASGError, RuntimeError):
     """A kernel failed while a plan was running; the message shows the node that failed."""
+
+
+class NonFiniteError(ExecutionError):
+    """A numerics check found a NaN or infinity; the message names the first node producing one."""
