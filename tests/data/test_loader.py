@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -323,3 +324,166 @@ def test_batch_sampler() -> None:
     first = next(iter(batch_sampler)).tolist()
     inner.set_epoch(4)
     assert list(inner) == first
+
+
+# ------------------------------------------------------------------------------ process workers: failures
+
+# Spawned workers import a dataset's class by module name, so the datasets of these tests live in a
+# module on sys.path (a test module imported by pytest's importlib mode is not importable by name).
+_WORKER_HELPERS = '''
+import os
+import signal
+import re
+import threading
+
+
+class DiesOnce:
+    """Reading item 5 ends the worker process (os._exit(3) or SIGKILL), the first time only."""
+
+    def __init__(self, flag, how):
+        self.flag, self.how = flag, how
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, index):
+        if index == 5 and not os.path.exists(self.flag):
+            open(self.flag, "w").close()
+            if self.how == "exit":
+                os._exit(3)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return index
+
+
+class TwoArgumentError(Exception):
+    """Pickles, but cannot be unpickled: BaseException.__reduce__ gives only the message to __init__."""
+
+    def __init__(self, item, reason):
+        super().__init__(f"item {item}: {reason}")
+
+
+class RaisesOnce:
+    """Reading item 5 raises `kind` the first time."""
+
+    def __init__(self, flag, kind):
+        self.flag, self.kind = flag, kind
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, index):
+        if index == 5 and not os.path.exists(self.flag):
+            open(self.flag, "w").close()
+            if self.kind == "unpicklable":
+                raise TwoArgumentError(index, "broken")
+            raise KeyError(f"item {index} is broken")
+        return index
+
+
+class Locks:
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return threading.Lock()
+
+
+def keep_list(items):
+    return items
+'''
+
+
+@pytest.fixture(scope="module")
+def helpers(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import importlib
+    import sys
+
+    directory = tmp_path_factory.mktemp("worker_helpers")
+    (directory / "asg_data_worker_helpers.py").write_text(_WORKER_HELPERS)
+    sys.path.insert(0, str(directory))
+    try:
+        yield importlib.import_module("asg_data_worker_helpers")
+    finally:
+        sys.path.remove(str(directory))
+        sys.modules.pop("asg_data_worker_helpers", None)
+
+
+def _process_loader(dataset: Any, **kwargs: Any) -> DataLoader:
+    return DataLoader(dataset, batch_size=4, num_workers=2, worker_type="process", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("how", "message"), [("exit", "exited with code 3"), ("kill", "was killed by SIGKILL")]
+)
+def test_a_dead_worker_is_reported_and_the_next_epoch_gets_new_workers(
+    helpers: Any, tmp_path: Any, how: str, message: str
+) -> None:
+    from asg.data import WorkerError
+
+    with _process_loader(helpers.DiesOnce(str(tmp_path / "flag"), how)) as loader:
+        seen = []
+        with pytest.raises(WorkerError) as info:
+            for batch in loader:
+                seen.append(batch.tolist())
+        assert seen == [[0, 1, 2, 3]]
+        # Batch 1 went to worker 1 (round robin); the message names it, its exit and the batch.
+        assert re.fullmatch(
+            rf"DataLoader worker 1 \(pid \d+\) {message}.* while loading batch 1 of epoch 0 "
+            r"\(dataset indices \[4, 5, 6, 7\]\); its batches are lost and this epoch cannot go on\. "
+            r"The next epoch starts new worker processes",
+            str(info.value),
+        ), str(info.value)
+        assert "terminated abruptly" not in str(info.value)
+        assert loader._process_pool is None
+        # The next epochs run on new workers, whole; the pool is then kept.
+        assert [b.tolist() for b in loader] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+        pool = loader._process_pool
+        assert pool is not None and pool.alive()
+        assert [b.tolist() for b in loader][1] == [4, 5, 6, 7]
+        assert loader._process_pool is pool
+
+
+def test_an_exception_that_cannot_be_unpickled_is_reported_with_its_message(
+    helpers: Any, tmp_path: Any
+) -> None:
+    from asg.data import WorkerError
+
+    with _process_loader(helpers.RaisesOnce(str(tmp_path / "flag"), "unpicklable")) as loader:
+        with pytest.raises(WorkerError) as info:
+            list(loader)
+        text = str(info.value)
+        assert re.match(
+            r"DataLoader worker 1 \(pid \d+\) sent its exception while loading batch 1 of epoch 0 "
+            r"\(dataset indices \[4, 5, 6, 7\]\), but the main process could not unpickle it \(TypeError: ",
+            text,
+        ), text
+        assert "TwoArgumentError: item 5: broken" in text  # the worker's own traceback
+        assert "pass them all to super().__init__" in text
+        assert "terminated abruptly" not in text
+        assert [b.tolist() for b in loader][1] == [4, 5, 6, 7]
+
+
+def test_a_picklable_worker_exception_keeps_its_type_and_the_loader_recovers(
+    helpers: Any, tmp_path: Any
+) -> None:
+    with _process_loader(helpers.RaisesOnce(str(tmp_path / "flag"), "key")) as loader:
+        with pytest.raises(KeyError, match="item 5 is broken") as info:
+            list(loader)
+        assert "while loading batch 1 of epoch 0 (dataset indices [4, 5, 6, 7])" in info.value.__notes__
+        assert re.fullmatch(r"raised in DataLoader worker 1 \(pid \d+\)", info.value.__notes__[1])
+        assert "item 5 is broken" in str(info.value.__cause__)  # the worker's traceback
+        assert len(list(loader)) == 3
+
+
+def test_a_batch_that_cannot_be_pickled_names_the_worker_and_batch(helpers: Any) -> None:
+    from asg.data import WorkerError
+
+    with (
+        _process_loader(helpers.Locks(), collate_fn=helpers.keep_list) as loader,
+        pytest.raises(
+            WorkerError,
+            match=r"DataLoader worker 0 \(pid \d+\) could not pickle the batch \(TypeError: cannot pickle "
+            r"'_thread.lock' object\) while loading batch 0 of epoch 0 \(dataset indices \[0, 1, 2, 3\]\)",
+        ),
+    ):
+        list(loader)

@@ -27,7 +27,7 @@ from .datasets import (
 )
 from .errors import DataFormatError, DatasetNotFoundError
 from .formats import ImageFolder, read_cifar_binary, read_idx, write_cifar_binary, write_idx
-from .loader import DataLoader
+from .loader import DataLoader, WorkerError
 from .samplers import BatchSampler, RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
 from .transforms import (
     Clip,
@@ -74,6 +74,7 @@ __all__ += [
     "ToFloat",
     "Transform",
     "WeightedRandomSampler",
+    "WorkerError",
     "default_collate",
     "load_cifar10",
     "load_cifar100",

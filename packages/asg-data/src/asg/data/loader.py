@@ -17,11 +17,13 @@ loaded with one fancy-indexing call per array instead of reading and collating i
 
 from __future__ import annotations
 
+import signal
+import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,10 +32,7 @@ from .datasets import Dataset
 from .samplers import BatchSampler, RandomSampler, SequentialSampler, _base_seed
 from .transforms import _activate, _LazyGenerator
 
-if TYPE_CHECKING:
-    from concurrent.futures import ProcessPoolExecutor
-
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "WorkerError"]
 
 CollateFn = Callable[[list[Any]], Any]
 # (loader seed, (epoch, batch number)): the entropy and spawn key of a batch's SeedSequence.
@@ -56,17 +55,229 @@ def _load_batch(
         _activate(previous)
 
 
-# State of a worker process: set once by the pool initializer, so the dataset is sent once per worker.
-_worker_state: dict[str, Any] = {}
+class WorkerError(RuntimeError):
+    """A DataLoader worker process died, or sent back a batch or an exception that could not be moved
+    between processes. The message names the worker, its pid, the exit code or signal, and the batch."""
 
 
-def _init_process_worker(dataset: Dataset[Any], collate_fn: CollateFn | None) -> None:
-    _worker_state["dataset"] = dataset
-    _worker_state["collate_fn"] = collate_fn
+class _RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process, attached as its ``__cause__``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n(traceback in the worker process)\n{self.text}"
 
 
-def _process_worker_load(indices: np.ndarray, rng_key: RngKey) -> Any:
-    return _load_batch(_worker_state["dataset"], indices, _worker_state["collate_fn"], rng_key)
+class _Unsendable:
+    """Sent by a worker in place of a batch or an exception that it could not pickle."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+
+def _worker_loop(dataset: Dataset[Any], collate_fn: CollateFn | None, tasks: Any, results: Any) -> None:
+    """Body of a worker process: load the batches named in ``tasks`` until None; send each result as a
+    header ``(number, ok, traceback text)`` then the batch or the exception."""
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        number, indices, rng_key = task
+        try:
+            payload, ok, text = _load_batch(dataset, indices, collate_fn, rng_key), True, ""
+        except Exception as error:
+            payload, ok, text = error, False, "".join(traceback.format_exception(error))
+        results.send((number, ok, text))
+        try:
+            results.send(payload)  # pickles the whole object before writing, so a failure writes nothing
+        except Exception as error:
+            what = "batch" if ok else f"{type(payload).__name__} exception"
+            results.send(_Unsendable(f"could not pickle the {what} ({type(error).__name__}: {error})"))
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "closed its result pipe"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hints = {
+            "SIGKILL": " (kill -9, or the system's out-of-memory killer)",
+            "SIGSEGV": " (a crash in native code)",
+        }
+        return f"was killed by {name}{hints.get(name, '')}"
+    if code == 1:
+        return (
+            "exited with code 1 (an uncaught exception in the worker, e.g. the dataset or collate_fn could "
+            "not be unpickled there; its traceback is on stderr)"
+        )
+    return f"exited with code {code}"
+
+
+class _ProcessPool:
+    """``n`` worker processes, each with its own task queue and result pipe, so that a result is known
+    to come from one worker and the batch it was given, and a worker that dies is seen at once (its
+    process sentinel) with its exit code."""
+
+    def __init__(self, n: int, context: str, dataset: Dataset[Any], collate_fn: CollateFn | None) -> None:
+        import multiprocessing  # imported here: only process workers need it
+
+        ctx = multiprocessing.get_context(context)
+        self.tasks: list[Any] = []
+        self.results: list[Any] = []
+        self.processes: list[Any] = []
+        try:
+            for k in range(n):
+                tasks = ctx.Queue()
+                reader, writer = ctx.Pipe(duplex=False)
+                process = ctx.Process(
+                    target=_worker_loop,
+                    args=(dataset, collate_fn, tasks, writer),
+                    name=f"asg-data-worker-{k}",
+                    daemon=True,
+                )
+                self.tasks.append(tasks)
+                self.results.append(reader)
+                self.processes.append(process)
+                process.start()
+                writer.close()  # the worker holds the only writer: its death is an EOF here
+        except BaseException:
+            self.shutdown(graceful=False)
+            raise
+
+    def alive(self) -> bool:
+        return all(p.is_alive() for p in self.processes)
+
+    def run(
+        self, batches: Iterator[Any], epoch: int, rng_key: Callable[[int, int], RngKey], prefetch: int
+    ) -> Iterator[Any]:
+        """Yield the batches in order; batch ``b`` goes to worker ``b % n``, at most ``prefetch`` per worker."""
+        n = len(self.processes)
+        outstanding: list[deque[tuple[int, np.ndarray]]] = [deque() for _ in range(n)]
+        ready: dict[int, tuple[int, np.ndarray, bool, str, Any]] = {}
+        numbered = enumerate(batches)
+        exhausted = False
+        next_number = 0
+
+        def fill() -> None:
+            nonlocal exhausted
+            while not exhausted and sum(map(len, outstanding)) + len(ready) < n * prefetch:
+                item = next(numbered, None)
+                if item is None:
+                    exhausted = True
+                    return
+                number, indices = item
+                idx = np.asarray(indices, dtype=np.int64)
+                self.tasks[number % n].put((number, idx, rng_key(epoch, number)))
+                outstanding[number % n].append((number, idx))
+
+        fill()
+        while True:
+            if next_number not in ready:
+                if not any(outstanding):
+                    return
+                self._collect(outstanding, ready, epoch)
+                continue
+            k, idx, ok, text, payload = ready.pop(next_number)
+            where = _where(next_number, epoch, idx)
+            pid = self.processes[k].pid
+            if isinstance(payload, _Unsendable):
+                raise WorkerError(
+                    f"DataLoader worker {k} (pid {pid}) {payload.description} {where}; the batch and "
+                    f"any exception must be picklable to leave a worker process"
+                    + (f". The worker's exception:\n{text}" if text else "")
+                )
+            if not ok:
+                payload.add_note(where)
+                payload.add_note(f"raised in DataLoader worker {k} (pid {pid})")
+                raise payload from _RemoteTraceback(text)
+            next_number += 1
+            fill()
+            yield payload
+
+    def _collect(
+        self,
+        outstanding: list[deque[tuple[int, np.ndarray]]],
+        ready: dict[int, tuple[int, np.ndarray, bool, str, Any]],
+        epoch: int,
+    ) -> None:
+        """Wait until a busy worker sends a result or dies; move the results that came into ``ready``."""
+        from multiprocessing.connection import wait
+
+        owner: dict[Any, int] = {}
+        for k, queue in enumerate(outstanding):
+            if queue:
+                owner[self.results[k]] = k
+                owner[self.processes[k].sentinel] = k
+        for k in sorted({owner[obj] for obj in wait(list(owner))}):
+            number, idx = outstanding[k][0]
+            conn = self.results[k]
+            if not conn.poll():  # the process ended and left nothing to read
+                raise self._died(k, number, idx, epoch)
+            try:
+                got, ok, text = conn.recv()
+            except (EOFError, OSError):
+                raise self._died(k, number, idx, epoch) from None
+            try:
+                payload = conn.recv()
+            except (EOFError, OSError):
+                raise self._died(k, number, idx, epoch) from None
+            except Exception as error:  # the bytes arrived but cannot be unpickled here
+                raise self._unpickling_failed(k, number, idx, epoch, ok, text, error) from error
+            if got != number:
+                raise WorkerError(f"DataLoader worker {k} sent batch {got} while batch {number} was expected")
+            outstanding[k].popleft()
+            ready[number] = (k, idx, ok, text, payload)
+
+    def _unpickling_failed(
+        self, k: int, number: int, idx: np.ndarray, epoch: int, ok: bool, text: str, error: Exception
+    ) -> WorkerError:
+        what = "batch" if ok else "exception"
+        message = (
+            f"DataLoader worker {k} (pid {self.processes[k].pid}) sent its {what} {_where(number, epoch, idx)}, "
+            f"but the main process could not unpickle it ({type(error).__name__}: {error})"
+        )
+        if not ok:
+            message += (
+                ". An exception class whose __init__ takes other arguments than its message cannot be "
+                "rebuilt: pass them all to super().__init__, or define __reduce__. The exception raised "
+                f"in the worker:\n{text}"
+            )
+        return WorkerError(message)
+
+    def _died(self, k: int, number: int, idx: np.ndarray, epoch: int) -> WorkerError:
+        process = self.processes[k]
+        process.join(timeout=5)
+        return WorkerError(
+            f"DataLoader worker {k} (pid {process.pid}) {_describe_exit(process.exitcode)} "
+            f"{_where(number, epoch, idx)}; its batches are lost and this epoch cannot go on. The next "
+            f"epoch starts new worker processes"
+        )
+
+    def shutdown(self, graceful: bool = True) -> None:
+        """Stop the workers: ask them to exit (``graceful``; up to 1 s) then terminate those still running."""
+        if graceful:
+            for tasks, process in zip(self.tasks, self.processes, strict=False):
+                if process.is_alive():
+                    tasks.put(None)
+            for process in self.processes:
+                if process.pid is not None:
+                    process.join(timeout=1)
+        for process in self.processes:
+            if process.pid is not None and process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+        for tasks in self.tasks:
+            tasks.cancel_join_thread()
+            tasks.close()
+        for conn in self.results:
+            conn.close()
+        self.processes, self.tasks, self.results = [], [], []
 
 
 class DataLoader:
@@ -85,7 +296,9 @@ class DataLoader:
         prefetch_factor: batches loaded ahead per worker.
         worker_type: ``"thread"`` (default; numpy indexing and Pillow decoding release the GIL) or
             ``"process"`` (for pure-Python per-item work; the dataset and collate_fn must be picklable
-            and importable, and are sent to each worker once through multiprocessing).
+            and importable, and are sent to each worker once, when it starts). Process workers are
+            kept from epoch to epoch; a worker that dies raises `WorkerError` naming the worker, its
+            exit code or signal and the batch, and the next epoch starts new workers.
         seed: seed of the shuffle order and of random transforms; None draws one at construction.
         multiprocessing_context: start method for process workers ("spawn" by default).
 
@@ -142,7 +355,7 @@ class DataLoader:
         self.worker_type = worker_type
         self.multiprocessing_context = multiprocessing_context
         self.epoch = 0
-        self._process_pool: ProcessPoolExecutor | None = None
+        self._process_pool: _ProcessPool | None = None
         self._finalizer: weakref.finalize | None = None
 
     def __len__(self) -> int:
@@ -166,7 +379,9 @@ class DataLoader:
         batches = iter(self.batch_sampler)
         if self.num_workers == 0:
             return self._iterate_inline(batches, epoch)
-        return self._iterate_with_workers(batches, epoch)
+        if self.worker_type == "process":
+            return self._iterate_with_processes(batches, epoch)
+        return self._iterate_with_threads(batches, epoch)
 
     def _iterate_inline(self, batches: Iterator[Any], epoch: int) -> Iterator[Any]:
         for number, indices in enumerate(batches):
@@ -178,40 +393,17 @@ class DataLoader:
                 raise
             yield batch
 
-    def _executor(self) -> tuple[Executor, bool]:
-        """The executor and whether it should be shut down when the epoch ends."""
-        if self.worker_type == "thread":
-            return ThreadPoolExecutor(self.num_workers, thread_name_prefix="asg-data-loader"), True
-        if self._process_pool is None:
-            import multiprocessing  # imported here: only process workers need it
-            from concurrent.futures import ProcessPoolExecutor
-
-            context = multiprocessing.get_context(self.multiprocessing_context)
-            self._process_pool = ProcessPoolExecutor(
-                self.num_workers,
-                mp_context=context,
-                initializer=_init_process_worker,
-                initargs=(self.dataset, self.collate_fn),
-            )
-            self._finalizer = weakref.finalize(
-                self, self._process_pool.shutdown, wait=False, cancel_futures=True
-            )
-        return self._process_pool, False
-
-    def _submit(self, executor: Executor, indices: np.ndarray, rng_key: RngKey) -> Future:
-        if self.worker_type == "thread":
-            return executor.submit(_load_batch, self.dataset, indices, self.collate_fn, rng_key)
-        return executor.submit(_process_worker_load, indices, rng_key)
-
-    def _iterate_with_workers(self, batches: Iterator[Any], epoch: int) -> Iterator[Any]:
-        executor, shut_down_after = self._executor()
+    def _iterate_with_threads(self, batches: Iterator[Any], epoch: int) -> Iterator[Any]:
+        executor = ThreadPoolExecutor(self.num_workers, thread_name_prefix="asg-data-loader")
         in_flight: deque[tuple[int, np.ndarray, Future]] = deque()
         limit = self.num_workers * self.prefetch_factor
-        numbered = enumerate(batches)
         try:
-            for number, indices in numbered:
+            for number, indices in enumerate(batches):
                 idx = np.asarray(indices, dtype=np.int64)
-                in_flight.append((number, idx, self._submit(executor, idx, self._rng_key(epoch, number))))
+                future = executor.submit(
+                    _load_batch, self.dataset, idx, self.collate_fn, self._rng_key(epoch, number)
+                )
+                in_flight.append((number, idx, future))
                 if len(in_flight) >= limit:
                     yield _result(*in_flight.popleft(), epoch)
             while in_flight:
@@ -219,11 +411,33 @@ class DataLoader:
         finally:
             for _, _, future in in_flight:
                 future.cancel()
-            if shut_down_after:
-                executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def _iterate_with_processes(self, batches: Iterator[Any], epoch: int) -> Iterator[Any]:
+        pool = self._process_pool
+        if pool is None or not pool.alive():  # first epoch, or a worker died since the last one
+            self.close()
+            pool = self._process_pool = _ProcessPool(
+                self.num_workers, self.multiprocessing_context, self.dataset, self.collate_fn
+            )
+            self._finalizer = weakref.finalize(self, pool.shutdown)
+        finished = False
+        try:
+            yield from pool.run(batches, epoch, self._rng_key, self.prefetch_factor)
+            finished = True
+        finally:
+            if not finished:  # an error, or the caller stopped early: the next epoch gets new workers
+                if self._finalizer is not None:
+                    self._finalizer.detach()
+                pool.shutdown(graceful=False)
+                self._process_pool = self._finalizer = None
 
     def close(self) -> None:
-        """Stop worker processes (thread workers stop by themselves at the end of each epoch)."""
+        """Stop worker processes (thread workers stop by themselves at the end of each epoch).
+
+        Process workers are kept from one epoch to the next; after an epoch that raised or was left
+        early (or once a worker died), the next epoch starts new ones.
+        """
         if self._finalizer is not None:
             self._finalizer()
         self._process_pool = None

@@ -48,6 +48,10 @@ class ImageFolder:
         image_loader: ``path -> array`` to decode without Pillow.
 
     Attributes: ``classes`` (names), ``class_to_index``, ``samples`` (list of (path, label)).
+
+    Raises `DatasetNotFoundError` (naming the folder) when the root has no class folders or a class
+    folder holds no image, and `DataFormatError` (naming the file) when an image cannot be decoded or
+    is over Pillow's decompression-bomb limit.
     """
 
     def __init__(
@@ -76,17 +80,25 @@ class ImageFolder:
             raise DatasetNotFoundError(f"ImageFolder: no class subdirectories in {self.root.resolve()}")
         self.class_to_index = {name: k for k, name in enumerate(self.classes)}
         self.samples: list[tuple[Path, int]] = []
+        empty: list[str] = []
         for name in self.classes:
             files = sorted(
                 p
                 for p in (self.root / name).rglob("*")
                 if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
             )
+            if not files:
+                empty.append(name)
             self.samples.extend((p, self.class_to_index[name]) for p in files)
-        if not self.samples:
+        if empty:
+            # As torchvision's ImageFolder: a class with no images is almost always a mistake (a failed
+            # copy, a wrong extension) and would silently shift what the labels mean.
+            folders = ", ".join(str((self.root / name).resolve()) for name in empty)
             raise DatasetNotFoundError(
-                f"ImageFolder: no image files ({', '.join(suffixes)}) under the class folders of "
-                f"{self.root.resolve()}"
+                f"ImageFolder: class folder{'s' if len(empty) > 1 else ''} {folders} "
+                f"hold{'' if len(empty) > 1 else 's'} no image files ({', '.join(suffixes)}); every "
+                f"subdirectory of {self.root.resolve()} is a class and needs at least one image: add images, "
+                f"remove the folder, or pass extensions= for other file types"
             )
         self.targets = np.array([label for _, label in self.samples], dtype=np.int64)
 
@@ -106,6 +118,12 @@ class ImageFolder:
                     height, width = self.size
                     image = image.resize((width, height), image_module.Resampling.BILINEAR)
                 return np.asarray(image)
+        except image_module.DecompressionBombError as error:
+            raise DataFormatError(
+                f"{path}: refused to decode the image: {error} If the file is trusted, raise the limit "
+                f"with PIL.Image.MAX_IMAGE_PIXELS (now {image_module.MAX_IMAGE_PIXELS}), or pass "
+                f"image_loader= to decode it yourself"
+            ) from error
         except (OSError, ValueError, SyntaxError) as error:  # Pillow's errors for unreadable files
             raise DataFormatError(f"{path}: cannot decode image ({error})") from error
 
