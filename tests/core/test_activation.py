@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import optest
 import pytest
-from optest import check_op, rand, run
 
 import asg.core as ag
+from asg.core.testing import check_op, rand, run, torch_or_skip
 
-torch = optest.torch_or_skip
+torch = torch_or_skip
 
 F = torch.nn.functional
 

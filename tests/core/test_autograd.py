@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import pytest
-from optest import rand
 
 import asg.core as ag
+from asg.core.testing import rand
 
 POINTS = np.linspace(-2.0, 2.0, 9)
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from optest import check_op, rand, run
 
 import asg.core as ag
 from asg.core.ops.pooling import adaptive_bins
+from asg.core.testing import check_op, rand, run
 
 
 # ============================================================================= plain-loop references

@@ -6,13 +6,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import optest
 import pytest
-from optest import check_op, rand, run
 
 import asg.core as ag
+from asg.core.testing import check_op, rand, run, torch_or_skip
 
-torch = optest.torch_or_skip
+torch = torch_or_skip
 
 # ----------------------------------------------------------------------------- unary ops
 POSITIVE = rand(2, 3, seed=1, low=0.2, high=3.0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from optest import check_op, rand
 
 import asg.core as ag
 from asg.core.errors import ExecutionError, ShapeError
+from asg.core.testing import check_op, rand
 
 try:  # PyTorch is the reference where installed; check_op skips its torch part without it
     import torch

@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from optest import rand
 
 import asg.core as ag
 from asg.core.errors import ShapeError
+from asg.core.testing import rand
 
 MASK32, MASK64 = (1 << 32) - 1, (1 << 64) - 1
 

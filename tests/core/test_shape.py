@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import optest
 import pytest
-from optest import check_op, rand, run
 
 import asg.core as ag
+from asg.core.testing import check_op, rand, run, torch_or_skip
 
-torch = optest.torch_or_skip
+torch = torch_or_skip
 
 X = rand(2, 3, 4, seed=40)
 
@@ -24,7 +23,10 @@ X = rand(2, 3, 4, seed=40)
         (lambda x: x.flatten(0, 1), lambda x: x.reshape(6, 4), lambda t: t.flatten(0, 1)),
         (lambda x: ag.flatten(x), lambda x: x.reshape(-1), lambda t: t.flatten()),
         (lambda x: x.transpose(), lambda x: x.transpose(), lambda t: t.permute(2, 1, 0)),
-        (lambda x: x.transpose(1, 0, 2), lambda x: x.transpose(1, 0, 2), lambda t: t.permute(1, 0, 2)),
+        (lambda x: x.permute(1, 0, 2), lambda x: x.transpose(1, 0, 2), lambda t: t.permute(1, 0, 2)),
+        (lambda x: x.transpose(1, 2), lambda x: x.swapaxes(1, 2), lambda t: t.transpose(1, 2)),
+        (lambda x: ag.transpose(x, -1, 0), lambda x: x.swapaxes(0, 2), lambda t: torch.transpose(t, -1, 0)),
+        (lambda x: x.swapaxes(0, 1), lambda x: x.swapaxes(0, 1), lambda t: t.swapaxes(0, 1)),
         (lambda x: x.permute((2, 0, 1)), lambda x: x.transpose(2, 0, 1), lambda t: t.permute(2, 0, 1)),
         (lambda x: ag.permute(x, (0, -1, 1)), lambda x: x.transpose(0, 2, 1), lambda t: t.permute(0, 2, 1)),
         (lambda x: x.T, lambda x: x.T, lambda t: t.permute(2, 1, 0)),
@@ -47,7 +49,10 @@ X = rand(2, 3, 4, seed=40)
         "flatten_0_1",
         "flatten_all",
         "T_default",
-        "transpose_axes",
+        "permute_varargs",
+        "transpose_two",
+        "transpose_fn_neg",
+        "swapaxes_method",
         "permute_tuple",
         "permute_neg",
         "T",
@@ -440,7 +445,7 @@ def test_transpose_and_squeeze_errors():
     with pytest.raises(
         ag.ShapeError, match=r"transpose: x \(2, 3, 1\): axes \(0, 0, 1\) are not a permutation"
     ):
-        x.transpose(0, 0, 1)
+        x.permute(0, 0, 1)
     with pytest.raises(ValueError, match=r"squeeze: axis 0 of x \(2, 3, 1\) has size 2, not 1"):
         x.squeeze(0)
     with pytest.raises(

@@ -1,0 +1,982 @@
+"""The per-op cases every backend runs: ``OP_CASES[op name] -> [OpCase, ...]``.
+
+Each registered op has at least one case here (or is an internal backward op listed in
+:data:`INTERNAL_OPS` with the forward op whose gradient runs it). Composite functions that users call
+(``mean``, ``linear``, ``batch_norm``, ``dropout`` ...) have cases too, under their own names. Data is
+small and fixed: the float64 checks run finite differences to second order on every entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import ops as ag
+from ..autograd import grad
+from ..registry import OPS
+from ..tensor import Tensor, apply, constant
+from . import references as R
+from .check import _inputs, _with_grads, check_op, graph_ops, rand
+
+ArrayMaker = np.ndarray | Callable[[], np.ndarray]
+
+
+class _Torch:
+    """``torch``, imported when a reference is first called: the table is built without PyTorch.
+
+    Only calls go through it (``T.nn.functional.gelu(x)``); attributes that are not called (dtypes)
+    are read from the real module inside a lambda, via :func:`_torch_module`.
+    """
+
+    def __init__(self, path: str = "torch") -> None:
+        self._path = path
+
+    def __getattr__(self, name: str) -> _Torch:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Torch(f"{self._path}.{name}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        obj: Any = _torch_module()
+        for part in self._path.split(".")[1:]:
+            obj = getattr(obj, part)
+        return obj(*args, **kwargs)
+
+
+def _torch_module() -> Any:
+    return importlib.import_module("torch")
+
+
+T = _Torch()
+F = T.nn.functional
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """One parity check of one op: what to build, on which data, against what.
+
+    Attributes:
+        op: the registry name of the op this case covers (or a composite's public name, such as
+            ``"linear"``).
+        fn: builds the op from one Tensor per input.
+        inputs: the input arrays, or functions returning them (float arrays are cast to float64 or
+            float32 by :func:`~asg.core.testing.check_op`; integer and bool arrays pass unchanged).
+        ref: numpy reference on float64 arrays, or ``None``.
+        torch_fn: PyTorch reference on tensors, or ``None``.
+        name: distinguishes cases of one op; the case's id is ``op-name``.
+        order: finite-difference order (0 skips; non-float outputs are never differentiated).
+        tol: tolerance overrides passed to :func:`~asg.core.testing.check_op` (``rtol``, ``grad_atol`` ...).
+        covers: other registered ops this case runs, such as the backward ops of its gradient.
+    """
+
+    op: str
+    fn: Callable[..., Tensor]
+    inputs: tuple[ArrayMaker, ...]
+    ref: Callable[..., Any] | None = None
+    torch_fn: Callable[..., Any] | None = None
+    name: str = ""
+    order: int = 2
+    tol: Mapping[str, float] = field(default_factory=dict)
+    covers: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}-{self.name}" if self.name else self.op
+
+    def arrays(self) -> list[np.ndarray]:
+        """Fresh copies of the input arrays."""
+        return [np.array(a() if callable(a) else a) for a in self.inputs]
+
+    def check(self, backend: str = "numpy") -> None:
+        """Run this case through :func:`~asg.core.testing.check_op` on ``backend``.
+
+        >>> OP_CASES["exp"][0].check()
+        """
+        check_op(
+            self.fn,
+            *self.arrays(),
+            ref=self.ref,
+            torch_fn=self.torch_fn,
+            order=self.order,
+            backend=backend,
+            **self.tol,
+        )
+
+    def graph_ops(self, order: int = 2) -> set[str]:
+        """Ops in the graph of this case's value and its gradients up to ``order``, on float32 data.
+
+        >>> sorted(OP_CASES["exp"][0].graph_ops(order=0))
+        ['exp', 'input']
+        """
+        arrays = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in self.arrays()]
+        xs = _inputs(arrays)
+        outputs = [self.fn(*xs)]
+        floats = [x for x in xs if x.dtype.startswith("float")]
+        if order and floats and outputs[0].dtype.startswith("float"):
+            first = _with_grads(self.fn, xs, None)[1:]
+            outputs += first
+            if order >= 2:
+                second = sum(((g * g).sum() for g in first), start=constant(np.float32(0)))
+                outputs += grad(second, floats)
+        return graph_ops(*outputs)
+
+    def __repr__(self) -> str:
+        return f"OpCase({self.id})"
+
+
+OP_CASES: dict[str, list[OpCase]] = {}
+
+# Backward ops that only gradients build, each checked through the gradient of the forward op named here
+# (its cases' gradients run it on every backend, and finite differences check it to second order).
+INTERNAL_OPS: dict[str, str] = {
+    "slice_backward": "slice",
+    "index_select_backward": "index_select",
+    "take_along_axis_backward": "take_along_axis",
+    "adaptive_max_pool2d_backward": "adaptive_max_pool2d",
+    "adaptive_max_pool2d_gather": "adaptive_max_pool2d",
+    "avg_pool2d_backward": "avg_pool2d",
+    "adaptive_avg_pool2d_backward": "adaptive_avg_pool2d",
+}
+
+
+def _add(
+    op: str,
+    fn: Callable[..., Tensor],
+    *inputs: ArrayMaker,
+    ref: Callable[..., Any] | None = None,
+    torch_fn: Callable[..., Any] | None = None,
+    name: str = "",
+    order: int = 2,
+    covers: Sequence[str] = (),
+    **tol: float,
+) -> None:
+    case = OpCase(op, fn, tuple(_frozen(a) for a in inputs), ref, torch_fn, name, order, tol, tuple(covers))
+    cases = OP_CASES.setdefault(op, [])
+    if any(c.id == case.id for c in cases):
+        raise ValueError(f"two cases have the id {case.id!r}")
+    cases.append(case)
+
+
+def _frozen(a: ArrayMaker) -> ArrayMaker:
+    if callable(a):
+        return a
+    a = np.array(a)
+    a.setflags(write=False)
+    return a
+
+
+def _shape_id(*shapes: tuple[int, ...]) -> str:
+    return "-".join("x".join(map(str, s)) or "scalar" for s in shapes)
+
+
+# ============================================================================= elementwise
+ANY = rand(2, 3, seed=2)
+POSITIVE = rand(2, 3, seed=1, low=0.2, high=3.0)
+AWAY_FROM_ZERO = np.where(np.abs(ANY) < 0.1, 0.5, ANY)  # kinks (abs, relu ...) are not differentiable at 0
+
+UNARY = [
+    # (op, asg function, numpy reference, torch function, data)
+    ("neg", ag.neg, np.negative, T.neg, ANY),
+    ("exp", ag.exp, np.exp, T.exp, ANY),
+    ("log", ag.log, np.log, T.log, POSITIVE),
+    ("sqrt", ag.sqrt, np.sqrt, T.sqrt, POSITIVE),
+    ("rsqrt", ag.rsqrt, lambda x: 1 / np.sqrt(x), T.rsqrt, POSITIVE),
+    ("abs", ag.abs, np.abs, T.abs, AWAY_FROM_ZERO),
+    ("sign", ag.sign, np.sign, T.sign, AWAY_FROM_ZERO),
+    ("erf", ag.erf, R.erf, T.erf, ANY),
+    ("relu", ag.relu, lambda x: np.maximum(x, 0), T.relu, AWAY_FROM_ZERO),
+    ("sigmoid", ag.sigmoid, lambda x: 1 / (1 + np.exp(-x)), T.sigmoid, ANY),
+    ("tanh", ag.tanh, np.tanh, T.tanh, ANY),
+    ("silu", ag.silu, lambda x: x / (1 + np.exp(-x)), F.silu, ANY),
+    ("softplus", ag.softplus, lambda x: np.log1p(np.exp(x)), F.softplus, ANY),
+    ("gelu", ag.gelu, R.gelu, F.gelu, ANY),
+]
+for _op, _fn, _ref, _torch_fn, _data in UNARY:
+    _add(_op, _fn, _data, ref=_ref, torch_fn=_torch_fn)
+
+_add(
+    "leaky_relu",
+    lambda x: ag.leaky_relu(x, 0.2),
+    AWAY_FROM_ZERO,
+    ref=lambda x: np.where(x > 0, x, 0.2 * x),
+    torch_fn=lambda x: F.leaky_relu(x, 0.2),
+)
+_add(
+    "elu",
+    lambda x: ag.elu(x, 0.7),
+    AWAY_FROM_ZERO,
+    ref=lambda x: np.where(x > 0, x, 0.7 * np.expm1(x)),
+    torch_fn=lambda x: F.elu(x, 0.7),
+)
+_add(
+    "softplus",
+    lambda x: ag.softplus(x, beta=2.0, threshold=3.0),
+    np.array([-1.3, 0.2, 1.0, 1.7, 2.5]),
+    ref=lambda x: np.where(2 * x > 3, x, np.log1p(np.exp(2 * x)) / 2),
+    torch_fn=lambda x: F.softplus(x, beta=2.0, threshold=3.0),
+    name="beta_threshold",
+)
+_add(
+    "gelu",
+    lambda x: ag.gelu(x, approximate="tanh"),
+    ANY,
+    ref=lambda x: R.gelu(x, "tanh"),
+    torch_fn=lambda x: F.gelu(x, approximate="tanh"),
+    name="tanh",
+)
+_add(
+    "clamp",
+    lambda x: ag.clamp(x, -1.0, 0.5),
+    AWAY_FROM_ZERO,
+    ref=lambda x: np.clip(x, -1.0, 0.5),
+    torch_fn=lambda x: T.clamp(x, -1.0, 0.5),
+)
+_add(
+    "clamp",
+    lambda x: ag.clamp(x, min=0.3),
+    ANY,
+    ref=lambda x: np.maximum(x, 0.3),
+    torch_fn=lambda x: T.clamp(x, min=0.3),
+    name="min",
+)
+_add(
+    "clamp",
+    lambda x: ag.clamp(x, max=0.3),
+    ANY,
+    ref=lambda x: np.minimum(x, 0.3),
+    torch_fn=lambda x: T.clamp(x, max=0.3),
+    name="max",
+)
+
+BINARY = [
+    # (op, asg function, numpy reference, torch function)
+    ("add", lambda a, b: a + b, np.add, T.add),
+    ("sub", lambda a, b: a - b, np.subtract, T.sub),
+    ("mul", lambda a, b: a * b, np.multiply, T.mul),
+    ("div", lambda a, b: a / b, np.divide, T.div),
+    ("pow", lambda a, b: a**b, np.power, T.pow),
+    ("maximum", ag.maximum, np.maximum, T.maximum),
+    ("minimum", ag.minimum, np.minimum, T.minimum),
+]
+# Same shapes, then broadcasting: a middle axis, a vector against a column, a scalar on either side.
+BROADCAST_SHAPES = [((2, 3), (2, 3)), ((3, 1, 4), (2, 4)), ((4,), (3, 1)), ((), (2, 3)), ((2, 3), ())]
+
+
+def binary_data(op: str, shape_a: tuple[int, ...], shape_b: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Operands valid for ``op``: positive bases for ``pow``, divisors away from zero for ``div``."""
+    a = rand(*shape_a, seed=3, low=0.3, high=2.0) if op == "pow" else rand(*shape_a, seed=3)
+    b = rand(*shape_b, seed=4)
+    if op == "div":
+        b = np.where(np.abs(b) < 0.3, 0.7, b)
+    return a, b
+
+
+for _op, _fn, _ref, _torch_fn in BINARY:
+    for _sa, _sb in BROADCAST_SHAPES:
+        _add(_op, _fn, *binary_data(_op, _sa, _sb), ref=_ref, torch_fn=_torch_fn, name=_shape_id(_sa, _sb))
+
+COMPARISONS = [
+    ("less", lambda a, b: a < b, np.less, T.lt),
+    ("less_equal", lambda a, b: a <= b, np.less_equal, T.le),
+    ("greater", lambda a, b: a > b, np.greater, T.gt),
+    ("greater_equal", lambda a, b: a >= b, np.greater_equal, T.ge),
+    ("equal", lambda a, b: a == b, np.equal, T.eq),
+    ("not_equal", lambda a, b: a != b, np.not_equal, T.ne),
+]
+for _op, _fn, _ref, _torch_fn in COMPARISONS:
+    for _sa, _sb in [((2, 3), (2, 3)), ((3, 1, 4), (2, 4)), ((), (2, 3))]:
+        # Small integers, so that ties occur.
+        _a, _b = np.round(rand(*_sa, seed=5)), np.round(rand(*_sb, seed=6))
+        _add(_op, _fn, _a, _b, ref=_ref, torch_fn=_torch_fn, name=_shape_id(_sa, _sb))
+
+_BOOL_A = np.array([[True, False, True, False]])
+_BOOL_B = np.array([[True], [False]])
+_add("logical_and", lambda a, b: a & b, _BOOL_A, _BOOL_B, ref=np.logical_and, torch_fn=T.logical_and)
+_add("logical_and", lambda a, b: a & b, _BOOL_A, _BOOL_A, ref=np.logical_and, name="same_shape")
+_add("logical_or", lambda a, b: a | b, _BOOL_A, _BOOL_B, ref=np.logical_or, torch_fn=T.logical_or)
+_add("logical_or", lambda a, b: a | b, _BOOL_A, _BOOL_A, ref=np.logical_or, name="same_shape")
+_add("logical_not", lambda a: ~a, _BOOL_A, ref=np.logical_not, torch_fn=T.logical_not)
+
+for _sc, _sa, _sb in [((2, 3), (2, 3), (2, 3)), ((3, 1, 4), (2, 4), ()), ((4,), (3, 1), (3, 4))]:
+    _add(
+        "where",
+        ag.where,
+        rand(*_sc, seed=7) > 0,
+        rand(*_sa, seed=8),
+        rand(*_sb, seed=9),
+        ref=np.where,
+        torch_fn=T.where,
+        name=_shape_id(_sc, _sa, _sb),
+    )
+
+_add(
+    "cast",
+    lambda x: ag.cast(x, "int32"),
+    np.array([1.7, -2.7, 5.0]),
+    ref=lambda x: x.astype(np.int32),
+    name="int32",
+)
+_add(
+    "cast",
+    lambda x: ag.cast(x, "float32"),
+    np.array([3, -2, 7], np.int32),
+    ref=lambda x: x.astype(np.float32),
+    name="from_int32",
+)
+_add("cast", lambda x: ag.cast(x, "bool"), np.array([0.0, -2.0, 0.5]), ref=lambda x: x != 0, name="bool")
+_add(
+    "cast",
+    lambda x: ag.cast(ag.cast(x, "float16"), x.dtype),  # rounds to float16; the gradient passes through
+    ANY,
+    torch_fn=lambda x: x.half().to(x.dtype),
+    name="float16_round_trip",
+    order=0,
+)
+
+# ============================================================================= reductions
+X3 = rand(2, 3, 4, seed=20)
+
+
+def _axis_id(axis: Any) -> str:
+    if axis is None:
+        return "all"
+    return "axis" + "_".join(str(a) for a in (axis if isinstance(axis, tuple) else (axis,)))
+
+
+def _dims(axis: Any) -> tuple[int, ...]:
+    if axis is None:
+        return (0, 1, 2)
+    return axis if isinstance(axis, tuple) else (axis,)
+
+
+for _axis, _keep in [(None, False), (1, False), ((0, 2), True), (-1, True)]:
+    _name = _axis_id(_axis) + ("_keepdims" if _keep else "")
+    _add(
+        "sum",
+        lambda x, a=_axis, k=_keep: ag.sum(x, a, k),
+        X3,
+        ref=lambda x, a=_axis, k=_keep: np.sum(x, axis=a, keepdims=k),
+        torch_fn=lambda t, a=_axis, k=_keep: t.sum(dim=_dims(a), keepdim=k),
+        name=_name,
+    )
+    for _op, _tfn in (("max", T.amax), ("min", T.amin)):
+        _add(
+            _op,
+            lambda x, a=_axis, k=_keep, o=_op: getattr(ag, o)(x, a, k),
+            X3,
+            ref=lambda x, a=_axis, k=_keep, o=_op: getattr(np, o)(x, axis=a, keepdims=k),
+            torch_fn=lambda t, a=_axis, k=_keep, f=_tfn: f(t, dim=_dims(a), keepdim=k),
+            name=_name,
+        )
+    _add(
+        "mean",
+        lambda x, a=_axis, k=_keep: ag.mean(x, a, k),
+        X3,
+        ref=lambda x, a=_axis, k=_keep: np.mean(x, axis=a, keepdims=k),
+        torch_fn=lambda t, a=_axis, k=_keep: t.mean(dim=_dims(a), keepdim=k),
+        name=_name,
+    )
+    _add(
+        "logsumexp",
+        lambda x, a=_axis, k=_keep: ag.logsumexp(x, a, k),
+        X3,
+        ref=lambda x, a=_axis, k=_keep: np.log(np.sum(np.exp(x), axis=a, keepdims=k)),
+        torch_fn=lambda t, a=_axis, k=_keep: T.logsumexp(t, dim=_dims(a), keepdim=k),
+        name=_name,
+    )
+_add(
+    "max",
+    lambda x: ag.max(x, 1),
+    np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]]),  # ties share the gradient equally
+    ref=lambda x: np.max(x, axis=1),
+    name="ties",
+    order=0,
+)
+for _axis, _correction in [(None, 0), (1, 1), ((0, 2), 1)]:
+    _add(
+        "var",
+        lambda x, a=_axis, c=_correction: ag.var(x, a, correction=c),
+        X3,
+        ref=lambda x, a=_axis, c=_correction: np.var(x, axis=a, ddof=c),
+        torch_fn=lambda t, a=_axis, c=_correction: t.var(dim=_dims(a), correction=c),
+        name=f"{_axis_id(_axis)}_correction{_correction}",
+    )
+for _op in ("argmax", "argmin"):
+    for _axis, _keep in [(0, False), (-1, True)]:
+        _add(
+            _op,
+            lambda x, a=_axis, k=_keep, o=_op: getattr(ag, o)(x, a, k),
+            X3,
+            ref=lambda x, a=_axis, k=_keep, o=_op: getattr(np, o)(x, axis=a, keepdims=k),
+            torch_fn=lambda t, a=_axis, k=_keep, o=_op: getattr(T, o)(t, dim=a, keepdim=k),
+            name=_axis_id(_axis) + ("_keepdims" if _keep else ""),
+        )
+_add(
+    "count",
+    lambda x: apply("count", x, axes=(0, 2), dtype=x.dtype),
+    X3,
+    ref=lambda x: np.asarray(8.0, x.dtype),
+    order=0,
+)
+
+# ============================================================================= shape and indexing
+_add(
+    "reshape",
+    lambda x: x.reshape(4, 6),
+    X3,
+    ref=lambda x: x.reshape(4, 6),
+    torch_fn=lambda t: t.reshape(4, 6),
+)
+_add(
+    "reshape",
+    lambda x: x.flatten(1),
+    X3,
+    ref=lambda x: x.reshape(2, 12),
+    torch_fn=lambda t: t.flatten(1),
+    name="flatten",
+)
+_add(
+    "reshape",
+    lambda x: x[:, :1].squeeze(1).unsqueeze(0),
+    X3,
+    ref=lambda x: x[None, :, 0],
+    torch_fn=lambda t: t[:, :1].squeeze(1).unsqueeze(0),
+    name="squeeze_unsqueeze",
+)
+_add(
+    "transpose",
+    lambda x: x.transpose(1, 0, 2),
+    X3,
+    ref=lambda x: x.transpose(1, 0, 2),
+    torch_fn=lambda t: t.permute(1, 0, 2),
+)
+_add("transpose", lambda x: x.T, X3, ref=lambda x: x.T, torch_fn=lambda t: t.permute(2, 1, 0), name="T")
+_add(
+    "transpose",
+    lambda x: ag.swapaxes(x, 0, -1),
+    X3,
+    ref=lambda x: x.swapaxes(0, 2),
+    torch_fn=lambda t: t.swapaxes(0, 2),
+    name="swapaxes",
+)
+for _shape, _target in [((3,), (2, 3)), ((1, 3, 1), (2, 3, 4)), ((), (2, 2))]:
+    _add(
+        "broadcast_to",
+        lambda x, s=_target: ag.broadcast_to(x, s),
+        rand(*_shape, seed=41),
+        ref=lambda x, s=_target: np.broadcast_to(x, s),
+        torch_fn=lambda t, s=_target: t.expand(*s),
+        name=_shape_id(_shape, _target),
+    )
+for _shape, _target in [((2, 3), (3,)), ((2, 3, 4), (3, 1)), ((2, 3), ())]:
+    _add(
+        "sum_to",
+        lambda x, s=_target: ag.sum_to(x, s),
+        rand(*_shape, seed=42),
+        ref=lambda x, s=_target: (
+            np.sum(x, axis=tuple(range(x.ndim - len(s))))
+            .sum(axis=tuple(i for i, d in enumerate(s) if d == 1), keepdims=True)
+            .reshape(s)
+        ),
+        name=_shape_id(_shape, _target),
+    )
+for _key_name, _key in [
+    ("int", (1,)),
+    ("negative_bounds", (slice(-3, -1),)),
+    ("strided", (slice(None, None, 2), slice(1, None, 2), slice(None, 3, 2))),
+    ("newaxis_ellipsis", (None, Ellipsis, -1)),
+]:
+    _add(
+        "slice",
+        lambda x, k=_key: x[k],
+        X3,
+        ref=lambda x, k=_key: x[k],
+        torch_fn=lambda t, k=_key: t[k],
+        name=_key_name,
+        covers=("slice_backward",),
+    )
+_add(
+    "slice_range",
+    lambda x: apply("slice_range", x, axis=1, start=1, stop=3),
+    X3,
+    ref=lambda x: x[:, 1:3],
+    torch_fn=lambda t: t[:, 1:3],
+)
+for _axis in (0, 1, -1):
+    _add(
+        "concat",
+        lambda a, b, c, ax=_axis: ag.concat([a, b, c], ax),
+        X3,
+        X3 * 2 + 1,
+        -X3,
+        ref=lambda a, b, c, ax=_axis: np.concatenate([a, b, c], ax),
+        torch_fn=lambda a, b, c, ax=_axis: T.cat([a, b, c], ax),
+        name=_axis_id(_axis),
+        covers=("slice_range",),
+    )
+_add(
+    "stack",
+    lambda a, b: ag.stack([a, b], 1),
+    ANY,
+    POSITIVE,
+    ref=lambda a, b: np.stack([a, b], 1),
+    torch_fn=lambda a, b: T.stack([a, b], 1),
+)
+for _widths, _value in [([(1, 2), (0, 1), (2, 0)], 0.0), (1, -1.5)]:
+    _add(
+        "pad",
+        lambda x, w=_widths, v=_value: ag.pad(x, w, v),
+        X3,
+        ref=lambda x, w=_widths, v=_value: np.pad(x, w, constant_values=v),
+        name=f"value{_value}",
+    )
+_IDX = np.array([[2, 0], [1, 2]])
+for _axis in (0, 1):
+    _add(
+        "index_select",
+        lambda x, i, ax=_axis: ag.index_select(x, i, ax),
+        rand(3, 3, seed=43),
+        _IDX,  # repeated ids: their gradients accumulate
+        ref=lambda x, i, ax=_axis: np.take(x, i, axis=ax),
+        name=_axis_id(_axis),
+    )
+_add(
+    "index_select",
+    lambda x: x[[2, 0, 2, 2]],
+    rand(3, 4, seed=44),
+    ref=lambda x: x[[2, 0, 2, 2]],
+    torch_fn=lambda t: t[[2, 0, 2, 2]],
+    name="getitem_list",
+)
+_TAKE_IDX = np.array([[0, 2, 2, 1], [1, 1, 0, 0]])[:, None, :].repeat(3, 1)  # (2, 3, 4), ids along axis 2
+_add(
+    "take_along_axis",
+    lambda x, i: ag.take_along_axis(x, i, 2),
+    X3[:, :, :3],
+    _TAKE_IDX,
+    ref=lambda x, i: np.take_along_axis(x, i, 2),
+    torch_fn=lambda x, i: T.take_along_dim(x, i, 2),
+)
+_add(
+    "one_hot",
+    lambda i: ag.one_hot(i, 4, "float32"),
+    np.array([[0, 3], [2, 2]]),
+    ref=lambda i: np.eye(4, dtype=np.float32)[i],
+    torch_fn=lambda i: F.one_hot(i, 4).float(),
+)
+_add("full", lambda x: x + ag.full((2, 3), 1.5, x.dtype), ANY, ref=lambda x: x + 1.5)
+_add(
+    "stop_gradient",
+    lambda x: x * ag.stop_gradient(x),
+    ANY,
+    ref=lambda x: x * x,
+    torch_fn=lambda x: x * x.detach(),
+    order=0,
+)
+
+# ============================================================================= linear algebra
+MATMUL_SHAPES = [
+    ((2, 3), (3, 4)),
+    ((2, 2, 3), (2, 3, 4)),
+    ((2, 1, 2, 3), (3, 3, 2)),  # batch dims broadcast: (2, 1) with (3,)
+    ((2, 3), (2, 3, 2)),  # a 2-d operand broadcasts over the other's batch
+    ((3,), (3, 2)),  # vector @ matrix
+    ((2, 3), (3,)),  # matrix @ vector
+    ((3,), (3,)),  # dot product
+]
+for _sa, _sb in MATMUL_SHAPES:
+    _add(
+        "matmul",
+        ag.matmul,
+        rand(*_sa, seed=30),
+        rand(*_sb, seed=31),
+        ref=np.matmul,
+        torch_fn=T.matmul,
+        name=_shape_id(_sa, _sb),
+    )
+
+# ============================================================================= convolution and pooling
+CONV_CASES = [
+    # (name, x shape, w shape, kwargs)
+    ("plain", (2, 2, 5, 5), (3, 2, 3, 3), {}),
+    ("stride_pad", (1, 2, 5, 6), (3, 2, 3, 3), dict(stride=2, padding=1)),
+    ("rect_pairs_dilation", (1, 2, 6, 5), (2, 2, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2))),
+    ("groups", (1, 4, 4, 4), (6, 2, 3, 3), dict(groups=2, padding=1)),
+    ("depthwise", (2, 3, 5, 5), (3, 1, 3, 3), dict(groups=3, stride=2)),
+    ("same_even_kernel", (1, 2, 5, 5), (2, 2, 2, 4), dict(padding="same")),
+]
+for _name, _xs, _ws, _kw in CONV_CASES:
+    _add(
+        "conv2d",
+        lambda a, b, kw=_kw: ag.conv2d(a, b, **kw),
+        rand(*_xs, seed=1),
+        rand(*_ws, seed=2),
+        ref=lambda a, b, kw=_kw: R.conv2d(a, b, **kw),
+        torch_fn=lambda a, b, kw=_kw: F.conv2d(a, b, **kw),
+        name=_name,
+        covers=("conv2d_backward_weight", "conv_transpose2d"),
+    )
+_add(
+    "conv2d",
+    lambda a, w, b: ag.conv2d(a, w, b, padding=1),
+    rand(2, 2, 4, 4, seed=1),
+    rand(3, 2, 3, 3, seed=2),
+    rand(3, seed=3),
+    ref=lambda a, w, b: R.conv2d(a, w, padding=1) + b[None, :, None, None],
+    torch_fn=lambda a, w, b: F.conv2d(a, w, b, padding=1),
+    name="bias",
+)
+CONV_T_CASES = [
+    ("plain", (2, 3, 3, 4), (3, 2, 3, 3), {}),
+    ("stride_pad_outpad", (1, 2, 3, 3), (2, 3, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    ("groups_dilation", (2, 4, 3, 3), (4, 1, 2, 2), dict(groups=2, dilation=2, stride=2)),
+]
+for _name, _xs, _ws, _kw in CONV_T_CASES:
+    _add(
+        "conv_transpose2d",
+        lambda a, b, kw=_kw: ag.conv_transpose2d(a, b, **kw),
+        rand(*_xs, seed=3),
+        rand(*_ws, seed=4),
+        ref=lambda a, b, kw=_kw: R.conv_transpose2d(a, b, **kw),
+        torch_fn=lambda a, b, kw=_kw: F.conv_transpose2d(a, b, **kw),
+        name=_name,
+    )
+_add(
+    "conv2d_backward_weight",
+    lambda a, b: apply(
+        "conv2d_backward_weight",
+        a,
+        b,
+        kernel_size=(2, 2),
+        stride=(2, 1),
+        padding=(1, 1, 0, 0),
+        dilation=(1, 2),
+        groups=2,
+    ),
+    rand(2, 4, 5, 6, seed=8),
+    rand(2, 2, 3, 4, seed=9),
+    torch_fn=lambda a, b: T.nn.grad.conv2d_weight(
+        a, (2, 2, 2, 2), b, stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2
+    ),
+)
+MAX_POOL_CASES = [
+    ("k2", (2, 2, 4, 4), dict(kernel_size=2)),
+    ("k3_s2_p1", (1, 2, 7, 6), dict(kernel_size=3, stride=2, padding=1)),
+    ("rect_ceil", (1, 2, 7, 8), dict(kernel_size=(3, 2), stride=(2, 3), ceil_mode=True)),
+    ("dilation", (1, 2, 7, 7), dict(kernel_size=2, stride=1, dilation=2)),
+]
+for _name, _shape, _kw in MAX_POOL_CASES:
+    _add(
+        "max_pool2d",
+        lambda a, kw=_kw: ag.max_pool2d(a, **kw),
+        rand(*_shape, seed=13),
+        ref=lambda a, kw=_kw: R.max_pool2d(a, **kw),
+        torch_fn=lambda a, kw=_kw: F.max_pool2d(a, **kw),
+        name=_name,
+        covers=("max_pool2d_backward", "max_pool2d_gather"),
+    )
+_POOL_ATTRS = dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1), ceil_mode=False)
+_POOLED_X = rand(1, 2, 5, 5, seed=14)
+# Linear in the second operand; the first (a constant here) only chooses the positions.
+_add(
+    "max_pool2d_backward",
+    lambda g: apply("max_pool2d_backward", constant(_POOLED_X, g.dtype), g, **_POOL_ATTRS),
+    rand(1, 2, 3, 3, seed=15),
+)
+_add(
+    "max_pool2d_gather",
+    lambda h: apply("max_pool2d_gather", constant(_POOLED_X, h.dtype), h, **_POOL_ATTRS),
+    rand(1, 2, 5, 5, seed=16),
+)
+_add(
+    "max_pool2d_gather",
+    lambda x: apply("max_pool2d_gather", x, x, **_POOL_ATTRS),  # gather(x, x) is the pool itself
+    _POOLED_X,
+    ref=lambda x: R.max_pool2d(x, 3, 2, 1),
+    name="self",
+    order=0,
+)
+AVG_POOL_CASES = [
+    ("k2", (2, 2, 4, 4), dict(kernel_size=2)),
+    ("k3_s2_p1", (1, 2, 7, 6), dict(kernel_size=3, stride=2, padding=1)),
+    ("exclude_pad", (1, 2, 7, 6), dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
+    ("ceil", (1, 2, 7, 8), dict(kernel_size=(3, 2), stride=(2, 3), ceil_mode=True)),
+]
+for _name, _shape, _kw in AVG_POOL_CASES:
+    _add(
+        "avg_pool2d",
+        lambda a, kw=_kw: ag.avg_pool2d(a, **kw),
+        rand(*_shape, seed=17),
+        ref=lambda a, kw=_kw: R.avg_pool2d(a, **kw),
+        torch_fn=lambda a, kw=_kw: F.avg_pool2d(a, **kw),
+        name=_name,
+    )
+ADAPTIVE_CASES = [
+    ("global", (2, 2, 5, 6), 1, 1),
+    ("non_divisible", (1, 2, 7, 5), (3, 4), (3, 4)),
+    ("larger_than_input", (1, 2, 2, 3), (3, 5), (3, 5)),
+    ("keep_width", (1, 1, 5, 3), (2, None), (2, 3)),
+]
+for _name, _shape, _size, _full in ADAPTIVE_CASES:
+    for _op, _reduce, _seed in (("adaptive_avg_pool2d", np.mean, 18), ("adaptive_max_pool2d", np.max, 19)):
+        _add(
+            _op,
+            lambda a, s=_size, o=_op: getattr(ag, o)(a, s),
+            rand(*_shape, seed=_seed),
+            ref=lambda a, s=_full, r=_reduce: R.adaptive_pool2d(a, s, r),
+            torch_fn=lambda a, s=_size, o=_op: getattr(F, o)(a, s),
+            name=_name,
+        )
+
+# ============================================================================= normalization
+_add(
+    "layer_norm",
+    lambda x, w, b: ag.layer_norm(x, 5, w, b),
+    rand(3, 5),
+    rand(5, seed=1),
+    rand(5, seed=2),
+    ref=lambda x, w, b: R.layer_norm(x, 1, w, b),
+    torch_fn=lambda x, w, b: F.layer_norm(x, (5,), w, b),
+    name="affine",
+    covers=("layer_norm_backward", "layer_norm_weight_grad"),
+)
+_add(
+    "layer_norm",
+    lambda x: ag.layer_norm(x, (3, 4)),
+    rand(2, 3, 4, seed=3),
+    ref=lambda x: R.layer_norm(x, 2),
+    torch_fn=lambda x: F.layer_norm(x, (3, 4)),
+    name="two_dims",
+)
+_add(
+    "layer_norm",
+    lambda x, w, b: ag.layer_norm(x, (2, 3), w, b, eps=1e-3),
+    rand(2, 2, 3, seed=4),
+    rand(2, 3, seed=5),
+    rand(2, 3, seed=6),
+    ref=lambda x, w, b: R.layer_norm(x, 2, w, b, eps=1e-3),
+    torch_fn=lambda x, w, b: F.layer_norm(x, (2, 3), w, b, eps=1e-3),
+    name="affine_two_dims_eps",
+)
+
+
+def _torch_layer_norm_dx(g: Any, x: Any, w: Any) -> Any:
+    (dx,) = _torch_module().autograd.grad((F.layer_norm(x, (4,), w) * g).sum(), x, create_graph=True)
+    return dx
+
+
+def _torch_layer_norm_dw(g: Any, x: Any) -> Any:
+    w = _torch_module().ones(4, dtype=x.dtype, requires_grad=True)
+    (dw,) = _torch_module().autograd.grad((F.layer_norm(x, (4,), w) * g).sum(), w, create_graph=True)
+    return dw
+
+
+_add(
+    "layer_norm_backward",
+    lambda g, x, w: apply("layer_norm_backward", g, x, w, normalized_shape=(4,), eps=1e-5, has_weight=True),
+    rand(3, 4, seed=9),
+    rand(3, 4, seed=10),
+    rand(4, seed=11),
+    ref=R.layer_norm_input_grad,
+    torch_fn=_torch_layer_norm_dx,
+    grad_rtol=1e-3,
+    grad_atol=1e-4,
+)
+_add(
+    "layer_norm_weight_grad",
+    lambda g, x: apply("layer_norm_weight_grad", g, x, normalized_shape=(4,), eps=1e-5),
+    rand(3, 4, seed=12),
+    rand(3, 4, seed=13),
+    ref=lambda g, x: (g * R.layer_norm(x, 1)).sum(0),
+    torch_fn=_torch_layer_norm_dw,
+    grad_rtol=1e-3,
+    grad_atol=1e-4,
+)
+_add(
+    "batch_norm",
+    lambda x, w, b: ag.batch_norm(x, None, None, w, b, training=True).output,
+    rand(4, 3, seed=20),
+    rand(3, seed=21),
+    rand(3, seed=22),
+    ref=R.batch_norm_train,
+    torch_fn=lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+    name="training_2d",
+)
+_add(
+    "batch_norm",
+    lambda x, w, b: ag.batch_norm(x, None, None, w, b, training=True, eps=1e-3).output,
+    rand(2, 3, 2, 2, seed=23),
+    rand(3, seed=24),
+    rand(3, seed=25),
+    ref=lambda x, w, b: R.batch_norm_train(x, w, b, eps=1e-3),
+    torch_fn=lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True, eps=1e-3),
+    name="training_4d",
+)
+
+# ============================================================================= random
+_KEY = np.int64(-1234567890123)
+_add(
+    "fold_in",
+    ag.fold_in,
+    np.array([[1], [2], [-3]], np.int64),
+    np.arange(4, dtype=np.int64),
+    ref=np.vectorize(R.fold_in, otypes=[np.int64]),
+)
+_add(
+    "random_uniform", lambda k: ag.random_uniform(k, (2, 3)), _KEY, ref=lambda k: R.random_uniform(k, (2, 3))
+)
+_add(
+    "random_uniform",
+    lambda k: ag.random_uniform(k, (5,), low=-1.0, high=3.0),
+    _KEY,
+    ref=lambda k: R.random_uniform(k, (5,), -1.0, 3.0),
+    name="low_high",
+)
+_add("random_normal", lambda k: ag.random_normal(k, (2, 3)), _KEY, ref=lambda k: R.random_normal(k, (2, 3)))
+_add("bernoulli", lambda k: ag.bernoulli(k, 0.3, (2, 4)), _KEY, ref=lambda k: R.bernoulli(k, 0.3, (2, 4)))
+
+
+def _dropout_ref(x: np.ndarray) -> np.ndarray:
+    return np.where(R.bernoulli(_KEY, 0.75, x.shape), x / 0.75, 0.0)
+
+
+_add(
+    "dropout",
+    lambda x: ag.dropout(x, 0.25, constant(_KEY)),
+    ANY,
+    ref=_dropout_ref,
+    covers=("bernoulli",),
+)
+
+# ============================================================================= activations and layers
+for _axis in (0, -1):
+    _add(
+        "softmax",
+        lambda x, a=_axis: ag.softmax(x, a),
+        rand(2, 3, 4, seed=60),
+        ref=lambda x, a=_axis: R.softmax(x, a),
+        torch_fn=lambda t, a=_axis: F.softmax(t, a),
+        name=_axis_id(_axis),
+    )
+    _add(
+        "log_softmax",
+        lambda x, a=_axis: ag.log_softmax(x, a),
+        rand(2, 3, 4, seed=61),
+        ref=lambda x, a=_axis: np.log(R.softmax(x, a)),
+        torch_fn=lambda t, a=_axis: F.log_softmax(t, a),
+        name=_axis_id(_axis),
+    )
+_TARGET = np.array([1, 0, 3])
+_add(
+    "cross_entropy",
+    lambda x, t: ag.cross_entropy(x, t, label_smoothing=0.1),
+    rand(3, 4, seed=63),
+    _TARGET,
+    ref=lambda x, t: np.mean(
+        -(0.9 * np.log(R.softmax(x))[np.arange(3), t] + 0.1 * np.log(R.softmax(x)).mean(-1))
+    ),
+    torch_fn=lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1),
+)
+_add(
+    "linear",
+    ag.linear,
+    rand(2, 3, 4, seed=64),
+    rand(5, 4, seed=65),
+    rand(5, seed=66),
+    ref=lambda x, w, b: x @ w.T + b,
+    torch_fn=F.linear,
+)
+_add(
+    "embedding",
+    lambda i, w: ag.embedding(i, w),
+    np.array([[0, 2, 2], [3, 1, 0]]),
+    rand(4, 3, seed=67),
+    ref=lambda i, w: w[i],
+    torch_fn=F.embedding,
+)
+
+
+# ============================================================================= running the table
+def cases(ops: Iterable[str] | None = None) -> list[OpCase]:
+    """The cases of ``ops`` (names in :data:`OP_CASES`), or of every op; an unknown name is an error.
+
+    >>> [c.id for c in cases(["log"])]
+    ['log']
+    """
+    names = list(OP_CASES) if ops is None else list(ops)
+    unknown = [n for n in names if n not in OP_CASES]
+    if unknown:
+        raise KeyError(f"no cases for {', '.join(unknown)}; ops with cases: {', '.join(sorted(OP_CASES))}")
+    return [c for n in names for c in OP_CASES[n]]
+
+
+def op_case_params(ops: Iterable[str] | None = None, skip: Mapping[str, str] | None = None) -> list[Any]:
+    """``pytest.param`` per case, with the case id, for ``@pytest.mark.parametrize("case", ...)``.
+
+    ``skip`` maps op names or case ids to a reason; those cases are marked as skipped (a backend's
+    known gaps, listed where the reader sees them).
+
+    Example (a backend package's test module)::
+
+        import pytest
+        import asg.core.testing as agt
+
+
+        @pytest.mark.parametrize("case", agt.op_case_params())
+        def test_op(case):
+            case.check(backend="wgpu")
+    """
+    import pytest
+
+    skip = dict(skip or {})
+    params = []
+    for case in cases(ops):
+        reason = skip.get(case.id, skip.get(case.op))
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        params.append(pytest.param(case, id=case.id, marks=marks))
+    return params
+
+
+def check_backend(backend: str, ops: Iterable[str] | None = None) -> list[str]:
+    """Run every case (or those of ``ops``) on ``backend``; return the ids checked.
+
+    All cases run; one ``AssertionError`` then lists every failing case with its message. Outside
+    pytest, comparisons that need PyTorch are left out when it is not installed.
+
+    >>> check_backend("numpy", ["relu", "sum_to"])
+    ['relu', 'sum_to-2x3-3', 'sum_to-2x3x4-3x1', 'sum_to-2x3-scalar']
+    """
+    failures, checked = [], []
+    for case in cases(ops):
+        try:
+            case.check(backend)
+        except Exception as err:
+            first = str(err).strip().splitlines()[:6]
+            failures.append(f"{case.id}: {type(err).__name__}: " + "\n    ".join(first))
+        checked.append(case.id)
+    if failures:
+        raise AssertionError(
+            f"{len(failures)} of {len(checked)} op cases fail on backend {backend!r}:\n" + "\n".join(failures)
+        )
+    return checked
+
+
+def registered_ops_without_cases() -> list[str]:
+    """Registered ops that have no case and are not internal ops covered through a forward op."""
+    return sorted(name for name in OPS if name not in OP_CASES and name not in INTERNAL_OPS)
+
+
+__all__ = [
+    "INTERNAL_OPS",
+    "OP_CASES",
+    "OpCase",
+    "binary_data",
+    "cases",
+    "check_backend",
+    "op_case_params",
+    "registered_ops_without_cases",
+]
