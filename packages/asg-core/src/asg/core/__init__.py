@@ -21,9 +21,11 @@ from .errors import ASGError, ExecutionError, MissingRuleError, ShapeError
 from .function import Function, compile
 from .gradcheck import check_grads, numerical_grad
 from .graph import Graph, Node, Variable
+from .naming import current_scope, scope
 from .ops import *  # noqa: F403
 from .ops import __all__ as _ops_all
 from .registry import OPS, OpDef, TensorType, define_op, get_op, register_kernel
+from .serialize import graph_from_json, graph_to_json
 from .tensor import Tensor, apply, as_tensor, constant, input, parameter, state
 from .verify import verify
 
@@ -49,6 +51,7 @@ __all__ = [
     "check_grads",
     "compile",
     "constant",
+    "current_scope",
     "define_op",
     "dtypes",
     "float16",
@@ -57,6 +60,8 @@ __all__ = [
     "get_backend",
     "get_op",
     "grad",
+    "graph_from_json",
+    "graph_to_json",
     "hvp",
     "input",
     "int32",
@@ -67,6 +72,7 @@ __all__ = [
     "passes",
     "register_backend",
     "register_kernel",
+    "scope",
     "state",
     "value_and_grad",
     "verify",

@@ -3,22 +3,23 @@
 A node is one op applied to input nodes, with attributes, an output shape and dtype, an optional
 user name and a ``meta`` dict for analyses. Nodes form a DAG; a :class:`Graph` is the part of it
 reachable from chosen outputs, in topological order. Graphs print as a readable program (in the
-spirit of a jaxpr) and serialise to JSON that loads back exactly.
+spirit of a jaxpr). JSON reading and writing live in :mod:`asg.core.serialize`, which sits above the
+op registry and attaches :meth:`Graph.to_json` and :meth:`Graph.from_json`; this module imports
+neither the registry nor the ops.
 """
 
 from __future__ import annotations
 
-import base64
 import itertools
-import json
+import keyword
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .dtypes import dtype_of
+from .naming import _SCOPE, Namespace, sanitize
 from .shapes import Shape, format_shape
 
 LEAF_OPS = frozenset({"input", "parameter", "constant"})
@@ -32,25 +33,59 @@ _SHORT_DTYPE = {
 }
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _ids = itertools.count()
+_renames = [0]  # bumped whenever a node's name changes, so cached printed names are recomputed
 
 
 class Variable:
     """Storage of a parameter or of optimizer state: a numpy array updated in place by plans.
 
+    A Variable loaded from graph JSON without data (``structure_only=True``) has no value until one
+    is assigned; reading ``value`` before that raises ``ValueError`` naming it.
+
     >>> v = Variable(np.zeros(3, "float32"), name="b")
-    >>> v.value.shape
-    (3,)
+    >>> v.value.shape, v.has_value
+    ((3,), True)
     """
 
-    __slots__ = ("name", "trainable", "value")
+    __slots__ = ("_home", "_value", "name", "trainable")
 
-    def __init__(self, value: np.ndarray, name: str | None = None, trainable: bool = True) -> None:
-        self.value = value
+    def __init__(self, value: np.ndarray | None, name: str | None = None, trainable: bool = True) -> None:
+        self._value = value
         self.name = name
         self.trainable = trainable
+        # The backend storage holding the current value (asg.core.storage), or None: the numpy array.
+        self._home: Any = None
+
+    @property
+    def value(self) -> np.ndarray:
+        """The current array (plans update it in place; a backend's copy is read back first)."""
+        if self._home is not None:
+            self._home.sync_to_host(self)
+        if self._value is None:
+            raise ValueError(
+                f"parameter {self.name!r} has no value: its graph was loaded from JSON without data; "
+                "pass parameter_values= to asg.core.serialize.graph_from_json, or assign node.data.value"
+            )
+        return self._value
+
+    @value.setter
+    def value(self, array: np.ndarray) -> None:
+        self._value = array
+        if self._home is not None:
+            self._home.write(self)
+
+    @property
+    def has_value(self) -> bool:
+        """False for a parameter loaded without data and not given a value yet."""
+        return self._value is not None
 
     def __repr__(self) -> str:
-        return f"Variable({self.name!r}, {format_shape(self.value.shape)}, {self.value.dtype})"
+        if self._value is None:
+            return f"Variable({self.name!r}, no value)"
+        return f"Variable({self.name!r}, {format_shape(self._value.shape)}, {self._value.dtype})"
+
+
+_outside_package: dict[str, bool] = {}
 
 
 def _user_source() -> str | None:
@@ -58,10 +93,21 @@ def _user_source() -> str | None:
     frame = sys._getframe(2)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not os.path.abspath(filename).startswith(_PACKAGE_DIR):
+        outside = _outside_package.get(filename)
+        if outside is None:
+            outside = _outside_package[filename] = not os.path.abspath(filename).startswith(_PACKAGE_DIR)
+        if outside:
             return f"{filename}:{frame.f_lineno}"
         frame = frame.f_back
     return None
+
+
+def _new_meta() -> dict[str, Any]:
+    meta: dict[str, Any] = {"source": _user_source()}
+    current = _SCOPE.get()
+    if current:
+        meta["scope"] = current
+    return meta
 
 
 class Node:
@@ -72,12 +118,13 @@ class Node:
         inputs: the nodes whose values this op reads.
         attrs: op attributes (ints, floats, strings, bools, None and tuples of those).
         shape, dtype: the output type, inferred when the node was built.
-        name: the user's name for the value, if any.
+        name: the user's name for the value, if any (any string: the printout sanitises it).
         data: a :class:`Variable` for parameters, a numpy array for constants, else ``None``.
-        meta: analysis results and provenance (``meta["source"]`` is where the node was built).
+        meta: analysis results and provenance: ``meta["source"]`` is where the node was built and
+            ``meta["scope"]`` the :func:`~asg.core.scope` it was built under (absent outside every scope).
     """
 
-    __slots__ = ("attrs", "data", "dtype", "id", "inputs", "meta", "name", "op", "shape")
+    __slots__ = ("_name", "attrs", "data", "dtype", "id", "inputs", "meta", "op", "shape")
 
     def __init__(
         self,
@@ -95,10 +142,19 @@ class Node:
         self.attrs = dict(attrs)
         self.shape = tuple(shape)
         self.dtype = dtype
-        self.name = name
+        self._name = name
         self.data = data
         self.id = next(_ids)
-        self.meta = meta if meta is not None else {"source": _user_source()}
+        self.meta = meta if meta is not None else _new_meta()
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        self._name = value
+        _renames[0] += 1
 
     @property
     def ndim(self) -> int:
@@ -107,7 +163,7 @@ class Node:
     @property
     def label(self) -> str:
         """The user's name, or ``<op>_<id>`` for an unnamed value."""
-        return self.name if self.name else f"{self.op}_{self.id}"
+        return self._name if self._name else f"{self.op}_{self.id}"
 
     def type_str(self) -> str:
         """Short type such as ``f32[B,784]``."""
@@ -160,13 +216,52 @@ def _format_attr(value: Any) -> str:
     return repr(value)
 
 
+class _NodeList(list):  # type: ignore[type-arg]
+    """A graph's node list: counts its changes, so names cached for the graph are recomputed after one."""
+
+    __slots__ = ("version",)
+
+    def __init__(self, nodes: Iterable[Node] = ()) -> None:
+        super().__init__(nodes)
+        self.version = 0
+
+
+def _counting(name: str) -> Any:
+    method = getattr(list, name)
+
+    def changed(self: _NodeList, *args: Any) -> Any:
+        self.version += 1
+        return method(self, *args)
+
+    changed.__name__ = name
+    return changed
+
+
+for _method in (
+    "__setitem__",
+    "__delitem__",
+    "__iadd__",
+    "__imul__",
+    "append",
+    "extend",
+    "insert",
+    "pop",
+    "remove",
+    "clear",
+    "sort",
+    "reverse",
+):
+    setattr(_NodeList, _method, _counting(_method))
+del _method
+
+
 class Graph:
     """The nodes reachable from ``outputs``, in topological order.
 
     Args:
         outputs: the values the graph computes.
         inputs: the graph's input nodes, in call order; by default every ``input`` node reached,
-            in creation order.
+            in creation order. Two inputs may not share a name (they are fed by name).
 
     Example:
         >>> import asg.core as ag
@@ -185,6 +280,18 @@ class Graph:
             inputs = sorted((n for n in reached if n.op == "input"), key=lambda n: n.id)
         self.inputs = list(inputs)
         self.nodes = reached
+        _check_input_names(self.inputs)
+
+    @property
+    def nodes(self) -> list[Node]:
+        """The nodes in topological order (a list: passes and tests may edit it)."""
+        return self._nodes
+
+    @nodes.setter
+    def nodes(self, nodes: Iterable[Node]) -> None:
+        self._nodes = _NodeList(nodes)
+        self._names: dict[int, str] | None = None
+        self._names_key: tuple[int, int] = (-1, -1)
 
     @property
     def parameters(self) -> list[Node]:
@@ -206,27 +313,82 @@ class Graph:
             counts[n.op] = counts.get(n.op, 0) + 1
         return counts
 
+    def scopes(self) -> dict[str, list[Node]]:
+        """The nodes built under each :func:`~asg.core.scope`, scopes in order of first appearance.
+
+        Nodes built outside every scope are left out.
+
+        >>> import asg.core as ag
+        >>> x = ag.input("x", (2,))
+        >>> with ag.scope("h.0"):
+        ...     y = (x * 2.0).relu()
+        >>> {k: [n.op for n in v] for k, v in ag.Graph([(y + 1.0).node]).scopes().items()}
+        {'h.0': ['constant', 'mul', 'relu']}
+        """
+        out: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            where = n.meta.get("scope")
+            if where:
+                out.setdefault(where, []).append(n)
+        return out
+
     def __len__(self) -> int:
         return len(self.nodes)
 
     # ---------------------------------------------------------------- printing
     def names(self) -> dict[int, str]:
-        """Printable, unique names: the user's where given, else a, b, c..."""
-        taken = {n.name for n in self.nodes if n.name}
-        fresh = (s for s in _letters() if s not in taken)
+        """Printable, unique names by node id, deterministic for a given graph.
+
+        A user name is kept, sanitised to an identifier (``h.0.attn.c_attn.weight`` prints as
+        ``h_0_attn_c_attn_weight``); a name given twice gets a suffix (``w``, ``w_1``); unnamed values
+        get ``a``, ``b``, ``c``... skipping every user name; scalar constants print as literals
+        (``2.0:f32``). Leaves are named first, then the other nodes in graph order. The names are
+        cached on the graph and recomputed after its node list or a node's name changes.
+
+        >>> import asg.core as ag
+        >>> w = ag.parameter(np.ones(2, "float32"), name="h.0.w")
+        >>> v = ag.parameter(np.ones(2, "float32"), name="h.0.w")
+        >>> sorted(ag.Graph([(w * v + 1.0).node]).names().values())
+        ['1.0:f32', 'a', 'b', 'h_0_w', 'h_0_w_1']
+        """
+        key = (self._nodes.version, _renames[0])
+        if self._names is not None and self._names_key == key:
+            return self._names
+        leaves = [n for n in self._nodes if n.op in LEAF_OPS]
+        others = [n for n in self._nodes if n.op not in LEAF_OPS]
+        taken = {sanitize(n.name) for n in self._nodes if n.name}
+        fresh = (s for s in _letters() if s not in taken and not keyword.iskeyword(s))
+        namespace = Namespace()
         names: dict[int, str] = {}
-        used: set[str] = set()
-        for n in sorted(self.nodes, key=lambda n: (n.op not in LEAF_OPS, self.nodes.index(n))):
+        for n in itertools.chain(leaves, others):
             lit = _literal(n)
             if lit is not None:
                 names[n.id] = lit
-                continue
-            name = n.name if n.name and n.name.isidentifier() and n.name not in used else next(fresh)
-            used.add(name)
-            names[n.id] = name
+            elif n.name:
+                names[n.id] = namespace.create_name(n.name)
+            else:
+                letter = next(fresh)
+                namespace.reserve(letter)
+                names[n.id] = letter
+        self._names, self._names_key = names, key
         return names
 
-    def __str__(self) -> str:
+    def format(self, show_scopes: bool = False) -> str:
+        """The printout; with ``show_scopes=True`` a ``# scope`` comment opens each run of nodes of one scope.
+
+        >>> import asg.core as ag
+        >>> x = ag.input("x", (2,))
+        >>> with ag.scope("h.0.mlp"):
+        ...     y = (x * 2.0).relu()
+        >>> print(ag.Graph([(y + 1.0).node]).format(show_scopes=True))
+        { lambda ; x:f32[2]. let
+            # h.0.mlp
+            a:f32[2] = mul x 2.0:f32
+            b:f32[2] = relu a
+            # (no scope)
+            c:f32[2] = add b 1.0:f32
+          in (c) }
+        """
         names = self.names()
         typed = lambda n: f"{names[n.id]}:{n.type_str()}"  # noqa: E731
         params = [n for n in self.nodes if n.op == "parameter"]
@@ -234,165 +396,56 @@ class Graph:
         head = " ".join(typed(n) for n in self.inputs)
         consts_part = " ".join(typed(n) for n in params + consts)
         lines = [f"{{ lambda {consts_part}; {head}. let"]
+        shown: str | None = None
         for n in self.nodes:
             if n.op in LEAF_OPS:
                 continue
-            attrs = ", ".join(f"{k}={_format_attr(v)}" for k, v in sorted(n.attrs.items()))
-            op = f"{n.op}[{attrs}]" if attrs else n.op
-            args = " ".join(names[i.id] for i in n.inputs)
-            lines.append(f"    {typed(n)} = {op} {args}".rstrip())
+            if show_scopes:
+                where = n.meta.get("scope") or ""
+                if where != shown:
+                    lines.append(f"    # {where or '(no scope)'}")
+                    shown = where
+            lines.append(f"    {self._line(n, names)}")
         lines.append(f"  in ({', '.join(names[n.id] for n in self.outputs)}) }}")
         return "\n".join(lines)
 
+    def __str__(self) -> str:
+        return self.format()
+
+    @staticmethod
+    def _line(node: Node, names: Mapping[int, str]) -> str:
+        attrs = ", ".join(f"{k}={_format_attr(v)}" for k, v in sorted(node.attrs.items()))
+        op = f"{node.op}[{attrs}]" if attrs else node.op
+        args = " ".join(names[i.id] for i in node.inputs)
+        return f"{names[node.id]}:{node.type_str()} = {op} {args}".rstrip()
+
     def format_node(self, node: Node) -> str:
-        """One line of the printout, for error messages."""
+        """One line of the printout, for error messages (names are cached, so this is cheap per call)."""
         names = self.names()
         args = " ".join(names[i.id] for i in node.inputs)
         return f"{names[node.id]}:{node.type_str()} = {node.op} {args}".rstrip()
 
-    # ---------------------------------------------------------------- JSON
-    def to_json(self, include_data: bool = True) -> str:
-        """Serialise to JSON; parameter and constant arrays are stored base64-encoded."""
-        index = {n.id: i for i, n in enumerate(self.nodes)}
-        records = []
-        for n in self.nodes:
-            rec: dict[str, Any] = {
-                "op": n.op,
-                "inputs": [index[i.id] for i in n.inputs],
-                "attrs": {k: _encode_attr(v) for k, v in n.attrs.items()},
-                "shape": list(n.shape),
-                "dtype": n.dtype,
-            }
-            if n.name is not None:
-                rec["name"] = n.name
-            if n.op == "parameter":
-                rec["trainable"] = n.data.trainable
-                if include_data:
-                    rec["data"] = _encode_array(n.data.value)
-            elif n.op == "constant":
-                rec["data"] = _encode_array(n.data)
-            records.append(rec)
-        doc = {
-            "format": "asg-graph",
-            "version": 1,
-            "nodes": records,
-            "inputs": [index[n.id] for n in self.inputs],
-            "outputs": [index[n.id] for n in self.outputs],
-        }
-        return json.dumps(doc, indent=1)
+    if TYPE_CHECKING:  # attached by asg.core.serialize, which sits above the op registry
 
-    @classmethod
-    def from_json(cls, text: str) -> Graph:
-        """Load a graph written by :meth:`to_json` (no code is executed, nothing is unpickled).
+        def to_json(self, include_data: bool = True) -> str: ...
 
-        Every node is checked as it is read: its inputs must come before it, its op must be
-        registered, and its recorded shape and dtype must be what the op's shape rule gives.
-        A malformed document raises ``ValueError`` naming the node.
-        """
-        doc = json.loads(text)
-        if not isinstance(doc, dict) or doc.get("format") != "asg-graph":
-            raise ValueError("not an ASG graph JSON document (missing 'format': 'asg-graph')")
-        if doc.get("version") != 1:
+        @classmethod
+        def from_json(
+            cls,
+            text: str | bytes | Mapping[str, Any],
+            parameter_values: Mapping[int | str, np.ndarray] | None = None,
+            structure_only: bool = False,
+        ) -> Graph: ...
+
+
+def _check_input_names(inputs: Sequence[Node]) -> None:
+    seen: dict[str, Node] = {}
+    for n in inputs:
+        if n.name is None:
+            continue
+        other = seen.setdefault(n.name, n)
+        if other is not n:
             raise ValueError(
-                f"unsupported ASG graph JSON version {doc.get('version')!r}; this reader knows 1"
+                f"two graph inputs are named {n.name!r}: {format_shape(other.shape)} {other.dtype} and "
+                f"{format_shape(n.shape)} {n.dtype}; inputs are fed by name, so give each a distinct name"
             )
-        try:
-            records, input_ids, output_ids = doc["nodes"], doc["inputs"], doc["outputs"]
-        except KeyError as err:
-            raise ValueError(f"ASG graph JSON lacks the {err.args[0]!r} field") from None
-        nodes: list[Node] = []
-        for i, rec in enumerate(records):
-            try:
-                nodes.append(_node_from_record(rec, nodes))
-            except (KeyError, TypeError, ValueError, IndexError) as err:
-                what = f"missing field {err.args[0]!r}" if isinstance(err, KeyError) else str(err)
-                raise ValueError(f"ASG graph JSON node {i} ({_describe_record(rec)}): {what}") from None
-        for what, ids in (("inputs", input_ids), ("outputs", output_ids)):
-            for j in ids:
-                if not isinstance(j, int) or not 0 <= j < len(nodes):
-                    raise ValueError(
-                        f"ASG graph JSON {what} refer to node {j!r}, but there are {len(nodes)} nodes"
-                    )
-        return cls([nodes[i] for i in output_ids], [nodes[i] for i in input_ids])
-
-
-def _describe_record(rec: Any) -> str:
-    if isinstance(rec, dict):
-        return f"op {rec.get('op')!r}" + (f", name {rec['name']!r}" if rec.get("name") else "")
-    return f"a {type(rec).__name__}, not an object"
-
-
-def _node_from_record(rec: Mapping[str, Any], nodes: list[Node]) -> Node:
-    from .registry import get_op, infer_type
-    from .shapes import normalize_shape
-
-    op = rec["op"]
-    for j in rec["inputs"]:
-        if not isinstance(j, int) or not 0 <= j < len(nodes):
-            raise ValueError(
-                f"it reads node {j!r}, which does not come before it (the JSON must be in topological order)"
-            )
-    inputs = [nodes[j] for j in rec["inputs"]]
-    shape = normalize_shape(rec["shape"])
-    dtype = dtype_of(rec["dtype"])
-    attrs = {k: _decode_attr(v) for k, v in rec["attrs"].items()}
-    data: Any = None
-    if op in LEAF_OPS:
-        if inputs or attrs:
-            raise ValueError(f"a {op} node has no inputs or attributes")
-        if op == "parameter":
-            value = _decode_array(rec["data"]) if "data" in rec else np.zeros(shape, dtype)
-            data = Variable(value, rec.get("name"), bool(rec.get("trainable", True)))
-        elif op == "constant":
-            data = _decode_array(rec["data"])
-        if data is not None:
-            array = data.value if op == "parameter" else data
-            if array.shape != shape or array.dtype.name != dtype:
-                raise ValueError(
-                    f"its data is {format_shape(array.shape)} {array.dtype.name}, but the node says "
-                    f"{format_shape(shape)} {dtype}"
-                )
-    else:
-        try:
-            result = infer_type(get_op(op), inputs, attrs)
-        except KeyError as err:
-            raise ValueError(err.args[0]) from None
-        if normalize_shape(result.shape) != shape or result.dtype != dtype:
-            raise ValueError(
-                f"it records type {format_shape(shape)} {dtype}, but the shape rule of {op!r} gives "
-                f"{format_shape(result.shape)} {result.dtype}"
-            )
-    return Node(op, inputs, attrs, shape, dtype, rec.get("name"), data, {})
-
-
-def _encode_attr(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return {"tuple": [_encode_attr(v) for v in value]}
-    return value
-
-
-def _decode_attr(value: Any) -> Any:
-    if isinstance(value, dict) and "tuple" in value:
-        return tuple(_decode_attr(v) for v in value["tuple"])
-    return value
-
-
-def _encode_array(array: np.ndarray) -> dict[str, Any]:
-    array = np.array(array, order="C", copy=False) if array.flags.c_contiguous else np.array(array, order="C")
-    return {
-        "dtype": array.dtype.name,
-        "shape": list(array.shape),
-        "base64": base64.b64encode(array.astype(array.dtype.newbyteorder("<")).tobytes()).decode("ascii"),
-    }
-
-
-def _decode_array(rec: Mapping[str, Any]) -> np.ndarray:
-    dtype = np.dtype(dtype_of(rec["dtype"])).newbyteorder("<")
-    raw = base64.b64decode(rec["base64"])
-    shape = tuple(rec["shape"])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) != expected:
-        raise ValueError(
-            f"array data holds {len(raw)} bytes, but shape {shape} {dtype.name} needs {expected}"
-        )
-    return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(shape)

@@ -5,13 +5,17 @@ graph runs) or an integer polynomial of symbols such as ``"B*T"``, ``"4*B"`` or 
 ``//`` by an integer kept as an opaque factor (``"((B-1)//2)"``). Dimensions are kept in one
 canonical text form, so ``"(B+T)"`` minus ``"B"`` is ``"T"``. Every symbolic dimension is resolved to
 an ``int`` when a plan is compiled for concrete input shapes.
+
+Parsing takes bounded time whatever the text: a dimension longer than :data:`MAX_DIM_CHARS`, one whose
+expansion has more than :data:`MAX_DIM_TERMS` terms, or malformed text raises ``ValueError``.
 """
 
 from __future__ import annotations
 
-import ast
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from numpy import bool_ as np_bool
 
@@ -46,35 +50,114 @@ def _poly_floordiv(a: Poly, b: Poly) -> Poly:
     return {(atom,): 1}
 
 
+MAX_DIM_CHARS = 512
+"""Longest symbolic dimension accepted (as written, or as its canonical text after simplification)."""
+MAX_DIM_TERMS = 64
+"""Most terms a symbolic dimension may expand to (``(A+B)*(C+D)`` has 4): bounds the work of canonicalising."""
+
+_TOKEN = re.compile(r"\s*(?:(\d+)|([^\W\d]\w*)|(//|[-+*()]))")
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "//": 2, "neg": 3}
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 60 else repr(text[:40] + "...") + f" ({len(text)} characters)"
+
+
+def _postfix(dim: str) -> list[Any]:
+    """The tokens of a dimension expression in postfix order: ints, symbol names and operators.
+
+    A shunting-yard loop (no recursion, so any nesting depth is safe); operators are ``"+"``, ``"-"``,
+    ``"*"``, ``"//"`` and ``"neg"`` (unary minus); a symbol is a ``("sym", name)`` pair.
+    """
+    if len(dim) > MAX_DIM_CHARS:
+        raise ValueError(
+            f"symbolic dimension {_short(dim)} is longer than {MAX_DIM_CHARS} characters; "
+            "dimensions must be short expressions such as '4*B' or '(T+1)'"
+        )
+    out: list[Any] = []
+    ops: list[str] = []
+    pos, end, operand = 0, len(dim.rstrip()), True
+    while pos < end:
+        match = _TOKEN.match(dim, pos)
+        if match is None:
+            raise ValueError(
+                f"malformed symbolic dimension {_short(dim)}: unexpected {dim[pos:].strip()[:10]!r}"
+            )
+        pos = match.end()
+        number, name, symbol = match.groups()
+        if number is not None or name is not None:
+            if not operand:
+                raise ValueError(f"malformed symbolic dimension {_short(dim)}: a value follows a value")
+            out.append(int(number) if number is not None else ("sym", name))
+            operand = False
+        elif symbol == "(":
+            if not operand:
+                raise ValueError(f"malformed symbolic dimension {_short(dim)}: '(' follows a value")
+            ops.append("(")
+        elif symbol == ")":
+            while ops and ops[-1] != "(":
+                out.append(ops.pop())
+            if operand or not ops:
+                raise ValueError(f"malformed symbolic dimension {_short(dim)}: unbalanced ')'")
+            ops.pop()
+        elif operand:
+            if symbol != "-":
+                raise ValueError(
+                    f"malformed symbolic dimension {_short(dim)}: {symbol!r} lacks its left operand"
+                )
+            ops.append("neg")
+        else:
+            rank = _PRECEDENCE[symbol]
+            while ops and ops[-1] != "(" and _PRECEDENCE[ops[-1]] >= rank:
+                out.append(ops.pop())
+            ops.append(symbol)
+            operand = True
+    if operand:
+        raise ValueError(f"malformed symbolic dimension {_short(dim)}: it ends without a value")
+    while ops:
+        op = ops.pop()
+        if op == "(":
+            raise ValueError(f"malformed symbolic dimension {_short(dim)}: unbalanced '('")
+        out.append(op)
+    return out
+
+
 def _parse(dim: Dim) -> Poly:
-    """A dimension as a polynomial over its symbols; ``//`` that does not divide stays an opaque atom."""
+    """A dimension as a polynomial over its symbols; ``//`` that does not divide stays an opaque atom.
+
+    Bounded work: the text is at most :data:`MAX_DIM_CHARS` long and no intermediate result may have
+    more than :data:`MAX_DIM_TERMS` terms, so ``(A+B)*(C+D)*...`` cannot expand exponentially.
+    """
     if isinstance(dim, int):
         return {(): dim} if dim else {}
-    try:
-        tree = ast.parse(dim.strip(), mode="eval").body
-    except SyntaxError:
+    if len(dim) <= MAX_DIM_CHARS and dim.isidentifier():
         return {(dim,): 1}
-
-    def walk(node: ast.AST) -> Poly:
-        if isinstance(node, ast.Name):
-            return {(node.id,): 1}
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            return {(): node.value} if node.value else {}
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return {m: -c for m, c in walk(node.operand).items()}
-        if isinstance(node, ast.BinOp):
-            left, right = walk(node.left), walk(node.right)
-            if isinstance(node.op, ast.Add):
-                return _poly_add(left, right)
-            if isinstance(node.op, ast.Sub):
-                return _poly_add(left, right, -1)
-            if isinstance(node.op, ast.Mult):
-                return _poly_mul(left, right)
-            if isinstance(node.op, ast.FloorDiv):
-                return _poly_floordiv(left, right)
-        raise ValueError(f"malformed symbolic dimension {dim!r}")
-
-    return walk(tree)
+    stack: list[Poly] = []
+    for token in _postfix(dim):
+        if isinstance(token, int):
+            stack.append({(): token} if token else {})
+        elif isinstance(token, tuple):
+            stack.append({(token[1],): 1})
+        elif token == "neg":
+            stack.append({m: -c for m, c in stack.pop().items()})
+        else:
+            right, left = stack.pop(), stack.pop()
+            if token == "+":
+                result = _poly_add(left, right)
+            elif token == "-":
+                result = _poly_add(left, right, -1)
+            elif token == "*":
+                result = _poly_mul(left, right)
+            else:
+                result = _poly_floordiv(left, right)
+            if len(result) > MAX_DIM_TERMS:
+                raise ValueError(
+                    f"symbolic dimension {_short(dim)} expands to more than {MAX_DIM_TERMS} terms; "
+                    "dimensions must be short expressions such as '4*B' or '(T+1)'"
+                )
+            stack.append(result)
+    (poly,) = stack
+    return poly
 
 
 def _format_term(mono: tuple[str, ...], coeff: int) -> str:
@@ -89,17 +172,22 @@ def _format(poly: Poly) -> Dim:
     terms = sorted(((m, c) for m, c in poly.items() if c), key=lambda t: (not t[0], t[0]))
     if not terms:
         return 0
-    if len(terms) == 1:
-        mono, coeff = terms[0]
-        if not mono:
-            return coeff
-        if coeff > 0:
-            return _format_term(mono, coeff)
-    text = ""
-    for k, (mono, coeff) in enumerate(terms):
-        sign = "-" if coeff < 0 else ("+" if k else "")
-        text += sign + _format_term(mono, -coeff if coeff < 0 else coeff)
-    return f"({text})"
+    if len(terms) == 1 and not terms[0][0]:
+        return terms[0][1]
+    if len(terms) == 1 and terms[0][1] > 0:
+        text = _format_term(*terms[0])
+    else:
+        parts = []
+        for k, (mono, coeff) in enumerate(terms):
+            sign = "-" if coeff < 0 else ("+" if k else "")
+            parts.append(sign + _format_term(mono, -coeff if coeff < 0 else coeff))
+        text = f"({''.join(parts)})"
+    if len(text) > MAX_DIM_CHARS:
+        raise ValueError(
+            f"symbolic dimension {_short(text)} is longer than {MAX_DIM_CHARS} characters; "
+            "dimensions must be short expressions such as '4*B' or '(T+1)'"
+        )
+    return text
 
 
 def normalize_dim(dim: Dim) -> Dim:
@@ -114,6 +202,8 @@ def normalize_dim(dim: Dim) -> Dim:
             return int(dim)  # numpy integers
         raise TypeError(f"a dimension must be an int or a symbol name, got {dim!r}")
     if isinstance(dim, int):
+        return dim
+    if len(dim) <= MAX_DIM_CHARS and dim.isidentifier():
         return dim
     return _format(_parse(dim))
 
@@ -251,60 +341,40 @@ def normalize_axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ..
     return axes
 
 
-_ALLOWED_NODES = (
-    ast.Expression,
-    ast.BinOp,
-    ast.UnaryOp,
-    ast.USub,
-    ast.Name,
-    ast.Constant,
-    ast.Add,
-    ast.Sub,
-    ast.Mult,
-    ast.FloorDiv,
-    ast.Load,
-)
-
-
 def resolve_dim(dim: Dim, bindings: Mapping[str, int]) -> int:
     """The int value of a dimension given values for its symbols.
 
-    >>> resolve_dim("4*B", {"B": 8})
-    32
+    >>> resolve_dim("4*B", {"B": 8}), resolve_dim("((B-1)//2)", {"B": 8})
+    (32, 3)
     """
     if isinstance(dim, int):
         return dim
     if dim in bindings:
         return bindings[dim]
-    tree = ast.parse(dim, mode="eval")
-    for node in ast.walk(tree):
-        if not isinstance(node, _ALLOWED_NODES):
-            raise ValueError(f"malformed symbolic dimension {dim!r}")
-
-    def value(node: ast.AST) -> int:
-        if isinstance(node, ast.Expression):
-            return value(node.body)
-        if isinstance(node, ast.Constant):
-            if type(node.value) is not int:
-                raise ValueError(f"malformed symbolic dimension {dim!r}")
-            return node.value
-        if isinstance(node, ast.UnaryOp):
-            return -value(node.operand)
-        if isinstance(node, ast.Name):
-            if node.id not in bindings:
-                raise ValueError(f"symbolic dimension {node.id!r} has no value (known: {dict(bindings)})")
-            return bindings[node.id]
-        assert isinstance(node, ast.BinOp)
-        left, right = value(node.left), value(node.right)
-        if isinstance(node.op, ast.Add):
-            return left + right
-        if isinstance(node.op, ast.Sub):
-            return left - right
-        if isinstance(node.op, ast.FloorDiv):
-            return left // right
-        return left * right
-
-    return value(tree)
+    stack: list[int] = []
+    for token in _postfix(dim):
+        if isinstance(token, int):
+            stack.append(token)
+        elif isinstance(token, tuple):
+            if token[1] not in bindings:
+                raise ValueError(f"symbolic dimension {token[1]!r} has no value (known: {dict(bindings)})")
+            stack.append(bindings[token[1]])
+        elif token == "neg":
+            stack.append(-stack.pop())
+        else:
+            right, left = stack.pop(), stack.pop()
+            if token == "+":
+                stack.append(left + right)
+            elif token == "-":
+                stack.append(left - right)
+            elif token == "*":
+                stack.append(left * right)
+            elif right == 0:
+                raise ValueError(f"symbolic dimension {_short(dim)} divides by zero for {dict(bindings)}")
+            else:
+                stack.append(left // right)
+    (value,) = stack
+    return value
 
 
 def resolve_shape(shape: Sequence[Dim], bindings: Mapping[str, int]) -> tuple[int, ...]:

@@ -345,7 +345,17 @@ def input(name: str, shape: Sequence[Dim] | Dim, dtype: Any = "float32") -> Tens
     """
     if not name or not isinstance(name, str):
         raise ValueError(f"an input needs a non-empty name, got {name!r}")
-    return Tensor(Node("input", (), {}, normalize_shape(shape), dtype_of(dtype), name))
+    try:
+        dims = normalize_shape(shape)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"input {name!r}: {err}") from None
+    for axis, d in enumerate(dims):
+        if isinstance(d, int) and d < 0:
+            raise ValueError(
+                f"input {name!r}: dimension {axis} of shape {format_shape(dims)} is {d}; a dimension is "
+                "a size >= 0 or a symbol such as 'B'"
+            )
+    return Tensor(Node("input", (), {}, dims, dtype_of(dtype), name))
 
 
 def parameter(value: Any, name: str | None = None, dtype: Any = None, trainable: bool = True) -> Tensor:

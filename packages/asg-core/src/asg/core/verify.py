@@ -37,6 +37,13 @@ def _check_leaf(graph: Graph, node: Node) -> None:
         var = node.data
         if not isinstance(var, Variable):
             raise _fail(graph, node, f"a parameter must hold a Variable, found {type(var).__name__}")
+        if not var.has_value:
+            raise _fail(
+                graph,
+                node,
+                "the parameter has no value (its graph was loaded from JSON with structure_only=True); "
+                "load it with parameter_values= or assign node.data.value before compiling",
+            )
         value = var.value
         if not isinstance(value, np.ndarray):
             raise _fail(graph, node, f"the parameter's Variable holds a {type(value).__name__}, not an array")
@@ -84,8 +91,8 @@ def verify(graph: Graph) -> Graph:
 
     Checked: node ids are unique; every node comes after the nodes it reads (topological order)
     and reads only nodes of the graph; inputs and outputs belong to the graph, inputs are
-    ``input`` nodes listed once and every ``input`` node read is listed; parameters hold a
-    :class:`~asg.core.graph.Variable` of the declared shape and dtype, constants an array of it;
+    ``input`` nodes listed once, with distinct names, and every ``input`` node read is listed; parameters hold a
+    :class:`~asg.core.graph.Variable` with a value of the declared shape and dtype, constants an array of it;
     every op is registered and its shape rule, re-run on the inputs' types, gives the node's type.
 
     Example:
@@ -122,6 +129,7 @@ def verify(graph: Graph) -> Graph:
         else:
             _check_op(graph, node)
     listed: set[int] = set()
+    named: dict[str, Node] = {}
     for node in graph.inputs:
         if node.id not in position or graph.nodes[position[node.id]] is not node:
             raise GraphVerificationError(f"verify: graph input {node!r} is not in the graph")
@@ -130,6 +138,13 @@ def verify(graph: Graph) -> Graph:
         if node.id in listed:
             raise _fail(graph, node, "is listed twice in the graph's inputs")
         listed.add(node.id)
+        other = named.setdefault(node.name, node) if node.name else node
+        if other is not node:
+            raise _fail(
+                graph,
+                node,
+                f"shares its name with the input {graph.format_node(other)}; inputs are fed by name",
+            )
     for node in graph.nodes:
         if node.op == "input" and node.id not in listed:
             raise _fail(graph, node, "is an input node read by the graph but missing from graph.inputs")
