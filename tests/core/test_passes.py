@@ -23,6 +23,7 @@ from asg.core.passes.rewrite import make_node, mark_impure
 from asg.core.passes.simplify import simplify as simplify_pass
 from asg.core.registry import EFFECTFUL, ops_with
 from asg.core.specialize import bind_inputs, specialize
+from asg.core.testing import scratch_ops
 from asg.core.verify import verify
 
 RNG = np.random.default_rng(0)
@@ -215,12 +216,12 @@ def test_cse_respects_impure_ops_and_merges_keyed_random_ops():
         constant_folding(constant_key) is constant_key
     )  # another backend may draw differently: never folded
     name = "test_passes_stateful_sample"
-    ag.define_op(
-        name,
-        infer=lambda t: t,
-        kernel=lambda t: t + np.random.default_rng().random(t.shape).astype(t.dtype),
-    )
-    try:
+    with scratch_ops():
+        ag.define_op(
+            name,
+            infer=lambda t: t,
+            kernel=lambda t: t + np.random.default_rng().random(t.shape).astype(t.dtype),
+        )
         mark_impure(name)
         assert name in ops_with(EFFECTFUL)
         graph = graph_of(ag.apply(name, x) - ag.apply(name, x))
@@ -229,8 +230,6 @@ def test_cse_respects_impure_ops_and_merges_keyed_random_ops():
             constant_folding(graph_of(ag.apply(name, ag.constant(np.zeros(2, "float32"))))).op_counts()[name]
             == 1
         )
-    finally:
-        del ag.OPS[name]
 
 
 # ----------------------------------------------------------------------------- constant folding
