@@ -16,6 +16,7 @@ Example:
 from . import dtypes, ops, passes
 from .autograd import grad, hvp, value_and_grad
 from .backends import available_backends, get_backend, register_backend
+from .bundle import load
 from .dtypes import bool_, float16, float32, float64, int32, int64
 from .errors import ASGError, ExecutionError, MissingRuleError, ShapeError
 from .function import Function, compile
@@ -66,6 +67,7 @@ __all__ = [
     "input",
     "int32",
     "int64",
+    "load",
     "numerical_grad",
     "ops",
     "parameter",
