@@ -126,6 +126,21 @@ def test_training_step_continues_bit_identically_in_a_fresh_process(tmp_path):
     assert int(after_loaded["rng.counter"]) == SAVED_AFTER + CONTINUED
 
 
+def test_the_rng_counter_is_saved_state(tmp_path):
+    step = _training_step()
+    step(*_batch(0))
+    step.save(tmp_path / "s.asg")
+    same, reset = ag.load(tmp_path / "s.asg"), ag.load(tmp_path / "s.asg")
+    (counter,) = [p for p, _ in reset.updates if p.name == "rng.counter"]
+    assert int(counter.data.value) == 1
+    # As if the counter had not been saved: the first step's dropout mask again.
+    counter.data.value = np.zeros((), np.int64)
+    x, y = _batch(1)
+    restored, original, with_reset_counter = float(same(x, y)), float(step(x, y)), float(reset(x, y))
+    assert restored == original
+    assert with_reset_counter != restored  # same weights, another dropout mask
+
+
 def test_load_restores_a_callable_like_the_original(tmp_path):
     step = _training_step()
     step(*_batch(0))

@@ -237,9 +237,12 @@ def load(path: str | os.PathLike[str]) -> Function:
         )
     meta = header["function"]
     updates = _read_updates(meta, nodes, graph, where)
-    return Function.from_graph(
-        graph, meta["num_outputs"], updates, meta["backend"], meta["options"], single=meta["single"]
-    )
+    try:
+        return Function.from_graph(
+            graph, meta["num_outputs"], updates, meta["backend"], meta["options"], single=meta["single"]
+        )
+    except (ValueError, TypeError, KeyError) as err:  # an unknown backend or option, a graph it cannot run
+        raise ValueError(f"load {where!r}: field 'function': {err}") from None
 
 
 def _field_error(where: str, field: str, problem: str) -> ValueError:
