@@ -37,17 +37,23 @@ everything a hostile file could get wrong in the data part (the header is valid 
 100,000,000 bytes, dtypes are known, offsets are in order, do not overlap and cover the file
 exactly), and it maps the file instead of reading it; a zip would add a second container format to
 harden (member names, compression bombs) for no gain. The price is safetensors' header limit
-(``MAX_HEADER_SIZE = 100_000_000`` in ``safetensors/src/tensor.rs``): the graph JSON takes about
-150 bytes a node, so some 600,000 nodes fit. Constants stay in the graph JSON (base64), as
-:func:`~asg.core.serialize.graph_to_json` keeps them: they are part of the program and are small in
-practice (scalars, masks); :func:`save` raises before writing a header that would not load. The metadata is a single entry because safetensors writes its metadata map in an order that
-changes from process to process: with one entry, saving the same function gives the same bytes.
+(``MAX_HEADER_SIZE = 100_000_000`` in ``safetensors/src/tensor.rs``): the graph JSON takes about 100
+bytes a node (the 128-node MLP + Adam step of the tests takes 12 KB), so some 900,000 nodes fit.
+Constants stay in the graph JSON (base64), as :func:`~asg.core.serialize.graph_to_json` keeps them:
+they are part of the program and small in practice (scalars, masks). :func:`save` raises before
+writing a header that would not load. The metadata is a single entry because safetensors writes its
+metadata map in an order that changes from process to process: with one entry, saving the same
+function gives the same bytes.
 
 Loading never unpickles and never executes anything from the file. It checks the header's fields,
 matches every tensor to its graph node by key (missing and unexpected keys are listed), compares
 each tensor's shape and dtype with its node's before reading its data (so memory stays bounded by the
-file's size), then rebuilds the graph with :func:`~asg.core.serialize.graph_from_json`, which
-checks every field and re-runs every op's shape rule. Any problem raises ``ValueError`` naming the file and the field.
+file's size), then rebuilds the graph with :func:`~asg.core.serialize.graph_from_json`, which checks
+every field and re-runs every op's shape rule. Any problem raises ``ValueError`` naming the file and
+the field.
+
+``bundle`` sits above ``function``; :meth:`Function.save` and :meth:`Function.state_dict` import it
+when called.
 """
 
 from __future__ import annotations
@@ -58,18 +64,16 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from .dtypes import DTYPES
+from .function import Function
 from .graph import Graph, Node
 from .serialize import graph_from_json
-
-if TYPE_CHECKING:
-    from .function import Function
 
 __all__ = ["load", "save", "state_dict"]
 
@@ -211,8 +215,6 @@ def load(path: str | os.PathLike[str]) -> Function:
         >>> ag.load(path)(x=np.zeros(2, "float32")).tolist()
         [1.0, 1.0]
     """
-    from .function import Function
-
     where = os.fspath(path)
     if not os.path.isfile(where):
         raise FileNotFoundError(f"load: no such file {where!r}")
