@@ -36,6 +36,7 @@ FORMAT = "asg-graph"
 VERSION = 2
 READS_VERSIONS = (1, 2)
 MAX_NDIM = 64  # numpy's limit
+MAX_DIM = 2**63 - 1
 MAX_ATTR_DEPTH = 16  # nesting of tuples inside one attribute value
 
 
@@ -233,6 +234,8 @@ def _shape(value: Any, field: str, symbolic: bool) -> Shape:
         if type(d) is int:
             if d < 0:
                 raise ValueError(f"field {field!r} holds the negative dimension {d}")
+            if d > MAX_DIM:
+                raise ValueError(f"field {field!r}: dimension {d} is larger than {MAX_DIM} (2**63-1)")
             dims.append(d)
         elif symbolic and isinstance(d, str):
             if len(d) > MAX_DIM_CHARS:
