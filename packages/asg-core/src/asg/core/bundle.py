@@ -73,7 +73,7 @@ from safetensors.numpy import save_file
 from .dtypes import DTYPES
 from .function import Function
 from .graph import Graph, Node
-from .serialize import graph_from_json
+from .serialize import graph_from_json, graph_to_json
 
 __all__ = ["load", "save", "state_dict"]
 
@@ -112,7 +112,7 @@ def save(function: Function, path: str | os.PathLike[str]) -> None:
     """
     graph: Graph = function.graph
     index = {n.id: i for i, n in enumerate(graph.nodes)}
-    doc = json.loads(graph.to_json(include_data=False))
+    doc = json.loads(graph_to_json(graph, include_data=False))
     tensors: dict[str, np.ndarray] = {}
     for i, (node, rec) in enumerate(zip(graph.nodes, doc["nodes"], strict=True)):
         if node.op == "parameter":
