@@ -27,7 +27,7 @@ def model() -> tuple[ag.Tensor, list[ag.Tensor], ag.Tensor]:
     y = ag.input("y", ("B",), "int64")
     w1 = ag.parameter(RNG.standard_normal((6, 8)).astype("float32"), name="w1")
     w2 = ag.parameter(RNG.standard_normal((8, 3)).astype("float32"), name="w2")
-    h = ag.tanh(x @ w1).reshape(("B", 2, 4)).transpose(0, 2, 1).reshape(("B", 8))
+    h = ag.tanh(x @ w1).reshape(("B", 2, 4)).permute(0, 2, 1).reshape(("B", 8))
     h = ag.concat([h[:, :4], ag.sigmoid(h[:, 4:])], axis=1)
     logits = ag.gelu(h) @ w2 + ag.constant(np.arange(3, dtype="float32"))
     loss = ag.cross_entropy(logits, y) + (ag.softmax(logits, axis=1).max(axis=1) ** 2).mean()
@@ -167,6 +167,13 @@ def test_inputs_and_outputs_must_belong_to_the_graph():
     graph, nodes = fresh()
     graph.inputs.clear()
     expect_failure(graph, nodes["x"], "is an input node read by the graph but missing from graph.inputs")
+    graph, nodes = fresh()
+    twin = ag.input("x", (4,)).node  # Graph() refuses two inputs named x; an edit can still make them
+    graph.nodes.insert(0, twin)
+    graph.inputs.append(twin)
+    expect_failure(
+        graph, twin, r"shares its name with the input x_1:f32\[B,3\] = input; inputs are fed by name"
+    )
 
 
 def test_parameters_and_constants_hold_what_they_declare():
@@ -183,6 +190,11 @@ def test_parameters_and_constants_hold_what_they_declare():
     graph, nodes = fresh()
     nodes["w"].data = np.ones((3, 2), "float32")
     expect_failure(graph, nodes["w"], "a parameter must hold a Variable, found ndarray")
+    graph, nodes = fresh()
+    nodes["w"].data = Variable(None, "w")  # what graph JSON without data loads with structure_only=True
+    expect_failure(
+        graph, nodes["w"], r"the parameter has no value \(its graph was loaded from JSON with structure_only"
+    )
     x = ag.input("x", (2,))
     c = ag.constant(np.ones(2, "float32"))
     graph = Graph([(x + c).node])
