@@ -3,6 +3,7 @@
 Public functions are re-exported here and from :mod:`asg.core`.
 """
 
+from . import optim  # noqa: F401  (the "optim" family: fused optimizer updates, ag.ops.optim.adam_update ...)
 from .activation import cross_entropy, log_softmax, softmax
 from .convolution import conv2d, conv_transpose2d
 from .elementwise import (

@@ -1,0 +1,375 @@
+"""The "optim" family: fused optimizer updates, one op per optimizer (SGD, Adam/AdamW, RMSprop).
+
+An optimizer step is part of the compiled training graph: each op reads a parameter, its gradient,
+its optimizer state and the learning rate (a graph variable, so changing it never recompiles) and
+computes a new value. Ops have one output, so each op carries an ``output`` attribute naming which of
+the updated tensors it computes (``"param"``, ``"exp_avg"``, ...): an optimizer applies the same op,
+with the same inputs, once per updated tensor. A backend may compute all the outputs of one op and one
+set of inputs in a single kernel; the numpy kernels compute just what is asked (the moments are a few
+elementwise operations). The formulas follow ``torch.optim``'s single-tensor implementations operation
+for operation, so float32 results agree with PyTorch's to rounding.
+
+Inputs (all arrays have the parameter's shape and dtype; ``step`` and ``lr`` are float scalars):
+
+- ``sgd_update(param, grad, [momentum_buffer, step,] lr)`` — the buffer and step only with ``momentum > 0``;
+  ``step`` is the count including this step (the first step initialises the buffer to the gradient).
+- ``adam_update(param, grad, exp_avg, exp_avg_sq, step, lr)`` — ``decoupled_weight_decay=True`` is AdamW.
+- ``rmsprop_update(param, grad, square_avg, [grad_avg,] [momentum_buffer,] lr)`` — ``grad_avg`` when
+  ``centered``, the buffer when ``momentum > 0``.
+
+Gradients do not flow through optimizer updates (they are not differentiable).
+
+Example:
+    >>> import numpy as np
+    >>> import asg.core as ag
+    >>> from asg.core.ops import optim
+    >>> p = ag.parameter(np.ones(3, "float32"), name="p")
+    >>> g = ag.input("g", (3,))
+    >>> lr = ag.state(np.float32(0.1), name="lr")
+    >>> step = ag.compile([], inputs=[g], updates={p: optim.sgd_update(p, g, lr=lr)["param"]})
+    >>> _ = step(np.array([1.0, 2.0, 3.0], "float32"))
+    >>> p.numpy().tolist()
+    [0.8999999761581421, 0.800000011920929, 0.699999988079071]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..registry import TensorType, define_op
+from ..shapes import format_shape
+from ..tensor import Tensor, apply, as_tensor
+from ._rules import require_float
+
+# The state tensors each op can output, in input order after (param, grad).
+_OUTPUTS = {
+    "sgd_update": ("param", "momentum_buffer"),
+    "adam_update": ("param", "exp_avg", "exp_avg_sq"),
+    "rmsprop_update": ("param", "square_avg", "grad_avg", "momentum_buffer"),
+}
+
+
+def _check(op: str, names: list[str], types: tuple[TensorType, ...], output: str) -> TensorType:
+    """Arrays match the parameter exactly; step and lr are float scalars; ``output`` is one of the arrays."""
+    if len(types) != len(names):
+        raise ValueError(f"expected {len(names)} inputs ({', '.join(names)}), got {len(types)}")
+    param = types[0]
+    require_float(param)
+    arrays = [n for n in names if n not in ("step", "lr")]
+    for name, t in zip(names, types, strict=True):
+        if name in ("step", "lr"):
+            if t.shape != () or not t.dtype.startswith("float"):
+                raise ValueError(f"{name} must be a float scalar, got {format_shape(t.shape)} {t.dtype}")
+        elif tuple(t.shape) != tuple(param.shape) or t.dtype != param.dtype:
+            raise ValueError(
+                f"{name} is {format_shape(t.shape)} {t.dtype}, but the parameter is "
+                f"{format_shape(param.shape)} {param.dtype}; optimizer state must match its parameter"
+            )
+    if output not in arrays or output == "grad":
+        raise ValueError(
+            f"output must be one of {', '.join(a for a in arrays if a != 'grad')}, got {output!r}"
+        )
+    return param
+
+
+# ----------------------------------------------------------------------------- SGD
+def _sgd_names(momentum: float) -> list[str]:
+    return ["param", "grad", *(["momentum_buffer", "step"] if momentum else []), "lr"]
+
+
+def _sgd_infer(
+    *types: TensorType,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+    maximize: bool,
+    output: str,
+) -> TensorType:
+    return _check("sgd_update", _sgd_names(momentum), types, output)
+
+
+def _sgd_kernel(
+    *arrays: np.ndarray,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+    maximize: bool,
+    output: str,
+) -> np.ndarray:
+    param, grad = arrays[0], arrays[1]
+    lr = float(arrays[-1])
+    if maximize:
+        grad = -grad
+    if weight_decay:
+        grad = grad + weight_decay * param
+    if momentum:
+        buf, step = arrays[2], float(arrays[3])
+        buf = grad.copy() if step <= 1 else buf * momentum + (1 - dampening) * grad
+        if output == "momentum_buffer":
+            return buf
+        grad = grad + momentum * buf if nesterov else buf
+    return param - lr * grad
+
+
+define_op(
+    "sgd_update",
+    infer=_sgd_infer,
+    kernel=_sgd_kernel,
+    differentiable=False,
+    doc="SGD (momentum, dampening, Nesterov, weight decay) as torch.optim.SGD; outputs param or momentum_buffer.",
+)
+
+
+# ----------------------------------------------------------------------------- Adam / AdamW
+_ADAM_NAMES = ["param", "grad", "exp_avg", "exp_avg_sq", "step", "lr"]
+
+
+def _adam_infer(
+    *types: TensorType,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    output: str,
+) -> TensorType:
+    return _check("adam_update", _ADAM_NAMES, types, output)
+
+
+def _lerp(start: np.ndarray, end: np.ndarray, weight: float) -> np.ndarray:
+    """``torch.lerp`` as PyTorch computes it (two formulas, for weights below and above 0.5)."""
+    if weight < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (1 - weight)
+
+
+def _adam_kernel(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    step: np.ndarray,
+    lr: np.ndarray,
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    output: str,
+) -> np.ndarray:
+    lr_, t = float(lr), float(step)
+    if maximize:
+        grad = -grad
+    if weight_decay and decoupled_weight_decay:
+        param = param * (1 - lr_ * weight_decay)
+    elif weight_decay:
+        grad = grad + weight_decay * param
+    if output == "exp_avg":
+        return _lerp(exp_avg, grad, 1 - beta1)
+    v = exp_avg_sq * beta2 + (1 - beta2) * (grad * grad)
+    if output == "exp_avg_sq":
+        return v
+    m = _lerp(exp_avg, grad, 1 - beta1)
+    step_size = lr_ / (1 - beta1**t)
+    denom = np.sqrt(v) / math.sqrt(1 - beta2**t) + eps
+    return param - step_size * (m / denom)
+
+
+define_op(
+    "adam_update",
+    infer=_adam_infer,
+    kernel=_adam_kernel,
+    differentiable=False,
+    doc="Adam as torch.optim.Adam (decoupled_weight_decay=True: AdamW); outputs param, exp_avg or exp_avg_sq.",
+)
+
+
+# ----------------------------------------------------------------------------- RMSprop
+def _rmsprop_names(momentum: float, centered: bool) -> list[str]:
+    return [
+        "param",
+        "grad",
+        "square_avg",
+        *(["grad_avg"] if centered else []),
+        *(["momentum_buffer"] if momentum else []),
+        "lr",
+    ]
+
+
+def _rmsprop_infer(
+    *types: TensorType,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,
+    output: str,
+) -> TensorType:
+    return _check("rmsprop_update", _rmsprop_names(momentum, centered), types, output)
+
+
+def _rmsprop_kernel(
+    *arrays: np.ndarray,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,
+    output: str,
+) -> np.ndarray:
+    named = dict(zip(_rmsprop_names(momentum, centered), arrays, strict=True))
+    param, grad, lr = named["param"], named["grad"], float(named["lr"])
+    if maximize:
+        grad = -grad
+    if weight_decay:
+        grad = grad + weight_decay * param
+    square_avg = named["square_avg"] * alpha + (1 - alpha) * (grad * grad)
+    if output == "square_avg":
+        return square_avg
+    if centered:
+        grad_avg = _lerp(named["grad_avg"], grad, 1 - alpha)
+        if output == "grad_avg":
+            return grad_avg
+        avg = np.sqrt(square_avg - grad_avg * grad_avg)
+    else:
+        avg = np.sqrt(square_avg)
+    avg += eps
+    if momentum:
+        buf = named["momentum_buffer"] * momentum + grad / avg
+        if output == "momentum_buffer":
+            return buf
+        return param - lr * buf
+    return param - lr * (grad / avg)
+
+
+define_op(
+    "rmsprop_update",
+    infer=_rmsprop_infer,
+    kernel=_rmsprop_kernel,
+    differentiable=False,
+    doc="RMSprop (momentum, centered) as torch.optim.RMSprop; outputs param, square_avg, grad_avg or momentum_buffer.",
+)
+
+
+# ----------------------------------------------------------------------------- public functions
+def _apply_all(op: str, inputs: list[Any], outputs: tuple[str, ...], **attrs: Any) -> dict[str, Tensor]:
+    param = as_tensor(inputs[0])
+    tensors = [as_tensor(t, param.dtype) for t in inputs]
+    return {name: apply(op, *tensors, output=name, **attrs) for name in outputs}
+
+
+def sgd_update(
+    param: Tensor,
+    grad: Tensor,
+    momentum_buffer: Tensor | None = None,
+    step: Tensor | None = None,
+    *,
+    lr: Tensor,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> dict[str, Tensor]:
+    """The new ``param`` (and ``momentum_buffer`` with momentum) after one SGD step, as graph nodes.
+
+    ``step`` is the step count including this one (a float scalar tensor); it is needed with momentum.
+    """
+    if momentum and (momentum_buffer is None or step is None):
+        raise ValueError("sgd_update: momentum > 0 needs momentum_buffer and step")
+    inputs = [param, grad, *([momentum_buffer, step] if momentum else []), lr]
+    outputs = ("param", "momentum_buffer") if momentum else ("param",)
+    return _apply_all(
+        "sgd_update",
+        inputs,
+        outputs,
+        momentum=float(momentum),
+        dampening=float(dampening),
+        nesterov=bool(nesterov),
+        weight_decay=float(weight_decay),
+        maximize=bool(maximize),
+    )
+
+
+def adam_update(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    *,
+    lr: Tensor,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+) -> dict[str, Tensor]:
+    """The new ``param``, ``exp_avg`` and ``exp_avg_sq`` after one Adam (or AdamW) step, as graph nodes.
+
+    ``step`` is the step count including this one (a float scalar tensor).
+    """
+    return _apply_all(
+        "adam_update",
+        [param, grad, exp_avg, exp_avg_sq, step, lr],
+        _OUTPUTS["adam_update"],
+        beta1=float(betas[0]),
+        beta2=float(betas[1]),
+        eps=float(eps),
+        weight_decay=float(weight_decay),
+        decoupled_weight_decay=bool(decoupled_weight_decay),
+        maximize=bool(maximize),
+    )
+
+
+def rmsprop_update(
+    param: Tensor,
+    grad: Tensor,
+    square_avg: Tensor,
+    grad_avg: Tensor | None = None,
+    momentum_buffer: Tensor | None = None,
+    *,
+    lr: Tensor,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    maximize: bool = False,
+) -> dict[str, Tensor]:
+    """The new ``param``, ``square_avg`` (and ``grad_avg``, ``momentum_buffer``) after one RMSprop step."""
+    if centered and grad_avg is None:
+        raise ValueError("rmsprop_update: centered=True needs grad_avg")
+    if momentum and momentum_buffer is None:
+        raise ValueError("rmsprop_update: momentum > 0 needs momentum_buffer")
+    extra = [*([grad_avg] if centered else []), *([momentum_buffer] if momentum else [])]
+    outputs = (
+        "param",
+        "square_avg",
+        *(["grad_avg"] if centered else []),
+        *(["momentum_buffer"] if momentum else []),
+    )
+    return _apply_all(
+        "rmsprop_update",
+        [param, grad, square_avg, *extra, lr],
+        outputs,
+        alpha=float(alpha),
+        eps=float(eps),
+        weight_decay=float(weight_decay),
+        momentum=float(momentum),
+        centered=bool(centered),
+        maximize=bool(maximize),
+    )
+
+
+__all__ = ["adam_update", "rmsprop_update", "sgd_update"]
