@@ -1,0 +1,157 @@
+"""Loss modules, as ``torch.nn``'s: each wraps its function in :mod:`asg.nn.functional`.
+
+Every loss takes ``reduction`` ``"none"``, ``"mean"`` or ``"sum"``; class ``weight`` where PyTorch has it.
+
+>>> import numpy as np
+>>> import asg.core as ag
+>>> from asg import nn
+>>> loss = nn.CrossEntropyLoss(label_smoothing=0.1)(
+...     ag.input("logits", ("B", 5)), ag.input("y", ("B",), "int64")
+... )
+>>> loss.shape
+()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import asg.core as ag
+
+from . import functional as F
+from .module import Module
+
+__all__ = [
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "HuberLoss",
+    "KLDivLoss",
+    "L1Loss",
+    "MSELoss",
+    "NLLLoss",
+    "SmoothL1Loss",
+]
+
+
+def _const(value: Any) -> Any:
+    """Class weights given as lists or arrays become float32 constants."""
+    if value is None or isinstance(value, ag.Tensor):
+        return value
+    return ag.constant(np.asarray(value, np.float32))
+
+
+class _Loss(Module):
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in ("none", "mean", "sum") and not (
+            reduction == "batchmean" and isinstance(self, KLDivLoss)
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: reduction must be 'none', 'mean' or 'sum', got {reduction!r}"
+            )
+        self.reduction = reduction
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
+
+
+class MSELoss(_Loss):
+    """Mean squared error."""
+
+    def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        return F.mse_loss(input, target, self.reduction)
+
+
+class L1Loss(_Loss):
+    """Mean absolute error."""
+
+    def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        return F.l1_loss(input, target, self.reduction)
+
+
+class SmoothL1Loss(_Loss):
+    """Quadratic below ``beta``, linear above (``torch.nn.SmoothL1Loss``)."""
+
+    def __init__(self, reduction: str = "mean", beta: float = 1.0) -> None:
+        super().__init__(reduction)
+        self.beta = beta
+
+    def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        return F.smooth_l1_loss(input, target, self.reduction, self.beta)
+
+
+class HuberLoss(_Loss):
+    """Quadratic below ``delta``, ``delta``-scaled linear above (``torch.nn.HuberLoss``)."""
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0) -> None:
+        super().__init__(reduction)
+        self.delta = delta
+
+    def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        return F.huber_loss(input, target, self.reduction, self.delta)
+
+
+class CrossEntropyLoss(_Loss):
+    """Softmax cross-entropy over class indices or probabilities; ``weight``, ``ignore_index``, ``label_smoothing``."""
+
+    def __init__(
+        self,
+        weight: Any = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(reduction)
+        self.weight, self.ignore_index, self.label_smoothing = _const(weight), ignore_index, label_smoothing
+
+    def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        return F.cross_entropy(
+            input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing
+        )
+
+
+class NLLLoss(_Loss):
+    """Negative log-likelihood of log-probabilities; ``weight``, ``ignore_index``."""
+
+    def __init__(self, weight: Any = None, ignore_index: int = -100, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.weight, self.ignore_index = _const(weight), ignore_index
+
+    def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        return F.nll_loss(input, target, self.weight, self.ignore_index, self.reduction)
+
+
+class BCELoss(_Loss):
+    """Binary cross-entropy of probabilities; optional per-element ``weight``."""
+
+    def __init__(self, weight: Any = None, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.weight = _const(weight)
+
+    def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        return F.binary_cross_entropy(input, target, self.weight, self.reduction)
+
+
+class BCEWithLogitsLoss(_Loss):
+    """Sigmoid + binary cross-entropy, stable; ``weight`` and ``pos_weight`` (per class, broadcast)."""
+
+    def __init__(self, weight: Any = None, reduction: str = "mean", pos_weight: Any = None) -> None:
+        super().__init__(reduction)
+        self.weight, self.pos_weight = _const(weight), _const(pos_weight)
+
+    def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        return F.binary_cross_entropy_with_logits(input, target, self.weight, self.reduction, self.pos_weight)
+
+
+class KLDivLoss(_Loss):
+    """KL divergence with log-probability inputs; ``log_target``; ``reduction`` may be ``"batchmean"``."""
+
+    def __init__(self, reduction: str = "mean", log_target: bool = False) -> None:
+        super().__init__(reduction)
+        self.log_target = log_target
+
+    def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        return F.kl_div(input, target, self.reduction, self.log_target)

@@ -1,0 +1,263 @@
+"""SafeTensors files of ``state_dict()`` with PyTorch's names, and checkpoints, written atomically.
+
+No pickle anywhere: arrays are safetensors, everything else is JSON in the safetensors header.
+
+- :func:`save_state_dict` / :func:`load_state_dict`: a dict of arrays to and from a file; PyTorch reads
+  it with ``safetensors.torch.load_file`` and ``model.load_state_dict``, and the reverse.
+- :func:`save_model` / :func:`load_model`: a module's state; tied weights (one variable under several
+  names) are stored once and re-tied on load, as ``safetensors.torch.save_model`` does.
+- :func:`save_checkpoint` / :func:`load_checkpoint`: weights, optimizer state, scheduler state and
+  metadata (epoch, step, metrics, package versions) in ONE file, so the write is one atomic rename:
+  a process killed mid-save leaves the previous checkpoint intact.
+
+Example:
+    >>> import tempfile, os
+    >>> from asg import nn
+    >>> model = nn.Linear(3, 2)
+    >>> path = os.path.join(tempfile.mkdtemp(), "linear.safetensors")
+    >>> nn.save_model(model, path)
+    >>> other = nn.Linear(3, 2)
+    >>> _ = nn.load_model(other, path)
+    >>> bool((other.weight.numpy() == model.weight.numpy()).all())
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata as _metadata
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save
+
+from .module import IncompatibleKeys, Module
+
+__all__ = [
+    "load_checkpoint",
+    "load_model",
+    "load_state_dict",
+    "save_checkpoint",
+    "save_model",
+    "save_state_dict",
+]
+
+_CHECKPOINT_KEY = "asg.checkpoint"
+_TIED_KEY = "asg.tied"
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file beside it, fsync, rename, fsync the folder.
+
+    A reader (or a crash at any moment) sees either the old file or the new one, never a partial file.
+    An existing file's permission bits are kept; a symlink is written through to its target.
+    """
+    target = os.path.realpath(os.fspath(path))
+    folder = os.path.dirname(target) or "."
+    mode = os.stat(target).st_mode & 0o7777 if os.path.exists(target) else None
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _contiguous(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in arrays.items():
+        if hasattr(v, "detach") and hasattr(v, "cpu"):
+            v = v.detach().cpu().numpy()
+        out[k] = np.ascontiguousarray(v)
+    return out
+
+
+def save_state_dict(
+    state_dict: Mapping[str, Any], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write a dict of arrays as a safetensors file, atomically (``metadata``: str -> str)."""
+    atomic_write_bytes(path, save(_contiguous(state_dict), metadata=dict(metadata) if metadata else None))
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read a safetensors file into a dict of numpy arrays; errors name the file."""
+    try:
+        return load_file(os.fspath(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{os.fspath(path)}: not a readable safetensors file ({err})") from None
+
+
+def _read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="numpy") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{os.fspath(path)}: not a readable safetensors file ({err})") from None
+
+
+def _dedupe(model: Module, prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The model's state with each variable once, and ``{alias: stored name}`` for tied entries."""
+    arrays: dict[str, np.ndarray] = {}
+    tied: dict[str, str] = {}
+    first: dict[int, str] = {}
+    for name, t in model._state_items():
+        key = id(t.node.data)
+        if key in first:
+            tied[prefix + name] = first[key]
+        else:
+            first[key] = prefix + name
+            arrays[prefix + name] = np.array(t.numpy(), copy=True)
+    return arrays, tied
+
+
+def save_model(
+    model: Module, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Save ``model.state_dict()`` with PyTorch's names; tied weights stored once (the alias in the header)."""
+    arrays, tied = _dedupe(model)
+    meta = dict(metadata or {})
+    if tied:
+        meta[_TIED_KEY] = json.dumps(tied)
+    save_state_dict(arrays, path, meta)
+
+
+def load_model(model: Module, path: str | os.PathLike[str], strict: bool = True) -> IncompatibleKeys:
+    """Load a file written by :func:`save_model` (or by PyTorch) into ``model``, by name.
+
+    Keys tied in the model and stored once in the file are filled from the stored copy.
+    """
+    arrays = load_state_dict(path)
+    tied = json.loads(_read_metadata(path).get(_TIED_KEY, "{}"))
+    _, model_tied = _dedupe(model)
+    for alias, stored in {**model_tied, **tied}.items():
+        if alias not in arrays and stored in arrays:
+            arrays[alias] = arrays[stored]
+    try:
+        return model.load_state_dict(arrays, strict=strict)
+    except (KeyError, ValueError) as err:
+        raise type(err)(f"{os.fspath(path)}: {err}") from None
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("asg-core", "asg-nn", "numpy"):
+        with contextlib.suppress(_metadata.PackageNotFoundError):
+            out[dist] = _metadata.version(dist)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: Module,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    **metadata: Any,
+) -> None:
+    """Write weights, optimizer and scheduler state and JSON ``metadata`` to one safetensors file, atomically.
+
+    Tensors are stored as ``model.<name>`` and ``optimizer.<index>.<state name>``; the optimizer's
+    groups, the scheduler's state, ``metadata`` (epoch, step, metrics, ...) and the package versions
+    go into the header as JSON.
+    """
+    arrays, tied = _dedupe(model, "model.")
+    header: dict[str, Any] = {
+        "format": "asg-checkpoint",
+        "version": 1,
+        "tied": tied,
+        "metadata": _jsonable(metadata),
+        "versions": _versions(),
+    }
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        for index, entry in sd["state"].items():
+            for name, value in entry.items():
+                arrays[f"optimizer.{index}.{name}"] = np.asarray(value)
+        header["optimizer"] = {
+            "type": type(optimizer).__name__,
+            "param_groups": _jsonable(sd["param_groups"]),
+        }
+    if scheduler is not None:
+        header["scheduler"] = {"type": type(scheduler).__name__, "state": _jsonable(scheduler.state_dict())}
+    save_state_dict(arrays, path, {_CHECKPOINT_KEY: json.dumps(header)})
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    model: Module,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Restore what :func:`save_checkpoint` wrote; returns its metadata (plus ``"versions"``)."""
+    where = os.fspath(path)
+    raw = _read_metadata(path).get(_CHECKPOINT_KEY)
+    if raw is None:
+        raise ValueError(f"{where}: not an asg checkpoint (no {_CHECKPOINT_KEY!r} entry in the header)")
+    try:
+        header = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: the checkpoint header is not valid JSON ({err})") from None
+    if not isinstance(header, dict) or header.get("format") != "asg-checkpoint" or header.get("version") != 1:
+        raise ValueError(f"{where}: unsupported checkpoint header (format/version): {str(header)[:200]}")
+    arrays = load_state_dict(path)
+    weights = {k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")}
+    for alias, stored in header.get("tied", {}).items():
+        weights[alias[len("model.") :]] = arrays[stored]
+    try:
+        model.load_state_dict(weights, strict=strict)
+    except (KeyError, ValueError) as err:
+        raise type(err)(f"{where}: {err}") from None
+    if optimizer is not None:
+        if "optimizer" not in header:
+            raise ValueError(f"{where}: the checkpoint holds no optimizer state")
+        saved_type = header["optimizer"]["type"]
+        if saved_type != type(optimizer).__name__:
+            raise ValueError(
+                f"{where}: the checkpoint holds {saved_type} state, not {type(optimizer).__name__}"
+            )
+        state: dict[int, dict[str, np.ndarray]] = {}
+        for k, v in arrays.items():
+            if k.startswith("optimizer."):
+                _, index, name = k.split(".", 2)
+                state.setdefault(int(index), {})[name] = v
+        optimizer.load_state_dict({"state": state, "param_groups": header["optimizer"]["param_groups"]})
+    if scheduler is not None:
+        if "scheduler" not in header:
+            raise ValueError(f"{where}: the checkpoint holds no scheduler state")
+        scheduler.load_state_dict(header["scheduler"]["state"])
+    return {**header.get("metadata", {}), "versions": header.get("versions", {})}

@@ -1,0 +1,616 @@
+"""One-call training steps, an inference function, and ``fit``, a Keras-shaped training loop.
+
+:func:`compile_train_step` builds one graph holding the forward pass, the loss, the gradients,
+optional clipping, the optimizer update and every layer's state update (BatchNorm statistics, dropout
+streams), and compiles it once: ``loss = step(x, y)``. Input shapes come from ``inputs=`` or from the
+first batch (its first dimension made symbolic, so a smaller last batch reuses the graph).
+
+Example:
+    >>> import numpy as np
+    >>> from asg import nn
+    >>> nn.init.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1))
+    >>> opt = nn.optim.Adam(model.parameters(), lr=0.05)
+    >>> step = nn.compile_train_step(model, nn.MSELoss(), opt)
+    >>> x = np.random.default_rng(0).normal(size=(64, 2)).astype("float32")
+    >>> y = x[:, :1] * x[:, 1:]
+    >>> losses = [step(x, y) for _ in range(100)]
+    >>> losses[-1] < 0.2 * losses[0]
+    True
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+import asg.core as ag
+
+from .module import Module, capture_updates
+from .optim import Optimizer, clip_grad_norm, clip_grad_value
+
+__all__ = [
+    "CSVLogger",
+    "Callback",
+    "EarlyStopping",
+    "History",
+    "InferenceFunction",
+    "LRSchedulerCallback",
+    "ModelCheckpoint",
+    "TrainStep",
+    "compile_eval_step",
+    "compile_inference",
+    "compile_train_step",
+    "fit",
+]
+
+InputSpec = ag.Tensor | tuple[Sequence[Any], Any]
+
+
+def _inputs_from(
+    specs: Sequence[InputSpec] | None, arrays: Sequence[np.ndarray], names: Sequence[str]
+) -> list[ag.Tensor]:
+    """Graph inputs from explicit specs, or from example arrays with a symbolic batch dimension."""
+    if specs is not None:
+        out = []
+        for name, spec in zip(names, specs, strict=False):
+            if isinstance(spec, ag.Tensor):
+                out.append(spec)
+            else:
+                shape, dtype = spec
+                out.append(ag.input(name, tuple(shape), dtype))
+        return out
+    out = []
+    for name, a in zip(names, arrays, strict=True):
+        a = np.asarray(a)
+        dtype = "float32" if a.dtype.kind == "f" else "int64" if a.dtype.kind in "iu" else a.dtype.name
+        shape = ("B", *a.shape[1:]) if a.ndim else ()
+        out.append(ag.input(name, shape, dtype))
+    return out
+
+
+class _Mode:
+    """Build a graph with the model in a given mode, restoring each module's mode afterwards."""
+
+    def __init__(self, model: Module, training: bool) -> None:
+        self.model, self.training = model, training
+
+    def __enter__(self) -> None:
+        self.saved = [(m, m.training) for m in self.model.modules()]
+        self.model.train(self.training)
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mode in self.saved:
+            object.__setattr__(m, "training", mode)
+
+
+class TrainStep:
+    """A compiled training step: ``loss = step(*inputs, target)`` updates the model and optimizer in place.
+
+    Attributes:
+        function: the compiled :class:`asg.core.Function` (built at the first call without ``inputs=``).
+        outputs: the model's outputs of the last call (numpy), when built with ``return_outputs=True``.
+        grad_norm: the total gradient norm of the last call (with ``clip_grad_norm``), before clipping.
+    """
+
+    def __init__(
+        self,
+        model: Module,
+        loss_fn: Callable[..., ag.Tensor],
+        optimizer: Optimizer,
+        inputs: Sequence[InputSpec] | None = None,
+        clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None,
+        return_outputs: bool = False,
+        **compile_options: Any,
+    ) -> None:
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.clip_norm, self.clip_value = clip_grad_norm, clip_grad_value
+        self.return_outputs = return_outputs
+        self.compile_options = compile_options
+        self.function: ag.Function | None = None
+        self.outputs: Any = None
+        self.grad_norm: float | None = None
+        self._specs = inputs
+        if inputs is not None:
+            self._build(None, len(inputs))
+
+    def _build(self, arrays: Sequence[np.ndarray] | None, count: int) -> None:
+        names = [f"input{i}" for i in range(count - 1)] + ["target"]
+        if count == 2:
+            names = ["x", "target"]
+        xs = _inputs_from(self._specs, arrays or [], names)
+        with _Mode(self.model, True), capture_updates() as state_updates:
+            out = self.model(*xs[:-1])
+            loss = self.loss_fn(out, xs[-1])
+        if not isinstance(loss, ag.Tensor) or loss.ndim != 0:
+            raise ValueError(
+                f"compile_train_step: the loss function must return a scalar Tensor, got {loss!r} "
+                "(use reduction='mean' or 'sum')"
+            )
+        params = self.optimizer.params
+        grads = ag.grad(loss, params)
+        extra: list[ag.Tensor] = []
+        if self.clip_value is not None:
+            grads = clip_grad_value(grads, self.clip_value)
+        if self.clip_norm is not None:
+            grads, norm = clip_grad_norm(grads, self.clip_norm)
+            extra.append(norm)
+        updates = {**state_updates, **self.optimizer.updates(grads)}
+        outs = [loss, *extra]
+        if self.return_outputs:
+            outs.append(out)
+        self.function = ag.compile(outs, inputs=xs, updates=updates, **self.compile_options)
+
+    def __call__(self, *batch: Any) -> float:
+        if len(batch) < 2:
+            raise TypeError(
+                f"a training step takes the model inputs and the target, got {len(batch)} array(s)"
+            )
+        if self.function is None:
+            self._build([np.asarray(b) for b in batch], len(batch))
+        results = self.function(*batch)
+        loss = float(results[0])
+        i = 1
+        if self.clip_norm is not None:
+            self.grad_norm = float(results[i])
+            i += 1
+        if self.return_outputs:
+            self.outputs = results[i]
+        return loss
+
+
+def compile_train_step(
+    model: Module,
+    loss_fn: Callable[..., ag.Tensor],
+    optimizer: Optimizer,
+    inputs: Sequence[InputSpec] | None = None,
+    *,
+    clip_grad_norm: float | None = None,
+    clip_grad_value: float | None = None,
+    return_outputs: bool = False,
+    **compile_options: Any,
+) -> TrainStep:
+    """One compiled training step: forward, loss, gradients, clipping and the optimizer update.
+
+    Args:
+        model: called on every batch array but the last (the target).
+        loss_fn: ``loss_fn(model_output, target) -> scalar Tensor`` (a loss module works).
+        optimizer: an :mod:`asg.nn.optim` optimizer over (some of) the model's parameters.
+        inputs: ``[ag.input(...), ...]`` or ``[(shape, dtype), ...]``, target last; default: taken
+            from the first batch with a symbolic batch dimension.
+        clip_grad_norm, clip_grad_value: clip inside the compiled step (the norm is ``step.grad_norm``).
+        compile_options: passed to :func:`asg.core.compile` (``backend=``, ...).
+
+    Returns:
+        A :class:`TrainStep`; ``step(x, y)`` returns the loss as a float.
+    """
+    return TrainStep(
+        model,
+        loss_fn,
+        optimizer,
+        inputs,
+        clip_grad_norm=clip_grad_norm,
+        clip_grad_value=clip_grad_value,
+        return_outputs=return_outputs,
+        **compile_options,
+    )
+
+
+class InferenceFunction:
+    """The model in eval mode compiled without gradient nodes: ``outputs = infer(*inputs)``."""
+
+    def __init__(
+        self,
+        model: Module,
+        inputs: Sequence[InputSpec] | None = None,
+        loss_fn: Callable[..., ag.Tensor] | None = None,
+        **compile_options: Any,
+    ) -> None:
+        self.model, self.loss_fn, self.compile_options = model, loss_fn, compile_options
+        self._specs = inputs
+        self.function: ag.Function | None = None
+        if inputs is not None:
+            self._build(None, len(inputs))
+
+    def _build(self, arrays: Sequence[np.ndarray] | None, count: int) -> None:
+        if self.loss_fn is not None:
+            names = ["x", "target"] if count == 2 else [f"input{i}" for i in range(count - 1)] + ["target"]
+        else:
+            names = ["x"] if count == 1 else [f"input{i}" for i in range(count)]
+        xs = _inputs_from(self._specs, arrays or [], names)
+        with _Mode(self.model, False), capture_updates():
+            if self.loss_fn is None:
+                out = self.model(*xs)
+                outs = list(out) if isinstance(out, (tuple, list)) else out
+            else:
+                out = self.model(*xs[:-1])
+                outs = [self.loss_fn(out, xs[-1]), out]
+        self.function = ag.compile(outs, inputs=xs, **self.compile_options)
+
+    def __call__(self, *arrays: Any) -> Any:
+        if self.function is None:
+            self._build([np.asarray(a) for a in arrays], len(arrays))
+        return self.function(*arrays)
+
+
+def compile_inference(
+    model: Module, inputs: Sequence[InputSpec] | None = None, **compile_options: Any
+) -> InferenceFunction:
+    """The model's forward pass in eval mode, compiled with no gradient or update nodes.
+
+    >>> import numpy as np
+    >>> from asg import nn
+    >>> model = nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5))
+    >>> infer = nn.compile_inference(model)
+    >>> infer(np.ones((4, 3), "float32")).shape
+    (4, 2)
+    >>> sorted(infer.function.graph.op_counts())
+    ['add', 'input', 'matmul', 'parameter', 'transpose']
+    """
+    return InferenceFunction(model, inputs, **compile_options)
+
+
+def compile_eval_step(
+    model: Module,
+    loss_fn: Callable[..., ag.Tensor],
+    inputs: Sequence[InputSpec] | None = None,
+    **compile_options: Any,
+) -> InferenceFunction:
+    """Eval-mode ``[loss, outputs] = f(*inputs, target)``, with no gradients (what ``fit`` validates with)."""
+    return InferenceFunction(model, inputs, loss_fn, **compile_options)
+
+
+# --------------------------------------------------------------------------- callbacks
+class Callback:
+    """Base class of ``fit`` callbacks (Keras' protocol); every hook receives the ``logs`` dict.
+
+    ``self.trainer`` is the running :class:`_Trainer` (``trainer.model``, ``trainer.optimizer``,
+    ``trainer.stop_training``, ``trainer.history``).
+    """
+
+    trainer: Any = None
+
+    def set_trainer(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, logs: dict[str, Any]) -> None: ...
+    def on_train_end(self, logs: dict[str, Any]) -> None: ...
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None: ...
+    def on_batch_begin(self, batch: int, logs: dict[str, Any]) -> None: ...
+    def on_batch_end(self, batch: int, logs: dict[str, Any]) -> None: ...
+
+
+class History(Callback):
+    """Per-epoch values of every logged metric: ``history.history["loss"]``, ``["val_loss"]`` ..."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(v)
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+
+def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if best is None:
+        return not math.isnan(value)
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+class EarlyStopping(Callback):
+    """Stop training when ``monitor`` has not improved for ``patience`` epochs; optionally restore the best weights.
+
+    ``stopper``: any object with ``step(value, state=callable) -> bool`` and ``restore()`` (asg-data's
+    ``EarlyStopping`` fits) takes over the decision, with no import of asg-data here.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 5,
+        min_delta: float = 0.0,
+        mode: str = "min",
+        restore_best_weights: bool = False,
+        stopper: Any = None,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"EarlyStopping: mode must be 'min' or 'max', got {mode!r}")
+        self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode
+        self.restore_best_weights, self.stopper = restore_best_weights, stopper
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.wait = 0
+        self._best_state: dict[str, np.ndarray] | None = None
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if self.monitor not in logs:
+            raise KeyError(
+                f"EarlyStopping: monitor {self.monitor!r} is not logged; logged values: {', '.join(logs)}"
+            )
+        value = float(logs[self.monitor])
+        model = self.trainer.model
+        if self.stopper is not None:
+            stop = bool(self.stopper.step(value, state=model.state_dict))
+        else:
+            if _improved(value, self.best, self.mode, self.min_delta):
+                self.best, self.best_epoch, self.wait = value, epoch, 0
+                if self.restore_best_weights:
+                    self._best_state = model.state_dict()
+            else:
+                self.wait += 1
+            stop = self.wait >= self.patience
+        if stop:
+            self.stopped_epoch = epoch
+            self.trainer.stop_training = True
+
+    def on_train_end(self, logs: dict[str, Any]) -> None:
+        if not self.restore_best_weights:
+            return
+        if self.stopper is not None:
+            best = self.stopper.restore()
+            if best is not None:
+                self.trainer.model.load_state_dict(best)
+        elif self._best_state is not None:
+            self.trainer.model.load_state_dict(self._best_state)
+
+
+class LRSchedulerCallback(Callback):
+    """Step an LR scheduler after every epoch (``interval="epoch"``) or every batch (``"batch"``)."""
+
+    def __init__(self, scheduler: Any, interval: str = "epoch") -> None:
+        if interval not in ("epoch", "batch"):
+            raise ValueError(f"LRSchedulerCallback: interval must be 'epoch' or 'batch', got {interval!r}")
+        self.scheduler, self.interval = scheduler, interval
+
+    def on_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        if self.interval == "batch":
+            self.scheduler.step()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        logs["lr"] = float(self.scheduler.get_last_lr()[0])
+        if self.interval == "epoch":
+            self.scheduler.step()
+
+
+class ModelCheckpoint(Callback):
+    """Save a checkpoint (weights, optimizer, schedulers, metadata) after each epoch, atomically.
+
+    ``path`` may hold ``{epoch}`` and logged names (``"ckpt-{epoch:03d}-{val_loss:.3f}.safetensors"``).
+    With ``save_best_only`` a file is written only when ``monitor`` improves.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        monitor: str = "val_loss",
+        mode: str = "min",
+        save_best_only: bool = False,
+        scheduler: Any = None,
+    ) -> None:
+        self.path, self.monitor, self.mode = os.fspath(path), monitor, mode
+        self.save_best_only, self.scheduler = save_best_only, scheduler
+        self.best: float | None = None
+        self.saved: list[str] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        from .serialization import save_checkpoint
+
+        if self.save_best_only:
+            value = logs.get(self.monitor)
+            if value is None:
+                raise KeyError(
+                    f"ModelCheckpoint: monitor {self.monitor!r} is not logged; logged: {', '.join(logs)}"
+                )
+            if not _improved(float(value), self.best, self.mode, 0.0):
+                return
+            self.best = float(value)
+        path = self.path.format(epoch=epoch, **logs)
+        save_checkpoint(
+            path,
+            self.trainer.model,
+            self.trainer.optimizer,
+            self.scheduler,
+            epoch=epoch,
+            step=self.trainer.global_step,
+            metrics=dict(logs),
+        )
+        self.saved.append(path)
+
+
+class CSVLogger(Callback):
+    """Append one row per epoch (epoch and every logged value) to a CSV file."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._keys: list[str] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        new = self._keys is None
+        if new:
+            self._keys = list(logs)
+        with open(self.path, "a" if not new else "w", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["epoch", *self._keys])
+            writer.writerow([epoch, *(logs.get(k, "") for k in self._keys)])
+
+
+# --------------------------------------------------------------------------- fit
+class _MetricSet:
+    """Per-epoch accumulation of metrics: objects with reset/update/compute, or f(y_true, y_pred) averaged."""
+
+    def __init__(self, metrics: Mapping[str, Any] | Sequence[Any] | None) -> None:
+        if metrics is None:
+            items: list[tuple[str, Any]] = []
+        elif isinstance(metrics, Mapping):
+            items = list(metrics.items())
+        else:
+            items = [(getattr(m, "__name__", type(m).__name__).lower(), m) for m in metrics]
+        self.items = items
+
+    def reset(self) -> None:
+        self.sums = {name: 0.0 for name, _ in self.items}
+        self.count = 0
+        for _, m in self.items:
+            if hasattr(m, "update") and hasattr(m, "reset"):
+                m.reset()
+
+    def update(self, y_true: np.ndarray, y_pred: np.ndarray) -> None:
+        n = len(y_true) if np.ndim(y_true) else 1
+        self.count += n
+        for name, m in self.items:
+            if hasattr(m, "update") and hasattr(m, "compute"):
+                m.update(y_true, y_pred)
+            else:
+                self.sums[name] += float(m(y_true, y_pred)) * n
+
+    def compute(self) -> dict[str, float]:
+        out = {}
+        for name, m in self.items:
+            if hasattr(m, "update") and hasattr(m, "compute"):
+                out[name] = float(m.compute())
+            else:
+                out[name] = self.sums[name] / max(self.count, 1)
+        return out
+
+
+class _Trainer:
+    def __init__(self, model: Module, optimizer: Optimizer, history: History) -> None:
+        self.model, self.optimizer, self.history = model, optimizer, history
+        self.stop_training = False
+        self.global_step = 0
+
+
+def _split(batch: Any) -> tuple[Any, ...]:
+    if isinstance(batch, Mapping):
+        return tuple(batch.values())
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch)
+    raise TypeError(f"fit: a batch must be a tuple (inputs..., target), got {type(batch).__name__}")
+
+
+def fit(
+    model: Module,
+    loss: Callable[..., ag.Tensor],
+    optimizer: Optimizer,
+    train_batches: Iterable[Any],
+    epochs: int = 1,
+    val_batches: Iterable[Any] | None = None,
+    metrics: Mapping[str, Any] | Sequence[Any] | None = None,
+    callbacks: Sequence[Callback] | None = None,
+    *,
+    progress: bool | None = None,
+    clip_grad_norm: float | None = None,
+    step: TrainStep | None = None,
+    **compile_options: Any,
+) -> History:
+    """Train ``model`` for ``epochs`` over ``train_batches`` (any re-iterable of ``(inputs..., target)``).
+
+    Each epoch logs ``loss`` (the sample-weighted mean over the epoch), each metric, and with
+    ``val_batches`` ``val_loss`` and ``val_<metric>``, computed in eval mode with no gradients.
+    Metrics are objects with ``reset/update(y_true, y_pred)/compute`` or functions
+    ``f(y_true, y_pred) -> float`` (asg-data's metrics are both kinds). A tqdm progress bar shows loss,
+    metrics and throughput when stderr is a terminal (``progress=`` forces it on or off).
+
+    Returns:
+        the :class:`History` (also the first callback every hook reaches).
+    """
+    from tqdm.auto import tqdm
+
+    history = History()
+    trainer = _Trainer(model, optimizer, history)
+    cbs: list[Callback] = [history, *(callbacks or [])]
+    for cb in cbs:
+        cb.set_trainer(trainer)
+    metric_set = _MetricSet(metrics)
+    want_outputs = bool(metric_set.items)
+    train_step = step or TrainStep(
+        model, loss, optimizer, clip_grad_norm=clip_grad_norm, return_outputs=want_outputs, **compile_options
+    )
+    evaluate = compile_eval_step(model, loss, **compile_options) if val_batches is not None else None
+    show = sys.stderr.isatty() if progress is None else progress
+    logs: dict[str, Any] = {}
+    for cb in cbs:
+        cb.on_train_begin(logs)
+    for epoch in range(epochs):
+        for cb in cbs:
+            cb.on_epoch_begin(epoch, logs)
+        metric_set.reset()
+        total, seen = 0.0, 0
+        start = time.perf_counter()
+        total_batches = len(train_batches) if hasattr(train_batches, "__len__") else None  # type: ignore[arg-type]
+        bar = tqdm(
+            train_batches,
+            total=total_batches,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            disable=not show,
+            leave=True,
+        )
+        for i, batch in enumerate(bar):
+            arrays = _split(batch)
+            batch_logs: dict[str, Any] = {"batch": i, "size": len(arrays[-1])}
+            for cb in cbs:
+                cb.on_batch_begin(i, batch_logs)
+            value = train_step(*arrays)
+            n = len(arrays[-1]) if np.ndim(arrays[-1]) else 1
+            total += value * n
+            seen += n
+            trainer.global_step += 1
+            if want_outputs:
+                metric_set.update(np.asarray(arrays[-1]), np.asarray(train_step.outputs))
+            batch_logs["loss"] = value
+            for cb in cbs:
+                cb.on_batch_end(i, batch_logs)
+            if show:
+                rate = seen / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{total / seen:.4f}", samples_per_s=f"{rate:.0f}")
+        bar.close()
+        if seen == 0:
+            raise ValueError(
+                "fit: train_batches yielded no batches (pass a re-iterable, such as a list or DataLoader)"
+            )
+        logs = {"loss": total / seen, **metric_set.compute()}
+        if evaluate is not None:
+            logs.update(_evaluate(evaluate, val_batches, metric_set))  # type: ignore[arg-type]
+        if show:
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+        for cb in cbs:
+            cb.on_epoch_end(epoch, logs)
+        if trainer.stop_training:
+            break
+    for cb in cbs:
+        cb.on_train_end(logs)
+    return history
+
+
+def _evaluate(
+    evaluate: InferenceFunction, batches: Iterable[Any], metric_set: _MetricSet
+) -> dict[str, float]:
+    metric_set.reset()
+    total, seen = 0.0, 0
+    for batch in batches:
+        arrays = _split(batch)
+        value, out = evaluate(*arrays)
+        n = len(arrays[-1]) if np.ndim(arrays[-1]) else 1
+        total += float(value) * n
+        seen += n
+        if metric_set.items:
+            metric_set.update(np.asarray(arrays[-1]), np.asarray(out))
+    if seen == 0:
+        raise ValueError("fit: val_batches yielded no batches")
+    return {"val_loss": total / seen, **{f"val_{k}": v for k, v in metric_set.compute().items()}}
