@@ -17,10 +17,11 @@ import numpy as np
 
 from .. import ops as ag
 from ..autograd import grad
+from ..graph import Graph, Node
 from ..registry import OPS
 from ..tensor import Tensor, apply, constant
 from . import references as R
-from .check import _inputs, _with_grads, check_op, graph_ops, rand
+from .check import _inputs, check_op, rand
 
 ArrayMaker = np.ndarray | Callable[[], np.ndarray]
 
@@ -106,23 +107,33 @@ class OpCase:
             **self.tol,
         )
 
-    def graph_ops(self, order: int = 2) -> set[str]:
-        """Ops in the graph of this case's value and its gradients up to ``order``, on float32 data.
+    def nodes(self, order: int = 2) -> list[Node]:
+        """The nodes computing this case's value and its gradients up to ``order``, on float32 data.
 
-        >>> sorted(OP_CASES["exp"][0].graph_ops(order=0))
+        The gradients are those of ``sum(out * out)``, so that second-order terms reach every input.
+
+        >>> sorted({n.op for n in OP_CASES["exp"][0].nodes(order=0)})
         ['exp', 'input']
         """
         arrays = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in self.arrays()]
         xs = _inputs(arrays)
-        outputs = [self.fn(*xs)]
+        out = self.fn(*xs)
+        outputs = [out]
         floats = [x for x in xs if x.dtype.startswith("float")]
-        if order and floats and outputs[0].dtype.startswith("float"):
-            first = _with_grads(self.fn, xs, None)[1:]
+        if order and floats and out.dtype.startswith("float"):
+            first = grad((out * out).sum(), floats)
             outputs += first
             if order >= 2:
-                second = sum(((g * g).sum() for g in first), start=constant(np.float32(0)))
-                outputs += grad(second, floats)
-        return graph_ops(*outputs)
+                outputs += grad(sum(((g * g).sum() for g in first), start=constant(np.float32(0))), floats)
+        return Graph([t.node for t in outputs]).nodes
+
+    def graph_ops(self, order: int = 2) -> set[str]:
+        """Names of the ops in :meth:`nodes`.
+
+        >>> "max_pool2d_gather" in OP_CASES["max_pool2d"][0].graph_ops(order=2)
+        True
+        """
+        return {n.op for n in self.nodes(order)}
 
     def __repr__(self) -> str:
         return f"OpCase({self.id})"
@@ -449,7 +460,7 @@ _add(
 )
 _add(
     "transpose",
-    lambda x: x.transpose(1, 0, 2),
+    lambda x: x.permute(1, 0, 2),
     X3,
     ref=lambda x: x.transpose(1, 0, 2),
     torch_fn=lambda t: t.permute(1, 0, 2),
@@ -577,6 +588,117 @@ _add(
     torch_fn=lambda x: x * x.detach(),
     order=0,
 )
+
+_GATHER_IDX = np.array([[2, 0, 2], [1, 1, 0]])
+_add(
+    "gather",
+    lambda x, i: ag.gather(x, 1, i),
+    rand(2, 4, seed=45),
+    _GATHER_IDX,  # repeated ids: their gradients accumulate (gather_backward)
+    ref=lambda x, i: np.take_along_axis(x, i, 1),
+    torch_fn=lambda x, i: T.gather(x, 1, i),
+    covers=("gather_backward",),
+)
+_add(
+    "gather",
+    lambda x, i: ag.gather(x, 0, i),
+    rand(3, 3, seed=46),
+    np.array([[2, 0, 1], [0, 0, 2]]),  # smaller than x on the other axis is allowed
+    ref=lambda x, i: np.take_along_axis(x, i, 0),
+    torch_fn=lambda x, i: T.gather(x, 0, i),
+    name="dim0",
+)
+_add(
+    "gather_backward",
+    lambda g: apply("gather_backward", g, constant(_GATHER_IDX), axis=1, shape=(2, 4)),
+    rand(2, 3, seed=47),
+    ref=lambda g: np.stack([np.bincount(_GATHER_IDX[r], weights=g[r], minlength=4) for r in range(2)]),
+)
+_add(
+    "take",
+    lambda x, i: ag.take(x, i, axis=0),
+    rand(4, 3, seed=48),
+    np.array([[3, 0], [3, 1]]),
+    ref=lambda x, i: np.take(x, i, axis=0),
+    covers=("index_select_backward",),
+)
+_add(
+    "take",
+    lambda x: ag.take(x, np.array([5, 0, 5])),
+    rand(2, 3, seed=49),
+    ref=lambda x: np.take(x, [5, 0, 5]),
+    name="flat",
+)
+for _k in (0, 1, -1):
+    for _op in ("tril", "triu"):
+        _add(
+            _op,
+            lambda x, k=_k, o=_op: getattr(ag, o)(x, k),
+            rand(2, 3, 4, seed=50),
+            ref=lambda x, k=_k, o=_op: getattr(np, o)(x, k),
+            torch_fn=lambda x, k=_k, o=_op: getattr(T, o)(x, k),
+            name=f"k{_k}",
+        )
+_add(
+    "tril",
+    lambda x: ag.where(ag.causal_mask(3), x, 0.0),
+    rand(3, 3, seed=51),
+    ref=lambda x: np.tril(x),
+    name="causal_mask",
+)
+for _start, _stop, _step in [(5, None, 1), (2, 9, 3), (4, -3, -2)]:
+    _add(
+        "arange",
+        lambda x, a=_start, b=_stop, c=_step: x + ag.arange(a, b, c).astype(x.dtype),
+        rand(seed=52),
+        ref=lambda x, a=_start, b=_stop, c=_step: x + (np.arange(a) if b is None else np.arange(a, b, c)),
+        name=f"{_start}_{_stop}_{_step}",
+    )
+_add(
+    "arange",
+    lambda x: ag.arange(x.shape[0]),
+    np.zeros((4, 2), np.int64),
+    ref=lambda x: np.arange(4),
+    name="dim",
+)
+_add(
+    "masked_fill",
+    lambda x, m: ag.masked_fill(x, m, -1.5),
+    rand(2, 3, seed=53),
+    np.array([True, False, True]),  # broadcasts against x
+    ref=lambda x, m: np.where(m, -1.5, x),
+    torch_fn=lambda x, m: x.masked_fill(m, -1.5),
+)
+for _sizes in (2, [1, 3]):
+    _add(
+        "split",
+        lambda x, s=_sizes: ag.concat([p * (i + 1.0) for i, p in enumerate(ag.split(x, s, axis=-1))], -1),
+        rand(2, 4, seed=54),
+        ref=lambda x, s=_sizes: np.concatenate(
+            [
+                p * (i + 1.0)
+                for i, p in enumerate(np.split(x, np.cumsum([s] * 2 if isinstance(s, int) else s)[:-1], -1))
+            ],
+            -1,
+        ),
+        name=f"sizes{_sizes}".replace(" ", ""),
+    )
+_add(
+    "chunk",
+    lambda x: ag.chunk(x, 3, axis=0)[1] * 2.0,
+    rand(5, 2, seed=55),
+    ref=lambda x: x[2:4] * 2.0,
+    torch_fn=lambda x: T.chunk(x, 3, 0)[1] * 2.0,
+)
+for _axis, _reverse in [(-1, False), (0, True)]:
+    _add(
+        "cumsum",
+        lambda x, a=_axis, r=_reverse: ag.cumsum(x, a, reverse=r),
+        X3,
+        ref=lambda x, a=_axis, r=_reverse: np.flip(np.cumsum(np.flip(x, a), a), a) if r else np.cumsum(x, a),
+        torch_fn=(lambda x, a=_axis: T.cumsum(x, a)) if not _reverse else None,
+        name=f"axis{_axis}" + ("_reverse" if _reverse else ""),
+    )
 
 # ============================================================================= linear algebra
 MATMUL_SHAPES = [
@@ -816,6 +938,101 @@ _add(
     torch_fn=lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True, eps=1e-3),
     name="training_4d",
 )
+
+# ============================================================================= optimizer updates
+# References: the single-tensor formulas of torch.optim (SGD, Adam/AdamW, RMSprop), in float64.
+# The updates are not differentiable (order=0); every backend must agree on each output.
+_P, _G, _M, _V = rand(2, 3, seed=80), rand(2, 3, seed=81), rand(2, 3, seed=82), rand(2, 3, seed=83, low=0.1)
+_STEP, _LR = np.array(3.0), np.array(0.05)
+
+
+def _sgd_ref(p, g, buf, step, lr, momentum=0.9, weight_decay=0.01, nesterov=True, output="param"):
+    g = g + weight_decay * p
+    buf = g if step == 1 else momentum * buf + g
+    if output == "momentum_buffer":
+        return buf
+    return p - lr * (g + momentum * buf if nesterov else buf)
+
+
+def _adam_ref(p, g, m, v, step, lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.01, decoupled=False, output="param"):
+    if decoupled:
+        p = p * (1 - lr * wd)
+    else:
+        g = g + wd * p
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    if output != "param":
+        return {"exp_avg": m, "exp_avg_sq": v}[output]
+    denom = np.sqrt(v) / np.sqrt(1 - b2**step) + eps
+    return p - lr / (1 - b1**step) * m / denom
+
+
+def _rmsprop_ref(p, g, sq, ga, buf, lr, alpha=0.99, eps=1e-8, momentum=0.5, output="param"):
+    sq = alpha * sq + (1 - alpha) * g * g
+    ga = alpha * ga + (1 - alpha) * g
+    buf = momentum * buf + g / (np.sqrt(sq - ga * ga) + eps)
+    return {"param": p - lr * buf, "square_avg": sq, "grad_avg": ga, "momentum_buffer": buf}[output]
+
+
+for _out in ("param", "momentum_buffer"):
+    _add(
+        "sgd_update",
+        lambda p, g, b, s, lr, o=_out: ag.optim.sgd_update(
+            p, g, b, s, lr=lr, momentum=0.9, weight_decay=0.01, nesterov=True
+        )[o],
+        _P,
+        _G,
+        _M,
+        _STEP,
+        _LR,
+        ref=lambda p, g, b, s, lr, o=_out: _sgd_ref(p, g, b, s, lr, output=o),
+        name=_out,
+        order=0,
+    )
+_add(
+    "sgd_update",
+    lambda p, g, lr: ag.optim.sgd_update(p, g, lr=lr)["param"],
+    _P,
+    _G,
+    _LR,
+    ref=lambda p, g, lr: p - lr * g,
+    name="plain",
+    order=0,
+)
+for _out, _decoupled in [("param", False), ("param", True), ("exp_avg", False), ("exp_avg_sq", False)]:
+    _add(
+        "adam_update",
+        lambda p, g, m, v, s, lr, o=_out, d=_decoupled: ag.optim.adam_update(
+            p, g, m, v, s, lr=lr, weight_decay=0.01, decoupled_weight_decay=d
+        )[o],
+        _P,
+        _G,
+        _M,
+        _V,
+        _STEP,
+        _LR,
+        ref=lambda p, g, m, v, s, lr, o=_out, d=_decoupled: _adam_ref(
+            p, g, m, v, s, lr, decoupled=d, output=o
+        ),
+        name=_out + ("_decoupled" if _decoupled else ""),
+        order=0,
+    )
+for _out in ("param", "square_avg", "grad_avg", "momentum_buffer"):
+    _add(
+        "rmsprop_update",
+        lambda p, g, sq, ga, b, lr, o=_out: ag.optim.rmsprop_update(
+            p, g, sq, ga, b, lr=lr, momentum=0.5, centered=True
+        )[o],
+        _P,
+        _G,
+        _V + 1.0,
+        _M * 0.1,
+        _M,
+        _LR,
+        ref=lambda p, g, sq, ga, b, lr, o=_out: _rmsprop_ref(p, g, sq, ga, b, lr, output=o),
+        name=_out,
+        order=0,
+    )
 
 # ============================================================================= random
 _KEY = np.int64(-1234567890123)

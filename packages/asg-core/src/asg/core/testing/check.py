@@ -253,11 +253,16 @@ def _as_float(a: np.ndarray, dtype: type) -> np.ndarray:
 def _assert_same(got: np.ndarray, want: np.ndarray, rtol: float, atol: float, what: str) -> None:
     got = np.asarray(got)
     assert got.shape == want.shape, f"{what}: shape {got.shape} != expected {want.shape}"
-    if got.dtype.kind in "biu" or want.dtype.kind in "biu":
+    exact = got.dtype.kind in "biu" or want.dtype.kind in "biu"
+    if exact:
         assert got.dtype.kind == want.dtype.kind, f"{what}: dtype {got.dtype} != expected {want.dtype}"
-        np.testing.assert_array_equal(got, want, err_msg=what)
-    else:
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=what)
+    try:
+        if exact:
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+    except AssertionError as err:
+        raise AssertionError(f"{what}: {str(err).strip()}") from None
 
 
 def graph_ops(*tensors: Tensor) -> set[str]:

@@ -10,8 +10,8 @@ from ..registry import OPS
 
 @contextmanager
 def scratch_ops() -> Iterator[None]:
-    """Ops defined inside the block are removed at its end; kernels and traits added to existing ops
-    are restored. Use it for every op a test defines only to exercise the machinery.
+    """Ops defined inside the block are removed at its end; the kernels, lowerings and traits of the
+    other ops are restored. Use it for every op a test defines only to exercise the machinery.
 
     Example:
         >>> import numpy as np
@@ -26,6 +26,7 @@ def scratch_ops() -> Iterator[None]:
     before = dict(OPS)
     kernels = {name: dict(op.kernels) for name, op in before.items()}
     traits = {name: op.traits for name, op in before.items()}
+    lowerings = {name: dict(getattr(op, "lowerings", {})) for name, op in before.items()}
     try:
         yield
     finally:
@@ -36,3 +37,6 @@ def scratch_ops() -> Iterator[None]:
             op.kernels.clear()
             op.kernels.update(kernels[name])
             op.traits = traits[name]
+            if hasattr(op, "lowerings"):
+                op.lowerings.clear()
+                op.lowerings.update(lowerings[name])
