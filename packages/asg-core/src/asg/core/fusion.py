@@ -175,6 +175,8 @@ class _Groups:
         self.users = graph.users()
         self.parent = {n.id: n.id for n in graph.nodes}
         self.members: dict[int, list[Node]] = {n.id: [n] for n in graph.nodes}
+        # Members read by nodes outside the group: the only ones a path can leave the group through.
+        self.frontier: dict[int, list[Node]] = {n.id: [n] if self.users[n.id] else [] for n in graph.nodes}
         self.role = {n.id: _role(n) for n in graph.nodes}
         self.anchor: dict[int, Node | None] = {
             n.id: n if self.role[n.id] not in (None, _ELEMENTWISE) else None for n in graph.nodes
@@ -213,9 +215,16 @@ class _Groups:
             return
         if self._path_around(gp, gc):
             return
+        frontier = [
+            n
+            for n in self.frontier[gp] + self.frontier[gc]
+            if any(self.find(u.id) not in (gp, gc) for u in self.users[n.id])
+        ]
         small, big = sorted((gp, gc), key=lambda r: len(self.members[r]))
         self.parent[small] = big
         self.members[big] += self.members.pop(small)
+        del self.frontier[small]
+        self.frontier[big] = frontier
         self.anchor[big] = self.anchor[big] or self.anchor[small]
         del self.anchor[small]
 
@@ -251,7 +260,7 @@ class _Groups:
         """True when a path leads from group ``gp`` to group ``gc`` through some other group or node."""
         visited = {gp, gc}
         stack: list[int] = []
-        for n in self.members[gp]:
+        for n in self.frontier[gp]:
             for u in self.users[n.id]:
                 g = self.find(u.id)
                 if g not in visited:
@@ -259,7 +268,7 @@ class _Groups:
                     stack.append(g)
         while stack:
             g = stack.pop()
-            for n in self.members[g]:
+            for n in self.frontier[g]:
                 for u in self.users[n.id]:
                     h = self.find(u.id)
                     if h == gc:
