@@ -8,6 +8,7 @@ import importlib
 import keyword
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,3 +254,13 @@ def test_printing_and_errors_take_linear_time_on_a_20000_node_graph():
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module), extraglobs={"np": np})
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_readme_names_section_runs(capsys):
+    readme = Path(__file__).parents[2] / "packages" / "asg-core" / "README.md"
+    section = readme.read_text().split("## Names, scopes and graph JSON", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    expected = [line[2:] for line in code.splitlines() if line.startswith("# ")]
+    assert printed.splitlines() == expected
