@@ -217,11 +217,11 @@ def asg_gpt(
         names = (f"{p}.att.in_proj_weight", f"{p}.att.in_proj_bias")
         qkv = linear(m, rng, h, "", d, 3 * d, names=names)  # (B, T, 3d): q, k, v
         q, k, v = (
-            qkv[:, :, j * d : (j + 1) * d].reshape(batch, seq, heads, hd).transpose(0, 2, 1, 3)
+            qkv[:, :, j * d : (j + 1) * d].reshape(batch, seq, heads, hd).permute(0, 2, 1, 3)
             for j in range(3)
         )
-        att = ((q * scale) @ k.transpose(0, 1, 3, 2) + mask).softmax(axis=-1)
-        o = (att @ v).transpose(0, 2, 1, 3).reshape(batch, seq, d)
+        att = ((q * scale) @ k.transpose(-2, -1) + mask).softmax(axis=-1)
+        o = (att @ v).permute(0, 2, 1, 3).reshape(batch, seq, d)
         x = x + linear(m, rng, o, f"{p}.att.out_proj", d, d)
         h = ln(m, x, f"{p}.ln2")
         h = ag.gelu(linear(m, rng, h, f"{p}.mlp.0", d, 4 * d))

@@ -287,8 +287,15 @@ def test_max_pool2d_backward_and_gather_are_each_others_gradient():
     x = rand(1, 2, 5, 5, seed=14)
     g, h = rand(1, 2, 3, 3, seed=15), rand(1, 2, 5, 5, seed=16)
     # Linear in the second operand; x only chooses positions (zero gradient).
-    check_op(lambda a, b: ag.apply("max_pool2d_backward", ag.constant(x), b, **attrs), x, g, order=2)
-    check_op(lambda a, b: ag.apply("max_pool2d_gather", ag.constant(x), b, **attrs), x, h, order=2)
+    check_op(
+        lambda a, b: ag.apply("max_pool2d_backward", ag.constant(x.astype(b.dtype)), b, **attrs),
+        x,
+        g,
+        order=2,
+    )
+    check_op(
+        lambda a, b: ag.apply("max_pool2d_gather", ag.constant(x.astype(b.dtype)), b, **attrs), x, h, order=2
+    )
     # Adjointness: <backward(x, g), h> == <g, gather(x, h)>.
     back = run(lambda a, b: ag.apply("max_pool2d_backward", a, b, **attrs), x, g)
     gathered = run(lambda a, b: ag.apply("max_pool2d_gather", a, b, **attrs), x, h)

@@ -41,14 +41,14 @@ def test_linear_errors():
     w = ag.parameter(np.zeros((10, 128), "float32"), name="fc.weight")
     with pytest.raises(
         ShapeError,
-        match=r"linear: x x \(B, 784\), weight fc.weight \(10, 128\): x has 784 input "
-        r"features but weight expects 128 \(weight is \(out_features, in_features\)\)",
+        match=r"^linear: input x \(B, 784\) float32, weight fc.weight \(10, 128\) float32: the input has "
+        r"784 features but the weight expects 128 \(weight is \(out_features, in_features\)\)$",
     ):
         ag.linear(x, w)
     with pytest.raises(ShapeError, match=r"weight must be 2-d"):
         ag.linear(x, ag.input("v", (784,)))
     w_ok = ag.parameter(np.zeros((10, 784), "float32"), name="w")
-    with pytest.raises(ShapeError, match=r"bias b \(7,\) must have shape \(10,\)"):
+    with pytest.raises(ShapeError, match=r"float32: bias b \(7,\) float32 must have shape \(10,\)$"):
         ag.linear(x, w_ok, ag.parameter(np.zeros(7, "float32"), name="b"))
 
 
@@ -97,8 +97,8 @@ def test_embedding_padding_idx_row_gets_no_gradient_like_torch(padding_idx):
 def test_embedding_errors():
     w = ag.parameter(np.zeros((5, 3), "float32"), name="wte")
     with pytest.raises(
-        ShapeError,
-        match=r"embedding: idx f \(2,\), weight wte \(5, 3\): indices must be int32 or "
+        ag.DTypeError,
+        match=r"embedding: ids f \(2,\) float32, weight wte \(5, 3\) float32: indices must be int32 or "
         r"int64, got float32",
     ):
         ag.embedding(ag.input("f", (2,)), w)
@@ -107,8 +107,25 @@ def test_embedding_errors():
     with pytest.raises(ValueError, match=r"padding_idx 5 is out of range for 5 embeddings"):
         ag.embedding(ag.input("i", (2,), "int64"), w, padding_idx=5)
     f = ag.compile(ag.embedding(ag.input("tokens", (2,), "int64"), w))
-    with pytest.raises(ExecutionError, match=r"index 9 is out of range for axis 0 of size 5"):
+    with pytest.raises(
+        ExecutionError,
+        match=r"IndexError: embedding: id 9 is out of range for axis 0 of size 5 \(valid: 0 to 4\)",
+    ):
         f(np.array([1, 9]))
+
+
+def test_embedding_refuses_negative_ids_as_torch_does():
+    # Regression: id -1 used to read the last row silently (numpy's take); PyTorch raises.
+    w = rand(5, 3, seed=7)
+    f = ag.compile(ag.embedding(ag.input("tokens", ("T",), "int64"), ag.constant(w)))
+    np.testing.assert_array_equal(f(np.array([4, 0])), w[[4, 0]])
+    with pytest.raises(
+        ExecutionError, match=r"embedding: id -1 is out of range for axis 0 of size 5 \(valid: 0 to 4\)"
+    ):
+        f(np.array([2, -1]))
+    if torch is not None:
+        with pytest.raises(IndexError):
+            F.embedding(torch.tensor([2, -1]), torch.tensor(w))
 
 
 def test_docstring_examples_run():

@@ -168,7 +168,9 @@ def test_runtime_kernel_failure_is_wrapped_with_the_node_printout():
     assert message.startswith(
         "while executing rows:f32[N,2] = index_select[axis=0] table idx"
     ) or message.startswith("while executing rows:f32[N,2] = index_select table idx"), message
-    assert "IndexError: index 7 is out of range for axis 0 of size 4" in message
+    assert (
+        "IndexError: index_select: index 7 is out of range for axis 0 of size 4 (valid: -4 to 3)" in message
+    )
     assert "built at" in message and "test_errors.py" in message
     # The plan stays usable after a failure.
     np.testing.assert_array_equal(f(np.ones((4, 2), "float32"), np.array([0])), 2 * np.ones((1, 2)))

@@ -385,8 +385,13 @@ def test_one_hot():
         ag.ShapeError, match=r"one_hot: f \(2,\): indices must be int32 or int64, got float32"
     ):
         ag.one_hot(ag.input("f", (2,)), 3)
-    with pytest.raises(ag.ExecutionError, match=r"class index out of range \[0, 3\): found 0..3"):
+    with pytest.raises(
+        ag.ExecutionError,
+        match=r"IndexError: one_hot: class index 3 is out of range for 3 entries \(valid: 0 to 2\)",
+    ):
         run(lambda i: ag.one_hot(i, 3), np.array([0, 3]))
+    with pytest.raises(ag.ExecutionError, match=r"one_hot: class index -1 is out of range"):
+        run(lambda i: ag.one_hot(i, 3), np.array([0, -1]))
 
 
 def test_full_zeros_ones_and_like():

@@ -18,7 +18,7 @@ from .autograd import grad, hvp, value_and_grad
 from .backends import available_backends, get_backend, register_backend
 from .bundle import load
 from .dtypes import bool_, float16, float32, float64, int32, int64
-from .errors import ASGError, ExecutionError, MissingRuleError, ShapeError
+from .errors import ASGError, DTypeError, ExecutionError, MissingRuleError, ShapeError
 from .function import Function, compile
 from .gradcheck import check_grads, numerical_grad
 from .graph import Graph, Node, Variable
@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "OPS",
     "ASGError",
+    "DTypeError",
     "ExecutionError",
     "Function",
     "Graph",

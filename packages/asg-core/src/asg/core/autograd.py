@@ -10,11 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .dtypes import is_float
-from .errors import MissingRuleError, ShapeError
+from .errors import DTypeError, MissingRuleError, ShapeError
 from .graph import LEAF_OPS, Node, topological_order
 from .registry import get_op, grad_rule
-from .shapes import format_shape
-from .tensor import Tensor
+from .shapes import broadcast_shapes, format_shape
+from .tensor import Tensor, apply
+
+# Autograd sits below the op families (as JAX's ``ad`` sits below ``lax``): it never imports them.
+# The few ops it emits itself are applied by registry name; the op families (``asg.core.ops``)
+# register them, and they import this module for ``grad``.
+
+
+def _full(shape: tuple, value: float, dtype: str) -> Tensor:
+    return apply("full", shape=shape, value=float(value), dtype=dtype)
 
 
 def _accumulate(grads: dict[int, Tensor], node: Node, value: Tensor) -> None:
@@ -24,16 +32,12 @@ def _accumulate(grads: dict[int, Tensor], node: Node, value: Tensor) -> None:
 
 def _fit_to(g: Tensor, x: Node) -> Tensor:
     """Undo broadcasting and dtype changes so the cotangent has exactly ``x``'s type."""
-    from .ops.elementwise import cast
-    from .ops.shape import broadcast_to, sum_to
-    from .shapes import broadcast_shapes
-
     if g.shape != x.shape:
         # A rule may return a cotangent that is broadcast (sum it back) or not yet broadcast.
         grows = g.ndim < x.ndim and broadcast_shapes(g.shape, x.shape) == x.shape
-        g = broadcast_to(g, x.shape) if grows else sum_to(g, x.shape)
+        g = apply("broadcast_to" if grows else "sum_to", g, shape=x.shape)
     if g.dtype != x.dtype:
-        g = cast(g, x.dtype)
+        g = apply("cast", g, dtype=x.dtype)
     return g
 
 
@@ -62,15 +66,13 @@ def grad(
         >>> f(np.array([1.0, 2.0, 3.0]))[0]
         array([2., 4., 6.])
     """
-    from .ops.shape import full, zeros_like
-
     single = isinstance(wrt, Tensor)
     targets = [wrt] if single else list(wrt)
     for t in targets:
         if not isinstance(t, Tensor):
             raise TypeError(f"grad: wrt must hold Tensors, got {type(t).__name__}")
         if not is_float(t.dtype):
-            raise ShapeError(
+            raise DTypeError(
                 f"grad: cannot differentiate with respect to {t.node.label}: its dtype is {t.dtype}"
             )
     if grad_output is None:
@@ -80,10 +82,10 @@ def grad(
                 "(e.g. loss.sum()) or pass grad_output"
             )
         if not is_float(output.dtype):
-            raise ShapeError(
+            raise DTypeError(
                 f"grad: output {output.node.label} has dtype {output.dtype}; it must be floating point"
             )
-        seed = full((), 1.0, output.dtype)
+        seed = _full((), 1.0, output.dtype)
     else:
         if grad_output.shape != output.shape:
             raise ShapeError(
@@ -131,7 +133,7 @@ def grad(
     results = []
     for t in targets:
         g = grads.get(t.node.id)
-        results.append(zeros_like(t) if g is None else g)
+        results.append(_full(t.shape, 0.0, t.dtype) if g is None else g)
     return results
 
 
@@ -149,12 +151,11 @@ def value_and_grad(output: Tensor, wrt: Sequence[Tensor]) -> tuple[Tensor, list[
 
 def hvp(output: Tensor, wrt: Sequence[Tensor], vectors: Sequence[Tensor]) -> list[Tensor]:
     """Hessian-vector product: ``d/dwrt (grad(output, wrt) . vectors)``, by differentiating twice."""
-    from .ops.reduction import sum
-
     first = grad(output, wrt)
     dot = None
     for g, v in zip(first, vectors, strict=True):
-        term = sum(g * v)
+        prod = g * v
+        term = apply("sum", prod, axes=tuple(range(prod.ndim)), keepdims=False)
         dot = term if dot is None else dot + term
     assert dot is not None
     return grad(dot, wrt)

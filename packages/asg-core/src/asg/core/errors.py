@@ -14,6 +14,24 @@ class ShapeError(ASGError, ValueError):
     """
 
 
+class DTypeError(ShapeError):
+    """An op received a tensor of a dtype it cannot take (an int where a float is needed, a
+    non-bool condition, float indices ...). A :class:`ShapeError`, so existing handlers still catch it.
+
+    >>> import asg.core as ag
+    >>> try:
+    ...     ag.exp(ag.input("i", (3,), "int64"))
+    ... except ag.DTypeError as err:
+    ...     print(err)
+    exp: i (3,): expected a floating-point tensor, got int64 (cast it with .astype('float32'))
+    """
+
+
+class DTypeRuleError(ValueError):
+    """Raised by a shape/dtype rule for a dtype problem; :func:`~asg.core.registry.infer_type` turns it
+    into a :class:`DTypeError` naming the op and its inputs (other ``ValueError`` become ``ShapeError``)."""
+
+
 class MissingRuleError(ASGError, NotImplementedError):
     """An op has no gradient rule, or a backend has no kernel for it."""
 

@@ -21,13 +21,13 @@ silent zero.
 
 from __future__ import annotations
 
-import sys
 import functools
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .errors import MissingRuleError, ShapeError
+from .errors import DTypeError, DTypeRuleError, MissingRuleError, ShapeError
 from .shapes import Shape, format_shape
 
 if TYPE_CHECKING:
@@ -311,6 +311,8 @@ def infer_type(op: OpDef, inputs: Sequence[Node], attrs: dict[str, Any]) -> Tens
         result = op.infer(*types, **attrs)
     except ShapeError:
         raise
+    except DTypeRuleError as err:
+        raise DTypeError(f"{op.name}: {describe_inputs(op, inputs)}: {err}") from None
     except (ValueError, TypeError) as err:
         raise ShapeError(f"{op.name}: {describe_inputs(op, inputs)}: {err}") from None
     return result

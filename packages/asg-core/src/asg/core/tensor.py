@@ -7,8 +7,8 @@ the result into something that runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -16,9 +16,6 @@ from .dtypes import dtype_of, is_float
 from .graph import Node, Variable
 from .registry import get_op, infer_type
 from .shapes import Dim, Shape, format_shape, normalize_shape
-
-if TYPE_CHECKING:
-    from . import ops as _ops_type  # noqa: F401
 
 Scalar = int | float | bool
 TensorLike = "Tensor | Scalar | np.ndarray"
@@ -48,18 +45,22 @@ class Tensor:
     # ------------------------------------------------------------ type
     @property
     def shape(self) -> Shape:
+        """The static shape, e.g. ``('B', 784)``: ints, or strings for symbolic dimensions."""
         return self.node.shape
 
     @property
     def dtype(self) -> str:
+        """The dtype name, e.g. ``'float32'``."""
         return self.node.dtype
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions: ``len(x.shape)``."""
         return len(self.node.shape)
 
     @property
     def name(self) -> str | None:
+        """The user's name for the value (shown in printouts and errors), or None."""
         return self.node.name
 
     @name.setter
@@ -67,7 +68,7 @@ class Tensor:
         self.node.name = value
 
     def named(self, name: str) -> Tensor:
-        """Give the value a name (shown in printouts and errors); returns ``self``."""
+        """Give the value a name (shown in printouts and errors); returns ``self``, same shape."""
         self.node.name = name
         return self
 
@@ -92,7 +93,7 @@ class Tensor:
 
     # ------------------------------------------------------------ values of leaves
     def numpy(self) -> np.ndarray:
-        """The current value of a parameter or constant (other tensors have no value until run)."""
+        """The current value (an array of ``x.shape``) of a parameter or constant; others have none until run."""
         if self.node.op == "parameter":
             return self.node.data.value
         if self.node.op == "constant":
@@ -102,7 +103,7 @@ class Tensor:
         )
 
     def assign(self, value: np.ndarray) -> None:
-        """Overwrite a parameter's value in place (same shape; cast to its dtype)."""
+        """Overwrite a parameter's value in place: ``value`` has the parameter's shape; cast to its dtype."""
         if self.node.op != "parameter":
             raise ValueError(f"only parameters can be assigned; {self.node.label} is a {self.node.op!r} node")
         value = np.asarray(value)
@@ -114,6 +115,9 @@ class Tensor:
         np.copyto(var.value, value, casting="unsafe")
 
     # ------------------------------------------------------------ operators
+    # The arithmetic operators map one to one onto registered ops. Every other method (``sum``,
+    # ``reshape``, ``exp``, ``@``, ``[]`` ...) is attached by the op family that defines it, with
+    # :func:`tensor_method`, so each op is written once.
     def __add__(self, other: Any) -> Tensor:
         return apply("add", self, other)
 
@@ -143,12 +147,6 @@ class Tensor:
 
     def __rpow__(self, other: Any) -> Tensor:
         return apply("pow", other, self)
-
-    def __matmul__(self, other: Any) -> Tensor:
-        return _ops().matmul(self, other)
-
-    def __rmatmul__(self, other: Any) -> Tensor:
-        return _ops().matmul(other, self)
 
     def __neg__(self) -> Tensor:
         return apply("neg", self)
@@ -186,107 +184,38 @@ class Tensor:
     def __or__(self, other: Any) -> Tensor:
         return apply("logical_or", self, other)
 
-    def __getitem__(self, key: Any) -> Tensor:
-        return _ops().getitem(self, key)
 
-    # ------------------------------------------------------------ methods (thin wrappers over asg.core.ops)
-    def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
-        return _ops().sum(self, axis, keepdims)
+# ---------------------------------------------------------------------------- methods attached from above
+TENSOR_METHODS: dict[str, str] = {}
+"""Tensor attribute name -> the module that attached it (see :func:`tensor_method`)."""
 
-    def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
-        return _ops().mean(self, axis, keepdims)
-
-    def var(
-        self, axis: int | Sequence[int] | None = None, keepdims: bool = False, correction: int = 0
-    ) -> Tensor:
-        return _ops().var(self, axis, keepdims, correction)
-
-    def max(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
-        return _ops().max(self, axis, keepdims)
-
-    def min(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
-        return _ops().min(self, axis, keepdims)
-
-    def argmax(self, axis: int = -1, keepdims: bool = False) -> Tensor:
-        return _ops().argmax(self, axis, keepdims)
-
-    def reshape(self, *shape: Dim | Sequence[Dim]) -> Tensor:
-        return _ops().reshape(
-            self, shape[0] if len(shape) == 1 and not isinstance(shape[0], (int, str)) else shape
-        )
-
-    def flatten(self, start_axis: int = 0, end_axis: int = -1) -> Tensor:
-        return _ops().flatten(self, start_axis, end_axis)
-
-    def transpose(self, *axes: int) -> Tensor:
-        return _ops().transpose(
-            self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else axes or None
-        )
-
-    permute = transpose
-
-    @property
-    def T(self) -> Tensor:
-        return _ops().transpose(self)
-
-    def expand(self, *shape: Dim | Sequence[Dim]) -> Tensor:
-        return _ops().broadcast_to(
-            self, shape[0] if len(shape) == 1 and not isinstance(shape[0], (int, str)) else shape
-        )
-
-    def squeeze(self, axis: int | Sequence[int] | None = None) -> Tensor:
-        return _ops().squeeze(self, axis)
-
-    def unsqueeze(self, axis: int) -> Tensor:
-        return _ops().unsqueeze(self, axis)
-
-    def astype(self, dtype: Any) -> Tensor:
-        return _ops().cast(self, dtype)
-
-    def matmul(self, other: Tensor) -> Tensor:
-        return _ops().matmul(self, other)
-
-    def relu(self) -> Tensor:
-        return apply("relu", self)
-
-    def exp(self) -> Tensor:
-        return apply("exp", self)
-
-    def log(self) -> Tensor:
-        return apply("log", self)
-
-    def sqrt(self) -> Tensor:
-        return apply("sqrt", self)
-
-    def rsqrt(self) -> Tensor:
-        return apply("rsqrt", self)
-
-    def abs(self) -> Tensor:
-        return apply("abs", self)
-
-    def sign(self) -> Tensor:
-        return apply("sign", self)
-
-    def sigmoid(self) -> Tensor:
-        return apply("sigmoid", self)
-
-    def tanh(self) -> Tensor:
-        return apply("tanh", self)
-
-    def clamp(self, min: float | None = None, max: float | None = None) -> Tensor:
-        return _ops().clamp(self, min, max)
-
-    def softmax(self, axis: int = -1) -> Tensor:
-        return _ops().softmax(self, axis)
-
-    def log_softmax(self, axis: int = -1) -> Tensor:
-        return _ops().log_softmax(self, axis)
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _ops() -> Any:
-    from . import ops
+def tensor_method(fn: _F | None = None, /, *, name: str | None = None, as_property: bool = False) -> Any:
+    """Install a public op function as a :class:`Tensor` method too, so the op is spelled once.
 
-    return ops
+    The op families (``asg.core.ops.*``) sit above this module and attach their functions, as JAX's
+    ``register_jax_array_methods`` does: ``@tensor_method`` on ``def exp(x)`` gives both
+    ``ag.exp(x)`` and ``x.exp()``, the same object with the same docstring. ``name=`` attaches under
+    another name (``cast`` as ``astype``), ``as_property=True`` as a read-only property (``T``).
+    Returns the function unchanged. Attaching a name twice is an error.
+
+    >>> import asg.core as ag
+    >>> ag.Tensor.exp is ag.exp, ag.tensor.TENSOR_METHODS["exp"]
+    (True, 'asg.core.ops.elementwise')
+    """
+
+    def install(f: _F) -> _F:
+        attr = name or f.__name__
+        if attr in vars(Tensor):
+            where = TENSOR_METHODS.get(attr, __name__)
+            raise ValueError(f"Tensor.{attr} is already defined (by {where})")
+        setattr(Tensor, attr, property(f, doc=f.__doc__) if as_property else f)
+        TENSOR_METHODS[attr] = f.__module__
+        return f
+
+    return install if fn is None else install(fn)
 
 
 # ---------------------------------------------------------------------------- building nodes

@@ -1,8 +1,13 @@
-"""Shape/dtype rules shared by op families (each raises ``ValueError`` with a plain reason)."""
+"""Shape/dtype rules shared by op families.
+
+Each raises ``ValueError`` with a plain reason, or :class:`~asg.core.errors.DTypeRuleError` (a
+``ValueError``) for a dtype problem, which the registry reports as a ``DTypeError``.
+"""
 
 from __future__ import annotations
 
 from ..dtypes import is_float, promote
+from ..errors import DTypeRuleError
 from ..registry import TensorType
 from ..shapes import broadcast_shapes, format_shape
 
@@ -21,7 +26,7 @@ def float_unary(x: TensorType, **_: object) -> TensorType:
 def require_float(*types: TensorType) -> None:
     for t in types:
         if not is_float(t.dtype):
-            raise ValueError(
+            raise DTypeRuleError(
                 f"expected a floating-point tensor, got {t.dtype} (cast it with .astype('float32'))"
             )
 
@@ -54,11 +59,11 @@ def comparison(a: TensorType, b: TensorType, **_: object) -> TensorType:
 def logical(a: TensorType, b: TensorType, **_: object) -> TensorType:
     for t in (a, b):
         if t.dtype != "bool":
-            raise ValueError(f"expected bool tensors, got {t.dtype} (compare first, e.g. x > 0)")
+            raise DTypeRuleError(f"expected bool tensors, got {t.dtype} (compare first, e.g. x > 0)")
     return TensorType(broadcast(a, b), "bool")
 
 
 def require_indices(idx: TensorType) -> None:
     """Index tensors must hold int32 or int64."""
     if idx.dtype not in ("int32", "int64"):
-        raise ValueError(f"indices must be int32 or int64, got {idx.dtype}")
+        raise DTypeRuleError(f"indices must be int32 or int64, got {idx.dtype}")

@@ -6,10 +6,14 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DTypeError, ShapeError
 from ..registry import TensorType, define_op
-from ..shapes import normalize_axis
-from ..tensor import Tensor, apply, as_tensor
+from ..shapes import format_shape, normalize_axis
+from ..tensor import Tensor, apply, as_tensor, tensor_method
 from ._rules import require_float
+from .elementwise import exp
+from .reduction import mean, sum
+from .shape import reshape, take_along_axis, unsqueeze
 
 
 def _softmax_infer(x: TensorType, axis: int) -> TensorType:
@@ -32,15 +36,10 @@ def _log_softmax_kernel(x: np.ndarray, axis: int, out: np.ndarray | None = None)
 
 
 def _softmax_grad(g: Tensor, out: Tensor, x: Tensor, axis: int) -> tuple[Tensor]:
-    from .reduction import sum
-
     return (out * (g - sum(g * out, axis, keepdims=True)),)
 
 
 def _log_softmax_grad(g: Tensor, out: Tensor, x: Tensor, axis: int) -> tuple[Tensor]:
-    from .elementwise import exp
-    from .reduction import sum
-
     return (g - exp(out) * sum(g, axis, keepdims=True),)
 
 
@@ -51,17 +50,15 @@ define_op(
 
 
 def _axis(x: Tensor, axis: int, op: str) -> int:
-    from ..errors import ShapeError
-    from ..shapes import format_shape
-
     try:
         return normalize_axis(axis, x.ndim)
     except ValueError as err:
         raise ShapeError(f"{op}: {x.node.label} {format_shape(x.shape)}: {err}") from None
 
 
+@tensor_method
 def softmax(x: Any, axis: int = -1) -> Tensor:
-    """``exp(x) / sum(exp(x))`` along ``axis``, computed stably.
+    """``exp(x) / sum(exp(x))`` along ``axis``, computed stably: (B, C) -> (B, C).
 
     >>> import asg.core as ag
     >>> ag.softmax(ag.input("x", ("B", 10))).shape
@@ -71,8 +68,9 @@ def softmax(x: Any, axis: int = -1) -> Tensor:
     return apply("softmax", x, axis=_axis(x, axis, "softmax"))
 
 
+@tensor_method
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
-    """``x - logsumexp(x)`` along ``axis``, computed stably."""
+    """``x - logsumexp(x)`` along ``axis``, computed stably: (B, C) -> (B, C)."""
     x = as_tensor(x)
     return apply("log_softmax", x, axis=_axis(x, axis, "log_softmax"))
 
@@ -87,11 +85,6 @@ def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoot
     >>> loss.shape
     ()
     """
-    from ..errors import ShapeError
-    from ..shapes import format_shape
-    from .reduction import mean, sum
-    from .shape import one_hot
-
     logits, target = as_tensor(logits), as_tensor(target, "int64")
     if logits.ndim != 2 or target.ndim != 1:
         raise ShapeError(
@@ -99,7 +92,7 @@ def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoot
             f"{target.node.label} {format_shape(target.shape)}: expected logits (N, C) and integer targets (N,)"
         )
     if target.dtype not in ("int32", "int64"):
-        raise ShapeError(
+        raise DTypeError(
             f"cross_entropy: target {target.node.label} must hold integer class indices, got {target.dtype}"
         )
     if reduction not in ("mean", "sum", "none"):
@@ -110,10 +103,12 @@ def cross_entropy(logits: Any, target: Any, reduction: str = "mean", label_smoot
             f"cross_entropy: the class dimension of {logits.node.label} must be static, got {num_classes!r}"
         )
     logp = log_softmax(logits, axis=1)
-    picked = one_hot(target, num_classes, logits.dtype)
+    # Pick the target's log-probability rather than multiply by a one-hot: 0 * log(0) would be NaN
+    # for a class whose logit is -inf (PyTorch gives a finite loss there).
+    losses = -reshape(take_along_axis(logp, unsqueeze(target, 1), axis=1), (logits.shape[0],))
     if label_smoothing:
-        picked = picked * (1.0 - label_smoothing) + label_smoothing / num_classes
-    losses = -sum(logp * picked, axis=1)
+        smooth = -sum(logp, axis=1) * (1.0 / num_classes)
+        losses = losses * (1.0 - label_smoothing) + smooth * label_smoothing
     if reduction == "none":
         return losses
     return mean(losses) if reduction == "mean" else sum(losses)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..errors import ShapeError
+from ..errors import DTypeRuleError, ShapeError
 from ..registry import BILINEAR, TensorType, define_op
 from ..shapes import Dim, dim_add, dim_floordiv, dim_mul, format_shape
 from ..tensor import Tensor, apply, as_tensor
@@ -78,7 +78,7 @@ def _check_4d(*named: tuple[str, TensorType]) -> None:
 def _check_float_pair(a: TensorType, b: TensorType) -> None:
     require_float(a, b)
     if a.dtype != b.dtype:
-        raise ValueError(f"dtypes differ: {a.dtype} and {b.dtype} (cast one of them)")
+        raise DTypeRuleError(f"dtypes differ: {a.dtype} and {b.dtype} (cast one of them)")
 
 
 def _known(*dims: Dim) -> bool:

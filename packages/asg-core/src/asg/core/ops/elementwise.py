@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import dtype_of, promote
+from ..errors import DTypeRuleError, ShapeError
 from ..registry import BILINEAR, COMMUTATIVE, ELEMENTWISE, TensorType, define_op
-from ..tensor import Tensor, apply
+from ..shapes import format_shape
+from ..tensor import Tensor, apply, as_tensor, tensor_method
 from ._rules import arithmetic, broadcast, comparison, float_unary, logical, same_type, true_division
 
 _SQRT_2 = math.sqrt(2.0)
@@ -34,6 +36,8 @@ def _arithmetic(ufunc: np.ufunc):
     def kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if a.dtype == np.bool_ and b.dtype == np.bool_:
             a = a.astype(np.int64)
+        elif a.dtype != b.dtype:  # compute in the dtype the rule infers (int64 + float32 is float32)
+            return ufunc(a, b, out=out, dtype=promote(a.dtype.name, b.dtype.name))
         return ufunc(a, b, out=out)
 
     kernel.__name__ = ufunc.__name__
@@ -136,7 +140,7 @@ define_op(
 
 def _neg_infer(x: TensorType) -> TensorType:
     if x.dtype == "bool":
-        raise ValueError("cannot negate a bool tensor (use ~x or ag.logical_not for logical negation)")
+        raise DTypeRuleError("cannot negate a bool tensor (use ~x or ag.logical_not for logical negation)")
     return x
 
 
@@ -330,7 +334,7 @@ define_op(
 
 def _logical_not_infer(x: TensorType) -> TensorType:
     if x.dtype != "bool":
-        raise ValueError(f"expected a bool tensor, got {x.dtype}")
+        raise DTypeRuleError(f"expected a bool tensor, got {x.dtype}")
     return x
 
 
@@ -346,7 +350,9 @@ define_op(
 
 def _where_infer(cond: TensorType, a: TensorType, b: TensorType) -> TensorType:
     if cond.dtype != "bool":
-        raise ValueError(f"the condition must be a bool tensor, got {cond.dtype} (compare first, e.g. x > 0)")
+        raise DTypeRuleError(
+            f"the condition must be a bool tensor, got {cond.dtype} (compare first, e.g. x > 0)"
+        )
     return TensorType(broadcast(cond, a, b), promote(a.dtype, b.dtype))
 
 
@@ -512,83 +518,94 @@ define_op("cast", infer=_cast_infer, kernel=_cast_kernel, out_arg=True, elementw
 
 
 # ----------------------------------------------------------------------------- public functions
+# Shapes: ``(*a), (*b) -> broadcast(a, b)`` for binary ops, ``(*) -> (*)`` for unary ones.
 def add(a: Any, b: Any) -> Tensor:
-    """``a + b`` with broadcasting."""
+    """``a + b`` with broadcasting: (*a), (*b) -> broadcast(a, b)."""
     return apply("add", a, b)
 
 
 def sub(a: Any, b: Any) -> Tensor:
-    """``a - b`` with broadcasting."""
+    """``a - b`` with broadcasting: (*a), (*b) -> broadcast(a, b)."""
     return apply("sub", a, b)
 
 
 def mul(a: Any, b: Any) -> Tensor:
-    """``a * b`` with broadcasting."""
+    """``a * b`` with broadcasting: (*a), (*b) -> broadcast(a, b)."""
     return apply("mul", a, b)
 
 
 def div(a: Any, b: Any) -> Tensor:
-    """``a / b`` with broadcasting (integers divide to float32)."""
+    """``a / b`` with broadcasting (integers divide to float32): (*a), (*b) -> broadcast(a, b)."""
     return apply("div", a, b)
 
 
 def pow(a: Any, b: Any) -> Tensor:
-    """``a ** b`` with broadcasting."""
+    """``a ** b`` with broadcasting: (*a), (*b) -> broadcast(a, b)."""
     return apply("pow", a, b)
 
 
+@tensor_method
 def maximum(a: Any, b: Any) -> Tensor:
-    """Elementwise maximum; ties send the gradient to ``a``."""
+    """Elementwise maximum, ties send the gradient to ``a``: (*a), (*b) -> broadcast(a, b)."""
     return apply("maximum", a, b)
 
 
+@tensor_method
 def minimum(a: Any, b: Any) -> Tensor:
-    """Elementwise minimum; ties send the gradient to ``a``."""
+    """Elementwise minimum, ties send the gradient to ``a``: (*a), (*b) -> broadcast(a, b)."""
     return apply("minimum", a, b)
 
 
 def neg(x: Any) -> Tensor:
-    """``-x``."""
+    """``-x``: (*) -> (*)."""
     return apply("neg", x)
 
 
+@tensor_method
 def exp(x: Any) -> Tensor:
-    """``e ** x``."""
+    """``e ** x`` elementwise: (*) -> (*)."""
     return apply("exp", x)
 
 
+@tensor_method
 def log(x: Any) -> Tensor:
-    """Natural logarithm."""
+    """Natural logarithm elementwise: (*) -> (*)."""
     return apply("log", x)
 
 
+@tensor_method
 def sqrt(x: Any) -> Tensor:
-    """Square root."""
+    """Square root elementwise: (*) -> (*)."""
     return apply("sqrt", x)
 
 
+@tensor_method
 def rsqrt(x: Any) -> Tensor:
-    """``1 / sqrt(x)``."""
+    """``1 / sqrt(x)`` elementwise: (*) -> (*)."""
     return apply("rsqrt", x)
 
 
+@tensor_method
 def abs(x: Any) -> Tensor:
-    """Absolute value (gradient ``sign(x)``, 0 at 0)."""
+    """Absolute value elementwise (gradient ``sign(x)``, 0 at 0): (*) -> (*)."""
     return apply("abs", x)
 
 
+@tensor_method
 def sign(x: Any) -> Tensor:
-    """-1, 0 or 1; no gradient flows through it."""
+    """-1, 0 or 1 elementwise, no gradient flows through it: (*) -> (*)."""
     return apply("sign", x)
 
 
+@tensor_method
 def erf(x: Any) -> Tensor:
-    """The error function."""
+    """The error function elementwise: (*) -> (*)."""
     return apply("erf", x)
 
 
+@tensor_method
 def clamp(x: Any, min: float | None = None, max: float | None = None) -> Tensor:
-    """Limit values to ``[min, max]`` (either bound may be None); gradient 0 outside.
+    """Limit values to ``[min, max]`` (either bound may be None), gradient 0 outside: (*) -> (*).
 
     >>> import asg.core as ag
     >>> ag.clamp(ag.input("x", (3,)), 0.0, 1.0).shape
@@ -600,22 +617,22 @@ def clamp(x: Any, min: float | None = None, max: float | None = None) -> Tensor:
 
 
 def less(a: Any, b: Any) -> Tensor:
-    """``a < b`` (bool)."""
+    """``a < b`` (bool): (*a), (*b) -> broadcast(a, b)."""
     return apply("less", a, b)
 
 
 def greater(a: Any, b: Any) -> Tensor:
-    """``a > b`` (bool)."""
+    """``a > b`` (bool): (*a), (*b) -> broadcast(a, b)."""
     return apply("greater", a, b)
 
 
 def equal(a: Any, b: Any) -> Tensor:
-    """``a == b`` (bool)."""
+    """``a == b`` (bool): (*a), (*b) -> broadcast(a, b)."""
     return apply("equal", a, b)
 
 
 def where(cond: Any, a: Any, b: Any) -> Tensor:
-    """``a`` where ``cond`` holds, else ``b`` (broadcasting all three).
+    """``a`` where ``cond`` holds, else ``b``: (*c), (*a), (*b) -> broadcast(c, a, b).
 
     >>> import asg.core as ag
     >>> x = ag.input("x", (4,))
@@ -623,53 +640,79 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
     (4,)
     """
     ref = next((v.dtype for v in (a, b) if isinstance(v, Tensor)), None)
-    from ..tensor import as_tensor
-
     return apply("where", cond, as_tensor(a, ref), as_tensor(b, ref))
 
 
+@tensor_method
+def masked_fill(x: Any, mask: Any, value: float) -> Tensor:
+    """``value`` where the bool ``mask`` holds, else ``x`` (``torch.masked_fill``): (*x), (*m) -> (*x).
+
+    The mask broadcasts against ``x``; no gradient reaches ``x`` where it is filled.
+
+    >>> import numpy as np
+    >>> import asg.core as ag
+    >>> scores = ag.input("scores", ("T", "T"))
+    >>> masked = scores.masked_fill(~ag.causal_mask("T"), float("-inf"))
+    >>> ag.compile(masked)(np.zeros((2, 2), "float32")).tolist()
+    [[0.0, -inf], [0.0, 0.0]]
+    """
+    x = as_tensor(x)
+    mask = as_tensor(mask)
+    out = apply("where", mask, as_tensor(value, x.dtype), x)
+    if out.shape != x.shape:
+        raise ShapeError(
+            f"masked_fill: mask {mask.node.label} {format_shape(mask.shape)} must broadcast to "
+            f"x {x.node.label} {format_shape(x.shape)} without growing it"
+        )
+    return out
+
+
+@tensor_method
 def relu(x: Any) -> Tensor:
-    """``max(x, 0)``."""
+    """``max(x, 0)`` elementwise: (*) -> (*)."""
     return apply("relu", x)
 
 
 def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
-    """``x`` for positive inputs, ``negative_slope * x`` otherwise."""
+    """``x`` for positive inputs, ``negative_slope * x`` otherwise: (*) -> (*)."""
     return apply("leaky_relu", x, negative_slope=float(negative_slope))
 
 
 def elu(x: Any, alpha: float = 1.0) -> Tensor:
-    """``x`` for positive inputs, ``alpha * (exp(x) - 1)`` otherwise."""
+    """``x`` for positive inputs, ``alpha * (exp(x) - 1)`` otherwise: (*) -> (*)."""
     return apply("elu", x, alpha=float(alpha))
 
 
+@tensor_method
 def sigmoid(x: Any) -> Tensor:
-    """``1 / (1 + exp(-x))``, computed without overflow."""
+    """``1 / (1 + exp(-x))``, computed without overflow: (*) -> (*)."""
     return apply("sigmoid", x)
 
 
+@tensor_method
 def tanh(x: Any) -> Tensor:
-    """Hyperbolic tangent."""
+    """Hyperbolic tangent elementwise: (*) -> (*)."""
     return apply("tanh", x)
 
 
 def silu(x: Any) -> Tensor:
-    """``x * sigmoid(x)`` (also called swish)."""
+    """``x * sigmoid(x)`` (also called swish): (*) -> (*)."""
     return apply("silu", x)
 
 
 def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
-    """``log(1 + exp(beta x)) / beta``, linear above ``threshold`` as in PyTorch."""
+    """``log(1 + exp(beta x)) / beta``, linear above ``threshold`` as in PyTorch: (*) -> (*)."""
     return apply("softplus", x, beta=float(beta), threshold=float(threshold))
 
 
 def gelu(x: Any, approximate: str = "none") -> Tensor:
-    """Gaussian error linear unit, exact (``"none"``) or with the tanh approximation (``"tanh"``)."""
+    """Gaussian error linear unit, exact (``"none"``) or tanh-approximated (``"tanh"``): (*) -> (*)."""
     return apply("gelu", x, approximate=approximate)
 
 
+@tensor_method(name="astype")
 def cast(x: Any, dtype: Any) -> Tensor:
-    """Convert to ``dtype``; gradients flow back for floating-point inputs.
+    """Convert to ``dtype`` (``x.astype(dtype)``); gradients flow back to float inputs: (*) -> (*).
 
     >>> import asg.core as ag
     >>> ag.cast(ag.input("i", (3,), "int64"), "float32").dtype

@@ -7,18 +7,19 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import promote
-from ..errors import ShapeError
+from ..errors import DTypeRuleError, ShapeError
 from ..registry import BILINEAR, TensorType, define_op
 from ..shapes import broadcast_shapes, format_shape
-from ..tensor import Tensor, apply, as_tensor
+from ..tensor import Tensor, apply, as_tensor, tensor_method
 from ._rules import require_float
+from .shape import reshape, swapaxes
 
 
 def _matmul_infer(a: TensorType, b: TensorType) -> TensorType:
     if a.ndim < 2 or b.ndim < 2:
         raise ValueError("both operands need at least 2 dimensions (use ag.matmul for vectors)")
     if a.dtype != b.dtype:
-        raise ValueError(f"dtypes differ: {a.dtype} and {b.dtype} (cast one of them)")
+        raise DTypeRuleError(f"dtypes differ: {a.dtype} and {b.dtype} (cast one of them)")
     require_float(a, b)
     k1, k2 = a.shape[-1], b.shape[-2]
     if k1 != k2 and not (isinstance(k1, str) or isinstance(k2, str)):
@@ -42,8 +43,6 @@ def _matmul_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) 
 
 
 def _matmul_grad(g: Tensor, out: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    from .shape import reshape, swapaxes
-
     grad_a = matmul(g, swapaxes(b, -1, -2))
     if b.ndim == 2 and a.ndim > 2:
         # A weight shared over batch dims: one (k, M) @ (M, n) product instead of a batch summed later.
@@ -64,16 +63,16 @@ define_op(
 )
 
 
+@tensor_method
 def matmul(a: Any, b: Any) -> Tensor:
-    """Matrix product with NumPy semantics: batched, broadcasting, 1-d operands promoted.
+    """Matrix product (``a @ b``), NumPy semantics: (*, M, K) @ (*, K, N) -> (*, M, N), batched and
+    broadcasting; a 1-d operand is promoted to a matrix and its axis dropped again.
 
     >>> import asg.core as ag
     >>> x, w = ag.input("x", ("B", 784)), ag.input("w", (784, 10))
     >>> ag.matmul(x, w).shape
     ('B', 10)
     """
-    from .shape import reshape
-
     a, b = as_tensor(a), as_tensor(b)
     if a.ndim >= 2 and b.ndim >= 2:
         return apply("matmul", a, b)
@@ -91,3 +90,12 @@ def matmul(a: Any, b: Any) -> Tensor:
     if b.ndim == 1:
         shape = shape[:-1]
     return reshape(out, shape)
+
+
+def _rmatmul(b: Tensor, a: Any) -> Tensor:
+    """``a @ b`` for a non-Tensor ``a`` (a numpy array): (*, M, K) @ (*, K, N) -> (*, M, N)."""
+    return matmul(a, b)
+
+
+tensor_method(matmul, name="__matmul__")
+tensor_method(_rmatmul, name="__rmatmul__")

@@ -15,16 +15,20 @@ the new running statistics, to be written back through ``compile(updates=...)``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..autograd import grad
+from ..errors import DTypeError, DTypeRuleError, ShapeError
 from ..registry import NORMALIZATION, TensorType, define_op
 from ..shapes import Dim, format_shape, normalize_shape
 from ..tensor import Tensor, apply, as_tensor
 from ._rules import require_float
+from .reduction import element_count, mean, unbiased_ratio
+from .shape import reshape, sum_to
 
 
 # ----------------------------------------------------------------------------- shared numpy helpers
@@ -55,6 +59,26 @@ def _out_rows(x: np.ndarray, normalized_ndim: int, out: np.ndarray | None) -> tu
     return out, out.reshape(-1, int(np.prod(x.shape[x.ndim - normalized_ndim :])))
 
 
+def _float32_for_float16(kernel: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Run a float kernel in float32 when its inputs are float16, and return float16.
+
+    float16 ends at 65504, so sums over a few thousand features overflow; PyTorch accumulates
+    half-precision statistics in float32 too.
+    """
+
+    @functools.wraps(kernel)
+    def wrapped(*arrays: np.ndarray, out: np.ndarray | None = None, **attrs: Any) -> np.ndarray:
+        if arrays[0].dtype != np.float16:
+            return kernel(*arrays, out=out, **attrs) if out is not None else kernel(*arrays, **attrs)
+        result = kernel(*(a.astype(np.float32) for a in arrays), **attrs)
+        if out is None:
+            return result.astype(np.float16)
+        np.copyto(out, result, casting="same_kind")
+        return out
+
+    return wrapped
+
+
 # ----------------------------------------------------------------------------- layer_norm: the primitive
 def _check_normalized(x: TensorType, normalized_shape: Sequence[Dim]) -> None:
     k = len(normalized_shape)
@@ -79,7 +103,7 @@ def _check_param(what: str, p: TensorType, x: TensorType, normalized_shape: Sequ
             f"{what} has shape {format_shape(p.shape)}, expected {format_shape(normalized_shape)}"
         )
     if p.dtype != x.dtype:
-        raise ValueError(f"{what} has dtype {p.dtype}, the input {x.dtype} (cast one of them)")
+        raise DTypeRuleError(f"{what} has dtype {p.dtype}, the input {x.dtype} (cast one of them)")
 
 
 def _layer_norm_infer(
@@ -149,7 +173,7 @@ define_op(
     "layer_norm",
     traits=(NORMALIZATION,),
     infer=_layer_norm_infer,
-    kernel=_layer_norm_kernel,
+    kernel=_float32_for_float16(_layer_norm_kernel),
     grad=_layer_norm_grad,
     out_arg=True,
     shape_attrs=("normalized_shape",),
@@ -160,8 +184,6 @@ define_op(
 # ----------------------------------------------------------------------------- layer_norm: the backward ops
 def _normalized_composite(x: Tensor, normalized_ndim: int, eps: float) -> tuple[Tensor, Tensor]:
     """``(x_hat, rstd)`` written with the Tensor API (the formula the fused kernels implement)."""
-    from .reduction import mean
-
     axes = tuple(range(x.ndim - normalized_ndim, x.ndim))
     centered = x - mean(x, axes, keepdims=True)
     rstd = (mean(centered * centered, axes, keepdims=True) + eps).rsqrt()
@@ -171,8 +193,6 @@ def _normalized_composite(x: Tensor, normalized_ndim: int, eps: float) -> tuple[
 def _layer_norm_dx_composite(
     g: Tensor, x: Tensor, *weight: Tensor, normalized_shape: tuple, eps: float, has_weight: bool
 ) -> Tensor:
-    from .reduction import mean
-
     k = len(normalized_shape)
     axes = tuple(range(x.ndim - k, x.ndim))
     x_hat, rstd = _normalized_composite(x, k, eps)
@@ -183,8 +203,6 @@ def _layer_norm_dx_composite(
 
 
 def _layer_norm_weight_grad_composite(g: Tensor, x: Tensor, normalized_shape: tuple, eps: float) -> Tensor:
-    from .shape import sum_to
-
     x_hat, _ = _normalized_composite(x, len(normalized_shape), eps)
     return sum_to(g * x_hat, normalized_shape)
 
@@ -197,8 +215,6 @@ def _grad_through(composite: Callable[..., Tensor]) -> Callable[..., tuple[Tenso
     """
 
     def rule(gg: Tensor, out: Tensor, *inputs: Tensor, **attrs: Any) -> tuple[Tensor, ...]:
-        from ..autograd import grad
-
         fresh = [apply("reshape", t, shape=t.shape) for t in inputs]
         return tuple(grad(composite(*fresh, **attrs), fresh, grad_output=gg))
 
@@ -245,7 +261,7 @@ def _layer_norm_backward_kernel(
 define_op(
     "layer_norm_backward",
     infer=_layer_norm_backward_infer,
-    kernel=_layer_norm_backward_kernel,
+    kernel=_float32_for_float16(_layer_norm_backward_kernel),
     grad=_grad_through(_layer_norm_dx_composite),
     out_arg=True,
     shape_attrs=("normalized_shape",),
@@ -278,7 +294,7 @@ def _layer_norm_weight_grad_kernel(
 define_op(
     "layer_norm_weight_grad",
     infer=_layer_norm_weight_grad_infer,
-    kernel=_layer_norm_weight_grad_kernel,
+    kernel=_float32_for_float16(_layer_norm_weight_grad_kernel),
     grad=_grad_through(_layer_norm_weight_grad_composite),
     shape_attrs=("normalized_shape",),
     doc="The weight cotangent of layer_norm, fused: ``sum over rows of g * x_hat``.",
@@ -365,9 +381,6 @@ def batch_norm(
     >>> mean.numpy().tolist()  # 0.9 * 0 + 0.1 * 5
     [0.5, 0.5, 0.5]
     """
-    from .reduction import element_count, mean
-    from .shape import reshape
-
     x = as_tensor(x)
     label = f"batch_norm: x {x.node.label} {format_shape(x.shape)}"
     if x.ndim < 2:
@@ -394,7 +407,7 @@ def batch_norm(
                 f"{label}: {what} {t.node.label} has shape {format_shape(t.shape)}, expected ({channels},)"
             )
         if t.dtype != x.dtype:
-            raise ShapeError(f"{label}: {what} {t.node.label} has dtype {t.dtype}, the input {x.dtype}")
+            raise DTypeError(f"{label}: {what} {t.node.label} has dtype {t.dtype}, the input {x.dtype}")
         checked[what] = t
     axes = (0, *range(2, x.ndim))
     per_channel = (1, channels) + (1,) * (x.ndim - 2)  # broadcasts against x: (1, C, 1, 1)
@@ -421,6 +434,6 @@ def batch_norm(
     if training and new_mean is not None:
         new_mean = new_mean * (1.0 - momentum) + reshape(batch_mean, (channels,)) * momentum
     if training and new_var is not None:
-        unbiased = reshape(batch_var, (channels,)) * (count / (count - 1.0))
+        unbiased = reshape(batch_var, (channels,)) * unbiased_ratio(x, axes, 1)
         new_var = new_var * (1.0 - momentum) + unbiased * momentum
     return BatchNormOutput(y, new_mean, new_var)

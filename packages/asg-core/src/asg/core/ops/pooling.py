@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DTypeRuleError
 from ..registry import TensorType, define_op
 from ..shapes import Dim, format_shape
 from ..tensor import Tensor, apply, as_tensor
@@ -206,7 +207,7 @@ def _define_max_pool_family(
         if not _same_where_known(other.shape, other_should_be.shape):
             raise ValueError(f"the second operand must have shape {format_shape(other_should_be.shape)}")
         if other.dtype != x.dtype:
-            raise ValueError(f"dtypes differ: {x.dtype} and {other.dtype} (cast one of them)")
+            raise DTypeRuleError(f"dtypes differ: {x.dtype} and {other.dtype} (cast one of them)")
         return TensorType(result.shape, x.dtype)
 
     def forward_kernel(x: np.ndarray, out: np.ndarray | None = None, **attrs: Any) -> np.ndarray:

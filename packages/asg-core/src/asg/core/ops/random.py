@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import dtype_of, is_float
-from ..errors import ShapeError
+from ..errors import DTypeError, DTypeRuleError
 from ..registry import RANDOM, TensorType, define_op
 from ..shapes import Dim, format_shape, normalize_shape
 from ..tensor import Tensor, apply, as_tensor, constant, state
@@ -125,7 +125,7 @@ def _random_float_infer(key: TensorType, shape: tuple, dtype: str, **params: flo
     _check_key(key)
     _check_shape(shape)
     if not is_float(dtype):
-        raise ValueError(f"dtype must be floating point, got {dtype}")
+        raise DTypeRuleError(f"dtype must be floating point, got {dtype}")
     low, high = params.get("low"), params.get("high")
     if low is not None and high is not None and not low < high:
         raise ValueError(f"low={low} must be less than high={high}")
@@ -143,7 +143,7 @@ def _bernoulli_infer(key: TensorType, p: float, shape: tuple, dtype: str) -> Ten
 def _fold_in_infer(key: TensorType, data: TensorType) -> TensorType:
     for what, t in (("key", key), ("data", data)):
         if t.dtype not in ("int32", "int64"):
-            raise ValueError(f"{what} must be an integer tensor, got {t.dtype}")
+            raise DTypeRuleError(f"{what} must be an integer tensor, got {t.dtype}")
     return TensorType(broadcast(key, data), "int64")
 
 
@@ -326,7 +326,7 @@ def dropout(x: Any, p: float, key: Any = None, training: bool = True) -> Tensor:
             "(an int64 scalar tensor, e.g. ag.RNG(seed).next_key())"
         )
     if not is_float(x.dtype):
-        raise ShapeError(f"dropout: {x.node.label} must be floating point, got {x.dtype}")
+        raise DTypeError(f"dropout: {x.node.label} must be floating point, got {x.dtype}")
     keep = 1.0 - float(p)
     mask = bernoulli(key, keep, x.shape, x.dtype)
     return x * mask * (1.0 / keep)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..dtypes import dtype_of
+from ..errors import DTypeRuleError, ShapeError
 from ..registry import MOVEMENT, TensorType, define_op
 from ..shapes import (
     Dim,
@@ -23,7 +25,7 @@ from ..shapes import (
     normalize_axis,
     normalize_shape,
 )
-from ..tensor import Tensor, apply, as_tensor
+from ..tensor import Tensor, apply, as_tensor, tensor_method
 from ._rules import require_indices
 
 
@@ -72,7 +74,8 @@ define_op(
     infer=_transpose_infer,
     view=True,
     kernel=lambda x, axes: np.transpose(x, axes),
-    grad=lambda g, out, x, axes: (transpose(g, tuple(int(i) for i in np.argsort(axes))),),
+    grad=lambda g, out, x, axes: (permute(g, tuple(int(i) for i in np.argsort(axes))),),
+    doc="Permute axes (``x.permute(*axes)``); the public ``transpose`` swaps two.",
 )
 
 
@@ -206,7 +209,7 @@ def _concat_infer(*xs: TensorType, axis: int) -> TensorType:
     dtype = xs[0].dtype
     for t in xs:
         if t.dtype != dtype:
-            raise ValueError(f"all inputs must have one dtype, got {dtype} and {t.dtype}")
+            raise DTypeRuleError(f"all inputs must have one dtype, got {dtype} and {t.dtype}")
     return TensorType(tuple(size if a == axis else d for a, d in enumerate(first.shape)), dtype)
 
 
@@ -284,11 +287,30 @@ def _index_select_infer(x: TensorType, idx: TensorType, axis: int) -> TensorType
     return TensorType(x.shape[:axis] + idx.shape + x.shape[axis + 1 :], x.dtype)
 
 
+def check_index_range(
+    op: str, idx: np.ndarray, size: int, axis: int | None, negative: bool, what: str = "index"
+) -> None:
+    """Raise ``IndexError`` naming ``op``, the first bad index and the valid range when an index of
+    ``idx`` falls outside ``[0, size)`` (``[-size, size)`` when ``negative`` ones count from the end).
+
+    Costs one min and one max over the indices.
+    """
+    if not idx.size:
+        return
+    low = -size if negative else 0
+    lo, hi = idx.min(), idx.max()
+    if lo >= low and hi < size:
+        return
+    bad = int(lo if lo < low else hi)
+    extent = f"{size} entries" if axis is None else f"axis {axis} of size {size}"
+    raise IndexError(
+        f"{op}: {what} {bad} is out of range for {extent} (valid: {low} to {size - 1}); "
+        "check the values fed to this op"
+    )
+
+
 def _index_select_kernel(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
-    n = x.shape[axis]
-    if idx.size and (idx.max() >= n or idx.min() < -n):
-        bad = idx[(idx >= n) | (idx < -n)].flat[0]
-        raise IndexError(f"index {bad} is out of range for axis {axis} of size {n}")
+    check_index_range("index_select", idx, x.shape[axis], axis, negative=True)
     return np.take(x, idx, axis=axis)
 
 
@@ -347,10 +369,15 @@ def _take_along_infer(x: TensorType, idx: TensorType, axis: int) -> TensorType:
     return TensorType(tuple(idx.shape[axis] if a == axis else d for a, d in enumerate(shape)), x.dtype)
 
 
+def _take_along_kernel(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
+    check_index_range("take_along_axis", idx, x.shape[axis], axis, negative=True)
+    return np.take_along_axis(x, idx, axis=axis)
+
+
 define_op(
     "take_along_axis",
     infer=_take_along_infer,
-    kernel=lambda x, idx, axis: np.take_along_axis(x, idx, axis=axis),
+    kernel=_take_along_kernel,
     grad=lambda g, out, x, idx, axis: (
         apply("take_along_axis_backward", g, idx, axis=axis, shape=x.shape),
         None,
@@ -387,12 +414,96 @@ def _one_hot_infer(idx: TensorType, num_classes: int, dtype: str) -> TensorType:
 
 
 def _one_hot_kernel(idx: np.ndarray, num_classes: int, dtype: str) -> np.ndarray:
-    if idx.size and (idx.min() < 0 or idx.max() >= num_classes):
-        raise IndexError(f"class index out of range [0, {num_classes}): found {idx.min()}..{idx.max()}")
+    check_index_range("one_hot", idx, num_classes, None, negative=False, what="class index")
     return (idx[..., None] == np.arange(num_classes)).astype(dtype)
 
 
 define_op("one_hot", infer=_one_hot_infer, differentiable=False, kernel=_one_hot_kernel)
+
+
+def _gather_infer(x: TensorType, idx: TensorType, axis: int) -> TensorType:
+    require_indices(idx)
+    if idx.ndim != x.ndim:
+        raise ValueError(f"index must have as many dimensions as the input ({x.ndim}), got {idx.ndim}")
+    axis = normalize_axis(axis, x.ndim)
+    for a, (dx, di) in enumerate(zip(x.shape, idx.shape, strict=True)):
+        if a != axis and isinstance(dx, int) and isinstance(di, int) and di > dx:
+            raise ValueError(
+                f"index has size {di} on axis {a}, more than the input's {dx} (only axis {axis} may)"
+            )
+    return TensorType(idx.shape, x.dtype)
+
+
+def _gather_kernel(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
+    check_index_range("gather", idx, x.shape[axis], axis, negative=False)
+    window = tuple(slice(None) if a == axis else slice(0, n) for a, n in enumerate(idx.shape))
+    return np.take_along_axis(x[window], idx, axis=axis)
+
+
+define_op(
+    "gather",
+    traits=(MOVEMENT,),
+    infer=_gather_infer,
+    kernel=_gather_kernel,
+    grad=lambda g, out, x, idx, axis: (apply("gather_backward", g, idx, axis=axis, shape=x.shape), None),
+    doc="``out[i][j] = x[idx[i][j]][j]`` for axis 0 (``torch.gather``): the output has the index's shape.",
+)
+define_op(
+    "gather_backward",
+    infer=_index_select_backward_infer,
+    shape_attrs=("shape",),
+    kernel=_take_along_backward_kernel,
+    grad=lambda g, out, gy, idx, axis, shape: (apply("gather", g, idx, axis=axis), None),
+    doc="Scatter-add ``g`` into zeros of ``shape`` along ``axis`` at ``idx`` (the adjoint of gather).",
+)
+
+
+# ----------------------------------------------------------------------------- triangles and ranges
+def _triangle_infer(x: TensorType, k: int) -> TensorType:
+    if x.ndim < 2:
+        raise ValueError(f"expected a matrix or a batch of them (2 or more dimensions), got {x.ndim}")
+    return x
+
+
+define_op(
+    "tril",
+    infer=_triangle_infer,
+    kernel=lambda x, k: np.tril(x, k),
+    grad=lambda g, out, x, k: (apply("tril", g, k=k),),
+    doc="Zero the entries above diagonal ``k`` of the last two axes (``torch.tril``).",
+)
+define_op(
+    "triu",
+    infer=_triangle_infer,
+    kernel=lambda x, k: np.triu(x, k),
+    grad=lambda g, out, x, k: (apply("triu", g, k=k),),
+    doc="Zero the entries below diagonal ``k`` of the last two axes (``torch.triu``).",
+)
+
+
+def _arange_length(start: Dim, stop: Dim, step: int) -> Dim:
+    if isinstance(start, int) and isinstance(stop, int):
+        return len(range(start, stop, step))
+    if step < 0:
+        raise ValueError(f"a symbolic range needs a positive step, got {step}")
+    span = dim_sub(stop, start)
+    return span if step == 1 else dim_floordiv(dim_add(span, step - 1), step)
+
+
+def _arange_infer(start: Dim, stop: Dim, step: int, dtype: str) -> TensorType:
+    if step == 0:
+        raise ValueError("step must not be 0")
+    return TensorType((_arange_length(start, stop, step),), dtype)
+
+
+define_op(
+    "arange",
+    infer=_arange_infer,
+    differentiable=False,
+    shape_attrs=("start", "stop"),
+    kernel=lambda start, stop, step, dtype: np.arange(start, stop, step, dtype=dtype),
+    doc="``start, start + step, ...`` below ``stop``; the bounds may be symbolic dimensions.",
+)
 
 
 # ----------------------------------------------------------------------------- leaves that depend on shape only
@@ -419,29 +530,41 @@ define_op(
 
 
 # ----------------------------------------------------------------------------- public functions
-def reshape(x: Any, shape: Sequence[Dim] | Dim) -> Tensor:
-    """View ``x`` with a new shape; one dimension may be -1.
+def _dims(args: tuple[Any, ...]) -> Any:
+    """``f(x, 2, 3)`` and ``f(x, (2, 3))`` alike: varargs or one sequence."""
+    if len(args) == 1 and not isinstance(args[0], (int, str, np.integer)):
+        return args[0]
+    return args
+
+
+@tensor_method
+def reshape(x: Any, *shape: Dim | Sequence[Dim]) -> Tensor:
+    """Same elements, new shape (one dim may be -1): ``x.reshape("B", -1)`` (B, 28, 28) -> (B, 784).
+
+    The shape is given as separate dims or one sequence.
 
     >>> import asg.core as ag
     >>> ag.reshape(ag.input("x", ("B", 28, 28)), ("B", -1)).shape
     ('B', 784)
     """
     x = as_tensor(x)
-    shape = normalize_shape(shape)
-    if shape == x.shape:
+    target = normalize_shape(_dims(shape))
+    if target == x.shape:
         return x
-    return apply("reshape", x, shape=shape)
+    return apply("reshape", x, shape=target)
 
 
+@tensor_method
 def flatten(x: Any, start_axis: int = 0, end_axis: int = -1) -> Tensor:
-    """Merge axes ``start_axis..end_axis`` into one."""
+    """Merge axes ``start_axis..end_axis`` into one: (N, C, H, W) -> (N, C*H*W) for start_axis=1."""
     x = as_tensor(x)
     start, end = normalize_axis(start_axis, x.ndim), normalize_axis(end_axis, x.ndim)
     return reshape(x, (*x.shape[:start], dim_prod(x.shape[start : end + 1]), *x.shape[end + 1 :]))
 
 
+@tensor_method
 def squeeze(x: Any, axis: int | Sequence[int] | None = None) -> Tensor:
-    """Drop size-1 axes (all of them, or the ones named)."""
+    """Drop size-1 axes (all of them, or the ones named): (B, 1, T) -> (B, T)."""
     x = as_tensor(x)
     if axis is None:
         axes = {i for i, d in enumerate(x.shape) if d == 1}
@@ -449,51 +572,99 @@ def squeeze(x: Any, axis: int | Sequence[int] | None = None) -> Tensor:
         axes = {normalize_axis(a, x.ndim) for a in ((axis,) if isinstance(axis, int) else axis)}
         for a in axes:
             if x.shape[a] != 1:
-                raise ValueError(
+                raise ShapeError(
                     f"squeeze: axis {a} of {x.node.label} {format_shape(x.shape)} has size {x.shape[a]}, not 1"
                 )
     return reshape(x, tuple(d for i, d in enumerate(x.shape) if i not in axes))
 
 
+@tensor_method
 def unsqueeze(x: Any, axis: int) -> Tensor:
-    """Insert a size-1 axis at ``axis``."""
+    """Insert a size-1 axis at ``axis``: (B, T) -> (B, 1, T) for axis=1."""
     x = as_tensor(x)
     axis = normalize_axis(axis, x.ndim + 1)
     return reshape(x, (*x.shape[:axis], 1, *x.shape[axis:]))
 
 
-def transpose(x: Any, axes: Sequence[int] | None = None) -> Tensor:
-    """Permute axes (reverse them by default)."""
+@tensor_method
+def permute(x: Any, *axes: int | Sequence[int]) -> Tensor:
+    """Reorder the axes (``torch.permute``, numpy's ``transpose(axes)``): (B, T, H) -> (B, H, T) for (0, 2, 1).
+
+    >>> import asg.core as ag
+    >>> ag.input("x", ("B", "T", 4)).permute(2, 0, 1).shape
+    (4, 'B', 'T')
+    """
     x = as_tensor(x)
-    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(normalize_axis(a, x.ndim) for a in axes)
-    if axes == tuple(range(x.ndim)):
+    order = tuple(normalize_axis(int(a), x.ndim) for a in _dims(axes))
+    if order == tuple(range(x.ndim)):
         return x
-    return apply("transpose", x, axes=axes)
+    return apply("transpose", x, axes=order)
 
 
-permute = transpose
+@tensor_method
+def transpose(x: Any, *dims: int) -> Tensor:
+    """Swap two axes (``torch.transpose``); with none, reverse all of them (``x.T``).
+
+    (B, T, H) -> (B, H, T) for ``x.transpose(1, 2)``. For a full reordering use :func:`permute`.
+
+    >>> import asg.core as ag
+    >>> x = ag.input("x", ("B", "T", 4))
+    >>> x.transpose(1, 2).shape, x.transpose().shape
+    (('B', 4, 'T'), (4, 'T', 'B'))
+    """
+    x = as_tensor(x)
+    if not dims:
+        return permute(x, tuple(reversed(range(x.ndim))))
+    if len(dims) == 1 and not isinstance(dims[0], (int, np.integer)):
+        warnings.warn(
+            "transpose(x, axes) with a permutation is deprecated: transpose swaps two axes as in "
+            "PyTorch; use permute(x, axes)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return permute(x, dims[0])
+    if len(dims) != 2:
+        raise TypeError(
+            f"transpose swaps two axes (x.transpose(1, 2), as in PyTorch), got {len(dims)} axes {dims}; "
+            f"to reorder all axes use x.permute{tuple(dims)}"
+        )
+    a, b = (normalize_axis(int(d), x.ndim) for d in dims)
+    order = list(range(x.ndim))
+    order[a], order[b] = order[b], order[a]
+    return permute(x, order)
 
 
+@tensor_method
 def swapaxes(x: Any, a: int, b: int) -> Tensor:
-    """Exchange two axes."""
-    x = as_tensor(x)
-    axes = list(range(x.ndim))
-    a, b = normalize_axis(a, x.ndim), normalize_axis(b, x.ndim)
-    axes[a], axes[b] = axes[b], axes[a]
-    return transpose(x, axes)
+    """Exchange axes ``a`` and ``b`` (``numpy.swapaxes``, same as ``transpose(x, a, b)``): (B, T, H) -> (B, H, T)."""
+    return transpose(x, a, b)
 
 
-def broadcast_to(x: Any, shape: Sequence[Dim]) -> Tensor:
-    """Broadcast ``x`` to ``shape`` (NumPy rules)."""
+def _reverse_axes(x: Tensor) -> Tensor:
+    """All axes reversed: (M, N) -> (N, M)."""
+    return transpose(x)
+
+
+tensor_method(_reverse_axes, name="T", as_property=True)
+
+
+@tensor_method(name="expand")
+def broadcast_to(x: Any, *shape: Dim | Sequence[Dim]) -> Tensor:
+    """Broadcast to ``shape`` (NumPy rules; ``x.expand(...)``): (1, T) -> (B, T).
+
+    >>> import asg.core as ag
+    >>> ag.broadcast_to(ag.input("b", (1, 4)), ("B", 4)).shape
+    ('B', 4)
+    """
     x = as_tensor(x)
-    shape = normalize_shape(shape)
-    if shape == x.shape:
+    target = normalize_shape(_dims(shape))
+    if target == x.shape:
         return x
-    return apply("broadcast_to", x, shape=shape)
+    return apply("broadcast_to", x, shape=target)
 
 
 def sum_to(x: Any, shape: Sequence[Dim]) -> Tensor:
-    """Sum the broadcast axes of ``x`` so that it has ``shape``."""
+    """Sum the broadcast axes of ``x`` so that it has ``shape``: (B, T) -> (1, T)."""
     x = as_tensor(x)
     shape = normalize_shape(shape)
     if shape == x.shape:
@@ -502,7 +673,7 @@ def sum_to(x: Any, shape: Sequence[Dim]) -> Tensor:
 
 
 def concat(xs: Sequence[Any], axis: int = 0) -> Tensor:
-    """Join tensors along an existing axis."""
+    """Join tensors along an existing axis: (B, 3), (B, 5) -> (B, 8) for axis=1."""
     tensors = [as_tensor(x) for x in xs]
     if not tensors:
         raise ValueError("concat needs at least one tensor")
@@ -512,7 +683,7 @@ def concat(xs: Sequence[Any], axis: int = 0) -> Tensor:
 
 
 def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
-    """Join tensors along a new axis."""
+    """Join tensors along a new axis: k tensors (B, T) -> (k, B, T) for axis=0."""
     tensors = [as_tensor(x) for x in xs]
     if not tensors:
         raise ValueError("stack needs at least one tensor")
@@ -520,8 +691,91 @@ def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
     return concat([unsqueeze(t, axis) for t in tensors], axis)
 
 
+def _split_error(x: Tensor, what: str) -> ShapeError:
+    return ShapeError(f"split: {x.node.label} {format_shape(x.shape)}: {what}")
+
+
+@tensor_method
+def split(x: Any, split_size_or_sections: Dim | Sequence[Dim], axis: int = 0) -> list[Tensor]:
+    """Cut ``x`` along ``axis`` into pieces (``torch.split``); returns a list of Tensors.
+
+    An int gives pieces of that size (the last may be smaller); a list gives each piece's size.
+    (B, T, 3*C) -> three (B, T, C) for ``x.split(C, axis=-1)``. A symbolic axis splits where the
+    sizes divide it (``"3*C"`` into ``"C"`` pieces), or by a list of symbolic sizes.
+
+    >>> import asg.core as ag
+    >>> q, k, v = ag.input("qkv", ("B", "T", 12)).split(4, axis=-1)
+    >>> q.shape
+    ('B', 'T', 4)
+    """
+    x = as_tensor(x)
+    axis = normalize_axis(axis, x.ndim)
+    total = x.shape[axis]
+    if isinstance(split_size_or_sections, (int, str, np.integer)):
+        size = (
+            split_size_or_sections if isinstance(split_size_or_sections, str) else int(split_size_or_sections)
+        )
+        if isinstance(size, int) and size <= 0:
+            raise _split_error(x, f"split size must be positive, got {size}")
+        if isinstance(total, int) and isinstance(size, int):
+            sizes: list[Dim] = [min(size, total - start) for start in range(0, total, size)] or [0]
+        else:
+            count = dim_div(total, size)
+            if not isinstance(count, int):
+                raise _split_error(
+                    x,
+                    f"axis {axis} of size {total} does not divide into pieces of {size}; pass the sizes as a list",
+                )
+            sizes = [size] * count
+    else:
+        sizes = list(normalize_shape(split_size_or_sections))
+        covered: Dim = 0
+        for d in sizes:
+            covered = dim_add(covered, d)
+        if dims_differ(covered, total) or (
+            isinstance(covered, int) and isinstance(total, int) and covered != total
+        ):
+            raise _split_error(
+                x, f"sizes {format_shape(sizes)} add up to {covered}, not axis {axis}'s {total}"
+            )
+    if len(sizes) == 1:
+        return [x]
+    pieces, start = [], 0
+    for d in sizes:
+        stop = dim_add(start, d)
+        pieces.append(_slice_between(x, axis, start, stop))
+        start = stop
+    return pieces
+
+
+@tensor_method
+def chunk(x: Any, chunks: int, axis: int = 0) -> list[Tensor]:
+    """Cut ``x`` into ``chunks`` pieces along ``axis`` (``torch.chunk``: each of size ceil(n / chunks)).
+
+    (B, T, 3*C) -> three (B, T, C) for ``x.chunk(3, axis=-1)``; a symbolic axis must divide exactly.
+
+    >>> import asg.core as ag
+    >>> [p.shape for p in ag.input("x", ("B", "3*C")).chunk(3, axis=1)]
+    [('B', 'C'), ('B', 'C'), ('B', 'C')]
+    """
+    x = as_tensor(x)
+    axis = normalize_axis(axis, x.ndim)
+    if int(chunks) <= 0:
+        raise _split_error(x, f"chunks must be positive, got {chunks}")
+    total = x.shape[axis]
+    if isinstance(total, int):
+        return split(x, max(1, -(-total // int(chunks))), axis)
+    size = dim_div(total, int(chunks))
+    if size is None:
+        raise ShapeError(
+            f"chunk: {x.node.label} {format_shape(x.shape)}: symbolic axis {axis} of size {total} does not "
+            f"divide into {chunks} equal pieces; use split with explicit sizes"
+        )
+    return split(x, [size] * int(chunks), axis)
+
+
 def pad(x: Any, pad_width: Sequence[tuple[int, int]] | int, value: float = 0.0) -> Tensor:
-    """Pad with a constant; ``pad_width`` is ``(before, after)`` per axis, or one int for all sides."""
+    """Pad with a constant, ``(before, after)`` per axis or one int for all: (H, W) -> (H+2, W+2) for 1."""
     x = as_tensor(x)
     if isinstance(pad_width, int):
         pad_width = [(pad_width, pad_width)] * x.ndim
@@ -530,37 +784,87 @@ def pad(x: Any, pad_width: Sequence[tuple[int, int]] | int, value: float = 0.0) 
 
 
 def index_select(x: Any, idx: Any, axis: int = 0) -> Tensor:
-    """``numpy.take(x, idx, axis)``: pick entries along ``axis``; the gradient scatter-adds."""
+    """Entries of ``x`` at integer ``idx`` along ``axis``, negative counting from the end.
+
+    (V, C), (B, T) -> (B, T, C) for axis=0; the gradient scatter-adds. Out-of-range indices raise
+    at run time, naming the op and the index.
+    """
     x = as_tensor(x)
     return apply("index_select", x, as_tensor(idx, "int64"), axis=normalize_axis(axis, x.ndim))
 
 
-gather = index_select
+@tensor_method
+def take(x: Any, indices: Any, axis: int | None = None) -> Tensor:
+    """``numpy.take``: entries at ``indices`` along ``axis`` (of the flattened ``x`` when None).
+
+    (V, C), (B, T) -> (B, T, C) for axis=0. This was ``ag.gather`` in asg-core 0.1; ``gather`` is
+    now PyTorch's.
+
+    >>> import numpy as np
+    >>> import asg.core as ag
+    >>> x = ag.input("x", (3, 2))
+    >>> ag.compile(x.take(np.array([2, 0]), axis=0))(np.arange(6.0).reshape(3, 2)).tolist()
+    [[4.0, 5.0], [0.0, 1.0]]
+    """
+    x = as_tensor(x)
+    if axis is None:
+        return index_select(reshape(x, (-1,)), indices, 0)
+    return index_select(x, indices, axis)
+
+
+@tensor_method
+def gather(x: Any, dim: int, index: Any = None, *, axis: int | None = None) -> Tensor:
+    """``torch.gather``: ``out[i][j] = x[index[i][j]][j]`` for dim 0; the output has ``index``'s shape.
+
+    ``index`` has ``x``'s number of dims and is no larger on the other axes: (B, C), (B, k) ->
+    (B, k) for dim=1. The gradient scatter-adds. Indices outside ``[0, x.shape[dim])`` raise at run
+    time. The asg-core 0.1 form ``gather(x, idx, axis)`` (numpy's take) still works, with a
+    ``DeprecationWarning``: use :func:`take`.
+
+    >>> import numpy as np
+    >>> import asg.core as ag
+    >>> x = ag.input("x", (2, 3))
+    >>> picked = x.gather(1, np.array([[2], [0]]))
+    >>> ag.compile(picked)(np.arange(6.0).reshape(2, 3)).tolist()
+    [[2.0], [3.0]]
+    """
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+        warnings.warn(
+            "gather(x, idx, axis) is numpy's take: use take(x, idx, axis); gather(x, dim, index) now "
+            "follows torch.gather",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return take(x, dim, (index if index is not None else axis) or 0)
+    if index is None:
+        raise TypeError("gather(x, dim, index) needs an index tensor")
+    x = as_tensor(x)
+    return apply("gather", x, as_tensor(index, "int64"), axis=normalize_axis(int(dim), x.ndim))
 
 
 def take_along_axis(x: Any, idx: Any, axis: int) -> Tensor:
-    """``numpy.take_along_axis``: pick one entry per position along ``axis``."""
+    """``numpy.take_along_axis``: one entry per position along ``axis``, broadcasting: (B, C), (B, 1) -> (B, 1)."""
     x = as_tensor(x)
     return apply("take_along_axis", x, as_tensor(idx, "int64"), axis=normalize_axis(axis, x.ndim))
 
 
 def one_hot(idx: Any, num_classes: int, dtype: Any = "float32") -> Tensor:
-    """One-hot encode integer class indices into a new last axis."""
+    """One-hot encode integer class indices into a new last axis: (B,) -> (B, num_classes)."""
     return apply("one_hot", as_tensor(idx, "int64"), num_classes=int(num_classes), dtype=dtype_of(dtype))
 
 
 def full(shape: Sequence[Dim], value: float, dtype: Any = "float32") -> Tensor:
-    """A tensor filled with ``value``; ``shape`` may be symbolic."""
+    """A tensor of ``shape`` (which may be symbolic) filled with ``value``."""
     return apply("full", shape=normalize_shape(shape), value=float(value), dtype=dtype_of(dtype))
 
 
 def zeros(shape: Sequence[Dim], dtype: Any = "float32") -> Tensor:
-    """A tensor of zeros."""
+    """A tensor of zeros of ``shape``."""
     return full(shape, 0.0, dtype)
 
 
 def ones(shape: Sequence[Dim], dtype: Any = "float32") -> Tensor:
-    """A tensor of ones."""
+    """A tensor of ones of ``shape``."""
     return full(shape, 1.0, dtype)
 
 
@@ -575,8 +879,77 @@ def ones_like(x: Tensor) -> Tensor:
 
 
 def stop_gradient(x: Any) -> Tensor:
-    """``x`` itself, through which no gradient flows."""
+    """``x`` itself, through which no gradient flows: (*) -> (*)."""
     return apply("stop_gradient", x)
+
+
+def arange(start: Dim, stop: Dim | None = None, step: int = 1, dtype: Any = "int64") -> Tensor:
+    """``start, start + step, ...`` below ``stop`` (``torch.arange``; one argument is ``stop``): () -> (n,).
+
+    The bounds may be symbolic dimensions, so positions follow the sequence length:
+    ``ag.arange("T")`` or ``ag.arange(x.shape[1])`` has shape ``("T",)``.
+
+    >>> import numpy as np
+    >>> import asg.core as ag
+    >>> tokens = ag.input("tokens", ("B", "T"), "int64")
+    >>> pos = ag.arange(tokens.shape[1])
+    >>> pos.shape
+    ('T',)
+    >>> ag.compile(pos, inputs=[tokens])(np.zeros((1, 4), "int64")).tolist()
+    [0, 1, 2, 3]
+    """
+    if stop is None:
+        start, stop = 0, start
+    bounds = []
+    for what, value in (("start", start), ("stop", stop), ("step", step)):
+        if isinstance(value, (bool, float)) or not isinstance(value, (int, str, np.integer)):
+            raise TypeError(
+                f"arange: {what} must be an int or a dimension, got {value!r}; for a float range use "
+                "arange(n).astype('float32') * step + start"
+            )
+        bounds.append(value if isinstance(value, str) else int(value))
+    start, stop = normalize_shape(bounds[:2])
+    step = bounds[2]
+    if not isinstance(step, int):
+        raise TypeError(f"arange: step must be an int, got {step!r}")
+    return apply("arange", start=start, stop=stop, step=step, dtype=dtype_of(dtype))
+
+
+@tensor_method
+def tril(x: Any, k: int = 0) -> Tensor:
+    """Keep the entries on and below diagonal ``k`` of the last two axes, zero the rest: (*, M, N) -> (*, M, N).
+
+    Works with symbolic sizes (the kernel sees the run's shape), as :func:`triu` does.
+
+    >>> import numpy as np
+    >>> import asg.core as ag
+    >>> ag.compile(ag.input("x", ("T", "T")).tril())(np.ones((2, 2), "float32")).tolist()
+    [[1.0, 0.0], [1.0, 1.0]]
+    """
+    return apply("tril", x, k=int(k))
+
+
+@tensor_method
+def triu(x: Any, k: int = 0) -> Tensor:
+    """Keep the entries on and above diagonal ``k`` of the last two axes, zero the rest: (*, M, N) -> (*, M, N)."""
+    return apply("triu", x, k=int(k))
+
+
+def causal_mask(size: Dim, dtype: Any = "bool") -> Tensor:
+    """``(T, T)`` mask that is True (1) where query ``i`` may attend to key ``j``, that is ``j <= i``.
+
+    ``size`` may be symbolic: ``scores.masked_fill(~ag.causal_mask("T"), float("-inf"))`` masks a
+    (B, H, T, T) attention matrix for every T.
+
+    >>> import numpy as np
+    >>> import asg.core as ag
+    >>> x = ag.input("x", ("B", "T"))
+    >>> mask = ag.causal_mask(x.shape[1])
+    >>> ag.compile(mask, inputs=[x])(np.zeros((1, 3), "float32")).astype(int).tolist()
+    [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    """
+    (d,) = normalize_shape(size)
+    return tril(full((d, d), 1.0, dtype))
 
 
 def _mask_to_indices(x: Tensor, mask: Any, axis: int) -> np.ndarray:
@@ -593,8 +966,12 @@ def _mask_to_indices(x: Tensor, mask: Any, axis: int) -> np.ndarray:
     return np.flatnonzero(mask).astype(np.int64)
 
 
+@tensor_method(name="__getitem__")
 def getitem(x: Tensor, key: Any) -> Tensor:
-    """``x[key]`` for ints, slices (positive steps), ``None``, ``...`` and one integer index tensor/array."""
+    """``x[key]`` for ints, slices (positive steps), ``None``, ``...`` and one integer index tensor/array.
+
+    (B, T, C)[:, -1] -> (B, C); (V, C)[idx (B, T)] -> (B, T, C).
+    """
     if not isinstance(key, tuple):
         key = (key,)
     if any(isinstance(k, (Tensor, np.ndarray, list)) for k in key):
