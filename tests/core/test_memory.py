@@ -1,4 +1,4 @@
-"""The memory planner (asg.core.passes.memory) as the numpy executor uses it.
+"""The memory planner (asg.core.schedule) as the numpy executor uses it.
 
 Results must be identical with planning on and off; on top, every plan is checked against an
 independent recomputation of value lifetimes: two values may share a buffer only when the first
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import asg.core as ag
+from asg.core import schedule as memory
 from asg.core.graph import LEAF_OPS, Graph
-from asg.core.passes import memory
-from asg.core.passes.memory import MemoryPlan, intermediate_bytes, plan_memory
-from asg.core.registry import OPS, get_op
+from asg.core.registry import ELEMENTWISE, OPS, get_op
+from asg.core.schedule import Buffer, MemoryPlan, intermediate_bytes, plan_memory
 from asg.core.specialize import Specialization, bind_inputs, specialize
 
 RNG = np.random.default_rng(0)
@@ -52,7 +52,7 @@ def assert_sound(graph: Graph, plan: MemoryPlan, keep: set[int]) -> None:
             node = nodes[second]
             if last[first] < step[second]:
                 continue
-            in_place = last[first] == step[second] and get_op(node.op).elementwise
+            in_place = last[first] == step[second] and get_op(node.op).has(ELEMENTWISE)
             assert in_place, f"{nodes[first]!r} is still alive when {node!r} overwrites buffer {b}"
 
 
@@ -86,7 +86,7 @@ def test_the_soundness_check_catches_a_bad_plan():
     b = ag.tanh(x)  # a is still alive here: it is read below
     graph = Graph([(a + b).node])
     order = {n.op: n for n in graph.nodes}
-    bad = MemoryPlan({order["exp"].id: 0, order["tanh"].id: 0}, [((4,), "float32")])
+    bad = MemoryPlan({order["exp"].id: 0, order["tanh"].id: 0}, [Buffer((4,), "float32", 16, 0, 2)])
     with pytest.raises(AssertionError, match="is still alive when"):
         assert_sound(graph, bad, set())
     assert_sound(graph, plan_memory(graph, specialize(graph, {}), []), set())
@@ -185,7 +185,7 @@ def test_outputs_that_are_views_are_not_clobbered_by_later_calls():
 
 
 def elementwise_out_ops() -> list[str]:
-    return sorted(name for name, op in OPS.items() if op.elementwise and op.out_arg)
+    return sorted(name for name, op in OPS.items() if op.has(ELEMENTWISE) and op.kernels["numpy"].out_arg)
 
 
 def build_elementwise(name: str, *xs: ag.Tensor) -> ag.Tensor | None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import asg.core as ag
+from asg.core.testing import scratch_ops
 
 
 def test_plan_runs_as_generated_code_after_a_checked_first_run():
@@ -18,6 +19,27 @@ def test_plan_runs_as_generated_code_after_a_checked_first_run():
     assert plan._fast is not None and "def plan(feeds, params):" in plan.source
     np.testing.assert_allclose(f(data), first)
     np.testing.assert_allclose(first, np.maximum(data * 2 + 1, 0).sum(axis=1))
+
+
+def test_plan_source_names_kernels_by_op_with_graph_lines_before_the_first_call():
+    x = ag.input("x", ("B", 4))
+    w = ag.parameter(np.ones((4, 3), np.float32), name="h.0.attn.w")
+    h = (x @ w).named("h")
+    f = ag.compile(ag.relu(h).sum(axis=1))
+    plan = f.plan_for(np.ones((2, 4), np.float32))  # built, never run
+    assert plan.source.splitlines() == [
+        "def plan(feeds, params):",
+        "    x, = feeds",
+        "    h_0_attn_w, = params",
+        "    h = matmul_0(x, h_0_attn_w)  # h:f32[B,3] = matmul x h_0_attn_w",
+        "    del x, h_0_attn_w",
+        "    a = relu_1(h)  # a:f32[B,3] = relu h",
+        "    del h",
+        "    b = sum_2(a)  # b:f32[B] = sum a",
+        "    del a",
+        "    return (b, ), ()",
+    ]
+    assert f(np.ones((2, 4), np.float32)).tolist() == [12.0, 12.0]
 
 
 def test_kernel_failure_names_the_node_in_both_paths():
@@ -86,7 +108,7 @@ def test_memory_planning_off_gives_the_same_training_trajectory():
     assert losses[0][-1] < losses[0][0]
 
 
-def test_kernels_that_promote_are_cast_to_the_graph_dtype():
+def test_mixed_dtype_arithmetic_computes_in_the_inferred_dtype():
     i = ag.input("i", (3,), "int64")
     x = ag.input("x", (3,), "float32")
     f = ag.compile(i + x)
@@ -94,6 +116,31 @@ def test_kernels_that_promote_are_cast_to_the_graph_dtype():
         out = f(np.array([1, 2, 3]), np.ones(3, np.float32))
         assert out.dtype == np.float32
         np.testing.assert_array_equal(out, [2, 3, 4])
+
+
+def test_a_kernel_returning_the_wrong_dtype_is_an_error_naming_the_node():
+    # The executor used to cast such results silently; a wrong dtype is a kernel bug.
+    with scratch_ops():
+        ag.define_op("test_widen", infer=lambda t: t, kernel=lambda a: a.astype(np.float64))
+        x = ag.input("x", (2,))
+        f = ag.compile(ag.apply("test_widen", x).named("wide") * 2.0)
+        with pytest.raises(ag.ExecutionError) as info:
+            f(np.ones(2, np.float32))
+    assert str(info.value).startswith("while executing wide:f32[2] = test_widen x\n  built at ")
+    assert str(info.value).endswith(
+        "TypeError: the 'test_widen' kernel returned float64, but the dtype rule says float32 "
+        "(a kernel bug: kernels must return the dtype their rule infers)"
+    )
+
+
+@pytest.mark.parametrize("memory_planning", [True, False])
+def test_a_scalar_output_is_a_0d_array_on_every_call(memory_planning):
+    x = ag.input("x", (3,))
+    f = ag.compile([x.sum(), (x * 2.0).sum()], memory_planning=memory_planning)
+    for call in range(3):  # the first call runs step by step, the others the generated code
+        for out in f(np.arange(3, dtype=np.float32)):
+            assert type(out) is np.ndarray and out.shape == () and out.dtype == np.float32, (call, type(out))
+    assert [float(v) for v in f(np.ones(3, np.float32))] == [3.0, 6.0]
 
 
 def test_unknown_backend_lists_the_available_ones():

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from . import inspection
 from .backends import get_backend
+from .backends.base import Backend, Plan, build_plan, resolve_options
 from .dtypes import is_float
 from .errors import ShapeError
 from .graph import Graph, Node
+from .lowering import check_lowerable
 from .passes import Pass, run_passes
 from .shapes import format_shape
 from .specialize import bind_inputs, specialize
+from .storage import claim_all
 from .tensor import Tensor
 
 
@@ -23,6 +28,12 @@ class Function:
 
     Plans are built on the first call for each distinct set of input shapes and cached, so a
     smaller last batch just works (it builds one more plan).
+
+    Calls from several threads are safe: they are serialised by a lock held for the whole step (each
+    plan owns one set of buffers, and a training step's updates must not interleave), so two threads
+    get the results of two sequential calls. Attributes kept for tools (bundles, viewers):
+    ``graph`` (the optimised graph), ``num_outputs``, ``inputs``, ``updates``, ``backend_name``,
+    ``options``.
     """
 
     def __init__(
@@ -34,6 +45,7 @@ class Function:
         passes: Sequence[str | Pass] | None,
         memory_planning: bool,
         single: bool,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         update_pairs = _check_updates(updates)
         source = Graph(
@@ -51,7 +63,7 @@ class Function:
             (params.get(param.node.data, param.node), new)
             for (param, _), new in zip(update_pairs, optimized.outputs[len(outputs) :], strict=True)
         ]
-        self._setup(optimized, len(outputs), pairs, backend, memory_planning, single)
+        self._setup(optimized, len(outputs), pairs, backend, options, single, memory_planning)
         self.source_graph = source
 
     @classmethod
@@ -88,9 +100,8 @@ class Function:
         for param, _ in pairs:
             if param.op != "parameter":
                 raise TypeError(f"Function.from_graph: update targets must be parameter nodes, got {param!r}")
-        opts = dict(options or {})
         self = cls.__new__(cls)
-        self._setup(graph, num_outputs, pairs, backend, bool(opts.pop("memory_planning", True)), single)
+        self._setup(graph, num_outputs, pairs, backend, options, single)
         self.source_graph = graph
         return self
 
@@ -100,18 +111,26 @@ class Function:
         num_outputs: int,
         updates: list[tuple[Node, Node]],
         backend: str,
-        memory_planning: bool,
+        options: Mapping[str, Any] | None,
         single: bool,
+        memory_planning: bool | None = None,
     ) -> None:
         self._single = single
         self.num_outputs = num_outputs
         self.graph = graph
         self.inputs: list[Node] = graph.inputs
         self._updates = updates
-        self.backend = get_backend(backend) if memory_planning else _unplanned(backend)
+        self.backend: Backend = get_backend(backend)
         self.backend_name = backend
-        self.options: dict[str, Any] = {"memory_planning": memory_planning}
-        self._plans: dict[tuple, Any] = {}
+        opts = dict(options or {})
+        if memory_planning is not None and not memory_planning:
+            opts.setdefault("memory_planning", False)
+        self.options: dict[str, Any] = resolve_options(backend, self.backend, opts)
+        # What the backend runs: the graph narrowed and checked for its capabilities.
+        self._run_graph, self._run_updates = _for_backend(graph, num_outputs, updates, backend, self.backend)
+        self._run_inputs = self._run_graph.inputs
+        self._plans: dict[tuple, Plan] = {}
+        self._lock = threading.Lock()
 
     @property
     def updates(self) -> list[tuple[Node, Node]]:
@@ -149,23 +168,118 @@ class Function:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         arrays = self._feeds(args, kwargs)
+        with self._lock:
+            plan = self._plan(arrays)
+            if self.options["check_numerics"]:
+                results = inspection.check_numerics(plan, arrays)
+            else:
+                results = plan(arrays)
+        return results[0] if self._single else results
+
+    def _plan(self, arrays: Sequence[np.ndarray]) -> Plan:
         key = tuple((a.shape, a.dtype.str) for a in arrays)
         plan = self._plans.get(key)
         if plan is None:
-            spec = specialize(self.graph, bind_inputs(self.graph, arrays))
-            plan = self.backend.compile(self.graph, spec, self.num_outputs, self._updates)
+            graph = self._run_graph
+            spec = specialize(graph, bind_inputs(graph, arrays))
+            plan = build_plan(
+                self.backend_name,
+                self.backend,
+                graph,
+                spec,
+                self.num_outputs,
+                self._run_updates,
+                self.options,
+            )
             self._plans[key] = plan
-        results = plan(arrays)
-        return results[0] if self._single else results
+        return plan
 
-    def plan_for(self, *args: Any, **kwargs: Any) -> Any:
-        """The plan that a call with these arguments runs (building it if needed)."""
+    def plan_for(self, *args: Any, **kwargs: Any) -> Plan:
+        """The plan that a call with these arguments runs (building it if needed).
+
+        ``plan.schedule`` is its :class:`~asg.core.schedule.Schedule`; numpy plans show their
+        generated code as ``plan.source``.
+        """
         arrays = self._feeds(args, kwargs)
-        key = tuple((a.shape, a.dtype.str) for a in arrays)
-        if key not in self._plans:
-            spec = specialize(self.graph, bind_inputs(self.graph, arrays))
-            self._plans[key] = self.backend.compile(self.graph, spec, self.num_outputs, self._updates)
-        return self._plans[key]
+        with self._lock:
+            return self._plan(arrays)
+
+    def to(self, backend: str, options: Mapping[str, Any] | None = None) -> Function:
+        """The same function on another backend; the parameter values move to that backend's storage.
+
+        ``options`` default to this function's core options (``memory_planning``, ``check_numerics``).
+        Calling either function afterwards works: each moves the values to its backend before a step.
+
+        Example:
+            >>> import asg.core as ag
+            >>> w = ag.parameter(np.ones(2, "float32"), name="w")
+            >>> f = ag.compile(w * 2.0)
+            >>> g = f.to("numpy")
+            >>> g().tolist(), g.backend_name
+            ([2.0, 2.0], 'numpy')
+        """
+        if options is None:
+            options = {k: self.options[k] for k in ("memory_planning", "check_numerics")}
+        moved = Function.from_graph(
+            self.graph, self.num_outputs, self._updates, backend, options, self._single
+        )
+        claim_all((n.data for n in self.graph.parameters), moved.backend.storage)
+        return moved
+
+    def profile(self, *args: Any, update: bool = False, **kwargs: Any) -> inspection.Profile:
+        """Run one step and time every node: op, name, scope, seconds and share, plus memory figures.
+
+        ``print(f.profile(x))`` shows a table. ``update=True`` also applies the parameter updates.
+
+        Example:
+            >>> import asg.core as ag
+            >>> x = ag.input("x", (64, 64))
+            >>> f = ag.compile(ag.tanh(x @ x).sum())
+            >>> p = f.profile(np.ones((64, 64), "float32"))
+            >>> [t.op for t in p.nodes], round(sum(t.share for t in p.nodes), 6)
+            (['matmul', 'tanh', 'sum'], 1.0)
+        """
+        arrays = self._feeds(args, kwargs)
+        with self._lock:
+            return inspection.profile(self._plan(arrays), arrays, self.backend_name, update=update)
+
+    def capture(
+        self, names: Sequence[str], *args: Any, update: bool = False, **kwargs: Any
+    ) -> dict[str, np.ndarray]:
+        """Run one step and return the values of the named nodes (user or printed names).
+
+        Example:
+            >>> import asg.core as ag
+            >>> x = ag.input("x", (2,))
+            >>> h = (x * 3.0).named("h")
+            >>> f = ag.compile((h + 1.0).sum())
+            >>> f.capture(["h"], np.ones(2, "float32"))["h"].tolist()
+            [3.0, 3.0]
+        """
+        arrays = self._feeds(args, kwargs)
+        with self._lock:
+            return inspection.capture(self._plan(arrays), arrays, list(names), update=update)
+
+    def check_numerics(self, *args: Any, **kwargs: Any) -> Any:
+        """Run one step (updating parameters) and raise :class:`~asg.core.errors.NonFiniteError` at
+        the first node producing a NaN or infinity, naming it, its op, scope and source line.
+
+        ``compile(..., options={"check_numerics": True})`` checks every call this way.
+
+        Example:
+            >>> import asg.core as ag
+            >>> x = ag.input("x", (2,))
+            >>> f = ag.compile(ag.log(x).named("logx") * 2.0)
+            >>> f.check_numerics(np.array([1.0, -1.0], "float32"))
+            Traceback (most recent call last):
+            ...
+            asg.core.errors.NonFiniteError: check_numerics: the first non-finite value is made by logx:f32[2] = log x
+            ...
+        """
+        arrays = self._feeds(args, kwargs)
+        with self._lock:
+            results = inspection.check_numerics(self._plan(arrays), arrays)
+        return results[0] if self._single else results
 
     @property
     def num_plans(self) -> int:
@@ -173,7 +287,7 @@ class Function:
         return len(self._plans)
 
     def _feeds(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[np.ndarray]:
-        names = [n.name for n in self.inputs]
+        names = [n.name for n in self._run_inputs]
         if len(args) > len(names):
             hint = (
                 " (the outputs depend on no input; list the inputs to accept with compile(..., inputs=[...]))"
@@ -192,7 +306,7 @@ class Function:
                 raise TypeError(f"input {key!r} given twice")
             values[i] = value
         arrays = []
-        for node, value in zip(self.inputs, values, strict=True):
+        for node, value in zip(self._run_inputs, values, strict=True):
             if value is None:
                 raise TypeError(f"missing input {node.name!r} {format_shape(node.shape)} {node.dtype}")
             arrays.append(_coerce(node, value))
@@ -264,12 +378,41 @@ def _check_updates(
     return pairs
 
 
-def _unplanned(backend: str) -> Any:
-    from .backends.numpy_backend import NumpyBackend
+def _check_supported_dtypes(graph: Graph, dtypes: frozenset[str], backend: str) -> None:
+    for n in graph.nodes:
+        if n.dtype not in dtypes:
+            raise TypeError(
+                f"backend {backend!r} does not support {n.dtype} (it runs {', '.join(sorted(dtypes))}); "
+                f"node {graph.format_node(n)} is {n.dtype}; cast it, or compile for the numpy backend"
+            )
 
-    if backend != "numpy":
-        raise ValueError("memory_planning=False is only meaningful for the numpy backend")
-    return NumpyBackend(memory_planning=False)
+
+def _for_backend(
+    graph: Graph, num_outputs: int, updates: list[tuple[Node, Node]], name: str, backend: Backend
+) -> tuple[Graph, list[tuple[Node, Node]]]:
+    """The graph as ``backend`` runs it: index dtypes narrowed where it asks, dtypes and kernels checked."""
+    caps = backend.capabilities
+    if caps.narrow_index:
+        try:
+            from .passes.narrow import narrow_index_dtypes
+        except ImportError:  # the narrowing pass is not there yet: the dtype check below still refuses int64
+            narrow_index_dtypes = lambda g: g  # noqa: E731
+        narrowed = narrow_index_dtypes(graph)
+        if narrowed is not graph:
+            params = {p.data: p for p in narrowed.parameters}
+            updates = [
+                (params.get(param.data, param), value)
+                for (param, _), value in zip(updates, narrowed.outputs[num_outputs:], strict=True)
+            ]
+            graph = narrowed
+    if not set(n.dtype for n in graph.nodes) <= caps.dtypes:
+        try:
+            from .passes.narrow import check_supported_dtypes
+        except ImportError:
+            check_supported_dtypes = _check_supported_dtypes
+        check_supported_dtypes(graph, caps.dtypes, name)
+    check_lowerable(graph, name)
+    return graph, updates
 
 
 def compile(
@@ -279,6 +422,7 @@ def compile(
     backend: str = "numpy",
     passes: Sequence[str | Pass] | None = None,
     memory_planning: bool = True,
+    options: Mapping[str, Any] | None = None,
 ) -> Function:
     """Compile output tensors (and parameter updates) into a callable.
 
@@ -290,7 +434,11 @@ def compile(
             call the parameters hold the new values.
         backend: ``"numpy"`` or an installed backend such as ``"wgpu"``.
         passes: optimisation passes to run (``None``: the default pipeline, ``[]``: none).
-        memory_planning: reuse buffers of intermediate values (numpy backend).
+        memory_planning: reuse buffers of intermediate values; shorthand for
+            ``options={"memory_planning": False}``.
+        options: backend options; every backend takes ``memory_planning`` (default True) and
+            ``check_numerics`` (default False: when True, every call stops at the first NaN/Inf,
+            see :meth:`Function.check_numerics`). An unknown option is an error listing the known ones.
 
     Example:
         >>> import asg.core as ag
@@ -309,4 +457,4 @@ def compile(
     for t in outs:
         if not isinstance(t, Tensor):
             raise TypeError(f"compile: outputs must be Tensors, got {type(t).__name__}")
-    return Function(outs, inputs, updates, backend, passes, memory_planning, single)
+    return Function(outs, inputs, updates, backend, passes, memory_planning, single, options)

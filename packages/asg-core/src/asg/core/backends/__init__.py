@@ -4,9 +4,18 @@ Backends are plug-ins: asg-core ships ``"numpy"``; other packages register their
 ``asg.backends`` entry-point group (or call :func:`register_backend`).
 """
 
-from .base import Backend, Plan, available_backends, get_backend, register_backend
+from .base import Backend, Capabilities, Plan, available_backends, build_plan, get_backend, register_backend
 
-__all__ = ["Backend", "NumpyBackend", "Plan", "available_backends", "get_backend", "register_backend"]
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "NumpyBackend",
+    "Plan",
+    "available_backends",
+    "build_plan",
+    "get_backend",
+    "register_backend",
+]
 
 from .numpy_backend import NumpyBackend
 

@@ -1,43 +1,139 @@
-"""The executor interface every backend implements, and backend discovery."""
+"""The backend boundary: what a backend implements, what core gives it, and backend discovery.
+
+Core turns a specialised graph into a :class:`~asg.core.schedule.Schedule` (ordered steps plus the
+buffer table) and lowers each step with the backend's per-op rules
+(:func:`~asg.core.registry.register_lowering`); the backend's :meth:`Backend.compile` turns both into
+a :class:`Plan`. Parameters live in the backend's :class:`~asg.core.storage.Storage` between steps.
+:class:`Capabilities` say which dtypes the backend runs, so core can narrow or refuse a graph at
+compile time.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from ..graph import Graph, Node
+from ..dtypes import DTYPES
+from ..graph import LEAF_OPS, Graph, Node
+from ..lowering import context, lower
+from ..schedule import Schedule, Step, build_schedule
 from ..specialize import Specialization
+from ..storage import Storage
+
+OnStep = Callable[[Step, Any, float], None]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can run.
+
+    Attributes:
+        dtypes: the dtypes its kernels support; a graph holding another is refused at compile time,
+            naming the node (WGSL: no ``float64``, no ``int64``).
+        narrow_index: int64 index values are narrowed to int32 before compiling (for backends
+            without 64-bit integers).
+    """
+
+    dtypes: frozenset[str] = frozenset(DTYPES)
+    narrow_index: bool = False
 
 
 class Plan(Protocol):
-    """A graph compiled for one set of input shapes: call it with the input arrays."""
+    """A graph compiled for one set of input shapes.
+
+    ``plan(feeds)`` runs one step (feeds in ``schedule.inputs`` order), applies the parameter
+    updates and returns the outputs as numpy arrays. ``run_traced`` runs the same step and calls
+    ``on_step(step, value, seconds)`` after each kernel (``value`` readable with ``np.asarray``;
+    ``seconds``: wall time on numpy, timestamp queries on a GPU); an exception raised by ``on_step``
+    stops the run before any update is applied. ``update=False`` leaves the parameters unchanged.
+    """
+
+    schedule: Schedule
 
     def __call__(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
+    def run_traced(
+        self, feeds: Sequence[np.ndarray], on_step: OnStep, update: bool = True
+    ) -> list[np.ndarray]: ...
 
-class Backend(Protocol):
-    """Builds plans. ``updates`` pairs parameter nodes with the nodes computing their new values."""
 
-    name: str
+class Backend(ABC):
+    """Base of every backend: capabilities, options, storage, and ``compile``.
 
-    def compile(
-        self,
-        graph: Graph,
-        spec: Specialization,
-        num_outputs: int,
-        updates: Sequence[tuple[Node, Node]],
-    ) -> Plan: ...
+    Attributes:
+        capabilities: the dtypes it runs (:class:`Capabilities`).
+        options: the backend's own options and their defaults (``compile(..., options=...)``);
+            core adds ``memory_planning`` and ``check_numerics`` for every backend.
+        storage: where parameters live between steps; ``None`` keeps them in host numpy arrays.
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    options: ClassVar[Mapping[str, Any]] = {}
+    storage: Storage | None = None
+
+    @abstractmethod
+    def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]) -> Plan:
+        """A plan running ``schedule``; ``kernels[i]`` is the lowered kernel of ``schedule.steps[i]``."""
+
+
+CORE_OPTIONS: dict[str, Any] = {"memory_planning": True, "check_numerics": False}
+
+
+def resolve_options(backend_name: str, backend: Backend, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults merged with ``options``; an unknown option is a ``ValueError`` listing the known ones."""
+    known = {**CORE_OPTIONS, **dict(getattr(backend, "options", {}))}
+    given = dict(options or {})
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(
+            f"compile: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
+            f"backend {backend_name!r}; known options: {', '.join(sorted(known))}"
+        )
+    return {**known, **given}
+
+
+def build_plan(
+    backend_name: str,
+    backend: Backend,
+    graph: Graph,
+    spec: Specialization,
+    num_outputs: int,
+    updates: Sequence[tuple[Node, Node]],
+    options: Mapping[str, Any],
+) -> Plan:
+    """Lower every compute node of ``graph`` on the backend, schedule it, and let the backend build the plan.
+
+    Each node is lowered once per plan, with concrete types; the kernels' flags drive the buffer plan.
+    """
+    names = graph.names()
+    compute = [n for n in graph.nodes if n.op not in LEAF_OPS]
+    kernels = [lower(context(backend_name, graph, n, spec, names)) for n in compute]
+    schedule = build_schedule(
+        graph,
+        spec,
+        num_outputs,
+        updates,
+        {n.id: k for n, k in zip(compute, kernels, strict=True)},
+        memory_planning=bool(options.get("memory_planning", True)),
+    )
+    return backend.compile(schedule, kernels, options)
 
 
 _BACKENDS: dict[str, type | Backend] = {}
 
 
 def register_backend(name: str, backend: type | Backend) -> None:
-    """Make a backend (class or instance) available as ``compile(..., backend=name)``."""
+    """Make a backend (class or instance) available as ``compile(..., backend=name)``.
+
+    Registering a name again replaces the backend (and drops the cached instance).
+    """
     _BACKENDS[name] = backend
+    _INSTANCES.pop(name, None)
 
 
 def available_backends() -> list[str]:

@@ -1,164 +1,168 @@
-"""The numpy executor: a plan is a flat list of kernel calls over preassigned slots and buffers."""
+"""The numpy executor: a plan is a flat list of kernel calls over preassigned slots and buffers.
+
+It consumes core's :class:`~asg.core.schedule.Schedule`: each step's lowered kernel (a
+:class:`~asg.core.registry.Kernel` with the node's attributes bound) is given its planned buffer as
+``out=``. The first call runs step by step and checks every result's shape and dtype against the
+graph; later calls run generated straight-line Python (:attr:`NumpyPlan.source`).
+"""
 
 from __future__ import annotations
 
 import functools
+import keyword
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from ..errors import ExecutionError
-from ..graph import Graph, Node
-from ..passes.memory import MemoryPlan, plan_memory
-from ..registry import get_op, kernel_for
-from ..specialize import Specialization
+from ..graph import Node
+from ..registry import ELEMENTWISE, Kernel, get_op
+from ..schedule import MemoryPlan, Schedule
+from ..storage import claim_all
+from .base import Backend, OnStep
 
-Step = tuple[Any, tuple[int, ...], int, tuple[int, ...]]
+# (kernel, argument slots, output slot, slots to free after it)
+_Call = tuple[Any, tuple[int, ...], int, tuple[int, ...]]
 
 
 class NumpyPlan:
-    """A graph specialised to one set of input shapes, ready to run on numpy arrays.
+    """A schedule ready to run on numpy arrays.
 
-    Intermediate values live in a list of slots; kernels that accept ``out=`` write into buffers
-    allocated once per plan (see :mod:`asg.core.passes.memory`). Values no longer needed are
-    dropped as soon as their last reader has run. Not safe to call from two threads at once.
+    Intermediate values live in a list of slots (local variables in the generated code); kernels
+    that accept ``out=`` write into the buffers of the schedule's table, allocated once per plan.
+    Values no longer needed are dropped as soon as their last reader has run. Calls are not
+    re-entrant: :class:`~asg.core.function.Function` serialises them with a lock.
     """
 
     def __init__(
-        self,
-        graph: Graph,
-        spec: Specialization,
-        num_outputs: int,
-        updates: Sequence[tuple[Node, Node]],
-        memory_planning: bool = True,
+        self, schedule: Schedule, kernels: Sequence[Kernel], options: Mapping[str, Any] | None = None
     ) -> None:
-        self.graph = graph
-        nodes = graph.nodes
-        slot = {n.id: i for i, n in enumerate(nodes)}
-        self._template: list[Any] = [None] * len(nodes)
-        self._input_slots = [slot[n.id] for n in graph.inputs]
-        self._param_slots = [(slot[n.id], n.data) for n in nodes if n.op == "parameter"]
-        for n in nodes:
-            if n.op == "constant":
-                self._template[slot[n.id]] = n.data
-        outputs = graph.outputs[:num_outputs]
-        # An output listed twice is returned as two arrays, so the caller may change one freely.
-        self._outputs = [(slot[n.id], _needs_copy(n) or n in outputs[:i]) for i, n in enumerate(outputs)]
-        self._updates = [(param.data, slot[value.id]) for param, value in updates]
-        self._update_copies = [_needs_copy(value) for _, value in updates]
-        keep = {n.id for n in outputs} | {value.id for _, value in updates}
-        self.memory: MemoryPlan = plan_memory(graph, spec, keep) if memory_planning else MemoryPlan()
-        buffers = [np.empty(shape, dtype) for shape, dtype in self.memory.buffers]
+        self.schedule = schedule
+        self.graph = graph = schedule.graph
+        self.memory: MemoryPlan = schedule.memory
+        slot = {n.id: i for i, n in enumerate(graph.nodes)}
+        self._template: list[Any] = [None] * len(graph.nodes)
+        for n in schedule.constants:
+            self._template[slot[n.id]] = n.data
+        self._input_slots = [slot[n.id] for n in schedule.inputs]
+        self._param_slots = [slot[n.id] for n in schedule.parameters]
+        self._variables = [n.data for n in schedule.parameters]
+        self._outputs = [
+            (slot[n.id], copy) for n, copy in zip(schedule.outputs, schedule.output_copies, strict=True)
+        ]
+        self._scalar_outputs = [n.ndim == 0 for n in schedule.outputs]
+        self._update_slots = [slot[value.id] for _, value in schedule.updates]
+        self._update_vars = [param.data for param, _ in schedule.updates]
+        self._update_copies = list(schedule.update_copies)
+        buffers = [np.empty(b.shape, b.dtype) for b in schedule.memory.buffers]
 
-        last_reader: dict[int, int] = {}
-        compute = [n for n in nodes if n.op not in ("input", "parameter", "constant")]
-        for step, n in enumerate(compute):
-            for i in n.inputs:
-                last_reader[i.id] = step
-        pinned = keep
-        frees: dict[int, list[int]] = {}
-        for node_id, step in last_reader.items():
-            if node_id not in pinned:
-                frees.setdefault(step, []).append(slot[node_id])
-
-        self._steps: list[Step] = []
-        self._nodes: list[Node] = compute
+        self._nodes: list[Node] = [step.node for step in schedule.steps]
+        self._steps: list[_Call] = []
         self._expected: list[tuple[tuple[int, ...], np.dtype]] = []
-        for step, n in enumerate(compute):
-            kernel = kernel_for("numpy", n.op)
-            attrs = spec.attrs[n.id]
-            if n.id in self.memory.buffer_of:
-                out = buffers[self.memory.buffer_of[n.id]]
-                if get_op(n.op).elementwise and out.size >= PARALLEL_MIN_ELEMENTS and _workers() > 1:
-                    fn = _parallel_elementwise(kernel, attrs, out)
+        for step, kernel in zip(schedule.steps, kernels, strict=True):
+            if step.buffer is not None:
+                out = buffers[step.buffer]
+                if (
+                    get_op(step.node.op).has(ELEMENTWISE)
+                    and out.size >= PARALLEL_MIN_ELEMENTS
+                    and _workers() > 1
+                ):
+                    fn = _parallel_elementwise(kernel.fn, out)
                 else:
-                    fn = functools.partial(kernel, **attrs, out=out)
+                    fn = functools.partial(kernel.fn, out=out)
             else:
-                fn = functools.partial(kernel, **attrs) if attrs else kernel
-            args = tuple(slot[i.id] for i in n.inputs)
-            self._steps.append((fn, args, slot[n.id], tuple(frees.get(step, ()))))
-            self._expected.append((spec.shapes[n.id], np.dtype(n.dtype)))
+                fn = kernel.fn
+            args = tuple(slot[i] for i in step.inputs)
+            self._steps.append((fn, args, slot[step.output], tuple(slot[i] for i in step.frees)))
+            self._expected.append((step.shape, np.dtype(step.node.dtype)))
+        self._checked = False
+        self.source = self._generate_source()
+        namespace = dict(self._namespace)
+        exec(compile(self.source, f"<asg plan {id(self):x}>", "exec"), namespace)
+        self._fast = namespace["plan"]
 
-        self._fast: Any = None
-
+    # ------------------------------------------------------------------ running
     def __call__(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
-        if self._fast is None:
-            results, values = self._run_interpreted(feeds)
-            self._fast = self._generate()
+        claim_all(self._variables, None)
+        params = [var.value for var in self._variables]
+        if not self._checked:
+            results, values = self._run_interpreted(feeds, params, None)
+            self._checked = True
         else:
             try:
                 with np.errstate(all="ignore"):
-                    results, values = self._fast(feeds, [var.value for _, var in self._param_slots])
+                    results, values = self._fast(feeds, params)
             except Exception:
                 # Run again step by step to name the node that failed.
-                results, values = self._run_interpreted(feeds)
-        # Values that may alias parameters (views, leaves) are copied before any parameter is written.
-        results = [r.copy() if copy else r for r, (_, copy) in zip(results, self._outputs, strict=True)]
-        values = [v.copy() if copy else v for v, copy in zip(values, self._update_copies, strict=True)]
-        for (var, _), value in zip(self._updates, values, strict=True):
-            np.copyto(var.value, value, casting="same_kind")
-        return results
+                results, values = self._run_interpreted(feeds, params, None)
+        return self._finish(results, values, update=True)
 
-    def _run_interpreted(self, feeds: Sequence[np.ndarray]) -> tuple[list[Any], list[Any]]:
+    def run_traced(
+        self, feeds: Sequence[np.ndarray], on_step: OnStep, update: bool = True
+    ) -> list[np.ndarray]:
+        """Run step by step, calling ``on_step(step, value, seconds)`` after each kernel (wall time)."""
+        claim_all(self._variables, None)
+        results, values = self._run_interpreted(feeds, [var.value for var in self._variables], on_step)
+        self._checked = True
+        return self._finish(results, values, update=update)
+
+    def _finish(self, results: list[Any], values: list[Any], update: bool) -> list[np.ndarray]:
+        # Values that may alias parameters (views, leaves) are copied before any parameter is written.
+        out = [
+            np.array(r) if copy else (np.asarray(r) if scalar else r)
+            for r, (_, copy), scalar in zip(results, self._outputs, self._scalar_outputs, strict=True)
+        ]
+        if update:
+            values = [v.copy() if copy else v for v, copy in zip(values, self._update_copies, strict=True)]
+            for var, value in zip(self._update_vars, values, strict=True):
+                np.copyto(var._value, value, casting="same_kind")
+        return out
+
+    def _run_interpreted(
+        self, feeds: Sequence[np.ndarray], params: Sequence[np.ndarray], on_step: OnStep | None
+    ) -> tuple[list[Any], list[Any]]:
         env = list(self._template)
         for s, array in zip(self._input_slots, feeds, strict=True):
             env[s] = array
-        for s, var in self._param_slots:
-            env[s] = var.value
+        for s, array in zip(self._param_slots, params, strict=True):
+            env[s] = array
         with np.errstate(all="ignore"):
-            self._run_checked(env)
-        return [env[s] for s, _ in self._outputs], [env[s] for _, s in self._updates]
+            self._run_checked(env, on_step)
+        return [env[s] for s, _ in self._outputs], [env[s] for s in self._update_slots]
 
-    def _generate(self) -> Any:
-        """Python source for the whole plan: one line per kernel call, values in local variables.
-
-        Local variables are the cheapest storage CPython has, so the per-op overhead is one call.
-        """
-        namespace: dict[str, Any] = {}
-        lines = ["def plan(feeds, params):"]
-        if self._input_slots:
-            lines.append("    " + "".join(f"v{s}, " for s in self._input_slots) + "= feeds")
-        if self._param_slots:
-            lines.append("    " + "".join(f"v{s}, " for s, _ in self._param_slots) + "= params")
-        for s, value in enumerate(self._template):
-            if value is not None:
-                namespace[f"c{s}"] = value
-                lines.append(f"    v{s} = c{s}")
-        for index, (fn, args, out, frees) in enumerate(self._steps):
-            namespace[f"f{index}"] = fn
-            lines.append(f"    v{out} = f{index}({', '.join(f'v{a}' for a in args)})")
-            if frees:
-                lines.append("    del " + ", ".join(f"v{s}" for s in frees))
-        outs = "".join(f"v{s}, " for s, _ in self._outputs)
-        updates = "".join(f"v{s}, " for _, s in self._updates)
-        lines.append(f"    return ({outs}), ({updates})")
-        self.source = "\n".join(lines)
-        exec(compile(self.source, f"<asg plan {id(self):x}>", "exec"), namespace)
-        return namespace["plan"]
-
-    def _run_checked(self, env: list[Any]) -> None:
-        """First run: also check each kernel's result against the inferred shape and dtype."""
+    def _run_checked(self, env: list[Any], on_step: OnStep | None) -> None:
+        """Run step by step, checking each kernel's result against the inferred shape and dtype."""
+        steps = self.schedule.steps
         for index, ((fn, args, out, frees), (shape, dtype)) in enumerate(
             zip(self._steps, self._expected, strict=True)
         ):
             try:
-                result = np.asarray(fn(*[env[a] for a in args]))
+                start = time.perf_counter()
+                result = fn(*[env[a] for a in args])
+                seconds = time.perf_counter() - start
             except Exception as err:
                 raise self._error(index, err) from err
-            if result.dtype != dtype:
-                # Kernels that follow numpy promotion are cast to the graph's dtype from now on.
-                fn = _casting(fn, dtype)
-                self._steps[index] = (fn, args, out, frees)
-                result = result.astype(dtype)
-            if result.shape != shape:
+            array = np.asarray(result)
+            if array.dtype != dtype:
                 raise self._error(
                     index,
-                    AssertionError(f"kernel returned shape {result.shape}, the shape rule says {shape}"),
+                    TypeError(
+                        f"the {self._nodes[index].op!r} kernel returned {array.dtype}, but the dtype rule says "
+                        f"{dtype} (a kernel bug: kernels must return the dtype their rule infers)"
+                    ),
+                )
+            if array.shape != shape:
+                raise self._error(
+                    index,
+                    AssertionError(f"kernel returned shape {array.shape}, the shape rule says {shape}"),
                 )
             env[out] = result
+            if on_step is not None:
+                on_step(steps[index], result, seconds)
             for s in frees:
                 env[s] = None
 
@@ -168,6 +172,57 @@ class NumpyPlan:
         return ExecutionError(
             f"while executing {self.graph.format_node(node)}{where}\n  {type(err).__name__}: {err}"
         )
+
+    # ------------------------------------------------------------------ generated code
+    def _generate_source(self) -> str:
+        """Python source for the whole plan: one line per kernel call, values in local variables.
+
+        Locals take the graph's printed names, kernels their op's name (``matmul_3``), and each
+        line carries the graph line it runs as a comment. Local variables are the cheapest storage
+        CPython has, so the per-op overhead is one call.
+        """
+        names = self.graph.names()
+        slot_node = {s: n for s, n in enumerate(self.graph.nodes)}
+        used = {"feeds", "params"}
+        local: dict[int, str] = {}
+        for s, n in slot_node.items():
+            name = names.get(n.id, "")
+            if not name.isidentifier() or keyword.iskeyword(name) or name in used:
+                name = _fresh(f"v{s}", used)
+            used.add(name)
+            local[s] = name
+        namespace: dict[str, Any] = {}
+        lines = ["def plan(feeds, params):"]
+        if self._input_slots:
+            lines.append("    " + "".join(f"{local[s]}, " for s in self._input_slots) + "= feeds")
+        if self._param_slots:
+            lines.append("    " + "".join(f"{local[s]}, " for s in self._param_slots) + "= params")
+        for s, value in enumerate(self._template):
+            if value is not None:
+                const = _fresh(f"const_{s}", used)
+                used.add(const)
+                namespace[const] = value
+                lines.append(f"    {local[s]} = {const}")
+        for index, (fn, args, out, frees) in enumerate(self._steps):
+            node = self._nodes[index]
+            kname = _fresh(f"{node.op}_{index}" if node.op.isidentifier() else f"kernel_{index}", used)
+            used.add(kname)
+            namespace[kname] = fn
+            call = f"    {local[out]} = {kname}({', '.join(local[a] for a in args)})"
+            lines.append(f"{call}  # {self.graph.format_node(node)}")
+            if frees:
+                lines.append("    del " + ", ".join(local[s] for s in frees))
+        outs = "".join(f"{local[s]}, " for s, _ in self._outputs)
+        updates = "".join(f"{local[s]}, " for s in self._update_slots)
+        lines.append(f"    return ({outs}), ({updates})")
+        self._namespace = namespace
+        return "\n".join(lines)
+
+
+def _fresh(name: str, used: set[str]) -> str:
+    while name in used:
+        name += "_"
+    return name
 
 
 PARALLEL_MIN_ELEMENTS = 1 << 16
@@ -180,8 +235,8 @@ def _workers() -> int:
     return max(1, int(os.environ.get("ASG_NUM_THREADS", "1")))
 
 
-def _parallel_elementwise(kernel: Any, attrs: dict[str, Any], out: np.ndarray) -> Any:
-    """Run an elementwise kernel over row blocks of ``out`` on several threads.
+def _parallel_elementwise(kernel: Any, out: np.ndarray) -> Any:
+    """Run an elementwise kernel (attributes bound) over row blocks of ``out`` on several threads.
 
     numpy releases the GIL inside ufunc loops, so the blocks run at the same time. Inputs that
     span the full first axis are split with the output; broadcast ones are passed whole. When an
@@ -194,7 +249,7 @@ def _parallel_elementwise(kernel: Any, attrs: dict[str, Any], out: np.ndarray) -
     rows = out.shape[0] if out.ndim else 0
     parts = min(_workers(), rows)
     bounds = [rows * i // parts for i in range(parts + 1)] if parts > 1 else []
-    whole = functools.partial(kernel, **attrs, out=out)
+    whole = functools.partial(kernel, out=out)
 
     def run(*arrays: np.ndarray) -> np.ndarray:
         if not bounds:
@@ -212,7 +267,7 @@ def _parallel_elementwise(kernel: Any, attrs: dict[str, Any], out: np.ndarray) -
 
         def block(lo: int, hi: int) -> None:
             args = [a[lo:hi] if s else a for a, s in zip(arrays, split, strict=True)]
-            kernel(*args, **attrs, out=out[lo:hi])
+            kernel(*args, out=out[lo:hi])
 
         futures = [pool.submit(block, bounds[i], bounds[i + 1]) for i in range(1, parts)]
         block(bounds[0], bounds[1])
@@ -223,33 +278,11 @@ def _parallel_elementwise(kernel: Any, attrs: dict[str, Any], out: np.ndarray) -
     return run
 
 
-def _needs_copy(node: Node) -> bool:
-    """Outputs that alias parameters, constants, inputs or other values are copied before returning."""
-    if node.op in ("input", "parameter", "constant"):
-        return True
-    return get_op(node.op).view
+class NumpyBackend(Backend):
+    """The reference CPU backend: numpy kernels, buffer reuse, in-place elementwise ops.
 
+    Parameters stay in their host numpy arrays (``storage`` is ``None``); every dtype is supported.
+    """
 
-def _casting(fn: Any, dtype: np.dtype) -> Any:
-    def cast(*args: Any) -> Any:
-        return np.asarray(fn(*args)).astype(dtype, copy=False)
-
-    return cast
-
-
-class NumpyBackend:
-    """The reference CPU backend: numpy kernels, buffer reuse, in-place elementwise ops."""
-
-    name = "numpy"
-
-    def __init__(self, memory_planning: bool = True) -> None:
-        self.memory_planning = memory_planning
-
-    def compile(
-        self,
-        graph: Graph,
-        spec: Specialization,
-        num_outputs: int,
-        updates: Sequence[tuple[Node, Node]],
-    ) -> NumpyPlan:
-        return NumpyPlan(graph, spec, num_outputs, updates, self.memory_planning)
+    def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]) -> NumpyPlan:
+        return NumpyPlan(schedule, kernels, options)
