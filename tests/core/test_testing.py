@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -251,3 +252,22 @@ def test_scratch_ops_removes_new_ops_and_restores_kernels_and_traits_even_on_err
     assert "test_testing_scratch" not in ag.OPS
     assert exp.kernels == kernels and exp.traits == traits
     assert ag.get_op("exp") is exp
+
+
+def test_readme_testing_section_runs():
+    readme = Path(__file__).parents[2] / "packages" / "asg-core" / "README.md"
+    section = readme.read_text().split("## Testing a backend", 1)[1].split("\n## ", 1)[0]
+    first, second = (block.split("```", 1)[0] for block in section.split("```python\n")[1:3])
+    namespace: dict[str, Any] = {}
+    exec(compile(first, "README.md", "exec"), namespace)
+    assert namespace["checked"][:2] == ["matmul-2x3-3x4", "matmul-2x2x3-2x3x4"]
+    assert len(namespace["checked"]) == 9 and "# 9 ['matmul-2x3-3x4', 'matmul-2x2x3-2x3x4']" in first
+    # The backend package's test module, pointed at numpy so that it runs here.
+    exec(compile(second.replace('"wgpu"', '"numpy"'), "README.md", "exec"), namespace)
+    params = namespace["test_op"].pytestmark[0].args[1]
+    assert [p.id for p in params] == [c.id for c in agt.cases()]
+    assert [m.kwargs["reason"] for p in params if p.id.startswith("cumsum") for m in p.marks] == [
+        "no WGSL scan kernel yet"
+    ] * len(agt.OP_CASES["cumsum"])
+    for param in params[:5]:
+        namespace["test_op"](*param.values)

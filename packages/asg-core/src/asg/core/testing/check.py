@@ -139,8 +139,8 @@ def check_op(
     arrays64 = [_as_float(np.asarray(a), np.float64) for a in arrays]
     arrays32 = [_as_float(np.asarray(a), np.float32) for a in arrays]
     float_idx = [i for i, a in enumerate(arrays64) if a.dtype.kind == "f"]
-    out_is_float = _output_dtype(fn, arrays32).startswith("float")
     with_float64 = backend == "numpy" or backend_supports(backend, "float64")
+    out_is_float = _output_dtype(fn, arrays64 if with_float64 else arrays32).startswith("float")
     if ref is not None and with_float64:
         got = run(fn, *arrays64, backend=backend)
         _assert_same(got, np.asarray(ref(*arrays64)), rtol, atol, "forward against the numpy reference")
