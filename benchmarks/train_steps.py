@@ -372,24 +372,10 @@ def profile_plan(fn: Any, feeds: Sequence[np.ndarray], repeats: int = 10) -> tup
     Returns (total kernel ms per step, [(op, ms, calls)] by op, [(ms, node text)] slowest nodes), each
     kernel's time being its median over ``repeats`` runs. Parameters are not updated by these runs.
     """
-    plan = fn.plan_for(*feeds)
-    fn(*feeds)  # make sure the plan has been validated
-    steps, nodes = plan._steps, plan._nodes
-    samples = np.zeros((repeats, len(steps)))
-    for r in range(repeats):
-        env = list(plan._template)
-        for s, array in zip(plan._input_slots, fn._feeds(feeds, {}), strict=True):
-            env[s] = array
-        for s, var in plan._param_slots:
-            env[s] = var.value
-        with np.errstate(all="ignore"):
-            for i, (kernel, args, out, frees) in enumerate(steps):
-                values = [env[a] for a in args]
-                start = time.perf_counter()
-                env[out] = kernel(*values)
-                samples[r, i] = time.perf_counter() - start
-                for s in frees:
-                    env[s] = None
+    fn(*feeds)  # make sure the plan has been built and validated
+    runs = [fn.profile(*feeds) for _ in range(repeats)]  # Function.profile: one traced step, no update
+    nodes = runs[0].nodes
+    samples = np.array([[t.seconds for t in run.nodes] for run in runs])
     # The median over repeats of each kernel resists preemption by other processes.
     per_step = np.median(samples, axis=0) * 1e3
     by_op: dict[str, list[float]] = {}
@@ -399,7 +385,7 @@ def profile_plan(fn: Any, feeds: Sequence[np.ndarray], repeats: int = 10) -> tup
         entry[1] += 1
     ops = sorted(((op, ms, n) for op, (ms, n) in by_op.items()), key=lambda r: -r[1])
     slow = sorted(
-        ((ms, plan.graph.format_node(node)) for node, ms in zip(nodes, per_step, strict=True)),
+        ((ms, node.line) for node, ms in zip(nodes, per_step, strict=True)),
         key=lambda r: -r[0],
     )
     return float(per_step.sum()), ops, slow
