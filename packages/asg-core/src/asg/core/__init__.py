@@ -15,17 +15,18 @@ Example:
 
 from . import dtypes, ops, passes
 from .autograd import grad, hvp, value_and_grad
-from .backends import available_backends, get_backend, register_backend
+from .backends import Backend, Capabilities, available_backends, get_backend, register_backend
 from .bundle import load
 from .dtypes import bool_, float16, float32, float64, int32, int64
-from .errors import ASGError, DTypeError, ExecutionError, MissingRuleError, ShapeError
+from .errors import ASGError, DTypeError, ExecutionError, MissingRuleError, NonFiniteError, ShapeError
 from .function import Function, compile
 from .gradcheck import check_grads, numerical_grad
 from .graph import Graph, Node, Variable
+from .lowering import LoweringContext
 from .naming import current_scope, scope
 from .ops import *  # noqa: F403
 from .ops import __all__ as _ops_all
-from .registry import OPS, OpDef, TensorType, define_op, get_op, register_kernel
+from .registry import OPS, Kernel, OpDef, TensorType, define_op, get_op, register_kernel, register_lowering
 from .serialize import graph_from_json, graph_to_json
 from .tensor import Tensor, apply, as_tensor, constant, input, parameter, state
 from .verify import verify
@@ -35,12 +36,17 @@ __version__ = "0.1.0"
 __all__ = [
     "OPS",
     "ASGError",
+    "Backend",
+    "Capabilities",
     "DTypeError",
     "ExecutionError",
     "Function",
+    "Kernel",
+    "LoweringContext",
     "Graph",
     "MissingRuleError",
     "Node",
+    "NonFiniteError",
     "OpDef",
     "ShapeError",
     "Tensor",
@@ -75,6 +81,7 @@ __all__ = [
     "passes",
     "register_backend",
     "register_kernel",
+    "register_lowering",
     "scope",
     "state",
     "value_and_grad",
