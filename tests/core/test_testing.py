@@ -271,3 +271,37 @@ def test_readme_testing_section_runs():
     ] * len(agt.OP_CASES["cumsum"])
     for param in params[:5]:
         namespace["test_op"](*param.values)
+
+
+def test_conftest_fails_a_module_that_leaves_an_op_in_the_registry(tmp_path):
+    (tmp_path / "conftest.py").write_text((Path(__file__).parent / "conftest.py").read_text())
+    (tmp_path / "test_leaky.py").write_text(
+        "import asg.core as ag\n\n"
+        "def test_defines():\n"
+        "    ag.define_op('test_leaky_op', infer=lambda t: t, kernel=lambda a: a)\n\n"
+        "def test_after():\n"
+        "    assert 'test_leaky_op' in ag.OPS\n"
+    )
+    (tmp_path / "test_clean.py").write_text(
+        "import asg.core as ag\n\ndef test_clean():\n    assert 'test_leaky_op' not in ag.OPS\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout
+    assert "test_leaky left ops in asg.core.OPS: test_leaky_op; define throwaway ops inside" in done.stdout
+    assert "3 passed, 1 error" in done.stdout  # the leak is removed: the next module sees a clean registry
+
+
+@pytest.mark.parametrize("module", ["__init__", "check", "cases", "scratch"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module("asg.core.testing" + ("" if module == "__init__" else f".{module}"))
+    result = doctest.testmod(mod, extraglobs={"np": np}, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted >= 2
