@@ -325,7 +325,7 @@ def test_index_select(shape, idx, axis):
             np.take(x, idx, axis=axis).shape
         ),
     )
-    check_op(lambda v: ag.gather(v, idx, axis), x, ref=lambda v: np.take(v, idx, axis=axis), order=0)
+    check_op(lambda v: ag.take(v, idx, axis), x, ref=lambda v: np.take(v, idx, axis=axis), order=0)
 
 
 def test_index_select_with_int32_indices_and_big_scatter():
@@ -462,3 +462,219 @@ def test_transpose_and_squeeze_errors():
         ag.ShapeError, match=r"broadcast_to: x \(2, 3, 1\): cannot broadcast to fewer dimensions"
     ):
         x.expand(3, 1)
+
+
+# ----------------------------------------------------------------------------- ops for causal models (0.2)
+@pytest.mark.parametrize(
+    ("args", "want"),
+    [((5,), np.arange(5)), ((2, 7), np.arange(2, 7)), ((1, 8, 3), np.arange(1, 8, 3)), ((5, 1, -2), [5, 3])],
+)
+def test_arange_static_matches_numpy_and_torch(args, want):
+    got = ag.compile(ag.arange(*args))()
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, torch.arange(*args).numpy())
+
+
+def test_arange_with_a_symbolic_length_runs_at_two_lengths():
+    tokens = ag.input("tokens", ("B", "T"), "int64")
+    pos, pos2 = ag.arange("T"), ag.arange(tokens.shape[1])
+    evens = ag.arange(0, "T", 2, dtype="float32")
+    assert pos.shape == pos2.shape == ("T",) and evens.dtype == "float32"
+    f = ag.compile([pos, pos2, evens, tokens + pos], inputs=[tokens])
+    for t in (3, 6):
+        a, b, c, d = f(np.zeros((2, t), "int64"))
+        np.testing.assert_array_equal(a, np.arange(t))
+        np.testing.assert_array_equal(b, np.arange(t))
+        np.testing.assert_array_equal(c, np.arange(0, t, 2, dtype=np.float32))
+        np.testing.assert_array_equal(d, np.broadcast_to(np.arange(t), (2, t)))
+
+
+def test_arange_errors():
+    with pytest.raises(TypeError, match=r"arange: stop must be an int or a dimension, got 2.5"):
+        ag.arange(2.5)
+    with pytest.raises(ag.ShapeError, match=r"^arange: : step must not be 0$"):
+        ag.arange(0, 4, 0)
+
+
+@pytest.mark.parametrize("k", [-1, 0, 2])
+@pytest.mark.parametrize("op", ["tril", "triu"])
+def test_tril_triu_match_numpy_torch_and_finite_differences(op, k):
+    x = rand(2, 3, 4, seed=60)  # a batch of 3x4 matrices
+    check_op(
+        lambda v: getattr(v, op)(k) * v,
+        x,
+        ref=lambda v: getattr(np, op)(v, k) * v,
+        torch_fn=lambda t: getattr(torch, op)(t, k) * t,
+    )
+
+
+def test_tril_with_symbolic_sizes_and_errors():
+    x = ag.input("x", ("B", "T", "T"))
+    f = ag.compile(ag.tril(x, -1) + ag.triu(x, 1))
+    for t in (2, 5):
+        a = rand(3, t, t, seed=t).astype(np.float32)
+        np.testing.assert_array_equal(f(a), a - a * np.eye(t, dtype=np.float32))
+    with pytest.raises(ag.ShapeError, match=r"^tril: v \(4,\): expected a matrix or a batch of them"):
+        ag.tril(ag.input("v", (4,)))
+
+
+def test_causal_mask_with_a_symbolic_length():
+    x = ag.input("x", ("B", "T"))
+    mask = ag.causal_mask("T")
+    assert (mask.shape, mask.dtype) == (("T", "T"), "bool")
+    scores = ag.input("scores", ("B", "T", "T"))
+    masked = scores.masked_fill(~ag.causal_mask(x.shape[1]), float("-inf")).softmax(-1)
+    f = ag.compile([mask, masked], inputs=[x, scores])
+    for t in (1, 4):
+        s = rand(2, t, t, seed=t).astype(np.float32)
+        m, p = f(np.zeros((2, t), "float32"), s)
+        np.testing.assert_array_equal(m, np.tril(np.ones((t, t), bool)))
+        want = torch.softmax(
+            torch.tensor(s).masked_fill(~torch.tril(torch.ones(t, t, dtype=torch.bool)), -np.inf), -1
+        )
+        np.testing.assert_allclose(p, want.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(("size", "axis"), [(2, 1), (3, 1), ([1, 3], 1), (1, -1), ([4], 2), (4, 0)], ids=str)
+def test_split_matches_numpy_torch_and_finite_differences(size, axis):
+    x = rand(2, 4, 4, seed=61)
+
+    def weigh(pieces):  # each piece scaled differently, so a wrong gradient routing shows
+        return [p * float(i + 1) for i, p in enumerate(pieces)]
+
+    def ref(v):
+        n = v.shape[axis]
+        cuts = np.cumsum(size)[:-1] if isinstance(size, list) else np.arange(size, n, size)
+        return np.concatenate(weigh(np.split(v, cuts, axis)), axis)
+
+    check_op(
+        lambda v: ag.concat(weigh(v.split(size, axis)), axis),
+        x,
+        ref=ref,
+        torch_fn=lambda t: torch.cat(weigh(t.split(size, axis)), axis),
+    )
+    assert len(ag.split(ag.input("v", (2, 4, 4)), size, axis)) == len(
+        torch.split(torch.tensor(x), size, axis)
+    )
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 3, 4])
+def test_chunk_matches_torch(chunks):
+    x = rand(5, 2, seed=62)
+    pieces = ag.input("x", (5, 2), "float64").chunk(chunks, 0)
+    want = torch.chunk(torch.tensor(x), chunks, 0)
+    assert len(pieces) == len(want)
+    got = ag.compile(pieces)(x)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w.numpy())
+
+
+def test_split_and_chunk_with_symbolic_sizes():
+    qkv, bias = ag.input("qkv", ("B", "T", "3*C")), ag.input("bias", ("C",))  # bias binds C
+    q, k, v = qkv.chunk(3, axis=-1)
+    a, b = qkv.split(["C", "2*C"], axis=-1)
+    assert q.shape == ("B", "T", "C") and b.shape == ("B", "T", "2*C")
+    f = ag.compile([q, k, v, a, b], inputs=[bias, qkv])
+    for t, c in ((2, 1), (3, 4)):
+        x = rand(2, t, 3 * c, seed=t).astype(np.float32)
+        gq, gk, gv, ga, gb = f(np.zeros(c, "float32"), x)
+        np.testing.assert_array_equal(np.concatenate([gq, gk, gv], -1), x)
+        np.testing.assert_array_equal(ga, x[..., :c])
+        np.testing.assert_array_equal(gb, x[..., c:])
+    with pytest.raises(
+        ag.ShapeError, match=r"^chunk: x \(B, T\): symbolic axis 1 of size T does not divide into 2"
+    ):
+        ag.input("x", ("B", "T")).chunk(2, axis=1)
+    with pytest.raises(
+        ag.ShapeError, match=r"^split: x \(2, 5\): sizes \(2, 2\) add up to 4, not axis 1's 5$"
+    ):
+        ag.input("x", (2, 5)).split([2, 2], axis=1)
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_gather_follows_torch(dim):
+    x = rand(3, 4, seed=63)
+    rng = np.random.default_rng(64)
+    # The index may be smaller than x on the other axis (torch allows it); repeated ids accumulate.
+    idx = rng.integers(0, x.shape[dim], size=(4, 3) if dim == 0 else (2, 5))
+    idx = idx[:, :4] if dim == 0 else idx
+
+    def ref(v, i):
+        window = v[:, : i.shape[1]] if dim == 0 else v[: i.shape[0]]
+        return np.take_along_axis(window, i, dim)
+
+    check_op(lambda v, i: v.gather(dim, i), x, idx, ref=ref, torch_fn=lambda t, i: torch.gather(t, dim, i))
+
+
+def test_gather_errors_and_the_deprecated_take_form():
+    x = ag.input("x", (3, 4))
+    with pytest.raises(
+        ag.ShapeError,
+        match=r"^gather: x \(3, 4\) float32, i \(2,\) int64: index must have as many dimensions",
+    ):
+        x.gather(1, ag.input("i", (2,), "int64"))
+    with pytest.raises(ag.ShapeError, match=r"index has size 5 on axis 0, more than the input's 3"):
+        x.gather(1, ag.input("i", (5, 2), "int64"))
+    f = ag.compile(x.gather(1, ag.input("i", (3, 1), "int64")))
+    for bad in (4, -1):
+        with pytest.raises(
+            ag.ExecutionError,
+            match=rf"gather: index {bad} is out of range for axis 1 of size 4 \(valid: 0 to 3\)",
+        ):
+            f(np.zeros((3, 4), "float32"), np.array([[0], [bad], [1]]))
+    values = np.arange(12.0).reshape(3, 4)
+    with pytest.warns(DeprecationWarning, match=r"use take\(x, idx, axis\)"):
+        old = ag.gather(x, np.array([2, 0]), 1)
+    np.testing.assert_array_equal(ag.compile(old)(values.astype("float32")), np.take(values, [2, 0], 1))
+
+
+def test_take_is_numpy_take():
+    x = rand(3, 4, seed=65)
+    idx = np.array([[5, 0], [-1, 11]])
+    check_op(
+        lambda v: v.take(idx),
+        x,
+        ref=lambda v: np.take(v, idx),
+        torch_fn=lambda t: torch.take(t, torch.tensor(idx % 12)),
+    )
+    check_op(
+        lambda v: ag.take(v, np.array([2, -1, 2]), axis=1), x, ref=lambda v: np.take(v, [2, -1, 2], axis=1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda x, i: ag.index_select(x, i, 0),
+            r"index_select: index 3 is out of range for axis 0 of size 3 \(valid: -3 to 2\)",
+        ),
+        (
+            lambda x, i: ag.take_along_axis(x, i[:, None], 0),
+            r"take_along_axis: index 3 is out of range for axis 0 of size 3",
+        ),
+        (lambda x, i: ag.take(x, i, axis=0), r"index_select: index 3 is out of range"),
+    ],
+    ids=["index_select", "take_along_axis", "take"],
+)
+def test_index_ops_raise_on_out_of_range_ids_naming_op_and_id(build, message):
+    x, i = ag.input("x", (3, 2)), ag.input("i", ("N",), "int64")
+    f = ag.compile(build(x, i))
+    f(np.zeros((3, 2), "float32"), np.array([0, -3, 2]))  # negative ids count from the end, as in numpy
+    with pytest.raises(ag.ExecutionError, match=message):
+        f(np.zeros((3, 2), "float32"), np.array([0, 3]))
+
+
+def test_transpose_swaps_two_axes_and_permute_reorders():
+    x = ag.input("x", ("B", "T", 4))
+    assert x.transpose(1, 2).shape == ("B", 4, "T") and x.swapaxes(0, -1).shape == (4, "T", "B")
+    assert x.permute(2, 0, 1).shape == x.permute((2, 0, 1)).shape == (4, "B", "T")
+    assert x.transpose(0, 0) is x and x.permute(0, 1, 2) is x
+    with pytest.raises(
+        TypeError,
+        match=r"transpose swaps two axes .* got 3 axes \(2, 0, 1\); to reorder all axes use x\.permute\(2, 0, 1\)",
+    ):
+        x.transpose(2, 0, 1)
+    with pytest.warns(DeprecationWarning, match=r"use permute\(x, axes\)"):
+        assert ag.transpose(x, (2, 0, 1)).shape == (4, "B", "T")
