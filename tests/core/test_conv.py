@@ -1,6 +1,7 @@
-"""Convolution and pooling: forward against plain-loop numpy references (float64), gradients against
-finite differences to second order, forward + gradients against PyTorch; symbolic batch and spatial
-dims; the backward ops' own gradients; error messages; a LeNet training step against PyTorch."""
+"""Convolution and pooling beyond the per-op parity cases (asg.core.testing.OP_CASES: plain-loop
+references, finite differences to second order, PyTorch): second order through a network, ties, the
+backward ops' adjointness, symbolic batch and spatial dims, planned buffers, error messages and a LeNet
+training step against PyTorch."""
 
 from __future__ import annotations
 
@@ -12,187 +13,11 @@ import torch.nn.functional as F
 import asg.core as ag
 from asg.core.ops.pooling import adaptive_bins
 from asg.core.testing import check_op, rand, run
-
-
-# ============================================================================= plain-loop references
-def _pad4(x, top, bottom, left, right, value=0.0):
-    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
-
-
-def _pairs(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def ref_conv2d(x, w, stride=1, padding=0, dilation=1, groups=1):
-    """Direct definition: out[n, o, i, j] = sum_{c, a, b} w[o, c, a, b] * xpad[n, g*Cg + c, i*s + a*d, j*s + b*d]."""
-    (sh, sw), (dh, dw) = _pairs(stride), _pairs(dilation)
-    if padding == "valid":
-        pads = [0, 0, 0, 0]
-    elif padding == "same":
-        pads = []
-        for k, d in zip(w.shape[2:], (dh, dw), strict=True):
-            pads += [d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2]
-    else:
-        ph, pw = _pairs(padding)
-        pads = [ph, ph, pw, pw]
-    xp = _pad4(x, *pads)
-    n, _, hp, wp = xp.shape
-    o, cg, kh, kw = w.shape
-    ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
-    out = np.zeros((n, o, ho, wo))
-    per_group = o // groups
-    for oc in range(o):
-        g = oc // per_group
-        for i in range(ho):
-            for j in range(wo):
-                patch = xp[
-                    :,
-                    g * cg : (g + 1) * cg,
-                    i * sh : i * sh + dh * (kh - 1) + 1 : dh,
-                    j * sw : j * sw + dw * (kw - 1) + 1 : dw,
-                ]
-                out[:, oc, i, j] = np.einsum("ncab,cab->n", patch, w[oc])
-    return out
-
-
-def ref_conv_transpose2d(x, w, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
-    """Scatter definition: every input pixel adds w * x into its output window, then padding is cropped."""
-    (sh, sw), (ph, pw), (oph, opw), (dh, dw) = map(_pairs, (stride, padding, output_padding, dilation))
-    n, cin, h, wd = x.shape
-    _, cog, kh, kw = w.shape
-    full = np.zeros(
-        (n, cog * groups, (h - 1) * sh + dh * (kh - 1) + 1 + oph, (wd - 1) * sw + dw * (kw - 1) + 1 + opw)
-    )
-    per_group = cin // groups
-    for ci in range(cin):
-        g = ci // per_group
-        for i in range(h):
-            for j in range(wd):
-                for a in range(kh):
-                    for b in range(kw):
-                        full[:, g * cog : (g + 1) * cog, i * sh + a * dh, j * sw + b * dw] += (
-                            x[:, ci, i, j][:, None] * w[ci, :, a, b][None, :]
-                        )
-    return full[:, :, ph : full.shape[2] - ph, pw : full.shape[3] - pw]
-
-
-def _torch_pool_size(size, k, s, p, d, ceil):
-    out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
-    if ceil and (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
-def ref_max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
-    (kh, kw) = _pairs(kernel_size)
-    (sh, sw) = _pairs(stride if stride is not None else kernel_size)
-    (ph, pw), (dh, dw) = _pairs(padding), _pairs(dilation)
-    n, c, h, w = x.shape
-    ho, wo = _torch_pool_size(h, kh, sh, ph, dh, ceil_mode), _torch_pool_size(w, kw, sw, pw, dw, ceil_mode)
-    out = np.full((n, c, ho, wo), -np.inf)
-    for i in range(ho):
-        for j in range(wo):
-            for a in range(kh):
-                for b in range(kw):
-                    r, q = i * sh - ph + a * dh, j * sw - pw + b * dw
-                    if 0 <= r < h and 0 <= q < w:
-                        out[:, :, i, j] = np.maximum(out[:, :, i, j], x[:, :, r, q])
-    return out
-
-
-def ref_avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
-    (kh, kw) = _pairs(kernel_size)
-    (sh, sw) = _pairs(stride if stride is not None else kernel_size)
-    (ph, pw) = _pairs(padding)
-    n, c, h, w = x.shape
-    ho, wo = _torch_pool_size(h, kh, sh, ph, 1, ceil_mode), _torch_pool_size(w, kw, sw, pw, 1, ceil_mode)
-    out = np.zeros((n, c, ho, wo))
-    for i in range(ho):
-        for j in range(wo):
-            r0, q0 = i * sh - ph, j * sw - pw
-            r1, q1 = min(r0 + kh, h + ph), min(q0 + kw, w + pw)
-            area = (r1 - r0) * (q1 - q0)
-            r0c, q0c, r1c, q1c = max(r0, 0), max(q0, 0), min(r1, h), min(q1, w)
-            total = x[:, :, r0c:r1c, q0c:q1c].sum(axis=(2, 3))
-            out[:, :, i, j] = total / (area if count_include_pad else (r1c - r0c) * (q1c - q0c))
-    return out
-
-
-def ref_adaptive(x, output_size, reduce):
-    oh, ow = _pairs(output_size)
-    n, c, h, w = x.shape
-    out = np.zeros((n, c, oh, ow))
-    for i in range(oh):
-        r0, r1 = (i * h) // oh, -(-((i + 1) * h) // oh)
-        for j in range(ow):
-            q0, q1 = (j * w) // ow, -(-((j + 1) * w) // ow)
-            out[:, :, i, j] = reduce(x[:, :, r0:r1, q0:q1], axis=(2, 3))
-    return out
-
+from asg.core.testing.references import max_pool2d as ref_max_pool2d
 
 # ============================================================================= conv2d
-CONV_CASES = [
-    # (id, x shape, w shape, kwargs)
-    ("plain", (2, 2, 5, 5), (3, 2, 3, 3), {}),
-    ("stride_pad", (2, 2, 5, 6), (3, 2, 3, 3), dict(stride=2, padding=1)),
-    ("rect_kernel_pairs", (1, 2, 6, 5), (2, 2, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2))),
-    ("dilation", (2, 1, 6, 6), (2, 1, 2, 2), dict(dilation=2, padding=1)),
-    ("groups", (2, 4, 5, 5), (6, 2, 3, 3), dict(groups=2, padding=1)),
-    ("depthwise", (2, 3, 5, 5), (3, 1, 3, 3), dict(groups=3, stride=2)),
-    ("depthwise_multiplier", (1, 2, 5, 4), (4, 1, 2, 3), dict(groups=2)),
-    ("same_even_kernel", (1, 2, 5, 5), (2, 2, 2, 4), dict(padding="same")),
-    ("same_dilated", (1, 2, 5, 5), (2, 2, 3, 3), dict(padding="same", dilation=2)),
-    ("valid", (1, 1, 4, 4), (1, 1, 4, 4), dict(padding="valid")),
-    ("one_by_one", (2, 3, 3, 3), (4, 3, 1, 1), dict(stride=2)),
-]
-
-
-@pytest.mark.parametrize(
-    ("x_shape", "w_shape", "kw"), [c[1:] for c in CONV_CASES], ids=[c[0] for c in CONV_CASES]
-)
-def test_conv2d_matches_references(x_shape, w_shape, kw):
-    x, w = rand(*x_shape, seed=1), rand(*w_shape, seed=2)
-    check_op(
-        lambda a, b: ag.conv2d(a, b, **kw),
-        x,
-        w,
-        ref=lambda a, b: ref_conv2d(a, b, **kw),
-        torch_fn=lambda a, b: F.conv2d(a, b, **kw),
-    )
-
-
-def test_conv2d_bias():
-    x, w, b = rand(2, 2, 4, 4, seed=1), rand(3, 2, 3, 3, seed=2), rand(3, seed=3)
-    check_op(
-        lambda a, c, d: ag.conv2d(a, c, d, padding=1),
-        x,
-        w,
-        b,
-        ref=lambda a, c, d: ref_conv2d(a, c, padding=1) + d[None, :, None, None],
-        torch_fn=lambda a, c, d: F.conv2d(a, c, d, padding=1),
-    )
-
-
-CONV_T_CASES = [
-    ("plain", (2, 3, 3, 4), (3, 2, 3, 3), {}),
-    ("stride_pad_outpad", (1, 2, 3, 3), (2, 3, 3, 3), dict(stride=2, padding=1, output_padding=1)),
-    ("pairs", (1, 2, 3, 2), (2, 2, 2, 3), dict(stride=(2, 3), padding=(0, 1), output_padding=(1, 2))),
-    ("groups_dilation", (2, 4, 3, 3), (4, 1, 2, 2), dict(groups=2, dilation=2, stride=2)),
-]
-
-
-@pytest.mark.parametrize(
-    ("x_shape", "w_shape", "kw"), [c[1:] for c in CONV_T_CASES], ids=[c[0] for c in CONV_T_CASES]
-)
-def test_conv_transpose2d_matches_references(x_shape, w_shape, kw):
-    x, w = rand(*x_shape, seed=3), rand(*w_shape, seed=4)
-    check_op(
-        lambda a, b: ag.conv_transpose2d(a, b, **kw),
-        x,
-        w,
-        ref=lambda a, b: ref_conv_transpose2d(a, b, **kw),
-        torch_fn=lambda a, b: F.conv_transpose2d(a, b, **kw),
-    )
+# Parity with the references, finite differences and PyTorch for every conv2d, conv_transpose2d and
+# conv2d_backward_weight configuration: asg.core.testing.OP_CASES, run by test_op_coverage.py.
 
 
 def test_conv_transpose2d_bias_and_symbolic_size():
@@ -215,23 +40,6 @@ def test_conv_transpose2d_bias_and_symbolic_size():
         np.testing.assert_allclose(f(data), want.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_conv2d_backward_weight_is_a_checked_op():
-    """The weight-gradient op alone: forward equals torch's conv2d_weight; its own grads (conv_transpose2d,
-    conv2d) are checked against finite differences to second order."""
-    attrs = dict(stride=(2, 1), padding=(1, 1, 0, 0), dilation=(1, 2), groups=2)
-    x, g = rand(2, 4, 5, 6, seed=8), rand(2, 2, 3, 4, seed=9)
-
-    def fn(a, b):
-        return ag.apply("conv2d_backward_weight", a, b, kernel_size=(2, 2), **attrs)
-
-    def torch_fn(a, b):
-        return torch.nn.grad.conv2d_weight(
-            a, (2, 2, 2, 2), b, stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2
-        )
-
-    check_op(fn, x, g, torch_fn=torch_fn)
-
-
 def test_conv_second_order_through_a_nonlinear_network():
     """tanh(conv) -> max pool -> conv: Hessian-vector products need every op of the family's closure."""
     w2 = rand(2, 2, 2, 2, seed=12)
@@ -251,24 +59,7 @@ def test_conv_second_order_through_a_nonlinear_network():
 
 
 # ============================================================================= pooling
-MAX_POOL_CASES = [
-    ("k2", (2, 2, 6, 6), dict(kernel_size=2)),
-    ("k3_s2_p1", (1, 2, 7, 6), dict(kernel_size=3, stride=2, padding=1)),
-    ("rect_ceil", (1, 2, 7, 8), dict(kernel_size=(3, 2), stride=(2, 3), ceil_mode=True)),
-    ("ceil_pad", (1, 1, 6, 6), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
-    ("dilation", (1, 2, 7, 7), dict(kernel_size=2, stride=1, dilation=2)),
-    ("overlap", (2, 1, 5, 5), dict(kernel_size=3, stride=1)),
-]
-
-
-@pytest.mark.parametrize(("shape", "kw"), [c[1:] for c in MAX_POOL_CASES], ids=[c[0] for c in MAX_POOL_CASES])
-def test_max_pool2d_matches_references(shape, kw):
-    check_op(
-        lambda a: ag.max_pool2d(a, **kw),
-        rand(*shape, seed=13),
-        ref=lambda a: ref_max_pool2d(a, **kw),
-        torch_fn=lambda a: F.max_pool2d(a, **kw),
-    )
+# Parity for every pooling configuration (max, avg, adaptive): asg.core.testing.OP_CASES.
 
 
 def test_max_pool2d_ties_go_to_the_first_maximum_like_torch():
@@ -303,66 +94,6 @@ def test_max_pool2d_backward_and_gather_are_each_others_gradient():
     # And gather(x, x) is the pool itself.
     pooled = run(lambda a: ag.apply("max_pool2d_gather", a, a, **attrs), x)
     np.testing.assert_array_equal(pooled, ref_max_pool2d(x, 3, 2, 1))
-
-
-AVG_POOL_CASES = [
-    ("k2", (2, 2, 6, 6), dict(kernel_size=2)),
-    ("k3_s2_p1", (1, 2, 7, 6), dict(kernel_size=3, stride=2, padding=1)),
-    ("exclude_pad", (1, 2, 7, 6), dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
-    ("ceil", (1, 2, 7, 8), dict(kernel_size=(3, 2), stride=(2, 3), ceil_mode=True)),
-    ("ceil_pad_include", (1, 1, 6, 6), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
-    (
-        "ceil_pad_exclude",
-        (1, 1, 6, 6),
-        dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
-    ),
-    ("overlap", (2, 1, 5, 5), dict(kernel_size=3, stride=1)),
-]
-
-
-@pytest.mark.parametrize(("shape", "kw"), [c[1:] for c in AVG_POOL_CASES], ids=[c[0] for c in AVG_POOL_CASES])
-def test_avg_pool2d_matches_references(shape, kw):
-    check_op(
-        lambda a: ag.avg_pool2d(a, **kw),
-        rand(*shape, seed=17),
-        ref=lambda a: ref_avg_pool2d(a, **kw),
-        torch_fn=lambda a: F.avg_pool2d(a, **kw),
-    )
-
-
-ADAPTIVE_CASES = [
-    ("global", (2, 2, 5, 6), 1),
-    ("divisible", (1, 2, 6, 4), (3, 2)),
-    ("non_divisible", (1, 2, 7, 5), (3, 4)),
-    ("larger_than_input", (1, 2, 2, 3), (3, 5)),
-    ("keep_width", (1, 1, 5, 3), (2, None)),
-]
-
-
-@pytest.mark.parametrize(
-    ("shape", "size"), [c[1:] for c in ADAPTIVE_CASES], ids=[c[0] for c in ADAPTIVE_CASES]
-)
-def test_adaptive_avg_pool2d_matches_references(shape, size):
-    full = (size[0], shape[3] if size[1] is None else size[1]) if isinstance(size, tuple) else size
-    check_op(
-        lambda a: ag.adaptive_avg_pool2d(a, size),
-        rand(*shape, seed=18),
-        ref=lambda a: ref_adaptive(a, full, np.mean),
-        torch_fn=lambda a: F.adaptive_avg_pool2d(a, size),
-    )
-
-
-@pytest.mark.parametrize(
-    ("shape", "size"), [c[1:] for c in ADAPTIVE_CASES], ids=[c[0] for c in ADAPTIVE_CASES]
-)
-def test_adaptive_max_pool2d_matches_references(shape, size):
-    full = (size[0], shape[3] if size[1] is None else size[1]) if isinstance(size, tuple) else size
-    check_op(
-        lambda a: ag.adaptive_max_pool2d(a, size),
-        rand(*shape, seed=19),
-        ref=lambda a: ref_adaptive(a, full, np.max),
-        torch_fn=lambda a: F.adaptive_max_pool2d(a, size),
-    )
 
 
 def test_adaptive_bins_match_torch_definition():

@@ -725,11 +725,16 @@ for _sa, _sb in MATMUL_SHAPES:
 CONV_CASES = [
     # (name, x shape, w shape, kwargs)
     ("plain", (2, 2, 5, 5), (3, 2, 3, 3), {}),
-    ("stride_pad", (1, 2, 5, 6), (3, 2, 3, 3), dict(stride=2, padding=1)),
-    ("rect_pairs_dilation", (1, 2, 6, 5), (2, 2, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2))),
-    ("groups", (1, 4, 4, 4), (6, 2, 3, 3), dict(groups=2, padding=1)),
+    ("stride_pad", (2, 2, 5, 6), (3, 2, 3, 3), dict(stride=2, padding=1)),
+    ("rect_kernel_pairs", (1, 2, 6, 5), (2, 2, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2))),
+    ("dilation", (2, 1, 6, 6), (2, 1, 2, 2), dict(dilation=2, padding=1)),
+    ("groups", (2, 4, 5, 5), (6, 2, 3, 3), dict(groups=2, padding=1)),
     ("depthwise", (2, 3, 5, 5), (3, 1, 3, 3), dict(groups=3, stride=2)),
+    ("depthwise_multiplier", (1, 2, 5, 4), (4, 1, 2, 3), dict(groups=2)),
     ("same_even_kernel", (1, 2, 5, 5), (2, 2, 2, 4), dict(padding="same")),
+    ("same_dilated", (1, 2, 5, 5), (2, 2, 3, 3), dict(padding="same", dilation=2)),
+    ("valid", (1, 1, 4, 4), (1, 1, 4, 4), dict(padding="valid")),
+    ("one_by_one", (2, 3, 3, 3), (4, 3, 1, 1), dict(stride=2)),
 ]
 for _name, _xs, _ws, _kw in CONV_CASES:
     _add(
@@ -755,6 +760,7 @@ _add(
 CONV_T_CASES = [
     ("plain", (2, 3, 3, 4), (3, 2, 3, 3), {}),
     ("stride_pad_outpad", (1, 2, 3, 3), (2, 3, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    ("pairs", (1, 2, 3, 2), (2, 2, 2, 3), dict(stride=(2, 3), padding=(0, 1), output_padding=(1, 2))),
     ("groups_dilation", (2, 4, 3, 3), (4, 1, 2, 2), dict(groups=2, dilation=2, stride=2)),
 ]
 for _name, _xs, _ws, _kw in CONV_T_CASES:
@@ -786,10 +792,12 @@ _add(
     ),
 )
 MAX_POOL_CASES = [
-    ("k2", (2, 2, 4, 4), dict(kernel_size=2)),
+    ("k2", (2, 2, 6, 6), dict(kernel_size=2)),
     ("k3_s2_p1", (1, 2, 7, 6), dict(kernel_size=3, stride=2, padding=1)),
     ("rect_ceil", (1, 2, 7, 8), dict(kernel_size=(3, 2), stride=(2, 3), ceil_mode=True)),
+    ("ceil_pad", (1, 1, 6, 6), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
     ("dilation", (1, 2, 7, 7), dict(kernel_size=2, stride=1, dilation=2)),
+    ("overlap", (2, 1, 5, 5), dict(kernel_size=3, stride=1)),
 ]
 for _name, _shape, _kw in MAX_POOL_CASES:
     _add(
@@ -823,10 +831,17 @@ _add(
     order=0,
 )
 AVG_POOL_CASES = [
-    ("k2", (2, 2, 4, 4), dict(kernel_size=2)),
+    ("k2", (2, 2, 6, 6), dict(kernel_size=2)),
     ("k3_s2_p1", (1, 2, 7, 6), dict(kernel_size=3, stride=2, padding=1)),
     ("exclude_pad", (1, 2, 7, 6), dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
     ("ceil", (1, 2, 7, 8), dict(kernel_size=(3, 2), stride=(2, 3), ceil_mode=True)),
+    ("ceil_pad_include", (1, 1, 6, 6), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+    (
+        "ceil_pad_exclude",
+        (1, 1, 6, 6),
+        dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+    ),
+    ("overlap", (2, 1, 5, 5), dict(kernel_size=3, stride=1)),
 ]
 for _name, _shape, _kw in AVG_POOL_CASES:
     _add(
@@ -838,7 +853,9 @@ for _name, _shape, _kw in AVG_POOL_CASES:
         name=_name,
     )
 ADAPTIVE_CASES = [
+    # (name, x shape, output_size, output_size with None filled in)
     ("global", (2, 2, 5, 6), 1, 1),
+    ("divisible", (1, 2, 6, 4), (3, 2), (3, 2)),
     ("non_divisible", (1, 2, 7, 5), (3, 4), (3, 4)),
     ("larger_than_input", (1, 2, 2, 3), (3, 5), (3, 5)),
     ("keep_width", (1, 1, 5, 3), (2, None), (2, 3)),
