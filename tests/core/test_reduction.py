@@ -208,3 +208,113 @@ def test_bad_axis_names_the_op_and_tensor():
 def test_max_over_empty_axis_is_an_error():
     with pytest.raises(ag.ShapeError, match=r"max: x \(0, 3\): cannot reduce over axis 0 of size 0"):
         ag.input("x", (0, 3)).max(axis=0)
+
+
+# ----------------------------------------------------------------------------- cumsum
+@pytest.mark.parametrize(("axis", "reverse"), [(0, False), (-1, False), (1, True)])
+def test_cumsum_matches_numpy_torch_and_finite_differences(axis, reverse):
+    def ref(v):
+        return np.flip(np.cumsum(np.flip(v, axis), axis), axis) if reverse else np.cumsum(v, axis)
+
+    def torch_fn(t):
+        return torch.flip(torch.cumsum(torch.flip(t, (axis,)), axis), (axis,)) if reverse else t.cumsum(axis)
+
+    check_op(
+        lambda v: v.cumsum(axis, reverse=reverse) * v,
+        X,
+        ref=lambda v: ref(v) * v,
+        torch_fn=lambda t: torch_fn(t) * t,
+    )
+
+
+def test_cumsum_gradient_is_the_reverse_cumsum():
+    x = ag.input("x", ("T",), "float64")
+    cot = ag.input("c", ("T",), "float64")
+    (dx,) = ag.grad((x.cumsum() * cot).sum(), [x])
+    assert dx.node.op == "cumsum" and dx.node.attrs["reverse"] is True
+    f = ag.compile(dx, inputs=[x, cot])
+    for t in (3, 5):
+        c = rand(t, seed=t)
+        np.testing.assert_allclose(f(np.zeros(t), c), np.cumsum(c[::-1])[::-1], rtol=1e-12)
+
+
+def test_cumsum_dtypes():
+    assert run(lambda i: i.cumsum(), np.array([1, 2, 3], np.int32)).dtype == np.int32
+    got = run(lambda b: ag.cumsum(b), np.array([True, False, True]))
+    assert got.dtype == np.int64 and got.tolist() == [1, 1, 2]
+    halves = run(lambda h: h.cumsum(), np.ones(4000, np.float16))
+    assert halves.dtype == np.float16 and halves[-1] == 4000  # float16 accumulation would stop at 2048
+
+
+# ----------------------------------------------------------------------------- float16 accumulates in float32
+def test_float16_mean_sum_and_var_do_not_overflow():
+    ones = np.ones(100_000, np.float16)
+    assert run(ag.mean, ones).item() == 1.0 == torch.tensor(ones).mean().item()  # was inf
+    assert run(ag.sum, np.ones(4000, np.float16)).item() == 4000.0  # pairwise float16 sums lose ones
+    noisy = (np.random.default_rng(3).standard_normal((4, 30_000)) * 2).astype(np.float16)
+    for fn, want in (
+        (lambda x: ag.mean(x, 1), np.mean(noisy.astype(np.float64), 1)),
+        (lambda x: ag.var(x, 1, correction=1), np.var(noisy.astype(np.float64), 1, ddof=1)),
+    ):
+        got = run(fn, noisy)
+        assert got.dtype == np.float16
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=2e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        run(lambda x: ag.var(x, 1, correction=1), noisy).astype(np.float32),
+        torch.tensor(noisy).var(1).float().numpy(),
+        rtol=2e-3,
+    )
+
+
+def test_float16_var_with_a_symbolic_count_does_not_overflow():
+    x = ag.input("x", ("N",), "float16")
+    f = ag.compile(ag.var(x, correction=1))
+    data = np.tile(np.array([0.0, 2.0], np.float16), 40_000)  # n = 80000 > 65504, the float16 maximum
+    np.testing.assert_allclose(float(f(data)), np.var(data.astype(np.float64), ddof=1), rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- infinities and NaN
+def test_logsumexp_of_infinite_rows_matches_torch():
+    x = np.array([[-np.inf, -np.inf, -np.inf], [1.0, np.inf, 0.0], [0.0, -np.inf, 1.0]], np.float32)
+    got = run(lambda v: ag.logsumexp(v, 1), x)
+    want = torch.logsumexp(torch.tensor(x), 1).numpy()
+    np.testing.assert_array_equal(got[:2], [-np.inf, np.inf])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # Gradients: finite wherever PyTorch's are (row 2), NaN where PyTorch's are.
+    t = torch.tensor(x, requires_grad=True)
+    torch.logsumexp(t, 1).sum().backward()
+    v = ag.input("v", (3, 3))
+    (g,) = ag.grad(ag.logsumexp(v, 1).sum(), [v])
+    np.testing.assert_allclose(ag.compile(g)(x), t.grad.numpy(), rtol=1e-6, equal_nan=True)
+
+
+def _torch_grad(fn, x):
+    t = torch.tensor(x, requires_grad=True)
+    fn(t).sum().backward()
+    return t.grad.numpy()
+
+
+def _asg_grad(fn, x):
+    v = ag.input("v", x.shape, "float64")
+    (g,) = ag.grad(fn(v).sum(), [v])
+    return ag.compile(g)(x)
+
+
+def test_max_and_min_gradients_with_nan_follow_torch():
+    # Regression: the whole gradient used to be NaN. Rows without NaN match torch.amax/amin; a NaN
+    # extreme sends its gradient to the NaN entries, as torch.max(dim) and torch.max() do.
+    x = np.array([[1.0, np.nan, 3.0], [4.0, 6.0, 6.0], [2.0, 2.0, 1.0]])
+    for asg_fn, torch_fn in (
+        (lambda v: ag.max(v, 1), lambda t: t.amax(1)),
+        (lambda v: ag.min(v, 1), lambda t: t.amin(1)),
+    ):
+        got, want = _asg_grad(asg_fn, x), _torch_grad(torch_fn, x)
+        np.testing.assert_array_equal(got[1:], want[1:])
+        assert np.isnan(want[0]).all() and np.isfinite(got).all()
+    np.testing.assert_array_equal(
+        _asg_grad(lambda v: ag.max(v, 1), x[:1]), _torch_grad(lambda t: t.max(1).values, x[:1])
+    )
+    np.testing.assert_array_equal(_asg_grad(ag.max, x), _torch_grad(lambda t: t.max(), x))
+    np.testing.assert_array_equal(
+        _asg_grad(ag.max, x[1:]), _torch_grad(lambda t: t.max(), x[1:])
+    )  # ties share
