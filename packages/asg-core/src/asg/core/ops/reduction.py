@@ -143,9 +143,18 @@ define_op(
 )
 
 
-def _arg_infer(x: TensorType, axis: int, keepdims: bool) -> TensorType:
+def _arg_infer(x: TensorType, axis: int, keepdims: bool, index_dtype: str = "int64") -> TensorType:
     axis = normalize_axis(axis, x.ndim)
-    return TensorType(_reduced_shape(x, (axis,), keepdims), "int64")
+    if index_dtype not in ("int32", "int64"):  # int32 where a backend narrows index dtypes, as JAX's
+        raise ValueError(f"index_dtype must be 'int32' or 'int64', got {index_dtype!r}")
+    return TensorType(_reduced_shape(x, (axis,), keepdims), index_dtype)
+
+
+def _arg_kernel(find):
+    def kernel(x: np.ndarray, axis: int, keepdims: bool, index_dtype: str = "int64") -> np.ndarray:
+        return find(x, axis=axis, keepdims=keepdims).astype(index_dtype, copy=False)
+
+    return kernel
 
 
 define_op(
@@ -153,14 +162,14 @@ define_op(
     traits=(REDUCTION,),
     infer=_arg_infer,
     differentiable=False,
-    kernel=lambda x, axis, keepdims: np.argmax(x, axis=axis, keepdims=keepdims),
+    kernel=_arg_kernel(np.argmax),
 )
 define_op(
     "argmin",
     traits=(REDUCTION,),
     infer=_arg_infer,
     differentiable=False,
-    kernel=lambda x, axis, keepdims: np.argmin(x, axis=axis, keepdims=keepdims),
+    kernel=_arg_kernel(np.argmin),
 )
 
 
@@ -272,14 +281,14 @@ def min(x: Any, axis: Axes = None, keepdims: bool = False) -> Tensor:
 def argmax(x: Any, axis: int = -1, keepdims: bool = False) -> Tensor:
     """Index of the maximum along ``axis`` (int64): (B, C) -> (B,) for axis=-1."""
     x = as_tensor(x)
-    return apply("argmax", x, axis=_axis(x, axis, "argmax"), keepdims=bool(keepdims))
+    return apply("argmax", x, axis=_axis(x, axis, "argmax"), keepdims=bool(keepdims), index_dtype="int64")
 
 
 @tensor_method
 def argmin(x: Any, axis: int = -1, keepdims: bool = False) -> Tensor:
     """Index of the minimum along ``axis`` (int64): (B, C) -> (B,) for axis=-1."""
     x = as_tensor(x)
-    return apply("argmin", x, axis=_axis(x, axis, "argmin"), keepdims=bool(keepdims))
+    return apply("argmin", x, axis=_axis(x, axis, "argmin"), keepdims=bool(keepdims), index_dtype="int64")
 
 
 @tensor_method

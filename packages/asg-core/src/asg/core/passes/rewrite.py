@@ -63,12 +63,14 @@ def make_node(op: str, inputs: Sequence[Node], attrs: Mapping[str, Any], like: N
     )
 
 
-def rewrite(graph: Graph, replace: Replace, what: str = "rewrite") -> Graph:
+def rewrite(graph: Graph, replace: Replace, what: str = "rewrite", retype: bool = False) -> Graph:
     """Rebuild ``graph``, letting ``replace(node)`` substitute nodes; returns ``graph`` itself if nothing changed.
 
     ``replace`` sees each node in topological order with its inputs already rewritten, and
     returns a node of the same shape and dtype to use instead (an existing node or a new one),
     or ``None`` to keep it. Inputs and outputs keep their order (compiled functions rely on it).
+    ``retype=True`` lets a replacement have another dtype (never another shape) and offers ``input``
+    nodes too: for passes that change value types (:func:`~asg.core.passes.narrow.narrow_index_dtypes`).
 
     Example:
         >>> import asg.core as ag
@@ -86,9 +88,9 @@ def rewrite(graph: Graph, replace: Replace, what: str = "rewrite") -> Graph:
         if any(new is not old for new, old in zip(inputs, node.inputs, strict=True)):
             current = copy_node(node, inputs)
             changed = True
-        replacement = None if node.op == "input" else replace(current)
+        replacement = None if node.op == "input" and not retype else replace(current)
         if replacement is not None and replacement is not current:
-            if replacement.shape != node.shape or replacement.dtype != node.dtype:
+            if replacement.shape != node.shape or (replacement.dtype != node.dtype and not retype):
                 raise ValueError(
                     f"{what}: the replacement of {graph.format_node(node)} has type "
                     f"{replacement.dtype} {format_shape(replacement.shape)}; a pass must keep "
