@@ -136,3 +136,20 @@ def test_softmax_errors():
         ag.ShapeError, match=r"log_softmax: i \(3,\): expected a floating-point tensor, got int64"
     ):
         ag.log_softmax(ag.input("i", (3,), "int64"))
+
+
+def test_cross_entropy_with_a_minus_inf_logit_matches_torch():
+    # Regression: 0 * log(0) made this NaN; PyTorch gives 0.3133 and a finite gradient.
+    logits, target = np.array([[0.0, -np.inf, 1.0], [2.0, 0.5, -np.inf]], np.float32), np.array([2, 0])
+    x = ag.input("x", (2, 3))
+    loss = ag.cross_entropy(x, ag.constant(target))
+    (g,) = ag.grad(loss, [x])
+    got_loss, got_grad = ag.compile([loss, g])(logits)
+    t = torch.tensor(logits, requires_grad=True)
+    want = F.cross_entropy(t, torch.tensor(target))
+    want.backward()
+    np.testing.assert_allclose(got_loss, want.item(), rtol=1e-6)
+    np.testing.assert_allclose(got_grad, t.grad.numpy(), rtol=1e-6, atol=1e-7)
+    assert np.isfinite(got_grad).all()
+    single = ag.cross_entropy(ag.constant(logits[:1]), ag.constant(target[:1]))
+    np.testing.assert_allclose(ag.compile(single)(), 0.3133, atol=1e-4)

@@ -10,108 +10,13 @@ import pytest
 
 import asg.core as ag
 from asg.core.testing import check_op, rand, run, torch_or_skip
+from asg.core.testing.cases import ANY, POSITIVE
 
 torch = torch_or_skip
 
 # ----------------------------------------------------------------------------- unary ops
-POSITIVE = rand(2, 3, seed=1, low=0.2, high=3.0)
-ANY = rand(2, 3, seed=2)
-AWAY_FROM_ZERO = np.where(np.abs(ANY) < 0.1, 0.5, ANY)
-
-UNARY = [
-    # (name, asg function, numpy reference, torch function, data)
-    ("neg", ag.neg, np.negative, torch.neg, ANY),
-    ("exp", ag.exp, np.exp, torch.exp, ANY),
-    ("log", ag.log, np.log, torch.log, POSITIVE),
-    ("sqrt", ag.sqrt, np.sqrt, torch.sqrt, POSITIVE),
-    ("rsqrt", ag.rsqrt, lambda x: 1 / np.sqrt(x), torch.rsqrt, POSITIVE),
-    ("abs", ag.abs, np.abs, torch.abs, AWAY_FROM_ZERO),
-    ("sign", ag.sign, np.sign, torch.sign, AWAY_FROM_ZERO),
-    ("erf", ag.erf, np.vectorize(math.erf), torch.erf, ANY),
-    ("relu", ag.relu, lambda x: np.maximum(x, 0), torch.relu, AWAY_FROM_ZERO),
-    ("sigmoid", ag.sigmoid, lambda x: 1 / (1 + np.exp(-x)), torch.sigmoid, ANY),
-    ("tanh", ag.tanh, np.tanh, torch.tanh, ANY),
-    ("silu", ag.silu, lambda x: x / (1 + np.exp(-x)), torch.nn.functional.silu, ANY),
-    ("softplus", ag.softplus, lambda x: np.log1p(np.exp(x)), torch.nn.functional.softplus, ANY),
-    (
-        "gelu",
-        ag.gelu,
-        lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2))),
-        torch.nn.functional.gelu,
-        ANY,
-    ),
-]
-
-
-@pytest.mark.parametrize(("name", "fn", "ref", "torch_fn", "data"), UNARY, ids=[u[0] for u in UNARY])
-def test_unary_op(name, fn, ref, torch_fn, data):
-    check_op(fn, data, ref=ref, torch_fn=torch_fn)
-
-
-def _gelu_tanh_ref(x):
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-
-
-@pytest.mark.parametrize(
-    ("fn", "ref", "torch_fn", "data"),
-    [
-        (
-            lambda x: ag.leaky_relu(x, 0.2),
-            lambda x: np.where(x > 0, x, 0.2 * x),
-            lambda x: torch.nn.functional.leaky_relu(x, 0.2),
-            AWAY_FROM_ZERO,
-        ),
-        (
-            lambda x: ag.leaky_relu(x),
-            lambda x: np.where(x > 0, x, 0.01 * x),
-            torch.nn.functional.leaky_relu,
-            AWAY_FROM_ZERO,
-        ),
-        (
-            lambda x: ag.elu(x, 0.7),
-            lambda x: np.where(x > 0, x, 0.7 * np.expm1(x)),
-            lambda x: torch.nn.functional.elu(x, 0.7),
-            AWAY_FROM_ZERO,
-        ),
-        (
-            lambda x: ag.softplus(x, beta=2.0, threshold=3.0),
-            lambda x: np.where(2 * x > 3, x, np.log1p(np.exp(2 * x)) / 2),
-            lambda x: torch.nn.functional.softplus(x, beta=2.0, threshold=3.0),
-            np.array([-1.3, 0.2, 1.0, 1.7, 2.5]),
-        ),
-        (
-            lambda x: ag.gelu(x, approximate="tanh"),
-            _gelu_tanh_ref,
-            lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
-            ANY,
-        ),
-        (
-            lambda x: ag.clamp(x, -1.0, 0.5),
-            lambda x: np.clip(x, -1.0, 0.5),
-            lambda x: torch.clamp(x, -1.0, 0.5),
-            AWAY_FROM_ZERO,
-        ),
-        (
-            lambda x: ag.clamp(x, min=0.3),
-            lambda x: np.maximum(x, 0.3),
-            lambda x: torch.clamp(x, min=0.3),
-            ANY,
-        ),
-        (lambda x: x.clamp(max=0.3), lambda x: np.minimum(x, 0.3), lambda x: torch.clamp(x, max=0.3), ANY),
-    ],
-    ids=[
-        "leaky_relu_0.2",
-        "leaky_relu_default",
-        "elu",
-        "softplus_beta_threshold",
-        "gelu_tanh",
-        "clamp",
-        "clamp_min",
-        "clamp_max",
-    ],
-)
-def test_unary_op_with_attributes(fn, ref, torch_fn, data):
-    check_op(fn, data, ref=ref, torch_fn=torch_fn)
+# Parity of every unary op (with its attributes) with numpy, finite differences and PyTorch:
+# asg.core.testing.OP_CASES, run by test_op_coverage.py.
 
 
 def test_tensor_methods_match_functions():
@@ -135,43 +40,7 @@ def test_tensor_methods_match_functions():
 
 
 # ----------------------------------------------------------------------------- binary ops
-BINARY = [
-    # (name, asg function, numpy reference, torch function, b transform making the data valid)
-    ("add", lambda a, b: a + b, np.add, torch.add),
-    ("sub", lambda a, b: a - b, np.subtract, torch.sub),
-    ("mul", lambda a, b: a * b, np.multiply, torch.mul),
-    ("div", lambda a, b: a / b, np.divide, torch.div),
-    ("pow", lambda a, b: a**b, np.power, torch.pow),
-    ("maximum", ag.maximum, np.maximum, torch.maximum),
-    ("minimum", ag.minimum, np.minimum, torch.minimum),
-]
-
-BROADCAST_SHAPES = [
-    ((3, 1, 4), (2, 4)),
-    ((2, 4), (3, 1, 4)),
-    ((4,), (3, 1)),
-    ((), (2, 3)),
-    ((2, 3), ()),
-]
-
-
-def _binary_data(name: str, shape_a, shape_b):
-    a = rand(*shape_a, seed=3)
-    b = rand(*shape_b, seed=4)
-    if name.startswith("pow"):
-        a = rand(*shape_a, seed=3, low=0.3, high=2.0)  # real powers need positive bases
-    if name.startswith("div"):
-        b = np.where(np.abs(b) < 0.3, 0.7, b)
-    return a, b
-
-
-@pytest.mark.parametrize(
-    ("shape_a", "shape_b"), BROADCAST_SHAPES, ids=[f"{a}-{b}" for a, b in BROADCAST_SHAPES]
-)
-@pytest.mark.parametrize(("name", "fn", "ref", "torch_fn"), BINARY, ids=[b[0] for b in BINARY])
-def test_binary_op_broadcasting(name, fn, ref, torch_fn, shape_a, shape_b):
-    a, b = _binary_data(name, shape_a, shape_b)
-    check_op(fn, a, b, ref=ref, torch_fn=torch_fn)
+# Parity of every binary op, same-shape and broadcasting both ways: asg.core.testing.OP_CASES.
 
 
 @pytest.mark.parametrize(
@@ -292,23 +161,6 @@ def test_logical_ops():
         ag.input("x", (2,)) & ag.input("y", (2,), "bool")
     with pytest.raises(ag.ShapeError, match=r"logical_not: .*expected a bool tensor, got int64"):
         ~ag.input("i", (2,), "int64")
-
-
-@pytest.mark.parametrize(
-    ("shapes"),
-    [((2, 3), (2, 3), (2, 3)), ((3, 1, 4), (2, 4), ()), ((4,), (3, 1), (3, 4)), ((), (2,), (2,))],
-)
-def test_where_broadcasts_and_routes_gradients(shapes):
-    cshape, ashape, bshape = shapes
-    cond = rand(*cshape, seed=7) > 0
-    a, b = rand(*ashape, seed=8), rand(*bshape, seed=9)
-    check_op(
-        lambda x, y: ag.where(ag.constant(cond), x, y),
-        a,
-        b,
-        ref=lambda x, y: np.where(cond, x, y),
-        torch_fn=lambda x, y: torch.where(torch.tensor(cond), x, y),
-    )
 
 
 def test_where_of_bools_stays_bool():
@@ -576,3 +428,27 @@ def test_gelu_rejects_unknown_approximation():
         ag.ShapeError, match=r"gelu: x \(3,\): approximate must be 'none' or 'tanh', got 'fast'"
     ):
         ag.gelu(ag.input("x", (3,)), approximate="fast")
+
+
+# ----------------------------------------------------------------------------- masked_fill
+@pytest.mark.parametrize("mask_shape", [(2, 3), (1, 3), (3,)], ids=str)
+def test_masked_fill_matches_numpy_torch_and_finite_differences(mask_shape):
+    mask = np.random.default_rng(7).random(mask_shape) > 0.5
+    check_op(
+        lambda x, m: x.masked_fill(m, -2.5) * x,
+        ANY,
+        mask,
+        ref=lambda x, m: np.where(m, -2.5, x) * x,
+        torch_fn=lambda t, m: t.masked_fill(m, -2.5) * t,
+    )
+
+
+def test_masked_fill_keeps_the_dtype_and_checks_its_mask():
+    x = ag.input("x", (2, 3), "int32")
+    assert ag.masked_fill(x, x > 0, 7).dtype == "int32"
+    with pytest.raises(ag.DTypeError, match=r"^where: .*the condition must be a bool tensor, got float32"):
+        ag.masked_fill(ag.input("y", (2, 3)), ag.input("m", (2, 3)), 0.0)
+    with pytest.raises(
+        ag.ShapeError, match=r"^masked_fill: mask m \(4, 2, 3\) must broadcast to x y \(2, 3\)"
+    ):
+        ag.masked_fill(ag.input("y", (2, 3)), ag.input("m", (4, 2, 3), "bool"), 0.0)
