@@ -264,3 +264,9 @@ def test_readme_names_section_runs(capsys):
     printed = capsys.readouterr().out
     expected = [line[2:] for line in code.splitlines() if line.startswith("# ")]
     assert printed.splitlines() == expected
+
+
+def test_scoped_printout_of_a_graph_without_scopes_is_the_plain_printout():
+    x = ag.input("x", (2,))
+    graph = ag.Graph([(x * 2.0).relu().node])
+    assert graph.format(show_scopes=True) == str(graph)

@@ -376,6 +376,8 @@ class Graph:
     def format(self, show_scopes: bool = False) -> str:
         """The printout; with ``show_scopes=True`` a ``# scope`` comment opens each run of nodes of one scope.
 
+        ``str(graph)`` is ``graph.format()``.
+
         >>> import asg.core as ag
         >>> x = ag.input("x", (2,))
         >>> with ag.scope("h.0.mlp"):
@@ -396,7 +398,7 @@ class Graph:
         head = " ".join(typed(n) for n in self.inputs)
         consts_part = " ".join(typed(n) for n in params + consts)
         lines = [f"{{ lambda {consts_part}; {head}. let"]
-        shown: str | None = None
+        shown = ""  # nodes before the first scope get no comment
         for n in self.nodes:
             if n.op in LEAF_OPS:
                 continue
