@@ -217,6 +217,14 @@ _add(
     torch_fn=lambda x: F.leaky_relu(x, 0.2),
 )
 _add(
+    "leaky_relu",
+    ag.leaky_relu,
+    AWAY_FROM_ZERO,
+    ref=lambda x: np.where(x > 0, x, 0.01 * x),
+    torch_fn=F.leaky_relu,
+    name="default_slope",
+)
+_add(
     "elu",
     lambda x: ag.elu(x, 0.7),
     AWAY_FROM_ZERO,
@@ -274,7 +282,14 @@ BINARY = [
     ("minimum", ag.minimum, np.minimum, T.minimum),
 ]
 # Same shapes, then broadcasting: a middle axis, a vector against a column, a scalar on either side.
-BROADCAST_SHAPES = [((2, 3), (2, 3)), ((3, 1, 4), (2, 4)), ((4,), (3, 1)), ((), (2, 3)), ((2, 3), ())]
+BROADCAST_SHAPES = [
+    ((2, 3), (2, 3)),
+    ((3, 1, 4), (2, 4)),
+    ((2, 4), (3, 1, 4)),
+    ((4,), (3, 1)),
+    ((), (2, 3)),
+    ((2, 3), ()),
+]
 
 
 def binary_data(op: str, shape_a: tuple[int, ...], shape_b: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -312,7 +327,12 @@ _add("logical_or", lambda a, b: a | b, _BOOL_A, _BOOL_B, ref=np.logical_or, torc
 _add("logical_or", lambda a, b: a | b, _BOOL_A, _BOOL_A, ref=np.logical_or, name="same_shape")
 _add("logical_not", lambda a: ~a, _BOOL_A, ref=np.logical_not, torch_fn=T.logical_not)
 
-for _sc, _sa, _sb in [((2, 3), (2, 3), (2, 3)), ((3, 1, 4), (2, 4), ()), ((4,), (3, 1), (3, 4))]:
+for _sc, _sa, _sb in [
+    ((2, 3), (2, 3), (2, 3)),
+    ((3, 1, 4), (2, 4), ()),
+    ((4,), (3, 1), (3, 4)),
+    ((), (2,), (2,)),
+]:
     _add(
         "where",
         ag.where,
