@@ -350,3 +350,39 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(normalization, extraglobs={"np": np})
     assert result.attempted > 0 and result.failed == 0
+
+
+# ----------------------------------------------------------------------------- float16 statistics in float32
+def test_float16_layer_norm_and_its_gradients_do_not_overflow():
+    # Regression: squares of 4096 features of size ~10 summed in float16 (max 65504) gave inf.
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((3, 4096)) * 10 + 50).astype(np.float16)
+    w = (1 + 0.1 * rng.standard_normal(4096)).astype(np.float16)
+    xs, ws = ag.input("x", (3, 4096), "float16"), ag.input("w", (4096,), "float16")
+    y = ag.layer_norm(xs, 4096, ws)
+    dx, dw = ag.grad((y * y).sum(), [xs, ws])
+    got = ag.compile([y, dx, dw])(x, w)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    want = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-5) * w64
+    assert all(g.dtype == np.float16 and np.isfinite(g).all() for g in got)
+    np.testing.assert_allclose(got[0].astype(np.float64), want, atol=2e-2, rtol=1e-2)
+    if torch is not None:
+        t = F.layer_norm(torch.tensor(x).float(), (4096,), torch.tensor(w).float())
+        np.testing.assert_allclose(got[0].astype(np.float32), t.numpy(), atol=2e-2, rtol=1e-2)
+
+
+def test_float16_batch_norm_statistics_do_not_overflow():
+    x = np.full((10, 2, 100, 100), 3.0, np.float16)  # 100,000 values per channel
+    x[:, 1] = np.tile(np.array([1.0, 5.0], np.float16), 50)
+    mean, var = ag.state(np.zeros(2, "float16"), "mean"), ag.state(np.ones(2, "float16"), "var")
+    y, new_mean, new_var = ag.batch_norm(
+        ag.input("x", ("N", 2, 100, 100), "float16"), mean, var, training=True
+    )
+    step = ag.compile(y, updates={mean: new_mean, var: new_var})
+    out = step(x)
+    assert out.dtype == np.float16 and np.isfinite(out).all()
+    np.testing.assert_allclose(out[:, 1, 0, :2].astype(np.float32), np.tile([-1.0, 1.0], (10, 1)), atol=1e-2)
+    np.testing.assert_allclose(mean.numpy().astype(np.float32), [0.3, 0.3], rtol=1e-3)
+    np.testing.assert_allclose(
+        var.numpy().astype(np.float32), [0.9, 0.9 + 0.1 * 4 * 100_000 / 99_999], rtol=1e-3
+    )
