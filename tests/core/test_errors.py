@@ -212,3 +212,43 @@ def test_values_of_non_leaves_and_bad_assignments():
         ag.apply("no_such_op", x)
     with pytest.raises(ValueError, match=r"op 'add' is already defined"):
         ag.define_op("add", infer=lambda a, b: a, kernel=np.add)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: ag.exp(ag.input("i", (3,), "int64")),
+            r"^exp: i \(3,\): expected a floating-point tensor, got int64",
+        ),
+        (
+            lambda: ag.where(ag.input("c", (3,)), 1.0, 0.0),
+            r"^where: .*the condition must be a bool tensor, got float32 \(compare first, e\.g\. x > 0\)$",
+        ),
+        (
+            lambda: ag.input("a", (3,)) & ag.input("b", (3,), "bool"),
+            r"^logical_and: a \(3,\) float32 & b \(3,\) bool: expected bool tensors, got float32",
+        ),
+        (
+            lambda: ag.index_select(ag.input("x", (3, 2)), ag.input("i", (2,)), 0),
+            r"^index_select: x \(3, 2\), i \(2,\): indices must be int32 or int64, got float32$",
+        ),
+        (
+            lambda: ag.input("x", (2, 3)) @ ag.input("w", (3, 4), "float64"),
+            r"^matmul: x \(2, 3\) float32 @ w \(3, 4\) float64: dtypes differ: float32 and float64",
+        ),
+        (lambda: ag.mean(ag.input("n", (4,), "int32")), r"^mean: n \(4,\): expected a floating-point tensor"),
+        (lambda: -ag.input("flag", (2,), "bool"), r"^neg: flag \(2,\): cannot negate a bool tensor"),
+    ],
+    ids=["exp", "where", "logical_and", "index_select", "matmul", "mean", "neg"],
+)
+def test_dtype_mistakes_raise_dtype_error(build, message):
+    with pytest.raises(ag.DTypeError, match=message) as info:
+        build()
+    assert isinstance(info.value, ag.ShapeError)  # existing handlers of ShapeError still catch it
+
+
+def test_shape_mistakes_stay_plain_shape_errors():
+    with pytest.raises(ag.ShapeError) as info:
+        ag.input("a", (2, 3)) + ag.input("b", (4,))
+    assert not isinstance(info.value, ag.DTypeError)
