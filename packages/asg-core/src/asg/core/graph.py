@@ -33,7 +33,8 @@ _SHORT_DTYPE = {
 }
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _ids = itertools.count()
-_renames = [0]  # bumped whenever a node's name changes, so cached printed names are recomputed
+_rename_count = itertools.count(1)  # next() on a count is atomic: safe when threads rename nodes at once
+_renames = [0]  # the latest rename's number; cached printed names are recomputed when it changes
 
 
 class Variable:
@@ -154,7 +155,7 @@ class Node:
     @name.setter
     def name(self, value: str | None) -> None:
         self._name = value
-        _renames[0] += 1
+        _renames[0] = next(_rename_count)
 
     @property
     def ndim(self) -> int:
