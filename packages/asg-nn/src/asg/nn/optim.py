@@ -79,6 +79,10 @@ class Optimizer:
         for key, value in defaults.items():
             _check_hyper(name, key, value)
         self.defaults = dict(defaults)
+        if isinstance(params, ag.Tensor):
+            raise TypeError(
+                f"{name}: params must be an iterable of parameters, got one Tensor (wrap it in a list)"
+            )
         items = list(params)
         if not items:
             raise ValueError(f"{name}: got an empty parameter list")
@@ -188,9 +192,11 @@ class Optimizer:
             for p in group["params"]:
                 entry = self.state.get(id(p.node.data))
                 if entry is not None and float(entry["step"].numpy()) > 0:
-                    state[index] = {
+                    exported = {
                         k: np.array(v.numpy(), copy=True) for k, v in entry.items() if self._exported(k)
                     }
+                    if exported:  # torch.optim.SGD without momentum keeps no state at all
+                        state[index] = exported
                 ids.append(index)
                 index += 1
             groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
