@@ -46,8 +46,8 @@ def claim(var: Variable, home: Storage | None) -> None:
 
     >>> import numpy as np
     >>> v = Variable(np.ones(2, "float32"), "w")
-    >>> claim(v, None)
-    ... v._home is None
+    >>> claim(v, None)  # already on the host: nothing moves
+    >>> v._home is None
     True
     """
     old = var._home

@@ -113,6 +113,8 @@ class Tensor:
                 f"assign to {self.node.label}: shape {value.shape} does not match the parameter's {var.value.shape}"
             )
         np.copyto(var.value, value, casting="unsafe")
+        if var._home is not None:  # a backend holds the current value (asg.core.storage): write through
+            var._home.write(var)
 
     # ------------------------------------------------------------ operators
     # The arithmetic operators map one to one onto registered ops. Every other method (``sum``,
