@@ -12,6 +12,7 @@ import pytest
 README = Path(__file__).resolve().parents[2] / "packages" / "asg-data" / "README.md"
 PIPELINE_MODULES = [
     "asg.data",
+    "asg.data._atomic",
     "asg.data.builtin",
     "asg.data.bundled",
     "asg.data.collate",
@@ -27,10 +28,14 @@ PIPELINE_MODULES = [
 ]
 
 
-def _pipeline_blocks() -> list[str]:
+def _blocks(name: str) -> list[str]:
     text = README.read_text()
-    section = text[text.index("<!-- pipeline-examples:start") : text.index("<!-- pipeline-examples:end")]
+    section = text[text.index(f"<!-- {name}-examples:start") : text.index(f"<!-- {name}-examples:end")]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def _pipeline_blocks() -> list[str]:
+    return _blocks("pipeline")
 
 
 def test_readme_pipeline_examples_run(capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,6 +48,17 @@ def test_readme_pipeline_examples_run(capsys: pytest.CaptureFixture[str]) -> Non
     assert printed[0] == "22"
     assert printed[1] == "(4, 4) [0 1 2 0] ['r0', 'r1', 'r2', 'r3']"
     assert printed[-2:] == ["(3, 28, 28) [7 2 1]", "(2, 32, 32, 3) [3 8]"]
+
+
+def test_readme_text_and_metrics_examples_print_what_they_say(capsys: pytest.CaptureFixture[str]) -> None:
+    blocks = _blocks("text") + _blocks("metrics")
+    assert len(blocks) == 6
+    expected = [m.group(1) for block in blocks for m in re.finditer(r"# -> (.*)$", block, flags=re.M)]
+    namespace: dict[str, object] = {"__name__": "readme"}
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), namespace)
+    assert capsys.readouterr().out.splitlines() == expected
+    assert len(expected) == 19
 
 
 @pytest.mark.parametrize("module_name", PIPELINE_MODULES)

@@ -111,6 +111,74 @@ def test_idx_damaged_gzip(tmp_path: Path) -> None:
         read_idx(path)
 
 
+def _huge_header() -> bytes:
+    return bytes([0, 0, 0x08, 4]) + (65536).to_bytes(4, "big") * 4  # claims 65536**4 = 2**64 bytes
+
+
+def test_idx_huge_header_dims_are_refused_before_allocating(tmp_path: Path) -> None:
+    # np.prod of these dims overflows int64 to 0, which made an empty file pass the length check and
+    # fail later with "cannot reshape array of size 0 into shape (65536,65536,65536,65536)".
+    path = _idx_file(tmp_path, _huge_header(), "huge-idx4-ubyte")
+    with pytest.raises(DataFormatError) as info:
+        read_idx(path)
+    assert str(info.value) == (
+        f"{path}: file is truncated: header says shape (65536, 65536, 65536, 65536) of uint8 = "
+        "18446744073709551616 data bytes after the 20-byte header, found 0"
+    )
+    gz = _idx_file(tmp_path, gzip.compress(_huge_header() + bytes(1000)), "huge-idx4-ubyte.gz")
+    size = gz.stat().st_size
+    with pytest.raises(DataFormatError) as info:
+        read_idx(gz)
+    assert str(info.value) == (
+        f"{gz}: file is truncated or its header is damaged: header says shape (65536, 65536, 65536, 65536) "
+        "of uint8 = 18446744073709551616 data bytes after the 20-byte header, but a "
+        f"{size}-byte gzip file decompresses to at most {size * 1032} bytes"
+    )
+
+
+def test_idx_gzip_bomb_is_refused_from_its_header_with_bounded_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    # Ten label bytes, then 400 MiB of zeros in 400 gzip members of 1 MiB each: a ~400 kB file.
+    member = gzip.compress(bytes(1 << 20), mtime=0)
+    head = gzip.compress(bytes([0, 0, 0x08, 1, 0, 0, 0, 10]) + bytes(10), mtime=0)
+    path = _idx_file(tmp_path, head + member * 400, "bomb-labels-idx1-ubyte.gz")
+    assert path.stat().st_size < 500_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataFormatError) as info:
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value) == (
+        f"{path}: file is longer than its header says: header says shape (10,) of uint8 = 10 data bytes "
+        "after the 8-byte header, found at least 11"
+    )
+    assert peak < 8 << 20, f"reading the header of a gzip bomb took {peak / 2**20:.1f} MiB"
+
+
+def test_idx_gzip_truncated_data_and_header(tmp_path: Path) -> None:
+    short = _idx_file(tmp_path, gzip.compress(bytes([0, 0, 0x08, 1, 0, 0, 0, 100]) + bytes(60)), "s.gz")
+    with pytest.raises(
+        DataFormatError, match=r"s\.gz: file is truncated: header says shape \(100,\).* found 60$"
+    ):
+        read_idx(short)
+    cut_header = _idx_file(tmp_path, gzip.compress(bytes([0, 0, 0x08, 3, 0, 0])), "h.gz")
+    with pytest.raises(DataFormatError, match="3 dimensions need 16 header bytes, the file has 6"):
+        read_idx(cut_header)
+
+
+def test_idx_gzip_output_is_reproducible_and_names_no_temporary_file(tmp_path: Path) -> None:
+    array = np.arange(12, dtype=np.int16).reshape(3, 4)
+    write_idx(tmp_path / "a.gz", array)
+    write_idx(tmp_path / "b.gz", array)
+    data = (tmp_path / "a.gz").read_bytes()
+    assert data == (tmp_path / "b.gz").read_bytes()
+    assert data[3] == 0  # gzip FLG: no file name stored (it would be the temporary file's)
+    assert gzip.decompress(data)[4:12] == bytes([0, 0, 0, 3, 0, 0, 0, 4])
+
+
 def test_idx_expected_ndim_and_dtype(tmp_path: Path) -> None:
     path = tmp_path / "x"
     write_idx(path, np.zeros((2, 3), np.int16))
@@ -414,6 +482,43 @@ def test_image_folder_empty_trees(tmp_path: Path) -> None:
     (tmp_path / "a" / "readme.txt").write_text("x")
     with pytest.raises(DatasetNotFoundError, match=r"no image files \(\.png"):
         ImageFolder(tmp_path)
+
+
+def test_image_folder_rejects_an_empty_class_folder(pil_image: object, tmp_path: Path) -> None:
+    _image_tree(tmp_path)
+    (tmp_path / "emu").mkdir()
+    (tmp_path / "emu" / "nested").mkdir()
+    (tmp_path / "emu" / "notes.txt").write_text("no images yet")
+    with pytest.raises(DatasetNotFoundError) as info:
+        ImageFolder(tmp_path)
+    root = tmp_path.resolve()
+    assert str(info.value) == (
+        f"ImageFolder: class folder {root / 'emu'} holds no image files (.png, .jpg, .jpeg, .bmp, .gif, "
+        f".tif, .tiff, .webp, .ppm, .pgm); every subdirectory of {root} is a class and needs at least one "
+        "image: add images, remove the folder, or pass extensions= for other file types"
+    )
+    (tmp_path / "yak").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"class folders \S+emu, \S+yak hold no image files"):
+        ImageFolder(tmp_path)
+    (tmp_path / "yak").rmdir()
+    folder = ImageFolder(tmp_path, extensions=(".png", ".txt"))  # emu's notes.txt now counts
+    assert folder.classes == ["cat", "dog", "emu"] and folder.targets.tolist().count(2) == 1
+
+
+def test_image_folder_decompression_bomb_names_the_file(
+    pil_image: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _image_tree(tmp_path)  # 6 x 5 images = 30 pixels; Pillow refuses over twice the limit
+    monkeypatch.setattr(pil_image, "MAX_IMAGE_PIXELS", 10)
+    folder = ImageFolder(tmp_path)
+    with pytest.raises(DataFormatError) as info:
+        folder[0]
+    assert str(info.value) == (
+        f"{folder.samples[0][0]}: refused to decode the image: Image size (30 pixels) exceeds limit of 20 "
+        "pixels, could be decompression bomb DOS attack. If the file is trusted, raise the limit with "
+        "PIL.Image.MAX_IMAGE_PIXELS (now 10), or pass image_loader= to decode it yourself"
+    )
+    assert isinstance(info.value.__cause__, pil_image.DecompressionBombError)
 
 
 def test_image_folder_without_pillow(

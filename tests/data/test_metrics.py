@@ -591,3 +591,18 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(asg.data.metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 30 and result.failed == 0
+
+
+def test_metric_logger_from_json_field_errors_name_the_file(tmp_path):
+    path = tmp_path / "h.json"
+    where = f"MetricLogger.from_json: {str(path)!r}"
+    missing = {"format": "asg.MetricLogger", "version": 1}
+    not_an_object = {"format": "asg.MetricLogger", "history": [{"loss": 1.0}, 3]}
+    for d, message in [
+        (missing, f"{where}: field 'history' is missing; expected an array of per-epoch objects"),
+        (not_an_object, f"{where}: field 'history'[1] must be an object metric -> value, got 3"),
+    ]:
+        path.write_text(json.dumps(d))
+        with pytest.raises(ValueError) as info:
+            MetricLogger.from_json(path)
+        assert str(info.value) == message

@@ -351,6 +351,146 @@ def test_from_gpt2_files_small_synthetic(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# Tokenizer files: hostile patterns and malformed fields name the file and the field
+
+
+def _bpe_file(tmp_path, name="tok.json", **changes):
+    d = ByteLevelBPETokenizer.train("abab aab", vocab_size=258).to_dict()
+    for key, value in changes.items():
+        if value is None:
+            del d[key]
+        else:
+            d[key] = value
+    path = tmp_path / name
+    path.write_text(json.dumps(d), encoding="utf-8")
+    return path
+
+
+def test_bpe_hostile_pattern_from_a_file_raises_within_seconds(tmp_path):
+    path = _bpe_file(tmp_path, "hostile.json", pattern="(a|aa)+$")
+    tok = ByteLevelBPETokenizer.load(path)
+    assert tok.source == str(path)
+    assert tok.encode("aaa") == ByteLevelBPETokenizer.load(_bpe_file(tmp_path)).encode("aaa")  # still works
+    start = time.monotonic()
+    with pytest.raises(TimeoutError) as info:
+        tok.encode("a" * 40 + "!")  # 2**40 ways to split: hangs without a time limit
+    assert time.monotonic() - start < 3.0
+    assert str(info.value) == (
+        f"ByteLevelBPETokenizer.encode: the pre-tokenization pattern '(a|aa)+$' (field 'pattern' of "
+        f"{str(path)!r}) did not finish on 41 characters of text within 1 s: it backtracks catastrophically "
+        "(nested or overlapping repetition such as '(a|aa)+'). Use GPT2_PATTERN (matched without a time "
+        "limit) or a pattern without nested repetition; pattern_timeout= sets the seconds allowed per "
+        "million characters"
+    )
+    fast = ByteLevelBPETokenizer(tok.vocab, tok.merges, pattern="(a|aa)+$", pattern_timeout=0.1)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"within 0\.1 s"):
+        fast.encode("a" * 40 + "!")
+    assert time.monotonic() - start < 2.0
+    with pytest.raises(ValueError, match="pattern_timeout must be > 0"):
+        ByteLevelBPETokenizer(tok.vocab, tok.merges, pattern_timeout=0)
+
+
+def test_bpe_file_with_an_invalid_pattern_names_the_file(tmp_path):
+    path = _bpe_file(tmp_path, pattern="(a")
+    with pytest.raises(ValueError) as info:
+        ByteLevelBPETokenizer.load(path)
+    assert str(info.value) == (
+        f"ByteLevelBPETokenizer.load: {str(path)!r}: the pre-tokenization pattern '(a' is not a valid "
+        "regular expression (missing ) at position 2); GPT2_PATTERN is GPT-2's"
+    )
+
+
+def test_bpe_file_field_errors_name_file_and_field(tmp_path):
+    where = f"ByteLevelBPETokenizer.load: {str(tmp_path / 'tok.json')!r}"
+    vocab = ByteLevelBPETokenizer.train("abab aab", vocab_size=258).vocab
+    cases = {
+        "vocab": (None, f"{where}: field 'vocab' is missing; expected an object token -> integer id"),
+        "merges": (
+            {"a": 1},
+            f"{where}: field 'merges' is an object ({{'a': 1}}); expected an array of "
+            "[left, right] token pairs",
+        ),
+        "pattern": (
+            None,
+            f"{where}: field 'pattern' is missing; expected the pre-tokenization regex as a string",
+        ),
+    }
+    for field, (value, message) in cases.items():
+        with pytest.raises(ValueError) as info:
+            ByteLevelBPETokenizer.load(_bpe_file(tmp_path, **{field: value}))
+        assert str(info.value) == message
+    # The id that used to fail with "invalid literal for int() with base 10: 'x'":
+    with pytest.raises(ValueError) as info:
+        ByteLevelBPETokenizer.load(_bpe_file(tmp_path, vocab={**vocab, "a": "x"}))
+    assert str(info.value) == f"{where}: vocab['a'] is 'x' (str); token ids must be integers"
+    with pytest.raises(ValueError) as info:
+        ByteLevelBPETokenizer.load(_bpe_file(tmp_path, merges=[["a", "b", "c"]]))
+    assert (
+        str(info.value) == f"{where}: field 'merges'[0] must be a pair of token strings, got ['a', 'b', 'c']"
+    )
+    with pytest.raises(ValueError) as info:
+        ByteLevelBPETokenizer.load(_bpe_file(tmp_path, special_tokens={"<eos>": True}))
+    assert str(info.value) == f"{where}: special_tokens['<eos>'] is True (bool); token ids must be integers"
+
+
+def test_char_tokenizer_file_field_errors_name_file_and_field(tmp_path):
+    path = tmp_path / "chars.json"
+    where = f"CharTokenizer.load: {str(path)!r}"
+    for d, message in [
+        (
+            {"format": "asg.CharTokenizer", "version": 1},  # was "KeyError: 'chars'"
+            f"{where}: field 'chars' is missing; expected a list of single characters",
+        ),
+        (
+            {"format": "asg.CharTokenizer", "version": 1, "chars": "abc"},
+            f"{where}: field 'chars' is a string ('abc'); expected a list of single characters",
+        ),
+        (
+            {"format": "asg.CharTokenizer", "version": 1, "chars": ["a", "bc"]},
+            f"{where}: chars[1] must be a single character, got 'bc'",
+        ),
+        (
+            {"format": "asg.CharTokenizer", "version": 1, "chars": ["a"], "unk_token": 3},
+            f"{where}: field 'unk_token' is an integer (3); expected a string or null",
+        ),
+        (
+            {"format": "asg.CharTokenizer", "version": 2, "chars": ["a"]},
+            f"{where}: unsupported version 2 (this reader knows version 1)",
+        ),
+    ]:
+        path.write_text(json.dumps(d))
+        with pytest.raises(ValueError) as info:
+            CharTokenizer.load(path)
+        assert str(info.value) == message
+
+
+def test_from_gpt2_files_bad_id_names_the_file(tmp_path):
+    enc = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    enc["Ġt"] = "x"
+    (tmp_path / "encoder.json").write_text(json.dumps(enc))
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\nĠ t\n", encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        from_gpt2_files(tmp_path / "encoder.json", tmp_path / "vocab.bpe")
+    assert str(info.value) == (
+        f"from_gpt2_files: {str(tmp_path / 'encoder.json')!r}: token 'Ġt' has id 'x'; every id must be an integer"
+    )
+    enc["Ġt"] = 256
+    (tmp_path / "encoder.json").write_text(json.dumps(enc))
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\nĠ q\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"vocab\.bpe': merge #0 \('Ġ', 'q'\) yields 'Ġq', which is not in"):
+        from_gpt2_files(tmp_path / "encoder.json", tmp_path / "vocab.bpe")
+
+
+def test_bpe_to_dict_is_a_copy():
+    tok = ByteLevelBPETokenizer.train("abab", vocab_size=258)
+    d = tok.to_dict()
+    d["vocab"]["a"] = -5
+    d["special_tokens"].clear()
+    assert tok.token_to_id("a") != -5 and tok.special_tokens == {"<|endoftext|>": 257}
+
+
+# ------------------------------------------------------------------------------------------------
 # LanguageModelDataset
 
 

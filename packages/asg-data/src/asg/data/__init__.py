@@ -4,12 +4,12 @@ package never imports GPU or viewer code.
 
 >>> import asg.data
 >>> asg.data.__version__
-'0.1.0'
+'0.2.0'
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__: list[str] = ["__version__"]
 
 # --- data pipeline: datasets, samplers, loader, transforms, formats, bundled data (pipeline owner) ---

@@ -159,7 +159,7 @@ class _ProcessPool:
         """Yield the batches in order; batch ``b`` goes to worker ``b % n``, at most ``prefetch`` per worker."""
         n = len(self.processes)
         outstanding: list[deque[tuple[int, np.ndarray]]] = [deque() for _ in range(n)]
-        ready: dict[int, tuple[int, np.ndarray, bool, str, Any]] = {}
+        ready: dict[int, Any] = {}  # batch number -> (worker, indices, ok, traceback, payload) or WorkerError
         numbered = enumerate(batches)
         exhausted = False
         next_number = 0
@@ -183,7 +183,10 @@ class _ProcessPool:
                     return
                 self._collect(outstanding, ready, epoch)
                 continue
-            k, idx, ok, text, payload = ready.pop(next_number)
+            entry = ready.pop(next_number)
+            if isinstance(entry, WorkerError):
+                raise entry
+            k, idx, ok, text, payload = entry
             where = _where(next_number, epoch, idx)
             pid = self.processes[k].pid
             if isinstance(payload, _Unsendable):
@@ -201,12 +204,13 @@ class _ProcessPool:
             yield payload
 
     def _collect(
-        self,
-        outstanding: list[deque[tuple[int, np.ndarray]]],
-        ready: dict[int, tuple[int, np.ndarray, bool, str, Any]],
-        epoch: int,
+        self, outstanding: list[deque[tuple[int, np.ndarray]]], ready: dict[int, Any], epoch: int
     ) -> None:
-        """Wait until a busy worker sends a result or dies; move the results that came into ``ready``."""
+        """Wait until a busy worker sends a result or dies, and move what came into ``ready``.
+
+        A failure is stored in ``ready`` under the batch it concerns (for a dead worker, every batch it
+        held), so that the batches before it are still delivered, in order, before it is raised.
+        """
         from multiprocessing.connection import wait
 
         owner: dict[Any, int] = {}
@@ -217,18 +221,26 @@ class _ProcessPool:
         for k in sorted({owner[obj] for obj in wait(list(owner))}):
             number, idx = outstanding[k][0]
             conn = self.results[k]
-            if not conn.poll():  # the process ended and left nothing to read
-                raise self._died(k, number, idx, epoch)
             try:
+                if not conn.poll():  # the process ended and left nothing to read
+                    raise EOFError
                 got, ok, text = conn.recv()
+                try:
+                    payload = conn.recv()
+                except (EOFError, OSError):
+                    raise
+                except Exception as error:  # the bytes arrived but cannot be unpickled here
+                    failure = self._unpickling_failed(k, number, idx, epoch, ok, text, error)
+                    failure.__cause__ = error
+                    outstanding[k].popleft()
+                    ready[number] = failure
+                    continue
             except (EOFError, OSError):
-                raise self._died(k, number, idx, epoch) from None
-            try:
-                payload = conn.recv()
-            except (EOFError, OSError):
-                raise self._died(k, number, idx, epoch) from None
-            except Exception as error:  # the bytes arrived but cannot be unpickled here
-                raise self._unpickling_failed(k, number, idx, epoch, ok, text, error) from error
+                failure = self._died(k, number, idx, epoch)
+                for lost, _ in outstanding[k]:
+                    ready[lost] = failure
+                outstanding[k].clear()
+                continue
             if got != number:
                 raise WorkerError(f"DataLoader worker {k} sent batch {got} while batch {number} was expected")
             outstanding[k].popleft()

@@ -123,7 +123,8 @@ def _pretokenize(compiled: Any, text: str, timeout: float, where: str, source: s
     budget = timeout * (1 + len(text) // 1_000_000)
     origin = f" (field 'pattern' of {source!r})" if source is not None else ""
     try:
-        return compiled.findall(text, timeout=budget)
+        # Whole matches: findall would return a capturing group's text instead, losing the rest.
+        return [m.group() for m in compiled.finditer(text, timeout=budget)]
     except TimeoutError:
         raise TimeoutError(
             f"{where}: the pre-tokenization pattern {compiled.pattern!r}{origin} did not "
