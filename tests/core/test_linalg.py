@@ -10,24 +10,7 @@ from asg.core.testing import check_op, rand, torch_or_skip
 
 torch = torch_or_skip
 
-SHAPES = [
-    ((2, 3), (3, 4)),
-    ((2, 2, 3), (2, 3, 4)),
-    ((2, 1, 2, 3), (3, 3, 2)),  # batch dims broadcast: (2, 1) with (3,)
-    ((2, 3), (2, 3, 2)),  # a 2-d operand broadcasts over the other's batch
-    ((3,), (3, 2)),  # vector @ matrix
-    ((2, 3), (3,)),  # matrix @ vector
-    ((3,), (3,)),  # dot product
-    ((2,), (2, 2, 3)),  # vector @ batched matrix
-    ((2, 1, 3), (3,)),  # batched matrix @ vector
-]
-
-
-@pytest.mark.parametrize(("shape_a", "shape_b"), SHAPES, ids=[f"{a}@{b}" for a, b in SHAPES])
-def test_matmul(shape_a, shape_b):
-    a, b = rand(*shape_a, seed=30), rand(*shape_b, seed=31)
-    check_op(ag.matmul, a, b, ref=np.matmul, torch_fn=torch.matmul)
-    check_op(lambda x, y: x @ y, a, b, ref=np.matmul, order=0)
+# Parity for every shape combination (2-d, batched, broadcast batch dims, vectors): asg.core.testing.OP_CASES.
 
 
 def test_matmul_with_array_operands_and_methods():

@@ -10,34 +10,10 @@ import pytest
 import asg.core as ag
 from asg.core.errors import ShapeError
 from asg.core.testing import rand
+from asg.core.testing.references import fold_in as fold_in_spec
+from asg.core.testing.references import random_word as word
 
-MASK32, MASK64 = (1 << 32) - 1, (1 << 64) - 1
-
-
-# ----------------------------------------------------------------------------- the spec, in plain Python ints
-def mix64(z: int) -> int:
-    z &= MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    return z ^ (z >> 31)
-
-
-def hash32(x: int) -> int:
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & MASK32
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & MASK32
-    return x ^ (x >> 16)
-
-
-def word(key: int, i: int) -> int:
-    mixed = mix64(key)
-    return hash32(hash32(i ^ (mixed & MASK32)) ^ (mixed >> 32))
-
-
-def fold_in_spec(key: int, data: int) -> int:
-    z = mix64(mix64(key + 0x9E3779B97F4A7C15) ^ mix64(data + 0xD1B54A32D192ED03))
-    return z - (1 << 64) if z >= 1 << 63 else z
+# The spec in plain Python ints (word, fold_in_spec) is asg.core.testing.references'.
 
 
 def run(tensor: ag.Tensor, *feeds):
