@@ -36,7 +36,9 @@ class Tensor:
         (('B',), 'float32')
     """
 
-    __slots__ = ("node",)
+    __slots__ = {
+        "node": "The graph :class:`~asg.core.graph.Node` computing this value (same shape and dtype)."
+    }
     __array_priority__ = 1000  # numpy scalars and arrays defer to Tensor's operators
 
     def __init__(self, node: Node) -> None:

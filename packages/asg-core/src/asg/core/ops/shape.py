@@ -814,10 +814,10 @@ def take(x: Any, indices: Any, axis: int | None = None) -> Tensor:
 
 @tensor_method
 def gather(x: Any, dim: int, index: Any = None, *, axis: int | None = None) -> Tensor:
-    """``torch.gather``: ``out[i][j] = x[index[i][j]][j]`` for dim 0; the output has ``index``'s shape.
+    """``torch.gather``: entries of ``x`` along ``dim`` at ``index``: (B, C), (B, k) -> (B, k) for dim=1.
 
-    ``index`` has ``x``'s number of dims and is no larger on the other axes: (B, C), (B, k) ->
-    (B, k) for dim=1. The gradient scatter-adds. Indices outside ``[0, x.shape[dim])`` raise at run
+    ``out[i][j] = x[index[i][j]][j]`` for dim 0: ``index`` has ``x``'s number of dims, is no larger
+    on the other axes, and gives the output's shape. The gradient scatter-adds. Indices outside ``[0, x.shape[dim])`` raise at run
     time. The asg-core 0.1 form ``gather(x, idx, axis)`` (numpy's take) still works, with a
     ``DeprecationWarning``: use :func:`take`.
 
