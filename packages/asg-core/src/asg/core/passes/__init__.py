@@ -52,7 +52,7 @@ def run_passes(graph: Graph, passes: Sequence[str | Pass] | None = None) -> Grap
     return graph
 
 
-from . import cse, dce, fold, simplify  # noqa: E402, F401
+from . import cse, dce, fold, narrow, simplify  # noqa: E402, F401
 
 # Folding exposes constants to the algebraic rules, which expose duplicates to CSE; DCE sweeps
 # what the rewrites left behind. Passes registered later (by other packages) run after these.

@@ -1,0 +1,276 @@
+"""Dtype passes for limited backends: int64 index values narrowed to int32, unsupported dtypes refused."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import asg.core as ag
+from asg.core.errors import DTypeError
+from asg.core.graph import LEAF_OPS
+from asg.core.passes import DEFAULT_PASSES, PASSES, run_passes
+from asg.core.passes.narrow import (
+    UnsupportedDTypeError,
+    check_supported_dtypes,
+    narrow_index_dtypes,
+    random_keys,
+)
+from asg.core.registry import TensorType
+from asg.core.testing import scratch_ops
+
+WGSL = frozenset({"float32", "int32", "bool"})
+THIS_FILE = __file__
+
+
+def run(graph: ag.Graph, *feeds: np.ndarray) -> list[np.ndarray]:
+    """Run a graph as it is (no passes) with the numpy backend."""
+    f = ag.compile(
+        [ag.Tensor(n) for n in graph.outputs], inputs=[ag.Tensor(n) for n in graph.inputs], passes=[]
+    )
+    return [np.asarray(v) for v in f(*feeds)]
+
+
+def int64_nodes(graph: ag.Graph) -> list[str]:
+    return [graph.format_node(n) for n in graph.nodes if n.dtype == "int64"]
+
+
+def check_same_values(before: ag.Graph, after: ag.Graph, *feeds: np.ndarray) -> list[np.ndarray]:
+    """Both graphs verify and compute the same values, each in the dtype its graph declares."""
+    ag.verify(after)
+    old, new = run(before, *feeds), run(after, *feeds)
+    for node, narrowed, a, b in zip(before.outputs, after.outputs, old, new, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=before.format_node(node))
+        assert (a.dtype.name, b.dtype.name) == (node.dtype, narrowed.dtype)
+    return new
+
+
+def line_of(marker: str) -> int:
+    with open(THIS_FILE) as f:
+        return next(i for i, line in enumerate(f, 1) if marker in line)
+
+
+# ----------------------------------------------------------------------------- narrow_index_dtypes
+def test_embedding_argmax_and_loss_graph():
+    ids = ag.input("ids", ("B", "T"), "int64")
+    labels = ag.input("labels", ("B",), "int64")
+    table = ag.parameter(np.random.default_rng(0).standard_normal((10, 4)).astype("float32"), name="wte")
+    h = ag.embedding(ids, table).sum(axis=1)  # (B, 4)
+    loss = ag.cross_entropy(h, labels)
+    pred = h.argmax(axis=1)
+    correct = (pred == labels).sum()  # a bool sum: int64
+    g = ag.Graph([loss.node, pred.node, correct.node])
+    before = str(g)
+    assert len(int64_nodes(g)) >= 4
+
+    n = narrow_index_dtypes(g)
+    assert int64_nodes(n) == []
+    assert str(g) == before  # the pass is pure
+    assert [(x.name, x.dtype, x.meta["narrowed_from"]) for x in n.inputs] == [
+        ("ids", "int32", "int64"),
+        ("labels", "int32", "int64"),
+    ]
+    assert n.parameters[0].data is table.node.data  # the same storage
+    argmax = next(x for x in n.nodes if x.op == "argmax")
+    assert argmax.attrs["index_dtype"] == "int32"
+    feeds = (np.array([[1, 2, 9], [0, 0, 3]], "int64"), np.array([3, 1], "int64"))
+    _loss_v, pred_v, correct_v = check_same_values(g, n, *feeds)
+    assert pred_v.dtype.name == "int32" and correct_v.dtype.name == "int32"
+
+
+def test_int64_arrays_fed_to_a_narrowed_input_are_cast_with_a_range_check():
+    ids = ag.input("ids", (3,), "int64")
+    table = ag.parameter(np.arange(8, dtype="float32").reshape(4, 2), name="table")
+    g = narrow_index_dtypes(ag.Graph([ag.embedding(ids, table).node]))
+    f = ag.compile([ag.Tensor(g.outputs[0])], inputs=[ag.Tensor(g.inputs[0])], passes=[])
+    assert f(np.array([3, 0, 1], "int64"))[0].tolist() == [[6.0, 7.0], [0.0, 1.0], [2.0, 3.0]]
+    with pytest.raises(
+        ag.ShapeError, match=r"input 'ids' is int32, but the array holds values outside its range"
+    ):
+        f(np.array([0, 2**40, 1], "int64"))
+
+
+def test_constants_are_cast_after_a_range_check():
+    x = ag.input("x", (5, 2))
+    rows = ag.constant(np.array([4, 0, 2], "int64"), name="rows")
+    g = ag.Graph([ag.index_select(x, rows).node])
+    n = narrow_index_dtypes(g)
+    (const,) = [c for c in n.nodes if c.op == "constant"]
+    assert const.dtype == "int32" and const.data.dtype == np.int32 and const.data.tolist() == [4, 0, 2]
+    assert not const.data.flags.writeable and const.name == "rows"
+    assert rows.node.data.dtype == np.int64  # the original constant is untouched
+    check_same_values(g, n, np.arange(10, dtype="float32").reshape(5, 2))
+
+
+def test_a_constant_outside_int32_is_an_error_naming_it():
+    x = ag.input("x", (3,), "int64")
+    offsets = ag.constant(np.array([1, 3_000_000_000, 2], "int64"), name="offsets")  # marker: big constant
+    g = ag.Graph([(x + offsets).node])
+    with pytest.raises(UnsupportedDTypeError) as err:
+        narrow_index_dtypes(g)
+    text = str(err.value)
+    assert text.startswith("narrow_index_dtypes: offsets:i64[3] = constant (named 'offsets', built at ")
+    assert f"{THIS_FILE}:{line_of('marker: big constant')}" in text
+    assert "holds values outside int32 (1..3000000000; int32 holds -2147483648..2147483647)" in text
+
+
+def test_ops_producing_int64():
+    x = ag.input("x", ("B", 5))
+    mask = x > 0.0
+    positions = ag.arange(x.shape[1])  # dtype attribute int64
+    counts = mask.sum(axis=1)  # bool -> int64
+    both = mask + mask  # bool + bool -> int64
+    as_int = (x * 10.0).astype("int64")  # cast(dtype=int64)
+    fives = ag.full((2,), 5.0, "int64")  # full(dtype=int64)
+    best = x.argmax(axis=1)
+    hot = ag.one_hot(best, 5)  # float32 from int64 indices
+    running = mask.cumsum(axis=1)  # cumsum of bool -> int64
+    outs = [positions, counts, both, as_int, fives, best, hot, running, positions + counts.sum()]
+    g = ag.Graph([t.node for t in outs])
+    n = narrow_index_dtypes(g)
+    assert int64_nodes(n) == []
+    assert [o.dtype for o in n.outputs] == ["int32"] * 6 + ["float32", "int32", "int32"]
+    data = np.random.default_rng(1).standard_normal((3, 5)).astype("float32")
+    check_same_values(g, n, data)
+
+
+def test_nothing_to_narrow_returns_the_graph_itself():
+    x = ag.input("x", (3,))
+    idx = ag.input("idx", (2,), "int32")
+    g = ag.Graph([ag.index_select(x.exp(), idx).node])
+    assert narrow_index_dtypes(g) is g
+
+
+def test_an_op_with_no_int32_form_is_an_error_naming_the_node():
+    with scratch_ops():
+        ag.define_op(
+            "narrow_test_bucket",
+            infer=lambda t: TensorType(t.shape, "int64"),
+            kernel=lambda a: np.floor(a).astype(np.int64),
+        )
+        x = ag.input("x", (4,))
+        buckets = ag.apply("narrow_test_bucket", x).named("buckets")
+        g = ag.Graph([buckets.node])
+        with pytest.raises(UnsupportedDTypeError) as err:
+            narrow_index_dtypes(g)
+    text = str(err.value)
+    assert text.startswith(
+        "narrow_index_dtypes: buckets:i64[4] = narrow_test_bucket x (named 'buckets', built at "
+    )
+    assert "op 'narrow_test_bucket' has no int32 form" in text
+
+
+def test_an_int64_parameter_is_an_error():
+    step = ag.state(np.zeros((), "int64"), name="step")
+    ids = ag.input("ids", (3,), "int64")
+    g = ag.Graph([(ids + step).node])
+    with pytest.raises(
+        UnsupportedDTypeError, match=r"step:i64\[\] = parameter \(named 'step'.*create it as int32"
+    ):
+        narrow_index_dtypes(g)
+
+
+def test_random_keys_and_their_state_stay_int64():
+    rng = ag.RNG(seed=3)
+    x = ag.input("x", ("B", 64))
+    ids = ag.input("ids", ("B",), "int64")
+    table = ag.parameter(np.random.default_rng(0).standard_normal((7, 64)).astype("float32"), name="table")
+    h = ag.dropout(x + ag.embedding(ids, table), 0.5, rng.next_key())
+    updates = list(rng.updates().items())
+    counter, next_counter = updates[0]
+    g = ag.Graph([h.node, next_counter.node])
+    keys = random_keys(g)
+    assert counter.node.id in keys and next_counter.node.id in keys and ids.node.id not in keys
+    n = narrow_index_dtypes(g)
+    assert n.inputs[1].dtype == "int32"  # ids are narrowed
+    kept = [x for x in n.nodes if x.dtype == "int64"]
+    assert {x.op for x in kept} == {"parameter", "constant", "fold_in", "add"}  # seed, counter, keys, update
+    assert all(x.id in keys for x in kept)  # the very same nodes
+    feeds = (np.ones((2, 64), "float32"), np.array([6, 1], "int64"))
+    out, new_counter = check_same_values(g, n, *feeds)  # the same random numbers
+    assert sorted(set(np.round(out / (np.ones((2, 64)) + table.node.data.value[[6, 1]]), 5).ravel())) == [
+        0.0,
+        2.0,
+    ]
+    assert new_counter.dtype.name == "int64"
+
+
+def test_registered_as_a_pass_that_is_not_default():
+    assert PASSES["narrow_index_dtypes"] is narrow_index_dtypes
+    assert "narrow_index_dtypes" not in DEFAULT_PASSES
+    ids = ag.input("ids", (2,), "int64")
+    g = run_passes(ag.Graph([(ids * 2).node]), ["narrow_index_dtypes"])
+    assert int64_nodes(g) == []
+
+
+# ----------------------------------------------------------------------------- check_supported_dtypes
+def test_a_float64_input_is_refused_with_what_to_do():
+    x = ag.input("x", (3,), "float64")  # marker: float64 input
+    g = ag.Graph([(x * 2.0).node])
+    with pytest.raises(UnsupportedDTypeError) as err:
+        check_supported_dtypes(g, WGSL, "wgpu")
+    assert str(err.value) == (
+        "backend 'wgpu' does not support float64 (it runs bool, float32, int32): "
+        f"x:f64[3] = input (named 'x', built at {THIS_FILE}:{line_of('marker: float64 input')}) is float64; "
+        "declare the input as float32 (ag.input(name, shape, 'float32')); arrays fed to it are cast "
+        "(2 more nodes are float64)"
+    )
+    assert isinstance(err.value, DTypeError) and isinstance(err.value, TypeError)
+
+
+def test_the_first_float64_node_is_named_with_its_line_and_source():
+    x = ag.input("x", (2, 3))
+    h = (x * 2.0).astype("float64").named("h")  # marker: float64 cast
+    y = (h + 1.0).sum()
+    g = ag.Graph([y.node])
+    with pytest.raises(UnsupportedDTypeError) as err:
+        check_supported_dtypes(g, WGSL, "wgpu")
+    text = str(err.value)
+    assert text.startswith(
+        "backend 'wgpu' does not support float64 (it runs bool, float32, int32): "
+        "h:f64[2,3] = cast a (named 'h', built at "
+    )
+    assert f"{THIS_FILE}:{line_of('marker: float64 cast')}) is float64" in text
+    assert "cast to float32 with .astype('float32') where it is built" in text
+
+
+def test_int64_is_refused_with_the_narrowing_hint_and_keys_with_their_own():
+    ids = ag.input("ids", (3,), "int64")
+    g = ag.Graph([(ids + 1).node])
+    with pytest.raises(
+        UnsupportedDTypeError, match=re.escape("narrow index values with asg.core.passes.narrow")
+    ):
+        check_supported_dtypes(g, WGSL, "wgpu")
+    check_supported_dtypes(narrow_index_dtypes(g), WGSL, "wgpu")  # narrowed: accepted
+
+    key = ag.input("key", (), "int64")
+    noise = ag.random_uniform(key, (4,))
+    g = narrow_index_dtypes(ag.Graph([noise.node]))
+    with pytest.raises(UnsupportedDTypeError, match=r"key:i64\[\] = input .* it is a random key"):
+        check_supported_dtypes(g, WGSL, "wgpu")
+
+
+def test_a_graph_of_supported_dtypes_passes():
+    x = ag.input("x", (3,))
+    idx = ag.input("idx", (2,), "int32")
+    check_supported_dtypes(ag.Graph([ag.index_select(x, idx).node, (x > 0.0).node]), WGSL, "wgpu")
+
+
+def test_narrowed_graphs_of_every_leaf_kind_have_no_leaf_left_int64():
+    ids = ag.input("ids", (4,), "int64")
+    const = ag.constant(np.array([1, 2, 3, 0], "int64"))
+    g = narrow_index_dtypes(ag.Graph([(ids * const).node]))
+    assert [(x.op, x.dtype) for x in g.nodes if x.op in LEAF_OPS] == [
+        ("input", "int32"),
+        ("constant", "int32"),
+    ]
+
+
+def test_docstring_examples():
+    import doctest
+
+    import asg.core.passes.narrow as narrow
+
+    result = doctest.testmod(narrow)
+    assert result.attempted >= 15 and result.failed == 0
