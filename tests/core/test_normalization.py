@@ -7,7 +7,8 @@ import pytest
 
 import asg.core as ag
 from asg.core.errors import ShapeError
-from asg.core.testing import check_op, rand
+from asg.core.testing import rand
+from asg.core.testing.references import layer_norm as layer_norm_ref
 
 try:  # PyTorch is the reference where installed; check_op skips its torch part without it
     import torch
@@ -18,62 +19,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 needs_torch = pytest.mark.skipif(torch is None, reason="needs PyTorch")
 
 
-def layer_norm_ref(x, normalized_ndim, weight=None, bias=None, eps=1e-5):
-    axes = tuple(range(x.ndim - normalized_ndim, x.ndim))
-    y = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps)
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
-    return y
-
-
-# ----------------------------------------------------------------------------- layer_norm
-def test_layer_norm_affine_last_dim_matches_numpy_torch_and_finite_differences():
-    x, w, b = rand(3, 5), rand(5, seed=1), rand(5, seed=2)
-    check_op(
-        lambda x, w, b: ag.layer_norm(x, 5, w, b),
-        x,
-        w,
-        b,
-        ref=lambda x, w, b: layer_norm_ref(x, 1, w, b),
-        torch_fn=lambda x, w, b: F.layer_norm(x, (5,), w, b),
-    )
-
-
-def test_layer_norm_without_affine_over_last_two_dims():
-    x = rand(2, 3, 4, seed=3)
-    check_op(
-        lambda x: ag.layer_norm(x, (3, 4)),
-        x,
-        ref=lambda x: layer_norm_ref(x, 2),
-        torch_fn=lambda x: F.layer_norm(x, (3, 4)),
-    )
-
-
-def test_layer_norm_affine_over_last_two_dims():
-    x, w, b = rand(2, 2, 3, seed=4), rand(2, 3, seed=5), rand(2, 3, seed=6)
-    check_op(
-        lambda x, w, b: ag.layer_norm(x, (2, 3), w, b, eps=1e-3),
-        x,
-        w,
-        b,
-        ref=lambda x, w, b: layer_norm_ref(x, 2, w, b, eps=1e-3),
-        torch_fn=lambda x, w, b: F.layer_norm(x, (2, 3), w, b, eps=1e-3),
-    )
-
-
-@pytest.mark.parametrize("which", ["weight", "bias"])
-def test_layer_norm_with_only_weight_or_only_bias(which):
-    x, p = rand(3, 4, seed=7), rand(4, seed=8)
-
-    def fn(x, p):
-        return ag.layer_norm(x, 4, **{which: p})
-
-    def torch_fn(x, p):
-        return F.layer_norm(x, (4,), **{which: p})
-
-    check_op(fn, x, p, ref=lambda x, p: layer_norm_ref(x, 1, **{which: p}), torch_fn=torch_fn)
+# Parity of layer_norm (affine or not, one or two normalised dims, weight or bias only), of its backward
+# ops and of batch_norm (training, eval): asg.core.testing.OP_CASES, run by test_op_coverage.py.
 
 
 def test_layer_norm_float32_kernel_on_transformer_sized_rows_matches_float64():
@@ -105,50 +52,6 @@ def test_layer_norm_gradients_use_the_fused_backward_ops_and_match_torch_in_floa
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-4, atol=1e-5)
-
-
-def test_layer_norm_backward_op_differentiates_like_torch_double_backward():
-    g, x, w = rand(3, 4, seed=9), rand(3, 4, seed=10), rand(4, seed=11)
-
-    def fn(g, x, w):
-        return ag.apply("layer_norm_backward", g, x, w, normalized_shape=(4,), eps=1e-5, has_weight=True)
-
-    def torch_fn(g, x, w):
-        y = F.layer_norm(x, (4,), w)
-        (dx,) = torch.autograd.grad(
-            (y * g).sum(), x, create_graph=True
-        )  # no grad_outputs: avoids importing sympy
-        return dx
-
-    def ref(g, x, w):
-        xh = layer_norm_ref(x, 1)
-        gh = g * w
-        rstd = 1 / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
-        return rstd * (gh - gh.mean(-1, keepdims=True) - xh * (gh * xh).mean(-1, keepdims=True))
-
-    check_op(fn, g, x, w, ref=ref, torch_fn=torch_fn, grad_rtol=1e-3, grad_atol=1e-4)
-
-
-def test_layer_norm_weight_grad_op_differentiates_like_torch_double_backward():
-    g, x = rand(3, 4, seed=12), rand(3, 4, seed=13)
-
-    def fn(g, x):
-        return ag.apply("layer_norm_weight_grad", g, x, normalized_shape=(4,), eps=1e-5)
-
-    def torch_fn(g, x):
-        w = torch.ones(4, dtype=x.dtype, requires_grad=True)
-        (dw,) = torch.autograd.grad((F.layer_norm(x, (4,), w) * g).sum(), w, create_graph=True)
-        return dw
-
-    check_op(
-        fn,
-        g,
-        x,
-        ref=lambda g, x: (g * layer_norm_ref(x, 1)).sum(0),
-        torch_fn=torch_fn,
-        grad_rtol=1e-3,
-        grad_atol=1e-4,
-    )
 
 
 def test_layer_norm_third_order_gradient_matches_finite_differences():
@@ -193,62 +96,6 @@ def test_layer_norm_errors_name_the_tensors_and_the_reason():
 
 
 # ----------------------------------------------------------------------------- batch_norm
-def batch_norm_train_ref(x, w, b, eps=1e-5):
-    axes = (0, *range(2, x.ndim))
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    y = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps)
-    return y * w.reshape(shape) + b.reshape(shape)
-
-
-def test_batch_norm_training_2d_matches_numpy_torch_and_finite_differences():
-    x, w, b = rand(4, 3, seed=20), rand(3, seed=21), rand(3, seed=22)
-    check_op(
-        lambda x, w, b: ag.batch_norm(x, None, None, w, b, training=True).output,
-        x,
-        w,
-        b,
-        ref=batch_norm_train_ref,
-        torch_fn=lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
-    )
-
-
-def test_batch_norm_training_4d_gradients_through_batch_stats_match_torch():
-    x, w, b = rand(2, 3, 2, 2, seed=23), rand(3, seed=24), rand(3, seed=25)
-    check_op(
-        lambda x, w, b: ag.batch_norm(x, None, None, w, b, training=True, eps=1e-3).output,
-        x,
-        w,
-        b,
-        ref=lambda x, w, b: batch_norm_train_ref(x, w, b, eps=1e-3),
-        torch_fn=lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True, eps=1e-3),
-    )
-
-
-def test_batch_norm_eval_uses_running_stats():
-    x, w, b = rand(2, 3, 2, 2, seed=26), rand(3, seed=27), rand(3, seed=28)
-    mean, var = rand(3, seed=29), rand(3, seed=30, low=0.5, high=2.0)
-
-    def fn(x, w, b):
-        return ag.batch_norm(
-            x, ag.constant(mean, x.dtype), ag.constant(var, x.dtype), w, b, training=False
-        ).output
-
-    def ref(x, w, b):
-        s = (1, 3, 1, 1)
-        return (x - mean.reshape(s)) / np.sqrt(var.reshape(s) + 1e-5) * w.reshape(s) + b.reshape(s)
-
-    check_op(
-        fn,
-        x,
-        w,
-        b,
-        ref=ref,
-        torch_fn=lambda x, w, b: F.batch_norm(
-            x, torch.tensor(mean, dtype=x.dtype), torch.tensor(var, dtype=x.dtype), w, b, training=False
-        ),
-    )
-
-
 @needs_torch
 def test_batch_norm_running_stats_follow_torch_batchnorm2d_over_compiled_steps():
     rng = np.random.default_rng(31)

@@ -933,6 +933,17 @@ _add(
     name="affine_two_dims_eps",
 )
 
+for _which in ("weight", "bias"):
+    _add(
+        "layer_norm",
+        lambda x, p, w=_which: ag.layer_norm(x, 4, **{w: p}),
+        rand(3, 4, seed=7),
+        rand(4, seed=8),
+        ref=lambda x, p, w=_which: R.layer_norm(x, 1, **{w: p}),
+        torch_fn=lambda x, p, w=_which: F.layer_norm(x, (4,), **{w: p}),
+        name=f"only_{_which}",
+    )
+
 
 def _torch_layer_norm_dx(g: Any, x: Any, w: Any) -> Any:
     (dx,) = _torch_module().autograd.grad((F.layer_norm(x, (4,), w) * g).sum(), x, create_graph=True)
@@ -985,6 +996,29 @@ _add(
     ref=lambda x, w, b: R.batch_norm_train(x, w, b, eps=1e-3),
     torch_fn=lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True, eps=1e-3),
     name="training_4d",
+)
+
+_BN_MEAN, _BN_VAR = rand(3, seed=29), rand(3, seed=30, low=0.5, high=2.0)
+
+
+def _batch_norm_eval_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    s = (1, 3, 1, 1)
+    return (x - _BN_MEAN.reshape(s)) / np.sqrt(_BN_VAR.reshape(s) + 1e-5) * w.reshape(s) + b.reshape(s)
+
+
+_add(
+    "batch_norm",
+    lambda x, w, b: (
+        ag.batch_norm(x, constant(_BN_MEAN, x.dtype), constant(_BN_VAR, x.dtype), w, b, training=False).output
+    ),
+    rand(2, 3, 2, 2, seed=26),
+    rand(3, seed=27),
+    rand(3, seed=28),
+    ref=_batch_norm_eval_ref,
+    torch_fn=lambda x, w, b: F.batch_norm(
+        x, T.tensor(_BN_MEAN, dtype=x.dtype), T.tensor(_BN_VAR, dtype=x.dtype), w, b, training=False
+    ),
+    name="eval_running_stats",
 )
 
 # ============================================================================= optimizer updates
