@@ -20,12 +20,14 @@ from .bundle import load
 from .dtypes import bool_, float16, float32, float64, int32, int64
 from .errors import ASGError, DTypeError, ExecutionError, MissingRuleError, NonFiniteError, ShapeError
 from .function import Function, compile
+from .fusion import FusionGroup, annotate_fusion, find_fusion_groups
 from .gradcheck import check_grads, numerical_grad
 from .graph import Graph, Node, Variable
 from .lowering import LoweringContext
 from .naming import current_scope, scope
 from .ops import *  # noqa: F403
 from .ops import __all__ as _ops_all
+from .passes.narrow import UnsupportedDTypeError
 from .registry import OPS, Kernel, OpDef, TensorType, define_op, get_op, register_kernel, register_lowering
 from .serialize import graph_from_json, graph_to_json
 from .tensor import Tensor, apply, as_tensor, constant, input, parameter, state
@@ -41,6 +43,7 @@ __all__ = [
     "DTypeError",
     "ExecutionError",
     "Function",
+    "FusionGroup",
     "Kernel",
     "LoweringContext",
     "Graph",
@@ -51,7 +54,9 @@ __all__ = [
     "ShapeError",
     "Tensor",
     "TensorType",
+    "UnsupportedDTypeError",
     "Variable",
+    "annotate_fusion",
     "apply",
     "as_tensor",
     "available_backends",
@@ -62,6 +67,7 @@ __all__ = [
     "current_scope",
     "define_op",
     "dtypes",
+    "find_fusion_groups",
     "float16",
     "float32",
     "float64",
