@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -405,3 +406,21 @@ def test_docstring_examples(module):
     result = doctest.testmod(mod, extraglobs={"np": np}, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 or module == "inspection"
     assert result.failed == 0
+
+
+def readme_block(section: str) -> str:
+    readme = Path(__file__).parents[2] / "packages" / "asg-core" / "README.md"
+    text = readme.read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("section", ["Backends", "Profiling and inspection"])
+def test_readme_examples_run_and_print_what_they_say(section, capsys, monkeypatch):
+    code = readme_block(section)
+    with scratch_ops(), monkeypatch.context() as patch:  # the toy backend is removed afterwards
+        patch.setattr(base, "_BACKENDS", dict(base._BACKENDS))
+        patch.setattr(base, "_INSTANCES", dict(base._INSTANCES))
+        exec(compile(code, "README.md", "exec"), {})
+    expected = [line[2:] for line in code.splitlines() if line.startswith("# ")]
+    assert capsys.readouterr().out.splitlines() == expected
+    assert "toy" not in base.available_backends()
