@@ -543,3 +543,14 @@ def test_time_is_linear_in_a_long_chain():
     elapsed = time.perf_counter() - start
     assert len(group) == 20_000
     assert elapsed < 5.0, f"{elapsed:.1f} s for a 20,000-node chain"  # 0.25 s here; quadratic took 74 s
+
+
+def test_readme_section_runs_and_prints_what_it_says(capsys):
+    from pathlib import Path
+
+    readme = Path(__file__).parents[2] / "packages" / "asg-core" / "README.md"
+    text = readme.read_text().split("## Fusion groups and dtype narrowing\n", 1)[1].split("\n## ", 1)[0]
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    expected = [line[2:] for line in code.splitlines() if line.startswith("# ")]
+    assert capsys.readouterr().out.splitlines() == expected
