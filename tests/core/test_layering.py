@@ -166,3 +166,18 @@ def test_attaching_a_method_twice_is_an_error():
         tensor_module.tensor_method(lambda x: x, name="exp")
     with pytest.raises(ValueError, match=r"Tensor\.shape is already defined \(by asg\.core\.tensor\)"):
         tensor_module.tensor_method(lambda x: x, name="shape")
+
+
+@pytest.mark.parametrize(
+    "module",
+    "ops.elementwise ops.reduction ops.shape ops.activation ops.linalg ops.convolution ops.pooling "
+    "tensor errors autograd".split(),
+)
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    import numpy as np
+
+    result = doctest.testmod(importlib.import_module(f"asg.core.{module}"), extraglobs={"np": np})
+    assert result.attempted > 0 and result.failed == 0, result
