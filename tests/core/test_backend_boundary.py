@@ -211,6 +211,35 @@ def test_float64_on_a_backend_without_it_is_refused_at_compile_time_naming_the_n
     assert "float64" in message and "numpy-copy" in message and "x:f64[3]" in message
 
 
+def test_a_backend_asking_for_narrow_indices_gets_int32_ids_and_trains_like_numpy(copy_backend, monkeypatch):
+    monkeypatch.setattr(
+        CopyBackend,
+        "capabilities",
+        ag.Capabilities(dtypes=frozenset({"float32", "int32", "bool"}), narrow_index=True),
+    )
+    results = {}
+    for name in ("numpy", "numpy-copy"):
+        table = ag.parameter(np.arange(15, dtype=np.float32).reshape(5, 3) / 10, name="wte")
+        ids, y = ag.input("ids", ("B",), "int64"), ag.input("y", ("B",), "int64")
+        logits = ag.embedding(ids, table)
+        loss = ag.cross_entropy(logits, y)
+        (g,) = ag.grad(loss, [table])
+        step = ag.compile([loss, logits.argmax(axis=1)], updates={table: table - 0.5 * g}, backend=name)
+        feeds = np.array([4, 0, 2, 4]), np.array([0, 1, 2, 2])
+        results[name] = [step(*feeds) for _ in range(3)] + [table.numpy().copy()]
+        if name == "numpy-copy":
+            run = step.plan_for(*feeds).schedule.graph
+            assert {n.dtype for n in run.nodes} <= {"float32", "int32", "bool"}
+            assert [n.dtype for n in run.inputs] == ["int32", "int32"] and step.inputs[0].dtype == "int64"
+            with pytest.raises(
+                ag.ShapeError, match="'ids' is int32, but the array holds values outside its range"
+            ):
+                step(np.array([2**40, 0, 0, 0]), feeds[1])
+    for (loss_a, arg_a), (loss_b, arg_b) in zip(results["numpy"][:3], results["numpy-copy"][:3], strict=True):
+        assert loss_a == loss_b and arg_a.tolist() == arg_b.tolist() and arg_b.dtype == np.int32
+    np.testing.assert_array_equal(results["numpy"][3], results["numpy-copy"][3])
+
+
 def test_options_are_validated_per_backend_and_passed_to_it(copy_backend):
     x = ag.input("x", (3,))
     with pytest.raises(ValueError) as info:

@@ -17,6 +17,7 @@ from .errors import ShapeError
 from .graph import Graph, Node
 from .lowering import check_lowerable
 from .passes import Pass, run_passes
+from .passes.narrow import check_supported_dtypes, narrow_index_dtypes
 from .shapes import format_shape
 from .specialize import bind_inputs, specialize
 from .storage import claim_all
@@ -378,25 +379,12 @@ def _check_updates(
     return pairs
 
 
-def _check_supported_dtypes(graph: Graph, dtypes: frozenset[str], backend: str) -> None:
-    for n in graph.nodes:
-        if n.dtype not in dtypes:
-            raise TypeError(
-                f"backend {backend!r} does not support {n.dtype} (it runs {', '.join(sorted(dtypes))}); "
-                f"node {graph.format_node(n)} is {n.dtype}; cast it, or compile for the numpy backend"
-            )
-
-
 def _for_backend(
     graph: Graph, num_outputs: int, updates: list[tuple[Node, Node]], name: str, backend: Backend
 ) -> tuple[Graph, list[tuple[Node, Node]]]:
     """The graph as ``backend`` runs it: index dtypes narrowed where it asks, dtypes and kernels checked."""
     caps = backend.capabilities
     if caps.narrow_index:
-        try:
-            from .passes.narrow import narrow_index_dtypes
-        except ImportError:  # the narrowing pass is not there yet: the dtype check below still refuses int64
-            narrow_index_dtypes = lambda g: g  # noqa: E731
         narrowed = narrow_index_dtypes(graph)
         if narrowed is not graph:
             params = {p.data: p for p in narrowed.parameters}
@@ -406,10 +394,6 @@ def _for_backend(
             ]
             graph = narrowed
     if not set(n.dtype for n in graph.nodes) <= caps.dtypes:
-        try:
-            from .passes.narrow import check_supported_dtypes
-        except ImportError:
-            check_supported_dtypes = _check_supported_dtypes
         check_supported_dtypes(graph, caps.dtypes, name)
     check_lowerable(graph, name)
     return graph, updates
