@@ -390,6 +390,22 @@ class Locks:
 
 def keep_list(items):
     return items
+
+
+class BigItems:
+    """400 kB items (more than a pipe holds); reading item i first creates the file started-i."""
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        open(os.path.join(self.directory, f"started-{index}"), "w").close()
+        import numpy as np
+
+        return np.full(100_000, index, np.float32)
 '''
 
 
@@ -487,3 +503,22 @@ def test_a_batch_that_cannot_be_pickled_names_the_worker_and_batch(helpers: Any)
         ),
     ):
         list(loader)
+
+
+def test_process_workers_fill_the_prefetch_window_while_the_caller_computes(
+    helpers: Any, tmp_path: Any
+) -> None:
+    loader = DataLoader(helpers.BigItems(str(tmp_path)), batch_size=1, num_workers=2, worker_type="process")
+    with loader:
+        iterator = iter(loader)
+        assert next(iterator)[0, 0] == 0
+        # While the caller "computes", batches 1..4 (2 workers x prefetch_factor 2) are all loaded, even
+        # though a worker's finished batch does not fit in its pipe until the caller reads it.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            started = {int(p.name.split("-")[1]) for p in tmp_path.glob("started-*")}
+            if {1, 2, 3, 4} <= started:
+                break
+            time.sleep(0.01)
+        assert {1, 2, 3, 4} <= started, started
+        assert [int(b[0, 0]) for b in iterator] == list(range(1, 8))

@@ -79,17 +79,38 @@ class _Unsendable:
 
 
 def _worker_loop(dataset: Dataset[Any], collate_fn: CollateFn | None, tasks: Any, results: Any) -> None:
-    """Body of a worker process: load the batches named in ``tasks`` until None; send each result as a
-    header ``(number, ok, traceback text)`` then the batch or the exception."""
-    while True:
-        task = tasks.get()
-        if task is None:
-            return
-        number, indices, rng_key = task
-        try:
-            payload, ok, text = _load_batch(dataset, indices, collate_fn, rng_key), True, ""
-        except Exception as error:
-            payload, ok, text = error, False, "".join(traceback.format_exception(error))
+    """Body of a worker process: load the batches named in ``tasks`` until None.
+
+    A sender thread writes each result to the ``results`` pipe as a header ``(number, ok, traceback
+    text)`` then the batch or the exception, so that loading the next batch goes on while the main
+    process has not read the last one yet (the whole prefetch window is loaded ahead).
+    """
+    import queue
+    import threading
+
+    outbox: queue.SimpleQueue[tuple[int, bool, str, Any] | None] = queue.SimpleQueue()
+    sender = threading.Thread(target=_send_results, args=(outbox, results), name="asg-data-sender")
+    sender.start()
+    try:
+        while True:
+            task = tasks.get()
+            if task is None:
+                return
+            number, indices, rng_key = task
+            try:
+                outbox.put((number, True, "", _load_batch(dataset, indices, collate_fn, rng_key)))
+            except Exception as error:
+                outbox.put((number, False, "".join(traceback.format_exception(error)), error))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the main process reports it
+        return
+    finally:
+        outbox.put(None)
+        sender.join()
+
+
+def _send_results(outbox: Any, results: Any) -> None:
+    while (item := outbox.get()) is not None:
+        number, ok, text, payload = item
         results.send((number, ok, text))
         try:
             results.send(payload)  # pickles the whole object before writing, so a failure writes nothing
