@@ -176,7 +176,7 @@ def test_layer_errors_name_the_layer_and_shapes() -> None:
     ):
         nn.Conv2d(3, 4, 3, groups=2)
     with pytest.raises(
-        ag.ShapeError, match=r"BatchNorm2d\(3\) at the root: expected a 4-d input, got x \('B', 3\)"
+        ag.ShapeError, match=r"BatchNorm2d\(3\) at the root: expected a 4-d input, got x \(B, 3\)"
     ):
         nn.BatchNorm2d(3)(ag.input("x", ("B", 3)))
     # asg-core words the message; what asg-nn adds is the dotted parameter name

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 import asg.core as ag
+from asg.core.shapes import format_shape
 
 from . import functional as F
 from . import init
@@ -316,7 +317,7 @@ class _BatchNorm(Module):
         if x.ndim not in self._dims:
             raise ag.ShapeError(
                 f"{type(self).__name__}({self.num_features}) at {self.path or 'the root'}: expected a "
-                f"{' or '.join(f'{d}-d' for d in self._dims)} input, got {x.node.label} {x.shape}"
+                f"{' or '.join(f'{d}-d' for d in self._dims)} input, got {x.node.label} {format_shape(x.shape)}"
             )
         use_batch = self.training or not self.track_running_stats
         y, new_mean, new_var = ag.batch_norm(
