@@ -91,7 +91,7 @@ def test_case_count() -> None:
 @pytest.mark.parametrize("index", range(N_CASES))
 def test_loss_matches_torch_and_finite_differences(index: int) -> None:
     torch = torch_or_skip()
-    name, ours, theirs, arrays = _cases(torch)[index]
+    _name, ours, theirs, arrays = _cases(torch)[index]
     agt.check_op(ours, *arrays, torch_fn=theirs, order=1, torch_rtol=1e-5, torch_atol=1e-6)
 
 
