@@ -142,23 +142,46 @@ def test_nothing_to_narrow_returns_the_graph_itself():
     assert narrow_index_dtypes(g) is g
 
 
-def test_an_op_with_no_int32_form_is_an_error_naming_the_node():
+@pytest.mark.parametrize("input_dtype", ["float32", "int64"])  # int64: its input is narrowed first
+def test_an_op_with_no_int32_form_is_an_error_naming_the_node(input_dtype: str):
     with scratch_ops():
         ag.define_op(
             "narrow_test_bucket",
             infer=lambda t: TensorType(t.shape, "int64"),
             kernel=lambda a: np.floor(a).astype(np.int64),
         )
-        x = ag.input("x", (4,))
+        x = ag.input("x", (4,), input_dtype)
         buckets = ag.apply("narrow_test_bucket", x).named("buckets")
         g = ag.Graph([buckets.node])
         with pytest.raises(UnsupportedDTypeError) as err:
             narrow_index_dtypes(g)
     text = str(err.value)
+    short = "f32" if input_dtype == "float32" else "i64"
+    assert g.format_node(buckets.node) == "buckets:i64[4] = narrow_test_bucket x" and short in str(g)
     assert text.startswith(
         "narrow_index_dtypes: buckets:i64[4] = narrow_test_bucket x (named 'buckets', built at "
     )
     assert "op 'narrow_test_bucket' has no int32 form" in text
+
+
+def test_an_op_that_refuses_int32_inputs_is_an_error_naming_the_node():
+    with scratch_ops():
+
+        def only_int64(t: TensorType) -> TensorType:
+            if t.dtype != "int64":
+                raise ValueError(f"needs int64, got {t.dtype}")
+            return TensorType(t.shape, "float32")
+
+        ag.define_op("narrow_test_wide_only", infer=only_int64, kernel=lambda a: a.astype(np.float32))
+        ids = ag.input("ids", (2,), "int64")
+        y = ag.apply("narrow_test_wide_only", ids).named("y")
+        with pytest.raises(UnsupportedDTypeError) as err:
+            narrow_index_dtypes(ag.Graph([y.node]))
+    text = str(err.value)
+    assert text.startswith("narrow_index_dtypes: y:f32[2] = narrow_test_wide_only ids (named 'y', built at ")
+    assert (
+        "does not take its inputs as int32: narrow_test_wide_only: ids (2,): needs int64, got int32" in text
+    )
 
 
 def test_an_int64_parameter_is_an_error():

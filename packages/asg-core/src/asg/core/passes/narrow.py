@@ -130,12 +130,12 @@ def _check_attrs(graph: Graph, node: Node, attrs: dict[str, Any]) -> None:
             )
 
 
-def _narrowed_op(graph: Graph, node: Node) -> Node:
-    """``node`` (inputs already narrowed) rebuilt to give int32 instead of int64, or an error naming it."""
+def _narrowed_op(graph: Graph, node: Node, original: Node) -> Node:
+    """``node`` (``original`` with its inputs narrowed) rebuilt to give int32, or an error naming it."""
     attempts: list[tuple[list[Node], dict[str, Any]]] = [(list(node.inputs), dict(node.attrs))]
     if WIDE in node.attrs.values():  # a dtype attribute: full(dtype=), arange(dtype=), cast(dtype=) ...
         attrs = {k: NARROW if v == WIDE else v for k, v in node.attrs.items()}
-        _check_attrs(graph, node, attrs)
+        _check_attrs(graph, original, attrs)
         attempts.append((list(node.inputs), attrs))
     if any(i.dtype == "bool" for i in node.inputs):  # bool promotes to int64 (sum of a mask, bool + bool)
         cast = [
@@ -151,7 +151,7 @@ def _narrowed_op(graph: Graph, node: Node) -> Node:
             new.meta["narrowed_from"] = WIDE
             return new
     raise UnsupportedDTypeError(
-        f"narrow_index_dtypes: {describe_node(graph, node)} gives int64 and op {node.op!r} has no int32 "
+        f"narrow_index_dtypes: {describe_node(graph, original)} gives int64 and op {node.op!r} has no int32 "
         "form (no dtype attribute, no bool input to give as int32); this backend has no 64-bit "
         "integers, so compute the value another way, or run the graph on the numpy backend"
     )
@@ -182,9 +182,11 @@ def narrow_index_dtypes(graph: Graph) -> Graph:
         ([9.0, 0.0], [2, 2], 'int32')
     """
     keep = _ancestors(graph, random_keys(graph))
+    originals = iter(graph.nodes)  # with retype=True, rewrite offers every node once, in graph order
 
     def narrow(node: Node) -> Node | None:
-        if node.id in keep:  # keys and what they are computed from: nothing upstream changed
+        original = next(originals)
+        if original.id in keep:  # keys and what they are computed from: nothing upstream changed
             return None
         if node.op == "input":
             if node.dtype != WIDE:
@@ -194,7 +196,7 @@ def narrow_index_dtypes(graph: Graph) -> Graph:
         if node.op == "constant":
             if node.dtype != WIDE:
                 return None
-            _check_range(graph, node, node.data)
+            _check_range(graph, original, node.data)
             data = node.data.astype(NARROW)
             data.setflags(write=False)
             meta = {**node.meta, "narrowed_from": WIDE}
@@ -202,18 +204,24 @@ def narrow_index_dtypes(graph: Graph) -> Graph:
         if node.op == "parameter":
             if node.dtype == WIDE:
                 raise UnsupportedDTypeError(
-                    f"narrow_index_dtypes: {describe_node(graph, node)} is an int64 parameter or state; its "
+                    f"narrow_index_dtypes: {describe_node(graph, original)} is an int64 parameter or state; its "
                     "storage is your array, which a pass does not change, and this backend has no 64-bit "
                     "integers: create it as int32 (e.g. ag.state(np.zeros((), 'int32'), name=...))"
                 )
             return None
         if node.dtype == WIDE:
-            return _narrowed_op(graph, node)
-        if any(i.dtype == NARROW and i.meta.get("narrowed_from") == WIDE for i in node.inputs):
-            new = make_node(node.op, node.inputs, node.attrs, like=node)  # re-run the rule on int32 inputs
+            return _narrowed_op(graph, node, original)
+        if any(new.dtype != old.dtype for new, old in zip(node.inputs, original.inputs, strict=True)):
+            try:  # re-run the rule on the int32 inputs
+                new = make_node(node.op, node.inputs, node.attrs, like=node)
+            except (ValueError, TypeError) as err:
+                raise UnsupportedDTypeError(
+                    f"narrow_index_dtypes: {describe_node(graph, original)} does not take its inputs as "
+                    f"int32: {err}"
+                ) from None
             if new.dtype != node.dtype:
                 raise UnsupportedDTypeError(
-                    f"narrow_index_dtypes: {describe_node(graph, node)} gives {new.dtype} instead of "
+                    f"narrow_index_dtypes: {describe_node(graph, original)} gives {new.dtype} instead of "
                     f"{node.dtype} once its int64 inputs are int32"
                 )
         return None
