@@ -1,0 +1,1 @@
+"""asg.gpu: the wgpu/WGSL backend of asg-core."""

@@ -1,0 +1,322 @@
+"""The ``"wgpu"`` backend: a plan is one command encoder, one compute pass and one submit per step.
+
+At compile time every step's lowering (:mod:`asg.gpu.kernels`) gives a :class:`~asg.gpu.codegen.Program`;
+the plan takes one pooled buffer per entry of core's buffer table, one per other computed value,
+input and constant, creates each pipeline once (the device caches them by WGSL text) and each
+bind group once. A call writes the inputs, records every dispatch into one compute pass, copies
+the parameter updates into the parameters' buffers and the requested outputs into the staging
+buffer, submits once and reads the outputs back. Parameters stay in GPU buffers across steps.
+
+Example:
+    >>> import numpy as np, asg.core as ag
+    >>> x = ag.input("x", (2, 3))
+    >>> b = ag.parameter(np.ones((1, 3), "float32"), name="b")
+    >>> f = ag.compile(ag.relu(x + b), backend="wgpu")  # doctest: +SKIP
+    >>> f(np.full((2, 3), -0.5, "float32")).tolist()  # doctest: +SKIP
+    [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from asg.core.backends.base import Backend, Capabilities, OnStep
+from asg.core.errors import ExecutionError
+from asg.core.graph import Node
+from asg.core.schedule import Schedule
+from asg.core.storage import claim_all
+
+from . import kernels as _kernels  # noqa: F401  (registers the wgpu lowerings)
+from .codegen import Program, from_gpu, nbytes, to_gpu
+from .device import GpuDevice, get_device
+from .pool import BufferPool
+from .storage import WgpuStorage
+
+
+class WgpuBackend(Backend):
+    """asg-core's backend for WebGPU through wgpu-py (Vulkan, Metal, DX12; lavapipe on CPU-only machines).
+
+    Options (``compile(..., backend="wgpu", options={...})``): ``adapter``, a substring of the adapter
+    summary to use (default: ``ASG_WGPU_ADAPTER``, else wgpu's high-performance choice). The device is
+    created on first use; without an adapter that is a :class:`~asg.gpu.device.NoAdapterError`.
+    """
+
+    capabilities = Capabilities(dtypes=frozenset({"float32", "int32", "int64", "bool"}), narrow_index=True)
+    options: Mapping[str, Any] = {"adapter": None}
+
+    def __init__(self) -> None:
+        self._device: GpuDevice | None = None
+        self._pool: BufferPool | None = None
+        self._storage: WgpuStorage | None = None
+
+    def device(self, adapter: str | None = None) -> GpuDevice:
+        """The GPU device (created on first use)."""
+        if self._device is None:
+            self._device = get_device(adapter)
+            self._pool = BufferPool(self._device)
+            self._storage = WgpuStorage(self._device, self._pool)
+        return self._device
+
+    @property
+    def pool(self) -> BufferPool:
+        """The buffer pool of every plan and of the parameters' storage."""
+        self.device()
+        assert self._pool is not None
+        return self._pool
+
+    @property
+    def storage(self) -> WgpuStorage:  # type: ignore[override]
+        self.device()
+        assert self._storage is not None
+        return self._storage
+
+    def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]) -> WgpuPlan:
+        self.device(options.get("adapter"))
+        return WgpuPlan(self, schedule, kernels)
+
+
+class WgpuPlan:
+    """A schedule compiled for the GPU (see the module docstring). Calls are not re-entrant."""
+
+    def __init__(self, backend: WgpuBackend, schedule: Schedule, kernels: Sequence[Any]) -> None:
+        self.schedule = schedule
+        self.backend = backend
+        self.dev = dev = backend.device()
+        self.pool = pool = backend.pool
+        self.storage = backend.storage
+        graph = schedule.graph
+        self._nodes = {n.id: n for n in graph.nodes}
+        self._owned: list[Any] = []  # buffers this plan took from the pool
+        self._buf: dict[int, Any] = {}  # node id -> buffer (params filled per call)
+        self.programs: list[Program] = [k.fn for k in kernels]
+        shapes = schedule.spec.shapes
+
+        def take(nb: int) -> Any:
+            buf = pool.acquire(nb)
+            self._owned.append(buf)
+            return buf
+
+        def size(node_id: int) -> int:
+            return nbytes(shapes[node_id], self._nodes[node_id].dtype)
+
+        for node in schedule.inputs:
+            self._buf[node.id] = take(size(node.id))
+        for node in schedule.constants:
+            self._buf[node.id] = buf = take(size(node.id))
+            dev.write(buf, to_gpu(node.data, node.dtype))
+        self._variables = [n.data for n in schedule.parameters]
+        self._param_nodes = list(schedule.parameters)
+        planned = [take(nbytes(b.shape, b.dtype)) for b in schedule.memory.buffers]
+        self._views: dict[int, int] = {}
+        for step, prog in zip(schedule.steps, self.programs, strict=True):
+            if prog.view:
+                self._views[step.output] = step.inputs[0]
+            elif step.buffer is not None:
+                self._buf[step.output] = planned[step.buffer]
+            else:
+                self._buf[step.output] = take(size(step.output))
+        self._temps = [[take(t) for t in prog.temps] for prog in self.programs]
+        limit = dev.max_binding
+        for step in schedule.steps:
+            if size(step.output) > limit:
+                raise ExecutionError(
+                    f"wgpu: {graph.format_node(step.node)} is {size(step.output)} bytes, more than the adapter's "
+                    f"largest storage binding ({limit} bytes, {dev.summary}); split the tensor (smaller batch)"
+                )
+        # Per step and dispatch: (pipeline, number of bindings, grid, argument descriptors).
+        self._dispatches: list[tuple[int, Any, int, tuple[int, int, int], list[tuple[str, int]]]] = []
+        for index, (step, prog) in enumerate(zip(schedule.steps, self.programs, strict=True)):
+            for d in prog.dispatches:
+                refs = []
+                for role, k in d.args:
+                    if role == "in":
+                        refs.append(("value", step.inputs[k]))
+                    elif role == "out":
+                        refs.append(("value", step.output))
+                    else:
+                        refs.append(("temp", index * 1_000_000 + k))
+                pipe = dev.pipeline(d.wgsl, len(d.args))
+                self._dispatches.append((index, pipe, len(d.args), d.grid, refs))
+        self._outputs = list(schedule.outputs)
+        self._out_copy = [
+            take(size(n.id)) if copy or self._root(n.id) in self._param_ids() else None
+            for n, copy in zip(self._outputs, schedule.output_copies, strict=True)
+        ]
+        self._update_vars = [p.data for p, _ in schedule.updates]
+        self._update_scratch = [
+            take(size(v.id)) if copy else None for (_, v), copy in zip(schedule.updates, schedule.update_copies, strict=True)
+        ]
+        self._bound_params: list[Any] | None = None
+        self._encoded: list[tuple[Any, Any, tuple[int, int, int]]] = []
+        self.calls = 0
+
+    # ------------------------------------------------------------------ buffers
+    def _param_ids(self) -> set[int]:
+        return {n.id for n in self._param_nodes}
+
+    def _root(self, node_id: int) -> int:
+        while node_id in self._views:
+            node_id = self._views[node_id]
+        return node_id
+
+    def buffer_of(self, node_id: int) -> Any:
+        """The buffer holding value ``node_id`` during a call."""
+        return self._buf[self._root(node_id)]
+
+    def _window(self, node_id: int) -> tuple[Any, int, int]:
+        node = self._nodes[node_id]
+        nb = nbytes(self.schedule.spec.shapes[node_id], node.dtype)
+        return (self.buffer_of(node_id), 0, max(4, (nb + 3) // 4 * 4))
+
+    def _bind(self) -> None:
+        """(Re)build the bind groups: once per plan, again only if a parameter moved to another buffer."""
+        params = [self.storage.buffer(v) for v in self._variables]
+        if self._bound_params is not None and all(a is b for a, b in zip(params, self._bound_params, strict=True)):
+            return
+        for node, buf in zip(self._param_nodes, params, strict=True):
+            self._buf[node.id] = buf
+        encoded = []
+        for index, pipe, nbind, grid, refs in self._dispatches:
+            windows = []
+            for kind, ref in refs:
+                if kind == "value":
+                    windows.append(self._window(ref))
+                else:
+                    buf = self._temps[ref // 1_000_000][ref % 1_000_000]
+                    windows.append((buf, 0, buf.size))
+            encoded.append((pipe, self.dev.bind_group(nbind, windows), grid, index))
+        self._encoded = encoded
+        self._bound_params = params
+
+    def release(self) -> None:
+        """Give this plan's buffers back to the pool (the plan cannot run afterwards)."""
+        for buf in self._owned:
+            self.pool.release(buf)
+        self._owned = []
+        self._encoded = []
+
+    # ------------------------------------------------------------------ running
+    def _prepare(self, feeds: Sequence[np.ndarray]) -> None:
+        claim_all(self._variables, self.storage)
+        self._bind()
+        for node, array in zip(self.schedule.inputs, feeds, strict=True):
+            self.dev.write(self._buf[node.id], to_gpu(array, node.dtype))
+
+    def _encode_updates(self, enc: Any, update: bool) -> list[tuple[Any, int, int]]:
+        """Record the output copies and parameter updates; return the output windows to read."""
+        windows = []
+        for n, copy in zip(self._outputs, self._out_copy, strict=True):
+            buf, off, nb = self._window(n.id)
+            if copy is not None:
+                enc.copy_buffer_to_buffer(buf, off, copy, 0, nb)
+                buf = copy
+            windows.append((buf, 0, nbytes(self.schedule.spec.shapes[n.id], n.dtype)))
+        if update:
+            values = []
+            for (param, value), scratch in zip(self.schedule.updates, self._update_scratch, strict=True):
+                src, _, nb = self._window(value.id)
+                if scratch is not None:
+                    enc.copy_buffer_to_buffer(src, 0, scratch, 0, nb)
+                    src = scratch
+                values.append((src, self.storage.buffer(param.data), nb))
+            for src, dst, nb in values:
+                if src is not dst:
+                    enc.copy_buffer_to_buffer(src, 0, dst, 0, nb)
+        return windows
+
+    def _finish(self, enc: Any, update: bool) -> list[np.ndarray]:
+        windows = self._encode_updates(enc, update)
+        data = self.dev.read_many(windows, encoder=enc)
+        if update:
+            for var in self._update_vars:
+                self.storage.mark_written(var)
+        shapes = self.schedule.spec.shapes
+        return [from_gpu(b, shapes[n.id], n.dtype) for b, n in zip(data, self._outputs, strict=True)]
+
+    def __call__(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        with self.dev.lock:
+            self._prepare(feeds)
+            enc = self.dev.device.create_command_encoder()
+            cpass = enc.begin_compute_pass()
+            last = None
+            for pipe, bg, grid, _ in self._encoded:
+                if pipe is not last:
+                    cpass.set_pipeline(pipe)
+                    last = pipe
+                cpass.set_bind_group(0, bg)
+                cpass.dispatch_workgroups(*grid)
+            cpass.end()
+            try:
+                out = self._finish(enc, update=True)
+            except Exception as err:
+                raise ExecutionError(f"wgpu: the step failed on {self.dev.summary}: {err}") from err
+            self.calls += 1
+            return out
+
+    def run_traced(self, feeds: Sequence[np.ndarray], on_step: OnStep, update: bool = True) -> list[np.ndarray]:
+        """Run step by step (one submission each), calling ``on_step(step, value, seconds)`` after each.
+
+        ``seconds`` is the GPU time of the step's dispatches from timestamp queries where the
+        adapter has them, else the wall time of the submission and its wait.
+        """
+        with self.dev.lock:
+            self._prepare(feeds)
+            timer = _Timer(self.dev) if "timestamp-query" in self.dev.features else None
+            by_step: dict[int, list[tuple[Any, Any, tuple[int, int, int]]]] = {}
+            for pipe, bg, grid, index in self._encoded:
+                by_step.setdefault(index, []).append((pipe, bg, grid))
+            shapes = self.schedule.spec.shapes
+            for step in self.schedule.steps:
+                start = time.perf_counter()
+                enc = self.dev.device.create_command_encoder()
+                cpass = enc.begin_compute_pass(**(timer.pass_args() if timer else {}))
+                for pipe, bg, grid in by_step.get(step.index, []):
+                    cpass.set_pipeline(pipe)
+                    cpass.set_bind_group(0, bg)
+                    cpass.dispatch_workgroups(*grid)
+                cpass.end()
+                if timer:
+                    timer.resolve(enc)
+                node = step.node
+                (data,) = self.dev.read_many([self._window(step.output)], encoder=enc)
+                seconds = timer.seconds() if timer else time.perf_counter() - start
+                value = from_gpu(data, shapes[step.output], node.dtype)
+                on_step(step, value, seconds)
+            enc = self.dev.device.create_command_encoder()
+            return self._finish(enc, update=update)
+
+
+class _Timer:
+    """Timestamp queries around one compute pass (nanoseconds, read back as u64)."""
+
+    def __init__(self, dev: GpuDevice) -> None:
+        import wgpu
+
+        self.dev = dev
+        self.qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2)
+        self.buf = dev.device.create_buffer(size=256, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+
+    def pass_args(self) -> dict[str, Any]:
+        return {
+            "timestamp_writes": {
+                "query_set": self.qs,
+                "beginning_of_pass_write_index": 0,
+                "end_of_pass_write_index": 1,
+            }
+        }
+
+    def resolve(self, enc: Any) -> None:
+        enc.resolve_query_set(self.qs, 0, 2, self.buf, 0)
+
+    def seconds(self) -> float:
+        t = np.frombuffer(self.dev.read(self.buf, 16), np.uint64)
+        return max(0.0, float(int(t[1]) - int(t[0])) * 1e-9)
+
+
+def plan_nodes(plan: WgpuPlan) -> list[Node]:
+    """The nodes of a plan's steps, in order (for tests and tools)."""
+    return [s.node for s in plan.schedule.steps]

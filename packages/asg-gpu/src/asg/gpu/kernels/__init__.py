@@ -1,0 +1,10 @@
+"""The wgpu lowerings, one module per op family (as asg.core.ops): importing this registers them all.
+
+:data:`IMPLEMENTED` holds the names of the ops that have a wgpu lowering.
+"""
+
+from ._base import IMPLEMENTED, gpu_lowering
+
+from . import elementwise, shape  # noqa: E402, F401  (registration side effects)
+
+__all__ = ["IMPLEMENTED", "gpu_lowering"]

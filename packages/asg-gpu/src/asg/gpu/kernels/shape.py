@@ -1,0 +1,286 @@
+"""Shape and index ops: views, strided copies, padding, concatenation, gathers and their scatter-adds.
+
+``reshape`` and ``stop_gradient`` are views (no dispatch: the output is the input's buffer). Every
+other movement op is one thread per output element reading its input through computed strides.
+The scatter-adds of the gradients (``index_select_backward`` and friends) are written as gathers:
+each output element sums the gradient entries whose index points at it, so they are deterministic
+and need no float atomics. Out-of-range indices are not checked on the GPU (numpy raises): an index
+outside the axis reads 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from asg.core.lowering import LoweringContext
+
+from ..codegen import VTYPE, Program, broadcast_strides, coords, literal, load, offset, per_element, store, strides
+from ._base import gpu_lowering
+
+
+def _shape(t: object) -> tuple[int, ...]:
+    return tuple(int(d) for d in t.shape)  # type: ignore[attr-defined]
+
+
+def _count(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def copy_program(ctx: LoweringContext, base: int, st: Sequence[int]) -> Program:
+    """``out[c] = in0[base + sum(c_d * st_d)]`` over the output's coordinates ``c``."""
+    out = _shape(ctx.out_type)
+    dtype = ctx.out_type.dtype
+    body = [*coords(out), store("out", dtype, "i", load("in0", ctx.in_types[0].dtype, f"({offset(st, base)})"))]
+    return per_element(ctx.name, [ctx.in_types[0].dtype], dtype, _count(out), body)
+
+
+@gpu_lowering("reshape", "stop_gradient")
+def _view(ctx: LoweringContext) -> Program:
+    return Program(view=True)
+
+
+@gpu_lowering("transpose")
+def _transpose(ctx: LoweringContext) -> Program:
+    st = strides(_shape(ctx.in_types[0]))
+    return copy_program(ctx, 0, [st[a] for a in ctx.attrs["axes"]])
+
+
+@gpu_lowering("broadcast_to")
+def _broadcast_to(ctx: LoweringContext) -> Program:
+    return copy_program(ctx, 0, broadcast_strides(_shape(ctx.in_types[0]), _shape(ctx.out_type)))
+
+
+def _slices(shape: Sequence[int], index: Sequence[tuple]) -> list[tuple[int, int, int]]:
+    """(start, step, length) per axis, as Python's slice.indices gives them."""
+    out = []
+    for d, s in zip(shape, index, strict=True):
+        start, stop, step = slice(*s).indices(d)
+        out.append((start, step, len(range(start, stop, step))))
+    return out
+
+
+@gpu_lowering("slice")
+def _slice(ctx: LoweringContext) -> Program:
+    shape = _shape(ctx.in_types[0])
+    st = strides(shape)
+    sl = _slices(shape, ctx.attrs["index"])
+    base = sum(s[0] * st[d] for d, s in enumerate(sl))
+    return copy_program(ctx, base, [s[1] * st[d] for d, s in enumerate(sl)])
+
+
+@gpu_lowering("slice_range")
+def _slice_range(ctx: LoweringContext) -> Program:
+    shape = _shape(ctx.in_types[0])
+    st = strides(shape)
+    axis, start = ctx.attrs["axis"], ctx.attrs["start"]
+    start = max(0, min(start + shape[axis] if start < 0 else start, shape[axis]))
+    return copy_program(ctx, start * st[axis], st)
+
+
+@gpu_lowering("slice_backward")
+def _slice_backward(ctx: LoweringContext) -> Program:
+    out = _shape(ctx.out_type)
+    g = _shape(ctx.in_types[0])
+    gst = strides(g)
+    sl = _slices(out, ctx.attrs["index"])
+    dtype = ctx.out_type.dtype
+    body = [*coords(out), "var ok = true;"]
+    terms = []
+    for d, (start, step, length) in enumerate(sl):
+        body.append(f"let q{d} = c{d} - {start};")
+        body.append(f"ok = ok && (q{d} % {step} == 0) && (q{d} / {step} >= 0) && (q{d} / {step} < {length});")
+        terms.append(f"(q{d} / {step}) * {gst[d]}")
+    src = " + ".join(terms) or "0"
+    zero = literal(0, VTYPE[dtype])
+    body.append(f"var v = {zero};")
+    body.append(f"if (ok) {{ v = {load('in0', dtype, f'({src})')}; }}")
+    body.append(store("out", dtype, "i", "v"))
+    return per_element(ctx.name, [dtype], dtype, _count(out), body)
+
+
+@gpu_lowering("concat")
+def _concat(ctx: LoweringContext) -> Program:
+    out = _shape(ctx.out_type)
+    axis = ctx.attrs["axis"] % len(out)
+    dtype = ctx.out_type.dtype
+    body = [*coords(out), f"var v = {literal(0, VTYPE[dtype])};"]
+    at = 0
+    for k, t in enumerate(ctx.in_types):
+        shape = _shape(t)
+        st = list(strides(shape))
+        n = shape[axis]
+        terms = [f"c{d} * {st[d]}" for d in range(len(out)) if d != axis]
+        terms.append(f"(c{axis} - {at}) * {st[axis]}")
+        cond = f"c{axis} >= {at} && c{axis} < {at + n}"
+        body.append(f"if ({cond}) {{ v = {convert_load(f'in{k}', t.dtype, ' + '.join(terms), dtype)}; }}")
+        at += n
+    body.append(store("out", dtype, "i", "v"))
+    return per_element(ctx.name, [t.dtype for t in ctx.in_types], dtype, _count(out), body)
+
+
+def convert_load(buf: str, src: str, index: str, dst: str) -> str:
+    from ..codegen import convert
+
+    return convert(load(buf, src, f"({index})"), VTYPE[src], VTYPE[dst])
+
+
+@gpu_lowering("pad")
+def _pad(ctx: LoweringContext) -> Program:
+    out = _shape(ctx.out_type)
+    shape = _shape(ctx.in_types[0])
+    st = strides(shape)
+    dtype = ctx.out_type.dtype
+    body = [*coords(out), "var ok = true;"]
+    terms = []
+    for d, (before, _) in enumerate(ctx.attrs["pad_width"]):
+        body.append(f"let p{d} = c{d} - {before};")
+        body.append(f"ok = ok && p{d} >= 0 && p{d} < {shape[d]};")
+        terms.append(f"p{d} * {st[d]}")
+    body.append(f"var v = {literal(ctx.attrs['value'], VTYPE[dtype])};")
+    body.append(f"if (ok) {{ v = {load('in0', dtype, '(' + (' + '.join(terms) or '0') + ')')}; }}")
+    body.append(store("out", dtype, "i", "v"))
+    return per_element(ctx.name, [dtype], dtype, _count(out), body)
+
+
+def _triangle(ctx: LoweringContext, keep: str) -> Program:
+    out = _shape(ctx.out_type)
+    dtype = ctx.out_type.dtype
+    n = len(out)
+    k = ctx.attrs["k"]
+    body = [
+        *coords(out),
+        f"let v = select({literal(0, VTYPE[dtype])}, {load('in0', dtype, 'i')}, c{n - 1} - c{n - 2} {keep} {k});",
+        store("out", dtype, "i", "v"),
+    ]
+    return per_element(ctx.name, [dtype], dtype, _count(out), body)
+
+
+@gpu_lowering("tril")
+def _tril(ctx: LoweringContext) -> Program:
+    return _triangle(ctx, "<=")
+
+
+@gpu_lowering("triu")
+def _triu(ctx: LoweringContext) -> Program:
+    return _triangle(ctx, ">=")
+
+
+@gpu_lowering("arange")
+def _arange(ctx: LoweringContext) -> Program:
+    dtype = ctx.out_type.dtype
+    t = VTYPE[dtype]
+    start, step = ctx.attrs["start"], ctx.attrs["step"]
+    value = f"{literal(start, t)} + {t}(i) * {literal(step, t)}"
+    return per_element(ctx.name, [], dtype, _count(_shape(ctx.out_type)), [store("out", dtype, "i", value)])
+
+
+@gpu_lowering("full")
+def _full(ctx: LoweringContext) -> Program:
+    dtype = ctx.out_type.dtype
+    value = literal(ctx.attrs["value"], VTYPE[dtype])
+    return per_element(ctx.name, [], dtype, _count(_shape(ctx.out_type)), [store("out", dtype, "i", value)])
+
+
+@gpu_lowering("one_hot")
+def _one_hot(ctx: LoweringContext) -> Program:
+    out = _shape(ctx.out_type)
+    dtype = ctx.out_type.dtype
+    n = ctx.attrs["num_classes"]
+    t = VTYPE[dtype]
+    idx = load("in0", ctx.in_types[0].dtype, f"(i / {n})")
+    value = f"select({literal(0, t)}, {literal(1, t)}, {idx} == i % {n})"
+    return per_element(ctx.name, [ctx.in_types[0].dtype], dtype, _count(out), [store("out", dtype, "i", value)])
+
+
+def _wrapped(idx: str, size: int) -> str:
+    """A negative index counted from the end (numpy's take)."""
+    return f"select({idx}, {idx} + {size}, {idx} < 0)"
+
+
+@gpu_lowering("index_select")
+def _index_select(ctx: LoweringContext) -> Program:
+    x, idx = _shape(ctx.in_types[0]), _shape(ctx.in_types[1])
+    out = _shape(ctx.out_type)
+    axis = ctx.attrs["axis"] % len(x)
+    xst, ist = strides(x), strides(idx)
+    dtype = ctx.out_type.dtype
+    body = coords(out)
+    pos = " + ".join([f"c{axis + j} * {ist[j]}" for j in range(len(idx))]) or "0"
+    body.append(f"let j = {load('in1', ctx.in_types[1].dtype, f'({pos})')};")
+    body.append(f"let jj = {_wrapped('j', x[axis])};")
+    terms = [f"c{d} * {xst[d]}" for d in range(axis)]
+    terms.append(f"jj * {xst[axis]}")
+    terms += [f"c{axis + len(idx) + d - axis - 1} * {xst[d]}" for d in range(axis + 1, len(x))]
+    body.append(store("out", dtype, "i", load("in0", dtype, "(" + " + ".join(terms) + ")")))
+    return per_element(ctx.name, [dtype, ctx.in_types[1].dtype], dtype, _count(out), body)
+
+
+@gpu_lowering("index_select_backward")
+def _index_select_backward(ctx: LoweringContext) -> Program:
+    g, idx = _shape(ctx.in_types[0]), _shape(ctx.in_types[1])
+    out = _shape(ctx.out_type)
+    axis = ctx.attrs["axis"] % len(out)
+    gst = strides(g)
+    m = _count(idx)
+    dtype = ctx.out_type.dtype
+    t = VTYPE[dtype]
+    pre = " + ".join(f"c{d} * {gst[d]}" for d in range(axis)) or "0"
+    post = " + ".join(f"c{d} * {gst[d - 1 + len(idx)]}" for d in range(axis + 1, len(out))) or "0"
+    # g's axes: out[:axis] + idx.shape + out[axis+1:]; the idx block is contiguous, stride gst[axis + len(idx) - 1]
+    inner = gst[axis + len(idx) - 1] if idx else 1
+    body = [
+        *coords(out),
+        f"var acc = {literal(0, t)};",
+        f"for (var p = 0; p < {m}; p++) {{",
+        f"    let j = {_wrapped(load('in1', ctx.in_types[1].dtype, 'p'), out[axis])};",
+        f"    if (j == c{axis}) {{ acc = acc + {load('in0', dtype, f'({pre} + p * {inner} + {post})')}; }}",
+        "}",
+        store("out", dtype, "i", "acc"),
+    ]
+    return per_element(ctx.name, [dtype, ctx.in_types[1].dtype], dtype, _count(out), body)
+
+
+@gpu_lowering("take_along_axis", "gather")
+def _take_along(ctx: LoweringContext) -> Program:
+    x, idx = _shape(ctx.in_types[0]), _shape(ctx.in_types[1])
+    out = _shape(ctx.out_type)
+    axis = ctx.attrs["axis"] % len(x)
+    xst = strides(x)
+    ist = broadcast_strides(idx, out)
+    dtype = ctx.out_type.dtype
+    body = coords(out)
+    body.append(f"let j = {_wrapped(load('in1', ctx.in_types[1].dtype, f'({offset(ist)})'), x[axis])};")
+    terms = [f"j * {xst[axis]}"] + [
+        f"c{d} * {xst[d]}" for d in range(len(x)) if d != axis and not (x[d] == 1 and out[d] != 1)
+    ]
+    body.append(store("out", dtype, "i", load("in0", dtype, "(" + " + ".join(terms) + ")")))
+    return per_element(ctx.name, [dtype, ctx.in_types[1].dtype], dtype, _count(out), body)
+
+
+@gpu_lowering("take_along_axis_backward", "gather_backward")
+def _take_along_backward(ctx: LoweringContext) -> Program:
+    g, idx = _shape(ctx.in_types[0]), _shape(ctx.in_types[1])
+    out = _shape(ctx.out_type)
+    axis = ctx.attrs["axis"] % len(out)
+    gst = strides(g)
+    ist = broadcast_strides(idx, g)
+    dtype = ctx.out_type.dtype
+    t = VTYPE[dtype]
+    # Loop over g's axis and over the axes where x has size 1 and g more (broadcast in the forward).
+    free = [d for d in range(len(g)) if d == axis or (out[d] == 1 and g[d] != 1)]
+    sizes = [g[d] for d in free]
+    total = _count(sizes)
+    body = [*coords(out), "var acc = " + literal(0, t) + ";", "var ok = true;"]
+    body += [f"ok = ok && c{d} < {g[d]};" for d in range(len(g)) if d not in free]
+    body.append(f"for (var r = 0; ok && r < {total}; r++) {{")
+    fst = strides(sizes)
+    for k, d in enumerate(free):
+        body.append(f"    let q{d} = (r / {fst[k]}) % {sizes[k]};")
+    gi = " + ".join((f"q{d}" if d in free else f"c{d}") + f" * {gst[d]}" for d in range(len(g))) or "0"
+    ii = " + ".join((f"q{d}" if d in free else f"c{d}") + f" * {ist[d]}" for d in range(len(g)) if ist[d]) or "0"
+    body.append(f"    let j = {_wrapped(load('in1', ctx.in_types[1].dtype, f'({ii})'), out[axis])};")
+    body.append(f"    if (j == c{axis}) {{ acc = acc + {load('in0', dtype, f'({gi})')}; }}")
+    body.append("}")
+    body.append(store("out", dtype, "i", "acc"))
+    return per_element(ctx.name, [dtype, ctx.in_types[1].dtype], dtype, _count(out), body)
