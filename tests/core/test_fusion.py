@@ -361,6 +361,21 @@ def test_the_graph_is_not_changed():
 
 
 # ----------------------------------------------------------------------------- models
+def test_convolution_bias_and_activation_is_a_contraction_epilogue():
+    rng = np.random.default_rng(2)
+    x = ag.input("x", ("N", 2, 6, 6))
+    w = rand_param(rng, (3, 2, 3, 3), "conv.weight")
+    b = rand_param(rng, (3,), "conv.bias")
+    y = ag.relu(ag.conv2d(x, w) + b.reshape(3, 1, 1))
+    g = ag.Graph([y.node])
+    groups = find_fusion_groups(g)
+    conv = next(gr for gr in groups if gr.anchor is not None)
+    assert conv.kind == "matmul_epilogue" and conv.anchor.op == "conv2d"
+    assert ops(conv)[-2:] == ["add", "relu"] and conv.outputs == (y.node,)
+    check_invariants(g, groups)
+    check_subgraphs(g, groups, random_feeds(g, {"N": 2}))
+
+
 def mlp(rng: np.random.Generator) -> tuple[ag.Tensor, ag.Tensor, list[ag.Tensor]]:
     x = ag.input("x", ("B", 12))
     target = ag.input("target", ("B", 4))

@@ -78,6 +78,14 @@ def _role(node: Node) -> str | None:
     return None
 
 
+def _space(anchor: Node | None, member: Node) -> Shape:
+    """The iteration space of a group with ``anchor`` (or none) holding ``member``: the shape of its
+    elementwise nodes (a contraction's output, a reduction's or normalisation's input)."""
+    if anchor is None:
+        return member.shape
+    return anchor.shape if _role(anchor) == _CONTRACTION else anchor.inputs[0].shape
+
+
 @dataclass(eq=False)
 class FusionGroup:
     """Nodes of ``graph`` that one kernel can compute.
@@ -115,9 +123,7 @@ class FusionGroup:
     @property
     def space(self) -> Shape:
         """The iteration space: the shape every elementwise node of the group has."""
-        if self.anchor is None or self.kind == "matmul_epilogue":
-            return (self.anchor or self.nodes[-1]).shape
-        return self.anchor.inputs[0].shape
+        return _space(self.anchor, self.nodes[0])
 
     def __str__(self) -> str:
         names = self.graph.names()
@@ -199,12 +205,7 @@ class _Groups:
 
     def space(self, root: int) -> Shape:
         """The shape every elementwise member of the group has."""
-        anchor = self.anchor[root]
-        if anchor is None:
-            return self.members[root][0].shape
-        if self.role[anchor.id] == _CONTRACTION:
-            return anchor.shape
-        return anchor.inputs[0].shape
+        return _space(self.anchor[root], self.members[root][0])
 
     def merge(self, p: Node, c: Node) -> None:
         """Join the group of producer ``p`` and that of its consumer ``c`` when that is allowed."""
