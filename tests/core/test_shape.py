@@ -13,145 +13,12 @@ torch = torch_or_skip
 X = rand(2, 3, 4, seed=40)
 
 
-@pytest.mark.parametrize(
-    ("fn", "ref", "torch_fn"),
-    [
-        (lambda x: x.reshape(4, 6), lambda x: x.reshape(4, 6), lambda t: t.reshape(4, 6)),
-        (lambda x: x.reshape((6, -1)), lambda x: x.reshape(6, -1), lambda t: t.reshape(6, -1)),
-        (lambda x: ag.reshape(x, (-1,)), lambda x: x.reshape(-1), lambda t: t.reshape(-1)),
-        (lambda x: x.flatten(1), lambda x: x.reshape(2, 12), lambda t: t.flatten(1)),
-        (lambda x: x.flatten(0, 1), lambda x: x.reshape(6, 4), lambda t: t.flatten(0, 1)),
-        (lambda x: ag.flatten(x), lambda x: x.reshape(-1), lambda t: t.flatten()),
-        (lambda x: x.transpose(), lambda x: x.transpose(), lambda t: t.permute(2, 1, 0)),
-        (lambda x: x.permute(1, 0, 2), lambda x: x.transpose(1, 0, 2), lambda t: t.permute(1, 0, 2)),
-        (lambda x: x.transpose(1, 2), lambda x: x.swapaxes(1, 2), lambda t: t.transpose(1, 2)),
-        (lambda x: ag.transpose(x, -1, 0), lambda x: x.swapaxes(0, 2), lambda t: torch.transpose(t, -1, 0)),
-        (lambda x: x.swapaxes(0, 1), lambda x: x.swapaxes(0, 1), lambda t: t.swapaxes(0, 1)),
-        (lambda x: x.permute((2, 0, 1)), lambda x: x.transpose(2, 0, 1), lambda t: t.permute(2, 0, 1)),
-        (lambda x: ag.permute(x, (0, -1, 1)), lambda x: x.transpose(0, 2, 1), lambda t: t.permute(0, 2, 1)),
-        (lambda x: x.T, lambda x: x.T, lambda t: t.permute(2, 1, 0)),
-        (lambda x: ag.swapaxes(x, 0, -1), lambda x: x.swapaxes(0, 2), lambda t: t.swapaxes(0, 2)),
-        (lambda x: x.unsqueeze(1), lambda x: x[:, None], lambda t: t.unsqueeze(1)),
-        (lambda x: ag.unsqueeze(x, -1), lambda x: x[..., None], lambda t: t.unsqueeze(-1)),
-        (lambda x: x.unsqueeze(0).squeeze(0), lambda x: x, lambda t: t),
-        (lambda x: x[:, :1].squeeze(), lambda x: x[:, 0], lambda t: t[:, :1].squeeze()),
-        (
-            lambda x: x[:1, :, :1].squeeze((0, 2)),
-            lambda x: x[0, :, 0],
-            lambda t: t[:1, :, :1].squeeze((0, 2)),
-        ),
-    ],
-    ids=[
-        "reshape",
-        "reshape_hole",
-        "reshape_flat",
-        "flatten_1",
-        "flatten_0_1",
-        "flatten_all",
-        "T_default",
-        "permute_varargs",
-        "transpose_two",
-        "transpose_fn_neg",
-        "swapaxes_method",
-        "permute_tuple",
-        "permute_neg",
-        "T",
-        "swapaxes",
-        "unsqueeze",
-        "unsqueeze_neg",
-        "squeeze_roundtrip",
-        "squeeze_all",
-        "squeeze_axes",
-    ],
-)
-def test_view_ops(fn, ref, torch_fn):
-    check_op(fn, X, ref=ref, torch_fn=torch_fn)
-
-
-@pytest.mark.parametrize(
-    ("shape", "target"),
-    [((3,), (2, 3)), ((2, 1), (2, 4)), ((1, 3, 1), (2, 3, 4)), ((), (2, 2))],
-)
-def test_broadcast_to_and_expand(shape, target):
-    x = rand(*shape, seed=41)
-    check_op(
-        lambda v: ag.broadcast_to(v, target),
-        x,
-        ref=lambda v: np.broadcast_to(v, target),
-        torch_fn=lambda t: t.expand(*target),
-    )
-    check_op(lambda v: v.expand(*target), x, ref=lambda v: np.broadcast_to(v, target), order=1)
-
-
-@pytest.mark.parametrize(
-    ("shape", "target"), [((2, 3), (3,)), ((2, 4), (2, 1)), ((2, 3, 4), (3, 1)), ((2, 3), ())]
-)
-def test_sum_to(shape, target):
-    def ref(v):
-        lead = v.ndim - len(target)
-        out = v.sum(axis=tuple(range(lead))) if lead else v
-        axes = tuple(i for i, d in enumerate(target) if d == 1 and out.shape[i] != 1)
-        return out.sum(axis=axes, keepdims=True).reshape(target)
-
-    check_op(lambda v: ag.sum_to(v, target), rand(*shape, seed=42), ref=ref)
+# Parity of the view ops (reshape, flatten, transpose, permute, swapaxes, squeeze, unsqueeze), broadcast_to,
+# expand, sum_to, basic and integer-array getitem, concat, stack, pad, index_select and take_along_axis:
+# asg.core.testing.OP_CASES, run by test_op_coverage.py.
 
 
 # ----------------------------------------------------------------------------- getitem
-INDEXES = [
-    (1,),
-    (-1,),
-    (-2,),
-    (slice(1, None),),
-    (slice(None, None, 2),),
-    (slice(None, -1),),
-    (slice(-2, None),),
-    (slice(-3, -1),),
-    (slice(0, 100),),
-    (slice(5, 10),),
-    (0, slice(None), 1),
-    (slice(None), -1, slice(None, None, 3)),
-    (Ellipsis, 1),
-    (Ellipsis, slice(1, 3)),
-    (1, Ellipsis),
-    (None,),
-    (slice(None), None, 2),
-    (None, Ellipsis, None),
-    (0, -1, -1),
-    (slice(1, 2), None, None),
-    (slice(None, None, 2), slice(1, None, 2), slice(None, 3, 2)),
-]
-
-
-@pytest.mark.parametrize("key", INDEXES, ids=str)
-def test_getitem_basic(key):
-    check_op(lambda x: x[key], X, ref=lambda x: x[key], torch_fn=lambda t: t[key])
-
-
-@pytest.mark.parametrize(
-    "key",
-    [
-        [2, 0, 2, 2],
-        np.array([[1, 1], [0, 1]]),
-        (slice(None), [2, 2, 0]),
-        (slice(None), slice(None), [-1, 0, 3, -1]),
-        (slice(None), np.array([1, -3])),
-    ],
-    ids=["repeated_rows", "2d_index", "axis1_repeated", "axis2_negative", "axis1_negative"],
-)
-def test_getitem_integer_array_accumulates_gradients(key):
-    x = rand(3, 3, 4, seed=43)
-    torch_key = tuple(
-        torch.tensor(k) if isinstance(k, (list, np.ndarray)) else k
-        for k in (key if isinstance(key, tuple) else (key,))
-    )
-    check_op(
-        lambda v: v[key],
-        x,
-        ref=lambda v: v[key if isinstance(key, tuple) else np.asarray(key)],
-        torch_fn=lambda t: t[torch_key],
-    )
-
-
 def test_getitem_with_a_tensor_index_is_index_select():
     x = ag.input("x", (4, 3), "float64")
     idx = ag.input("idx", (5,), "int64")
@@ -215,22 +82,6 @@ def test_getitem_symbolic_dims():
 
 
 # ----------------------------------------------------------------------------- concat, stack, pad
-@pytest.mark.parametrize("axis", [0, 1, -1])
-def test_concat(axis):
-    shapes = {
-        0: [(1, 3, 2), (2, 3, 2), (3, 3, 2)],
-        1: [(2, 1, 2), (2, 2, 2), (2, 3, 2)],
-        -1: [(2, 3, 1), (2, 3, 3), (2, 3, 2)],
-    }[axis]
-    arrays = [rand(*s, seed=44 + i) for i, s in enumerate(shapes)]
-    check_op(
-        lambda *xs: ag.concat(xs, axis),
-        *arrays,
-        ref=lambda *xs: np.concatenate(xs, axis),
-        torch_fn=lambda *ts: torch.cat(ts, axis),
-    )
-
-
 def test_concat_single_and_symbolic():
     x = ag.input("x", (2, 3))
     assert ag.concat([x]) is x
@@ -245,17 +96,6 @@ def test_concat_single_and_symbolic():
         np.testing.assert_array_equal(value, np.concatenate([da, db, da]))
         np.testing.assert_allclose(grad_a, 4 * da)
         np.testing.assert_allclose(grad_b, 2 * db)
-
-
-@pytest.mark.parametrize("axis", [0, 1, 2, -1])
-def test_stack(axis):
-    arrays = [rand(2, 3, seed=50 + i) for i in range(3)]
-    check_op(
-        lambda *xs: ag.stack(xs, axis),
-        *arrays,
-        ref=lambda *xs: np.stack(xs, axis),
-        torch_fn=lambda *ts: torch.stack(ts, axis),
-    )
 
 
 def test_concat_and_stack_errors():
@@ -280,21 +120,6 @@ def test_concat_and_stack_errors():
         ag.stack([a, b])
 
 
-@pytest.mark.parametrize(
-    ("pad_width", "value"),
-    [(((1, 2), (0, 1)), 0.0), (((0, 0), (3, 0)), -1.5), (1, 2.0), (((2, 0), (0, 2)), 0.0)],
-)
-def test_pad(pad_width, value):
-    x = rand(2, 3, seed=55)
-    torch_pad = (1, 1, 1, 1) if isinstance(pad_width, int) else (*pad_width[1], *pad_width[0])
-    check_op(
-        lambda v: ag.pad(v, pad_width, value),
-        x,
-        ref=lambda v: np.pad(v, pad_width, constant_values=value),
-        torch_fn=lambda t: torch.nn.functional.pad(t, torch_pad, value=value),
-    )
-
-
 def test_pad_errors():
     x = ag.input("x", (2, 3))
     with pytest.raises(ag.ShapeError, match=r"pad: x \(2, 3\): pad_width has 1 entries for a 2-d tensor"):
@@ -304,30 +129,6 @@ def test_pad_errors():
 
 
 # ----------------------------------------------------------------------------- gathers
-@pytest.mark.parametrize(
-    ("shape", "idx", "axis"),
-    [
-        ((4, 3), [0, 3, 3, 1, 0], 0),
-        ((2, 4, 3), [[1, 1], [3, 0]], 1),
-        ((3, 4), [-1, 0, -1], 1),
-        ((4,), [2, 2, 2], 0),
-        ((3, 2), [1], -1),
-    ],
-)
-def test_index_select(shape, idx, axis):
-    x = rand(*shape, seed=56)
-    idx = np.array(idx)
-    check_op(
-        lambda v: ag.index_select(v, idx, axis),
-        x,
-        ref=lambda v: np.take(v, idx, axis=axis),
-        torch_fn=lambda t: torch.index_select(t, axis, torch.tensor(idx % shape[axis]).reshape(-1)).reshape(
-            np.take(x, idx, axis=axis).shape
-        ),
-    )
-    check_op(lambda v: ag.take(v, idx, axis), x, ref=lambda v: np.take(v, idx, axis=axis), order=0)
-
-
 def test_index_select_with_int32_indices_and_big_scatter():
     # More indices than rows takes the sorted reduceat path of the scatter-add.
     rows = np.random.default_rng(0).integers(0, 5, size=40).astype(np.int32)
@@ -342,26 +143,6 @@ def test_index_select_rejects_float_indices():
         ag.ShapeError, match=r"index_select: x \(3,\), i \(2,\): indices must be int32 or int64, got float32"
     ):
         ag.index_select(ag.input("x", (3,)), ag.input("i", (2,)))
-
-
-@pytest.mark.parametrize(
-    ("shape", "idx", "axis"),
-    [
-        ((2, 3), [[2], [0]], 1),
-        ((3, 2), [[0, 1], [2, 2], [1, 0], [0, 0]], 0),
-        ((2, 3, 2), [[[1, 0]], [[2, 2]]], 1),
-        ((2, 4), [[1, 1, 3], [0, 0, 0]], -1),
-    ],
-)
-def test_take_along_axis(shape, idx, axis):
-    x = rand(*shape, seed=57)
-    idx = np.array(idx)
-    check_op(
-        lambda v: ag.take_along_axis(v, idx, axis),
-        x,
-        ref=lambda v: np.take_along_axis(v, idx, axis=axis),
-        torch_fn=lambda t: torch.gather(t, axis, torch.tensor(idx)),
-    )
 
 
 def test_take_along_axis_errors():
