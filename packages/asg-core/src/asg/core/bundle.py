@@ -52,8 +52,8 @@ file's size), then rebuilds the graph with :func:`~asg.core.serialize.graph_from
 every field and re-runs every op's shape rule. Any problem raises ``ValueError`` naming the file and
 the field.
 
-``bundle`` sits above ``function``; :meth:`Function.save` and :meth:`Function.state_dict` import it
-when called.
+``bundle`` sits above ``function`` and attaches :meth:`Function.save` and :meth:`Function.state_dict`
+to it (as the op families attach the Tensor methods), so no import goes back down-up.
 """
 
 from __future__ import annotations
@@ -410,3 +410,30 @@ def state_dict(function: Function) -> dict[str, np.ndarray]:
         key = n.name if n.name and counts[n.name] == 1 else f"{n.name or 'param'}#{i}"
         out[key] = np.array(n.data.value, copy=True)
     return out
+
+
+def _save_method(self: Function, path: str | os.PathLike[str]) -> None:
+    """Write this function and its current parameter/state values to one file (atomically).
+
+    :func:`asg.core.load` reads it back in any process, without the code that built it; the
+    format is described in :mod:`asg.core.bundle`.
+
+    Example:
+        >>> import os, tempfile
+        >>> import asg.core as ag
+        >>> path = os.path.join(tempfile.mkdtemp(), "f.asg")
+        >>> ag.compile(ag.input("x", (2,)) * 3.0).save(path)
+        >>> ag.load(path)(np.ones(2, "float32")).tolist()
+        [3.0, 3.0]
+    """
+    save(self, path)
+
+
+def _state_dict_method(self: Function) -> dict[str, np.ndarray]:
+    """A copy of every parameter and state value, keyed by user name (see :func:`state_dict`)."""
+    return state_dict(self)
+
+
+_save_method.__name__, _state_dict_method.__name__ = "save", "state_dict"
+Function.save = _save_method  # type: ignore[method-assign]
+Function.state_dict = _state_dict_method  # type: ignore[method-assign]

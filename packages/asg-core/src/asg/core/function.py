@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -143,29 +143,11 @@ class Function:
         """True when a call returns one array (compiled from one tensor), False for a list."""
         return self._single
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this function and its current parameter/state values to one file (atomically).
+    if TYPE_CHECKING:  # attached by asg.core.bundle, which sits above this module
 
-        :func:`asg.core.load` reads it back in any process, without the code that built it; the
-        format is described in :mod:`asg.core.bundle`.
+        def save(self, path: str | os.PathLike[str]) -> None: ...
 
-        Example:
-            >>> import os, tempfile
-            >>> import asg.core as ag
-            >>> path = os.path.join(tempfile.mkdtemp(), "f.asg")
-            >>> ag.compile(ag.input("x", (2,)) * 3.0).save(path)
-            >>> ag.load(path)(np.ones(2, "float32")).tolist()
-            [3.0, 3.0]
-        """
-        from .bundle import save
-
-        save(self, path)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """A copy of every parameter and state value, keyed by user name (see :func:`asg.core.bundle.state_dict`)."""
-        from .bundle import state_dict
-
-        return state_dict(self)
+        def state_dict(self) -> dict[str, np.ndarray]: ...
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         arrays = self._feeds(args, kwargs)
