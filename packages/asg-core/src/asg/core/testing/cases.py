@@ -1407,8 +1407,8 @@ def check_backend(backend: str, ops: Iterable[str] | None = None) -> list[str]:
     All cases run; one ``AssertionError`` then lists every failing case with its message. Outside
     pytest, comparisons that need PyTorch are left out when it is not installed.
 
-    >>> check_backend("numpy", ["relu", "sum_to"])
-    ['relu', 'sum_to-2x3-3', 'sum_to-2x3x4-3x1', 'sum_to-2x3-scalar']
+    >>> check_backend("numpy", ["relu", "sum_to"])[:3]
+    ['relu', 'sum_to-2x3-3', 'sum_to-2x4-2x1']
     """
     failures, checked = [], []
     for case in cases(ops):
