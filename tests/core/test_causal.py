@@ -70,3 +70,14 @@ def test_causal_attention_model_with_symbolic_length_matches_torch_at_two_length
             np.testing.assert_allclose(g, tw[name].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
         # Only the first t position embeddings are used at length t.
         assert np.all(got_grads[1][t:] == 0) and np.any(got_grads[1][:t] != 0)
+
+
+def test_readme_causal_section_runs(capsys):
+    from pathlib import Path
+
+    readme = Path(__file__).parents[2] / "packages" / "asg-core" / "README.md"
+    section = readme.read_text().split("## Ops for causal models", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    expected = [line[2:] for line in code.splitlines() if line.startswith("# ")]
+    assert capsys.readouterr().out.splitlines() == expected == ["(2, 3, 4)", "(2, 7, 4)"]
