@@ -603,9 +603,9 @@ def permute(x: Any, *axes: int | Sequence[int]) -> Tensor:
 
 @tensor_method
 def transpose(x: Any, *dims: int) -> Tensor:
-    """Swap two axes (``torch.transpose``); with none, reverse all of them (``x.T``).
+    """Swap two axes (``torch.transpose``): (B, T, H) -> (B, H, T) for ``x.transpose(1, 2)``.
 
-    (B, T, H) -> (B, H, T) for ``x.transpose(1, 2)``. For a full reordering use :func:`permute`.
+    With no axes, reverse all of them (``x.T``). For a full reordering use :func:`permute`.
 
     >>> import asg.core as ag
     >>> x = ag.input("x", ("B", "T", 4))
@@ -697,10 +697,10 @@ def _split_error(x: Tensor, what: str) -> ShapeError:
 
 @tensor_method
 def split(x: Any, split_size_or_sections: Dim | Sequence[Dim], axis: int = 0) -> list[Tensor]:
-    """Cut ``x`` along ``axis`` into pieces (``torch.split``); returns a list of Tensors.
+    """Cut ``x`` along ``axis`` into a list of pieces (``torch.split``): (B, T, 3*C) -> 3 x (B, T, C).
 
-    An int gives pieces of that size (the last may be smaller); a list gives each piece's size.
-    (B, T, 3*C) -> three (B, T, C) for ``x.split(C, axis=-1)``. A symbolic axis splits where the
+    An int gives pieces of that size (the last may be smaller); a list gives each piece's size:
+    ``x.split(C, axis=-1)`` gives the three above. A symbolic axis splits where the
     sizes divide it (``"3*C"`` into ``"C"`` pieces), or by a list of symbolic sizes.
 
     >>> import asg.core as ag
@@ -750,9 +750,9 @@ def split(x: Any, split_size_or_sections: Dim | Sequence[Dim], axis: int = 0) ->
 
 @tensor_method
 def chunk(x: Any, chunks: int, axis: int = 0) -> list[Tensor]:
-    """Cut ``x`` into ``chunks`` pieces along ``axis`` (``torch.chunk``: each of size ceil(n / chunks)).
+    """Cut ``x`` into ``chunks`` pieces along ``axis`` (``torch.chunk``): (B, T, 3*C) -> 3 x (B, T, C).
 
-    (B, T, 3*C) -> three (B, T, C) for ``x.chunk(3, axis=-1)``; a symbolic axis must divide exactly.
+    Each piece has ceil(n / chunks) entries (the last may have fewer); a symbolic axis must divide.
 
     >>> import asg.core as ag
     >>> [p.shape for p in ag.input("x", ("B", "3*C")).chunk(3, axis=1)]
@@ -795,9 +795,9 @@ def index_select(x: Any, idx: Any, axis: int = 0) -> Tensor:
 
 @tensor_method
 def take(x: Any, indices: Any, axis: int | None = None) -> Tensor:
-    """``numpy.take``: entries at ``indices`` along ``axis`` (of the flattened ``x`` when None).
+    """``numpy.take`` along ``axis`` (of the flattened ``x`` when None): (V, C), (B, T) -> (B, T, C).
 
-    (V, C), (B, T) -> (B, T, C) for axis=0. This was ``ag.gather`` in asg-core 0.1; ``gather`` is
+    Negative indices count from the end. This was ``ag.gather`` in asg-core 0.1; ``gather`` is
     now PyTorch's.
 
     >>> import numpy as np
@@ -968,9 +968,9 @@ def _mask_to_indices(x: Tensor, mask: Any, axis: int) -> np.ndarray:
 
 @tensor_method(name="__getitem__")
 def getitem(x: Tensor, key: Any) -> Tensor:
-    """``x[key]`` for ints, slices (positive steps), ``None``, ``...`` and one integer index tensor/array.
+    """``x[key]``: (B, T, C)[:, -1] -> (B, C); (V, C)[idx (B, T)] -> (B, T, C).
 
-    (B, T, C)[:, -1] -> (B, C); (V, C)[idx (B, T)] -> (B, T, C).
+    Keys are ints, slices (positive steps), ``None``, ``...`` and one integer index tensor or array.
     """
     if not isinstance(key, tuple):
         key = (key,)
