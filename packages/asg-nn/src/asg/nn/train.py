@@ -528,13 +528,13 @@ def fit(
     metrics and throughput when stderr is a terminal (``progress=`` forces it on or off).
 
     Returns:
-        the :class:`History` (also the first callback every hook reaches).
+        the :class:`History` (the last callback each hook reaches, so it records what others log, e.g. ``lr``).
     """
     from tqdm.auto import tqdm
 
     history = History()
     trainer = _Trainer(model, optimizer, history)
-    cbs: list[Callback] = [history, *(callbacks or [])]
+    cbs: list[Callback] = [*(callbacks or []), history]  # history last: it sees what callbacks add to logs
     for cb in cbs:
         cb.set_trainer(trainer)
     metric_set = _MetricSet(metrics)
