@@ -232,7 +232,7 @@ def test_train_step_errors() -> None:
         nn.fit(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters()), [], progress=False)
 
 
-def test_readme_example_runs() -> None:
+def test_readme_examples_run(tmp_path, monkeypatch) -> None:
     import re
     from pathlib import Path
 
@@ -245,3 +245,7 @@ def test_readme_example_runs() -> None:
     exec(compile(first, "README.md", "exec"), scope)
     history = scope["history"]
     assert history["val_acc"][-1] > 0.9, history.history
+    pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[1], "README.md", "exec"), scope)  # PyTorch loads the saved file by name
+    assert (tmp_path / "model.safetensors").is_file()
