@@ -234,3 +234,8 @@ def test_max_and_min_gradients_with_nan_follow_torch():
     np.testing.assert_array_equal(
         _asg_grad(ag.max, x[1:]), _torch_grad(lambda t: t.max(), x[1:])
     )  # ties share
+
+
+def test_unbiased_var_of_one_element_is_nan_as_in_torch():
+    got = run(lambda x: ag.var(x, correction=1), np.ones(1, np.float32))
+    assert np.isnan(got) and torch.ones(1).var().isnan().item()

@@ -228,7 +228,7 @@ def unbiased_ratio(x: Tensor, axes: tuple[int, ...], correction: float) -> Tenso
     """
     n = element_count(x, axes, "float64" if x.dtype == "float64" else "float32")
     if not isinstance(n, Tensor):
-        return n / (n - correction)
+        return n / (n - correction) if n != correction else float("inf")  # var is then NaN, as in torch
     return cast(n / (n - correction), x.dtype)
 
 
