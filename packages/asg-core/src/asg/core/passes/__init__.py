@@ -6,7 +6,8 @@ nothing. Rewriting passes are written with :func:`asg.core.passes.rewrite.rewrit
 :data:`DEFAULT_PASSES` is the pipeline :func:`asg.core.compile` runs (constant folding, algebraic
 simplification, CSE, DCE); pass ``passes=[]`` to turn optimisation off, or a list of names (or
 functions) to choose, e.g. ``compile(loss, passes=["cse", "dce"])``. Memory planning runs later, per input shapes
-(:mod:`asg.core.passes.memory`), and is switched with ``compile(..., memory_planning=False)``.
+(:mod:`asg.core.schedule`, a core service rather than a pass), and is switched with
+``compile(..., memory_planning=False)``.
 """
 
 from __future__ import annotations
