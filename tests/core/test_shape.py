@@ -459,3 +459,10 @@ def test_transpose_swaps_two_axes_and_permute_reorders():
         x.transpose(2, 0, 1)
     with pytest.warns(DeprecationWarning, match=r"use permute\(x, axes\)"):
         assert ag.transpose(x, (2, 0, 1)).shape == (4, "B", "T")
+
+
+def test_iterating_a_tensor_needs_a_static_first_axis():
+    rows = list(ag.input("x", (3, 2)))
+    assert [r.shape for r in rows] == [(2,)] * 3
+    with pytest.raises(TypeError, match=r"its first dimension 'T' is symbolic"):
+        list(ag.input("s", ("T", 2)))

@@ -93,6 +93,10 @@ class Tensor:
             raise TypeError(f"len() of tensor {self.node.label}: its first dimension {first!r} is symbolic")
         return first
 
+    def __iter__(self) -> Any:
+        # Without this, Python would iterate through __getitem__ and never stop on a symbolic axis.
+        return (self[i] for i in range(len(self)))
+
     # ------------------------------------------------------------ values of leaves
     def numpy(self) -> np.ndarray:
         """The current value (an array of ``x.shape``) of a parameter or constant; others have none until run."""
