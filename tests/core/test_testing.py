@@ -90,7 +90,7 @@ def test_module_imports_and_runs_without_pytest_and_without_torch():
         "import sys; sys.modules['torch'] = None; sys.modules['pytest'] = None\n"
         "import numpy as np, asg.core as ag, asg.core.testing as agt\n"
         "agt.check_op(ag.exp, np.ones(3), ref=np.exp, torch_fn=lambda t: t.exp())\n"
-        "print(agt.check_backend('numpy', ['exp', 'add', 'conv2d'])[:2], agt.torch_available())\n"
+        "print(agt.check_backend('numpy', ['exp', 'add', 'conv2d']).passed[:2], agt.torch_available())\n"
         "try:\n"
         "    agt.op_case_params()\n"
         "except ImportError:\n"
@@ -117,14 +117,16 @@ class _Wrapped:
 
 
 class FakeBackend(NumpyBackend):
-    """numpy's kernels under another name; ``dtypes`` are its declared capabilities; ``corrupt`` edits
-    what its plans return."""
+    """numpy's kernels under another name; ``dtypes`` (and ``narrow_index``) are its declared
+    capabilities; ``corrupt`` edits what its plans return."""
 
-    def __init__(self, name: str, dtypes: set[str] | None = None, corrupt: Any = None) -> None:
+    def __init__(
+        self, name: str, dtypes: set[str] | None = None, corrupt: Any = None, narrow_index: bool = False
+    ) -> None:
         super().__init__()
         self.name = name
         if dtypes is not None:
-            self.capabilities = Capabilities(dtypes=frozenset(dtypes))
+            self.capabilities = Capabilities(dtypes=frozenset(dtypes), narrow_index=narrow_index)
         self._corrupt = corrupt or (lambda results: results)
 
     def compile(self, *args: Any, **kwargs: Any) -> _Wrapped:
@@ -204,16 +206,50 @@ def test_backend_with_float64_runs_the_finite_differences_there(add_backend):
         agt.check_op(ag.tanh, X, ref=np.tanh, backend=name)
 
 
+WGSL_LIKE = {"float32", "int32", "bool"}
+
+
+def test_a_backend_that_narrows_index_dtypes_may_return_int32_for_int64(add_backend):
+    name = add_backend(FakeBackend("test_narrow", WGSL_LIKE, narrow_index=True))
+    for op in ("argmax", "index_select", "gather", "arange", "one_hot"):
+        for case in agt.OP_CASES[op]:
+            case.check(backend=name)
+    # Without the declaration, an int32 result where numpy gives int64 is a dtype mismatch.
+    to_int32 = add_backend(FakeBackend("test_int32", None, lambda rs: [r.astype(np.int32) for r in rs]))
+    with pytest.raises(AssertionError, match="forward on 'test_int32': dtype int32, numpy gives int64"):
+        agt.OP_CASES["argmax"][0].check(backend=to_int32)
+
+
+def test_cases_a_backend_cannot_hold_are_skipped_with_the_reason(add_backend):
+    name = add_backend(FakeBackend("test_wgsl", WGSL_LIKE, narrow_index=True))
+    case = next(c for c in agt.OP_CASES["cast"] if c.name == "float16_round_trip")
+    with pytest.raises(
+        agt.UnsupportedCase, match=r"backend 'test_wgsl' cannot run this case's dtypes: .*float16"
+    ):
+        case.run(backend=name)
+    with pytest.raises(pytest.skip.Exception, match="float16"):
+        case.check(backend=name)
+    report = agt.check_backend(name, ["cast", "random_uniform", "bernoulli", "exp"])
+    assert sorted(report.skipped) == [
+        "bernoulli",
+        "cast-float16_round_trip",
+        "random_uniform",
+        "random_uniform-low_high",
+    ]
+    assert "random key" in report.skipped["bernoulli"]
+    assert report.passed == [c.id for c in agt.OP_CASES["cast"] if c.name != "float16_round_trip"] + ["exp"]
+
+
 def test_check_backend_lists_every_failing_case(add_backend):
     name = add_backend(FakeBackend("test_broken", {"float32", "bool", "int64"}, _shift(0, 1.0)))
     with pytest.raises(AssertionError) as info:
         agt.check_backend(name, ["exp", "add"])
     message = str(info.value)
     total = len(agt.OP_CASES["exp"]) + len(agt.OP_CASES["add"])
-    assert message.startswith(f"{total} of {total} op cases fail on backend 'test_broken':")
+    assert message.startswith(f"{total} of {total} op cases fail on backend 'test_broken' (0 skipped")
     assert "\nexp: AssertionError: forward on 'test_broken' against numpy" in message
     assert "\nadd-3x1x4-2x4: AssertionError" in message
-    assert agt.check_backend("numpy", ["exp", "add"]) == [c.id for c in agt.cases(["exp", "add"])]
+    assert agt.check_backend("numpy", ["exp", "add"]).passed == [c.id for c in agt.cases(["exp", "add"])]
     with pytest.raises(KeyError, match="no cases for no_such_op"):
         agt.check_backend("numpy", ["no_such_op"])
 
@@ -260,9 +296,8 @@ def test_readme_testing_section_runs():
     first, second = (block.split("```", 1)[0] for block in section.split("```python\n")[1:3])
     namespace: dict[str, Any] = {}
     exec(compile(first, "README.md", "exec"), namespace)
-    assert namespace["checked"][:2] == ["matmul-2x3-3x4", "matmul-2x2x3-2x3x4"]
-    assert namespace["checked"] == [c.id for c in agt.cases(["matmul", "softmax"])]
-    assert "# ['matmul-2x3-3x4', 'matmul-2x2x3-2x3x4']" in first
+    assert namespace["report"].passed == [c.id for c in agt.cases(["matmul", "softmax"])]
+    assert "# ['matmul-2x3-3x4', 'matmul-2x2x3-2x3x4'] {}" in first
     # The backend package's test module, pointed at numpy so that it runs here.
     exec(compile(second.replace('"wgpu"', '"numpy"'), "README.md", "exec"), namespace)
     params = namespace["test_op"].pytestmark[0].args[1]

@@ -15,7 +15,7 @@ Example:
     >>> import asg.core as ag
     >>> import asg.core.testing as agt
     >>> agt.check_op(ag.sigmoid, agt.rand(2, 3), ref=lambda x: 1 / (1 + np.exp(-x)))
-    >>> agt.check_backend("numpy", ["sigmoid", "matmul"])[:2]
+    >>> agt.check_backend("numpy", ["sigmoid", "matmul"]).passed[:2]
     ['sigmoid', 'matmul-2x3-3x4']
 """
 
@@ -27,6 +27,7 @@ from . import references
 from .cases import (
     INTERNAL_OPS,
     OP_CASES,
+    BackendReport,
     OpCase,
     binary_data,
     cases,
@@ -34,13 +35,24 @@ from .cases import (
     op_case_params,
     registered_ops_without_cases,
 )
-from .check import backend_supports, check_op, graph_ops, rand, run, run_grads, torch_available
+from .check import (
+    UnsupportedCase,
+    backend_supports,
+    check_op,
+    graph_ops,
+    rand,
+    run,
+    run_grads,
+    torch_available,
+)
 from .scratch import scratch_ops
 
 __all__ = [
     "INTERNAL_OPS",
     "OP_CASES",
+    "BackendReport",
     "OpCase",
+    "UnsupportedCase",
     "backend_supports",
     "binary_data",
     "cases",

@@ -8,6 +8,7 @@ small and fixed: the float64 checks run finite differences to second order on ev
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from ..graph import Graph, Node
 from ..registry import OPS
 from ..tensor import Tensor, apply, constant
 from . import references as R
-from .check import _inputs, check_op, rand
+from .check import UnsupportedCase, _check, _inputs, _TorchMissing, check_op, rand
 
 ArrayMaker = np.ndarray | Callable[[], np.ndarray]
 
@@ -93,19 +94,21 @@ class OpCase:
         return [np.array(a() if callable(a) else a) for a in self.inputs]
 
     def check(self, backend: str = "numpy") -> None:
-        """Run this case through :func:`~asg.core.testing.check_op` on ``backend``.
+        """Run this case through :func:`~asg.core.testing.check_op` on ``backend`` (inside pytest, a
+        case the backend's declared dtypes cannot run is skipped).
 
         >>> OP_CASES["exp"][0].check()
         """
-        check_op(
-            self.fn,
-            *self.arrays(),
-            ref=self.ref,
-            torch_fn=self.torch_fn,
-            order=self.order,
-            backend=backend,
-            **self.tol,
-        )
+        check_op(self.fn, *self.arrays(), **self._kwargs(backend))
+
+    def run(self, backend: str = "numpy") -> None:
+        """Like :meth:`check`, but never skips: a case the backend's dtypes cannot run raises
+        :class:`~asg.core.testing.UnsupportedCase`, and without PyTorch its comparison is left out."""
+        with contextlib.suppress(_TorchMissing):
+            _check(self.fn, *self.arrays(), **self._kwargs(backend))
+
+    def _kwargs(self, backend: str) -> dict[str, Any]:
+        return dict(ref=self.ref, torch_fn=self.torch_fn, order=self.order, backend=backend, **self.tol)
 
     def nodes(self, order: int = 2) -> list[Node]:
         """The nodes computing this case's value and its gradients up to ``order``, on float32 data.
@@ -1401,28 +1404,46 @@ def op_case_params(ops: Iterable[str] | None = None, skip: Mapping[str, str] | N
     return params
 
 
-def check_backend(backend: str, ops: Iterable[str] | None = None) -> list[str]:
-    """Run every case (or those of ``ops``) on ``backend``; return the ids checked.
+@dataclass
+class BackendReport:
+    """What :func:`check_backend` ran: the ids of the cases that passed, and of those skipped
+    because the backend's declared dtypes cannot run them (with the reason)."""
 
-    All cases run; one ``AssertionError`` then lists every failing case with its message. Outside
-    pytest, comparisons that need PyTorch are left out when it is not installed.
+    backend: str
+    passed: list[str]
+    skipped: dict[str, str]
 
-    >>> check_backend("numpy", ["relu", "sum_to"])[:3]
-    ['relu', 'sum_to-2x3-3', 'sum_to-2x4-2x1']
+
+def check_backend(backend: str, ops: Iterable[str] | None = None) -> BackendReport:
+    """Run every case (or those of ``ops``) on ``backend``.
+
+    All cases run; one ``AssertionError`` then lists every failing case with its message. Cases
+    that need a dtype the backend does not declare (float16, an int64 random key on WGSL) are
+    skipped and reported. Without PyTorch, the comparisons with it are left out.
+
+    >>> report = check_backend("numpy", ["relu", "sum_to"])
+    >>> report.passed[:3], report.skipped
+    (['relu', 'sum_to-2x3-3', 'sum_to-2x4-2x1'], {})
     """
-    failures, checked = [], []
-    for case in cases(ops):
+    failures, passed, skipped = [], [], {}
+    selected = cases(ops)
+    for case in selected:
         try:
-            case.check(backend)
+            case.run(backend)
+        except UnsupportedCase as err:
+            skipped[case.id] = str(err)
+            continue
         except Exception as err:
             first = str(err).strip().splitlines()[:6]
             failures.append(f"{case.id}: {type(err).__name__}: " + "\n    ".join(first))
-        checked.append(case.id)
+            continue
+        passed.append(case.id)
     if failures:
         raise AssertionError(
-            f"{len(failures)} of {len(checked)} op cases fail on backend {backend!r}:\n" + "\n".join(failures)
+            f"{len(failures)} of {len(selected)} op cases fail on backend {backend!r}"
+            f" ({len(skipped)} skipped for dtypes it does not run):\n" + "\n".join(failures)
         )
-    return checked
+    return BackendReport(backend, passed, skipped)
 
 
 def registered_ops_without_cases() -> list[str]:
@@ -1433,6 +1454,7 @@ def registered_ops_without_cases() -> list[str]:
 __all__ = [
     "INTERNAL_OPS",
     "OP_CASES",
+    "BackendReport",
     "OpCase",
     "binary_data",
     "cases",
