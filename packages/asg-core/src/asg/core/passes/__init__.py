@@ -12,25 +12,13 @@ functions) to choose, e.g. ``compile(loss, passes=["cse", "dce"])``. Memory plan
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from ..graph import Graph
+from . import cse, dce, fold, narrow, simplify  # noqa: F401  (each registers itself)
+from .base import DEFAULT_PASSES, PASSES, Pass, register_pass
 
-Pass = Callable[[Graph], Graph]
-PASSES: dict[str, Pass] = {}
-DEFAULT_PASSES: list[str] = []
-
-
-def register_pass(name: str, default: bool = True) -> Callable[[Pass], Pass]:
-    """Decorator adding a pass to :data:`PASSES` (and to the default pipeline)."""
-
-    def wrap(fn: Pass) -> Pass:
-        PASSES[name] = fn
-        if default:
-            DEFAULT_PASSES.append(name)
-        return fn
-
-    return wrap
+__all__ = ["DEFAULT_PASSES", "PASSES", "Pass", "register_pass", "run_passes"]
 
 
 def run_passes(graph: Graph, passes: Sequence[str | Pass] | None = None) -> Graph:
@@ -52,8 +40,6 @@ def run_passes(graph: Graph, passes: Sequence[str | Pass] | None = None) -> Grap
         graph = fn(graph)
     return graph
 
-
-from . import cse, dce, fold, narrow, simplify  # noqa: E402, F401
 
 # Folding exposes constants to the algebraic rules, which expose duplicates to CSE; DCE sweeps
 # what the rewrites left behind. Passes registered later (by other packages) run after these.

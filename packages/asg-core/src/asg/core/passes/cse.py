@@ -6,7 +6,7 @@ from typing import Any
 
 from ..graph import Graph, Node
 from ..registry import COMMUTATIVE, op_has
-from . import register_pass
+from .base import register_pass
 from .rewrite import is_pure, rewrite
 
 

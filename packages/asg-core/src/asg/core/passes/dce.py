@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..graph import Graph, topological_order
-from . import register_pass
+from .base import register_pass
 
 
 @register_pass("dce")

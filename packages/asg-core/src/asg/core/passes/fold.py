@@ -9,7 +9,7 @@ import numpy as np
 from ..graph import Graph, Node
 from ..registry import RANDOM, get_op
 from ..shapes import is_static
-from . import register_pass
+from .base import register_pass
 from .rewrite import is_pure, rewrite
 
 MAX_FOLDED_ELEMENTS = 100_000

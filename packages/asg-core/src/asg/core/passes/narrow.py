@@ -35,7 +35,7 @@ from ..dtypes import DTYPES, FLOAT_DTYPES, INT_DTYPES
 from ..errors import DTypeError
 from ..graph import Graph, Node
 from ..registry import RANDOM, op_has
-from . import register_pass
+from .base import register_pass
 from .rewrite import make_node, rewrite
 
 WIDE, NARROW = "int64", "int32"

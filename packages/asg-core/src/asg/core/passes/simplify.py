@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..graph import Graph, Node
 from ..registry import MOVEMENT, op_has
-from . import register_pass
+from .base import register_pass
 from .rewrite import make_node, rewrite
 
 
