@@ -89,7 +89,8 @@ def _contiguous(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
     for k, v in arrays.items():
         if hasattr(v, "detach") and hasattr(v, "cpu"):
             v = v.detach().cpu().numpy()
-        out[k] = np.ascontiguousarray(v)
+        # np.require keeps 0-d arrays 0-d (np.ascontiguousarray makes them 1-d)
+        out[k] = np.require(np.asarray(v), requirements="C")
     return out
 
 
