@@ -5,6 +5,6 @@
 
 from ._base import IMPLEMENTED, gpu_lowering
 
-from . import elementwise, shape  # noqa: E402, F401  (registration side effects)
+from . import elementwise, linalg, normalization, optim, random, reduction, shape  # noqa: E402, F401  (registration side effects)
 
 __all__ = ["IMPLEMENTED", "gpu_lowering"]

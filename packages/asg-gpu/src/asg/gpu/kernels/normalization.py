@@ -1,0 +1,150 @@
+"""layer_norm forward and backward as workgroup-per-row kernels; embedding; the fused optimizer updates.
+
+A layer_norm row is contiguous (the normalised axes trail); one workgroup walks it several times
+(mean, centred variance, then the output), combining partial sums in workgroup memory. The weight
+gradient first writes each row's mean and rstd to a scratch buffer, then reduces over rows per
+feature in a second dispatch.
+"""
+
+from __future__ import annotations
+
+import math
+
+from asg.core.lowering import LoweringContext
+
+from ..codegen import HELPERS, Dispatch, Program, declare, literal, load, per_element, store
+from ._base import gpu_lowering
+from .reduction import _rows_grid, _wg, tree
+
+
+def _row_kernel(names: list[str], wg: int, rows: int, body: list[str], extra: str = "") -> str:
+    inner = "\n    ".join(body)
+    return f"""{declare([(n, "float32") for n in names])}
+{HELPERS}
+{extra}
+var<workgroup> part: array<f32, {wg}>;
+@compute @workgroup_size({wg})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let o = i32(wid.x + wid.y * nwg.x);
+    let lid = i32(lid3.x);
+    let live = o < {rows};
+    let base = o * FEAT;
+    {inner}
+}}
+"""
+
+
+def _row_sum(expr: str, var: str, wg: int, feat: int) -> list[str]:
+    """Statements summing ``expr`` (of ``r``, with ``off = base + r``) over a row into ``var``."""
+    return [
+        "{ var acc = 0.0;",
+        f"  for (var r = lid; live && r < {feat}; r += {wg}) {{ let off = base + r; acc = acc + {expr}; }}",
+        "  part[lid] = acc; }",
+        *tree("part", wg, "part[lid] = part[lid] + part[lid + s];"),
+        f"let {var} = part[0];",
+        "workgroupBarrier();",
+    ]
+
+
+def _stats(wg: int, feat: int, eps: float) -> list[str]:
+    return [
+        *_row_sum("x[off]", "total", wg, feat),
+        f"let mean = total / {literal(feat, 'f32')};",
+        *_row_sum("(x[off] - mean) * (x[off] - mean)", "ss", wg, feat),
+        f"let rstd = 1.0 / sqrt(ss / {literal(feat, 'f32')} + {literal(eps, 'f32')});",
+    ]
+
+
+def _features(ctx: LoweringContext) -> tuple[int, int]:
+    shape = tuple(int(d) for d in ctx.in_types[0].shape)
+    feat = math.prod(int(d) for d in ctx.attrs["normalized_shape"])
+    return math.prod(shape) // max(feat, 1), feat
+
+
+@gpu_lowering("layer_norm")
+def _layer_norm(ctx: LoweringContext) -> Program:
+    rows, feat = _features(ctx)
+    wg = _wg(feat)
+    hw, hb = ctx.attrs["has_weight"], ctx.attrs["has_bias"]
+    names = ["x"] + (["w"] if hw else []) + (["b"] if hb else []) + ["y"]
+    value = "(x[off] - mean) * rstd" + (" * w[r]" if hw else "") + (" + b[r]" if hb else "")
+    body = [*_stats(wg, feat, ctx.attrs["eps"]),
+            f"for (var r = lid; live && r < {feat}; r += {wg}) {{ let off = base + r; y[off] = {value}; }}"]
+    wgsl = _row_kernel(names, wg, rows, body).replace("FEAT", str(feat))
+    args = tuple(("in", k) for k in range(len(names) - 1)) + (("out", 0),)
+    return Program([Dispatch(wgsl, _rows_grid(rows), args)] if rows else [])
+
+
+@gpu_lowering("layer_norm_backward")
+def _layer_norm_backward(ctx: LoweringContext) -> Program:
+    rows, feat = _features(ctx)
+    rows = math.prod(int(d) for d in ctx.in_types[1].shape) // max(feat, 1)
+    wg = _wg(feat)
+    hw = ctx.attrs["has_weight"]
+    names = ["g", "x"] + (["w"] if hw else []) + ["dx"]
+    gh = "(g[off] * w[r])" if hw else "g[off]"
+    f = literal(feat, "f32")
+    body = [
+        *_stats(wg, feat, ctx.attrs["eps"]),
+        *_row_sum(gh, "sum_g", wg, feat),
+        *_row_sum(f"{gh} * (x[off] - mean)", "sum_gx", wg, feat),
+        f"let mean_g = sum_g * (1.0 / {f});",
+        f"let x_coef = sum_gx * (rstd * rstd * (1.0 / {f}));",
+        f"for (var r = lid; live && r < {feat}; r += {wg}) {{ let off = base + r;"
+        f" dx[off] = ({gh} - ((x[off] - mean) * x_coef + mean_g)) * rstd; }}",
+    ]
+    wgsl = _row_kernel(names, wg, rows, body).replace("FEAT", str(feat))
+    args = tuple(("in", k) for k in range(len(names) - 1)) + (("out", 0),)
+    return Program([Dispatch(wgsl, _rows_grid(rows), args)] if rows else [])
+
+
+@gpu_lowering("layer_norm_weight_grad")
+def _layer_norm_weight_grad(ctx: LoweringContext) -> Program:
+    shape = tuple(int(d) for d in ctx.in_types[1].shape)
+    feat = math.prod(int(d) for d in ctx.attrs["normalized_shape"])
+    rows = math.prod(shape) // max(feat, 1)
+    wg = _wg(feat)
+    stats_body = [*_stats(wg, feat, ctx.attrs["eps"]), "if (lid == 0 && live) { st[2 * o] = mean; st[2 * o + 1] = rstd; }"]
+    stats = _row_kernel(["x", "st"], wg, rows, stats_body).replace("FEAT", str(feat))
+    wg2 = _wg(rows)
+    col = f"""{declare([("g", "float32"), ("x", "float32"), ("st", "float32"), ("dw", "float32")])}
+var<workgroup> part: array<f32, {wg2}>;
+@compute @workgroup_size({wg2})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let o = i32(wid.x + wid.y * nwg.x);
+    let lid = i32(lid3.x);
+    let live = o < {feat};
+    var acc = 0.0;
+    for (var r = lid; live && r < {rows}; r += {wg2}) {{
+        let off = r * {feat} + o;
+        acc = acc + g[off] * ((x[off] - st[2 * r]) * st[2 * r + 1]);
+    }}
+    part[lid] = acc;
+    {" ".join(tree("part", wg2, "part[lid] = part[lid] + part[lid + s];"))}
+    if (lid == 0 && live) {{ dw[o] = part[0]; }}
+}}
+"""
+    if not rows:
+        return per_element(ctx.name, [], "float32", feat, [store("out", "float32", "i", "0.0")])
+    return Program(
+        [
+            Dispatch(stats, _rows_grid(rows), (("in", 1), ("tmp", 0))),
+            Dispatch(col, _rows_grid(feat), (("in", 0), ("in", 1), ("tmp", 0), ("out", 0))),
+        ],
+        temps=[8 * rows],
+    )
+
+
+@gpu_lowering("embedding")
+def _embedding(ctx: LoweringContext) -> Program:
+    vocab, dim = (int(d) for d in ctx.in_types[0].shape)
+    count = math.prod(int(d) for d in ctx.out_type.shape)
+    idt = ctx.in_types[1].dtype
+    body = [
+        f"let row = {load('in1', idt, f'(i / {dim})')};",
+        f"var v = 0.0; if (row >= 0 && row < {vocab}) {{ v = in0[row * {dim} + i % {dim}]; }}",
+        store("out", "float32", "i", "v"),
+    ]
+    return per_element(ctx.name, ["float32", idt], "float32", count, body)

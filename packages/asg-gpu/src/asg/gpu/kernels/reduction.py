@@ -1,0 +1,300 @@
+"""Reductions (sum, mean, max, min, argmax, argmin, sum_to, count), softmax/log_softmax and cumsum.
+
+A reduction runs one workgroup per output element: its invocations stride over the reduced
+elements, then combine their partial results in workgroup memory (a tree). The reduced axes may be
+any subset; input offsets come from the output's coordinates plus the reduced coordinates, both
+computed with the strides baked in. Softmax is the same shape of kernel with three passes over a
+row (max, sum of exponentials, write).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from asg.core.lowering import LoweringContext
+
+from ..codegen import (
+    HELPERS,
+    MAX_GROUPS,
+    VTYPE,
+    Dispatch,
+    Program,
+    declare,
+    literal,
+    load,
+    per_element,
+    store,
+    strides,
+)
+from ._base import gpu_lowering
+
+
+def _shape(t: object) -> tuple[int, ...]:
+    return tuple(int(d) for d in t.shape)  # type: ignore[attr-defined]
+
+
+def _wg(n: int) -> int:
+    """Invocations per workgroup for ``n`` reduced elements (a power of two, 32 to 256)."""
+    return max(32, min(256, 1 << max(0, (n - 1).bit_length())))
+
+
+def split_offsets(shape: Sequence[int], axes: Sequence[int]) -> tuple[list[str], list[str], int, int]:
+    """Statements giving ``base`` (from row ``o``) and a function of ``r`` for the reduced offset.
+
+    Returns (row statements, element statements, rows, reduced count); the element statements
+    define ``off`` for reduced index ``r`` given ``base``.
+    """
+    st = strides(shape)
+    kept = [d for d in range(len(shape)) if d not in axes]
+    red = [d for d in range(len(shape)) if d in axes]
+    rows = math.prod(shape[d] for d in kept)
+    count = math.prod(shape[d] for d in red)
+    kst = strides([shape[d] for d in kept])
+    row = [
+        "let base = "
+        + (" + ".join(f"((o / {kst[j]}) % {shape[d]}) * {st[d]}" for j, d in enumerate(kept) if shape[d] > 1) or "0")
+        + ";"
+    ]
+    rst = strides([shape[d] for d in red])
+    elem = [
+        "let off = base + "
+        + (" + ".join(f"((r / {rst[j]}) % {shape[d]}) * {st[d]}" for j, d in enumerate(red) if shape[d] > 1) or "0")
+        + ";"
+    ]
+    return row, elem, rows, count
+
+
+def _kernel(bindings: Sequence[tuple[str, str]], wg: int, shared: Sequence[str], body: Sequence[str], rows: int) -> str:
+    inner = "\n    ".join(body)
+    decl = "\n".join(f"var<workgroup> {s};" for s in shared)
+    return f"""{declare(bindings)}
+{HELPERS}
+{decl}
+@compute @workgroup_size({wg})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let o = i32(wid.x + wid.y * nwg.x);
+    let lid = i32(lid3.x);
+    let live = o < {rows};
+    {inner}
+}}
+"""
+
+
+def _rows_grid(rows: int) -> tuple[int, int, int]:
+    rows = max(rows, 1)
+    return (rows, 1, 1) if rows <= MAX_GROUPS else (MAX_GROUPS, -(-rows // MAX_GROUPS), 1)
+
+
+def tree(var: str, wg: int, combine: str) -> list[str]:
+    """Statements combining ``{var}[0..wg)`` in workgroup memory into ``{var}[0]``.
+
+    ``combine`` uses ``a`` (index ``lid``) and ``b`` (index ``lid + s``) and assigns to ``{var}[lid]``.
+    Every invocation reaches every barrier (uniform control flow).
+    """
+    return [
+        "workgroupBarrier();",
+        f"for (var s = {wg // 2}; s > 0; s = s >> 1u) {{",
+        f"    if (lid < s) {{ {combine} }}",
+        "    workgroupBarrier();",
+        "}",
+    ]
+
+
+def reduce_program(
+    ctx: LoweringContext, axes: Sequence[int], kind: str, name: str = "", out_dtype: str | None = None
+) -> Program:
+    """One workgroup per output element reducing input 0 over ``axes``: sum, mean, max, min, argmax, argmin."""
+    shape = _shape(ctx.in_types[0])
+    in_dtype = ctx.in_types[0].dtype
+    out_dtype = out_dtype or ctx.out_type.dtype
+    row, elem, rows, count = split_offsets(shape, axes)
+    wg = _wg(count)
+    vt = VTYPE[in_dtype]
+    if kind in ("sum", "mean"):
+        at = "f32" if vt == "f32" else "i32"
+        x = load("in0", in_dtype, "off")
+        x = f"select(0, 1, {x})" if vt == "bool" else x
+        shared = [f"part: array<{at}, {wg}>"]
+        body = [
+            *row,
+            f"var acc = {literal(0, at)};",
+            f"for (var r = lid; live && r < {count}; r += {wg}) {{ {elem[0]} acc = acc + {x}; }}",
+            "part[lid] = acc;",
+            *tree("part", wg, "part[lid] = part[lid] + part[lid + s];"),
+        ]
+        result = "part[0]"
+        if kind == "mean":
+            result = f"part[0] / {literal(count, 'f32')}"
+        elif VTYPE[out_dtype] != at:
+            result = f"{VTYPE[out_dtype]}(part[0])"
+        body.append(f"if (lid == 0 && live) {{ {store('out', out_dtype, 'o', result)} }}")
+    elif kind in ("max", "min"):
+        pick = ">" if kind == "max" else "<"
+        x = load("in0", in_dtype, "off")
+        if vt == "f32":
+            init = literal(float("-inf") if kind == "max" else float("inf"), "f32")
+            better = f"(is_nan(v) && !is_nan(acc)) || v {pick} acc"
+        else:
+            init = literal(-(2**31) if kind == "max" else 2**31 - 1, "i32")
+            better = f"v {pick} acc"
+        comb = (
+            "let a = part[lid]; let b = part[lid + s]; "
+            + (f"if ((is_nan(b) && !is_nan(a)) || b {pick} a) {{ part[lid] = b; }}" if vt == "f32" else f"if (b {pick} a) {{ part[lid] = b; }}")
+        )
+        shared = [f"part: array<{vt}, {wg}>"]
+        body = [
+            *row,
+            f"var acc = {init};",
+            f"for (var r = lid; live && r < {count}; r += {wg}) {{ {elem[0]} let v = {x}; if ({better}) {{ acc = v; }} }}",
+            "part[lid] = acc;",
+            *tree("part", wg, comb),
+            f"if (lid == 0 && live) {{ {store('out', out_dtype, 'o', 'part[0]')} }}",
+        ]
+    else:  # argmax / argmin: the first index of the extreme (a NaN counts as the extreme, as numpy's)
+        pick = ">" if kind == "argmax" else "<"
+        x = load("in0", in_dtype, "off")
+        fl = vt == "f32"
+        nan_a = "is_nan(a)" if fl else "false"
+        nan_b = "is_nan(b)" if fl else "false"
+        # b beats a: b is NaN and a is not; or neither is NaN and b is strictly better; or equal (or
+        # both NaN) and b comes first.
+        wins = f"(({nan_b}) && !({nan_a})) || (!({nan_a}) && !({nan_b}) && b {pick} a) || ((a == b || (({nan_a}) && ({nan_b}))) && ib < ia)"
+        comb = (
+            "let a = part[lid]; let b = part[lid + s]; let ia = where_[lid]; let ib = where_[lid + s]; "
+            f"if (ib >= 0 && (ia < 0 || {wins})) {{ part[lid] = b; where_[lid] = ib; }}"
+        )
+        shared = [f"part: array<{vt}, {wg}>", f"where_: array<i32, {wg}>"]
+        body = [
+            *row,
+            f"var acc = {literal(0, vt)};",
+            "var at = -1;",
+            f"for (var r = lid; live && r < {count}; r += {wg}) {{",
+            f"    {elem[0]} let b = {x}; let a = acc; let ib = r; let ia = at;",
+            f"    if (ia < 0 || {wins}) {{ acc = b; at = r; }}",
+            "}",
+            "part[lid] = acc;",
+            "where_[lid] = at;",
+            *tree("part", wg, comb),
+            f"if (lid == 0 && live) {{ {store('out', out_dtype, 'o', 'where_[0]')} }}",
+        ]
+    wgsl = _kernel([("in0", in_dtype), ("out", out_dtype)], wg, shared, body, rows)
+    if rows == 0:
+        return Program([], name=name or ctx.name)
+    return Program([Dispatch(wgsl, _rows_grid(rows), (("in", 0), ("out", 0)))], name=name or ctx.name)
+
+
+def _axes(ctx: LoweringContext) -> tuple[int, ...]:
+    nd = len(ctx.in_types[0].shape)
+    return tuple(sorted(a % nd for a in ctx.attrs["axes"]))
+
+
+@gpu_lowering("sum")
+def _sum(ctx: LoweringContext) -> Program:
+    return reduce_program(ctx, _axes(ctx), "sum")
+
+
+@gpu_lowering("mean")
+def _mean(ctx: LoweringContext) -> Program:
+    return reduce_program(ctx, _axes(ctx), "mean")
+
+
+@gpu_lowering("max")
+def _max(ctx: LoweringContext) -> Program:
+    return reduce_program(ctx, _axes(ctx), "max")
+
+
+@gpu_lowering("min")
+def _min(ctx: LoweringContext) -> Program:
+    return reduce_program(ctx, _axes(ctx), "min")
+
+
+@gpu_lowering("argmax")
+def _argmax(ctx: LoweringContext) -> Program:
+    return reduce_program(ctx, (ctx.attrs["axis"] % len(ctx.in_types[0].shape),), "argmax")
+
+
+@gpu_lowering("argmin")
+def _argmin(ctx: LoweringContext) -> Program:
+    return reduce_program(ctx, (ctx.attrs["axis"] % len(ctx.in_types[0].shape),), "argmin")
+
+
+@gpu_lowering("sum_to")
+def _sum_to(ctx: LoweringContext) -> Program:
+    shape = _shape(ctx.in_types[0])
+    target = _shape(ctx.out_type)
+    if shape == target:
+        return Program(view=True)
+    lead = len(shape) - len(target)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(target) if d == 1 and shape[lead + i] != 1)
+    return reduce_program(ctx, axes, "sum")
+
+
+@gpu_lowering("count")
+def _count(ctx: LoweringContext) -> Program:
+    shape = _shape(ctx.in_types[0])
+    n = math.prod(shape[a % len(shape)] for a in ctx.attrs["axes"])
+    dtype = ctx.out_type.dtype
+    return per_element(ctx.name, [], dtype, 1, [store("out", dtype, "i", literal(n, VTYPE[dtype]))])
+
+
+def _softmax(ctx: LoweringContext, log: bool) -> Program:
+    shape = _shape(ctx.in_types[0])
+    axis = ctx.attrs["axis"] % len(shape)
+    row, elem, rows, count = split_offsets(shape, (axis,))
+    wg = _wg(count)
+    x = load("in0", "float32", "off")
+    neg_inf = literal(float("-inf"), "f32")
+    final = "(v - m) - log(total)" if log else "exp(v - m) / total"
+    body = [
+        *row,
+        f"var acc = {neg_inf};",
+        f"for (var r = lid; live && r < {count}; r += {wg}) {{ {elem[0]} let v = {x}; if (is_nan(v) || v > acc) {{ acc = select(v, acc, is_nan(acc)); }} }}",
+        "part[lid] = acc;",
+        *tree("part", wg, "let a = part[lid]; let b = part[lid + s]; if (is_nan(b) || b > a) { part[lid] = select(b, a, is_nan(a)); }"),
+        "let m = part[0];",
+        "workgroupBarrier();",
+        "var sum = 0.0;",
+        f"for (var r = lid; live && r < {count}; r += {wg}) {{ {elem[0]} sum = sum + exp({x} - m); }}",
+        "part[lid] = sum;",
+        *tree("part", wg, "part[lid] = part[lid] + part[lid + s];"),
+        "let total = part[0];",
+        f"for (var r = lid; live && r < {count}; r += {wg}) {{ {elem[0]} let v = {x}; {store('out', 'float32', 'off', final)} }}",
+    ]
+    wgsl = _kernel([("in0", "float32"), ("out", "float32")], wg, [f"part: array<f32, {wg}>"], body, rows)
+    if rows == 0:
+        return Program([], name=ctx.name)
+    return Program([Dispatch(wgsl, _rows_grid(rows), (("in", 0), ("out", 0)))], name=ctx.name)
+
+
+@gpu_lowering("softmax")
+def _softmax_rule(ctx: LoweringContext) -> Program:
+    return _softmax(ctx, log=False)
+
+
+@gpu_lowering("log_softmax")
+def _log_softmax_rule(ctx: LoweringContext) -> Program:
+    return _softmax(ctx, log=True)
+
+
+@gpu_lowering("cumsum")
+def _cumsum(ctx: LoweringContext) -> Program:
+    shape = _shape(ctx.in_types[0])
+    axis = ctx.attrs["axis"] % len(shape)
+    st = strides(shape)
+    n = shape[axis]
+    in_dtype, dtype = ctx.in_types[0].dtype, ctx.out_type.dtype
+    t = VTYPE[dtype]
+    at = "f32" if t == "f32" else "i32"
+    from ..codegen import convert, coords
+
+    x = convert(load("in0", in_dtype, f"i + (j - c{axis}) * {st[axis]}"), VTYPE[in_dtype], at)
+    lo, hi = (f"c{axis}", str(n)) if ctx.attrs.get("reverse") else ("0", f"c{axis} + 1")
+    body = [
+        *coords(shape),
+        f"var acc = {literal(0, at)};",
+        f"for (var j = {lo}; j < {hi}; j++) {{ acc = acc + {x}; }}",
+        store("out", dtype, "i", convert("acc", at, t)),
+    ]
+    return per_element(ctx.name, [in_dtype], dtype, math.prod(shape), body)
