@@ -1333,31 +1333,52 @@ for _axis in (0, 1, -1):
         torch_fn=lambda t, a=_axis: F.log_softmax(t, a),
         name=_axis_id(_axis),
     )
-_TARGET = np.array([1, 0, 3])
-_add(
-    "cross_entropy",
-    lambda x, t: ag.cross_entropy(x, t, label_smoothing=0.1),
-    rand(3, 4, seed=63),
-    _TARGET,
-    ref=lambda x, t: np.mean(
-        -(0.9 * np.log(R.softmax(x))[np.arange(3), t] + 0.1 * np.log(R.softmax(x)).mean(-1))
-    ),
-    torch_fn=lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1),
-)
+
+
+def _cross_entropy_ref(z: np.ndarray, target: np.ndarray, reduction: str, smoothing: float) -> np.ndarray:
+    logp = np.log(R.softmax(z))
+    loss = -(1 - smoothing) * logp[np.arange(len(target)), target] - smoothing * logp.mean(-1)
+    return {"mean": loss.mean(), "sum": loss.sum(), "none": loss}[reduction]
+
+
+_TARGET = np.array([0, 4, 2, 2])
+for _reduction in ("mean", "sum", "none"):
+    for _smoothing in (0.0, 0.1):
+        _add(
+            "cross_entropy",
+            lambda z, t, r=_reduction, ls=_smoothing: ag.cross_entropy(z, t, r, ls),
+            rand(4, 5, seed=63),
+            _TARGET,
+            ref=lambda z, t, r=_reduction, ls=_smoothing: _cross_entropy_ref(z, t, r, ls),
+            torch_fn=lambda z, t, r=_reduction, ls=_smoothing: F.cross_entropy(
+                z, t, reduction=r, label_smoothing=ls
+            ),
+            name=f"{_reduction}_smoothing{_smoothing}",
+        )
 _add(
     "linear",
     ag.linear,
-    rand(2, 3, 4, seed=64),
-    rand(5, 4, seed=65),
-    rand(5, seed=66),
+    rand(2, 3, 4),
+    rand(5, 4, seed=1),
+    rand(5, seed=2),
     ref=lambda x, w, b: x @ w.T + b,
     torch_fn=F.linear,
+    name="bias_3d",
+)
+_add(
+    "linear",
+    lambda x, w: ag.linear(x, w),
+    rand(4, seed=3),
+    rand(3, 4, seed=4),
+    ref=lambda x, w: w @ x,
+    torch_fn=lambda x, w: F.linear(x, w),
+    name="no_bias_1d",
 )
 _add(
     "embedding",
     lambda i, w: ag.embedding(i, w),
-    np.array([[0, 2, 2], [3, 1, 0]]),
-    rand(4, 3, seed=67),
+    np.array([[1, 3, 1], [0, 1, 4]]),  # repeated ids: their gradients scatter-add
+    rand(5, 3, seed=5),
     ref=lambda i, w: w[i],
     torch_fn=F.embedding,
 )
