@@ -11,7 +11,7 @@ import numpy as np
 
 from . import inspection
 from .backends import get_backend
-from .backends.base import Backend, Plan, build_plan, resolve_options
+from .backends.base import Backend, Capabilities, Plan, build_plan, resolve_options
 from .dtypes import is_float
 from .errors import ShapeError
 from .graph import Graph, Node
@@ -365,7 +365,7 @@ def _for_backend(
     graph: Graph, num_outputs: int, updates: list[tuple[Node, Node]], name: str, backend: Backend
 ) -> tuple[Graph, list[tuple[Node, Node]]]:
     """The graph as ``backend`` runs it: index dtypes narrowed where it asks, dtypes and kernels checked."""
-    caps = backend.capabilities
+    caps = getattr(backend, "capabilities", None) or Capabilities()
     if caps.narrow_index:
         narrowed = narrow_index_dtypes(graph)
         if narrowed is not graph:

@@ -15,6 +15,7 @@ supplies these flags through its kernel records (:class:`~asg.core.registry.Kern
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -246,14 +247,11 @@ class Schedule:
 
     def nbytes(self, node_id: int) -> int:
         """Size in bytes of a value of the schedule."""
-        node = self._nodes()[node_id]
-        return _nbytes(self.spec.shapes[node_id], node.dtype)
+        return _nbytes(self.spec.shapes[node_id], self._by_id[node_id].dtype)
 
-    def _nodes(self) -> dict[int, Node]:
-        found = self.__dict__.get("_by_id")
-        if found is None:
-            found = self.__dict__["_by_id"] = {n.id: n for n in self.graph.nodes}
-        return found
+    @functools.cached_property
+    def _by_id(self) -> dict[int, Node]:
+        return {n.id: n for n in self.graph.nodes}
 
     def peak_bytes(self) -> int:
         """Most bytes of computed values alive at once (planned buffers count whole, views nothing).
