@@ -148,7 +148,8 @@ class WgpuPlan:
         ]
         self._update_vars = [p.data for p, _ in schedule.updates]
         self._update_scratch = [
-            take(size(v.id)) if copy else None for (_, v), copy in zip(schedule.updates, schedule.update_copies, strict=True)
+            take(size(v.id)) if copy else None
+            for (_, v), copy in zip(schedule.updates, schedule.update_copies, strict=True)
         ]
         self._bound_params: list[Any] | None = None
         self._encoded: list[tuple[Any, Any, tuple[int, int, int]]] = []
@@ -175,7 +176,9 @@ class WgpuPlan:
     def _bind(self) -> None:
         """(Re)build the bind groups: once per plan, again only if a parameter moved to another buffer."""
         params = [self.storage.buffer(v) for v in self._variables]
-        if self._bound_params is not None and all(a is b for a, b in zip(params, self._bound_params, strict=True)):
+        if self._bound_params is not None and all(
+            a is b for a, b in zip(params, self._bound_params, strict=True)
+        ):
             return
         for node, buf in zip(self._param_nodes, params, strict=True):
             self._buf[node.id] = buf
@@ -257,7 +260,9 @@ class WgpuPlan:
             self.calls += 1
             return out
 
-    def run_traced(self, feeds: Sequence[np.ndarray], on_step: OnStep, update: bool = True) -> list[np.ndarray]:
+    def run_traced(
+        self, feeds: Sequence[np.ndarray], on_step: OnStep, update: bool = True
+    ) -> list[np.ndarray]:
         """Run step by step (one submission each), calling ``on_step(step, value, seconds)`` after each.
 
         ``seconds`` is the GPU time of the step's dispatches from timestamp queries where the
@@ -298,7 +303,9 @@ class _Timer:
 
         self.dev = dev
         self.qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2)
-        self.buf = dev.device.create_buffer(size=256, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+        self.buf = dev.device.create_buffer(
+            size=256, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
+        )
 
     def pass_args(self) -> dict[str, Any]:
         return {

@@ -201,7 +201,9 @@ def declare(bindings: Sequence[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def elementwise_kernel(bindings: Sequence[tuple[str, str]], count: int, body: Sequence[str], wg: int = WG) -> str:
+def elementwise_kernel(
+    bindings: Sequence[tuple[str, str]], count: int, body: Sequence[str], wg: int = WG
+) -> str:
     """A kernel running ``body`` once per element ``i`` (``i32``) in ``0 .. count``."""
     inner = "\n    ".join(body)
     return f"""{declare(bindings)}
@@ -216,7 +218,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
 
 def per_element(
-    name: str, inputs: Sequence[str], out_dtype: str, count: int, body: Sequence[str], temps: Sequence[int] = ()
+    name: str,
+    inputs: Sequence[str],
+    out_dtype: str,
+    count: int,
+    body: Sequence[str],
+    temps: Sequence[int] = (),
 ) -> Program:
     """A one-dispatch :class:`Program` over ``count`` output elements; buffers ``in0.., out``."""
     bindings = [(f"in{k}", d) for k, d in enumerate(inputs)] + [("out", out_dtype)]

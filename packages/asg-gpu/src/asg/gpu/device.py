@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-OPTIONAL_FEATURES = ("shader-f16", "timestamp-query", "timestamp-query-inside-passes", "subgroup", "immediates")
+OPTIONAL_FEATURES = (
+    "shader-f16",
+    "timestamp-query",
+    "timestamp-query-inside-passes",
+    "subgroup",
+    "immediates",
+)
 STORAGE = 0x0080  # wgpu.BufferUsage values (kept numeric so this module imports without wgpu)
 COPY_SRC = 0x0004
 COPY_DST = 0x0008
@@ -32,7 +38,9 @@ def _wgpu() -> Any:
     try:
         import wgpu
     except ImportError as err:  # pragma: no cover - wgpu is a dependency of asg-gpu
-        raise NoAdapterError(f"the wgpu package cannot be imported ({err}); pip install 'wgpu>=0.32,<0.33'") from err
+        raise NoAdapterError(
+            f"the wgpu package cannot be imported ({err}); pip install 'wgpu>=0.32,<0.33'"
+        ) from err
     return wgpu
 
 
@@ -124,7 +132,10 @@ class GpuDevice:
                 for i in range(nbindings)
             ]
             bgl = self.device.create_bind_group_layout(entries=entries)
-            found = self._layouts[nbindings] = (bgl, self.device.create_pipeline_layout(bind_group_layouts=[bgl]))
+            found = self._layouts[nbindings] = (
+                bgl,
+                self.device.create_pipeline_layout(bind_group_layouts=[bgl]),
+            )
         return found
 
     def pipeline(self, wgsl: str, nbindings: int) -> Any:

@@ -3,8 +3,7 @@
 :data:`IMPLEMENTED` holds the names of the ops that have a wgpu lowering.
 """
 
+from . import elementwise, linalg, normalization, optim, random, reduction, shape  # noqa: F401  (registration side effects)
 from ._base import IMPLEMENTED, gpu_lowering
-
-from . import elementwise, linalg, normalization, optim, random, reduction, shape  # noqa: E402, F401  (registration side effects)
 
 __all__ = ["IMPLEMENTED", "gpu_lowering"]

@@ -12,7 +12,9 @@ from ..codegen import Program
 IMPLEMENTED: set[str] = set()
 
 
-def gpu_lowering(*names: str, in_place: bool = False) -> Callable[[Callable[[LoweringContext], Program]], Callable]:
+def gpu_lowering(
+    *names: str, in_place: bool = False
+) -> Callable[[Callable[[LoweringContext], Program]], Callable]:
     """Register ``fn(ctx) -> Program`` as the wgpu lowering of each op in ``names``.
 
     ``in_place=True``: a one-dispatch program that reads each input element at the index it writes,

@@ -15,7 +15,19 @@ from typing import Any
 from asg.core.dtypes import promote
 from asg.core.lowering import LoweringContext
 
-from ..codegen import VTYPE, Dispatch, Program, broadcast_strides, convert, coords, literal, load, offset, per_element, store
+from ..codegen import (
+    VTYPE,
+    Dispatch,
+    Program,
+    broadcast_strides,
+    convert,
+    coords,
+    literal,
+    load,
+    offset,
+    per_element,
+    store,
+)
 from ._base import const_scalar, gpu_lowering
 
 # WGSL functions the table's expressions call (prepended to kernels that use them).
@@ -152,7 +164,9 @@ TABLE: dict[str, tuple[Expr, str]] = {
         "out",
     ),
     "elu": (
-        lambda a, at, t: f"select({literal(at['alpha'], t)} * (exp(min({a[0]}, 0.0)) - 1.0), {a[0]}, {a[0]} > 0.0)",
+        lambda a, at, t: (
+            f"select({literal(at['alpha'], t)} * (exp(min({a[0]}, 0.0)) - 1.0), {a[0]}, {a[0]} > 0.0)"
+        ),
         "out",
     ),
     "sigmoid": (_f("sigmoid_f"), "out"),

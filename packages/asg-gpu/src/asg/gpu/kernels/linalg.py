@@ -32,8 +32,15 @@ def tile_config(m: int, n: int, k: int) -> tuple[int, int, int]:
     return 64, 64, 16
 
 
-def matmul_wgsl(m: int, n: int, k: int, batch: Sequence[int], a_st: Sequence[int], b_st: Sequence[int],
-                config: tuple[int, int, int] | None = None) -> str:
+def matmul_wgsl(
+    m: int,
+    n: int,
+    k: int,
+    batch: Sequence[int],
+    a_st: Sequence[int],
+    b_st: Sequence[int],
+    config: tuple[int, int, int] | None = None,
+) -> str:
     """The WGSL of an (m, k) @ (k, n) product over ``batch`` (per-batch element strides of A and B)."""
     bm, bn, bk = config or tile_config(m, n, k)
     tm, tn = bm // THREADS, bn // THREADS
@@ -81,7 +88,9 @@ def matmul_wgsl(m: int, n: int, k: int, batch: Sequence[int], a_st: Sequence[int
         lines.append(f"{{ let r = row0 + ty + {i * THREADS};")
         lines.append(f"  if (r < {m}) {{")
         for j in range(tn):
-            lines.append(f"    {{ let c = col0 + tx + {j * THREADS}; if (c < {n}) {{ C[o_base + r * {n} + c] = acc_{i}_{j}; }} }}")
+            lines.append(
+                f"    {{ let c = col0 + tx + {j * THREADS}; if (c < {n}) {{ C[o_base + r * {n} + c] = acc_{i}_{j}; }} }}"
+            )
         lines.append("  } }")
     body = "\n    ".join(lines)
     return f"""{declare([("A", "float32"), ("B", "float32"), ("C", "float32")])}
@@ -98,7 +107,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 
 def matmul_program(
-    a_shape: Sequence[int], b_shape: Sequence[int], out_shape: Sequence[int], name: str = "",
+    a_shape: Sequence[int],
+    b_shape: Sequence[int],
+    out_shape: Sequence[int],
+    name: str = "",
     config: tuple[int, int, int] | None = None,
 ) -> Program:
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0)."""

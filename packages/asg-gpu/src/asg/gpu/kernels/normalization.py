@@ -69,8 +69,10 @@ def _layer_norm(ctx: LoweringContext) -> Program:
     hw, hb = ctx.attrs["has_weight"], ctx.attrs["has_bias"]
     names = ["x"] + (["w"] if hw else []) + (["b"] if hb else []) + ["y"]
     value = "(x[off] - mean) * rstd" + (" * w[r]" if hw else "") + (" + b[r]" if hb else "")
-    body = [*_stats(wg, feat, ctx.attrs["eps"]),
-            f"for (var r = lid; live && r < {feat}; r += {wg}) {{ let off = base + r; y[off] = {value}; }}"]
+    body = [
+        *_stats(wg, feat, ctx.attrs["eps"]),
+        f"for (var r = lid; live && r < {feat}; r += {wg}) {{ let off = base + r; y[off] = {value}; }}",
+    ]
     wgsl = _row_kernel(names, wg, rows, body).replace("FEAT", str(feat))
     args = tuple(("in", k) for k in range(len(names) - 1)) + (("out", 0),)
     return Program([Dispatch(wgsl, _rows_grid(rows), args)] if rows else [])
@@ -105,7 +107,10 @@ def _layer_norm_weight_grad(ctx: LoweringContext) -> Program:
     feat = math.prod(int(d) for d in ctx.attrs["normalized_shape"])
     rows = math.prod(shape) // max(feat, 1)
     wg = _wg(feat)
-    stats_body = [*_stats(wg, feat, ctx.attrs["eps"]), "if (lid == 0 && live) { st[2 * o] = mean; st[2 * o + 1] = rstd; }"]
+    stats_body = [
+        *_stats(wg, feat, ctx.attrs["eps"]),
+        "if (lid == 0 && live) { st[2 * o] = mean; st[2 * o + 1] = rstd; }",
+    ]
     stats = _row_kernel(["x", "st"], wg, rows, stats_body).replace("FEAT", str(feat))
     wg2 = _wg(rows)
     col = f"""{declare([("g", "float32"), ("x", "float32"), ("st", "float32"), ("dw", "float32")])}

@@ -65,7 +65,9 @@ def _sgd(ctx: LoweringContext) -> Program:
     if a["weight_decay"]:
         lines.append(f"g = g + {_f(a['weight_decay'])} * param;")
     if momentum:
-        lines.append(f"let buf = select(buf0 * {_f(momentum)} + {_f(1 - a['dampening'])} * g, g, step <= 1.0);")
+        lines.append(
+            f"let buf = select(buf0 * {_f(momentum)} + {_f(1 - a['dampening'])} * g, g, step <= 1.0);"
+        )
         if a["output"] == "momentum_buffer":
             return _program(ctx, names, lines, "buf")
         lines.append(f"g = g + {_f(momentum)} * buf;" if a["nesterov"] else "g = buf;")
@@ -101,7 +103,14 @@ def _adam(ctx: LoweringContext) -> Program:
 def _rmsprop(ctx: LoweringContext) -> Program:
     a = ctx.attrs
     alpha, momentum, centered = a["alpha"], a["momentum"], a["centered"]
-    names = ["param", "grad", "square_avg0", *(["grad_avg0"] if centered else []), *(["buf0"] if momentum else []), "lr"]
+    names = [
+        "param",
+        "grad",
+        "square_avg0",
+        *(["grad_avg0"] if centered else []),
+        *(["buf0"] if momentum else []),
+        "lr",
+    ]
     lines = ["var g = grad;"]
     if a["maximize"]:
         lines.append("g = -g;")

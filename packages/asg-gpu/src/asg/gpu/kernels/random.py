@@ -70,7 +70,9 @@ def _key_words(slot: str) -> str:
 def _program(ctx: LoweringContext, body: list[str], inputs: list[str], count: int) -> Program:
     prog = per_element(ctx.name, inputs, ctx.out_type.dtype, count, body)
     for j, d in enumerate(prog.dispatches):
-        prog.dispatches[j] = type(d)(d.wgsl.replace("\n@compute", FUNCTIONS + "\n@compute", 1), d.grid, d.args)
+        prog.dispatches[j] = type(d)(
+            d.wgsl.replace("\n@compute", FUNCTIONS + "\n@compute", 1), d.grid, d.args
+        )
     return prog
 
 

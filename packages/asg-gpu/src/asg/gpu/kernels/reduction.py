@@ -53,19 +53,27 @@ def split_offsets(shape: Sequence[int], axes: Sequence[int]) -> tuple[list[str],
     kst = strides([shape[d] for d in kept])
     row = [
         "let base = "
-        + (" + ".join(f"((o / {kst[j]}) % {shape[d]}) * {st[d]}" for j, d in enumerate(kept) if shape[d] > 1) or "0")
+        + (
+            " + ".join(f"((o / {kst[j]}) % {shape[d]}) * {st[d]}" for j, d in enumerate(kept) if shape[d] > 1)
+            or "0"
+        )
         + ";"
     ]
     rst = strides([shape[d] for d in red])
     elem = [
         "let off = base + "
-        + (" + ".join(f"((r / {rst[j]}) % {shape[d]}) * {st[d]}" for j, d in enumerate(red) if shape[d] > 1) or "0")
+        + (
+            " + ".join(f"((r / {rst[j]}) % {shape[d]}) * {st[d]}" for j, d in enumerate(red) if shape[d] > 1)
+            or "0"
+        )
         + ";"
     ]
     return row, elem, rows, count
 
 
-def _kernel(bindings: Sequence[tuple[str, str]], wg: int, shared: Sequence[str], body: Sequence[str], rows: int) -> str:
+def _kernel(
+    bindings: Sequence[tuple[str, str]], wg: int, shared: Sequence[str], body: Sequence[str], rows: int
+) -> str:
     inner = "\n    ".join(body)
     decl = "\n".join(f"var<workgroup> {s};" for s in shared)
     return f"""{declare(bindings)}
@@ -139,9 +147,10 @@ def reduce_program(
         else:
             init = literal(-(2**31) if kind == "max" else 2**31 - 1, "i32")
             better = f"v {pick} acc"
-        comb = (
-            "let a = part[lid]; let b = part[lid + s]; "
-            + (f"if ((is_nan(b) && !is_nan(a)) || b {pick} a) {{ part[lid] = b; }}" if vt == "f32" else f"if (b {pick} a) {{ part[lid] = b; }}")
+        comb = "let a = part[lid]; let b = part[lid + s]; " + (
+            f"if ((is_nan(b) && !is_nan(a)) || b {pick} a) {{ part[lid] = b; }}"
+            if vt == "f32"
+            else f"if (b {pick} a) {{ part[lid] = b; }}"
         )
         shared = [f"part: array<{vt}, {wg}>"]
         body = [
@@ -227,7 +236,9 @@ def _sum_to(ctx: LoweringContext) -> Program:
     if shape == target:
         return Program(view=True)
     lead = len(shape) - len(target)
-    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(target) if d == 1 and shape[lead + i] != 1)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, d in enumerate(target) if d == 1 and shape[lead + i] != 1
+    )
     return reduce_program(ctx, axes, "sum")
 
 
@@ -252,7 +263,11 @@ def _softmax(ctx: LoweringContext, log: bool) -> Program:
         f"var acc = {neg_inf};",
         f"for (var r = lid; live && r < {count}; r += {wg}) {{ {elem[0]} let v = {x}; if (is_nan(v) || v > acc) {{ acc = select(v, acc, is_nan(acc)); }} }}",
         "part[lid] = acc;",
-        *tree("part", wg, "let a = part[lid]; let b = part[lid + s]; if (is_nan(b) || b > a) { part[lid] = select(b, a, is_nan(a)); }"),
+        *tree(
+            "part",
+            wg,
+            "let a = part[lid]; let b = part[lid + s]; if (is_nan(b) || b > a) { part[lid] = select(b, a, is_nan(a)); }",
+        ),
         "let m = part[0];",
         "workgroupBarrier();",
         "var sum = 0.0;",

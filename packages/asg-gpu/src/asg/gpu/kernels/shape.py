@@ -15,7 +15,18 @@ from collections.abc import Sequence
 
 from asg.core.lowering import LoweringContext
 
-from ..codegen import VTYPE, Program, broadcast_strides, coords, literal, load, offset, per_element, store, strides
+from ..codegen import (
+    VTYPE,
+    Program,
+    broadcast_strides,
+    coords,
+    literal,
+    load,
+    offset,
+    per_element,
+    store,
+    strides,
+)
 from ._base import gpu_lowering
 
 
@@ -31,7 +42,10 @@ def copy_program(ctx: LoweringContext, base: int, st: Sequence[int]) -> Program:
     """``out[c] = in0[base + sum(c_d * st_d)]`` over the output's coordinates ``c``."""
     out = _shape(ctx.out_type)
     dtype = ctx.out_type.dtype
-    body = [*coords(out), store("out", dtype, "i", load("in0", ctx.in_types[0].dtype, f"({offset(st, base)})"))]
+    body = [
+        *coords(out),
+        store("out", dtype, "i", load("in0", ctx.in_types[0].dtype, f"({offset(st, base)})")),
+    ]
     return per_element(ctx.name, [ctx.in_types[0].dtype], dtype, _count(out), body)
 
 
@@ -190,7 +204,9 @@ def _one_hot(ctx: LoweringContext) -> Program:
     t = VTYPE[dtype]
     idx = load("in0", ctx.in_types[0].dtype, f"(i / {n})")
     value = f"select({literal(0, t)}, {literal(1, t)}, {idx} == i % {n})"
-    return per_element(ctx.name, [ctx.in_types[0].dtype], dtype, _count(out), [store("out", dtype, "i", value)])
+    return per_element(
+        ctx.name, [ctx.in_types[0].dtype], dtype, _count(out), [store("out", dtype, "i", value)]
+    )
 
 
 def _wrapped(idx: str, size: int) -> str:
@@ -278,7 +294,10 @@ def _take_along_backward(ctx: LoweringContext) -> Program:
     for k, d in enumerate(free):
         body.append(f"    let q{d} = (r / {fst[k]}) % {sizes[k]};")
     gi = " + ".join((f"q{d}" if d in free else f"c{d}") + f" * {gst[d]}" for d in range(len(g))) or "0"
-    ii = " + ".join((f"q{d}" if d in free else f"c{d}") + f" * {ist[d]}" for d in range(len(g)) if ist[d]) or "0"
+    ii = (
+        " + ".join((f"q{d}" if d in free else f"c{d}") + f" * {ist[d]}" for d in range(len(g)) if ist[d])
+        or "0"
+    )
     body.append(f"    let j = {_wrapped(load('in1', ctx.in_types[1].dtype, f'({ii})'), out[axis])};")
     body.append(f"    if (j == c{axis}) {{ acc = acc + {load('in0', dtype, f'({gi})')}; }}")
     body.append("}")
