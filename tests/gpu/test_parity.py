@@ -7,8 +7,6 @@ from asg.gpu.kernels import IMPLEMENTED
 
 # Ops (or case ids) not run on wgpu yet, with the reason. Shrink this list as kernels land.
 NOT_YET = {
-    "conv2d": "no wgpu kernel yet",
-    "conv_transpose2d": "no wgpu kernel yet",
     "max_pool2d": "no wgpu kernel yet",
     "avg_pool2d": "no wgpu kernel yet",
     "adaptive_max_pool2d": "no wgpu kernel yet",

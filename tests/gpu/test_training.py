@@ -58,7 +58,7 @@ def test_parameters_stay_on_the_gpu_between_steps():
 
 
 def test_gpu_memory_is_flat_over_500_steps():
-    x, y, loss, params, updates = _mlp(seed=3)
+    x, y, loss, _params, updates = _mlp(seed=3)
     step = ag.compile(loss, inputs=[x, y], updates=updates, backend="wgpu")
     pool = get_backend("wgpu").pool
     batches = list(_data(2))

@@ -228,5 +228,5 @@ def per_element(
     """A one-dispatch :class:`Program` over ``count`` output elements; buffers ``in0.., out``."""
     bindings = [(f"in{k}", d) for k, d in enumerate(inputs)] + [("out", out_dtype)]
     wgsl = elementwise_kernel(bindings, count, body)
-    args = tuple(("in", k) for k in range(len(inputs))) + (("out", 0),)
+    args = (*tuple(("in", k) for k in range(len(inputs))), ("out", 0))
     return Program([Dispatch(wgsl, grid(count), args)] if count else [], list(temps), name=name)

@@ -74,7 +74,7 @@ def _layer_norm(ctx: LoweringContext) -> Program:
         f"for (var r = lid; live && r < {feat}; r += {wg}) {{ let off = base + r; y[off] = {value}; }}",
     ]
     wgsl = _row_kernel(names, wg, rows, body).replace("FEAT", str(feat))
-    args = tuple(("in", k) for k in range(len(names) - 1)) + (("out", 0),)
+    args = (*tuple(("in", k) for k in range(len(names) - 1)), ("out", 0))
     return Program([Dispatch(wgsl, _rows_grid(rows), args)] if rows else [])
 
 
@@ -97,7 +97,7 @@ def _layer_norm_backward(ctx: LoweringContext) -> Program:
         f" dx[off] = ({gh} - ((x[off] - mean) * x_coef + mean_g)) * rstd; }}",
     ]
     wgsl = _row_kernel(names, wg, rows, body).replace("FEAT", str(feat))
-    args = tuple(("in", k) for k in range(len(names) - 1)) + (("out", 0),)
+    args = (*tuple(("in", k) for k in range(len(names) - 1)), ("out", 0))
     return Program([Dispatch(wgsl, _rows_grid(rows), args)] if rows else [])
 
 

@@ -1,0 +1,122 @@
+"""conv2d, its weight gradient and conv_transpose2d as direct convolutions (one thread per output element).
+
+Stride, padding (top, bottom, left, right), dilation and groups (depthwise included) follow
+asg-core's numpy kernels. Each output element loops over its receptive field; conv_transpose2d is
+written as a gather (each output pixel sums the input pixels whose window covers it), so it needs
+no atomics. These are the correct first kernels; an implicit-GEMM path on the tiled matmul is the
+fast one still to write.
+"""
+
+from __future__ import annotations
+
+import math
+
+from asg.core.lowering import LoweringContext
+
+from ..codegen import Program, coords, per_element, store
+from ._base import gpu_lowering
+
+
+def _ints(t: object) -> tuple[int, ...]:
+    return tuple(int(d) for d in t.shape)  # type: ignore[attr-defined]
+
+
+@gpu_lowering("conv2d")
+def _conv2d(ctx: LoweringContext) -> Program:
+    _n, c, h, w = _ints(ctx.in_types[0])
+    co, cpg, kh, kw = _ints(ctx.in_types[1])
+    out = _ints(ctx.out_type)
+    (sh, sw), (top, _, left, _), (dh, dw), groups = (
+        ctx.attrs["stride"],
+        ctx.attrs["padding"],
+        ctx.attrs["dilation"],
+        ctx.attrs["groups"],
+    )
+    opg = co // groups
+    body = [
+        *coords(out),
+        f"let gi = c1 / {opg};",
+        "var acc = 0.0;",
+        f"for (var ci = 0; ci < {cpg}; ci++) {{",
+        f"  for (var ky = 0; ky < {kh}; ky++) {{",
+        f"    let y = c2 * {sh} - {top} + ky * {dh};",
+        f"    if (y < 0 || y >= {h}) {{ continue; }}",
+        f"    for (var kx = 0; kx < {kw}; kx++) {{",
+        f"      let x = c3 * {sw} - {left} + kx * {dw};",
+        f"      if (x < 0 || x >= {w}) {{ continue; }}",
+        f"      acc = acc + in0[((c0 * {c} + gi * {cpg} + ci) * {h} + y) * {w} + x]"
+        f" * in1[((c1 * {cpg} + ci) * {kh} + ky) * {kw} + kx];",
+        "    }",
+        "  }",
+        "}",
+        store("out", "float32", "i", "acc"),
+    ]
+    return per_element(ctx.name, ["float32", "float32"], "float32", math.prod(out), body)
+
+
+@gpu_lowering("conv2d_backward_weight")
+def _conv2d_backward_weight(ctx: LoweringContext) -> Program:
+    n, c, h, w = _ints(ctx.in_types[0])
+    _, co, ho, wo = _ints(ctx.in_types[1])
+    out = _ints(ctx.out_type)  # (co, cpg, kh, kw)
+    cpg = out[1]
+    (sh, sw), (top, _, left, _), (dh, dw), groups = (
+        ctx.attrs["stride"],
+        ctx.attrs["padding"],
+        ctx.attrs["dilation"],
+        ctx.attrs["groups"],
+    )
+    opg = co // groups
+    body = [
+        *coords(out),
+        f"let chan = (c0 / {opg}) * {cpg} + c1;",
+        "var acc = 0.0;",
+        f"for (var b = 0; b < {n}; b++) {{",
+        f"  for (var oy = 0; oy < {ho}; oy++) {{",
+        f"    let y = oy * {sh} - {top} + c2 * {dh};",
+        f"    if (y < 0 || y >= {h}) {{ continue; }}",
+        f"    for (var ox = 0; ox < {wo}; ox++) {{",
+        f"      let x = ox * {sw} - {left} + c3 * {dw};",
+        f"      if (x < 0 || x >= {w}) {{ continue; }}",
+        f"      acc = acc + in1[((b * {co} + c0) * {ho} + oy) * {wo} + ox] * in0[((b * {c} + chan) * {h} + y) * {w} + x];",
+        "    }",
+        "  }",
+        "}",
+        store("out", "float32", "i", "acc"),
+    ]
+    return per_element(ctx.name, ["float32", "float32"], "float32", math.prod(out), body)
+
+
+@gpu_lowering("conv_transpose2d")
+def _conv_transpose2d(ctx: LoweringContext) -> Program:
+    _n, cin, hg, wg = _ints(ctx.in_types[0])
+    _, opg_t, kh, kw = _ints(ctx.in_types[1])  # (cin, cout/groups, kh, kw)
+    out = _ints(ctx.out_type)  # (n, cout, H, W)
+    (sh, sw), (top, _, left, _), (dh, dw), groups = (
+        ctx.attrs["stride"],
+        ctx.attrs["padding"],
+        ctx.attrs["dilation"],
+        ctx.attrs["groups"],
+    )
+    ipg = cin // groups
+    body = [
+        *coords(out),
+        f"let gi = c1 / {opg_t};",
+        f"let oc = c1 % {opg_t};",
+        "var acc = 0.0;",
+        f"for (var j = 0; j < {ipg}; j++) {{",
+        f"  let ci = gi * {ipg} + j;",
+        f"  for (var ky = 0; ky < {kh}; ky++) {{",
+        f"    let ty = c2 + {top} - ky * {dh};",
+        f"    if (ty < 0 || ty % {sh} != 0 || ty / {sh} >= {hg}) {{ continue; }}",
+        f"    for (var kx = 0; kx < {kw}; kx++) {{",
+        f"      let tx = c3 + {left} - kx * {dw};",
+        f"      if (tx < 0 || tx % {sw} != 0 || tx / {sw} >= {wg}) {{ continue; }}",
+        f"      acc = acc + in0[((c0 * {cin} + ci) * {hg} + ty / {sh}) * {wg} + tx / {sw}]"
+        f" * in1[((ci * {opg_t} + oc) * {kh} + ky) * {kw} + kx];",
+        "    }",
+        "  }",
+        "}",
+        store("out", "float32", "i", "acc"),
+    ]
+    return per_element(ctx.name, ["float32", "float32"], "float32", math.prod(out), body)
