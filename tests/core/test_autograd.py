@@ -288,3 +288,49 @@ def test_value_and_grad():
     v, g = ag.compile([value, gx])(np.array([1.0, 2.0]))
     assert v == 5.0
     np.testing.assert_array_equal(g, [2.0, 4.0])
+
+
+# ----------------------------------------------------------------------------- provenance of gradient nodes
+def test_gradient_nodes_record_the_forward_node_and_its_scope():
+    x = ag.input("x", ("B", 3))
+    w = ag.parameter(np.ones((3, 2), "float32"), name="w")
+    with ag.scope("layer"):
+        h = (x @ w).named("h")
+    with ag.scope("head"):
+        loss = h.tanh().sum()
+    with ag.scope("called.elsewhere"):  # gradient nodes take the forward node's scope, not this one
+        (gw,) = ag.grad(loss, [w])
+    graph = ag.Graph([loss.node, gw.node])
+    forward = {n.id for n in ag.Graph([loss.node]).nodes}
+    backward = [n for n in graph.nodes if n.id not in forward]
+    assert backward and all("grad_of" in n.meta for n in backward)
+    by_id = {n.id: n for n in graph.nodes}
+    for n in backward:
+        source = by_id[n.meta["grad_of"]]
+        assert source.id in forward
+        assert n.meta.get("scope") == source.meta.get("scope")
+    assert {n.meta.get("scope") for n in backward} <= {"layer", "head", None}
+    assert gw.node.meta["scope"] == "layer" and by_id[gw.node.meta["grad_of"]].op == "matmul"
+    assert not any("grad_of" in n.meta for n in graph.nodes if n.id in forward)
+
+    loaded = ag.Graph.from_json(graph.to_json())
+    loaded_by_id = {n.id: n for n in loaded.nodes}
+    pairs = [
+        (n.op, n.meta.get("scope"), loaded_by_id[n.meta["grad_of"]].op)
+        for n in loaded.nodes
+        if "grad_of" in n.meta
+    ]
+    assert pairs == [(n.op, n.meta.get("scope"), by_id[n.meta["grad_of"]].op) for n in backward]
+
+
+def test_grad_of_in_json_must_name_a_node_of_the_document():
+    import json
+
+    x = ag.input("x", (3,))
+    loss = (x * x).sum()
+    (gx,) = ag.grad(loss, [x])
+    doc = json.loads(ag.Graph([loss.node, gx.node]).to_json())
+    marked = next(i for i, rec in enumerate(doc["nodes"]) if "grad_of" in rec)
+    doc["nodes"][marked]["grad_of"] = 10_000
+    with pytest.raises(ValueError, match=f"node {marked} .*field 'grad_of' must be the index of a node"):
+        ag.Graph.from_json(json.dumps(doc))

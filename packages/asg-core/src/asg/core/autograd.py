@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from .dtypes import is_float
 from .errors import DTypeError, MissingRuleError, ShapeError
 from .graph import LEAF_OPS, Node, topological_order
+from .naming import gradient_of
 from .registry import get_op, grad_rule
 from .shapes import broadcast_shapes, format_shape
 from .tensor import Tensor, apply
@@ -85,7 +86,8 @@ def grad(
             raise DTypeError(
                 f"grad: output {output.node.label} has dtype {output.dtype}; it must be floating point"
             )
-        seed = _full((), 1.0, output.dtype)
+        with gradient_of(output.node.id, output.node.meta.get("scope")):
+            seed = _full((), 1.0, output.dtype)
     else:
         if grad_output.shape != output.shape:
             raise ShapeError(
@@ -120,15 +122,16 @@ def grad(
             raise MissingRuleError(
                 f"{err} (needed for {node.label}, built at {node.meta.get('source')})"
             ) from None
-        input_grads = rule(g, Tensor(node), *(Tensor(i) for i in node.inputs), **node.attrs)
-        if len(input_grads) != len(node.inputs):
-            raise MissingRuleError(
-                f"gradient rule of {op.name!r} returned {len(input_grads)} cotangents for {len(node.inputs)} inputs"
-            )
-        for x, gx in zip(node.inputs, input_grads, strict=True):
-            if gx is None or x.id not in needed or not is_float(x.dtype):
-                continue
-            _accumulate(grads, x, _fit_to(gx, x))
+        with gradient_of(node.id, node.meta.get("scope")):
+            input_grads = rule(g, Tensor(node), *(Tensor(i) for i in node.inputs), **node.attrs)
+            if len(input_grads) != len(node.inputs):
+                raise MissingRuleError(
+                    f"gradient rule of {op.name!r} returned {len(input_grads)} cotangents for {len(node.inputs)} inputs"
+                )
+            for x, gx in zip(node.inputs, input_grads, strict=True):
+                if gx is None or x.id not in needed or not is_float(x.dtype):
+                    continue
+                _accumulate(grads, x, _fit_to(gx, x))
 
     results = []
     for t in targets:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .naming import _SCOPE, Namespace, sanitize
+from .naming import _GRAD_OF, _SCOPE, Namespace, sanitize
 from .shapes import Shape, format_shape
 
 LEAF_OPS = frozenset({"input", "parameter", "constant"})
@@ -108,6 +108,9 @@ def _new_meta() -> dict[str, Any]:
     current = _SCOPE.get()
     if current:
         meta["scope"] = current
+    grad_of = _GRAD_OF.get()
+    if grad_of is not None:
+        meta["grad_of"] = grad_of
     return meta
 
 
@@ -122,7 +125,8 @@ class Node:
         name: the user's name for the value, if any (any string: the printout sanitises it).
         data: a :class:`Variable` for parameters, a numpy array for constants, else ``None``.
         meta: analysis results and provenance: ``meta["source"]`` is where the node was built and
-            ``meta["scope"]`` the :func:`~asg.core.scope` it was built under (absent outside every scope).
+            ``meta["scope"]`` the :func:`~asg.core.scope` it was built under (absent outside every scope);
+            ``meta["grad_of"]`` the id of the forward node whose gradient rule built it (gradient nodes only).
     """
 
     __slots__ = ("_name", "attrs", "data", "dtype", "id", "inputs", "meta", "op", "shape")

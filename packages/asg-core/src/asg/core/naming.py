@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 _SCOPE: ContextVar[str] = ContextVar("asg_scope", default="")
+_GRAD_OF: ContextVar[int | None] = ContextVar("asg_grad_of", default=None)
 
 
 @contextmanager
@@ -54,6 +55,23 @@ def current_scope() -> str | None:
     True
     """
     return _SCOPE.get() or None
+
+
+@contextmanager
+def gradient_of(node_id: int, node_scope: str | None) -> Iterator[None]:
+    """Mark every node built inside as part of the gradient of forward node ``node_id``.
+
+    Autograd wraps each gradient rule in it: the new nodes get ``meta["grad_of"] = node_id`` and the
+    forward node's scope (not the scope ``grad`` was called in), so a viewer groups a module's backward
+    nodes with its forward nodes and links each gradient node to the node it differentiates.
+    """
+    scope_token = _SCOPE.set(node_scope or "")
+    grad_token = _GRAD_OF.set(node_id)
+    try:
+        yield
+    finally:
+        _GRAD_OF.reset(grad_token)
+        _SCOPE.reset(scope_token)
 
 
 _ILLEGAL = re.compile(r"[^0-9a-zA-Z_]+")

@@ -7,7 +7,8 @@ recorded type must be what its op's shape rule gives, symbolic dimensions are pa
 and no array larger than the data actually present is allocated. A malformed document raises
 ``ValueError`` naming the node (its index and op) and the field.
 
-Format version 2 records ``scope``; version 1 documents still load.
+Format version 2 records ``scope`` and, for gradient nodes, ``grad_of`` (the index of the forward node
+they differentiate); version 1 documents still load.
 
 Parameters without data (``include_data=False``, or a bundle that keeps values in a safetensors file)
 get their values from ``parameter_values`` when loaded, checked against each node's shape and dtype.
@@ -68,6 +69,8 @@ def graph_to_json(graph: Graph, include_data: bool = True) -> str:
             rec["name"] = n.name
         if n.meta.get("scope"):
             rec["scope"] = n.meta["scope"]
+        if n.meta.get("grad_of") in index:
+            rec["grad_of"] = index[n.meta["grad_of"]]
         if n.op == "parameter":
             rec["trainable"] = n.data.trainable
             if include_data and n.data.has_value:
@@ -137,6 +140,15 @@ def graph_from_json(
         except (KeyError, TypeError, ValueError, IndexError, OverflowError) as err:
             what = f"missing field {err.args[0]!r}" if isinstance(err, KeyError) else str(err)
             raise ValueError(f"ASG graph JSON node {i} ({_describe_record(rec)}): {what}") from None
+    for i, node in enumerate(nodes):
+        if "grad_of" in node.meta:
+            j = node.meta["grad_of"]
+            if type(j) is not int or not 0 <= j < len(nodes):
+                raise ValueError(
+                    f"ASG graph JSON node {i} ({_describe_record(records[i])}): field 'grad_of' must be the index "
+                    f"of a node of the document, not {_short(j)}"
+                )
+            node.meta["grad_of"] = nodes[j].id
     for what, ids in (("inputs", input_ids), ("outputs", output_ids)):
         for j in ids:
             if type(j) is not int or not 0 <= j < len(nodes):
@@ -278,6 +290,8 @@ def _node_from_record(rec: Any, nodes: list[Node], value: np.ndarray | None, str
                 f"field 'scope' must be a non-empty string of at most 1024 characters, not {_short(where)}"
             )
         meta["scope"] = where
+    if "grad_of" in rec:
+        meta["grad_of"] = rec["grad_of"]  # a document index until every node is read
     data: Any = None
     if op in LEAF_OPS:
         if inputs or attrs:
