@@ -161,3 +161,57 @@ def test_loss_errors_name_tensors_and_shapes() -> None:
         F.nll_loss(x, ag.input("y", ("B",), "int64"), weight=np.ones(4, np.float32))
     with pytest.raises(ValueError, match="MSELoss: reduction must be"):
         nn.MSELoss("avg")
+
+
+SIGNS = np.where(rng.random(6) > 0.5, 1.0, -1.0)
+A, POS, NEG = rng.normal(size=(6, 4)), rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+
+
+def _ranking_cases(torch):
+    tf = torch.nn.functional
+    signs_4 = np.where(rng.random((6, 4)) > 0.5, 1.0, -1.0)
+    cases = []
+    for r in ("none", "mean", "sum"):
+        cases += [
+            (f"hinge-{r}", lambda x, y, r=r: F.hinge_embedding_loss(x, y, 0.7, r),
+             lambda x, y, r=r: tf.hinge_embedding_loss(x, y, 0.7, reduction=r), [PRED, signs_4]),
+            (f"cosine-{r}", lambda a, b, y, r=r: F.cosine_embedding_loss(a, b, y, 0.2, r),
+             lambda a, b, y, r=r: tf.cosine_embedding_loss(a, b, y, 0.2, reduction=r), [A, POS, SIGNS]),
+            (f"triplet-{r}", lambda a, p, n, r=r: F.triplet_margin_loss(a, p, n, 1.5, reduction=r),
+             lambda a, p, n, r=r: tf.triplet_margin_loss(a, p, n, 1.5, reduction=r), [A, POS, NEG]),
+            (f"triplet-p1-swap-{r}", lambda a, p, n, r=r: F.triplet_margin_loss(a, p, n, 1.0, 1.0, swap=True, reduction=r),
+             lambda a, p, n, r=r: tf.triplet_margin_loss(a, p, n, 1.0, 1.0, swap=True, reduction=r), [A, POS, NEG]),
+            (f"ranking-{r}", lambda a, b, y, r=r: F.margin_ranking_loss(a, b, y, 0.3, r),
+             lambda a, b, y, r=r: tf.margin_ranking_loss(a, b, y, 0.3, reduction=r), [A[:, 0], POS[:, 0], SIGNS]),
+        ]  # fmt: skip
+    return cases
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("index", range(15))
+def test_ranking_and_embedding_losses_match_torch(index: int) -> None:
+    torch = torch_or_skip()
+    _name, ours, theirs, arrays = _ranking_cases(torch)[index]
+    agt.check_op(ours, *arrays, torch_fn=theirs, order=1, torch_rtol=1e-5, torch_atol=1e-6)
+
+
+def _focal_ref(x, t, alpha=0.25, gamma=2.0):
+    p = 1 / (1 + np.exp(-x))
+    ce = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+    p_t = p * t + (1 - p) * (1 - t)
+    return ce * (1 - p_t) ** gamma * (alpha * t + (1 - alpha) * (1 - t))
+
+
+def test_focal_loss_against_torchvision_formula_and_finite_differences() -> None:
+    agt.check_op(F.sigmoid_focal_loss, PRED, T01, ref=_focal_ref, order=2)
+    agt.check_op(
+        lambda x, t: F.sigmoid_focal_loss(x, t, alpha=-1, gamma=0.0, reduction="sum"),
+        PRED,
+        T01,
+        ref=lambda x, t: (
+            -(t * np.log(1 / (1 + np.exp(-x))) + (1 - t) * np.log(1 - 1 / (1 + np.exp(-x))))
+        ).sum(),
+        order=1,
+    )
+    loss = nn.FocalLoss()(ag.constant(PRED.astype(np.float32)), ag.constant(T01.astype(np.float32)))
+    assert float(ag.compile(loss)()) == pytest.approx(_focal_ref(PRED, T01).mean(), rel=1e-5)

@@ -35,6 +35,7 @@ __all__ = [
     "causal_mask",
     "conv2d",
     "conv_transpose2d",
+    "cosine_embedding_loss",
     "cross_entropy",
     "dropout",
     "dropout2d",
@@ -42,6 +43,7 @@ __all__ = [
     "embedding",
     "gelu",
     "group_norm",
+    "hinge_embedding_loss",
     "huber_loss",
     "kl_div",
     "l1_loss",
@@ -49,18 +51,22 @@ __all__ = [
     "leaky_relu",
     "linear",
     "log_softmax",
+    "margin_ranking_loss",
     "max_pool2d",
     "mse_loss",
     "nll_loss",
+    "pairwise_distance",
     "relu",
     "rms_norm",
     "scaled_dot_product_attention",
     "sigmoid",
+    "sigmoid_focal_loss",
     "silu",
     "smooth_l1_loss",
     "softmax",
     "softplus",
     "tanh",
+    "triplet_margin_loss",
 ]
 
 Tensor = ag.Tensor
@@ -428,6 +434,82 @@ def kl_div(input: Any, target: Any, reduction: str = "mean", log_target: bool = 
     if reduction == "batchmean":
         return loss.sum() / (input.shape[0] if input.ndim else 1)
     return _reduce(loss, reduction, "kl_div")
+
+
+def hinge_embedding_loss(input: Any, target: Any, margin: float = 1.0, reduction: str = "mean") -> Tensor:
+    """``x`` where ``target == 1``, ``max(0, margin - x)`` where ``target == -1`` (``F.hinge_embedding_loss``)."""
+    input, target = _pair(input, target, "hinge_embedding_loss")
+    loss = ag.where(target == 1.0, input, 0.0) + ag.where(target == -1.0, ag.relu(margin - input), 0.0)
+    return _reduce(loss, reduction, "hinge_embedding_loss")
+
+
+def sigmoid_focal_loss(
+    input: Any, target: Any, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none"
+) -> Tensor:
+    """Focal loss of logits (``torchvision.ops.sigmoid_focal_loss``): BCE scaled by ``(1 - p_t)^gamma``.
+
+    ``alpha`` (``< 0`` turns it off) weighs positives by ``alpha`` and negatives by ``1 - alpha``.
+    """
+    input, target = _pair(input, target, "sigmoid_focal_loss")
+    p = ag.sigmoid(input)
+    ce = binary_cross_entropy_with_logits(input, target, reduction="none")
+    p_t = p * target + (1.0 - p) * (1.0 - target)
+    loss = ce * (1.0 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * target + (1.0 - alpha) * (1.0 - target))
+    return _reduce(loss, reduction, "sigmoid_focal_loss")
+
+
+def cosine_embedding_loss(
+    input1: Any, input2: Any, target: Any, margin: float = 0.0, reduction: str = "mean"
+) -> Tensor:
+    """``1 - cos(x1, x2)`` where ``target == 1``, ``max(0, cos - margin)`` where ``target == -1``.
+
+    Shape: inputs ``(N, D)``, target ``(N,)`` of 1 and -1 -> ``(N,)`` or a scalar.
+    """
+    x1, x2 = _pair(input1, input2, "cosine_embedding_loss")
+    y = ag.as_tensor(target, x1.dtype)
+    eps = 1e-12  # PyTorch's EPSILON in cosine_embedding_loss
+    cos = (x1 * x2).sum(-1) / ag.sqrt(((x1 * x1).sum(-1) + eps) * ((x2 * x2).sum(-1) + eps))
+    loss = ag.where(y == 1.0, 1.0 - cos, 0.0) + ag.where(y == -1.0, ag.relu(cos - margin), 0.0)
+    return _reduce(loss, reduction, "cosine_embedding_loss")
+
+
+def pairwise_distance(x1: Any, x2: Any, p: float = 2.0, eps: float = 1e-6) -> Tensor:
+    """``||x1 - x2 + eps||_p`` over the last axis (``F.pairwise_distance``): (*, D) -> (*)."""
+    d = ag.abs(ag.as_tensor(x1) - x2 + eps)
+    if p == 2.0:
+        return ag.sqrt((d * d).sum(-1))
+    return ((d**p).sum(-1)) ** (1.0 / p)
+
+
+def triplet_margin_loss(
+    anchor: Any,
+    positive: Any,
+    negative: Any,
+    margin: float = 1.0,
+    p: float = 2.0,
+    eps: float = 1e-6,
+    swap: bool = False,
+    reduction: str = "mean",
+) -> Tensor:
+    """``max(d(a, p) - d(a, n) + margin, 0)`` with ``d`` the pairwise ``p``-distance; ``swap`` as PyTorch."""
+    a, pos = _pair(anchor, positive, "triplet_margin_loss")
+    _, neg = _pair(anchor, negative, "triplet_margin_loss")
+    d_pos = pairwise_distance(a, pos, p, eps)
+    d_neg = pairwise_distance(a, neg, p, eps)
+    if swap:
+        d_neg = ag.minimum(d_neg, pairwise_distance(pos, neg, p, eps))
+    return _reduce(ag.relu(d_pos - d_neg + margin), reduction, "triplet_margin_loss")
+
+
+def margin_ranking_loss(
+    input1: Any, input2: Any, target: Any, margin: float = 0.0, reduction: str = "mean"
+) -> Tensor:
+    """``max(0, -target * (x1 - x2) + margin)`` (``F.margin_ranking_loss``)."""
+    x1, x2 = _pair(input1, input2, "margin_ranking_loss")
+    y = ag.as_tensor(target, x1.dtype)
+    return _reduce(ag.relu(-y * (x1 - x2) + margin), reduction, "margin_ranking_loss")
 
 
 # --------------------------------------------------------------------------- attention

@@ -26,13 +26,18 @@ from .module import Module
 __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
+    "CosineEmbeddingLoss",
     "CrossEntropyLoss",
+    "FocalLoss",
+    "HingeEmbeddingLoss",
     "HuberLoss",
     "KLDivLoss",
     "L1Loss",
     "MSELoss",
+    "MarginRankingLoss",
     "NLLLoss",
     "SmoothL1Loss",
+    "TripletMarginLoss",
 ]
 
 
@@ -155,3 +160,67 @@ class KLDivLoss(_Loss):
 
     def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
         return F.kl_div(input, target, self.reduction, self.log_target)
+
+
+class HingeEmbeddingLoss(_Loss):
+    """``x`` for target 1, ``max(0, margin - x)`` for target -1 (``torch.nn.HingeEmbeddingLoss``)."""
+
+    def __init__(self, margin: float = 1.0, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.margin = margin
+
+    def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        return F.hinge_embedding_loss(input, target, self.margin, self.reduction)
+
+
+class FocalLoss(_Loss):
+    """Sigmoid focal loss of logits (torchvision's ``sigmoid_focal_loss``); default ``reduction="mean"``."""
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.alpha, self.gamma = alpha, gamma
+
+    def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        return F.sigmoid_focal_loss(input, target, self.alpha, self.gamma, self.reduction)
+
+
+class CosineEmbeddingLoss(_Loss):
+    """``1 - cos`` for target 1, ``max(0, cos - margin)`` for -1; ``forward(x1, x2, target)``."""
+
+    def __init__(self, margin: float = 0.0, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.margin = margin
+
+    def forward(self, input1: ag.Tensor, input2: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        return F.cosine_embedding_loss(input1, input2, target, self.margin, self.reduction)
+
+
+class TripletMarginLoss(_Loss):
+    """``max(d(a, p) - d(a, n) + margin, 0)``; ``forward(anchor, positive, negative)``."""
+
+    def __init__(
+        self,
+        margin: float = 1.0,
+        p: float = 2.0,
+        eps: float = 1e-6,
+        swap: bool = False,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(reduction)
+        self.margin, self.p, self.eps, self.swap = margin, p, eps, swap
+
+    def forward(self, anchor: ag.Tensor, positive: ag.Tensor, negative: ag.Tensor) -> ag.Tensor:
+        return F.triplet_margin_loss(
+            anchor, positive, negative, self.margin, self.p, self.eps, self.swap, self.reduction
+        )
+
+
+class MarginRankingLoss(_Loss):
+    """``max(0, -y (x1 - x2) + margin)``; ``forward(x1, x2, y)``."""
+
+    def __init__(self, margin: float = 0.0, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.margin = margin
+
+    def forward(self, input1: ag.Tensor, input2: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        return F.margin_ranking_loss(input1, input2, target, self.margin, self.reduction)
