@@ -17,7 +17,7 @@ import pytest
 import asg.core as ag
 from asg.core import schedule as memory
 from asg.core.graph import LEAF_OPS, Graph
-from asg.core.registry import ELEMENTWISE, OPS, get_op
+from asg.core.registry import ELEMENTWISE, OPS, VIEW, get_op
 from asg.core.schedule import Buffer, MemoryPlan, intermediate_bytes, plan_memory
 from asg.core.specialize import Specialization, bind_inputs, specialize
 
@@ -34,7 +34,7 @@ def assert_sound(graph: Graph, plan: MemoryPlan, keep: set[int]) -> None:
     step = {n.id: i for i, n in enumerate(order)}
     owner: dict[int, int] = {}  # node -> the node whose storage it reads (itself, or the base of a view)
     for n in graph.nodes:
-        owner[n.id] = owner[n.inputs[0].id] if n.op not in LEAF_OPS and get_op(n.op).view else n.id
+        owner[n.id] = owner[n.inputs[0].id] if n.op not in LEAF_OPS and get_op(n.op).has(VIEW) else n.id
     last = {n.id: step[n.id] for n in order}
     for n in order:
         for i in n.inputs:

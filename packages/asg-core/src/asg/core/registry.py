@@ -138,22 +138,6 @@ class OpDef:
         """
         return trait in self.traits
 
-    @property
-    def elementwise(self) -> bool:
-        """Shorthand for ``op.has(ELEMENTWISE)``."""
-        return ELEMENTWISE in self.traits
-
-    @property
-    def view(self) -> bool:
-        """Shorthand for ``op.has(VIEW)``."""
-        return VIEW in self.traits
-
-    @property
-    def out_arg(self) -> bool:
-        """The numpy kernel accepts ``out=`` (a flag of the kernel record: ``kernels["numpy"].out_arg``)."""
-        kernel = self.kernels.get("numpy")
-        return bool(kernel is not None and kernel.out_arg)
-
 
 OPS: dict[str, OpDef] = {}
 

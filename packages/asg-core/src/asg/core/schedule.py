@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from .graph import LEAF_OPS, Graph, Node
-from .registry import Kernel, get_op
+from .registry import VIEW, Kernel, get_op
 from .specialize import Specialization
 
 
@@ -97,7 +97,7 @@ def intermediate_bytes(graph: Graph, spec: Specialization) -> int:
     return sum(
         _nbytes(spec.shapes[n.id], n.dtype)
         for n in graph.nodes
-        if n.op not in LEAF_OPS and not get_op(n.op).view
+        if n.op not in LEAF_OPS and not get_op(n.op).has(VIEW)
     )
 
 
