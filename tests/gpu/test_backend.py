@@ -1,0 +1,135 @@
+"""The wgpu backend's engine: broadcasting, caching, one submit per step, errors, profiling."""
+
+import numpy as np
+import pytest
+
+import asg.core as ag
+from asg.core.backends import get_backend
+from asg.core.errors import MissingRuleError
+from asg.gpu.device import NoAdapterError, get_device
+from asg.gpu.device import _choose_adapter as choose_adapter
+
+RNG = np.random.default_rng(0)
+
+
+def _both(fn, *arrays):
+    xs = [ag.input(f"x{i}", a.shape, a.dtype.name) for i, a in enumerate(arrays)]
+    want = ag.compile(fn(*xs), inputs=xs)(*arrays)
+    got = ag.compile(fn(*xs), inputs=xs, backend="wgpu")(*arrays)
+    return got, want
+
+
+def test_bias_broadcasts_over_the_batch():
+    x = RNG.standard_normal((5, 7)).astype("float32")
+    bias = RNG.standard_normal((1, 7)).astype("float32")
+    got, want = _both(lambda a, b: a + b, x, bias)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got[4], x[4] + bias[0])  # the last row reads the bias, not past it
+
+
+def test_padding_and_causal_masks_broadcast_over_attention_scores():
+    scores = RNG.standard_normal((2, 3, 4, 4)).astype("float32")
+    pad = (RNG.random((2, 1, 1, 4)) > 0.3).astype("float32")
+    causal = np.tril(np.ones((1, 1, 4, 4), "float32"))
+    got, want = _both(lambda s, p, c: ag.where((p * c) > 0.5, s, -1e9), scores, pad, causal)
+    np.testing.assert_array_equal(got, want)
+    got, want = _both(lambda s, p: ag.softmax(s + (1.0 - p) * -1e9, axis=-1), scores, pad)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_nan_and_infinity_constants():
+    x = np.array([1.0, -2.0, 0.0], "float32")
+    got, want = _both(lambda a: ag.where(a > 0, a, float("-inf")) + ag.log(a * 0.0), x)
+    np.testing.assert_array_equal(got, want)  # -inf stays -inf, log(0) = -inf, NaN where numpy has NaN
+    got, want = _both(lambda a: ag.maximum(a, ag.log(a - 1.0)), x)  # NaN propagates like numpy's
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+
+
+def test_pipelines_are_cached_and_a_step_is_one_submit():
+    dev = get_device()
+    x = ag.input("x", (4, 4))
+    w = ag.parameter(np.eye(4, dtype="float32"), name="w")
+    loss = ag.tanh(x @ w).sum()
+    (g,) = ag.grad(loss, [w])
+    step = ag.compile(loss, updates={w: w - 0.01 * g}, backend="wgpu")
+    data = np.ones((4, 4), "float32")
+    step(data)
+    created = dev.pipelines_created
+
+    real = dev.queue
+    submits = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def submit(self, buffers):
+            submits.append(len(buffers))
+            return real.submit(buffers)
+
+    dev.queue = Counting()
+    try:
+        for _ in range(3):
+            step(data)
+    finally:
+        dev.queue = real
+    assert submits == [1, 1, 1]  # dispatches, updates and the loss readback: one submission per step
+    again = ag.compile(loss, updates={w: w - 0.01 * g}, backend="wgpu")
+    again(data)
+    assert dev.pipelines_created == created  # same WGSL text: the cached pipelines
+
+
+def test_op_without_a_kernel_is_a_compile_time_error_naming_it():
+    x = ag.input("x", (1, 1, 4, 4))
+    with pytest.raises(
+        MissingRuleError, match="backend 'wgpu' has no lowering or kernel for op 'max_pool2d'"
+    ):
+        ag.compile(ag.max_pool2d(x, 2), backend="wgpu")
+
+
+def test_unknown_adapter_names_the_adapters_found():
+    with pytest.raises(NoAdapterError, match=r"no WebGPU adapter matches 'no-such-gpu'.*adapters found: \["):
+        choose_adapter("no-such-gpu")
+
+
+def test_float64_is_refused_at_compile_time():
+    x = ag.input("x", (3,), "float64")
+    with pytest.raises(TypeError, match="backend 'wgpu' does not support float64"):
+        ag.compile(x * 2.0, backend="wgpu")
+
+
+def test_profile_reports_gpu_times_per_node():
+    x = ag.input("x", (32, 32))
+    f = ag.compile(ag.tanh(x @ x).sum(), backend="wgpu")
+    p = f.profile(np.ones((32, 32), "float32"))
+    assert [t.op for t in p.nodes] == ["matmul", "tanh", "sum"]
+    assert all(t.seconds >= 0 for t in p.nodes)
+    assert round(sum(t.share for t in p.nodes), 6) == 1.0
+
+
+def test_values_move_between_backends():
+    w = ag.parameter(np.arange(3, dtype="float32"), name="w")
+    f = ag.compile(w * 2.0, updates={w: w + 1.0}, backend="wgpu")
+    np.testing.assert_array_equal(f(), [0.0, 2.0, 4.0])
+    g = f.to("numpy")
+    np.testing.assert_array_equal(g(), [2.0, 4.0, 6.0])  # the GPU's update came back to the host
+    np.testing.assert_array_equal(f(), [4.0, 6.0, 8.0])  # and the host's update went to the GPU
+    assert get_backend("wgpu").storage is not None
+
+
+def test_readme_example():
+    x = ag.input("x", ("B", 3))
+    w = ag.parameter(np.ones((3, 2), "float32"), name="w")
+    b = ag.parameter(np.zeros((1, 2), "float32"), name="b")
+    loss = ag.relu(x @ w + b).mean()
+    (gw, gb) = ag.grad(loss, [w, b])
+    step = ag.compile(loss, updates={w: w - 0.1 * gw, b: b - 0.1 * gb}, backend="wgpu")
+    assert float(step(np.ones((4, 3), "float32"))) == 3.0
+    np.testing.assert_allclose(w.numpy()[0], [0.95, 0.95], rtol=1e-6)
+
+
+def test_large_readback_goes_in_chunks():
+    x = ag.input("x", (5 << 20,))  # 20 MiB: more than one 16 MiB staging chunk
+    data = RNG.standard_normal(5 << 20).astype("float32")
+    got = ag.compile(x * 2.0, backend="wgpu")(data)
+    np.testing.assert_array_equal(got, data * 2.0)
