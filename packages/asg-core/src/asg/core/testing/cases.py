@@ -766,54 +766,53 @@ _add(
     order=0,
 )
 
+# The new ops' cases multiply the op by its input, so that the second-order checks are not trivial.
+for _dim in (0, 1, -1):
+    _x = rand(3, 4, seed=63)
+    _ids = np.random.default_rng(64).integers(0, _x.shape[_dim], size=(4, 3) if _dim == 0 else (2, 5))
+    _ids = _ids[:, :4] if _dim == 0 else _ids  # smaller than x on the other axis is allowed; ids repeat
+    _add(
+        "gather",
+        lambda x, i, d=_dim: x.gather(d, i),
+        _x,
+        _ids,
+        ref=lambda x, i, d=_dim: np.take_along_axis(x[:, : i.shape[1]] if d == 0 else x[: i.shape[0]], i, d),
+        torch_fn=lambda x, i, d=_dim: T.gather(x, d, i),
+        name=_axis_id(_dim),
+        covers=("gather_backward",),
+    )
 _GATHER_IDX = np.array([[2, 0, 2], [1, 1, 0]])
-_add(
-    "gather",
-    lambda x, i: ag.gather(x, 1, i),
-    rand(2, 4, seed=45),
-    _GATHER_IDX,  # repeated ids: their gradients accumulate (gather_backward)
-    ref=lambda x, i: np.take_along_axis(x, i, 1),
-    torch_fn=lambda x, i: T.gather(x, 1, i),
-    covers=("gather_backward",),
-)
-_add(
-    "gather",
-    lambda x, i: ag.gather(x, 0, i),
-    rand(3, 3, seed=46),
-    np.array([[2, 0, 1], [0, 0, 2]]),  # smaller than x on the other axis is allowed
-    ref=lambda x, i: np.take_along_axis(x, i, 0),
-    torch_fn=lambda x, i: T.gather(x, 0, i),
-    name="dim0",
-)
 _add(
     "gather_backward",
     lambda g: apply("gather_backward", g, constant(_GATHER_IDX), axis=1, shape=(2, 4)),
     rand(2, 3, seed=47),
     ref=lambda g: np.stack([np.bincount(_GATHER_IDX[r], weights=g[r], minlength=4) for r in range(2)]),
 )
+_TAKE_IDX2 = np.array([[5, 0], [-1, 11]])
 _add(
     "take",
-    lambda x, i: ag.take(x, i, axis=0),
-    rand(4, 3, seed=48),
-    np.array([[3, 0], [3, 1]]),
-    ref=lambda x, i: np.take(x, i, axis=0),
+    lambda x: x.take(_TAKE_IDX2),
+    rand(3, 4, seed=65),
+    ref=lambda x: np.take(x, _TAKE_IDX2),
+    torch_fn=lambda x: T.take(x, T.tensor(_TAKE_IDX2 % 12)),
+    name="flat",
     covers=("index_select_backward",),
 )
 _add(
     "take",
-    lambda x: ag.take(x, np.array([5, 0, 5])),
-    rand(2, 3, seed=49),
-    ref=lambda x: np.take(x, [5, 0, 5]),
-    name="flat",
+    lambda x: ag.take(x, np.array([2, -1, 2]), axis=1),
+    rand(3, 4, seed=65),
+    ref=lambda x: np.take(x, [2, -1, 2], axis=1),
+    name="axis1",
 )
-for _k in (0, 1, -1):
-    for _op in ("tril", "triu"):
+for _op in ("tril", "triu"):
+    for _k in (-1, 0, 2):
         _add(
             _op,
-            lambda x, k=_k, o=_op: getattr(ag, o)(x, k),
-            rand(2, 3, 4, seed=50),
-            ref=lambda x, k=_k, o=_op: getattr(np, o)(x, k),
-            torch_fn=lambda x, k=_k, o=_op: getattr(T, o)(x, k),
+            lambda x, k=_k, o=_op: getattr(x, o)(k) * x,
+            rand(2, 3, 4, seed=60),  # a batch of 3x4 matrices
+            ref=lambda x, k=_k, o=_op: getattr(np, o)(x, k) * x,
+            torch_fn=lambda x, k=_k, o=_op: getattr(T, o)(x, k) * x,
             name=f"k{_k}",
         )
 _add(
@@ -823,13 +822,13 @@ _add(
     ref=lambda x: np.tril(x),
     name="causal_mask",
 )
-for _start, _stop, _step in [(5, None, 1), (2, 9, 3), (4, -3, -2)]:
+for _args in [(5,), (2, 7), (1, 8, 3), (5, 1, -2)]:
     _add(
         "arange",
-        lambda x, a=_start, b=_stop, c=_step: x + ag.arange(a, b, c).astype(x.dtype),
-        rand(seed=52),
-        ref=lambda x, a=_start, b=_stop, c=_step: x + (np.arange(a) if b is None else np.arange(a, b, c)),
-        name=f"{_start}_{_stop}_{_step}",
+        lambda a=_args: ag.arange(*a),
+        ref=lambda a=_args: np.arange(*a),
+        torch_fn=lambda a=_args: T.arange(*a),
+        name="_".join(map(str, _args)),
     )
 _add(
     "arange",
@@ -838,43 +837,58 @@ _add(
     ref=lambda x: np.arange(4),
     name="dim",
 )
-_add(
-    "masked_fill",
-    lambda x, m: ag.masked_fill(x, m, -1.5),
-    rand(2, 3, seed=53),
-    np.array([True, False, True]),  # broadcasts against x
-    ref=lambda x, m: np.where(m, -1.5, x),
-    torch_fn=lambda x, m: x.masked_fill(m, -1.5),
-)
-for _sizes in (2, [1, 3]):
+for _shape in [(2, 3), (1, 3), (3,)]:  # the mask broadcasts against x
+    _add(
+        "masked_fill",
+        lambda x, m: x.masked_fill(m, -2.5) * x,
+        ANY,
+        np.random.default_rng(7).random(_shape) > 0.5,
+        ref=lambda x, m: np.where(m, -2.5, x) * x,
+        torch_fn=lambda x, m: x.masked_fill(m, -2.5) * x,
+        name=_shape_id(_shape),
+    )
+
+
+def _weigh(pieces: Sequence[Any]) -> list[Any]:
+    """Each piece scaled differently, so that a wrong gradient routing shows."""
+    return [p * float(i + 1) for i, p in enumerate(pieces)]
+
+
+def _split_ref(x: np.ndarray, size: int | list[int], axis: int) -> np.ndarray:
+    cuts = np.cumsum(size)[:-1] if isinstance(size, list) else np.arange(size, x.shape[axis], size)
+    return np.concatenate(_weigh(np.split(x, cuts, axis)), axis)
+
+
+for _size, _axis in [(2, 1), (3, 1), ([1, 3], 1), (1, -1), ([4], 2), (4, 0)]:
     _add(
         "split",
-        lambda x, s=_sizes: ag.concat([p * (i + 1.0) for i, p in enumerate(ag.split(x, s, axis=-1))], -1),
-        rand(2, 4, seed=54),
-        ref=lambda x, s=_sizes: np.concatenate(
-            [
-                p * (i + 1.0)
-                for i, p in enumerate(np.split(x, np.cumsum([s] * 2 if isinstance(s, int) else s)[:-1], -1))
-            ],
-            -1,
-        ),
-        name=f"sizes{_sizes}".replace(" ", ""),
+        lambda x, s=_size, a=_axis: ag.concat(_weigh(x.split(s, a)), a),
+        rand(2, 4, 4, seed=61),
+        ref=lambda x, s=_size, a=_axis: _split_ref(x, s, a),
+        torch_fn=lambda x, s=_size, a=_axis: T.cat(_weigh(x.split(s, a)), a),
+        name=f"{_size}_{_axis_id(_axis)}".replace(" ", ""),
     )
-_add(
-    "chunk",
-    lambda x: ag.chunk(x, 3, axis=0)[1] * 2.0,
-    rand(5, 2, seed=55),
-    ref=lambda x: x[2:4] * 2.0,
-    torch_fn=lambda x: T.chunk(x, 3, 0)[1] * 2.0,
-)
-for _axis, _reverse in [(-1, False), (0, True)]:
+for _chunks in (1, 2, 3, 4):
+    _add(
+        "chunk",
+        lambda x, c=_chunks: ag.concat(_weigh(ag.chunk(x, c, 0)), 0),
+        rand(5, 2, seed=62),
+        ref=lambda x, c=_chunks: np.concatenate(_weigh(np.array_split(x, -(-5 // -(-5 // c)), 0)), 0),
+        torch_fn=lambda x, c=_chunks: T.cat(_weigh(T.chunk(x, c, 0)), 0),
+        name=str(_chunks),
+    )
+for _axis, _reverse in [(0, False), (-1, False), (1, True)]:
     _add(
         "cumsum",
-        lambda x, a=_axis, r=_reverse: ag.cumsum(x, a, reverse=r),
+        lambda x, a=_axis, r=_reverse: x.cumsum(a, reverse=r) * x,
         X3,
-        ref=lambda x, a=_axis, r=_reverse: np.flip(np.cumsum(np.flip(x, a), a), a) if r else np.cumsum(x, a),
-        torch_fn=(lambda x, a=_axis: T.cumsum(x, a)) if not _reverse else None,
-        name=f"axis{_axis}" + ("_reverse" if _reverse else ""),
+        ref=lambda x, a=_axis, r=_reverse: (
+            (np.flip(np.cumsum(np.flip(x, a), a), a) if r else np.cumsum(x, a)) * x
+        ),
+        torch_fn=lambda x, a=_axis, r=_reverse: (
+            (T.flip(T.cumsum(T.flip(x, (a,)), a), (a,)) if r else T.cumsum(x, a)) * x
+        ),
+        name=_axis_id(_axis) + ("_reverse" if _reverse else ""),
     )
 
 # ============================================================================= linear algebra
