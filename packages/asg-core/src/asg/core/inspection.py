@@ -48,7 +48,8 @@ class MemoryFigures:
 
     Attributes:
         planned_bytes: total size of the buffer table (reused buffers).
-        peak_bytes: most bytes of computed values alive at once during a step.
+        peak_bytes: most bytes of computed values the plan holds at once: the buffer table plus the
+            values kernels allocate, at their most (:meth:`~asg.core.schedule.Schedule.peak_bytes`).
         unplanned_bytes: bytes of every computed value with no reuse (views excluded).
         bytes_by_family: bytes each op family computes (``elementwise``, ``linalg`` ...).
     """
@@ -137,15 +138,20 @@ class Profile:
             f"memory: planned buffers {_size(mem.planned_bytes)}, peak {_size(mem.peak_bytes)}, "
             f"without reuse {_size(mem.unplanned_bytes)}",
             "  bytes by family: " + ", ".join(f"{k} {_size(v)}" for k, v in mem.bytes_by_family.items()),
-            f"{'ms':>9} {'share':>6}  {'op':16} {'scope':20} node",
         ]
-        for t in sorted(self.nodes, key=lambda t: -t.seconds)[:top]:
+        slowest = sorted(self.nodes, key=lambda t: -t.seconds)[:top]
+        ops = self.by_op()[:top]
+        w_op = max([2] + [len(t.op) for t in slowest] + [len(op) for op, *_ in ops])
+        w_scope = max([5] + [len(t.scope or "-") for t in slowest])
+        lines.append(f"{'ms':>9} {'share':>6}  {'op':{w_op}} {'scope':{w_scope}} node")
+        for t in slowest:
+            scope = t.scope or "-"
             lines.append(
-                f"{t.seconds * 1e3:9.3f} {t.share:6.1%}  {t.op:16} {(t.scope or '-'):20} {t.line[:100]}"
+                f"{t.seconds * 1e3:9.3f} {t.share:6.1%}  {t.op:{w_op}} {scope:{w_scope}} {t.line[:100]}"
             )
-        lines.append(f"{'ms':>9} {'share':>6}  {'op':16} calls")
-        for op, s, share, calls in self.by_op()[:top]:
-            lines.append(f"{s * 1e3:9.3f} {share:6.1%}  {op:16} {calls}")
+        lines.append(f"{'ms':>9} {'share':>6}  {'op':{w_op}} calls")
+        for op, s, share, calls in ops:
+            lines.append(f"{s * 1e3:9.3f} {share:6.1%}  {op:{w_op}} {calls}")
         return "\n".join(lines)
 
     def __str__(self) -> str:

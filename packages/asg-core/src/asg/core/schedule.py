@@ -254,14 +254,12 @@ class Schedule:
         return {n.id: n for n in self.graph.nodes}
 
     def peak_bytes(self) -> int:
-        """Most bytes of computed values alive at once (planned buffers count whole, views nothing).
+        """Most bytes of computed values a plan holds at once: the whole buffer table (allocated once
+        per plan) plus, at their most, the values kernels allocate themselves while they are alive.
 
-        Leaves (inputs, parameters, constants) are not counted: they exist before and after the run.
+        Views hold nothing of their own; leaves (inputs, parameters, constants) are not counted.
         """
         root = _roots(self.graph, self.kernels)
-        planned = set(self.memory.buffer_of)
-        events: list[tuple[int, int]] = [(b.first, b.nbytes) for b in self.memory.buffers]
-        events += [(b.last + 1, -b.nbytes) for b in self.memory.buffers]
         end = len(self.steps)
         last: dict[int, int] = {}
         for step in self.steps:
@@ -269,18 +267,18 @@ class Schedule:
                 last[root[i]] = step.index
         for node in self.outputs + [v for _, v in self.updates]:
             last[root[node.id]] = end
+        live = [0] * (end + 2)  # bytes of allocated values per step, as a difference array
         for step in self.steps:
             n = step.output
-            if n in planned or root[n] != n:
+            if n in self.memory.buffer_of or root[n] != n:
                 continue
-            events.append((step.index, self.nbytes(n)))
-            events.append((max(last.get(n, step.index), step.index) + 1, -self.nbytes(n)))
-        events.sort(key=lambda e: (e[0], e[1]))
-        peak = live = 0
-        for _, delta in events:
-            live += delta
-            peak = max(peak, live)
-        return peak
+            live[step.index] += self.nbytes(n)
+            live[max(last.get(n, step.index), step.index) + 1] -= self.nbytes(n)
+        peak = running = 0
+        for delta in live:
+            running += delta
+            peak = max(peak, running)
+        return self.memory.bytes() + peak
 
     def bytes_by_family(self) -> dict[str, int]:
         """Bytes of the values each op family computes (views excluded), largest first."""
