@@ -80,8 +80,7 @@ class NumpyPlan:
             self._steps.append((fn, args, slot[step.output], tuple(slot[i] for i in step.frees)))
             self._expected.append((step.shape, np.dtype(step.node.dtype)))
         self._checked = False
-        self.source = self._generate_source()
-        namespace = dict(self._namespace)
+        self.source, namespace = self._generate_source()
         exec(compile(self.source, f"<asg plan {id(self):x}>", "exec"), namespace)
         self._fast = namespace["plan"]
 
@@ -174,8 +173,9 @@ class NumpyPlan:
         )
 
     # ------------------------------------------------------------------ generated code
-    def _generate_source(self) -> str:
-        """Python source for the whole plan: one line per kernel call, values in local variables.
+    def _generate_source(self) -> tuple[str, dict[str, Any]]:
+        """Python source for the whole plan (and the kernels it calls, by name): one line per kernel
+        call, values in local variables.
 
         Locals take the graph's printed names, kernels their op's name (``matmul_3``), and each
         line carries the graph line it runs as a comment. Local variables are the cheapest storage
@@ -215,8 +215,7 @@ class NumpyPlan:
         outs = "".join(f"{local[s]}, " for s, _ in self._outputs)
         updates = "".join(f"{local[s]}, " for s in self._update_slots)
         lines.append(f"    return ({outs}), ({updates})")
-        self._namespace = namespace
-        return "\n".join(lines)
+        return "\n".join(lines), namespace
 
 
 def _fresh(name: str, used: set[str]) -> str:
