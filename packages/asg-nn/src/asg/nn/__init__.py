@@ -20,6 +20,8 @@ from .losses import __all__ as _losses_all
 from .module import *  # noqa: F403
 from .module import __all__ as _module_all
 from .optim import clip_grad_norm, clip_grad_value
+from .positional import *  # noqa: F403
+from .positional import __all__ as _positional_all
 from .recurrent import *  # noqa: F403
 from .recurrent import __all__ as _recurrent_all
 from .serialization import *  # noqa: F403
@@ -40,6 +42,7 @@ __all__ = [
     *_layers_all,
     *_losses_all,
     *_module_all,
+    *_positional_all,
     *_recurrent_all,
     *_serialization_all,
     *_train_all,
