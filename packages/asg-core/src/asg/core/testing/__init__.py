@@ -6,6 +6,7 @@
 - :data:`OP_CASES`: per-op cases (op name -> list of :class:`OpCase`) covering every registered op,
   with broadcasting for every binary op; :func:`op_case_params` parametrises a pytest test over them
   and :func:`check_backend` runs them all.
+- :func:`add_case`: a package that registers its own ops adds their cases, so every backend runs them.
 - :func:`scratch_ops`: throwaway ops for tests, removed from the registry afterwards.
 
 Importing it needs neither pytest nor PyTorch.
@@ -29,6 +30,7 @@ from .cases import (
     OP_CASES,
     BackendReport,
     OpCase,
+    add_case,
     binary_data,
     cases,
     check_backend,
@@ -53,6 +55,7 @@ __all__ = [
     "BackendReport",
     "OpCase",
     "UnsupportedCase",
+    "add_case",
     "backend_supports",
     "binary_data",
     "cases",

@@ -157,7 +157,7 @@ INTERNAL_OPS: dict[str, str] = {
 }
 
 
-def _add(
+def add_case(
     op: str,
     fn: Callable[..., Tensor],
     *inputs: ArrayMaker,
@@ -167,12 +167,28 @@ def _add(
     order: int = 2,
     covers: Sequence[str] = (),
     **tol: float,
-) -> None:
+) -> OpCase:
+    """Add a case to :data:`OP_CASES` (a package that registers its own ops adds their cases, and
+    every backend then runs them). ``tol`` holds :func:`~asg.core.testing.check_op` tolerances.
+
+    >>> import numpy as np
+    >>> import asg.core as ag
+    >>> case = add_case("exp", ag.exp, np.zeros(3), ref=np.exp, name="doc_zeros")
+    >>> case.id, case.check()
+    ('exp-doc_zeros', None)
+    >>> _ = OP_CASES["exp"].pop()
+    """
     case = OpCase(op, fn, tuple(_frozen(a) for a in inputs), ref, torch_fn, name, order, tol, tuple(covers))
     cases = OP_CASES.setdefault(op, [])
     if any(c.id == case.id for c in cases):
-        raise ValueError(f"two cases have the id {case.id!r}")
+        raise ValueError(
+            f"add_case: a case with the id {case.id!r} exists already; give this one another name="
+        )
     cases.append(case)
+    return case
+
+
+_add = add_case
 
 
 def _frozen(a: ArrayMaker) -> ArrayMaker:
@@ -1481,9 +1497,18 @@ def check_backend(backend: str, ops: Iterable[str] | None = None) -> BackendRepo
     return BackendReport(backend, passed, skipped)
 
 
-def registered_ops_without_cases() -> list[str]:
-    """Registered ops that have no case and are not internal ops covered through a forward op."""
-    return sorted(name for name in OPS if name not in OP_CASES and name not in INTERNAL_OPS)
+def registered_ops_without_cases(family_prefix: str = "asg.core.") -> list[str]:
+    """Registered ops whose family (defining module) starts with ``family_prefix`` that have no case
+    and are not internal ops covered through a forward op.
+
+    >>> registered_ops_without_cases()
+    []
+    """
+    return sorted(
+        name
+        for name, op in OPS.items()
+        if op.family.startswith(family_prefix) and name not in OP_CASES and name not in INTERNAL_OPS
+    )
 
 
 __all__ = [
@@ -1491,6 +1516,7 @@ __all__ = [
     "OP_CASES",
     "BackendReport",
     "OpCase",
+    "add_case",
     "binary_data",
     "cases",
     "check_backend",
