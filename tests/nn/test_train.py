@@ -249,3 +249,24 @@ def test_readme_examples_run(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     exec(compile(blocks[1], "README.md", "exec"), scope)  # PyTorch loads the saved file by name
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_gradient_accumulation_equals_one_step_on_the_whole_batch() -> None:
+    x, y = _data(64)
+    make = lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))  # noqa: E731
+    nn.init.manual_seed(3)
+    big = make()
+    nn.init.manual_seed(3)
+    small = make()
+    big_step = nn.compile_train_step(big, nn.CrossEntropyLoss(), nn.optim.SGD(big.parameters(), lr=0.5, momentum=0.9),
+                                     clip_grad_norm=0.3)  # fmt: skip
+    acc_step = nn.compile_train_step(small, nn.CrossEntropyLoss(), nn.optim.SGD(small.parameters(), lr=0.5, momentum=0.9),
+                                     clip_grad_norm=0.3, accumulate=4)  # fmt: skip
+    for _ in range(3):
+        big_step(x, y)
+        for i in range(4):
+            acc_step(x[i * 16 : (i + 1) * 16], y[i * 16 : (i + 1) * 16])
+        assert acc_step.grad_norm == pytest.approx(big_step.grad_norm, rel=1e-5)
+    for (k, a), (_, b) in zip(big.state_dict().items(), small.state_dict().items(), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=k)
+    assert "sgd_update" not in acc_step.accumulate_function.graph.op_counts()

@@ -94,10 +94,15 @@ class _Mode:
 class TrainStep:
     """A compiled training step: ``loss = step(*inputs, target)`` updates the model and optimizer in place.
 
+    With ``accumulate=k`` the gradients of ``k`` consecutive calls are summed in state variables and the
+    optimizer steps on every ``k``-th call with their mean (clipping applies to that mean): two compiled
+    functions share the forward and backward nodes, one adding to the accumulators, one updating.
+
     Attributes:
-        function: the compiled :class:`asg.core.Function` (built at the first call without ``inputs=``).
+        function: the compiled :class:`asg.core.Function` that updates the parameters (built at the first
+            call without ``inputs=``); ``accumulate_function`` the one that only accumulates.
         outputs: the model's outputs of the last call (numpy), when built with ``return_outputs=True``.
-        grad_norm: the total gradient norm of the last call (with ``clip_grad_norm``), before clipping.
+        grad_norm: the total gradient norm of the last update (with ``clip_grad_norm``), before clipping.
     """
 
     def __init__(
@@ -109,15 +114,20 @@ class TrainStep:
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
         return_outputs: bool = False,
+        accumulate: int = 1,
         **compile_options: Any,
     ) -> None:
+        if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+            raise ValueError(f"compile_train_step: accumulate must be a positive integer, got {accumulate!r}")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.clip_norm, self.clip_value = clip_grad_norm, clip_grad_value
-        self.return_outputs = return_outputs
+        self.return_outputs, self.accumulate = return_outputs, accumulate
         self.compile_options = compile_options
         self.function: ag.Function | None = None
+        self.accumulate_function: ag.Function | None = None
         self.outputs: Any = None
         self.grad_norm: float | None = None
+        self.calls = 0
         self._specs = inputs
         if inputs is not None:
             self._build(None, len(inputs))
@@ -137,6 +147,18 @@ class TrainStep:
             )
         params = self.optimizer.params
         grads = ag.grad(loss, params)
+        outs = [loss, *([out] if self.return_outputs else [])]
+        k = self.accumulate
+        if k > 1:
+            sums = [ag.state(np.zeros(p.shape, p.dtype), name=f"accumulated.{p.name}") for p in params]
+            self.accumulate_function = ag.compile(
+                outs,
+                inputs=xs,
+                updates={**state_updates, **{a: a + g for a, g in zip(sums, grads, strict=True)}},
+                **self.compile_options,
+            )
+            grads = [(a + g) * (1.0 / k) for a, g in zip(sums, grads, strict=True)]
+            state_updates = {**state_updates, **{a: ag.zeros_like(a) for a in sums}}
         extra: list[ag.Tensor] = []
         if self.clip_value is not None:
             grads = clip_grad_value(grads, self.clip_value)
@@ -144,10 +166,7 @@ class TrainStep:
             grads, norm = clip_grad_norm(grads, self.clip_norm)
             extra.append(norm)
         updates = {**state_updates, **self.optimizer.updates(grads)}
-        outs = [loss, *extra]
-        if self.return_outputs:
-            outs.append(out)
-        self.function = ag.compile(outs, inputs=xs, updates=updates, **self.compile_options)
+        self.function = ag.compile([*outs, *extra], inputs=xs, updates=updates, **self.compile_options)
 
     def __call__(self, *batch: Any) -> float:
         if len(batch) < 2:
@@ -156,15 +175,15 @@ class TrainStep:
             )
         if self.function is None:
             self._build([np.asarray(b) for b in batch], len(batch))
-        results = self.function(*batch)
-        loss = float(results[0])
-        i = 1
-        if self.clip_norm is not None:
-            self.grad_norm = float(results[i])
-            i += 1
+        self.calls += 1
+        updating = self.calls % self.accumulate == 0
+        fn = self.function if updating else self.accumulate_function
+        results = fn(*batch)
         if self.return_outputs:
-            self.outputs = results[i]
-        return loss
+            self.outputs = results[1]
+        if updating and self.clip_norm is not None:
+            self.grad_norm = float(results[-1])
+        return float(results[0])
 
 
 def compile_train_step(
@@ -176,6 +195,7 @@ def compile_train_step(
     clip_grad_norm: float | None = None,
     clip_grad_value: float | None = None,
     return_outputs: bool = False,
+    accumulate: int = 1,
     **compile_options: Any,
 ) -> TrainStep:
     """One compiled training step: forward, loss, gradients, clipping and the optimizer update.
@@ -187,6 +207,8 @@ def compile_train_step(
         inputs: ``[ag.input(...), ...]`` or ``[(shape, dtype), ...]``, target last; default: taken
             from the first batch with a symbolic batch dimension.
         clip_grad_norm, clip_grad_value: clip inside the compiled step (the norm is ``step.grad_norm``).
+        accumulate: sum the gradients of this many calls and step the optimizer on every last one, with
+            their mean (gradient accumulation).
         compile_options: passed to :func:`asg.core.compile` (``backend=``, ...).
 
     Returns:
@@ -200,6 +222,7 @@ def compile_train_step(
         clip_grad_norm=clip_grad_norm,
         clip_grad_value=clip_grad_value,
         return_outputs=return_outputs,
+        accumulate=accumulate,
         **compile_options,
     )
 
@@ -516,6 +539,7 @@ def fit(
     *,
     progress: bool | None = None,
     clip_grad_norm: float | None = None,
+    accumulate: int = 1,
     step: TrainStep | None = None,
     **compile_options: Any,
 ) -> History:
@@ -540,7 +564,13 @@ def fit(
     metric_set = _MetricSet(metrics)
     want_outputs = bool(metric_set.items)
     train_step = step or TrainStep(
-        model, loss, optimizer, clip_grad_norm=clip_grad_norm, return_outputs=want_outputs, **compile_options
+        model,
+        loss,
+        optimizer,
+        clip_grad_norm=clip_grad_norm,
+        return_outputs=want_outputs,
+        accumulate=accumulate,
+        **compile_options,
     )
     evaluate = compile_eval_step(model, loss, **compile_options) if val_batches is not None else None
     show = sys.stderr.isatty() if progress is None else progress
