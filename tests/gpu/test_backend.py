@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 
 import asg.core as ag
+import asg.core.testing as agt
 from asg.core.backends import get_backend
 from asg.core.errors import MissingRuleError
 from asg.gpu.device import NoAdapterError, get_device
 from asg.gpu.device import _choose_adapter as choose_adapter
+from asg.gpu.kernels import IMPLEMENTED
 
 RNG = np.random.default_rng(0)
 
@@ -80,11 +82,18 @@ def test_pipelines_are_cached_and_a_step_is_one_submit():
 
 
 def test_op_without_a_kernel_is_a_compile_time_error_naming_it():
-    x = ag.input("x", (1, 1, 4, 4))
-    with pytest.raises(
-        MissingRuleError, match="backend 'wgpu' has no lowering or kernel for op 'max_pool2d'"
-    ):
-        ag.compile(ag.max_pool2d(x, 2), backend="wgpu")
+    with agt.scratch_ops():
+        ag.define_op("gpu_test_numpy_only", infer=lambda t: t, kernel=lambda a: a + 1)
+        x = ag.input("x", (4,))
+        y = ag.apply("gpu_test_numpy_only", x)
+        with pytest.raises(
+            MissingRuleError, match="backend 'wgpu' has no lowering or kernel for op 'gpu_test_numpy_only'"
+        ):
+            ag.compile(y, backend="wgpu")
+
+
+def test_every_registered_op_has_a_wgpu_lowering():
+    assert sorted(set(ag.OPS) - IMPLEMENTED) == []
 
 
 def test_unknown_adapter_names_the_adapters_found():

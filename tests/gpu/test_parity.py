@@ -6,12 +6,7 @@ import asg.core.testing as agt
 from asg.gpu.kernels import IMPLEMENTED
 
 # Ops (or case ids) not run on wgpu yet, with the reason. Shrink this list as kernels land.
-NOT_YET = {
-    "max_pool2d": "no wgpu kernel yet",
-    "avg_pool2d": "no wgpu kernel yet",
-    "adaptive_max_pool2d": "no wgpu kernel yet",
-    "adaptive_avg_pool2d": "no wgpu kernel yet",
-}
+NOT_YET: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("case", agt.op_case_params(skip=NOT_YET))
