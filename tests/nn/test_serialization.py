@@ -193,3 +193,31 @@ def test_kill_9_during_checkpoint_writes_never_leaves_a_broken_file(tmp_path) ->
         assert (model[0].bias.numpy() == i).all() and (model[1].bias.numpy() == i).all()
         epochs.append(i)
     assert all(e >= 1 for e in epochs)
+
+
+def test_checkpoint_manager_keeps_last_n_and_best_and_resumes(tmp_path) -> None:
+    model = Net()
+    opt = nn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = nn.lr_scheduler.ExponentialLR(opt, 0.9)
+    manager = nn.CheckpointManager(tmp_path, max_to_keep=2, monitor="val_loss")
+    val_losses = [0.9, 0.4, 0.6, 0.7, 0.8]
+    for epoch, val in enumerate(val_losses):
+        _train(model, opt, sched, 2, seed=epoch)
+        manager.save(epoch, model, opt, sched, metrics={"val_loss": val})
+    files = sorted(f for f in os.listdir(tmp_path) if f.endswith(".safetensors"))
+    assert files == ["ckpt-00000001.safetensors", "ckpt-00000003.safetensors", "ckpt-00000004.safetensors"]
+    assert manager.best()["step"] == 1 and manager.latest()["step"] == 4
+    expected = _train(model, opt, sched, 3, seed=99)
+
+    # a new process: the index is read back; resuming from the latest continues bit-identically
+    fresh = nn.CheckpointManager(tmp_path, max_to_keep=2, monitor="val_loss")
+    assert [e["step"] for e in fresh.entries] == [1, 3, 4]
+    model2 = Net()
+    opt2 = nn.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9)
+    sched2 = nn.lr_scheduler.ExponentialLR(opt2, 0.9)
+    meta = fresh.restore(model2, opt2, sched2)
+    assert meta["step"] == 4 and meta["metrics"] == {"val_loss": 0.8}
+    assert _train(model2, opt2, sched2, 3, seed=99) == expected
+    best = Net()
+    assert fresh.restore(best, best=True)["metrics"]["val_loss"] == 0.4
+    assert nn.CheckpointManager(tmp_path / "empty").restore(Net()) is None

@@ -39,6 +39,7 @@ from safetensors.numpy import load_file, save
 from .module import IncompatibleKeys, Module
 
 __all__ = [
+    "CheckpointManager",
     "load_checkpoint",
     "load_model",
     "load_state_dict",
@@ -262,3 +263,107 @@ def load_checkpoint(
             raise ValueError(f"{where}: the checkpoint holds no scheduler state")
         scheduler.load_state_dict(header["scheduler"]["state"])
     return {**header.get("metadata", {}), "versions": header.get("versions", {})}
+
+
+class CheckpointManager:
+    """Numbered checkpoints in a folder: keep the last ``max_to_keep``, optionally the best by a metric.
+
+    ``save(step, model, optimizer, scheduler, metrics=...)`` writes ``ckpt-<step>.safetensors`` with
+    :func:`save_checkpoint` and then an index (``checkpoints.json``, also written atomically) listing the
+    kept files with their metrics; older files beyond the limit are deleted, except the best one when
+    ``monitor`` is set. ``restore(model, ...)`` loads the latest (or ``best=True``) and returns its metadata.
+
+    >>> import tempfile
+    >>> from asg import nn
+    >>> model = nn.Linear(2, 2)
+    >>> manager = nn.CheckpointManager(tempfile.mkdtemp(), max_to_keep=2, monitor="val_loss")
+    >>> for step, loss in enumerate([0.5, 0.2, 0.4, 0.3]):
+    ...     _ = manager.save(step, model, metrics={"val_loss": loss})
+    >>> [e["step"] for e in manager.entries], manager.best()["step"]
+    ([1, 2, 3], 1)
+    """
+
+    INDEX = "checkpoints.json"
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        max_to_keep: int = 3,
+        monitor: str | None = None,
+        mode: str = "min",
+    ) -> None:
+        if max_to_keep < 1:
+            raise ValueError(f"CheckpointManager: max_to_keep must be at least 1, got {max_to_keep}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"CheckpointManager: mode must be 'min' or 'max', got {mode!r}")
+        self.directory = os.fspath(directory)
+        self.max_to_keep, self.monitor, self.mode = max_to_keep, monitor, mode
+        os.makedirs(self.directory, exist_ok=True)
+        index = os.path.join(self.directory, self.INDEX)
+        self.entries: list[dict[str, Any]] = []
+        if os.path.exists(index):
+            try:
+                with open(index) as f:
+                    doc = json.load(f)
+                self.entries = [
+                    e for e in doc["entries"] if os.path.exists(os.path.join(self.directory, e["file"]))
+                ]
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{index}: not a readable checkpoint index ({err})") from None
+
+    def best(self) -> dict[str, Any] | None:
+        """The entry with the best ``monitor`` value (None without a monitor or entries)."""
+        scored = [
+            e for e in self.entries if self.monitor and e.get("metrics", {}).get(self.monitor) is not None
+        ]
+        if not scored:
+            return None
+        key = lambda e: e["metrics"][self.monitor]  # noqa: E731
+        return min(scored, key=key) if self.mode == "min" else max(scored, key=key)
+
+    def latest(self) -> dict[str, Any] | None:
+        """The entry saved last (None when there is none)."""
+        return self.entries[-1] if self.entries else None
+
+    def path(self, entry: Mapping[str, Any]) -> str:
+        return os.path.join(self.directory, entry["file"])
+
+    def save(
+        self,
+        step: int,
+        model: Module,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        metrics: Mapping[str, float] | None = None,
+        **metadata: Any,
+    ) -> str:
+        """Write checkpoint ``step``, update the index, delete what is no longer kept; returns the path."""
+        name = f"ckpt-{int(step):08d}.safetensors"
+        metrics = _jsonable(dict(metrics or {}))
+        path = os.path.join(self.directory, name)
+        save_checkpoint(path, model, optimizer, scheduler, step=int(step), metrics=metrics, **metadata)
+        self.entries = [e for e in self.entries if e["file"] != name] + [
+            {"file": name, "step": int(step), "metrics": metrics}
+        ]
+        best = self.best()
+        keep = self.entries[-self.max_to_keep :]
+        if best is not None and best not in keep:
+            keep = [best, *keep]
+        removed = [e for e in self.entries if e not in keep]
+        self.entries = keep
+        atomic_write_bytes(
+            os.path.join(self.directory, self.INDEX), json.dumps({"entries": self.entries}, indent=1).encode()
+        )
+        for e in removed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.directory, e["file"]))
+        return path
+
+    def restore(
+        self, model: Module, optimizer: Any = None, scheduler: Any = None, best: bool = False
+    ) -> dict[str, Any] | None:
+        """Load the latest checkpoint (or the best) into the objects; None when there is nothing to resume."""
+        entry = self.best() if best else self.latest()
+        if entry is None:
+            return None
+        return load_checkpoint(self.path(entry), model, optimizer, scheduler)
