@@ -184,3 +184,53 @@ def test_layer_errors_name_the_layer_and_shapes() -> None:
         nn.Sequential(nn.Linear(4, 2))(ag.input("x", ("B", 5)))
     with pytest.raises(ValueError, match="Dropout: p must be a probability in"):
         nn.Dropout(1.5)
+
+
+BAG_CASES = [
+    ("mean-offsets", dict(mode="mean"), "flat"),
+    ("sum-offsets-weights", dict(mode="sum"), "flat-weights"),
+    ("max-offsets", dict(mode="max"), "flat"),
+    ("mean-2d", dict(mode="mean"), "2d"),
+    ("max-2d-padding", dict(mode="max", padding_idx=1), "2d"),
+    ("sum-padding-last-offset", dict(mode="sum", padding_idx=0, include_last_offset=True), "flat-last"),
+    ("mean-padding-empty-bag", dict(mode="mean", padding_idx=2), "flat-empty"),
+]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(("name", "kw", "layout"), BAG_CASES, ids=[c[0] for c in BAG_CASES])
+def test_embedding_bag_matches_pytorch(name: str, kw: dict, layout: str) -> None:
+    torch = torch_or_skip()
+    torch.manual_seed(0)
+    ours, theirs = nn.EmbeddingBag(6, 3, **kw), torch.nn.EmbeddingBag(6, 3, **kw)
+    flat = np.array([1, 2, 4, 5, 4, 3, 2, 0, 1])
+    if layout.startswith("flat"):
+        offsets = {
+            "flat": [0, 2, 5],
+            "flat-weights": [0, 4, 4],
+            "flat-last": [0, 3, 3, 9],
+            "flat-empty": [0, 1, 6],
+        }
+        off = np.array(offsets[layout])
+        arrays = [flat, off]
+        if layout == "flat-empty":
+            arrays[0] = np.array([2, 2, 4, 5, 4, 3, 2, 0, 1])  # the first bag holds only padding
+        if layout == "flat-weights":
+            arrays.append(np.linspace(0.5, 2.0, 9).astype(np.float32))
+    else:
+        arrays = [np.array([[1, 2, 1], [4, 5, 0], [1, 1, 1]])]
+    compare_module(ours, theirs, *arrays)
+
+
+def test_embedding_bag_takes_any_bag_layout_with_one_graph() -> None:
+    bag = nn.EmbeddingBag(10, 4, mode="sum")
+    f = ag.compile(bag(ag.input("i", ("N",), "int64"), ag.input("o", ("B",), "int64")))
+    w = bag.weight.numpy()
+    np.testing.assert_allclose(
+        f(np.array([1, 2, 3]), np.array([0, 1])), np.stack([w[1], w[2] + w[3]]), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        f(np.array([4, 5]), np.array([0, 0, 1])), np.stack([0 * w[0], w[4], w[5]]), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="per_sample_weights needs mode='sum'"):
+        nn.EmbeddingBag(3, 2)(ag.input("i", (2, 2), "int64"), per_sample_weights=ag.input("w", (2, 2)))

@@ -32,6 +32,7 @@ __all__ = [
     "Dropout",
     "Dropout2d",
     "Embedding",
+    "EmbeddingBag",
     "Flatten",
     "GroupNorm",
     "Identity",
@@ -491,6 +492,89 @@ class Embedding(Module):
 
     def forward(self, idx: ag.Tensor) -> ag.Tensor:
         return ag.embedding(idx, self.weight, self.padding_idx)
+
+
+class EmbeddingBag(Module):
+    """Sums, means or maxima of bags of embeddings (``torch.nn.EmbeddingBag``), weight ~ N(0, 1).
+
+    ``forward(input, offsets=None, per_sample_weights=None)``: a 2-d ``input`` ``(B, L)`` holds one bag
+    per row; a 1-d ``input`` ``(N,)`` is cut into bags starting at ``offsets`` ``(B,)`` (``(B + 1,)`` with
+    ``include_last_offset``). ``per_sample_weights`` (same shape as input) scale entries in ``"sum"`` mode.
+    Entries equal to ``padding_idx`` are left out of their bag; an empty bag gives zeros. Offsets are a
+    graph value, so one compiled function takes any bag layout.
+
+    Shape: -> ``(B, embedding_dim)``.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        mode: str = "mean",
+        include_last_offset: bool = False,
+        padding_idx: int | None = None,
+    ) -> None:
+        super().__init__()
+        _positive("EmbeddingBag", num_embeddings=num_embeddings, embedding_dim=embedding_dim)
+        if mode not in ("sum", "mean", "max"):
+            raise ValueError(f"EmbeddingBag: mode must be 'sum', 'mean' or 'max', got {mode!r}")
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(
+                    f"EmbeddingBag: padding_idx={padding_idx} is out of range for {num_embeddings}"
+                )
+            padding_idx %= num_embeddings
+        self.num_embeddings, self.embedding_dim, self.mode = num_embeddings, embedding_dim, mode
+        self.include_last_offset, self.padding_idx = include_last_offset, padding_idx
+        self.weight = _empty(num_embeddings, embedding_dim)
+        init.normal_(self.weight)
+        if padding_idx is not None:
+            self.weight.numpy()[padding_idx] = 0.0
+
+    def forward(self, input: ag.Tensor, offsets: Any = None, per_sample_weights: Any = None) -> ag.Tensor:
+        idx = ag.as_tensor(input, "int64")
+        where = f"EmbeddingBag at {self.path or 'the root'}: input {idx.node.label} {format_shape(idx.shape)}"
+        if per_sample_weights is not None and self.mode != "sum":
+            raise ValueError(f"{where}: per_sample_weights needs mode='sum', the mode is {self.mode!r}")
+        rows = ag.embedding(idx, self.weight)  # (*input, D)
+        if idx.ndim == 2:
+            if offsets is not None:
+                raise ValueError(f"{where}: a 2-d input holds one bag per row; offsets must be None")
+            member = (
+                ag.ones(idx.shape, "bool") if self.padding_idx is None else idx != self.padding_idx
+            )  # (B, L)
+            bag_axis, values = 1, rows  # (B, L, D)
+        elif idx.ndim == 1:
+            if offsets is None:
+                raise ValueError(f"{where}: a 1-d input needs offsets (the start of each bag)")
+            offsets = ag.as_tensor(offsets, "int64")
+            if self.include_last_offset:
+                offsets = offsets[:-1]
+            position = ag.arange(idx.shape[0])  # (N,)
+            bag_of = (ag.unsqueeze(offsets, 0) <= ag.unsqueeze(position, 1)).astype("int64").sum(
+                1
+            ) - 1  # (N,)
+            member = ag.unsqueeze(bag_of, 0) == ag.unsqueeze(ag.arange(offsets.shape[0]), 1)  # (B, N)
+            if self.padding_idx is not None:
+                member = member & ag.unsqueeze(idx != self.padding_idx, 0)
+            bag_axis, values = 1, ag.unsqueeze(rows, 0)  # (1, N, D)
+        else:
+            raise ag.ShapeError(f"{where}: expected (B, L) bags or a flat (N,) input with offsets")
+        weights = ag.cast(member, rows.dtype)
+        if per_sample_weights is not None:
+            psw = ag.as_tensor(per_sample_weights, rows.dtype)
+            weights = weights * (psw if idx.ndim == 2 else ag.unsqueeze(psw, 0))
+        count = ag.cast(member, rows.dtype).sum(bag_axis, keepdims=True)  # (B, 1)
+        if self.mode == "max":
+            picked = ag.where(ag.unsqueeze(member, -1), values, -math.inf).max(bag_axis)
+            return ag.where(count > 0, picked, 0.0)
+        if idx.ndim == 2:
+            total = (values * ag.unsqueeze(weights, -1)).sum(bag_axis)
+        else:
+            total = ag.matmul(weights, rows)  # (B, N) @ (N, D)
+        if self.mode == "sum":
+            return total
+        return total / ag.maximum(count, 1.0)
 
 
 class Flatten(Module):
