@@ -22,7 +22,7 @@ def test_every_registered_op_has_a_numpy_kernel_and_a_gradient_rule_or_none_need
 def test_every_registered_op_has_a_case_or_is_an_internal_op_of_one():
     missing = agt.registered_ops_without_cases()
     assert missing == [], (
-        f"ops without parity cases: {', '.join(missing)}; add cases to asg/core/testing/cases.py "
+        f"ops without parity cases: {', '.join(missing)}; add cases to the family's module in asg/core/testing/op_cases/ "
         "(or, for a backward op built only by gradients, to INTERNAL_OPS with its forward op)"
     )
     for internal, forward in agt.INTERNAL_OPS.items():

@@ -31,7 +31,6 @@ from .cases import (
     BackendReport,
     OpCase,
     add_case,
-    binary_data,
     cases,
     check_backend,
     op_case_params,
@@ -47,6 +46,7 @@ from .check import (
     run_grads,
     torch_available,
 )
+from .op_cases.elementwise import binary_data
 from .scratch import scratch_ops
 
 __all__ = [
