@@ -348,8 +348,6 @@ class Adam(Optimizer):
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
     ) -> None:
-        if amsgrad:
-            raise ValueError(f"{type(self).__name__}: amsgrad=True is not supported yet")
         super().__init__(
             params,
             dict(
@@ -357,14 +355,14 @@ class Adam(Optimizer):
                 betas=tuple(betas),
                 eps=eps,
                 weight_decay=weight_decay,
-                amsgrad=False,
+                amsgrad=bool(amsgrad),
                 maximize=maximize,
                 decoupled_weight_decay=decoupled_weight_decay,
             ),
         )
 
     def _state_names(self, group: Mapping[str, Any]) -> list[str]:
-        return ["exp_avg", "exp_avg_sq"]
+        return ["exp_avg", "exp_avg_sq", *(["max_exp_avg_sq"] if group["amsgrad"] else [])]
 
     def _update(self, group, p, g, state, step, lr):  # type: ignore[no-untyped-def]
         return fused.adam_update(
@@ -378,6 +376,7 @@ class Adam(Optimizer):
             eps=group["eps"],
             weight_decay=group["weight_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
+            max_exp_avg_sq=state.get("max_exp_avg_sq"),
             maximize=group["maximize"],
         )
 

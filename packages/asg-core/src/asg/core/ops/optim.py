@@ -13,7 +13,8 @@ Inputs (all arrays have the parameter's shape and dtype; ``step`` and ``lr`` are
 
 - ``sgd_update(param, grad, [momentum_buffer, step,] lr)`` — the buffer and step only with ``momentum > 0``;
   ``step`` is the count including this step (the first step initialises the buffer to the gradient).
-- ``adam_update(param, grad, exp_avg, exp_avg_sq, step, lr)`` — ``decoupled_weight_decay=True`` is AdamW.
+- ``adam_update(param, grad, exp_avg, exp_avg_sq, [max_exp_avg_sq,] step, lr)`` — ``decoupled_weight_decay=True``
+  is AdamW; ``max_exp_avg_sq`` with ``amsgrad``.
 - ``rmsprop_update(param, grad, square_avg, [grad_avg,] [momentum_buffer,] lr)`` — ``grad_avg`` when
   ``centered``, the buffer when ``momentum > 0``.
 
@@ -47,7 +48,7 @@ from ._rules import require_float
 # The state tensors each op can output, in input order after (param, grad).
 _OUTPUTS = {
     "sgd_update": ("param", "momentum_buffer"),
-    "adam_update": ("param", "exp_avg", "exp_avg_sq"),
+    "adam_update": ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
     "rmsprop_update": ("param", "square_avg", "grad_avg", "momentum_buffer"),
 }
 
@@ -126,7 +127,8 @@ define_op(
 
 
 # ----------------------------------------------------------------------------- Adam / AdamW
-_ADAM_NAMES = ["param", "grad", "exp_avg", "exp_avg_sq", "step", "lr"]
+def _adam_names(amsgrad: bool) -> list[str]:
+    return ["param", "grad", "exp_avg", "exp_avg_sq", *(["max_exp_avg_sq"] if amsgrad else []), "step", "lr"]
 
 
 def _adam_infer(
@@ -136,10 +138,11 @@ def _adam_infer(
     eps: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
+    amsgrad: bool,
     maximize: bool,
     output: str,
 ) -> TensorType:
-    return _check("adam_update", _ADAM_NAMES, types, output)
+    return _check("adam_update", _adam_names(amsgrad), types, output)
 
 
 def _lerp(start: np.ndarray, end: np.ndarray, weight: float) -> np.ndarray:
@@ -150,22 +153,19 @@ def _lerp(start: np.ndarray, end: np.ndarray, weight: float) -> np.ndarray:
 
 
 def _adam_kernel(
-    param: np.ndarray,
-    grad: np.ndarray,
-    exp_avg: np.ndarray,
-    exp_avg_sq: np.ndarray,
-    step: np.ndarray,
-    lr: np.ndarray,
-    *,
+    *arrays: np.ndarray,
     beta1: float,
     beta2: float,
     eps: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
+    amsgrad: bool,
     maximize: bool,
     output: str,
 ) -> np.ndarray:
-    lr_, t = float(lr), float(step)
+    named = dict(zip(_adam_names(amsgrad), arrays, strict=True))
+    param, grad, exp_avg, exp_avg_sq = named["param"], named["grad"], named["exp_avg"], named["exp_avg_sq"]
+    lr_, t = float(named["lr"]), float(named["step"])
     if maximize:
         grad = -grad
     if weight_decay and decoupled_weight_decay:
@@ -177,6 +177,10 @@ def _adam_kernel(
     v = exp_avg_sq * beta2 + (1 - beta2) * (grad * grad)
     if output == "exp_avg_sq":
         return v
+    if amsgrad:
+        v = np.maximum(named["max_exp_avg_sq"], v)
+        if output == "max_exp_avg_sq":
+            return v
     m = _lerp(exp_avg, grad, 1 - beta1)
     step_size = lr_ / (1 - beta1**t)
     denom = np.sqrt(v) / math.sqrt(1 - beta2**t) + eps
@@ -188,7 +192,8 @@ define_op(
     infer=_adam_infer,
     kernel=_adam_kernel,
     differentiable=False,
-    doc="Adam as torch.optim.Adam (decoupled_weight_decay=True: AdamW); outputs param, exp_avg or exp_avg_sq.",
+    doc="Adam as torch.optim.Adam (decoupled_weight_decay=True: AdamW; amsgrad); outputs param, exp_avg, "
+    "exp_avg_sq or max_exp_avg_sq.",
 )
 
 
@@ -313,21 +318,26 @@ def adam_update(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     decoupled_weight_decay: bool = False,
+    max_exp_avg_sq: Tensor | None = None,
     maximize: bool = False,
 ) -> dict[str, Tensor]:
     """The new ``param``, ``exp_avg`` and ``exp_avg_sq`` after one Adam (or AdamW) step, as graph nodes.
 
-    ``step`` is the step count including this one (a float scalar tensor).
+    ``step`` is the step count including this one (a float scalar tensor). Passing ``max_exp_avg_sq``
+    turns on AMSGrad (its new value is returned too).
     """
+    amsgrad = max_exp_avg_sq is not None
+    outputs = _OUTPUTS["adam_update"] if amsgrad else _OUTPUTS["adam_update"][:3]
     return _apply_all(
         "adam_update",
-        [param, grad, exp_avg, exp_avg_sq, step, lr],
-        _OUTPUTS["adam_update"],
+        [param, grad, exp_avg, exp_avg_sq, *([max_exp_avg_sq] if amsgrad else []), step, lr],
+        outputs,
         beta1=float(betas[0]),
         beta2=float(betas[1]),
         eps=float(eps),
         weight_decay=float(weight_decay),
         decoupled_weight_decay=bool(decoupled_weight_decay),
+        amsgrad=amsgrad,
         maximize=bool(maximize),
     )
 
