@@ -62,6 +62,7 @@ __all__ = [
     "check_backend",
     "check_op",
     "graph_ops",
+    "no_skips",
     "op_case_params",
     "rand",
     "references",

@@ -10,7 +10,6 @@ small and fixed: the float64 checks run finite differences to second order on ev
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from ..autograd import grad
 from ..graph import Graph, Node
 from ..registry import OPS
 from ..tensor import Tensor, constant
-from .check import UnsupportedCase, _check, _inputs, _TorchMissing, check_op, rand
+from .check import UnsupportedCase, _inputs, check_op, no_skips, rand
 
 ArrayMaker = np.ndarray | Callable[[], np.ndarray]
 
@@ -104,8 +103,8 @@ class OpCase:
     def run(self, backend: str = "numpy") -> None:
         """Like :meth:`check`, but never skips: a case the backend's dtypes cannot run raises
         :class:`~asg.core.testing.UnsupportedCase`, and without PyTorch its comparison is left out."""
-        with contextlib.suppress(_TorchMissing):
-            _check(self.fn, *self.arrays(), **self._kwargs(backend))
+        with no_skips():
+            check_op(self.fn, *self.arrays(), **self._kwargs(backend))
 
     def _kwargs(self, backend: str) -> dict[str, Any]:
         return dict(ref=self.ref, torch_fn=self.torch_fn, order=self.order, backend=backend, **self.tol)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import importlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,42 @@ class _TorchMissing(Exception):
 
 def _in_pytest() -> bool:
     return bool(os.environ.get("PYTEST_CURRENT_TEST"))
+
+
+_NO_SKIPS: contextvars.ContextVar[bool] = contextvars.ContextVar("asg_testing_no_skips", default=False)
+
+
+@contextlib.contextmanager
+def _skips() -> Iterator[None]:
+    """Inside pytest, a check PyTorch or the backend's dtypes leave unfinished is reported as skipped.
+
+    Outside pytest (or under :func:`no_skips`), a missing PyTorch is ignored (the other checks
+    passed) and :class:`UnsupportedCase` propagates.
+    """
+    try:
+        yield
+    except _TorchMissing as skipped:
+        if _in_pytest() and not _NO_SKIPS.get():
+            import pytest
+
+            pytest.skip(str(skipped))
+    except UnsupportedCase as skipped:
+        if _in_pytest() and not _NO_SKIPS.get():
+            import pytest
+
+            pytest.skip(str(skipped))
+        raise
+
+
+@contextlib.contextmanager
+def no_skips() -> Iterator[None]:
+    """Checks inside never call ``pytest.skip``: :class:`UnsupportedCase` propagates and a missing
+    PyTorch is ignored (used by :func:`~asg.core.testing.check_backend` to run every case)."""
+    token = _NO_SKIPS.set(True)
+    try:
+        yield
+    finally:
+        _NO_SKIPS.reset(token)
 
 
 def rand(*shape: int, seed: int = 0, low: float = -2.0, high: float = 2.0) -> np.ndarray:
@@ -134,14 +172,15 @@ def check_op(
       the gradient of the gradient (skipped when the output or no input is floating point).
 
     On numpy, when ``torch_fn`` is given: the float32 forward and the gradients of ``sum(out * c)``
-    (``c`` a fixed random cotangent) against PyTorch autograd. Without PyTorch that part is skipped,
+    (``c`` a fixed random cotangent) against PyTorch autograd. Without PyTorch that part is left out,
     and inside a pytest run the test is reported as skipped once the other checks passed.
 
     On any other backend: the float32 forward and those gradients are built as one graph and run on
     ``backend`` and on numpy; shapes, dtypes and values must agree (``backend_rtol``/``backend_atol``;
     int64 outputs may come back int32 from a backend whose capabilities narrow index dtypes).
     A backend without float64 skips the float64 reference and finite-difference checks (the numpy
-    run of the same case covers them).
+    run of the same case covers them). A graph the backend refuses for its declared dtypes (float16, an
+    int64 random key on WGSL) raises :class:`UnsupportedCase`, a skip inside pytest.
 
     Integer and bool arrays are passed unchanged; float arrays are cast to float64 or float32.
 
@@ -151,79 +190,29 @@ def check_op(
         >>> check_op(ag.tanh, np.linspace(-1, 1, 5), ref=np.tanh)
         >>> check_op(lambda a, b: a * b, np.ones((2, 3)), np.arange(3.0), ref=np.multiply, order=1)
     """
-    try:
-        _check(
-            fn,
-            *arrays,
-            ref=ref,
-            torch_fn=torch_fn,
-            order=order,
-            rtol=rtol,
-            atol=atol,
-            grad_rtol=grad_rtol,
-            grad_atol=grad_atol,
-            torch_rtol=torch_rtol,
-            torch_atol=torch_atol,
-            eps=eps,
-            backend=backend,
-            backend_rtol=backend_rtol,
-            backend_atol=backend_atol,
-            seed=seed,
-        )
-    except _TorchMissing as skipped:
-        if _in_pytest():
-            import pytest
-
-            pytest.skip(str(skipped))
-    except UnsupportedCase as skipped:
-        if not _in_pytest():
-            raise
-        import pytest
-
-        pytest.skip(str(skipped))
-
-
-def _check(
-    fn: Callable[..., Tensor],
-    *arrays: np.ndarray,
-    ref: Callable[..., Any] | None = None,
-    torch_fn: Callable[..., Any] | None = None,
-    order: int = 2,
-    rtol: float = 1e-5,
-    atol: float = 1e-6,
-    grad_rtol: float = 1e-4,
-    grad_atol: float = 1e-5,
-    torch_rtol: float = 1e-4,
-    torch_atol: float = 1e-5,
-    eps: float = 1e-6,
-    backend: str = "numpy",
-    backend_rtol: float = 1e-4,
-    backend_atol: float = 1e-5,
-    seed: int = 1,
-) -> None:
-    """:func:`check_op` without the skip handling."""
-    arrays64 = [_as_float(np.asarray(a), np.float64) for a in arrays]
-    arrays32 = [_as_float(np.asarray(a), np.float32) for a in arrays]
-    float_idx = [i for i, a in enumerate(arrays64) if a.dtype.kind == "f"]
-    with_float64 = backend == "numpy" or backend_supports(backend, "float64")
-    out_is_float = _output_dtype(fn, arrays64 if with_float64 else arrays32).startswith("float")
-    if ref is not None and with_float64:
-        got = run(fn, *arrays64, backend=backend)
-        _assert_same(got, np.asarray(ref(*arrays64)), rtol, atol, "forward against the numpy reference")
-    if order and with_float64 and float_idx and out_is_float:
-        check_grads(
-            _floats_only(fn, arrays64, float_idx),
-            [arrays64[i] for i in float_idx],
-            order=order,
-            eps=eps,
-            rtol=grad_rtol,
-            atol=grad_atol,
-            backend=backend,
-        )
-    if backend != "numpy":
-        _compare_backends(fn, arrays32, backend, out_is_float, backend_rtol, backend_atol, seed)
-    elif torch_fn is not None:
-        _compare_torch(fn, torch_fn, arrays32, out_is_float, torch_rtol, torch_atol, seed)
+    with _skips():
+        arrays64 = [_as_float(np.asarray(a), np.float64) for a in arrays]
+        arrays32 = [_as_float(np.asarray(a), np.float32) for a in arrays]
+        float_idx = [i for i, a in enumerate(arrays64) if a.dtype.kind == "f"]
+        with_float64 = backend == "numpy" or backend_supports(backend, "float64")
+        out_is_float = _output_dtype(fn, arrays64 if with_float64 else arrays32).startswith("float")
+        if ref is not None and with_float64:
+            got = run(fn, *arrays64, backend=backend)
+            _assert_same(got, np.asarray(ref(*arrays64)), rtol, atol, "forward against the numpy reference")
+        if order and with_float64 and float_idx and out_is_float:
+            check_grads(
+                _floats_only(fn, arrays64, float_idx),
+                [arrays64[i] for i in float_idx],
+                order=order,
+                eps=eps,
+                rtol=grad_rtol,
+                atol=grad_atol,
+                backend=backend,
+            )
+        if backend != "numpy":
+            _compare_backends(fn, arrays32, backend, out_is_float, backend_rtol, backend_atol, seed)
+        elif torch_fn is not None:
+            _compare_torch(fn, torch_fn, arrays32, out_is_float, torch_rtol, torch_atol, seed)
 
 
 def _compare_torch(
