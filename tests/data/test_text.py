@@ -374,7 +374,7 @@ def test_bpe_hostile_pattern_from_a_file_raises_within_seconds(tmp_path):
     start = time.monotonic()
     with pytest.raises(TimeoutError) as info:
         tok.encode("a" * 40 + "!")  # 2**40 ways to split: hangs without a time limit
-    assert time.monotonic() - start < 3.0
+    assert time.monotonic() - start < 10.0  # generous: CI runs two test processes on two cores
     assert str(info.value) == (
         f"ByteLevelBPETokenizer.encode: the pre-tokenization pattern '(a|aa)+$' (field 'pattern' of "
         f"{str(path)!r}) did not finish on 41 characters of text within 1 s: it backtracks catastrophically "
@@ -386,7 +386,7 @@ def test_bpe_hostile_pattern_from_a_file_raises_within_seconds(tmp_path):
     start = time.monotonic()
     with pytest.raises(TimeoutError, match=r"within 0\.1 s"):
         fast.encode("a" * 40 + "!")
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 10.0
     with pytest.raises(ValueError, match="pattern_timeout must be > 0"):
         ByteLevelBPETokenizer(tok.vocab, tok.merges, pattern_timeout=0)
 
