@@ -59,14 +59,13 @@ def test_check_op_finds_a_gradient_rule_that_is_right_only_to_first_order():
 
 
 def test_check_op_compares_forward_and_gradients_with_torch():
-    torch = agt.torch_or_skip
+    pytest.importorskip("torch")
     agt.check_op(lambda x: x * x, X, torch_fn=lambda t: t * t)
     with pytest.raises(AssertionError, match="forward against PyTorch"):
         agt.check_op(lambda x: x * x, X, torch_fn=lambda t: t * t + 1e-3)
     # Same values, different gradient: PyTorch sees x * detach(x), whose gradient is x, not 2x.
     with pytest.raises(AssertionError, match="gradient of float input 0 against PyTorch"):
         agt.check_op(lambda x: x * x, X, torch_fn=lambda t: t * t.detach(), order=0)
-    assert torch.tensor([1.0]).dtype == torch.float32
 
 
 def test_check_op_passes_integer_inputs_unchanged_and_compares_non_float_outputs_exactly():
