@@ -26,12 +26,17 @@ from asg.gpu.backend import WgpuBackend
 from asg.gpu.kernels.linalg import matmul_program, tile_config
 
 
-def wgpu_matmul_tflops(backend: WgpuBackend, n: int, reps: int) -> tuple[float, float]:
-    """(TFLOP/s from timestamps, max relative error against numpy) for an n x n x n product."""
+def wgpu_matmul_tflops(
+    backend: WgpuBackend, n: int, reps: int, config: tuple[int, int, int] | None = None
+) -> tuple[float, float]:
+    """(TFLOP/s from timestamps, max relative error against numpy) for an n x n x n product.
+
+    ``config``: a tile (BM, BN, BK) instead of the backend's choice (``tile_config``).
+    """
     import wgpu
 
     dev = backend.device()
-    prog = matmul_program((n, n), (n, n), (n, n), "bench")
+    prog = matmul_program((n, n), (n, n), (n, n), "bench", config)
     (d,) = prog.dispatches
     pipe = dev.pipeline(d.wgsl, 3)
     rng = np.random.default_rng(0)
@@ -75,6 +80,9 @@ def wgpu_matmul_tflops(backend: WgpuBackend, n: int, reps: int) -> tuple[float, 
     return 2.0 * n**3 * reps / seconds / 1e12, err
 
 
+TILES = [(64, 64, 16), (64, 128, 16), (128, 128, 16), (128, 128, 32)]
+
+
 def torch_tflops(n: int, reps: int) -> float | None:
     try:
         import torch
@@ -97,7 +105,7 @@ def torch_tflops(n: int, reps: int) -> float | None:
 
 
 def dispatch_cost(ops: int = 400, calls: int = 20) -> float:
-    """Host microseconds per dispatch of a compiled plan of ``ops`` chained small elementwise ops."""
+    """Host microseconds recording one dispatch in a compiled plan (``ops`` chained small elementwise ops)."""
     x = ag.input("x", (256,))
     y = x
     for i in range(ops):
@@ -106,11 +114,11 @@ def dispatch_cost(ops: int = 400, calls: int = 20) -> float:
     data = np.ones(256, np.float32)
     f(data)
     plan = f.plan_for(data)
-    start = time.perf_counter()
+    encode = 0.0
     for _ in range(calls):
         f(data)
-    per_call = (time.perf_counter() - start) / calls
-    return per_call / len(plan._encoded) * 1e6
+        encode += plan.encode_seconds
+    return encode / calls / len(plan._encoded) * 1e6
 
 
 def main() -> None:
@@ -125,16 +133,19 @@ def main() -> None:
     for n in args.sizes:
         reps = args.reps if n >= 1024 else args.reps * 10
         tf, err = wgpu_matmul_tflops(backend, n, reps)
-        ref = torch_tflops(n, reps)
-        rows.append((n, tile_config(n, n, n), tf, ref, err))
+        each = [wgpu_matmul_tflops(backend, n, reps, c)[0] for c in TILES]
+        rows.append((n, tile_config(n, n, n), tf, torch_tflops(n, reps), err, each))
     print(f"host cost per dispatch in a compiled plan: {dispatch_cost():.1f} us")
+    tiles = "".join(f"{'x'.join(map(str, c)):>12}" for c in TILES)
     print(
-        f"{'n':>6} {'tile (BM,BN,BK)':>16} {'wgpu TF/s':>10} {'torch TF/s':>11} {'ratio':>7} {'rel err':>9}"
+        f"{'n':>6} {'tile':>10} {'wgpu TF/s':>10} {'torch TF/s':>11} {'ratio':>6} {'rel err':>8} | TF/s per tile:{tiles}"
     )
-    for n, tile, tf, ref, err in rows:
+    for n, tile, tf, ref, err, each in rows:
         ratio = f"{tf / ref:.0%}" if ref else "-"
-        ref_s = f"{ref:.2f}" if ref else "-"
-        print(f"{n:>6} {tile!s:>16} {tf:>10.2f} {ref_s:>11} {ratio:>7} {err:>9.1e}")
+        ref_s = f"{ref:.3g}" if ref else "-"
+        per_tile = "".join(f"{t:>12.3g}" for t in each)
+        name = "x".join(map(str, tile))
+        print(f"{n:>6} {name:>10} {tf:>10.3g} {ref_s:>11} {ratio:>6} {err:>8.1e} | {'':>14}{per_tile}")
 
 
 if __name__ == "__main__":

@@ -142,3 +142,14 @@ def test_large_readback_goes_in_chunks():
     data = RNG.standard_normal(5 << 20).astype("float32")
     got = ag.compile(x * 2.0, backend="wgpu")(data)
     np.testing.assert_array_equal(got, data * 2.0)
+
+
+def test_raw_dispatch_and_checked_wrappers_agree():
+    x = ag.input("x", (16, 16))
+    w = ag.parameter(RNG.standard_normal((16, 16)).astype("float32"), name="w")
+    y = ag.softmax(ag.gelu(x @ w), axis=-1).sum(axis=0)
+    data = RNG.standard_normal((16, 16)).astype("float32")
+    raw = ag.compile(y, backend="wgpu")(data)
+    checked = ag.compile(y, backend="wgpu", options={"raw_dispatch": False})(data)
+    np.testing.assert_array_equal(raw, checked)
+    np.testing.assert_allclose(raw, ag.compile(y)(data), rtol=1e-5)

@@ -106,14 +106,121 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 """
 
 
+def matmul_vec4_wgsl(
+    m: int,
+    n: int,
+    k: int,
+    batch: Sequence[int],
+    a_st: Sequence[int],
+    b_st: Sequence[int],
+    config: tuple[int, int, int],
+    nb: tuple[int, int],
+) -> str:
+    """The vec4 kernel (``k % 4 == 0`` and ``n % 4 == 0``): A, B and C read and written as ``vec4<f32>``.
+
+    A's tile is loaded as 4x4 blocks, transposed in registers and stored ``As[k][m/4]``; B's rows are
+    copied ``Bs[k][n/4]``. An invocation owns groups of 4 rows (``4 ty + 64 g``) by 4 columns
+    (``4 tx + 64 h``), one ``vec4`` accumulator per row and column group.
+    """
+    bm, bn, bk = config
+    gm, gn = bm // 64, bn // 64
+    nthreads = THREADS * THREADS
+    bm4, bn4, k4, n4 = bm // 4, bn // 4, k // 4, n // 4
+    bst = strides(batch)
+    a_terms = [f"((z / {bst[d]}) % {batch[d]}) * {a_st[d] // 4}" for d in range(len(batch)) if a_st[d]]
+    b_terms = [f"((z / {bst[d]}) % {batch[d]}) * {b_st[d] // 4}" for d in range(len(batch)) if b_st[d]]
+    a_last, b_last = m * k4 * nb[0] - 1, k * n4 * nb[1] - 1
+    lines = [
+        f"let a_base = {' + '.join(a_terms) or '0'};",
+        f"let b_base = {' + '.join(b_terms) or '0'};",
+        f"let o_base = z * {m * n4};",
+        f"let row0 = i32(wid.y) * {bm};",
+        f"let col0 = i32(wid.x) * {bn};",
+        f"let tx = lid % {THREADS};",
+        f"let ty = lid / {THREADS};",
+    ]
+    for g in range(gm):
+        for h in range(gn):
+            for i in range(4):
+                lines.append(f"var acc_{g}_{h}_{i} = vec4<f32>(0.0);")
+    lines.append(f"for (var k0 = 0; k0 < {k}; k0 += {bk}) {{")
+    blocks = bm4 * (bk // 4)  # 4x4 blocks of the A tile
+    for t in range(-(-blocks // nthreads)):
+        lines += [
+            f"    {{ let e = lid + {t * nthreads};",
+            f"      if (e < {blocks}) {{",
+            f"        let mb = e / {bk // 4}; let kb = e % {bk // 4};",
+            "        let c = k0 + kb * 4;",
+        ]
+        for i in range(4):
+            lines.append(
+                f"        let r{i} = row0 + mb * 4 + {i}; let a{i} = select(vec4<f32>(0.0), "
+                f"A[min(a_base + r{i} * {k4} + c / 4, {a_last})], r{i} < {m} && c < {k});"
+            )
+        comps = "xyzw"
+        for j in range(4):
+            lines.append(
+                f"        As[(kb * 4 + {j}) * {bm4} + mb] = vec4<f32>(a0.{comps[j]}, a1.{comps[j]}, a2.{comps[j]}, a3.{comps[j]});"
+            )
+        lines.append("      } }")
+    bvec = bk * bn4
+    for t in range(-(-bvec // nthreads)):
+        lines += [
+            f"    {{ let e = lid + {t * nthreads};",
+            f"      if (e < {bvec}) {{ let kk = e / {bn4}; let nn = e % {bn4}; let r = k0 + kk; let c = col0 + nn * 4;",
+            f"        Bs[e] = select(vec4<f32>(0.0), B[min(b_base + r * {n4} + c / 4, {b_last})], r < {k} && c < {n}); }} }}",
+        ]
+    lines.append("    workgroupBarrier();")
+    for kk in range(bk):
+        for g in range(gm):
+            lines.append(f"    let a{kk}_{g} = As[{kk * bm4} + ty + {16 * g}];")
+        for h in range(gn):
+            lines.append(f"    let b{kk}_{h} = Bs[{kk * bn4} + tx + {16 * h}];")
+        for g in range(gm):
+            for h in range(gn):
+                for i in range(4):
+                    lines.append(
+                        f"    acc_{g}_{h}_{i} = fma(vec4<f32>(a{kk}_{g}.{'xyzw'[i]}), b{kk}_{h}, acc_{g}_{h}_{i});"
+                    )
+    lines.append("    workgroupBarrier();")
+    lines.append("}")
+    for g in range(gm):
+        for i in range(4):
+            lines.append(f"{{ let r = row0 + {64 * g} + ty * 4 + {i};")
+            lines.append(f"  if (r < {m}) {{")
+            for h in range(gn):
+                lines.append(
+                    f"    {{ let c = col0 + {64 * h} + tx * 4; if (c < {n}) {{ C[o_base + r * {n4} + c / 4] = acc_{g}_{h}_{i}; }} }}"
+                )
+            lines.append("  } }")
+    body = "\n    ".join(lines)
+    return f"""@group(0) @binding(0) var<storage, read_write> A: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> B: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> C: array<vec4<f32>>;
+var<workgroup> As: array<vec4<f32>, {bm4 * bk}>;
+var<workgroup> Bs: array<vec4<f32>, {bn4 * bk}>;
+@compute @workgroup_size({nthreads})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {{
+    let z = i32(wid.z);
+    let lid = i32(lidx);
+    {body}
+}}
+"""
+
+
 def matmul_program(
     a_shape: Sequence[int],
     b_shape: Sequence[int],
     out_shape: Sequence[int],
     name: str = "",
     config: tuple[int, int, int] | None = None,
+    vec4: bool = True,
 ) -> Program:
-    """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0)."""
+    """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
+
+    ``vec4`` (default) uses the vec4 kernel where ``k`` and ``n`` are multiples of 4; ``config`` forces
+    a tile (BM, BN, BK), BM and BN multiples of 64 for the vec4 kernel.
+    """
     a_shape, b_shape, out_shape = tuple(a_shape), tuple(b_shape), tuple(out_shape)
     k = a_shape[-1]
     n = b_shape[-1]
@@ -135,10 +242,11 @@ def matmul_program(
     bm, bn, bk = config or tile_config(m, n, k)
     nb_a = math.prod(a_shape[:-2]) if len(b_shape) != 2 else 1
     nb_b = math.prod(b_shape[:-2]) if len(b_shape) != 2 else 1
-    wgsl = matmul_wgsl(m, n, k, batch, a_st, b_st, (bm, bn, bk))
-    wgsl = wgsl.replace("NB_A", str(max(nb_a, 1))).replace("NB_B", str(max(nb_b, 1)))
-    if k == 0:  # an empty sum: zeros (the loop body never runs)
-        pass
+    if k % 4 == 0 and n % 4 == 0 and k and vec4:
+        wgsl = matmul_vec4_wgsl(m, n, k, batch, a_st, b_st, (bm, bn, bk), (max(nb_a, 1), max(nb_b, 1)))
+    else:
+        wgsl = matmul_wgsl(m, n, k, batch, a_st, b_st, (bm, bn, bk))
+        wgsl = wgsl.replace("NB_A", str(max(nb_a, 1))).replace("NB_B", str(max(nb_b, 1)))
     grid = (-(-n // bn), -(-m // bm), max(count, 1))
     return Program([Dispatch(wgsl, grid, (("in", 0), ("in", 1), ("out", 0)))], name=name)
 
