@@ -203,3 +203,33 @@ def test_attention_names_and_symbolic_shapes() -> None:
     assert ff(ag.input("x", ("B", 8))).shape == ("B", 8)
     with pytest.raises(ValueError, match="embed_dim=10 must be divisible by num_heads=4"):
         nn.MultiheadAttention(10, 4)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_kv_cache_incremental_decoding_equals_the_full_causal_pass(batch: int) -> None:
+    mha = nn.MultiheadAttention(16, 4, batch_first=True)
+    full = ag.compile(mha(*(ag.input("x", ("B", "T", 16)),) * 3, is_causal=True, need_weights=False)[0])
+    cache = nn.KVCache(batch, 4, max_len=12, head_dim=4)
+    x_new = ag.input("x_new", (batch, "T", 16))
+    with nn.capture_updates() as updates:
+        out, _ = mha(x_new, x_new, x_new, kv_cache=cache, need_weights=False)
+    step = ag.compile(out, updates=updates)
+    seq = _x(batch, 10, 16, seed=batch)
+    want = full(seq)
+    pieces = [step(seq[:, :4])]  # a 4-token prompt, then one token at a time
+    pieces += [step(seq[:, t : t + 1]) for t in range(4, 10)]
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), want, rtol=1e-5, atol=1e-6)
+    assert cache.length == 10
+    assert step.num_plans == 2  # one plan for the prompt length, one for single tokens
+    cache.reset()
+    np.testing.assert_allclose(step(seq[:, :4]), want[:, :4], rtol=1e-5, atol=1e-6)
+
+
+def test_kv_cache_errors() -> None:
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    cache = nn.KVCache(2, 2, 5, 4)
+    with pytest.raises(ag.ShapeError, match="batch size 3 does not match the cache's 2"):
+        mha(*(ag.input("x", (3, 1, 8)),) * 3, kv_cache=cache)
+    with pytest.raises(ValueError, match="attn_mask and key_padding_mask are not supported"):
+        x = ag.input("x", (2, 1, 8))
+        mha(x, x, x, kv_cache=cache, key_padding_mask=ag.input("m", (2, 1), "bool"))

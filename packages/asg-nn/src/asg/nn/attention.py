@@ -21,7 +21,13 @@ from . import init
 from .layers import Dropout, LayerNorm, Linear, _RandomLayer
 from .module import Module, Parameter
 
-__all__ = ["FeedForward", "MultiheadAttention", "TransformerDecoderLayer", "TransformerEncoderLayer"]
+__all__ = [
+    "FeedForward",
+    "KVCache",
+    "MultiheadAttention",
+    "TransformerDecoderLayer",
+    "TransformerEncoderLayer",
+]
 
 
 def _mha_mask(mask: Any, dtype: str, n: Any, heads: int) -> ag.Tensor | None:
@@ -38,6 +44,57 @@ def _mha_mask(mask: Any, dtype: str, n: Any, heads: int) -> ag.Tensor | None:
     return ~mask if mask.dtype == "bool" else mask
 
 
+class KVCache:
+    """Keys and values of the tokens seen so far, for incremental decoding with :class:`MultiheadAttention`.
+
+    The cache is ``(batch_size, num_heads, max_len, head_dim)`` state variables plus a position counter, so
+    the compiled decoding step is one graph for every step: new keys are written at positions
+    ``pos .. pos + T - 1`` by a select (no dynamic slicing), and queries attend keys ``<= pos + i``. Any
+    number of new tokens per call works (a prompt, then one at a time). Build the step inside
+    :func:`asg.nn.capture_updates` and compile the collected updates; :meth:`reset` starts a new sequence.
+    """
+
+    def __init__(
+        self, batch_size: int, num_heads: int, max_len: int, head_dim: int, name: str = "kv_cache"
+    ) -> None:
+        shape = (batch_size, num_heads, max_len, head_dim)
+        self.batch_size, self.max_len = batch_size, max_len
+        self.k = ag.state(np.zeros(shape, np.float32), name=f"{name}.k")
+        self.v = ag.state(np.zeros(shape, np.float32), name=f"{name}.v")
+        self.pos = ag.state(np.int64(0), name=f"{name}.pos")
+
+    def reset(self) -> None:
+        """Forget the cached tokens (the next call starts at position 0)."""
+        self.k.assign(np.zeros(self.k.shape, np.float32))
+        self.v.assign(np.zeros(self.v.shape, np.float32))
+        self.pos.assign(np.int64(0))
+
+    @property
+    def length(self) -> int:
+        """How many positions are filled."""
+        return int(self.pos.numpy())
+
+    def append(self, module: Module, k: ag.Tensor, v: ag.Tensor) -> tuple[ag.Tensor, ag.Tensor, ag.Tensor]:
+        """Write ``k``, ``v`` ``(N, H, T, hd)`` after the cached ones; returns ``(keys, values, allowed)``.
+
+        ``allowed`` ``(T, max_len)`` is True where query ``i`` may attend key ``j`` (``j <= pos + i``).
+        """
+        t = k.shape[2]
+        count = ag.cast(ag.ones((t,), "int64").sum(), "int64")  # T as a graph value (it may be symbolic)
+        rel = ag.arange(self.max_len) - self.pos  # (M,): which new token lands at each position
+        inside = (rel >= 0) & (rel < count)
+        source = ag.where(rel < 0, 0, ag.where(rel >= count, count - 1, rel))
+        mask = ag.reshape(inside, (1, 1, self.max_len, 1))
+        keys = ag.where(mask, ag.index_select(k, source, axis=2), self.k)  # (N, H, M, hd)
+        values = ag.where(mask, ag.index_select(v, source, axis=2), self.v)
+        i = ag.arange(t)
+        allowed = ag.unsqueeze(ag.arange(self.max_len), 0) <= ag.unsqueeze(i + self.pos, 1)  # (T, M)
+        module.add_update(self.k, keys)
+        module.add_update(self.v, values)
+        module.add_update(self.pos, self.pos + count)
+        return keys, values, allowed
+
+
 class MultiheadAttention(_RandomLayer):
     """Multi-head attention (``torch.nn.MultiheadAttention``), self- or cross-attention.
 
@@ -50,9 +107,11 @@ class MultiheadAttention(_RandomLayer):
         batch_first: inputs are ``(N, L, E)`` instead of PyTorch's default ``(L, N, E)``.
 
     ``forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-    average_attn_weights=True, is_causal=False)`` returns ``(output, weights)`` as PyTorch does:
+    average_attn_weights=True, is_causal=False, kv_cache=None)`` returns ``(output, weights)`` as PyTorch does:
     ``key_padding_mask`` ``(N, S)`` bool True = ignore; ``attn_mask`` ``(L, S)`` bool True = not allowed, or
     float added; ``weights`` is ``(N, L, S)`` averaged over heads (``(N, H, L, S)`` otherwise) or None.
+    With a :class:`KVCache` (self-attention), the new tokens' keys and values are appended to the cache and
+    the queries attend causally over everything cached (incremental decoding).
 
     >>> import asg.core as ag
     >>> from asg import nn
@@ -124,6 +183,7 @@ class MultiheadAttention(_RandomLayer):
         attn_mask: Any = None,
         average_attn_weights: bool = True,
         is_causal: bool = False,
+        kv_cache: KVCache | None = None,
     ) -> tuple[ag.Tensor, ag.Tensor | None]:
         query, key, value = ag.as_tensor(query), ag.as_tensor(key), ag.as_tensor(value)
         batched = query.ndim == 3
@@ -145,10 +205,25 @@ class MultiheadAttention(_RandomLayer):
             split = ag.reshape(projected, (n, t.shape[1], h, hd))  # (N, L, H, hd)
             heads.append(ag.permute(split, (0, 2, 1, 3)))  # (N, H, L, hd)
         q, k, v = heads
+        if kv_cache is not None:
+            if attn_mask is not None or key_padding_mask is not None:
+                raise ValueError(
+                    "MultiheadAttention: with kv_cache the mask is the causal one over the cache; "
+                    "attn_mask and key_padding_mask are not supported"
+                )
+            if isinstance(n, int) and n != kv_cache.batch_size:
+                raise ag.ShapeError(
+                    f"MultiheadAttention at {self.path or 'the root'}: batch size {n} does not match the "
+                    f"cache's {kv_cache.batch_size}"
+                )
+            k, v, allowed = kv_cache.append(self, k, v)  # (N, H, max_len, hd), mask (L, max_len)
+            attn_mask, is_causal = allowed, False
+        else:
+            attn_mask = _mha_mask(attn_mask, query.dtype, n, h)
         weights = F.attention_weights(
             q,
             k,
-            attn_mask=_mha_mask(attn_mask, query.dtype, n, h),
+            attn_mask=attn_mask,
             is_causal=is_causal,
             scale=1.0 / math.sqrt(hd),
             key_padding_mask=key_padding_mask,
