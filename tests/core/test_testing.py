@@ -205,6 +205,16 @@ def test_backend_with_float64_runs_the_finite_differences_there(add_backend):
         agt.check_op(ag.tanh, X, ref=np.tanh, backend=name)
 
 
+def test_a_backend_mismatch_names_the_first_value_that_differs(add_backend):
+    name = add_backend(FakeBackend("test_bad_tanh", {"float32", "bool"}))
+    ag.register_kernel(name, "tanh", lambda x: np.tanh(x) + np.float32(0.01))  # a wrong kernel
+    with pytest.raises(AssertionError) as info:
+        agt.check_op(lambda x: ag.tanh(x * 2.0) + 1.0, X, backend=name)
+    message = str(info.value)
+    assert message.startswith("forward on 'test_bad_tanh' against numpy:")
+    assert message.endswith("\n  the first value that differs: check_op_1:f32[2,3] = tanh check_op_0")
+
+
 WGSL_LIKE = {"float32", "int32", "bool"}
 
 

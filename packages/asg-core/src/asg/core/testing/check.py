@@ -16,7 +16,7 @@ from ..autograd import grad
 from ..backends import get_backend
 from ..function import compile
 from ..gradcheck import check_grads
-from ..graph import Graph
+from ..graph import LEAF_OPS, Graph
 from ..passes.narrow import UnsupportedDTypeError
 from ..tensor import Tensor, constant, input
 
@@ -276,9 +276,38 @@ def _compare_backends(
         assert g.dtype == w.dtype or narrowed, (
             f"{name} on {backend!r}: dtype {g.dtype}, numpy gives {w.dtype}"
         )
-        _assert_same(
-            g, w.astype(g.dtype) if narrowed else w, rtol, atol, f"{name} on {backend!r} against numpy"
-        )
+        try:
+            _assert_same(
+                g, w.astype(g.dtype) if narrowed else w, rtol, atol, f"{name} on {backend!r} against numpy"
+            )
+        except AssertionError as err:
+            raise AssertionError(
+                f"{err}{_first_divergence(outputs, xs, arrays32, backend, rtol, atol)}"
+            ) from None
+
+
+def _first_divergence(
+    outputs: list[Tensor], xs: list[Tensor], arrays: list[np.ndarray], backend: str, rtol: float, atol: float
+) -> str:
+    """The first node, in graph order, whose value on ``backend`` differs from numpy's (a line for an
+    error message), found by capturing every value on both; empty when it cannot be told."""
+    graph = Graph([t.node for t in outputs])
+    compute = [n for n in graph.nodes if n.op not in LEAF_OPS]
+    for i, n in enumerate(compute):  # names that survive the backend's rewrites (narrowing)
+        if n.name is None:
+            n.name = f"check_op_{i}"
+    names = [n.name for n in compute]
+    try:
+        want = compile(outputs, inputs=xs, backend="numpy", passes=[]).capture(names, *arrays)
+        got = compile(outputs, inputs=xs, backend=backend, passes=[]).capture(names, *arrays)
+    except Exception:
+        return ""
+    for n in compute:
+        w, g = np.asarray(want[n.name]), np.asarray(got[n.name])
+        same = w.shape == g.shape and np.allclose(g, w.astype(g.dtype), rtol=rtol, atol=atol, equal_nan=True)
+        if not same:
+            return f"\n  the first value that differs: {graph.format_node(n)}"
+    return ""
 
 
 def _inputs(arrays: Sequence[np.ndarray]) -> list[Tensor]:
