@@ -10,7 +10,7 @@ Example:
     (('B', 3), ['0.weight', '0.bias'])
 """
 
-from . import functional, init, lr_scheduler, optim
+from . import amp, functional, init, lr_scheduler, optim
 from .attention import *  # noqa: F403
 from .attention import __all__ as _attention_all
 from .layers import *  # noqa: F403
@@ -32,6 +32,7 @@ from .train import __all__ as _train_all
 __version__ = "0.1.0"
 
 __all__ = [
+    "amp",
     "clip_grad_norm",
     "clip_grad_value",
     "functional",

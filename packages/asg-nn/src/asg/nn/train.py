@@ -33,6 +33,7 @@ import numpy as np
 
 import asg.core as ag
 
+from .amp import LossScaler, half_precision
 from .module import Module, capture_updates
 from .optim import Optimizer, clip_grad_norm, clip_grad_value
 
@@ -115,8 +116,14 @@ class TrainStep:
         clip_grad_value: float | None = None,
         return_outputs: bool = False,
         accumulate: int = 1,
+        mixed_precision: bool = False,
+        loss_scaler: LossScaler | None = None,
         **compile_options: Any,
     ) -> None:
+        if mixed_precision and accumulate > 1:
+            raise ValueError("compile_train_step: mixed_precision with accumulate > 1 is not supported yet")
+        self.mixed_precision = mixed_precision
+        self.loss_scaler = (loss_scaler or LossScaler()) if mixed_precision else None
         if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
             raise ValueError(f"compile_train_step: accumulate must be a positive integer, got {accumulate!r}")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
@@ -146,7 +153,16 @@ class TrainStep:
                 "(use reduction='mean' or 'sum')"
             )
         params = self.optimizer.params
-        grads = ag.grad(loss, params)
+        if self.loss_scaler is not None:  # float16 forward and backward, float32 master weights
+            values = list(state_updates.values())
+            half = half_precision([loss, out, *values])
+            loss, out = ag.cast(half[0], "float32"), ag.cast(half[1], out.dtype)
+            state_updates = {
+                var: ag.cast(h, var.dtype) for var, h in zip(state_updates, half[2:], strict=True)
+            }
+            grads = self.loss_scaler.gradients(half[0], params)
+        else:
+            grads = ag.grad(loss, params)
         outs = [loss, *([out] if self.return_outputs else [])]
         k = self.accumulate
         if k > 1:
@@ -165,7 +181,12 @@ class TrainStep:
         if self.clip_norm is not None:
             grads, norm = clip_grad_norm(grads, self.clip_norm)
             extra.append(norm)
-        updates = {**state_updates, **self.optimizer.updates(grads)}
+        step_updates = self.optimizer.updates(grads)
+        if (
+            self.loss_scaler is not None
+        ):  # overflowed gradients: no optimizer step (layer statistics still move)
+            step_updates = self.loss_scaler.gate(step_updates)
+        updates = {**state_updates, **step_updates}
         self.function = ag.compile([*outs, *extra], inputs=xs, updates=updates, **self.compile_options)
 
     def __call__(self, *batch: Any) -> float:
@@ -196,6 +217,8 @@ def compile_train_step(
     clip_grad_value: float | None = None,
     return_outputs: bool = False,
     accumulate: int = 1,
+    mixed_precision: bool = False,
+    loss_scaler: LossScaler | None = None,
     **compile_options: Any,
 ) -> TrainStep:
     """One compiled training step: forward, loss, gradients, clipping and the optimizer update.
@@ -209,6 +232,9 @@ def compile_train_step(
         clip_grad_norm, clip_grad_value: clip inside the compiled step (the norm is ``step.grad_norm``).
         accumulate: sum the gradients of this many calls and step the optimizer on every last one, with
             their mean (gradient accumulation).
+        mixed_precision: compute the forward and backward pass in float16 (the graph rewrite
+            :func:`asg.nn.amp.half_precision`) with float32 master weights and dynamic loss scaling
+            (``loss_scaler``, default :class:`asg.nn.amp.LossScaler()`).
         compile_options: passed to :func:`asg.core.compile` (``backend=``, ...).
 
     Returns:
@@ -223,6 +249,8 @@ def compile_train_step(
         clip_grad_value=clip_grad_value,
         return_outputs=return_outputs,
         accumulate=accumulate,
+        mixed_precision=mixed_precision,
+        loss_scaler=loss_scaler,
         **compile_options,
     )
 
