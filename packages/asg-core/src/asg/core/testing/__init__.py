@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import references
+from . import op_cases, references  # op_cases adds every family's cases to OP_CASES
 from .cases import (
     INTERNAL_OPS,
     OP_CASES,
@@ -64,6 +64,7 @@ __all__ = [
     "graph_ops",
     "no_skips",
     "op_case_params",
+    "op_cases",
     "rand",
     "references",
     "registered_ops_without_cases",

@@ -331,6 +331,3 @@ __all__ = [
     "op_case_params",
     "registered_ops_without_cases",
 ]
-
-
-from . import op_cases  # noqa: E402, F401 - adds every family's cases to OP_CASES
