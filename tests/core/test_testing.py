@@ -331,8 +331,13 @@ def test_conftest_fails_a_module_that_leaves_an_op_in_the_registry(tmp_path):
         "def test_after():\n"
         "    assert 'test_leaky_op' in ag.OPS\n"
     )
-    (tmp_path / "test_clean.py").write_text(
-        "import asg.core as ag\n\ndef test_clean():\n    assert 'test_leaky_op' not in ag.OPS\n"
+    (tmp_path / "test_kernel.py").write_text(
+        "import numpy as np\nimport asg.core as ag\n\n"
+        "def test_registers():\n    ag.register_kernel('test_leaky_backend', 'exp', np.exp)\n"
+    )
+    (tmp_path / "test_later.py").write_text(
+        "import asg.core as ag\n\ndef test_clean():\n"
+        "    assert 'test_leaky_op' not in ag.OPS and 'test_leaky_backend' not in ag.get_op('exp').kernels\n"
     )
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
@@ -342,8 +347,12 @@ def test_conftest_fails_a_module_that_leaves_an_op_in_the_registry(tmp_path):
         timeout=300,
     )
     assert done.returncode == 1, done.stdout
-    assert "test_leaky left ops in asg.core.OPS: test_leaky_op; define throwaway ops inside" in done.stdout
-    assert "3 passed, 1 error" in done.stdout  # the leak is removed: the next module sees a clean registry
+    assert (
+        "test_leaky left ops in asg.core.OPS: test_leaky_op; define throwaway ops (and register"
+        in done.stdout
+    )
+    assert "test_kernel changed the kernels, lowerings or traits of exp; define throwaway ops" in done.stdout
+    assert "4 passed, 2 errors" in done.stdout  # the leaks are undone: the next module sees a clean registry
 
 
 @pytest.mark.parametrize("module", ["__init__", "check", "cases", "scratch"])
