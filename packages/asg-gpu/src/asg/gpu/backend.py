@@ -47,13 +47,16 @@ class WgpuBackend(Backend):
     - ``raw_dispatch`` (default True): record the dispatches of a step through wgpu-native's C
       functions directly (about 1 us per dispatch instead of 3-10 through wgpu-py's checked
       wrappers). Every pipeline and bind group was validated when the plan was built; False uses
-      the wrappers, which also validate each call.
+      the wrappers, which also validate each call;
+    - ``fusion`` (default True): each elementwise fusion group of asg-core's analysis runs as one
+      generated kernel (:mod:`asg.gpu.fusion`); ``Function.profile`` and ``capture`` still run
+      node by node.
 
     The device is created on first use; without an adapter that is a :class:`~asg.gpu.device.NoAdapterError`.
     """
 
     capabilities = Capabilities(dtypes=frozenset({"float32", "int32", "int64", "bool"}), narrow_index=True)
-    options: Mapping[str, Any] = {"adapter": None, "raw_dispatch": True}
+    options: Mapping[str, Any] = {"adapter": None, "raw_dispatch": True, "fusion": True}
 
     def __init__(self) -> None:
         self._device: GpuDevice | None = None
@@ -83,14 +86,25 @@ class WgpuBackend(Backend):
 
     def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]) -> WgpuPlan:
         self.device(options.get("adapter"))
-        return WgpuPlan(self, schedule, kernels, raw=bool(options.get("raw_dispatch", True)))
+        return WgpuPlan(
+            self,
+            schedule,
+            kernels,
+            raw=bool(options.get("raw_dispatch", True)),
+            fusion=bool(options.get("fusion", True)),
+        )
 
 
 class WgpuPlan:
     """A schedule compiled for the GPU (see the module docstring). Calls are not re-entrant."""
 
     def __init__(
-        self, backend: WgpuBackend, schedule: Schedule, kernels: Sequence[Any], raw: bool = True
+        self,
+        backend: WgpuBackend,
+        schedule: Schedule,
+        kernels: Sequence[Any],
+        raw: bool = True,
+        fusion: bool = True,
     ) -> None:
         self.schedule = schedule
         self.raw = raw
@@ -138,20 +152,17 @@ class WgpuPlan:
                     f"wgpu: {graph.format_node(step.node)} is {size(step.output)} bytes, more than the adapter's "
                     f"largest storage binding ({limit} bytes, {dev.summary}); split the tensor (smaller batch)"
                 )
-        # Per step and dispatch: (pipeline, number of bindings, grid, argument descriptors).
-        self._dispatches: list[tuple[int, Any, int, tuple[int, int, int], list[tuple[str, int]]]] = []
-        for index, (step, prog) in enumerate(zip(schedule.steps, self.programs, strict=True)):
-            for d in prog.dispatches:
-                refs = []
-                for role, k in d.args:
-                    if role == "in":
-                        refs.append(("value", step.inputs[k]))
-                    elif role == "out":
-                        refs.append(("value", step.output))
-                    else:
-                        refs.append(("temp", index * 1_000_000 + k))
-                pipe = dev.pipeline(d.wgsl, len(d.args))
-                self._dispatches.append((index, pipe, len(d.args), d.grid, refs))
+        self.fused_groups: list[Any] = []
+        fused_at: dict[int, Any] = {}
+        skipped: set[int] = set()
+        if fusion:
+            from .fusion import plan_groups
+
+            root = {n.id: self._root(n.id) for n in graph.nodes}
+            fused_at, skipped, self.fused_groups = plan_groups(schedule, root)
+        # Per dispatch: (step index, pipeline, number of bindings, grid, argument descriptors).
+        self._dispatches = self._collect(fused_at, skipped)
+        self._traced_dispatches = self._collect({}, set()) if fused_at else self._dispatches
         self._outputs = list(schedule.outputs)
         self._out_copy = [
             take(size(n.id)) if copy or self._root(n.id) in self._param_ids() else None
@@ -165,6 +176,31 @@ class WgpuPlan:
         self._bound_params: list[Any] | None = None
         self._encoded: list[tuple[Any, Any, tuple[int, int, int]]] = []
         self.calls = 0
+
+    def _collect(self, fused_at: dict[int, Any], skipped: set[int]) -> list[tuple[int, Any, int, Any, list]]:
+        dispatches = []
+        for step, prog in zip(self.schedule.steps, self.programs, strict=True):
+            if step.index in skipped:
+                continue
+            for d in [fused_at[step.index]] if step.index in fused_at else prog.dispatches:
+                refs = []
+                for role, k in d.args:
+                    if role == "in":
+                        refs.append(("value", step.inputs[k]))
+                    elif role == "out":
+                        refs.append(("value", step.output))
+                    elif role == "value":
+                        refs.append(("value", k))
+                    else:
+                        refs.append(("temp", step.index * 1_000_000 + k))
+                pipe = self.dev.pipeline(d.wgsl, len(d.args))
+                dispatches.append((step.index, pipe, len(d.args), d.grid, refs))
+        return dispatches
+
+    @property
+    def dispatch_count(self) -> int:
+        """Dispatches per step (after fusion)."""
+        return len(self._dispatches)
 
     # ------------------------------------------------------------------ buffers
     def _param_ids(self) -> set[int]:
@@ -193,8 +229,15 @@ class WgpuPlan:
             return
         for node, buf in zip(self._param_nodes, params, strict=True):
             self._buf[node.id] = buf
+        self._encoded = self._encode(self._dispatches)
+        self._traced = self._encoded if self._traced_dispatches is self._dispatches else None
+        # (pipeline, bind group, x, y, z) as C handles, for raw dispatch (the objects above keep them alive)
+        self._raw = [(p._internal, bg._internal, *g) for p, bg, g, _ in self._encoded]
+        self._bound_params = params
+
+    def _encode(self, dispatches: list) -> list[tuple[Any, Any, tuple[int, int, int], int]]:
         encoded = []
-        for index, pipe, nbind, grid, refs in self._dispatches:
+        for index, pipe, nbind, grid, refs in dispatches:
             windows = []
             for kind, ref in refs:
                 if kind == "value":
@@ -203,10 +246,7 @@ class WgpuPlan:
                     buf = self._temps[ref // 1_000_000][ref % 1_000_000]
                     windows.append((buf, 0, buf.size))
             encoded.append((pipe, self.dev.bind_group(nbind, windows), grid, index))
-        self._encoded = encoded
-        # (pipeline, bind group, x, y, z) as C handles, for raw dispatch (the objects above keep them alive)
-        self._raw = [(p._internal, bg._internal, *g) for p, bg, g, _ in encoded]
-        self._bound_params = params
+        return encoded
 
     def release(self) -> None:
         """Give this plan's buffers back to the pool (the plan cannot run afterwards)."""
@@ -289,8 +329,10 @@ class WgpuPlan:
         with self.dev.lock:
             self._prepare(feeds)
             timer = _Timer(self.dev) if "timestamp-query" in self.dev.features else None
+            if self._traced is None:
+                self._traced = self._encode(self._traced_dispatches)
             by_step: dict[int, list[tuple[Any, Any, tuple[int, int, int]]]] = {}
-            for pipe, bg, grid, index in self._encoded:
+            for pipe, bg, grid, index in self._traced:
                 by_step.setdefault(index, []).append((pipe, bg, grid))
             shapes = self.schedule.spec.shapes
             for step in self.schedule.steps:

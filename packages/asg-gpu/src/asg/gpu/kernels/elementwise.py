@@ -277,3 +277,39 @@ def _with_operands(ctx: LoweringContext, value: str, ctype: str, bound: list[int
         wgsl = d.wgsl.replace("\n@compute", functions_for(d.wgsl) + "\n@compute", 1)
         prog.dispatches[j] = Dispatch(wgsl, d.grid, args)
     return prog
+
+
+def emit(
+    op: str,
+    attrs: Mapping[str, Any],
+    in_dtypes: Sequence[str],
+    out_dtype: str,
+    operands: Sequence[tuple[str, str]],
+) -> str:
+    """The WGSL expression of elementwise ``op`` over ``operands`` ((expression, WGSL type) pairs).
+
+    The result has the output dtype's value type; it is the formula of the op's own kernel (inside
+    one fused kernel the shader compiler may still contract ``a * b + c`` into an fma: 1-2 ulp).
+    """
+    out_t = VTYPE[out_dtype]
+    if op == "where":
+        cond = convert(*operands[0], "bool")
+        a, b = (convert(e, t, out_t) for e, t in operands[1:])
+        return f"select({b}, {a}, {cond})"
+    if op == "cast":
+        return convert(operands[0][0], operands[0][1], out_t)
+    expr, mode = TABLE[op]
+    if mode == "out":
+        ctype = out_t
+    elif mode == "bool":
+        ctype = "bool"
+    else:
+        dtype = in_dtypes[0]
+        for d in in_dtypes[1:]:
+            dtype = promote(dtype, d)
+        ctype = VTYPE[dtype]
+    args = [convert(e, t, ctype) for e, t in operands]
+    return convert(expr(args, attrs, ctype), "bool" if mode == "promote" else ctype, out_t)
+
+
+FUSIBLE = frozenset(TABLE) | {"where", "cast"}

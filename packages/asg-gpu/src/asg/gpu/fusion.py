@@ -1,0 +1,216 @@
+"""Fusion codegen: each elementwise fusion group of asg-core's analysis becomes one WGSL kernel.
+
+:func:`asg.core.fusion.find_fusion_groups` marks the groups; the elementwise nodes of each (all
+of an elementwise group; the epilogue of a matmul, the prologue of a reduction or layer_norm, whose
+anchor stays its own kernel) are rendered by :func:`elementwise_group_kernel` as one kernel over
+the group's iteration space: its external inputs are read once per
+element (broadcasting through strides, one-element constants inlined), every node's value is a
+local, and only the group's outputs are stored. :func:`plan_groups` places each kernel at the step
+of the group's last node in core's schedule, when that keeps the schedule's buffer plan valid
+(readers of the outputs come later; no input's buffer is reused before then); other groups run
+node by node.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from asg.core.fusion import FusionGroup, find_fusion_groups
+from asg.core.graph import Node
+from asg.core.schedule import Schedule
+
+from .codegen import (
+    VTYPE,
+    Dispatch,
+    broadcast_strides,
+    coords,
+    elementwise_kernel,
+    grid,
+    literal,
+    load,
+    offset,
+    store,
+)
+from .kernels.elementwise import FUSIBLE, emit, functions_for
+
+
+def _const(node: object) -> object | None:
+    data = getattr(node, "data", None)
+    if getattr(node, "op", None) == "constant" and data is not None and data.size == 1:
+        return data.reshape(()).item()
+    return None
+
+
+def elementwise_group_kernel(
+    group: ElementwiseGroup, schedule: Schedule
+) -> tuple[Dispatch, list[int], list[int]]:
+    """(dispatch, ids of the values it reads, ids of the values it writes) for an elementwise group.
+
+    The dispatch's ``args`` are ``("value", node id)`` in binding order: inputs, then outputs.
+    """
+    spec = schedule.spec
+    space = tuple(spec.shapes[group.nodes[-1].id])
+    reads: list[int] = []
+    bindings: list[tuple[str, str]] = []
+    lets: list[str] = []
+    values: dict[int, tuple[str, str]] = {}
+    needs_coords = False
+    for e in group.inputs:
+        vt = VTYPE[e.dtype]
+        c = _const(e)
+        if c is not None:
+            values[e.id] = (literal(c, vt), vt)
+            continue
+        slot = len(bindings)
+        bindings.append((f"in{slot}", e.dtype))
+        reads.append(e.id)
+        shape = tuple(spec.shapes[e.id])
+        if shape == space:
+            index = "i"
+        else:
+            needs_coords = True
+            index = f"({offset(broadcast_strides(shape, space))})"
+        lets.append(f"let e{slot} = {load(f'in{slot}', e.dtype, index)};")
+        values[e.id] = (f"e{slot}", vt)
+    for k, n in enumerate(group.nodes):
+        expr = emit(
+            n.op, spec.attrs[n.id], [i.dtype for i in n.inputs], n.dtype, [values[i.id] for i in n.inputs]
+        )
+        lets.append(f"let v{k} = {expr};")
+        values[n.id] = (f"v{k}", VTYPE[n.dtype])
+    writes = [o.id for o in group.outputs]
+    for j, o in enumerate(group.outputs):
+        bindings.append((f"out{j}", o.dtype))
+        lets.append(store(f"out{j}", o.dtype, "i", values[o.id][0]))
+    body = (coords(space) if needs_coords else []) + lets
+    count = math.prod(space)
+    wgsl = elementwise_kernel(bindings, count, body)
+    wgsl = wgsl.replace("\n@compute", functions_for(wgsl) + "\n@compute", 1)
+    args = tuple(("value", i) for i in reads + writes)
+    return Dispatch(wgsl, grid(count), args), reads, writes
+
+
+@dataclass
+class ElementwiseGroup:
+    """The elementwise nodes of one fusion group (its anchor, if any, left out), as one kernel computes them.
+
+    ``inputs``: values outside it that its nodes read (first use order); ``outputs``: its values read
+    by another step or returned by the graph. ``source`` is core's group (``None`` for a test's own).
+    """
+
+    nodes: tuple[Node, ...]
+    inputs: tuple[Node, ...]
+    outputs: tuple[Node, ...]
+    source: FusionGroup | None = None
+
+
+def elementwise_nodes(group: FusionGroup, schedule: Schedule) -> list[Node]:
+    """The elementwise members of ``group`` over its iteration space (the anchor left out).
+
+    For an elementwise group that is the whole group; for a matmul epilogue the nodes after the
+    matmul (which becomes an input); for a reduction or normalisation prologue the nodes before the
+    anchor (their values the anchor reads become outputs).
+    """
+    shapes = schedule.spec.shapes
+    nodes = [n for n in group.nodes if n is not group.anchor and n.op in FUSIBLE]
+    space = tuple(shapes[nodes[0].id]) if nodes else ()
+    return [n for n in nodes if tuple(shapes[n.id]) == space]
+
+
+class _Placement:
+    """Schedule facts the placement of fused kernels needs, computed once per plan."""
+
+    def __init__(self, schedule: Schedule, root: Mapping[int, int]) -> None:
+        self.schedule = schedule
+        self.steps = schedule.steps
+        self.pos = {s.output: s.index for s in self.steps}
+        self.readers: dict[int, list[int]] = {}
+        for s in self.steps:
+            for i in s.inputs:
+                self.readers.setdefault(i, []).append(s.index)
+        self.root = root
+        self.buffer_of = schedule.memory.buffer_of
+        self.last_read: dict[int, int] = {}  # storage owner -> last step reading it or a view of it
+        for v, rs in self.readers.items():
+            base = root.get(v, v)
+            self.last_read[base] = max(self.last_read.get(base, -1), *rs)
+        self.kept = {n.id for n in schedule.outputs} | {v.id for _, v in schedule.updates}
+
+    def group(self, nodes: Sequence[Node], source: FusionGroup | None) -> ElementwiseGroup | None:
+        """``nodes`` as one kernel placed at the last one's step, or None when that is unsafe.
+
+        Safe means: every step outside the chunk reading one of its values comes after that step,
+        and no step outside the chunk writes the buffer of one of its inputs after the input's last
+        read (the planner may have reused it). Outputs written over an input's buffer by the kernel
+        itself are fine: each invocation loads everything before it stores.
+        """
+        members = {n.id for n in nodes}
+        last = max(self.pos[n.id] for n in nodes)
+        outputs = []
+        for n in nodes:
+            outside = [r for r in self.readers.get(n.id, ()) if self.steps[r].output not in members]
+            if any(r <= last for r in outside):
+                return None
+            if outside or n.id in self.kept:
+                outputs.append(n)
+        inputs: dict[int, Node] = {}
+        for n in nodes:
+            for i in n.inputs:
+                if i.id not in members:
+                    inputs.setdefault(i.id, i)
+        for e in inputs.values():
+            base = self.root.get(e.id, e.id)
+            b = self.buffer_of.get(base)
+            if b is None:
+                continue
+            for s in range(self.last_read.get(base, last) + 1, last + 1):
+                if self.steps[s].buffer == b and self.steps[s].output not in members:
+                    return None
+        if not outputs:
+            return None
+        return ElementwiseGroup(tuple(nodes), tuple(inputs.values()), tuple(outputs), source)
+
+
+def plan_groups(
+    schedule: Schedule, root: Mapping[int, int]
+) -> tuple[dict[int, Dispatch], set[int], list[ElementwiseGroup]]:
+    """Which steps run fused: (step index -> fused dispatch there, step indices skipped, groups fused).
+
+    ``root`` maps each value to the value owning its storage (views to their base). Every kind of
+    core's groups contributes its elementwise nodes (:func:`elementwise_nodes`; the matmul,
+    reduction or normalisation anchor stays its own kernel), cut in schedule order into the longest
+    runs that can be placed safely (a training step's group often spans forward and backward).
+    """
+    place = _Placement(schedule, root)
+    at: dict[int, Dispatch] = {}
+    skipped: set[int] = set()
+    fused: list[ElementwiseGroup] = []
+
+    def emit_chunk(chunk: list[Node], found: ElementwiseGroup | None) -> None:
+        if len(chunk) >= 2 and found is not None:
+            dispatch, _, _ = elementwise_group_kernel(found, schedule)
+            last = max(place.pos[n.id] for n in chunk)
+            at[last] = dispatch
+            skipped.update(place.pos[n.id] for n in chunk if place.pos[n.id] != last)
+            fused.append(found)
+
+    for group in find_fusion_groups(schedule.graph):
+        nodes = sorted(
+            (n for n in elementwise_nodes(group, schedule) if n.id in place.pos),
+            key=lambda n: place.pos[n.id],
+        )
+        if len(nodes) < 2 or math.prod(schedule.spec.shapes[nodes[0].id]) == 0:
+            continue
+        chunk: list[Node] = []
+        found: ElementwiseGroup | None = None
+        for n in nodes:
+            trial = place.group([*chunk, n], group)
+            if trial is not None or not chunk:
+                chunk, found = [*chunk, n], trial
+                continue
+            emit_chunk(chunk, found)
+            chunk, found = [n], place.group([n], group)
+        emit_chunk(chunk, found)
+    return at, skipped, fused
