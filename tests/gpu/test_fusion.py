@@ -29,10 +29,9 @@ def test_fused_step_matches_unfused_with_fewer_dispatches():
     assert plain.plan_for(data).dispatch_count == steps
     assert fused.plan_for(data).dispatch_count <= steps - 10
     # every fused kernel comes from one of core's groups
-    groups = find_fusion_groups(fused.plan_for(data).schedule.graph)
+    groups = [{n.id for n in g.nodes} for g in find_fusion_groups(fused.plan_for(data).schedule.graph)]
     for part in fused.plan_for(data).fused_groups:
-        assert part.source in groups
-        assert {n.id for n in part.nodes} <= {n.id for n in part.source.nodes}
+        assert any({n.id for n in part.nodes} <= g for g in groups)
 
 
 def test_a_fused_chain_with_broadcast_inputs_and_two_outputs():
