@@ -25,6 +25,7 @@ from .datasets import (
     random_split,
     train_test_split,
 )
+from .distributed import DistributedSampler
 from .errors import DataFormatError, DatasetNotFoundError
 from .formats import ImageFolder, read_cifar_binary, read_idx, write_cifar_binary, write_idx
 from .loader import DataLoader, WorkerError
@@ -55,6 +56,7 @@ __all__ += [
     "DataLoader",
     "Dataset",
     "DatasetNotFoundError",
+    "DistributedSampler",
     "Flatten",
     "ImageFolder",
     "InMemoryDataset",
