@@ -31,6 +31,7 @@ from .passes.narrow import UnsupportedDTypeError
 from .registry import OPS, Kernel, OpDef, TensorType, define_op, get_op, register_kernel, register_lowering
 from .serialize import graph_from_json, graph_to_json
 from .tensor import Tensor, apply, as_tensor, constant, input, parameter, state
+from .threads import get_num_threads, set_num_threads
 from .verify import verify
 
 __version__ = "0.1.0"
@@ -72,6 +73,7 @@ __all__ = [
     "float32",
     "float64",
     "get_backend",
+    "get_num_threads",
     "get_op",
     "grad",
     "graph_from_json",
@@ -89,6 +91,7 @@ __all__ = [
     "register_kernel",
     "register_lowering",
     "scope",
+    "set_num_threads",
     "state",
     "value_and_grad",
     "verify",

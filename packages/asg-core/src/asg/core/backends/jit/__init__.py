@@ -1,0 +1,522 @@
+"""The fused CPU executor: backend ``"numpy-jit"``, the numpy executor with numba-compiled fused loops.
+
+``compile(..., backend="numpy-jit")`` runs the same schedule, storage and numpy kernels as
+``"numpy"``, except where numba can do one multi-threaded pass over memory instead of several
+single-threaded numpy passes:
+
+- every elementwise fusion group of :func:`asg.core.find_fusion_groups` (and the elementwise
+  epilogue or prologue of a matmul or reduction, whose anchor stays on numpy/BLAS) becomes one
+  generated loop (:mod:`.codegen`): GELU and its gradient, bias + activation, the elementwise parts
+  of cross_entropy, dropout's mask-and-scale;
+- elementwise ops not in a group (erf, gelu, sigmoid ...) on large arrays run as one-op loops;
+- softmax/log_softmax over the last axis and layer_norm forward/backward are row-wise kernels;
+- the optimizer updates (``adam_update``, ``sgd_update``) of one parameter, one op per updated
+  tensor in the graph, run as one kernel computing all of them.
+
+It is a backend rather than an option of ``"numpy"`` because it changes what runs (which nodes exist
+as values: ``Function.capture`` sees only a fused group's outputs) while keeping everything numpy
+decides; the ``"numpy"`` backend and its options stay exactly as they are.
+
+numba is optional (``pip install asg-core[jit]``). Without it, or with ``ASG_JIT=0`` in the
+environment, ``"numpy-jit"`` runs the numpy kernels unchanged (logged once on the
+``asg.core.jit`` logger). Compiled kernels are cached on disk (numba ``cache=True``) under
+``$ASG_JIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/asg/jit`` or ``~/.cache/asg/jit``; when that is not
+writable a temporary directory is used (logged) and kernels are compiled again in each process.
+
+Backend options (``compile(..., backend="numpy-jit", options={...})``):
+
+- ``fuse`` (True): compile fusion groups; False keeps only the one-op and row-wise kernels;
+- ``min_elements`` (4096): smaller elementwise groups stay on numpy (a numpy call is ~1 µs);
+- ``parallel_min_elements`` (32768): smaller loops are compiled single-threaded (they compile in a
+  fifth of the time, and threads do not pay below that size).
+
+Threads: :func:`asg.core.set_num_threads` (default: the cores this process may run on).
+
+Example:
+    >>> import numpy as np
+    >>> import asg.core as ag
+    >>> x = ag.input("x", (64, 128))
+    >>> f = ag.compile(ag.gelu(x * 2.0 + 1.0), backend="numpy-jit")
+    >>> xs = np.linspace(-3, 3, 64 * 128, dtype="float32").reshape(64, 128)
+    >>> want = ag.compile(ag.gelu(x * 2.0 + 1.0))(xs)
+    >>> bool(np.allclose(f(xs), want, rtol=1e-6, atol=1e-6))
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import logging
+import math
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ...fusion import FusionGroup, find_fusion_groups, fused_steps
+from ...graph import LEAF_OPS, Graph, Node
+from ...lowering import LoweringContext, lower
+from ...passes.rewrite import copy_node
+from ...registry import ELEMENTWISE, OPS, Kernel, get_op, register_lowering
+from ...schedule import Schedule, build_schedule
+from ...specialize import Specialization
+from ..numpy_backend import NumpyBackend, NumpyPlan
+from . import codegen
+
+__all__ = ["BACKEND", "NumpyJitBackend", "cache_dir", "enabled", "inherit_numpy_lowerings"]
+
+BACKEND = "numpy-jit"
+log = logging.getLogger("asg.core.jit")
+_lock = threading.RLock()
+_said: set[str] = set()
+
+
+def _once(key: str, level: int, message: str, *args: Any) -> None:
+    if key not in _said:
+        _said.add(key)
+        log.log(level, message, *args)
+
+
+def enabled() -> bool:
+    """True when numba can be used: it is installed and ``ASG_JIT`` is not ``0``.
+
+    >>> import os
+    >>> enabled() == (os.environ.get("ASG_JIT", "1") != "0" and importlib.util.find_spec("numba") is not None)
+    True
+    """
+    if os.environ.get("ASG_JIT", "1").strip() == "0":
+        _once("env", logging.INFO, "ASG_JIT=0: backend %r runs the numpy kernels", BACKEND)
+        return False
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        _once("missing", logging.INFO, "numba is not installed: backend %r runs the numpy kernels", BACKEND)
+        return False
+    from ...threads import apply_num_threads
+
+    apply_num_threads()
+    return True
+
+
+_cache_dir: str | None = None
+
+
+def cache_dir() -> str:
+    """The directory holding generated kernel modules and numba's compiled cache (created if needed).
+
+    ``$ASG_JIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/asg/jit``, else ``~/.cache/asg/jit``; a fresh
+    temporary directory when that one cannot be written (logged as a warning).
+    """
+    global _cache_dir
+    with _lock:
+        if _cache_dir is not None:
+            return _cache_dir
+        base = os.environ.get("ASG_JIT_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "asg", "jit"
+        )
+        try:
+            os.makedirs(base, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=base, prefix=".probe-"):
+                pass
+            _cache_dir = base
+        except OSError as err:
+            _cache_dir = tempfile.mkdtemp(prefix="asg-jit-")
+            log.warning(
+                "JIT cache directory %s is not writable (%s); kernels are compiled into %s and not kept "
+                "between processes (set ASG_JIT_CACHE_DIR to a writable directory)",
+                base,
+                err,
+                _cache_dir,
+            )
+        return _cache_dir
+
+
+_modules: dict[str, Any] = {}
+
+
+def load_source(source: str, name: str) -> Any:
+    """The numba function ``name`` defined by ``source``, from a module file in :func:`cache_dir`.
+
+    The file is named by the source's hash, so numba's on-disk cache (``cache=True``) finds the
+    machine code compiled by an earlier process.
+    """
+    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+    with _lock:
+        module = _modules.get(digest)
+        if module is None:
+            path = os.path.join(cache_dir(), f"asg_kernel_{digest}.py")
+            if not os.path.exists(path):
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with open(tmp, "w") as f:
+                    f.write(source)
+                os.replace(tmp, path)
+            spec = importlib.util.spec_from_file_location(f"asg_jit_kernel_{digest}", path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # numba's cache finds the module's helpers by its name
+            spec.loader.exec_module(module)
+            _modules[digest] = module
+    return getattr(module, name)
+
+
+# ============================================================================ lowering
+def _as_numpy(ctx: LoweringContext) -> Any:
+    """Lower a node as the numpy backend does (the kernels numpy-jit does not replace)."""
+    return lower(dataclasses.replace(ctx, backend="numpy"))
+
+
+def inherit_numpy_lowerings() -> None:
+    """Let ``"numpy-jit"`` run every registered op that ``"numpy"`` runs, through numpy's lowering.
+
+    Called when the backend is first used; an op defined after that needs this call again (or
+    its own ``register_lowering(op, "numpy-jit", rule)``).
+    """
+    for op in list(OPS.values()):
+        if BACKEND not in op.lowerings and ("numpy" in op.kernels or "numpy" in op.lowerings):
+            op.lowerings[BACKEND] = _as_numpy
+
+
+def _row_kernel(make: Callable[[LoweringContext], Any | None]) -> Callable[[LoweringContext], Any]:
+    """A lowering that uses the numba kernel ``make(ctx)`` builds, or numpy's when it returns None."""
+
+    def rule(ctx: LoweringContext) -> Any:
+        if enabled() and ctx.out_type.dtype in ("float32", "float64") and math.prod(ctx.out_type.shape):
+            fn = make(ctx)
+            if fn is not None:
+                return Kernel(fn)
+        return _as_numpy(ctx)
+
+    return rule
+
+
+def _rows_of(shape: Sequence[int], k: int) -> tuple[int, int]:
+    return math.prod(shape[: len(shape) - k]), math.prod(shape[len(shape) - k :])
+
+
+def _softmax_lowering(log_of: bool) -> Callable[[LoweringContext], Any]:
+    def make(ctx: LoweringContext) -> Any:
+        shape = ctx.out_type.shape
+        if ctx.attrs["axis"] != len(shape) - 1:
+            return None
+        from . import kernels
+
+        kernel = kernels.log_softmax_rows if log_of else kernels.softmax_rows
+        rows = _rows_of(shape, 1)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            out = np.empty(shape, x.dtype)
+            kernel(np.ascontiguousarray(x).reshape(rows), out.reshape(rows))
+            return out
+
+        return run
+
+    return _row_kernel(make)
+
+
+def _layer_norm_make(ctx: LoweringContext) -> Any:
+    from . import kernels
+
+    shape, attrs = ctx.out_type.shape, ctx.attrs
+    rows = _rows_of(shape, len(attrs["normalized_shape"]))
+    eps, has_w, has_b = float(attrs["eps"]), bool(attrs["has_weight"]), bool(attrs["has_bias"])
+
+    def run(x: np.ndarray, *params: np.ndarray) -> np.ndarray:
+        out = np.empty(shape, x.dtype)
+        none = np.empty(0, x.dtype)
+        w = params[0].reshape(-1) if has_w else none
+        b = params[-1].reshape(-1) if has_b else none
+        kernels.layer_norm_rows(
+            np.ascontiguousarray(x).reshape(rows), w, b, has_w, has_b, eps, out.reshape(rows)
+        )
+        return out
+
+    return run
+
+
+def _layer_norm_backward_make(ctx: LoweringContext) -> Any:
+    from . import kernels
+
+    shape, attrs = ctx.out_type.shape, ctx.attrs
+    rows = _rows_of(shape, len(attrs["normalized_shape"]))
+    eps, has_w = float(attrs["eps"]), bool(attrs["has_weight"])
+
+    def run(g: np.ndarray, x: np.ndarray, *weight: np.ndarray) -> np.ndarray:
+        out = np.empty(shape, x.dtype)
+        w = weight[0].reshape(-1) if has_w else np.empty(0, x.dtype)
+        kernels.layer_norm_backward_rows(
+            np.ascontiguousarray(g).reshape(rows),
+            np.ascontiguousarray(x).reshape(rows),
+            w,
+            has_w,
+            eps,
+            out.reshape(rows),
+        )
+        return out
+
+    return run
+
+
+register_lowering("softmax", BACKEND, _softmax_lowering(False))
+register_lowering("log_softmax", BACKEND, _softmax_lowering(True))
+register_lowering("layer_norm", BACKEND, _row_kernel(_layer_norm_make))
+register_lowering("layer_norm_backward", BACKEND, _row_kernel(_layer_norm_backward_make))
+
+
+# ============================================================================ units: what one kernel computes
+@dataclasses.dataclass
+class _Unit:
+    """Nodes computed by one kernel: reads ``inputs``, writes ``outputs`` (values used outside it)."""
+
+    nodes: list[Node]
+    inputs: list[Node]
+    outputs: list[Node]
+    kind: str  # "elementwise" or the optimizer op
+
+
+def _unit(nodes: list[Node], users: Mapping[int, list[Node]], graph_outputs: set[int], kind: str) -> _Unit:
+    inside = {n.id for n in nodes}
+    inputs: dict[int, Node] = {}
+    for n in nodes:
+        for i in n.inputs:
+            if i.id not in inside:
+                inputs.setdefault(i.id, i)
+    outputs = [n for n in nodes if n.id in graph_outputs or any(u.id not in inside for u in users[n.id])]
+    return _Unit(nodes, list(inputs.values()), outputs, kind)
+
+
+_OPTIMIZERS = ("adam_update", "sgd_update")
+
+
+def _find_units(schedule: Schedule, options: Mapping[str, Any]) -> list[_Unit]:
+    graph, shapes = schedule.graph, schedule.spec.shapes
+    users = graph.users()
+    graph_outputs = {n.id for n in graph.outputs}
+    minimum = int(options["min_elements"])
+    taken: set[int] = set()
+    units: list[_Unit] = []
+
+    def fits(nodes: list[Node]) -> bool:
+        return all(codegen.supported(n) for n in nodes) and math.prod(shapes[nodes[-1].id]) >= minimum
+
+    if options["fuse"]:
+        for group in find_fusion_groups(graph):
+            members = [n for n in group.nodes if n is not group.anchor]
+            if members and fits(members):
+                units.append(_unit(members, users, graph_outputs, "elementwise"))
+                taken.update(n.id for n in members)
+    for n in graph.nodes:
+        if n.id in taken or n.op in LEAF_OPS:
+            continue
+        if get_op(n.op).has(ELEMENTWISE) and fits([n]):
+            units.append(_unit([n], users, graph_outputs, "elementwise"))
+            taken.add(n.id)
+    sets: dict[tuple, list[Node]] = {}
+    for n in graph.nodes:
+        if n.op in _OPTIMIZERS and n.dtype in ("float32", "float64"):
+            attrs = tuple(sorted((k, v) for k, v in n.attrs.items() if k != "output"))
+            sets.setdefault((n.op, tuple(i.id for i in n.inputs), attrs), []).append(n)
+    for nodes in sets.values():
+        units.append(_unit(nodes, users, graph_outputs, nodes[0].op))
+    return [u for u in units if u.outputs]
+
+
+# ============================================================================ kernels of units
+def _elementwise_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, Any]) -> Any | None:
+    shapes = schedule.spec.shapes
+    space = shapes[unit.outputs[0].id]
+    lay = codegen.layout(space, [shapes[i.id] for i in unit.inputs])
+    if lay is None:
+        return None
+    parallel = math.prod(space) >= int(options["parallel_min_elements"])
+    source = codegen.kernel_source("kernel", unit.nodes, unit.inputs, unit.outputs, lay, parallel)
+    fn = load_source(source, "kernel")
+    in_shapes, loop_shape = lay.input_shapes, lay.shape
+    dtypes = [np.dtype(o.dtype) for o in unit.outputs]
+
+    def run(*arrays: np.ndarray) -> list[np.ndarray]:
+        args = [np.ascontiguousarray(a).reshape(s) for a, s in zip(arrays, in_shapes, strict=True)]
+        outs = [np.empty(space, d) for d in dtypes]
+        fn(*args, *[o.reshape(loop_shape) for o in outs])
+        return outs
+
+    run.source = source  # type: ignore[attr-defined]
+    return run
+
+
+def _optimizer_kernel(unit: _Unit, schedule: Schedule) -> Any:
+    from . import kernels
+
+    first = unit.nodes[0]
+    attrs = schedule.spec.attrs[first.id]
+    wanted = [n.attrs["output"] for n in unit.outputs]
+    if unit.kind == "adam_update":
+        names = ("param", "exp_avg", "exp_avg_sq")
+        beta1, beta2, eps = float(attrs["beta1"]), float(attrs["beta2"]), float(attrs["eps"])
+        wd, decoupled, maximize = (
+            float(attrs["weight_decay"]),
+            bool(attrs["decoupled_weight_decay"]),
+            bool(attrs["maximize"]),
+        )
+
+        def compute(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, step: Any, lr: Any) -> list:
+            t, lr_ = float(step), float(lr)
+            c = np.array(
+                [
+                    1 - beta1,
+                    beta2,
+                    1 - beta2,
+                    lr_ / (1 - beta1**t),
+                    math.sqrt(1 - beta2**t),
+                    eps,
+                    1 - lr_ * wd,
+                    wd,
+                    1,
+                ],
+                p.dtype,
+            )
+            outs = [np.empty_like(p) for _ in range(3)]
+            flat = [np.ascontiguousarray(a).reshape(-1) for a in (p, g, m, v)]
+            kernels.adam(*flat, c, decoupled, maximize, *[o.reshape(-1) for o in outs])
+            return outs
+
+    else:
+        momentum = float(attrs["momentum"])
+        names = ("param", "momentum_buffer")
+        dampening, nesterov = float(attrs["dampening"]), bool(attrs["nesterov"])
+        wd, maximize = float(attrs["weight_decay"]), bool(attrs["maximize"])
+
+        def compute(*arrays: Any) -> list:
+            p, g, lr = arrays[0], arrays[1], float(arrays[-1])
+            buf, first = (arrays[2], float(arrays[3]) <= 1) if momentum else (p, True)
+            c = np.array([lr, momentum, 1 - dampening, wd], p.dtype)
+            outs = [np.empty_like(p) for _ in range(2)]
+            flat = [np.ascontiguousarray(a).reshape(-1) for a in (p, g, buf)]
+            kernels.sgd(*flat, c, first, nesterov, maximize, *[o.reshape(-1) for o in outs])
+            return outs
+
+    index = [names.index(w) for w in wanted]
+
+    def run(*arrays: np.ndarray) -> list[np.ndarray]:
+        outs = compute(*arrays)
+        return [outs[i] for i in index]
+
+    return run
+
+
+def _unit_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, Any]) -> Any | None:
+    if unit.kind == "elementwise":
+        return _elementwise_kernel(unit, schedule, options)
+    return _optimizer_kernel(unit, schedule)
+
+
+def _head_and_tails(compute: Callable[..., list[np.ndarray]], count: int) -> list[Callable[..., np.ndarray]]:
+    """Kernels for a unit with ``count`` outputs: the head computes all, each tail hands one on.
+
+    The tails read the head's value only so that the schedule orders them after it.
+    """
+    stash: list[Any] = [None] * count
+
+    def head(*arrays: np.ndarray) -> np.ndarray:
+        outs = compute(*arrays)
+        stash[1:] = outs[1:]
+        return outs[0]
+
+    def tail(k: int) -> Callable[[np.ndarray], np.ndarray]:
+        def fetch(_head: np.ndarray) -> np.ndarray:
+            value, stash[k] = stash[k], None
+            return value
+
+        return fetch
+
+    return [head, *(tail(k) for k in range(1, count))]
+
+
+# ============================================================================ the schedule, rewritten
+def fuse_schedule(
+    schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]
+) -> tuple[Schedule, list[Any]]:
+    """The schedule with each unit (fused group, optimizer set) as one kernel, and its kernels.
+
+    Each unit's first output becomes a node reading the unit's inputs (its kernel computes every
+    output of the unit); its other outputs become nodes reading that one. Nodes downstream are
+    copied to read the new nodes; leaves and everything else stay as they are. The buffer plan is
+    made again for the new steps.
+    """
+    graph, spec = schedule.graph, schedule.spec
+    kernel_of = {step.node.id: k for step, k in zip(schedule.steps, kernels, strict=True)}
+    units, built = [], []
+    for unit in _find_units(schedule, options):
+        compute = _unit_kernel(unit, schedule, options)
+        if compute is not None:
+            units.append(unit)
+            built.append(compute)
+    if not units:
+        return schedule, list(kernels)
+    groups = [
+        FusionGroup(i, u.kind, tuple(u.nodes), tuple(u.inputs), tuple(u.outputs), None, graph)
+        for i, u in enumerate(units)
+    ]
+    mapping: dict[int, Node] = {}
+    shapes, attrs = dict(spec.shapes), dict(spec.attrs)
+    flags: dict[int, Any] = {}
+    for step in fused_steps(graph, groups):
+        if isinstance(step, FusionGroup):
+            unit, compute = units[step.index], built[step.index]
+            fns = _head_and_tails(compute, len(unit.outputs))
+            label = (
+                f"{unit.kind} kernel over {len(unit.nodes)} node{'s' * (len(unit.nodes) > 1)}: "
+                + ", ".join(n.op for n in unit.nodes)
+            )
+            head: Node | None = None
+            for out, fn in zip(unit.outputs, fns, strict=True):
+                ins = [mapping.get(i.id, i) for i in unit.inputs] if head is None else [head]
+                new = Node(
+                    out.op, ins, out.attrs, out.shape, out.dtype, out.name, None, {**out.meta, "jit": label}
+                )
+                head = head or new
+                mapping[out.id] = new
+                shapes[new.id], attrs[new.id] = spec.shapes[out.id], spec.attrs[out.id]
+                flags[new.id] = Kernel(fn)
+            continue
+        ins = [mapping.get(i.id, i) for i in step.inputs]
+        new = step if all(a is b for a, b in zip(ins, step.inputs, strict=True)) else copy_node(step, ins)
+        mapping[step.id] = new
+        shapes[new.id], attrs[new.id] = spec.shapes[step.id], spec.attrs[step.id]
+        flags[new.id] = kernel_of[step.id]
+    outputs = [mapping.get(n.id, n) for n in graph.outputs]
+    new_graph = Graph(outputs, graph.inputs)
+    updates = [(param, mapping.get(value.id, value)) for param, value in schedule.updates]
+    new_spec = Specialization(spec.bindings, shapes, attrs)
+    new_schedule = build_schedule(
+        new_graph,
+        new_spec,
+        len(schedule.outputs),
+        updates,
+        flags,
+        memory_planning=bool(options.get("memory_planning", True)),
+    )
+    return new_schedule, [flags[s.node.id] for s in new_schedule.steps]
+
+
+class NumpyJitBackend(NumpyBackend):
+    """``"numpy-jit"``: the numpy executor with fused numba kernels (see :mod:`asg.core.backends.jit`)."""
+
+    options: ClassVar[Mapping[str, Any]] = {
+        "fuse": True,
+        "min_elements": 4096,
+        "parallel_min_elements": 1 << 15,
+    }
+
+    def __init__(self) -> None:
+        inherit_numpy_lowerings()
+
+    def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]) -> NumpyPlan:
+        if enabled():
+            schedule, kernels = fuse_schedule(schedule, kernels, options)
+        return NumpyPlan(schedule, kernels, options)

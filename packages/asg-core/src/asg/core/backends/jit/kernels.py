@@ -1,0 +1,152 @@
+"""Hand-written numba kernels of ``"numpy-jit"``: row-wise normalisations and optimizer updates.
+
+Imported only when numba is available. Each kernel computes in the arrays' dtype, as the numpy
+kernel it replaces does (sums of a row accumulate in float64: a row is a few thousand values at
+most, and the result is rounded to the dtype once). Rows run in parallel (``prange``); the
+optimizer kernels run over the flat parameter and write every updated tensor in the same pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .mathfn import fexp
+
+_JIT = {"parallel": True, "cache": True, "fastmath": False, "nogil": True, "error_model": "numpy"}
+
+
+@njit(**_JIT)
+def softmax_rows(x, out):  # pragma: no cover - compiled
+    rows, cols = x.shape
+    for r in prange(rows):
+        m = x[r, 0]
+        for c in range(1, cols):
+            v = x[r, c]
+            if v > m or v != v:
+                m = v
+        total = 0.0
+        for c in range(cols):
+            out[r, c] = fexp(x[r, c] - m)
+        for c in range(cols):
+            total += out[r, c]
+        for c in range(cols):
+            out[r, c] = out[r, c] / total
+    return out
+
+
+@njit(**_JIT)
+def log_softmax_rows(x, out):  # pragma: no cover - compiled
+    rows, cols = x.shape
+    for r in prange(rows):
+        m = x[r, 0]
+        for c in range(1, cols):
+            v = x[r, c]
+            if v > m or v != v:
+                m = v
+        total = 0.0
+        for c in range(cols):
+            shifted = x[r, c] - m
+            out[r, c] = shifted
+        for c in range(cols):
+            total += fexp(out[r, c])
+        lse = math.log(total)
+        for c in range(cols):
+            out[r, c] = out[r, c] - lse
+    return out
+
+
+@njit(**_JIT)
+def layer_norm_rows(x, w, b, has_w, has_b, eps, out):  # pragma: no cover - compiled
+    rows, cols = x.shape
+    for r in prange(rows):
+        total = 0.0
+        for c in range(cols):
+            total += x[r, c]
+        mean = total / cols
+        sq = 0.0
+        for c in range(cols):
+            d = x[r, c] - mean
+            sq += d * d
+        rstd = 1.0 / math.sqrt(sq / cols + eps)
+        for c in range(cols):
+            y = (x[r, c] - mean) * rstd
+            if has_w:
+                y = y * w[c]
+            if has_b:
+                y = y + b[c]
+            out[r, c] = y
+    return out
+
+
+@njit(**_JIT)
+def layer_norm_backward_rows(g, x, w, has_w, eps, out):  # pragma: no cover - compiled
+    # dx = rstd * (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat)), g_hat = g * w
+    rows, cols = x.shape
+    for r in prange(rows):
+        total = 0.0
+        for c in range(cols):
+            total += x[r, c]
+        mean = total / cols
+        sq = 0.0
+        for c in range(cols):
+            d = x[r, c] - mean
+            sq += d * d
+        rstd = 1.0 / math.sqrt(sq / cols + eps)
+        sum_g = 0.0
+        sum_gx = 0.0
+        for c in range(cols):
+            gh = g[r, c] * w[c] if has_w else g[r, c]
+            sum_g += gh
+            sum_gx += gh * (x[r, c] - mean) * rstd
+        mean_g = sum_g / cols
+        mean_gx = sum_gx / cols
+        for c in range(cols):
+            gh = g[r, c] * w[c] if has_w else g[r, c]
+            xh = (x[r, c] - mean) * rstd
+            out[r, c] = rstd * (gh - mean_g - xh * mean_gx)
+    return out
+
+
+@njit(**_JIT)
+def adam(p, g, m, v, c, decoupled, maximize, out_p, out_m, out_v):  # pragma: no cover - compiled
+    # As asg.core.ops.optim._adam_kernel (torch.optim.Adam's single-tensor formulas), in p's dtype.
+    # c: (1 - beta1, beta2, 1 - beta2, lr / (1 - beta1**t), sqrt(1 - beta2**t), eps, 1 - lr * wd, wd, 1),
+    # an array of p's dtype.
+    one_minus_b1, b2, one_minus_b2, step_size, bias2 = c[0], c[1], c[2], c[3], c[4]
+    eps, decay, wd, one = c[5], c[6], c[7], c[8]
+    low_weight = one_minus_b1 < 0.5
+    for i in prange(p.shape[0]):
+        gi = -g[i] if maximize else g[i]
+        pi = p[i]
+        if wd != 0 and decoupled:
+            pi = pi * decay
+        elif wd != 0:
+            gi = gi + wd * pi
+        mi = m[i]
+        # torch.lerp(m, g, 1 - beta1): two formulas, on either side of weight 0.5
+        if low_weight:
+            mi = mi + one_minus_b1 * (gi - mi)
+        else:
+            mi = gi - (gi - mi) * (one - one_minus_b1)
+        vi = v[i] * b2 + one_minus_b2 * (gi * gi)
+        out_m[i] = mi
+        out_v[i] = vi
+        out_p[i] = pi - step_size * (mi / (np.sqrt(vi) / bias2 + eps))
+
+
+@njit(**_JIT)
+def sgd(p, g, buf, c, first, nesterov, maximize, out_p, out_buf):  # pragma: no cover - compiled
+    # As asg.core.ops.optim._sgd_kernel. c: (lr, momentum, 1 - dampening, weight_decay) in p's dtype.
+    lr, mom, damp, wd = c[0], c[1], c[2], c[3]
+    for i in prange(p.shape[0]):
+        gi = -g[i] if maximize else g[i]
+        if wd != 0:
+            gi = gi + wd * p[i]
+        if mom != 0:
+            b = gi if first else buf[i] * mom + damp * gi
+            out_buf[i] = b
+            gi = gi + mom * b if nesterov else b
+        out_p[i] = p[i] - lr * gi
