@@ -1,6 +1,6 @@
-"""Training-step time on the CPU: ASG (numpy executor) against PyTorch CPU eager, in the same run.
+"""Training-step time on the CPU: ASG against PyTorch CPU eager, each in its own process.
 
-Three workloads, the architectures of ``shared/reference/torch_cpu_steps.py``, each trained with Adam
+Workloads (the architectures of ``shared/reference/torch_cpu_steps.py``), each trained with Adam
 (lr 1e-3) and softmax cross-entropy on one fixed random batch:
 
 * ``mlp``   — 784-256-10 with ReLU, batch 128;
@@ -9,54 +9,60 @@ Three workloads, the architectures of ``shared/reference/torch_cpu_steps.py``, e
 * ``gpt``   — 4 pre-LN blocks, d=128, 4 heads, T=64, vocab 65, batch 16, causal attention from
   matmul + softmax with an additive mask, GELU MLP 4x, untied head.
 
-The ASG models are built from asg-core ops (asg-nn does not exist yet); the whole step — forward,
-graph-to-graph gradients and the Adam update (``compile(updates=...)``) — is one compiled plan.
-Before timing, each model checks (untimed) that ASG's loss equals PyTorch's for the same initial weights
-(copied torch -> ASG), on the first step and after two Adam steps.
+``--scale`` adds MLP hidden 1024 (b128) and 4096 (b512), and GPT d256 T64 (b16) and d512 T256 (b4).
 
-    python benchmarks/train_steps.py [--steps 30] [--warmup 5] [--only mlp,lenet,gpt] [--threads N]
-                                     [--profile] [--composed]
+How it measures (see ``shared/notes/cpu.md`` for why): every framework runs **in its own
+subprocess**, one workload at a time, with the same thread count (``--threads``, default 2: BLAS,
+OpenMP, numba and torch), so no library's idle threads spin on the cores of another. Each process
+runs three untimed steps from the same initial weights (PyTorch's, handed to ASG through an
+``.npz`` file; the losses must agree: the loss check), then ``--warmup`` steps, then reports the
+median of ``--steps`` timed steps. Each side reports the BLAS and thread pools it used
+(threadpoolctl). ASG builds the whole step — forward, graph gradients and the fused ``adam_update``
+ops — as one compiled plan, on each backend of ``--backends`` (default: ``numpy,numpy-jit``).
 
-``--profile`` times every kernel of the ASG plan and prints the ops that dominate each model.
+    taskset -c 0,1 python benchmarks/train_steps.py [--threads 2] [--steps 30] [--warmup 5]
+        [--only mlp,lenet,gpt] [--scale] [--backends numpy,numpy-jit] [--profile] [--composed]
+
+``--profile`` times every kernel of the ASG plans and prints the ops that dominate each model.
 ``--composed`` builds conv2d/max_pool2d/layer_norm from primitive ops even where asg-core has them.
+Needs only numpy (and numba for ``numpy-jit``, torch for the PyTorch column) with
+``PYTHONPATH=packages/asg-core/src``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# Thread counts must be fixed before numpy (and its BLAS) is imported.
-if __name__ == "__main__":
-    for _i, _arg in enumerate(sys.argv):
-        if _arg.startswith("--threads"):
-            _n = _arg.split("=", 1)[1] if "=" in _arg else sys.argv[_i + 1]
-            for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-                os.environ[_var] = _n
+# A worker fixes its thread counts before numpy (and its BLAS) or torch is imported.
+if __name__ == "__main__" and "--worker" in sys.argv:
+    _n = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "2"
+    for _var in (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "NUMBA_NUM_THREADS",
+        "ASG_NUM_THREADS",
+    ):
+        os.environ[_var] = _n
 
 import numpy as np
 
-import asg.core as ag
+if "--worker" not in sys.argv or "asg" in sys.argv:
+    import asg.core as ag
+    from asg.core.ops import optim
 
-# Adam as graph updates is written once, in the digits example (asg-nn will own optimizers).
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-from train_digits import adam_updates
-
-try:
-    import torch
-    import torch.nn as tnn
-    import torch.nn.functional as F
-except ImportError:  # the PyTorch column is skipped
-    torch = None  # type: ignore[assignment]
-
-TARGETS = {"mlp": 0.8, "lenet": 1.2, "gpt": 1.2}
+TARGETS = {"mlp": 0.8, "lenet": 1.0, "gpt": 1.0}
 USE_CORE_OPS = True  # --composed sets this to False
 
 
@@ -90,9 +96,8 @@ class Model:
             self.converters[name] = convert
         return p
 
-    def load_torch(self, module: Any) -> None:
-        """Copy the torch module's parameters (same names) into the ASG parameters."""
-        state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    def load_torch_state(self, state: dict[str, np.ndarray]) -> None:
+        """Copy a torch state_dict (as numpy arrays, same names) into the ASG parameters."""
         for name, p in self.params.items():
             value = state[name]
             p.assign(self.converters.get(name, lambda a: a)(value))
@@ -169,12 +174,14 @@ def layer_norm(x: ag.Tensor, weight: ag.Tensor, bias: ag.Tensor) -> ag.Tensor:
     return layer_norm_composed(x, weight, bias)
 
 
-def asg_mlp(rng: np.random.Generator, batch: int) -> tuple[Model, list[ag.Tensor], ag.Tensor]:
-    """MLP 784-256-10 (torch names: 0.*, 2.*)."""
+def asg_mlp(
+    rng: np.random.Generator, batch: int, hidden: int = 256
+) -> tuple[Model, list[ag.Tensor], ag.Tensor]:
+    """MLP 784-hidden-10 (torch names: 0.*, 2.*)."""
     m = Model()
     x, y = ag.input("x", (batch, 784)), ag.input("y", (batch,), "int64")
-    h = linear(m, rng, x, "0", 784, 256).relu()
-    logits = linear(m, rng, h, "2", 256, 10)
+    h = linear(m, rng, x, "0", 784, hidden).relu()
+    logits = linear(m, rng, h, "2", hidden, 10)
     return m, [x, y], ag.cross_entropy(logits, y)
 
 
@@ -234,6 +241,8 @@ def asg_gpt(
 # ============================================================================ PyTorch reference models
 def torch_models() -> dict[str, Callable[[], Any]]:
     """Constructors of the reference PyTorch models (exactly those of torch_cpu_steps.py)."""
+    import torch
+    import torch.nn as tnn
 
     class Block(tnn.Module):
         def __init__(self, d: int, h: int) -> None:
@@ -266,7 +275,7 @@ def torch_models() -> dict[str, Callable[[], Any]]:
             return self.head(self.ln(self.blocks(x))).flatten(0, 1)
 
     return {
-        "mlp": lambda: tnn.Sequential(tnn.Linear(784, 256), tnn.ReLU(), tnn.Linear(256, 10)),
+        "mlp": lambda hidden=256: tnn.Sequential(tnn.Linear(784, hidden), tnn.ReLU(), tnn.Linear(hidden, 10)),
         "lenet": lambda: tnn.Sequential(
             tnn.Conv2d(1, 6, 5, padding=2),
             tnn.ReLU(),
@@ -288,205 +297,301 @@ def torch_models() -> dict[str, Callable[[], Any]]:
 # ============================================================================ workloads
 @dataclass
 class Workload:
-    name: str
+    name: str  # unique key: "mlp", "mlp-h1024", "gpt-d512-t256" ...
+    family: str  # "mlp", "lenet" or "gpt"
     label: str
-    build: Callable[[np.random.Generator], tuple[Model, list[ag.Tensor], ag.Tensor]]
-    make_batch: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
+    config: dict[str, int]
+    batch: int
+
+    def build_asg(self, rng: np.random.Generator) -> tuple[Model, list[Any], Any]:
+        if self.family == "mlp":
+            return asg_mlp(rng, self.batch, **self.config)
+        if self.family == "lenet":
+            return asg_lenet(rng, self.batch)
+        return asg_gpt(rng, self.batch, **self.config)
+
+    def build_torch(self) -> Any:
+        return torch_models()[self.family](**self.config)
+
+    def make_batch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        b = self.batch
+        if self.family == "mlp":
+            return rng.standard_normal((b, 784), np.float32), rng.integers(0, 10, b)
+        if self.family == "lenet":
+            return rng.standard_normal((b, 1, 28, 28), np.float32), rng.integers(0, 10, b)
+        seq, vocab = self.config["seq"], self.config.get("vocab", 65)
+        return rng.integers(0, vocab, (b, seq)), rng.integers(0, vocab, b * seq)
+
+
+def _gpt(d: int, seq: int, batch: int) -> Workload:
+    name = "gpt" if (d, seq) == (128, 64) else f"gpt-d{d}-t{seq}"
+    label = f"GPT L4 d{d} T{seq}, b{batch}" if name != "gpt" else "GPT-tiny L4 d128 T64, b16"
+    return Workload(name, "gpt", label, {"d": d, "seq": seq, "heads": 4, "layers": 4}, batch)
 
 
 WORKLOADS = [
-    Workload(
-        "mlp", "MLP 784-256-10, b128", lambda r: asg_mlp(r, 128),
-        lambda r: (r.standard_normal((128, 784), np.float32), r.integers(0, 10, 128)),
-    ),
-    Workload(
-        "lenet", "LeNet-5 1x28x28, b64", lambda r: asg_lenet(r, 64),
-        lambda r: (r.standard_normal((64, 1, 28, 28), np.float32), r.integers(0, 10, 64)),
-    ),
-    Workload(
-        "gpt", "GPT-tiny L4 d128 T64, b16", lambda r: asg_gpt(r, 16),
-        lambda r: (r.integers(0, 65, (16, 64)), r.integers(0, 65, 16 * 64)),
-    ),
-]  # fmt: skip
+    Workload("mlp", "mlp", "MLP 784-256-10, b128", {"hidden": 256}, 128),
+    Workload("lenet", "lenet", "LeNet-5 1x28x28, b64", {}, 64),
+    _gpt(128, 64, 16),
+]
+SCALE = [
+    Workload("mlp-h1024", "mlp", "MLP 784-1024-10, b128", {"hidden": 1024}, 128),
+    Workload("mlp-h4096", "mlp", "MLP 784-4096-10, b512", {"hidden": 4096}, 512),
+    _gpt(256, 64, 16),
+    _gpt(512, 256, 4),
+]
 
 
-def median_ms(steps_fns: Sequence[Callable[[], Any]], warmup: int, steps: int) -> list[float]:
-    """Median wall time in ms of each step function, after ``warmup`` untimed calls of each.
+# ============================================================================ the two workers
+def adam_step_updates(params: list[Any], grads: list[Any], lr: float = 1e-3) -> dict[Any, Any]:
+    """Adam as torch.optim.Adam, with asg-core's fused ``adam_update`` op (one op per updated tensor)."""
+    step = ag.state(np.zeros((), np.float32), name="adam.step")
+    lr_t = ag.state(np.float32(lr), name="adam.lr")
+    t = step + 1.0
+    updates: dict[Any, Any] = {step: t}
+    for p, g in zip(params, grads, strict=True):
+        m = ag.state(np.zeros(p.shape, np.float32), name=f"adam.m.{p.name}")
+        v = ag.state(np.zeros(p.shape, np.float32), name=f"adam.v.{p.name}")
+        new = optim.adam_update(p, g, m, v, t, lr=lr_t)
+        updates[p], updates[m], updates[v] = new["param"], new["exp_avg"], new["exp_avg_sq"]
+    return updates
 
-    The functions are timed interleaved (one step of each per round), so that load from other processes
-    on the machine falls on all of them alike.
-    """
-    for fn in steps_fns:
-        for _ in range(warmup):
-            fn()
-    times: list[list[float]] = [[] for _ in steps_fns]
+
+def thread_setup() -> list[str]:
+    """The BLAS / OpenMP pools loaded in this process, as threadpoolctl reports them."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return ["threadpoolctl not installed"]
+    return [
+        f"{p.get('internal_api')} {p.get('version') or ''} ({os.path.basename(p.get('filepath', ''))}): "
+        f"{p.get('num_threads')} threads" + (f", {p['threading_layer']}" if p.get("threading_layer") else "")
+        for p in threadpool_info()
+    ]
+
+
+def timed(step: Callable[[], Any], warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
     for _ in range(steps):
-        for fn, record in zip(steps_fns, times, strict=True):
-            start = time.perf_counter()
-            fn()
-            record.append(time.perf_counter() - start)
-    return [float(np.median(t)) * 1e3 for t in times]
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
 
 
-def build_asg(w: Workload, seed: int, module: Any = None) -> Any:
-    """The compiled ASG training step (loss out, Adam updates in place), with torch's weights if given."""
-    model, inputs, loss = w.build(np.random.default_rng(seed))
-    if module is not None:
-        model.load_torch(module)
-    params = list(model.params.values())
-    grads = ag.grad(loss, params)
-    return ag.compile(loss, inputs=inputs, updates=adam_updates(params, grads, lr=1e-3))
+def worker_torch(w: Workload, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
 
-
-def torch_step(module: Any, x: np.ndarray, y: np.ndarray) -> Callable[[], Any]:
-    """One Adam step of the reference (as torch_cpu_steps.py); returns the loss before the update."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    module = w.build_torch()
+    if args.weights:
+        np.savez(args.weights, **{k: v.detach().numpy() for k, v in module.state_dict().items()})
+    x, y = w.make_batch(np.random.default_rng(args.seed + 1))
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
-    def step() -> Any:
+    def step() -> float:
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(module(xt), yt)
         loss.backward()
         opt.step()
         return loss
 
-    return step
+    losses = [float(step().detach()) for _ in range(3)]
+    ms = timed(step, args.warmup, args.steps)
+    return {
+        "ms": ms,
+        "losses": losses,
+        "setup": [f"torch {torch.__version__}, {torch.get_num_threads()} threads", *thread_setup()],
+    }
 
 
-def check_same_loss(
-    name: str, asg_step: Callable[[], Any], ref_step: Callable[[], Any], steps: int = 3
-) -> str:
-    """Untimed: from the same weights, ASG's and PyTorch's losses agree at steps 1 and ``steps``."""
-    losses = [(float(asg_step()), float(ref_step().detach())) for _ in range(steps)]
-    ok = all(abs(a - t) <= 1e-4 * max(1.0, abs(t)) for a, t in losses)
-    (a1, t1), (an, tn) = losses[0], losses[-1]
-    return (
-        f"{name:6s} loss check {'OK' if ok else 'MISMATCH'}: step 1 ASG {a1:.6f} torch {t1:.6f} "
-        f"(|diff| {abs(a1 - t1):.1e}); step {steps} ASG {an:.6f} torch {tn:.6f} (|diff| {abs(an - tn):.1e})"
+def worker_asg(w: Workload, args: argparse.Namespace) -> dict[str, Any]:
+    global USE_CORE_OPS
+    USE_CORE_OPS = not args.composed
+    model, inputs, loss = w.build_asg(np.random.default_rng(args.seed))
+    if args.weights and os.path.exists(args.weights):
+        with np.load(args.weights, allow_pickle=False) as state:
+            model.load_torch_state({k: state[k] for k in state.files})
+    params = list(model.params.values())
+    fn = ag.compile(
+        loss, inputs=inputs, updates=adam_step_updates(params, ag.grad(loss, params)), backend=args.backend
     )
+    x, y = w.make_batch(np.random.default_rng(args.seed + 1))
+    start = time.perf_counter()
+    losses = [float(fn(x, y))]
+    first_ms = (time.perf_counter() - start) * 1e3
+    losses += [float(fn(x, y)) for _ in range(2)]
+    ms = timed(lambda: fn(x, y), args.warmup, args.steps)
+    setup = [f"asg backend {args.backend}, {ag.get_num_threads()} threads"]
+    if "numba" in sys.modules:
+        import numba
+
+        setup.append(
+            f"numba {numba.__version__}, {numba.get_num_threads()} threads, layer {numba.threading_layer()}"
+        )
+    result = {"ms": ms, "first_ms": first_ms, "losses": losses, "setup": setup + thread_setup()}
+    if args.profile:
+        result["profile"] = profile_text(w.name, ms, fn, (x, y), args.top)
+    return result
 
 
-def profile_plan(fn: Any, feeds: Sequence[np.ndarray], repeats: int = 10) -> tuple[float, list, list]:
-    """Time every kernel of the plan that ``fn(*feeds)`` runs, by running its steps one by one.
-
-    Returns (total kernel ms per step, [(op, ms, calls)] by op, [(ms, node text)] slowest nodes), each
-    kernel's time being its median over ``repeats`` runs. Parameters are not updated by these runs.
-    """
-    fn(*feeds)  # make sure the plan has been built and validated
-    runs = [fn.profile(*feeds) for _ in range(repeats)]  # Function.profile: one traced step, no update
+def profile_text(
+    name: str, step_ms: float, fn: Any, feeds: Sequence[np.ndarray], top: int, repeats: int = 10
+) -> str:
+    """Per-op kernel times of the plan (median of ``repeats`` traced runs, no parameter updates)."""
+    runs = [fn.profile(*feeds) for _ in range(repeats)]
     nodes = runs[0].nodes
-    samples = np.array([[t.seconds for t in run.nodes] for run in runs])
-    # The median over repeats of each kernel resists preemption by other processes.
-    per_step = np.median(samples, axis=0) * 1e3
+    per_step = np.median(np.array([[t.seconds for t in run.nodes] for run in runs]), axis=0) * 1e3
     by_op: dict[str, list[float]] = {}
     for node, ms in zip(nodes, per_step, strict=True):
         entry = by_op.setdefault(node.op, [0.0, 0])
         entry[0] += ms
         entry[1] += 1
-    ops = sorted(((op, ms, n) for op, (ms, n) in by_op.items()), key=lambda r: -r[1])
-    slow = sorted(
-        ((ms, node.line) for node, ms in zip(nodes, per_step, strict=True)),
-        key=lambda r: -r[0],
-    )
-    return float(per_step.sum()), ops, slow
+    total = float(per_step.sum())
+    lines = [
+        f"--- {name}: {len(nodes)} kernels, {total:.2f} ms in kernels per step "
+        f"(step {step_ms:.2f} ms; the rest is executor overhead and parameter copies)",
+        f"  {'op':24s} {'ms/step':>8s} {'share':>6s} {'calls':>5s}",
+    ]
+    for op, (ms, n) in sorted(by_op.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"  {op:24s} {ms:8.3f} {ms / total:6.1%} {n:5d}")
+    lines.append("  slowest nodes:")
+    for ms, node in sorted(zip(per_step, nodes, strict=True), key=lambda r: -r[0])[: min(top, 8)]:
+        lines.append(f"  {ms:8.3f} ms  {node.line.strip()[:150]}")
+    return "\n".join(lines)
 
 
-def print_profile(name: str, total_step_ms: float, fn: Any, feeds: Sequence[np.ndarray], top: int) -> None:
-    kernels_ms, ops, slow = profile_plan(fn, feeds)
-    n_nodes = sum(n for _, _, n in ops)
-    print(
-        f"\n--- {name}: {n_nodes} kernels, {kernels_ms:.2f} ms in kernels per step "
-        f"(step {total_step_ms:.2f} ms; the rest is executor/Python overhead and parameter copies)"
-    )
-    print(f"  {'op':24s} {'ms/step':>8s} {'share':>6s} {'calls':>5s}")
-    for op, ms, n in ops[:top]:
-        print(f"  {op:24s} {ms:8.3f} {ms / kernels_ms:6.1%} {n:5d}")
-    print("  slowest nodes:")
-    for ms, text in slow[: min(top, 8)]:
-        print(f"  {ms:8.3f} ms  {text.strip()[:150]}")
+# ============================================================================ the parent
+def run_worker(
+    kind: str, w: Workload, args: argparse.Namespace, weights: str, backend: str = ""
+) -> dict | None:
+    cmd = [
+        sys.executable, os.path.abspath(__file__), "--worker", kind, "--only", w.name,
+        "--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup),
+        "--seed", str(args.seed), "--weights", weights, "--top", str(args.top),
+    ]  # fmt: skip
+    if backend:
+        cmd += ["--backend", backend]
+    cmd += ["--profile"] * args.profile + ["--composed"] * args.composed
+    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    if done.returncode != 0:
+        print(f"  {kind} {backend} {w.name} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def main(argv: list[str] | None = None) -> None:
-    global USE_CORE_OPS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="timed steps per workload (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    parser.add_argument("--only", default="mlp,lenet,gpt", help="comma-separated subset of mlp,lenet,gpt")
+    parser.add_argument("--only", default="", help="comma-separated workloads (default: mlp,lenet,gpt)")
+    parser.add_argument("--scale", action="store_true", help="add the larger MLP and GPT sizes")
+    parser.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
     parser.add_argument(
-        "--threads", type=int, default=None, help="BLAS/torch threads (default: library defaults)"
+        "--backends", default="numpy,numpy-jit", help="ASG backends to time (default numpy,numpy-jit)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="per-op kernel times of the ASG plans")
-    parser.add_argument("--profile-only", action="store_true", help="only the profile (no timing table)")
     parser.add_argument("--top", type=int, default=12, help="rows in each profile (default 12)")
     parser.add_argument("--composed", action="store_true", help="conv/pool/layer_norm from primitive ops")
-    parser.add_argument("--no-check", action="store_true", help="skip the ASG-vs-torch loss check")
+    # internal: one measurement in this process
+    parser.add_argument("--worker", choices=("asg", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="numpy-jit", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    USE_CORE_OPS = not args.composed
-    chosen = [w for w in WORKLOADS if w.name in {s.strip() for s in args.only.split(",")}]
-    if not chosen:
-        parser.error(f"--only: choose from {', '.join(w.name for w in WORKLOADS)}")
+    every = WORKLOADS + SCALE
+    names = [s.strip() for s in args.only.split(",") if s.strip()] or [w.name for w in WORKLOADS]
+    if args.scale and not args.only:
+        names += [w.name for w in SCALE]
+    chosen = [w for w in every if w.name in names]
+    unknown = set(names) - {w.name for w in every}
+    if unknown or not chosen:
+        parser.error(f"--only: choose from {', '.join(w.name for w in every)}")
 
-    if torch is not None and args.threads:
-        torch.set_num_threads(args.threads)
-    threads = f"torch threads {torch.get_num_threads()}" if torch is not None else "torch not installed"
+    if args.worker:
+        w = chosen[0]
+        result = worker_asg(w, args) if args.worker == "asg" else worker_torch(w, args)
+        print(json.dumps(result))
+        return
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    with_torch = torch_installed()
     print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"numpy {np.__version__}, {threads}, "
-        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'default')}"
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
+        f"({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable), "
+        f"load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}, Python {platform.python_version()}, "
+        f"numpy {np.__version__}"
     )
     print(
-        f"median of {args.steps} steps after {args.warmup} warm-up steps, ASG and PyTorch steps interleaved; "
-        "Adam lr 1e-3, fp32, one fixed random batch\n"
+        f"{args.threads} threads per framework, each framework in its own process; median of {args.steps} steps "
+        f"after 3 checked + {args.warmup} warm-up steps; Adam lr 1e-3, fp32, one fixed random batch\n",
+        flush=True,
     )
-
-    rows, profiles = [], []
-    for w in chosen:
-        x, y = w.make_batch(np.random.default_rng(args.seed + 1))
-        module = None
-        if torch is not None:
-            torch.manual_seed(args.seed)
-            module = torch_models()[w.name]()
-        step = build_asg(w, args.seed, module)
-
-        def asg_step(step: Any = step, x: np.ndarray = x, y: np.ndarray = y) -> Any:
-            return step(x, y)
-
-        ref_step = torch_step(module, x, y) if module is not None else None
-        if args.profile_only:
-            profiles.append((w.name, median_ms([asg_step], 2, 3)[0], step, (x, y)))
-            continue
-        if ref_step is not None and not args.no_check:
-            print(check_same_loss(w.name, asg_step, ref_step), flush=True)
-        medians = median_ms(
-            [asg_step] + ([ref_step] if ref_step is not None else []), args.warmup, args.steps
-        )
-        asg_ms, torch_ms = medians[0], (medians[1] if ref_step is not None else None)
-        rows.append((w, asg_ms, torch_ms))
-        if args.profile:
-            profiles.append((w.name, asg_ms, step, (x, y)))
+    rows, setups, profiles = [], {}, []
+    with tempfile.TemporaryDirectory(prefix="asg-bench-") as tmp:
+        for w in chosen:
+            weights = os.path.join(tmp, f"{w.name}.npz")
+            ref = run_worker("torch", w, args, weights) if with_torch else None
+            if ref is not None:
+                setups.setdefault("PyTorch", ref["setup"])
+            results = {}
+            for backend in backends:
+                got = run_worker("asg", w, args, weights if ref is not None else "", backend)
+                if got is None:
+                    continue
+                results[backend] = got
+                setups.setdefault(f"ASG {backend}", got["setup"])
+                if ref is not None:
+                    print(loss_check(w.name, backend, got["losses"], ref["losses"]), flush=True)
+                if "profile" in got:
+                    profiles.append(f"[{backend}] " + got["profile"])
+            rows.append((w, results, ref))
     print()
+    for side, lines in setups.items():
+        print(f"{side}: " + "; ".join(lines))
+    print()
+    print_table(rows, backends)
+    for text in profiles:
+        print("\n" + text)
 
-    if rows:
-        print_table(rows)
-    for name, asg_ms, step, feeds in profiles:
-        print_profile(name, asg_ms, step, feeds, args.top)
+
+def loss_check(name: str, backend: str, asg: Sequence[float], ref: Sequence[float]) -> str:
+    ok = all(abs(a - t) <= 1e-4 * max(1.0, abs(t)) for a, t in zip(asg, ref, strict=True))
+    return (
+        f"{name:14s} {backend:10s} loss check {'OK' if ok else 'MISMATCH'}: step 1 ASG {asg[0]:.6f} torch {ref[0]:.6f} "
+        f"(|diff| {abs(asg[0] - ref[0]):.1e}); step 3 ASG {asg[-1]:.6f} torch {ref[-1]:.6f} "
+        f"(|diff| {abs(asg[-1] - ref[-1]):.1e})"
+    )
 
 
-def print_table(rows: list[tuple[Workload, float, float | None]]) -> None:
-    """The markdown table: ASG and PyTorch median step times, ratio and target."""
-    header = f"| {'workload':26s} | {'ASG ms':>8s} |"
-    if any(t is not None for _, _, t in rows):
-        header += f" {'PyTorch ms':>10s} | {'ASG/PyTorch':>11s} | {'target':>6s} | {'':4s} |"
-    print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for w, asg_ms, torch_ms in rows:
-        line = f"| {w.label:26s} | {asg_ms:8.2f} |"
-        if torch_ms is not None:
-            ratio = asg_ms / torch_ms
-            ok = "ok" if ratio <= TARGETS[w.name] else "MISS"
-            line += f" {torch_ms:10.2f} | {ratio:11.2f} | {'<= ' + str(TARGETS[w.name]):>6s} | {ok:4s} |"
-        print(line)
+def print_table(rows: list[tuple[Workload, dict[str, dict], dict | None]], backends: list[str]) -> None:
+    """The markdown table: median step times, the ratio ASG / PyTorch per backend, and the target."""
+    head = f"| {'workload':28s} |" + "".join(f" {'ASG ' + b + ' ms':>17s} |" for b in backends)
+    head += f" {'PyTorch ms':>10s} |" + "".join(f" {'ratio ' + b:>15s} |" for b in backends) + " target |"
+    print(head)
+    print("|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
+    for w, results, ref in rows:
+        line = f"| {w.label:28s} |"
+        for b in backends:
+            line += f" {results[b]['ms']:17.2f} |" if b in results else f" {'failed':>17s} |"
+        line += f" {ref['ms']:10.2f} |" if ref else f" {'-':>10s} |"
+        for b in backends:
+            ratio = results[b]["ms"] / ref["ms"] if ref and b in results else float("nan")
+            line += f" {ratio:15.2f} |"
+        print(line + f" {'<= ' + str(TARGETS[w.family]):>6s} |")
+    first = [f"{w.name} {b} {r['first_ms']:.0f} ms" for w, res, _ in rows for b, r in res.items()]
+    print("\nfirst step (plan build, JIT compile or cache load, checked run): " + ", ".join(first))
 
 
 if __name__ == "__main__":
