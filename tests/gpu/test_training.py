@@ -69,3 +69,23 @@ def test_gpu_memory_is_flat_over_500_steps():
     after = pool.stats()
     assert after.in_use_bytes == before.in_use_bytes
     assert after.created == before.created  # no buffer allocated after the first step
+
+
+def test_gpt_training_step_matches_numpy():
+    # the benchmark's model (pre-norm blocks, causal attention, tied head, AdamW) at a tiny size
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[2] / "benchmarks" / "gpu_gpt_step.py"
+    spec = importlib.util.spec_from_file_location("gpu_gpt_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    cfg = (65, 8, 16, 2, 2, 2)  # vocab, T, d, layers, heads, batch
+    x = rng.integers(0, 65, (2, 8)).astype(np.int64)
+    y = rng.integers(0, 65, (16,)).astype(np.int64)
+    gpu, ref = bench.asg_step("wgpu", *cfg), bench.asg_step("numpy", *cfg)
+    got = [float(gpu(x, y)) for _ in range(5)]
+    want = [float(ref(x, y)) for _ in range(5)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got[-1] < got[0]
