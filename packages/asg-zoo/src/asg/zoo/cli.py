@@ -1,0 +1,492 @@
+"""The ``asg-zoo`` command line: ``train``, ``eval``, ``generate`` and ``info``.
+
+    asg-zoo train lenet5 --dataset digits --epochs 15 --out runs/lenet   # ends with "test accuracy: 98.33%"
+    asg-zoo train gpt --dataset shakespeare --steps 300 --out runs/gpt    # then prints a generated sample
+    asg-zoo eval runs/lenet
+    asg-zoo generate runs/gpt --prompt "ROMEO:" --max-new-tokens 200 --top-k 20
+    asg-zoo info resnet18 --dataset cifar10
+
+Datasets: ``digits`` and ``shakespeare`` are bundled with asg-data; ``mnist``, ``fashion-mnist`` and
+``cifar10`` are read from local files (``--data-dir``, or the loaders' environment variables; MNIST
+also from ``.data/mnist`` as fetched by ``scripts/fetch_test_data.sh``). Each epoch writes
+``<out>/ckpt-<epoch>.safetensors`` through asg-nn's CheckpointManager (weights, Adam state, the model config as
+JSON); ``--resume`` continues from the latest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import asg.core as ag
+import asg.data as data
+from asg import nn
+
+from .cnn import LeNet5, LeNetConfig, ResNet, ResNetConfig
+from .gpt import GPT, GPTConfig, lm_loss
+from .mlp import MLP, MLPConfig
+from .vit import ViT, ViTConfig
+
+__all__ = ["MODELS", "build_model", "estimate_flops", "load_dataset", "main", "run"]
+
+IMAGE_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+TEXT_DATASETS = ("shakespeare",)
+MODELS = ("mlp", "lenet5", "resnet18", "resnet34", "resnet50", "vit", "gpt")
+CONFIGS = {"mlp": MLPConfig, "lenet5": LeNetConfig, "vit": ViTConfig, "gpt": GPTConfig}
+
+
+# --------------------------------------------------------------------------- data
+def _mnist_dir(args_dir: str | None) -> str | None:
+    if args_dir or os.environ.get("ASG_MNIST_DIR"):
+        return args_dir
+    local = Path.cwd() / ".data" / "mnist"
+    return str(local) if local.is_dir() else None
+
+
+def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """``{"x_train", "y_train", "x_test", "y_test"}``: images float32 ``(N, C, H, W)`` standardised with
+    the training set's mean and std, labels int64."""
+    if name == "digits":
+        images, labels = data.load_digits(as_float=True)
+        x_train, x_test, y_train, y_test = data.train_test_split(
+            images[:, None], labels, test_size=0.2, seed=seed, stratify=labels
+        )
+    elif name in ("mnist", "fashion-mnist"):
+        loader = data.load_mnist if name == "mnist" else data.load_fashion_mnist
+        root = _mnist_dir(data_dir) if name == "mnist" else data_dir
+        x_train, y_train = loader(root, split="train")
+        x_test, y_test = loader(root, split="test")
+        x_train, x_test = x_train[:, None] / np.float32(255), x_test[:, None] / np.float32(255)
+    elif name == "cifar10":
+        x_train, y_train = data.load_cifar10(data_dir, split="train")
+        x_test, y_test = data.load_cifar10(data_dir, split="test")
+        x_train, x_test = x_train / np.float32(255), x_test / np.float32(255)
+    else:
+        raise ValueError(f"unknown image dataset {name!r}; choose one of {', '.join(IMAGE_DATASETS)}")
+    mean, std = float(x_train.mean()), float(x_train.std())
+    return {
+        "x_train": ((x_train - mean) / std).astype(np.float32),
+        "y_train": np.asarray(y_train, np.int64),
+        "x_test": ((x_test - mean) / std).astype(np.float32),
+        "y_test": np.asarray(y_test, np.int64),
+    }
+
+
+# --------------------------------------------------------------------------- models
+def default_config(model: str, shape: tuple[int, ...], classes: int, vocab: int = 0) -> Any:
+    """The config ``asg-zoo train MODEL`` uses for inputs of ``shape`` ``(C, H, W)``."""
+    c, h = shape[0], shape[-1] if shape else 0
+    if model == "mlp":
+        return MLPConfig(in_features=int(np.prod(shape)), hidden=(256, 128), num_classes=classes)
+    if model == "lenet5":
+        if h < 16:  # the bundled 8x8 digits: 3x3 kernels, padded second conv, wider channels
+            return LeNetConfig(c, h, classes, channels=(16, 32), kernel_size=3, conv2_padding=1)
+        return LeNetConfig(c, h, classes)
+    if model.startswith("resnet"):
+        layers = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3)}[model]
+        block = "bottleneck" if model == "resnet50" else "basic"
+        return ResNetConfig(block, layers, classes, in_channels=c, stem="cifar" if h <= 64 else "imagenet")
+    if model == "vit":
+        patch = 2 if h <= 8 else 4 if h <= 32 else 16
+        return ViTConfig(h, patch, c, 64, 4, 4, 128, num_labels=classes)
+    if model == "gpt":
+        return GPTConfig(block_size=64, vocab_size=vocab, n_layer=2, n_head=4, n_embd=64)
+    raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+
+
+def build_model(model: str, config: Any) -> nn.Module:
+    """The module for ``model`` from its config dataclass."""
+    if model == "mlp":
+        return MLP(config)
+    if model == "lenet5":
+        return LeNet5(config)
+    if model.startswith("resnet"):
+        return ResNet(config)
+    if model == "vit":
+        return ViT(config)
+    if model == "gpt":
+        return GPT(config)
+    raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+
+
+def _config_from_json(model: str, values: dict[str, Any]) -> Any:
+    cls = ResNetConfig if model.startswith("resnet") else CONFIGS[model]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields})
+
+
+def _accuracy(y_true: np.ndarray, logits: np.ndarray) -> float:
+    return float((np.asarray(logits).argmax(-1) == y_true).mean())
+
+
+# --------------------------------------------------------------------------- checkpoints
+class _EpochCheckpoint(nn.Callback):
+    """Save weights, Adam state and everything needed to rebuild the model after each epoch."""
+
+    def __init__(self, manager: nn.CheckpointManager, first_epoch: int, info: dict[str, Any]) -> None:
+        self.manager, self.first_epoch, self.info = manager, first_epoch, info
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        trainer = self.trainer
+        self.manager.save(
+            self.first_epoch + epoch + 1, trainer.model, trainer.optimizer, metrics=logs, **self.info
+        )
+
+
+def _checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file, or the latest one of a directory written by ``asg-zoo train``."""
+    path = Path(path)
+    if path.is_dir():
+        entry = nn.CheckpointManager(path).latest()
+        if entry is None:
+            raise FileNotFoundError(
+                f"{path}: no checkpoints (expected {nn.CheckpointManager.INDEX} from asg-zoo train)"
+            )
+        return path / entry["file"]
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+    return path
+
+
+def _read_checkpoint_info(path: str | Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:  # the JSON header nn.save_checkpoint writes
+        header = json.loads((f.metadata() or {}).get("asg.checkpoint", "{}") or "{}")
+    meta = header.get("metadata")
+    if not meta or "model_name" not in meta:
+        raise ValueError(
+            f"{path}: not a checkpoint written by `asg-zoo train` (no model name in its metadata)"
+        )
+    return meta
+
+
+def _restore(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    path = _checkpoint_file(path)
+    meta = _read_checkpoint_info(path)
+    model = build_model(meta["model_name"], _config_from_json(meta["model_name"], meta["config"]))
+    nn.load_checkpoint(path, model)
+    return model, meta
+
+
+# --------------------------------------------------------------------------- commands
+def _train_images(args: argparse.Namespace) -> float:
+    ds = load_dataset(args.dataset, args.data_dir, args.seed)
+    shape, classes = ds["x_train"].shape[1:], int(ds["y_train"].max()) + 1
+    config = default_config(args.model, shape, classes)
+    nn.init.manual_seed(args.seed)
+    model = build_model(args.model, config)
+    opt = nn.optim.Adam(model.parameters(), lr=args.lr)
+    manager = nn.CheckpointManager(args.out, max_to_keep=2)
+    start = 0
+    if args.resume and manager.latest() is not None:
+        start = int(manager.restore(model, opt)["step"])
+        print(f"resumed from {manager.path(manager.latest())} after epoch {start}")
+    n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
+    print(
+        f"{args.model} on {args.dataset}: {len(ds['y_train'])} training and {len(ds['y_test'])} test images "
+        f"{tuple(shape)}, {classes} classes, {n_params:,} parameters, backend {args.backend}"
+    )
+    loader = data.DataLoader(
+        data.InMemoryDataset(ds["x_train"], ds["y_train"]),
+        batch_size=args.batch_size,
+        shuffle=True,
+        seed=args.seed,
+    )
+    test_batches = [
+        (ds["x_test"][i : i + 500], ds["y_test"][i : i + 500]) for i in range(0, len(ds["y_test"]), 500)
+    ]
+    info = {"model_name": args.model, "config": dataclasses.asdict(config), "dataset": args.dataset}
+    began = time.perf_counter()
+    epochs = max(args.epochs - start, 0)
+    if epochs:
+        nn.fit(
+            model, nn.CrossEntropyLoss(), opt, loader, epochs=epochs, val_batches=test_batches,
+            metrics={"acc": _accuracy}, callbacks=[_EpochCheckpoint(manager, start, info), _EpochLine(start, args.epochs)],
+            progress=args.progress, backend=args.backend,
+        )  # fmt: skip
+    seconds = time.perf_counter() - began
+    acc = _evaluate_images(model, ds["x_test"], ds["y_test"], args.backend)
+    print(
+        f"trained {epochs} epochs in {seconds:.1f} s ({seconds / max(epochs, 1):.1f} s/epoch); checkpoints in {args.out}"
+    )
+    print(f"test accuracy: {acc:.2%}")
+    return acc
+
+
+class _EpochLine(nn.Callback):
+    """One plain line per epoch (the tqdm bar is only drawn on a terminal)."""
+
+    def __init__(self, start: int, total: int) -> None:
+        self.start, self.total, self.t0 = start, total, time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        took = time.perf_counter() - self.t0
+        self.t0 = time.perf_counter()
+        print(
+            f"epoch {self.start + epoch + 1}/{self.total}: loss {logs['loss']:.4f} acc {logs['acc']:.2%} "
+            f"| test loss {logs['val_loss']:.4f} acc {logs['val_acc']:.2%} | {took:.1f} s",
+            flush=True,
+        )
+
+
+def _evaluate_images(model: nn.Module, x: np.ndarray, y: np.ndarray, backend: str = "numpy") -> float:
+    infer = nn.compile_inference(model, inputs=[ag.input("x", ("B", *x.shape[1:]))], backend=backend)
+    logits = np.concatenate([infer(x[i : i + 500]) for i in range(0, len(x), 500)])
+    return _accuracy(y, logits)
+
+
+def _shakespeare(seed: int) -> tuple[data.CharTokenizer, np.ndarray, np.ndarray]:
+    text = data.load_shakespeare()
+    tok = data.CharTokenizer.fit(text)
+    ids = np.asarray(tok.encode(text), np.int64)
+    split = int(len(ids) * 0.9)
+    return tok, ids[:split], ids[split:]
+
+
+def _train_gpt(args: argparse.Namespace) -> float:
+    from tqdm.auto import tqdm
+
+    tok, train_ids, test_ids = _shakespeare(args.seed)
+    config = GPTConfig(
+        block_size=args.block_size, vocab_size=tok.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
+        n_embd=args.n_embd, dropout=0.0,
+    )  # fmt: skip
+    nn.init.manual_seed(args.seed)
+    model = GPT(config)
+    opt = nn.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    manager = nn.CheckpointManager(args.out, max_to_keep=2)
+    start = 0
+    if args.resume and manager.latest() is not None:
+        start = int(manager.restore(model, opt)["step"])
+        print(f"resumed from {manager.path(manager.latest())} after step {start}")
+    print(
+        f"gpt on shakespeare: {len(train_ids):,} training and {len(test_ids):,} test characters, vocabulary "
+        f"{tok.vocab_size}, {model.num_params():,} parameters, block {config.block_size}, backend {args.backend}"
+    )
+    T = config.block_size
+    inputs = [ag.input("idx", ("B", T), "int64"), ag.input("targets", ("B", T), "int64")]
+    step = nn.compile_train_step(model, lm_loss, opt, inputs, clip_grad_norm=1.0, backend=args.backend)
+    rng = np.random.default_rng(args.seed + start)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    bar = tqdm(range(start, args.steps), desc="train", disable=not show, initial=start, total=args.steps)
+    began, loss = time.perf_counter(), float("nan")
+    for i in bar:
+        x, y = data.random_blocks(train_ids, T, args.batch_size, rng=rng)
+        loss = step(x, y)
+        if show:
+            rate = (i + 1 - start) * args.batch_size * T / (time.perf_counter() - began)
+            bar.set_postfix(loss=f"{loss:.3f}", tokens_per_s=f"{rate:.0f}")
+        if (i + 1) % max(args.steps // 5, 1) == 0 and not show:
+            print(f"step {i + 1}/{args.steps}: loss {loss:.4f}", flush=True)
+    bar.close()
+    seconds = time.perf_counter() - began
+    info = {
+        "model_name": "gpt",
+        "config": dataclasses.asdict(config),
+        "dataset": "shakespeare",
+        "tokenizer": tok.to_dict(),
+    }
+    ckpt = manager.save(args.steps, model, opt, metrics={"loss": loss}, **info)
+    acc = _gpt_accuracy(model, test_ids, T, args.backend)
+    print(f"trained {args.steps - start} steps in {seconds:.1f} s; checkpoint {ckpt}")
+    print(f"test accuracy (next character): {acc:.2%}")
+    sample = model.generate(
+        np.array([tok.encode(args.prompt)]), args.max_new_tokens, temperature=0.8, top_k=20, seed=args.seed
+    )
+    print("sample:\n" + tok.decode(sample[0].tolist()))
+    return acc
+
+
+def _gpt_accuracy(model: GPT, ids: np.ndarray, T: int, backend: str) -> float:
+    infer = nn.compile_inference(model, inputs=[ag.input("idx", ("B", T), "int64")], backend=backend)
+    n = (len(ids) - 1) // T
+    n = min(n, 256)  # 256 blocks: enough for a stable estimate, fast on a CPU
+    x = ids[: n * T].reshape(n, T)
+    y = ids[1 : n * T + 1].reshape(n, T)
+    correct = sum(int((infer(x[i : i + 32]).argmax(-1) == y[i : i + 32]).sum()) for i in range(0, n, 32))
+    return correct / y.size
+
+
+def cmd_train(args: argparse.Namespace) -> float:
+    if args.model == "gpt":
+        if args.dataset not in TEXT_DATASETS:
+            raise SystemExit(f"asg-zoo train gpt: --dataset must be one of {', '.join(TEXT_DATASETS)}")
+        return _train_gpt(args)
+    if args.dataset not in IMAGE_DATASETS:
+        raise SystemExit(f"asg-zoo train {args.model}: --dataset must be one of {', '.join(IMAGE_DATASETS)}")
+    return _train_images(args)
+
+
+def cmd_eval(args: argparse.Namespace) -> float:
+    model, meta = _restore(args.checkpoint)
+    dataset = args.dataset or meta["dataset"]
+    if meta["model_name"] == "gpt":
+        tok = data.CharTokenizer.from_dict(meta["tokenizer"])
+        _, _, test_ids = _shakespeare(0)
+        acc = _gpt_accuracy(model, test_ids, model.config.block_size, args.backend)
+        del tok
+        print(f"test accuracy (next character): {acc:.2%}")
+        return acc
+    ds = load_dataset(dataset, args.data_dir)
+    acc = _evaluate_images(model, ds["x_test"], ds["y_test"], args.backend)
+    print(f"{meta['model_name']} on {dataset}: test accuracy: {acc:.2%}")
+    return acc
+
+
+def cmd_generate(args: argparse.Namespace) -> str:
+    model, meta = _restore(args.checkpoint)
+    if meta["model_name"] != "gpt" or "tokenizer" not in meta:
+        raise SystemExit(
+            f"asg-zoo generate: {args.checkpoint} holds a {meta['model_name']}, not a character GPT"
+        )
+    tok = data.CharTokenizer.from_dict(meta["tokenizer"])
+    out = model.generate(
+        np.array([tok.encode(args.prompt)]), args.max_new_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed, backend=args.backend,
+    )  # fmt: skip
+    text = tok.decode(out[0].tolist())
+    print(text)
+    return text
+
+
+def estimate_flops(graph: ag.Graph, batch: int = 1) -> int:
+    """Multiply-adds x 2 of the matmuls and convolutions in ``graph`` (symbolic dims counted as ``batch``)."""
+
+    def size(shape: Sequence[Any]) -> int:
+        return int(np.prod([d if isinstance(d, int) else batch for d in shape]))
+
+    total = 0
+    for node in graph.nodes:
+        if node.op in ("matmul", "linear"):
+            k = node.inputs[0].shape[-1]
+            total += 2 * size(node.shape) * (k if isinstance(k, int) else batch)
+        elif node.op == "conv2d":
+            w = node.inputs[1].shape
+            total += 2 * size(node.shape) * size(w[1:])
+    return total
+
+
+def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
+    if args.model == "gpt":
+        config = GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=4, n_embd=64)
+        x = ag.input("idx", ("B", 64), "int64")
+    else:
+        shape = {
+            "digits": (1, 8, 8),
+            "mnist": (1, 28, 28),
+            "fashion-mnist": (1, 28, 28),
+            "cifar10": (3, 32, 32),
+        }
+        config = default_config(args.model, shape[args.dataset], 10)
+        x = ag.input("x", ("B", *shape[args.dataset]))
+    model = build_model(args.model, config)
+    model.eval()
+    y = model(x)
+    fn = ag.compile(y, inputs=[x])
+    graph = fn.graph
+    params = sum(int(np.prod(p.shape)) for p in model.parameters())
+    counts = graph.op_counts()
+    flops = estimate_flops(graph, 1)
+    print(f"{args.model} ({type(config).__name__}): {dataclasses.asdict(config)}")
+    print(f"parameters: {params:,}")
+    print(
+        f"graph: {len(graph.nodes)} nodes; ops: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    )
+    print(f"FLOPs per example (matmul + conv, x2 multiply-adds): {flops:,}")
+    if args.graph:
+        print(graph)
+    return {"parameters": params, "nodes": len(graph.nodes), "flops": flops}
+
+
+# --------------------------------------------------------------------------- argument parsing
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="asg-zoo", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--backend", default="numpy", help="numpy (default) or wgpu (needs asg-gpu)")
+        s.add_argument(
+            "--data-dir", default=None, help="directory of the dataset's files (mnist, cifar10 ...)"
+        )
+
+    t = sub.add_parser("train", help="train a model and print its test accuracy")
+    t.add_argument("model", choices=MODELS)
+    t.add_argument("--dataset", required=True, choices=IMAGE_DATASETS + TEXT_DATASETS)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="runs/asg-zoo", help="checkpoint directory (default runs/asg-zoo)")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    t.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tqdm bar (default: on a terminal)",
+    )
+    g = t.add_argument_group("gpt")
+    g.add_argument("--steps", type=int, default=300)
+    g.add_argument("--block-size", type=int, default=64)
+    g.add_argument("--n-layer", type=int, default=2)
+    g.add_argument("--n-head", type=int, default=4)
+    g.add_argument("--n-embd", type=int, default=64)
+    g.add_argument("--prompt", default="ROMEO:\n")
+    g.add_argument("--max-new-tokens", type=int, default=200)
+    common(t)
+
+    e = sub.add_parser("eval", help="test accuracy of a checkpoint written by train")
+    e.add_argument("checkpoint")
+    e.add_argument("--dataset", default=None, choices=IMAGE_DATASETS + TEXT_DATASETS)
+    common(e)
+
+    gen = sub.add_parser("generate", help="sample text from a GPT checkpoint")
+    gen.add_argument("checkpoint")
+    gen.add_argument("--prompt", default="\n")
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    common(gen)
+
+    i = sub.add_parser("info", help="parameters, graph size, FLOPs estimate and graph summary of a model")
+    i.add_argument("model", choices=MODELS)
+    i.add_argument("--dataset", default="digits", choices=IMAGE_DATASETS)
+    i.add_argument("--graph", action="store_true", help="print the whole graph")
+    return p
+
+
+def run(argv: Sequence[str] | None = None) -> Any:
+    """Run one ``asg-zoo`` command and return its result (the test accuracy for train and eval)."""
+    args = _parser().parse_args(argv)
+    if getattr(args, "backend", "numpy") not in ag.available_backends():
+        raise SystemExit(
+            f"asg-zoo: backend {args.backend!r} is not installed (available: {', '.join(ag.available_backends())}); "
+            "`pip install asg-zoo[gpu]` adds wgpu"
+        )
+    try:
+        return {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info}[
+            args.command
+        ](args)
+    except (data.DatasetNotFoundError, FileNotFoundError) as err:
+        raise SystemExit(f"asg-zoo {args.command}: {err}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``asg-zoo`` console script: exit status 0 on success."""
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
