@@ -55,7 +55,14 @@ class WgpuBackend(Backend):
     The device is created on first use; without an adapter that is a :class:`~asg.gpu.device.NoAdapterError`.
     """
 
-    capabilities = Capabilities(dtypes=frozenset({"float32", "int32", "int64", "bool"}), narrow_index=True)
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """float32, int32, bool (and int64 random keys); float16 where the adapter has ``shader-f16``."""
+        dtypes = {"float32", "int32", "int64", "bool"}
+        if "shader-f16" in self.device().features:
+            dtypes.add("float16")
+        return Capabilities(dtypes=frozenset(dtypes), narrow_index=True)
+
     options: Mapping[str, Any] = {"adapter": None, "raw_dispatch": True, "fusion": True}
 
     def __init__(self) -> None:

@@ -6,6 +6,7 @@ Storage layout per asg dtype (what a buffer holds, element by element):
 dtype       WGSL storage       value in a kernel
 ==========  =================  =========================================================
 float32     ``array<f32>``     ``f32``
+float16     ``array<f16>``     ``f32`` (stored rounded to f16; needs the ``shader-f16`` feature)
 int32       ``array<i32>``     ``i32``
 int64       ``array<i32>``     two words per element (little endian, as numpy's bytes);
                                kernels compute on the low word as ``i32`` (index values)
@@ -29,9 +30,9 @@ import numpy as np
 WG = 256  # invocations per workgroup of the one-thread-per-element kernels
 MAX_GROUPS = 65535
 
-VTYPE = {"float32": "f32", "int32": "i32", "int64": "i32", "bool": "bool"}
-STORAGE = {"float32": "f32", "int32": "i32", "int64": "i32", "bool": "u32"}
-ITEMSIZE = {"float32": 4, "int32": 4, "int64": 8, "bool": 4}
+VTYPE = {"float32": "f32", "float16": "f32", "int32": "i32", "int64": "i32", "bool": "bool"}
+STORAGE = {"float32": "f32", "float16": "f16", "int32": "i32", "int64": "i32", "bool": "u32"}
+ITEMSIZE = {"float32": 4, "float16": 2, "int32": 4, "int64": 8, "bool": 4}
 
 
 # ----------------------------------------------------------------------------- host side conversions
@@ -98,6 +99,8 @@ def load(buf: str, dtype: str, index: str) -> str:
         return f"({buf}[{index}] != 0u)"
     if dtype == "int64":
         return f"{buf}[2 * ({index})]"
+    if dtype == "float16":
+        return f"f32({buf}[{index}])"
     return f"{buf}[{index}]"
 
 
@@ -107,6 +110,8 @@ def store(buf: str, dtype: str, index: str, value: str) -> str:
         return f"{buf}[{index}] = select(0u, 1u, {value});"
     if dtype == "int64":
         return f"{{ let v64 = {value}; {buf}[2 * ({index})] = v64; {buf}[2 * ({index}) + 1] = select(0, -1, v64 < 0); }}"
+    if dtype == "float16":
+        return f"{buf}[{index}] = f16({value});"
     return f"{buf}[{index}] = {value};"
 
 

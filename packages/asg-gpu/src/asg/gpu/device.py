@@ -143,8 +143,9 @@ class GpuDevice:
         found = self._pipelines.get(wgsl)
         if found is None:
             _, layout = self.layout(nbindings)
+            code = "enable f16;\n" + wgsl if "f16" in wgsl and not wgsl.startswith("enable f16;") else wgsl
             try:
-                module = self.device.create_shader_module(code=wgsl)
+                module = self.device.create_shader_module(code=code)
                 found = self.device.create_compute_pipeline(
                     layout=layout, compute={"module": module, "entry_point": "main"}
                 )

@@ -236,7 +236,7 @@ def _ctype(ctx: LoweringContext, mode: str) -> str:
 def _table_rule(op: str) -> None:
     expr, mode = TABLE[op]
 
-    @gpu_lowering(op, in_place=True)
+    @gpu_lowering(op, in_place=True, f16=True)
     def rule(ctx: LoweringContext) -> Program:
         ctype = _ctype(ctx, mode)
         result = "bool" if mode == "promote" else ctype
@@ -247,7 +247,7 @@ for _op in TABLE:
     _table_rule(_op)
 
 
-@gpu_lowering("where", in_place=True)
+@gpu_lowering("where", in_place=True, f16=True)
 def _where(ctx: LoweringContext) -> Program:
     ctype = VTYPE[ctx.out_type.dtype]
     bound: list[int] = []
@@ -257,7 +257,7 @@ def _where(ctx: LoweringContext) -> Program:
     return _with_operands(ctx, f"select({b}, {a}, {cond})", ctype, bound)
 
 
-@gpu_lowering("cast", in_place=True)
+@gpu_lowering("cast", in_place=True, f16=True)
 def _cast(ctx: LoweringContext) -> Program:
     src = VTYPE[ctx.in_types[0].dtype]
     return map_program(ctx, lambda a: a[0], src, [0])
@@ -291,6 +291,18 @@ def emit(
     The result has the output dtype's value type; it is the formula of the op's own kernel (inside
     one fused kernel the shader compiler may still contract ``a * b + c`` into an fma: 1-2 ulp).
     """
+    value = _emit(op, attrs, in_dtypes, out_dtype, operands)
+    # a float16 value is rounded where numpy's op rounds it, also inside a fused kernel
+    return f"f32(f16({value}))" if out_dtype == "float16" else value
+
+
+def _emit(
+    op: str,
+    attrs: Mapping[str, Any],
+    in_dtypes: Sequence[str],
+    out_dtype: str,
+    operands: Sequence[tuple[str, str]],
+) -> str:
     out_t = VTYPE[out_dtype]
     if op == "where":
         cond = convert(*operands[0], "bool")

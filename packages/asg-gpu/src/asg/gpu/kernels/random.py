@@ -80,7 +80,7 @@ def _word(index: str) -> str:
     return f"hash32(hash32(u32({index}) ^ k.x) ^ k.y)"
 
 
-@gpu_lowering("fold_in")
+@gpu_lowering("fold_in", f16=True)
 def _fold_in(ctx: LoweringContext) -> Program:
     from ..codegen import broadcast_strides, coords, offset
 
@@ -104,7 +104,7 @@ def _fold_in(ctx: LoweringContext) -> Program:
     return _program(ctx, body, [t.dtype for t in ctx.in_types], math.prod(out))
 
 
-@gpu_lowering("random_uniform")
+@gpu_lowering("random_uniform", f16=True)
 def _uniform(ctx: LoweringContext) -> Program:
     low, high = ctx.attrs["low"], ctx.attrs["high"]
     value = f"uniform01({_word('i')})"
@@ -114,7 +114,7 @@ def _uniform(ctx: LoweringContext) -> Program:
     return _program(ctx, body, ["int64"], math.prod(int(d) for d in ctx.out_type.shape))
 
 
-@gpu_lowering("random_normal")
+@gpu_lowering("random_normal", f16=True)
 def _normal(ctx: LoweringContext) -> Program:
     body = [
         f"let k = {_key_words('in0')};",
@@ -127,7 +127,7 @@ def _normal(ctx: LoweringContext) -> Program:
     return _program(ctx, body, ["int64"], math.prod(int(d) for d in ctx.out_type.shape))
 
 
-@gpu_lowering("bernoulli")
+@gpu_lowering("bernoulli", f16=True)
 def _bernoulli(ctx: LoweringContext) -> Program:
     threshold = round(ctx.attrs["p"] * 4294967296.0)
     dtype = ctx.out_type.dtype

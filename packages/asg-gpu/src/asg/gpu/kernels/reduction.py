@@ -199,37 +199,37 @@ def _axes(ctx: LoweringContext) -> tuple[int, ...]:
     return tuple(sorted(a % nd for a in ctx.attrs["axes"]))
 
 
-@gpu_lowering("sum")
+@gpu_lowering("sum", f16=True)
 def _sum(ctx: LoweringContext) -> Program:
     return reduce_program(ctx, _axes(ctx), "sum")
 
 
-@gpu_lowering("mean")
+@gpu_lowering("mean", f16=True)
 def _mean(ctx: LoweringContext) -> Program:
     return reduce_program(ctx, _axes(ctx), "mean")
 
 
-@gpu_lowering("max")
+@gpu_lowering("max", f16=True)
 def _max(ctx: LoweringContext) -> Program:
     return reduce_program(ctx, _axes(ctx), "max")
 
 
-@gpu_lowering("min")
+@gpu_lowering("min", f16=True)
 def _min(ctx: LoweringContext) -> Program:
     return reduce_program(ctx, _axes(ctx), "min")
 
 
-@gpu_lowering("argmax")
+@gpu_lowering("argmax", f16=True)
 def _argmax(ctx: LoweringContext) -> Program:
     return reduce_program(ctx, (ctx.attrs["axis"] % len(ctx.in_types[0].shape),), "argmax")
 
 
-@gpu_lowering("argmin")
+@gpu_lowering("argmin", f16=True)
 def _argmin(ctx: LoweringContext) -> Program:
     return reduce_program(ctx, (ctx.attrs["axis"] % len(ctx.in_types[0].shape),), "argmin")
 
 
-@gpu_lowering("sum_to")
+@gpu_lowering("sum_to", f16=True)
 def _sum_to(ctx: LoweringContext) -> Program:
     shape = _shape(ctx.in_types[0])
     target = _shape(ctx.out_type)
@@ -242,7 +242,7 @@ def _sum_to(ctx: LoweringContext) -> Program:
     return reduce_program(ctx, axes, "sum")
 
 
-@gpu_lowering("count")
+@gpu_lowering("count", f16=True)
 def _count(ctx: LoweringContext) -> Program:
     shape = _shape(ctx.in_types[0])
     n = math.prod(shape[a % len(shape)] for a in ctx.attrs["axes"])
@@ -293,7 +293,7 @@ def _log_softmax_rule(ctx: LoweringContext) -> Program:
     return _softmax(ctx, log=True)
 
 
-@gpu_lowering("cumsum")
+@gpu_lowering("cumsum", f16=True)
 def _cumsum(ctx: LoweringContext) -> Program:
     shape = _shape(ctx.in_types[0])
     axis = ctx.attrs["axis"] % len(shape)

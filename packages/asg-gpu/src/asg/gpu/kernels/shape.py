@@ -49,18 +49,18 @@ def copy_program(ctx: LoweringContext, base: int, st: Sequence[int]) -> Program:
     return per_element(ctx.name, [ctx.in_types[0].dtype], dtype, _count(out), body)
 
 
-@gpu_lowering("reshape", "stop_gradient")
+@gpu_lowering("reshape", "stop_gradient", f16=True)
 def _view(ctx: LoweringContext) -> Program:
     return Program(view=True)
 
 
-@gpu_lowering("transpose")
+@gpu_lowering("transpose", f16=True)
 def _transpose(ctx: LoweringContext) -> Program:
     st = strides(_shape(ctx.in_types[0]))
     return copy_program(ctx, 0, [st[a] for a in ctx.attrs["axes"]])
 
 
-@gpu_lowering("broadcast_to")
+@gpu_lowering("broadcast_to", f16=True)
 def _broadcast_to(ctx: LoweringContext) -> Program:
     return copy_program(ctx, 0, broadcast_strides(_shape(ctx.in_types[0]), _shape(ctx.out_type)))
 
@@ -74,7 +74,7 @@ def _slices(shape: Sequence[int], index: Sequence[tuple]) -> list[tuple[int, int
     return out
 
 
-@gpu_lowering("slice")
+@gpu_lowering("slice", f16=True)
 def _slice(ctx: LoweringContext) -> Program:
     shape = _shape(ctx.in_types[0])
     st = strides(shape)
@@ -83,7 +83,7 @@ def _slice(ctx: LoweringContext) -> Program:
     return copy_program(ctx, base, [s[1] * st[d] for d, s in enumerate(sl)])
 
 
-@gpu_lowering("slice_range")
+@gpu_lowering("slice_range", f16=True)
 def _slice_range(ctx: LoweringContext) -> Program:
     shape = _shape(ctx.in_types[0])
     st = strides(shape)
@@ -92,7 +92,7 @@ def _slice_range(ctx: LoweringContext) -> Program:
     return copy_program(ctx, start * st[axis], st)
 
 
-@gpu_lowering("slice_backward")
+@gpu_lowering("slice_backward", f16=True)
 def _slice_backward(ctx: LoweringContext) -> Program:
     out = _shape(ctx.out_type)
     g = _shape(ctx.in_types[0])
@@ -113,7 +113,7 @@ def _slice_backward(ctx: LoweringContext) -> Program:
     return per_element(ctx.name, [dtype], dtype, _count(out), body)
 
 
-@gpu_lowering("concat")
+@gpu_lowering("concat", f16=True)
 def _concat(ctx: LoweringContext) -> Program:
     out = _shape(ctx.out_type)
     axis = ctx.attrs["axis"] % len(out)
@@ -139,7 +139,7 @@ def convert_load(buf: str, src: str, index: str, dst: str) -> str:
     return convert(load(buf, src, f"({index})"), VTYPE[src], VTYPE[dst])
 
 
-@gpu_lowering("pad")
+@gpu_lowering("pad", f16=True)
 def _pad(ctx: LoweringContext) -> Program:
     out = _shape(ctx.out_type)
     shape = _shape(ctx.in_types[0])
@@ -170,17 +170,17 @@ def _triangle(ctx: LoweringContext, keep: str) -> Program:
     return per_element(ctx.name, [dtype], dtype, _count(out), body)
 
 
-@gpu_lowering("tril")
+@gpu_lowering("tril", f16=True)
 def _tril(ctx: LoweringContext) -> Program:
     return _triangle(ctx, "<=")
 
 
-@gpu_lowering("triu")
+@gpu_lowering("triu", f16=True)
 def _triu(ctx: LoweringContext) -> Program:
     return _triangle(ctx, ">=")
 
 
-@gpu_lowering("arange")
+@gpu_lowering("arange", f16=True)
 def _arange(ctx: LoweringContext) -> Program:
     dtype = ctx.out_type.dtype
     t = VTYPE[dtype]
@@ -189,14 +189,14 @@ def _arange(ctx: LoweringContext) -> Program:
     return per_element(ctx.name, [], dtype, _count(_shape(ctx.out_type)), [store("out", dtype, "i", value)])
 
 
-@gpu_lowering("full")
+@gpu_lowering("full", f16=True)
 def _full(ctx: LoweringContext) -> Program:
     dtype = ctx.out_type.dtype
     value = literal(ctx.attrs["value"], VTYPE[dtype])
     return per_element(ctx.name, [], dtype, _count(_shape(ctx.out_type)), [store("out", dtype, "i", value)])
 
 
-@gpu_lowering("one_hot")
+@gpu_lowering("one_hot", f16=True)
 def _one_hot(ctx: LoweringContext) -> Program:
     out = _shape(ctx.out_type)
     dtype = ctx.out_type.dtype
@@ -214,7 +214,7 @@ def _wrapped(idx: str, size: int) -> str:
     return f"select({idx}, {idx} + {size}, {idx} < 0)"
 
 
-@gpu_lowering("index_select")
+@gpu_lowering("index_select", f16=True)
 def _index_select(ctx: LoweringContext) -> Program:
     x, idx = _shape(ctx.in_types[0]), _shape(ctx.in_types[1])
     out = _shape(ctx.out_type)
@@ -232,7 +232,7 @@ def _index_select(ctx: LoweringContext) -> Program:
     return per_element(ctx.name, [dtype, ctx.in_types[1].dtype], dtype, _count(out), body)
 
 
-@gpu_lowering("index_select_backward")
+@gpu_lowering("index_select_backward", f16=True)
 def _index_select_backward(ctx: LoweringContext) -> Program:
     g, idx = _shape(ctx.in_types[0]), _shape(ctx.in_types[1])
     out = _shape(ctx.out_type)
@@ -257,7 +257,7 @@ def _index_select_backward(ctx: LoweringContext) -> Program:
     return per_element(ctx.name, [dtype, ctx.in_types[1].dtype], dtype, _count(out), body)
 
 
-@gpu_lowering("take_along_axis", "gather")
+@gpu_lowering("take_along_axis", "gather", f16=True)
 def _take_along(ctx: LoweringContext) -> Program:
     x, idx = _shape(ctx.in_types[0]), _shape(ctx.in_types[1])
     out = _shape(ctx.out_type)
@@ -274,7 +274,7 @@ def _take_along(ctx: LoweringContext) -> Program:
     return per_element(ctx.name, [dtype, ctx.in_types[1].dtype], dtype, _count(out), body)
 
 
-@gpu_lowering("take_along_axis_backward", "gather_backward")
+@gpu_lowering("take_along_axis_backward", "gather_backward", f16=True)
 def _take_along_backward(ctx: LoweringContext) -> Program:
     g, idx = _shape(ctx.in_types[0]), _shape(ctx.in_types[1])
     out = _shape(ctx.out_type)
