@@ -10,7 +10,7 @@ Example:
     (('B', 3), ['0.weight', '0.bias'])
 """
 
-from . import amp, functional, init, lr_scheduler, optim
+from . import amp, functional, init, lr_scheduler, optim, parallel
 from .attention import *  # noqa: F403
 from .attention import __all__ as _attention_all
 from .layers import *  # noqa: F403
@@ -39,6 +39,7 @@ __all__ = [
     "init",
     "lr_scheduler",
     "optim",
+    "parallel",
     *_attention_all,
     *_layers_all,
     *_losses_all,
