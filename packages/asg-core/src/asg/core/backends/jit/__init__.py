@@ -174,8 +174,9 @@ def _as_numpy(ctx: LoweringContext) -> Any:
 def inherit_numpy_lowerings() -> None:
     """Let ``"numpy-jit"`` run every registered op that ``"numpy"`` runs, through numpy's lowering.
 
-    Called when the backend is first used; an op defined after that needs this call again (or
-    its own ``register_lowering(op, "numpy-jit", rule)``).
+    Called when asg-core is imported and when the backend is first used (for ops other packages
+    define in between); an op defined after that needs this call again (or its own
+    ``register_lowering(op, "numpy-jit", rule)``).
     """
     for op in list(OPS.values()):
         if BACKEND not in op.lowerings and ("numpy" in op.kernels or "numpy" in op.lowerings):
@@ -266,6 +267,7 @@ register_lowering("softmax", BACKEND, _softmax_lowering(False))
 register_lowering("log_softmax", BACKEND, _softmax_lowering(True))
 register_lowering("layer_norm", BACKEND, _row_kernel(_layer_norm_make))
 register_lowering("layer_norm_backward", BACKEND, _row_kernel(_layer_norm_backward_make))
+inherit_numpy_lowerings()  # every op asg-core defines (imported before the backends)
 
 
 # ============================================================================ units: what one kernel computes

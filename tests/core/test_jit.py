@@ -1,0 +1,377 @@
+"""The numpy-jit backend: every fused kernel against the unfused numpy graph (asg.core.testing), the
+schedule rewrite, the on-disk cache, and the thread settings.
+
+The parity cases (``CASES``) pass with and without numba: ``test_jit_fallback.py`` runs them again
+with ``ASG_JIT=0``. Tests of what numba does (groups fused, cache files, exp32) are skipped without it.
+Kernels are kept few and small (compile time on CI's 2 cores); the parallel variant is compiled once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+import asg.core as ag
+import asg.core.testing as agt
+from asg.core.backends import jit
+from asg.core.backends.jit import NumpyJitBackend, codegen
+from asg.core.ops import optim
+
+HAVE_NUMBA = jit.enabled()
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed (or ASG_JIT=0)")
+# Small arrays fuse too, compiled single-threaded (fast to compile); one case forces the parallel loop.
+SMALL = {"fuse": True, "min_elements": 0, "parallel_min_elements": 1 << 40}
+
+
+@pytest.fixture(autouse=True)
+def _jit_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(NumpyJitBackend, "options", dict(SMALL))
+
+
+def r(*shape: int, seed: int = 0, low: float = -2.0, high: float = 2.0) -> np.ndarray:
+    return agt.rand(*shape, seed=seed, low=low, high=high).astype(np.float32)
+
+
+# Each case: a function of the inputs, the input arrays, and the fused units it must give under numba.
+CASES: dict[str, tuple[Callable[..., ag.Tensor], list[np.ndarray], int]] = {
+    # bias (3d layout) + exact GELU, its gradient (erf, exp)
+    "bias_gelu": (lambda x, b: ag.gelu(x + b), [r(4, 8, 16), r(16, seed=1)], 1),
+    "gelu_tanh": (lambda x: ag.gelu(x, approximate="tanh") * 2.0, [r(6, 10)], 1),
+    "activations": (
+        lambda x: (
+            ag.silu(x)
+            + ag.sigmoid(x * 3.0)
+            + ag.softplus(x, beta=2.0)
+            + ag.elu(x)
+            + ag.leaky_relu(x)
+            - ag.tanh(x)
+        ),
+        [r(5, 7, low=-6, high=6)],
+        1,
+    ),
+    "arithmetic": (
+        lambda x, y: (
+            (ag.sqrt(ag.abs(x) + 1.0).log() * ag.sign(y) + ag.maximum(x, y) / (ag.minimum(x, y).exp() + 2.0))
+            ** 2.0
+            - ag.rsqrt(y * y + 1.0)
+            + ag.clamp(x, -0.5, 0.7)
+        ),
+        [r(3, 9), r(3, 9, seed=2)],
+        1,
+    ),
+    # a keepdims row statistic broadcast along the last axis, a comparison, where, bool ops, cast
+    "select": (
+        lambda x, y: (
+            ag.where((x > x.mean(axis=1, keepdims=True)) & ~(y < 0.5), x, y * 2.0)
+            + ag.cast(x >= 0.0, "float32")
+            + (-y).relu()
+        ),
+        [r(6, 11), r(6, 11, seed=3)],
+        2,
+    ),
+    "softmax": (lambda x: ag.softmax(x * 2.0, axis=-1), [r(3, 4, 10, low=-30, high=30)], 1),
+    "softmax_axis0": (lambda x: ag.softmax(x, axis=0), [r(5, 6)], 0),
+    "log_softmax": (lambda x: ag.log_softmax(x, axis=-1), [r(7, 12, low=-20, high=20)], 0),
+    "cross_entropy": (
+        lambda z: ag.cross_entropy(z, ag.constant(np.array([0, 3, 1, 2, 3], np.int64))),
+        [r(5, 4)],
+        0,
+    ),
+    "layer_norm": (
+        lambda x, w, b: ag.layer_norm(x, 12, w, b) * 1.5,
+        [r(2, 5, 12), r(12, seed=4), r(12, seed=5)],
+        0,
+    ),
+    "layer_norm_no_affine": (lambda x: ag.layer_norm(x, (3, 4)), [r(6, 3, 4)], 0),
+    "dropout": (lambda x: ag.dropout(x, 0.3, ag.constant(np.int64(7))).exp(), [r(8, 9)], 1),
+}
+
+
+def _fused_units(fn: Callable[..., ag.Tensor], arrays: list[np.ndarray]) -> list[str]:
+    xs = [ag.input(f"x{i}", a.shape, a.dtype) for i, a in enumerate(arrays)]
+    out = fn(*xs)
+    floats = [x for x in xs if x.dtype.startswith("float")]
+    grads = ag.grad((out * out).sum(), floats) if out.dtype.startswith("float") else []
+    plan = ag.compile([out, *grads], inputs=xs, backend="numpy-jit").plan_for(*arrays)
+    return [s.node.meta["jit"] for s in plan.schedule.steps if "jit" in s.node.meta]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fused_kernel_matches_the_unfused_graph(name: str) -> None:
+    """Forward and gradients on numpy-jit against the numpy backend (float32 tolerance)."""
+    fn, arrays, _ = CASES[name]
+    agt.check_op(fn, *arrays, order=0, backend="numpy-jit", backend_rtol=2e-5, backend_atol=2e-6)
+
+
+@needs_numba
+@pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c[2]))
+def test_case_is_fused(name: str) -> None:
+    fn, arrays, at_least = CASES[name]
+    units = _fused_units(fn, arrays)
+    elementwise = [u for u in units if u.startswith("elementwise")]
+    assert len(elementwise) >= at_least, units
+
+
+@needs_numba
+def test_gelu_forward_and_backward_become_one_kernel_each() -> None:
+    x = ag.input("x", (4, 8, 16))
+    b = ag.parameter(r(16), name="b")
+    h = ag.gelu(x + b)
+    (gx,) = ag.grad((h * 3.0).sum(), [x])
+    f = ag.compile([h, gx], backend="numpy-jit")
+    plan = f.plan_for(r(4, 8, 16))
+    heads = [s for s in plan.schedule.steps if "jit" in s.node.meta]
+    # the forward and the gradient read only x and b: one loop writes both outputs
+    assert len(heads) == 2 and len(plan.schedule.steps) == 2, [s.node.meta.get("jit") for s in heads]
+    assert heads[0].node.meta["jit"].startswith("elementwise kernel over")
+    assert "gelu" in heads[0].node.meta["jit"] and "erf" in heads[0].node.meta["jit"]
+    assert heads[1].node.inputs == (heads[0].node,)  # the second output is handed on by the first
+
+
+def test_parallel_loop_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One case compiled with prange over several threads (above parallel_min_elements)."""
+    monkeypatch.setattr(NumpyJitBackend, "options", {**SMALL, "parallel_min_elements": 1})
+    fn = lambda x, b: ag.gelu(x * 2.0 + b) - x  # noqa: E731
+    agt.check_op(
+        fn, r(64, 300), r(300, seed=1), order=0, backend="numpy-jit", backend_rtol=2e-5, backend_atol=2e-6
+    )
+
+
+def test_min_elements_leaves_small_groups_on_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(NumpyJitBackend, "options", {**SMALL, "min_elements": 1000})
+    x = ag.input("x", (4, 5))
+    plan = ag.compile(ag.gelu(x * 2.0), backend="numpy-jit").plan_for(r(4, 5))
+    assert [s.node.op for s in plan.schedule.steps] == ["mul", "gelu"]
+    assert not any("jit" in s.node.meta for s in plan.schedule.steps)
+
+
+def test_fuse_option_off_keeps_the_row_kernels_only() -> None:
+    x = ag.input("x", (4, 6))
+    f = ag.compile(ag.softmax(x * 2.0 + 1.0), backend="numpy-jit", options={"fuse": False})
+    ops = [s.node.op for s in f.plan_for(r(4, 6)).schedule.steps]
+    assert ops == ["mul", "add", "softmax"]
+    np.testing.assert_allclose(f(r(4, 6)), ag.compile(ag.softmax(x * 2.0 + 1.0))(r(4, 6)), rtol=1e-6)
+
+
+def test_special_values_propagate_as_in_numpy() -> None:
+    """NaN and infinities through exp, relu, maximum, sigmoid, erf and where, fused."""
+    values = np.array([[np.nan, np.inf, -np.inf, 0.0, -0.0, 88.0, -88.0, 100.0, -104.0, 1e-30]], np.float32)
+    x = ag.input("x", values.shape)
+    y = ag.stack(
+        [ag.exp(x), ag.relu(x), ag.maximum(x, 0.0), ag.sigmoid(x), ag.erf(x), ag.where(x > 0, x, -1.0)],
+        axis=0,
+    )
+    got = ag.compile(y, backend="numpy-jit")(values)
+    want = ag.compile(y)(values)
+    np.testing.assert_allclose(got, want, rtol=5e-6, atol=1e-37, equal_nan=True)
+
+
+def _optimizer_step(backend: str, kind: str, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    p = ag.parameter(rng.standard_normal((30, 7)).astype(np.float32), name="p")
+    buf = ag.state(np.zeros((30, 7), np.float32), name="buf")
+    sq = ag.state(np.zeros((30, 7), np.float32), name="sq")
+    step = ag.state(np.float32(0), name="step")
+    lr = ag.state(np.float32(0.01), name="lr")
+    g = ag.input("g", (30, 7))
+    t = step + 1.0
+    if kind == "adam":
+        new = optim.adam_update(p, g, buf, sq, t, lr=lr, weight_decay=0.1)
+        updates = {p: new["param"], buf: new["exp_avg"], sq: new["exp_avg_sq"], step: t}
+    elif kind == "adamw":
+        new = optim.adam_update(
+            p, g, buf, sq, t, lr=lr, weight_decay=0.1, decoupled_weight_decay=True, maximize=True
+        )
+        updates = {p: new["param"], buf: new["exp_avg"], sq: new["exp_avg_sq"], step: t}
+    elif kind == "sgd_nesterov":
+        new = optim.sgd_update(p, g, buf, t, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.01)
+        updates = {p: new["param"], buf: new["momentum_buffer"], step: t}
+    else:
+        new = optim.sgd_update(p, g, lr=lr, maximize=True)
+        updates = {p: new["param"], step: t}
+    f = ag.compile([], inputs=[g], updates=updates, backend=backend)
+    for i in range(3):
+        f(rng.standard_normal((30, 7)).astype(np.float32) * (i + 1))
+    return [v.numpy() for v in updates]
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd_nesterov", "sgd"])
+def test_optimizer_kernel_matches_numpy_over_three_steps(kind: str) -> None:
+    want = _optimizer_step("numpy", kind)
+    got = _optimizer_step("numpy-jit", kind)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+
+
+@needs_numba
+def test_one_optimizer_kernel_writes_every_state_tensor() -> None:
+    p = ag.parameter(np.ones((64, 64), np.float32), name="p")
+    m, v = (
+        ag.state(np.zeros((64, 64), np.float32), name="m"),
+        ag.state(np.zeros((64, 64), np.float32), name="v"),
+    )
+    lr, t = ag.state(np.float32(0.1), name="lr"), ag.state(np.float32(1), name="t")
+    g = ag.input("g", (64, 64))
+    new = optim.adam_update(p, g, m, v, t, lr=lr)
+    f = ag.compile(
+        [],
+        inputs=[g],
+        updates={p: new["param"], m: new["exp_avg"], v: new["exp_avg_sq"]},
+        backend="numpy-jit",
+    )
+    steps = f.plan_for(np.ones((64, 64), np.float32)).schedule.steps
+    assert [s.node.meta.get("jit", "").split(" kernel")[0] for s in steps] == ["adam_update"] * 3
+    assert [s.node.inputs[0].op for s in steps[1:]] == ["adam_update", "adam_update"]  # tails read the head
+
+
+def test_training_step_on_numpy_jit_matches_numpy() -> None:
+    """An MLP step with Adam: losses and parameters after 3 steps on both backends."""
+
+    def run(backend: str) -> tuple[list[float], list[np.ndarray]]:
+        rng = np.random.default_rng(0)
+        w1 = ag.parameter(rng.standard_normal((20, 32)).astype(np.float32) * 0.3, name="w1")
+        b1 = ag.parameter(np.zeros(32, np.float32), name="b1")
+        w2 = ag.parameter(rng.standard_normal((32, 5)).astype(np.float32) * 0.3, name="w2")
+        x, y = ag.input("x", ("B", 20)), ag.input("y", ("B",), "int64")
+        loss = ag.cross_entropy(ag.gelu(x @ w1 + b1) @ w2, y)
+        params = [w1, b1, w2]
+        lr, t = ag.state(np.float32(0.01), name="lr"), ag.state(np.float32(0), name="t")
+        updates = {t: t + 1.0}
+        for p, g in zip(params, ag.grad(loss, params), strict=True):
+            m, v = (
+                ag.state(np.zeros(p.shape, np.float32), name="m"),
+                ag.state(np.zeros(p.shape, np.float32), name="v"),
+            )
+            new = optim.adam_update(p, g, m, v, t + 1.0, lr=lr)
+            updates.update({p: new["param"], m: new["exp_avg"], v: new["exp_avg_sq"]})
+        f = ag.compile(loss, inputs=[x, y], updates=updates, backend=backend)
+        xs, ys = rng.standard_normal((16, 20)).astype(np.float32), rng.integers(0, 5, 16)
+        return [float(f(xs, ys)) for _ in range(3)], [p.numpy() for p in params]
+
+    (l_jit, p_jit), (l_np, p_np) = run("numpy-jit"), run("numpy")
+    np.testing.assert_allclose(l_jit, l_np, rtol=1e-5)
+    for a, b in zip(p_jit, p_np, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- codegen (pure)
+def test_layout_collapses_axes_by_broadcast_pattern() -> None:
+    lay = codegen.layout((2, 3, 4, 5), [(2, 3, 4, 5), (1, 3, 1, 1), ()])
+    assert lay == codegen.Layout("3d", (2, 3, 20), ((2, 3, 20), (1, 3, 1), (1, 1, 1)))
+    assert codegen.layout((6, 7), [(6, 7), (1,)]).kind == "flat"
+    # four alternating patterns cannot be three loops: the group stays on numpy
+    assert codegen.layout((2, 3, 4, 5), [(2, 1, 4, 1), (1, 3, 1, 5)]) is None
+
+
+def test_kernel_source_computes_in_the_graph_dtype() -> None:
+    x = ag.input("x", (8, 4))
+    y = ag.gelu(x * 0.5)
+    nodes = [n for n in ag.Graph([y.node]).nodes if n.op not in ("input", "constant")]
+    const = nodes[0].inputs[1]
+    src = codegen.kernel_source(
+        "k", nodes, [x.node, const], [y.node], codegen.layout((8, 4), [(8, 4), ()]), False
+    )
+    assert "def k(a0, a1, o0):" in src and "@njit(parallel=False, cache=True, fastmath=False" in src
+    assert "x1 = a1[0]" in src  # the scalar is read once, outside the loop
+    assert "np.float32(0.7071067811865475)" in src and "_erf32(" in src  # typed literals, float32 erf
+    assert "np.float64" not in src.split("def k(")[1]
+
+
+def test_unsupported_nodes_are_left_to_numpy() -> None:
+    i = ag.input("i", (3,), "int64")
+    assert not codegen.supported((i + 1).node)  # integer arithmetic keeps numpy's semantics
+    assert codegen.supported((ag.input("f", (3,)) > 0).node)
+
+
+# ----------------------------------------------------------------------------- exp32, cache, threads
+@needs_numba
+def test_exp32_is_within_a_few_ulps_of_numpy() -> None:
+    from numba import njit
+
+    from asg.core.backends.jit.mathfn import exp32
+
+    @njit
+    def apply(a, out):
+        for i in range(a.shape[0]):
+            out[i] = exp32(a[i])
+
+    x = np.linspace(-87.3, 88.3, 200_001, dtype=np.float32)
+    got = np.empty_like(x)
+    apply(x, got)
+    want = np.exp(x)
+    assert np.max(np.abs(got - want) / want) < 5 * np.finfo(np.float32).eps
+
+
+@needs_numba
+def test_kernels_are_cached_on_disk_and_reused_by_a_new_process(tmp_path) -> None:
+    script = textwrap.dedent(
+        """
+        import numpy as np, asg.core as ag
+        from asg.core.backends import jit
+        x = ag.input("x", (64, 64))
+        f = ag.compile(ag.silu(x * 3.0 - 1.0), backend="numpy-jit", options={"min_elements": 0})
+        f(np.ones((64, 64), "float32"))
+        hits = sum(sum(m.kernel.stats.cache_hits.values()) for m in jit._modules.values())
+        print(hits)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["ASG_JIT_CACHE_DIR"] = str(tmp_path)
+    first = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    second = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert first.stdout.split() == ["0"] and second.stdout.split() == ["1"], (first.stderr, second.stderr)
+    sources = list(tmp_path.glob("asg_kernel_*.py"))
+    assert len(sources) == 1 and "def kernel(" in sources[0].read_text()
+    assert list((tmp_path / "__pycache__").glob("asg_kernel_*.nbi"))
+
+
+def test_unwritable_cache_dir_falls_back_to_a_temporary_one(tmp_path, monkeypatch, caplog) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("ASG_JIT_CACHE_DIR", str(blocker / "jit"))
+    monkeypatch.setattr(jit, "_cache_dir", None)
+    with caplog.at_level(logging.WARNING, logger="asg.core.jit"):
+        where = jit.cache_dir()
+    assert os.path.isdir(where) and not where.startswith(str(blocker))
+    assert f"JIT cache directory {blocker / 'jit'} is not writable" in caplog.text
+    monkeypatch.setattr(jit, "_cache_dir", None)  # the next use finds the usual directory again
+
+
+def test_set_num_threads_validates_and_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    from asg.core import threads
+
+    with pytest.raises(ValueError, match=r"set_num_threads: n must be a positive int, got 0"):
+        ag.set_num_threads(0)
+    monkeypatch.setenv("ASG_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match=r"ASG_NUM_THREADS must be a positive integer, got 'two'"):
+        threads.default_num_threads()
+    monkeypatch.setenv("ASG_NUM_THREADS", "3")
+    assert threads.default_num_threads() == 3
+    monkeypatch.delenv("ASG_NUM_THREADS")
+    assert threads.default_num_threads() == len(os.sched_getaffinity(0))
+    before = ag.get_num_threads()
+    try:
+        ag.set_num_threads(1)
+        assert ag.get_num_threads() == 1
+        if HAVE_NUMBA:
+            import numba
+
+            assert numba.get_num_threads() == 1
+        threadpoolctl = pytest.importorskip("threadpoolctl")
+        blas = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+        assert blas and all(p["num_threads"] == 1 for p in blas)
+    finally:
+        ag.set_num_threads(before)
+    assert math.isfinite(ag.get_num_threads())
