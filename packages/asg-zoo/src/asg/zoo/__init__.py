@@ -22,6 +22,7 @@ from .cnn import (
     resnet50,
 )
 from .gpt import GPT, GPTConfig, KVCache, lm_loss, sample_next
+from .hf import WeightImportError, convert_torch_checkpoint, load_bert, load_gpt2, load_vit
 from .mlp import MLP, MLPConfig
 from .transformer import Seq2SeqTransformer, TransformerConfig, TransformerEncoderModel
 from .vit import ViT, ViTConfig

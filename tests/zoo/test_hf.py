@@ -1,0 +1,233 @@
+"""Hugging Face import: tiny random-initialised transformers models saved with save_pretrained give the
+same logits and hidden states in ASG (float32, max abs error ~1e-4); the hub cache layout; mapping errors;
+the PyTorch checkpoint converter."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import asg.core as ag
+from asg import nn
+from asg.zoo import mean_pool
+from asg.zoo.hf import (
+    WeightImportError,
+    convert_torch_checkpoint,
+    load_bert,
+    load_gpt2,
+    load_vit,
+    resolve_pretrained,
+)
+
+pytestmark = pytest.mark.torch
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+RNG = np.random.default_rng(0)
+ATOL = 1e-4
+
+
+def _save(model, path):
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=97,
+        n_positions=24,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    model = transformers.GPT2LMHeadModel(config).eval()
+    return _save(model, tmp_path_factory.mktemp("gpt2")), model
+
+
+def test_gpt2_logits_and_greedy_generation_match_transformers(gpt2_dir):
+    path, ref = gpt2_dir
+    ours = load_gpt2(path)
+    assert ours.lm_head.weight is ours.transformer["wte"].weight  # tied on import as in the file
+    ids = RNG.integers(0, 97, (2, 11))
+    with torch.no_grad():
+        want = ref(torch.from_numpy(ids)).logits.numpy()
+    got = nn.compile_inference(ours, inputs=[ag.input("idx", ("B", "T"), "int64")])(ids)
+    assert np.abs(got - want).max() < ATOL
+    with torch.no_grad():
+        want_ids = ref.generate(
+            torch.from_numpy(ids[:1, :5]), max_new_tokens=12, do_sample=False, pad_token_id=0
+        ).numpy()
+    np.testing.assert_array_equal(ours.generate(ids[:1, :5], 12, temperature=0.0), want_ids)
+
+
+def test_gpt2_from_hub_cache_layout(gpt2_dir, tmp_path):
+    path, _ = gpt2_dir
+    entry = tmp_path / "hub" / "models--tiny--gpt2"
+    snap = entry / "snapshots" / "0123abcd"
+    shutil.copytree(path, snap)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text("0123abcd\n")
+    (entry / "snapshots" / "older").mkdir()  # refs/main decides between snapshots
+    assert resolve_pretrained("tiny/gpt2", cache_dir=tmp_path / "hub") == snap
+    assert resolve_pretrained(entry) == snap
+    a = load_gpt2("tiny/gpt2", cache_dir=tmp_path / "hub").state_dict()
+    b = load_gpt2(path).state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in b)
+    with pytest.raises(FileNotFoundError, match=r"models--tiny--bert in .*nothing is downloaded"):
+        resolve_pretrained("tiny/bert", cache_dir=tmp_path / "hub")
+
+
+def test_mapping_errors_list_missing_and_unexpected_names(gpt2_dir, tmp_path):
+    path, _ = gpt2_dir
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    weights = nn.load_state_dict(bad / "model.safetensors")
+    weights["transformer.h.0.attn.extra.weight"] = np.zeros(3, np.float32)
+    del weights["transformer.h.1.mlp.c_fc.bias"]
+    nn.save_state_dict(weights, bad / "model.safetensors")
+    with pytest.raises(WeightImportError) as err:
+        load_gpt2(bad)
+    msg = str(err.value)
+    assert "missing (the model has them" in msg and "transformer.h.1.mlp.c_fc.bias" in msg
+    assert "unexpected (in " in msg and "transformer.h.0.attn.extra.weight" in msg
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["n_embd"] = 16
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(WeightImportError) as err:
+        load_gpt2(bad)
+    msg = str(err.value)
+    assert (
+        "shape mismatches: " in msg
+        and "transformer.wte.weight: the file has (97, 32), the model (97, 16)" in msg
+    )
+    assert (
+        "transformer.h.0.attn.c_attn.weight: the file has (32, 96), the model (48, 16) (stored transposed)"
+        in msg
+    )
+
+
+def _tiny_bert_config(**kw):
+    return transformers.BertConfig(
+        vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw,
+    )  # fmt: skip
+
+
+def test_bert_hidden_states_pooler_and_sentence_embeddings_match(tmp_path):
+    torch.manual_seed(1)
+    ref = transformers.BertModel(_tiny_bert_config()).eval()
+    path = _save(ref, tmp_path / "bert")
+    ours = load_bert(path)
+    ids = RNG.integers(1, 120, (3, 9))
+    mask = np.ones_like(ids)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    types = np.zeros_like(ids)
+    types[:, 5:] = 1
+    with torch.no_grad():
+        out = ref(
+            torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            token_type_ids=torch.from_numpy(types),
+        )
+    i, m, t = (ag.input(n, ("B", "T"), "int64") for n in ("ids", "mask", "types"))
+    h, pooled = ours(i, m, t)
+    got_h, got_p, got_e = ag.compile([h, pooled, mean_pool(h, m)], inputs=[i, m, t])(ids, mask, types)
+    want_h = out.last_hidden_state.numpy()
+    assert np.abs(got_h - want_h).max() < ATOL
+    assert np.abs(got_p - out.pooler_output.numpy()).max() < ATOL
+    me = mask[..., None].astype(np.float32)
+    want_e = (want_h * me).sum(1) / me.sum(1)
+    want_e /= np.linalg.norm(want_e, axis=1, keepdims=True)
+    assert np.abs(got_e - want_e).max() < ATOL
+
+
+def test_bert_masked_lm_file_loads_the_encoder(tmp_path):
+    torch.manual_seed(2)
+    ref = transformers.BertForMaskedLM(_tiny_bert_config()).eval()  # keys bert.*, plus cls.* heads
+    ours = load_bert(_save(ref, tmp_path / "mlm"))
+    assert ours.pooler is None  # BertForMaskedLM has no pooler
+    ids = RNG.integers(1, 120, (2, 7))
+    with torch.no_grad():
+        want = ref.bert(torch.from_numpy(ids)).last_hidden_state.numpy()
+    i = ag.input("ids", ("B", "T"), "int64")
+    got = ag.compile(ours(i)[0], inputs=[i])(ids)
+    assert np.abs(got - want).max() < ATOL
+
+
+def _tiny_vit_config(**kw):
+    return transformers.ViTConfig(
+        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, **kw,
+    )  # fmt: skip
+
+
+def test_vit_model_and_classifier_match(tmp_path):
+    torch.manual_seed(3)
+    x = RNG.normal(size=(2, 3, 16, 16)).astype(np.float32)
+    base = transformers.ViTModel(_tiny_vit_config()).eval()
+    ours = load_vit(_save(base, tmp_path / "vit"))
+    p = ag.input("pixel_values", ("B", 3, 16, 16))
+    got_h, got_p = ag.compile([ours.hidden_states(p), ours.pooler(ours.hidden_states(p))], inputs=[p])(x)
+    with torch.no_grad():
+        out = base(torch.from_numpy(x))
+    assert np.abs(got_h - out.last_hidden_state.numpy()).max() < ATOL
+    assert np.abs(got_p - out.pooler_output.numpy()).max() < ATOL
+
+    cls = transformers.ViTForImageClassification(_tiny_vit_config(num_labels=5)).eval()
+    ours = load_vit(_save(cls, tmp_path / "vit-cls"))
+    with torch.no_grad():
+        want = cls(torch.from_numpy(x)).logits.numpy()
+    got = nn.compile_inference(ours)(x)
+    assert got.shape == (2, 5) and np.abs(got - want).max() < ATOL
+
+
+def test_convert_torch_checkpoint(tmp_path):
+    torch.manual_seed(4)
+    ref = transformers.BertModel(_tiny_bert_config()).eval()
+    ckpt = tmp_path / "pytorch_model.bin"
+    torch.save({"state_dict": ref.state_dict(), "epoch": 3}, ckpt)
+    folder = tmp_path / "converted"
+    folder.mkdir()
+    ref.config.to_json_file(folder / "config.json")
+    with pytest.raises(FileNotFoundError, match="pytorch_model.bin: convert it first"):
+        shutil.copy(ckpt, folder / "pytorch_model.bin")
+        load_bert(folder)
+    shapes = convert_torch_checkpoint(ckpt, folder / "model.safetensors")
+    assert shapes["embeddings.word_embeddings.weight"] == (120, 32)
+    ours = load_bert(folder)
+    got = ours.state_dict()["encoder.layer.1.output.dense.weight"]
+    np.testing.assert_array_equal(got, ref.state_dict()["encoder.layer.1.output.dense.weight"].numpy())
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pickled code ran",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(2), "x": Evil()}, evil)
+    with pytest.raises(ValueError, match=r"evil.pt: torch.load\(weights_only=True\) refused"):
+        convert_torch_checkpoint(evil, tmp_path / "evil.safetensors")
+    assert not (tmp_path / "evil.safetensors").exists()
+
+
+def test_convert_refuses_without_torch(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch":
+            raise ImportError("no torch")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    with pytest.raises(ImportError, match="needs torch .* ASG does not unpickle files itself"):
+        convert_torch_checkpoint(tmp_path / "x.pt", tmp_path / "x.safetensors")
