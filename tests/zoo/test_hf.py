@@ -198,7 +198,7 @@ def test_convert_torch_checkpoint(tmp_path):
     folder = tmp_path / "converted"
     folder.mkdir()
     ref.config.to_json_file(folder / "config.json")
-    with pytest.raises(FileNotFoundError, match="pytorch_model.bin: convert it first"):
+    with pytest.raises(FileNotFoundError, match=r"pytorch_model\.bin: convert it first"):
         shutil.copy(ckpt, folder / "pytorch_model.bin")
         load_bert(folder)
     shapes = convert_torch_checkpoint(ckpt, folder / "model.safetensors")
@@ -229,5 +229,5 @@ def test_convert_refuses_without_torch(monkeypatch, tmp_path):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
-    with pytest.raises(ImportError, match="needs torch .* ASG does not unpickle files itself"):
+    with pytest.raises(ImportError, match=r"needs torch .* ASG does not unpickle files itself"):
         convert_torch_checkpoint(tmp_path / "x.pt", tmp_path / "x.safetensors")
