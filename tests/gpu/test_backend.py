@@ -6,7 +6,7 @@ import pytest
 import asg.core as ag
 import asg.core.testing as agt
 from asg.core.backends import get_backend
-from asg.core.errors import MissingRuleError
+from asg.core.errors import ExecutionError, MissingRuleError
 from asg.gpu.device import NoAdapterError, get_device
 from asg.gpu.device import _choose_adapter as choose_adapter
 from asg.gpu.kernels import IMPLEMENTED
@@ -153,3 +153,34 @@ def test_raw_dispatch_and_checked_wrappers_agree():
     checked = ag.compile(y, backend="wgpu", options={"raw_dispatch": False})(data)
     np.testing.assert_array_equal(raw, checked)
     np.testing.assert_allclose(raw, ag.compile(y)(data), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("build", "bad", "message"),
+    [
+        (
+            lambda w, i: ag.embedding(i, w),
+            -1,
+            r"embedding: id -1 is out of range for 5 entries \(valid: 0 to 4\)",
+        ),
+        (
+            lambda w, i: ag.index_select(w, i, axis=0),
+            5,
+            r"index_select: index 5 is out of range for 5 entries",
+        ),
+    ],
+    ids=["embedding", "index_select"],
+)
+def test_out_of_range_indices_raise_naming_the_op_and_skip_the_updates(build, bad, message):
+    w = ag.parameter(np.arange(15, dtype="float32").reshape(5, 3), name="w")
+    ids = ag.input("ids", (3,), "int64")
+    loss = build(w, ids).sum()
+    (g,) = ag.grad(loss, [w])
+    step = ag.compile(loss, inputs=[ids], updates={w: w - 1.0 * g}, backend="wgpu")
+    assert float(step(np.array([0, 1, 4]))) == float(np.arange(15).reshape(5, 3)[[0, 1, 4]].sum())
+    before = w.numpy().copy()
+    with pytest.raises(ExecutionError, match=message):
+        step(np.array([0, bad, 2]))
+    np.testing.assert_array_equal(w.numpy(), before)  # the failed step changed nothing
+    step(np.array([0, 1, 2]))  # and the next good step runs
+    assert not np.array_equal(w.numpy(), before)

@@ -31,7 +31,8 @@ from asg.core.schedule import Schedule
 from asg.core.storage import claim_all
 
 from . import kernels as _kernels  # noqa: F401  (registers the wgpu lowerings)
-from .codegen import Program, from_gpu, nbytes, to_gpu
+from .codegen import Program, elementwise_kernel, from_gpu, nbytes, to_gpu
+from .codegen import grid as grid_for
 from .device import GpuDevice, get_device
 from .pool import BufferPool
 from .storage import WgpuStorage
@@ -159,6 +160,14 @@ class WgpuPlan:
                     f"wgpu: {graph.format_node(step.node)} is {size(step.output)} bytes, more than the adapter's "
                     f"largest storage binding ({limit} bytes, {dev.summary}); split the tensor (smaller batch)"
                 )
+        # Index checks: one 256-byte slot (flag, bad index) per checking step, cleared every call.
+        self._checks = {
+            step.index: (slot, prog.index_check)
+            for slot, (step, prog) in enumerate(
+                (st, pr) for st, pr in zip(schedule.steps, self.programs, strict=True) if pr.index_check
+            )
+        }
+        self._err = take(256 * len(self._checks)) if self._checks else None
         self.fused_groups: list[Any] = []
         fused_at: dict[int, Any] = {}
         skipped: set[int] = set()
@@ -181,6 +190,7 @@ class WgpuPlan:
             for (_, v), copy in zip(schedule.updates, schedule.update_copies, strict=True)
         ]
         self._bound_params: list[Any] | None = None
+        self._guards: dict[tuple[int, int, int], tuple[Any, Any, tuple[int, int, int]]] = {}
         self._encoded: list[tuple[Any, Any, tuple[int, int, int]]] = []
         self.calls = 0
 
@@ -198,6 +208,8 @@ class WgpuPlan:
                         refs.append(("value", step.output))
                     elif role == "value":
                         refs.append(("value", k))
+                    elif role == "err":
+                        refs.append(("err", step.index))
                     else:
                         refs.append(("temp", step.index * 1_000_000 + k))
                 pipe = self.dev.pipeline(d.wgsl, len(d.args))
@@ -249,6 +261,8 @@ class WgpuPlan:
             for kind, ref in refs:
                 if kind == "value":
                     windows.append(self._window(ref))
+                elif kind == "err":
+                    windows.append((self._err, 256 * self._checks[ref][0], 8))
                 else:
                     buf = self._temps[ref // 1_000_000][ref % 1_000_000]
                     windows.append((buf, 0, buf.size))
@@ -286,14 +300,60 @@ class WgpuPlan:
                     enc.copy_buffer_to_buffer(src, 0, scratch, 0, nb)
                     src = scratch
                 values.append((src, self.storage.buffer(param.data), nb))
-            for src, dst, nb in values:
-                if src is not dst:
-                    enc.copy_buffer_to_buffer(src, 0, dst, 0, nb)
+            if self._err is None:
+                for src, dst, nb in values:
+                    if src is not dst:
+                        enc.copy_buffer_to_buffer(src, 0, dst, 0, nb)
+            else:  # copied by a kernel that does nothing when an index check failed in this step
+                cpass = enc.begin_compute_pass()
+                for src, dst, nb in values:
+                    if src is not dst:
+                        pipe, bg, grid = self._guarded_copy(src, dst, nb)
+                        cpass.set_pipeline(pipe)
+                        cpass.set_bind_group(0, bg)
+                        cpass.dispatch_workgroups(*grid)
+                cpass.end()
+        if self._err is not None:
+            windows.append((self._err, 0, 256 * len(self._checks)))
         return windows
+
+    def _guarded_copy(self, src: Any, dst: Any, nb: int) -> tuple[Any, Any, tuple[int, int, int]]:
+        key = (id(src), id(dst), nb)
+        found = self._guards.get(key)
+        if found is None:
+            words = (nb + 3) // 4
+            body = [
+                "var bad = 0u;",
+                f"for (var s = 0; s < {len(self._checks)}; s++) {{ bad = bad | err[s * 64]; }}",
+                "if (bad == 0u) { dst[i] = src[i]; }",
+            ]
+            wgsl = elementwise_kernel([("err", "u32"), ("src", "u32"), ("dst", "u32")], words, body)
+            pipe = self.dev.pipeline(wgsl, 3)
+            bg = self.dev.bind_group(
+                3, [(self._err, 0, self._err.size), (src, 0, 4 * words), (dst, 0, 4 * words)]
+            )
+            found = self._guards[key] = (pipe, bg, grid_for(words))
+        return found
+
+    def _raise_index_errors(self, data: bytes) -> None:
+        words = np.frombuffer(data, np.uint32).reshape(len(self._checks), 64)
+        for index, (slot, (what, size, negative)) in sorted(self._checks.items()):
+            if words[slot, 0]:
+                bad = int(words[slot, 1].view(np.int32))
+                node = self.schedule.steps[index].node
+                low = -size if negative else 0
+                where = f"\n  built at {node.meta['source']}" if node.meta.get("source") else ""
+                raise ExecutionError(
+                    f"while executing {self.schedule.graph.format_node(node)}{where}\n  IndexError: {node.op}: "
+                    f"{what} {bad} is out of range for {size} entries (valid: {low} to {size - 1}); check the "
+                    "values fed to this op (on wgpu the step ran; its parameter updates were not applied)"
+                )
 
     def _finish(self, enc: Any, update: bool) -> list[np.ndarray]:
         windows = self._encode_updates(enc, update)
         data = self.dev.read_many(windows, encoder=enc)
+        if self._err is not None:
+            self._raise_index_errors(data.pop())
         if update:
             for var in self._update_vars:
                 self.storage.mark_written(var)
@@ -304,6 +364,8 @@ class WgpuPlan:
         with self.dev.lock:
             self._prepare(feeds)
             enc = self.dev.device.create_command_encoder()
+            if self._err is not None:
+                enc.clear_buffer(self._err)
             cpass = enc.begin_compute_pass()
             start = time.perf_counter()
             if self.raw:
@@ -320,6 +382,8 @@ class WgpuPlan:
             cpass.end()
             try:
                 out = self._finish(enc, update=True)
+            except ExecutionError:
+                raise
             except Exception as err:
                 raise ExecutionError(f"wgpu: the step failed on {self.dev.summary}: {err}") from err
             self.calls += 1
@@ -345,6 +409,8 @@ class WgpuPlan:
             for step in self.schedule.steps:
                 start = time.perf_counter()
                 enc = self.dev.device.create_command_encoder()
+                if self._err is not None and step.index == 0:
+                    enc.clear_buffer(self._err)
                 cpass = enc.begin_compute_pass(**(timer.pass_args() if timer else {}))
                 for pipe, bg, grid in by_step.get(step.index, []):
                     cpass.set_pipeline(pipe)

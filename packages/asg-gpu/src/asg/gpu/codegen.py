@@ -181,12 +181,15 @@ class Program:
     """What a wgpu lowering returns: the dispatches of one step and the scratch buffers they need.
 
     ``view=True``: no dispatch; the output is the first input's buffer (reshape and friends).
+    ``index_check``: (what, axis size, negatives allowed) when the kernel flags out-of-range indices
+    in its ``("err", 0)`` binding (two u32: a flag and the bad index); the plan raises after the step.
     """
 
     dispatches: list[Dispatch] = field(default_factory=list)
     temps: list[int] = field(default_factory=list)
     view: bool = False
     name: str = ""
+    index_check: tuple[str, int, bool] | None = None
 
 
 def grid(threads: int, wg: int = WG) -> tuple[int, int, int]:
@@ -229,9 +232,28 @@ def per_element(
     count: int,
     body: Sequence[str],
     temps: Sequence[int] = (),
+    index_check: tuple[str, int, bool] | None = None,
 ) -> Program:
-    """A one-dispatch :class:`Program` over ``count`` output elements; buffers ``in0.., out``."""
+    """A one-dispatch :class:`Program` over ``count`` output elements; buffers ``in0.., out``.
+
+    With ``index_check`` the kernel also binds ``err`` (see :func:`check_index`).
+    """
     bindings = [(f"in{k}", d) for k, d in enumerate(inputs)] + [("out", out_dtype)]
+    args: tuple[tuple[str, int], ...] = (*tuple(("in", k) for k in range(len(inputs))), ("out", 0))
+    if index_check is not None:
+        bindings.append(("err", "u32"))
+        args = (*args, ("err", 0))
     wgsl = elementwise_kernel(bindings, count, body)
-    args = (*tuple(("in", k) for k in range(len(inputs))), ("out", 0))
-    return Program([Dispatch(wgsl, grid(count), args)] if count else [], list(temps), name=name)
+    dispatches = [Dispatch(wgsl, grid(count), args)] if count else []
+    return Program(dispatches, list(temps), name=name, index_check=index_check)
+
+
+def check_index(var: str, size: int, negative: bool) -> list[str]:
+    """Statements flagging ``var`` outside ``[0, size)`` (``[-size, size)`` with ``negative``) in
+    ``err``, then defining ``{var}_ok``: the index wrapped (negatives from the end) and clamped into range.
+    """
+    low = -size if negative else 0
+    return [
+        f"if ({var} < {low} || {var} >= {size}) {{ err[0] = 1u; err[1] = bitcast<u32>({var}); }}",
+        f"let {var}_ok = clamp(select({var}, {var} + {size}, {var} < 0), 0, {max(size - 1, 0)});",
+    ]

@@ -12,7 +12,7 @@ import math
 
 from asg.core.lowering import LoweringContext
 
-from ..codegen import HELPERS, Dispatch, Program, declare, literal, load, per_element, store
+from ..codegen import HELPERS, Dispatch, Program, check_index, declare, literal, load, per_element, store
 from ._base import gpu_lowering
 from .reduction import _rows_grid, _wg, tree
 
@@ -149,7 +149,7 @@ def _embedding(ctx: LoweringContext) -> Program:
     idt = ctx.in_types[1].dtype
     body = [
         f"let row = {load('in1', idt, f'(i / {dim})')};",
-        f"var v = 0.0; if (row >= 0 && row < {vocab}) {{ v = in0[row * {dim} + i % {dim}]; }}",
-        store("out", "float32", "i", "v"),
+        *check_index("row", vocab, False),
+        store("out", "float32", "i", f"in0[row_ok * {dim} + i % {dim}]"),
     ]
-    return per_element(ctx.name, ["float32", idt], "float32", count, body)
+    return per_element(ctx.name, ["float32", idt], "float32", count, body, index_check=("id", vocab, False))

@@ -19,6 +19,7 @@ from ..codegen import (
     VTYPE,
     Program,
     broadcast_strides,
+    check_index,
     coords,
     literal,
     load,
@@ -202,10 +203,10 @@ def _one_hot(ctx: LoweringContext) -> Program:
     dtype = ctx.out_type.dtype
     n = ctx.attrs["num_classes"]
     t = VTYPE[dtype]
-    idx = load("in0", ctx.in_types[0].dtype, f"(i / {n})")
-    value = f"select({literal(0, t)}, {literal(1, t)}, {idx} == i % {n})"
+    body = [f"let k = {load('in0', ctx.in_types[0].dtype, f'(i / {n})')};", *check_index("k", n, False)]
+    body.append(store("out", dtype, "i", f"select({literal(0, t)}, {literal(1, t)}, k == i % {n})"))
     return per_element(
-        ctx.name, [ctx.in_types[0].dtype], dtype, _count(out), [store("out", dtype, "i", value)]
+        ctx.name, [ctx.in_types[0].dtype], dtype, _count(out), body, index_check=("class index", n, False)
     )
 
 
@@ -224,12 +225,19 @@ def _index_select(ctx: LoweringContext) -> Program:
     body = coords(out)
     pos = " + ".join([f"c{axis + j} * {ist[j]}" for j in range(len(idx))]) or "0"
     body.append(f"let j = {load('in1', ctx.in_types[1].dtype, f'({pos})')};")
-    body.append(f"let jj = {_wrapped('j', x[axis])};")
+    body += check_index("j", x[axis], True)
     terms = [f"c{d} * {xst[d]}" for d in range(axis)]
-    terms.append(f"jj * {xst[axis]}")
+    terms.append(f"j_ok * {xst[axis]}")
     terms += [f"c{axis + len(idx) + d - axis - 1} * {xst[d]}" for d in range(axis + 1, len(x))]
     body.append(store("out", dtype, "i", load("in0", dtype, "(" + " + ".join(terms) + ")")))
-    return per_element(ctx.name, [dtype, ctx.in_types[1].dtype], dtype, _count(out), body)
+    return per_element(
+        ctx.name,
+        [dtype, ctx.in_types[1].dtype],
+        dtype,
+        _count(out),
+        body,
+        index_check=("index", x[axis], True),
+    )
 
 
 @gpu_lowering("index_select_backward", f16=True)
@@ -265,13 +273,16 @@ def _take_along(ctx: LoweringContext) -> Program:
     xst = strides(x)
     ist = broadcast_strides(idx, out)
     dtype = ctx.out_type.dtype
+    negative = ctx.op_name == "take_along_axis"  # numpy's take_along_axis counts negatives from the end
     body = coords(out)
-    body.append(f"let j = {_wrapped(load('in1', ctx.in_types[1].dtype, f'({offset(ist)})'), x[axis])};")
-    terms = [f"j * {xst[axis]}"] + [
+    body.append(f"let j = {load('in1', ctx.in_types[1].dtype, f'({offset(ist)})')};")
+    body += check_index("j", x[axis], negative)
+    terms = [f"j_ok * {xst[axis]}"] + [
         f"c{d} * {xst[d]}" for d in range(len(x)) if d != axis and not (x[d] == 1 and out[d] != 1)
     ]
     body.append(store("out", dtype, "i", load("in0", dtype, "(" + " + ".join(terms) + ")")))
-    return per_element(ctx.name, [dtype, ctx.in_types[1].dtype], dtype, _count(out), body)
+    check = ("index", x[axis], negative)
+    return per_element(ctx.name, [dtype, ctx.in_types[1].dtype], dtype, _count(out), body, index_check=check)
 
 
 @gpu_lowering("take_along_axis_backward", "gather_backward", f16=True)
