@@ -4,6 +4,7 @@ Scenarios:
 - ``train``: every case of ddp_cases on this world (rank r initialised from seed 100 + r, so only the
   broadcast from rank 0 makes them agree); writes ``OUT/<case>.rank<r>.safetensors`` with the
   parameters after every step and the losses; mlp64 writes a checkpoint after epoch 0.
+  mlp64_scaled then takes one step where rank 1's batch holds an inf.
 - ``resume``: load that checkpoint (into a model initialised from another seed) and train epoch 1.
 - ``mismatch``: rank 1 builds a float32 model, rank 0 a float64 one: building the step raises on both.
 - ``raise``: rank 1 raises mid-epoch (at step 5); ``kill``: rank 1 kills itself with SIGKILL at step 5.
@@ -45,6 +46,14 @@ def train(case: str, out: str, first_epoch: int = 0, seed: int | None = None) ->
             parallel.save_checkpoint(ckpt, model, opt, epoch=epoch)
             assert os.path.exists(ckpt)  # the barrier: every rank sees rank 0's file
     arrays = stack(history, losses)
+    if case == "mlp64_scaled":  # rank 1's gradients overflow: every rank skips the step and backs off
+        before = record(model)
+        bad = x[:per_rank].copy()
+        if rank == 1:
+            bad[0, 0] = np.inf
+        step(bad, y[:per_rank])
+        unchanged = all(np.array_equal(before[k], v) for k, v in record(model).items())
+        arrays["overflow"] = np.array([float(unchanged), float(step.loss_scaler.scale.numpy())])
     arrays["buckets"] = np.array([len(step.buckets)])
     tag = "resumed" if first_epoch else f"rank{rank}"
     nn.save_state_dict(arrays, os.path.join(out, f"{case}.{tag}.safetensors"))

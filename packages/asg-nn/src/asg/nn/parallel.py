@@ -9,9 +9,11 @@ Horovod's design on asg's static graphs. Every rank builds the same step; each s
 2. an MPI all-reduce (sum) of every bucket, in place in the returned numpy arrays, all buckets in flight
    at once (``Iallreduce`` + ``Waitall``), together with the loss;
 3. ``function`` (a second compiled Function, the update): takes the summed buckets, divides by the
-   number of ranks (and by ``loss_scale``), clips, and applies the optimizer's fused update ops.
+   number of ranks (and by the loss scale), clips, and applies the optimizer's fused update ops.
 
-So gradient clipping and loss scaling see the averaged gradients, and every rank applies the same
+So gradient clipping and loss scaling see the averaged gradients (with an :class:`asg.nn.amp.LossScaler`,
+a non-finite gradient on any rank makes the average non-finite, so every rank skips that step and
+backs off the scale together), and every rank applies the same
 update to the same parameters: parameters, buffers and optimizer state are broadcast from rank 0 when
 the step is built, and stay equal (bit for bit) afterwards. On a GPU backend the gradients are read
 back once per bucket (each bucket is one output of ``forward_backward``) and uploaded once.
@@ -67,6 +69,7 @@ import numpy as np
 import asg.core as ag
 
 from . import serialization
+from .amp import LossScaler, half_precision
 from .module import Module, capture_updates
 from .optim import Optimizer, clip_grad_norm, clip_grad_value
 from .train import Callback, InputSpec, _inputs_from, _Mode
@@ -191,8 +194,10 @@ def _bcast_bytes(comm: Any, data: bytes | None, root: int = 0) -> bytes:
     return buf.tobytes()
 
 
-def _state_variables(model: Module, optimizer: Optimizer | None) -> list[tuple[str, ag.Tensor]]:
-    """Every variable a rank must share: parameters and buffers (tied ones once), then optimizer state."""
+def _state_variables(
+    model: Module, optimizer: Optimizer | None, extra: Sequence[ag.Tensor] = ()
+) -> list[tuple[str, ag.Tensor]]:
+    """Every variable a rank must share: parameters and buffers (tied ones once), optimizer state, ``extra``."""
     out: list[tuple[str, ag.Tensor]] = []
     seen: set[int] = set()
     for name, t in model._state_items():
@@ -203,6 +208,7 @@ def _state_variables(model: Module, optimizer: Optimizer | None) -> list[tuple[s
         for index, p in enumerate(optimizer.params):
             entry = optimizer.state.get(id(p.node.data), {})
             out.extend((f"optimizer.{index}.{key}", entry[key]) for key in sorted(entry))
+    out.extend((t.name or f"extra{i}", t) for i, t in enumerate(extra))
     return out
 
 
@@ -228,9 +234,13 @@ def _check_same(comm: Any, what: str, mine: list[Any], root: int) -> None:
 
 
 def broadcast_state(
-    model: Module, optimizer: Optimizer | None = None, comm: Any = None, root: int = 0
+    model: Module,
+    optimizer: Optimizer | None = None,
+    comm: Any = None,
+    root: int = 0,
+    extra: Sequence[ag.Tensor] = (),
 ) -> int:
-    """Copy the model's parameters and buffers and the optimizer's state from ``root`` to every rank.
+    """Copy the model's parameters and buffers, the optimizer's state and ``extra`` variables from ``root``.
 
     First checks that every rank holds the same variables (names, shapes, dtypes) and raises on every
     rank if not. Values travel in one ``Bcast`` per dtype. Returns the number of variables sent.
@@ -240,7 +250,7 @@ def broadcast_state(
     2
     """
     comm = _world(comm)
-    variables = _state_variables(model, optimizer)
+    variables = _state_variables(model, optimizer, extra)
     _check_same(comm, "the variables", [[n, list(t.shape), t.dtype] for n, t in variables], root)
     by_dtype: dict[str, list[ag.Tensor]] = {}
     for _, t in variables:
@@ -314,8 +324,8 @@ def _plan_buckets(params: Sequence[ag.Tensor], cap_bytes: int) -> list[Bucket]:
 class DistributedDataParallel:
     """A data-parallel training step: ``loss = step(*inputs, target)`` on every rank, in lockstep.
 
-    Built by :func:`compile_distributed_train_step` (same arguments as
-    :func:`asg.nn.compile_train_step`, plus ``comm``, ``bucket_mb`` and ``loss_scale``).
+    Built by :func:`compile_distributed_train_step` (the arguments of
+    :func:`asg.nn.compile_train_step`, plus ``comm``, ``bucket_mb`` and ``broadcast``).
 
     Attributes:
         forward_backward: the compiled forward/backward Function (outputs: loss, one array per bucket,
@@ -340,23 +350,22 @@ class DistributedDataParallel:
         bucket_mb: float = 25.0,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
-        loss_scale: float | None = None,
         return_outputs: bool = False,
+        mixed_precision: bool = False,
+        loss_scaler: LossScaler | None = None,
         broadcast: bool = True,
         **compile_options: Any,
     ) -> None:
         if not bucket_mb > 0:
             raise ValueError(f"compile_distributed_train_step: bucket_mb must be positive, got {bucket_mb!r}")
-        if loss_scale is not None and not loss_scale > 0:
-            raise ValueError(
-                f"compile_distributed_train_step: loss_scale must be positive, got {loss_scale!r}"
-            )
+        self.mixed_precision = mixed_precision
+        self.loss_scaler = (loss_scaler or LossScaler()) if mixed_precision else loss_scaler
         self.MPI = _mpi()
         self.comm = self.MPI.COMM_WORLD if comm is None else comm
         self.rank, self.world_size = int(self.comm.Get_rank()), int(self.comm.Get_size())
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.bucket_bytes = int(bucket_mb * 2**20)
-        self.clip_norm, self.clip_value, self.loss_scale = clip_grad_norm, clip_grad_value, loss_scale
+        self.clip_norm, self.clip_value = clip_grad_norm, clip_grad_value
         self.return_outputs, self.broadcast = return_outputs, broadcast
         self.compile_options = compile_options
         self.forward_backward: ag.Function | None = None
@@ -383,8 +392,20 @@ class DistributedDataParallel:
                 "(use reduction='mean' or 'sum')"
             )
         params = self.optimizer.params
-        scaled = loss * self.loss_scale if self.loss_scale is not None else loss
-        grads = ag.grad(scaled, params)
+        scaler = self.loss_scaler
+        if (
+            self.mixed_precision
+        ):  # float16 forward and backward, float32 master weights (as compile_train_step)
+            half = half_precision([loss, out, *state_updates.values()])
+            loss, out = ag.cast(half[0], "float32"), ag.cast(half[1], out.dtype)
+            state_updates = {
+                var: ag.cast(h, var.dtype) for var, h in zip(state_updates, half[2:], strict=True)
+            }
+            grads = ag.grad(loss * scaler.scale, params)
+        elif scaler is not None:
+            grads = ag.grad(loss * ag.cast(scaler.scale, loss.dtype), params)
+        else:
+            grads = ag.grad(loss, params)
         self.buckets = _plan_buckets(params, self.bucket_bytes)
         flat = [
             ag.concat([grads[i].reshape(-1) for i in b.positions])
@@ -397,24 +418,32 @@ class DistributedDataParallel:
 
         summed = [ag.input(f"grad_bucket{b.index}", (b.size,), b.dtype) for b in self.buckets]
         averaged: list[ag.Tensor | None] = [None] * len(params)
-        divisor = self.world_size * (self.loss_scale if self.loss_scale is not None else 1.0)
         for b, s in zip(self.buckets, summed, strict=True):
             pieces = ag.split(s, b.sizes) if len(b.sizes) > 1 else [s]
             for i, piece, shape in zip(b.positions, pieces, b.shapes, strict=True):
                 g = piece.reshape(shape)
-                averaged[i] = g * (1.0 / divisor) if divisor != 1.0 else g
+                if scaler is not None:
+                    g = g * ag.cast(1.0 / (scaler.scale * float(self.world_size)), g.dtype)
+                elif self.world_size != 1:
+                    g = g * (1.0 / self.world_size)
+                averaged[i] = g
         mean_grads: list[ag.Tensor] = [g for g in averaged if g is not None]
+        if scaler is not None:
+            # LossScaler.gradients' test on the averaged gradients: sum(g * 0) is 0 only if all are finite
+            probe = sum(((g * 0.0).sum() for g in mean_grads[1:]), (mean_grads[0] * 0.0).sum())
+            scaler.finite = ag.cast(probe, "float32") == 0.0
         extra: list[ag.Tensor] = []
         if self.clip_value is not None:
             mean_grads = clip_grad_value(mean_grads, self.clip_value)
         if self.clip_norm is not None:
             mean_grads, norm = clip_grad_norm(mean_grads, self.clip_norm)
             extra.append(norm)
-        self.function = ag.compile(
-            extra, inputs=summed, updates=self.optimizer.updates(mean_grads), **self.compile_options
-        )
+        updates = self.optimizer.updates(mean_grads)
+        if scaler is not None:  # a non-finite average: no optimizer step on any rank, the scale backs off
+            updates = scaler.gate(updates)
+        self.function = ag.compile(extra, inputs=summed, updates=updates, **self.compile_options)
         if self.broadcast:
-            broadcast_state(self.model, self.optimizer, self.comm)
+            self.broadcast_state()
 
     def __call__(self, *batch: Any) -> float:
         if len(batch) < 2:
@@ -451,7 +480,9 @@ class DistributedDataParallel:
 
     def broadcast_state(self, root: int = 0) -> None:
         """Copy parameters, buffers and optimizer state from ``root`` to every rank (after a load on one rank)."""
-        broadcast_state(self.model, self.optimizer, self.comm, root)
+        scaler = self.loss_scaler
+        extra = [scaler.scale, scaler.good_steps] if scaler is not None else []
+        broadcast_state(self.model, self.optimizer, self.comm, root, extra)
 
 
 def compile_distributed_train_step(
@@ -464,9 +495,10 @@ def compile_distributed_train_step(
     bucket_mb: float = 25.0,
     clip_grad_norm: float | None = None,
     clip_grad_value: float | None = None,
-    loss_scale: float | None = None,
     return_outputs: bool = False,
     accumulate: int = 1,
+    mixed_precision: bool = False,
+    loss_scaler: LossScaler | None = None,
     broadcast: bool = True,
     **compile_options: Any,
 ) -> DistributedDataParallel:
@@ -477,8 +509,9 @@ def compile_distributed_train_step(
             compile_options: as :func:`asg.nn.compile_train_step` (clipping sees the averaged gradients).
         comm: an mpi4py communicator (default ``MPI.COMM_WORLD``).
         bucket_mb: the largest all-reduce bucket, in MiB (a larger parameter gets a bucket of its own).
-        loss_scale: multiply the loss by this before the backward pass and divide the averaged gradients
-            by it (static loss scaling for low-precision gradients).
+        mixed_precision, loss_scaler: as :func:`asg.nn.compile_train_step`: a float16 forward and
+            backward with dynamic loss scaling (a ``loss_scaler`` alone scales at full precision); the
+            scale's finiteness test and back-off see the averaged gradients, so all ranks agree.
         broadcast: copy parameters, buffers and optimizer state from rank 0 when the step is built.
         accumulate: only 1 (gradient accumulation is not supported by the distributed step).
 
@@ -510,8 +543,9 @@ def compile_distributed_train_step(
         bucket_mb=bucket_mb,
         clip_grad_norm=clip_grad_norm,
         clip_grad_value=clip_grad_value,
-        loss_scale=loss_scale,
         return_outputs=return_outputs,
+        mixed_precision=mixed_precision,
+        loss_scaler=loss_scaler,
         broadcast=broadcast,
         **compile_options,
     )
