@@ -143,16 +143,10 @@ class WgpuPlan:
             dev.write(buf, to_gpu(node.data, node.dtype))
         self._variables = [n.data for n in schedule.parameters]
         self._param_nodes = list(schedule.parameters)
-        planned = [take(nbytes(b.shape, b.dtype)) for b in schedule.memory.buffers]
         self._views: dict[int, int] = {}
         for step, prog in zip(schedule.steps, self.programs, strict=True):
             if prog.view:
                 self._views[step.output] = step.inputs[0]
-            elif step.buffer is not None:
-                self._buf[step.output] = planned[step.buffer]
-            else:
-                self._buf[step.output] = take(size(step.output))
-        self._temps = [[take(t) for t in prog.temps] for prog in self.programs]
         limit = dev.max_binding
         for step in schedule.steps:
             if size(step.output) > limit:
@@ -176,6 +170,16 @@ class WgpuPlan:
 
             root = {n.id: self._root(n.id) for n in graph.nodes}
             fused_at, skipped, self.fused_groups = plan_groups(schedule, root)
+        # Values a fused kernel keeps in registers get no buffer (run_traced allocates them if it runs).
+        internal = {n.id for g in self.fused_groups for n in g.nodes} - {
+            o.id for g in self.fused_groups for o in g.outputs
+        }
+        self._planned: dict[int, Any] = {}
+        self._take, self._size = take, size
+        for step, prog in zip(schedule.steps, self.programs, strict=True):
+            if not prog.view and step.output not in internal:
+                self._materialize(step)
+        self._temps = [[take(t) for t in prog.temps] for prog in self.programs]
         # Per dispatch: (step index, pipeline, number of bindings, grid, argument descriptors).
         self._dispatches = self._collect(fused_at, skipped)
         self._traced_dispatches = self._collect({}, set()) if fused_at else self._dispatches
@@ -215,6 +219,16 @@ class WgpuPlan:
                 pipe = self.dev.pipeline(d.wgsl, len(d.args))
                 dispatches.append((step.index, pipe, len(d.args), d.grid, refs))
         return dispatches
+
+    def _materialize(self, step: Any) -> None:
+        """Give ``step``'s value its buffer: its entry of core's buffer table, or one of its own."""
+        if step.buffer is not None:
+            if step.buffer not in self._planned:
+                b = self.schedule.memory.buffers[step.buffer]
+                self._planned[step.buffer] = self._take(nbytes(b.shape, b.dtype))
+            self._buf[step.output] = self._planned[step.buffer]
+        else:
+            self._buf[step.output] = self._take(self._size(step.output))
 
     @property
     def dispatch_count(self) -> int:
@@ -401,6 +415,9 @@ class WgpuPlan:
             self._prepare(feeds)
             timer = _Timer(self.dev) if "timestamp-query" in self.dev.features else None
             if self._traced is None:
+                for step, prog in zip(self.schedule.steps, self.programs, strict=True):
+                    if not prog.view and step.output not in self._buf:
+                        self._materialize(step)
                 self._traced = self._encode(self._traced_dispatches)
             by_step: dict[int, list[tuple[Any, Any, tuple[int, int, int]]]] = {}
             for pipe, bg, grid, index in self._traced:
