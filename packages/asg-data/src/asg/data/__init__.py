@@ -145,3 +145,6 @@ __all__ += [  # noqa: RUF022 (grouped by topic)
     "accuracy", "precision", "recall", "f1", "confusion_matrix", "format_confusion_matrix",
     "top_k_accuracy", "mse", "rmse", "mae", "r2", "mape", "explained_variance", "max_error",
 ]  # fmt: skip
+from .text import WordPieceTokenizer  # noqa: E402
+
+__all__ += ["WordPieceTokenizer"]

@@ -12,6 +12,7 @@ Example:
 from .bpe import GPT2_PATTERN, PATTERN_TIMEOUT_S, ByteLevelBPETokenizer, bytes_to_unicode, from_gpt2_files
 from .char import CharTokenizer
 from .lm import LanguageModelDataset, random_blocks
+from .wordpiece import WordPieceTokenizer
 
 __all__ = [
     "GPT2_PATTERN",
@@ -19,6 +20,7 @@ __all__ = [
     "ByteLevelBPETokenizer",
     "CharTokenizer",
     "LanguageModelDataset",
+    "WordPieceTokenizer",
     "bytes_to_unicode",
     "from_gpt2_files",
     "random_blocks",
