@@ -10,9 +10,10 @@ derivative stays inside the family::
     conv_transpose2d(g, w)              -> x'    grads: conv2d(g', w),          conv2d_backward_weight(g', g)
     conv2d_backward_weight(x, g)        -> w'    grads: conv_transpose2d(g, g'), conv2d(x, g')
 
-Kernels share one im2col: a strided window view of the padded input copied into
-``(N, groups, C_in/groups*kH*kW, H_out*W_out)`` columns, so a batched matmul with the weight gives
-NCHW output directly; the transpose scatters columns back with one strided add per kernel offset.
+Kernels share one im2col: a strided window view of the padded input copied into batch-wide
+``(groups, C_in/groups*kH*kW, N*H_out*W_out)`` columns, so each kernel is one GEMM per group over the
+whole batch (one BLAS call when groups == 1), not one small GEMM per image; the transpose scatters
+columns back with one strided add per kernel offset.
 
 Spatial dims may be symbolic (the output is then a dim expression); the batch dim may always be
 symbolic. The argument helpers here (``_pair``, ``_pad`` ...) are shared with :mod:`.pooling`.
@@ -140,17 +141,34 @@ def _window_view(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, out
 def _im2col(
     x: np.ndarray, kernel: Pair, stride: Pair, padding: Padding4, dilation: Pair, groups: int
 ) -> tuple[np.ndarray, Pair]:
-    """Columns ``(N, groups, C/groups*kH*kW, H_out*W_out)`` of ``x`` and the output size."""
+    """Batch-wide columns ``(groups, C/groups*kH*kW, N*H_out*W_out)`` of ``x`` and the output size.
+
+    The batch is folded into the columns, so one GEMM per group covers every image."""
     xp = _pad(x, padding)
     n, c, hp, wp = xp.shape
     out_hw = (
         (hp - _effective(kernel[0], dilation[0])) // stride[0] + 1,
         (wp - _effective(kernel[1], dilation[1])) // stride[1] + 1,
     )
-    windows = _window_view(xp, kernel, stride, dilation, out_hw)
-    cols = _scratch((n, c, kernel[0], kernel[1], out_hw[0], out_hw[1]), x.dtype)
-    np.copyto(cols, windows)
-    return _reshaped(cols, (n, groups, c // groups * kernel[0] * kernel[1], out_hw[0] * out_hw[1])), out_hw
+    windows = _window_view(xp, kernel, stride, dilation, out_hw)  # (N, C, kH, kW, H_out, W_out)
+    cols = _scratch((c, kernel[0], kernel[1], n, out_hw[0], out_hw[1]), x.dtype)
+    np.copyto(cols, windows.transpose(1, 2, 3, 0, 4, 5))
+    return _reshaped(cols, (groups, c // groups * kernel[0] * kernel[1], n * out_hw[0] * out_hw[1])), out_hw
+
+
+def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b`` over a leading group axis; one BLAS call (2-d operands) when there is one group."""
+    if a.shape[0] == 1:
+        result = np.matmul(a[0], b[0], out=None if out is None else out[0])
+        return result[None] if out is None else out
+    return np.matmul(a, b, out=out)
+
+
+def _batch_major(g: np.ndarray, groups: int) -> np.ndarray:
+    """``(N, C, H, W)`` as ``(groups, C/groups, N*H*W)``, contiguous (the GEMM operand of a batch)."""
+    n, c, h, w = g.shape
+    grouped = g.reshape(n, groups, c // groups, h * w).transpose(1, 2, 0, 3)
+    return np.ascontiguousarray(grouped).reshape(groups, c // groups, n * h * w)
 
 
 def _col2im(
@@ -230,10 +248,12 @@ def _conv_kernel(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     c_out, c_per_group, kh, kw = w.shape
+    n = x.shape[0]
     cols, (ho, wo) = _im2col(x, (kh, kw), stride, padding, dilation, groups)
-    result = np.empty((x.shape[0], c_out, ho, wo), x.dtype) if out is None else out
     weight = w.reshape(groups, c_out // groups, c_per_group * kh * kw)
-    np.matmul(weight, cols, out=_reshaped(result, (x.shape[0], groups, c_out // groups, ho * wo)))
+    columns = _gemm(weight, cols)  # (groups, C_out/groups, N*H_out*W_out): one GEMM for the batch
+    result = np.empty((n, c_out, ho, wo), x.dtype) if out is None else out
+    np.copyto(_reshaped(result, (n, c_out, ho * wo)), columns.reshape(c_out, n, ho * wo).transpose(1, 0, 2))
     return result
 
 
@@ -299,15 +319,16 @@ def _conv_transpose_kernel(
 ) -> np.ndarray:
     n, c_in, hg, wg = g.shape
     _, c_out_per_group, kh, kw = w.shape
-    # (groups, kH*kW*C_out/groups, C_in/groups) @ (N, groups, C_in/groups, Hg*Wg), rows ordered (kH, kW, C_out/groups)
+    # (groups, kH*kW*C_out/groups, C_in/groups) @ (groups, C_in/groups, N*Hg*Wg), rows ordered (kH, kW, C_out/groups)
     weight = (
         w.reshape(groups, c_in // groups, c_out_per_group, kh, kw)
         .transpose(0, 3, 4, 2, 1)
         .reshape(groups, kh * kw * c_out_per_group, c_in // groups)
     )
-    cols = _scratch((n, groups, kh * kw * c_out_per_group, hg * wg), g.dtype)
-    np.matmul(weight, g.reshape(n, groups, c_in // groups, hg * wg), out=cols)
-    cols7 = _reshaped(cols, (n, groups, kh, kw, c_out_per_group, hg, wg))
+    cols = _scratch((groups, kh * kw * c_out_per_group, n * hg * wg), g.dtype)
+    _gemm(weight, _batch_major(g, groups), out=cols)  # one GEMM for the batch
+    # (groups, kH, kW, C_out/groups, N, Hg, Wg) viewed as col2im's (N, groups, kH, kW, C_out/groups, Hg, Wg)
+    cols7 = _reshaped(cols, (groups, kh, kw, c_out_per_group, n, hg, wg)).transpose(4, 0, 1, 2, 3, 5, 6)
     return _col2im(cols7, size, stride, padding, dilation, out)
 
 
@@ -369,13 +390,12 @@ def _backward_weight_kernel(
     groups: int,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    n, c_out, ho, wo = g.shape
-    cols, _ = _im2col(x, kernel_size, stride, padding, dilation, groups)
-    grads = g.reshape(n, groups, c_out // groups, ho * wo)
-    per_sample = np.matmul(grads, cols.transpose(0, 1, 3, 2))  # (N, groups, C_out/groups, C_in/groups*kH*kW)
-    shape = (c_out, x.shape[1] // groups, *kernel_size)
+    cols, _ = _im2col(x, kernel_size, stride, padding, dilation, groups)  # (groups, K, N*H_out*W_out)
+    grads = _batch_major(g, groups)  # (groups, C_out/groups, N*H_out*W_out)
+    shape = (g.shape[1], x.shape[1] // groups, *kernel_size)
     result = np.empty(shape, x.dtype) if out is None else out
-    np.sum(per_sample, axis=0, out=_reshaped(result, per_sample.shape[1:]))
+    # one GEMM per group sums over the batch: (C_out/groups, N*HW) @ (N*HW, K)
+    _gemm(grads, cols.transpose(0, 2, 1), out=_reshaped(result, (groups, grads.shape[1], cols.shape[1])))
     return result
 
 
