@@ -24,6 +24,7 @@ from .cnn import (
 from .gpt import GPT, GPTConfig, KVCache, lm_loss, sample_next
 from .hf import WeightImportError, convert_torch_checkpoint, load_bert, load_gpt2, load_vit
 from .mlp import MLP, MLPConfig
+from .sentence import SentenceEncoder
 from .transformer import Seq2SeqTransformer, TransformerConfig, TransformerEncoderModel
 from .vit import ViT, ViTConfig
 
@@ -43,6 +44,7 @@ __all__ = [
     "MLPConfig",
     "ResNet",
     "ResNetConfig",
+    "SentenceEncoder",
     "Seq2SeqTransformer",
     "TransformerConfig",
     "TransformerEncoderModel",
