@@ -43,7 +43,7 @@ class _Emitter:
     """Builds the ONNX graph: value names, nodes, initializers and run-time dimension values."""
 
     def __init__(self, onnx: Any, graph: Graph, opset: int) -> None:
-        self.onnx, self.helper, self.numpy_helper = onnx, onnx.helper, onnx.numpy_helper
+        self.helper, self.numpy_helper = onnx.helper, onnx.numpy_helper
         self.graph, self.opset = graph, opset
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
@@ -71,15 +71,14 @@ class _Emitter:
         return self.unique(f"{scope}/{base}/{op_type}" if scope else f"{base}/{op_type}")
 
     # ------------------------------------------------------------------ emitting
-    def op(self, op_type: str, inputs: Sequence[str], outputs: int = 1, **attrs: Any) -> Any:
-        """Append one ONNX node; returns its output name (a list of names when ``outputs > 1``)."""
+    def op(self, op_type: str, inputs: Sequence[str], **attrs: Any) -> str:
+        """Append one ONNX node; returns the name of its output (named after the asg node being lowered)."""
         hint = self.graph.names()[self.current.id] if self.current is not None else "t"
-        names = [self.unique(f"{hint}__{op_type.lower()}") for _ in range(outputs)]
-        attrs = {k: v for k, v in attrs.items() if v is not None}
+        output = self.unique(f"{hint}__{op_type.lower()}")
         self.nodes.append(
-            self.helper.make_node(op_type, list(inputs), names, name=self._node_name(op_type), **attrs)
+            self.helper.make_node(op_type, list(inputs), [output], name=self._node_name(op_type), **attrs)
         )
-        return names[0] if outputs == 1 else names
+        return output
 
     def initializer(self, array: np.ndarray, name: str) -> str:
         name = self.unique(name)
@@ -131,8 +130,10 @@ class _Emitter:
                 f"to_onnx: dimension {name!r} (needed by {where}) is not the size of any input axis, so "
                 "the exported model cannot compute it; give an input that dimension"
             )
-        source, axis = self._symbols[name]
-        return self.op("Shape", [source], start=axis, end=axis + 1)
+        if name not in self._dims:
+            source, axis = self._symbols[name]
+            self._dims[name] = self.op("Shape", [source], start=axis, end=axis + 1)
+        return self._dims[name]
 
     def dim(self, d: Dim) -> str:
         """A dimension as an int64[1] value: a constant, or computed from the inputs' shapes."""
@@ -225,14 +226,14 @@ def _maps(names: str | Sequence[str], onnx_ops: str) -> Callable[[Rule], Rule]:
     return register
 
 
-def _simple(op_type: str, cast_to: Callable[[Node], str] | None = None, **fixed: Any) -> Rule:
+def _simple(op_type: str, cast_to: Callable[[Node], str] | None = None) -> Rule:
     """One ONNX op on the node's inputs (cast to ``cast_to(node)`` first: ONNX wants equal operand types)."""
 
     def rule(e: _Emitter, node: Node, ins: list[str]) -> str:
         if cast_to is not None:
             dtype = cast_to(node)
             ins = [e.operand(i, dtype) for i in node.inputs]
-        return e.op(op_type, ins, **fixed)
+        return e.op(op_type, ins)
 
     return rule
 
@@ -981,8 +982,12 @@ def _build_model(onnx: Any, graph: Graph, outputs: Sequence[Node], opset: int) -
         name = e.unique(node.name or f"input_{len(inputs)}")
         e.values[node.id] = name
         inputs.append(value_info(name, node))
+    stored: dict[int, str] = {}  # a Variable read by several parameter nodes (tied weights) is stored once
     for node in graph.parameters:
-        e.values[node.id] = e.initializer(np.asarray(node.data.value), node.name or "param")
+        name = stored.get(id(node.data))
+        if name is None:
+            name = stored[id(node.data)] = e.initializer(np.asarray(node.data.value), node.name or "param")
+        e.values[node.id] = name
     e.bind_symbols(graph.inputs)
     for node in graph.nodes:
         if node.op == "constant":
@@ -995,7 +1000,9 @@ def _build_model(onnx: Any, graph: Graph, outputs: Sequence[Node], opset: int) -
     for i, node in enumerate(outputs):
         base = node.name if node.name and node.op not in LEAF_OPS else None
         name = e.unique(base or ("output" if len(outputs) == 1 else f"output_{i}"))
-        e.nodes.append(helper.make_node("Identity", [e.values[node.id]], [name], name=f"{name}/Identity"))
+        e.nodes.append(
+            helper.make_node("Identity", [e.values[node.id]], [name], name=e.unique(f"{name}/Identity"))
+        )
         graph_outputs.append(value_info(name, node))
     onnx_graph = helper.make_graph(e.nodes, "asg", inputs, graph_outputs, initializer=e.initializers)
     opsets = [helper.make_opsetid("", opset)]
