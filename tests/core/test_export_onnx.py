@@ -526,6 +526,11 @@ def test_bad_arguments_are_refused():
         to_onnx("model.asg")
     model = to_onnx(ag.Graph([(ag.input("y", ("N",)) + 1.0).node]))  # a bare Graph exports too
     assert _dims(model, model.graph.input[0]) == ["N"]
+    if nn is not None:  # compile_inference without inputs= compiles at its first call
+        with pytest.raises(
+            ExportError, match=r"InferenceFunction has not been compiled yet \(its \.function is None\)"
+        ):
+            to_onnx(nn.compile_inference(nn.Linear(2, 2)))
 
 
 def test_asg_core_and_its_export_package_import_without_onnx():

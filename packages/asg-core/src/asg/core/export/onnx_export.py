@@ -915,6 +915,9 @@ def to_onnx(
     is an :class:`ExportError` naming the node and what to do. The ops that map, and the ONNX ops
     they become, are :data:`ONNX_MAPPING`.
 
+    Known differences of onnxruntime (CPU), not of the model: its ``ReduceMax``/``ReduceMin`` skip a NaN
+    where numpy (and ASG) return NaN, and it has no float64 ``Erf`` (exact GELU of float64 values).
+
     Args:
         function_or_graph: an :class:`asg.core.Function` without updates, a :class:`Graph`, or an
             object holding one in ``.function`` (asg-nn's ``compile_inference``).
