@@ -1,6 +1,7 @@
 """Fusion codegen: core's fusion groups run as generated kernels, with the same values as unfused."""
 
 import numpy as np
+import pytest
 
 import asg.core as ag
 from asg.core.fusion import find_fusion_groups
@@ -56,3 +57,21 @@ def test_profile_still_reports_every_node_of_a_fused_plan():
     f = ag.compile(loss, inputs=[x], backend="wgpu")
     p = f.profile(np.ones((8, 16), "float32"))
     assert len(p.nodes) == len(f.plan_for(np.ones((8, 16), "float32")).schedule.steps)
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "w_shape"),
+    [((2, 5, 8), (8, 12)), ((7, 6), (6, 10)), ((2, 3, 5, 8), (2, 3, 8, 4))],
+    ids=["batch-folded-vec4", "scalar-kernel", "batched"],
+)
+def test_matmul_epilogue_runs_in_the_matmul_store(a_shape, w_shape):
+    x = ag.input("x", a_shape)
+    w = ag.parameter(RNG.standard_normal(w_shape).astype("float32"), name="w")
+    bias = ag.parameter(RNG.standard_normal((w_shape[-1],)).astype("float32"), name="bias")
+    y = ag.gelu(x @ w + bias, approximate="tanh") * 0.5
+    f = ag.compile(y, inputs=[x], backend="wgpu")
+    data = RNG.standard_normal(a_shape).astype("float32")
+    np.testing.assert_allclose(f(data), ag.compile(y, inputs=[x])(data), rtol=2e-5, atol=1e-6)
+    plan = f.plan_for(data)
+    assert plan.dispatch_count == 1
+    assert [n.op for n in plan.fused_groups[0].nodes] == ["matmul", "add", "gelu", "mul"]

@@ -106,6 +106,67 @@ class ElementwiseGroup:
     source: FusionGroup | None = None
 
 
+def matmul_epilogue_kernel(group: ElementwiseGroup, schedule: Schedule) -> Dispatch:
+    """The matmul ``group.nodes[0]`` with the elementwise nodes after it computed in its store.
+
+    The epilogue function gets each product element and its linear index; external inputs (a bias,
+    a residual) are read at that index's coordinates through their broadcast strides.
+    """
+    from .kernels.linalg import Epilogue, matmul_program
+
+    spec = schedule.spec
+    anchor, nodes = group.nodes[0], group.nodes[1:]
+    space = tuple(spec.shapes[anchor.id])
+    bindings: list[tuple[str, str]] = []
+    reads: list[int] = []
+    lets: list[str] = []
+    values: dict[int, tuple[str, str]] = {anchor.id: ("acc", "f32")}
+    needs_coords = False
+    for e in group.inputs:
+        if e.id in (anchor.inputs[0].id, anchor.inputs[1].id) and not any(
+            e.id == i.id for n in nodes for i in n.inputs
+        ):
+            continue  # only the matmul reads it
+        vt = VTYPE[e.dtype]
+        c = _const(e)
+        if c is not None:
+            values[e.id] = (literal(c, vt), vt)
+            continue
+        slot = len(bindings)
+        bindings.append((f"in{slot}", e.dtype))
+        reads.append(e.id)
+        shape = tuple(spec.shapes[e.id])
+        if shape == space:
+            index = "i"
+        else:
+            needs_coords = True
+            index = f"({offset(broadcast_strides(shape, space))})"
+        lets.append(f"let e{slot} = {load(f'in{slot}', e.dtype, index)};")
+        values[e.id] = (f"e{slot}", vt)
+    for k, n in enumerate(nodes):
+        expr = emit(
+            n.op, spec.attrs[n.id], [i.dtype for i in n.inputs], n.dtype, [values[i.id] for i in n.inputs]
+        )
+        lets.append(f"let v{k} = {expr};")
+        values[n.id] = (f"v{k}", VTYPE[n.dtype])
+    store_c = any(o.id == anchor.id for o in group.outputs)
+    outs = [o for o in group.outputs if o.id != anchor.id]
+    for j, o in enumerate(outs):
+        bindings.append((f"out{j}", o.dtype))
+        lets.append(store(f"out{j}", o.dtype, "i", values[o.id][0]))
+    body = "\n    ".join((coords(space) if needs_coords else []) + lets)
+    source = f"fn epilogue(i: i32, acc: f32) {{\n    {body}\n}}"
+    source = functions_for(source) + "\n" + source
+    a, b = anchor.inputs
+    prog = matmul_program(
+        spec.shapes[a.id], spec.shapes[b.id], space, "", epilogue=Epilogue(source, tuple(bindings), store_c)
+    )
+    (d,) = prog.dispatches
+    args = [("value", a.id), ("value", b.id)] + ([("value", anchor.id)] if store_c else [])
+    args += [("value", i) for i in reads] + [("value", o.id) for o in outs]
+    return Dispatch(d.wgsl, d.grid, tuple(args))
+
+
 def elementwise_nodes(group: FusionGroup, schedule: Schedule) -> list[Node]:
     """The elementwise members of ``group`` over its iteration space (the anchor left out).
 
@@ -138,7 +199,9 @@ class _Placement:
             self.last_read[base] = max(self.last_read.get(base, -1), *rs)
         self.kept = {n.id for n in schedule.outputs} | {v.id for _, v in schedule.updates}
 
-    def group(self, nodes: Sequence[Node], source: FusionGroup | None) -> ElementwiseGroup | None:
+    def group(
+        self, nodes: Sequence[Node], source: FusionGroup | None, contraction: bool = False
+    ) -> ElementwiseGroup | None:
         """``nodes`` as one kernel placed at the last one's step, or None when that is unsafe.
 
         Safe means: every step outside the chunk reading one of its values comes after that step,
@@ -168,13 +231,17 @@ class _Placement:
             for s in range(self.last_read.get(base, last) + 1, last + 1):
                 if self.steps[s].buffer == b and self.steps[s].output not in members:
                     return None
+        if contraction:  # every invocation reads A and B widely: no value may be stored over them
+            operands = {self.buffer_of.get(self.root.get(i.id, i.id)) for i in nodes[0].inputs} - {None}
+            if any(self.buffer_of.get(o.id) in operands for o in outputs):
+                return None
         if not outputs:
             return None
         return ElementwiseGroup(tuple(nodes), tuple(inputs.values()), tuple(outputs), source)
 
 
 def plan_groups(
-    schedule: Schedule, root: Mapping[int, int]
+    schedule: Schedule, root: Mapping[int, int], matmul_epilogues: bool = True
 ) -> tuple[dict[int, Dispatch], set[int], list[ElementwiseGroup]]:
     """Which steps run fused: (step index -> fused dispatch there, step indices skipped, groups fused).
 
@@ -196,11 +263,39 @@ def plan_groups(
             skipped.update(place.pos[n.id] for n in chunk if place.pos[n.id] != last)
             fused.append(found)
 
+    def emit_matmul(chunk: list[Node], found: ElementwiseGroup) -> None:
+        last = max(place.pos[n.id] for n in chunk)
+        at[last] = matmul_epilogue_kernel(found, schedule)
+        skipped.update(place.pos[n.id] for n in chunk if place.pos[n.id] != last)
+        fused.append(found)
+
     for group in find_fusion_groups(schedule.graph):
         nodes = sorted(
             (n for n in elementwise_nodes(group, schedule) if n.id in place.pos),
             key=lambda n: place.pos[n.id],
         )
+        anchor = group.anchor
+        if (
+            matmul_epilogues
+            and group.kind == "matmul_epilogue"
+            and anchor is not None
+            and anchor.op == "matmul"
+            and anchor.dtype == "float32"
+            and anchor.id in place.pos
+            and nodes
+            and tuple(schedule.spec.shapes[nodes[0].id]) == tuple(schedule.spec.shapes[anchor.id])
+            and math.prod(schedule.spec.shapes[anchor.id])
+        ):
+            # the matmul and the epilogue nodes right after it, as long as that stays safe
+            chunk, found = [anchor], None
+            for n in nodes:
+                trial = place.group([*chunk, n], group, contraction=True)
+                if trial is None:
+                    break
+                chunk, found = [*chunk, n], trial
+            if found is not None:
+                emit_matmul(chunk, found)
+                nodes = nodes[len(chunk) - 1 :]
         if len(nodes) < 2 or math.prod(schedule.spec.shapes[nodes[0].id]) == 0:
             continue
         chunk: list[Node] = []

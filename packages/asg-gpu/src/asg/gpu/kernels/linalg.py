@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from asg.core.lowering import LoweringContext
 
@@ -21,6 +22,27 @@ from ..codegen import HELPERS, Dispatch, Program, broadcast_strides, declare, st
 from ._base import gpu_lowering
 
 THREADS = 16  # invocations per side of the workgroup
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """Elementwise work fused into the matmul's store (:mod:`asg.gpu.fusion` builds it).
+
+    ``source`` defines ``fn epilogue(i: i32, acc: f32)`` (``i``: the output's linear index) that
+    stores the group's values; ``bindings`` are the buffers it uses, declared after A, B (and C when
+    ``store_c``: the product itself is also needed outside the group).
+    """
+
+    source: str
+    bindings: tuple[tuple[str, str], ...]
+    store_c: bool
+
+
+def _declare_from(first: int, bindings: Sequence[tuple[str, str]]) -> str:
+    return "\n".join(
+        line.replace(f"@binding({k})", f"@binding({k + first})")
+        for k, line in enumerate(declare(bindings).splitlines())
+    )
 
 
 def tile_config(m: int, n: int, k: int) -> tuple[int, int, int]:
@@ -40,6 +62,7 @@ def matmul_wgsl(
     a_st: Sequence[int],
     b_st: Sequence[int],
     config: tuple[int, int, int] | None = None,
+    epilogue: Epilogue | None = None,
 ) -> str:
     """The WGSL of an (m, k) @ (k, n) product over ``batch`` (per-batch element strides of A and B)."""
     bm, bn, bk = config or tile_config(m, n, k)
@@ -88,13 +111,15 @@ def matmul_wgsl(
         lines.append(f"{{ let r = row0 + ty + {i * THREADS};")
         lines.append(f"  if (r < {m}) {{")
         for j in range(tn):
+            idx, acc = f"o_base + r * {n} + c", f"acc_{i}_{j}"
             lines.append(
-                f"    {{ let c = col0 + tx + {j * THREADS}; if (c < {n}) {{ C[o_base + r * {n} + c] = acc_{i}_{j}; }} }}"
+                f"    {{ let c = col0 + tx + {j * THREADS}; if (c < {n}) {{ {_store(idx, acc, epilogue)} }} }}"
             )
         lines.append("  } }")
     body = "\n    ".join(lines)
-    return f"""{declare([("A", "float32"), ("B", "float32"), ("C", "float32")])}
+    return f"""{_header(epilogue, "f32")}
 {HELPERS}
+{epilogue.source if epilogue else ""}
 var<workgroup> As: array<f32, {bm * bk}>;
 var<workgroup> Bs: array<f32, {bn * bk}>;
 @compute @workgroup_size({nthreads})
@@ -106,6 +131,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 """
 
 
+def _header(epilogue: Epilogue | None, elem: str) -> str:
+    """Declarations of A, B, C (C left out when an epilogue stores other values) and the epilogue's."""
+    names = ["A", "B"] + (["C"] if epilogue is None or epilogue.store_c else [])
+    lines = [
+        f"@group(0) @binding({k}) var<storage, read_write> {x}: array<{elem}>;" for k, x in enumerate(names)
+    ]
+    if epilogue is not None and epilogue.bindings:
+        lines.append(_declare_from(len(names), epilogue.bindings))
+    return "\n".join(lines)
+
+
+def _store(idx: str, acc: str, epilogue: Epilogue | None) -> str:
+    if epilogue is None:
+        return f"C[{idx}] = {acc};"
+    return (f"C[{idx}] = {acc}; " if epilogue.store_c else "") + f"epilogue({idx}, {acc});"
+
+
 def matmul_vec4_wgsl(
     m: int,
     n: int,
@@ -115,6 +157,7 @@ def matmul_vec4_wgsl(
     b_st: Sequence[int],
     config: tuple[int, int, int],
     nb: tuple[int, int],
+    epilogue: Epilogue | None = None,
 ) -> str:
     """The vec4 kernel (``k % 4 == 0`` and ``n % 4 == 0``): A, B and C read and written as ``vec4<f32>``.
 
@@ -189,14 +232,19 @@ def matmul_vec4_wgsl(
             lines.append(f"{{ let r = row0 + {64 * g} + ty * 4 + {i};")
             lines.append(f"  if (r < {m}) {{")
             for h in range(gn):
-                lines.append(
-                    f"    {{ let c = col0 + {64 * h} + tx * 4; if (c < {n}) {{ C[o_base + r * {n4} + c / 4] = acc_{g}_{h}_{i}; }} }}"
-                )
+                at, acc = f"o_base + r * {n4} + c / 4", f"acc_{g}_{h}_{i}"
+                if epilogue is None:
+                    st = f"C[{at}] = {acc};"
+                else:
+                    st = (f"C[{at}] = {acc}; " if epilogue.store_c else "") + " ".join(
+                        f"epilogue(({at}) * 4 + {q}, {acc}.{'xyzw'[q]});" for q in range(4)
+                    )
+                lines.append(f"    {{ let c = col0 + {64 * h} + tx * 4; if (c < {n}) {{ {st} }} }}")
             lines.append("  } }")
     body = "\n    ".join(lines)
-    return f"""@group(0) @binding(0) var<storage, read_write> A: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> B: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> C: array<vec4<f32>>;
+    return f"""{_header(epilogue, "vec4<f32>")}
+{HELPERS if epilogue else ""}
+{epilogue.source if epilogue else ""}
 var<workgroup> As: array<vec4<f32>, {bm4 * bk}>;
 var<workgroup> Bs: array<vec4<f32>, {bn4 * bk}>;
 @compute @workgroup_size({nthreads})
@@ -215,6 +263,7 @@ def matmul_program(
     name: str = "",
     config: tuple[int, int, int] | None = None,
     vec4: bool = True,
+    epilogue: Epilogue | None = None,
 ) -> Program:
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
 
@@ -243,9 +292,11 @@ def matmul_program(
     nb_a = math.prod(a_shape[:-2]) if len(b_shape) != 2 else 1
     nb_b = math.prod(b_shape[:-2]) if len(b_shape) != 2 else 1
     if k % 4 == 0 and n % 4 == 0 and k and vec4:
-        wgsl = matmul_vec4_wgsl(m, n, k, batch, a_st, b_st, (bm, bn, bk), (max(nb_a, 1), max(nb_b, 1)))
+        wgsl = matmul_vec4_wgsl(
+            m, n, k, batch, a_st, b_st, (bm, bn, bk), (max(nb_a, 1), max(nb_b, 1)), epilogue
+        )
     else:
-        wgsl = matmul_wgsl(m, n, k, batch, a_st, b_st, (bm, bn, bk))
+        wgsl = matmul_wgsl(m, n, k, batch, a_st, b_st, (bm, bn, bk), epilogue)
         wgsl = wgsl.replace("NB_A", str(max(nb_a, 1))).replace("NB_B", str(max(nb_b, 1)))
     grid = (-(-n // bn), -(-m // bm), max(count, 1))
     return Program([Dispatch(wgsl, grid, (("in", 0), ("in", 1), ("out", 0)))], name=name)
