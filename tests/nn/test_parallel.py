@@ -117,6 +117,34 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one(trained):
         assert_close(resumed[name], two[name][cases.STEPS :], np.float64, name)
 
 
+def test_fit_with_rank_zero_callbacks(trained):
+    """fit over a DataLoader with a DistributedSampler: callbacks wrapped in RankZero run on rank 0 only."""
+    out, load = trained
+    assert sorted(p.name for p in out.glob("seen.*")) == ["seen.epoch0.rank0", "seen.epoch1.rank0"]
+    rows = (out / "fit.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,loss") and len(rows) == 3
+    losses = [load(f"fit.rank{r}")["loss"] for r in range(cases.RANKS)]
+    np.testing.assert_array_equal(losses[0], losses[1])  # the logged loss is the mean over ranks
+    assert float(rows[2].split(",")[1]) == pytest.approx(losses[0][1], rel=1e-12)
+    meta = nn.load_checkpoint(out / "fit-1.safetensors", cases.build("mlp32", 0)[0])
+    assert meta["epoch"] == 1 and meta["step"] == 2 * cases.STEPS
+
+
+def test_the_wgpu_backend(tmp_path):
+    """The same two-rank step with every compiled function on the wgpu backend (lavapipe here)."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path))
+    gpu = pytest.importorskip("asg.gpu.device", reason="asg-gpu is not installed")
+    if not gpu.adapter_available():
+        pytest.skip("no wgpu adapter: install mesa-vulkan-drivers")
+    done, _ = launch(cases.RANKS, "wgpu", tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ranks = [nn.load_state_dict(tmp_path / f"mlp32.wgpu.rank{r}.safetensors") for r in range(cases.RANKS)]
+    ref = cases.reference("mlp32", seed=100)
+    for name, expected in ref.items():
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+        assert_close(ranks[0][name], expected[:3], np.float32, name)
+
+
 def test_ranks_with_different_models_fail_on_every_rank(tmp_path):
     done, _ = launch(2, "mismatch", tmp_path, timeout=60)
     assert done.returncode != 0
