@@ -11,7 +11,8 @@ from ..registry import OPS
 @contextmanager
 def scratch_ops() -> Iterator[None]:
     """Ops defined inside the block are removed at its end; the kernels, lowerings and traits of the
-    other ops are restored. Use it for every op a test defines only to exercise the machinery.
+    other ops are restored. Use it for every op a test defines only to exercise the machinery; import
+    packages that define ops of their own (asg-nn) before entering it, or their ops would go too.
 
     Example:
         >>> import numpy as np
