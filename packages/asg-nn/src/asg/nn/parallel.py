@@ -371,6 +371,7 @@ class DistributedDataParallel:
         self.forward_backward: ag.Function | None = None
         self.function: ag.Function | None = None
         self.buckets: list[Bucket] = []
+        self._buffers: list[np.ndarray] = []
         self.loss: float | None = None
         self.outputs: Any = None
         self.grad_norm: float | None = None
@@ -407,6 +408,7 @@ class DistributedDataParallel:
         else:
             grads = ag.grad(loss, params)
         self.buckets = _plan_buckets(params, self.bucket_bytes)
+        self._buffers = [np.empty(b.size, b.dtype) for b in self.buckets]
         flat = [
             ag.concat([grads[i].reshape(-1) for i in b.positions])
             if len(b.positions) > 1
@@ -458,11 +460,11 @@ class DistributedDataParallel:
         results = self.forward_backward(*batch)
         t1 = time.perf_counter()
         nb = len(self.buckets)
-        # In-place all-reduce needs contiguous, writable buffers of the bucket's dtype.
-        buffers = [
-            np.require(r, b.dtype, ["C", "W", "A"])
-            for r, b in zip(results[1 : 1 + nb], self.buckets, strict=True)
-        ]
+        # The all-reduce works in place in buffers the step owns: a plan's output may be a view of a
+        # buffer or constant the plan still holds (a single-parameter bucket is a reshape).
+        buffers = self._buffers
+        for buf, r in zip(buffers, results[1 : 1 + nb], strict=True):
+            np.copyto(buf, r)
         self.loss = float(results[0])
         loss = np.array([self.loss], np.float64)
         MPI = self.MPI
