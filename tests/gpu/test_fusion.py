@@ -49,7 +49,26 @@ def test_a_fused_chain_with_broadcast_inputs_and_two_outputs():
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
     plan = f.plan_for(xs, bs)
     assert len(plan.fused_groups) == 1
-    assert [n.op for n in plan.fused_groups[0].nodes] == ["sub", "exp", "mul", "add", "relu"]
+    # the whole chain is the sum's prologue: one kernel computes it, stores h and reduces relu(h + 1)
+    assert [n.op for n in plan.fused_groups[0].nodes] == ["sub", "exp", "mul", "add", "relu", "sum"]
+    assert plan.dispatch_count == 1
+    unfused = ag.compile([h, y.sum()], inputs=[x, b], backend="wgpu", options={"fusion": False})
+    assert unfused.plan_for(xs, bs).dispatch_count == 6
+
+
+@pytest.mark.parametrize("reduce", ["sum", "max", "argmax", "mean"])
+def test_reduction_prologues_run_inside_the_reduction(reduce):
+    x = ag.input("x", (6, 7, 5))
+    z = ag.tanh(x * 2.0 - 1.0)
+    out = getattr(ag, reduce)(z, axis=1)
+    f = ag.compile(out, inputs=[x], backend="wgpu")
+    data = RNG.standard_normal((6, 7, 5)).astype("float32")
+    got, want = f(data), ag.compile(out, inputs=[x])(data)
+    if reduce == "argmax":
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+    assert f.plan_for(data).dispatch_count == 1
 
 
 def test_profile_still_reports_every_node_of_a_fused_plan():

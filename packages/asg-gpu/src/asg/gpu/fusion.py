@@ -167,6 +167,73 @@ def matmul_epilogue_kernel(group: ElementwiseGroup, schedule: Schedule) -> Dispa
     return Dispatch(d.wgsl, d.grid, tuple(args))
 
 
+REDUCTIONS = frozenset({"sum", "mean", "max", "min", "argmax", "argmin"})
+
+
+def reduction_prologue_kernel(group: ElementwiseGroup, schedule: Schedule) -> Dispatch:
+    """The reduction ``group.nodes[-1]`` reading its input from the elementwise nodes before it.
+
+    Each element the reduction visits is computed on the spot by ``prologue(i)``, which also
+    stores the group values needed elsewhere; the reduced input itself is not stored unless read
+    outside the group.
+    """
+    from .kernels.reduction import Prologue, _rows_grid, reduce_wgsl
+
+    spec = schedule.spec
+    anchor, nodes = group.nodes[-1], group.nodes[:-1]
+    source_value = anchor.inputs[0]
+    space = tuple(spec.shapes[source_value.id])
+    before: list[tuple[str, str]] = []
+    reads: list[int] = []
+    lets: list[str] = []
+    values: dict[int, tuple[str, str]] = {}
+    needs_coords = False
+    for e in group.inputs:
+        vt = VTYPE[e.dtype]
+        c = _const(e)
+        if c is not None:
+            values[e.id] = (literal(c, vt), vt)
+            continue
+        slot = len(before)
+        before.append((f"in{slot}", e.dtype))
+        reads.append(e.id)
+        shape = tuple(spec.shapes[e.id])
+        if shape == space:
+            index = "i"
+        else:
+            needs_coords = True
+            index = f"({offset(broadcast_strides(shape, space))})"
+        lets.append(f"let e{slot} = {load(f'in{slot}', e.dtype, index)};")
+        values[e.id] = (f"e{slot}", vt)
+    for k, n in enumerate(nodes):
+        expr = emit(
+            n.op, spec.attrs[n.id], [i.dtype for i in n.inputs], n.dtype, [values[i.id] for i in n.inputs]
+        )
+        lets.append(f"let v{k} = {expr};")
+        values[n.id] = (f"v{k}", VTYPE[n.dtype])
+    outs = [o for o in group.outputs if o.id != anchor.id]
+    after = [(f"pout{j}", o.dtype) for j, o in enumerate(outs)]
+    lets += [store(f"pout{j}", o.dtype, "i", values[o.id][0]) for j, o in enumerate(outs)]
+    vt = VTYPE[source_value.dtype]
+    lets.append(f"return {values[source_value.id][0]};")
+    body = "\n    ".join((coords(space) if needs_coords else []) + lets)
+    source = f"fn prologue(i: i32) -> {vt} {{\n    {body}\n}}"
+    source = functions_for(source) + "\n" + source
+    attrs = spec.attrs[anchor.id]
+    nd = len(space)
+    axes = (attrs["axis"] % nd,) if "axis" in attrs else tuple(sorted(a % nd for a in attrs["axes"]))
+    wgsl, rows = reduce_wgsl(
+        space,
+        source_value.dtype,
+        anchor.dtype,
+        axes,
+        anchor.op,
+        Prologue(source, tuple(before), tuple(after)),
+    )
+    args = [("value", i) for i in reads] + [("value", anchor.id)] + [("value", o.id) for o in outs]
+    return Dispatch(wgsl, _rows_grid(rows), tuple(args))
+
+
 def elementwise_nodes(group: FusionGroup, schedule: Schedule) -> list[Node]:
     """The elementwise members of ``group`` over its iteration space (the anchor left out).
 
@@ -200,7 +267,11 @@ class _Placement:
         self.kept = {n.id for n in schedule.outputs} | {v.id for _, v in schedule.updates}
 
     def group(
-        self, nodes: Sequence[Node], source: FusionGroup | None, contraction: bool = False
+        self,
+        nodes: Sequence[Node],
+        source: FusionGroup | None,
+        contraction: bool = False,
+        wide: bool = False,
     ) -> ElementwiseGroup | None:
         """``nodes`` as one kernel placed at the last one's step, or None when that is unsafe.
 
@@ -231,8 +302,12 @@ class _Placement:
             for s in range(self.last_read.get(base, last) + 1, last + 1):
                 if self.steps[s].buffer == b and self.steps[s].output not in members:
                     return None
-        if contraction:  # every invocation reads A and B widely: no value may be stored over them
+        if contraction:  # a matmul reads A and B widely: no value may be stored over them
             operands = {self.buffer_of.get(self.root.get(i.id, i.id)) for i in nodes[0].inputs} - {None}
+            if any(self.buffer_of.get(o.id) in operands for o in outputs):
+                return None
+        if wide:  # a reduction's output may not be stored over any input of the kernel
+            operands = {self.buffer_of.get(self.root.get(i, i)) for i in inputs} - {None}
             if any(self.buffer_of.get(o.id) in operands for o in outputs):
                 return None
         if not outputs:
@@ -241,7 +316,7 @@ class _Placement:
 
 
 def plan_groups(
-    schedule: Schedule, root: Mapping[int, int], matmul_epilogues: bool = True
+    schedule: Schedule, root: Mapping[int, int], matmul_epilogues: bool = True, reductions: bool = True
 ) -> tuple[dict[int, Dispatch], set[int], list[ElementwiseGroup]]:
     """Which steps run fused: (step index -> fused dispatch there, step indices skipped, groups fused).
 
@@ -296,6 +371,28 @@ def plan_groups(
             if found is not None:
                 emit_matmul(chunk, found)
                 nodes = nodes[len(chunk) - 1 :]
+        if (
+            reductions
+            and group.kind == "reduction_prologue"
+            and anchor is not None
+            and anchor.op in REDUCTIONS
+            and anchor.id in place.pos
+            and anchor.inputs[0].id in {n.id for n in nodes}
+            and math.prod(schedule.spec.shapes[anchor.inputs[0].id])
+            and math.prod(schedule.spec.shapes[anchor.id])
+        ):
+            # the longest run of prologue nodes ending at the anchor's input that can run inside it
+            for start in range(len(nodes)):
+                if anchor.inputs[0].id not in {n.id for n in nodes[start:]}:
+                    break
+                found = place.group([*nodes[start:], anchor], group, wide=True)
+                if found is not None:
+                    last = place.pos[anchor.id]
+                    at[last] = reduction_prologue_kernel(found, schedule)
+                    skipped.update(place.pos[n.id] for n in nodes[start:])
+                    fused.append(found)
+                    nodes = nodes[:start]
+                    break
         if len(nodes) < 2 or math.prod(schedule.spec.shapes[nodes[0].id]) == 0:
             continue
         chunk: list[Node] = []

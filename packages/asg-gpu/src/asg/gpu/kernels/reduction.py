@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from asg.core.lowering import LoweringContext
 
@@ -72,12 +73,18 @@ def split_offsets(shape: Sequence[int], axes: Sequence[int]) -> tuple[list[str],
 
 
 def _kernel(
-    bindings: Sequence[tuple[str, str]], wg: int, shared: Sequence[str], body: Sequence[str], rows: int
+    bindings: Sequence[tuple[str, str]],
+    wg: int,
+    shared: Sequence[str],
+    body: Sequence[str],
+    rows: int,
+    extra: str = "",
 ) -> str:
     inner = "\n    ".join(body)
     decl = "\n".join(f"var<workgroup> {s};" for s in shared)
     return f"""{declare(bindings)}
 {HELPERS}
+{extra}
 {decl}
 @compute @workgroup_size({wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
@@ -110,19 +117,46 @@ def tree(var: str, wg: int, combine: str) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class Prologue:
+    """Elementwise work fused in front of a reduction (:mod:`asg.gpu.fusion` builds it).
+
+    ``source`` defines ``fn prologue(i: i32) -> T``: the reduced input's element at linear index
+    ``i`` (computed, not loaded; it also stores the group values needed elsewhere). ``before`` and
+    ``after`` are the buffers it uses, declared before and after the reduction's ``out``.
+    """
+
+    source: str
+    before: tuple[tuple[str, str], ...]
+    after: tuple[tuple[str, str], ...]
+
+
 def reduce_program(
     ctx: LoweringContext, axes: Sequence[int], kind: str, name: str = "", out_dtype: str | None = None
 ) -> Program:
     """One workgroup per output element reducing input 0 over ``axes``: sum, mean, max, min, argmax, argmin."""
     shape = _shape(ctx.in_types[0])
-    in_dtype = ctx.in_types[0].dtype
-    out_dtype = out_dtype or ctx.out_type.dtype
+    wgsl, rows = reduce_wgsl(shape, ctx.in_types[0].dtype, out_dtype or ctx.out_type.dtype, axes, kind)
+    if rows == 0:
+        return Program([], name=name or ctx.name)
+    return Program([Dispatch(wgsl, _rows_grid(rows), (("in", 0), ("out", 0)))], name=name or ctx.name)
+
+
+def reduce_wgsl(
+    shape: Sequence[int],
+    in_dtype: str,
+    out_dtype: str,
+    axes: Sequence[int],
+    kind: str,
+    prologue: Prologue | None = None,
+) -> tuple[str, int]:
+    """(WGSL, rows) of the reduction of a ``shape`` input (buffer ``in0``, or ``prologue``) to ``out``."""
     row, elem, rows, count = split_offsets(shape, axes)
     wg = _wg(count)
     vt = VTYPE[in_dtype]
     if kind in ("sum", "mean"):
         at = "f32" if vt == "f32" else "i32"
-        x = load("in0", in_dtype, "off")
+        x = "prologue(off)" if prologue else load("in0", in_dtype, "off")
         x = f"select(0, 1, {x})" if vt == "bool" else x
         shared = [f"part: array<{at}, {wg}>"]
         body = [
@@ -140,7 +174,7 @@ def reduce_program(
         body.append(f"if (lid == 0 && live) {{ {store('out', out_dtype, 'o', result)} }}")
     elif kind in ("max", "min"):
         pick = ">" if kind == "max" else "<"
-        x = load("in0", in_dtype, "off")
+        x = "prologue(off)" if prologue else load("in0", in_dtype, "off")
         if vt == "f32":
             init = literal(float("-inf") if kind == "max" else float("inf"), "f32")
             better = f"(is_nan(v) && !is_nan(acc)) || v {pick} acc"
@@ -163,7 +197,7 @@ def reduce_program(
         ]
     else:  # argmax / argmin: the first index of the extreme (a NaN counts as the extreme, as numpy's)
         pick = ">" if kind == "argmax" else "<"
-        x = load("in0", in_dtype, "off")
+        x = "prologue(off)" if prologue else load("in0", in_dtype, "off")
         fl = vt == "f32"
         nan_a = "is_nan(a)" if fl else "false"
         nan_b = "is_nan(b)" if fl else "false"
@@ -188,10 +222,10 @@ def reduce_program(
             *tree("part", wg, comb),
             f"if (lid == 0 && live) {{ {store('out', out_dtype, 'o', 'where_[0]')} }}",
         ]
-    wgsl = _kernel([("in0", in_dtype), ("out", out_dtype)], wg, shared, body, rows)
-    if rows == 0:
-        return Program([], name=name or ctx.name)
-    return Program([Dispatch(wgsl, _rows_grid(rows), (("in", 0), ("out", 0)))], name=name or ctx.name)
+    if prologue is None:
+        return _kernel([("in0", in_dtype), ("out", out_dtype)], wg, shared, body, rows), rows
+    bindings = [*prologue.before, ("out", out_dtype), *prologue.after]
+    return _kernel(bindings, wg, shared, body, rows, prologue.source), rows
 
 
 def _axes(ctx: LoweringContext) -> tuple[int, ...]:
