@@ -89,3 +89,20 @@ def test_gpt_training_step_matches_numpy():
     want = [float(ref(x, y)) for _ in range(5)]
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert got[-1] < got[0]
+
+
+def test_a_dropped_function_gives_its_buffers_back():
+    import gc
+
+    pool = get_backend("wgpu").pool
+    x = ag.input("x", (64, 64))
+    data = np.ones((64, 64), "float32")
+    ag.compile(ag.tanh(x @ x) + 1.0, backend="wgpu")(data)  # warm: the buffers of one such plan exist
+    gc.collect()
+    before = pool.stats()
+    for _ in range(20):
+        ag.compile(ag.tanh(x @ x) + 1.0, backend="wgpu")(data)
+        gc.collect()
+    after = pool.stats()
+    assert after.in_use_bytes == before.in_use_bytes
+    assert after.created == before.created  # each new plan reused the buffers of the dropped one

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -124,6 +125,8 @@ class WgpuPlan:
         graph = schedule.graph
         self._nodes = {n.id: n for n in graph.nodes}
         self._owned: list[Any] = []  # buffers this plan took from the pool
+        # A plan dropped with its Function gives its buffers back to the pool (never rely on GC for GPU memory).
+        self._finalizer = weakref.finalize(self, _give_back, backend.pool, self._owned)
         self._buf: dict[int, Any] = {}  # node id -> buffer (params filled per call)
         self.programs: list[Program] = [k.fn for k in kernels]
         shapes = schedule.spec.shapes
@@ -284,11 +287,10 @@ class WgpuPlan:
         return encoded
 
     def release(self) -> None:
-        """Give this plan's buffers back to the pool (the plan cannot run afterwards)."""
-        for buf in self._owned:
-            self.pool.release(buf)
-        self._owned = []
+        """Give this plan's buffers back to the pool now (the plan cannot run afterwards)."""
+        self._finalizer()
         self._encoded = []
+        self._raw = []
 
     # ------------------------------------------------------------------ running
     def _prepare(self, feeds: Sequence[np.ndarray]) -> None:
@@ -443,6 +445,12 @@ class WgpuPlan:
                 on_step(step, value, seconds)
             enc = self.dev.device.create_command_encoder()
             return self._finish(enc, update=update)
+
+
+def _give_back(pool: BufferPool, owned: list[Any]) -> None:
+    for buf in owned:
+        pool.release(buf)
+    owned.clear()
 
 
 def _record_raw(cpass: Any, raw: Sequence[tuple[Any, Any, int, int, int]]) -> None:
