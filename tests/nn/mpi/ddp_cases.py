@@ -18,7 +18,7 @@ B = 4  # per-rank batch of the 2-rank run
 RANKS = 2
 STEPS = 20  # per epoch
 N = B * RANKS * STEPS
-CASES = ("mlp64", "mlp32", "mlp64_scaled", "cnn64")
+CASES = ("mlp64", "mlp32", "mlp64_scaled", "mlp_half", "cnn64")
 EPOCHS = {"mlp64": 2}  # mlp64 checkpoints after epoch 0 and is resumed on 1 rank
 
 
@@ -36,7 +36,7 @@ def to_float64(model: nn.Module) -> nn.Module:
 
 def data(case: str) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(123)
-    dtype = np.float32 if case == "mlp32" else np.float64
+    dtype = np.float32 if case in ("mlp32", "mlp_half") else np.float64
     if case.startswith("cnn"):
         x = rng.normal(size=(N, 1, 6, 6)).astype(dtype)
         return x, rng.integers(0, 3, size=N).astype(np.int64)
@@ -60,15 +60,16 @@ def build(case: str, seed: int) -> tuple[nn.Module, Any, Any, dict[str, Any]]:
     else:
         model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
         loss = nn.MSELoss()
-    if case != "mlp32":
+    if case not in ("mlp32", "mlp_half"):
         to_float64(model)
-    if case == "mlp32":
+    if case in ("mlp32", "mlp_half"):
         opt: Any = nn.optim.Adam(model.parameters(), lr=1e-2)
     else:
         opt = nn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     options: dict[str, Any] = {
         "mlp64": {"clip_grad_norm": 0.5},
         "mlp32": {},
+        "mlp_half": {"mixed_precision": True},
         "mlp64_scaled": {"clip_grad_norm": 0.5, "loss_scaler": nn.amp.LossScaler(init_scale=1024.0)},
         "cnn64": {"clip_grad_norm": 1.0},
     }[case]

@@ -394,9 +394,8 @@ class DistributedDataParallel:
             )
         params = self.optimizer.params
         scaler = self.loss_scaler
-        if (
-            self.mixed_precision
-        ):  # float16 forward and backward, float32 master weights (as compile_train_step)
+        if self.mixed_precision:
+            # float16 forward and backward, float32 master weights (as compile_train_step)
             half = half_precision([loss, out, *state_updates.values()])
             loss, out = ag.cast(half[0], "float32"), ag.cast(half[1], out.dtype)
             state_updates = {
