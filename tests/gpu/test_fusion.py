@@ -94,3 +94,19 @@ def test_matmul_epilogue_runs_in_the_matmul_store(a_shape, w_shape):
     plan = f.plan_for(data)
     assert plan.dispatch_count == 1
     assert [n.op for n in plan.fused_groups[0].nodes] == ["matmul", "add", "gelu", "mul"]
+
+
+def test_residual_add_runs_inside_layer_norm():
+    x = ag.input("x", (4, 6, 16))
+    r = ag.input("r", (4, 6, 16))
+    w = ag.parameter(RNG.standard_normal(16).astype("float32"), name="w")
+    b = ag.parameter(RNG.standard_normal(16).astype("float32"), name="b")
+    h = x + r * 0.5
+    y = ag.layer_norm(h, (16,), w, b)
+    f = ag.compile([y, h], inputs=[x, r], backend="wgpu")
+    xs, rs = (RNG.standard_normal((4, 6, 16)).astype("float32") for _ in range(2))
+    for got, want in zip(f(xs, rs), ag.compile([y, h], inputs=[x, r])(xs, rs), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    plan = f.plan_for(xs, rs)
+    assert plan.dispatch_count == 1
+    assert [n.op for n in plan.fused_groups[0].nodes] == ["mul", "add", "layer_norm"]

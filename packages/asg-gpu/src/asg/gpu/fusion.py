@@ -234,6 +234,69 @@ def reduction_prologue_kernel(group: ElementwiseGroup, schedule: Schedule) -> Di
     return Dispatch(wgsl, _rows_grid(rows), tuple(args))
 
 
+def norm_prologue_kernel(group: ElementwiseGroup, schedule: Schedule) -> Dispatch:
+    """layer_norm ``group.nodes[-1]`` reading its input from the elementwise nodes before it
+    (typically the residual add): ``layer_norm(x + r)`` in one kernel."""
+    from .kernels.normalization import layer_norm_wgsl
+    from .kernels.reduction import Prologue, _rows_grid
+
+    spec = schedule.spec
+    anchor, nodes = group.nodes[-1], group.nodes[:-1]
+    source_value = anchor.inputs[0]
+    space = tuple(spec.shapes[source_value.id])
+    members = {n.id for n in nodes}
+    ext: dict[int, Node] = {}
+    for n in nodes:
+        for i in n.inputs:
+            if i.id not in members:
+                ext.setdefault(i.id, i)
+    before: list[tuple[str, str]] = []
+    reads: list[int] = []
+    lets: list[str] = []
+    values: dict[int, tuple[str, str]] = {}
+    needs_coords = False
+    for e in ext.values():
+        vt = VTYPE[e.dtype]
+        c = _const(e)
+        if c is not None:
+            values[e.id] = (literal(c, vt), vt)
+            continue
+        slot = len(before)
+        before.append((f"in{slot}", e.dtype))
+        reads.append(e.id)
+        shape = tuple(spec.shapes[e.id])
+        if shape == space:
+            index = "i"
+        else:
+            needs_coords = True
+            index = f"({offset(broadcast_strides(shape, space))})"
+        lets.append(f"let e{slot} = {load(f'in{slot}', e.dtype, index)};")
+        values[e.id] = (f"e{slot}", vt)
+    for k, n in enumerate(nodes):
+        expr = emit(
+            n.op, spec.attrs[n.id], [i.dtype for i in n.inputs], n.dtype, [values[i.id] for i in n.inputs]
+        )
+        lets.append(f"let v{k} = {expr};")
+        values[n.id] = (f"v{k}", VTYPE[n.dtype])
+    outs = [o for o in group.outputs if o.id != anchor.id]
+    after = [(f"pout{j}", o.dtype) for j, o in enumerate(outs)]
+    stores = [store(f"pout{j}", o.dtype, "i", values[o.id][0]) for j, o in enumerate(outs)]
+    result = f"return {values[source_value.id][0]};"
+    head = coords(space) if needs_coords else []
+    plain = "\n    ".join([*head, *lets, result])
+    storing = "\n    ".join([*head, *lets, *stores, result])
+    source = f"fn prologue(i: i32) -> f32 {{\n    {plain}\n}}\nfn prologue_store(i: i32) -> f32 {{\n    {storing}\n}}"
+    source = functions_for(source) + "\n" + source
+    attrs = spec.attrs[anchor.id]
+    feat = math.prod(int(d) for d in attrs["normalized_shape"])
+    rows = math.prod(space) // max(feat, 1)
+    hw, hb = bool(attrs["has_weight"]), bool(attrs["has_bias"])
+    wgsl = layer_norm_wgsl(rows, feat, attrs["eps"], hw, hb, Prologue(source, tuple(before), tuple(after)))
+    params = [anchor.inputs[k].id for k in range(1, 1 + hw + hb)]
+    args = [("value", i) for i in reads + params] + [("value", anchor.id)] + [("value", o.id) for o in outs]
+    return Dispatch(wgsl, _rows_grid(rows), tuple(args))
+
+
 def elementwise_nodes(group: FusionGroup, schedule: Schedule) -> list[Node]:
     """The elementwise members of ``group`` over its iteration space (the anchor left out).
 
@@ -371,6 +434,26 @@ def plan_groups(
             if found is not None:
                 emit_matmul(chunk, found)
                 nodes = nodes[len(chunk) - 1 :]
+        if (
+            reductions
+            and group.kind == "residual_norm"
+            and anchor is not None
+            and anchor.op == "layer_norm"
+            and anchor.dtype == "float32"
+            and anchor.id in place.pos
+            and anchor.inputs[0].id in {n.id for n in nodes}
+            and math.prod(schedule.spec.shapes[anchor.id])
+        ):
+            for start in range(len(nodes)):
+                if anchor.inputs[0].id not in {n.id for n in nodes[start:]}:
+                    break
+                found = place.group([*nodes[start:], anchor], group, wide=True)
+                if found is not None:
+                    at[place.pos[anchor.id]] = norm_prologue_kernel(found, schedule)
+                    skipped.update(place.pos[n.id] for n in nodes[start:])
+                    fused.append(found)
+                    nodes = nodes[:start]
+                    break
         if (
             reductions
             and group.kind == "reduction_prologue"

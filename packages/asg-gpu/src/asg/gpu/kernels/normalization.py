@@ -14,12 +14,15 @@ from asg.core.lowering import LoweringContext
 
 from ..codegen import HELPERS, Dispatch, Program, check_index, declare, literal, load, per_element, store
 from ._base import gpu_lowering
-from .reduction import _rows_grid, _wg, tree
+from .reduction import Prologue, _rows_grid, _wg, tree
 
 
-def _row_kernel(names: list[str], wg: int, rows: int, body: list[str], extra: str = "") -> str:
+def _row_kernel(
+    names: list[str] | list[tuple[str, str]], wg: int, rows: int, body: list[str], extra: str = ""
+) -> str:
     inner = "\n    ".join(body)
-    return f"""{declare([(n, "float32") for n in names])}
+    bindings = [n if isinstance(n, tuple) else (n, "float32") for n in names]
+    return f"""{declare(bindings)}
 {HELPERS}
 {extra}
 var<workgroup> part: array<f32, {wg}>;
@@ -47,11 +50,11 @@ def _row_sum(expr: str, var: str, wg: int, feat: int) -> list[str]:
     ]
 
 
-def _stats(wg: int, feat: int, eps: float) -> list[str]:
+def _stats(wg: int, feat: int, eps: float, x: str = "x[off]") -> list[str]:
     return [
-        *_row_sum("x[off]", "total", wg, feat),
+        *_row_sum(x, "total", wg, feat),
         f"let mean = total / {literal(feat, 'f32')};",
-        *_row_sum("(x[off] - mean) * (x[off] - mean)", "ss", wg, feat),
+        *_row_sum(f"({x} - mean) * ({x} - mean)", "ss", wg, feat),
         f"let rstd = 1.0 / sqrt(ss / {literal(feat, 'f32')} + {literal(eps, 'f32')});",
     ]
 
@@ -62,19 +65,36 @@ def _features(ctx: LoweringContext) -> tuple[int, int]:
     return math.prod(shape) // max(feat, 1), feat
 
 
+def layer_norm_wgsl(
+    rows: int, feat: int, eps: float, hw: bool, hb: bool, prologue: Prologue | None = None
+) -> str:
+    """The layer_norm kernel: buffers x (or ``prologue``'s), w, b, y; one workgroup per row.
+
+    With a prologue, ``prologue(i)`` computes each input element (three times: two statistics
+    passes and the output pass) and ``prologue_store(i)``, used in the output pass, also stores the
+    group's values needed elsewhere.
+    """
+    wg = _wg(feat)
+    x = "prologue(off)" if prologue else "x[off]"
+    final = "prologue_store(off)" if prologue else "x[off]"
+    value = f"({final} - mean) * rstd" + (" * w[r]" if hw else "") + (" + b[r]" if hb else "")
+    body = [
+        *_stats(wg, feat, eps, x),
+        f"for (var r = lid; live && r < {feat}; r += {wg}) {{ let off = base + r; y[off] = {value}; }}",
+    ]
+    params = (["w"] if hw else []) + (["b"] if hb else []) + ["y"]
+    if prologue is None:
+        return _row_kernel(["x", *params], wg, rows, body).replace("FEAT", str(feat))
+    names = [*prologue.before, *((n, "float32") for n in params), *prologue.after]
+    return _row_kernel(names, wg, rows, body, prologue.source).replace("FEAT", str(feat))
+
+
 @gpu_lowering("layer_norm")
 def _layer_norm(ctx: LoweringContext) -> Program:
     rows, feat = _features(ctx)
-    wg = _wg(feat)
     hw, hb = ctx.attrs["has_weight"], ctx.attrs["has_bias"]
-    names = ["x"] + (["w"] if hw else []) + (["b"] if hb else []) + ["y"]
-    value = "(x[off] - mean) * rstd" + (" * w[r]" if hw else "") + (" + b[r]" if hb else "")
-    body = [
-        *_stats(wg, feat, ctx.attrs["eps"]),
-        f"for (var r = lid; live && r < {feat}; r += {wg}) {{ let off = base + r; y[off] = {value}; }}",
-    ]
-    wgsl = _row_kernel(names, wg, rows, body).replace("FEAT", str(feat))
-    args = (*tuple(("in", k) for k in range(len(names) - 1)), ("out", 0))
+    wgsl = layer_norm_wgsl(rows, feat, ctx.attrs["eps"], hw, hb)
+    args = (*tuple(("in", k) for k in range(1 + hw + hb)), ("out", 0))
     return Program([Dispatch(wgsl, _rows_grid(rows), args)] if rows else [])
 
 
