@@ -28,6 +28,9 @@ try:
 except FileNotFoundError as err:  # mpi4py without a launcher
     pytest.skip(str(err), allow_module_level=True)
 
+# One xdist worker runs the whole module (scripts/test.sh uses --dist loadgroup): the 2-rank run once.
+pytestmark = pytest.mark.xdist_group("mpi")
+
 RANKS_PROGRAM = str(HERE / "ddp_ranks.py")
 # One BLAS thread per rank: two ranks share the two cores.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
