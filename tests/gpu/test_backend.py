@@ -184,3 +184,13 @@ def test_out_of_range_indices_raise_naming_the_op_and_skip_the_updates(build, ba
     np.testing.assert_array_equal(w.numpy(), before)  # the failed step changed nothing
     step(np.array([0, 1, 2]))  # and the next good step runs
     assert not np.array_equal(w.numpy(), before)
+
+
+def test_no_adapter_is_a_clear_error(monkeypatch):
+    import wgpu
+
+    monkeypatch.setattr(wgpu.gpu, "enumerate_adapters_sync", lambda: [])
+    with pytest.raises(
+        NoAdapterError, match=r"no WebGPU adapter \(Vulkan, Metal or DX12\) found.*mesa-vulkan-drivers"
+    ):
+        choose_adapter(None)
