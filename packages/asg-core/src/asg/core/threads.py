@@ -24,12 +24,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 
 __all__ = ["default_num_threads", "get_num_threads", "set_num_threads"]
 
 log = logging.getLogger("asg.core.threads")
 _requested: int | None = None  # set_num_threads' value
-_applied_numba: int | None = None
+_numba = threading.local()  # numba's thread count is per calling thread: the value given to this one
+_blas_from_env = False
 
 
 def _cores() -> int:
@@ -104,15 +106,19 @@ def _set_blas(n: int) -> None:
 
 
 def apply_num_threads() -> int:
-    """Give numba the current thread count (called by the JIT backend before it runs); returns it."""
-    global _applied_numba
+    """Give numba the current thread count in the calling thread (numba keeps one per thread); returns it.
+
+    The ``"numpy-jit"`` plans call it before each step, so a step run from any thread uses the count.
+    """
+    global _blas_from_env
     n = get_num_threads()
-    if _applied_numba == n:
+    if getattr(_numba, "count", None) == n:
         return n
     import numba
 
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-    if _applied_numba is None and _requested is None and _env_threads() is not None:
+    _numba.count = n
+    if not _blas_from_env and _requested is None and _env_threads() is not None:
+        _blas_from_env = True
         _set_blas(n)
-    _applied_numba = n
     return n

@@ -66,6 +66,7 @@ from ...passes.rewrite import copy_node
 from ...registry import ELEMENTWISE, OPS, Kernel, get_op, register_lowering
 from ...schedule import Schedule, build_schedule
 from ...specialize import Specialization
+from ...threads import apply_num_threads
 from ..numpy_backend import NumpyBackend, NumpyPlan
 from . import codegen
 
@@ -98,9 +99,6 @@ def enabled() -> bool:
     except ImportError:
         _once("missing", logging.INFO, "numba is not installed: backend %r runs the numpy kernels", BACKEND)
         return False
-    from ...threads import apply_num_threads
-
-    apply_num_threads()
     return True
 
 
@@ -521,4 +519,17 @@ class NumpyJitBackend(NumpyBackend):
     def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]) -> NumpyPlan:
         if enabled():
             schedule, kernels = fuse_schedule(schedule, kernels, options)
+            return JitPlan(schedule, kernels, options)
         return NumpyPlan(schedule, kernels, options)
+
+
+class JitPlan(NumpyPlan):
+    """A numpy plan whose steps include numba kernels: gives numba the thread count before each run."""
+
+    def __call__(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        apply_num_threads()
+        return super().__call__(feeds)
+
+    def run_traced(self, feeds: Sequence[np.ndarray], on_step: Any, update: bool = True) -> list[np.ndarray]:
+        apply_num_threads()
+        return super().run_traced(feeds, on_step, update)
