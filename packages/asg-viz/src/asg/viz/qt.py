@@ -31,19 +31,17 @@ def application(headless: bool = False) -> QtWidgets.QApplication:
 
 
 def shutdown() -> None:
-    """Close and delete every window, then let Qt process the deletions and collect garbage.
+    """Close every window and let Qt process what that posts, before the interpreter exits.
 
-    PySide6 6.12 with pyqtgraph 0.14 can abort at interpreter exit (``Fatal Python error: none_dealloc``)
-    when windows are still alive then; tearing them down first makes the exit clean.
+    (The ``Fatal Python error: none_dealloc`` seen at exit with PySide6 6.12 is that release's bug on
+    Python 3.11: every call of a void method drops a reference to None. asg-viz requires PySide6 < 6.12
+    on Python 3.11.)
     """
     app = QtWidgets.QApplication.instance()
     if app is None:
         return
     for widget in app.topLevelWidgets():
         widget.close()
-        widget.deleteLater()
-    app.processEvents()
-    app.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete.value)
     app.processEvents()
     gc.collect()
 
@@ -66,24 +64,30 @@ class BoxItem(QtWidgets.QGraphicsPathItem):
         path.addRoundedRect(QtCore.QRectF(b.x, b.y, b.w, b.h), radius, radius)
         self.setPath(path)
         self.key = shape.key
-        self.shape_data = shape
         self._on_event = on_event
-        self.setBrush(pg.mkBrush(shape.fill))
-        pen = pg.mkPen(shape.stroke, width=shape.stroke_width)
-        pen.setCosmetic(False)
-        self.setPen(pen)
-        if shape.is_group:
-            self.setPen(pg.mkPen(shape.stroke, width=shape.stroke_width, style=QtCore.Qt.PenStyle.SolidLine))
-        self.setOpacity(0.35 if shape.dimmed else 1.0)
+        self.restyle(shape)
         self.setToolTip(shape.tooltip)
         self.setAcceptHoverEvents(True)
-        top = b.y + (b.h - LINE_H * len(shape.lines)) / 2
-        for i, line in enumerate(shape.lines):
-            text = QtWidgets.QGraphicsSimpleTextItem(elide(line), self)
-            text.setFont(_font(bold=i == 0))
-            text.setBrush(pg.mkBrush("#111827" if i == 0 else "#374151"))
-            rect = text.boundingRect()
-            text.setPos(b.x + (b.w - rect.width()) / 2, top + i * LINE_H + (LINE_H - rect.height()) / 2)
+        self._lines = [elide(line) for line in shape.lines]
+
+    def restyle(self, shape: BoxShape) -> None:
+        """Take the colours of ``shape`` (same place): selection and heat-map changes keep the items."""
+        self.shape_data = shape
+        self.setBrush(pg.mkBrush(shape.fill))
+        self.setPen(pg.mkPen(shape.stroke, width=shape.stroke_width))
+        self.setOpacity(0.35 if shape.dimmed else 1.0)
+
+    def paint(self, painter: QtGui.QPainter, option: Any, widget: Any = None) -> None:
+        super().paint(painter, option, widget)
+        # The labels are painted here rather than as child items: removing a box with Python-owned
+        # children from a scene crashes PySide6 6.12 at interpreter exit.
+        b = self.shape_data.box
+        top = b.y + (b.h - LINE_H * len(self._lines)) / 2
+        for i, line in enumerate(self._lines):
+            painter.setFont(_font(bold=i == 0))
+            painter.setPen(QtGui.QColor("#111827" if i == 0 else "#374151"))
+            rect = QtCore.QRectF(b.x, top + i * LINE_H, b.w, LINE_H)
+            painter.drawText(rect, QtCore.Qt.AlignmentFlag.AlignCenter, line)
 
     # pyqtgraph's GraphicsScene delivers these (it handles drags for the ViewBox itself)
     def mouseClickEvent(self, ev: Any) -> None:
@@ -110,11 +114,19 @@ class FrameItem(QtWidgets.QGraphicsPathItem):
         self.setBrush(pg.mkBrush(shape.fill))
         self.setPen(pg.mkPen(FRAME_STROKE, width=1.0))
         self.setZValue(-10 + shape.key.count("."))
-        title = QtWidgets.QGraphicsSimpleTextItem(elide(shape.title, 60), self)
-        title.setFont(_font(bold=True))
-        title.setBrush(pg.mkBrush("#374151"))
-        title.setPos(b.x + 8, b.y + 4)
+        self._title = elide(shape.title, 60)
+        self._box = b
         self.setToolTip(f"{shape.title}: double-click to collapse")
+
+    def paint(self, painter: QtGui.QPainter, option: Any, widget: Any = None) -> None:
+        super().paint(painter, option, widget)
+        painter.setFont(_font(bold=True))
+        painter.setPen(QtGui.QColor("#374151"))
+        b = self._box
+        rect = QtCore.QRectF(b.x + 8, b.y + 3, b.w - 16, LINE_H + 2)
+        painter.drawText(
+            rect, QtCore.Qt.AlignmentFlag.AlignLeft | QtCore.Qt.AlignmentFlag.AlignVCenter, self._title
+        )
 
     def mouseClickEvent(self, ev: Any) -> None:
         if ev.button() == QtCore.Qt.MouseButton.LeftButton and self._on_event is not None and ev.double():
@@ -153,6 +165,19 @@ def drawing_items(
 ) -> tuple[list[QtWidgets.QGraphicsItem], dict[int | str, BoxItem]]:
     """Scene items for ``drawing``, bottom to top, and the box items by key."""
     items: list[QtWidgets.QGraphicsItem] = [FrameItem(f, on_event) for f in drawing.frames]
+    items += edge_items(drawing)
+    boxes: dict[int | str, BoxItem] = {}
+    for s in drawing.boxes:
+        item = BoxItem(s, on_event)
+        item.setZValue(10)
+        boxes[s.key] = item
+        items.append(item)
+    return items, boxes
+
+
+def edge_items(drawing: Drawing) -> list[QtWidgets.QGraphicsItem]:
+    """The edges (one path per colour), their arrowheads and the gradient links of ``drawing``."""
+    items: list[QtWidgets.QGraphicsItem] = []
     by_style: dict[tuple[str, float], list[EdgeShape]] = {}
     for e in drawing.edges:
         by_style.setdefault((e.color, e.width), []).append(e)
@@ -177,13 +202,7 @@ def drawing_items(
         link_item.setOpacity(0.7)
         link_item.setZValue(4)
         items.append(link_item)
-    boxes: dict[int | str, BoxItem] = {}
-    for s in drawing.boxes:
-        item = BoxItem(s, on_event)
-        item.setZValue(10)
-        boxes[s.key] = item
-        items.append(item)
-    return items, boxes
+    return items
 
 
 def render_png(drawing: Drawing, path: str, scale: float = 1.0, margin: float = 20.0) -> tuple[int, int]:

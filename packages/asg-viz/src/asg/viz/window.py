@@ -17,7 +17,7 @@ from .drawing import Drawing, build_drawing, write_drawing
 from .layout import Layout, compute_layout
 from .live import LiveView
 from .model import MODES, GraphModel, Mode, Visible
-from .qt import BoxItem, drawing_items
+from .qt import BoxItem, drawing_items, edge_items
 from .sources import RunData
 
 HEAT = pg.colormap.get("inferno")
@@ -249,16 +249,30 @@ class Viewer(QtWidgets.QMainWindow):
         )
 
     def redraw(self) -> None:
-        """Rebuild the scene items from the current layout (no new layout)."""
+        """Draw the current layout: new items after a new layout; otherwise the boxes keep their items
+        (a click must not delete the box a double-click is about to reach) and only edges are redrawn."""
         if self.visible is None:
             return
         self.drawing = self.current_drawing()
-        for item in self._scene_items:
+        if self._drawn_generation == self._shown_generation:
+            for shape in self.drawing.boxes:
+                self.box_items[shape.key].restyle(shape)
+            for item in self._edge_items:
+                self.viewbox.removeItem(item)
+            self._edge_items = edge_items(self.drawing)
+            for item in self._edge_items:
+                self.viewbox.addItem(item, ignoreBounds=True)
+            return
+        for item in [*self._scene_items, *self._edge_items]:
             self.viewbox.removeItem(item)
         items, boxes = drawing_items(self.drawing, self._on_item_event)
         for item in items:
             self.viewbox.addItem(item, ignoreBounds=False)
-        self._scene_items, self.box_items = items, boxes
+        self._scene_items, self.box_items, self._edge_items = items, boxes, []
+        self._drawn_generation = self._shown_generation
+
+    _drawn_generation = -2
+    _edge_items: list[QtWidgets.QGraphicsItem] = []
 
     def fit(self) -> None:
         """Zoom so the whole graph fits the view."""
