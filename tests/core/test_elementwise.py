@@ -443,3 +443,20 @@ def test_masked_fill_keeps_the_dtype_and_checks_its_mask():
         ag.ShapeError, match=r"^masked_fill: mask m \(4, 2, 3\) must broadcast to x y \(2, 3\)"
     ):
         ag.masked_fill(ag.input("y", (2, 3)), ag.input("m", (4, 2, 3), "bool"), 0.0)
+
+
+# ----------------------------------------------------------------------------- mixed-dtype kernels keep the graph's dtype
+def test_where_of_int32_and_a_float_scalar_is_float32():
+    i = ag.input("i", (4,), "int32")
+    out = ag.where(i > 0, i, 0.5)
+    assert out.dtype == "float32"
+    got = ag.compile(out)(np.array([-2, 0, 3, 7], "int32"))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, [0.5, 0.5, 3.0, 7.0])
+
+
+def test_clamp_of_int32_keeps_int32_with_integer_bounds():
+    i = ag.input("i", (5,), "int32")
+    got = ag.compile(ag.clamp(i, -1.5, 2.5))(np.array([-5, -1, 0, 2, 9], "int32"))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, [-1, -1, 0, 2, 2])  # an int in [-1.5, 2.5] lies in [-1, 2]

@@ -270,6 +270,9 @@ def _clamp_infer(x: TensorType, min: float | None, max: float | None) -> TensorT
 def _clamp_kernel(
     x: np.ndarray, min: float | None, max: float | None, out: np.ndarray | None = None
 ) -> np.ndarray:
+    if x.dtype.kind in "iu":  # integer bounds, so numpy does not promote the result to float64
+        min = None if min is None else x.dtype.type(math.ceil(min))
+        max = None if max is None else x.dtype.type(math.floor(max))
     return np.clip(x, min, max, out=out)
 
 
@@ -357,6 +360,9 @@ def _where_infer(cond: TensorType, a: TensorType, b: TensorType) -> TensorType:
 
 
 def _where_kernel(cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype != b.dtype:  # numpy would promote int32 with float32 to float64; the graph says float32
+        dtype = promote(dtype_of(a.dtype), dtype_of(b.dtype))
+        a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
     return np.where(cond, a, b)
 
 
