@@ -21,9 +21,10 @@ median of ``--steps`` timed steps. Each side reports the BLAS and thread pools i
 ops — as one compiled plan, on each backend of ``--backends`` (default: ``numpy,numpy-jit``).
 
     taskset -c 0,1 python benchmarks/train_steps.py [--threads 2] [--steps 30] [--warmup 5]
-        [--only mlp,lenet,gpt] [--scale] [--backends numpy,numpy-jit] [--profile] [--composed]
+        [--only mlp,lenet,gpt] [--scale] [--backends numpy,numpy-jit] [--rounds 1] [--profile] [--composed]
 
-``--profile`` times every kernel of the ASG plans and prints the ops that dominate each model.
+``--rounds R`` runs every framework R times, alternating them, and shows the run with the median
+time (on a machine shared with other work). ``--profile`` times every kernel of the ASG plans and prints the ops that dominate each model.
 ``--composed`` builds conv2d/max_pool2d/layer_norm from primitive ops even where asg-core has them.
 Needs only numpy (and numba for ``numpy-jit``, torch for the PyTorch column) with
 ``PYTHONPATH=packages/asg-core/src``.
@@ -501,6 +502,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--backends", default="numpy,numpy-jit", help="ASG backends to time (default numpy,numpy-jit)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="processes per framework, alternated; the median is shown"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="per-op kernel times of the ASG plans")
     parser.add_argument("--top", type=int, default=12, help="rows in each profile (default 12)")
@@ -534,7 +538,8 @@ def main(argv: list[str] | None = None) -> None:
         f"numpy {np.__version__}"
     )
     print(
-        f"{args.threads} threads per framework, each framework in its own process; median of {args.steps} steps "
+        f"{args.threads} threads per framework, each framework in its own process ({args.rounds} round(s), "
+        f"alternated); median of {args.steps} steps "
         f"after 3 checked + {args.warmup} warm-up steps; Adam lr 1e-3, fp32, one fixed random batch\n",
         flush=True,
     )
@@ -542,12 +547,23 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="asg-bench-") as tmp:
         for w in chosen:
             weights = os.path.join(tmp, f"{w.name}.npz")
-            ref = run_worker("torch", w, args, weights) if with_torch else None
+            refs: list[dict] = []
+            runs: dict[str, list[dict]] = {b: [] for b in backends}
+            # Rounds alternate the frameworks, so that changing load from other processes falls on all.
+            for _ in range(args.rounds):
+                ref = run_worker("torch", w, args, weights) if with_torch else None
+                if ref is not None:
+                    refs.append(ref)
+                for backend in backends:
+                    got = run_worker("asg", w, args, weights if ref is not None else "", backend)
+                    if got is not None:
+                        runs[backend].append(got)
+            ref = _median_run(refs)
             if ref is not None:
                 setups.setdefault("PyTorch", ref["setup"])
             results = {}
-            for backend in backends:
-                got = run_worker("asg", w, args, weights if ref is not None else "", backend)
+            for backend, got_runs in runs.items():
+                got = _median_run(got_runs)
                 if got is None:
                     continue
                 results[backend] = got
@@ -564,6 +580,13 @@ def main(argv: list[str] | None = None) -> None:
     print_table(rows, backends)
     for text in profiles:
         print("\n" + text)
+
+
+def _median_run(runs: list[dict]) -> dict | None:
+    """The run with the median step time (of ``--rounds`` runs), or None when every run failed."""
+    if not runs:
+        return None
+    return sorted(runs, key=lambda r: r["ms"])[(len(runs) - 1) // 2]
 
 
 def loss_check(name: str, backend: str, asg: Sequence[float], ref: Sequence[float]) -> str:
