@@ -194,3 +194,14 @@ def test_no_adapter_is_a_clear_error(monkeypatch):
         NoAdapterError, match=r"no WebGPU adapter \(Vulkan, Metal or DX12\) found.*mesa-vulkan-drivers"
     ):
         choose_adapter(None)
+
+
+def test_embedding_gradient_with_repeated_ids_equals_numpy():
+    w = ag.parameter(RNG.standard_normal((300, 8)).astype("float32"), name="w")
+    ids = ag.input("ids", (4, 16), "int64")
+    y = ag.embedding(ids, w)
+    (g,) = ag.grad((y * y).sum(), [w])
+    data = RNG.integers(0, 300, (4, 16))
+    data[0, :6] = 7  # one id many times
+    got = ag.compile(g, inputs=[ids], backend="wgpu")(data)
+    np.testing.assert_array_equal(got, ag.compile(g, inputs=[ids])(data))

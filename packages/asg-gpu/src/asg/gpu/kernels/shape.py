@@ -17,10 +17,13 @@ from asg.core.lowering import LoweringContext
 
 from ..codegen import (
     VTYPE,
+    Dispatch,
     Program,
     broadcast_strides,
     check_index,
     coords,
+    elementwise_kernel,
+    grid,
     literal,
     load,
     offset,
@@ -245,6 +248,9 @@ def _index_select_backward(ctx: LoweringContext) -> Program:
     g, idx = _shape(ctx.in_types[0]), _shape(ctx.in_types[1])
     out = _shape(ctx.out_type)
     axis = ctx.attrs["axis"] % len(out)
+    m, rest = _count(idx), _count(out[1:])
+    if axis == 0 and 0 < m <= out[0] * rest:
+        return _sorted_scatter_add(ctx, m, out, rest)
     gst = strides(g)
     m = _count(idx)
     dtype = ctx.out_type.dtype
@@ -263,6 +269,54 @@ def _index_select_backward(ctx: LoweringContext) -> Program:
         store("out", dtype, "i", "acc"),
     ]
     return per_element(ctx.name, [dtype, ctx.in_types[1].dtype], dtype, _count(out), body)
+
+
+def _sorted_scatter_add(ctx: LoweringContext, m: int, out: tuple[int, ...], rest: int) -> Program:
+    """Rows of ``g`` summed into ``out[idx[p]]`` (axis 0: the embedding gradient), in O(m^2 + out + m*rest).
+
+    Dispatch 1 ranks each position by (index, position), a stable counting sort without atomics;
+    dispatch 2 has each output element binary-search its index's run and sum its rows in position
+    order: the same order, so the same bits, as the gather form and as numpy's ``np.add.at``.
+    """
+    dtype = ctx.out_type.dtype
+    idt = ctx.in_types[1].dtype
+    n = out[0]
+    t = VTYPE[dtype]
+
+    def wrapped(expr: str) -> str:
+        return _wrapped(expr, n)
+
+    rank = [
+        f"let v = {wrapped(load('idx', idt, 'i'))};",
+        "var dest = 0;",
+        f"for (var q = 0; q < {m}; q++) {{",
+        f"    let w = {wrapped(load('idx', idt, 'q'))};",
+        "    dest = dest + select(0, 1, w < v || (w == v && q < i));",
+        "}",
+        "spos[dest] = i;",
+        "sid[dest] = v;",
+    ]
+    k1 = elementwise_kernel([("idx", idt), ("spos", "i32"), ("sid", "i32")], m, rank)
+    gather = [
+        f"let v = i / {rest};",
+        f"let j = i % {rest};",
+        f"var lo = 0; var hi = {m};",
+        "loop { if (lo >= hi) { break; } let mid = (lo + hi) / 2; if (sid[mid] < v) { lo = mid + 1; } else { hi = mid; } }",
+        f"var acc = {literal(0, t)};",
+        f"for (var k = lo; k < {m}; k++) {{ if (sid[k] != v) {{ break; }} acc = acc + {load('g', dtype, f'spos[k] * {rest} + j')}; }}",
+        store("out", dtype, "i", "acc"),
+    ]
+    total = _count(out)
+    k2 = elementwise_kernel([("g", dtype), ("spos", "i32"), ("sid", "i32"), ("out", dtype)], total, gather)
+    return Program(
+        [
+            Dispatch(k1, grid(m), (("in", 1), ("tmp", 0), ("tmp", 1))),
+            Dispatch(k2, grid(total), (("in", 0), ("tmp", 0), ("tmp", 1), ("out", 0))),
+        ]
+        if total
+        else [],
+        temps=[4 * m, 4 * m],
+    )
 
 
 @gpu_lowering("take_along_axis", "gather", f16=True)
