@@ -5,7 +5,8 @@ rank trains the model with Adam on random data at a fixed per-rank batch (weak s
 batch grows with R), one BLAS thread per rank, and reports the median of ``--steps`` timed steps after
 ``--warmup``, split into the step's parts (forward+backward, all-reduce, update), and the cost of the
 all-reduce alone: the step's gradient buckets all-reduced back to back after a barrier, with no
-compute around them (in the step, the all-reduce part also holds the wait for the slower rank).
+compute around them (in the step, the all-reduce part also holds the wait for the slower rank); its
+median and its minimum (the transfer without scheduling delays, which dominate on a loaded machine).
 
 Models: ``lenet`` — LeNet-5 on 1x28x28, batch 32 per rank (61.7k parameters, 0.24 MB of float32
 gradients); ``gpt`` — GPT-tiny: 4 blocks, d=128, 4 heads, T=64, vocab 65, batch 8 per rank (0.8M
@@ -86,6 +87,7 @@ def worker(name: str, steps: int, warmup: int) -> None:
     # the slowest rank's median decides the throughput
     medians = {k: float(np.median(v)) for k, v in parts.items()}
     medians["allreduce_alone"] = float(np.median(alone))
+    medians["allreduce_alone_min"] = float(np.min(alone))  # the transfer itself, without scheduling delays
     keys = sorted(medians)
     values = np.array([medians[k] for k in keys])
     comm.Allreduce(MPI.IN_PLACE, values, op=MPI.MAX)  # numpy buffers: no pickling
@@ -142,7 +144,7 @@ def main() -> None:
     print(f"# {platform.node()}: {os.cpu_count()} cores, one BLAS thread per rank, per-rank batch fixed")
     head = (
         f"{'model':6} {'params':>8} {'grad MB':>7} {'bkts':>4} {'ranks':>5} {'step ms':>8} {'samples/s':>9} "
-        f"{'fwd+bwd ms':>10} {'allred ms':>9} {'update ms':>9} {'allred alone ms':>15} {'efficiency':>10}"
+        f"{'fwd+bwd ms':>10} {'allred ms':>9} {'update ms':>9} {'allred alone ms':>15} {'(min)':>7} {'efficiency':>10}"
     )
     print(head)
     print("-" * len(head))
@@ -156,6 +158,7 @@ def main() -> None:
             f"{r['model']:6} {r['params']:>8} {r['grad_mb']:>7.2f} {r['buckets']:>4} {r['ranks']:>5} "
             f"{1e3 * r['step']:>8.2f} {throughput:>9.1f} {1e3 * r['forward_backward']:>10.2f} "
             f"{1e3 * r['allreduce']:>9.3f} {1e3 * r['update']:>9.2f} {1e3 * r['allreduce_alone']:>15.3f} "
+            f"{1e3 * r['allreduce_alone_min']:>7.3f} "
             f"{eff:>10.2f}"
         )
 
