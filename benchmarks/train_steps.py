@@ -448,19 +448,23 @@ def profile_text(
     runs = [fn.profile(*feeds) for _ in range(repeats)]
     nodes = runs[0].nodes
     per_step = np.median(np.array([[t.seconds for t in run.nodes] for run in runs]), axis=0) * 1e3
+    steps = fn.plan_for(*feeds).schedule.steps
     by_op: dict[str, list[float]] = {}
     for node, ms in zip(nodes, per_step, strict=True):
-        entry = by_op.setdefault(node.op, [0.0, 0])
+        # a numpy-jit kernel is named by what it computes ("elementwise kernel over 5 nodes: ...")
+        fused = steps[node.index].node.meta.get("jit")
+        key = node.op if fused is None else "jit: " + fused.split(": ", 1)[-1][:40]
+        entry = by_op.setdefault(key, [0.0, 0])
         entry[0] += ms
         entry[1] += 1
     total = float(per_step.sum())
     lines = [
         f"--- {name}: {len(nodes)} kernels, {total:.2f} ms in kernels per step "
         f"(step {step_ms:.2f} ms; the rest is executor overhead and parameter copies)",
-        f"  {'op':24s} {'ms/step':>8s} {'share':>6s} {'calls':>5s}",
+        f"  {'op':45s} {'ms/step':>8s} {'share':>6s} {'calls':>5s}",
     ]
     for op, (ms, n) in sorted(by_op.items(), key=lambda kv: -kv[1][0])[:top]:
-        lines.append(f"  {op:24s} {ms:8.3f} {ms / total:6.1%} {n:5d}")
+        lines.append(f"  {op:45s} {ms:8.3f} {ms / total:6.1%} {n:5d}")
     lines.append("  slowest nodes:")
     for ms, node in sorted(zip(per_step, nodes, strict=True), key=lambda r: -r[0])[: min(top, 8)]:
         lines.append(f"  {ms:8.3f} ms  {node.line.strip()[:150]}")
