@@ -106,3 +106,15 @@ def test_a_dropped_function_gives_its_buffers_back():
     after = pool.stats()
     assert after.in_use_bytes == before.in_use_bytes
     assert after.created == before.created  # each new plan reused the buffers of the dropped one
+
+
+def test_a_wgpu_training_step_saved_and_loaded_continues_identically(tmp_path):
+    x, y, loss, _params, updates = _mlp(seed=5)
+    step = ag.compile(loss, inputs=[x, y], updates=updates, backend="wgpu")
+    data = list(_data(4))
+    for xb, yb in data[:2]:
+        step(xb, yb)
+    step.save(tmp_path / "step.asg")  # reads the parameters back from the GPU
+    expected = [float(step(xb, yb)) for xb, yb in data[2:]]
+    loaded = ag.load(tmp_path / "step.asg").to("wgpu")
+    assert [float(loaded(xb, yb)) for xb, yb in data[2:]] == expected
