@@ -375,3 +375,14 @@ def test_set_num_threads_validates_and_applies(monkeypatch: pytest.MonkeyPatch) 
     finally:
         ag.set_num_threads(before)
     assert math.isfinite(ag.get_num_threads())
+
+
+@pytest.mark.parametrize(
+    "name", ["asg.core.backends.jit", "asg.core.backends.jit.codegen", "asg.core.threads"]
+)
+def test_docstring_examples_run(name: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
