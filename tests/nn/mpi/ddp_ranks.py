@@ -115,6 +115,7 @@ def fail(how: str) -> None:
 
 def main(scenario: str, out: str) -> None:
     if scenario == "train":
+        assert parallel.get_local_rank() == parallel.get_rank()  # one machine
         for case in CASES:
             train(case, out)
         fit(out)

@@ -80,6 +80,7 @@ __all__ = [
     "RankZero",
     "broadcast_state",
     "compile_distributed_train_step",
+    "get_local_rank",
     "get_rank",
     "get_world_size",
     "load_checkpoint",
@@ -114,6 +115,20 @@ def get_rank(comm: Any = None) -> int:
 def get_world_size(comm: Any = None) -> int:
     """The number of ranks in ``comm`` (default ``MPI.COMM_WORLD``); 1 outside ``mpirun``."""
     return int(_world(comm).Get_size())
+
+
+def get_local_rank(comm: Any = None) -> int:
+    """This process's rank among the ranks of ``comm`` on the same machine (to pick a GPU per rank).
+
+    >>> get_local_rank()
+    0
+    """
+    world = _world(comm)
+    node = world.Split_type(_mpi().COMM_TYPE_SHARED, key=world.Get_rank())
+    try:
+        return int(node.Get_rank())
+    finally:
+        node.Free()
 
 
 # --------------------------------------------------------------------------- failure
