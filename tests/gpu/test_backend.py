@@ -205,3 +205,12 @@ def test_embedding_gradient_with_repeated_ids_equals_numpy():
     data[0, :6] = 7  # one id many times
     got = ag.compile(g, inputs=[ids], backend="wgpu")(data)
     np.testing.assert_array_equal(got, ag.compile(g, inputs=[ids])(data))
+
+
+def test_a_tensor_above_the_binding_limit_is_a_compile_error_naming_it():
+    limit = get_device().max_binding
+    x = ag.input("big", (limit // 4 + 64,))
+    with pytest.raises(
+        ExecutionError, match=r"big:f32\[\d+\] = input is \d+ bytes, more than the adapter's largest"
+    ):
+        ag.compile(x * 2.0, backend="wgpu").plan_for(np.empty(limit // 4 + 64, "float32"))

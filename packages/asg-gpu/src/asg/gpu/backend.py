@@ -139,6 +139,13 @@ class WgpuPlan:
         def size(node_id: int) -> int:
             return nbytes(shapes[node_id], self._nodes[node_id].dtype)
 
+        limit = dev.max_binding
+        for node in graph.nodes:  # inputs, parameters and constants are bound too
+            if size(node.id) > limit:
+                raise ExecutionError(
+                    f"wgpu: {graph.format_node(node)} is {size(node.id)} bytes, more than the adapter's "
+                    f"largest storage binding ({limit} bytes, {dev.summary}); split the tensor (smaller batch)"
+                )
         for node in schedule.inputs:
             self._buf[node.id] = take(size(node.id))
         for node in schedule.constants:
@@ -150,13 +157,6 @@ class WgpuPlan:
         for step, prog in zip(schedule.steps, self.programs, strict=True):
             if prog.view:
                 self._views[step.output] = step.inputs[0]
-        limit = dev.max_binding
-        for step in schedule.steps:
-            if size(step.output) > limit:
-                raise ExecutionError(
-                    f"wgpu: {graph.format_node(step.node)} is {size(step.output)} bytes, more than the adapter's "
-                    f"largest storage binding ({limit} bytes, {dev.summary}); split the tensor (smaller batch)"
-                )
         # Index checks: one 256-byte slot (flag, bad index) per checking step, cleared every call.
         self._checks = {
             step.index: (slot, prog.index_check)
