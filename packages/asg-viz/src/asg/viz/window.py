@@ -63,6 +63,8 @@ class Viewer(QtWidgets.QMainWindow):
         self.drawing: Drawing | None = None
         self.box_items: dict[int | str, BoxItem] = {}
         self._scene_items: list[QtWidgets.QGraphicsItem] = []
+        self._edge_items: list[QtWidgets.QGraphicsItem] = []
+        self._drawn_generation = -2
         self._generation = 0
         self._pending: threading.Thread | None = None
         self._focus_after_layout: int | None = None
@@ -271,9 +273,6 @@ class Viewer(QtWidgets.QMainWindow):
         self._scene_items, self.box_items, self._edge_items = items, boxes, []
         self._drawn_generation = self._shown_generation
 
-    _drawn_generation = -2
-    _edge_items: list[QtWidgets.QGraphicsItem] = []
-
     def fit(self) -> None:
         """Zoom so the whole graph fits the view."""
         if self.layout_result is not None:
@@ -471,7 +470,7 @@ class Viewer(QtWidgets.QMainWindow):
         if group is not None:
             self.model.groups[group]
             self.details.setHtml(
-                f"<pre>{html.escape(self.describe(group))}</pre>"
+                f'<pre style="white-space: pre-wrap">{html.escape(self.describe(group))}</pre>'
                 f'<p><a href="group:{html.escape(group)}">expand</a></p>'
             )
             return
@@ -487,7 +486,7 @@ class Viewer(QtWidgets.QMainWindow):
             n = self.model.nodes[k]
             return f'<a href="node:{k}">{html.escape(n.printed)}</a> {html.escape(n.op)} {html.escape(n.type_str)}'
 
-        parts = [f"<pre>{html.escape(self.describe(self.selected))}</pre>"]
+        parts = [f'<pre style="white-space: pre-wrap">{html.escape(self.describe(self.selected))}</pre>']
         parts.append(
             "<p><b>inputs</b><br>"
             + ("<br>".join(f"{i}: {link(k)}" for i, k in enumerate(info.inputs)) or "none")
