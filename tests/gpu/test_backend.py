@@ -214,3 +214,28 @@ def test_a_tensor_above_the_binding_limit_is_a_compile_error_naming_it():
         ExecutionError, match=r"big:f32\[\d+\] = input is \d+ bytes, more than the adapter's largest"
     ):
         ag.compile(x * 2.0, backend="wgpu").plan_for(np.empty(limit // 4 + 64, "float32"))
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs"),
+    [
+        ((2, 3, 9, 9), (4, 3, 3, 3), {"stride": 2, "padding": 1}),
+        ((1, 8, 12, 12), (16, 8, 3, 3), {"dilation": 2}),
+    ],
+    ids=["strided-padded", "dilated"],
+)
+def test_conv2d_through_im2col_and_the_tiled_matmul(x_shape, w_shape, attrs):
+    x = ag.input("x", x_shape)
+    w = ag.parameter(RNG.standard_normal(w_shape).astype("float32"), name="w")
+    y = ag.conv2d(x, w, **attrs)
+    (gx,) = ag.grad((y * y).sum(), [x])
+    data = RNG.standard_normal(x_shape).astype("float32")
+    f = ag.compile([y, gx], inputs=[x], backend="wgpu")
+    for got, want in zip(f(data), ag.compile([y, gx], inputs=[x])(data), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    conv = [
+        p
+        for s, p in zip(f.plan_for(data).schedule.steps, f.plan_for(data).programs, strict=True)
+        if s.node.op == "conv2d"
+    ]
+    assert len(conv[0].dispatches) == 2  # columns, then the matmul
