@@ -6,16 +6,16 @@ Horovod's design on asg's static graphs. Every rank builds the same step; each s
    gradients and the layers' state updates (BatchNorm statistics, dropout streams), returning the
    gradients flattened into **buckets** (at most ``bucket_mb`` MiB each, parameters in reverse order,
    as PyTorch DDP: the order in which the backward pass produces them);
-2. an MPI all-reduce (sum) of every bucket, in place in the returned numpy arrays, all buckets in flight
-   at once (``Iallreduce`` + ``Waitall``), together with the loss;
+2. an MPI all-reduce (sum) of every bucket, in place in numpy buffers the step owns, all buckets in
+   flight at once (``Iallreduce`` + ``Waitall``), together with the loss;
 3. ``function`` (a second compiled Function, the update): takes the summed buckets, divides by the
    number of ranks (and by the loss scale), clips, and applies the optimizer's fused update ops.
 
 So gradient clipping and loss scaling see the averaged gradients (with an :class:`asg.nn.amp.LossScaler`,
-a non-finite gradient on any rank makes the average non-finite, so every rank skips that step and
-backs off the scale together), and every rank applies the same
-update to the same parameters: parameters, buffers and optimizer state are broadcast from rank 0 when
-the step is built, and stay equal (bit for bit) afterwards. On a GPU backend the gradients are read
+a non-finite gradient on any rank makes the average non-finite, so every rank skips that step and backs
+off the scale together), and every rank applies the same update to the same parameters: parameters,
+buffers and optimizer state are broadcast from rank 0 when the step is built, and stay equal (bit for
+bit) afterwards. On a GPU backend the gradients are read
 back once per bucket (each bucket is one output of ``forward_backward``) and uploaded once.
 
 The all-reduce does not overlap with the backward pass: the backward pass is one compiled plan, and
