@@ -63,7 +63,7 @@ LEAF_FAMILIES = ("input", "parameter", "constant")
 def family_of(op: str) -> str:
     """The op family that colours a node: the op module's short name, or the leaf kind.
 
-    >>> family_of("matmul"), family_of("relu"), family_of("parameter")
+    >>> family_of("matmul"), family_of("softmax"), family_of("parameter")
     ('linalg', 'activation', 'parameter')
     """
     if op in LEAF_FAMILIES:

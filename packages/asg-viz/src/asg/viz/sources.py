@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 import asg.core as ag
-from asg.core import Function, Graph, NonFiniteError, Tensor
+from asg.core import Function, Graph, NonFiniteError, Tensor, inspection
 from asg.core.serialize import graph_from_json
 
 
@@ -159,13 +159,12 @@ class RunData:
             printed = graph.names()
             leaves = [printed[n.id] for n in graph.nodes if n.op in ("parameter", "input")]
             run.add_values(function.capture([*leaves, *names], *inputs, update=False))
-        nonfinite = [n for n, s in run.stats.items() if s.nan or s.inf]
-        if nonfinite:
+        if any(s.nan or s.inf for s in run.stats.values()) or not capture:
+            # Function.check_numerics always applies the updates; the traced check can leave them out.
+            plan = function.plan_for(*inputs)
+            feeds = [np.asarray(a, dtype=n.dtype) for n, a in zip(plan.schedule.inputs, inputs, strict=True)]
             try:
-                plan = function.plan_for(*inputs)
-                from asg.core import inspection
-
-                inspection.check_numerics(plan, function._feeds(inputs, {}), update=False)
+                inspection.check_numerics(plan, feeds, update=False)
             except NonFiniteError as err:
                 run.add_nonfinite(err)
         return run
