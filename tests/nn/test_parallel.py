@@ -49,7 +49,7 @@ def launch(n, scenario, out, timeout=60):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    done, _ = launch(cases.RANKS, "train", out)
+    done, _ = launch(cases.RANKS, "train", out, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     load = lambda name: nn.load_state_dict(out / f"{name}.safetensors")  # noqa: E731
     return out, load
