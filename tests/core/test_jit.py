@@ -345,8 +345,21 @@ def test_unwritable_cache_dir_falls_back_to_a_temporary_one(tmp_path, monkeypatc
     with caplog.at_level(logging.WARNING, logger="asg.core.jit"):
         where = jit.cache_dir()
     assert os.path.isdir(where) and not where.startswith(str(blocker))
-    assert f"JIT cache directory {blocker / 'jit'} is not writable" in caplog.text
+    assert f"JIT cache directory {blocker / 'jit'} is not usable" in caplog.text
     monkeypatch.setattr(jit, "_cache_dir", None)  # the next use finds the usual directory again
+
+
+def test_cache_dir_others_can_write_is_refused(tmp_path, monkeypatch, caplog) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("ASG_JIT_CACHE_DIR", str(shared))
+    monkeypatch.setattr(jit, "_cache_dir", None)
+    with caplog.at_level(logging.WARNING, logger="asg.core.jit"):
+        where = jit.cache_dir()
+    assert where != str(shared) and (os.stat(where).st_mode & 0o777) == 0o700
+    assert "it is not private to this user" in caplog.text
+    monkeypatch.setattr(jit, "_cache_dir", None)
 
 
 def test_set_num_threads_validates_and_applies(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,7 +21,14 @@ numba is optional (``pip install asg-core[jit]``). Without it, or with ``ASG_JIT
 environment, ``"numpy-jit"`` runs the numpy kernels unchanged (logged once on the
 ``asg.core.jit`` logger). Compiled kernels are cached on disk (numba ``cache=True``) under
 ``$ASG_JIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/asg/jit`` or ``~/.cache/asg/jit``; when that is not
-writable a temporary directory is used (logged) and kernels are compiled again in each process.
+writable, or others may write it, a private temporary directory is used (logged) and kernels are
+compiled again in each process. The directory holds code: its modules are imported and numba's cache
+files are unpickled by numba, so it must be writable by you alone (it is created with mode 0700).
+
+A fused group runs as one step named after its first output (``Function.profile`` lists it under that
+output's op; ``step.node.meta["jit"]`` says which ops it fuses); ``Function.capture`` sees only a
+group's outputs, not the values inside it. Running numpy-jit functions from several threads at once
+needs numba's ``omp`` or ``tbb`` threading layer (the ``workqueue`` layer refuses concurrent launches).
 
 Backend options (``compile(..., backend="numpy-jit", options={...})``):
 
@@ -119,15 +126,19 @@ def cache_dir() -> str:
             os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "asg", "jit"
         )
         try:
-            os.makedirs(base, exist_ok=True)
+            os.makedirs(base, mode=0o700, exist_ok=True)
+            info = os.stat(base)
+            if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022):
+                # Its files are imported and numba unpickles its cache: only this user may write there.
+                raise PermissionError("it is not private to this user (owner, or group/other write bit)")
             with tempfile.NamedTemporaryFile(dir=base, prefix=".probe-"):
                 pass
             _cache_dir = base
         except OSError as err:
             _cache_dir = tempfile.mkdtemp(prefix="asg-jit-")
             log.warning(
-                "JIT cache directory %s is not writable (%s); kernels are compiled into %s and not kept "
-                "between processes (set ASG_JIT_CACHE_DIR to a writable directory)",
+                "JIT cache directory %s is not usable (%s); kernels are compiled into %s and not kept "
+                "between processes (set ASG_JIT_CACHE_DIR to a directory only you can write)",
                 base,
                 err,
                 _cache_dir,
