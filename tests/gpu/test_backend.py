@@ -232,7 +232,8 @@ def test_conv2d_through_im2col_and_the_tiled_matmul(x_shape, w_shape, attrs):
     data = RNG.standard_normal(x_shape).astype("float32")
     f = ag.compile([y, gx], inputs=[x], backend="wgpu")
     for got, want in zip(f(data), ag.compile([y, gx], inputs=[x])(data), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        # float32 sums of up to 144 terms in another order: error relative to the largest value
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     conv = [
         p
         for s, p in zip(f.plan_for(data).schedule.steps, f.plan_for(data).programs, strict=True)

@@ -13,7 +13,7 @@ import math
 
 from asg.core.lowering import LoweringContext
 
-from ..codegen import Program, coords, per_element, store
+from ..codegen import Dispatch, Program, coords, per_element, store
 from ._base import gpu_lowering
 
 
@@ -21,11 +21,44 @@ def _ints(t: object) -> tuple[int, ...]:
     return tuple(int(d) for d in t.shape)  # type: ignore[attr-defined]
 
 
+def _im2col_conv2d(ctx: LoweringContext) -> Program:
+    """groups == 1: columns (N, C*kH*kW, Ho*Wo) in scratch, then the tiled matmul W @ cols."""
+    from .linalg import matmul_program
+
+    n, c, h, w = _ints(ctx.in_types[0])
+    co, _, kh, kw = _ints(ctx.in_types[1])
+    out = _ints(ctx.out_type)
+    ho, wo = out[2:]
+    (sh, sw), (top, _, left, _), (dh, dw) = ctx.attrs["stride"], ctx.attrs["padding"], ctx.attrs["dilation"]
+    ckk, p = c * kh * kw, ho * wo
+    cols = (n, ckk, p)
+    body = [
+        *coords(cols),  # c0: image, c1: (channel, ky, kx), c2: output pixel
+        f"let ci = c1 / {kh * kw}; let ky = (c1 / {kw}) % {kh}; let kx = c1 % {kw};",
+        f"let y = (c2 / {wo}) * {sh} - {top} + ky * {dh};",
+        f"let x = (c2 % {wo}) * {sw} - {left} + kx * {dw};",
+        "var v = 0.0;",
+        f"if (y >= 0 && y < {h} && x >= 0 && x < {w}) {{ v = in0[((c0 * {c} + ci) * {h} + y) * {w} + x]; }}",
+        store("out", "float32", "i", "v"),
+    ]
+    im2col = per_element(ctx.name, ["float32"], "float32", math.prod(cols), body)
+    mm = matmul_program((co, ckk), cols, (n, co, p), ctx.name)
+    dispatches = [Dispatch(d.wgsl, d.grid, (("in", 0), ("tmp", 0))) for d in im2col.dispatches]
+    dispatches += [Dispatch(d.wgsl, d.grid, (("in", 1), ("tmp", 0), ("out", 0))) for d in mm.dispatches]
+    return Program(dispatches, temps=[4 * max(math.prod(cols), 1)])
+
+
+# im2col pays off once the product is big enough to use the matmul's tiles; small convs stay direct.
+IM2COL_MIN_MACS = 1 << 12
+
+
 @gpu_lowering("conv2d")
 def _conv2d(ctx: LoweringContext) -> Program:
     _n, c, h, w = _ints(ctx.in_types[0])
     co, cpg, kh, kw = _ints(ctx.in_types[1])
     out = _ints(ctx.out_type)
+    if ctx.attrs["groups"] == 1 and math.prod(out) * cpg * kh * kw >= IM2COL_MIN_MACS:
+        return _im2col_conv2d(ctx)
     (sh, sw), (top, _, left, _), (dh, dw), groups = (
         ctx.attrs["stride"],
         ctx.attrs["padding"],
