@@ -66,9 +66,8 @@ def test_roles_follow_grad_of_and_modes_split_them(gpt):
     assert set(fwd.rep) | set(bwd.rep) == set(roles)
     both = model.visible("both", set(model.groups))
     # gradient nodes are linked to the forward nodes they differentiate
-    assert {(n.id, n.meta["grad_of"]) for n in grads if n.meta["grad_of"] != n.id} <= both.grad_links | {
-        (a, b) for a, b in both.grad_links
-    }
+    expected = {(k, n.grad_of) for k, n in model.nodes.items() if n.grad_of is not None}
+    assert len(expected) > 100 and both.grad_links == expected
     assert all(isinstance(a, int) and roles[b] == "forward" for a, b in both.grad_links)
 
 

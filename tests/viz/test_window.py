@@ -227,3 +227,33 @@ def test_live_view_plots_batches_and_epochs(qapp):
     curve = live._curves[("epoch", "val_loss")]
     assert list(curve.yData) == pytest.approx([0.6, 0.3])
     live.widget.close()
+
+
+def test_a_5000_node_step_opens_as_blocks_and_stays_responsive(qapp):
+    import time
+
+    from pyqtgraph.Qt import QtCore
+
+    from asg.viz.examples import gpt_training_step
+    from asg.viz.window import Viewer
+
+    step, _ = gpt_training_step(n_layer=30, n_embd=8, n_head=2, vocab=11, block=4)
+    assert len(step.graph.nodes) > 5000
+    ticks = []
+    timer = QtCore.QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(5)
+    start = time.perf_counter()
+    w = Viewer(step.graph, mode="both")  # the layout starts on a worker thread
+    constructed = time.perf_counter() - start
+    w.wait_layout()
+    shown = time.perf_counter() - start
+    timer.stop()
+    assert ticks  # the event loop ran while the layout was computed
+    assert constructed < 5.0 and shown < 15.0, (constructed, shown)
+    assert len(w.box_items) <= 100
+    assert {f"f:transformer.h.{i}" for i in range(30)} <= set(w.visible.items)  # one box per block
+    w.expand("f:transformer.h.7")
+    w.wait_layout()
+    assert "f:transformer.h.7" in w.visible.frames
+    w.close()
