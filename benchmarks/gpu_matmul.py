@@ -110,7 +110,8 @@ def dispatch_cost(ops: int = 400, calls: int = 20) -> float:
     y = x
     for i in range(ops):
         y = y * 1.0001 if i % 2 else y + 0.5
-    f = ag.compile(y.sum(), backend="wgpu")
+    # fusion off: the chain would otherwise be one kernel; this measures recording many dispatches
+    f = ag.compile(y.sum(), backend="wgpu", options={"fusion": False})
     data = np.ones(256, np.float32)
     f(data)
     plan = f.plan_for(data)
