@@ -21,10 +21,19 @@ FONT_PT = 8
 
 
 def application(headless: bool = False) -> QtWidgets.QApplication:
-    """The running QApplication, or a new one (``headless``: the offscreen platform unless one is set)."""
+    """The running QApplication, or a new one.
+
+    ``headless`` (or, on Linux, no X or Wayland display) picks Qt's offscreen platform unless
+    ``QT_QPA_PLATFORM`` is set: without a display Qt would abort the process.
+    """
     app = QtWidgets.QApplication.instance()
     if app is None:
-        if headless and not os.environ.get("QT_QPA_PLATFORM"):
+        no_display = sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        )
+        if (headless or no_display) and not os.environ.get("QT_QPA_PLATFORM"):
+            if not headless:
+                print("asg-viz: no display ($DISPLAY is unset): drawing offscreen", file=sys.stderr)
             os.environ["QT_QPA_PLATFORM"] = "offscreen"
         app = QtWidgets.QApplication(sys.argv[:1])
     return app  # type: ignore[return-value]
