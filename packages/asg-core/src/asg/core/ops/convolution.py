@@ -317,6 +317,16 @@ def _conv_transpose_kernel(
     groups: int,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
+    # (groups, kH, kW, C_out/groups, N, Hg, Wg) viewed as col2im's (N, groups, kH, kW, C_out/groups, Hg, Wg)
+    cols7 = conv_transpose_columns(g, w, groups).transpose(4, 0, 1, 2, 3, 5, 6)
+    return _col2im(cols7, size, stride, padding, dilation, out)
+
+
+def conv_transpose_columns(g: np.ndarray, w: np.ndarray, groups: int) -> np.ndarray:
+    """The columns ``(groups, kH, kW, C_out/groups, N, Hg, Wg)`` that conv_transpose2d adds into its output.
+
+    One GEMM per group over the whole batch; the result lives in a per-thread scratch buffer.
+    """
     n, c_in, hg, wg = g.shape
     _, c_out_per_group, kh, kw = w.shape
     # (groups, kH*kW*C_out/groups, C_in/groups) @ (groups, C_in/groups, N*Hg*Wg), rows ordered (kH, kW, C_out/groups)
@@ -326,10 +336,8 @@ def _conv_transpose_kernel(
         .reshape(groups, kh * kw * c_out_per_group, c_in // groups)
     )
     cols = _scratch((groups, kh * kw * c_out_per_group, n * hg * wg), g.dtype)
-    _gemm(weight, _batch_major(g, groups), out=cols)  # one GEMM for the batch
-    # (groups, kH, kW, C_out/groups, N, Hg, Wg) viewed as col2im's (N, groups, kH, kW, C_out/groups, Hg, Wg)
-    cols7 = _reshaped(cols, (groups, kh, kw, c_out_per_group, n, hg, wg)).transpose(4, 0, 1, 2, 3, 5, 6)
-    return _col2im(cols7, size, stride, padding, dilation, out)
+    _gemm(weight, _batch_major(g, groups), out=cols)
+    return _reshaped(cols, (groups, kh, kw, c_out_per_group, n, hg, wg))
 
 
 def _conv_transpose_grad(g: Tensor, out: Tensor, gy: Tensor, w: Tensor, size: tuple, **attrs: Any) -> tuple:
