@@ -92,6 +92,17 @@ CASES: dict[str, tuple[Callable[..., ag.Tensor], list[np.ndarray], int]] = {
     ),
     "layer_norm_no_affine": (lambda x: ag.layer_norm(x, (3, 4)), [r(6, 3, 4)], 0),
     "dropout": (lambda x: ag.dropout(x, 0.3, ag.constant(np.int64(7))).exp(), [r(8, 9)], 1),
+    # the input gradient (conv_transpose2d) with stride, padding and dilation; bias + relu epilogue
+    "conv": (
+        lambda x, w, b: ag.conv2d(x, w, b, stride=2, padding=1, dilation=(1, 2)).relu(),
+        [r(3, 2, 9, 11), r(4, 2, 3, 3, seed=6), r(4, seed=7)],
+        1,
+    ),
+    "conv_groups": (
+        lambda x, w: ag.conv2d(x, w, padding=2, groups=2),
+        [r(2, 4, 7, 7), r(6, 2, 5, 5, seed=8)],
+        0,
+    ),
 }
 
 

@@ -10,6 +10,7 @@ single-threaded numpy passes:
   of cross_entropy, dropout's mask-and-scale;
 - elementwise ops not in a group (erf, gelu, sigmoid ...) on large arrays run as one-op loops;
 - softmax/log_softmax over the last axis and layer_norm forward/backward are row-wise kernels;
+- conv_transpose2d (conv2d's input gradient) scatters its GEMM's columns in one parallel pass;
 - the optimizer updates (``adam_update``, ``sgd_update``) of one parameter, one op per updated
   tensor in the graph, run as one kernel computing all of them.
 
@@ -272,6 +273,23 @@ def _layer_norm_backward_make(ctx: LoweringContext) -> Any:
     return run
 
 
+def _conv_transpose_make(ctx: LoweringContext) -> Any:
+    from ...ops.convolution import conv_transpose_columns
+    from . import kernels
+
+    shape, attrs = ctx.out_type.shape, ctx.attrs
+    (sh, sw), (dh, dw), groups = attrs["stride"], attrs["dilation"], int(attrs["groups"])
+    top, left = attrs["padding"][0], attrs["padding"][2]
+
+    def run(g: np.ndarray, w: np.ndarray) -> np.ndarray:
+        out = np.empty(shape, g.dtype)
+        kernels.col2im(conv_transpose_columns(g, w, groups), sh, sw, dh, dw, top, left, out)
+        return out
+
+    return run
+
+
+register_lowering("conv_transpose2d", BACKEND, _row_kernel(_conv_transpose_make))
 register_lowering("softmax", BACKEND, _softmax_lowering(False))
 register_lowering("log_softmax", BACKEND, _softmax_lowering(True))
 register_lowering("layer_norm", BACKEND, _row_kernel(_layer_norm_make))

@@ -150,3 +150,30 @@ def sgd(p, g, buf, c, first, nesterov, maximize, out_p, out_buf):  # pragma: no 
             out_buf[i] = b
             gi = gi + mom * b if nesterov else b
         out_p[i] = p[i] - lr * gi
+
+
+@njit(**_JIT)
+def col2im(cols, stride_h, stride_w, dil_h, dil_w, top, left, out):  # pragma: no cover - compiled
+    # out[n, g*cpg + c, y*stride + i*dilation - top, x*stride + j*dilation - left] += cols[g, i, j, c, n, y, x]:
+    # conv_transpose2d's scatter, one (image, channel) plane per task (no two tasks write one element).
+    groups, kh, kw, cpg, n, hg, wg = cols.shape
+    height, width = out.shape[2], out.shape[3]
+    for task in prange(n * groups * cpg):
+        b = task // (groups * cpg)
+        gc = task - b * (groups * cpg)
+        g = gc // cpg
+        c = gc - g * cpg
+        plane = out[b, gc]
+        plane[:, :] = 0
+        for i in range(kh):
+            for j in range(kw):
+                src = cols[g, i, j, c, b]
+                for y in range(hg):
+                    row = y * stride_h + i * dil_h - top
+                    if row < 0 or row >= height:
+                        continue
+                    for x in range(wg):
+                        col = x * stride_w + j * dil_w - left
+                        if 0 <= col < width:
+                            plane[row, col] += src[y, x]
+    return out
