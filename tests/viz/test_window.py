@@ -257,3 +257,25 @@ def test_a_5000_node_step_opens_as_blocks_and_stays_responsive(qapp):
     w.wait_layout()
     assert "f:transformer.h.7" in w.visible.frames
     w.close()
+
+
+def test_live_view_as_an_asg_nn_fit_callback(qapp):
+    nn = pytest.importorskip("asg.nn")  # only this test uses asg-nn; asg-viz never imports it
+    from asg.viz import LiveView
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 2)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 256, 64)]
+    nn.init.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+    live = LiveView()
+    history = nn.fit(
+        model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.5), batches, epochs=3,
+        val_batches=[(x[:64], y[:64])], callbacks=[live], progress=False,
+    )  # fmt: skip
+    assert [v for _, v in live.epoch_history["loss"]] == pytest.approx(history["loss"])
+    assert [v for _, v in live.epoch_history["val_loss"]] == pytest.approx(history["val_loss"])
+    assert len(live.batch_history["loss"]) == 3 * len(batches)
+    assert list(live._curves[("epoch", "loss")].yData) == pytest.approx(history["loss"])
+    live.widget.close()
