@@ -200,6 +200,16 @@ class GPT(nn.Module):
             n -= int(np.prod(self.transformer["wpe"].weight.shape))
         return n
 
+    def configure_optimizers(
+        self, weight_decay: float = 0.1, lr: float = 6e-4, betas: tuple[float, float] = (0.9, 0.95)
+    ) -> nn.optim.AdamW:
+        """AdamW that decays only the 2-d (and larger) parameters: matmul weights and embeddings, not biases
+        and norms (nanoGPT's ``configure_optimizers``)."""
+        decay = [p for p in self.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.parameters() if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return nn.optim.AdamW(groups, lr=lr, betas=betas)
+
     def forward(self, idx: ag.Tensor, cache: KVCache | None = None) -> Any:
         idx = ag.as_tensor(idx)
         T = idx.shape[1]
