@@ -144,6 +144,8 @@ def test_side_panel_links_histogram_and_gradient_link(viewer, gpt):
     viewer.reveal(grad)
     viewer.wait_layout()
     assert "gradient of" in viewer.describe(grad) and "differentiates" in viewer.details.toPlainText()
+    box = viewer.layout_result.boxes[grad]
+    assert (box.x, box.y + box.h / 2) in [start for start, _ in viewer.drawing.links]  # its dashed link
 
 
 def test_profiler_tables_and_heat_map(viewer, run):

@@ -27,6 +27,7 @@ from .layout import LINE_H, Box, Layout, elide
 from .model import FAMILY_COLORS, GRAD_GROUP_COLOR, GROUP_COLOR, Edge, GraphModel, Visible
 
 EDGE_COLOR = "#6b7280"
+SAVED_COLOR = "#c4c9d2"  # a forward value read by the backward pass: drawn lighter, it crosses everything
 HIGHLIGHT = "#1d4ed8"
 SELECTED = "#111827"
 NONFINITE = "#dc2626"
@@ -98,6 +99,8 @@ def build_drawing(
         fills: item key -> fill colour replacing the op family colour (the profiler heat map).
         selected: the selected node; ``highlighted`` its ancestors and descendants (others are dimmed).
         nonfinite: the node that made the first NaN/Inf (outlined in red, its group too).
+
+    Gradient links (dashed) are drawn between collapsed groups, and for the selected node.
     """
     fills = fills or {}
     lit_items: set[int | str] | None = None
@@ -144,16 +147,29 @@ def build_drawing(
         )
         frames.append(FrameShape(key, layout.boxes[key], title, fill))
     frames.sort(key=lambda f: f.key.count("."))  # outer frames first: drawn below inner ones
+
+    def forward(key: int | str) -> bool:
+        if isinstance(key, str):
+            return model.groups[key].kind == "forward"
+        return model.nodes[key].role == "forward"
+
     edges = []
     for (a, b), under in visible.edges.items():
         color, width = EDGE_COLOR, 1.2
+        if visible.mode == "both" and forward(a) and not forward(b):
+            color, width = SAVED_COLOR, 1.0
         if lit_items is not None and a in lit_items and b in lit_items:
             color, width = HIGHLIGHT, 2.2
         for e in under if not (visible.items[a].is_group or visible.items[b].is_group) else [None]:
             shown = [e] if e is not None else list(under)
             edges.append(EdgeShape(a, b, layout.routes[(a, b)], shown, color, width))
     links = []
+    # Gradient links between two boxes of groups, and those of the selected node; node-level links
+    # everywhere would cross the whole forward graph.
+    chosen = visible.rep.get(selected) if selected is not None else None
     for a, b in sorted(visible.grad_links, key=str):
+        if not (isinstance(a, str) and isinstance(b, str)) and chosen not in (a, b):
+            continue
         ba, bb = layout.boxes[a], layout.boxes[b]
         links.append(((ba.x, ba.y + ba.h / 2), (bb.x + bb.w, bb.y + bb.h / 2)))
     families = sorted({item.family for item in visible.items.values() if not item.is_group})
