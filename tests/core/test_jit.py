@@ -26,6 +26,9 @@ from asg.core.backends.jit import NumpyJitBackend, codegen
 from asg.core.ops import optim
 
 HAVE_NUMBA = jit.enabled()
+# The backend gives every op defined so far its numpy lowering when first made: do it while the test
+# modules are collected, so that no test module sees the registry change.
+ag.get_backend("numpy-jit")
 needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed (or ASG_JIT=0)")
 # Small arrays fuse too, compiled single-threaded (fast to compile); one case forces the parallel loop.
 SMALL = {"fuse": True, "min_elements": 0, "parallel_min_elements": 1 << 40}
