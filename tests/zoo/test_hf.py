@@ -231,3 +231,39 @@ def test_convert_refuses_without_torch(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", no_torch)
     with pytest.raises(ImportError, match=r"needs torch .* ASG does not unpickle files itself"):
         convert_torch_checkpoint(tmp_path / "x.pt", tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("layer_type", ["basic", "bottleneck"])
+def test_resnet_model_and_classifier_match(tmp_path, layer_type):
+    from asg.zoo.hf import load_resnet
+
+    torch.manual_seed(5)
+    sizes = [8, 16, 32, 64] if layer_type == "basic" else [32, 64, 128, 256]
+    config = transformers.ResNetConfig(
+        num_channels=3,
+        embedding_size=8,
+        hidden_sizes=sizes,
+        depths=[1, 2, 1, 1],
+        layer_type=layer_type,
+        num_labels=7,
+    )
+    x = RNG.normal(size=(2, 3, 32, 32)).astype(np.float32)
+    ref = transformers.ResNetForImageClassification(config)
+    for m in ref.modules():  # non-trivial running statistics, so eval-mode batch norm is really compared
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    ref.eval()
+    ours = load_resnet(_save(ref, tmp_path / "resnet"))
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)).logits.numpy()
+        want_pooled = ref.resnet(torch.from_numpy(x)).pooler_output.numpy()[:, :, 0, 0]
+    p = ag.input("x", ("B", 3, 32, 32))
+    ours.eval()
+    got, pooled = ag.compile([ours(p), ours.features(p)], inputs=[p])(x)
+    assert np.abs(pooled - want_pooled).max() < ATOL
+    assert np.abs(got - want).max() < ATOL
+    base = load_resnet(_save(ref.resnet, tmp_path / "resnet-base"))  # ResNetModel names, no head
+    np.testing.assert_array_equal(
+        base.state_dict()["layer2.1.bn2.running_var"], ours.state_dict()["layer2.1.bn2.running_var"]
+    )

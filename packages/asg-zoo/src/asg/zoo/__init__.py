@@ -22,7 +22,7 @@ from .cnn import (
     resnet50,
 )
 from .gpt import GPT, GPTConfig, KVCache, lm_loss, sample_next
-from .hf import WeightImportError, convert_torch_checkpoint, load_bert, load_gpt2, load_vit
+from .hf import WeightImportError, convert_torch_checkpoint, load_bert, load_gpt2, load_resnet, load_vit
 from .mlp import MLP, MLPConfig
 from .sentence import SentenceEncoder
 from .transformer import Seq2SeqTransformer, TransformerConfig, TransformerEncoderModel
@@ -55,6 +55,7 @@ __all__ = [
     "lm_loss",
     "load_bert",
     "load_gpt2",
+    "load_resnet",
     "load_vit",
     "mean_pool",
     "resnet18",

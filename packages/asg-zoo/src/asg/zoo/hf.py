@@ -48,6 +48,7 @@ import numpy as np
 from asg import nn
 
 from .bert import BertConfig, BertModel
+from .cnn import ResNet, ResNetConfig
 from .gpt import GPT, GPTConfig
 from .vit import ViT, ViTConfig
 
@@ -56,6 +57,7 @@ __all__ = [
     "convert_torch_checkpoint",
     "load_bert",
     "load_gpt2",
+    "load_resnet",
     "load_vit",
     "load_weights",
     "read_config",
@@ -333,6 +335,68 @@ def load_vit(source: str | os.PathLike[str], cache_dir: str | None = None, **ove
     )
     return load_mapped(
         ViT(config), weights, lambda k: _strip(k, ("vit.",)), (), f"{folder}/model.safetensors"
+    )
+
+
+_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _resnet_table(config: ResNetConfig) -> dict[str, str]:
+    """HF ``ResNetModel`` names -> the zoo's torchvision names, for every conv and batch norm."""
+    table = {"embedder.embedder.convolution.weight": "conv1.weight"}
+    table.update({f"embedder.embedder.normalization.{b}": f"bn1.{b}" for b in _BN})
+    convs = 2 if config.block == "basic" else 3
+    for i, depth in enumerate(config.layers):
+        for j in range(depth):
+            hf, ours = f"encoder.stages.{i}.layers.{j}", f"layer{i + 1}.{j}"
+            for k in range(convs):
+                table[f"{hf}.layer.{k}.convolution.weight"] = f"{ours}.conv{k + 1}.weight"
+                table.update({f"{hf}.layer.{k}.normalization.{b}": f"{ours}.bn{k + 1}.{b}" for b in _BN})
+            table[f"{hf}.shortcut.convolution.weight"] = f"{ours}.downsample.0.weight"
+            table.update({f"{hf}.shortcut.normalization.{b}": f"{ours}.downsample.1.{b}" for b in _BN})
+    table["classifier.1.weight"], table["classifier.1.bias"] = "fc.weight", "fc.bias"
+    return table
+
+
+def load_resnet(source: str | os.PathLike[str], cache_dir: str | None = None) -> ResNet:
+    """A :class:`~asg.zoo.ResNet` with the weights of a Hugging Face ``ResNetModel`` or
+    ``ResNetForImageClassification`` (Microsoft's ResNet v1.5 layout; without a classifier ``fc`` keeps its
+    initial values and is not part of the check)."""
+    folder = resolve_pretrained(source, cache_dir)
+    cfg = read_config(folder)
+    _check_type(cfg, ("resnet",), folder)
+    block = {"basic": "basic", "bottleneck": "bottleneck"}.get(cfg.get("layer_type", "bottleneck"))
+    if block is None:
+        raise ValueError(
+            f"{folder / 'config.json'}: layer_type must be 'basic' or 'bottleneck', got {cfg.get('layer_type')!r}"
+        )
+    width = int(cfg.get("embedding_size", 64))
+    expansion = 1 if block == "basic" else 4
+    sizes = list(cfg.get("hidden_sizes", [256, 512, 1024, 2048]))
+    if sizes != [width * expansion * 2**i for i in range(4)] or cfg.get("downsample_in_first_stage", False):
+        raise ValueError(
+            f"{folder / 'config.json'}: hidden_sizes={sizes} with embedding_size={width} is not a torchvision-shaped "
+            f"{block} ResNet (expected {[width * expansion * 2**i for i in range(4)]}, downsample_in_first_stage false)"
+        )
+    if cfg.get("downsample_in_bottleneck", False):
+        raise ValueError(
+            f"{folder / 'config.json'}: downsample_in_bottleneck=true (ResNet v1) is not supported"
+        )
+    weights = load_weights(folder)
+    labels = weights["classifier.1.weight"].shape[0] if "classifier.1.weight" in weights else 1000
+    config = ResNetConfig(
+        block, tuple(cfg.get("depths", [3, 4, 6, 3])), labels, cfg.get("num_channels", 3), width
+    )
+    model = ResNet(config)
+    table = _resnet_table(config)
+    if "classifier.1.weight" not in weights:  # a ResNetModel file: no head to load
+        weights = {
+            **weights,
+            "classifier.1.weight": model.fc.weight.numpy(),
+            "classifier.1.bias": model.fc.bias.numpy(),
+        }
+    return load_mapped(
+        model, weights, lambda k: table.get(_strip(k, ("resnet.",)), k), (), f"{folder}/model.safetensors"
     )
 
 
