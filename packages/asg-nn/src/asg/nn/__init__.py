@@ -13,6 +13,7 @@ Example:
 from . import amp, functional, init, lr_scheduler, optim, parallel
 from .attention import *  # noqa: F403
 from .attention import __all__ as _attention_all
+from .checkpointing import Checkpoint, checkpoint
 from .layers import *  # noqa: F403
 from .layers import __all__ as _layers_all
 from .losses import *  # noqa: F403
@@ -32,7 +33,9 @@ from .train import __all__ as _train_all
 __version__ = "0.1.0"
 
 __all__ = [
+    "Checkpoint",
     "amp",
+    "checkpoint",
     "clip_grad_norm",
     "clip_grad_value",
     "functional",

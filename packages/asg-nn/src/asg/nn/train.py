@@ -186,7 +186,9 @@ class TrainStep:
             self.loss_scaler is not None
         ):  # overflowed gradients: no optimizer step (layer statistics still move)
             step_updates = self.loss_scaler.gate(step_updates)
-        updates = {**state_updates, **step_updates}
+        # Last layers first: a plan runs the nodes in the order the updates reach them, so each weight's
+        # gradient is computed as soon as its layer's backward is done and its activations are freed early.
+        updates = {**state_updates, **dict(reversed(list(step_updates.items())))}
         self.function = ag.compile([*outs, *extra], inputs=xs, updates=updates, **self.compile_options)
 
     def __call__(self, *batch: Any) -> float:
