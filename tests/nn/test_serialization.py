@@ -221,3 +221,31 @@ def test_checkpoint_manager_keeps_last_n_and_best_and_resumes(tmp_path) -> None:
     best = Net()
     assert fresh.restore(best, best=True)["metrics"]["val_loss"] == 0.4
     assert nn.CheckpointManager(tmp_path / "empty").restore(Net()) is None
+
+
+def test_checkpoint_restores_dropout_streams_so_resumed_training_is_bit_identical(tmp_path) -> None:
+    def make():
+        model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 3))
+        return model, nn.optim.Adam(model.parameters(), lr=0.01)
+
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(size=(16, 6)).astype(np.float32), rng.integers(0, 3, 16)) for _ in range(6)]
+    model, opt = make()
+    step = nn.compile_train_step(model, nn.CrossEntropyLoss(), opt)
+    for bx, by in batches[:3]:
+        step(bx, by)
+    nn.save_checkpoint(tmp_path / "c.safetensors", model, opt, epoch=1)
+    expected = [step(bx, by) for bx, by in batches[3:]]
+
+    nn.init.manual_seed(123)  # another stream: the checkpoint must bring the saved one back
+    model2, opt2 = make()
+    nn.load_checkpoint(tmp_path / "c.safetensors", model2, opt2)
+    step2 = nn.compile_train_step(model2, nn.CrossEntropyLoss(), opt2)
+    assert [step2(bx, by) for bx, by in batches[3:]] == expected
+    assert model2[2].rng_state() == model[2].rng_state()
+
+    with pytest.raises(ValueError, match=r"load the checkpoint \(seed \d+\) before building the step"):
+        nn.load_checkpoint(tmp_path / "c.safetensors", model2, opt2)  # model2's stream is compiled: fine
+        model3, opt3 = make()
+        nn.compile_train_step(model3, nn.CrossEntropyLoss(), opt3)(*batches[0])
+        nn.load_checkpoint(tmp_path / "c.safetensors", model3, opt3)

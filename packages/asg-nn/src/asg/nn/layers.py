@@ -424,10 +424,31 @@ class _RandomLayer(Module):
 
     def _key(self) -> ag.Tensor:
         if self._rng is None:
-            seed = int(init.default_generator().integers(2**62))
-            self._rng = ag.RNG(seed, name=f"{self.path or type(self).__name__}.rng")
+            self._make_rng(int(init.default_generator().integers(2**62)))
+        assert self._rng is not None
         self.add_update(self._rng.counter, self._rng.counter + 1)
         return self._rng.next_key()
+
+    def _make_rng(self, seed: int) -> None:
+        self._rng = ag.RNG(seed, name=f"{self.path or type(self).__name__}.rng")
+
+    def rng_state(self) -> dict[str, int] | None:
+        """``{"seed", "counter"}`` of the layer's random stream (None before it first drew numbers)."""
+        if self._rng is None:
+            return None
+        return {"seed": self._rng.seed, "counter": int(self._rng.counter.numpy())}
+
+    def load_rng_state(self, state: dict[str, int]) -> None:
+        """Continue the stream saved by :meth:`rng_state` (before a graph using this layer is built)."""
+        if self._rng is None:
+            self._make_rng(int(state["seed"]))
+        elif self._rng.seed != int(state["seed"]):
+            raise ValueError(
+                f"{type(self).__name__} at {self.path or 'the root'}: its random stream (seed {self._rng.seed}) "
+                f"is already compiled into a graph; load the checkpoint (seed {state['seed']}) before building the step"
+            )
+        assert self._rng is not None
+        self._rng.counter.assign(np.int64(state["counter"]))
 
 
 class Dropout(_RandomLayer):

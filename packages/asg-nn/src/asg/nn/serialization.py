@@ -183,6 +183,32 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _rng_states(model: Module) -> dict[str, Any]:
+    """The random state a resumed run needs: each dropout-like layer's stream and the init generator."""
+    from . import init
+
+    layers = {}
+    for path, m in model.named_modules():
+        state = m.rng_state() if hasattr(m, "rng_state") else None
+        if state is not None:
+            layers[path] = state
+    return {"layers": layers, "init": _jsonable(init.default_generator().bit_generator.state)}
+
+
+def _load_rng_states(model: Module, saved: Mapping[str, Any], where: str) -> None:
+    from . import init
+
+    modules = dict(model.named_modules())
+    for path, state in saved.get("layers", {}).items():
+        if path in modules and hasattr(modules[path], "load_rng_state"):
+            try:
+                modules[path].load_rng_state(state)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+    if "init" in saved:
+        init.default_generator().bit_generator.state = saved["init"]
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     model: Module,
@@ -193,8 +219,8 @@ def save_checkpoint(
     """Write weights, optimizer and scheduler state and JSON ``metadata`` to one safetensors file, atomically.
 
     Tensors are stored as ``model.<name>`` and ``optimizer.<index>.<state name>``; the optimizer's
-    groups, the scheduler's state, ``metadata`` (epoch, step, metrics, ...) and the package versions
-    go into the header as JSON.
+    groups, the scheduler's state, the random state (each dropout layer's stream and the initialiser
+    generator), ``metadata`` (epoch, step, metrics, ...) and the package versions go into the header as JSON.
     """
     arrays, tied = _dedupe(model, "model.")
     header: dict[str, Any] = {
@@ -204,6 +230,7 @@ def save_checkpoint(
         "metadata": _jsonable(metadata),
         "versions": _versions(),
     }
+    header["rng"] = _rng_states(model)
     if optimizer is not None:
         sd = optimizer.state_dict()
         for index, entry in sd["state"].items():
@@ -244,6 +271,7 @@ def load_checkpoint(
         model.load_state_dict(weights, strict=strict)
     except (KeyError, ValueError) as err:
         raise type(err)(f"{where}: {err}") from None
+    _load_rng_states(model, header.get("rng", {}), where)
     if optimizer is not None:
         if "optimizer" not in header:
             raise ValueError(f"{where}: the checkpoint holds no optimizer state")
