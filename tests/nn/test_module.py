@@ -203,3 +203,22 @@ def test_torch_state_dict_loads_by_name_into_the_same_structure() -> None:
     for k, v in theirs.state_dict().items():
         np.testing.assert_array_equal(ours.state_dict()[k], v.numpy(), err_msg=k)
         assert ours.state_dict()[k].dtype == v.numpy().dtype, k
+
+
+def test_nodes_built_by_a_module_point_at_the_users_line():
+    import asg.core as ag
+    from asg import nn
+
+    layer = nn.Linear(3, 2)
+    out = layer(ag.input("x", ("B", 3)))  # the line every node of the layer points at
+    line = f"{__file__}:{out_line()}"
+    graph = ag.Graph([out.node])
+    sources = {n.meta["source"] for n in graph.nodes if n.op not in ("input", "parameter", "constant")}
+    assert sources == {line}, sources
+
+
+def out_line() -> int:
+    import inspect
+
+    source, start = inspect.getsourcelines(test_nodes_built_by_a_module_point_at_the_users_line)
+    return start + next(i for i, text in enumerate(source) if "the line every node" in text)

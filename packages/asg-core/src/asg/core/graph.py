@@ -90,13 +90,19 @@ _outside_package: dict[str, bool] = {}
 
 
 def _user_source() -> str | None:
-    """``file:line`` of the innermost frame outside asg.core: where the user built the node."""
+    """``file:line`` of the innermost frame outside the ASG packages: where the user built the node.
+
+    Frames of asg.core and of the packages above it (``asg.nn`` layers, ``asg.zoo`` models) are skipped,
+    so an error points at the user's line (a module's ``forward``, a script), not at library code.
+    """
     frame = sys._getframe(2)
     while frame is not None:
         filename = frame.f_code.co_filename
         outside = _outside_package.get(filename)
         if outside is None:
-            outside = _outside_package[filename] = not os.path.abspath(filename).startswith(_PACKAGE_DIR)
+            module = str(frame.f_globals.get("__name__", ""))
+            inside = os.path.abspath(filename).startswith(_PACKAGE_DIR) or module.startswith("asg.")
+            outside = _outside_package[filename] = not inside
         if outside:
             return f"{filename}:{frame.f_lineno}"
         frame = frame.f_back
