@@ -1,6 +1,6 @@
-"""Train a small Vision Transformer on the 8x8 UCI digits bundled with asg-data (2x2 patches, 4 layers).
+"""Train a small Vision Transformer on the 8x8 UCI digits bundled with asg-data (2x2 patches, 2 layers).
 
-    python examples/vit_digits.py [--epochs 20]
+    python examples/vit_digits.py [--epochs 15] [--hidden 48] [--layers 2]
 
 Uses nn.fit with a cosine learning-rate schedule; prints "final test accuracy: 0.9xxx".
 """
@@ -18,7 +18,9 @@ from asg.zoo import ViT, ViTConfig
 
 def main(argv: list[str] | None = None) -> float:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--hidden", type=int, default=48)
+    p.add_argument("--layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -30,8 +32,8 @@ def main(argv: list[str] | None = None) -> float:
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     nn.init.manual_seed(args.seed)
     config = ViTConfig(
-        image_size=8, patch_size=2, num_channels=1, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=128, num_labels=10,
+        image_size=8, patch_size=2, num_channels=1, hidden_size=args.hidden, num_hidden_layers=args.layers,
+        num_attention_heads=4, intermediate_size=2 * args.hidden, num_labels=10,
     )  # fmt: skip
     model = ViT(config)
     opt = nn.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)

@@ -132,14 +132,15 @@ def _accuracy(y_true: np.ndarray, logits: np.ndarray) -> float:
 class _EpochCheckpoint(nn.Callback):
     """Save weights, Adam state and everything needed to rebuild the model after each epoch."""
 
-    def __init__(self, manager: nn.CheckpointManager, first_epoch: int, info: dict[str, Any]) -> None:
-        self.manager, self.first_epoch, self.info = manager, first_epoch, info
+    def __init__(
+        self, manager: nn.CheckpointManager, first_epoch: int, info: dict[str, Any], scheduler: Any = None
+    ) -> None:
+        self.manager, self.first_epoch, self.info, self.scheduler = manager, first_epoch, info, scheduler
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        trainer = self.trainer
-        self.manager.save(
-            self.first_epoch + epoch + 1, trainer.model, trainer.optimizer, metrics=logs, **self.info
-        )
+        t = self.trainer
+        step = self.first_epoch + epoch + 1
+        self.manager.save(step, t.model, t.optimizer, self.scheduler, metrics=logs, **self.info)
 
 
 def _checkpoint_file(path: str | Path) -> Path:
@@ -186,10 +187,11 @@ def _train_images(args: argparse.Namespace) -> float:
     nn.init.manual_seed(args.seed)
     model = build_model(args.model, config)
     opt = nn.optim.Adam(model.parameters(), lr=args.lr)
+    sched = nn.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1))  # decays to 0 at the last epoch
     manager = nn.CheckpointManager(args.out, max_to_keep=2)
     start = 0
     if args.resume and manager.latest() is not None:
-        start = int(manager.restore(model, opt)["step"])
+        start = int(manager.restore(model, opt, sched)["step"])
         print(f"resumed from {manager.path(manager.latest())} after epoch {start}")
     n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
     print(
@@ -211,7 +213,7 @@ def _train_images(args: argparse.Namespace) -> float:
     if epochs:
         nn.fit(
             model, nn.CrossEntropyLoss(), opt, loader, epochs=epochs, val_batches=test_batches,
-            metrics={"acc": _accuracy}, callbacks=[_EpochCheckpoint(manager, start, info), _EpochLine(start, args.epochs)],
+            metrics={"acc": _accuracy}, callbacks=[nn.LRSchedulerCallback(sched), _EpochCheckpoint(manager, start, info, sched), _EpochLine(start, args.epochs)],
             progress=args.progress, backend=args.backend,
         )  # fmt: skip
     seconds = time.perf_counter() - began
