@@ -82,14 +82,23 @@ class LossScaler:
             growth_interval,
         )
         self.scale = ag.state(np.float32(init_scale), name="loss_scaler.scale")
-        self.good_steps = ag.state(np.int64(0), name="loss_scaler.good_steps")
+        # int32, so the step runs on backends without 64-bit integers (WGSL)
+        self.good_steps = ag.state(np.int32(0), name="loss_scaler.good_steps")
         self.finite: ag.Tensor | None = None
 
     def gradients(self, loss: ag.Tensor, params: Sequence[ag.Tensor]) -> list[ag.Tensor]:
         """Unscaled gradients of ``loss`` (float32) through the scaled loss; sets :attr:`finite`."""
         grads = ag.grad(ag.cast(loss, "float32") * self.scale, list(params))
-        inv = 1.0 / self.scale
-        grads = [g * ag.cast(inv, g.dtype) for g in grads]
+        return self.unscale(grads)
+
+    def unscale(self, scaled: Sequence[ag.Tensor], divide_by: float = 1.0) -> list[ag.Tensor]:
+        """``scaled`` gradients divided by the scale (and by ``divide_by``); sets :attr:`finite`.
+
+        The data-parallel step calls it on the summed gradients of all ranks with ``divide_by`` the
+        number of ranks, so the finiteness test and the back-off see the averaged gradients.
+        """
+        inv = 1.0 / (self.scale * float(divide_by))
+        grads = [g * ag.cast(inv, g.dtype) for g in scaled]
         # sum(g * 0) is 0 when every entry is finite, NaN as soon as one is inf or NaN
         probe = sum(((g * 0.0).sum() for g in grads[1:]), (grads[0] * 0.0).sum())
         self.finite = ag.cast(probe, "float32") == 0.0
@@ -115,4 +124,4 @@ class LossScaler:
 
     def load_state_dict(self, state: Mapping[str, float | int]) -> None:
         self.scale.assign(np.float32(state["scale"]))
-        self.good_steps.assign(np.int64(state["good_steps"]))
+        self.good_steps.assign(np.int32(state["good_steps"]))

@@ -440,17 +440,12 @@ class DistributedDataParallel:
         for b, s in zip(self.buckets, summed, strict=True):
             pieces = ag.split(s, b.sizes) if len(b.sizes) > 1 else [s]
             for i, piece, shape in zip(b.positions, pieces, b.shapes, strict=True):
-                g = piece.reshape(shape)
-                if scaler is not None:
-                    g = g * ag.cast(1.0 / (scaler.scale * float(self.world_size)), g.dtype)
-                elif self.world_size != 1:
-                    g = g * (1.0 / self.world_size)
-                averaged[i] = g
+                averaged[i] = piece.reshape(shape)
         mean_grads: list[ag.Tensor] = [g for g in averaged if g is not None]
-        if scaler is not None:
-            # LossScaler.gradients' test on the averaged gradients: sum(g * 0) is 0 only if all are finite
-            probe = sum(((g * 0.0).sum() for g in mean_grads[1:]), (mean_grads[0] * 0.0).sum())
-            scaler.finite = ag.cast(probe, "float32") == 0.0
+        if scaler is not None:  # unscaled and averaged; the finiteness test sees the averaged gradients
+            mean_grads = scaler.unscale(mean_grads, divide_by=self.world_size)
+        elif self.world_size != 1:
+            mean_grads = [g * (1.0 / self.world_size) for g in mean_grads]
         extra: list[ag.Tensor] = []
         if self.clip_value is not None:
             mean_grads = clip_grad_value(mean_grads, self.clip_value)
