@@ -14,8 +14,9 @@ other library's threads. Tell them to sleep instead, in the environment before t
 
     OMP_WAIT_POLICY=PASSIVE OPENBLAS_THREAD_TIMEOUT=1 python train.py
 
-(numba's kernels run on its OpenMP layer where libgomp is present, else its ``workqueue`` layer,
-which does not spin; ``NUMBA_THREADING_LAYER=workqueue`` forces that one.) Or give each library
+(``"numpy-jit"`` sets ``OMP_WAIT_POLICY=PASSIVE`` itself, unless it is set, before numba starts its
+OpenMP threads: within ASG's own process its kernels alternate with OpenBLAS's threads. numba uses
+its OpenMP layer where libgomp is present, else its ``workqueue`` layer, which does not spin.) Or give each library
 fewer threads than cores: ``asg.core.set_num_threads(1)`` next to ``torch.set_num_threads(1)``.
 """
 

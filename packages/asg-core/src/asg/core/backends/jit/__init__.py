@@ -38,7 +38,11 @@ Backend options (``compile(..., backend="numpy-jit", options={...})``):
 - ``parallel_min_elements`` (32768): smaller loops are compiled single-threaded (they compile in a
   fifth of the time, and threads do not pay below that size).
 
-Threads: :func:`asg.core.set_num_threads` (default: the cores this process may run on).
+Threads: :func:`asg.core.set_num_threads` (default: the cores this process may run on). The kernels
+alternate with numpy's BLAS threads, so the backend sets ``OMP_WAIT_POLICY=PASSIVE`` (unless it is
+set) before numba starts its OpenMP threads: spinning idle threads took the BLAS's cores (an MLP step
+at 2 threads took 16 ms instead of 1.1 ms). That environment variable is seen by every OpenMP runtime
+loaded later in the process too; set ``OMP_WAIT_POLICY=ACTIVE`` to keep spinning.
 
 Example:
     >>> import numpy as np
@@ -102,6 +106,10 @@ def enabled() -> bool:
     if os.environ.get("ASG_JIT", "1").strip() == "0":
         _once("env", logging.INFO, "ASG_JIT=0: backend %r runs the numpy kernels", BACKEND)
         return False
+    # numba's OpenMP threads spin after each kernel by default, taking the cores that the BLAS threads of
+    # the next matmul need (2 threads: 16 ms instead of 1.1 ms per MLP step). Before numba starts them:
+    # sleep when idle, unless the user chose a policy.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import numba  # noqa: F401
     except ImportError:
