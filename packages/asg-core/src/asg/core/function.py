@@ -145,9 +145,11 @@ class Function:
 
     if TYPE_CHECKING:  # attached by asg.core.bundle, which sits above this module
 
-        def save(self, path: str | os.PathLike[str]) -> None: ...
+        def save(self, path: str | os.PathLike[str]) -> None:
+            """Write the graph (JSON) and every parameter and state value (safetensors) to one file, atomically."""
 
-        def state_dict(self) -> dict[str, np.ndarray]: ...
+        def state_dict(self) -> dict[str, np.ndarray]:
+            """Copies of the current parameter and state values, keyed by name."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         arrays = self._feeds(args, kwargs)

@@ -440,7 +440,8 @@ class Graph:
 
     if TYPE_CHECKING:  # attached by asg.core.serialize, which sits above the op registry
 
-        def to_json(self, include_data: bool = True) -> str: ...
+        def to_json(self, include_data: bool = True) -> str:
+            """The graph as JSON (``asg.core.serialize.graph_to_json``)."""
 
         @classmethod
         def from_json(
@@ -448,7 +449,8 @@ class Graph:
             text: str | bytes | Mapping[str, Any],
             parameter_values: Mapping[int | str, np.ndarray] | None = None,
             structure_only: bool = False,
-        ) -> Graph: ...
+        ) -> Graph:
+            """A graph read from JSON (``asg.core.serialize.graph_from_json``), every node re-checked."""
 
 
 def _check_input_names(inputs: Sequence[Node]) -> None:
