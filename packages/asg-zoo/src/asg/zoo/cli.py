@@ -191,7 +191,12 @@ def _train_images(args: argparse.Namespace) -> float:
     manager = nn.CheckpointManager(args.out, max_to_keep=2)
     start = 0
     if args.resume and manager.latest() is not None:
-        start = int(manager.restore(model, opt, sched)["step"])
+        try:
+            start = int(manager.restore(model, opt, sched)["step"])
+        except ValueError as err:  # a checkpoint written without a schedule: keep the fresh one
+            if "no scheduler state" not in str(err):
+                raise
+            start = int(manager.restore(model, opt)["step"])
         print(f"resumed from {manager.path(manager.latest())} after epoch {start}")
     n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
     print(
