@@ -13,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("mkdocs", reason="the docs tools (mkdocs, mkdocstrings-python) are not installed")
+pytest.importorskip("griffe", reason="griffe (from mkdocstrings-python) is not installed")
 sys.path.insert(0, str(ROOT / "docs"))
 
 from griffe_exports import fence_doctests, static_all  # noqa: E402

@@ -1235,6 +1235,7 @@ class MetricLogger:
         return int(row["epoch"]), float(row[key])
 
     def to_dict(self) -> dict[str, Any]:
+        """The logged history as a JSON-ready dict (``format``: ``"asg.MetricLogger"``)."""
         return {
             "format": "asg.MetricLogger",
             "version": 1,

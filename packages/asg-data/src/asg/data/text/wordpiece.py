@@ -204,6 +204,7 @@ class WordPieceTokenizer:
         return [p for word in self._basic(text) for p in self._wordpiece(word)]
 
     def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
+        """The id of each token; a token not in the vocabulary maps to ``unk_token``'s id."""
         unk = self.vocab[self.unk_token]
         return [self.vocab.get(t, unk) for t in tokens]
 
