@@ -34,7 +34,7 @@ from .tensor import Tensor, apply, as_tensor, constant, input, parameter, state
 from .threads import get_num_threads, set_num_threads
 from .verify import verify
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "OPS",
