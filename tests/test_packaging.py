@@ -42,6 +42,7 @@ def forbidden(name: str) -> tuple[str, ...]:
     """The heavy distributions that package ``name`` must not pull in."""
     return tuple(h for h in HEAVY if h not in ALLOWED_HEAVY.get(name, ()))
 
+
 # What each package's wheel must do once installed alone; a package without an entry is imported.
 SMOKE = {
     "asg-core": """
