@@ -691,18 +691,30 @@ def _static_hw(e: _Emitter, node: Node) -> tuple[int, int]:
     return h, w
 
 
+def _adaptive_pool_shortcut(
+    e: _Emitter, node: Node, ins: list[str], global_op: str, pool_op: str
+) -> str | None:
+    """The plain ONNX pool for adaptive pooling to 1x1 or to sizes that divide the input; None otherwise."""
+    oh, ow = node.attrs["output_size"]
+    if (oh, ow) == (1, 1):
+        return e.op(global_op, ins)
+    h, w = _static_hw(e, node)
+    if h % oh == 0 and w % ow == 0:
+        kernel = [h // oh, w // ow]
+        return e.op(pool_op, ins, kernel_shape=kernel, strides=kernel)
+    return None
+
+
 @_maps(
     "adaptive_avg_pool2d",
     "GlobalAveragePool (to 1x1), AveragePool (sizes divide), MatMul with bin-average matrices (otherwise)",
 )
 def _adaptive_avg_pool2d(e: _Emitter, node: Node, ins: list[str]) -> str:
+    shortcut = _adaptive_pool_shortcut(e, node, ins, "GlobalAveragePool", "AveragePool")
+    if shortcut is not None:
+        return shortcut
     oh, ow = node.attrs["output_size"]
-    if (oh, ow) == (1, 1):
-        return e.op("GlobalAveragePool", ins)
     h, w = _static_hw(e, node)
-    if h % oh == 0 and w % ow == 0:
-        kernel = [h // oh, w // ow]
-        return e.op("AveragePool", ins, kernel_shape=kernel, strides=kernel)
     from ..ops.pooling import adaptive_bins
 
     def averaging(size: int, out: int) -> np.ndarray:  # (out, size): row i averages bin i
@@ -721,13 +733,11 @@ def _adaptive_avg_pool2d(e: _Emitter, node: Node, ins: list[str]) -> str:
     "GlobalMaxPool (to 1x1), MaxPool (sizes divide), Slice + ReduceMax + Concat per bin (otherwise)",
 )
 def _adaptive_max_pool2d(e: _Emitter, node: Node, ins: list[str]) -> str:
+    shortcut = _adaptive_pool_shortcut(e, node, ins, "GlobalMaxPool", "MaxPool")
+    if shortcut is not None:
+        return shortcut
     oh, ow = node.attrs["output_size"]
-    if (oh, ow) == (1, 1):
-        return e.op("GlobalMaxPool", ins)
     h, w = _static_hw(e, node)
-    if h % oh == 0 and w % ow == 0:
-        kernel = [h // oh, w // ow]
-        return e.op("MaxPool", ins, kernel_shape=kernel, strides=kernel)
     from ..ops.pooling import adaptive_bins
 
     (row_starts, row_ends), (col_starts, col_ends) = adaptive_bins(h, oh), adaptive_bins(w, ow)
