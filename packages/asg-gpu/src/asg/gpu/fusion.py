@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from asg.core.fusion import FusionGroup, find_fusion_groups
 from asg.core.graph import Node
 from asg.core.schedule import Schedule
+from asg.core.specialize import Specialization
 
 from .codegen import (
     VTYPE,
@@ -43,21 +44,30 @@ def _const(node: object) -> object | None:
     return None
 
 
-def elementwise_group_kernel(
-    group: ElementwiseGroup, schedule: Schedule
-) -> tuple[Dispatch, list[int], list[int]]:
-    """(dispatch, ids of the values it reads, ids of the values it writes) for an elementwise group.
+def _external_inputs(nodes: Sequence[Node]) -> list[Node]:
+    """The values outside ``nodes`` that they read, each once, in first-use order."""
+    members = {n.id for n in nodes}
+    return list({i.id: i for n in nodes for i in n.inputs if i.id not in members}.values())
 
-    The dispatch's ``args`` are ``("value", node id)`` in binding order: inputs, then outputs.
+
+def _group_values(
+    inputs: Sequence[Node],
+    nodes: Sequence[Node],
+    spec: Specialization,
+    space: tuple[int, ...],
+    values: dict[int, tuple[str, str]],
+) -> tuple[list[tuple[str, str]], list[int], list[str], bool]:
+    """WGSL lines computing ``nodes`` at linear index ``i`` of ``space`` from ``inputs``.
+
+    Returns (``in{slot}`` bindings, ids of the inputs read, the ``let`` lines, whether they use the
+    coordinates of ``i``). ``values`` maps each id to its (WGSL expression, type); it is filled in
+    place (one-element constants inlined, loads as ``e{slot}``, nodes as ``v{k}``).
     """
-    spec = schedule.spec
-    space = tuple(spec.shapes[group.nodes[-1].id])
-    reads: list[int] = []
     bindings: list[tuple[str, str]] = []
+    reads: list[int] = []
     lets: list[str] = []
-    values: dict[int, tuple[str, str]] = {}
     needs_coords = False
-    for e in group.inputs:
+    for e in inputs:
         vt = VTYPE[e.dtype]
         c = _const(e)
         if c is not None:
@@ -74,12 +84,26 @@ def elementwise_group_kernel(
             index = f"({offset(broadcast_strides(shape, space))})"
         lets.append(f"let e{slot} = {load(f'in{slot}', e.dtype, index)};")
         values[e.id] = (f"e{slot}", vt)
-    for k, n in enumerate(group.nodes):
+    for k, n in enumerate(nodes):
         expr = emit(
             n.op, spec.attrs[n.id], [i.dtype for i in n.inputs], n.dtype, [values[i.id] for i in n.inputs]
         )
         lets.append(f"let v{k} = {expr};")
         values[n.id] = (f"v{k}", VTYPE[n.dtype])
+    return bindings, reads, lets, needs_coords
+
+
+def elementwise_group_kernel(
+    group: ElementwiseGroup, schedule: Schedule
+) -> tuple[Dispatch, list[int], list[int]]:
+    """(dispatch, ids of the values it reads, ids of the values it writes) for an elementwise group.
+
+    The dispatch's ``args`` are ``("value", node id)`` in binding order: inputs, then outputs.
+    """
+    spec = schedule.spec
+    space = tuple(spec.shapes[group.nodes[-1].id])
+    values: dict[int, tuple[str, str]] = {}
+    bindings, reads, lets, needs_coords = _group_values(group.inputs, group.nodes, spec, space, values)
     writes = [o.id for o in group.outputs]
     for j, o in enumerate(group.outputs):
         bindings.append((f"out{j}", o.dtype))
@@ -117,38 +141,10 @@ def matmul_epilogue_kernel(group: ElementwiseGroup, schedule: Schedule) -> Dispa
     spec = schedule.spec
     anchor, nodes = group.nodes[0], group.nodes[1:]
     space = tuple(spec.shapes[anchor.id])
-    bindings: list[tuple[str, str]] = []
-    reads: list[int] = []
-    lets: list[str] = []
     values: dict[int, tuple[str, str]] = {anchor.id: ("acc", "f32")}
-    needs_coords = False
-    for e in group.inputs:
-        if e.id in (anchor.inputs[0].id, anchor.inputs[1].id) and not any(
-            e.id == i.id for n in nodes for i in n.inputs
-        ):
-            continue  # only the matmul reads it
-        vt = VTYPE[e.dtype]
-        c = _const(e)
-        if c is not None:
-            values[e.id] = (literal(c, vt), vt)
-            continue
-        slot = len(bindings)
-        bindings.append((f"in{slot}", e.dtype))
-        reads.append(e.id)
-        shape = tuple(spec.shapes[e.id])
-        if shape == space:
-            index = "i"
-        else:
-            needs_coords = True
-            index = f"({offset(broadcast_strides(shape, space))})"
-        lets.append(f"let e{slot} = {load(f'in{slot}', e.dtype, index)};")
-        values[e.id] = (f"e{slot}", vt)
-    for k, n in enumerate(nodes):
-        expr = emit(
-            n.op, spec.attrs[n.id], [i.dtype for i in n.inputs], n.dtype, [values[i.id] for i in n.inputs]
-        )
-        lets.append(f"let v{k} = {expr};")
-        values[n.id] = (f"v{k}", VTYPE[n.dtype])
+    matmul_only = {anchor.inputs[0].id, anchor.inputs[1].id} - {i.id for n in nodes for i in n.inputs}
+    inputs = [e for e in group.inputs if e.id not in matmul_only]
+    bindings, reads, lets, needs_coords = _group_values(inputs, nodes, spec, space, values)
     store_c = any(o.id == anchor.id for o in group.outputs)
     outs = [o for o in group.outputs if o.id != anchor.id]
     for j, o in enumerate(outs):
@@ -183,34 +179,8 @@ def reduction_prologue_kernel(group: ElementwiseGroup, schedule: Schedule) -> Di
     anchor, nodes = group.nodes[-1], group.nodes[:-1]
     source_value = anchor.inputs[0]
     space = tuple(spec.shapes[source_value.id])
-    before: list[tuple[str, str]] = []
-    reads: list[int] = []
-    lets: list[str] = []
     values: dict[int, tuple[str, str]] = {}
-    needs_coords = False
-    for e in group.inputs:
-        vt = VTYPE[e.dtype]
-        c = _const(e)
-        if c is not None:
-            values[e.id] = (literal(c, vt), vt)
-            continue
-        slot = len(before)
-        before.append((f"in{slot}", e.dtype))
-        reads.append(e.id)
-        shape = tuple(spec.shapes[e.id])
-        if shape == space:
-            index = "i"
-        else:
-            needs_coords = True
-            index = f"({offset(broadcast_strides(shape, space))})"
-        lets.append(f"let e{slot} = {load(f'in{slot}', e.dtype, index)};")
-        values[e.id] = (f"e{slot}", vt)
-    for k, n in enumerate(nodes):
-        expr = emit(
-            n.op, spec.attrs[n.id], [i.dtype for i in n.inputs], n.dtype, [values[i.id] for i in n.inputs]
-        )
-        lets.append(f"let v{k} = {expr};")
-        values[n.id] = (f"v{k}", VTYPE[n.dtype])
+    before, reads, lets, needs_coords = _group_values(group.inputs, nodes, spec, space, values)
     outs = [o for o in group.outputs if o.id != anchor.id]
     after = [(f"pout{j}", o.dtype) for j, o in enumerate(outs)]
     lets += [store(f"pout{j}", o.dtype, "i", values[o.id][0]) for j, o in enumerate(outs)]
@@ -244,40 +214,8 @@ def norm_prologue_kernel(group: ElementwiseGroup, schedule: Schedule) -> Dispatc
     anchor, nodes = group.nodes[-1], group.nodes[:-1]
     source_value = anchor.inputs[0]
     space = tuple(spec.shapes[source_value.id])
-    members = {n.id for n in nodes}
-    ext: dict[int, Node] = {}
-    for n in nodes:
-        for i in n.inputs:
-            if i.id not in members:
-                ext.setdefault(i.id, i)
-    before: list[tuple[str, str]] = []
-    reads: list[int] = []
-    lets: list[str] = []
     values: dict[int, tuple[str, str]] = {}
-    needs_coords = False
-    for e in ext.values():
-        vt = VTYPE[e.dtype]
-        c = _const(e)
-        if c is not None:
-            values[e.id] = (literal(c, vt), vt)
-            continue
-        slot = len(before)
-        before.append((f"in{slot}", e.dtype))
-        reads.append(e.id)
-        shape = tuple(spec.shapes[e.id])
-        if shape == space:
-            index = "i"
-        else:
-            needs_coords = True
-            index = f"({offset(broadcast_strides(shape, space))})"
-        lets.append(f"let e{slot} = {load(f'in{slot}', e.dtype, index)};")
-        values[e.id] = (f"e{slot}", vt)
-    for k, n in enumerate(nodes):
-        expr = emit(
-            n.op, spec.attrs[n.id], [i.dtype for i in n.inputs], n.dtype, [values[i.id] for i in n.inputs]
-        )
-        lets.append(f"let v{k} = {expr};")
-        values[n.id] = (f"v{k}", VTYPE[n.dtype])
+    before, reads, lets, needs_coords = _group_values(_external_inputs(nodes), nodes, spec, space, values)
     outs = [o for o in group.outputs if o.id != anchor.id]
     after = [(f"pout{j}", o.dtype) for j, o in enumerate(outs)]
     stores = [store(f"pout{j}", o.dtype, "i", values[o.id][0]) for j, o in enumerate(outs)]
@@ -352,12 +290,8 @@ class _Placement:
                 return None
             if outside or n.id in self.kept:
                 outputs.append(n)
-        inputs: dict[int, Node] = {}
-        for n in nodes:
-            for i in n.inputs:
-                if i.id not in members:
-                    inputs.setdefault(i.id, i)
-        for e in inputs.values():
+        inputs = _external_inputs(nodes)
+        for e in inputs:
             base = self.root.get(e.id, e.id)
             b = self.buffer_of.get(base)
             if b is None:
@@ -370,12 +304,12 @@ class _Placement:
             if any(self.buffer_of.get(o.id) in operands for o in outputs):
                 return None
         if wide:  # a reduction's output may not be stored over any input of the kernel
-            operands = {self.buffer_of.get(self.root.get(i, i)) for i in inputs} - {None}
+            operands = {self.buffer_of.get(self.root.get(i.id, i.id)) for i in inputs} - {None}
             if any(self.buffer_of.get(o.id) in operands for o in outputs):
                 return None
         if not outputs:
             return None
-        return ElementwiseGroup(tuple(nodes), tuple(inputs.values()), tuple(outputs), source)
+        return ElementwiseGroup(tuple(nodes), tuple(inputs), tuple(outputs), source)
 
 
 def plan_groups(
