@@ -18,15 +18,22 @@ from .mathfn import fexp
 _JIT = {"parallel": True, "cache": True, "fastmath": False, "nogil": True, "error_model": "numpy"}
 
 
+@njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
+def _row_max(x, r, cols):  # pragma: no cover - compiled
+    """The largest value of row ``r`` (NaN when the row holds one, as numpy's max)."""
+    m = x[r, 0]
+    for c in range(1, cols):
+        v = x[r, c]
+        if v > m or v != v:
+            m = v
+    return m
+
+
 @njit(**_JIT)
 def softmax_rows(x, out):  # pragma: no cover - compiled
     rows, cols = x.shape
     for r in prange(rows):
-        m = x[r, 0]
-        for c in range(1, cols):
-            v = x[r, c]
-            if v > m or v != v:
-                m = v
+        m = _row_max(x, r, cols)
         total = 0.0
         for c in range(cols):
             out[r, c] = fexp(x[r, c] - m)
@@ -41,11 +48,7 @@ def softmax_rows(x, out):  # pragma: no cover - compiled
 def log_softmax_rows(x, out):  # pragma: no cover - compiled
     rows, cols = x.shape
     for r in prange(rows):
-        m = x[r, 0]
-        for c in range(1, cols):
-            v = x[r, c]
-            if v > m or v != v:
-                m = v
+        m = _row_max(x, r, cols)
         total = 0.0
         for c in range(cols):
             shifted = x[r, c] - m
