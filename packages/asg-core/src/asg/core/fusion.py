@@ -38,7 +38,7 @@ through another group or an unfused node.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .graph import LEAF_OPS, Graph, Node
@@ -313,6 +313,26 @@ def find_fusion_groups(graph: Graph) -> list[FusionGroup]:
     return _collect(graph, groups)
 
 
+def unit_boundary(
+    nodes: Sequence[Node], users: Mapping[int, list[Node]], graph_outputs: set[int]
+) -> tuple[list[Node], list[Node]]:
+    """What a unit of ``nodes`` computed together reads and writes: ``(inputs, outputs)``.
+
+    ``inputs`` are the distinct values from outside the unit its nodes read, in first-use order;
+    ``outputs`` are its nodes whose value is a graph output (ids in ``graph_outputs``) or is used
+    outside the unit (``users``: node id to the nodes that read it, as ``Graph.users()`` gives).
+    The fusion groups here and the jit backend's kernels both take their boundary from it.
+    """
+    inside = {n.id for n in nodes}
+    inputs: dict[int, Node] = {}
+    for n in nodes:
+        for i in n.inputs:
+            if i.id not in inside:
+                inputs.setdefault(i.id, i)
+    outputs = [n for n in nodes if n.id in graph_outputs or any(u.id not in inside for u in users[n.id])]
+    return list(inputs.values()), outputs
+
+
 def _collect(graph: Graph, groups: _Groups) -> list[FusionGroup]:
     users = groups.users
     graph_outputs = {n.id for n in graph.outputs}
@@ -320,20 +340,10 @@ def _collect(graph: Graph, groups: _Groups) -> list[FusionGroup]:
     result = []
     for index, root in enumerate(roots):
         members = sorted(groups.members[root], key=lambda n: groups.position[n.id])
-        inside = {n.id for n in members}
-        inputs: dict[int, Node] = {}
-        for n in members:
-            for i in n.inputs:
-                if i.id not in inside:
-                    inputs.setdefault(i.id, i)
-        outputs = tuple(
-            n for n in members if n.id in graph_outputs or any(u.id not in inside for u in users[n.id])
-        )
+        inputs, outputs = unit_boundary(members, users, graph_outputs)
         anchor = groups.anchor[root]
         kind = _KIND[None if anchor is None else groups.role[anchor.id]]
-        result.append(
-            FusionGroup(index, kind, tuple(members), tuple(inputs.values()), outputs, anchor, graph)
-        )
+        result.append(FusionGroup(index, kind, tuple(members), tuple(inputs), tuple(outputs), anchor, graph))
     return result
 
 

@@ -71,7 +71,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ...fusion import FusionGroup, find_fusion_groups, fused_steps
+from ...fusion import FusionGroup, find_fusion_groups, fused_steps, unit_boundary
 from ...graph import LEAF_OPS, Graph, Node
 from ...lowering import LoweringContext, lower
 from ...passes.rewrite import copy_node
@@ -317,14 +317,8 @@ class _Unit:
 
 
 def _unit(nodes: list[Node], users: Mapping[int, list[Node]], graph_outputs: set[int], kind: str) -> _Unit:
-    inside = {n.id for n in nodes}
-    inputs: dict[int, Node] = {}
-    for n in nodes:
-        for i in n.inputs:
-            if i.id not in inside:
-                inputs.setdefault(i.id, i)
-    outputs = [n for n in nodes if n.id in graph_outputs or any(u.id not in inside for u in users[n.id])]
-    return _Unit(nodes, list(inputs.values()), outputs, kind)
+    inputs, outputs = unit_boundary(nodes, users, graph_outputs)
+    return _Unit(nodes, inputs, outputs, kind)
 
 
 _OPTIMIZERS = ("adam_update", "sgd_update")
