@@ -12,7 +12,7 @@ from asg import nn
 from asg.zoo import GPT, GPTConfig
 
 MODULES = ["asg.zoo", "asg.zoo.mlp", "asg.zoo.cnn", "asg.zoo.gpt", "asg.zoo.bert", "asg.zoo.vit",
-           "asg.zoo.transformer", "asg.zoo.positional", "asg.zoo.hf", "asg.zoo.sentence"]  # fmt: skip
+           "asg.zoo.transformer", "asg.zoo.hf", "asg.zoo.sentence"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MODULES)

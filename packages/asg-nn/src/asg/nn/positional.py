@@ -27,6 +27,7 @@ __all__ = [
     "RotaryEmbedding",
     "SinusoidalPositionalEncoding",
     "alibi_bias",
+    "alibi_bias_at",
     "alibi_slopes",
     "apply_rotary",
     "sinusoidal_table",
@@ -127,14 +128,28 @@ class RotaryEmbedding(Module):
         out = []
         for x in (q, k):
             x = ag.as_tensor(x)
-            if x.shape[-1] != self.head_dim:
-                raise ag.ShapeError(
-                    f"RotaryEmbedding: {x.node.label} {format_shape(x.shape)} must end in head_dim={self.head_dim}"
-                )
             pos = _positions(x, -2, self.max_len - offset, "RotaryEmbedding") + offset
-            cos, sin = ag.embedding(pos, self.cos_table), ag.embedding(pos, self.sin_table)  # (T, head_dim)
-            out.append(apply_rotary(x, cos, sin))
+            out.append(self.rotate(x, pos))
         return out[0], out[1]
+
+    def rotate(self, x: ag.Tensor, positions: ag.Tensor) -> ag.Tensor:
+        """Rotate ``x`` ``(*, T, head_dim)`` at explicit integer ``positions`` ``(T,)`` below ``max_len``.
+
+        For callers whose positions are not ``offset + arange(T)`` (e.g. a KV cache's slots).
+
+        >>> import asg.core as ag
+        >>> from asg import nn
+        >>> q = ag.input("q", ("B", 2, "T", 8))
+        >>> nn.RotaryEmbedding(8).rotate(q, ag.arange(q.shape[2])).shape
+        ('B', 2, 'T', 8)
+        """
+        x = ag.as_tensor(x)
+        if x.shape[-1] != self.head_dim:
+            raise ag.ShapeError(
+                f"RotaryEmbedding: {x.node.label} {format_shape(x.shape)} must end in head_dim={self.head_dim}"
+            )
+        cos, sin = ag.embedding(positions, self.cos_table), ag.embedding(positions, self.sin_table)  # (T, d)
+        return apply_rotary(x, cos, sin)
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:
@@ -162,13 +177,25 @@ def alibi_bias(num_heads: int, t_q: Any, t_k: Any | None = None) -> ag.Tensor:
     Combine it with a causal mask: future keys get a positive bias that the mask removes.
     """
     t_k = t_q if t_k is None else t_k
-    i = ag.cast(ag.arange(t_q), "float32")
-    j = ag.cast(ag.arange(t_k), "float32")
-    offset = 0.0
+    q_positions = ag.arange(t_q)
     if isinstance(t_q, int) and isinstance(t_k, int):
-        offset = float(t_k - t_q)
+        if t_k != t_q:
+            q_positions = q_positions + (t_k - t_q)
     elif t_q != t_k:
         raise ag.ShapeError(f"alibi_bias: symbolic lengths must be equal, got {t_q!r} and {t_k!r}")
-    distance = ag.unsqueeze(j, 0) - ag.unsqueeze(i, 1) - offset  # (T_q, T_k), j - i
+    return alibi_bias_at(num_heads, q_positions, ag.arange(t_k))
+
+
+def alibi_bias_at(num_heads: int, q_positions: ag.Tensor, k_positions: ag.Tensor) -> ag.Tensor:
+    """The ALiBi bias ``(H, T_q, T_k)`` at explicit positions ``(T_q,)`` and ``(T_k,)``: ``slope_h * (k - q)``.
+
+    For queries and keys not laid out as :func:`alibi_bias` assumes (e.g. a KV cache's slots).
+
+    >>> import asg.core as ag
+    >>> alibi_bias_at(2, ag.arange(3), ag.arange(5)).shape
+    (2, 3, 5)
+    """
+    q = ag.unsqueeze(ag.cast(q_positions, "float32"), 1)  # (T_q, 1)
+    k = ag.unsqueeze(ag.cast(k_positions, "float32"), 0)  # (1, T_k)
     slopes = ag.constant(alibi_slopes(num_heads).reshape(num_heads, 1, 1))
-    return slopes * ag.unsqueeze(distance, 0)
+    return slopes * ag.unsqueeze(k - q, 0)

@@ -33,8 +33,6 @@ import asg.core as ag
 from asg import nn
 from asg.nn import functional as F
 
-from .positional import alibi_bias, apply_rope
-
 __all__ = ["GPT", "GPTConfig", "KVCache", "lm_loss", "sample_next"]
 
 
@@ -93,6 +91,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd = config.n_head, config.n_embd
         self.position, self.block_size = config.position, config.block_size
+        if config.position == "rope":
+            self.rope = nn.RotaryEmbedding(config.n_embd // config.n_head, config.block_size)
 
     def forward(
         self, x: ag.Tensor, pos: ag.Tensor, cache: tuple[ag.Tensor, ...] | None = None
@@ -104,8 +104,7 @@ class CausalSelfAttention(nn.Module):
         k = ag.permute(ag.reshape(k, (B, T, nh, hs)), (0, 2, 1, 3))  # (B, nh, T, hs)
         v = ag.permute(ag.reshape(v, (B, T, nh, hs)), (0, 2, 1, 3))  # (B, nh, T, hs)
         if self.position == "rope":
-            q = apply_rope(q, pos, self.block_size)
-            k = apply_rope(k, pos, self.block_size)
+            q, k = self.rope.rotate(q, pos), self.rope.rotate(k, pos)
         if cache is None:
             allowed = F.causal_mask(T, T)  # (T, T)
             key_pos = pos
@@ -118,7 +117,7 @@ class CausalSelfAttention(nn.Module):
             key_pos = ag.arange(self.block_size)
         att = ag.matmul(q, ag.swapaxes(k, -1, -2)) * (1.0 / math.sqrt(hs))  # (B, nh, T, S)
         if self.position == "alibi":
-            att = att + alibi_bias(nh, pos, key_pos)
+            att = att + nn.alibi_bias_at(nh, pos, key_pos)
         att = ag.softmax(ag.where(allowed, att, -math.inf), -1)
         att = self.attn_dropout(att)
         y = ag.matmul(att, v)  # (B, nh, T, hs)
