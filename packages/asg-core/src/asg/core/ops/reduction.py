@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,17 +48,28 @@ def _accumulator(dtype: np.dtype) -> type | None:
     return dtype if dtype.kind in "iu" else None  # numpy would widen int32 to int64
 
 
-def _sum_kernel(
-    x: np.ndarray, axes: tuple[int, ...], keepdims: bool, out: np.ndarray | None = None
+def _accumulated(
+    reduce: Callable[..., np.ndarray],
+    x: np.ndarray,
+    axes: tuple[int, ...],
+    keepdims: bool,
+    out: np.ndarray | None,
 ) -> np.ndarray:
+    """``reduce`` (np.sum or np.mean) accumulating in :func:`_accumulator`'s dtype, the result in x's dtype."""
     acc = _accumulator(x.dtype)
     if acc is np.float32:
-        result = np.sum(x, axis=axes, keepdims=keepdims, dtype=acc)
+        result = reduce(x, axis=axes, keepdims=keepdims, dtype=acc)
         if out is None:
             return result.astype(x.dtype)
         np.copyto(out, result, casting="same_kind")
         return out
-    return np.sum(x, axis=axes, keepdims=keepdims, out=out, dtype=acc)
+    return reduce(x, axis=axes, keepdims=keepdims, out=out, dtype=acc)
+
+
+def _sum_kernel(
+    x: np.ndarray, axes: tuple[int, ...], keepdims: bool, out: np.ndarray | None = None
+) -> np.ndarray:
+    return _accumulated(np.sum, x, axes, keepdims, out)
 
 
 define_op(
@@ -74,14 +85,7 @@ define_op(
 def _mean_kernel(
     x: np.ndarray, axes: tuple[int, ...], keepdims: bool, out: np.ndarray | None = None
 ) -> np.ndarray:
-    acc = _accumulator(x.dtype)
-    if acc is np.float32:
-        result = np.mean(x, axis=axes, keepdims=keepdims, dtype=acc)
-        if out is None:
-            return result.astype(x.dtype)
-        np.copyto(out, result, casting="same_kind")
-        return out
-    return np.mean(x, axis=axes, keepdims=keepdims, out=out)
+    return _accumulated(np.mean, x, axes, keepdims, out)  # x is float: the accumulator is float32 or None
 
 
 def _mean_infer(x: TensorType, axes: tuple[int, ...], keepdims: bool) -> TensorType:
