@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -465,20 +465,19 @@ def _triangle_infer(x: TensorType, k: int) -> TensorType:
     return x
 
 
-define_op(
-    "tril",
-    infer=_triangle_infer,
-    kernel=lambda x, k: np.tril(x, k),
-    grad=lambda g, out, x, k: (apply("tril", g, k=k),),
-    doc="Zero the entries above diagonal ``k`` of the last two axes (``torch.tril``).",
-)
-define_op(
-    "triu",
-    infer=_triangle_infer,
-    kernel=lambda x, k: np.triu(x, k),
-    grad=lambda g, out, x, k: (apply("triu", g, k=k),),
-    doc="Zero the entries below diagonal ``k`` of the last two axes (``torch.triu``).",
-)
+def _define_triangle(name: str, kernel: Callable[[np.ndarray, int], np.ndarray], side: str) -> None:
+    # Masking is linear and self-adjoint: the gradient is the same mask of g.
+    define_op(
+        name,
+        infer=_triangle_infer,
+        kernel=lambda x, k: kernel(x, k),
+        grad=lambda g, out, x, k: (apply(name, g, k=k),),
+        doc=f"Zero the entries {side} diagonal ``k`` of the last two axes (``torch.{name}``).",
+    )
+
+
+_define_triangle("tril", np.tril, "above")
+_define_triangle("triu", np.triu, "below")
 
 
 def _arange_length(start: Dim, stop: Dim, step: int) -> Dim:
