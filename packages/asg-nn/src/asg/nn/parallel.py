@@ -70,10 +70,10 @@ import numpy as np
 import asg.core as ag
 
 from . import serialization
-from .amp import LossScaler, half_precision
-from .module import Module, capture_updates
+from .amp import LossScaler
+from .module import Module
 from .optim import Optimizer, clip_grad_norm, clip_grad_value
-from .train import Callback, InputSpec, _inputs_from, _Mode
+from .train import Callback, InputSpec, _half_precision_step, _trace_loss
 
 __all__ = [
     "Bucket",
@@ -400,25 +400,14 @@ class DistributedDataParallel:
             self._build(None, len(inputs))
 
     def _build(self, arrays: Sequence[np.ndarray] | None, count: int) -> None:
-        names = ["x", "target"] if count == 2 else [f"input{i}" for i in range(count - 1)] + ["target"]
-        xs = _inputs_from(self._specs, arrays or [], names)
-        with _Mode(self.model, True), capture_updates() as state_updates:
-            out = self.model(*xs[:-1])
-            loss = self.loss_fn(out, xs[-1])
-        if not isinstance(loss, ag.Tensor) or loss.ndim != 0:
-            raise ValueError(
-                f"compile_distributed_train_step: the loss function must return a scalar Tensor, got {loss!r} "
-                "(use reduction='mean' or 'sum')"
-            )
+        xs, out, loss, state_updates = _trace_loss(
+            self.model, self.loss_fn, self._specs, arrays, count, "compile_distributed_train_step"
+        )
         params = self.optimizer.params
         scaler = self.loss_scaler
         if self.mixed_precision:
             # float16 forward and backward, float32 master weights (as compile_train_step)
-            half = half_precision([loss, out, *state_updates.values()])
-            loss, out = ag.cast(half[0], "float32"), ag.cast(half[1], out.dtype)
-            state_updates = {
-                var: ag.cast(h, var.dtype) for var, h in zip(state_updates, half[2:], strict=True)
-            }
+            _, loss, out, state_updates = _half_precision_step(loss, out, state_updates)
             grads = ag.grad(loss * scaler.scale, params)
         elif scaler is not None:
             grads = ag.grad(loss * ag.cast(scaler.scale, loss.dtype), params)

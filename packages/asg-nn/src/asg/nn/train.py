@@ -92,6 +92,46 @@ class _Mode:
             object.__setattr__(m, "training", mode)
 
 
+def _input_names(count: int, with_target: bool = True) -> list[str]:
+    """Graph input names of a step over ``count`` arrays: ``x``/``target``, or ``input0...`` (+ ``target``)."""
+    if not with_target:
+        return ["x"] if count == 1 else [f"input{i}" for i in range(count)]
+    return ["x", "target"] if count == 2 else [f"input{i}" for i in range(count - 1)] + ["target"]
+
+
+def _trace_loss(
+    model: Module,
+    loss_fn: Callable[..., ag.Tensor],
+    specs: Sequence[InputSpec] | None,
+    arrays: Sequence[np.ndarray] | None,
+    count: int,
+    what: str,
+) -> tuple[list[ag.Tensor], ag.Tensor, ag.Tensor, dict[ag.Tensor, ag.Tensor]]:
+    """``loss_fn(model(*inputs), target)`` traced in training mode: ``(inputs, output, loss, state updates)``."""
+    xs = _inputs_from(specs, arrays or [], _input_names(count))
+    with _Mode(model, True), capture_updates() as state_updates:
+        out = model(*xs[:-1])
+        loss = loss_fn(out, xs[-1])
+    if not isinstance(loss, ag.Tensor) or loss.ndim != 0:
+        raise ValueError(
+            f"{what}: the loss function must return a scalar Tensor, got {loss!r} (use reduction='mean' or 'sum')"
+        )
+    return xs, out, loss, state_updates
+
+
+def _half_precision_step(
+    loss: ag.Tensor, out: ag.Tensor, state_updates: dict[ag.Tensor, ag.Tensor]
+) -> tuple[ag.Tensor, ag.Tensor, ag.Tensor, dict[ag.Tensor, ag.Tensor]]:
+    """The float16 rewrite of a traced step (float32 master weights): ``(half loss, loss, output, updates)``.
+
+    ``loss``, ``output`` and the state updates come back in their own dtypes; the half loss is the float16
+    one to differentiate.
+    """
+    half = half_precision([loss, out, *state_updates.values()])
+    updates = {var: ag.cast(h, var.dtype) for var, h in zip(state_updates, half[2:], strict=True)}
+    return half[0], ag.cast(half[0], "float32"), ag.cast(half[1], out.dtype), updates
+
+
 class TrainStep:
     """A compiled training step: ``loss = step(*inputs, target)`` updates the model and optimizer in place.
 
@@ -140,27 +180,13 @@ class TrainStep:
             self._build(None, len(inputs))
 
     def _build(self, arrays: Sequence[np.ndarray] | None, count: int) -> None:
-        names = [f"input{i}" for i in range(count - 1)] + ["target"]
-        if count == 2:
-            names = ["x", "target"]
-        xs = _inputs_from(self._specs, arrays or [], names)
-        with _Mode(self.model, True), capture_updates() as state_updates:
-            out = self.model(*xs[:-1])
-            loss = self.loss_fn(out, xs[-1])
-        if not isinstance(loss, ag.Tensor) or loss.ndim != 0:
-            raise ValueError(
-                f"compile_train_step: the loss function must return a scalar Tensor, got {loss!r} "
-                "(use reduction='mean' or 'sum')"
-            )
+        xs, out, loss, state_updates = _trace_loss(
+            self.model, self.loss_fn, self._specs, arrays, count, "compile_train_step"
+        )
         params = self.optimizer.params
         if self.loss_scaler is not None:  # float16 forward and backward, float32 master weights
-            values = list(state_updates.values())
-            half = half_precision([loss, out, *values])
-            loss, out = ag.cast(half[0], "float32"), ag.cast(half[1], out.dtype)
-            state_updates = {
-                var: ag.cast(h, var.dtype) for var, h in zip(state_updates, half[2:], strict=True)
-            }
-            grads = self.loss_scaler.gradients(half[0], params)
+            half_loss, loss, out, state_updates = _half_precision_step(loss, out, state_updates)
+            grads = self.loss_scaler.gradients(half_loss, params)
         else:
             grads = ag.grad(loss, params)
         outs = [loss, *([out] if self.return_outputs else [])]
@@ -274,11 +300,7 @@ class InferenceFunction:
             self._build(None, len(inputs))
 
     def _build(self, arrays: Sequence[np.ndarray] | None, count: int) -> None:
-        if self.loss_fn is not None:
-            names = ["x", "target"] if count == 2 else [f"input{i}" for i in range(count - 1)] + ["target"]
-        else:
-            names = ["x"] if count == 1 else [f"input{i}" for i in range(count)]
-        xs = _inputs_from(self._specs, arrays or [], names)
+        xs = _inputs_from(self._specs, arrays or [], _input_names(count, self.loss_fn is not None))
         with _Mode(self.model, False), capture_updates():
             if self.loss_fn is None:
                 out = self.model(*xs)
