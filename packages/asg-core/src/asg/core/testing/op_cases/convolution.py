@@ -88,16 +88,24 @@ MAX_POOL_CASES = [
     ("dilation", (1, 2, 7, 7), dict(kernel_size=2, stride=1, dilation=2)),
     ("overlap", (2, 1, 5, 5), dict(kernel_size=3, stride=1)),
 ]
-for _name, _shape, _kw in MAX_POOL_CASES:
-    _add(
-        "max_pool2d",
-        lambda a, kw=_kw: ag.max_pool2d(a, **kw),
-        rand(*_shape, seed=13),
-        ref=lambda a, kw=_kw: R.max_pool2d(a, **kw),
-        torch_fn=lambda a, kw=_kw: F.max_pool2d(a, **kw),
-        name=_name,
-        covers=("max_pool2d_backward", "max_pool2d_gather"),
-    )
+
+
+def _add_pool_cases(op: str, cases: list, seed: int, covers: tuple[str, ...] = ()) -> None:
+    """One case per ``(name, x shape, kwargs)`` row of the pool ``op`` (ag.<op>, references.<op>, F.<op>)."""
+    ours, ref, theirs = getattr(ag, op), getattr(R, op), getattr(F, op)
+    for name, shape, kw in cases:
+        _add(
+            op,
+            lambda a, kw=kw: ours(a, **kw),
+            rand(*shape, seed=seed),
+            ref=lambda a, kw=kw: ref(a, **kw),
+            torch_fn=lambda a, kw=kw: theirs(a, **kw),
+            name=name,
+            covers=covers,
+        )
+
+
+_add_pool_cases("max_pool2d", MAX_POOL_CASES, 13, covers=("max_pool2d_backward", "max_pool2d_gather"))
 _POOL_ATTRS = dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1), ceil_mode=False)
 _POOLED_X = rand(1, 2, 5, 5, seed=14)
 # Linear in the second operand; the first (a constant here) only chooses the positions.
@@ -132,15 +140,7 @@ AVG_POOL_CASES = [
     ),
     ("overlap", (2, 1, 5, 5), dict(kernel_size=3, stride=1)),
 ]
-for _name, _shape, _kw in AVG_POOL_CASES:
-    _add(
-        "avg_pool2d",
-        lambda a, kw=_kw: ag.avg_pool2d(a, **kw),
-        rand(*_shape, seed=17),
-        ref=lambda a, kw=_kw: R.avg_pool2d(a, **kw),
-        torch_fn=lambda a, kw=_kw: F.avg_pool2d(a, **kw),
-        name=_name,
-    )
+_add_pool_cases("avg_pool2d", AVG_POOL_CASES, 17)
 ADAPTIVE_CASES = [
     # (name, x shape, output_size, output_size with None filled in)
     ("global", (2, 2, 5, 6), 1, 1),
