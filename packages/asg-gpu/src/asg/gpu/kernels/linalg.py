@@ -13,7 +13,7 @@ Bounds are checked on loads and stores, so any M, N, K work. Batch dimensions br
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from asg.core.lowering import LoweringContext
@@ -22,6 +22,20 @@ from ..codegen import HELPERS, Dispatch, Program, broadcast_strides, declare, st
 from ._base import gpu_lowering
 
 THREADS = 16  # invocations per side of the workgroup
+
+
+def _tile_products(
+    bk: int, a: tuple[int, int], b: tuple[int, int], fmas: Callable[[int], list[str]]
+) -> list[str]:
+    """The end of a k-step of a tiled matmul: the tiles are in ``As``/``Bs``; for each of the ``bk``
+    rows, registers ``a{kk}_{i}`` and ``b{kk}_{j}`` ((count, row pitch) in ``a``/``b``) are read
+    and ``fmas(kk)`` accumulates their products; the k loop closes."""
+    lines = ["    workgroupBarrier();"]
+    for kk in range(bk):
+        lines += [f"    let a{kk}_{i} = As[{kk * a[1]} + ty + {i * THREADS}];" for i in range(a[0])]
+        lines += [f"    let b{kk}_{j} = Bs[{kk * b[1]} + tx + {j * THREADS}];" for j in range(b[0])]
+        lines += [f"    {line}" for line in fmas(kk)]
+    return [*lines, "    workgroupBarrier();", "}"]
 
 
 @dataclass(frozen=True)
@@ -96,17 +110,14 @@ def matmul_wgsl(
         lines.append(
             f"        Bs[kk * {bn} + nn] = select(0.0, B[min(b_base + r * {n} + c, {k * n} * NB_B - 1)], r < {k} && c < {n}); }} }}"
         )
-    lines.append("    workgroupBarrier();")
-    for kk in range(bk):
-        for i in range(tm):
-            lines.append(f"    let a{kk}_{i} = As[{kk * bm} + ty + {i * THREADS}];")
-        for j in range(tn):
-            lines.append(f"    let b{kk}_{j} = Bs[{kk * bn} + tx + {j * THREADS}];")
-        for i in range(tm):
-            for j in range(tn):
-                lines.append(f"    acc_{i}_{j} = fma(a{kk}_{i}, b{kk}_{j}, acc_{i}_{j});")
-    lines.append("    workgroupBarrier();")
-    lines.append("}")
+    lines += _tile_products(
+        bk,
+        (tm, bm),
+        (tn, bn),
+        lambda kk: [
+            f"acc_{i}_{j} = fma(a{kk}_{i}, b{kk}_{j}, acc_{i}_{j});" for i in range(tm) for j in range(tn)
+        ],
+    )
     for i in range(tm):
         lines.append(f"{{ let r = row0 + ty + {i * THREADS};")
         lines.append(f"  if (r < {m}) {{")
@@ -213,20 +224,17 @@ def matmul_vec4_wgsl(
             f"      if (e < {bvec}) {{ let kk = e / {bn4}; let nn = e % {bn4}; let r = k0 + kk; let c = col0 + nn * 4;",
             f"        Bs[e] = select(vec4<f32>(0.0), B[min(b_base + r * {n4} + c / 4, {b_last})], r < {k} && c < {n}); }} }}",
         ]
-    lines.append("    workgroupBarrier();")
-    for kk in range(bk):
-        for g in range(gm):
-            lines.append(f"    let a{kk}_{g} = As[{kk * bm4} + ty + {16 * g}];")
-        for h in range(gn):
-            lines.append(f"    let b{kk}_{h} = Bs[{kk * bn4} + tx + {16 * h}];")
-        for g in range(gm):
-            for h in range(gn):
-                for i in range(4):
-                    lines.append(
-                        f"    acc_{g}_{h}_{i} = fma(vec4<f32>(a{kk}_{g}.{'xyzw'[i]}), b{kk}_{h}, acc_{g}_{h}_{i});"
-                    )
-    lines.append("    workgroupBarrier();")
-    lines.append("}")
+    lines += _tile_products(
+        bk,
+        (gm, bm4),
+        (gn, bn4),
+        lambda kk: [
+            f"acc_{g}_{h}_{i} = fma(vec4<f32>(a{kk}_{g}.{'xyzw'[i]}), b{kk}_{h}, acc_{g}_{h}_{i});"
+            for g in range(gm)
+            for h in range(gn)
+            for i in range(4)
+        ],
+    )
     for g in range(gm):
         for i in range(4):
             lines.append(f"{{ let r = row0 + {64 * g} + ty * 4 + {i};")

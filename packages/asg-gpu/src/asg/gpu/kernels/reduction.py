@@ -230,37 +230,14 @@ def reduce_wgsl(
 
 def _axes(ctx: LoweringContext) -> tuple[int, ...]:
     nd = len(ctx.in_types[0].shape)
+    if "axis" in ctx.attrs:  # argmax, argmin
+        return (ctx.attrs["axis"] % nd,)
     return tuple(sorted(a % nd for a in ctx.attrs["axes"]))
 
 
-@gpu_lowering("sum", f16=True)
-def _sum(ctx: LoweringContext) -> Program:
-    return reduce_program(ctx, _axes(ctx), "sum")
-
-
-@gpu_lowering("mean", f16=True)
-def _mean(ctx: LoweringContext) -> Program:
-    return reduce_program(ctx, _axes(ctx), "mean")
-
-
-@gpu_lowering("max", f16=True)
-def _max(ctx: LoweringContext) -> Program:
-    return reduce_program(ctx, _axes(ctx), "max")
-
-
-@gpu_lowering("min", f16=True)
-def _min(ctx: LoweringContext) -> Program:
-    return reduce_program(ctx, _axes(ctx), "min")
-
-
-@gpu_lowering("argmax", f16=True)
-def _argmax(ctx: LoweringContext) -> Program:
-    return reduce_program(ctx, (ctx.attrs["axis"] % len(ctx.in_types[0].shape),), "argmax")
-
-
-@gpu_lowering("argmin", f16=True)
-def _argmin(ctx: LoweringContext) -> Program:
-    return reduce_program(ctx, (ctx.attrs["axis"] % len(ctx.in_types[0].shape),), "argmin")
+@gpu_lowering("sum", "mean", "max", "min", "argmax", "argmin", f16=True)
+def _reduce(ctx: LoweringContext) -> Program:
+    return reduce_program(ctx, _axes(ctx), ctx.op_name)
 
 
 @gpu_lowering("sum_to", f16=True)
