@@ -12,36 +12,27 @@ from ..cases import axis_id as _axis_id
 from ..cases import reduced_dims as _dims
 
 REDUCTION_AXES = [None, 0, 1, -1, (0, 2), (1, -1), (0, 1, 2)]
+# (op: ag.<op> and np.<op>, the axes it is checked over, its torch function of (t, dims, keepdim))
+_REDUCTIONS = [
+    ("sum", REDUCTION_AXES, lambda t, d, k: t.sum(dim=d, keepdim=k)),
+    ("max", (None, 0, -1, (0, 2)), lambda t, d, k: T.amax(t, dim=d, keepdim=k)),
+    ("min", (None, 0, -1, (0, 2)), lambda t, d, k: T.amin(t, dim=d, keepdim=k)),
+    ("mean", (None, 1, (0, 2)), lambda t, d, k: t.mean(dim=d, keepdim=k)),
+]
 for _axis in REDUCTION_AXES:
     for _keep in (False, True):
         _name = _axis_id(_axis) + ("_keepdims" if _keep else "")
-        _add(
-            "sum",
-            lambda x, a=_axis, k=_keep: ag.sum(x, a, k),
-            X3,
-            ref=lambda x, a=_axis, k=_keep: np.sum(x, axis=a, keepdims=k),
-            torch_fn=lambda t, a=_axis, k=_keep: t.sum(dim=_dims(a), keepdim=k),
-            name=_name,
-        )
-        if _axis in (None, 0, -1, (0, 2)):
-            for _op, _tfn in (("max", T.amax), ("min", T.amin)):
+        for _op, _axes, _tfn in _REDUCTIONS:
+            if _axis in _axes:
                 _add(
                     _op,
                     lambda x, a=_axis, k=_keep, o=_op: getattr(ag, o)(x, a, k),
                     X3,
                     ref=lambda x, a=_axis, k=_keep, o=_op: getattr(np, o)(x, axis=a, keepdims=k),
-                    torch_fn=lambda t, a=_axis, k=_keep, f=_tfn: f(t, dim=_dims(a), keepdim=k),
+                    torch_fn=lambda t, a=_axis, k=_keep, f=_tfn: f(t, _dims(a), k),
                     name=_name,
                 )
         if _axis in (None, 1, (0, 2)):
-            _add(
-                "mean",
-                lambda x, a=_axis, k=_keep: ag.mean(x, a, k),
-                X3,
-                ref=lambda x, a=_axis, k=_keep: np.mean(x, axis=a, keepdims=k),
-                torch_fn=lambda t, a=_axis, k=_keep: t.mean(dim=_dims(a), keepdim=k),
-                name=_name,
-            )
             _add(
                 "logsumexp",
                 lambda x, a=_axis, k=_keep: ag.logsumexp(x, a, k),
