@@ -210,6 +210,10 @@ def xavier_normal_(tensor: Any, gain: float = 1.0, generator: np.random.Generato
     return normal_(tensor, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), generator)
 
 
+def _kaiming_std(tensor: Any, a: float, mode: str, nonlinearity: str) -> float:
+    return calculate_gain(nonlinearity, a) / math.sqrt(_fan(_shape(tensor), mode))
+
+
 def kaiming_uniform_(
     tensor: Any,
     a: float = 0.0,
@@ -218,7 +222,7 @@ def kaiming_uniform_(
     generator: np.random.Generator | None = None,
 ) -> Any:
     """He uniform: ``U(-b, b)`` with ``b = gain * sqrt(3 / fan)`` (``a`` is leaky_relu's slope)."""
-    std = calculate_gain(nonlinearity, a) / math.sqrt(_fan(_shape(tensor), mode))
+    std = _kaiming_std(tensor, a, mode, nonlinearity)
     bound = math.sqrt(3.0) * std
     return uniform_(tensor, -bound, bound, generator)
 
@@ -231,7 +235,7 @@ def kaiming_normal_(
     generator: np.random.Generator | None = None,
 ) -> Any:
     """He normal: ``N(0, std^2)`` with ``std = gain / sqrt(fan)``."""
-    std = calculate_gain(nonlinearity, a) / math.sqrt(_fan(_shape(tensor), mode))
+    std = _kaiming_std(tensor, a, mode, nonlinearity)
     return normal_(tensor, 0.0, std, generator)
 
 

@@ -157,10 +157,12 @@ class BertAttention(nn.Module):
 
 
 class BertIntermediate(nn.Module):
-    def __init__(self, c: BertConfig) -> None:
+    """``act(dense(x))``, ``hidden -> intermediate``: HF's ``intermediate`` block (BERT's and ViT's)."""
+
+    def __init__(self, hidden: int, intermediate: int, act: str) -> None:
         super().__init__()
-        self.dense = nn.Linear(c.hidden_size, c.intermediate_size)
-        self.act = hidden_activation(c.hidden_act)
+        self.dense = nn.Linear(hidden, intermediate)
+        self.act = hidden_activation(act)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
         return self.act(self.dense(x))
@@ -170,7 +172,7 @@ class BertLayer(nn.Module):
     def __init__(self, c: BertConfig) -> None:
         super().__init__()
         self.attention = BertAttention(c)
-        self.intermediate = BertIntermediate(c)
+        self.intermediate = BertIntermediate(c.hidden_size, c.intermediate_size, c.hidden_act)
         self.output = BertSelfOutput(
             c.intermediate_size, c.hidden_size, c.layer_norm_eps, c.hidden_dropout_prob
         )

@@ -31,7 +31,7 @@ import numpy as np
 import asg.core as ag
 from asg import nn
 
-from .bert import BertSelfAttention, config_from_dict, hidden_activation
+from .bert import BertIntermediate, BertSelfAttention, config_from_dict
 
 __all__ = ["ViT", "ViTConfig"]
 
@@ -121,23 +121,13 @@ class ViTAttention(nn.Module):
         return self.output(self.attention(x))
 
 
-class ViTIntermediate(nn.Module):
-    def __init__(self, c: ViTConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(c.hidden_size, c.intermediate_size)
-        self.act = hidden_activation(c.hidden_act)
-
-    def forward(self, x: ag.Tensor) -> ag.Tensor:
-        return self.act(self.dense(x))
-
-
 class ViTLayer(nn.Module):
     """Pre-norm: ``x + attention(layernorm_before(x))``, then ``x + output(intermediate(layernorm_after(x)))``."""
 
     def __init__(self, c: ViTConfig) -> None:
         super().__init__()
         self.attention = ViTAttention(c)
-        self.intermediate = ViTIntermediate(c)
+        self.intermediate = BertIntermediate(c.hidden_size, c.intermediate_size, c.hidden_act)
         self.output = ViTSelfOutput(c.intermediate_size, c.hidden_size, c.hidden_dropout_prob)
         self.layernorm_before = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.layernorm_after = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
