@@ -116,6 +116,14 @@ def _argmax_lines(ay: Axis, ax: Axis, h: int, w: int, plane: str) -> list[str]:
     ]
 
 
+def _window_sum(
+    space: tuple[int, ...], setup: list[str], y: tuple[str, str], x: tuple[str, str], step: list[str]
+) -> list[str]:
+    """Lines over ``space``'s element ``i``: ``setup``, then ``step`` (adding to ``acc``) inside the
+    (opening, closing) lines of the ``y`` and ``x`` window loops."""
+    return [*coords(space), *setup, "var acc = 0.0;", y[0], x[0], *step, x[1], y[1]]
+
+
 def _max_forward(ctx: LoweringContext) -> Program:
     _n, c, h, w = _ints(ctx.in_types[0])
     out = _ints(ctx.out_type)
@@ -136,21 +144,14 @@ def _max_backward(ctx: LoweringContext) -> Program:
     first.append("arg[i] = at;")
     k1 = elementwise_kernel([("x_", "float32"), ("arg", "i32")], npooled, first)
     # 2: each input pixel sums the cotangents of the windows whose argmax it is
-    y_open, y_close = ay.windows_of("c2", "oy")
-    x_open, x_close = ax.windows_of("c3", "ox")
-    second = [
-        *coords((n, c, h, w)),
-        f"let pbase = (c0 * {c} + c1) * {oh * ow};",
-        f"let me = c2 * {w} + c3;",
-        "var acc = 0.0;",
-        y_open,
-        x_open,
-        f"let o = pbase + oy * {ow} + ox;",
-        "if (arg[o] == me) { acc = acc + g[o]; }",
-        x_close,
-        y_close,
-        "dx[i] = acc;",
-    ]
+    second = _window_sum(
+        (n, c, h, w),
+        [f"let pbase = (c0 * {c} + c1) * {oh * ow};", f"let me = c2 * {w} + c3;"],
+        ay.windows_of("c2", "oy"),
+        ax.windows_of("c3", "ox"),
+        [f"let o = pbase + oy * {ow} + ox;", "if (arg[o] == me) { acc = acc + g[o]; }"],
+    )
+    second.append("dx[i] = acc;")
     k2 = elementwise_kernel([("g", "float32"), ("arg", "i32"), ("dx", "float32")], n * c * h * w, second)
     return Program(
         [
@@ -184,19 +185,16 @@ def _avg_forward(ctx: LoweringContext) -> Program:
     out = _ints(ctx.out_type)
     ay, ax = _axes(ctx, (h, w), out[2:])
     include = bool(ctx.attrs.get("count_include_pad", True))
-    y_open, y_close = ay.positions("c2", "y")
-    x_open, x_close = ax.positions("c3", "x")
-    body = [
-        *coords(out),
-        f"let base = (c0 * {c} + c1) * {h * w};",
-        "var acc = 0.0;",
-        y_open,
-        x_open,
-        f"if (y >= 0 && y < {h} && x >= 0 && x < {w}) {{ acc = acc + in0[base + y * {w} + x]; }}",
-        x_close,
-        y_close,
-        store("out", "float32", "i", f"acc * ({ay.inverse('c2', include)} * {ax.inverse('c3', include)})"),
-    ]
+    body = _window_sum(
+        out,
+        [f"let base = (c0 * {c} + c1) * {h * w};"],
+        ay.positions("c2", "y"),
+        ax.positions("c3", "x"),
+        [f"if (y >= 0 && y < {h} && x >= 0 && x < {w}) {{ acc = acc + in0[base + y * {w} + x]; }}"],
+    )
+    body.append(
+        store("out", "float32", "i", f"acc * ({ay.inverse('c2', include)} * {ax.inverse('c3', include)})")
+    )
     return per_element(ctx.name, ["float32"], "float32", math.prod(out), body)
 
 
@@ -207,19 +205,16 @@ def _avg_backward(ctx: LoweringContext) -> Program:
     oh, ow = pooled[2:]
     ay, ax = _axes(ctx, (h, w), (oh, ow))
     include = bool(ctx.attrs.get("count_include_pad", True))
-    y_open, y_close = ay.windows_of("c2", "oy")
-    x_open, x_close = ax.windows_of("c3", "ox")
-    body = [
-        *coords(out),
-        f"let pbase = (c0 * {c} + c1) * {oh * ow};",
-        "var acc = 0.0;",
-        y_open,
-        x_open,
-        f"acc = acc + in0[pbase + oy * {ow} + ox] * ({ay.inverse('oy', include)} * {ax.inverse('ox', include)});",
-        x_close,
-        y_close,
-        store("out", "float32", "i", "acc"),
-    ]
+    body = _window_sum(
+        out,
+        [f"let pbase = (c0 * {c} + c1) * {oh * ow};"],
+        ay.windows_of("c2", "oy"),
+        ax.windows_of("c3", "ox"),
+        [
+            f"acc = acc + in0[pbase + oy * {ow} + ox] * ({ay.inverse('oy', include)} * {ax.inverse('ox', include)});"
+        ],
+    )
+    body.append(store("out", "float32", "i", "acc"))
     return per_element(ctx.name, ["float32"], "float32", math.prod(out), body)
 
 
