@@ -61,19 +61,25 @@ def log_softmax_rows(x, out):  # pragma: no cover - compiled
     return out
 
 
+@njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
+def _row_moments(x, r, cols, eps):  # pragma: no cover - compiled
+    """Row ``r``'s mean and ``1 / sqrt(variance + eps)`` (biased variance, as layer_norm)."""
+    total = 0.0
+    for c in range(cols):
+        total += x[r, c]
+    mean = total / cols
+    sq = 0.0
+    for c in range(cols):
+        d = x[r, c] - mean
+        sq += d * d
+    return mean, 1.0 / math.sqrt(sq / cols + eps)
+
+
 @njit(**_JIT)
 def layer_norm_rows(x, w, b, has_w, has_b, eps, out):  # pragma: no cover - compiled
     rows, cols = x.shape
     for r in prange(rows):
-        total = 0.0
-        for c in range(cols):
-            total += x[r, c]
-        mean = total / cols
-        sq = 0.0
-        for c in range(cols):
-            d = x[r, c] - mean
-            sq += d * d
-        rstd = 1.0 / math.sqrt(sq / cols + eps)
+        mean, rstd = _row_moments(x, r, cols, eps)
         for c in range(cols):
             y = (x[r, c] - mean) * rstd
             if has_w:
@@ -89,15 +95,7 @@ def layer_norm_backward_rows(g, x, w, has_w, eps, out):  # pragma: no cover - co
     # dx = rstd * (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat)), g_hat = g * w
     rows, cols = x.shape
     for r in prange(rows):
-        total = 0.0
-        for c in range(cols):
-            total += x[r, c]
-        mean = total / cols
-        sq = 0.0
-        for c in range(cols):
-            d = x[r, c] - mean
-            sq += d * d
-        rstd = 1.0 / math.sqrt(sq / cols + eps)
+        mean, rstd = _row_moments(x, r, cols, eps)
         sum_g = 0.0
         sum_gx = 0.0
         for c in range(cols):
