@@ -11,6 +11,23 @@ from ..cases import F, T
 from ..cases import add_case as _add
 from ..check import rand
 
+
+def _add_rows(op: str, rows: list, seeds: tuple[int, ...], covers: tuple[str, ...] = ()) -> None:
+    """One case per ``(name, *input shapes, kwargs)`` row of ``op``, checked as ag.<op>(*inputs, **kwargs)
+    against references.<op> and F.<op>; input ``i`` is ``rand(*shape, seed=seeds[i])``."""
+    ours, ref, theirs = getattr(ag, op), getattr(R, op), getattr(F, op)
+    for name, *shapes, kw in rows:
+        _add(
+            op,
+            lambda *xs, kw=kw: ours(*xs, **kw),
+            *[rand(*shape, seed=seed) for shape, seed in zip(shapes, seeds, strict=True)],
+            ref=lambda *xs, kw=kw: ref(*xs, **kw),
+            torch_fn=lambda *xs, kw=kw: theirs(*xs, **kw),
+            name=name,
+            covers=covers,
+        )
+
+
 CONV_CASES = [
     # (name, x shape, w shape, kwargs)
     ("plain", (2, 2, 5, 5), (3, 2, 3, 3), {}),
@@ -25,17 +42,7 @@ CONV_CASES = [
     ("valid", (1, 1, 4, 4), (1, 1, 4, 4), dict(padding="valid")),
     ("one_by_one", (2, 3, 3, 3), (4, 3, 1, 1), dict(stride=2)),
 ]
-for _name, _xs, _ws, _kw in CONV_CASES:
-    _add(
-        "conv2d",
-        lambda a, b, kw=_kw: ag.conv2d(a, b, **kw),
-        rand(*_xs, seed=1),
-        rand(*_ws, seed=2),
-        ref=lambda a, b, kw=_kw: R.conv2d(a, b, **kw),
-        torch_fn=lambda a, b, kw=_kw: F.conv2d(a, b, **kw),
-        name=_name,
-        covers=("conv2d_backward_weight", "conv_transpose2d"),
-    )
+_add_rows("conv2d", CONV_CASES, (1, 2), covers=("conv2d_backward_weight", "conv_transpose2d"))
 _add(
     "conv2d",
     lambda a, w, b: ag.conv2d(a, w, b, padding=1),
@@ -52,16 +59,7 @@ CONV_T_CASES = [
     ("pairs", (1, 2, 3, 2), (2, 2, 2, 3), dict(stride=(2, 3), padding=(0, 1), output_padding=(1, 2))),
     ("groups_dilation", (2, 4, 3, 3), (4, 1, 2, 2), dict(groups=2, dilation=2, stride=2)),
 ]
-for _name, _xs, _ws, _kw in CONV_T_CASES:
-    _add(
-        "conv_transpose2d",
-        lambda a, b, kw=_kw: ag.conv_transpose2d(a, b, **kw),
-        rand(*_xs, seed=3),
-        rand(*_ws, seed=4),
-        ref=lambda a, b, kw=_kw: R.conv_transpose2d(a, b, **kw),
-        torch_fn=lambda a, b, kw=_kw: F.conv_transpose2d(a, b, **kw),
-        name=_name,
-    )
+_add_rows("conv_transpose2d", CONV_T_CASES, (3, 4))
 _add(
     "conv2d_backward_weight",
     lambda a, b: apply(
@@ -89,23 +87,7 @@ MAX_POOL_CASES = [
     ("overlap", (2, 1, 5, 5), dict(kernel_size=3, stride=1)),
 ]
 
-
-def _add_pool_cases(op: str, cases: list, seed: int, covers: tuple[str, ...] = ()) -> None:
-    """One case per ``(name, x shape, kwargs)`` row of the pool ``op`` (ag.<op>, references.<op>, F.<op>)."""
-    ours, ref, theirs = getattr(ag, op), getattr(R, op), getattr(F, op)
-    for name, shape, kw in cases:
-        _add(
-            op,
-            lambda a, kw=kw: ours(a, **kw),
-            rand(*shape, seed=seed),
-            ref=lambda a, kw=kw: ref(a, **kw),
-            torch_fn=lambda a, kw=kw: theirs(a, **kw),
-            name=name,
-            covers=covers,
-        )
-
-
-_add_pool_cases("max_pool2d", MAX_POOL_CASES, 13, covers=("max_pool2d_backward", "max_pool2d_gather"))
+_add_rows("max_pool2d", MAX_POOL_CASES, (13,), covers=("max_pool2d_backward", "max_pool2d_gather"))
 _POOL_ATTRS = dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1), ceil_mode=False)
 _POOLED_X = rand(1, 2, 5, 5, seed=14)
 # Linear in the second operand; the first (a constant here) only chooses the positions.
@@ -140,7 +122,7 @@ AVG_POOL_CASES = [
     ),
     ("overlap", (2, 1, 5, 5), dict(kernel_size=3, stride=1)),
 ]
-_add_pool_cases("avg_pool2d", AVG_POOL_CASES, 17)
+_add_rows("avg_pool2d", AVG_POOL_CASES, (17,))
 ADAPTIVE_CASES = [
     # (name, x shape, output_size, output_size with None filled in)
     ("global", (2, 2, 5, 6), 1, 1),
