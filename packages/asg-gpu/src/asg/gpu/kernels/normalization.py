@@ -12,30 +12,16 @@ import math
 
 from asg.core.lowering import LoweringContext
 
-from ..codegen import HELPERS, Dispatch, Program, check_index, declare, literal, load, per_element, store
+from ..codegen import Dispatch, Program, check_index, literal, load, per_element, store
 from ._base import gpu_lowering
-from .reduction import Prologue, _rows_grid, _wg, tree
+from .reduction import Prologue, _kernel, _rows_grid, _wg, tree
 
 
 def _row_kernel(
     names: list[str] | list[tuple[str, str]], wg: int, rows: int, body: list[str], extra: str = ""
 ) -> str:
-    inner = "\n    ".join(body)
     bindings = [n if isinstance(n, tuple) else (n, "float32") for n in names]
-    return f"""{declare(bindings)}
-{HELPERS}
-{extra}
-var<workgroup> part: array<f32, {wg}>;
-@compute @workgroup_size({wg})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
-        @builtin(num_workgroups) nwg: vec3<u32>) {{
-    let o = i32(wid.x + wid.y * nwg.x);
-    let lid = i32(lid3.x);
-    let live = o < {rows};
-    let base = o * FEAT;
-    {inner}
-}}
-"""
+    return _kernel(bindings, wg, [f"part: array<f32, {wg}>"], ["let base = o * FEAT;", *body], rows, extra)
 
 
 def _row_sum(expr: str, var: str, wg: int, feat: int) -> list[str]:
@@ -133,24 +119,18 @@ def _layer_norm_weight_grad(ctx: LoweringContext) -> Program:
     ]
     stats = _row_kernel(["x", "st"], wg, rows, stats_body).replace("FEAT", str(feat))
     wg2 = _wg(rows)
-    col = f"""{declare([("g", "float32"), ("x", "float32"), ("st", "float32"), ("dw", "float32")])}
-var<workgroup> part: array<f32, {wg2}>;
-@compute @workgroup_size({wg2})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
-        @builtin(num_workgroups) nwg: vec3<u32>) {{
-    let o = i32(wid.x + wid.y * nwg.x);
-    let lid = i32(lid3.x);
-    let live = o < {feat};
-    var acc = 0.0;
-    for (var r = lid; live && r < {rows}; r += {wg2}) {{
-        let off = r * {feat} + o;
-        acc = acc + g[off] * ((x[off] - st[2 * r]) * st[2 * r + 1]);
-    }}
-    part[lid] = acc;
-    {" ".join(tree("part", wg2, "part[lid] = part[lid] + part[lid + s];"))}
-    if (lid == 0 && live) {{ dw[o] = part[0]; }}
-}}
-"""
+    col_body = [
+        "var acc = 0.0;",
+        f"for (var r = lid; live && r < {rows}; r += {wg2}) {{",
+        f"    let off = r * {feat} + o;",
+        "    acc = acc + g[off] * ((x[off] - st[2 * r]) * st[2 * r + 1]);",
+        "}",
+        "part[lid] = acc;",
+        " ".join(tree("part", wg2, "part[lid] = part[lid] + part[lid + s];")),
+        "if (lid == 0 && live) { dw[o] = part[0]; }",
+    ]
+    col_bindings = [("g", "float32"), ("x", "float32"), ("st", "float32"), ("dw", "float32")]
+    col = _kernel(col_bindings, wg2, [f"part: array<f32, {wg2}>"], col_body, feat)
     if not rows:
         return per_element(ctx.name, [], "float32", feat, [store("out", "float32", "i", "0.0")])
     return Program(
