@@ -76,6 +76,15 @@ def _check(op: str, names: list[str], types: tuple[TensorType, ...], output: str
     return param
 
 
+def _l2_grad(grad: np.ndarray, param: np.ndarray, maximize: bool, weight_decay: float) -> np.ndarray:
+    """The gradient a torch.optim step uses: negated with ``maximize``, plus ``weight_decay * param`` (L2)."""
+    if maximize:
+        grad = -grad
+    if weight_decay:
+        grad = grad + weight_decay * param
+    return grad
+
+
 # ----------------------------------------------------------------------------- SGD
 def _sgd_names(momentum: float) -> list[str]:
     return ["param", "grad", *(["momentum_buffer", "step"] if momentum else []), "lr"]
@@ -104,10 +113,7 @@ def _sgd_kernel(
 ) -> np.ndarray:
     param, grad = arrays[0], arrays[1]
     lr = float(arrays[-1])
-    if maximize:
-        grad = -grad
-    if weight_decay:
-        grad = grad + weight_decay * param
+    grad = _l2_grad(grad, param, maximize, weight_decay)
     if momentum:
         buf, step = arrays[2], float(arrays[3])
         buf = grad.copy() if step <= 1 else buf * momentum + (1 - dampening) * grad
@@ -166,12 +172,9 @@ def _adam_kernel(
     named = dict(zip(_adam_names(amsgrad), arrays, strict=True))
     param, grad, exp_avg, exp_avg_sq = named["param"], named["grad"], named["exp_avg"], named["exp_avg_sq"]
     lr_, t = float(named["lr"]), float(named["step"])
-    if maximize:
-        grad = -grad
+    grad = _l2_grad(grad, param, maximize, 0.0 if decoupled_weight_decay else weight_decay)
     if weight_decay and decoupled_weight_decay:
         param = param * (1 - lr_ * weight_decay)
-    elif weight_decay:
-        grad = grad + weight_decay * param
     if output == "exp_avg":
         return _lerp(exp_avg, grad, 1 - beta1)
     v = exp_avg_sq * beta2 + (1 - beta2) * (grad * grad)
@@ -234,10 +237,7 @@ def _rmsprop_kernel(
 ) -> np.ndarray:
     named = dict(zip(_rmsprop_names(momentum, centered), arrays, strict=True))
     param, grad, lr = named["param"], named["grad"], float(named["lr"])
-    if maximize:
-        grad = -grad
-    if weight_decay:
-        grad = grad + weight_decay * param
+    grad = _l2_grad(grad, param, maximize, weight_decay)
     square_avg = named["square_avg"] * alpha + (1 - alpha) * (grad * grad)
     if output == "square_avg":
         return square_avg
