@@ -117,6 +117,23 @@ def _pool_size(size: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
     return out
 
 
+def _pool_geometry(
+    x: np.ndarray,
+    kernel_size: int | Pair,
+    stride: int | Pair | None,
+    padding: int | Pair,
+    dilation: int | Pair,
+    ceil_mode: bool,
+) -> tuple[Pair, Pair, Pair, Pair, Pair]:
+    """Kernel, stride (the kernel when None), padding, dilation and output (H, W) of a 2-d pool of ``x``."""
+    (kh, kw) = _pairs(kernel_size)
+    (sh, sw) = _pairs(stride if stride is not None else kernel_size)
+    (ph, pw), (dh, dw) = _pairs(padding), _pairs(dilation)
+    h, w = x.shape[2:]
+    out = (_pool_size(h, kh, sh, ph, dh, ceil_mode), _pool_size(w, kw, sw, pw, dw, ceil_mode))
+    return (kh, kw), (sh, sw), (ph, pw), (dh, dw), out
+
+
 def max_pool2d(
     x: np.ndarray,
     kernel_size: int | Pair,
@@ -125,11 +142,10 @@ def max_pool2d(
     dilation: int | Pair = 1,
     ceil_mode: bool = False,
 ) -> np.ndarray:
-    (kh, kw) = _pairs(kernel_size)
-    (sh, sw) = _pairs(stride if stride is not None else kernel_size)
-    (ph, pw), (dh, dw) = _pairs(padding), _pairs(dilation)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (ho, wo) = _pool_geometry(
+        x, kernel_size, stride, padding, dilation, ceil_mode
+    )
     n, c, h, w = x.shape
-    ho, wo = _pool_size(h, kh, sh, ph, dh, ceil_mode), _pool_size(w, kw, sw, pw, dw, ceil_mode)
     out = np.full((n, c, ho, wo), -np.inf)
     for i in range(ho):
         for j in range(wo):
@@ -149,11 +165,8 @@ def avg_pool2d(
     ceil_mode: bool = False,
     count_include_pad: bool = True,
 ) -> np.ndarray:
-    (kh, kw) = _pairs(kernel_size)
-    (sh, sw) = _pairs(stride if stride is not None else kernel_size)
-    (ph, pw) = _pairs(padding)
+    (kh, kw), (sh, sw), (ph, pw), _, (ho, wo) = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode)
     n, c, h, w = x.shape
-    ho, wo = _pool_size(h, kh, sh, ph, 1, ceil_mode), _pool_size(w, kw, sw, pw, 1, ceil_mode)
     out = np.zeros((n, c, ho, wo))
     for i in range(ho):
         for j in range(wo):
