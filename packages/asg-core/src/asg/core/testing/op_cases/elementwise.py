@@ -76,22 +76,15 @@ _add(
     ref=lambda x: np.clip(x, -1.0, 0.5),
     torch_fn=lambda x: T.clamp(x, -1.0, 0.5),
 )
-_add(
-    "clamp",
-    lambda x: ag.clamp(x, min=0.3),
-    ANY,
-    ref=lambda x: np.maximum(x, 0.3),
-    torch_fn=lambda x: T.clamp(x, min=0.3),
-    name="min",
-)
-_add(
-    "clamp",
-    lambda x: ag.clamp(x, max=0.3),
-    ANY,
-    ref=lambda x: np.minimum(x, 0.3),
-    torch_fn=lambda x: T.clamp(x, max=0.3),
-    name="max",
-)
+for _bound, _ref in (("min", np.maximum), ("max", np.minimum)):  # one bound only
+    _add(
+        "clamp",
+        lambda x, b=_bound: ag.clamp(x, **{b: 0.3}),
+        ANY,
+        ref=lambda x, f=_ref: f(x, 0.3),
+        torch_fn=lambda x, b=_bound: T.clamp(x, **{b: 0.3}),
+        name=_bound,
+    )
 
 BINARY = [
     # (op, asg function, numpy reference, torch function)
