@@ -368,32 +368,14 @@ def plan_groups(
             if found is not None:
                 emit_matmul(chunk, found)
                 nodes = nodes[len(chunk) - 1 :]
+        prologue = None
+        if reductions and anchor is not None and anchor.id in place.pos:
+            if group.kind == "residual_norm" and anchor.op == "layer_norm" and anchor.dtype == "float32":
+                prologue = norm_prologue_kernel
+            elif group.kind == "reduction_prologue" and anchor.op in REDUCTIONS:
+                prologue = reduction_prologue_kernel
         if (
-            reductions
-            and group.kind == "residual_norm"
-            and anchor is not None
-            and anchor.op == "layer_norm"
-            and anchor.dtype == "float32"
-            and anchor.id in place.pos
-            and anchor.inputs[0].id in {n.id for n in nodes}
-            and math.prod(schedule.spec.shapes[anchor.id])
-        ):
-            for start in range(len(nodes)):
-                if anchor.inputs[0].id not in {n.id for n in nodes[start:]}:
-                    break
-                found = place.group([*nodes[start:], anchor], group, wide=True)
-                if found is not None:
-                    at[place.pos[anchor.id]] = norm_prologue_kernel(found, schedule)
-                    skipped.update(place.pos[n.id] for n in nodes[start:])
-                    fused.append(found)
-                    nodes = nodes[:start]
-                    break
-        if (
-            reductions
-            and group.kind == "reduction_prologue"
-            and anchor is not None
-            and anchor.op in REDUCTIONS
-            and anchor.id in place.pos
+            prologue is not None
             and anchor.inputs[0].id in {n.id for n in nodes}
             and math.prod(schedule.spec.shapes[anchor.inputs[0].id])
             and math.prod(schedule.spec.shapes[anchor.id])
@@ -404,8 +386,7 @@ def plan_groups(
                     break
                 found = place.group([*nodes[start:], anchor], group, wide=True)
                 if found is not None:
-                    last = place.pos[anchor.id]
-                    at[last] = reduction_prologue_kernel(found, schedule)
+                    at[place.pos[anchor.id]] = prologue(found, schedule)
                     skipped.update(place.pos[n.id] for n in nodes[start:])
                     fused.append(found)
                     nodes = nodes[:start]
