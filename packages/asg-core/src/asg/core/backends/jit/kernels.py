@@ -16,9 +16,10 @@ from numba import njit, prange
 from .mathfn import fexp
 
 _JIT = {"parallel": True, "cache": True, "fastmath": False, "nogil": True, "error_model": "numpy"}
+_SERIAL = {**_JIT, "parallel": False}  # per-row helpers the parallel kernels call
 
 
-@njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
+@njit(**_SERIAL)
 def _row_max(x, r, cols):  # pragma: no cover - compiled
     """The largest value of row ``r`` (NaN when the row holds one, as numpy's max)."""
     m = x[r, 0]
@@ -61,7 +62,7 @@ def log_softmax_rows(x, out):  # pragma: no cover - compiled
     return out
 
 
-@njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
+@njit(**_SERIAL)
 def _row_moments(x, r, cols, eps):  # pragma: no cover - compiled
     """Row ``r``'s mean and ``1 / sqrt(variance + eps)`` (biased variance, as layer_norm)."""
     total = 0.0
