@@ -51,25 +51,13 @@ def split_offsets(shape: Sequence[int], axes: Sequence[int]) -> tuple[list[str],
     red = [d for d in range(len(shape)) if d in axes]
     rows = math.prod(shape[d] for d in kept)
     count = math.prod(shape[d] for d in red)
-    kst = strides([shape[d] for d in kept])
-    row = [
-        "let base = "
-        + (
-            " + ".join(f"((o / {kst[j]}) % {shape[d]}) * {st[d]}" for j, d in enumerate(kept) if shape[d] > 1)
-            or "0"
-        )
-        + ";"
-    ]
-    rst = strides([shape[d] for d in red])
-    elem = [
-        "let off = base + "
-        + (
-            " + ".join(f"((r / {rst[j]}) % {shape[d]}) * {st[d]}" for j, d in enumerate(red) if shape[d] > 1)
-            or "0"
-        )
-        + ";"
-    ]
-    return row, elem, rows, count
+
+    def offset_of(index: str, dims: list[int]) -> str:  # index over ``dims`` -> offset in ``shape``
+        sub = strides([shape[d] for d in dims])
+        terms = [f"(({index} / {sub[j]}) % {shape[d]}) * {st[d]}" for j, d in enumerate(dims) if shape[d] > 1]
+        return " + ".join(terms) or "0"
+
+    return [f"let base = {offset_of('o', kept)};"], [f"let off = base + {offset_of('r', red)};"], rows, count
 
 
 def _kernel(
