@@ -72,8 +72,8 @@ import asg.core as ag
 from . import serialization
 from .amp import LossScaler
 from .module import Module
-from .optim import Optimizer, clip_grad_norm, clip_grad_value
-from .train import Callback, InputSpec, _half_precision_step, _trace_loss
+from .optim import Optimizer
+from .train import Callback, InputSpec, _check_batch, _half_precision_step, _optimizer_updates, _trace_loss
 
 __all__ = [
     "Bucket",
@@ -435,24 +435,16 @@ class DistributedDataParallel:
             mean_grads = scaler.unscale(mean_grads, divide_by=self.world_size)
         elif self.world_size != 1:
             mean_grads = [g * (1.0 / self.world_size) for g in mean_grads]
-        extra: list[ag.Tensor] = []
-        if self.clip_value is not None:
-            mean_grads = clip_grad_value(mean_grads, self.clip_value)
-        if self.clip_norm is not None:
-            mean_grads, norm = clip_grad_norm(mean_grads, self.clip_norm)
-            extra.append(norm)
-        updates = self.optimizer.updates(mean_grads)
-        if scaler is not None:  # a non-finite average: no optimizer step on any rank, the scale backs off
-            updates = scaler.gate(updates)
+        # a non-finite average: no optimizer step on any rank, the scale backs off
+        updates, extra = _optimizer_updates(
+            self.optimizer, mean_grads, self.clip_value, self.clip_norm, scaler
+        )
         self.function = ag.compile(extra, inputs=summed, updates=updates, **self.compile_options)
         if self.broadcast:
             self.broadcast_state()
 
     def __call__(self, *batch: Any) -> float:
-        if len(batch) < 2:
-            raise TypeError(
-                f"a training step takes the model inputs and the target, got {len(batch)} array(s)"
-            )
+        _check_batch(batch)
         if self.forward_backward is None:
             self._build([np.asarray(b) for b in batch], len(batch))
         assert self.forward_backward is not None and self.function is not None

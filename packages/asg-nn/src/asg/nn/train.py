@@ -132,6 +132,35 @@ def _half_precision_step(
     return half[0], ag.cast(half[0], "float32"), ag.cast(half[1], out.dtype), updates
 
 
+def _optimizer_updates(
+    optimizer: Optimizer,
+    grads: Sequence[ag.Tensor],
+    clip_value: float | None,
+    clip_norm: float | None,
+    scaler: LossScaler | None,
+) -> tuple[dict[ag.Tensor, ag.Tensor], list[ag.Tensor]]:
+    """Clip ``grads`` (by value, then by norm), then the optimizer's updates, gated by ``scaler`` when given.
+
+    Returns the updates and the extra outputs: ``[total norm before clipping]`` with ``clip_norm``, else ``[]``.
+    """
+    extra: list[ag.Tensor] = []
+    grads = list(grads)
+    if clip_value is not None:
+        grads = clip_grad_value(grads, clip_value)
+    if clip_norm is not None:
+        grads, norm = clip_grad_norm(grads, clip_norm)
+        extra.append(norm)
+    updates = optimizer.updates(grads)
+    if scaler is not None:  # non-finite gradients: no optimizer step, the scale backs off
+        updates = scaler.gate(updates)
+    return updates, extra
+
+
+def _check_batch(batch: Sequence[Any]) -> None:
+    if len(batch) < 2:
+        raise TypeError(f"a training step takes the model inputs and the target, got {len(batch)} array(s)")
+
+
 class TrainStep:
     """A compiled training step: ``loss = step(*inputs, target)`` updates the model and optimizer in place.
 
@@ -201,27 +230,17 @@ class TrainStep:
             )
             grads = [(a + g) * (1.0 / k) for a, g in zip(sums, grads, strict=True)]
             state_updates = {**state_updates, **{a: ag.zeros_like(a) for a in sums}}
-        extra: list[ag.Tensor] = []
-        if self.clip_value is not None:
-            grads = clip_grad_value(grads, self.clip_value)
-        if self.clip_norm is not None:
-            grads, norm = clip_grad_norm(grads, self.clip_norm)
-            extra.append(norm)
-        step_updates = self.optimizer.updates(grads)
-        if (
-            self.loss_scaler is not None
-        ):  # overflowed gradients: no optimizer step (layer statistics still move)
-            step_updates = self.loss_scaler.gate(step_updates)
+        # overflowed gradients: no optimizer step (layer statistics still move)
+        step_updates, extra = _optimizer_updates(
+            self.optimizer, grads, self.clip_value, self.clip_norm, self.loss_scaler
+        )
         # Last layers first: a plan runs the nodes in the order the updates reach them, so each weight's
         # gradient is computed as soon as its layer's backward is done and its activations are freed early.
         updates = {**state_updates, **dict(reversed(list(step_updates.items())))}
         self.function = ag.compile([*outs, *extra], inputs=xs, updates=updates, **self.compile_options)
 
     def __call__(self, *batch: Any) -> float:
-        if len(batch) < 2:
-            raise TypeError(
-                f"a training step takes the model inputs and the target, got {len(batch)} array(s)"
-            )
+        _check_batch(batch)
         if self.function is None:
             self._build([np.asarray(b) for b in batch], len(batch))
         self.calls += 1
