@@ -194,11 +194,11 @@ class BertEncoder(nn.Module):
 
 
 class BertPooler(nn.Module):
-    """``tanh(dense(h[:, 0]))``: the [CLS] token's hidden state through a dense layer."""
+    """``tanh(dense(h[:, 0]))``: the first ([CLS]) token's hidden state through a dense layer (BERT's and ViT's)."""
 
-    def __init__(self, c: BertConfig) -> None:
+    def __init__(self, hidden: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.dense = nn.Linear(hidden, hidden)
 
     def forward(self, h: ag.Tensor) -> ag.Tensor:
         return ag.tanh(self.dense(h[:, 0]))
@@ -216,7 +216,7 @@ class BertModel(nn.Module):
         self.config = c = config or BertConfig()
         self.embeddings = BertEmbeddings(c)
         self.encoder = BertEncoder(c)
-        self.pooler = BertPooler(c) if c.add_pooling_layer else None
+        self.pooler = BertPooler(c.hidden_size) if c.add_pooling_layer else None
         for p in self.parameters():  # HF's init: N(0, 0.02) weights, zero biases
             if p.ndim == 2:
                 nn.init.normal_(p, 0.0, 0.02)

@@ -31,7 +31,7 @@ import numpy as np
 import asg.core as ag
 from asg import nn
 
-from .bert import BertIntermediate, BertSelfAttention, config_from_dict
+from .bert import BertIntermediate, BertPooler, BertSelfAttention, config_from_dict
 
 __all__ = ["ViT", "ViTConfig"]
 
@@ -148,15 +148,6 @@ class ViTEncoder(nn.Module):
         return x
 
 
-class ViTPooler(nn.Module):
-    def __init__(self, c: ViTConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
-
-    def forward(self, h: ag.Tensor) -> ag.Tensor:
-        return ag.tanh(self.dense(h[:, 0]))
-
-
 class ViT(nn.Module):
     """Vision Transformer (Dosovitskiy et al. 2021).
 
@@ -170,7 +161,7 @@ class ViT(nn.Module):
         self.embeddings = ViTEmbeddings(c)
         self.encoder = ViTEncoder(c)
         self.layernorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.pooler = ViTPooler(c) if c.add_pooling_layer else None
+        self.pooler = BertPooler(c.hidden_size) if c.add_pooling_layer else None
         self.classifier = nn.Linear(c.hidden_size, c.num_labels) if c.num_labels > 0 else None
 
     def hidden_states(self, pixel_values: ag.Tensor) -> ag.Tensor:
