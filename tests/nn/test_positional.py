@@ -91,3 +91,21 @@ def test_alibi_slopes_and_bias() -> None:
     q = ag.input("q", ("B", 4, "T", 8))
     out = nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=bias, is_causal=True)
     assert out.shape == ("B", 4, "T", 8)
+
+
+def test_rotate_and_alibi_at_explicit_positions() -> None:
+    # positions that are not offset + arange(T), as a KV cache's slots are
+    positions = np.array([5, 0, 3], "int64")
+    x = _x(2, 3, 8)
+    q = ag.input("q", (2, 3, 8))
+    pos = ag.input("pos", (3,), "int64")
+    got = ag.compile(nn.RotaryEmbedding(8, max_len=16).rotate(q, pos), inputs=[q, pos])(x, positions)
+    want = np.stack([_rope_ref(x[:, i : i + 1], offset=int(p))[:, 0] for i, p in enumerate(positions)], 1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    qp, kp = np.array([4, 6], "int64"), np.array([0, 2, 6, 7], "int64")
+    bias = ag.compile(nn.alibi_bias_at(4, ag.constant(qp), ag.constant(kp)))()
+    slopes = nn.alibi_slopes(4)
+    np.testing.assert_allclose(
+        bias, slopes[:, None, None] * (kp[None, None, :] - qp[None, :, None]), rtol=1e-6
+    )
