@@ -75,3 +75,15 @@ def test_importing_asg_viz_loads_no_qt_and_no_asg_nn():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_zoo_flag_exports_a_zoo_models_training_graph(tmp_path):
+    pytest.importorskip("asg.zoo")
+    out = tmp_path / "lenet.svg"
+    proc = subprocess.run(
+        [sys.executable, "-m", "asg.viz.cli", "--zoo", "lenet5", "--export", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Fatal" not in proc.stderr
+    assert out.stat().st_size > 1000 and out.read_text().count('class="edge"') > 20

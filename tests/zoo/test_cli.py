@@ -80,3 +80,60 @@ def test_console_script_exit_status(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert main(["info", "mlp"]) == 0
+
+
+def test_export_a_trained_lenet_to_onnx_and_an_inference_bundle(tmp_path, capsys):
+    import numpy as np
+
+    import asg.core as ag
+    from asg.zoo.cli import _restore, load_dataset
+
+    out = tmp_path / "run"
+    run(["train", "lenet5", "--dataset", "digits", "--epochs", "1", "--out", str(out), "--no-progress"])
+    onnx_file, bundle_file = tmp_path / "lenet.onnx", tmp_path / "lenet.asg"
+    result = run(
+        ["export", "lenet5", "--weights", str(out), "--onnx", str(onnx_file), "--bundle", str(bundle_file)]
+    )
+    text = capsys.readouterr().out
+    assert f"wrote {onnx_file}" in text and f"wrote {bundle_file}" in text
+    images = load_dataset("digits")["x_test"][:7]  # a batch size the exported files never saw
+
+    model, _ = _restore(out)
+    model.eval()
+    x = ag.input("x", ("B", 1, 8, 8))
+    want = ag.compile(model(x), inputs=[x])(images)
+
+    loaded = ag.load(bundle_file)  # the forward graph alone: no optimizer state, no gradient nodes
+    np.testing.assert_allclose(loaded(images), want, rtol=1e-5, atol=1e-6)
+    assert not any("grad_of" in n.meta for n in loaded.graph.nodes)
+    assert len(loaded.graph.nodes) == result["nodes"]
+
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": images})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_export_needs_an_output_and_a_matching_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match="give --onnx FILE, --bundle FILE or both"):
+        run(["export", "lenet5"])
+    out = tmp_path / "run"
+    run(["train", "mlp", "--dataset", "digits", "--epochs", "1", "--out", str(out), "--no-progress"])
+    with pytest.raises(SystemExit, match="holds a mlp checkpoint"):
+        run(["export", "lenet5", "--weights", str(out), "--bundle", str(tmp_path / "x.asg")])
+
+
+def test_training_graph_is_a_whole_training_step():
+    import numpy as np
+
+    from asg.zoo import training_graph
+
+    fn = training_graph("lenet5")
+    assert [n.name for n in fn.inputs] == ["x", "y"] and fn.inputs[0].shape == ("B", 1, 8, 8)
+    assert fn.updates and any("grad_of" in n.meta for n in fn.graph.nodes)  # gradients and Adam updates
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(4, 1, 8, 8)).astype("float32"), rng.integers(0, 10, 4)
+    first, second = float(fn(x, y)[0]), float(fn(x, y)[0])
+    assert second < first  # it trains
+    with pytest.raises(ValueError, match="unknown model 'alexnet'"):
+        training_graph("alexnet")

@@ -10,6 +10,7 @@ Example:
 """
 
 from .bert import BertConfig, BertModel, mean_pool
+from .cli import training_graph
 from .cnn import (
     BasicBlock,
     Bottleneck,
@@ -62,4 +63,5 @@ __all__ = [
     "resnet34",
     "resnet50",
     "sample_next",
+    "training_graph",
 ]

@@ -366,6 +366,94 @@ def cmd_generate(args: argparse.Namespace) -> str:
     return text
 
 
+# (C, H, W) of each image dataset's examples
+IMAGE_SHAPES = {
+    "digits": (1, 8, 8),
+    "mnist": (1, 28, 28),
+    "fashion-mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+}
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    """Write a model's inference function as ONNX (``--onnx``) and/or an inference-only bundle (``--bundle``).
+
+    The weights come from ``--weights``: a checkpoint (file or directory) written by ``asg-zoo train``,
+    or a safetensors ``state_dict`` file; without it the model keeps its fresh initialisation. The batch
+    dimension (and GPT's sequence length) stays symbolic in both files.
+    """
+    from asg.core.export import save_inference, to_onnx
+
+    if not args.onnx and not args.bundle:
+        raise SystemExit("asg-zoo export: give --onnx FILE, --bundle FILE or both")
+    weights = Path(args.weights) if args.weights else None
+    dataset = args.dataset
+    if weights is not None and (weights.is_dir() or _is_train_checkpoint(weights)):
+        model, meta = _restore(weights)
+        if meta["model_name"] != args.model:
+            raise SystemExit(
+                f"asg-zoo export {args.model}: {weights} holds a {meta['model_name']} checkpoint"
+            )
+        dataset = meta.get("dataset", dataset)
+    else:
+        if args.model == "gpt":
+            config = GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=4, n_embd=64)
+        else:
+            config = default_config(args.model, IMAGE_SHAPES[dataset], 10)
+        model = build_model(args.model, config)
+        if weights is not None:
+            nn.load_model(model, weights)
+    model.eval()
+    if args.model == "gpt":
+        x = ag.input("idx", ("B", "T"), "int64")
+    else:
+        x = ag.input("x", ("B", *IMAGE_SHAPES[dataset]))
+    fn = ag.compile(model(x), inputs=[x])
+    result: dict[str, Any] = {"nodes": len(fn.graph.nodes)}
+    if args.onnx:
+        to_onnx(fn, args.onnx)
+        result["onnx"] = args.onnx
+        print(f"wrote {args.onnx}: ONNX, {len(fn.graph.nodes)} graph nodes, input {x.name} {x.shape}")
+    if args.bundle:
+        save_inference(fn, args.bundle)
+        result["bundle"] = args.bundle
+        print(f"wrote {args.bundle}: inference bundle (load with asg.core.load), input {x.name} {x.shape}")
+    return result
+
+
+def training_graph(name: str, dataset: str = "digits") -> ag.Function:
+    """The compiled training step (forward, gradients, Adam update) of zoo model ``name``, for viewers.
+
+    ``asg-viz --zoo gpt`` opens it. Image models take ``dataset``'s input shape with a symbolic batch;
+    GPT takes ``(B, 64)`` character ids (the ``asg-zoo train gpt`` configuration).
+
+    >>> fn = training_graph("lenet5")
+    >>> fn.inputs[0].shape
+    ('B', 1, 8, 8)
+    """
+    if name == "gpt":
+        model = build_model(name, GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=4, n_embd=64))
+        x, y = ag.input("idx", ("B", 64), "int64"), ag.input("target", ("B", 64), "int64")
+        loss_fn = lm_loss
+    elif name in MODELS:
+        model = build_model(name, default_config(name, IMAGE_SHAPES[dataset], 10))
+        x, y = ag.input("x", ("B", *IMAGE_SHAPES[dataset])), ag.input("y", ("B",), "int64")
+        loss_fn = nn.CrossEntropyLoss()
+    else:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    step = nn.compile_train_step(model, loss_fn, nn.optim.Adam(model.parameters(), lr=1e-3), inputs=[x, y])
+    assert step.function is not None
+    return step.function
+
+
+def _is_train_checkpoint(path: Path) -> bool:
+    try:
+        _read_checkpoint_info(path)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def estimate_flops(graph: ag.Graph, batch: int = 1) -> int:
     """Multiply-adds x 2 of the matmuls and convolutions in ``graph`` (symbolic dims counted as ``batch``)."""
 
@@ -388,14 +476,8 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
         config = GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=4, n_embd=64)
         x = ag.input("idx", ("B", 64), "int64")
     else:
-        shape = {
-            "digits": (1, 8, 8),
-            "mnist": (1, 28, 28),
-            "fashion-mnist": (1, 28, 28),
-            "cifar10": (3, 32, 32),
-        }
-        config = default_config(args.model, shape[args.dataset], 10)
-        x = ag.input("x", ("B", *shape[args.dataset]))
+        config = default_config(args.model, IMAGE_SHAPES[args.dataset], 10)
+        x = ag.input("x", ("B", *IMAGE_SHAPES[args.dataset]))
     model = build_model(args.model, config)
     model.eval()
     y = model(x)
@@ -470,6 +552,15 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("model", choices=MODELS)
     i.add_argument("--dataset", default="digits", choices=IMAGE_DATASETS)
     i.add_argument("--graph", action="store_true", help="print the whole graph")
+
+    x = sub.add_parser("export", help="write a model's inference function as ONNX and/or an inference bundle")
+    x.add_argument("model", choices=MODELS)
+    x.add_argument(
+        "--weights", default=None, help="a checkpoint of `asg-zoo train`, or a safetensors state_dict"
+    )
+    x.add_argument("--dataset", default="digits", choices=IMAGE_DATASETS, help="input shape (image models)")
+    x.add_argument("--onnx", default=None, help="ONNX file to write (needs the onnx package)")
+    x.add_argument("--bundle", default=None, help="inference-only function bundle to write (.asg)")
     return p
 
 
@@ -482,9 +573,13 @@ def run(argv: Sequence[str] | None = None) -> Any:
             "`pip install asg-zoo[gpu]` adds wgpu"
         )
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info}[
-            args.command
-        ](args)
+        return {
+            "train": cmd_train,
+            "eval": cmd_eval,
+            "generate": cmd_generate,
+            "info": cmd_info,
+            "export": cmd_export,
+        }[args.command](args)
     except (data.DatasetNotFoundError, FileNotFoundError) as err:
         raise SystemExit(f"asg-zoo {args.command}: {err}") from None
 
