@@ -62,12 +62,14 @@ def test_reduction_prologues_run_inside_the_reduction(reduce):
     z = ag.tanh(x * 2.0 - 1.0)
     out = getattr(ag, reduce)(z, axis=1)
     f = ag.compile(out, inputs=[x], backend="wgpu")
-    data = RNG.standard_normal((6, 7, 5)).astype("float32")
+    data = np.random.default_rng(1).standard_normal((6, 7, 5)).astype("float32")  # not order-dependent
     got, want = f(data), ag.compile(out, inputs=[x])(data)
     if reduce == "argmax":
         np.testing.assert_array_equal(got, want)
     else:
-        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+        # The GPU's tanh and fused multiply-adds differ from numpy by a few float32 ulps per term; a sum
+        # of 7 terms of size <= 1 that cancels to ~0.08 can be off by ~4e-7, so bound the absolute error.
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
     assert f.plan_for(data).dispatch_count == 1
 
 
