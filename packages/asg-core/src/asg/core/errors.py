@@ -41,4 +41,35 @@ class ExecutionError(ASGError, RuntimeError):
 
 
 class NonFiniteError(ExecutionError):
-    """A numerics check found a NaN or infinity; the message names the first node producing one."""
+    """A numerics check found a NaN or infinity; the message names the first node producing one.
+
+    Attributes:
+        node_name: the node's printed name (``graph.names()``), or ``None`` when not raised for a node.
+        node_id: the node's id (``node.id``) in the graph the plan ran.
+        op: the node's op (``"input"`` or ``"parameter"`` for a non-finite feed or parameter).
+        scope: the node's module path, ``None`` outside every :func:`~asg.core.scope`.
+
+    >>> import numpy as np
+    >>> import asg.core as ag
+    >>> x = ag.input("x", (2,))
+    >>> try:
+    ...     ag.compile(ag.log(x).named("logx")).check_numerics(np.array([1.0, -1.0], "float32"))
+    ... except ag.NonFiniteError as err:
+    ...     print(err.node_name, err.op, err.scope)
+    logx log None
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node_name: str | None = None,
+        node_id: int | None = None,
+        op: str | None = None,
+        scope: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.node_name = node_name
+        self.node_id = node_id
+        self.op = op
+        self.scope = scope

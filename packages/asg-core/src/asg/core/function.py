@@ -245,11 +245,12 @@ class Function:
         with self._lock:
             return inspection.capture(self._plan(arrays), arrays, list(names), update=update)
 
-    def check_numerics(self, *args: Any, **kwargs: Any) -> Any:
-        """Run one step (updating parameters) and raise :class:`~asg.core.errors.NonFiniteError` at
-        the first node producing a NaN or infinity, naming it, its op, scope and source line.
+    def check_numerics(self, *args: Any, update: bool = True, **kwargs: Any) -> Any:
+        """Run one step and raise :class:`~asg.core.errors.NonFiniteError` at the first node producing
+        a NaN or infinity, naming it, its op, scope and source line (also its attributes).
 
-        ``compile(..., options={"check_numerics": True})`` checks every call this way.
+        A step that passes applies the parameter updates unless ``update=False``; a failing step never
+        does. ``compile(..., options={"check_numerics": True})`` checks every call this way.
 
         Example:
             >>> import asg.core as ag
@@ -263,7 +264,7 @@ class Function:
         """
         arrays = self._feeds(args, kwargs)
         with self._lock:
-            results = inspection.check_numerics(self._plan(arrays), arrays)
+            results = inspection.check_numerics(self._plan(arrays), arrays, update=update)
         return results[0] if self._single else results
 
     @property

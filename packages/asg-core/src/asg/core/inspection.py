@@ -28,6 +28,8 @@ class NodeTiming:
     Attributes:
         index: the step's position in the schedule.
         op, name, scope: the node's op, printed name and module path (``None`` outside any scope).
+        node_id: the node's id (``node.id``) in the graph the plan runs (``plan.schedule.graph``; for
+            the numpy backend that is ``Function.graph``).
         seconds: time spent in the kernel.
         share: ``seconds`` over the step's kernel time.
         line: the node's line of the graph printout.
@@ -40,6 +42,7 @@ class NodeTiming:
     seconds: float
     share: float
     line: str
+    node_id: int
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Profile:
                 seconds=float(s),
                 share=float(s) / total if total > 0 else 0.0,
                 line=schedule.graph.format_node(step.node),
+                node_id=step.node.id,
             )
             for step, s in zip(schedule.steps, seconds, strict=True)
         ]
@@ -245,29 +249,40 @@ def _describe(schedule: Schedule, node: Node) -> str:
     )
 
 
+def _error(schedule: Schedule, node: Node, message: str) -> NonFiniteError:
+    name = schedule.graph.names()[node.id]
+    scope = node.meta.get("scope")
+    return NonFiniteError(message, node_name=name, node_id=node.id, op=node.op, scope=scope)
+
+
 def check_numerics(plan: Any, feeds: Sequence[np.ndarray], update: bool = True) -> list[np.ndarray]:
     """Run one traced step, stopping at the first value that holds a NaN or infinity.
 
     Inputs and parameters are checked first; then each kernel's result as it is computed. The
     :class:`~asg.core.errors.NonFiniteError` names the node, its op, its scope and the line that built
-    it; no parameter is updated by a step that fails the check.
+    it in its message and in its attributes (``node_name``, ``node_id``, ``op``, ``scope``); no
+    parameter is updated by a step that fails the check.
     """
     schedule: Schedule = plan.schedule
     for node, array in zip(schedule.inputs, feeds, strict=True):
         bad = _non_finite(np.asarray(array))
         if bad:
-            raise NonFiniteError(f"check_numerics: input {node.label!r} holds {bad}")
+            raise _error(schedule, node, f"check_numerics: input {node.label!r} holds {bad}")
     for node in schedule.parameters:
         bad = _non_finite(node.data.value)
         if bad:
-            raise NonFiniteError(f"check_numerics: parameter {node.label!r} holds {bad} before the step")
+            raise _error(
+                schedule, node, f"check_numerics: parameter {node.label!r} holds {bad} before the step"
+            )
 
     def on_step(step: Step, value: Any, seconds: float) -> None:
         bad = _non_finite(np.asarray(value))
         if bad:
-            raise NonFiniteError(
+            raise _error(
+                schedule,
+                step.node,
                 f"check_numerics: the first non-finite value is made by {_describe(schedule, step.node)}\n"
-                f"  it holds {bad}; its inputs were finite"
+                f"  it holds {bad}; its inputs were finite",
             )
 
     return plan.run_traced(feeds, on_step, update=update)
