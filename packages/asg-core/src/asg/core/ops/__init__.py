@@ -5,6 +5,7 @@ Public functions are re-exported here and from :mod:`asg.core`.
 
 from . import optim  # noqa: F401  (the "optim" family: fused optimizer updates, ag.ops.optim.adam_update ...)
 from .activation import cross_entropy, log_softmax, softmax
+from .attention import attention
 from .convolution import conv2d, conv_transpose2d
 from .elementwise import (
     abs,
@@ -87,6 +88,7 @@ __all__ = [
     "arange",
     "argmax",
     "argmin",
+    "attention",
     "avg_pool2d",
     "batch_norm",
     "bernoulli",
