@@ -78,6 +78,11 @@ fn pow_i(x: i32, y: i32) -> i32 {
 fn max_f(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, is_nan(a) || is_nan(b)); }""",
     "min_f": """
 fn min_f(a: f32, b: f32) -> f32 { return select(min(a, b), a + b, is_nan(a) || is_nan(b)); }""",
+    "mul_zero_f": """
+fn mul_zero_f(x: f32, zero: f32) -> f32 {
+    if (is_nan(x) || is_inf(x)) { return bitcast<f32>(0x7fc00000u); }
+    return bitcast<f32>((bitcast<u32>(x) ^ bitcast<u32>(zero)) & 0x80000000u);
+}""",
     "softplus_f": """
 fn softplus_f(x: f32, beta: f32, threshold: f32) -> f32 {
     let bx = x * beta;
@@ -114,6 +119,27 @@ def _clamp(a: Sequence[str], attrs: Mapping[str, Any], t: str) -> str:
     return out
 
 
+# The float zeros as :func:`literal` renders them: a product with one is folded to 0 by shader
+# compilers (Mesa's NIR does; WGSL lets implementations assume no infinity or NaN), so inf * 0.0
+# would give 0, not NaN, and a finiteness probe such as sum(g * 0.0) == 0 would always pass.
+_F32_ZEROS = frozenset({literal(0.0, "f32"), literal(-0.0, "f32"), convert(literal(0, "i32"), "i32", "f32")})
+
+
+def _mul(a: Sequence[str], attrs: Mapping[str, Any], t: str) -> str:
+    """``a0 * a1``; by a literal float zero through :data:`FUNCTIONS` ``mul_zero_f`` (IEEE: NaN for inf or NaN)."""
+    if t == "bool":
+        return f"({a[0]} && {a[1]})"
+    if t == "f32" and (a[0] in _F32_ZEROS or a[1] in _F32_ZEROS):
+        x, zero = (a[1], a[0]) if a[0] in _F32_ZEROS else (a[0], a[1])
+        return f"mul_zero_f({x}, {zero})"
+    return f"({a[0]} * {a[1]})"
+
+
+def _not_equal(a: Sequence[str], attrs: Mapping[str, Any], t: str) -> str:
+    # WGSL's float != compiles to an ordered comparison on some drivers (lavapipe: NaN != NaN is false)
+    return f"(!({a[0]} == {a[1]}))" if t == "f32" else f"({a[0]} != {a[1]})"
+
+
 def _sign(a: Sequence[str], attrs: Mapping[str, Any], t: str) -> str:
     if t == "f32":
         return f"select(sign({a[0]}), {a[0]}, is_nan({a[0]}))"
@@ -135,7 +161,7 @@ def _gelu(a: Sequence[str], attrs: Mapping[str, Any], t: str) -> str:
 TABLE: dict[str, tuple[Expr, str]] = {
     "add": (lambda a, _, t: f"({a[0]} + {a[1]})" if t != "bool" else f"({a[0]} || {a[1]})", "out"),
     "sub": (lambda a, _, t: f"({a[0]} - {a[1]})", "out"),
-    "mul": (lambda a, _, t: f"({a[0]} * {a[1]})" if t != "bool" else f"({a[0]} && {a[1]})", "out"),
+    "mul": (_mul, "out"),
     "div": (lambda a, _, t: f"({a[0]} / {a[1]})", "out"),
     "pow": (lambda a, _, t: f"pow_f({a[0]}, {a[1]})" if t == "f32" else f"pow_i({a[0]}, {a[1]})", "out"),
     "maximum": (_minmax("max_f", "max"), "out"),
@@ -154,7 +180,7 @@ TABLE: dict[str, tuple[Expr, str]] = {
     "greater": (lambda a, _, t: f"({a[0]} > {a[1]})", "promote"),
     "greater_equal": (lambda a, _, t: f"({a[0]} >= {a[1]})", "promote"),
     "equal": (lambda a, _, t: f"({a[0]} == {a[1]})", "promote"),
-    "not_equal": (lambda a, _, t: f"({a[0]} != {a[1]})", "promote"),
+    "not_equal": (_not_equal, "promote"),
     "logical_and": (lambda a, _, t: f"({a[0]} && {a[1]})", "bool"),
     "logical_or": (lambda a, _, t: f"({a[0]} || {a[1]})", "bool"),
     "logical_not": (lambda a, _, t: f"(!{a[0]})", "bool"),
