@@ -14,6 +14,7 @@ from asg.viz import GraphModel, RunData, compute_layout, load_path, to_svg
 from asg.viz.drawing import NONFINITE, build_drawing
 from asg.viz.examples import gpt_training_step
 from asg.viz.model import family_of
+from asg.viz.sources import shown_ids
 
 
 def _all_edges(graph: ag.Graph) -> set[tuple[int, int, int]]:
@@ -178,18 +179,38 @@ def test_graph_json_and_bundle_load_with_scopes_and_gradient_links(gpt, tmp_path
         load_path(tmp_path / "missing.json")
 
 
+def test_shown_ids_match_a_rewritten_run_graph_by_printed_name():
+    from asg.core.passes.narrow import narrow_index_dtypes
+
+    ids = ag.input("ids", ("B",), "int64")
+    table = ag.parameter(np.arange(12, dtype="float32").reshape(4, 3), name="table")
+    rows = (ag.embedding(ids, table) * 2.0).named("rows")
+    shown = ag.Graph([rows.sum().node])
+    ran = narrow_index_dtypes(shown)  # what a backend without int64 runs: new nodes, new ids
+    assert ran is not shown and {n.id for n in ran.nodes} != {n.id for n in shown.nodes}
+    mapping = shown_ids(ran, shown)
+    by_id = {n.id: n for n in shown.nodes}
+    assert sorted(mapping) == sorted(n.id for n in ran.nodes)
+    for n in ran.nodes:
+        assert by_id[mapping[n.id]].op == n.op and by_id[mapping[n.id]].shape == n.shape
+    assert shown_ids(shown, shown) == {n.id: n.id for n in shown.nodes}
+
+
 def test_run_data_profiles_captures_and_finds_the_first_nonfinite_node():
     x = ag.input("x", (4,))
     h = (x * 2.0).named("h")
     bad = ag.log(h).named("logh")
     f = ag.compile((bad * 3.0).sum())
     run = RunData.collect(f, np.array([1.0, -1.0, 2.0, 3.0], "float32"))
-    assert abs(sum(run.share_by_name.values()) - 1.0) < 1e-6
-    assert run.stats["h"].min == -2.0 and run.stats["h"].max == 6.0 and run.stats["h"].nan == 0
-    assert run.stats["logh"].nan == 1
-    assert run.nonfinite == "logh" and "logh" in run.nonfinite_message
+    assert abs(sum(run.share_by_id.values()) - 1.0) < 1e-6
     model = GraphModel(f.graph)
+    h_key, key = model.by_printed()["h"], model.by_printed()["logh"]
+    assert set(run.share_by_id) == {
+        n.id for n in f.graph.nodes if n.op not in ("input", "parameter", "constant")
+    }
+    assert run.stats[h_key].min == -2.0 and run.stats[h_key].max == 6.0 and run.stats[h_key].nan == 0
+    assert run.stats[key].nan == 1
+    assert run.nonfinite == key and "logh" in run.nonfinite_message
     visible = model.visible("both", set(model.groups))
-    key = model.by_printed()["logh"]
     drawing = build_drawing(model, visible, compute_layout(visible), nonfinite=key)
     assert [b.stroke for b in drawing.boxes if b.key == key] == [NONFINITE]

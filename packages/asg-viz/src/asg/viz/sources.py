@@ -10,7 +10,8 @@ Example:
     >>> [n.op for n in g.nodes]
     ['input', 'constant', 'mul']
     >>> run = RunData.collect(f, np.ones(2, "float32"))
-    >>> run.stats["y"].max, run.seconds_by_name["y"] >= 0
+    >>> y = f.graph.outputs[0].id
+    >>> run.stats[y].max, run.seconds_by_id[y] >= 0
     (2.0, True)
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 import asg.core as ag
-from asg.core import Function, Graph, NonFiniteError, Tensor, inspection
+from asg.core import Function, Graph, NonFiniteError, Tensor
 from asg.core.serialize import graph_from_json
 
 
@@ -100,50 +100,67 @@ class Stats:
         return f"min {self.min:.4g}, max {self.max:.4g}, mean {self.mean:.4g}, std {self.std:.4g}{bad}"
 
 
-_MADE_BY = re.compile(r"made by (\S+?):[a-z0-9]+\[")
+def shown_ids(ran: Graph, shown: Graph) -> dict[int, int]:
+    """Node ids of the graph a plan ran (``plan.schedule.graph``) -> ids of the graph the viewer shows.
+
+    The same ids when the backend ran ``Function.graph`` itself; when it ran a rewritten copy (a backend
+    narrowing int64 to int32 gives the rewritten nodes new ids) the nodes are matched by printed name,
+    which such rewrites keep.
+    """
+    if ran is shown:
+        return {n.id: n.id for n in ran.nodes}
+    by_printed = {name: key for key, name in shown.names().items()}
+    return {i: by_printed[name] for i, name in ran.names().items() if name in by_printed}
 
 
 @dataclass
 class RunData:
-    """What one run tells about the nodes, keyed by printed name (``graph.names()``).
+    """What one run tells about the nodes, keyed by node id (``node.id``, the viewer's node key).
 
     Attributes:
         profile: the :class:`asg.core.inspection.Profile`, or ``None``.
-        seconds_by_name, share_by_name: kernel time and share of the step per node.
+        seconds_by_id, share_by_id: kernel time and share of the step per node.
         stats: value statistics per node; ``samples`` keeps (a sample of) the values of parameters and
             captured values, for histograms.
-        nonfinite: printed name of the node that made the first NaN/Inf, and the error text.
+        nonfinite: id of the node that made the first NaN/Inf, and ``nonfinite_message`` the error text.
+        ids: ids of the graph the plan ran -> ids of the graph shown (see :func:`shown_ids`); ids
+            missing from it are taken as they are.
     """
 
     profile: Any = None
-    seconds_by_name: dict[str, float] = field(default_factory=dict)
-    share_by_name: dict[str, float] = field(default_factory=dict)
-    stats: dict[str, Stats] = field(default_factory=dict)
-    samples: dict[str, np.ndarray] = field(default_factory=dict)
-    nonfinite: str | None = None
+    seconds_by_id: dict[int, float] = field(default_factory=dict)
+    share_by_id: dict[int, float] = field(default_factory=dict)
+    stats: dict[int, Stats] = field(default_factory=dict)
+    samples: dict[int, np.ndarray] = field(default_factory=dict)
+    nonfinite: int | None = None
     nonfinite_message: str | None = None
+    ids: dict[int, int] = field(default_factory=dict)
+
+    def key(self, node_id: int) -> int:
+        """The viewer's key of node ``node_id`` of the graph the plan ran."""
+        return self.ids.get(node_id, node_id)
 
     def add_profile(self, profile: Any) -> None:
         """Take the timings of a :class:`~asg.core.inspection.Profile` (``Function.profile``)."""
         self.profile = profile
         for t in profile.nodes:
-            self.seconds_by_name[t.name] = self.seconds_by_name.get(t.name, 0.0) + t.seconds
-            self.share_by_name[t.name] = self.share_by_name.get(t.name, 0.0) + t.share
+            key = self.key(t.node_id)
+            self.seconds_by_id[key] = self.seconds_by_id.get(key, 0.0) + t.seconds
+            self.share_by_id[key] = self.share_by_id.get(key, 0.0) + t.share
 
-    def add_values(self, values: dict[str, np.ndarray], keep_samples: bool = True) -> None:
-        """Take captured values (``Function.capture``): statistics, and samples for histograms."""
-        for name, value in values.items():
-            self.stats[name] = Stats.of(value)
+    def add_values(self, values: dict[int, np.ndarray], keep_samples: bool = True) -> None:
+        """Take captured values by node id: statistics, and samples for histograms."""
+        for node_id, value in values.items():
+            key = self.key(node_id)
+            self.stats[key] = Stats.of(value)
             if keep_samples:
                 flat = np.asarray(value).ravel()
-                self.samples[name] = flat[:: max(1, flat.size // 20000)]
+                self.samples[key] = flat[:: max(1, flat.size // 20000)]
 
-    def add_nonfinite(self, error: BaseException | str) -> None:
-        """Take the :class:`~asg.core.NonFiniteError` of ``Function.check_numerics`` (or its text)."""
-        text = str(error)
-        match = _MADE_BY.search(text)
-        self.nonfinite = match.group(1) if match else None
-        self.nonfinite_message = text
+    def add_nonfinite(self, error: NonFiniteError) -> None:
+        """Take the :class:`~asg.core.NonFiniteError` of ``Function.check_numerics``."""
+        self.nonfinite = None if error.node_id is None else self.key(error.node_id)
+        self.nonfinite_message = str(error)
 
     @classmethod
     def collect(cls, function: Function, *inputs: Any, capture: bool = True) -> RunData:
@@ -151,20 +168,18 @@ class RunData:
 
         Runs the step up to three times on the same inputs, never updating the parameters.
         """
-        run = cls()
+        graph = function.plan_for(*inputs).schedule.graph
+        run = cls(ids=shown_ids(graph, function.graph))
         run.add_profile(function.profile(*inputs, update=False))
-        names = [t.name for t in run.profile.nodes]
         if capture:
-            graph = function.plan_for(*inputs).schedule.graph
             printed = graph.names()
-            leaves = [printed[n.id] for n in graph.nodes if n.op in ("parameter", "input")]
-            run.add_values(function.capture([*leaves, *names], *inputs, update=False))
+            leaves = [n.id for n in graph.nodes if n.op in ("parameter", "input")]
+            wanted = [*leaves, *(t.node_id for t in run.profile.nodes)]
+            values = function.capture([printed[i] for i in wanted], *inputs, update=False)
+            run.add_values({i: values[printed[i]] for i in wanted})
         if any(s.nan or s.inf for s in run.stats.values()) or not capture:
-            # Function.check_numerics always applies the updates; the traced check can leave them out.
-            plan = function.plan_for(*inputs)
-            feeds = [np.asarray(a, dtype=n.dtype) for n, a in zip(plan.schedule.inputs, inputs, strict=True)]
             try:
-                inspection.check_numerics(plan, feeds, update=False)
+                function.check_numerics(*inputs, update=False)
             except NonFiniteError as err:
                 run.add_nonfinite(err)
         return run

@@ -53,6 +53,7 @@ class Viewer(QtWidgets.QMainWindow):
         self.setWindowTitle(title)
         self.model = GraphModel(graph)
         self.run = run or RunData()
+        self._slowest_keys: list[int] = []  # node key of each row of the slowest-nodes table
         self.mode: Mode = mode
         self.expanded: set[str] = self.model.default_expanded(mode=mode)
         self.colouring = "family"
@@ -216,12 +217,11 @@ class Viewer(QtWidgets.QMainWindow):
     # ------------------------------------------------------------------ drawing
     def fills(self) -> dict[int | str, str]:
         """Fill colours replacing the family colours (the time heat map when colouring by time)."""
-        if self.colouring != "time" or not self.run.share_by_name or self.visible is None:
+        if self.colouring != "time" or not self.run.share_by_id or self.visible is None:
             return {}
         share: dict[int | str, float] = {}
-        for key, info in self.model.nodes.items():
-            s = self.run.share_by_name.get(info.printed)
-            if s is not None and key in self.visible.rep:
+        for key, s in self.run.share_by_id.items():
+            if key in self.visible.rep:
                 item = self.visible.rep[key]
                 share[item] = share.get(item, 0.0) + s
         top = max(share.values(), default=0.0)
@@ -230,9 +230,7 @@ class Viewer(QtWidgets.QMainWindow):
         return out
 
     def nonfinite_key(self) -> int | None:
-        if self.run.nonfinite is None:
-            return None
-        return self.model.by_printed().get(self.run.nonfinite)
+        return self.run.nonfinite if self.run.nonfinite in self.model.nodes else None
 
     def current_drawing(self) -> Drawing:
         """The drawing of what is on screen now (for export)."""
@@ -416,11 +414,8 @@ class Viewer(QtWidgets.QMainWindow):
             self.collapse(chain[-1])
 
     def _on_slowest_clicked(self, row: int, _column: int) -> None:
-        item = self.slowest.item(row, 3)
-        if item is not None:
-            key = self.model.by_printed().get(item.text())
-            if key is not None:
-                self.reveal(key)
+        if row < len(self._slowest_keys) and self._slowest_keys[row] in self.model.nodes:
+            self.reveal(self._slowest_keys[row])
 
     # ------------------------------------------------------------------ text
     def describe(self, key: int | str, rich: bool = True) -> str:
@@ -429,9 +424,7 @@ class Viewer(QtWidgets.QMainWindow):
         if isinstance(key, str):
             g = self.model.groups[key]
             lines = [f"group {g.path or g.title} ({g.kind}): {g.size} nodes", f"{len(g.children)} subgroups"]
-            total = sum(
-                self.run.seconds_by_name.get(self.model.nodes[k].printed, 0.0) for k in self._group_nodes(key)
-            )
+            total = sum(self.run.seconds_by_id.get(k, 0.0) for k in self._group_nodes(key))
             if total:
                 lines.append(f"time {total * 1e3:.3f} ms")
             return "\n".join(lines)
@@ -447,14 +440,14 @@ class Viewer(QtWidgets.QMainWindow):
         if info.grad_of is not None:
             fwd = self.model.nodes[info.grad_of]
             lines.append(f"gradient of {fwd.printed} = {fwd.op}")
-        stats = self.run.stats.get(info.printed)
+        stats = self.run.stats.get(key)
         if stats is not None:
             lines.append(f"value {stats.text()}")
-        seconds = self.run.seconds_by_name.get(info.printed)
+        seconds = self.run.seconds_by_id.get(key)
         if seconds is not None:
-            share = self.run.share_by_name.get(info.printed, 0.0)
+            share = self.run.share_by_id.get(key, 0.0)
             lines.append(f"time {seconds * 1e3:.3f} ms ({share:.1%} of the step)")
-        if self.run.nonfinite == info.printed:
+        if self.run.nonfinite == key:
             lines.append("FIRST NON-FINITE VALUE of the NaN check")
         return "\n".join(lines)
 
@@ -501,7 +494,7 @@ class Viewer(QtWidgets.QMainWindow):
         if grads:
             parts.append("<p><b>gradient nodes</b><br>" + "<br>".join(link(k) for k in grads[:20]) + "</p>")
         self.details.setHtml("".join(parts))
-        sample = self.run.samples.get(info.printed)
+        sample = self.run.samples.get(self.selected)
         if sample is None and info.op == "parameter":
             node = next(n for n in self.model.graph.nodes if n.id == self.selected)
             if node.data is not None and node.data.has_value:
@@ -526,6 +519,7 @@ class Viewer(QtWidgets.QMainWindow):
             table.resizeColumnsToContents()
 
         nodes = sorted(prof.nodes, key=lambda t: -t.seconds)[:25]
+        self._slowest_keys = [self.run.key(t.node_id) for t in nodes]
         fill(
             self.slowest,
             [[f"{t.seconds * 1e3:.3f}", f"{t.share:.1%}", t.op, t.name, t.scope or "-"] for t in nodes],
