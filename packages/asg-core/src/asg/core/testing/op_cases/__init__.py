@@ -3,6 +3,7 @@ adds them all to :data:`asg.core.testing.OP_CASES`."""
 
 from . import (  # noqa: F401 - each module adds its family's cases
     activation,
+    attention,
     convolution,
     elementwise,
     linalg,
