@@ -35,6 +35,7 @@ from . import kernels as _kernels  # noqa: F401  (registers the wgpu lowerings)
 from .codegen import Program, elementwise_kernel, from_gpu, nbytes, to_gpu
 from .codegen import grid as grid_for
 from .device import GpuDevice, get_device
+from .kernels._base import register_deferred
 from .pool import BufferPool
 from .storage import WgpuStorage
 
@@ -60,6 +61,7 @@ class WgpuBackend(Backend):
     @property
     def capabilities(self) -> Capabilities:  # type: ignore[override]
         """float32, int32, bool (and int64 random keys); float16 where the adapter has ``shader-f16``."""
+        register_deferred()  # read before every compile's checks: lowerings of ops defined since
         dtypes = {"float32", "int32", "int64", "bool"}
         if "shader-f16" in self.device().features:
             dtypes.add("float16")

@@ -7,17 +7,30 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from asg.core.lowering import LoweringContext
-from asg.core.registry import Kernel, TensorType, register_lowering
+from asg.core.registry import OPS, Kernel, TensorType, register_lowering
 
 from ..codegen import Dispatch, Program, elementwise_kernel, grid, load, store
 
 IMPLEMENTED: set[str] = set()
+# op name -> rule, for ops that packages above asg-gpu define (asg-nn's ``recompute``): registered by
+# :func:`register_deferred` once the op exists, without asg-gpu importing that package.
+_DEFERRED: dict[str, Callable[[LoweringContext], Kernel]] = {}
+
+
+def register_deferred() -> None:
+    """Register the deferred lowerings whose op has been defined since (the backend calls it per compile)."""
+    for name in [n for n in _DEFERRED if n in OPS]:
+        register_lowering(name, "wgpu", _DEFERRED.pop(name))
+        IMPLEMENTED.add(name)
 
 
 def gpu_lowering(
-    *names: str, in_place: bool = False, f16: bool = False
+    *names: str, in_place: bool = False, f16: bool = False, defined_above: bool = False
 ) -> Callable[[Callable[[LoweringContext], Program]], Callable]:
     """Register ``fn(ctx) -> Program`` as the wgpu lowering of each op in ``names``.
+
+    ``defined_above=True``: the ops are defined by a package that depends on asg-core (asg-nn) and
+    may be imported after asg-gpu; each lowering is registered when its op exists (:func:`register_deferred`).
 
     ``in_place=True``: a one-dispatch program that reads each input element at the index it writes,
     so core's planner may give it the buffer of an input dying at this step. ``f16=True``: ``fn``
@@ -39,6 +52,9 @@ def gpu_lowering(
             )
 
         for name in names:
+            if defined_above and name not in OPS:
+                _DEFERRED[name] = rule
+                continue
             register_lowering(name, "wgpu", rule)
             IMPLEMENTED.add(name)
         return fn

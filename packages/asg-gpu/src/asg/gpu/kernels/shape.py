@@ -58,6 +58,10 @@ def _view(ctx: LoweringContext) -> Program:
     return Program(view=True)
 
 
+# asg-nn's gradient checkpointing: the identity going forward (its gradient rule rebuilds the segment)
+gpu_lowering("recompute", f16=True, defined_above=True)(_view)
+
+
 @gpu_lowering("transpose", f16=True)
 def _transpose(ctx: LoweringContext) -> Program:
     st = strides(_shape(ctx.in_types[0]))
