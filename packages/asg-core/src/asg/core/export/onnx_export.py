@@ -767,6 +767,35 @@ def _layer_norm(e: _Emitter, node: Node, ins: list[str]) -> str:
     return e.op("LayerNormalization", [ins[0], *params], axis=-len(shape), epsilon=a["eps"])
 
 
+# ----------------------------------------------------------------------------- attention
+@_maps("attention", "MatMul, Mul, Where, Softmax, Where, MatMul (float16 in float32)")
+def _attention(e: _Emitter, node: Node, ins: list[str]) -> str:
+    """The unfused formula; masked scores are -inf and a row with no key gives 0 (as ASG)."""
+    q, k, v = node.inputs[:3]
+    work = "float32" if node.dtype == "float16" else node.dtype
+    qs, ks, vs = (e.cast(name, n.dtype, work) for name, n in zip(ins, (q, k, v), strict=False))
+    perm = [*range(k.ndim - 2), k.ndim - 1, k.ndim - 2]
+    scores = e.op(
+        "Mul", [e.op("MatMul", [qs, e.op("Transpose", [ks], perm=perm)]), e.const(node.attrs["scale"], work)]
+    )
+    allowed = ins[3] if len(ins) > 3 else None
+    if node.attrs["causal"]:
+        length_q, length_k = q.shape[-2], k.shape[-2]
+        if isinstance(length_q, int) and isinstance(length_k, int):
+            tril = e.const(np.tril(np.ones((length_q, length_k), bool), length_k - length_q), np.bool_)
+        else:
+            ones = e.op("Expand", [e.const(True, np.bool_), e.shape([length_q, length_k])])
+            diagonal = e.op("Sub", [e.scalar_dim(length_k, "int64"), e.scalar_dim(length_q, "int64")])
+            tril = e.op("Trilu", [ones, diagonal], upper=0)
+        allowed = tril if allowed is None else e.op("And", [allowed, tril])
+    if allowed is None:
+        probabilities = e.op("Softmax", [scores], axis=-1)
+    else:
+        masked = e.op("Where", [allowed, scores, e.const(-np.inf, work)])
+        probabilities = e.op("Where", [allowed, e.op("Softmax", [masked], axis=-1), e.const(0.0, work)])
+    return e.cast(e.op("MatMul", [probabilities, vs]), work, node.dtype)
+
+
 # ============================================================================= ops left out, on purpose
 _GRADIENT = "a gradient op (built by ag.grad): export the forward function, compiled without gradients"
 _OPTIMIZER = "an optimizer update (a training step): export the inference function, compiled without updates"
@@ -786,6 +815,10 @@ NOT_EXPORTED: dict[str, str] = {
             "adaptive_max_pool2d_gather",
             "avg_pool2d_backward",
             "adaptive_avg_pool2d_backward",
+            "attention_lse",
+            "attention_grad_q",
+            "attention_grad_k",
+            "attention_grad_v",
         ),
         _GRADIENT,
     ),
