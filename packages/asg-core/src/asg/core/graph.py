@@ -160,6 +160,7 @@ class Node:
 
     @property
     def name(self) -> str | None:
+        """The user's name of the value (``Tensor.named``), or ``None``; setting it renames the node."""
         return self._name
 
     @name.setter
@@ -169,6 +170,7 @@ class Node:
 
     @property
     def ndim(self) -> int:
+        """The number of axes, ``len(self.shape)``."""
         return len(self.shape)
 
     @property

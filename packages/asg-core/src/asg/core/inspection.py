@@ -64,6 +64,7 @@ class MemoryFigures:
 
     @classmethod
     def of(cls, schedule: Schedule) -> MemoryFigures:
+        """The memory figures of a plan's schedule (``plan.schedule``)."""
         return cls(
             planned_bytes=schedule.memory.bytes(),
             peak_bytes=schedule.peak_bytes(),

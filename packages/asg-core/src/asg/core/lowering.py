@@ -45,6 +45,7 @@ class LoweringContext:
 
     @property
     def op_name(self) -> str:
+        """The name of the op being lowered (``self.op.name``)."""
         return self.op.name
 
 

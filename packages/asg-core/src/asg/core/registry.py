@@ -44,6 +44,7 @@ class TensorType(NamedTuple):
 
     @property
     def ndim(self) -> int:
+        """The number of axes, ``len(self.shape)``."""
         return len(self.shape)
 
 

@@ -364,6 +364,17 @@ def cumsum(x: Any, axis: int = -1, reverse: bool = False) -> Tensor:
 
 
 def require_float_tensor(x: Tensor, what: str) -> None:
+    """Raise :class:`~asg.core.errors.DTypeError` unless ``x`` is a floating-point tensor.
+
+    The message starts with ``what`` (the op or function name) and names the tensor and its shape.
+
+    >>> import asg.core as ag
+    >>> require_float_tensor(ag.input("x", (2,)), "softmax")  # float32: nothing to say
+    >>> require_float_tensor(ag.input("i", (2,), "int64"), "softmax")
+    Traceback (most recent call last):
+    ...
+    asg.core.errors.DTypeError: softmax: i (2,): expected a floating-point tensor, got int64 ...
+    """
     try:
         require_float(TensorType(x.shape, x.dtype))
     except ValueError as err:

@@ -86,6 +86,7 @@ class OpCase:
 
     @property
     def id(self) -> str:
+        """The case's pytest id: ``op-name``, or the op alone for an unnamed case."""
         return f"{self.op}-{self.name}" if self.name else self.op
 
     def arrays(self) -> list[np.ndarray]:
@@ -199,6 +200,11 @@ def _frozen(a: ArrayMaker) -> ArrayMaker:
 
 
 def shape_id(*shapes: tuple[int, ...]) -> str:
+    """Shapes as part of a case id: ``2x3-3``, and ``scalar`` for ``()``.
+
+    >>> shape_id((2, 3), (3,), ())
+    '2x3-3-scalar'
+    """
     return "-".join("x".join(map(str, s)) or "scalar" for s in shapes)
 
 

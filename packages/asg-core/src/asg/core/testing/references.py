@@ -37,6 +37,11 @@ def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Softmax along ``axis``, shifted by the maximum for stability.
+
+    >>> softmax(np.array([0.0, np.log(3.0)])).round(6).tolist()
+    [0.25, 0.75]
+    """
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
@@ -142,6 +147,11 @@ def max_pool2d(
     dilation: int | Pair = 1,
     ceil_mode: bool = False,
 ) -> np.ndarray:
+    """Max pooling of ``x`` (N, C, H, W) with PyTorch's window geometry; padding counts as ``-inf``.
+
+    >>> max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), 2)[0, 0].tolist()
+    [[5.0, 7.0], [13.0, 15.0]]
+    """
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (ho, wo) = _pool_geometry(
         x, kernel_size, stride, padding, dilation, ceil_mode
     )
@@ -165,6 +175,14 @@ def avg_pool2d(
     ceil_mode: bool = False,
     count_include_pad: bool = True,
 ) -> np.ndarray:
+    """Average pooling of ``x`` (N, C, H, W) with PyTorch's window geometry.
+
+    ``count_include_pad`` divides by the whole window (padding included) rather than by the values
+    in it.
+
+    >>> avg_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), 2)[0, 0].tolist()
+    [[2.5, 4.5], [10.5, 12.5]]
+    """
     (kh, kw), (sh, sw), (ph, pw), _, (ho, wo) = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode)
     n, c, h, w = x.shape
     out = np.zeros((n, c, ho, wo))
@@ -201,6 +219,12 @@ def layer_norm(
     bias: np.ndarray | None = None,
     eps: float = 1e-5,
 ) -> np.ndarray:
+    """Layer normalisation over the last ``normalized_ndim`` axes (biased variance), then
+    ``* weight + bias`` when given.
+
+    >>> layer_norm(np.array([[1.0, 3.0]]), 1, eps=0.0).tolist()
+    [[-1.0, 1.0]]
+    """
     axes = tuple(range(x.ndim - normalized_ndim, x.ndim))
     y = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps)
     if weight is not None:
@@ -231,6 +255,7 @@ MASK32, MASK64 = (1 << 32) - 1, (1 << 64) - 1
 
 
 def mix64(z: int) -> int:
+    """The 64-bit finaliser of SplitMix64 (``z`` taken modulo 2**64); the key mixing of the RNG."""
     z &= MASK64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
@@ -238,6 +263,7 @@ def mix64(z: int) -> int:
 
 
 def hash32(x: int) -> int:
+    """A 32-bit integer hash (two multiply-xorshift rounds); makes each word of the RNG stream."""
     x ^= x >> 16
     x = (x * 0x7FEB352D) & MASK32
     x ^= x >> 15
