@@ -458,15 +458,20 @@ class Accuracy(Metric):
         super().__init__()
 
     def reset(self) -> None:
+        """Zero the correct and total counts."""
         self.correct = 0
         self.total = 0
 
     def update(self, y_true: Any, y_pred: Any) -> None:
+        """Count the correct predictions of one batch: class indices, or probabilities/logits
+        ``(N, C)`` (argmax), or binary scores thresholded at ``threshold``.
+        """
         t, p = _class_inputs("Accuracy.update", y_true, y_pred, self.threshold)
         self.correct += int(np.sum(t == p))
         self.total += int(t.size)
 
     def compute(self) -> float:
+        """Correct over total since the last reset; ``ValueError`` before any update."""
         if self.total == 0:
             raise self._empty()
         return self.correct / self.total
@@ -488,15 +493,18 @@ class TopKAccuracy(Metric):
         super().__init__()
 
     def reset(self) -> None:
+        """Zero the correct and total counts."""
         self.correct = 0
         self.total = 0
 
     def update(self, y_true: Any, y_pred: Any) -> None:
+        """Count the samples of one batch whose true class is among the ``k`` highest of ``y_pred`` (N, C)."""
         c, n = _top_k_correct("TopKAccuracy.update", y_true, y_pred, self.k)
         self.correct += c
         self.total += n
 
     def compute(self) -> float:
+        """The top-k accuracy since the last reset; ``ValueError`` before any update."""
         if self.total == 0:
             raise self._empty()
         return self.correct / self.total
@@ -546,10 +554,12 @@ class ConfusionMatrix(Metric):
         super().__init__()
 
     def reset(self) -> None:
+        """Forget every counted (true, predicted) pair."""
         self._counts: Counter[tuple[Any, Any]] = Counter()
         self.total = 0
 
     def update(self, y_true: Any, y_pred: Any) -> None:
+        """Count the (true, predicted) label pairs of one batch."""
         name = f"{type(self).__name__}.update"
         t, p = _class_inputs(name, y_true, y_pred, self.threshold)
         cm, lab = _confusion(name, t, p, self.labels_)
@@ -577,6 +587,9 @@ class ConfusionMatrix(Metric):
         return cm, lab
 
     def compute(self) -> np.ndarray:
+        """The matrix (rows: true labels, columns: predictions, in :meth:`labels` order),
+        normalised as ``normalize`` says.
+        """
         return _normalize_cm(self._matrix()[0], self.normalize)
 
     def render(self) -> str:
@@ -1000,6 +1013,7 @@ class RunningMean:
 
     @property
     def mean(self) -> float:
+        """The mean so far (:meth:`compute`)."""
         return self.compute()
 
     def __repr__(self) -> str:
@@ -1034,6 +1048,7 @@ class RunningStd:
 
     @property
     def count(self) -> int:
+        """How many samples have been added."""
         return self._m.n
 
     def update(self, x: float | Any) -> None:
@@ -1056,6 +1071,7 @@ class RunningStd:
 
     @property
     def mean(self) -> float | np.ndarray:
+        """The mean so far: a float, or an array of the sample shape."""
         self._need(0)
         m = self._m.mean
         return float(m) if np.ndim(m) == 0 else np.array(m)
@@ -1127,6 +1143,7 @@ class EMA:
 
     @property
     def value(self) -> float | np.ndarray:
+        """The current average (:meth:`compute`)."""
         return self.compute()
 
     def __repr__(self) -> str:
@@ -1339,6 +1356,7 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
+        """Whether the monitored value went ``patience`` steps without improving (and stays so until reset)."""
         return self.stopped_step is not None
 
     def _improved(self, v: float) -> bool:

@@ -186,6 +186,7 @@ class BatchSampler(Sampler):
         self.drop_last = bool(drop_last)
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch here and on the wrapped sampler, so a random sampler reshuffles per epoch."""
         super().set_epoch(epoch)
         inner: Any = self.sampler
         if hasattr(inner, "set_epoch"):

@@ -149,6 +149,7 @@ class Compose(Transform):
         return x
 
     def batch(self, xs: Any) -> Any:
+        """Apply each transform's ``batch`` in turn (one sample at a time for one without it)."""
         for t in self.transforms:
             batch_fn = getattr(t, "batch", None)
             xs = batch_fn(xs) if callable(batch_fn) else np.stack([t(x) for x in xs])
@@ -170,6 +171,7 @@ class Lambda(Transform):
         return self.fn(x)
 
     def batch(self, xs: Any) -> Any:
+        """``fn(xs)`` when ``batched=True``, else ``fn`` on each sample, stacked."""
         return self.fn(xs) if self.batched else super().batch(xs)
 
 
@@ -250,6 +252,7 @@ class Normalize(Transform):
         return self._apply(x, batched=False)
 
     def batch(self, xs: Any) -> np.ndarray:
+        """Normalise a batch (axis 0 = samples); ``channel_axis`` still counts within one sample."""
         return self._apply(xs, batched=True)
 
 
@@ -292,6 +295,7 @@ class MinMaxScale(Transform):
         return (low + unit * (high - low)).astype(np.float32)
 
     def batch(self, xs: Any) -> np.ndarray:
+        """The same map on a whole batch (it is elementwise)."""
         return self(xs)
 
 
@@ -375,6 +379,7 @@ class Flatten(Transform):
         return np.asarray(x).reshape(-1)
 
     def batch(self, xs: Any) -> np.ndarray:
+        """Reshape a batch to ``(batch, features)``."""
         arr = np.asarray(xs)
         return arr.reshape(arr.shape[0], -1)
 
@@ -471,6 +476,9 @@ class RandomCrop(_RandomTransform):
         return padded[tuple(index)].copy()
 
     def batch(self, xs: Any, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Crop each sample of the batch at its own random offset; ``rng`` defaults to the
+        DataLoader's per-batch generator, else this transform's own.
+        """
         arr = np.asarray(xs)
         axes = _spatial_axes(arr.ndim - 1, self.channels_last)
         axes = (axes[0] + 1, axes[1] + 1)
@@ -509,6 +517,9 @@ class RandomHorizontalFlip(_RandomTransform):
         return arr.copy()
 
     def batch(self, xs: Any, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Flip each sample of the batch with probability ``p``, deciding per sample;
+        ``rng`` as for :meth:`RandomCrop.batch`.
+        """
         arr = np.asarray(xs)
         width_axis = _spatial_axes(arr.ndim - 1, self.channels_last)[1] + 1
         flip = self._generator(rng).random(len(arr)) < self.p

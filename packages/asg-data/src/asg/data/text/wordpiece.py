@@ -143,6 +143,7 @@ class WordPieceTokenizer:
     # ------------------------------------------------------------------ tokenizing
     @property
     def vocab_size(self) -> int:
+        """The number of tokens in the vocabulary (special tokens included)."""
         return len(self.ids_to_tokens)
 
     def _clean(self, text: str) -> str:
