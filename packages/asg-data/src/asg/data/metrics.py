@@ -463,8 +463,8 @@ class Accuracy(Metric):
         self.total = 0
 
     def update(self, y_true: Any, y_pred: Any) -> None:
-        """Count the correct predictions of one batch: class indices, or probabilities/logits
-        ``(N, C)`` (argmax), or binary scores thresholded at ``threshold``.
+        """Count the correct predictions of one batch: class indices, scores ``(N, C)`` (their
+        argmax), or binary probabilities (thresholded at ``threshold``).
         """
         t, p = _class_inputs("Accuracy.update", y_true, y_pred, self.threshold)
         self.correct += int(np.sum(t == p))
