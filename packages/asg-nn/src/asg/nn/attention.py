@@ -220,18 +220,17 @@ class MultiheadAttention(_RandomLayer):
             attn_mask, is_causal = allowed, False
         else:
             attn_mask = _mha_mask(attn_mask, query.dtype, n, h)
-        weights = F.attention_weights(
-            q,
-            k,
-            attn_mask=attn_mask,
-            is_causal=is_causal,
-            scale=1.0 / math.sqrt(hd),
-            key_padding_mask=key_padding_mask,
-        )  # (N, H, L, S)
-        dropped = weights
-        if self.training and self.dropout > 0:
-            dropped = ag.dropout(weights, self.dropout, self._key())
-        out = ag.matmul(dropped, v)  # (N, H, L, hd)
+        dropout = self.dropout if self.training else 0.0
+        masks = dict(attn_mask=attn_mask, is_causal=is_causal, key_padding_mask=key_padding_mask)
+        if need_weights:
+            weights = F.attention_weights(q, k, scale=1.0 / math.sqrt(hd), **masks)  # (N, H, L, S)
+            dropped = ag.dropout(weights, dropout, self._key()) if dropout > 0 else weights
+            out = ag.matmul(dropped, v)  # (N, H, L, hd)
+        else:  # the fused ag.attention where the masks and dropout allow it
+            key = self._key() if dropout > 0 else None
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout, scale=1.0 / math.sqrt(hd), dropout_key=key, **masks
+            )  # (N, H, L, hd)
         out = ag.reshape(ag.permute(out, (0, 2, 1, 3)), (n, query.shape[1], self.embed_dim))  # (N, L, E)
         out = self.out_proj(out)
         if not self.batch_first:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 import asg.core as ag
+from asg.core.ops.attention import causal_allowed
 from asg.core.shapes import format_shape
 
 __all__ = [
@@ -518,12 +519,24 @@ def causal_mask(t_q: Any, t_k: Any) -> Tensor:
 
     Static sizes give a constant; symbolic ones are built in the graph from reversed cumulative sums
     (``T - 1 - i`` for each position), so one compiled function serves every sequence length.
+    The mask of ``ag.attention(..., causal=True)``.
     """
-    if isinstance(t_q, int) and isinstance(t_k, int):
-        return ag.constant(np.tril(np.ones((t_q, t_k), bool), t_k - t_q))
-    from_end_q = ag.cumsum(ag.ones((t_q,), "float32"), 0, reverse=True)  # T_q - i
-    from_end_k = ag.cumsum(ag.ones((t_k,), "float32"), 0, reverse=True)  # T_k - j
-    return ag.unsqueeze(from_end_k, 0) >= ag.unsqueeze(from_end_q, 1)
+    return causal_allowed(t_q, t_k)
+
+
+def _checked_scale(q: Tensor, k: Tensor, scale: float | None) -> float:
+    """``scale`` or ``1 / sqrt(E)``, after checking that q and k are (*, L, E) and (*, S, E)."""
+    if q.ndim < 2 or k.ndim != q.ndim:
+        raise ag.ShapeError(
+            f"attention: query {_label(q)} and key {_label(k)} must be (*, L, E) and (*, S, E) with the "
+            "same number of dimensions"
+        )
+    if scale is not None:
+        return scale
+    e = q.shape[-1]
+    if not isinstance(e, int):
+        raise ag.ShapeError(f"attention: the feature size {e!r} of query {_label(q)} must be static")
+    return 1.0 / math.sqrt(e)
 
 
 def attention_weights(
@@ -539,16 +552,7 @@ def attention_weights(
     The masks are those of :func:`scaled_dot_product_attention`.
     """
     q, k = ag.as_tensor(query), ag.as_tensor(key)
-    if q.ndim < 2 or k.ndim != q.ndim:
-        raise ag.ShapeError(
-            f"attention: query {_label(q)} and key {_label(k)} must be (*, L, E) and (*, S, E) with the "
-            "same number of dimensions"
-        )
-    e = q.shape[-1]
-    if scale is None:
-        if not isinstance(e, int):
-            raise ag.ShapeError(f"attention: the feature size {e!r} of query {_label(q)} must be static")
-        scale = 1.0 / math.sqrt(e)
+    scale = _checked_scale(q, k, scale)
     scores = ag.matmul(q * scale, ag.swapaxes(k, -1, -2))  # (*, L, S)
     allowed = causal_mask(q.shape[-2], k.shape[-2]) if is_causal else None
     if attn_mask is not None:
@@ -595,6 +599,12 @@ def scaled_dot_product_attention(
 
     Returns: ``(*, L, Ev)``.
 
+    Without dropout, with bool masks (or none) and q, k, v of one dtype and equal leading dims, this
+    is the fused op :func:`asg.core.attention` (no ``(*, L, S)`` scores kept for the backward pass);
+    the masks are combined into one bool mask of a broadcasting shape (``(N, 1, 1, S)`` for a
+    padding mask). A query row with no key to attend then gives 0 where PyTorch gives NaN. Float
+    masks and dropout take the unfused formula.
+
     >>> import numpy as np
     >>> import asg.core as ag
     >>> from asg.nn import functional as F
@@ -602,11 +612,40 @@ def scaled_dot_product_attention(
     >>> F.scaled_dot_product_attention(q, q, q, is_causal=True).shape
     ('B', 4, 'T', 16)
     """
-    v = ag.as_tensor(value)
-    weights = attention_weights(query, key, attn_mask, is_causal, scale, key_padding_mask)
+    q, k, v = ag.as_tensor(query), ag.as_tensor(key), ag.as_tensor(value)
+    if dropout_p == 0:
+        fused, allowed = _fused_mask(q, k, v, attn_mask, key_padding_mask)
+        if fused:
+            scale = _checked_scale(q, k, scale)
+            return ag.attention(q, k, v, allowed, causal=is_causal, scale=scale)
+    weights = attention_weights(q, k, attn_mask, is_causal, scale, key_padding_mask)
     if dropout_p > 0:
         weights = ag.dropout(weights, dropout_p, dropout_key)
     return ag.matmul(weights, v)
+
+
+def _fused_mask(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Any, key_padding_mask: Any
+) -> tuple[bool, Tensor | None]:
+    """Whether :func:`asg.core.attention` applies (not for float masks, mixed dtypes or broadcasting
+    leading dims), and the one bool mask (True = may attend) to give it, or None."""
+    no = (False, None)
+    if not (q.ndim >= 2 and q.ndim == k.ndim == v.ndim and q.dtype == k.dtype == v.dtype):
+        return no
+    if q.dtype not in ("float16", "float32", "float64") or not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
+        return no
+    allowed = None
+    if attn_mask is not None:
+        allowed = ag.as_tensor(attn_mask)
+        if allowed.dtype != "bool" or allowed.ndim > q.ndim:
+            return no
+    if key_padding_mask is not None:
+        kpm = ag.as_tensor(key_padding_mask)
+        if kpm.dtype != "bool":
+            return no
+        keep = ~_expand_padding(kpm, q.ndim)  # (N, 1, ..., 1, S)
+        allowed = keep if allowed is None else allowed & keep
+    return True, allowed
 
 
 def _expand_padding(mask: Tensor, ndim: int) -> Tensor:
