@@ -193,7 +193,7 @@ def test_training_step_matches_numpy(name):
     strict=True,
     raises=ag.DTypeError,
     reason="asg-nn BatchNorm's num_batches_tracked is an int64 state; the wgpu backend has no int64 and "
-    "narrow_index_dtypes refuses int64 parameters/states (nn.compile_train_step(resnet, ..., backend="wgpu") and so asg-zoo train resnet18 --backend wgpu fail too)",
+    "narrow_index_dtypes refuses int64 parameters/states (nn.compile_train_step(resnet, ..., backend='wgpu') and so asg-zoo train resnet18 --backend wgpu fail too)",
 )
 def test_resnet_step_with_batchnorm_counter():
     assert_steps_match("resnet-basic")
