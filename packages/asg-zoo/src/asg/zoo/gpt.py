@@ -106,7 +106,7 @@ class CausalSelfAttention(nn.Module):
         if self.position == "rope":
             q, k = self.rope.rotate(q, pos), self.rope.rotate(k, pos)
         if cache is None:
-            allowed = F.causal_mask(T, T)  # (T, T)
+            allowed = None  # causal
             key_pos = pos
         else:  # write the new keys/values into their slots of the (B, nh, S, hs) cache
             write, allowed, past_k, past_v = cache
@@ -115,12 +115,19 @@ class CausalSelfAttention(nn.Module):
             k = past_k * keep + ag.matmul(scatter, k)  # (B, nh, S, hs)
             v = past_v * keep + ag.matmul(scatter, v)  # (B, nh, S, hs)
             key_pos = ag.arange(self.block_size)
-        att = ag.matmul(q, ag.swapaxes(k, -1, -2)) * (1.0 / math.sqrt(hs))  # (B, nh, T, S)
-        if self.position == "alibi":
-            att = att + nn.alibi_bias_at(nh, pos, key_pos)
-        att = ag.softmax(ag.where(allowed, att, -math.inf), -1)
-        att = self.attn_dropout(att)
-        y = ag.matmul(att, v)  # (B, nh, T, hs)
+        scale = 1.0 / math.sqrt(hs)
+        dropout = self.training and self.attn_dropout.p > 0
+        if self.position != "alibi" and not dropout:  # fused: no (B, nh, T, S) scores kept for backward
+            y = ag.attention(q, k, v, allowed, causal=cache is None, scale=scale)  # (B, nh, T, hs)
+        else:
+            if allowed is None:
+                allowed = F.causal_mask(T, T)  # (T, T)
+            att = ag.matmul(q, ag.swapaxes(k, -1, -2)) * scale  # (B, nh, T, S)
+            if self.position == "alibi":
+                att = att + nn.alibi_bias_at(nh, pos, key_pos)
+            att = ag.softmax(ag.where(allowed, att, -math.inf), -1)
+            att = self.attn_dropout(att)
+            y = ag.matmul(att, v)  # (B, nh, T, hs)
         y = ag.reshape(ag.permute(y, (0, 2, 1, 3)), (B, T, C))  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y)), k, v
 
