@@ -27,6 +27,8 @@ import os
 import sys
 import threading
 
+from . import blas
+
 __all__ = ["default_num_threads", "get_num_threads", "set_num_threads"]
 
 log = logging.getLogger("asg.core.threads")
@@ -93,6 +95,7 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
     _requested = n
     _set_blas(n)
+    blas.set_num_threads(n)  # MKL, when asg.core.blas loaded it
     if "numba" in sys.modules:
         apply_num_threads()
 

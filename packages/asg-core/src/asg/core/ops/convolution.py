@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .. import blas
 from ..errors import DTypeRuleError, ShapeError
 from ..registry import BILINEAR, TensorType, define_op
 from ..shapes import Dim, dim_add, dim_floordiv, dim_mul, format_shape
@@ -159,9 +160,9 @@ def _im2col(
 def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``a @ b`` over a leading group axis; one BLAS call (2-d operands) when there is one group."""
     if a.shape[0] == 1:
-        result = np.matmul(a[0], b[0], out=None if out is None else out[0])
+        result = blas.matmul(a[0], b[0], None if out is None else out[0])
         return result[None] if out is None else out
-    return np.matmul(a, b, out=out)
+    return blas.matmul(a, b, out)
 
 
 def _batch_major(g: np.ndarray, groups: int) -> np.ndarray:

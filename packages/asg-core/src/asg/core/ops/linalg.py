@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import blas
 from ..dtypes import promote
 from ..errors import DTypeRuleError, ShapeError
 from ..registry import BILINEAR, TensorType, define_op
@@ -32,14 +33,8 @@ def _matmul_infer(a: TensorType, b: TensorType) -> TensorType:
 
 
 def _matmul_kernel(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous:
-        # (..., m, k) @ (k, n) is one (M, k) @ (k, n) BLAS call, not a loop of small ones.
-        rows = a.reshape(-1, a.shape[-1])
-        if out is None:
-            return np.matmul(rows, b).reshape((*a.shape[:-1], b.shape[-1]))
-        np.matmul(rows, b, out=out.reshape(rows.shape[0], b.shape[-1]))
-        return out
-    return np.matmul(a, b, out=out)
+    # MKL when installed, else np.matmul; (..., m, k) @ (k, n) is one GEMM either way (see asg.core.blas)
+    return blas.matmul(a, b, out)
 
 
 def _matmul_grad(g: Tensor, out: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

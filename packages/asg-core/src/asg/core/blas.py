@@ -1,0 +1,343 @@
+"""The BLAS behind ASG's CPU matmul: Intel oneMKL when the ``mkl`` package is installed, else numpy's.
+
+:func:`matmul` is ``np.matmul`` for operands of 2 or more dims. With the ``mkl`` wheel installed
+(``pip install asg-core[mkl]``) it calls oneMKL's ``cblas_?gemm`` (2-d, and ``(..., m, k) @ (k, n)``
+folded into one GEMM) and ``cblas_?gemm_batch_strided`` (batched, broadcast batch) through ctypes:
+
+- float32 and float64 only; other dtypes, products under ``_MIN_WORK`` multiply-adds (where the
+  ctypes call costs more than it saves) and batch layouts that no single stride describes go to numpy;
+- a transposed view is passed as a transpose flag, not copied; other strided operands are copied;
+- an ``out`` that overlaps an operand, or that no GEMM can write directly, gets the result through a
+  temporary, as ``np.matmul`` does.
+
+``ASG_BLAS=numpy`` or ``ASG_BLAS=mkl`` forces one (``mkl`` raises when it cannot be loaded);
+:func:`use` does the same at run time. MKL runs ``asg.core.get_num_threads()`` threads
+(:func:`asg.core.set_num_threads` changes both), on its GNU OpenMP threading layer: the libgomp
+that numba's kernels use, so the two share one pool of threads, which sleep when idle
+(``OMP_WAIT_POLICY=PASSIVE`` unless set). ``MKL_THREADING_LAYER`` chooses another layer (INTEL
+starts libiomp5 with ``KMP_BLOCKTIME=0`` unless set; SEQUENTIAL uses no threads).
+
+Example:
+    >>> import numpy as np
+    >>> from asg.core import blas
+    >>> a, b = np.ones((64, 32), np.float32), np.ones((32, 16), np.float32)
+    >>> bool((blas.matmul(a, b) == 32).all())
+    True
+    >>> blas.info()["blas"] in ("mkl", "numpy")
+    True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+
+__all__ = ["info", "matmul", "set_num_threads", "use"]
+
+log = logging.getLogger("asg.core.blas")
+
+# Below this many multiply-adds (m*n*k*batch) numpy's own call is as fast: the MKL path spends
+# about 4 µs in Python and ctypes before the GEMM starts.
+_MIN_WORK = 16 * 16 * 16
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_LAYERS = {"INTEL": 0, "SEQUENTIAL": 1, "GNU": 3, "TBB": 4}
+_DEFAULT_LAYER = "GNU"
+
+_lock = threading.Lock()
+_forced: str | None = None  # use()'s choice; None: ASG_BLAS, else MKL when it loads
+_mkl: _MKL | None = None  # the loaded library
+_failed: str | None = None  # why MKL did not load, once it was tried
+
+
+class _MKL:
+    """oneMKL's ``libmkl_rt`` through ctypes: gemm, batched gemm and the thread count."""
+
+    def __init__(self, path: str) -> None:
+        env = os.environ.get("MKL_THREADING_LAYER", "").strip().upper()
+        self.layer = env or _DEFAULT_LAYER
+        if self.layer == "GNU":
+            # MKL's GNU layer calls libgomp's GOMP_* functions without linking libgomp itself: they
+            # must be global. numba's OpenMP kernels use this same libgomp (one pool of threads).
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            ctypes.CDLL("libgomp.so.1", mode=ctypes.RTLD_GLOBAL)
+        elif self.layer == "INTEL":
+            os.environ.setdefault("KMP_BLOCKTIME", "0")  # libiomp5's idle threads spin 200 ms otherwise
+        self.path = path
+        lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+        if lib.MKL_Set_Interface_Layer(0) != 0:  # LP64: 32-bit MKL_INT
+            raise OSError(f"{path} was already set to the ILP64 interface by someone else in this process")
+        if not env and lib.MKL_Set_Threading_Layer(_LAYERS[self.layer]) != _LAYERS[self.layer]:
+            raise OSError(f"{path}: could not select MKL's {self.layer} threading layer")
+        buffer = ctypes.create_string_buffer(256)
+        lib.MKL_Get_Version_String(buffer, len(buffer))
+        self.version = buffer.value.decode(errors="replace").strip()
+        int_, ptr = ctypes.c_int, ctypes.c_void_p
+        head = [int_] * 6  # layout, transa, transb, m, n, k
+        for name, real in (("s", ctypes.c_float), ("d", ctypes.c_double)):
+            gemm = getattr(lib, f"cblas_{name}gemm")
+            gemm.argtypes = [*head, real, ptr, int_, ptr, int_, real, ptr, int_]
+            gemm.restype = None
+            batch = getattr(lib, f"cblas_{name}gemm_batch_strided")
+            batch.argtypes = [*head, real, ptr, int_, int_, ptr, int_, int_, real, ptr, int_, int_, int_]
+            batch.restype = None
+            setattr(self, f"{name}gemm", gemm)
+            setattr(self, f"{name}gemm_batch", batch)
+        lib.MKL_Set_Num_Threads.argtypes = [int_]
+        lib.MKL_Get_Max_Threads.restype = int_
+        self.lib = lib
+
+    def set_num_threads(self, n: int) -> None:
+        self.lib.MKL_Set_Num_Threads(n)
+
+    def num_threads(self) -> int:
+        return int(self.lib.MKL_Get_Max_Threads())
+
+
+def _find_mkl_rt() -> str | None:
+    """The path of ``libmkl_rt.so*`` from the installed ``mkl`` distribution, or None."""
+    candidates = []
+    try:
+        files = importlib.metadata.files("mkl") or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for entry in files:
+        name = entry.name
+        if name.startswith("libmkl_rt.so") or name in ("libmkl_rt.dylib", "mkl_rt.2.dll"):
+            candidates.append(str(entry.locate()))
+    libdir = os.path.join(sys.prefix, "lib")
+    if os.path.isdir(libdir):
+        candidates += sorted(
+            os.path.join(libdir, f) for f in os.listdir(libdir) if f.startswith("libmkl_rt.so")
+        )
+    # the versioned file (libmkl_rt.so.3), not a development symlink that may be missing
+    existing = sorted({os.path.realpath(c) for c in candidates if os.path.exists(c)}, key=len, reverse=True)
+    return existing[0] if existing else None
+
+
+def _load() -> _MKL | None:
+    """The MKL library, loaded once; None (and the reason in ``_failed``) when it cannot be."""
+    global _mkl, _failed
+    if _mkl is not None or _failed is not None:
+        return _mkl
+    with _lock:
+        if _mkl is not None or _failed is not None:
+            return _mkl
+        path = _find_mkl_rt()
+        if path is None:
+            _failed = "the mkl package is not installed (pip install asg-core[mkl])"
+            log.info("%s: matmul uses numpy's BLAS", _failed)
+            return None
+        try:
+            lib = _MKL(path)
+        except (OSError, AttributeError) as err:
+            _failed = f"could not load {path}: {err}"
+            log.warning("%s: matmul uses numpy's BLAS", _failed)
+            return None
+        from .threads import get_num_threads
+
+        lib.set_num_threads(get_num_threads())
+        log.info("matmul uses %s (%s layer, %d threads)", lib.version, lib.layer, lib.num_threads())
+        _mkl = lib
+    return _mkl
+
+
+def _choice() -> str:
+    choice = _forced or os.environ.get("ASG_BLAS", "").strip().lower() or "auto"
+    if choice not in ("auto", "mkl", "numpy"):
+        raise ValueError(f"ASG_BLAS must be 'numpy' or 'mkl', got {choice!r}")
+    return choice
+
+
+def _active() -> _MKL | None:
+    choice = _choice()
+    if choice == "numpy":
+        return None
+    lib = _load()
+    if lib is None and choice == "mkl":
+        raise RuntimeError(f"ASG_BLAS=mkl, but {_failed}")
+    return lib
+
+
+def use(name: str | None) -> str | None:
+    """Route matmul to ``"mkl"`` or ``"numpy"`` from now on (``None``: ``ASG_BLAS``, else MKL when
+    installed); returns the previous setting.
+
+    >>> from asg.core import blas
+    >>> before = blas.use("numpy")
+    >>> blas.info()["blas"]
+    'numpy'
+    >>> _ = blas.use(before)
+    """
+    global _forced
+    if name not in (None, "mkl", "numpy"):
+        raise ValueError(f"blas.use: name must be 'mkl', 'numpy' or None, got {name!r}")
+    previous, _forced = _forced, name
+    _active()  # a forced "mkl" that cannot load raises here, not in the first kernel
+    return previous
+
+
+def set_num_threads(n: int) -> None:
+    """Give MKL ``n`` threads, if it is loaded (:func:`asg.core.set_num_threads` calls this)."""
+    if _mkl is not None:
+        _mkl.set_num_threads(n)
+
+
+def info() -> dict[str, Any]:
+    """Which BLAS matmul uses now: ``{"blas": "mkl", "version", "layer", "threads", "path"}`` or
+    ``{"blas": "numpy", "why"}``.
+
+    >>> from asg.core import blas
+    >>> sorted(blas.info())[0]
+    'blas'
+    """
+    lib = _active()
+    if lib is None:
+        why = "ASG_BLAS=numpy" if _choice() == "numpy" else _failed
+        return {"blas": "numpy", "why": why}
+    return {
+        "blas": "mkl",
+        "version": lib.version,
+        "layer": lib.layer,
+        "threads": lib.num_threads(),
+        "path": lib.path,
+    }
+
+
+# ============================================================================= matmul
+def _numpy_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous:
+        # (..., m, k) @ (k, n) is one (M, k) @ (k, n) BLAS call, not a loop of small ones.
+        rows = a.reshape(-1, a.shape[-1])
+        if out is None:
+            return np.matmul(rows, b).reshape((*a.shape[:-1], b.shape[-1]))
+        np.matmul(rows, b, out=out.reshape(rows.shape[0], b.shape[-1]))
+        return out
+    return np.matmul(a, b, out=out)
+
+
+def _fold(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A view of ``x`` with ``shape`` (leading dims merged), or None when that needs a copy."""
+    view = x.view()
+    try:
+        view.shape = shape
+    except AttributeError:
+        return None
+    return view
+
+
+_INT_MAX = 2**31 - 1  # MKL's LP64 interface takes 32-bit dims, leading dims and strides
+
+
+def _operand(x: np.ndarray) -> tuple[int, int, int, np.ndarray]:
+    """``(trans, ld, batch_stride, array)`` of a 3-d ``(batch, rows, cols)`` operand for MKL, in
+    elements; the array is a contiguous copy when its strides are neither row-major nor a transpose."""
+    item = x.itemsize
+    count, r, c = x.shape
+    sb, s0, s1 = x.strides
+    sb = sb if count > 1 else 0
+    if x.flags.aligned and sb >= 0 and not (sb % item or s0 % item or s1 % item):
+        if c == 1 or s1 == item:
+            ld = s0 // item if r > 1 else c
+            if c <= ld <= _INT_MAX and sb // item <= _INT_MAX:
+                return _NO_TRANS, ld, sb // item, x
+        if r == 1 or s0 == item:
+            ld = s1 // item if c > 1 else r
+            if r <= ld <= _INT_MAX and sb // item <= _INT_MAX:
+                return _TRANS, ld, sb // item, x
+    return _NO_TRANS, c, r * c, np.ascontiguousarray(x)
+
+
+def _result(out: np.ndarray, shape: tuple[int, int, int], *operands: np.ndarray) -> np.ndarray | None:
+    """``out`` as the ``(batch, m, n)`` C operand of one MKL call, or None when MKL cannot write it
+    directly: it overlaps an operand, is read-only or unaligned, or its rows are not one stride apart."""
+    if not out.flags.writeable or not out.flags.aligned or any(np.may_share_memory(out, x) for x in operands):
+        return None
+    c3 = _fold(out, shape)
+    if c3 is None:
+        return None
+    item = c3.itemsize
+    count, m, n = shape
+    sc, s0, s1 = c3.strides
+    ld = s0 // item if m > 1 else n
+    rows_ok = (s1 == item or n == 1) and s0 % item == 0 and n <= ld <= _INT_MAX
+    apart = count == 1 or (sc % item == 0 and m * ld <= sc // item <= _INT_MAX)
+    return c3 if rows_ok and apart else None
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.matmul(a, b, out=out)`` for arrays of 2 or more dims, on MKL where that applies.
+
+    Args:
+        a: ``(..., m, k)``.
+        b: ``(..., k, n)``; the batch dims broadcast as in numpy.
+        out: optional ``(..., m, n)`` array of the result dtype to write into; may overlap ``a`` or ``b``.
+
+    >>> import numpy as np
+    >>> from asg.core import blas
+    >>> x = np.arange(6.0).reshape(2, 3)
+    >>> blas.matmul(x, x.T)
+    array([[ 5., 14.],
+           [14., 50.]])
+    """
+    lib = _active()
+    if lib is None or a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.dtype.char not in "fd":
+        return _numpy_matmul(a, b, out)
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
+    batch = a.shape[:-2]
+    if b.shape[:-2] != batch:
+        try:
+            batch = np.broadcast_shapes(batch, b.shape[:-2])
+        except ValueError:
+            return _numpy_matmul(a, b, out)  # numpy's error
+    count = 1
+    for d in batch:
+        count *= d
+    shape = (*batch, m, n)
+    if (
+        b.shape[-2] != k
+        or m * n * k * count < _MIN_WORK
+        or max(m, n, k, count) > _INT_MAX
+        or (out is not None and (out.shape != shape or out.dtype != a.dtype))
+    ):
+        return _numpy_matmul(a, b, out)
+    rows = _fold(a, (1, count * m, k)) if b.ndim == 2 and count > 1 else None
+    if rows is not None:
+        # (..., m, k) @ (k, n) with a's rows one stride apart: one GEMM over all count*m rows
+        a3, b3, m, count = rows, b[None], count * m, 1
+    else:
+        a3 = _fold(a if a.shape[:-2] == batch else np.broadcast_to(a, (*batch, m, k)), (count, m, k))
+        b3 = _fold(b if b.shape[:-2] == batch else np.broadcast_to(b, (*batch, k, n)), (count, k, n))
+        if a3 is None or b3 is None:
+            return _numpy_matmul(a, b, out)  # no single batch stride: numpy's loop
+    c3 = None if out is None else _result(out, (count, m, n), a, b)
+    direct = c3 is not None
+    if c3 is None:
+        c3 = np.empty((count, m, n), a.dtype)
+    ta, lda, sa, a3 = _operand(a3)
+    tb, ldb, sb, b3 = _operand(b3)
+    ldc = c3.strides[1] // c3.itemsize if m > 1 else n
+    sc = c3.strides[0] // c3.itemsize if count > 1 else 0
+    pa, pb, pc = a3.ctypes.data, b3.ctypes.data, c3.ctypes.data
+    if a.dtype.char == "f":
+        gemm, gemm_batch = lib.sgemm, lib.sgemm_batch
+    else:
+        gemm, gemm_batch = lib.dgemm, lib.dgemm_batch
+    if count == 1:
+        gemm(_ROW_MAJOR, ta, tb, m, n, k, 1.0, pa, lda, pb, ldb, 0.0, pc, ldc)
+    else:
+        gemm_batch(_ROW_MAJOR, ta, tb, m, n, k, 1.0, pa, lda, sa, pb, ldb, sb, 0.0, pc, ldc, sc, count)
+    if direct:
+        return out
+    if out is None:
+        return c3.reshape(shape)
+    np.copyto(out, c3.reshape(shape))
+    return out
