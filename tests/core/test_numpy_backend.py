@@ -188,3 +188,65 @@ def test_calling_a_function_without_inputs_with_arguments_explains_inputs():
     with pytest.raises(TypeError, match=r"depend on no input; list the inputs to accept with compile"):
         ag.compile(gx)(np.ones(2, np.float32))
     np.testing.assert_array_equal(ag.compile(gx, inputs=[x])(np.ones(2, np.float32)), [3.0, 3.0])
+
+
+def _optimizer_step(kind: str):
+    """A one-parameter step of a fused optimizer op with several outputs; returns (step, state, names)."""
+    from asg.core.ops import optim
+
+    rng = np.random.default_rng(3)
+    p = ag.parameter(rng.normal(size=(5, 4)).astype(np.float32), name="p")
+    g = ag.input("g", (5, 4))
+    lr = ag.state(np.float32(0.05), name="lr")
+    t = ag.state(np.float32(3.0), name="t")
+    state = {"param": p}
+    if kind == "sgd":
+        state["momentum_buffer"] = ag.state(rng.normal(size=(5, 4)).astype(np.float32), name="buf")
+        new = optim.sgd_update(p, g, state["momentum_buffer"], t, lr=lr, momentum=0.9, nesterov=True)
+    elif kind == "adam":
+        for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            state[name] = ag.state(rng.uniform(0.1, 1.0, size=(5, 4)).astype(np.float32), name=name)
+        new = optim.adam_update(p, g, state["exp_avg"], state["exp_avg_sq"], t, lr=lr, weight_decay=0.1,
+                                decoupled_weight_decay=True, max_exp_avg_sq=state["max_exp_avg_sq"])  # fmt: skip
+    else:
+        for name, low, high in (
+            ("square_avg", 0.5, 1.0),
+            ("grad_avg", -0.3, 0.3),
+            ("momentum_buffer", -1, 1),
+        ):
+            state[name] = ag.state(rng.uniform(low, high, size=(5, 4)).astype(np.float32), name=name)
+        new = optim.rmsprop_update(p, g, state["square_avg"], state["grad_avg"], state["momentum_buffer"],
+                                   lr=lr, momentum=0.5, centered=True, weight_decay=0.01)  # fmt: skip
+    step = ag.compile([], inputs=[g], updates={state[k]: v for k, v in new.items()})
+    return step, state, list(new)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "rmsprop"])
+def test_the_outputs_of_one_optimizer_op_come_from_one_kernel_call(kind, monkeypatch):
+    from asg.core.registry import Kernel, get_op
+
+    op = get_op(f"{kind}_update")
+    original = op.kernels["numpy"]
+    calls = []
+
+    def spy(*arrays, **attrs):
+        calls.append(attrs["output"])
+        return original.fn(*arrays, **attrs)
+
+    monkeypatch.setitem(op.kernels, "numpy", Kernel(spy, out_arg=original.out_arg))
+    step, state, names = _optimizer_step(kind)
+    before = {k: v.numpy().copy() for k, v in state.items()}
+    grad = np.random.default_rng(4).normal(size=(5, 4)).astype(np.float32)
+    # the reference: the numpy kernel once per output, on the old values
+    node = next(n for n in step.graph.nodes if n.op == f"{kind}_update")
+    arrays = [grad if n.op == "input" else n.data.value.copy() for n in node.inputs]
+    want = {name: original.fn(*arrays, **{**node.attrs, "output": name}) for name in names}
+    calls.clear()
+    for _ in range(2):  # the checked first run, then the generated code
+        for k, v in state.items():
+            v.assign(before[k])
+        step(grad)
+        assert calls == [tuple(names)]  # one call computing every output
+        calls.clear()
+        for name in names:
+            np.testing.assert_array_equal(state[name].numpy(), want[name], err_msg=name)

@@ -12,7 +12,7 @@ import functools
 import keyword
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -63,7 +63,9 @@ class NumpyPlan:
         self._nodes: list[Node] = [step.node for step in schedule.steps]
         self._steps: list[_Call] = []
         self._expected: list[tuple[tuple[int, ...], np.dtype]] = []
-        for step, kernel in zip(schedule.steps, kernels, strict=True):
+        for step, kernel, fn in zip(
+            schedule.steps, kernels, _shared_output_calls(schedule, kernels), strict=True
+        ):
             if step.buffer is not None:
                 out = buffers[step.buffer]
                 if (
@@ -74,8 +76,6 @@ class NumpyPlan:
                     fn = _parallel_elementwise(kernel.fn, out)
                 else:
                     fn = functools.partial(kernel.fn, out=out)
-            else:
-                fn = kernel.fn
             args = tuple(slot[i] for i in step.inputs)
             self._steps.append((fn, args, slot[step.output], tuple(slot[i] for i in step.frees)))
             self._expected.append((step.shape, np.dtype(step.node.dtype)))
@@ -216,6 +216,71 @@ class NumpyPlan:
         updates = "".join(f"{local[s]}, " for s in self._update_slots)
         lines.append(f"    return ({outs}), ({updates})")
         return "\n".join(lines), namespace
+
+
+# Ops whose numpy kernel, given a tuple of names as ``output``, returns those outputs from one pass
+# (asg.core.ops.optim): an optimizer adds one such op per updated tensor, all reading the same inputs.
+SHARED_OUTPUT_OPS = frozenset({"adam_update", "rmsprop_update", "sgd_update"})
+
+
+def _shared_output_calls(schedule: Schedule, kernels: Sequence[Kernel]) -> list[Any]:
+    """The function each step calls: its kernel's, except for the steps of a :data:`SHARED_OUTPUT_OPS`
+    op with the same inputs and attributes but ``output``: the first computes them all (one call of the
+    numpy kernel with every name), the others hand its values on (:func:`head_and_tails`).
+
+    Only kernels that are the registry's numpy kernel with attributes bound are merged (a backend's own
+    lowering of the op is left alone).
+    """
+    fns = [k.fn for k in kernels]
+    sets: dict[tuple, list[int]] = {}
+    for index, (step, fn) in enumerate(zip(schedule.steps, fns, strict=True)):
+        op = step.node.op
+        if (
+            op in SHARED_OUTPUT_OPS
+            and isinstance(fn, functools.partial)
+            and "output" in fn.keywords
+            and fn.func is get_op(op).kernels["numpy"].fn
+        ):
+            attrs = tuple(sorted((k, repr(v)) for k, v in fn.keywords.items() if k != "output"))
+            sets.setdefault((op, step.inputs, fn.args, attrs), []).append(index)
+    for indices in sets.values():
+        if len(indices) > 1:
+            first = fns[indices[0]]
+            names = tuple(fns[i].keywords["output"] for i in indices)
+            compute = functools.partial(first.func, *first.args, **{**first.keywords, "output": names})
+            for index, fn in zip(indices, head_and_tails(compute, len(indices)), strict=True):
+                fns[index] = fn
+    return fns
+
+
+def head_and_tails(
+    compute: Callable[..., Sequence[np.ndarray]], count: int
+) -> list[Callable[..., np.ndarray]]:
+    """Kernels for one computation with ``count`` results, run as ``count`` steps in schedule order:
+    the head computes all and returns the first, each tail returns one of the others.
+
+    The tails' arguments are ignored (a tail reads the head's value or the head's own inputs only so
+    that the schedule orders it after the head). Calls are serialised by the plan's caller.
+
+    >>> head, tail = head_and_tails(lambda x: (x + 1, x + 2), 2)
+    >>> head(1), tail(None)
+    (2, 3)
+    """
+    stash: list[Any] = [None] * count
+
+    def head(*arrays: np.ndarray) -> np.ndarray:
+        outs = compute(*arrays)
+        stash[1:] = outs[1:]
+        return outs[0]
+
+    def tail(k: int) -> Callable[..., np.ndarray]:
+        def fetch(*_ignored: Any) -> np.ndarray:
+            value, stash[k] = stash[k], None
+            return value
+
+        return fetch
+
+    return [head, *(tail(k) for k in range(1, count))]
 
 
 def _fresh(name: str, used: set[str]) -> str:

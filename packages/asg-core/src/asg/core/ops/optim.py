@@ -5,9 +5,10 @@ its optimizer state and the learning rate (a graph variable, so changing it neve
 computes a new value. Ops have one output, so each op carries an ``output`` attribute naming which of
 the updated tensors it computes (``"param"``, ``"exp_avg"``, ...): an optimizer applies the same op,
 with the same inputs, once per updated tensor. A backend may compute all the outputs of one op and one
-set of inputs in a single kernel; the numpy kernels compute just what is asked (the moments are a few
-elementwise operations). The formulas follow ``torch.optim``'s single-tensor implementations operation
-for operation, so float32 results agree with PyTorch's to rounding.
+set of inputs in a single kernel: the numpy kernels compute just what is asked, and given a tuple of
+names as ``output`` they return that tuple of values from one pass (the numpy backend calls them so).
+The formulas follow ``torch.optim``'s single-tensor implementations operation for operation, so
+float32 results agree with PyTorch's to rounding.
 
 Inputs (all arrays have the parameter's shape and dtype; ``step`` and ``lr`` are float scalars):
 
@@ -76,6 +77,11 @@ def _check(op: str, names: list[str], types: tuple[TensorType, ...], output: str
     return param
 
 
+def _pick(got: dict[str, np.ndarray], output: str | tuple[str, ...]) -> Any:
+    """The value named ``output``, or a tuple of them for a tuple of names (one kernel call, every output)."""
+    return got[output] if isinstance(output, str) else tuple(got[name] for name in output)
+
+
 def _l2_grad(grad: np.ndarray, param: np.ndarray, maximize: bool, weight_decay: float) -> np.ndarray:
     """The gradient a torch.optim step uses: negated with ``maximize``, plus ``weight_decay * param`` (L2)."""
     if maximize:
@@ -109,18 +115,20 @@ def _sgd_kernel(
     nesterov: bool,
     weight_decay: float,
     maximize: bool,
-    output: str,
-) -> np.ndarray:
+    output: str | tuple[str, ...],
+) -> Any:
     param, grad = arrays[0], arrays[1]
     lr = float(arrays[-1])
     grad = _l2_grad(grad, param, maximize, weight_decay)
+    got: dict[str, np.ndarray] = {}
     if momentum:
         buf, step = arrays[2], float(arrays[3])
-        buf = grad.copy() if step <= 1 else buf * momentum + (1 - dampening) * grad
+        buf = got["momentum_buffer"] = grad.copy() if step <= 1 else buf * momentum + (1 - dampening) * grad
         if output == "momentum_buffer":
             return buf
         grad = grad + momentum * buf if nesterov else buf
-    return param - lr * grad
+    got["param"] = param - lr * grad
+    return _pick(got, output)
 
 
 define_op(
@@ -167,27 +175,31 @@ def _adam_kernel(
     decoupled_weight_decay: bool,
     amsgrad: bool,
     maximize: bool,
-    output: str,
-) -> np.ndarray:
+    output: str | tuple[str, ...],
+) -> Any:
     named = dict(zip(_adam_names(amsgrad), arrays, strict=True))
     param, grad, exp_avg, exp_avg_sq = named["param"], named["grad"], named["exp_avg"], named["exp_avg_sq"]
     lr_, t = float(named["lr"]), float(named["step"])
     grad = _l2_grad(grad, param, maximize, 0.0 if decoupled_weight_decay else weight_decay)
     if weight_decay and decoupled_weight_decay:
         param = param * (1 - lr_ * weight_decay)
-    if output == "exp_avg":
-        return _lerp(exp_avg, grad, 1 - beta1)
-    v = exp_avg_sq * beta2 + (1 - beta2) * (grad * grad)
+    got: dict[str, np.ndarray] = {}
+    want = (output,) if isinstance(output, str) else output
+    if "exp_avg" in want or "param" in want:
+        m = got["exp_avg"] = _lerp(exp_avg, grad, 1 - beta1)
+        if output == "exp_avg":
+            return m
+    v = got["exp_avg_sq"] = exp_avg_sq * beta2 + (1 - beta2) * (grad * grad)
     if output == "exp_avg_sq":
         return v
     if amsgrad:
-        v = np.maximum(named["max_exp_avg_sq"], v)
+        v = got["max_exp_avg_sq"] = np.maximum(named["max_exp_avg_sq"], v)
         if output == "max_exp_avg_sq":
             return v
-    m = _lerp(exp_avg, grad, 1 - beta1)
     step_size = lr_ / (1 - beta1**t)
     denom = np.sqrt(v) / math.sqrt(1 - beta2**t) + eps
-    return param - step_size * (m / denom)
+    got["param"] = param - step_size * (m / denom)
+    return _pick(got, output)
 
 
 define_op(
@@ -233,16 +245,17 @@ def _rmsprop_kernel(
     momentum: float,
     centered: bool,
     maximize: bool,
-    output: str,
-) -> np.ndarray:
+    output: str | tuple[str, ...],
+) -> Any:
     named = dict(zip(_rmsprop_names(momentum, centered), arrays, strict=True))
     param, grad, lr = named["param"], named["grad"], float(named["lr"])
     grad = _l2_grad(grad, param, maximize, weight_decay)
     square_avg = named["square_avg"] * alpha + (1 - alpha) * (grad * grad)
     if output == "square_avg":
         return square_avg
+    got = {"square_avg": square_avg}
     if centered:
-        grad_avg = _lerp(named["grad_avg"], grad, 1 - alpha)
+        grad_avg = got["grad_avg"] = _lerp(named["grad_avg"], grad, 1 - alpha)
         if output == "grad_avg":
             return grad_avg
         avg = np.sqrt(square_avg - grad_avg * grad_avg)
@@ -250,11 +263,13 @@ def _rmsprop_kernel(
         avg = np.sqrt(square_avg)
     avg += eps
     if momentum:
-        buf = named["momentum_buffer"] * momentum + grad / avg
+        buf = got["momentum_buffer"] = named["momentum_buffer"] * momentum + grad / avg
         if output == "momentum_buffer":
             return buf
-        return param - lr * buf
-    return param - lr * (grad / avg)
+        got["param"] = param - lr * buf
+    else:
+        got["param"] = param - lr * (grad / avg)
+    return _pick(got, output)
 
 
 define_op(

@@ -79,7 +79,7 @@ from ...registry import ELEMENTWISE, OPS, Kernel, get_op, register_lowering
 from ...schedule import Schedule, build_schedule, plan_memory
 from ...specialize import Specialization
 from ...threads import apply_num_threads
-from ..numpy_backend import NumpyBackend, NumpyPlan
+from ..numpy_backend import NumpyBackend, NumpyPlan, head_and_tails
 from . import codegen
 
 __all__ = ["BACKEND", "NumpyJitBackend", "cache_dir", "enabled", "inherit_numpy_lowerings"]
@@ -451,28 +451,6 @@ def _unit_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, Any]) ->
     return _optimizer_kernel(unit, schedule)
 
 
-def _head_and_tails(compute: Callable[..., list[np.ndarray]], count: int) -> list[Callable[..., np.ndarray]]:
-    """Kernels for a unit with ``count`` outputs: the head computes all, each tail hands one on.
-
-    The tails read the head's value only so that the schedule orders them after it.
-    """
-    stash: list[Any] = [None] * count
-
-    def head(*arrays: np.ndarray) -> np.ndarray:
-        outs = compute(*arrays)
-        stash[1:] = outs[1:]
-        return outs[0]
-
-    def tail(k: int) -> Callable[[np.ndarray], np.ndarray]:
-        def fetch(_head: np.ndarray) -> np.ndarray:
-            value, stash[k] = stash[k], None
-            return value
-
-        return fetch
-
-    return [head, *(tail(k) for k in range(1, count))]
-
-
 # ============================================================================ the schedule, rewritten
 def fuse_schedule(
     schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]
@@ -505,7 +483,7 @@ def fuse_schedule(
     for step in fused_steps(graph, groups):
         if isinstance(step, FusionGroup):
             unit, compute = units[step.index], built[step.index]
-            fns = _head_and_tails(compute, len(unit.outputs))
+            fns = head_and_tails(compute, len(unit.outputs))
             label = (
                 f"{unit.kind} kernel over {len(unit.nodes)} node{'s' * (len(unit.nodes) > 1)}: "
                 + ", ".join(n.op for n in unit.nodes)
