@@ -8,7 +8,8 @@ No pickle anywhere: arrays are safetensors, everything else is JSON in the safet
   names) are stored once and re-tied on load, as ``safetensors.torch.save_model`` does.
 - :func:`save_checkpoint` / :func:`load_checkpoint`: weights, optimizer state, scheduler state and
   metadata (epoch, step, metrics, package versions) in ONE file, so the write is one atomic rename:
-  a process killed mid-save leaves the previous checkpoint intact.
+  a process killed mid-save leaves the previous checkpoint intact. :func:`read_checkpoint_metadata`
+  reads the metadata alone.
 
 Example:
     >>> import tempfile, os
@@ -43,6 +44,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "load_state_dict",
+    "read_checkpoint_metadata",
     "save_checkpoint",
     "save_model",
     "save_state_dict",
@@ -50,6 +52,8 @@ __all__ = [
 
 _CHECKPOINT_KEY = "asg.checkpoint"
 _TIED_KEY = "asg.tied"
+# safetensors' own limit on the JSON header (MAX_HEADER_SIZE in the Rust crate)
+_MAX_HEADER_BYTES = 100_000_000
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -110,14 +114,51 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise ValueError(f"{os.fspath(path)}: not a readable safetensors file ({err})") from None
 
 
-def _read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    from safetensors import safe_open
-
+def _header_problem(f: Any, size: int) -> tuple[str | None, dict[str, Any]]:
+    """``(what is wrong or None, header)`` of the open safetensors file ``f`` of ``size`` bytes."""
+    prefix = f.read(8)
+    if len(prefix) < 8:
+        return f"{size} bytes, shorter than the 8-byte header length", {}
+    n = int.from_bytes(prefix, "little")
+    if n > _MAX_HEADER_BYTES or n > size - 8:
+        return f"header length {n} exceeds the file ({size} bytes) or the {_MAX_HEADER_BYTES} byte limit", {}
     try:
-        with safe_open(os.fspath(path), framework="numpy") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{os.fspath(path)}: not a readable safetensors file ({err})") from None
+        header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"the header is not JSON ({err})", {}
+    if not isinstance(header, dict):
+        return f"the header is a JSON {type(header).__name__}, not an object", {}
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        return "__metadata__ is not a str -> str object", {}
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            return f"tensor {name!r} has no [begin, end] data_offsets", {}
+        end = max(end, offsets[1])
+    if 8 + n + end != size:
+        return f"the tensors end at byte {8 + n + end}, the file has {size} (truncated or padded)", {}
+    return None, header
+
+
+def _read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON header of a safetensors file, read and checked without reading any tensor data."""
+    where = os.fspath(path)
+    try:
+        with open(where, "rb") as f:
+            problem, header = _header_problem(f, os.fstat(f.fileno()).st_size)
+    except OSError as err:
+        raise ValueError(f"{where}: not a readable safetensors file ({err})") from None
+    if problem is not None:
+        raise ValueError(f"{where}: not a readable safetensors file ({problem})")
+    return header
+
+
+def _read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    return dict(_read_header(path).get("__metadata__", {}))
 
 
 def _dedupe(model: Module, prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -245,14 +286,8 @@ def save_checkpoint(
     save_state_dict(arrays, path, {_CHECKPOINT_KEY: json.dumps(header)})
 
 
-def load_checkpoint(
-    path: str | os.PathLike[str],
-    model: Module,
-    optimizer: Any = None,
-    scheduler: Any = None,
-    strict: bool = True,
-) -> dict[str, Any]:
-    """Restore what :func:`save_checkpoint` wrote; returns its metadata (plus ``"versions"``)."""
+def _checkpoint_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object :func:`save_checkpoint` wrote into the file's header, checked."""
     where = os.fspath(path)
     raw = _read_metadata(path).get(_CHECKPOINT_KEY)
     if raw is None:
@@ -263,6 +298,48 @@ def load_checkpoint(
         raise ValueError(f"{where}: the checkpoint header is not valid JSON ({err})") from None
     if not isinstance(header, dict) or header.get("format") != "asg-checkpoint" or header.get("version") != 1:
         raise ValueError(f"{where}: unsupported checkpoint header (format/version): {str(header)[:200]}")
+    if not isinstance(header.get("metadata", {}), dict):
+        raise ValueError(f"{where}: the checkpoint metadata is not a JSON object")
+    return header
+
+
+def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of a checkpoint, as :func:`load_checkpoint` returns it, without loading any tensor.
+
+    Only the safetensors header is read (its length checked against the file's size and safetensors'
+    100 MB limit); a file that is not a safetensors file, or not a checkpoint, raises ``ValueError``
+    naming it.
+
+    Args:
+        path: a file written by :func:`save_checkpoint` (or :class:`CheckpointManager`).
+
+    Returns:
+        The ``**metadata`` given to :func:`save_checkpoint` (JSON values), plus ``"versions"``: the
+        asg package versions that wrote it.
+
+    Example:
+        >>> import os, tempfile
+        >>> from asg import nn
+        >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.safetensors")
+        >>> nn.save_checkpoint(path, nn.Linear(2, 1), epoch=3, model_name="linear")
+        >>> meta = nn.read_checkpoint_metadata(path)
+        >>> meta["epoch"], meta["model_name"], "asg-nn" in meta["versions"]
+        (3, 'linear', True)
+    """
+    header = _checkpoint_header(path)
+    return {**header.get("metadata", {}), "versions": header.get("versions", {})}
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    model: Module,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Restore what :func:`save_checkpoint` wrote; returns its metadata (plus ``"versions"``)."""
+    where = os.fspath(path)
+    header = _checkpoint_header(path)
     arrays = load_state_dict(path)
     weights = {k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")}
     for alias, stored in header.get("tied", {}).items():
