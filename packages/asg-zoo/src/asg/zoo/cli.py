@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -159,12 +158,8 @@ def _checkpoint_file(path: str | Path) -> Path:
 
 
 def _read_checkpoint_info(path: str | Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:  # the JSON header nn.save_checkpoint writes
-        header = json.loads((f.metadata() or {}).get("asg.checkpoint", "{}") or "{}")
-    meta = header.get("metadata")
-    if not meta or "model_name" not in meta:
+    meta = nn.read_checkpoint_metadata(path)
+    if "model_name" not in meta:
         raise ValueError(
             f"{path}: not a checkpoint written by `asg-zoo train` (no model name in its metadata)"
         )
