@@ -120,8 +120,12 @@ class LossScaler:
         return gated
 
     def state_dict(self) -> dict[str, float | int]:
+        """``{"scale", "good_steps"}``: the current loss scale and the finite steps in a row since it last
+        changed.
+        """
         return {"scale": float(self.scale.numpy()), "good_steps": int(self.good_steps.numpy())}
 
     def load_state_dict(self, state: Mapping[str, float | int]) -> None:
+        """Restore the scale and step count saved by :meth:`state_dict`."""
         self.scale.assign(np.float32(state["scale"]))
         self.good_steps.assign(np.int32(state["good_steps"]))

@@ -111,4 +111,7 @@ class Checkpoint(Module):
         self.module = module
 
     def forward(self, *inputs: ag.Tensor) -> ag.Tensor:
+        """Runs the wrapped module under :func:`checkpoint`: same outputs, activations recomputed for the
+        gradient.
+        """
         return checkpoint(self.module, *inputs)

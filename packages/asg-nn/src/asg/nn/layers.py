@@ -92,15 +92,18 @@ class Linear(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Re-draw ``weight`` and ``bias`` with PyTorch's defaults (see the class attributes)."""
         init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
             bound = 1.0 / math.sqrt(self.in_features)
             init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies the linear map: ``(*, in_features) -> (*, out_features)``."""
         return ag.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
+        """``in_features=…, out_features=…, bias=…`` for ``repr``."""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
         )
@@ -151,6 +154,7 @@ class Conv2d(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Re-draw ``weight`` and ``bias`` with PyTorch's defaults (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``)."""
         init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
             fan_in, _ = init.calculate_fan_in_and_fan_out(tuple(self.weight.shape))
@@ -158,9 +162,11 @@ class Conv2d(Module):
             init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Convolves ``x``: ``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``."""
         return ag.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
+        """The channels, kernel size, stride, padding, dilation and groups, for ``repr``."""
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}"
@@ -208,6 +214,7 @@ class ConvTranspose2d(Module):
     reset_parameters = Conv2d.reset_parameters
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies the transposed convolution: ``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``."""
         return ag.conv_transpose2d(
             x,
             self.weight,
@@ -237,6 +244,7 @@ class MaxPool2d(Module):
         self.dilation, self.ceil_mode = dilation, ceil_mode
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Takes the maximum of each window: ``(N, C, H, W) -> (N, C, H_out, W_out)``."""
         return ag.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
 
@@ -256,6 +264,7 @@ class AvgPool2d(Module):
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Averages each window: ``(N, C, H, W) -> (N, C, H_out, W_out)``."""
         return ag.avg_pool2d(
             x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
         )
@@ -269,6 +278,7 @@ class AdaptiveAvgPool2d(Module):
         self.output_size = output_size
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Averages each adaptive bin: ``(N, C, H, W) -> (N, C, *output_size)``."""
         return ag.adaptive_avg_pool2d(x, self.output_size)
 
 
@@ -280,6 +290,7 @@ class AdaptiveMaxPool2d(Module):
         self.output_size = output_size
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Takes the maximum of each adaptive bin: ``(N, C, H, W) -> (N, C, *output_size)``."""
         return ag.adaptive_max_pool2d(x, self.output_size)
 
 
@@ -375,9 +386,11 @@ class LayerNorm(Module):
         self.bias = Parameter(np.zeros(shape, np.float32)) if elementwise_affine and bias else None
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Normalises over the trailing ``normalized_shape`` axes, then scales and shifts; shape kept."""
         return ag.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
+        """``normalized_shape, eps=…`` for ``repr``."""
         return f"{self.normalized_shape}, eps={self.eps}"
 
 
@@ -393,6 +406,9 @@ class RMSNorm(Module):
         self.weight = Parameter(np.ones(shape, np.float32)) if elementwise_affine else None
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Divides by the root mean square over the trailing ``normalized_shape`` axes, then scales; shape
+        kept.
+        """
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
 
@@ -411,6 +427,7 @@ class GroupNorm(Module):
         self.bias = Parameter(np.zeros(num_channels, np.float32)) if affine else None
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Normalises each group of channels of ``(N, C, *)`` per sample, then scales and shifts per channel."""
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
@@ -465,11 +482,15 @@ class Dropout(_RandomLayer):
         self.p = float(p)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Drops and rescales elements while training (drawing a fresh mask each step); the identity in eval
+        mode.
+        """
         if not self.training or self.p == 0:
             return ag.as_tensor(x)
         return ag.dropout(x, self.p, self._key())
 
     def extra_repr(self) -> str:
+        """``p=…`` for ``repr``."""
         return f"p={self.p}"
 
 
@@ -477,6 +498,7 @@ class Dropout2d(Dropout):
     """Zero whole channels of ``(N, C, H, W)`` with probability ``p`` (spatial dropout)."""
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Drops whole channels of ``(N, C, H, W)`` while training; the identity in eval mode."""
         if not self.training or self.p == 0:
             return ag.as_tensor(x)
         return F.dropout2d(x, self.p, self._key())
@@ -506,12 +528,14 @@ class Embedding(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Re-draw ``weight`` from N(0, 1), zeroing the ``padding_idx`` row."""
         init.normal_(self.weight)
         if self.padding_idx is not None:
             w = self.weight.numpy()
             w[self.padding_idx] = 0.0
 
     def forward(self, idx: ag.Tensor) -> ag.Tensor:
+        """Looks up rows of ``weight``: int indices ``(*)`` -> ``(*, embedding_dim)``."""
         return ag.embedding(idx, self.weight, self.padding_idx)
 
 
@@ -553,6 +577,9 @@ class EmbeddingBag(Module):
             self.weight.numpy()[padding_idx] = 0.0
 
     def forward(self, input: ag.Tensor, offsets: Any = None, per_sample_weights: Any = None) -> ag.Tensor:
+        """Reduces each bag of embeddings (see the class docstring for the input layouts):
+        -> ``(B, embedding_dim)``.
+        """
         idx = ag.as_tensor(input, "int64")
         where = f"EmbeddingBag at {self.path or 'the root'}: input {idx.node.label} {format_shape(idx.shape)}"
         if per_sample_weights is not None and self.mode != "sum":
@@ -606,6 +633,7 @@ class Flatten(Module):
         self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Flattens axes ``start_dim..end_dim`` into one."""
         return ag.flatten(x, self.start_dim, self.end_dim)
 
 
@@ -616,6 +644,7 @@ class Identity(Module):
         super().__init__()
 
     def forward(self, x: Any) -> Any:
+        """Returns ``x`` unchanged."""
         return x
 
 
@@ -624,6 +653,7 @@ class ReLU(Module):
     """``max(x, 0)``."""
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies ``max(x, 0)`` elementwise."""
         return F.relu(x)
 
 
@@ -635,6 +665,7 @@ class LeakyReLU(Module):
         self.negative_slope = negative_slope
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies the leaky ReLU elementwise."""
         return F.leaky_relu(x, self.negative_slope)
 
 
@@ -648,6 +679,7 @@ class GELU(Module):
         self.approximate = approximate
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies GELU elementwise (erf, or the tanh approximation)."""
         return F.gelu(x, self.approximate)
 
 
@@ -655,6 +687,7 @@ class SiLU(Module):
     """``x * sigmoid(x)``."""
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies ``x * sigmoid(x)`` elementwise."""
         return F.silu(x)
 
 
@@ -665,6 +698,7 @@ class Tanh(Module):
     """Hyperbolic tangent."""
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies ``tanh`` elementwise."""
         return F.tanh(x)
 
 
@@ -672,6 +706,7 @@ class Sigmoid(Module):
     """Logistic sigmoid."""
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies the logistic sigmoid elementwise."""
         return F.sigmoid(x)
 
 
@@ -683,6 +718,7 @@ class ELU(Module):
         self.alpha = alpha
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies ELU elementwise."""
         return F.elu(x, self.alpha)
 
 
@@ -694,6 +730,7 @@ class Softplus(Module):
         self.beta, self.threshold = beta, threshold
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies softplus elementwise."""
         return F.softplus(x, self.beta, self.threshold)
 
 
@@ -705,6 +742,7 @@ class Softmax(Module):
         self.dim = dim
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies softmax along ``dim``; shape kept."""
         return F.softmax(x, self.dim)
 
 
@@ -716,4 +754,5 @@ class LogSoftmax(Module):
         self.dim = dim
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies log-softmax along ``dim``; shape kept."""
         return F.log_softmax(x, self.dim)

@@ -67,6 +67,7 @@ class MSELoss(_Loss):
     """Mean squared error."""
 
     def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        """The squared differences of ``input`` and ``target`` (same shape), reduced by ``reduction``."""
         return F.mse_loss(input, target, self.reduction)
 
 
@@ -74,6 +75,7 @@ class L1Loss(_Loss):
     """Mean absolute error."""
 
     def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        """The absolute differences of ``input`` and ``target`` (same shape), reduced by ``reduction``."""
         return F.l1_loss(input, target, self.reduction)
 
 
@@ -85,6 +87,7 @@ class SmoothL1Loss(_Loss):
         self.beta = beta
 
     def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        """The smooth L1 loss of ``input`` and ``target`` (same shape), reduced by ``reduction``."""
         return F.smooth_l1_loss(input, target, self.reduction, self.beta)
 
 
@@ -96,6 +99,7 @@ class HuberLoss(_Loss):
         self.delta = delta
 
     def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        """The Huber loss of ``input`` and ``target`` (same shape), reduced by ``reduction``."""
         return F.huber_loss(input, target, self.reduction, self.delta)
 
 
@@ -113,6 +117,9 @@ class CrossEntropyLoss(_Loss):
         self.weight, self.ignore_index, self.label_smoothing = _const(weight), ignore_index, label_smoothing
 
     def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        """The cross-entropy of logits ``input`` ``(N, C)`` or ``(N, C, *)`` and ``target``: class
+        indices ``(N)``/``(N, *)`` or probabilities shaped like ``input``.
+        """
         return F.cross_entropy(
             input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing
         )
@@ -126,6 +133,9 @@ class NLLLoss(_Loss):
         self.weight, self.ignore_index = _const(weight), ignore_index
 
     def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        """The negative log-likelihood of log-probabilities ``input`` ``(N, C)`` at class indices ``target``
+        ``(N)``.
+        """
         return F.nll_loss(input, target, self.weight, self.ignore_index, self.reduction)
 
 
@@ -137,6 +147,7 @@ class BCELoss(_Loss):
         self.weight = _const(weight)
 
     def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        """The binary cross-entropy of probabilities ``input`` in ``[0, 1]`` and ``target`` (same shape)."""
         return F.binary_cross_entropy(input, target, self.weight, self.reduction)
 
 
@@ -148,6 +159,9 @@ class BCEWithLogitsLoss(_Loss):
         self.weight, self.pos_weight = _const(weight), _const(pos_weight)
 
     def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        """The binary cross-entropy of ``sigmoid(input)`` and ``target`` (same shape), computed stably from
+        logits.
+        """
         return F.binary_cross_entropy_with_logits(input, target, self.weight, self.reduction, self.pos_weight)
 
 
@@ -159,6 +173,9 @@ class KLDivLoss(_Loss):
         self.log_target = log_target
 
     def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        """``KL(target || exp(input))`` of log-probabilities ``input``; ``target`` probabilities
+        (log-probabilities with ``log_target``).
+        """
         return F.kl_div(input, target, self.reduction, self.log_target)
 
 
@@ -170,6 +187,7 @@ class HingeEmbeddingLoss(_Loss):
         self.margin = margin
 
     def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        """The hinge embedding loss of ``input`` and ``target`` in {1, -1} (same shape)."""
         return F.hinge_embedding_loss(input, target, self.margin, self.reduction)
 
 
@@ -181,6 +199,7 @@ class FocalLoss(_Loss):
         self.alpha, self.gamma = alpha, gamma
 
     def forward(self, input: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        """The sigmoid focal loss of logits ``input`` and binary ``target`` (same shape)."""
         return F.sigmoid_focal_loss(input, target, self.alpha, self.gamma, self.reduction)
 
 
@@ -192,6 +211,7 @@ class CosineEmbeddingLoss(_Loss):
         self.margin = margin
 
     def forward(self, input1: ag.Tensor, input2: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        """The cosine embedding loss of ``input1``, ``input2`` ``(N, D)`` and ``target`` ``(N)`` in {1, -1}."""
         return F.cosine_embedding_loss(input1, input2, target, self.margin, self.reduction)
 
 
@@ -210,6 +230,7 @@ class TripletMarginLoss(_Loss):
         self.margin, self.p, self.eps, self.swap = margin, p, eps, swap
 
     def forward(self, anchor: ag.Tensor, positive: ag.Tensor, negative: ag.Tensor) -> ag.Tensor:
+        """The triplet margin loss of ``anchor``, ``positive`` and ``negative`` ``(N, D)``."""
         return F.triplet_margin_loss(
             anchor, positive, negative, self.margin, self.p, self.eps, self.swap, self.reduction
         )
@@ -223,4 +244,5 @@ class MarginRankingLoss(_Loss):
         self.margin = margin
 
     def forward(self, input1: ag.Tensor, input2: ag.Tensor, target: ag.Tensor) -> ag.Tensor:
+        """The margin ranking loss of ``input1``, ``input2`` and ``target`` ``y`` in {1, -1} (one shape)."""
         return F.margin_ranking_loss(input1, input2, target, self.margin, self.reduction)

@@ -65,6 +65,7 @@ class LRScheduler:
         raise NotImplementedError
 
     def get_lr(self) -> list[float]:
+        """The learning rate of every parameter group at ``last_epoch``."""
         return [self.lr_at(self.last_epoch, base) for base in self.base_lrs]
 
     def step(self) -> None:
@@ -86,6 +87,7 @@ class LRScheduler:
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` and write its last learning rates into the optimizer's groups."""
         self.__dict__.update({k: v for k, v in state_dict.items() if k != "optimizer"})
         for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
             group["lr"] = lr
@@ -103,6 +105,7 @@ class StepLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, epoch: int, base_lr: float) -> float:
+        """``base_lr * gamma ** (epoch // step_size)``."""
         return base_lr * self.gamma ** (epoch // self.step_size)
 
 
@@ -114,6 +117,7 @@ class ExponentialLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, epoch: int, base_lr: float) -> float:
+        """``base_lr * gamma ** epoch``."""
         return base_lr * self.gamma**epoch
 
 
@@ -131,6 +135,7 @@ class CosineAnnealingLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, epoch: int, base_lr: float) -> float:
+        """The cosine-annealed learning rate at ``epoch`` (see the class)."""
         return _cosine(epoch, self.T_max, base_lr, self.eta_min)
 
 
@@ -151,6 +156,7 @@ class LinearWarmupLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, epoch: int, base_lr: float) -> float:
+        """The warmup's learning rate at ``epoch``; ``base_lr`` from ``warmup_steps`` on."""
         frac = min(epoch, self.warmup_steps) / self.warmup_steps
         return base_lr * (self.start_factor + (1.0 - self.start_factor) * frac)
 
@@ -180,6 +186,7 @@ class WarmupCosineAnnealingLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, epoch: int, base_lr: float) -> float:
+        """Linear warmup before ``warmup_steps``, cosine annealing after."""
         if epoch < self.warmup_steps:
             return base_lr * (self.start_factor + (1.0 - self.start_factor) * epoch / self.warmup_steps)
         return _cosine(epoch - self.warmup_steps, self.total_steps - self.warmup_steps, base_lr, self.eta_min)
@@ -247,6 +254,7 @@ class OneCycleLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
+        """Each group's learning rate at the current step of the cycle; ``ValueError`` past ``total_steps``."""
         step = self.last_epoch
         if step > self.total_steps:
             raise ValueError(f"OneCycleLR: stepped {step} times, but total_steps is {self.total_steps}")

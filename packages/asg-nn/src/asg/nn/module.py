@@ -255,15 +255,18 @@ class Module:
                 yield from child.named_modules(f"{prefix}.{name}" if prefix else name, memo)
 
     def modules(self) -> Iterator[Module]:
+        """This module and every descendant, each once (:meth:`named_modules` without the paths)."""
         for _, m in self.named_modules():
             yield m
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
+        """``(name, module)`` for each direct child, in registration order."""
         for name, child in self._modules.items():
             if child is not None:
                 yield name, child
 
     def children(self) -> Iterator[Module]:
+        """The direct child modules, in registration order."""
         for _, child in self.named_children():
             yield child
 
@@ -282,13 +285,21 @@ class Module:
         return self._named_members("_parameters", prefix, recurse)
 
     def parameters(self, recurse: bool = True) -> Iterator[ag.Tensor]:
+        """Every parameter (a tied one once), in :meth:`named_parameters` order; pass it to an optimizer.
+
+        >>> from asg import nn
+        >>> [tuple(p.shape) for p in nn.Linear(3, 2).parameters()]
+        [(2, 3), (2,)]
+        """
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
     def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, ag.Tensor]]:
+        """``(dotted name, buffer)`` pairs (``running_mean`` ...), a shared buffer once."""
         return self._named_members("_buffers", prefix, recurse)
 
     def buffers(self, recurse: bool = True) -> Iterator[ag.Tensor]:
+        """Every buffer (non-trained state such as BatchNorm's running statistics)."""
         for _, b in self.named_buffers(recurse=recurse):
             yield b
 
@@ -330,6 +341,11 @@ class Module:
             _CALL_DEPTH.reset(token)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Build the module's output from its inputs; every subclass defines it.
+
+        Call the module (``model(x)``), not ``forward``: the call adds the module's name scope, so the
+        graph's nodes carry its path. It runs once per graph build, on symbolic tensors, not per step.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def add_update(self, variable: ag.Tensor, value: ag.Tensor) -> None:
@@ -410,6 +426,7 @@ class Module:
 
     # ------------------------------------------------------------------ printing
     def extra_repr(self) -> str:
+        """Extra text inside the module's ``repr`` parentheses (its settings); empty by default."""
         return ""
 
     def __repr__(self) -> str:
@@ -469,10 +486,12 @@ class Sequential(Module):
         return items[index][1]
 
     def append(self, module: Module) -> Sequential:
+        """Add ``module`` at the end, named by its position; returns ``self``."""
         self.add_module(str(len(self)), module)
         return self
 
     def forward(self, x: Any) -> Any:
+        """Feeds ``x`` through every child in order and returns the last output."""
         for module in self._modules.values():
             x = module(x)
         return x
@@ -493,10 +512,12 @@ class ModuleList(Module):
             self.append(m)
 
     def append(self, module: Module) -> ModuleList:
+        """Add ``module`` at the end, named by its position; returns ``self``."""
         self.add_module(str(len(self._modules)), module)
         return self
 
     def extend(self, modules: Iterable[Module]) -> ModuleList:
+        """Append each of ``modules``; returns ``self``."""
         for m in modules:
             self.append(m)
         return self
@@ -545,10 +566,13 @@ class ModuleDict(Module):
         return iter(self._modules)
 
     def keys(self) -> Iterable[str]:
+        """The child names, in insertion order."""
         return self._modules.keys()
 
     def values(self) -> Iterable[Module]:
+        """The child modules, in insertion order."""
         return self._modules.values()
 
     def items(self) -> Iterable[tuple[str, Module]]:
+        """``(name, module)`` pairs, in insertion order."""
         return self._modules.items()

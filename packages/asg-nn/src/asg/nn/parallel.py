@@ -302,14 +302,17 @@ class Bucket:
 
     @property
     def sizes(self) -> list[int]:
+        """Each parameter's number of elements, in bucket order."""
         return [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
 
     @property
     def size(self) -> int:
+        """The bucket's number of elements (the sum of :attr:`sizes`)."""
         return sum(self.sizes)
 
     @property
     def nbytes(self) -> int:
+        """The bucket's size in bytes."""
         return self.size * np.dtype(self.dtype).itemsize
 
 
@@ -618,31 +621,38 @@ class RankZero(Callback):
         self.main = self.comm.Get_rank() == 0
 
     def set_trainer(self, trainer: Any) -> None:
+        """Give the trainer to this wrapper and to the wrapped callback."""
         super().set_trainer(trainer)
         self.callback.set_trainer(trainer)
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
+        """Forward to the wrapped callback on rank 0."""
         if self.main:
             self.callback.on_train_begin(logs)
 
     def on_train_end(self, logs: dict[str, Any]) -> None:
+        """Forward to the wrapped callback on rank 0, then wait for every rank."""
         if self.main:
             self.callback.on_train_end(logs)
         self.comm.Barrier()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Forward to the wrapped callback on rank 0."""
         if self.main:
             self.callback.on_epoch_begin(epoch, logs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Forward to the wrapped callback on rank 0, then wait for every rank (its files are written)."""
         if self.main:
             self.callback.on_epoch_end(epoch, logs)
         self.comm.Barrier()
 
     def on_batch_begin(self, batch: int, logs: dict[str, Any]) -> None:
+        """Forward to the wrapped callback on rank 0."""
         if self.main:
             self.callback.on_batch_begin(batch, logs)
 
     def on_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        """Forward to the wrapped callback on rank 0."""
         if self.main:
             self.callback.on_batch_end(batch, logs)

@@ -68,6 +68,9 @@ class SinusoidalPositionalEncoding(Module):
         self.table = ag.constant(sinusoidal_table(max_len, d_model, base))
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Adds the sinusoidal table's first ``T`` rows: ``(B, T, D)`` (``(T, B, D)`` unless ``batch_first``),
+        shape kept.
+        """
         axis = 1 if self.batch_first else 0
         pe = ag.embedding(
             _positions(x, axis, self.max_len, "SinusoidalPositionalEncoding"), self.table
@@ -85,6 +88,7 @@ class LearnedPositionalEmbedding(Module):
         init.normal_(self.weight)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Adds ``weight[:T]``: ``(B, T, D)`` (``(T, B, D)`` unless ``batch_first``), shape kept."""
         axis = 1 if self.batch_first else 0
         pe = ag.embedding(_positions(x, axis, self.num_positions, "LearnedPositionalEmbedding"), self.weight)
         return x + (pe if self.batch_first else ag.unsqueeze(pe, 1))
@@ -125,6 +129,9 @@ class RotaryEmbedding(Module):
         self.sin_table = ag.constant(np.sin(angles).astype(np.float32))
 
     def forward(self, q: ag.Tensor, k: ag.Tensor, offset: int = 0) -> tuple[ag.Tensor, ag.Tensor]:
+        """Rotates queries and keys ``(*, T, head_dim)`` at positions ``offset + arange(T)``;
+        returns ``(q, k)`` of the same shapes.
+        """
         out = []
         for x in (q, k):
             x = ag.as_tensor(x)

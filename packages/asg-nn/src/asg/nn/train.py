@@ -373,14 +373,30 @@ class Callback:
     trainer: Any = None
 
     def set_trainer(self, trainer: Any) -> None:
+        """Called by ``fit`` before training: keep the trainer as ``self.trainer``."""
         self.trainer = trainer
 
-    def on_train_begin(self, logs: dict[str, Any]) -> None: ...
-    def on_train_end(self, logs: dict[str, Any]) -> None: ...
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any]) -> None: ...
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None: ...
-    def on_batch_begin(self, batch: int, logs: dict[str, Any]) -> None: ...
-    def on_batch_end(self, batch: int, logs: dict[str, Any]) -> None: ...
+    def on_train_begin(self, logs: dict[str, Any]) -> None:
+        """Called once before the first epoch (``logs`` is empty)."""
+
+    def on_train_end(self, logs: dict[str, Any]) -> None:
+        """Called once after the last epoch (or an early stop) with the last epoch's logs."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Called before epoch ``epoch`` (from 0) with the previous epoch's logs."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Called after epoch ``epoch`` with its logs: ``loss``, the metrics, and ``val_*`` when validating.
+
+        A callback may add entries (``LRSchedulerCallback`` logs ``lr``) or set
+        ``self.trainer.stop_training = True`` to stop after this epoch.
+        """
+
+    def on_batch_begin(self, batch: int, logs: dict[str, Any]) -> None:
+        """Called before each training step with ``{"batch": index, "size": batch size}``."""
+
+    def on_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        """Called after each training step; ``logs`` also holds the step's ``loss``."""
 
 
 class History(Callback):
@@ -391,6 +407,7 @@ class History(Callback):
         self.epoch: list[int] = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Append the epoch and each logged value."""
         self.epoch.append(epoch)
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
@@ -432,6 +449,9 @@ class EarlyStopping(Callback):
         self.stopped_epoch: int | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Check ``monitor`` (``KeyError`` if not logged) and set ``trainer.stop_training`` after ``patience``
+        epochs without improvement.
+        """
         if self.monitor not in logs:
             raise KeyError(
                 f"EarlyStopping: monitor {self.monitor!r} is not logged; logged values: {', '.join(logs)}"
@@ -453,6 +473,7 @@ class EarlyStopping(Callback):
             self.trainer.stop_training = True
 
     def on_train_end(self, logs: dict[str, Any]) -> None:
+        """With ``restore_best_weights``, load the best epoch's weights into the model."""
         if not self.restore_best_weights:
             return
         if self.stopper is not None:
@@ -472,10 +493,12 @@ class LRSchedulerCallback(Callback):
         self.scheduler, self.interval = scheduler, interval
 
     def on_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        """Step the scheduler when ``interval="batch"``."""
         if self.interval == "batch":
             self.scheduler.step()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Log the epoch's ``lr`` and step the scheduler when ``interval="epoch"``."""
         logs["lr"] = float(self.scheduler.get_last_lr()[0])
         if self.interval == "epoch":
             self.scheduler.step()
@@ -502,6 +525,9 @@ class ModelCheckpoint(Callback):
         self.saved: list[str] = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Save a checkpoint to ``path`` (formatted with the epoch and logs); with ``save_best_only`` only
+        when ``monitor`` improved.
+        """
         from .serialization import save_checkpoint
 
         if self.save_best_only:
@@ -534,6 +560,7 @@ class CSVLogger(Callback):
         self._keys: list[str] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Write the epoch's row (the header first, from the first epoch's logged names)."""
         new = self._keys is None
         if new:
             self._keys = list(logs)
