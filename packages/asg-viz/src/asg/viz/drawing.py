@@ -74,6 +74,11 @@ class EdgeShape:
 
 @dataclass
 class Drawing:
+    """Everything to paint, in scene coordinates: boxes, group frames, edges, the dashed
+    gradient links, the size, and the legend's ``(label, colour)`` entries. Rendered by
+    :func:`to_svg`, :func:`write_drawing` and the Qt viewer alike.
+    """
+
     boxes: list[BoxShape]
     frames: list[FrameShape]
     edges: list[EdgeShape]

@@ -47,9 +47,11 @@ class Box:
 
     @property
     def center(self) -> tuple[float, float]:
+        """The box's centre ``(x, y)``."""
         return (self.x + self.w / 2, self.y + self.h / 2)
 
     def moved(self, dx: float, dy: float) -> Box:
+        """The same box shifted by ``(dx, dy)``."""
         return Box(self.x + dx, self.y + dy, self.w, self.h)
 
 

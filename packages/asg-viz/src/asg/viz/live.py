@@ -51,16 +51,21 @@ class LiveView:
 
     # asg-nn's Callback protocol -------------------------------------------------------------
     def set_trainer(self, trainer: Any) -> None:
+        """Called by ``fit``: keep the trainer (``Callback`` protocol)."""
         self.trainer = trainer
 
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None: ...
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        """Nothing to do before training (``Callback`` protocol)."""
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        """Redraw the curves with the final values."""
         self._refresh()
 
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None: ...
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Nothing to do before an epoch (``Callback`` protocol)."""
 
-    def on_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None: ...
+    def on_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Nothing to do before a batch (``Callback`` protocol)."""
 
     def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         """Add every numeric entry of ``logs`` (except ``batch`` and ``size``) to the per-batch curves."""

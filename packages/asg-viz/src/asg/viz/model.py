@@ -139,6 +139,7 @@ class Group:
 
     @property
     def kind(self) -> str:
+        """``"forward"``, ``"gradient"`` or ``"update"``, from the key's prefix."""
         return {"f": "forward", "g": "gradient", "u": "update"}[self.key[0]]
 
 

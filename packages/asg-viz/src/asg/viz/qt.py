@@ -87,6 +87,7 @@ class BoxItem(QtWidgets.QGraphicsPathItem):
         self.setOpacity(0.35 if shape.dimmed else 1.0)
 
     def paint(self, painter: QtGui.QPainter, option: Any, widget: Any = None) -> None:
+        """Paint the box, then its label lines (the first in bold)."""
         super().paint(painter, option, widget)
         # The labels are painted here rather than as child items: removing a box with Python-owned
         # children from a scene crashes PySide6 6.12 at interpreter exit.
@@ -100,11 +101,13 @@ class BoxItem(QtWidgets.QGraphicsPathItem):
 
     # pyqtgraph's GraphicsScene delivers these (it handles drags for the ViewBox itself)
     def mouseClickEvent(self, ev: Any) -> None:
+        """Report a left click (``"click"``) or double click (``"double"``) to the viewer."""
         if ev.button() == QtCore.Qt.MouseButton.LeftButton and self._on_event is not None:
             ev.accept()
             self._on_event("double" if ev.double() else "click", self.key)
 
     def hoverEvent(self, ev: Any) -> None:
+        """Report the hovered box (``"hover"``) to the viewer."""
         if self._on_event is not None and not ev.isExit():
             self._on_event("hover", self.key)
 
@@ -128,6 +131,7 @@ class FrameItem(QtWidgets.QGraphicsPathItem):
         self.setToolTip(f"{shape.title}: double-click to collapse")
 
     def paint(self, painter: QtGui.QPainter, option: Any, widget: Any = None) -> None:
+        """Paint the frame, then its title."""
         super().paint(painter, option, widget)
         painter.setFont(_font(bold=True))
         painter.setPen(QtGui.QColor("#374151"))
@@ -138,6 +142,7 @@ class FrameItem(QtWidgets.QGraphicsPathItem):
         )
 
     def mouseClickEvent(self, ev: Any) -> None:
+        """Report a left double click (``"collapse"``) to the viewer."""
         if ev.button() == QtCore.Qt.MouseButton.LeftButton and self._on_event is not None and ev.double():
             ev.accept()
             self._on_event("collapse", self.key)

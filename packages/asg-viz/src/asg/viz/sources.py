@@ -84,6 +84,11 @@ class Stats:
 
     @classmethod
     def of(cls, array: np.ndarray) -> Stats:
+        """The statistics of ``array`` (bools counted as 0/1; NaN everywhere if nothing is finite).
+
+        >>> Stats.of(np.array([1.0, 3.0, np.nan])).text()
+        'min 1, max 3, mean 2, std 1, NaN 1, Inf 0'
+        """
         a = np.asarray(array)
         if a.dtype.kind == "b":
             a = a.astype("int8")
@@ -96,6 +101,7 @@ class Stats:
         return cls(a.shape, float(f64.min()), float(f64.max()), float(f64.mean()), float(f64.std()), nan, inf)
 
     def text(self) -> str:
+        """One line: min, max, mean, std, and the NaN/Inf counts."""
         bad = f", NaN {self.nan}, Inf {self.inf}" if self.nan or self.inf else ", no NaN/Inf"
         return f"min {self.min:.4g}, max {self.max:.4g}, mean {self.mean:.4g}, std {self.std:.4g}{bad}"
 

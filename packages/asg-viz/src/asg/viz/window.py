@@ -230,6 +230,7 @@ class Viewer(QtWidgets.QMainWindow):
         return out
 
     def nonfinite_key(self) -> int | None:
+        """The node key of the NaN check's first non-finite node, if it is in the shown graph."""
         return self.run.nonfinite if self.run.nonfinite in self.model.nodes else None
 
     def current_drawing(self) -> Drawing:
@@ -317,6 +318,7 @@ class Viewer(QtWidgets.QMainWindow):
         self.redraw()
 
     def select_group(self, key: str) -> None:
+        """Select group ``key``: show its details (no node selected)."""
         self.selected = None
         self._show_details(group=key)
         self.redraw()
@@ -338,10 +340,12 @@ class Viewer(QtWidgets.QMainWindow):
         self.relayout()
 
     def expand_all(self) -> None:
+        """Open every group."""
         self.expanded = set(self.model.groups)
         self.relayout()
 
     def collapse_all(self) -> None:
+        """Close every group."""
         self.expanded = set()
         self.relayout()
 
