@@ -1,0 +1,106 @@
+"""The wgpu attention kernels (asg.gpu.kernels.attention) against asg-core's numpy kernels.
+
+The op cases (tests/gpu/test_parity.py) use one block of rows; these shapes cross the kernels' 64-row
+blocks, leave partial blocks (L, S, E not multiples of 16 or 64), skip causal blocks and read masks
+with broadcast strides. check_op on wgpu compares the forward and the gradients of sum(out * c) with
+respect to q, k and v, which run attention_lse and attention_grad_q/k/v. Shapes stay small: lavapipe
+compiles every distinct kernel (about 0.3-0.7 s each).
+"""
+
+import numpy as np
+import pytest
+
+import asg.core as ag
+from asg.core.testing import check_op
+from asg.core.testing.op_cases.attention import attention_ref
+from asg.gpu.kernels.attention import ROLES, Shapes, block_cols
+
+
+def _qkv(lead, length_q, length_k, e, ev, seed=0):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((*lead, length_q, e)),
+        rng.standard_normal((*lead, length_k, e)),
+        rng.standard_normal((*lead, length_k, ev)),
+    )
+
+
+@pytest.mark.parametrize(("length_q", "length_k"), [(70, 70), (5, 9), (9, 5)])
+def test_causal(length_q, length_k):
+    # L == S over two query and key blocks; L < S; L > S, where the first L - S rows see no key (0).
+    q, k, v = _qkv((1, 2), length_q, length_k, 8, 8, seed=length_q)
+    check_op(lambda q, k, v: ag.attention(q, k, v, causal=True), q, k, v, backend="wgpu")
+
+
+def test_padding_mask_and_fully_masked_entry():
+    # (B, 1, 1, S): each batch entry keeps other keys; entry 1 keeps none (its rows give 0).
+    q, k, v = _qkv((2, 2), 6, 11, 16, 12, seed=1)
+    mask = np.random.default_rng(2).random((2, 1, 1, 11)) > 0.4
+    mask[1] = False
+    check_op(ag.attention, q, k, v, mask, backend="wgpu")
+    x = [ag.input(n, a.shape) for n, a in zip("qkv", (q, k, v), strict=True)]
+    m = ag.input("m", mask.shape, "bool")
+    f = ag.compile(ag.attention(*x, m), inputs=[*x, m], backend="wgpu")
+    out = f(*(a.astype(np.float32) for a in (q, k, v)), mask)
+    assert np.all(out[1] == 0.0)
+    np.testing.assert_allclose(out[0], attention_ref(q, k, v, mask)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_odd_sizes_with_shared_mask_and_causal():
+    # L=37, S=53, E=24, Ev=20: no size is a multiple of a block; the (L, S) mask broadcasts over (B, H).
+    q, k, v = _qkv((2, 1), 37, 53, 24, 20, seed=3)
+    mask = np.random.default_rng(4).random((37, 53)) > 0.3
+    check_op(ag.attention, q, k, v, backend="wgpu")
+    check_op(lambda q, k, v, m: ag.attention(q, k, v, m, causal=True), q, k, v, mask, backend="wgpu")
+
+
+def test_gpt_head_dim_64_with_scale():
+    q, k, v = _qkv((1, 2), 70, 70, 64, 64, seed=5)
+    check_op(lambda q, k, v: ag.attention(q, k, v, causal=True, scale=0.2), q, k, v, backend="wgpu")
+
+
+def test_head_dim_256_takes_narrower_key_blocks():
+    # E = Ev = 256 would pass 32 KiB of workgroup memory with 64-row key blocks: the kernels take 32.
+    sh = Shapes((1,), 40, 40, 256, 256, None)
+    assert {block_cols(sh, ROLES[op]) for op in ROLES} == {32, 64}  # the lse kernel keeps 64
+    q, k, v = _qkv((1,), 40, 40, 256, 256, seed=6)
+    check_op(lambda q, k, v: ag.attention(q, k, v, causal=True), q, k, v, backend="wgpu")
+
+
+def test_tiny_gpt_forward_and_backward():
+    # Embedding, layer norm, fused qkv projection, causal attention over heads, output projection,
+    # MLP and the next-token loss: the loss and every parameter gradient on wgpu match numpy.
+    rng = np.random.default_rng(7)
+    batch, length, width, heads, vocab = 2, 12, 32, 4, 17
+    names = ("wte", "wpe", "w_qkv", "w_o", "w_fc", "w_proj")
+    shapes = [
+        (vocab, width),
+        (length, width),
+        (width, 3 * width),
+        (width, width),
+        (width, 4 * width),
+        (4 * width, width),
+    ]
+    params = [
+        ag.parameter((0.2 * rng.standard_normal(s)).astype(np.float32), name=n)
+        for n, s in zip(names, shapes, strict=True)
+    ]
+    wte, wpe, w_qkv, w_o, w_fc, w_proj = params
+    tokens = ag.input("tokens", (batch, length), "int32")
+    targets = ag.input("targets", (batch, length), "int32")
+    x = ag.embedding(tokens, wte) + wpe  # (B, T, C)
+    q, k, v = ag.split(ag.layer_norm(x, width) @ w_qkv, width, axis=-1)  # 3 x (B, T, C)
+    q, k, v = (ag.swapaxes(ag.reshape(t, (batch, length, heads, width // heads)), 1, 2) for t in (q, k, v))
+    y = ag.attention(q, k, v, causal=True)  # (B, H, T, C / H)
+    x = x + ag.reshape(ag.swapaxes(y, 1, 2), (batch, length, width)) @ w_o
+    x = x + ag.gelu(ag.layer_norm(x, width) @ w_fc) @ w_proj
+    logits = ag.layer_norm(x, width) @ ag.swapaxes(wte, 0, 1)  # (B, T, V), tied head
+    loss = ag.cross_entropy(
+        ag.reshape(logits, (batch * length, vocab)), ag.reshape(targets, (batch * length,))
+    )
+    outputs = [loss, *ag.grad(loss, params)]
+    data = [rng.integers(0, vocab, (batch, length)).astype(np.int32) for _ in range(2)]
+    want = ag.compile(outputs, inputs=[tokens, targets], backend="numpy")(*data)
+    got = ag.compile(outputs, inputs=[tokens, targets], backend="wgpu")(*data)
+    for name, g, w in zip(("loss", *names), got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
