@@ -773,7 +773,7 @@ def _attention(e: _Emitter, node: Node, ins: list[str]) -> str:
     """The unfused formula; masked scores are -inf and a row with no key gives 0 (as ASG)."""
     q, k, v = node.inputs[:3]
     work = "float32" if node.dtype == "float16" else node.dtype
-    qs, ks, vs = (e.cast(name, n.dtype, work) for name, n in zip(ins, (q, k, v), strict=False))
+    qs, ks, vs = (e.cast(name, n.dtype, work) for name, n in zip(ins[:3], (q, k, v), strict=True))
     perm = [*range(k.ndim - 2), k.ndim - 1, k.ndim - 2]
     scores = e.op(
         "Mul", [e.op("MatMul", [qs, e.op("Transpose", [ks], perm=perm)]), e.const(node.attrs["scale"], work)]
