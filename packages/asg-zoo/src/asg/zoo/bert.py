@@ -77,6 +77,11 @@ class BertConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BertConfig:
+        """A config from an HF ``config.json`` dict; unknown keys are ignored.
+
+        >>> BertConfig.from_dict({"hidden_size": 128, "model_type": "bert"}).hidden_size
+        128
+        """
         return config_from_dict(cls, values)
 
 
@@ -99,6 +104,7 @@ class BertSelfAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: ag.Tensor, bias: ag.Tensor | None = None) -> ag.Tensor:
+        """Attends over the sequence: ``(B, T, H)``, ``bias`` ``(B, 1, 1, T)`` or None -> ``(B, T, H)``."""
         B, T, H = x.shape
         nh, hs = self.num_heads, self.head_size
 
@@ -115,6 +121,8 @@ class BertSelfAttention(nn.Module):
 
 
 class BertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm and dropout (HF's ``embeddings``)."""
+
     def __init__(self, c: BertConfig) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
@@ -124,6 +132,9 @@ class BertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
     def forward(self, input_ids: ag.Tensor, token_type_ids: ag.Tensor | None) -> ag.Tensor:
+        """``input_ids`` ``(B, T)`` int (and ``token_type_ids`` ``(B, T)``, type 0 when None)
+        -> ``(B, T, hidden_size)``.
+        """
         T = input_ids.shape[1]
         x = self.word_embeddings(input_ids) + self.position_embeddings(ag.arange(T))  # (B, T, H)
         if token_type_ids is None:
@@ -143,16 +154,20 @@ class BertSelfOutput(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, h: ag.Tensor, residual: ag.Tensor) -> ag.Tensor:
+        """``LayerNorm(dropout(dense(h)) + residual)``: ``(B, T, cin)``, ``(B, T, cout)`` -> ``(B, T, cout)``."""
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)
 
 
 class BertAttention(nn.Module):
+    """Self-attention then its output block with the residual (HF's ``attention``)."""
+
     def __init__(self, c: BertConfig) -> None:
         super().__init__()
         self.self = BertSelfAttention(c.hidden_size, c.num_attention_heads, c.attention_probs_dropout_prob)
         self.output = BertSelfOutput(c.hidden_size, c.hidden_size, c.layer_norm_eps, c.hidden_dropout_prob)
 
     def forward(self, x: ag.Tensor, bias: ag.Tensor | None) -> ag.Tensor:
+        """``(B, T, H)`` with the additive mask ``bias`` -> ``(B, T, H)``."""
         return self.output(self.self(x, bias), x)
 
 
@@ -165,10 +180,13 @@ class BertIntermediate(nn.Module):
         self.act = hidden_activation(act)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """``act(dense(x))``: ``(*, hidden) -> (*, intermediate)``."""
         return self.act(self.dense(x))
 
 
 class BertLayer(nn.Module):
+    """One post-norm encoder layer: attention, then the feed-forward ``intermediate`` and ``output``."""
+
     def __init__(self, c: BertConfig) -> None:
         super().__init__()
         self.attention = BertAttention(c)
@@ -178,16 +196,20 @@ class BertLayer(nn.Module):
         )
 
     def forward(self, x: ag.Tensor, bias: ag.Tensor | None) -> ag.Tensor:
+        """``(B, T, H)`` with the additive mask ``bias`` -> ``(B, T, H)``."""
         a = self.attention(x, bias)
         return self.output(self.intermediate(a), a)
 
 
 class BertEncoder(nn.Module):
+    """The stack of ``num_hidden_layers`` :class:`BertLayer` (HF's ``encoder.layer.<i>``)."""
+
     def __init__(self, c: BertConfig) -> None:
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(c) for _ in range(c.num_hidden_layers))
 
     def forward(self, x: ag.Tensor, bias: ag.Tensor | None) -> ag.Tensor:
+        """Runs every layer in turn: ``(B, T, H)`` -> ``(B, T, H)``."""
         for layer in self.layer:
             x = layer(x, bias)
         return x
@@ -201,6 +223,7 @@ class BertPooler(nn.Module):
         self.dense = nn.Linear(hidden, hidden)
 
     def forward(self, h: ag.Tensor) -> ag.Tensor:
+        """``tanh(dense(h[:, 0]))``: ``(B, T, H)`` -> ``(B, H)``."""
         return ag.tanh(self.dense(h[:, 0]))
 
 
@@ -224,6 +247,10 @@ class BertModel(nn.Module):
     def forward(
         self, input_ids: ag.Tensor, attention_mask: Any = None, token_type_ids: Any = None
     ) -> tuple[ag.Tensor, ag.Tensor | None]:
+        """Encodes ``input_ids`` ``(B, T)``; returns ``(last_hidden_state (B, T, H), pooled (B, H) or None)``.
+
+        ``attention_mask`` (1 for tokens, 0 for padding) becomes HF's additive score bias.
+        """
         input_ids = ag.as_tensor(input_ids)
         tt = None if token_type_ids is None else ag.as_tensor(token_type_ids)
         bias = None

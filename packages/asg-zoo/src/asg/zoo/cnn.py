@@ -83,6 +83,7 @@ class LeNet5(nn.Module):
         self.head = nn.Linear(widths[-1], c.num_classes)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Classifies images: ``(N, in_channels, image_size, image_size)`` -> logits ``(N, num_classes)``."""
         x = self.pool(self.act(self.conv1(x)))  # (N, c1, H/2, W/2)
         x = self.pool(self.act(self.conv2(x)))  # (N, c2, s, s)
         x = ag.flatten(x, 1, -1)  # (N, c2 * s * s)
@@ -117,6 +118,9 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``:
+        ``(N, inplanes, H, W) -> (N, planes, H / stride, W / stride)``.
+        """
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -142,6 +146,9 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """The 1x1-3x3-1x1 path plus the shortcut:
+        ``(N, inplanes, H, W) -> (N, 4 * planes, H / stride, W / stride)``.
+        """
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
@@ -208,11 +215,13 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def features(self, x: ag.Tensor) -> ag.Tensor:
+        """The stem, the four stages and global average pooling: ``(N, C, H, W)`` -> ``(N, features)``."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, width, H/4, W/4) with the ImageNet stem
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (N, 8 width * expansion, H/32, W/32)
         return ag.flatten(self.avgpool(x), 1, -1)  # (N, C)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Classifies images: ``fc(features(x))`` -> logits ``(N, num_classes)``."""
         return self.fc(self.features(x))
 
 

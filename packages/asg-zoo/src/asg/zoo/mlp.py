@@ -74,6 +74,7 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(*mods)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """``(N, in_features)`` (any ``(N, *)`` with ``flatten``) -> logits ``(N, num_classes)``."""
         x = ag.as_tensor(x)
         if self.config.flatten and x.ndim > 2:
             x = ag.flatten(x, 1, -1)

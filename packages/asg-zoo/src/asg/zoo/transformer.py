@@ -75,12 +75,18 @@ class TransformerEncoderModel(nn.Module):
         self.head = nn.Linear(c.d_model, c.num_classes)
 
     def encode(self, src: ag.Tensor, src_key_padding_mask: Any = None) -> ag.Tensor:
+        """The final-normed token states: src ``(B, T)`` int, padding mask ``(B, T)`` bool
+        (True for padding) -> ``(B, T, d_model)``.
+        """
         x = _embed(self.embed, self.pos, src)
         for layer in self.layers:
             x = layer(x, src_key_padding_mask=src_key_padding_mask)
         return self.norm(x)  # (B, T, d)
 
     def forward(self, src: ag.Tensor, src_key_padding_mask: Any = None) -> ag.Tensor:
+        """Classifies sequences: the token states mean-pooled over non-padding tokens,
+        then the head -> logits ``(B, num_classes)``.
+        """
         h = self.encode(src, src_key_padding_mask)
         if src_key_padding_mask is None:
             pooled = h.mean(1)  # (B, d)
@@ -119,6 +125,9 @@ class Seq2SeqTransformer(nn.Module):
         self.generator = nn.Linear(c.d_model, tgt_vocab)
 
     def encode(self, src: ag.Tensor, src_key_padding_mask: Any = None) -> ag.Tensor:
+        """The encoder's memory: src ``(B, S)`` int, padding mask ``(B, S)`` bool (True for
+        padding) -> ``(B, S, d_model)``.
+        """
         x = _embed(self.src_embed, self.pos, src)
         for layer in self.encoder:
             x = layer(x, src_key_padding_mask=src_key_padding_mask)
@@ -131,6 +140,9 @@ class Seq2SeqTransformer(nn.Module):
         tgt_key_padding_mask: Any = None,
         memory_key_padding_mask: Any = None,
     ) -> ag.Tensor:
+        """The causal decoder over ``memory``: tgt ``(B, T)`` int, memory ``(B, S, d_model)``
+        -> logits ``(B, T, tgt_vocab_size)``.
+        """
         y = _embed(self.tgt_embed, self.pos, tgt)
         for layer in self.decoder:
             y = layer(
@@ -149,6 +161,7 @@ class Seq2SeqTransformer(nn.Module):
         src_key_padding_mask: Any = None,
         tgt_key_padding_mask: Any = None,
     ) -> ag.Tensor:
+        """``decode(tgt, encode(src))``: logits ``(B, T, tgt_vocab_size)``."""
         memory = self.encode(src, src_key_padding_mask)
         return self.decode(tgt, memory, tgt_key_padding_mask, src_key_padding_mask)
 

@@ -61,10 +61,19 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ViTConfig:
+        """A config from an HF ``config.json`` dict; unknown keys are ignored.
+
+        >>> ViTConfig.from_dict({"image_size": 32, "patch_size": 8, "model_type": "vit"}).patch_size
+        8
+        """
         return config_from_dict(cls, values)
 
 
 class PatchEmbeddings(nn.Module):
+    """Cuts the image into ``patch_size`` squares and projects each with a strided convolution
+    (HF's ``patch_embeddings.projection``).
+    """
+
     def __init__(self, c: ViTConfig) -> None:
         super().__init__()
         if c.image_size % c.patch_size:
@@ -75,11 +84,14 @@ class PatchEmbeddings(nn.Module):
         self.projection = nn.Conv2d(c.num_channels, c.hidden_size, c.patch_size, stride=c.patch_size)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """``(B, num_channels, image_size, image_size)`` -> ``(B, num_patches, hidden_size)``."""
         x = self.projection(x)  # (B, H, h, w)
         return ag.swapaxes(ag.flatten(x, 2, -1), 1, 2)  # (B, N, H)
 
 
 class ViTEmbeddings(nn.Module):
+    """Patch embeddings with the class token prepended, plus learned position embeddings, then dropout."""
+
     def __init__(self, c: ViTConfig) -> None:
         super().__init__()
         self.patch_embeddings = PatchEmbeddings(c)
@@ -92,6 +104,7 @@ class ViTEmbeddings(nn.Module):
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
     def forward(self, pixel_values: ag.Tensor) -> ag.Tensor:
+        """``(B, num_channels, image_size, image_size)`` -> ``(B, num_patches + 1, hidden_size)``."""
         x = self.patch_embeddings(pixel_values)  # (B, N, H)
         B, _, H = x.shape
         cls = ag.broadcast_to(self.cls_token, (B, 1, H))  # (B, 1, H)
@@ -100,16 +113,23 @@ class ViTEmbeddings(nn.Module):
 
 
 class ViTSelfOutput(nn.Module):
+    """``dropout(dense(x))`` after attention (HF's ``attention.output``; the residual is added in
+    :class:`ViTLayer`).
+    """
+
     def __init__(self, cin: int, cout: int, dropout: float) -> None:
         super().__init__()
         self.dense = nn.Linear(cin, cout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """``dropout(dense(x))``: ``(*, cin) -> (*, cout)``."""
         return self.dropout(self.dense(x))
 
 
 class ViTAttention(nn.Module):
+    """Self-attention (no mask) and its output projection (HF's ``attention``)."""
+
     def __init__(self, c: ViTConfig) -> None:
         super().__init__()
         self.attention = BertSelfAttention(
@@ -118,6 +138,7 @@ class ViTAttention(nn.Module):
         self.output = ViTSelfOutput(c.hidden_size, c.hidden_size, c.hidden_dropout_prob)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """``(B, N, H)`` -> ``(B, N, H)``."""
         return self.output(self.attention(x))
 
 
@@ -133,16 +154,20 @@ class ViTLayer(nn.Module):
         self.layernorm_after = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """One pre-norm layer with both residuals: ``(B, N, H)`` -> ``(B, N, H)``."""
         x = x + self.attention(self.layernorm_before(x))
         return x + self.output(self.intermediate(self.layernorm_after(x)))
 
 
 class ViTEncoder(nn.Module):
+    """The stack of ``num_hidden_layers`` :class:`ViTLayer` (HF's ``encoder.layer.<i>``)."""
+
     def __init__(self, c: ViTConfig) -> None:
         super().__init__()
         self.layer = nn.ModuleList(ViTLayer(c) for _ in range(c.num_hidden_layers))
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Runs every layer in turn: ``(B, N, H)`` -> ``(B, N, H)``."""
         for layer in self.layer:
             x = layer(x)
         return x
@@ -169,5 +194,8 @@ class ViT(nn.Module):
         return self.layernorm(self.encoder(self.embeddings(pixel_values)))
 
     def forward(self, pixel_values: ag.Tensor) -> ag.Tensor:
+        """Logits ``(B, num_labels)`` from the class token with a classifier head; without one, the
+        final hidden states ``(B, N + 1, hidden_size)``.
+        """
         h = self.hidden_states(pixel_values)
         return h if self.classifier is None else self.classifier(h[:, 0])
