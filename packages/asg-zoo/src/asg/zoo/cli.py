@@ -182,15 +182,17 @@ def _train_images(args: argparse.Namespace) -> float:
     nn.init.manual_seed(args.seed)
     model = build_model(args.model, config)
     opt = nn.optim.Adam(model.parameters(), lr=args.lr)
+    sched = nn.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1))  # decays to 0 at the last epoch
     manager = nn.CheckpointManager(args.out, max_to_keep=2)
     start = 0
     if args.resume and manager.latest() is not None:
-        start = int(manager.restore(model, opt)["step"])
+        try:
+            start = int(manager.restore(model, opt, sched)["step"])
+        except ValueError as err:  # a checkpoint written without a schedule: keep the fresh one
+            if "no scheduler state" not in str(err):
+                raise
+            start = int(manager.restore(model, opt)["step"])
         print(f"resumed from {manager.path(manager.latest())} after epoch {start}")
-    # The schedule of this run's --epochs, at epoch `start` (decays to 0 at the last epoch): a resumed run
-    # gets the learning rates of an uninterrupted one, whatever --epochs the first part was given.
-    opt.param_groups[0].setdefault("initial_lr", opt.param_groups[0]["lr"])
-    sched = nn.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1), last_epoch=start - 1)
     n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
     print(
         f"{args.model} on {args.dataset}: {len(ds['y_train'])} training and {len(ds['y_test'])} test images "
@@ -202,7 +204,6 @@ def _train_images(args: argparse.Namespace) -> float:
         shuffle=True,
         seed=args.seed,
     )
-    loader.set_epoch(start)  # a resumed run continues the shuffle order of an uninterrupted one
     test_batches = [
         (ds["x_test"][i : i + 500], ds["y_test"][i : i + 500]) for i in range(0, len(ds["y_test"]), 500)
     ]
@@ -277,12 +278,12 @@ def _train_gpt(args: argparse.Namespace) -> float:
     T = config.block_size
     inputs = [ag.input("idx", ("B", T), "int64"), ag.input("targets", ("B", T), "int64")]
     step = nn.compile_train_step(model, lm_loss, opt, inputs, clip_grad_norm=1.0, backend=args.backend)
+    rng = np.random.default_rng(args.seed + start)
     show = sys.stderr.isatty() if args.progress is None else args.progress
     bar = tqdm(range(start, args.steps), desc="train", disable=not show, initial=start, total=args.steps)
     began, loss = time.perf_counter(), float("nan")
     for i in bar:
-        # each step's batch from (seed, step): a resumed run draws the batches of an uninterrupted one
-        x, y = data.random_blocks(train_ids, T, args.batch_size, rng=np.random.default_rng((args.seed, i)))
+        x, y = data.random_blocks(train_ids, T, args.batch_size, rng=rng)
         loss = step(x, y)
         if show:
             rate = (i + 1 - start) * args.batch_size * T / (time.perf_counter() - began)
