@@ -1,0 +1,205 @@
+"""Fused attention on asg-gpu's wgpu backend (forward and backward kernels) vs PyTorch SDPA on CUDA.
+
+Run on the lent GPU machine (see ../shared/device/README.md)::
+
+    source .gl/preamble.sh; PYTHONPATH=packages/asg-core/src:packages/asg-gpu/src:$PYTHONPATH \\
+        python3 benchmarks/gpu_attention.py
+
+and on lavapipe (CPU) with ``--small``. Each wgpu kernel (``attention``, and the backward's
+``attention_lse``, ``attention_grad_q/k/v``) is the backend's own lowering for the shape
+(:func:`asg.gpu.kernels.attention.attention_wgsl`), dispatched ``--reps`` times back to back in one
+compute pass and timed by timestamp queries; its output is checked against asg-core's numpy kernel.
+The backward's ``delta = sum(dout * out, -1)`` (ordinary ops, memory-bound) is not timed. PyTorch
+runs ``scaled_dot_product_attention`` forward, and forward plus backward, in float32 (and float16 for
+reference) timed with CUDA events; without CUDA its columns say "-".
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
+
+import asg.core as ag
+from asg.core.tensor import apply
+from asg.gpu.backend import WgpuBackend
+from asg.gpu.kernels.attention import ROLES, Shapes, attention_wgsl
+
+GRADS = ("attention_grad_q", "attention_grad_k", "attention_grad_v")
+
+
+def numpy_results(arrays: dict[str, np.ndarray], causal: bool, scale: float) -> dict[str, np.ndarray]:
+    """Every kernel's output (and lse, delta) from asg-core's numpy kernels."""
+    xs = {n: ag.input(n, a.shape) for n, a in arrays.items()}
+    q, k, v, g = (xs[n] for n in "qkvg")
+    attrs = dict(causal=causal, scale=scale)
+    out = apply("attention", q, k, v, **attrs)
+    lse = apply("attention_lse", q, k, v, **attrs)
+    delta = (g * out).sum(-1)
+    grads = [apply(name, q, k, v, g, lse, delta, **attrs) for name in GRADS]
+    f = ag.compile([out, lse, delta, *grads], inputs=list(xs.values()), backend="numpy")
+    values = f(*arrays.values())
+    return dict(zip(("attention", "lse", "delta", *GRADS), values, strict=True))
+
+
+def wgpu_times(
+    backend: WgpuBackend, sh: Shapes, causal: bool, scale: float, reps: int, seed: int = 0
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(seconds per dispatch, max abs error against numpy) of each attention kernel at ``sh``."""
+    import wgpu
+
+    dev = backend.device()
+    rng = np.random.default_rng(seed)
+    lead = sh.batch
+    arrays = {
+        "q": rng.standard_normal((*lead, sh.L, sh.E)).astype(np.float32),
+        "k": rng.standard_normal((*lead, sh.S, sh.E)).astype(np.float32),
+        "v": rng.standard_normal((*lead, sh.S, sh.Ev)).astype(np.float32),
+        "g": rng.standard_normal((*lead, sh.L, sh.Ev)).astype(np.float32),
+    }
+    want = numpy_results(arrays, causal, scale)
+    host = {**arrays, "lse": want["lse"].astype(np.float32), "delta": want["delta"].astype(np.float32)}
+    bufs = {}
+    for name, a in host.items():
+        bufs[name] = dev.create_buffer(a.nbytes)
+        dev.write(bufs[name], a)
+    qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2)
+    qbuf = dev.device.create_buffer(
+        size=256, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
+    )
+    seconds, errors = {}, {}
+    for op in ROLES:
+        wgsl, names, grid = attention_wgsl(op, sh, causal, scale)
+        expected = want["lse" if op == "attention_lse" else op]
+        out = dev.create_buffer(expected.size * 4)
+        windows = [(bufs[n], 0, host[n].nbytes) if n != "out" else (out, 0, expected.size * 4) for n in names]
+        pipe = dev.pipeline(wgsl, len(names))
+        bg = dev.bind_group(len(names), windows)
+
+        def run(count: int, pipe=pipe, bg=bg, grid=grid) -> float:
+            enc = dev.device.create_command_encoder()
+            writes = {"query_set": qs, "beginning_of_pass_write_index": 0, "end_of_pass_write_index": 1}
+            cpass = enc.begin_compute_pass(timestamp_writes=writes)
+            cpass.set_pipeline(pipe)
+            cpass.set_bind_group(0, bg)
+            for _ in range(count):
+                cpass.dispatch_workgroups(*grid)
+            cpass.end()
+            enc.resolve_query_set(qs, 0, 2, qbuf, 0)
+            dev.queue.submit([enc.finish()])
+            t = np.frombuffer(dev.read(qbuf, 16), np.uint64)
+            return float(int(t[1]) - int(t[0])) * 1e-9
+
+        run(1)  # JIT / warm-up
+        seconds[op] = run(reps) / reps
+        got = np.frombuffer(dev.read(out, expected.size * 4), np.float32).reshape(expected.shape)
+        finite = np.isfinite(expected)
+        errors[op] = float(np.abs(got[finite] - expected[finite]).max()) if finite.any() else 0.0
+        out.destroy()
+    for buf in bufs.values():
+        buf.destroy()
+    return seconds, errors
+
+
+def torch_times(sh: Shapes, causal: bool, reps: int, dtype: str) -> tuple[float, float] | None:
+    """(forward, forward + backward) seconds of torch SDPA on CUDA in ``dtype``, or None without CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dt = getattr(torch, dtype)
+    q, k, v = (
+        torch.randn(*sh.batch, n, e, device="cuda", dtype=dt, requires_grad=True)
+        for n, e in ((sh.L, sh.E), (sh.S, sh.E), (sh.S, sh.Ev))
+    )
+    g = torch.randn(*sh.batch, sh.L, sh.Ev, device="cuda", dtype=dt)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def timed(step) -> float:
+        for _ in range(3):
+            step()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(reps):
+            step()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) * 1e-3 / reps
+
+    def forward() -> None:
+        with torch.no_grad():
+            sdpa(q, k, v, is_causal=causal)
+
+    def both() -> None:
+        torch.autograd.grad(sdpa(q, k, v, is_causal=causal), (q, k, v), g)
+
+    return timed(forward), timed(both)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="B=2, H=2, T=64, E=32: a quick run on lavapipe")
+    parser.add_argument("--shape", type=int, nargs=4, metavar=("B", "H", "T", "E"), default=(32, 8, 256, 64))
+    parser.add_argument("--reps", type=int, default=20)
+    args = parser.parse_args()
+    b, h, t, e = (2, 2, 64, 32) if args.small else args.shape
+    reps = 2 if args.small else args.reps
+    backend = WgpuBackend()
+    dev = backend.device()
+    print(f"adapter: {dev.summary}; B={b} H={h} T={t} E={e}, float32, {reps} reps")
+    sh = Shapes((b, h), t, t, e, e, None)
+    scale = 1.0 / math.sqrt(e)
+    flops_fwd = 4.0 * b * h * t * t * e  # q k^T and P v
+    rows = []
+    for causal in (False, True):
+        start = time.perf_counter()
+        secs, errs = wgpu_times(backend, sh, causal, scale, reps)
+        wall = time.perf_counter() - start
+        ref32 = torch_times(sh, causal, reps, "float32")
+        ref16 = torch_times(sh, causal, reps, "float16")
+        rows.append((causal, secs, errs, ref32, ref16, wall))
+    ms = lambda s: f"{s * 1e3:.3f}" if s is not None else "-"  # noqa: E731
+    print(
+        f"{'causal':>6} {'kernel':>18} {'wgpu ms':>9} {'TFLOP/s':>8} {'max err':>8}"
+        f" | {'torch fp32 ms (fwd, fwd+bwd)':>28} {'torch fp16 ms':>16}"
+    )
+    for causal, secs, errs, ref32, ref16, wall in rows:
+        work = {
+            "attention": 2,
+            "attention_lse": 1,
+            "attention_grad_q": 3,
+            "attention_grad_k": 3,
+            "attention_grad_v": 2,
+        }
+        frac = 0.5 if causal else 1.0
+        for op in ROLES:
+            tf = work[op] * flops_fwd / 2 * frac / secs[op] / 1e12
+            print(f"{causal!s:>6} {op:>18} {ms(secs[op]):>9} {tf:>8.3g} {errs[op]:>8.1e} |")
+        fwd = secs["attention"]
+        bwd = sum(secs[op] for op in ("attention_lse", *GRADS))
+        t32 = f"{ms(ref32[0])}, {ms(ref32[1])}" if ref32 else "-"
+        t16 = f"{ms(ref16[0])}, {ms(ref16[1])}" if ref16 else "-"
+        print(f"{causal!s:>6} {'forward':>18} {ms(fwd):>9} {'':>8} {'':>8} | {t32:>28} {t16:>16}")
+        ratio = (
+            f" (torch fp32 / wgpu: fwd {ref32[0] / fwd:.2f}, fwd+bwd {ref32[1] / (fwd + bwd):.2f})"
+            if ref32
+            else ""
+        )
+        print(
+            f"{causal!s:>6} {'forward+backward':>18} {ms(fwd + bwd):>9}{ratio}  [wall incl. JIT {wall:.1f}s]"
+        )
+
+
+if __name__ == "__main__":
+    main()
