@@ -4,7 +4,9 @@ One :class:`GpuDevice` per process (:func:`get_device`). The adapter is chosen b
 argument or the ``ASG_WGPU_ADAPTER`` environment variable (a case-insensitive substring of the
 adapter's summary, e.g. ``"llvmpipe"`` or ``"NVIDIA"``), else wgpu's high-performance choice. An
 OpenGL adapter is refused unless named explicitly: it lacks f16 and subgroups, and on a machine
-without Vulkan it is what wgpu silently falls back to.
+without Vulkan it is what wgpu silently falls back to. ``NAME#K`` picks the K-th (from 0) of
+:func:`adapter_candidates` ``(NAME)``: two identical GPUs have the same summary, so one process per GPU
+(a data-parallel rank) picks its own by index, e.g. ``ASG_WGPU_ADAPTER=NVIDIA#1`` or ``#1``.
 """
 
 from __future__ import annotations
@@ -56,18 +58,42 @@ def list_adapters() -> list[str]:
         return []
 
 
+def _candidates(adapters: list[Any], pattern: str) -> list[Any]:
+    if pattern:  # the adapters whose summary contains it; OpenGL ones only when no other matches
+        matches = [a for a in adapters if pattern.lower() in a.summary.lower()]
+        return [a for a in matches if a.info.get("backend_type") != "OpenGL"] or matches
+    usable = [a for a in adapters if a.info.get("backend_type") != "OpenGL"]
+    return sorted(usable, key=lambda a: a.info.get("adapter_type") == "CPU")  # GPUs first
+
+
+def adapter_candidates(name: str | None = None) -> list[str]:
+    """Summaries of the adapters ``NAME#K`` indexes, in order (``name``: NAME; empty: all but OpenGL, GPUs first).
+
+    >>> n = len(adapter_candidates())  # local rank r of a data-parallel job takes f"#{r % n}"
+    """
+    return [a.summary for a in _candidates(list(_wgpu().gpu.enumerate_adapters_sync()), name or "")]
+
+
 def _choose_adapter(name: str | None) -> Any:
     wgpu = _wgpu()
     adapters = list(wgpu.gpu.enumerate_adapters_sync())
+    pattern, by_index, index = (name or "").partition("#")
+    if by_index:
+        found = _candidates(adapters, pattern)
+        if not index.isdigit() or int(index) >= len(found):
+            raise NoAdapterError(
+                f"adapter {name!r} (from the adapter argument or ASG_WGPU_ADAPTER): #K must be 0 to "
+                f"{len(found) - 1} of the adapters {[a.summary for a in found]}"
+            )
+        return found[int(index)]
     if name:
-        matches = [a for a in adapters if name.lower() in a.summary.lower()]
+        matches = _candidates(adapters, name)
         if not matches:
             raise NoAdapterError(
                 f"no WebGPU adapter matches {name!r} (from the adapter argument or ASG_WGPU_ADAPTER); "
                 f"adapters found: {[a.summary for a in adapters] or 'none'}"
             )
-        vulkan_first = sorted(matches, key=lambda a: a.info.get("backend_type") == "OpenGL")
-        return vulkan_first[0]
+        return matches[0]
     usable = [a for a in adapters if a.info.get("backend_type") != "OpenGL"]
     if not usable:
         raise NoAdapterError(
@@ -268,7 +294,7 @@ def get_device(adapter: str | None = None) -> GpuDevice:
     with _DEVICE_LOCK:
         if _DEVICE is None:
             _DEVICE = GpuDevice(adapter)
-        elif adapter and adapter.lower() not in _DEVICE.summary.lower():
+        elif adapter and adapter.partition("#")[0].lower() not in _DEVICE.summary.lower():
             raise ValueError(
                 f"the wgpu device of this process is {_DEVICE.summary!r}; it cannot switch to {adapter!r} "
                 "(set ASG_WGPU_ADAPTER before the first GPU call)"
