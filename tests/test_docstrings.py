@@ -7,11 +7,15 @@ classmethods, staticmethods and properties, overrides included. An override's do
 inherited here (``obj.__doc__``, not ``inspect.getdoc``): it says what this class does differently,
 e.g. "Applies the linear map: (*, in) -> (*, out)." The docs build checks only ``__all__`` names
 (docs/hooks.py); this checks the methods the reference pages list under each class too.
+
+The docstrings' examples (``>>>``) of those modules run here as doctests, so the reference shows only
+examples that work.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import importlib
 import inspect
 import pkgutil
@@ -20,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +154,29 @@ def test_every_public_member_has_a_docstring(package: str) -> None:
             pytest.skip(f"asg.{package} needs {err.name}")
         raise
     missing = sorted(set(_undocumented(package)))
-    assert not missing, f"{len(missing)} public members of asg.{package} have no docstring:\n" + "\n".join(missing)
+    assert not missing, f"{len(missing)} public members of asg.{package} have no docstring:\n" + "\n".join(
+        missing
+    )
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_docstring_examples_run(package: str) -> None:
+    try:
+        importlib.import_module(f"asg.{package}")
+    except ImportError as err:
+        if package in OPTIONAL and not (getattr(err, "name", None) or "").startswith("asg"):
+            pytest.skip(f"asg.{package} needs {err.name}")
+        raise
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    failed = []
+    for modname in _public_modules(package):
+        module = _import(modname, package)
+        if module is None or _pending(getattr(module, "__file__", None)):
+            continue
+        result = doctest.testmod(module, extraglobs={"np": np}, optionflags=flags, report=False)
+        if result.failed:
+            failed.append(f"{modname}: {result.failed} of {result.attempted} examples failed")
+    assert not failed, "\n".join(failed) + "\n(run python -m doctest -v on the module to see them)"
 
 
 def test_pending_files_exist() -> None:
