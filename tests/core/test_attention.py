@@ -120,11 +120,25 @@ def test_blocks_over_rows_and_heads_give_the_unblocked_result(
     whole = run()
     monkeypatch.setattr(attention_module, "_BLOCK_ELEMENTS", budget)
     blocks = list(attention_module._Blocks(*arrays, [mask], causal=True, scale=1.0))
-    assert {(ns.stop - ns.start, rs.stop - rs.start) for ns, rs in blocks} == sizes
+    assert {(ns.stop - ns.start, rs.stop - rs.start) for ns, rs, _ in blocks} == sizes
+    assert all(ks.stop == min(29, rs.stop + 29 - 37) for _, rs, ks in blocks)  # keys up to the diagonal
     blocked = run()
     for a, b in zip(whole, blocked, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(whole[0], attention_ref(*arrays, mask, causal=True), rtol=1e-12, atol=1e-12)
+
+
+def test_causal_blocks_skip_the_keys_above_the_diagonal_and_rows_with_none() -> None:
+    q, k, v = qkv((1,), 200, 150)  # L > S: the first 50 rows see no key
+    blocks = list(attention_module._Blocks(q, k, v, [], causal=True, scale=1.0))
+    assert [(rs.start, rs.stop, ks.stop) for _, rs, ks in blocks] == [
+        (0, 64, 14),
+        (64, 128, 78),
+        (128, 192, 142),
+        (192, 200, 150),
+    ]
+    blocks = list(attention_module._Blocks(k, q, q, [], causal=True, scale=1.0))  # L = 150 < S = 200
+    assert [ks.stop for _, _, ks in blocks] == [114, 178, 200]
 
 
 # ----------------------------------------------------------------------------- against PyTorch

@@ -20,7 +20,9 @@ A query row with no key left to attend gives output 0, log-sum-exp ``-inf`` and 
 (PyTorch's ``scaled_dot_product_attention`` gives NaN there).
 
 The numpy kernels compute float16 in float32 and work on blocks of query rows (and of the leading
-``(B, H)`` entries) whose scores fit in about 2**20 elements, each block one batched BLAS matmul.
+``(B, H)`` entries) whose scores fit in about 2**18 elements, each block one batched BLAS matmul;
+causal blocks have at most 64 rows and stop at their last row's diagonal, so about half the keys
+are skipped.
 The backward ops differentiate again through their formulas written with the Tensor API, so
 gradients of any order work.
 """
@@ -46,7 +48,8 @@ from .reduction import max as reduce_max
 from .reduction import sum as reduce_sum
 from .shape import ones, stop_gradient, swapaxes, unsqueeze
 
-_BLOCK_ELEMENTS = 1 << 20  # scores per numpy block: 4 MiB in float32
+_BLOCK_ELEMENTS = 1 << 18  # scores per numpy block: 1 MiB in float32
+_CAUSAL_ROWS = 64  # query rows per causal block: keys above the diagonal are skipped per block
 _GRAD_OPS = ("attention_grad_q", "attention_grad_k", "attention_grad_v")
 
 
@@ -153,8 +156,10 @@ def _grad_infer(which: str) -> Callable[..., TensorType]:
 class _Blocks:
     """q, k, v (and the mask) as ``(N, L, E)`` arrays in the compute dtype, walked in blocks.
 
-    Each block covers leading entries ``n0:n1`` and query rows ``r0:r1`` with about
-    ``_BLOCK_ELEMENTS`` scores."""
+    A block ``(ns, rs, ks)`` covers leading entries ``ns``, query rows ``rs`` and the keys ``ks``
+    those rows may reach (all of them; with ``causal``, up to the last row's diagonal), with
+    about ``_BLOCK_ELEMENTS`` scores. Causal attention takes blocks of at most ``_CAUSAL_ROWS``
+    rows, so the keys above the diagonal are mostly skipped."""
 
     def __init__(
         self,
@@ -168,7 +173,7 @@ class _Blocks:
         self.dtype = np.dtype(np.float32) if q.dtype == np.float16 else q.dtype
         self.lead = q.shape[:-2]
         self.L, self.S = q.shape[-2], k.shape[-2]
-        self.q, self.k, self.v = (self._rows(a) for a in (q, k, v))
+        self.q, self.k, self.v = (self.rows_of(a) for a in (q, k, v))
         self.N = self.q.shape[0]
         self.causal, self.scale = causal, scale
         self.mask = None
@@ -176,61 +181,63 @@ class _Blocks:
             full = np.broadcast_to(mask[0], (*self.lead, self.L, self.S))  # a view: nothing is copied
             self.mask = full.reshape(1, self.L, self.S) if not self.lead else full
         rows = min(self.L, max(16, _BLOCK_ELEMENTS // max(self.S, 1)))
-        self.rows = max(rows, 1)
+        self.rows = max(1, min(rows, _CAUSAL_ROWS) if causal else rows)
         self.heads = max(1, min(self.N, _BLOCK_ELEMENTS // max(self.rows * self.S, 1)))
 
-    def _rows(self, a: np.ndarray) -> np.ndarray:
+    def rows_of(self, a: np.ndarray) -> np.ndarray:
+        """``(*, X, Y)`` as ``(N, X, Y)`` in the compute dtype (a view when nothing changes)."""
         return a.reshape(-1, *a.shape[-2:]).astype(self.dtype, copy=False)
 
     def flat(self, a: np.ndarray) -> np.ndarray:
         """A per-row input such as lse ``(*, L)`` as ``(N, L)`` in the compute dtype."""
         return a.reshape(self.N, self.L).astype(self.dtype, copy=False)
 
-    def __iter__(self) -> Iterator[tuple[slice, slice]]:
+    def __iter__(self) -> Iterator[tuple[slice, slice, slice]]:
         for n0 in range(0, self.N, self.heads):
             for r0 in range(0, self.L, self.rows):
-                yield slice(n0, min(n0 + self.heads, self.N)), slice(r0, min(r0 + self.rows, self.L))
+                r1 = min(r0 + self.rows, self.L)
+                reach = min(self.S, r1 + self.S - self.L) if self.causal else self.S
+                if reach > 0:  # else no row of the block has a key: output 0, lse -inf
+                    yield slice(n0, min(n0 + self.heads, self.N)), slice(r0, r1), slice(0, reach)
 
-    def allowed(self, ns: slice, rs: slice) -> np.ndarray | None:
-        """Bool ``(n, r, S)`` (or ``(r, S)``): which keys each query row of the block may attend."""
-        allowed = None
+    def blocked(self, ns: slice, rs: slice, ks: slice) -> np.ndarray | None:
+        """Bool ``(n, r, s)`` or ``(r, s)``: the keys of the block each query row may NOT attend."""
+        blocked = None
         if self.causal:
-            rows = np.arange(rs.start, rs.stop) + (self.S - self.L)
-            allowed = np.arange(self.S)[None, :] <= rows[:, None]
+            diagonal = np.arange(rs.start, rs.stop) + (self.S - self.L)
+            blocked = np.arange(ks.start, ks.stop)[None, :] > diagonal[:, None]
         if self.mask is not None:
-            lead = self.mask.shape[:-2]
-            index = np.unravel_index(np.arange(ns.start, ns.stop), lead)
-            block = self.mask[(*index, rs)]
-            allowed = block if allowed is None else block & allowed
-        return allowed
+            index = np.unravel_index(np.arange(ns.start, ns.stop), self.mask.shape[:-2])
+            masked = ~self.mask[(*index, rs, ks)]
+            blocked = masked if blocked is None else masked | blocked
+        return blocked
 
-    def scores(self, ns: slice, rs: slice) -> tuple[np.ndarray, np.ndarray | None]:
-        """``scale * q k^T`` of the block, ``-inf`` where masked, and the allowed mask."""
-        s = np.matmul(self.q[ns, rs], self.k[ns].transpose(0, 2, 1))
+    def scores(self, ns: slice, rs: slice, ks: slice) -> np.ndarray:
+        """``scale * q k^T`` of the block, ``-inf`` where masked."""
+        s = np.matmul(self.q[ns, rs], self.k[ns, ks].transpose(0, 2, 1))
         s *= self.scale
-        allowed = self.allowed(ns, rs)
-        if allowed is not None:
-            np.copyto(s, -np.inf, where=~np.broadcast_to(allowed, s.shape))
-        return s, allowed
+        blocked = self.blocked(ns, rs, ks)
+        if blocked is not None:
+            np.copyto(s, -np.inf, where=blocked)
+        return s
 
-    def probabilities(self, lse: np.ndarray, ns: slice, rs: slice) -> np.ndarray:
+    def probabilities(self, lse: np.ndarray, ns: slice, rs: slice, ks: slice) -> np.ndarray:
         """``P = exp(scores - lse)`` of the block (0 where masked, and in rows with no key)."""
-        s, _ = self.scores(ns, rs)
+        s = self.scores(ns, rs, ks)
         shift = lse[ns, rs, None]
         s -= np.where(shift == -np.inf, np.inf, shift)  # a row with no key: -inf - inf -> P = 0
         return np.exp(s, out=s)
 
-    def out(self, a: np.ndarray, like: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        return a.reshape(shape).astype(like.dtype, copy=False)
+
+def _in_dtype_of(a: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return a.reshape(like.shape[:-2] + a.shape[-2:]).astype(like.dtype, copy=False)
 
 
-def _forward(b: _Blocks, want_out: bool) -> tuple[np.ndarray, np.ndarray]:
+def _forward(b: _Blocks, want_out: bool) -> tuple[np.ndarray | None, np.ndarray]:
     out = np.zeros((b.N, b.L, b.v.shape[-1]), b.dtype) if want_out else None
     lse = np.full((b.N, b.L), -np.inf, b.dtype)
-    if b.S == 0:
-        return out, lse
-    for ns, rs in b:
-        s, _ = b.scores(ns, rs)
+    for ns, rs, ks in b:
+        s = b.scores(ns, rs, ks)
         m = s.max(axis=-1, keepdims=True)
         m[m == -np.inf] = 0.0  # a row with no key: exp(-inf - 0) = 0 below
         s -= m
@@ -239,7 +246,7 @@ def _forward(b: _Blocks, want_out: bool) -> tuple[np.ndarray, np.ndarray]:
         with np.errstate(divide="ignore"):
             lse[ns, rs] = m[..., 0] + np.log(total)
             if want_out:
-                o = np.matmul(p, b.v[ns])
+                o = np.matmul(p, b.v[ns, ks])
                 o *= np.where(total > 0, 1.0 / total, 0.0)[..., None]
                 out[ns, rs] = o
     return out, lse
@@ -248,17 +255,18 @@ def _forward(b: _Blocks, want_out: bool) -> tuple[np.ndarray, np.ndarray]:
 def _attention_kernel(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, *mask: np.ndarray, causal: bool, scale: float
 ) -> np.ndarray:
-    b = _Blocks(q, k, v, mask, causal, scale)
-    out, _ = _forward(b, want_out=True)
-    return b.out(out, q, (*q.shape[:-1], v.shape[-1]))
+    out, _ = _forward(_Blocks(q, k, v, mask, causal, scale), want_out=True)
+    return _in_dtype_of(out, q)
 
 
 def _lse_kernel(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, *mask: np.ndarray, causal: bool, scale: float
 ) -> np.ndarray:
-    b = _Blocks(q, k, v, mask, causal, scale)
-    _, lse = _forward(b, want_out=False)
+    _, lse = _forward(_Blocks(q, k, v, mask, causal, scale), want_out=False)
     return lse.reshape(q.shape[:-1]).astype(_lse_dtype(str(q.dtype)), copy=False)
+
+
+Block = tuple[slice, slice, slice, np.ndarray, np.ndarray | None]
 
 
 def _backward_blocks(
@@ -272,23 +280,22 @@ def _backward_blocks(
     causal: bool,
     scale: float,
     need_ds: bool,
-) -> tuple[_Blocks, np.ndarray, Iterator[tuple[slice, slice, np.ndarray, np.ndarray | None]]]:
-    """The blocks, dout as ``(N, L, Ev)`` and, per block, ``(ns, rs, P, dS)`` (``dS`` only when ``need_ds``)."""
+) -> tuple[_Blocks, np.ndarray, Iterator[Block]]:
+    """The blocks, dout as ``(N, L, Ev)`` and, per block, ``(ns, rs, ks, P, dS)`` (``dS`` only
+    when ``need_ds``)."""
     b = _Blocks(q, k, v, mask, causal, scale)
-    g = b._rows(dout)
+    g = b.rows_of(dout)
     lse_rows, delta_rows = b.flat(lse), b.flat(delta)
 
-    def walk() -> Iterator[tuple[slice, slice, np.ndarray, np.ndarray | None]]:
-        if b.S == 0:
-            return
-        for ns, rs in b:
-            p = b.probabilities(lse_rows, ns, rs)
+    def walk() -> Iterator[Block]:
+        for ns, rs, ks in b:
+            p = b.probabilities(lse_rows, ns, rs, ks)
             ds = None
             if need_ds:
-                ds = np.matmul(g[ns, rs], b.v[ns].transpose(0, 2, 1))  # dP = dout v^T
+                ds = np.matmul(g[ns, rs], b.v[ns, ks].transpose(0, 2, 1))  # dP = dout v^T
                 ds -= delta_rows[ns, rs, None]
                 ds *= p
-            yield ns, rs, p, ds
+            yield ns, rs, ks, p, ds
 
     return b, g, walk()
 
@@ -299,10 +306,10 @@ def _grad_q_kernel(
 ) -> np.ndarray:  # fmt: skip
     b, _, blocks = _backward_blocks(q, k, v, dout, lse, delta, mask, causal, scale, need_ds=True)
     dq = np.zeros(b.q.shape, b.dtype)
-    for ns, rs, _, ds in blocks:
-        dq[ns, rs] = np.matmul(ds, b.k[ns])
+    for ns, rs, ks, _, ds in blocks:
+        dq[ns, rs] = np.matmul(ds, b.k[ns, ks])
     dq *= scale
-    return b.out(dq, q, q.shape)
+    return _in_dtype_of(dq, q)
 
 
 def _grad_k_kernel(
@@ -311,10 +318,10 @@ def _grad_k_kernel(
 ) -> np.ndarray:  # fmt: skip
     b, _, blocks = _backward_blocks(q, k, v, dout, lse, delta, mask, causal, scale, need_ds=True)
     dk = np.zeros(b.k.shape, b.dtype)
-    for ns, rs, _, ds in blocks:
-        dk[ns] += np.matmul(ds.transpose(0, 2, 1), b.q[ns, rs])
+    for ns, rs, ks, _, ds in blocks:
+        dk[ns, ks] += np.matmul(ds.transpose(0, 2, 1), b.q[ns, rs])
     dk *= scale
-    return b.out(dk, k, k.shape)
+    return _in_dtype_of(dk, k)
 
 
 def _grad_v_kernel(
@@ -323,9 +330,9 @@ def _grad_v_kernel(
 ) -> np.ndarray:  # fmt: skip
     b, g, blocks = _backward_blocks(q, k, v, dout, lse, delta, mask, causal, scale, need_ds=False)
     dv = np.zeros(b.v.shape, b.dtype)
-    for ns, rs, p, _ in blocks:
-        dv[ns] += np.matmul(p.transpose(0, 2, 1), g[ns, rs])
-    return b.out(dv, v, v.shape)
+    for ns, rs, ks, p, _ in blocks:
+        dv[ns, ks] += np.matmul(p.transpose(0, 2, 1), g[ns, rs])
+    return _in_dtype_of(dv, v)
 
 
 # ============================================================================= the formulas, as Tensor ops
