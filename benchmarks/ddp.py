@@ -24,9 +24,12 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 
 if "--worker" in sys.argv:  # thread counts are fixed before numpy (and its BLAS) is imported
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -56,23 +59,23 @@ def build(name: str):  # type: ignore[no-untyped-def]
     return model, lm_loss, x, y
 
 
-def worker(name: str, steps: int, warmup: int) -> None:
+def measure(step: Any, batch: Sequence[np.ndarray], steps: int, warmup: int) -> dict[str, float]:
+    """Median seconds of a distributed step's parts, the slowest rank's; and its buckets' all-reduce alone.
+
+    ``step`` is an :class:`asg.nn.parallel.DistributedDataParallel`; every rank calls this together.
+    Keys: ``step``, ``forward_backward``, ``allreduce``, ``update``, ``allreduce_alone`` (median) and
+    ``allreduce_alone_min``.
+    """
     from mpi4py import MPI
 
-    from asg import nn
-    from asg.nn import parallel
-
-    comm = MPI.COMM_WORLD
-    model, loss_fn, x, y = build(name)
-    opt = nn.optim.Adam(model.parameters(), lr=1e-3)
-    step = parallel.compile_distributed_train_step(model, loss_fn, opt)
+    comm = step.comm
     for _ in range(warmup):
-        step(x, y)
+        step(*batch)
     parts: dict[str, list[float]] = {"step": [], "forward_backward": [], "allreduce": [], "update": []}
     for _ in range(steps):
         comm.Barrier()
         start = time.perf_counter()
-        step(x, y)
+        step(*batch)
         parts["step"].append(time.perf_counter() - start)
         for k, v in step.timings.items():
             parts[k].append(v)
@@ -91,24 +94,91 @@ def worker(name: str, steps: int, warmup: int) -> None:
     keys = sorted(medians)
     values = np.array([medians[k] for k in keys])
     comm.Allreduce(MPI.IN_PLACE, values, op=MPI.MAX)  # numpy buffers: no pickling
-    worst = dict(zip(keys, values.tolist(), strict=True))
+    return dict(zip(keys, values.tolist(), strict=True))
+
+
+def report(row: dict[str, Any]) -> None:
+    """Print ``row`` as the ``RESULT {json}`` line that :func:`launch` reads back."""
+    print("RESULT " + json.dumps(row), flush=True)
+
+
+def run_until(
+    cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None
+) -> tuple[int | None, str, str]:
+    """Run ``cmd`` in a session of its own: ``(exit code, stdout, stderr)``; the code is None after ``timeout``.
+
+    On timeout the session gets SIGTERM (mpirun passes it to its ranks), then SIGKILL 15 s later, so no
+    rank is left holding a GPU.
+    """
+    proc = subprocess.Popen(
+        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err
+    except subprocess.TimeoutExpired:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                out, err = proc.communicate(timeout=15)
+                break
+            except subprocess.TimeoutExpired:
+                out, err = "", ""
+        return None, out or "", err or ""
+
+
+def launch(
+    ranks: int,
+    argv: Sequence[str],
+    timeout: float,
+    what: str,
+    env: dict[str, str] | None = None,
+    bind: bool = True,
+) -> dict[str, Any]:
+    """Run ``argv`` under ``mpirun -n ranks``; the first ``RESULT`` line's dict, or exit naming ``what``.
+
+    ``bind=False`` asks Open MPI not to pin each rank to one core (GPU ranks have driver threads).
+    """
+    from asg.nn import parallel
+
+    cmd = parallel.mpirun_command(ranks, list(argv))
+    if not bind and "--oversubscribe" in cmd:  # Open MPI (mpirun_command adds that flag for it)
+        cmd[3:3] = ["--bind-to", "none"]
+    code, out, err = run_until(cmd, timeout, env)
+    lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+    if code != 0 or not lines:
+        how = f"no result after {timeout:.0f} s (killed)" if code is None else f"exit {code}"
+        sys.exit(f"{what} on {ranks} ranks failed ({how}; {' '.join(cmd)}):\n{out[-4000:]}\n{err[-8000:]}")
+    return json.loads(lines[0][len("RESULT ") :])
+
+
+def worker(name: str, steps: int, warmup: int) -> None:
+    from mpi4py import MPI
+
+    from asg import nn
+    from asg.nn import parallel
+
+    comm = MPI.COMM_WORLD
+    model, loss_fn, x, y = build(name)
+    opt = nn.optim.Adam(model.parameters(), lr=1e-3)
+    step = parallel.compile_distributed_train_step(model, loss_fn, opt)
+    worst = measure(step, (x, y), steps, warmup)
     if comm.Get_rank() == 0:
         n_params = sum(int(np.prod(p.shape)) for p in opt.params)
         grad_bytes = sum(b.nbytes for b in step.buckets)
-        print(
-            "RESULT "
-            + json.dumps(
-                {
-                    "model": name,
-                    "ranks": comm.Get_size(),
-                    "batch": MODELS[name],
-                    "params": n_params,
-                    "grad_mb": grad_bytes / 2**20,
-                    "buckets": len(step.buckets),
-                    **worst,
-                }
-            ),
-            flush=True,
+        report(
+            {
+                "model": name,
+                "ranks": comm.Get_size(),
+                "batch": MODELS[name],
+                "params": n_params,
+                "grad_mb": grad_bytes / 2**20,
+                "buckets": len(step.buckets),
+                **worst,
+            }
         )
 
 
@@ -127,20 +197,12 @@ def main() -> None:
         worker(args.model, args.steps, args.warmup)
         return
 
-    from asg.nn import parallel
-
     rows = []
     for name in args.only.split(","):
         for ranks in [int(r) for r in args.ranks.split(",")]:
             argv = [sys.executable, os.path.abspath(__file__), "--worker", "--model", name]
             argv += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-            done = subprocess.run(
-                parallel.mpirun_command(ranks, argv), capture_output=True, text=True, timeout=900
-            )
-            lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-            if done.returncode != 0 or not lines:
-                sys.exit(f"{name} on {ranks} ranks failed:\n{done.stdout}\n{done.stderr}")
-            rows.append(json.loads(lines[0][len("RESULT ") :]))
+            rows.append(launch(ranks, argv, 900, name))
     print(f"# {platform.node()}: {os.cpu_count()} cores, one BLAS thread per rank, per-rank batch fixed")
     head = (
         f"{'model':6} {'params':>8} {'grad MB':>7} {'bkts':>4} {'ranks':>5} {'step ms':>8} {'samples/s':>9} "
