@@ -85,19 +85,10 @@ def time_asg(step, x: np.ndarray, y: np.ndarray, steps: int) -> tuple[float, lis
     return float(np.median(times)), losses
 
 
-def torch_step(
-    vocab: int, t: int, d: int, layers: int, h: int, batch: int, steps: int
-) -> tuple[float, float] | None:
-    try:
-        import torch
-        import torch.nn.functional as TF
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.manual_seed(0)
+def torch_gpt(vocab: int, t: int, d: int, layers: int, h: int):  # type: ignore[no-untyped-def]
+    """The same GPT as a ``torch.nn.Module`` (on the CPU, PyTorch's own initialisation); needs torch."""
+    import torch
+    import torch.nn.functional as TF
 
     class TBlock(torch.nn.Module):
         def __init__(s) -> None:
@@ -126,7 +117,24 @@ def torch_step(
                 x = blk(x)
             return (s.ln(x) @ s.tok.weight.T).flatten(0, 1)
 
-    m = TGPT().cuda()
+    return TGPT()
+
+
+def torch_step(
+    vocab: int, t: int, d: int, layers: int, h: int, batch: int, steps: int
+) -> tuple[float, float] | None:
+    try:
+        import torch
+        import torch.nn.functional as TF
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+
+    m = torch_gpt(vocab, t, d, layers, h).cuda()
     opt = torch.optim.AdamW(m.parameters(), lr=3e-4)
     x = torch.randint(0, vocab, (batch, t), device="cuda")
     y = torch.randint(0, vocab, (batch * t,), device="cuda")
