@@ -137,3 +137,37 @@ def test_training_graph_is_a_whole_training_step():
     assert second < first  # it trains
     with pytest.raises(ValueError, match="unknown model 'alexnet'"):
         training_graph("alexnet")
+
+
+def checkpoint_arrays(folder) -> dict:
+    from asg import nn
+
+    index = json.loads((folder / "checkpoints.json").read_text())
+    return nn.load_state_dict(folder / index["entries"][-1]["file"])
+
+
+def assert_same_arrays(a: dict, b: dict) -> None:
+    import numpy as np
+
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_resumed_training_sees_the_batches_of_an_uninterrupted_run(tmp_path, capsys):
+    # 2 epochs straight, and 1 epoch then --resume to 2: the same shuffle order and learning rates
+    args = ["train", "mlp", "--dataset", "digits", "--no-progress", "--batch-size", "256"]
+    run([*args, "--epochs", "2", "--out", str(tmp_path / "straight")])
+    run([*args, "--epochs", "1", "--out", str(tmp_path / "resumed")])
+    run([*args, "--epochs", "2", "--out", str(tmp_path / "resumed"), "--resume"])
+    assert "after epoch 1" in capsys.readouterr().out
+    assert_same_arrays(checkpoint_arrays(tmp_path / "straight"), checkpoint_arrays(tmp_path / "resumed"))
+
+
+def test_resumed_gpt_training_continues_the_batch_stream(tmp_path):
+    args = ["train", "gpt", "--dataset", "shakespeare", "--block-size", "8", "--batch-size", "2"]
+    args += ["--n-embd", "8", "--n-layer", "1", "--n-head", "2", "--max-new-tokens", "1", "--no-progress"]
+    run([*args, "--steps", "4", "--out", str(tmp_path / "straight")])
+    run([*args, "--steps", "2", "--out", str(tmp_path / "resumed")])
+    run([*args, "--steps", "4", "--out", str(tmp_path / "resumed"), "--resume"])
+    assert_same_arrays(checkpoint_arrays(tmp_path / "straight"), checkpoint_arrays(tmp_path / "resumed"))
