@@ -3,7 +3,8 @@
 Walks every public module (no path component starting with ``_``) of asg.core, asg.data, asg.nn,
 asg.gpu, asg.viz and asg.zoo, imports it, and checks every public name (not starting with ``_``) that
 is *defined in that package*: module-level functions and classes, and each class's own methods,
-classmethods, staticmethods and properties, overrides included. An override's docstring is not
+classmethods, staticmethods and properties, overrides included, plus the public members a class
+inherits from a private base of the package. An override's docstring is not
 inherited here (``obj.__doc__``, not ``inspect.getdoc``): it says what this class does differently,
 e.g. "Applies the linear map: (*, in) -> (*, out)." The docs build checks only ``__all__`` names
 (docs/hooks.py); this checks the methods the reference pages list under each class too.
@@ -128,10 +129,17 @@ def _undocumented(package: str) -> Iterator[str]:
         if not (doc and doc.strip()):
             yield qualname
         if isinstance(obj, type):
-            for name, member in _members(obj):
-                module = getattr(member, "__module__", None) or obj.__module__
-                if module.startswith(prefix) or isinstance(member, property):
-                    yield from visit(f"{qualname}.{name}", member)
+            # its own members, and the public members it inherits from private bases of the package
+            # (``_Loss.extra_repr`` is ``MSELoss.extra_repr`` to a user)
+            private = [
+                b for b in obj.__mro__[1:] if b.__name__.startswith("_") and b.__module__.startswith(prefix)
+            ]
+            for cls in (obj, *private):
+                for name, member in _members(cls):
+                    module = getattr(member, "__module__", None) or cls.__module__
+                    if module.startswith(prefix) or isinstance(member, property):
+                        where = "" if cls is obj else f" (from {cls.__name__})"
+                        yield from visit(f"{qualname}.{name}{where}", member)
 
     for modname in _public_modules(package):
         module = _import(modname, package)

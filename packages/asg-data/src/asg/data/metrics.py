@@ -623,6 +623,9 @@ class _PRF(ConfusionMatrix):
         super().__init__(labels=labels, num_classes=num_classes, threshold=threshold)
 
     def compute(self) -> float | np.ndarray:  # type: ignore[override]
+        """This class's score (precision, recall or F1) from the counted matrix, averaged as
+        ``average`` says (one per label with ``average=None``).
+        """
         cm, lab = self._matrix()
         name = f"{type(self).__name__}.compute"
         return _prf_from_cm(name, cm, lab, self._which, self.average, self.pos_label, 1.0, self.zero_division)
@@ -739,6 +742,7 @@ class _RegressionMetric(Metric):
         super().__init__()
 
     def reset(self) -> None:
+        """Forget every update."""
         self.n = 0
         self._ndim = 0
         self._outputs: int | None = None
@@ -750,6 +754,9 @@ class _RegressionMetric(Metric):
         self._err = _Moments()
 
     def update(self, y_true: Any, y_pred: Any) -> None:
+        """Accumulate the errors of one batch: ``y_true`` and ``y_pred`` of one shape, ``(N,)`` or ``(N,
+        outputs)``.
+        """
         name = f"{type(self).__name__}.update"
         ndim = np.ndim(y_true)
         t, p = _reg_inputs(name, y_true, y_pred)
@@ -776,6 +783,9 @@ class _RegressionMetric(Metric):
         raise NotImplementedError
 
     def compute(self) -> float | np.ndarray:
+        """The metric since the last reset: a float, or one per output with
+        ``multioutput="raw_values"``; ``ValueError`` before any update.
+        """
         if self.n == 0:
             raise self._empty()
         return _reduce(type(self).__name__, self._per_output(), self.multioutput, self._ndim)

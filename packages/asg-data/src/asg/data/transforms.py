@@ -116,6 +116,7 @@ class _ElementwiseTransform(Transform):
     """A transform that does not care about the batch axis: ``batch(xs)`` is ``self(xs)``."""
 
     def batch(self, xs: Any) -> Any:
+        """Applies the transform to the whole batch at once (it is elementwise)."""
         return self(xs)
 
 

@@ -325,6 +325,9 @@ class _BatchNorm(Module):
             self.running_mean = self.running_var = self.num_batches_tracked = None
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Normalises ``x`` ``(N, C, *)`` per channel: with the batch's statistics while training
+        (recording the running-statistics updates), with the running statistics in eval mode.
+        """
         x = ag.as_tensor(x)
         if x.ndim not in self._dims:
             raise ag.ShapeError(
@@ -349,6 +352,7 @@ class _BatchNorm(Module):
         return y
 
     def extra_repr(self) -> str:
+        """``num_features, eps=…, momentum=…, affine=…`` for ``repr``."""
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
 
 

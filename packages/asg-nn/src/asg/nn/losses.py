@@ -60,6 +60,7 @@ class _Loss(Module):
         self.reduction = reduction
 
     def extra_repr(self) -> str:
+        """``reduction=…`` for ``repr``."""
         return f"reduction={self.reduction!r}"
 
 

@@ -62,6 +62,9 @@ class _RNNBase(_RandomLayer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Re-draw every weight and bias from ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))`` (PyTorch's
+        init).
+        """
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():
             init.uniform_(p, -bound, bound)
@@ -75,6 +78,10 @@ class _RNNBase(_RandomLayer):
         raise NotImplementedError
 
     def forward(self, input: ag.Tensor, hx: Any = None) -> tuple[ag.Tensor, Any]:
+        """Runs the recurrence over ``input`` ``(T, N, input_size)`` (``(N, T, input_size)`` with
+        ``batch_first``, ``(T, input_size)`` unbatched), unrolled over the static ``T``; returns
+        ``(output, final state)`` as the class describes.
+        """
         x = ag.as_tensor(input)
         name = type(self).__name__
         where = f"{name} at {self.path or 'the root'}: input {x.node.label} {format_shape(x.shape)}"
@@ -125,6 +132,7 @@ class _RNNBase(_RandomLayer):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
+        """The sizes, ``num_layers``, ``batch_first`` and ``bidirectional`` for ``repr``."""
         return (
             f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
             f"batch_first={self.batch_first}, bidirectional={self.bidirectional}"
