@@ -250,3 +250,48 @@ def test_the_outputs_of_one_optimizer_op_come_from_one_kernel_call(kind, monkeyp
         calls.clear()
         for name in names:
             np.testing.assert_array_equal(state[name].numpy(), want[name], err_msg=name)
+
+
+def test_optimizer_updates_are_written_into_the_parameters_arrays_with_the_copying_path_s_values():
+    step, state, names = _optimizer_step("adam")
+    held = {k: v.numpy() for k, v in state.items()}  # the arrays users hold stay the parameters'
+    grad = np.random.default_rng(5).normal(size=(5, 4)).astype(np.float32)
+    source = step.plan_for(grad).source
+    assert "out=(p, exp_avg, exp_avg_sq, max_exp_avg_sq,)" in source  # written in place, no copy after
+    twin, twin_state, _ = _optimizer_step("adam")
+    for _ in range(3):
+        step(grad)  # the first call is the checked run, then the generated code writing in place
+        twin.profile(grad, update=True)  # step by step, each update copied into its parameter
+    for name in names:
+        assert state[name].numpy() is held[name]
+        np.testing.assert_array_equal(held[name], twin_state[name].numpy(), err_msg=name)
+
+
+def test_a_parameter_read_after_its_new_value_is_computed_is_not_written_in_place():
+    p = ag.parameter(np.ones(3, np.float32), name="p")
+    g = ag.input("g", (3,))
+    p_new = p - 0.5 * g
+    both = (p_new + p * 10.0).named("both")  # reads the old p after p_new's step
+    f = ag.compile(both, updates={p: p_new})
+    assert "out=" not in f.plan_for(np.ones(3, np.float32)).source
+    for _ in range(2):
+        out = f(np.ones(3, np.float32))
+    np.testing.assert_array_equal(out, [0.5 * 1 - 0.5 + 5.0] * 3)  # p was 0.5 before the second call
+    np.testing.assert_array_equal(p.numpy(), [0.0] * 3)
+
+
+def test_a_failure_after_an_in_place_update_names_the_node_and_says_what_was_written():
+    p = ag.parameter(np.ones(3, np.float32), name="p")
+    g = ag.input("g", (3,))
+    idx = ag.input("idx", (2,), "int64")
+    p_new = p - 0.5 * g
+    late = ag.index_select(p_new * 3.0, idx, 0).named("late")  # runs after p_new's step
+    f = ag.compile(late, inputs=[g, idx], updates={p: p_new})
+    assert "out=p)" in f.plan_for(np.ones(3, np.float32), np.array([0, 1])).source
+    f(np.ones(3, np.float32), np.array([0, 1]))  # the checked first run
+    with pytest.raises(ag.ExecutionError) as info:
+        f(np.ones(3, np.float32), np.array([0, 9]))
+    message = str(info.value)
+    assert "while executing late:f32[2] = index_select" in message
+    assert "the updates of p were already written in place" in message
+    np.testing.assert_array_equal(p.numpy(), [0.0] * 3)  # updated once per call that got that far

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExecutionError
-from ..graph import Node
+from ..graph import LEAF_OPS, Node
 from ..registry import ELEMENTWISE, Kernel, get_op
 from ..schedule import MemoryPlan, Schedule
 from ..storage import claim_all
@@ -63,9 +63,14 @@ class NumpyPlan:
         self._nodes: list[Node] = [step.node for step in schedule.steps]
         self._steps: list[_Call] = []
         self._expected: list[tuple[tuple[int, ...], np.dtype]] = []
-        for step, kernel, fn in zip(
-            schedule.steps, kernels, _shared_output_calls(schedule, kernels), strict=True
-        ):
+        fns, sets = _shared_output_calls(schedule, kernels)
+        # The fast path writes these steps' results into the parameters' arrays (no copy afterwards).
+        self._writes = _in_place_writes(schedule, sets)
+        written = {param.id for targets in self._writes.values() for param in targets if param is not None}
+        self._written = [param.id in written for param, _ in schedule.updates]
+        self._none_written = [False] * len(schedule.updates)
+        self._written_vars = [param.data for param, _ in schedule.updates if param.id in written]
+        for step, kernel, fn in zip(schedule.steps, kernels, fns, strict=True):
             if step.buffer is not None:
                 out = buffers[step.buffer]
                 if (
@@ -80,25 +85,60 @@ class NumpyPlan:
             self._steps.append((fn, args, slot[step.output], tuple(slot[i] for i in step.frees)))
             self._expected.append((step.shape, np.dtype(step.node.dtype)))
         self._checked = False
+        self._line_step: dict[int, int] = {}  # line of the generated code -> the step it runs
         self.source, namespace = self._generate_source()
-        exec(compile(self.source, f"<asg plan {id(self):x}>", "exec"), namespace)
+        self._filename = f"<asg plan {id(self):x}>"
+        exec(compile(self.source, self._filename, "exec"), namespace)
         self._fast = namespace["plan"]
+        self._first_write = min(self._writes, default=len(self._steps))
 
     # ------------------------------------------------------------------ running
     def __call__(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
         claim_all(self._variables, None)
         params = [var.value for var in self._variables]
-        if not self._checked:
+        if not self._checked or not self._targets_writable():
             results, values = self._run_interpreted(feeds, params, None)
             self._checked = True
-        else:
-            try:
-                with np.errstate(all="ignore"):
-                    results, values = self._fast(feeds, params)
-            except Exception:
-                # Run again step by step to name the node that failed.
-                results, values = self._run_interpreted(feeds, params, None)
-        return self._finish(results, values, update=True)
+            return self._finish(results, values, update=True)
+        try:
+            with np.errstate(all="ignore"):
+                results, values = self._fast(feeds, params)
+        except Exception as err:
+            index = self._failed_step(err)
+            if index > self._first_write:
+                # Parameters were already written in place: running again would start from them.
+                raise self._error(index, err, note=self._written_note(index)) from err
+            # Run again step by step to name the node that failed.
+            results, values = self._run_interpreted(feeds, params, None)
+            return self._finish(results, values, update=True)
+        return self._finish(results, values, update=True, written=self._written)
+
+    def _targets_writable(self) -> bool:
+        """The parameters written in place hold writeable arrays (a user may have assigned any array)."""
+        for var in self._written_vars:
+            value = var._value
+            if type(value) is not np.ndarray or not value.flags.writeable:
+                return False
+        return True
+
+    def _failed_step(self, err: BaseException) -> int:
+        """The step whose line of the generated code raised ``err`` (the number of steps if none did)."""
+        tb, line = err.__traceback__, None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == self._filename:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        return self._line_step.get(line, len(self._steps)) if line is not None else len(self._steps)
+
+    def _written_note(self, index: int) -> str:
+        names = [
+            p.label
+            for i, targets in sorted(self._writes.items())
+            if i < index
+            for p in targets
+            if p is not None
+        ]
+        return f"\n  the updates of {', '.join(names)} were already written in place by earlier steps"
 
     def run_traced(
         self, feeds: Sequence[np.ndarray], on_step: OnStep, update: bool = True
@@ -109,7 +149,11 @@ class NumpyPlan:
         self._checked = True
         return self._finish(results, values, update=update)
 
-    def _finish(self, results: list[Any], values: list[Any], update: bool) -> list[np.ndarray]:
+    def _finish(
+        self, results: list[Any], values: list[Any], update: bool, written: Sequence[bool] | None = None
+    ) -> list[np.ndarray]:
+        """The outputs, and the update values copied into the parameters (``written``: those the run
+        wrote in place already)."""
         # Values that may alias parameters (views, leaves) are copied before any parameter is written.
         out = [
             np.array(r) if copy else (np.asarray(r) if scalar else r)
@@ -117,8 +161,11 @@ class NumpyPlan:
         ]
         if update:
             values = [v.copy() if copy else v for v, copy in zip(values, self._update_copies, strict=True)]
-            for var, value in zip(self._update_vars, values, strict=True):
-                np.copyto(var._value, value, casting="same_kind")
+            for var, value, done in zip(
+                self._update_vars, values, written or self._none_written, strict=True
+            ):
+                if not done:
+                    np.copyto(var._value, value, casting="same_kind")
         return out
 
     def _run_interpreted(
@@ -165,14 +212,25 @@ class NumpyPlan:
             for s in frees:
                 env[s] = None
 
-    def _error(self, index: int, err: BaseException) -> ExecutionError:
+    def _error(self, index: int, err: BaseException, note: str = "") -> ExecutionError:
         node = self._nodes[index]
         where = f"\n  built at {node.meta['source']}" if node.meta.get("source") else ""
         return ExecutionError(
-            f"while executing {self.graph.format_node(node)}{where}\n  {type(err).__name__}: {err}"
+            f"while executing {self.graph.format_node(node)}{where}\n  {type(err).__name__}: {err}{note}"
         )
 
     # ------------------------------------------------------------------ generated code
+    def _out_arg(self, index: int, local: Mapping[int, str]) -> str:
+        """``, out=...`` naming the parameters a step writes in place (:func:`_in_place_writes`), or ""."""
+        targets = self._writes.get(index)
+        if targets is None:
+            return ""
+        slot = {n.id: i for i, n in enumerate(self.graph.nodes)}
+        names = [local[slot[p.id]] if p is not None else "None" for p in targets]
+        if self._nodes[index].op in SHARED_OUTPUT_OPS:
+            return f", out=({', '.join(names)},)"
+        return f", out={names[0]}"
+
     def _generate_source(self) -> tuple[str, dict[str, Any]]:
         """Python source for the whole plan (and the kernels it calls, by name): one line per kernel
         call, values in local variables.
@@ -208,7 +266,8 @@ class NumpyPlan:
             kname = _fresh(f"{node.op}_{index}" if node.op.isidentifier() else f"kernel_{index}", used)
             used.add(kname)
             namespace[kname] = fn
-            call = f"    {local[out]} = {kname}({', '.join(local[a] for a in args)})"
+            call = f"    {local[out]} = {kname}({', '.join(local[a] for a in args)}{self._out_arg(index, local)})"
+            self._line_step[len(lines) + 1] = index
             lines.append(f"{call}  # {self.graph.format_node(node)}")
             if frees:
                 lines.append("    del " + ", ".join(local[s] for s in frees))
@@ -223,13 +282,16 @@ class NumpyPlan:
 SHARED_OUTPUT_OPS = frozenset({"adam_update", "rmsprop_update", "sgd_update"})
 
 
-def _shared_output_calls(schedule: Schedule, kernels: Sequence[Kernel]) -> list[Any]:
+def _shared_output_calls(
+    schedule: Schedule, kernels: Sequence[Kernel]
+) -> tuple[list[Any], list[tuple[list[int], tuple[str, ...]]]]:
     """The function each step calls: its kernel's, except for the steps of a :data:`SHARED_OUTPUT_OPS`
     op with the same inputs and attributes but ``output``: the first computes them all (one call of the
     numpy kernel with every name), the others hand its values on (:func:`head_and_tails`).
 
     Only kernels that are the registry's numpy kernel with attributes bound are merged (a backend's own
-    lowering of the op is left alone).
+    lowering of the op is left alone). Returns the functions and every set: (its step indices, the
+    names of their outputs), one-step sets included (their kernels take ``out=`` too).
     """
     fns = [k.fn for k in kernels]
     sets: dict[tuple, list[int]] = {}
@@ -243,14 +305,90 @@ def _shared_output_calls(schedule: Schedule, kernels: Sequence[Kernel]) -> list[
         ):
             attrs = tuple(sorted((k, repr(v)) for k, v in fn.keywords.items() if k != "output"))
             sets.setdefault((op, step.inputs, fn.args, attrs), []).append(index)
+    found = []
     for indices in sets.values():
+        names = tuple(fns[i].keywords["output"] for i in indices)
+        found.append((indices, names))
         if len(indices) > 1:
             first = fns[indices[0]]
-            names = tuple(fns[i].keywords["output"] for i in indices)
             compute = functools.partial(first.func, *first.args, **{**first.keywords, "output": names})
             for index, fn in zip(indices, head_and_tails(compute, len(indices)), strict=True):
                 fns[index] = fn
-    return fns
+    return fns, found
+
+
+def _in_place_writes(
+    schedule: Schedule, sets: Sequence[tuple[list[int], tuple[str, ...]]]
+) -> dict[int, tuple[Node | None, ...]]:
+    """Step index -> the parameter nodes whose arrays the step may write its results into (one per
+    result; ``None``: a fresh array), so that the update needs no copy afterwards.
+
+    A parameter is written in place by the step computing its new value when nothing can see the old
+    value afterwards: the step reads the parameter node itself (as that input: the kernel reads each
+    element before writing it), no later step reads the variable or a view of it, and no output or other
+    update value is (a view of) it. Two kinds of step qualify: the head of an optimizer set
+    (:func:`_shared_output_calls`; each output into the input of the same name), and an elementwise
+    kernel with ``out=`` reading the parameter directly (``p - lr * g``'s subtraction).
+    """
+    from ..ops.optim import input_names
+
+    flags, steps = schedule.kernels, schedule.steps
+    root: dict[int, int] = {}
+    for n in schedule.graph.nodes:
+        is_view = n.op not in LEAF_OPS and flags[n.id].returns_view and n.inputs
+        root[n.id] = root[n.inputs[0].id] if is_view else n.id
+    by_id = {n.id: n for n in schedule.graph.nodes}
+
+    def var_of(node_id: int) -> int | None:
+        node = by_id[root[node_id]]
+        return id(node.data) if node.op == "parameter" else None
+
+    readers: dict[int, list[int]] = {}  # variable -> the steps reading it (or a view of it)
+    for step in steps:
+        for i in set(step.inputs):
+            var = var_of(i)
+            if var is not None:
+                readers.setdefault(var, []).append(step.index)
+    values = [value for _, value in schedule.updates]
+    pinned = {var_of(n.id) for n in schedule.outputs + values} - {None}
+    output_ids = {n.id for n in schedule.outputs}
+    target_of = {value.id: param for param, value in schedule.updates if values.count(value) == 1}
+    step_of = {step.output: step.index for step in steps}
+    set_of = {i: indices for indices, _ in sets for i in indices}
+
+    def writable(param: Node, value_id: int, at: int, own: Sequence[int], reads: Sequence[int]) -> bool:
+        var = id(param.data)
+        return (
+            var not in pinned
+            and value_id not in output_ids
+            and all(r < at or r in own for r in readers.get(var, ()))
+            and [k for k, i in enumerate(steps[at].inputs) if var_of(i) == var] == list(reads)
+            and all(steps[at].inputs[k] == param.id for k in reads)
+        )
+
+    writes: dict[int, tuple[Node | None, ...]] = {}
+    for indices, names in sets:
+        head = steps[indices[0]]
+        order = input_names(head.node.op, head.node.attrs)
+        targets = []
+        for index, name in zip(indices, names, strict=True):
+            param = target_of.get(steps[index].output)
+            ok = param is not None and writable(
+                param, steps[index].output, head.index, indices, [order.index(name)]
+            )
+            targets.append(param if ok else None)
+        if any(targets):
+            writes[head.index] = tuple(targets)
+    for value_id, param in target_of.items():
+        index = step_of.get(value_id)
+        if index is None or index in set_of or not (flags[value_id].out_arg and flags[value_id].in_place):
+            continue
+        if flags[value_id].returns_view or steps[index].buffer is not None:
+            continue
+        reads = [k for k, i in enumerate(steps[index].inputs) if i == param.id]
+        if reads and writable(param, value_id, index, [index], reads):
+            writes[index] = (param,)
+    return writes
 
 
 def head_and_tails(
@@ -268,8 +406,8 @@ def head_and_tails(
     """
     stash: list[Any] = [None] * count
 
-    def head(*arrays: np.ndarray) -> np.ndarray:
-        outs = compute(*arrays)
+    def head(*arrays: np.ndarray, **kwargs: Any) -> np.ndarray:
+        outs = compute(*arrays, **kwargs)
         stash[1:] = outs[1:]
         return outs[0]
 

@@ -6,7 +6,8 @@ computes a new value. Ops have one output, so each op carries an ``output`` attr
 the updated tensors it computes (``"param"``, ``"exp_avg"``, ...): an optimizer applies the same op,
 with the same inputs, once per updated tensor. A backend may compute all the outputs of one op and one
 set of inputs in a single kernel: the numpy kernels compute just what is asked, and given a tuple of
-names as ``output`` they return that tuple of values from one pass (the numpy backend calls them so).
+names as ``output`` they return that tuple of values from one pass (the numpy backend calls them so),
+written into ``out=`` arrays where given (the numpy backend passes the state's own arrays: in place).
 The formulas follow ``torch.optim``'s single-tensor implementations operation for operation, so
 float32 results agree with PyTorch's to rounding.
 
@@ -37,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,6 +84,36 @@ def _pick(got: dict[str, np.ndarray], output: str | tuple[str, ...]) -> Any:
     return got[output] if isinstance(output, str) else tuple(got[name] for name in output)
 
 
+def _targets(output: str | tuple[str, ...], out: Sequence[np.ndarray | None] | None) -> dict[str, Any]:
+    """Output name -> the array to write it into (``out``, aligned with the names), where one is given.
+
+    A target may be the input holding the old value (an update in place): every kernel reads an input
+    before it writes that input's output, elementwise.
+    """
+    if out is None:
+        return {}
+    names = (output,) if isinstance(output, str) else output
+    return {name: array for name, array in zip(names, out, strict=True) if array is not None}
+
+
+def _into(ufunc: np.ufunc, a: Any, b: Any, scratch: Any) -> Any:
+    """``ufunc(a, b)`` written over ``scratch`` (a temporary of the result's shape) when it is an array."""
+    return ufunc(a, b, out=scratch) if isinstance(scratch, np.ndarray) else ufunc(a, b)
+
+
+def input_names(op: str, attrs: Mapping[str, Any]) -> list[str]:
+    """The names of an optimizer op's inputs, in order, for its attributes.
+
+    >>> input_names("sgd_update", {"momentum": 0.9})
+    ['param', 'grad', 'momentum_buffer', 'step', 'lr']
+    """
+    if op == "sgd_update":
+        return _sgd_names(attrs["momentum"])
+    if op == "adam_update":
+        return _adam_names(attrs["amsgrad"])
+    return _rmsprop_names(attrs["momentum"], attrs["centered"])
+
+
 def _l2_grad(grad: np.ndarray, param: np.ndarray, maximize: bool, weight_decay: float) -> np.ndarray:
     """The gradient a torch.optim step uses: negated with ``maximize``, plus ``weight_decay * param`` (L2)."""
     if maximize:
@@ -116,18 +148,28 @@ def _sgd_kernel(
     weight_decay: float,
     maximize: bool,
     output: str | tuple[str, ...],
+    out: Sequence[np.ndarray | None] | None = None,
 ) -> Any:
     param, grad = arrays[0], arrays[1]
     lr = float(arrays[-1])
+    into = _targets(output, out)
     grad = _l2_grad(grad, param, maximize, weight_decay)
     got: dict[str, np.ndarray] = {}
     if momentum:
         buf, step = arrays[2], float(arrays[3])
-        buf = got["momentum_buffer"] = grad.copy() if step <= 1 else buf * momentum + (1 - dampening) * grad
+        target = into.get("momentum_buffer")
+        if step <= 1:
+            buf = grad.copy() if target is None else target
+            if target is not None:
+                np.copyto(target, grad)
+        else:
+            buf = np.multiply(buf, momentum, out=target)
+            buf += (1 - dampening) * grad
+        got["momentum_buffer"] = buf
         if output == "momentum_buffer":
             return buf
         grad = grad + momentum * buf if nesterov else buf
-    got["param"] = param - lr * grad
+    got["param"] = np.subtract(param, lr * grad, out=into.get("param"))
     return _pick(got, output)
 
 
@@ -159,11 +201,14 @@ def _adam_infer(
     return _check("adam_update", _adam_names(amsgrad), types, output)
 
 
-def _lerp(start: np.ndarray, end: np.ndarray, weight: float) -> np.ndarray:
-    """``torch.lerp`` as PyTorch computes it (two formulas, for weights below and above 0.5)."""
+def _lerp(start: np.ndarray, end: np.ndarray, weight: float, out: np.ndarray | None = None) -> np.ndarray:
+    """``torch.lerp`` as PyTorch computes it (two formulas, for weights below and above 0.5), into ``out``."""
+    step = end - start
     if weight < 0.5:
-        return start + weight * (end - start)
-    return end - (end - start) * (1 - weight)
+        step *= weight
+        return np.add(start, step, out=out)
+    step *= 1 - weight
+    return np.subtract(end, step, out=out)
 
 
 def _adam_kernel(
@@ -176,29 +221,39 @@ def _adam_kernel(
     amsgrad: bool,
     maximize: bool,
     output: str | tuple[str, ...],
+    out: Sequence[np.ndarray | None] | None = None,
 ) -> Any:
     named = dict(zip(_adam_names(amsgrad), arrays, strict=True))
     param, grad, exp_avg, exp_avg_sq = named["param"], named["grad"], named["exp_avg"], named["exp_avg_sq"]
     lr_, t = float(named["lr"]), float(named["step"])
+    into = _targets(output, out)
     grad = _l2_grad(grad, param, maximize, 0.0 if decoupled_weight_decay else weight_decay)
     if weight_decay and decoupled_weight_decay:
-        param = param * (1 - lr_ * weight_decay)
+        param = np.multiply(param, 1 - lr_ * weight_decay, out=into.get("param"))
     got: dict[str, np.ndarray] = {}
     want = (output,) if isinstance(output, str) else output
     if "exp_avg" in want or "param" in want:
-        m = got["exp_avg"] = _lerp(exp_avg, grad, 1 - beta1)
+        m = got["exp_avg"] = _lerp(exp_avg, grad, 1 - beta1, into.get("exp_avg"))
         if output == "exp_avg":
             return m
-    v = got["exp_avg_sq"] = exp_avg_sq * beta2 + (1 - beta2) * (grad * grad)
+    v = np.multiply(exp_avg_sq, beta2, out=into.get("exp_avg_sq"))
+    squared = grad * grad
+    squared *= 1 - beta2
+    v += squared
+    got["exp_avg_sq"] = v
     if output == "exp_avg_sq":
         return v
     if amsgrad:
-        v = got["max_exp_avg_sq"] = np.maximum(named["max_exp_avg_sq"], v)
+        v = got["max_exp_avg_sq"] = np.maximum(named["max_exp_avg_sq"], v, out=into.get("max_exp_avg_sq"))
         if output == "max_exp_avg_sq":
             return v
     step_size = lr_ / (1 - beta1**t)
-    denom = np.sqrt(v) / math.sqrt(1 - beta2**t) + eps
-    got["param"] = param - step_size * (m / denom)
+    denom = np.sqrt(v)
+    denom /= math.sqrt(1 - beta2**t)
+    denom += eps
+    ratio = _into(np.divide, m, denom, denom)
+    ratio *= step_size
+    got["param"] = np.subtract(param, ratio, out=into.get("param"))
     return _pick(got, output)
 
 
@@ -246,16 +301,21 @@ def _rmsprop_kernel(
     centered: bool,
     maximize: bool,
     output: str | tuple[str, ...],
+    out: Sequence[np.ndarray | None] | None = None,
 ) -> Any:
     named = dict(zip(_rmsprop_names(momentum, centered), arrays, strict=True))
     param, grad, lr = named["param"], named["grad"], float(named["lr"])
+    into = _targets(output, out)
     grad = _l2_grad(grad, param, maximize, weight_decay)
-    square_avg = named["square_avg"] * alpha + (1 - alpha) * (grad * grad)
+    square_avg = np.multiply(named["square_avg"], alpha, out=into.get("square_avg"))
+    squared = grad * grad
+    squared *= 1 - alpha
+    square_avg += squared
     if output == "square_avg":
         return square_avg
     got = {"square_avg": square_avg}
     if centered:
-        grad_avg = got["grad_avg"] = _lerp(named["grad_avg"], grad, 1 - alpha)
+        grad_avg = got["grad_avg"] = _lerp(named["grad_avg"], grad, 1 - alpha, into.get("grad_avg"))
         if output == "grad_avg":
             return grad_avg
         avg = np.sqrt(square_avg - grad_avg * grad_avg)
@@ -263,12 +323,16 @@ def _rmsprop_kernel(
         avg = np.sqrt(square_avg)
     avg += eps
     if momentum:
-        buf = got["momentum_buffer"] = named["momentum_buffer"] * momentum + grad / avg
+        buf = np.multiply(named["momentum_buffer"], momentum, out=into.get("momentum_buffer"))
+        buf += grad / avg
+        got["momentum_buffer"] = buf
         if output == "momentum_buffer":
             return buf
-        got["param"] = param - lr * buf
+        got["param"] = np.subtract(param, lr * buf, out=into.get("param"))
     else:
-        got["param"] = param - lr * (grad / avg)
+        step = _into(np.divide, grad, avg, avg)
+        step *= lr
+        got["param"] = np.subtract(param, step, out=into.get("param"))
     return _pick(got, output)
 
 
