@@ -5,7 +5,9 @@ the PyTorch checkpoint converter."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -267,3 +269,77 @@ def test_resnet_model_and_classifier_match(tmp_path, layer_type):
     np.testing.assert_array_equal(
         base.state_dict()["layer2.1.bn2.running_var"], ours.state_dict()["layer2.1.bn2.running_var"]
     )
+
+
+def _save_bpe_files(tok, folder) -> None:
+    """``vocab.json`` and ``merges.txt`` as transformers saves GPT-2's tokenizer."""
+    d = tok.to_dict()
+    (folder / "vocab.json").write_text(json.dumps({**d["vocab"], **d["special_tokens"]}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in d["merges"]))
+
+
+def test_cli_generate_with_hf_gpt2_and_its_bpe_files_matches_transformers(tmp_path, capsys):
+    from asg.data import ByteLevelBPETokenizer, load_shakespeare
+    from asg.zoo.cli import run
+
+    tok = ByteLevelBPETokenizer.train(load_shakespeare()[:20_000], vocab_size=400)
+    torch.manual_seed(1)
+    config = transformers.GPT2Config(
+        vocab_size=tok.vocab_size, n_positions=32, n_embd=16, n_layer=2, n_head=2,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    ref = transformers.GPT2LMHeadModel(config).eval()
+    folder = _save(ref, tmp_path / "tiny-gpt2")
+    _save_bpe_files(tok, folder)
+    prompt = "ROMEO: What light"
+    ids = tok.encode(prompt)
+    assert (
+        transformers.GPT2Tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).encode(prompt)
+        == ids
+    )
+    with torch.no_grad():
+        want = ref.generate(
+            torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=tok.vocab_size - 1
+        )[0].tolist()
+    args = ["generate", "gpt", "--hf", str(folder), "--prompt", prompt, "--max-new-tokens", "12"]
+    text = run([*args, "--temperature", "0", "--show-ids"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == "ids: " + " ".join(map(str, want))
+    assert text == tok.decode(want) and text.startswith(prompt)
+    # a tokenizer from elsewhere: an asg-data JSON file; and the errors
+    tok.save(tmp_path / "bpe.json")
+    assert run([*args, "--temperature", "0", "--tokenizer", str(tmp_path / "bpe.json")]) == text
+    with pytest.raises(SystemExit, match="no BPE tokenizer"):
+        run([*args, "--tokenizer", str(tmp_path)])
+    small = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=300, n_positions=8, n_embd=8, n_layer=1, n_head=2)
+    )
+    _save_bpe_files(tok, _save(small, tmp_path / "small"))
+    with pytest.raises(SystemExit, match=r"has 400 ids, the model .* embeds 300"):
+        run(["generate", "--hf", str(tmp_path / "small")])
+
+
+GPT2_BPE = Path(os.environ.get("ASG_GPT2_BPE_DIR") or Path(__file__).resolve().parents[2] / ".data" / "gpt2")
+
+
+@pytest.mark.data
+@pytest.mark.skipif(
+    not ((GPT2_BPE / "encoder.json").is_file() and (GPT2_BPE / "vocab.bpe").is_file()),
+    reason=f"GPT-2 BPE files not in {GPT2_BPE} (run scripts/fetch_test_data.sh or set ASG_GPT2_BPE_DIR)",
+)
+def test_cli_generate_with_openai_gpt2_tokenizer_files(tmp_path, capsys):
+    from asg.data import from_gpt2_files
+    from asg.zoo.cli import run
+
+    tok = from_gpt2_files(GPT2_BPE / "encoder.json", GPT2_BPE / "vocab.bpe")
+    torch.manual_seed(2)
+    config = transformers.GPT2Config(n_positions=16, n_embd=8, n_layer=1, n_head=2)  # GPT-2's 50,257 ids
+    ref = transformers.GPT2LMHeadModel(config).eval()
+    folder = _save(ref, tmp_path / "gpt2-vocab")
+    ids = tok.encode("Hello world")
+    assert ids == [15496, 995]
+    with torch.no_grad():
+        want = ref.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=50256)[0]
+    args = ["generate", "--hf", str(folder), "--tokenizer", str(GPT2_BPE), "--prompt", "Hello world"]
+    run([*args, "--max-new-tokens", "6", "--temperature", "0", "--show-ids"])
+    assert capsys.readouterr().out.splitlines()[-1] == "ids: " + " ".join(map(str, want.tolist()))

@@ -4,13 +4,15 @@
     asg-zoo train gpt --dataset shakespeare --steps 300 --out runs/gpt    # then prints a generated sample
     asg-zoo eval runs/lenet
     asg-zoo generate runs/gpt --prompt "ROMEO:" --max-new-tokens 200 --top-k 20
+    asg-zoo generate gpt --hf path/to/gpt2 --prompt "Hello" --temperature 0   # HF weights, BPE tokenizer
     asg-zoo info resnet18 --dataset cifar10
 
 Datasets: ``digits`` and ``shakespeare`` are bundled with asg-data; ``mnist``, ``fashion-mnist`` and
 ``cifar10`` are read from local files (``--data-dir``, or the loaders' environment variables; MNIST
 also from ``.data/mnist`` as fetched by ``scripts/fetch_test_data.sh``). Each epoch writes
 ``<out>/ckpt-<epoch>.safetensors`` through asg-nn's CheckpointManager (weights, Adam state, the model config as
-JSON); ``--resume`` continues from the latest.
+JSON); ``--resume`` continues from the latest. ``generate --hf DIR`` runs Hugging Face GPT-2 weights with
+the folder's BPE tokenizer files (``vocab.json``, ``merges.txt``; or ``--tokenizer``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from asg import nn
 
 from .cnn import LeNet5, LeNetConfig, ResNet, ResNetConfig
 from .gpt import GPT, GPTConfig, lm_loss
+from .hf import load_gpt2, resolve_pretrained
 from .mlp import MLP, MLPConfig
 from .vit import ViT, ViTConfig
 
@@ -363,19 +366,60 @@ def cmd_eval(args: argparse.Namespace) -> float:
     return acc
 
 
-def cmd_generate(args: argparse.Namespace) -> str:
+def _bpe_tokenizer(path: str | os.PathLike[str]) -> data.ByteLevelBPETokenizer:
+    """A byte-level BPE tokenizer from local files: a folder holding ``vocab.json`` and ``merges.txt``
+    (a ``save_pretrained`` GPT-2) or OpenAI's ``encoder.json`` and ``vocab.bpe``, or a JSON file written
+    by :meth:`asg.data.ByteLevelBPETokenizer.save`."""
+    path = Path(path)
+    if path.is_file():
+        return data.ByteLevelBPETokenizer.load(path)
+    for vocab, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+        if (path / vocab).is_file() and (path / merges).is_file():
+            return data.from_gpt2_files(path / vocab, path / merges)
+    raise FileNotFoundError(
+        f"{path}: no BPE tokenizer (expected vocab.json and merges.txt, as transformers saves GPT-2's, "
+        "encoder.json and vocab.bpe, as OpenAI's, or a tokenizer JSON file written by asg-data)"
+    )
+
+
+def _generator(args: argparse.Namespace) -> tuple[GPT, Any]:
+    """The GPT and tokenizer ``generate`` runs: a ``train`` checkpoint, or ``--hf`` GPT-2 weights."""
+    if args.hf is not None:
+        if args.checkpoint not in (None, "gpt"):
+            raise SystemExit(
+                f"asg-zoo generate --hf: give no checkpoint (or the model name gpt), got {args.checkpoint!r}"
+            )
+        folder = resolve_pretrained(args.hf)
+        model = load_gpt2(folder)
+        tok = _bpe_tokenizer(args.tokenizer or folder)
+        if tok.vocab_size > model.config.vocab_size:
+            raise SystemExit(
+                f"asg-zoo generate: the tokenizer of {args.tokenizer or args.hf} has {tok.vocab_size} ids, "
+                f"the model in {args.hf} embeds {model.config.vocab_size}"
+            )
+        return model, tok
+    if args.checkpoint is None:
+        raise SystemExit("asg-zoo generate: give a checkpoint written by `asg-zoo train gpt`, or --hf DIR")
+    if args.tokenizer is not None:
+        raise SystemExit("asg-zoo generate: --tokenizer goes with --hf (a checkpoint holds its tokenizer)")
     model, meta = _restore(args.checkpoint)
     if meta["model_name"] != "gpt" or "tokenizer" not in meta:
         raise SystemExit(
             f"asg-zoo generate: {args.checkpoint} holds a {meta['model_name']}, not a character GPT"
         )
-    tok = data.CharTokenizer.from_dict(meta["tokenizer"])
+    return model, data.CharTokenizer.from_dict(meta["tokenizer"])
+
+
+def cmd_generate(args: argparse.Namespace) -> str:
+    model, tok = _generator(args)
     out = model.generate(
         np.array([tok.encode(args.prompt)]), args.max_new_tokens, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed, backend=args.backend,
     )  # fmt: skip
     text = tok.decode(out[0].tolist())
     print(text)
+    if args.show_ids:
+        print("ids:", " ".join(str(i) for i in out[0].tolist()))
     return text
 
 
@@ -551,8 +595,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", default=None, choices=IMAGE_DATASETS + TEXT_DATASETS)
     common(e)
 
-    gen = sub.add_parser("generate", help="sample text from a GPT checkpoint")
-    gen.add_argument("checkpoint")
+    gen = sub.add_parser("generate", help="sample text from a GPT checkpoint or Hugging Face GPT-2 weights")
+    gen.add_argument("checkpoint", nargs="?", default=None, help="a checkpoint (file or folder) of train gpt")
+    gen.add_argument(
+        "--hf",
+        default=None,
+        metavar="DIR",
+        help="GPT-2 weights from a save_pretrained folder or hub cache entry",
+    )
+    gen.add_argument(
+        "--tokenizer", default=None, help="BPE tokenizer files for --hf (default: the --hf folder's)"
+    )
+    gen.add_argument("--show-ids", action="store_true", help="also print the token ids")
     gen.add_argument("--prompt", default="\n")
     gen.add_argument("--max-new-tokens", type=int, default=200)
     gen.add_argument("--temperature", type=float, default=0.8)
