@@ -130,6 +130,8 @@ class Function:
         # What the backend runs: the graph narrowed and checked for its capabilities.
         self._run_graph, self._run_updates = _for_backend(graph, num_outputs, updates, backend, self.backend)
         self._run_inputs = self._run_graph.inputs
+        self._feed_dtypes = [np.dtype(n.dtype) for n in self._run_inputs]
+        self._check_numerics = bool(self.options["check_numerics"])
         self._plans: dict[tuple, Plan] = {}
         self._lock = threading.Lock()
 
@@ -152,17 +154,24 @@ class Function:
             """Copies of the current parameter and state values, keyed by name."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        arrays = self._feeds(args, kwargs)
+        dtypes = self._feed_dtypes
+        if (
+            kwargs
+            or len(args) != len(dtypes)
+            or any(type(a) is not np.ndarray or a.dtype is not d for a, d in zip(args, dtypes, strict=False))
+        ):
+            args = self._feeds(args, kwargs)  # converted and checked; else: arrays of the inputs' dtypes
         with self._lock:
-            plan = self._plan(arrays)
-            if self.options["check_numerics"]:
-                results = inspection.check_numerics(plan, arrays)
+            plan = self._plan(args)
+            if self._check_numerics:
+                results = inspection.check_numerics(plan, args)
             else:
-                results = plan(arrays)
+                results = plan(args)
         return results[0] if self._single else results
 
     def _plan(self, arrays: Sequence[np.ndarray]) -> Plan:
-        key = tuple((a.shape, a.dtype.str) for a in arrays)
+        # The feeds have the inputs' dtypes (_feeds converts them), so their shapes key the plan.
+        key = tuple(a.shape for a in arrays)
         plan = self._plans.get(key)
         if plan is None:
             graph = self._run_graph

@@ -22,7 +22,7 @@ from ..errors import ExecutionError
 from ..graph import LEAF_OPS, Node
 from ..registry import ELEMENTWISE, Kernel, get_op
 from ..schedule import MemoryPlan, Schedule
-from ..storage import claim_all
+from ..storage import claim
 from .base import Backend, OnStep
 
 # (kernel, argument slots, output slot, slots to free after it)
@@ -68,7 +68,12 @@ class NumpyPlan:
         self._writes = _in_place_writes(schedule, sets)
         written = {param.id for targets in self._writes.values() for param in targets if param is not None}
         self._written = [param.id in written for param, _ in schedule.updates]
-        self._none_written = [False] * len(schedule.updates)
+        # (update index, variable, copy first) of the updates copied after a run: all, or those not written
+        self._copies_after = [
+            (i, var, copy)
+            for i, (var, copy) in enumerate(zip(self._update_vars, self._update_copies, strict=True))
+        ]
+        self._copies_after_fast = [c for c in self._copies_after if not self._written[c[0]]]
         self._written_vars = [param.data for param, _ in schedule.updates if param.id in written]
         for step, kernel, fn in zip(schedule.steps, kernels, fns, strict=True):
             if step.buffer is not None:
@@ -94,8 +99,7 @@ class NumpyPlan:
 
     # ------------------------------------------------------------------ running
     def __call__(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
-        claim_all(self._variables, None)
-        params = [var.value for var in self._variables]
+        params = self._host_values()
         if not self._checked or not self._targets_writable():
             results, values = self._run_interpreted(feeds, params, None)
             self._checked = True
@@ -112,6 +116,16 @@ class NumpyPlan:
             results, values = self._run_interpreted(feeds, params, None)
             return self._finish(results, values, update=True)
         return self._finish(results, values, update=True, written=self._written)
+
+    def _host_values(self) -> list[np.ndarray]:
+        """The parameters' arrays, each variable moved home to the host first if a backend holds it."""
+        params = []
+        for var in self._variables:
+            if var._home is not None:
+                claim(var, None)
+            value = var._value
+            params.append(value if value is not None else var.value)  # .value raises, naming it
+        return params
 
     def _targets_writable(self) -> bool:
         """The parameters written in place hold writeable arrays (a user may have assigned any array)."""
@@ -144,8 +158,7 @@ class NumpyPlan:
         self, feeds: Sequence[np.ndarray], on_step: OnStep, update: bool = True
     ) -> list[np.ndarray]:
         """Run step by step, calling ``on_step(step, value, seconds)`` after each kernel (wall time)."""
-        claim_all(self._variables, None)
-        results, values = self._run_interpreted(feeds, [var.value for var in self._variables], on_step)
+        results, values = self._run_interpreted(feeds, self._host_values(), on_step)
         self._checked = True
         return self._finish(results, values, update=update)
 
@@ -160,12 +173,10 @@ class NumpyPlan:
             for r, (_, copy), scalar in zip(results, self._outputs, self._scalar_outputs, strict=True)
         ]
         if update:
-            values = [v.copy() if copy else v for v, copy in zip(values, self._update_copies, strict=True)]
-            for var, value, done in zip(
-                self._update_vars, values, written or self._none_written, strict=True
-            ):
-                if not done:
-                    np.copyto(var._value, value, casting="same_kind")
+            copies = self._copies_after_fast if written is not None else self._copies_after
+            staged = [(var, values[i].copy() if copy else values[i]) for i, var, copy in copies]
+            for var, value in staged:
+                np.copyto(var._value, value, casting="same_kind")
         return out
 
     def _run_interpreted(
