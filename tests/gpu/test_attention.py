@@ -13,7 +13,7 @@ import pytest
 import asg.core as ag
 from asg.core.testing import check_op
 from asg.core.testing.op_cases.attention import attention_ref
-from asg.gpu.kernels.attention import ROLES, Shapes, block_cols
+from asg.gpu.kernels.attention import ROLES, Shapes, chunk_rows
 
 
 def _qkv(lead, length_q, length_k, e, ev, seed=0):
@@ -59,10 +59,10 @@ def test_gpt_head_dim_64_with_scale():
     check_op(lambda q, k, v: ag.attention(q, k, v, causal=True, scale=0.2), q, k, v, backend="wgpu")
 
 
-def test_head_dim_256_takes_narrower_key_blocks():
-    # E = Ev = 256 would pass 32 KiB of workgroup memory with 64-row key blocks: the kernels take 32.
+def test_head_dim_256_streams_fewer_rows():
+    # E = Ev = 256 would pass 32 KiB of workgroup memory streaming 16 rows of v (k, q, dout): they take 8.
     sh = Shapes((1,), 40, 40, 256, 256, None)
-    assert {block_cols(sh, ROLES[op]) for op in ROLES} == {32, 64}  # the lse kernel keeps 64
+    assert {chunk_rows(sh, ROLES[op]) for op in ROLES} == {8, 16}  # the lse kernel streams no rows
     q, k, v = _qkv((1,), 40, 40, 256, 256, seed=6)
     check_op(lambda q, k, v: ag.attention(q, k, v, causal=True), q, k, v, backend="wgpu")
 

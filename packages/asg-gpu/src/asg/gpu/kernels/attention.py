@@ -36,6 +36,7 @@ from ._base import gpu_lowering
 THREADS = 16  # invocations per side of the workgroup
 KC = 16  # feature (or row) slice streamed through workgroup memory per step
 BR = 64  # own rows per workgroup
+BC = 64  # other-side rows per step
 NEG = "f32(-3e38)"  # a masked score; probabilities are zeroed where it appears
 SHARED_LIMIT = 32768  # bytes of workgroup memory (lavapipe's limit; NVIDIA has 48 KiB)
 
@@ -90,20 +91,22 @@ class Shapes:
         }[name]
 
 
-def block_cols(shapes: Shapes, role: Role) -> int:
-    """BC, the other-side rows per step: 64, or 32 where 64 would pass :data:`SHARED_LIMIT`."""
-    for bc in (64, 32):
-        if 4 * _shared_floats(shapes, role, bc) <= SHARED_LIMIT:
-            return bc
-    return 16
+def chunk_rows(shapes: Shapes, role: Role) -> int:
+    """KX, the rows of the second product's operand streamed per step: 16, or fewer for wide rows
+    (where 16 would pass :data:`SHARED_LIMIT`)."""
+    for kx in (16, 8, 4):
+        if 16 * _shared_vec4s(shapes, role, kx) <= SHARED_LIMIT:
+            return kx
+    raise ValueError(
+        f"attention: rows of {_acc_width(shapes, role)} features are too wide for the wgpu kernels' workgroup memory"
+    )
 
 
-def _shared_floats(shapes: Shapes, role: Role, bc: int) -> int:
-    d = _acc_width(shapes, role)
-    dp = THREADS * -(-d // THREADS)
-    b = max(KC * (bc + 1), KC * dp)
-    stats = 256 + BR if role.value == "softmax" else 0
-    return KC * (BR + 1) + b + bc * (BR + 1) + stats
+def _shared_vec4s(shapes: Shapes, role: Role, kx: int) -> int:
+    dp4 = 16 * -(-_acc_width(shapes, role) // 64)
+    b = max(KC * (BC // 4 + 1), kx * dp4)
+    stats = (256 + BR) // 4 if role.value == "softmax" else 0
+    return KC * (BR // 4 + 1) + b + BC * (BR // 4 + 1) + stats
 
 
 def _acc_width(shapes: Shapes, role: Role) -> int:
@@ -112,7 +115,7 @@ def _acc_width(shapes: Shapes, role: Role) -> int:
 
 
 def attention_wgsl(
-    op: str, shapes: Shapes, causal: bool, scale: float, bc: int | None = None
+    op: str, shapes: Shapes, causal: bool, scale: float
 ) -> tuple[str, list[str], tuple[int, int, int]]:
     """(WGSL, the buffers it binds in order, workgroup grid) of the kernel of ``op`` (one of :data:`ROLES`).
 
@@ -120,22 +123,21 @@ def attention_wgsl(
     """
     role = ROLES[op]
     sh = shapes
-    bc = bc or block_cols(sh, role)
-    tm, tn = BR // THREADS, bc // THREADS
+    kx = chunk_rows(sh, role)
     d = _acc_width(sh, role)
-    td = -(-d // THREADS)
-    dp = THREADS * td
+    hd = -(-d // 64)  # column groups of 64 in the accumulated rows
+    dp4 = 16 * hd
     n_own, n_other = (sh.L, sh.S) if role.own_query else (sh.S, sh.L)
-    ap, sp = BR + 1, BR + 1  # pitches of As[k][r] and Ss[c][r] (padded against bank conflicts)
-    bp = bc + 1
+    ap4 = sp4 = BR // 4 + 1  # pitches (in vec4) of As[k][r] and Ss[c][r], padded against bank conflicts
+    bp4 = BC // 4 + 1
     st = 256 // BR  # invocations per row in the online softmax
-    cpt = bc // st  # columns each of them handles
-    used = ["q", "k", "v", "g", "lse", "delta"]
+    cpt = BC // st  # columns each of them handles
     need = {b for _, own, other in role.products for b in (own, other)} | ({role.x} if role.x else set())
     if role.value in ("p", "ds"):
         need |= {"lse"} | ({"delta"} if role.value == "ds" else set())
-    names = [n for n in used if n in need] + (["mask"] if sh.mask is not None else []) + ["out"]
+    names = [n for n in INPUTS if n in need] + (["mask"] if sh.mask is not None else []) + ["out"]
     count = math.prod(sh.batch)
+    last_row = count * sh.L - 1  # of lse and delta
 
     lines: list[str] = [
         "let z = i32(wid.y);",
@@ -149,36 +151,27 @@ def attention_wgsl(
             rows, width = sh.rows(name)
             lines.append(f"let {name}_base = z * {rows * width};")
     if sh.mask is not None:
-        full = (*sh.batch, sh.L, sh.S)
-        mst = broadcast_strides(sh.mask, full)
+        mst = broadcast_strides(sh.mask, (*sh.batch, sh.L, sh.S))
         bst = strides(sh.batch)
         terms = [f"((z / {bst[k]}) % {sh.batch[k]}) * {mst[k]}" for k in range(len(sh.batch)) if mst[k]]
         lines.append(f"let mask_base = {' + '.join(terms) or '0'};")
-        mask_q, mask_k = mst[-2], mst[-1]
     out_width = 1 if role.x is None else d
     lines.append(f"let out_base = z * {n_own * out_width};")
 
-    def q_k(r: str, c: str) -> tuple[str, str]:
-        """(query index, key index) of own row ``r`` and other row ``c`` (absolute)."""
-        return (r, c) if role.own_query else (c, r)
-
     # ------------------------------------------------------------ per-row values of own query rows
     if role.value in ("p", "ds") and role.own_query:
-        for i in range(tm):
-            row = f"own0 + ty + {i * THREADS}"
-            lines.append(f"let lse_{i} = _finite(lse[min(lse_base + {row}, {count * sh.L - 1})]);")
+        for i in range(4):
+            row = f"own0 + 4 * ty + {i}"
+            lines.append(f"let lse_{i} = _finite(lse[min(lse_base + {row}, {last_row})]);")
             if role.value == "ds":
-                lines.append(f"let delta_{i} = delta[min(delta_base + {row}, {count * sh.L - 1})];")
+                lines.append(f"let delta_{i} = delta[min(delta_base + {row}, {last_row})];")
     if role.value == "softmax":
         lines += [
-            f"let sr = lid / {st};",
-            f"let sp = lid % {st};",
+            f"let sr = lid / {st}; let sp = lid % {st}; let sq = sr / 4; let sc = sr % 4;",
             f"var m_run = {NEG};",
             "var l_part = 0.0;",
         ]
-    for i in range(tm):
-        for j in range(td):
-            lines.append(f"var o_{i}_{j} = 0.0;")
+    lines += [f"var o_{i}_{h} = vec4<f32>(0.0);" for i in range(4) for h in range(hd)]
 
     # ------------------------------------------------------------ the walk over the other side
     if causal:
@@ -189,47 +182,50 @@ def attention_wgsl(
             lines.append(f"let c_start = max(0, own0 - {shift}); let c_end = {n_other};")
     else:
         lines.append(f"let c_start = 0; let c_end = {n_other};")
-    lines.append(f"for (var c0 = c_start; c0 < c_end; c0 += {bc}) {{")
+    lines.append(f"for (var c0 = c_start; c0 < c_end; c0 += {BC}) {{")
     body: list[str] = []
     for prefix, own, other in role.products:
-        body += _product(prefix, own, other, sh, n_own, n_other, tm, tn, bc, ap, bp)
-    # the tile, masked, as the second product's left operand
+        body += _product(prefix, own, other, sh, n_own, n_other, ap4, bp4)
+    # the tile, masked, as the second product's left operand: Ss[c][r], rows 4 ty + i, columns 4 tx + j
     if role.value in ("p", "ds") and not role.own_query:
-        for j in range(tn):
-            col = f"c0 + tx + {j * THREADS}"
-            body.append(f"let lse_{j} = _finite(lse[min(lse_base + {col}, {count * sh.L - 1})]);")
+        for j in range(4):
+            col = f"c0 + 4 * tx + {j}"
+            body.append(f"let lse_{j} = _finite(lse[min(lse_base + {col}, {last_row})]);")
             if role.value == "ds":
-                body.append(f"let delta_{j} = delta[min(delta_base + {col}, {count * sh.L - 1})];")
-    for i in range(tm):
-        for j in range(tn):
-            r, c = f"ty + {i * THREADS}", f"tx + {j * THREADS}"
-            qi, kj = q_k(f"(own0 + {r})", f"(c0 + {c})")
-            ok = [f"own0 + {r} < {n_own}", f"c0 + {c} < {n_other}"]
+                body.append(f"let delta_{j} = delta[min(delta_base + {col}, {last_row})];")
+    for j in range(4):
+        comps = []
+        for i in range(4):
+            own_i, other_j = f"(own0 + 4 * ty + {i})", f"(c0 + 4 * tx + {j})"
+            qi, kj = (own_i, other_j) if role.own_query else (other_j, own_i)
+            ok = [f"{own_i} < {n_own}", f"{other_j} < {n_other}"]
             if causal:
                 ok.append(f"{kj} <= {qi} + {sh.S - sh.L}")
             if sh.mask is not None:
-                idx = f"mask_base + {qi} * {mask_q} + {kj} * {mask_k}"
+                idx = f"mask_base + {qi} * {mst[-2]} + {kj} * {mst[-1]}"
                 ok.append(f"mask[min({idx}, {math.prod(sh.mask) - 1})] != 0u")
-            s = f"s_{i}_{j} * {literal(scale, 'f32')}"
+            s_ij = f"s_{i}[{j}] * {literal(scale, 'f32')}"
             if role.value == "softmax":
-                val = f"select({NEG}, {s}, {' && '.join(ok)})"
+                val = f"select({NEG}, {s_ij}, {' && '.join(ok)})"
             else:
-                shift_ = f"lse_{i}" if role.own_query else f"lse_{j}"
-                val = f"select(0.0, exp({s} - {shift_}), {' && '.join(ok)})"
+                lse_ = f"lse_{i}" if role.own_query else f"lse_{j}"
+                val = f"select(0.0, exp({s_ij} - {lse_}), {' && '.join(ok)})"
                 if role.value == "ds":
                     dl = f"delta_{i}" if role.own_query else f"delta_{j}"
-                    val = f"{val} * (dp_{i}_{j} - {dl})"
-            body.append(f"Ss[({c}) * {sp} + {r}] = {val};")
+                    val = f"{val} * (dp_{i}[{j}] - {dl})"
+            body.append(f"let v_{i}_{j} = {val};")
+            comps.append(f"v_{i}_{j}")
+        body.append(f"Ss[(4 * tx + {j}) * {sp4} + ty] = vec4<f32>({', '.join(comps)});")
     body.append("workgroupBarrier();")
     if role.value == "softmax":
-        body += _online_softmax(st, cpt, sp)
+        body += _online_softmax(st, cpt, sp4)
     if role.x is not None:
         if role.value == "softmax":  # rescale the rows by exp(m_old - m_new)
-            for i in range(tm):
-                body.append(f"{{ let al = alpha_s[ty + {i * THREADS}];")
-                body += [f"  o_{i}_{j} = o_{i}_{j} * al;" for j in range(td)]
+            for i in range(4):
+                body.append(f"{{ let al = alpha_s[4 * ty + {i}];")
+                body += [f"  o_{i}_{h} = o_{i}_{h} * al;" for h in range(hd)]
                 body.append("}")
-        body += _accumulate(role.x, sh, n_other, tm, td, dp, bc, sp)
+        body += _accumulate(role.x, sh, n_other, hd, dp4, kx, sp4)
     lines += [f"    {line}" for line in body]
     lines.append("}")
 
@@ -250,25 +246,26 @@ def attention_wgsl(
             )
         lines += ["}", "workgroupBarrier();"]
     if role.x is not None:
-        for i in range(tm):
-            r = f"ty + {i * THREADS}"
+        for i in range(4):
+            r = f"4 * ty + {i}"
             lines.append(f"if (own0 + {r} < {n_own}) {{")
             if role.value == "softmax":
-                lines.append(f"    let l = alpha_s[{r}]; let inv = select(1.0 / l, 0.0, l == 0.0);")
-                factor = "inv"
+                lines.append(f"    let l = alpha_s[{r}]; let f = select(1.0 / l, 0.0, l == 0.0);")
             else:
-                factor = literal(scale, "f32") if role.scaled else ""
-            for j in range(td):
-                c = f"tx + {j * THREADS}"
-                value = f"o_{i}_{j} * {factor}" if factor else f"o_{i}_{j}"
-                guard = f"if ({c} < {d}) " if d % THREADS else ""
-                lines.append(f"    {guard}{{ out[out_base + (own0 + {r}) * {d} + {c}] = {value}; }}")
+                lines.append(f"    let f = {literal(scale if role.scaled else 1.0, 'f32')};")
+            for h in range(hd):
+                for j in range(4):
+                    c = f"4 * tx + {64 * h + j}"
+                    guard = f"if ({c} < {d}) " if d % 64 else ""
+                    lines.append(
+                        f"    {guard}{{ out[out_base + (own0 + {r}) * {d} + {c}] = o_{i}_{h}[{j}] * f; }}"
+                    )
             lines.append("}")
 
     shared = [
-        f"As: array<f32, {KC * ap}>",
-        f"Bs: array<f32, {max(KC * bp, KC * dp)}>",
-        f"Ss: array<f32, {bc * sp}>",
+        f"As: array<vec4<f32>, {KC * ap4}>",
+        f"Bs: array<vec4<f32>, {max(KC * bp4, kx * dp4)}>",
+        f"Ss: array<vec4<f32>, {BC * sp4}>",
     ]
     if role.value == "softmax":
         shared += ["red: array<f32, 256>", f"alpha_s: array<f32, {BR}>"]
@@ -287,61 +284,51 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 
 def _tile_load(
-    dst: str, pitch: int, buf: str, row0: str, nrows: int, tile_rows: int, width: int, k0: str
+    dst: str, pitch4: int, buf: str, row0: str, nrows: int, tile_rows: int, width: int
 ) -> list[str]:
     """Statements copying rows ``row0 ..`` (``tile_rows`` of them), columns ``k0 .. k0+KC`` of ``buf``
-    (``nrows`` x ``width`` per batch entry) transposed into ``dst[k * pitch + r]``, zero outside."""
+    (``nrows`` x ``width`` per batch entry) transposed into ``dst[k][r]`` (vec4 of 4 rows), zero outside."""
     lines = []
     total = tile_rows * KC
     for t in range(-(-total // (THREADS * THREADS))):
         e = f"lid + {t * THREADS * THREADS}" if t else "lid"
         lines += [
-            f"{{ let e = {e}; let tr = e / {KC}; let tk = e % {KC}; let gr = {row0} + tr; let gk = {k0} + tk;",
-            f"  if (e < {total}) {{ {dst}[tk * {pitch} + tr] = select(0.0, {buf}[{buf}_base + min(gr, {nrows - 1}) * {width} + min(gk, {width - 1})], gr < {nrows} && gk < {width}); }} }}",
+            f"{{ let e = {e}; let tr = e / {KC}; let tk = e % {KC}; let gr = {row0} + tr; let gk = k0 + tk;",
+            f"  if (e < {total}) {{ {dst}[tk * {pitch4} + tr / 4][tr % 4] = select(0.0, {buf}[{buf}_base + min(gr, {nrows - 1}) * {width} + min(gk, {width - 1})], gr < {nrows} && gk < {width}); }} }}",
         ]
     return lines
 
 
 def _product(
-    prefix: str,
-    own: str,
-    other: str,
-    sh: Shapes,
-    n_own: int,
-    n_other: int,
-    tm: int,
-    tn: int,
-    bc: int,
-    ap: int,
-    bp: int,
+    prefix: str, own: str, other: str, sh: Shapes, n_own: int, n_other: int, ap4: int, bp4: int
 ) -> list[str]:
-    """``{prefix}_i_j = own[r] . other[c]`` over the feature axis, streamed in slices of KC."""
+    """``{prefix}_i[j] = own[4 ty + i] . other[4 tx + j]`` over the feature axis, streamed in slices of KC."""
     width = sh.rows(own)[1]
-    lines = [f"var {prefix}_{i}_{j} = 0.0;" for i in range(tm) for j in range(tn)]
+    lines = [f"var {prefix}_{i} = vec4<f32>(0.0);" for i in range(4)]
     lines.append(f"for (var k0 = 0; k0 < {width}; k0 += {KC}) {{")
-    lines += _tile_load("As", ap, own, "own0", n_own, BR, width, "k0")
-    lines += _tile_load("Bs", bp, other, "c0", n_other, bc, width, "k0")
-    lines.append("    workgroupBarrier();")
-    lines.append(f"    for (var kk = 0; kk < {KC}; kk++) {{")
-    lines += [f"        let a_{i} = As[kk * {ap} + ty + {i * THREADS}];" for i in range(tm)]
-    lines += [f"        let b_{j} = Bs[kk * {bp} + tx + {j * THREADS}];" for j in range(tn)]
+    lines += _tile_load("As", ap4, own, "own0", n_own, BR, width)
+    lines += _tile_load("Bs", bp4, other, "c0", n_other, BC, width)
     lines += [
-        f"        {prefix}_{i}_{j} = fma(a_{i}, b_{j}, {prefix}_{i}_{j});"
-        for i in range(tm)
-        for j in range(tn)
+        "    workgroupBarrier();",
+        f"    for (var kk = 0; kk < {KC}; kk++) {{",
+        f"        let a = As[kk * {ap4} + ty]; let b = Bs[kk * {bp4} + tx];",
+        *[f"        {prefix}_{i} = fma(vec4<f32>(a.{'xyzw'[i]}), b, {prefix}_{i});" for i in range(4)],
+        "    }",
+        "    workgroupBarrier();",
+        "}",
     ]
-    lines += ["    }", "    workgroupBarrier();", "}"]
     return lines
 
 
-def _online_softmax(st: int, cpt: int, sp: int) -> list[str]:
+def _online_softmax(st: int, cpt: int, sp4: int) -> list[str]:
     """The forward's per-block softmax step: ``st`` invocations per row (``sr``, part ``sp``), each
-    owning ``cpt`` columns of ``Ss``, update the running max ``m_run`` and their part of the sum,
-    turn their scores into probabilities in place and publish the rows' ``alpha_s = exp(m_old - m_new)``."""
-    col = f"(sp * {cpt} + cc) * {sp} + sr"
+    owning ``cpt`` columns of ``Ss`` (``sp + st * cc``), update the running max ``m_run`` and their
+    part of the sum, turn their scores into probabilities in place and publish the rows'
+    ``alpha_s = exp(m_old - m_new)``."""
+    at = f"Ss[(sp + {st} * cc) * {sp4} + sq][sc]"
     return [
         f"{{ var mx = {NEG};",
-        f"  for (var cc = 0; cc < {cpt}; cc++) {{ mx = max(mx, Ss[{col}]); }}",
+        f"  for (var cc = 0; cc < {cpt}; cc++) {{ mx = max(mx, {at}); }}",
         "  red[lid] = mx; }",
         "workgroupBarrier();",
         "{ var mb = m_run;",
@@ -350,8 +337,8 @@ def _online_softmax(st: int, cpt: int, sp: int) -> list[str]:
         "  let alpha = exp(m_run - m_use);",
         "  var ls = 0.0;",
         f"  for (var cc = 0; cc < {cpt}; cc++) {{",
-        f"      let s = Ss[{col}]; let p = select(exp(s - m_use), 0.0, s <= {NEG});",
-        f"      Ss[{col}] = p; ls = ls + p;",
+        f"      let s = {at}; let p = select(exp(s - m_use), 0.0, s <= {NEG});",
+        f"      {at} = p; ls = ls + p;",
         "  }",
         "  l_part = l_part * alpha + ls;",
         "  m_run = mb;",
@@ -360,23 +347,28 @@ def _online_softmax(st: int, cpt: int, sp: int) -> list[str]:
     ]
 
 
-def _accumulate(x: str, sh: Shapes, n_other: int, tm: int, td: int, dp: int, bc: int, sp: int) -> list[str]:
-    """``o_i_j += sum_c Ss[c][r] * x[c0 + c][col]``, ``x`` streamed in slices of KC rows."""
+def _accumulate(x: str, sh: Shapes, n_other: int, hd: int, dp4: int, kx: int, sp4: int) -> list[str]:
+    """``o_i_h[j] += sum_c Ss[c][4 ty + i] * x[c0 + c][4 tx + 64 h + j]``, ``x`` streamed ``kx`` rows at a time."""
     width = sh.rows(x)[1]
-    total = KC * dp
-    lines = [f"for (var kc = 0; kc < min({bc}, {n_other} - c0); kc += {KC}) {{"]
+    dp = 4 * dp4
+    total = kx * dp
+    lines = [f"for (var kc = 0; kc < min({BC}, {n_other} - c0); kc += {kx}) {{"]
     for t in range(-(-total // (THREADS * THREADS))):
         e = f"lid + {t * THREADS * THREADS}" if t else "lid"
         lines += [
             f"    {{ let e = {e}; let kk = e / {dp}; let dd = e % {dp}; let gr = c0 + kc + kk;",
-            f"      if (e < {total}) {{ Bs[e] = select(0.0, {x}[{x}_base + min(gr, {n_other - 1}) * {width} + min(dd, {width - 1})], gr < {n_other} && dd < {width}); }} }}",
+            f"      if (e < {total}) {{ Bs[kk * {dp4} + dd / 4][dd % 4] = select(0.0, {x}[{x}_base + min(gr, {n_other - 1}) * {width} + min(dd, {width - 1})], gr < {n_other} && dd < {width}); }} }}",
         ]
     lines += [
         "    workgroupBarrier();",
-        f"    for (var kk = 0; kk < {KC}; kk++) {{",
-        *[f"        let a_{i} = Ss[(kc + kk) * {sp} + ty + {i * THREADS}];" for i in range(tm)],
-        *[f"        let b_{j} = Bs[kk * {dp} + tx + {j * THREADS}];" for j in range(td)],
-        *[f"        o_{i}_{j} = fma(a_{i}, b_{j}, o_{i}_{j});" for i in range(tm) for j in range(td)],
+        f"    for (var kk = 0; kk < {kx}; kk++) {{",
+        f"        let a = Ss[(kc + kk) * {sp4} + ty];",
+        *[f"        let b_{h} = Bs[kk * {dp4} + tx + {16 * h}];" for h in range(hd)],
+        *[
+            f"        o_{i}_{h} = fma(vec4<f32>(a.{'xyzw'[i]}), b_{h}, o_{i}_{h});"
+            for i in range(4)
+            for h in range(hd)
+        ],
         "    }",
         "    workgroupBarrier();",
         "}",
