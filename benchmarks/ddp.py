@@ -144,11 +144,12 @@ def launch(
 ) -> dict[str, Any]:
     """Run ``argv`` under ``mpirun -n ranks``: the first ``RESULT`` line's dict, else a :class:`LaunchError`.
 
-    ``bind=False`` asks Open MPI not to pin each rank to one core (GPU ranks have driver threads).
+    ``bind=False`` asks Open MPI not to pin each rank to one core (GPU ranks have driver threads). The
+    launcher is ``$ASG_MPIRUN`` if set, else :func:`asg.nn.parallel.mpirun_command`'s choice.
     """
     from asg.nn import parallel
 
-    cmd = parallel.mpirun_command(ranks, list(argv))
+    cmd = parallel.mpirun_command(ranks, list(argv), launcher=os.environ.get("ASG_MPIRUN") or None)
     if not bind and "--oversubscribe" in cmd:  # Open MPI (mpirun_command adds that flag for it)
         cmd[3:3] = ["--bind-to", "none"]
     code, out, err = run_until(cmd, timeout, env)

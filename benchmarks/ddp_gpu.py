@@ -105,12 +105,14 @@ def asg_worker(cfg: dict[str, int], a: argparse.Namespace) -> None:
     import gpu_gpt_step as bench  # after the adapter choice; registers wgpu when run from the source tree
 
     from asg import nn
-    from asg.core.backends import available_backends, get_backend
+    from asg.core.backends import available_backends, get_backend, register_backend
     from asg.nn import functional as F
     from asg.nn import parallel
 
-    if "wgpu" not in available_backends():
-        raise RuntimeError(f"ddp_gpu: no 'wgpu' backend (have {available_backends()}): is asg-gpu installed?")
+    if "wgpu" not in available_backends():  # run from the source tree: asg-gpu's entry point is not installed
+        from asg.gpu.backend import WgpuBackend
+
+        register_backend("wgpu", WgpuBackend)
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
     summary = get_backend("wgpu").device().summary
@@ -329,6 +331,7 @@ def main() -> None:
     parser.add_argument("--check-steps", type=int, default=10, help="steps of the correctness check")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--timeout", type=float, default=240, help="seconds per launched job")
+    parser.add_argument("--deadline", type=float, help="seconds for everything (jobs past it are not run)")
     parser.add_argument("--torch", choices=["cuda", "cpu", "none"], default="cuda", help="the DDP reference")
     parser.add_argument("--worker", choices=["asg", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--cfg", help=argparse.SUPPRESS)
@@ -348,10 +351,6 @@ def main() -> None:
 
     base_cfg = SMALL if a.small else FULL
     cfg = {k: getattr(a, k) if getattr(a, k) is not None else v for k, v in base_cfg.items()}
-    env = {**os.environ, **NO_MULTICAST, "PYTHONUNBUFFERED": "1"}
-    here = os.path.abspath(__file__)
-    common = ["--cfg", json.dumps(cfg), "--steps", str(a.steps), "--warmup", str(a.warmup)]
-    common += ["--check-steps", str(a.check_steps), "--lr", str(a.lr)]
     print(
         f"# {platform.node()}: GPT {cfg['layers']} layers, d={cfg['d']}, {cfg['heads']} heads, T={cfg['t']}, "
         f"vocab {cfg['vocab']}; AdamW fp32; per-rank batch {cfg['batch']}; median of {a.steps} steps "
@@ -361,95 +360,130 @@ def main() -> None:
     from asg.gpu.device import adapter_candidates
 
     print(f"# wgpu adapters (candidates, in order): {adapter_candidates() or 'none'}", flush=True)
-    base: dict[str, float] = {}
-    lines, notes, checks, losses = [], [], {}, {}
-    tmp = tempfile.mkdtemp(prefix="ddp-gpu-")
-    for ranks in (1, 2):
-        out = os.path.join(tmp, f"params{ranks}.npz")
-        log(f"asg wgpu, {ranks} rank(s): starting (timeout {a.timeout:.0f} s)")
+    Driver(cfg, a).run()
+
+
+class Driver:
+    """Launches the jobs one after another, prints each row as it comes, then the check and the notes."""
+
+    def __init__(self, cfg: dict[str, int], a: argparse.Namespace) -> None:
+        self.cfg, self.a = cfg, a
+        self.env = {**os.environ, **NO_MULTICAST, "PYTHONUNBUFFERED": "1"}
+        self.common = ["--cfg", json.dumps(cfg), "--steps", str(a.steps), "--warmup", str(a.warmup)]
+        self.common += ["--check-steps", str(a.check_steps), "--lr", str(a.lr)]
+        self.deadline = time.monotonic() + a.deadline if a.deadline else float("inf")
+        self.base: dict[str, float] = {}
+        self.notes: list[str] = []
+        self.failed = False
+        self.header = False
+
+    def job(self, what: str, ranks: int, argv: list[str]) -> dict[str, Any] | None:
+        """One mpirun job's RESULT, or None (noted) when it failed or no time was left for it."""
+        timeout = min(self.a.timeout, self.deadline - time.monotonic() - 5)
+        if timeout < 10:
+            self.notes.append(f"{what} on {ranks} rank(s) NOT RUN: the --deadline was reached")
+            self.failed = True
+            return None
+        log(f"{what}, {ranks} rank(s): starting (timeout {timeout:.0f} s)")
         start = time.monotonic()
         try:
-            argv = [sys.executable, here, "--worker", "asg", "--out", out, *common]
-            r = ddp.launch(ranks, argv, a.timeout, "asg wgpu", env=env, bind=False)
-        except ddp.LaunchError as err:
-            log(f"asg wgpu, {ranks} rank(s): FAILED")
-            notes.append(f"asg wgpu on {ranks} rank(s) FAILED: {err}")
-            continue
-        log(f"asg wgpu, {ranks} rank(s): done in {time.monotonic() - start:.0f} s")
-        if os.path.exists(out):
-            checks[ranks] = dict(np.load(out))
-            losses[ranks] = r["losses"]
-        picks = [(k, n) for _, k, n in r["adapters"]]
-        shared = ranks > 1 and len(set(picks)) < ranks
-        for rank, (summary, k, n) in enumerate(r["adapters"]):
-            notes.append(f"asg {ranks} rank(s): rank {rank} -> adapter #{k} of {n}: {summary}")
-        label = "shared-GPU" if shared else ""
-        lines.append(row("asg wgpu + MPI all-reduce", r, base, label))
-        if ranks == 1:
-            print(
-                f"# {r['params'] / 1e6:.2f}M parameters, {r['grad_mb']:.1f} MiB of gradients in "
-                f"{r['buckets']} bucket(s); build + check {r['build_and_check_s']:.0f} s",
-                flush=True,
+            found = ddp.launch(
+                ranks, [sys.executable, os.path.abspath(__file__), *argv], timeout, what, self.env, False
             )
+        except ddp.LaunchError as err:
+            log(f"{what}, {ranks} rank(s): FAILED")
+            self.notes.append(f"{what} on {ranks} rank(s) FAILED: {err}")
+            self.failed = True
+            return None
+        log(f"{what}, {ranks} rank(s): done in {time.monotonic() - start:.0f} s")
+        return found
+
+    def print_row(self, name: str, r: dict[str, Any], note: str) -> None:
+        if not self.header:
             print(HEAD, "-" * len(HEAD), sep="\n", flush=True)
-        print(lines[-1], flush=True)
-        if ranks == 2 and r["ranks_agree"] is not None:
-            notes.append(f"asg 2 ranks: parameters equal on both ranks bit for bit: {r['ranks_agree']}")
+            self.header = True
+        print(row(name, r, self.base, note), flush=True)
 
-    reason = "--torch none" if a.torch == "none" else torch_skip_reason(a.torch)
-    if reason:
-        notes.append(f"PyTorch DDP reference skipped: {reason}")
-    else:
+    def run(self) -> None:
+        checks: dict[int, tuple[dict[str, np.ndarray], list[float]]] = {}
+        tmp = tempfile.mkdtemp(prefix="ddp-gpu-")
         for ranks in (1, 2):
-            log(f"torch DDP, {ranks} rank(s): starting (timeout {a.timeout:.0f} s)")
-            argv = [sys.executable, here, "--worker", "torch", "--torch-device", a.torch]
-            argv += ["--port", str(free_port()), *common]
-            try:
-                r = ddp.launch(ranks, argv, a.timeout, "torch DDP", env=env, bind=False)
-            except ddp.LaunchError as err:
-                log(f"torch DDP, {ranks} rank(s): FAILED")
-                notes.append(f"torch DDP on {ranks} rank(s) FAILED: {err}")
+            out = os.path.join(tmp, f"params{ranks}.npz")
+            r = self.job("asg wgpu", ranks, ["--worker", "asg", "--out", out, *self.common])
+            if r is None:
                 continue
-            log(f"torch DDP, {ranks} rank(s): done")
-            label = "shared-GPU, gloo on CUDA tensors" if r["shared"] else ""
-            if not base:
-                print(HEAD, "-" * len(HEAD), sep="\n", flush=True)
-            lines.append(row(f"torch DDP {r['backend']} {a.torch}", r, base, label))
-            print(lines[-1], flush=True)
-            if ranks == 2:
-                notes.append(
-                    f"torch {r['torch']} DDP {r['backend']}: devices {r['gpus']}, rank 0 on {r['device']}"
+            if os.path.exists(out):
+                checks[ranks] = dict(np.load(out)), r["losses"]
+            shared = ranks > 1 and len({(k, n) for _, k, n in r["adapters"]}) < ranks
+            for rank, (summary, k, n) in enumerate(r["adapters"]):
+                self.notes.append(f"asg {ranks} rank(s): rank {rank} -> adapter #{k} of {n}: {summary}")
+            if ranks == 1:
+                print(
+                    f"# {r['params'] / 1e6:.2f}M parameters, {r['grad_mb']:.1f} MiB of gradients in "
+                    f"{r['buckets']} bucket(s); build + check {r['build_and_check_s']:.0f} s",
+                    flush=True,
                 )
-
-    print()
-    if 1 in checks and 2 in checks:
-        ref = {k: v for k, v in checks[1].items() if "/" not in k}
-        floor = {k[len("floor/") :]: v for k, v in checks[1].items() if k.startswith("floor/")}
-        worst, name, overall = differences({k: checks[2][k] for k in ref}, ref)
-        f_worst, f_name, f_overall = differences(floor, ref)
-        loss_diff = max(abs(p - q) / abs(q) for p, q in zip(losses[2], losses[1], strict=True))
-        ok = worst <= ROUNDING_FACTOR * f_worst + 1e-6 and overall <= ROUNDING_FACTOR * f_overall + 1e-7
+            self.print_row("asg wgpu + MPI all-reduce", r, "shared-GPU" if shared else "")
+            if r["ranks_agree"] is not None:
+                self.notes.append(
+                    f"asg 2 ranks: parameters equal on both ranks bit for bit: {r['ranks_agree']}"
+                )
+        if self.a.check_steps:
+            self.check(checks)
+        reason = "--torch none" if self.a.torch == "none" else torch_skip_reason(self.a.torch)
+        if reason:
+            self.notes.append(f"PyTorch DDP reference skipped: {reason}")
+        else:
+            for ranks in (1, 2):
+                argv = ["--worker", "torch", "--torch-device", self.a.torch, "--port", str(free_port())]
+                r = self.job("torch DDP", ranks, [*argv, *self.common])
+                if r is None:
+                    continue
+                note = "shared-GPU, gloo on CUDA tensors" if r["shared"] else ""
+                self.print_row(f"torch DDP {r['backend']} {self.a.torch}", r, note)
+                if ranks == 2:
+                    self.notes.append(
+                        f"torch {r['torch']} DDP {r['backend']}: {r['gpus']}, rank 0 on {r['device']}"
+                    )
         print(
-            f"correctness, parameters after {a.check_steps} AdamW steps, 2 ranks x {cfg['batch']} against one process "
-            f"on batch {2 * cfg['batch']} (both wgpu):\n"
+            "\nallred = the step's all-reduce part: the gradients' GPU readback, MPI, upload, and the wait for "
+            "the slower rank; allred alone = the same buckets all-reduced after a barrier (torch: one flat "
+            "tensor of the gradients' size); effic. = samples/s over (ranks x 1 rank's samples/s)"
+        )
+        for note in self.notes:
+            print(f"- {note}")
+        if self.failed:
+            sys.exit(1)
+
+    def check(self, checks: dict[int, tuple[dict[str, np.ndarray], list[float]]]) -> None:
+        """Print how far 2 ranks x B are from one process x 2B, against the float32 rounding floor."""
+        if 1 not in checks or 2 not in checks:
+            print("correctness: NOT CHECKED (a run above failed)", flush=True)
+            return
+        (one, one_losses), (two, two_losses) = checks[1], checks[2]
+        ref = {k: v for k, v in one.items() if "/" not in k}
+        floor = {k[len("floor/") :]: v for k, v in one.items() if k.startswith("floor/")}
+        worst, name, overall = differences({k: two[k] for k in ref}, ref)
+        f_worst, f_name, f_overall = differences(floor, ref)
+        loss_diff = max(abs(p - q) / abs(q) for p, q in zip(two_losses, one_losses, strict=True))
+        ok = worst <= ROUNDING_FACTOR * f_worst + 1e-6 and overall <= ROUNDING_FACTOR * f_overall + 1e-7
+        b = self.cfg["batch"]
+        print(
+            f"\ncorrectness: parameters after {self.a.check_steps} AdamW steps, 2 ranks x {b} against one process "
+            f"on batch {2 * b} (both wgpu):\n"
             f"  max|a-b|/max|b| per tensor: {worst:.2e} (worst {name}); ||a-b||/||b|| overall: {overall:.2e}\n"
             f"  float32 rounding (the same process, rank 1's rows first): {f_worst:.2e} (worst {f_name}); "
             f"overall {f_overall:.2e}\n"
-            f"  losses: max relative difference {loss_diff:.2e} over the {len(losses[1])} steps\n"
+            f"  losses: max relative difference {loss_diff:.2e} over the {len(one_losses)} steps\n"
             f"  -> {'EQUAL within float32 rounding' if ok else 'DIFFERENT'} "
-            f"(at most {ROUNDING_FACTOR}x the rounding floor)"
+            f"(at most {ROUNDING_FACTOR}x the rounding floor)\n",
+            flush=True,
         )
         if not ok:
-            notes.append("FAILED: the 2-rank parameters differ from the 1-process ones by more than rounding")
-    else:
-        print("correctness: not checked (a run above failed)")
-    print(
-        "the all-reduce part of a step holds the gradients' GPU readback, MPI and upload, and the wait for the slower rank"
-    )
-    for note in notes:
-        print(f"- {note}")
-    if any("FAILED" in n for n in notes):
-        sys.exit(1)
+            self.notes.append(
+                "FAILED: the 2-rank parameters differ from the 1-process ones by more than rounding"
+            )
+            self.failed = True
 
 
 if __name__ == "__main__":
