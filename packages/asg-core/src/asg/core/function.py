@@ -389,6 +389,9 @@ def _for_backend(
             graph = narrowed
     if not set(n.dtype for n in graph.nodes) <= caps.dtypes:
         check_supported_dtypes(graph, caps.dtypes, name)
+    prepare = getattr(backend, "prepare_lowerings", None)
+    if prepare is not None:
+        prepare()
     check_lowerable(graph, name)
     return graph, updates
 

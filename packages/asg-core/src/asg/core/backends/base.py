@@ -80,6 +80,12 @@ class Backend(ABC):
     def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]) -> Plan:
         """A plan running ``schedule``; ``kernels[i]`` is the lowered kernel of ``schedule.steps[i]``."""
 
+    def prepare_lowerings(self) -> None:
+        """Called by ``compile`` before a graph is checked for lowerings on this backend (the default does
+        nothing). A backend that takes another's lowerings for the ops it has none of registers them here,
+        so that ops defined after the backend was created are covered too (``"numpy-jit"``)."""
+        return None
+
 
 CORE_OPTIONS: dict[str, Any] = {"memory_planning": True, "check_numerics": False}
 

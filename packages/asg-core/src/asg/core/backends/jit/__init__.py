@@ -192,9 +192,9 @@ def _as_numpy(ctx: LoweringContext) -> Any:
 def inherit_numpy_lowerings() -> None:
     """Let ``"numpy-jit"`` run every registered op that ``"numpy"`` runs, through numpy's lowering.
 
-    Called when asg-core is imported and when the backend is first used (for ops other packages
-    define in between); an op defined after that needs this call again (or its own
-    ``register_lowering(op, "numpy-jit", rule)``).
+    Called when asg-core is imported and before each ``compile(..., backend="numpy-jit")``
+    (:meth:`NumpyJitBackend.prepare_lowerings`), so ops that other packages or users define later are
+    covered; an op's own ``register_lowering(op, "numpy-jit", rule)`` is kept.
     """
     for op in list(OPS.values()):
         if BACKEND not in op.lowerings and ("numpy" in op.kernels or "numpy" in op.lowerings):
@@ -556,6 +556,10 @@ class NumpyJitBackend(NumpyBackend):
     }
 
     def __init__(self) -> None:
+        inherit_numpy_lowerings()
+
+    def prepare_lowerings(self) -> None:
+        """Ops defined since (asg-nn's, a user's) lower as on numpy: :func:`inherit_numpy_lowerings`."""
         inherit_numpy_lowerings()
 
     def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]) -> NumpyPlan:
