@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 
 import asg.core as ag
+from asg.core.backends import base
 from asg.core.errors import DTypeError
-from asg.core.graph import LEAF_OPS
+from asg.core.graph import LEAF_OPS, Variable
 from asg.core.passes import DEFAULT_PASSES, PASSES, run_passes
 from asg.core.passes.narrow import (
     UnsupportedDTypeError,
@@ -18,6 +21,8 @@ from asg.core.passes.narrow import (
     random_keys,
 )
 from asg.core.registry import TensorType
+from asg.core.schedule import Schedule
+from asg.core.storage import Storage, claim_all
 from asg.core.testing import scratch_ops
 
 WGSL = frozenset({"float32", "int32", "bool"})
@@ -184,14 +189,16 @@ def test_an_op_that_refuses_int32_inputs_is_an_error_naming_the_node():
     )
 
 
-def test_an_int64_parameter_is_an_error():
-    step = ag.state(np.zeros((), "int64"), name="step")
+def test_an_int64_state_becomes_an_int32_node_of_the_same_variable():
+    step = ag.state(np.array(4, "int64"), name="step")
     ids = ag.input("ids", (3,), "int64")
-    g = ag.Graph([(ids + step).node])
-    with pytest.raises(
-        UnsupportedDTypeError, match=r"step:i64\[\] = parameter \(named 'step'.*create it as int32"
-    ):
-        narrow_index_dtypes(g)
+    g = ag.Graph([(ids + step).node, (step + 1).node])
+    n = narrow_index_dtypes(g)
+    assert int64_nodes(n) == []
+    (param,) = n.parameters
+    assert (param.dtype, param.meta["narrowed_from"], param.name) == ("int32", "int64", "step")
+    assert param.data is step.node.data and step.node.dtype == "int64"  # the same Variable, untouched
+    assert step.numpy().dtype.name == "int64" and int(step.numpy()) == 4
 
 
 def test_random_keys_and_their_state_stay_int64():
@@ -225,6 +232,172 @@ def test_registered_as_a_pass_that_is_not_default():
     ids = ag.input("ids", (2,), "int64")
     g = run_passes(ag.Graph([(ids * 2).node]), ["narrow_index_dtypes"])
     assert int64_nodes(g) == []
+
+
+# ----------------------------------------------------------------------------- int64 state on a backend without int64
+class Int32Storage(Storage):
+    """Device copies in a dict, converted by the base class (to_device at upload and write, to_host at readback)."""
+
+    def __init__(self) -> None:
+        self.copies: dict[Variable, np.ndarray] = {}
+        self.newer: set[Variable] = set()
+
+    def upload(self, var: Variable) -> None:
+        self.copies[var] = np.array(self.to_device(var))
+        self.newer.discard(var)
+
+    def sync_to_host(self, var: Variable) -> None:
+        if var in self.newer:
+            self.to_host(var, self.copies[var])
+            self.newer.discard(var)
+
+    def write(self, var: Variable) -> None:
+        self.upload(var)
+
+    def release(self, var: Variable) -> None:
+        del self.copies[var]
+
+
+class Int32Plan:
+    """Runs the numpy kernels on the storage's copies; every value it holds must have its node's dtype."""
+
+    def __init__(self, schedule: Schedule, kernels: Sequence[Any], backend: Int32Backend) -> None:
+        self.schedule, self.kernels, self.storage = schedule, kernels, backend.storage
+        self.runs = backend.capabilities.dtypes
+        self.dtypes = {n.id: n.dtype for n in schedule.graph.nodes}
+
+    def __call__(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self.run_traced(feeds, lambda *_: None)
+
+    def run_traced(self, feeds: Sequence[np.ndarray], on_step: Any, update: bool = True) -> list[np.ndarray]:
+        s = self.schedule
+        claim_all([n.data for n in s.parameters], self.storage)
+        env: dict[int, np.ndarray] = {n.id: a for n, a in zip(s.inputs, feeds, strict=True)}
+        env.update({n.id: self.storage.copies[n.data] for n in s.parameters})
+        env.update({n.id: n.data for n in s.constants})
+        for node_id, value in env.items():  # what a backend without int64 is handed
+            assert value.dtype.name == self.dtypes[node_id] and value.dtype.name in self.runs, value.dtype
+        for step, kernel in zip(s.steps, self.kernels, strict=True):
+            out = kernel(*[env[i] for i in step.inputs])
+            env[step.output] = np.asarray(out).astype(self.dtypes[step.output], copy=False)
+            on_step(step, env[step.output], 0.0)
+        if update:
+            for p, v in s.updates:
+                self.storage.copies[p.data] = np.array(env[v.id])
+                self.storage.newer.add(p.data)
+        return [np.array(env[n.id]) for n in s.outputs]
+
+
+class Int32Backend(ag.Backend):
+    def __init__(self, storage: Storage | None, capabilities: ag.Capabilities) -> None:
+        self.storage, self.capabilities = storage, capabilities  # type: ignore[misc]
+
+    def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Any) -> Int32Plan:
+        return Int32Plan(schedule, [k.fn for k in kernels], self)
+
+
+@pytest.fixture
+def int32_backend(monkeypatch):
+    """``no-int64``: numpy kernels, float32/int32/bool only, index dtypes narrowed, its own storage."""
+
+    def register(storage: Storage | None, dtypes: frozenset[str] = WGSL) -> Storage | None:
+        backend = Int32Backend(storage, ag.Capabilities(dtypes=dtypes, narrow_index=True))
+        monkeypatch.setitem(base._BACKENDS, "no-int64", backend)
+        monkeypatch.setitem(base._INSTANCES, "no-int64", backend)
+        return storage
+
+    with scratch_ops():
+        for name in ag.OPS:
+            ag.register_lowering(name, "no-int64", lambda ctx: ctx.op.kernels["numpy"].bind(ctx.attrs).fn)
+        yield register
+
+
+def counter_step(backend: str, start: int = 5):
+    """A float32 parameter trained by SGD and an int64 step counter ``n`` (``n + 1`` each call)."""
+    w = ag.parameter(np.array([1.0, -2.0, 0.5], "float32"), name="w")
+    n = ag.state(np.array(start, "int64"), name="n")
+    x = ag.input("x", ("B", 3))
+    loss = ((x * w).sum(axis=1) ** 2).mean() / (n + 1).astype("float32")
+    (gw,) = ag.grad(loss, [w])
+    f = ag.compile([loss, n * 2], inputs=[x], updates={w: w - 0.1 * gw, n: n + 1}, backend=backend)
+    return f, w, n
+
+
+def test_an_int64_counter_is_stored_as_int32_and_read_back_as_int64(int32_backend, tmp_path):
+    storage = int32_backend(Int32Storage())
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype("float32")
+    want, want_w, want_n = counter_step("numpy")
+    f, w, n = counter_step("no-int64")
+    (param,) = [p for p in f._run_graph.parameters if p.name == "n"]
+    assert param.dtype == "int32" and n.node.dtype == "int64"
+    for step in range(3):
+        (loss, twice), (want_loss, want_twice) = f(x), want(x)
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+        assert twice.dtype.name == "int32" and twice.tolist() == want_twice.tolist() == 2 * (5 + step)
+        assert storage.copies[n.node.data].dtype.name == "int32"  # the device copy
+        value = n.numpy()  # read back: the user's dtype
+        assert value.dtype.name == "int64" and int(value) == int(want_n.numpy()) == 6 + step
+    np.testing.assert_allclose(w.numpy(), want_w.numpy(), rtol=1e-6)
+    assert f.state_dict()["n"].dtype.name == "int64" and int(f.state_dict()["n"]) == 8
+    f.save(tmp_path / "step.asg")
+    loaded = ag.load(tmp_path / "step.asg")  # on numpy: the saved graph and value are int64
+    assert loaded.state_dict()["n"].dtype.name == "int64" and int(loaded.state_dict()["n"]) == 8
+    n.assign(np.array(41))  # written through as int32
+    assert f(x)[1].tolist() == 82 and int(n.numpy()) == 42
+
+
+def test_function_to_a_backend_without_int64_moves_the_counter_as_int32(int32_backend):
+    storage = int32_backend(Int32Storage())
+    x = np.ones((2, 3), "float32")
+    f, _, n = counter_step("numpy")
+    f(x)
+    g = f.to("no-int64")  # uploads n (as int64: no plan says otherwise yet), then its first plan narrows it
+    assert g(x)[1].tolist() == 12 and g(x)[1].tolist() == 14
+    assert storage.copies[n.node.data].dtype.name == "int32" and int(n.numpy()) == 8
+    assert f(x)[1].tolist() == 16 and int(n.numpy()) == 9  # back on numpy: int64 throughout
+    assert n.node.data._value.dtype.name == "int64"
+
+
+def test_a_counter_outside_int32_is_an_error_naming_it_at_upload_and_write(int32_backend):
+    int32_backend(Int32Storage())
+    x = np.ones((2, 3), "float32")
+    f, _, n = counter_step("no-int64", start=2**31)
+    with pytest.raises(
+        UnsupportedDTypeError,
+        match=re.escape(
+            "Int32Storage: parameter 'n' (int64) is stored as int32 on this backend (it has no 64-bit "
+            "integers), but it holds values outside int32 (2147483648..2147483648; int32 holds"
+        ),
+    ):
+        f(x)
+    n.assign(np.array(7))
+    assert f(x)[1].tolist() == 14
+    with pytest.raises(
+        UnsupportedDTypeError, match=r"parameter 'n' \(int64\) is stored as int32.*-3000000000"
+    ):
+        n.assign(np.array(-3_000_000_000))
+
+
+def test_a_narrowing_backend_without_storage_is_refused_naming_the_parameter(int32_backend):
+    int32_backend(None)
+    f, _, _ = counter_step("no-int64")
+    with pytest.raises(
+        UnsupportedDTypeError, match=r"runs n:i32\[\] = parameter \(named 'n'\) as int32 instead of int64"
+    ):
+        f(np.ones((1, 3), "float32"))
+
+
+def test_a_variable_run_as_a_key_and_as_a_counter_on_one_backend_is_an_error(int32_backend):
+    int32_backend(Int32Storage(), WGSL | {"int64"})  # int64 for random keys only, as on wgpu
+    n = ag.state(np.array(3, "int64"), name="n")
+    keyed = ag.compile(ag.random_uniform(ag.fold_in(9, n), (2,)), updates={n: n + 1}, backend="no-int64")
+    counted = ag.compile(n * 2, updates={n: n + 1}, backend="no-int64")
+    assert [p.dtype for p in keyed._run_graph.parameters] == ["int64"]  # a key: never narrowed
+    with pytest.raises(
+        UnsupportedDTypeError,
+        match="runs parameter 'n' as int64 in one compiled function and as int32 in another",
+    ):
+        keyed(), counted()
 
 
 # ----------------------------------------------------------------------------- check_supported_dtypes

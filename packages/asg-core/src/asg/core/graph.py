@@ -48,7 +48,7 @@ class Variable:
     ((3,), True)
     """
 
-    __slots__ = ("_home", "_value", "name", "trainable")
+    __slots__ = ("_home", "_stored", "_value", "name", "trainable")
 
     def __init__(self, value: np.ndarray | None, name: str | None = None, trainable: bool = True) -> None:
         self._value = value
@@ -56,6 +56,9 @@ class Variable:
         self.trainable = trainable
         # The backend storage holding the current value (asg.core.storage), or None: the numpy array.
         self._home: Any = None
+        # {storage: dtype} where a backend's plans run the value narrower than the host array
+        # (asg.core.storage.store_as: an int64 counter as int32 without 64-bit integers), else None.
+        self._stored: dict[Any, str] | None = None
 
     @property
     def value(self) -> np.ndarray:

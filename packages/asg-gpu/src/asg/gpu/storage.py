@@ -34,6 +34,7 @@ class WgpuStorage(Storage):
         value = var._value
         if value is None:
             raise ValueError(f"parameter {var.name!r} has no value to upload to the GPU")
+        value = self.to_device(var)  # an int64 counter narrowed to int32 (asg.core.storage.store_as)
         size = nbytes(value.shape, value.dtype.name)
         buf = self.pool.acquire(size)
         self.device.write(buf, to_gpu(value, value.dtype.name))
@@ -45,12 +46,12 @@ class WgpuStorage(Storage):
             return
         value = var._value
         data = self.device.read(rec[1], rec[2])
-        value[...] = from_gpu(data, value.shape, value.dtype.name)
+        self.to_host(var, from_gpu(data, value.shape, self.stored_dtype(var)))
         rec[3] = False
 
     def write(self, var: Variable) -> None:
         rec = self._records.get(id(var))
-        value = var._value
+        value = self.to_device(var)
         size = nbytes(value.shape, value.dtype.name)
         if rec is None or rec[2] != size:
             if rec is not None:

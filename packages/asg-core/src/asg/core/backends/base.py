@@ -21,9 +21,10 @@ import numpy as np
 from ..dtypes import DTYPES
 from ..graph import LEAF_OPS, Graph, Node
 from ..lowering import context, lower
+from ..passes.narrow import UnsupportedDTypeError
 from ..schedule import Schedule, Step, build_schedule
 from ..specialize import Specialization
-from ..storage import Storage
+from ..storage import Storage, store_as
 
 OnStep = Callable[[Step, Any, float], None]
 
@@ -115,7 +116,9 @@ def build_plan(
     """Lower every compute node of ``graph`` on the backend, schedule it, and let the backend build the plan.
 
     Each node is lowered once per plan, with concrete types; the kernels' flags drive the buffer plan.
+    On a backend that narrows index dtypes, its storage is told the dtype each int64 parameter runs as.
     """
+    _store_parameters(backend_name, backend, graph)
     names = graph.names()
     compute = [n for n in graph.nodes if n.op not in LEAF_OPS]
     kernels = [lower(context(backend_name, graph, n, spec, names)) for n in compute]
@@ -128,6 +131,28 @@ def build_plan(
         memory_planning=bool(options.get("memory_planning", True)),
     )
     return backend.compile(schedule, kernels, options)
+
+
+def _store_parameters(backend_name: str, backend: Backend, graph: Graph) -> None:
+    """Tell the storage of a backend that narrows index dtypes how its plans run each int64 parameter.
+
+    A parameter narrowed to int32 (:mod:`asg.core.passes.narrow`) is kept as int32 in the backend's
+    storage, its host array staying int64; a random key (left int64) is pinned as int64 there, so one
+    variable run both ways on one backend is an error (:func:`asg.core.storage.store_as`).
+    """
+    params = [n for n in graph.parameters if n.dtype == "int64" or "narrowed_from" in n.meta]
+    if not params or not getattr(getattr(backend, "capabilities", None), "narrow_index", False):
+        return
+    storage = backend.storage
+    for node in params:
+        if storage is None:
+            raise UnsupportedDTypeError(
+                f"backend {backend_name!r} runs {graph.format_node(node)} (named {node.name!r}) as "
+                f"{node.dtype} instead of {node.meta.get('narrowed_from', node.dtype)}, but keeps parameters in "
+                "their host arrays (storage is None), which keep their dtype; give the backend a Storage "
+                "(asg.core.storage) that keeps the narrowed copy"
+            )
+        store_as(node.data, storage, node.dtype, backend_name)
 
 
 _BACKENDS: dict[str, type | Backend] = {}

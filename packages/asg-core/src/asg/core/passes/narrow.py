@@ -20,8 +20,11 @@ What narrowing means for the caller:
   int64 values derived from it through their first input, and everything it is computed from) is a
   64-bit hash state, not an index: narrowing it would change the random numbers. A backend without
   int64 must store keys as two 32-bit words; :func:`check_supported_dtypes` says so when it meets one;
-- an int64 parameter or state that is not a key is an error: its storage is the caller's array,
-  which a pass must not change; create it as int32.
+- an int64 parameter or state that is not a key (a step counter, BatchNorm's ``num_batches_tracked``)
+  becomes an int32 parameter node of the same :class:`~asg.core.graph.Variable`, whose host array
+  stays int64: the backend's storage keeps an int32 copy (:func:`asg.core.storage.store_as`), range-checked
+  at upload (an error names the variable), and ``numpy()``, ``state_dict()`` and saved files still
+  give int64. Its update (``n + 1``) is computed in int32.
 """
 
 from __future__ import annotations
@@ -111,12 +114,25 @@ def _ancestors(graph: Graph, roots: set[int]) -> set[int]:
     return seen
 
 
+def range_error(values: np.ndarray, dtype: str = NARROW) -> str | None:
+    """``"(lo..hi; int32 holds ...)"`` when some of the integer ``values`` do not fit in ``dtype``, else None.
+
+    >>> range_error(np.array([1, 3_000_000_000])), range_error(np.array([-5, 7]))
+    ('(1..3000000000; int32 holds -2147483648..2147483647)', None)
+    """
+    info = np.iinfo(dtype)
+    if values.size and (values.min() < info.min or values.max() > info.max):
+        return f"({values.min()}..{values.max()}; {dtype} holds {info.min}..{info.max})"
+    return None
+
+
 def _check_range(graph: Graph, node: Node, values: np.ndarray) -> None:
-    if values.size and (values.min() < _INFO.min or values.max() > _INFO.max):
+    bad = range_error(values)
+    if bad:
         raise UnsupportedDTypeError(
             f"narrow_index_dtypes: {describe_node(graph, node)} holds values outside int32 "
-            f"({values.min()}..{values.max()}; int32 holds {_INFO.min}..{_INFO.max}), so it cannot be "
-            "narrowed for this backend; keep such values off the graph, or store them as float32"
+            f"{bad}, so it cannot be narrowed for this backend; keep such values off the graph, or store "
+            "them as float32"
         )
 
 
@@ -201,14 +217,11 @@ def narrow_index_dtypes(graph: Graph) -> Graph:
             data.setflags(write=False)
             meta = {**node.meta, "narrowed_from": WIDE}
             return Node("constant", (), {}, node.shape, NARROW, node.name, data, meta)
-        if node.op == "parameter":
-            if node.dtype == WIDE:
-                raise UnsupportedDTypeError(
-                    f"narrow_index_dtypes: {describe_node(graph, original)} is an int64 parameter or state; its "
-                    "storage is your array, which a pass does not change, and this backend has no 64-bit "
-                    "integers: create it as int32 (e.g. ag.state(np.zeros((), 'int32'), name=...))"
-                )
-            return None
+        if node.op == "parameter":  # the same Variable: its storage keeps it as int32 (asg.core.storage)
+            if node.dtype != WIDE:
+                return None
+            meta = {**node.meta, "narrowed_from": WIDE}
+            return Node("parameter", (), {}, node.shape, NARROW, node.name, node.data, meta)
         if node.dtype == WIDE:
             return _narrowed_op(graph, node, original)
         if any(new.dtype != old.dtype for new, old in zip(node.inputs, original.inputs, strict=True)):
