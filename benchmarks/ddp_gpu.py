@@ -71,7 +71,11 @@ def local_rank() -> int:
 
 
 def choose_adapter(rank: int) -> tuple[int, int]:
-    """Point ``ASG_WGPU_ADAPTER`` at candidate ``rank % n`` (before any GPU use): ``(index, n)``."""
+    """Point ``ASG_WGPU_ADAPTER`` at candidate ``rank % n`` (before any GPU use): ``(index, n)``.
+
+    n counts the GPUs among the candidates (which list GPUs first), so a software adapter such as
+    lavapipe beside a GPU is not used; with no GPU, every candidate counts.
+    """
     from asg.gpu.device import NoAdapterError, adapter_candidates
 
     pattern = os.environ.get("ASG_WGPU_ADAPTER", "").partition("#")[0]
@@ -81,9 +85,10 @@ def choose_adapter(rank: int) -> tuple[int, int]:
             f"ddp_gpu: no wgpu adapter matches {pattern!r} (Vulkan driver missing? "
             "on the GPU machine source .gl/preamble.sh first)"
         )
-    index = rank % len(found)
+    count = sum("(CPU)" not in summary for summary in found) or len(found)
+    index = rank % count
     os.environ["ASG_WGPU_ADAPTER"] = f"{pattern}#{index}"
-    return index, len(found)
+    return index, count
 
 
 def gpt_inputs(batch: int, t: int) -> list[tuple[tuple[int, ...], str]]:
