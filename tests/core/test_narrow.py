@@ -400,6 +400,33 @@ def test_a_variable_run_as_a_key_and_as_a_counter_on_one_backend_is_an_error(int
         keyed(), counted()
 
 
+def test_a_counter_sharing_its_constant_with_a_random_key_counter_is_still_narrowed(int32_backend):
+    storage = int32_backend(Int32Storage(), WGSL | {"int64"})  # int64 for random keys only, as on wgpu
+
+    def build(backend: str):
+        rng = ag.RNG(seed=3)
+        n = ag.state(np.array(0, "int64"), name="n")
+        x = ag.input("x", (2, 8))
+        y = ag.dropout(x, 0.5, rng.next_key()) * (n + 1).astype("float32")
+        f = ag.compile([y, n + 1], inputs=[x], updates={**rng.updates(), n: n + 1}, backend=backend)
+        (counter,) = [p.data for p in f.graph.parameters if p.data is not n.node.data]
+        return f, counter, n
+
+    want, want_counter, _ = build("numpy")
+    f, counter, n = build("no-int64")
+    ones = [c for c in f.graph.nodes if c.op == "constant" and c.dtype == "int64" and c.data.tolist() == 1]
+    assert len(ones) == 1  # CSE gave both counters' updates the same constant 1
+    run_dtypes = {p.data: p.dtype for p in f._run_graph.parameters}
+    assert run_dtypes == {counter: "int64", n.node.data: "int32"}
+    x = np.random.default_rng(2).standard_normal((2, 8)).astype("float32")
+    for _ in range(3):  # a new mask each step, as on numpy
+        (y, count), (want_y, want_count) = f(x), want(x)
+        np.testing.assert_array_equal(y, want_y)
+        assert count.dtype.name == "int32" and count.tolist() == want_count.tolist()
+    assert storage.copies[n.node.data].dtype.name == "int32" and storage.copies[counter].dtype.name == "int64"
+    assert int(n.numpy()) == 3 and int(counter.value) == int(want_counter.value) == 3
+
+
 # ----------------------------------------------------------------------------- check_supported_dtypes
 def test_a_float64_input_is_refused_with_what_to_do():
     x = ag.input("x", (3,), "float64")  # marker: float64 input

@@ -39,7 +39,7 @@ from ..errors import DTypeError
 from ..graph import Graph, Node
 from ..registry import RANDOM, op_has
 from .base import register_pass
-from .rewrite import make_node, rewrite
+from .rewrite import copy_node, make_node, rewrite
 
 WIDE, NARROW = "int64", "int32"
 _INFO = np.iinfo(NARROW)
@@ -76,8 +76,9 @@ def random_keys(graph: Graph) -> set[int]:
 
     They are the first input of each :data:`~asg.core.registry.RANDOM` op (the key), every int64 value
     it is computed from (seeds, step counters, ``fold_in`` results), and every int64 value computed
-    from one of those (the counter's update ``counter + 1``, the next key). Narrowing never changes
-    them, nor anything they are computed from.
+    from one of those but a constant (the counter's update ``counter + 1``, the next key: not another
+    counter's ``n + 1`` that shares the constant 1). Narrowing never changes them, nor anything they
+    are computed from.
 
     >>> import asg.core as ag
     >>> key = ag.input("key", (), "int64")
@@ -94,7 +95,8 @@ def random_keys(graph: Graph) -> set[int]:
         grown |= {
             n.id
             for n in graph.nodes
-            if n.dtype == WIDE and any(i.id in keys or i.id in grown for i in n.inputs if i.dtype == WIDE)
+            if n.dtype == WIDE
+            and any(i.id in keys or i.id in grown for i in n.inputs if i.dtype == WIDE and i.op != "constant")
         }
         if grown <= keys:
             return keys
@@ -134,6 +136,15 @@ def _check_range(graph: Graph, node: Node, values: np.ndarray) -> None:
             f"{bad}, so it cannot be narrowed for this backend; keep such values off the graph, or store "
             "them as float32"
         )
+
+
+def _narrowed_constant(graph: Graph, node: Node) -> Node:
+    """An int32 copy of the int64 constant ``node``, after checking that its values fit."""
+    _check_range(graph, node, node.data)
+    data = node.data.astype(NARROW)
+    data.setflags(write=False)
+    meta = {**node.meta, "narrowed_from": WIDE}
+    return Node("constant", (), {}, node.shape, NARROW, node.name, data, meta)
 
 
 def _check_attrs(graph: Graph, node: Node, attrs: dict[str, Any]) -> None:
@@ -210,18 +221,19 @@ def narrow_index_dtypes(graph: Graph) -> Graph:
             meta = {**node.meta, "narrowed_from": WIDE}
             return Node("input", (), {}, node.shape, NARROW, node.name, None, meta)
         if node.op == "constant":
-            if node.dtype != WIDE:
-                return None
-            _check_range(graph, original, node.data)
-            data = node.data.astype(NARROW)
-            data.setflags(write=False)
-            meta = {**node.meta, "narrowed_from": WIDE}
-            return Node("constant", (), {}, node.shape, NARROW, node.name, data, meta)
+            return _narrowed_constant(graph, node) if node.dtype == WIDE else None
         if node.op == "parameter":  # the same Variable: its storage keeps it as int32 (asg.core.storage)
             if node.dtype != WIDE:
                 return None
             meta = {**node.meta, "narrowed_from": WIDE}
             return Node("parameter", (), {}, node.shape, NARROW, node.name, node.data, meta)
+        if any(i.id in keep and i.op == "constant" and i.dtype == WIDE for i in node.inputs):
+            # a constant shared with a key's computation (CSE merges every 1): this node gets an int32 copy
+            inputs = [
+                _narrowed_constant(graph, i) if i.id in keep and i.op == "constant" and i.dtype == WIDE else i
+                for i in node.inputs
+            ]
+            node = copy_node(node, inputs)  # retyped below, as for any narrowed input
         if node.dtype == WIDE:
             return _narrowed_op(graph, node, original)
         if any(new.dtype != old.dtype for new, old in zip(node.inputs, original.inputs, strict=True)):
