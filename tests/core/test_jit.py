@@ -208,16 +208,36 @@ def _optimizer_step(backend: str, kind: str, seed: int = 0) -> list[np.ndarray]:
     elif kind == "sgd_nesterov":
         new = optim.sgd_update(p, g, buf, t, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.01)
         updates = {p: new["param"], buf: new["momentum_buffer"], step: t}
-    else:
+    elif kind == "sgd":
         new = optim.sgd_update(p, g, lr=lr, maximize=True)
         updates = {p: new["param"], step: t}
+    elif kind == "adam_amsgrad":  # no numba kernel: the numpy kernel's set, in place
+        mx = ag.state(np.zeros((30, 7), np.float32), name="max")
+        new = optim.adam_update(p, g, buf, sq, t, lr=lr, max_exp_avg_sq=mx, weight_decay=0.1)
+        updates = {
+            p: new["param"],
+            buf: new["exp_avg"],
+            sq: new["exp_avg_sq"],
+            mx: new["max_exp_avg_sq"],
+            step: t,
+        }
+    else:  # rmsprop, centered with momentum or plain
+        full = kind == "rmsprop_centered_momentum"
+        ga = ag.state(np.zeros((30, 7), np.float32), name="grad_avg")
+        extra = dict(grad_avg=ga, momentum_buffer=buf, momentum=0.5, centered=True) if full else {}
+        new = optim.rmsprop_update(p, g, sq, lr=lr, weight_decay=0.05, maximize=full, **extra)
+        updates = {p: new["param"], sq: new["square_avg"], step: t}
+        if full:
+            updates.update({ga: new["grad_avg"], buf: new["momentum_buffer"]})
     f = ag.compile([], inputs=[g], updates=updates, backend=backend)
     for i in range(3):
         f(rng.standard_normal((30, 7)).astype(np.float32) * (i + 1))
     return [v.numpy() for v in updates]
 
 
-@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd_nesterov", "sgd"])
+@pytest.mark.parametrize(
+    "kind", ["adam", "adamw", "sgd_nesterov", "sgd", "adam_amsgrad", "rmsprop", "rmsprop_centered_momentum"]
+)
 def test_optimizer_kernel_matches_numpy_over_three_steps(kind: str) -> None:
     want = _optimizer_step("numpy", kind)
     got = _optimizer_step("numpy-jit", kind)
@@ -433,3 +453,33 @@ def test_fused_outputs_reuse_planned_buffers_and_stay_correct() -> None:
     heads = [s.node for s in f.plan_for(xs[0]).schedule.steps if "jit_buffer" in s.node.meta]
     used = [n.meta["jit_buffer"] for n in heads]
     assert len(used) >= 4 and len(set(used)) < len(used), used  # some buffer serves two kernels
+
+
+@needs_numba
+@pytest.mark.parametrize("kind", ["adam", "rmsprop_centered_momentum", "sgd"])
+def test_optimizer_kernels_write_the_state_in_place(kind: str) -> None:
+    p = ag.parameter(np.ones((30, 7), np.float32), name="p")
+    held = p.numpy()
+    rng = np.random.default_rng(0)
+    buf, sq, ga = (ag.state(np.zeros((30, 7), np.float32), name=n) for n in ("buf", "sq", "ga"))
+    lr, t = ag.state(np.float32(0.01), name="lr"), ag.state(np.float32(1), name="t")
+    g = ag.input("g", (30, 7))
+    if kind == "adam":
+        new = optim.adam_update(p, g, buf, sq, t, lr=lr)
+        state = {p: new["param"], buf: new["exp_avg"], sq: new["exp_avg_sq"]}
+    elif kind == "sgd":
+        new = optim.sgd_update(p, g, lr=lr)
+        state = {p: new["param"]}
+    else:
+        new = optim.rmsprop_update(p, g, sq, ga, buf, lr=lr, momentum=0.5, centered=True)
+        state = {p: new["param"], sq: new["square_avg"], ga: new["grad_avg"], buf: new["momentum_buffer"]}
+    f = ag.compile([], inputs=[g], updates=state, backend="numpy-jit")
+    grad = rng.standard_normal((30, 7)).astype(np.float32)
+    plan = f.plan_for(grad)
+    op = kind.split("_")[0] + "_update"
+    assert [s.node.meta["jit"].split(" kernel")[0] for s in plan.schedule.steps] == [op] * len(state)
+    assert "out=(p," in plan.source  # the state's arrays are the kernel's outputs (values: the test above)
+    before = p.numpy().copy()
+    f(grad)
+    f(grad)  # the generated code: written into the arrays
+    assert p.numpy() is held and not np.array_equal(held, before)

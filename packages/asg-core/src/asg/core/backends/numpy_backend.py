@@ -64,6 +64,7 @@ class NumpyPlan:
         self._steps: list[_Call] = []
         self._expected: list[tuple[tuple[int, ...], np.dtype]] = []
         fns, sets = _shared_output_calls(schedule, kernels)
+        sets += _named_output_sets(fns, {i for indices, _ in sets for i in indices})
         # The fast path writes these steps' results into the parameters' arrays (no copy afterwards).
         self._writes = _in_place_writes(schedule, sets)
         written = {param.id for targets in self._writes.values() for param in targets if param is not None}
@@ -328,6 +329,18 @@ def _shared_output_calls(
     return fns, found
 
 
+def _named_output_sets(fns: Sequence[Any], known: set[int]) -> list[tuple[list[int], tuple[str, ...]]]:
+    """The sets of steps a backend made with :func:`head_and_tails` from a compute naming its outputs
+    (``compute.output_names``, e.g. numpy-jit's optimizer kernels): (head and tail indices, names)."""
+    found = []
+    for index, fn in enumerate(fns):
+        names = getattr(fn, "output_names", None)
+        if names and index not in known:
+            tails = [i for i, other in enumerate(fns) if getattr(other, "head", None) is fn]
+            found.append(([index, *tails], tuple(names)))
+    return found
+
+
 def _in_place_writes(
     schedule: Schedule, sets: Sequence[tuple[list[int], tuple[str, ...]]]
 ) -> dict[int, tuple[Node | None, ...]]:
@@ -422,11 +435,15 @@ def head_and_tails(
         stash[1:] = outs[1:]
         return outs[0]
 
+    # A compute that names its outputs and takes out= (an optimizer set's) may write them in place.
+    head.output_names = getattr(compute, "output_names", None)  # type: ignore[attr-defined]
+
     def tail(k: int) -> Callable[..., np.ndarray]:
         def fetch(*_ignored: Any) -> np.ndarray:
             value, stash[k] = stash[k], None
             return value
 
+        fetch.head = head  # type: ignore[attr-defined]
         return fetch
 
     return [head, *(tail(k) for k in range(1, count))]

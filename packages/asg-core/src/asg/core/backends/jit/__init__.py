@@ -321,7 +321,7 @@ def _unit(nodes: list[Node], users: Mapping[int, list[Node]], graph_outputs: set
     return _Unit(nodes, inputs, outputs, kind)
 
 
-_OPTIMIZERS = ("adam_update", "sgd_update")
+_OPTIMIZERS = ("adam_update", "sgd_update", "rmsprop_update")
 
 
 def _find_units(schedule: Schedule, options: Mapping[str, Any]) -> list[_Unit]:
@@ -349,7 +349,8 @@ def _find_units(schedule: Schedule, options: Mapping[str, Any]) -> list[_Unit]:
             taken.add(n.id)
     sets: dict[tuple, list[Node]] = {}
     for n in graph.nodes:
-        if n.op in _OPTIMIZERS and n.dtype in ("float32", "float64"):
+        # AMSGrad's max_exp_avg_sq has no numba kernel: the numpy kernel computes that set (in one call)
+        if n.op in _OPTIMIZERS and n.dtype in ("float32", "float64") and not n.attrs.get("amsgrad"):
             attrs = tuple(sorted((k, v) for k, v in n.attrs.items() if k != "output"))
             sets.setdefault((n.op, tuple(i.id for i in n.inputs), attrs), []).append(n)
     for nodes in sets.values():
@@ -386,13 +387,16 @@ def _elementwise_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, A
 
 
 def _optimizer_kernel(unit: _Unit, schedule: Schedule) -> Any:
+    """One numba call computing every output of an optimizer set; ``out=`` (aligned with the unit's
+    outputs) names arrays to write them into, such as the state's own (the numpy plan's in-place updates)."""
     from . import kernels
 
     first = unit.nodes[0]
     attrs = schedule.spec.attrs[first.id]
     wanted = [n.attrs["output"] for n in unit.outputs]
     if unit.kind == "adam_update":
-        names = ("param", "exp_avg", "exp_avg_sq")
+        names: tuple[str, ...] = ("param", "exp_avg", "exp_avg_sq")
+        written = names
         beta1, beta2, eps = float(attrs["beta1"]), float(attrs["beta2"]), float(attrs["eps"])
         wd, decoupled, maximize = (
             float(attrs["weight_decay"]),
@@ -400,7 +404,7 @@ def _optimizer_kernel(unit: _Unit, schedule: Schedule) -> Any:
             bool(attrs["maximize"]),
         )
 
-        def compute(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, step: Any, lr: Any) -> list:
+        def compute(outs: list[np.ndarray], p: Any, g: Any, m: Any, v: Any, step: Any, lr: Any) -> None:
             t, lr_ = float(step), float(lr)
             c = np.array(
                 [
@@ -416,33 +420,67 @@ def _optimizer_kernel(unit: _Unit, schedule: Schedule) -> Any:
                 ],
                 p.dtype,
             )
-            outs = [np.empty_like(p) for _ in range(3)]
-            flat = [np.ascontiguousarray(a).reshape(-1) for a in (p, g, m, v)]
-            kernels.adam(*flat, c, decoupled, maximize, *[o.reshape(-1) for o in outs])
-            return outs
+            kernels.adam(*_flat(p, g, m, v), c, decoupled, maximize, *outs)
 
-    else:
+    elif unit.kind == "sgd_update":
         momentum = float(attrs["momentum"])
         names = ("param", "momentum_buffer")
+        written = names if momentum else names[:1]
         dampening, nesterov = float(attrs["dampening"]), bool(attrs["nesterov"])
         wd, maximize = float(attrs["weight_decay"]), bool(attrs["maximize"])
 
-        def compute(*arrays: Any) -> list:
+        def compute(outs: list[np.ndarray], *arrays: Any) -> None:
             p, g, lr = arrays[0], arrays[1], float(arrays[-1])
             buf, first = (arrays[2], float(arrays[3]) <= 1) if momentum else (p, True)
             c = np.array([lr, momentum, 1 - dampening, wd], p.dtype)
-            outs = [np.empty_like(p) for _ in range(2)]
-            flat = [np.ascontiguousarray(a).reshape(-1) for a in (p, g, buf)]
-            kernels.sgd(*flat, c, first, nesterov, maximize, *[o.reshape(-1) for o in outs])
-            return outs
+            kernels.sgd(*_flat(p, g, buf), c, first, nesterov, maximize, *outs)
+
+    else:  # rmsprop_update
+        alpha, eps = float(attrs["alpha"]), float(attrs["eps"])
+        momentum, centered = float(attrs["momentum"]), bool(attrs["centered"])
+        wd, maximize = float(attrs["weight_decay"]), bool(attrs["maximize"])
+        names = ("param", "square_avg", "grad_avg", "momentum_buffer")
+        written = tuple(
+            n for n in names if (n != "grad_avg" or centered) and (n != "momentum_buffer" or momentum)
+        )
+
+        def compute(outs: list[np.ndarray], *arrays: Any) -> None:
+            p, g, sq, lr = arrays[0], arrays[1], arrays[2], float(arrays[-1])
+            grad_avg = arrays[3] if centered else p
+            buf = arrays[3 + centered] if momentum else p
+            # as the numpy kernel's Python-float constants, rounded to p's dtype
+            c = np.array([alpha, 1 - alpha, 1 - (1 - alpha), eps, lr, momentum, wd], p.dtype)
+            kernels.rmsprop(*_flat(p, g, sq, grad_avg, buf), c, centered, momentum != 0, maximize, *outs)
 
     index = [names.index(w) for w in wanted]
 
-    def run(*arrays: np.ndarray) -> list[np.ndarray]:
-        outs = compute(*arrays)
-        return [outs[i] for i in index]
+    def run(*arrays: np.ndarray, out: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        p = arrays[0]
+        given: list[Any] = [None] * len(names)
+        for i, target in zip(index, out or (), strict=False):
+            given[i] = target
+        # each output into its target when that is contiguous (the kernel writes flat), else a fresh array;
+        # one element for an output the kernel does not write (SGD without momentum ...)
+        outs = [
+            t
+            if t is not None and t.flags.c_contiguous
+            else np.empty_like(p)
+            if name in written
+            else np.empty(1, p.dtype)
+            for t, name in zip(given, names, strict=True)
+        ]
+        compute([o.reshape(-1) for o in outs], *arrays)
+        for t, o in zip(given, outs, strict=True):
+            if t is not None and t is not o:
+                np.copyto(t, o)
+        return [given[i] if given[i] is not None else outs[i] for i in index]
 
+    run.output_names = tuple(wanted)  # type: ignore[attr-defined]
     return run
+
+
+def _flat(*arrays: np.ndarray) -> list[np.ndarray]:
+    return [np.ascontiguousarray(a).reshape(-1) for a in arrays]
 
 
 def _unit_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, Any]) -> Any | None:

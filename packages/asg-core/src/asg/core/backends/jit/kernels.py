@@ -155,6 +155,37 @@ def sgd(p, g, buf, c, first, nesterov, maximize, out_p, out_buf):  # pragma: no 
 
 
 @njit(**_JIT)
+def rmsprop(
+    p, g, sq, grad_avg, buf, c, centered, has_momentum, maximize, out_p, out_sq, out_ga, out_buf
+):  # pragma: no cover - compiled
+    # As asg.core.ops.optim._rmsprop_kernel (torch.optim.RMSprop), in p's dtype. c: (alpha, 1 - alpha,
+    # 1 - (1 - alpha), eps, lr, momentum, weight_decay); grad_avg and buf are read (and out_ga / out_buf
+    # written) only when centered / has_momentum.
+    alpha, w, w_rest, eps, lr, mom, wd = c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+    low_weight = w < 0.5
+    for i in prange(p.shape[0]):
+        gi = -g[i] if maximize else g[i]
+        if wd != 0:
+            gi = gi + wd * p[i]
+        s = sq[i] * alpha + w * (gi * gi)
+        out_sq[i] = s
+        if centered:
+            ga = grad_avg[i]
+            # torch.lerp(grad_avg, g, 1 - alpha): two formulas, on either side of weight 0.5
+            ga = ga + w * (gi - ga) if low_weight else gi - (gi - ga) * w_rest
+            out_ga[i] = ga
+            avg = np.sqrt(s - ga * ga) + eps
+        else:
+            avg = np.sqrt(s) + eps
+        if has_momentum:
+            b = buf[i] * mom + gi / avg
+            out_buf[i] = b
+            out_p[i] = p[i] - lr * b
+        else:
+            out_p[i] = p[i] - lr * (gi / avg)
+
+
+@njit(**_JIT)
 def col2im(cols, stride_h, stride_w, dil_h, dil_w, top, left, out):  # pragma: no cover - compiled
     # out[n, g*cpg + c, y*stride + i*dilation - top, x*stride + j*dilation - left] += cols[g, i, j, c, n, y, x]:
     # conv_transpose2d's scatter, one (image, channel) plane per task (no two tasks write one element).
