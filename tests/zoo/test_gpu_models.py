@@ -140,13 +140,11 @@ CASES = {
 }
 
 
-def training_step(
-    case, backend: str, batch_counters: bool = True
-) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
+def training_step(case, backend: str) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One step compiled on ``backend``: ``(loss, {param: grad}, state_dict after an SGD update)``.
 
-    ``batch_counters=False`` leaves out the update of BatchNorm's int64 ``num_batches_tracked`` (a counter
-    nothing reads), which the wgpu backend cannot store.
+    The state includes BatchNorm's int64 ``num_batches_tracked``, which wgpu (no 64-bit integers) keeps
+    as int32 and gives back as int64.
     """
     make, loss_fn, specs, arrays = case
     nn.init.manual_seed(0)
@@ -155,8 +153,6 @@ def training_step(
     model.train()
     with nn.capture_updates() as state_updates:
         loss = loss_fn(model(*xs[:-1]), xs[-1])
-    if not batch_counters:
-        state_updates = {v: u for v, u in state_updates.items() if v.dtype != "int64"}
     names, params = zip(*model.named_parameters(), strict=True)
     grads = ag.grad(loss, list(params))
     # SGD, not Adam: Adam's first step is lr * g / (|g| + eps), which turns float32 noise in a small
@@ -169,9 +165,9 @@ def training_step(
     return float(loss_value), dict(zip(names, grad_values, strict=True)), model.state_dict()
 
 
-def assert_steps_match(name: str, batch_counters: bool = True) -> None:
-    want_loss, want_grads, want_state = training_step(CASES[name], "numpy", batch_counters)
-    loss, grads, state = training_step(CASES[name], "wgpu", batch_counters)
+def assert_steps_match(name: str) -> None:
+    want_loss, want_grads, want_state = training_step(CASES[name], "numpy")
+    loss, grads, state = training_step(CASES[name], "wgpu")
     np.testing.assert_allclose(loss, want_loss, rtol=1e-4)
     assert grads.keys() == want_grads.keys()
     # float32 sums: errors scale with the largest gradient (some are zero in exact arithmetic, e.g. the
@@ -181,19 +177,10 @@ def assert_steps_match(name: str, batch_counters: bool = True) -> None:
     for key, g in grads.items():
         np.testing.assert_allclose(g, want_grads[key], rtol=1e-4, atol=1e-5 * scale, err_msg=key)
     for key, value in state.items():  # the updated parameters and layer statistics
+        assert value.dtype == want_state[key].dtype, key  # int64 counters included
         np.testing.assert_allclose(value, want_state[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_training_step_matches_numpy(name):
-    assert_steps_match(name, batch_counters=not name.startswith("resnet"))
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=ag.DTypeError,
-    reason="asg-nn BatchNorm's num_batches_tracked is an int64 state; the wgpu backend has no int64 and "
-    "narrow_index_dtypes refuses int64 parameters/states (nn.compile_train_step(resnet, ..., backend='wgpu') and so asg-zoo train resnet18 --backend wgpu fail too)",
-)
-def test_resnet_step_with_batchnorm_counter():
-    assert_steps_match("resnet-basic")
+    assert_steps_match(name)
