@@ -83,6 +83,19 @@ fn mul_zero_f(x: f32, zero: f32) -> f32 {
     if (is_nan(x) || is_inf(x)) { return bitcast<f32>(0x7fc00000u); }
     return bitcast<f32>((bitcast<u32>(x) ^ bitcast<u32>(zero)) & 0x80000000u);
 }""",
+    # x rounded to the nearest float16 (ties to even) and back, in integer arithmetic: NVIDIA's compiler
+    # folds both f32(f16(x)) and unpack2x16float(pack2x16float(x)) to x, so a fused float16 chain
+    # kept float32 precision and never overflowed to inf (the loss scaler's overflow went unseen)
+    "round_f16": """
+fn round_f16(x: f32) -> f32 {
+    let bits = bitcast<u32>(x);
+    let a = bits & 0x7fffffffu;
+    let sign = bits & 0x80000000u;
+    if (a > 0x7f800000u) { return x; }
+    if (a >= 0x477ff000u) { return bitcast<f32>(sign | 0x7f800000u); }
+    if (a >= 0x38800000u) { return bitcast<f32>(sign | ((a + 0xfffu + ((a >> 13u) & 1u)) & 0xffffe000u)); }
+    return bitcast<f32>(sign | bitcast<u32>(round(bitcast<f32>(a) * 16777216.0) * 5.9604644775390625e-08));
+}""",
     "softplus_f": """
 fn softplus_f(x: f32, beta: f32, threshold: f32) -> f32 {
     let bx = x * beta;
@@ -319,7 +332,7 @@ def emit(
     """
     value = _emit(op, attrs, in_dtypes, out_dtype, operands)
     # a float16 value is rounded where numpy's op rounds it, also inside a fused kernel
-    return f"f32(f16({value}))" if out_dtype == "float16" else value
+    return f"round_f16({value})" if out_dtype == "float16" else value
 
 
 def _emit(
