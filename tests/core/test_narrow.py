@@ -226,6 +226,18 @@ def test_random_keys_and_their_state_stay_int64():
     assert new_counter.dtype.name == "int64"
 
 
+def test_a_constant_key_stays_int64_beside_a_counter_and_ids():
+    key = ag.constant(np.int64(-1234567890123), name="key")  # outside int32: narrowing it would fail
+    x = ag.input("x", (2, 16))
+    ids = ag.input("ids", (2,), "int64")
+    h = ag.dropout(x, 0.25, key) + (ids * 3).astype("float32").reshape((2, 1))
+    g = ag.Graph([h.node])
+    n = narrow_index_dtypes(g)
+    assert [c.dtype for c in n.nodes if c.op == "constant" and c.name == "key"] == ["int64"]
+    assert n.inputs[1].dtype == "int32"
+    check_same_values(g, n, np.ones((2, 16), "float32"), np.array([4, -1], "int64"))
+
+
 def test_registered_as_a_pass_that_is_not_default():
     assert PASSES["narrow_index_dtypes"] is narrow_index_dtypes
     assert "narrow_index_dtypes" not in DEFAULT_PASSES

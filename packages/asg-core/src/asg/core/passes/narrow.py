@@ -227,8 +227,12 @@ def narrow_index_dtypes(graph: Graph) -> Graph:
                 return None
             meta = {**node.meta, "narrowed_from": WIDE}
             return Node("parameter", (), {}, node.shape, NARROW, node.name, node.data, meta)
-        if any(i.id in keep and i.op == "constant" and i.dtype == WIDE for i in node.inputs):
-            # a constant shared with a key's computation (CSE merges every 1): this node gets an int32 copy
+        retyped = node.dtype == WIDE or any(
+            a.dtype != b.dtype for a, b in zip(node.inputs, original.inputs, strict=True)
+        )
+        if retyped and any(i.id in keep and i.op == "constant" and i.dtype == WIDE for i in node.inputs):
+            # index arithmetic reading a constant shared with a key's computation (CSE merges every 1):
+            # it gets its own int32 copy (a random op reading a constant key is not retyped: it keeps it)
             inputs = [
                 _narrowed_constant(graph, i) if i.id in keep and i.op == "constant" and i.dtype == WIDE else i
                 for i in node.inputs
