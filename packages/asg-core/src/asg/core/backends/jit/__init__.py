@@ -11,8 +11,9 @@ single-threaded numpy passes:
 - elementwise ops not in a group (erf, gelu, sigmoid ...) on large arrays run as one-op loops;
 - softmax/log_softmax over the last axis and layer_norm forward/backward are row-wise kernels;
 - conv_transpose2d (conv2d's input gradient) scatters its GEMM's columns in one parallel pass;
-- the optimizer updates (``adam_update``, ``sgd_update``) of one parameter, one op per updated
-  tensor in the graph, run as one kernel computing all of them.
+- the optimizer updates (``adam_update``, ``sgd_update``, ``rmsprop_update``) of one parameter, one op
+  per updated tensor in the graph, run as one kernel computing all of them, written into the state's
+  own arrays where nothing else reads them afterwards (AMSGrad runs the numpy kernel's single call).
 
 It is a backend rather than an option of ``"numpy"`` because it changes what runs (which nodes exist
 as values: ``Function.capture`` sees only a fused group's outputs) while keeping everything numpy
