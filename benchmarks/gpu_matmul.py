@@ -5,7 +5,9 @@ Run on the lent GPU machine (see ../shared/device/README.md)::
     source .gl/preamble.sh; PYTHONPATH=packages/asg-core/src:packages/asg-gpu/src python3 benchmarks/gpu_matmul.py
 
 The wgpu figure is the backend's own lowering of ``a @ b`` (the kernel ``compile(..., backend="wgpu")``
-runs), dispatched ``--reps`` times back to back in one compute pass and timed by timestamp queries.
+runs, its tile from ``matmul_tile``), dispatched back to back in one compute pass and timed by timestamp
+queries; each tile variant is timed too, on square products and on the GPT benchmark's shapes.
+``--small`` is a quick lavapipe run.
 It also prints the host cost per dispatch of a compiled plan of many small elementwise ops, and
 checks each product against numpy. torch is optional: without CUDA its column says "-".
 """
@@ -22,30 +24,52 @@ import numpy as np
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
 
 import asg.core as ag
+from asg.core.backends import available_backends, get_backend, register_backend
 from asg.gpu.backend import WgpuBackend
-from asg.gpu.kernels.linalg import matmul_program, tile_config
+from asg.gpu.kernels.linalg import matmul_program, matmul_tile
+
+if "wgpu" not in available_backends():  # run from the source tree (PYTHONPATH), asg-gpu not installed
+    register_backend("wgpu", WgpuBackend)
+
+Shape = tuple[int, ...]
+
+
+def _out_shape(a: Shape, b: Shape) -> Shape:
+    return (*np.broadcast_shapes(a[:-2], b[:-2]), a[-2], b[-1])
+
+
+def _flops(a: Shape, b: Shape) -> float:
+    return 2.0 * float(np.prod(_out_shape(a, b))) * a[-1]
 
 
 def wgpu_matmul_tflops(
-    backend: WgpuBackend, n: int, reps: int, config: tuple[int, int, int] | None = None
+    backend: WgpuBackend,
+    a_shape: Shape,
+    b_shape: Shape,
+    reps: int,
+    config: tuple[int, int, int] | None = None,
 ) -> tuple[float, float]:
-    """(TFLOP/s from timestamps, max relative error against numpy) for an n x n x n product.
+    """(TFLOP/s from timestamps, max relative error against numpy) for ``a @ b``.
 
-    ``config``: a tile (BM, BN, BK) instead of the backend's choice (``tile_config``).
+    ``config``: a tile (BM, BN, BK) instead of the backend's choice (``matmul_tile``).
     """
     import wgpu
 
     dev = backend.device()
-    prog = matmul_program((n, n), (n, n), (n, n), "bench", config)
+    out_shape = _out_shape(a_shape, b_shape)
+    prog = matmul_program(a_shape, b_shape, out_shape, "bench", config)
     (d,) = prog.dispatches
     pipe = dev.pipeline(d.wgsl, 3)
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n)).astype(np.float32)
-    b = rng.standard_normal((n, n)).astype(np.float32)
-    bufs = [dev.create_buffer(a.nbytes) for _ in range(3)]
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    out_bytes = int(np.prod(out_shape)) * 4
+    bufs = [dev.create_buffer(a.nbytes), dev.create_buffer(b.nbytes), dev.create_buffer(out_bytes)]
     dev.write(bufs[0], a)
     dev.write(bufs[1], b)
-    bg = dev.bind_group(3, [(buf, 0, a.nbytes) for buf in bufs])
+    bg = dev.bind_group(
+        3, [(buf, 0, nb) for buf, nb in zip(bufs, (a.nbytes, b.nbytes, out_bytes), strict=True)]
+    )
     qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2)
     qbuf = dev.device.create_buffer(
         size=256, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
@@ -72,18 +96,19 @@ def wgpu_matmul_tflops(
 
     run(1)  # JIT / warm-up
     seconds = run(reps)
-    got = np.frombuffer(dev.read(bufs[2], a.nbytes), np.float32).reshape(n, n)
+    got = np.frombuffer(dev.read(bufs[2], out_bytes), np.float32).reshape(out_shape)
     want = a.astype(np.float64) @ b.astype(np.float64)
     err = float(np.abs(got - want).max() / np.abs(want).max())
     for buf in bufs:
         buf.destroy()
-    return 2.0 * n**3 * reps / seconds / 1e12, err
+    return _flops(a_shape, b_shape) * reps / seconds / 1e12, err
 
 
-TILES = [(64, 64, 16), (64, 128, 16), (128, 128, 16), (128, 128, 32)]
+# tiles timed for every shape (the backend's own choice is the "tile" column)
+VARIANTS = [(64, 64, 16), (64, 128, 16), (64, 128, 32), (128, 64, 32), (128, 128, 16), (128, 128, 32)]
 
 
-def torch_tflops(n: int, reps: int) -> float | None:
+def torch_tflops(a_shape: Shape, b_shape: Shape, reps: int) -> float | None:
     try:
         import torch
     except ImportError:
@@ -92,8 +117,8 @@ def torch_tflops(n: int, reps: int) -> float | None:
         return None
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    a = torch.randn(n, n, device="cuda")
-    b = torch.randn(n, n, device="cuda")
+    a = torch.randn(*a_shape, device="cuda")
+    b = torch.randn(*b_shape, device="cuda")
     for _ in range(3):
         a @ b
     torch.cuda.synchronize()
@@ -101,7 +126,7 @@ def torch_tflops(n: int, reps: int) -> float | None:
     for _ in range(reps):
         a @ b
     torch.cuda.synchronize()
-    return 2.0 * n**3 * reps / (time.perf_counter() - start) / 1e12
+    return _flops(a_shape, b_shape) * reps / (time.perf_counter() - start) / 1e12
 
 
 def dispatch_cost(ops: int = 400, calls: int = 20) -> float:
@@ -122,31 +147,49 @@ def dispatch_cost(ops: int = 400, calls: int = 20) -> float:
     return encode / calls / len(plan._encoded) * 1e6
 
 
+def _shapes(sizes: list[int], gpt: bool) -> list[tuple[str, Shape, Shape]]:
+    rows = [(f"{n}^3", (n, n), (n, n)) for n in sizes]
+    if gpt:  # the GPT benchmark's products (B*T=8192, d=512, 4d=2048, 8 heads of 64, T=256)
+        rows += [
+            ("x@W_fc", (8192, 512), (512, 2048)),
+            ("dW_fc", (512, 8192), (8192, 2048)),
+            ("q@k^T", (32, 8, 256, 64), (32, 8, 64, 256)),
+            ("p@v", (32, 8, 256, 256), (32, 8, 256, 64)),
+        ]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--small", action="store_true", help="lavapipe: sizes 64 and 128, no GPT shapes")
     args = parser.parse_args()
-    backend = WgpuBackend()
+    if args.small:
+        args.sizes, args.reps = [64, 128], 1
+    backend = get_backend("wgpu")
     dev = backend.device()
     print(f"adapter: {dev.summary}; features: {', '.join(sorted(dev.features))}")
     rows = []
-    for n in args.sizes:
-        reps = args.reps if n >= 1024 else args.reps * 10
-        tf, err = wgpu_matmul_tflops(backend, n, reps)
-        each = [wgpu_matmul_tflops(backend, n, reps, c)[0] for c in TILES]
-        rows.append((n, tile_config(n, n, n), tf, torch_tflops(n, reps), err, each))
+    for label, a, b in _shapes(args.sizes, not args.small):
+        flop = _flops(a, b)
+        reps = max(args.reps, min(args.reps * 10, int(args.reps * 2 * 2048**3 / flop)))
+        tf, err = wgpu_matmul_tflops(backend, a, b, reps)
+        each = [wgpu_matmul_tflops(backend, a, b, reps, c)[0] for c in VARIANTS]
+        batch = int(np.prod(_out_shape(a, b)[:-2]))
+        tile = matmul_tile(a[-2] * (batch if len(b) == 2 else 1), b[-1], a[-1], 1 if len(b) == 2 else batch)
+        rows.append((label, tile, tf, torch_tflops(a, b, reps), err, each))
     print(f"host cost per dispatch in a compiled plan: {dispatch_cost():.1f} us")
-    tiles = "".join(f"{'x'.join(map(str, c)):>12}" for c in TILES)
+    names = "".join(f"{'x'.join(map(str, c)):>12}" for c in VARIANTS)
     print(
-        f"{'n':>6} {'tile':>10} {'wgpu TF/s':>10} {'torch TF/s':>11} {'ratio':>6} {'rel err':>8} | TF/s per tile:{tiles}"
+        f"{'shape':>8} {'tile':>10} {'wgpu TF/s':>10} {'torch TF/s':>11} {'ratio':>6} {'rel err':>8} | TF/s per tile:{names}"
     )
-    for n, tile, tf, ref, err, each in rows:
+    for label, tile, tf, ref, err, each in rows:
         ratio = f"{tf / ref:.0%}" if ref else "-"
         ref_s = f"{ref:.3g}" if ref else "-"
         per_tile = "".join(f"{t:>12.3g}" for t in each)
         name = "x".join(map(str, tile))
-        print(f"{n:>6} {name:>10} {tf:>10.3g} {ref_s:>11} {ratio:>6} {err:>8.1e} | {'':>14}{per_tile}")
+        print(f"{label:>8} {name:>10} {tf:>10.3g} {ref_s:>11} {ratio:>6} {err:>8.1e} | {'':>14}{per_tile}")
 
 
 if __name__ == "__main__":

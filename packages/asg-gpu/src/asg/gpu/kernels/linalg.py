@@ -59,13 +59,41 @@ def _declare_from(first: int, bindings: Sequence[tuple[str, str]]) -> str:
     )
 
 
+# (tile, fewest workgroups it must give) from the largest tile down; the vec4 kernel needs multiples of 64.
+# WebGPU cannot query the SM count: the thresholds are those measured best on the H200 (132 SMs) with
+# benchmarks/gpu_matmul.py (2026-12-02, TF/s): 128x128 needs about two workgroups per SM (4096^3: 38,
+# 2048^3: 35; at 1024^3, 64 workgroups: 16); 64x128 with K step 32 serves one per SM (1024^3: 26 where
+# 128x128 gives 16 and 64x64 22; dW of GPT's MLP, 512x2048 over k=8192: 24 where 128x128 gives 14);
+# 128x64 is its transpose for narrow products (attention's p @ v, n=64: 26 where 128x128 gives 17).
+TILES: tuple[tuple[tuple[int, int, int], int], ...] = (
+    ((128, 128, 16), 256),
+    ((64, 128, 32), 128),
+    ((128, 64, 32), 128),
+    ((64, 64, 16), 0),
+)
+
+
+def matmul_tile(m: int, n: int, k: int, batch: int = 1) -> tuple[int, int, int]:
+    """(BM, BN, BK) for ``batch`` products (m, k) @ (k, n): the first tile of :data:`TILES` that gives
+    enough workgroups, is no larger than the product (rounded up to 64) and, for 64x128 or 128x64,
+    is oriented along the longer side.
+
+    >>> matmul_tile(4096, 4096, 4096), matmul_tile(1024, 1024, 1024), matmul_tile(512, 2048, 8192)
+    ((128, 128, 16), (64, 128, 32), (64, 128, 32))
+    >>> matmul_tile(256, 64, 256, batch=256), matmul_tile(8, 8, 8)  # attention's p @ v; a tiny one
+    ((128, 64, 32), (64, 64, 16))
+    """
+    for (bm, bn, bk), fewest in TILES:
+        if bm > -(-m // 64) * 64 or bn > -(-n // 64) * 64 or (bm, bn) == ((64, 128) if m > n else (128, 64)):
+            continue
+        if -(-m // bm) * -(-n // bn) * batch >= fewest:
+            return bm, bn, bk
+    return TILES[-1][0]
+
+
 def tile_config(m: int, n: int, k: int) -> tuple[int, int, int]:
-    """(BM, BN, BK) for an (m, k) @ (k, n) product: 64x64 tiles for small ones, 128x128 for large."""
-    if m * n >= 2048 * 2048:
-        return 128, 128, 16
-    if m * n >= 1024 * 1024:
-        return 64, 128, 16
-    return 64, 64, 16
+    """The tile of one (m, k) @ (k, n) product (:func:`matmul_tile` with ``batch=1``)."""
+    return matmul_tile(m, n, k)
 
 
 def matmul_wgsl(
@@ -128,7 +156,8 @@ def matmul_wgsl(
             )
         lines.append("  } }")
     body = "\n    ".join(lines)
-    return f"""{_header(epilogue, "f32")}
+    return f"""// matmul {bm}x{bn}x{bk}
+{_header(epilogue, "f32")}
 {HELPERS}
 {epilogue.source if epilogue else ""}
 var<workgroup> As: array<f32, {bm * bk}>;
@@ -250,7 +279,8 @@ def matmul_vec4_wgsl(
                 lines.append(f"    {{ let c = col0 + {64 * h} + tx * 4; if (c < {n}) {{ {st} }} }}")
             lines.append("  } }")
     body = "\n    ".join(lines)
-    return f"""{_header(epilogue, "vec4<f32>")}
+    return f"""// matmul {bm}x{bn}x{bk} vec4
+{_header(epilogue, "vec4<f32>")}
 {HELPERS if epilogue else ""}
 {epilogue.source if epilogue else ""}
 var<workgroup> As: array<vec4<f32>, {bm4 * bk}>;
@@ -276,7 +306,8 @@ def matmul_program(
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
 
     ``vec4`` (default) uses the vec4 kernel where ``k`` and ``n`` are multiples of 4; ``config`` forces
-    a tile (BM, BN, BK), BM and BN multiples of 64 for the vec4 kernel.
+    a tile (BM, BN, BK), BM and BN multiples of 64 for the vec4 kernel (default :func:`matmul_tile`).
+    The kernel's first line names its tile (``// matmul 64x128x32 vec4``).
     """
     a_shape, b_shape, out_shape = tuple(a_shape), tuple(b_shape), tuple(out_shape)
     k = a_shape[-1]
@@ -296,7 +327,7 @@ def matmul_program(
         return Program([], name=name)
     if count > 65535:
         raise ValueError(f"matmul: {count} batch entries exceed the 65,535 of a z grid; reshape the batch")
-    bm, bn, bk = config or tile_config(m, n, k)
+    bm, bn, bk = config or matmul_tile(m, n, k, max(count, 1))
     nb_a = math.prod(a_shape[:-2]) if len(b_shape) != 2 else 1
     nb_b = math.prod(b_shape[:-2]) if len(b_shape) != 2 else 1
     if k % 4 == 0 and n % 4 == 0 and k and vec4:

@@ -1,0 +1,94 @@
+"""Every matmul tile variant of asg-gpu (scalar and vec4 kernels) against numpy, and the tile choice."""
+
+import math
+
+import numpy as np
+import pytest
+
+import asg.core as ag
+from asg.gpu.codegen import nbytes
+from asg.gpu.device import get_device
+from asg.gpu.kernels.linalg import TILES, matmul_program, matmul_tile
+
+RNG = np.random.default_rng(0)
+
+
+def _run(a: np.ndarray, b: np.ndarray, **program_options) -> tuple[np.ndarray, str]:
+    """``a @ b`` through the matmul program's one dispatch; returns the product and the kernel's text."""
+    out_shape = (*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-1])
+    prog = matmul_program(a.shape, b.shape, out_shape, "test", **program_options)
+    (d,) = prog.dispatches
+    dev = get_device()
+    bufs = [dev.create_buffer(x.nbytes) for x in (a, b)] + [dev.create_buffer(nbytes(out_shape, "float32"))]
+    dev.write(bufs[0], a)
+    dev.write(bufs[1], b)
+    bg = dev.bind_group(3, [(buf, 0, buf.size) for buf in bufs])
+    enc = dev.device.create_command_encoder()
+    cpass = enc.begin_compute_pass()
+    cpass.set_pipeline(dev.pipeline(d.wgsl, 3))
+    cpass.set_bind_group(0, bg)
+    cpass.dispatch_workgroups(*d.grid)
+    cpass.end()
+    dev.queue.submit([enc.finish()])
+    got = np.frombuffer(dev.read(bufs[2], nbytes(out_shape, "float32")), np.float32).reshape(out_shape)
+    for buf in bufs:
+        buf.destroy()
+    return got, d.wgsl
+
+
+def _check(a_shape, b_shape, **options) -> str:
+    a = RNG.standard_normal(a_shape).astype(np.float32)
+    b = RNG.standard_normal(b_shape).astype(np.float32)
+    got, wgsl = _run(a, b, **options)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * math.sqrt(a_shape[-1]))
+    return wgsl
+
+
+SHAPES = {
+    "odd": ((37, 53), (53, 29)),  # k and n not multiples of 4: the scalar kernel
+    "vec4-ragged": ((70, 36), (36, 68)),  # vec4, no tile divides m, n or k
+    "vec4-whole-tiles": ((128, 64), (64, 128)),  # every tile divides m, n and k
+    "batched-broadcast": ((3, 1, 66, 20), (2, 20, 72)),  # (B, H, T, D) @ (H, D, T)-like
+}
+
+
+@pytest.mark.parametrize("tile", [t for t, _ in TILES], ids=lambda t: "x".join(map(str, t)))
+@pytest.mark.parametrize("shapes", list(SHAPES.values()), ids=list(SHAPES))
+def test_every_tile_matches_numpy(tile, shapes):
+    wgsl = _check(*shapes, config=tile)
+    assert wgsl.startswith(f"// matmul {'x'.join(map(str, tile))}")
+
+
+def _groups(tile, m, n, batch=1):
+    return -(-m // tile[0]) * -(-n // tile[1]) * batch
+
+
+def test_the_tile_keeps_the_gpu_busy_without_padding_waste():
+    big = TILES[0][0]
+    # 128x128 where it gives enough workgroups
+    assert matmul_tile(4096, 4096, 4096) == matmul_tile(2048, 2048, 2048) == big
+    assert matmul_tile(256, 256, 64, batch=256) == big  # attention's q @ k^T
+    # one 128x128 workgroup per two SMs at 1024^3: the 64-row tile, along the longer side
+    assert _groups(big, 1024, 1024) < TILES[0][1]
+    assert matmul_tile(1024, 1024, 1024) == (64, 128, 32)
+    assert [matmul_tile(m, 256, 64)[:2] for m in (16384, 4096, 2048)] == [(128, 128), (128, 64), (64, 64)]
+    # never a tile side beyond the product's (rounded to 64): attention's p @ v has n = 64
+    assert matmul_tile(256, 64, 256, batch=256)[:2] == (128, 64)
+    assert matmul_tile(64, 1000, 64)[0] == 64
+    assert matmul_tile(8, 8, 8) == TILES[-1][0]  # nothing gives enough: the smallest tile
+    for m, n, batch in [(1024, 1024, 1), (512, 2048, 1), (256, 64, 256), (8192, 512, 1), (100, 3000, 7)]:
+        tile = matmul_tile(m, n, 64, batch)
+        fewest = dict(TILES)[tile]
+        assert _groups(tile, m, n, batch) >= fewest
+
+
+def test_the_backend_lowering_uses_the_chosen_tile():
+    x = ag.input("x", (4, 64, 32))
+    w = ag.parameter(RNG.standard_normal((32, 256)).astype(np.float32), name="w")
+    f = ag.compile(x @ w, backend="wgpu")
+    data = RNG.standard_normal((4, 64, 32)).astype(np.float32)
+    np.testing.assert_allclose(f(data), data @ w.numpy(), rtol=1e-5, atol=1e-5)
+    (prog,) = [p for p in f.plan_for(data).programs if p.dispatches]
+    bm, bn, bk = matmul_tile(256, 256, 32)
+    assert prog.dispatches[0].wgsl.startswith(f"// matmul {bm}x{bn}x{bk} vec4")
