@@ -171,3 +171,15 @@ def test_resumed_gpt_training_continues_the_batch_stream(tmp_path):
     run([*args, "--steps", "2", "--out", str(tmp_path / "resumed")])
     run([*args, "--steps", "4", "--out", str(tmp_path / "resumed"), "--resume"])
     assert_same_arrays(checkpoint_arrays(tmp_path / "straight"), checkpoint_arrays(tmp_path / "resumed"))
+
+
+def test_train_vit_on_digits_takes_its_recipe_and_learns(tmp_path, capsys):
+    acc = run(
+        ["train", "vit", "--dataset", "digits", "--epochs", "4", "--out", str(tmp_path), "--no-progress"]
+    )
+    text = capsys.readouterr().out
+    assert "AdamW lr 0.002 weight decay 0.05" in text  # ViT's defaults (the other models: Adam lr 0.003)
+    assert acc > 0.5  # 10 classes; 4 epochs on 1,437 images
+    run(["train", "vit", "--dataset", "digits", "--epochs", "0", "--lr", "1e-3", "--weight-decay", "0",
+         "--out", str(tmp_path / "adam")])  # fmt: skip
+    assert "Adam lr 0.001, backend" in capsys.readouterr().out
