@@ -68,8 +68,10 @@ class Storage(ABC):
         not fit in the narrower dtype.
         """
         value = var._value
+        if value is None:
+            raise ValueError(f"parameter {var.name!r} has no value to store")
         dtype = self.stored_dtype(var)
-        if value is None or value.dtype.name == dtype:
+        if value.dtype.name == dtype:
             return value
         bad = range_error(value, dtype)
         if bad:
