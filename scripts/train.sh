@@ -5,8 +5,8 @@
 #
 # Creates .venv (if missing), installs asg-core, asg-nn, asg-data and asg-zoo into it (editable, from
 # this checkout), then with the `asg-zoo` command line
-#   1. trains LeNet-5 on the UCI handwritten digits bundled with asg-data (about 10 s on a 2-core CPU),
-#      ending with "test accuracy: 98.33%";
+#   1. trains LeNet-5 on the UCI handwritten digits bundled with asg-data (a few seconds on a 2-core CPU),
+#      ending with "test accuracy: 97.78%";
 #   2. trains a tiny character-level GPT on the bundled Shakespeare text and prints a generated sample.
 # Checkpoints go to runs/. Works offline once the venv exists.
 # Environment: PYTHON (interpreter for the venv, default python3); GPT_STEPS (default 300).
