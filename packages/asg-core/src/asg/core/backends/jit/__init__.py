@@ -11,6 +11,8 @@ single-threaded numpy passes:
 - elementwise ops not in a group (erf, gelu, sigmoid ...) on large arrays run as one-op loops;
 - softmax/log_softmax over the last axis and layer_norm forward/backward are row-wise kernels;
 - conv_transpose2d (conv2d's input gradient) scatters its GEMM's columns in one parallel pass;
+- a sum of ``slice_backward`` of disjoint parts (the gradient of attention's q, k, v split) is one
+  array the parts are copied into;
 - the optimizer updates (``adam_update``, ``sgd_update``, ``rmsprop_update``) of one parameter, one op
   per updated tensor in the graph, run as one kernel computing all of them, written into the state's
   own arrays where nothing else reads them afterwards (AMSGrad runs the numpy kernel's single call).
@@ -337,8 +339,11 @@ def _find_units(schedule: Schedule, options: Mapping[str, Any]) -> list[_Unit]:
         return all(codegen.supported(n) for n in nodes) and math.prod(shapes[nodes[-1].id]) >= minimum
 
     if options["fuse"]:
+        for unit in _slice_sums(schedule, users, graph_outputs):
+            units.append(unit)
+            taken.update(n.id for n in unit.nodes)
         for group in find_fusion_groups(graph):
-            members = [n for n in group.nodes if n is not group.anchor]
+            members = [n for n in group.nodes if n is not group.anchor and n.id not in taken]
             if members and fits(members):
                 units.append(_unit(members, users, graph_outputs, "elementwise"))
                 taken.update(n.id for n in members)
@@ -359,7 +364,72 @@ def _find_units(schedule: Schedule, options: Mapping[str, Any]) -> list[_Unit]:
     return [u for u in units if u.outputs]
 
 
+def _slice_sums(schedule: Schedule, users: Mapping[int, list[Node]], graph_outputs: set[int]) -> list[_Unit]:
+    """Trees of ``add`` over ``slice_backward`` nodes of disjoint slices of one shape (the gradient of a
+    tensor split into parts, such as attention's q, k, v): one unit each, written as one assignment per
+    part into one array instead of a zero-filled array per part and an add per pair."""
+    shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
+    taken: set[int] = set()
+    found = []
+    for root in reversed(schedule.graph.nodes):
+        if root.op != "add" or root.id in taken or root.dtype not in ("float32", "float64"):
+            continue
+        shape, nodes, leaves, stack = shapes[root.id], [], [], [root]
+        while stack:
+            n = stack.pop()
+            nodes.append(n)
+            for i in n.inputs:
+                inner = users[i.id] == [n] and i.id not in graph_outputs and shapes[i.id] == shape
+                if inner and i.op == "add":
+                    stack.append(i)
+                elif inner and i.op == "slice_backward":
+                    nodes.append(i)
+                    leaves.append(i)
+                else:
+                    nodes = []
+                    break
+            if not nodes:
+                break
+        if len(leaves) < 2 or _cover(shape, leaves, attrs).max() > 1:
+            continue  # overlapping parts would be summed in another order than the adds'
+        order = {n.id: k for k, n in enumerate(schedule.graph.nodes)}
+        nodes.sort(key=lambda n: order[n.id])
+        taken.update(n.id for n in nodes)
+        found.append(_unit(nodes, users, graph_outputs, "slice_sum"))
+    return found
+
+
+def _cover(shape: tuple[int, ...], leaves: Sequence[Node], attrs: Mapping[int, Any]) -> np.ndarray:
+    """How many of the ``slice_backward`` leaves write each element (built once per plan)."""
+    cover = np.zeros(shape, np.uint8)
+    for leaf in leaves:
+        cover[tuple(slice(*a) for a in attrs[leaf.id]["index"])] += 1
+    return cover
+
+
 # ============================================================================ kernels of units
+def _slice_sum_kernel(unit: _Unit, schedule: Schedule) -> Any:
+    """The parts of a :func:`_slice_sums` unit assigned into one array (zeros where none lands)."""
+    position = {n.id: k for k, n in enumerate(unit.inputs)}
+    leaves = [n for n in unit.nodes if n.op == "slice_backward"]
+    attrs = schedule.spec.attrs
+    parts = [(position[n.inputs[0].id], tuple(slice(*a) for a in attrs[n.id]["index"])) for n in leaves]
+    shape, dtype = schedule.spec.shapes[unit.outputs[0].id], unit.outputs[0].dtype
+    covered = bool(_cover(shape, leaves, attrs).min())  # every element written: no zero fill
+    first_out: list[np.ndarray | None] = [None]
+
+    def run(*arrays: np.ndarray) -> list[np.ndarray]:
+        out = first_out[0] if first_out[0] is not None else np.empty(shape, dtype)
+        if not covered:
+            out.fill(0)
+        for k, index in parts:
+            out[index] = arrays[k]
+        return [out]
+
+    run.first_out = first_out  # type: ignore[attr-defined]
+    return run
+
+
 def _elementwise_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, Any]) -> Any | None:
     shapes = schedule.spec.shapes
     space = shapes[unit.outputs[0].id]
@@ -487,6 +557,8 @@ def _flat(*arrays: np.ndarray) -> list[np.ndarray]:
 def _unit_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, Any]) -> Any | None:
     if unit.kind == "elementwise":
         return _elementwise_kernel(unit, schedule, options)
+    if unit.kind == "slice_sum":
+        return _slice_sum_kernel(unit, schedule)
     return _optimizer_kernel(unit, schedule)
 
 
