@@ -1,6 +1,5 @@
-"""Zoo models on the wgpu backend (lavapipe on CI): LeNet-5 training steps give the numpy backend's numbers.
-Skipped without asg-gpu or a wgpu adapter. One small model only: lavapipe compiles every kernel on the CPU,
-which takes minutes on a loaded 2-core machine (the other models' forward passes were checked by hand)."""
+"""Zoo models on the wgpu backend (lavapipe on CI): three LeNet-5 Adam steps give the numpy backend's numbers.
+Skipped without asg-gpu or a wgpu adapter. One training step of every model is in test_gpu_models.py."""
 
 from __future__ import annotations
 
