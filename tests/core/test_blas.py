@@ -197,6 +197,17 @@ def test_thread_count_follows_set_num_threads():
         assert blas.info()["threads"] == n
         ag.set_num_threads(1)
         assert blas.info()["threads"] == 1
+        ag.set_num_threads(2)
+        assert blas.info()["threads"] == 2
+        threadpoolctl = pytest.importorskip("threadpoolctl")
+        numpy_openblas = [
+            p["num_threads"]
+            for p in threadpoolctl.threadpool_info()
+            if p["internal_api"] == "openblas" and "numpy" in p["filepath"]
+        ]
+        if not numpy_openblas:
+            pytest.skip("numpy's BLAS is not OpenBLAS")
+        assert numpy_openblas == [1] * len(numpy_openblas)  # MKL does the GEMMs: OpenBLAS keeps 1 thread
         _check(_rand((200, 100), np.float32), _rand((100, 150), np.float32))
     finally:
         ag.set_num_threads(n)

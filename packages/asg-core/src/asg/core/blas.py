@@ -11,11 +11,23 @@ folded into one GEMM) and ``cblas_?gemm_batch_strided`` (batched, broadcast batc
   temporary, as ``np.matmul`` does.
 
 ``ASG_BLAS=numpy`` or ``ASG_BLAS=mkl`` forces one (``mkl`` raises when it cannot be loaded);
-:func:`use` does the same at run time. MKL runs ``asg.core.get_num_threads()`` threads
-(:func:`asg.core.set_num_threads` changes both), on its GNU OpenMP threading layer: the libgomp
-that numba's kernels use, so the two share one pool of threads, which sleep when idle
-(``OMP_WAIT_POLICY=PASSIVE`` unless set). ``MKL_THREADING_LAYER`` chooses another layer (INTEL
-starts libiomp5 with ``KMP_BLOCKTIME=0`` unless set; SEQUENTIAL uses no threads).
+:func:`use` does the same at run time.
+
+Threads. MKL runs ``asg.core.get_num_threads()`` threads (:func:`asg.core.set_num_threads` sets
+it), on MKL's GNU OpenMP threading layer: the libgomp that numba's ``"numpy-jit"`` kernels use, so
+the GEMMs and the fused kernels share one pool of threads, and no two pools wait for cores:
+
+- that pool spins briefly before it sleeps (libgomp's default, ``GOMP_SPINCOUNT=300000``, set when
+  asg.core is imported unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set). Waking sleeping
+  threads for every mid-size GEMM (``OMP_WAIT_POLICY=PASSIVE``, which ``"numpy-jit"`` sets for
+  numba alone) cost MKL a third of its speed at GPT's shapes;
+- numpy's OpenBLAS keeps 1 thread while MKL does the GEMMs (it still runs the products too small
+  for MKL, and code that calls numpy directly): its idle threads would spin against that pool.
+
+Sharing the process with PyTorch or another threaded library on few cores, set
+``OMP_WAIT_POLICY=PASSIVE`` (all OpenMP threads sleep when idle). ``MKL_THREADING_LAYER`` picks
+another layer: INTEL (libiomp5, a second pool, started with ``KMP_BLOCKTIME=0`` unless set, so it
+does not spin against numba's) or SEQUENTIAL (one thread).
 
 Example:
     >>> import numpy as np
@@ -43,9 +55,10 @@ __all__ = ["info", "matmul", "set_num_threads", "use"]
 
 log = logging.getLogger("asg.core.blas")
 
-# Below this many multiply-adds (m*n*k*batch) numpy's own call is as fast: the MKL path spends
-# about 4 µs in Python and ctypes before the GEMM starts.
-_MIN_WORK = 16 * 16 * 16
+# Below this many multiply-adds (m*n*k*batch) numpy's call is faster: the MKL path spends about
+# 4 µs in Python and ctypes, and MKL a few more, before the GEMM starts (64^3: 3-4x slower than
+# numpy). OpenBLAS itself runs products under 4 * 65536 on one thread.
+_MIN_WORK = 64 * 64 * 64
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _LAYERS = {"INTEL": 0, "SEQUENTIAL": 1, "GNU": 3, "TBB": 4}
@@ -66,7 +79,6 @@ class _MKL:
         if self.layer == "GNU":
             # MKL's GNU layer calls libgomp's GOMP_* functions without linking libgomp itself: they
             # must be global. numba's OpenMP kernels use this same libgomp (one pool of threads).
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             ctypes.CDLL("libgomp.so.1", mode=ctypes.RTLD_GLOBAL)
         elif self.layer == "INTEL":
             os.environ.setdefault("KMP_BLOCKTIME", "0")  # libiomp5's idle threads spin 200 ms otherwise
@@ -144,6 +156,7 @@ def _load() -> _MKL | None:
         from .threads import get_num_threads
 
         lib.set_num_threads(get_num_threads())
+        _limit_numpy_openblas()
         log.info("matmul uses %s (%s layer, %d threads)", lib.version, lib.layer, lib.num_threads())
         _mkl = lib
     return _mkl
@@ -185,9 +198,53 @@ def use(name: str | None) -> str | None:
 
 
 def set_num_threads(n: int) -> None:
-    """Give MKL ``n`` threads, if it is loaded (:func:`asg.core.set_num_threads` calls this)."""
+    """Give MKL ``n`` threads and numpy's OpenBLAS 1, if MKL is loaded (:func:`asg.core.set_num_threads`
+    calls this)."""
     if _mkl is not None:
         _mkl.set_num_threads(n)
+        _limit_numpy_openblas()
+
+
+def _limit_numpy_openblas() -> None:
+    """numpy's OpenBLAS to 1 thread (through threadpoolctl, when installed): see the module docstring."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        log.info("threadpoolctl is not installed: numpy's OpenBLAS keeps its threads next to MKL's")
+        return
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    controller = ThreadpoolController().select(internal_api="openblas")
+    ours = [c.filepath for c in controller.lib_controllers if _under(c.filepath, numpy_dir)]
+    if ours:
+        controller.select(filepath=ours).limit(limits=1)
+
+
+def _under(path: str, root: str) -> bool:
+    """True for numpy's own OpenBLAS (numpy.libs/ or numpy/.libs/ beside numpy's package)."""
+    relative = os.path.relpath(os.path.realpath(path), os.path.realpath(root))
+    return relative.split(os.sep)[0] in ("numpy.libs", "numpy")
+
+
+def _mkl_rt_in_prefix() -> bool:
+    """A cheap look for ``libmkl_rt`` in ``sys.prefix/lib``, where the mkl wheel puts it."""
+    try:
+        return any(f.startswith("libmkl_rt.so") for f in os.listdir(os.path.join(sys.prefix, "lib")))
+    except OSError:
+        return False
+
+
+def _prepare_openmp() -> None:
+    """Before any OpenMP runtime has read its settings (asg.core's import): when MKL will do the GEMMs
+    on the GNU layer, keep libgomp's short spin unless the user chose a policy (module docstring)."""
+    try:
+        choice = _choice()
+    except ValueError:
+        return  # the first matmul says why
+    layer = os.environ.get("MKL_THREADING_LAYER", "").strip().upper() or _DEFAULT_LAYER
+    if choice == "numpy" or layer != "GNU" or not _mkl_rt_in_prefix():
+        return
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = "300000"
 
 
 def info() -> dict[str, Any]:
@@ -341,3 +398,6 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         return c3.reshape(shape)
     np.copyto(out, c3.reshape(shape))
     return out
+
+
+_prepare_openmp()

@@ -6,7 +6,8 @@ The default is the number of cores this process may run on (``os.sched_getaffini
 - the ``"numpy-jit"`` backend's numba kernels (``numba.set_num_threads``);
 - numpy's BLAS (OpenBLAS, MKL ...), through ``threadpoolctl`` when it is installed, once
   ``ASG_NUM_THREADS`` or :func:`set_num_threads` asked for a number (otherwise the BLAS keeps its own
-  default).
+  default);
+- oneMKL, when :mod:`asg.core.blas` does the GEMMs on it (numpy's OpenBLAS then keeps 1 thread).
 
 Sharing the process with another threaded library (PyTorch, a second BLAS) on few cores: idle
 OpenMP and OpenBLAS threads busy-wait for a while after each parallel region and take cores from the
@@ -95,7 +96,6 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
     _requested = n
     _set_blas(n)
-    blas.set_num_threads(n)  # MKL, when asg.core.blas loaded it
     if "numba" in sys.modules:
         apply_num_threads()
 
@@ -105,8 +105,9 @@ def _set_blas(n: int) -> None:
         from threadpoolctl import threadpool_limits
     except ImportError:
         log.info("threadpoolctl is not installed: the BLAS keeps its own thread count")
-        return
-    threadpool_limits(limits=n, user_api="blas")
+    else:
+        threadpool_limits(limits=n, user_api="blas")
+    blas.set_num_threads(n)  # MKL, when asg.core.blas does the GEMMs on it (numpy's OpenBLAS then 1)
 
 
 def apply_num_threads() -> int:
