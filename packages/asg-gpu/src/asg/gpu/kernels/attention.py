@@ -6,15 +6,17 @@ owns a block of ``BR`` rows (query rows for ``attention``, ``attention_lse`` and
 other side (keys, or queries) in blocks of ``BC`` rows. Per block:
 
 1. the ``BR x BC`` score tile ``S = own @ other^T`` (and, for dq/dk, ``dP = dout v^T``) is
-   computed as a register-tiled matmul (each invocation owns 4 x BC/16 named accumulators at rows
-   ``ty + 16 i``, columns ``tx + 16 j``), both operands streamed through workgroup memory in
-   slices of 16 along the feature axis;
+   computed as a register-tiled matmul: each invocation owns rows ``4 ty .. 4 ty + 3`` and columns
+   ``4 tx .. 4 tx + 3`` as four named ``vec4`` accumulators; both operands are streamed through
+   workgroup memory in slices of 16 along the feature axis, stored transposed (``As[k][r]``) so
+   each step reads one ``vec4`` of each;
 2. the tile is masked (bounds, ``causal``, the bool mask read with broadcast strides) and turned
    into what the second product needs, written transposed to workgroup memory ``Ss[c][r]``:
-   the probabilities ``P`` (forward: an online softmax, ``BR / 64 * 4`` invocations per row keep
-   the running max and sum; gradients: ``exp(s - lse)``), or ``dS = P * (dP - delta)``;
-3. the row accumulators (``4 x ceil(D/16)`` named variables per invocation) take ``Ss^T @ X`` with
-   ``X`` (v, k, q or dout) streamed in slices of 16 rows.
+   the probabilities ``P`` (forward: an online softmax, 4 invocations per row keep the running
+   max and their part of the sum; gradients: ``exp(s - lse)``), or ``dS = P * (dP - delta)``;
+3. the row accumulators (``4 x ceil(D / 64)`` named ``vec4`` per invocation, columns
+   ``4 tx + 64 h``) take ``Ss^T @ X`` with ``X`` (v, k, q or dout) streamed 16 rows at a time
+   (fewer for rows over 128 wide, to stay within 32 KiB of workgroup memory).
 
 Causal blocks past the diagonal are never visited. A masked score is a large negative finite
 sentinel rather than ``-inf`` (WGSL has no infinity literal and may assume none), and
@@ -121,6 +123,7 @@ def attention_wgsl(
 
     The buffers are names from :data:`INPUTS` plus ``"mask"`` and ``"out"``.
     """
+    assert BR == BC == 64 and KC == 16, "each invocation copies one vec4 of each 64 x 16 tile"
     role = ROLES[op]
     sh = shapes
     kx = chunk_rows(sh, role)
@@ -145,6 +148,7 @@ def attention_wgsl(
         f"let own0 = i32(wid.x) * {BR};",
         f"let tx = lid % {THREADS};",
         f"let ty = lid / {THREADS};",
+        f"let tk = lid % {KC}; let tg = lid / {KC};  // the tile element this invocation copies",
     ]
     for name in names[:-1]:
         if name != "mask":
@@ -283,41 +287,44 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     return wgsl, names, (-(-n_own // BR), max(count, 1), 1)
 
 
-def _tile_load(
-    dst: str, pitch4: int, buf: str, row0: str, nrows: int, tile_rows: int, width: int
-) -> list[str]:
-    """Statements copying rows ``row0 ..`` (``tile_rows`` of them), columns ``k0 .. k0+KC`` of ``buf``
-    (``nrows`` x ``width`` per batch entry) transposed into ``dst[k][r]`` (vec4 of 4 rows), zero outside."""
-    lines = []
-    total = tile_rows * KC
-    for t in range(-(-total // (THREADS * THREADS))):
-        e = f"lid + {t * THREADS * THREADS}" if t else "lid"
-        lines += [
-            f"{{ let e = {e}; let tr = e / {KC}; let tk = e % {KC}; let gr = {row0} + tr; let gk = k0 + tk;",
-            f"  if (e < {total}) {{ {dst}[tk * {pitch4} + tr / 4][tr % 4] = select(0.0, {buf}[{buf}_base + min(gr, {nrows - 1}) * {width} + min(gk, {width - 1})], gr < {nrows} && gk < {width}); }} }}",
-        ]
-    return lines
+def _tile_fetch(buf: str, row0: str, nrows: int, width: int, k0: str) -> str:
+    """The ``vec4`` of rows ``row0 + 4 tg .. + 3`` at column ``k0 + tk`` of ``buf`` (``nrows`` x
+    ``width`` per batch entry), zero outside: this invocation's part of a 64-row, 16-column tile."""
+    parts = []
+    for i in range(4):
+        r = f"{row0} + 4 * tg + {i}"
+        at = f"{buf}[{buf}_base + min({r}, {nrows - 1}) * {width} + min({k0} + tk, {width - 1})]"
+        parts.append(f"select(0.0, {at}, {r} < {nrows} && {k0} + tk < {width})")
+    return f"vec4<f32>({', '.join(parts)})"
 
 
 def _product(
     prefix: str, own: str, other: str, sh: Shapes, n_own: int, n_other: int, ap4: int, bp4: int
 ) -> list[str]:
-    """``{prefix}_i[j] = own[4 ty + i] . other[4 tx + j]`` over the feature axis, streamed in slices of KC."""
+    """``{prefix}_i[j] = own[4 ty + i] . other[4 tx + j]`` over the feature axis, streamed in slices
+    of KC stored transposed (``As[k][r]``)."""
     width = sh.rows(own)[1]
-    lines = [f"var {prefix}_{i} = vec4<f32>(0.0);" for i in range(4)]
-    lines.append(f"for (var k0 = 0; k0 < {width}; k0 += {KC}) {{")
-    lines += _tile_load("As", ap4, own, "own0", n_own, BR, width)
-    lines += _tile_load("Bs", bp4, other, "c0", n_other, BC, width)
-    lines += [
+    body = [
+        f"    As[tk * {ap4} + tg] = {_tile_fetch(own, 'own0', n_own, width, 'k0')};",
+        f"    Bs[tk * {bp4} + tg] = {_tile_fetch(other, 'c0', n_other, width, 'k0')};",
         "    workgroupBarrier();",
-        f"    for (var kk = 0; kk < {KC}; kk++) {{",
-        f"        let a = As[kk * {ap4} + ty]; let b = Bs[kk * {bp4} + tx];",
-        *[f"        {prefix}_{i} = fma(vec4<f32>(a.{'xyzw'[i]}), b, {prefix}_{i});" for i in range(4)],
-        "    }",
+        *_steps(
+            KC,
+            [
+                f"let a = As[kk * {ap4} + ty]; let b = Bs[kk * {bp4} + tx];",
+                *[f"{prefix}_{i} = fma(vec4<f32>(a.{'xyzw'[i]}), b, {prefix}_{i});" for i in range(4)],
+            ],
+        ),
         "    workgroupBarrier();",
-        "}",
     ]
-    return lines
+    lines = [f"var {prefix}_{i} = vec4<f32>(0.0);" for i in range(4)]
+    return [*lines, f"for (var k0 = 0; k0 < {width}; k0 += {KC}) {{", *body, "}"]
+
+
+def _steps(count: int, body: list[str]) -> list[str]:
+    """``body`` for ``kk`` in ``0 .. count``, as a WGSL loop (unrolled by the generator it ran 2.5x
+    slower on the H200)."""
+    return [f"    for (var kk = 0; kk < {count}; kk++) {{", *(f"        {x}" for x in body), "    }"]
 
 
 def _online_softmax(st: int, cpt: int, sp4: int) -> list[str]:
@@ -348,28 +355,34 @@ def _online_softmax(st: int, cpt: int, sp4: int) -> list[str]:
 
 
 def _accumulate(x: str, sh: Shapes, n_other: int, hd: int, dp4: int, kx: int, sp4: int) -> list[str]:
-    """``o_i_h[j] += sum_c Ss[c][4 ty + i] * x[c0 + c][4 tx + 64 h + j]``, ``x`` streamed ``kx`` rows at a time."""
+    """``o_i_h[j] += sum_c Ss[c][4 ty + i] * x[c0 + c][4 tx + 64 h + j]``, ``x`` streamed ``kx`` rows
+    at a time (``Bs[kk][d / 4]``)."""
     width = sh.rows(x)[1]
-    dp = 4 * dp4
-    total = kx * dp
     lines = [f"for (var kc = 0; kc < min({BC}, {n_other} - c0); kc += {kx}) {{"]
-    for t in range(-(-total // (THREADS * THREADS))):
-        e = f"lid + {t * THREADS * THREADS}" if t else "lid"
-        lines += [
-            f"    {{ let e = {e}; let kk = e / {dp}; let dd = e % {dp}; let gr = c0 + kc + kk;",
-            f"      if (e < {total}) {{ Bs[kk * {dp4} + dd / 4][dd % 4] = select(0.0, {x}[{x}_base + min(gr, {n_other - 1}) * {width} + min(dd, {width - 1})], gr < {n_other} && dd < {width}); }} }}",
-        ]
+    for t in range(-(-kx * dp4 // (THREADS * THREADS))):
+        e = f"(lid + {t * THREADS * THREADS})"
+        gr = f"(c0 + kc + {e} / {dp4})"
+        parts = []
+        for j in range(4):
+            dd = f"(({e} % {dp4}) * 4 + {j})"
+            at = f"{x}[{x}_base + min({gr}, {n_other - 1}) * {width} + min({dd}, {width - 1})]"
+            parts.append(f"select(0.0, {at}, {gr} < {n_other} && {dd} < {width})")
+        guard = f"if ({e} < {kx * dp4}) " if (t + 1) * THREADS * THREADS > kx * dp4 else ""
+        lines.append(f"    {guard}{{ Bs[{e}] = vec4<f32>({', '.join(parts)}); }}")
     lines += [
         "    workgroupBarrier();",
-        f"    for (var kk = 0; kk < {kx}; kk++) {{",
-        f"        let a = Ss[(kc + kk) * {sp4} + ty];",
-        *[f"        let b_{h} = Bs[kk * {dp4} + tx + {16 * h}];" for h in range(hd)],
-        *[
-            f"        o_{i}_{h} = fma(vec4<f32>(a.{'xyzw'[i]}), b_{h}, o_{i}_{h});"
-            for i in range(4)
-            for h in range(hd)
-        ],
-        "    }",
+        *_steps(
+            kx,
+            [
+                f"let a = Ss[(kc + kk) * {sp4} + ty];",
+                *[f"let b_{h} = Bs[kk * {dp4} + tx + {16 * h}];" for h in range(hd)],
+                *[
+                    f"o_{i}_{h} = fma(vec4<f32>(a.{'xyzw'[i]}), b_{h}, o_{i}_{h});"
+                    for i in range(4)
+                    for h in range(hd)
+                ],
+            ],
+        ),
         "    workgroupBarrier();",
         "}",
     ]
