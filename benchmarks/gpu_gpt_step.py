@@ -8,7 +8,7 @@ On the lent GPU machine::
         python3 benchmarks/gpu_gpt_step.py
 
 ``--check`` runs a tiny configuration on wgpu and on numpy and prints both loss curves (lavapipe
-can run it). The table gives median step time, GPU memory held by the backend's pool, dispatches
+can run it); ``--small`` a small one on lavapipe with the memory figures, with and without buffer packing. The table gives median step time, GPU memory held by the backend's pool, dispatches
 per step and, where torch has CUDA, PyTorch's eager SDPA step and peak memory.
 """
 
@@ -25,8 +25,12 @@ os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
 
 import asg.core as ag
 from asg import nn
-from asg.core.backends import get_backend
+from asg.core.backends import available_backends, get_backend, register_backend
+from asg.gpu.backend import WgpuBackend
 from asg.nn import functional as F
+
+if "wgpu" not in available_backends():  # run from the source tree (PYTHONPATH), asg-gpu not installed
+    register_backend("wgpu", WgpuBackend)
 
 
 class Block(nn.Module):
@@ -63,7 +67,9 @@ class GPT(nn.Module):
         return ag.reshape(logits, (-1, logits.shape[-1]))
 
 
-def asg_step(backend: str, vocab: int, t: int, d: int, layers: int, h: int, batch: int):
+def asg_step(
+    backend: str, vocab: int, t: int, d: int, layers: int, h: int, batch: int, options: dict | None = None
+):
     nn.init.manual_seed(0)
     model = GPT(vocab, t, d, layers, h)
     params = list(model.parameters())
@@ -72,7 +78,9 @@ def asg_step(backend: str, vocab: int, t: int, d: int, layers: int, h: int, batc
     target = ag.input("target", (batch * t,), "int64")
     loss = F.cross_entropy(model(idx), target)
     grads = ag.grad(loss, params)
-    return ag.compile(loss, inputs=[idx, target], updates=opt.updates(grads), backend=backend)
+    return ag.compile(
+        loss, inputs=[idx, target], updates=opt.updates(grads), backend=backend, options=options
+    )
 
 
 def time_asg(step, x: np.ndarray, y: np.ndarray, steps: int) -> tuple[float, list[float]]:
@@ -168,9 +176,16 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=65)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--check", action="store_true", help="tiny config on wgpu and numpy, losses compared")
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="lavapipe: 2 layers, d=64, T=64, batch 8; memory with and without packing",
+    )
     a = parser.parse_args()
     if a.check:
         a.layers, a.d, a.heads, a.t, a.batch, a.steps = 2, 32, 4, 16, 4, 5
+    if a.small:
+        a.layers, a.d, a.heads, a.t, a.batch, a.steps = 2, 64, 4, 64, 8, 3
     rng = np.random.default_rng(0)
     x = rng.integers(0, a.vocab, (a.batch, a.t)).astype(np.int64)
     y = rng.integers(0, a.vocab, (a.batch * a.t,)).astype(np.int64)
@@ -179,6 +194,9 @@ def main() -> None:
     seconds, losses = time_asg(step, x, y, a.steps)
     plan = step.plan_for(x, y)
     pool = get_backend("wgpu").pool.stats()
+    storage_bytes = sum(
+        int(np.prod(n.data._value.shape)) * n.data._value.dtype.itemsize for n in plan.schedule.parameters
+    )
     print(f"adapter: {get_backend('wgpu').device().summary}")
     print(f"config: layers={a.layers} d={a.d} heads={a.heads} T={a.t} batch={a.batch} vocab={a.vocab}")
     print(
@@ -192,9 +210,20 @@ def main() -> None:
         print(
             f"max relative difference: {max(abs(p - q) / abs(q) for p, q in zip(losses, ref_losses, strict=True)):.2e}"
         )
-    ref_t = torch_step(*cfg, a.steps) if not a.check else None
+    ref_t = torch_step(*cfg, a.steps) if not a.check and not a.small else None
+    mib = 2**20
+    print(
+        f"memory: parameters and optimizer state {storage_bytes / mib:.1f} MiB; the plan's buffers "
+        f"{sum(b.size for b in plan._owned) / mib:.1f} MiB (packed values {getattr(plan, 'packed_bytes', 0) / mib:.1f}; "
+        f"core's buffer table {plan.schedule.memory.bytes() / mib:.1f}); pool free {pool.free_bytes / mib:.1f}"
+    )
+    if a.small:  # the same step with core's buffer table as is (one buffer per entry): the saving
+        unpacked = asg_step("wgpu", *cfg, options={"pack_buffers": False})
+        unpacked(x, y)
+        owned = sum(b.size for b in unpacked.plan_for(x, y)._owned)
+        print(f"the plan's buffers without packing (pack_buffers=False): {owned / mib:.1f} MiB")
     print(f"{'':30} {'step ms':>9} {'GPU MiB':>9}")
-    print(f"{'asg wgpu (pool in use)':30} {seconds * 1e3:>9.2f} {pool.in_use_bytes / 2**20:>9.0f}")
+    print(f"{'asg wgpu (pool in use)':30} {seconds * 1e3:>9.2f} {pool.in_use_bytes / mib:>9.1f}")
     if ref_t:
         print(f"{'torch CUDA eager, SDPA':30} {ref_t[0] * 1e3:>9.2f} {ref_t[1]:>9.0f}")
         print(f"ratio asg/torch: {seconds / ref_t[0]:.2f}x")

@@ -36,7 +36,7 @@ from .codegen import Program, elementwise_kernel, from_gpu, nbytes, to_gpu
 from .codegen import grid as grid_for
 from .device import GpuDevice, get_device
 from .kernels._base import register_deferred
-from .pool import BufferPool
+from .pool import BufferPool, Lifetime, pack
 from .storage import WgpuStorage
 
 
@@ -53,7 +53,10 @@ class WgpuBackend(Backend):
       the wrappers, which also validate each call;
     - ``fusion`` (default True): each elementwise fusion group of asg-core's analysis runs as one
       generated kernel (:mod:`asg.gpu.fusion`); ``Function.profile`` and ``capture`` still run
-      node by node.
+      node by node;
+    - ``pack_buffers`` (default True): values of any shape whose lifetimes (after fusion) do not overlap
+      share a buffer (:func:`~asg.gpu.pool.pack`), parameter updates included; False gives each entry
+      of core's buffer table (values of one shape and dtype) its own buffer.
 
     The device is created on first use; without an adapter that is a :class:`~asg.gpu.device.NoAdapterError`.
     """
@@ -67,7 +70,7 @@ class WgpuBackend(Backend):
             dtypes.add("float16")
         return Capabilities(dtypes=frozenset(dtypes), narrow_index=True)
 
-    options: Mapping[str, Any] = {"adapter": None, "raw_dispatch": True, "fusion": True}
+    options: Mapping[str, Any] = {"adapter": None, "raw_dispatch": True, "fusion": True, "pack_buffers": True}
 
     def __init__(self) -> None:
         self._device: GpuDevice | None = None
@@ -103,6 +106,7 @@ class WgpuBackend(Backend):
             kernels,
             raw=bool(options.get("raw_dispatch", True)),
             fusion=bool(options.get("fusion", True)),
+            pack_buffers=bool(options.get("pack_buffers", True)),
         )
 
 
@@ -116,6 +120,7 @@ class WgpuPlan:
         kernels: Sequence[Any],
         raw: bool = True,
         fusion: bool = True,
+        pack_buffers: bool = True,
     ) -> None:
         self.schedule = schedule
         self.raw = raw
@@ -181,13 +186,16 @@ class WgpuPlan:
         }
         self._planned: dict[int, Any] = {}
         self._take, self._size = take, size
-        for step, prog in zip(schedule.steps, self.programs, strict=True):
-            if not prog.view and step.output not in internal:
-                self._materialize(step)
-        self._temps = [[take(t) for t in prog.temps] for prog in self.programs]
         # Per dispatch: (step index, pipeline, number of bindings, grid, argument descriptors).
         self._dispatches = self._collect(fused_at, skipped)
         self._traced_dispatches = self._collect({}, set()) if fused_at else self._dispatches
+        if pack_buffers:
+            self._temps = self._pack(internal, kernels, fused_at, skipped)
+        else:  # core's buffer table as it is: one buffer per entry (values of one shape and dtype share)
+            for step, prog in zip(schedule.steps, self.programs, strict=True):
+                if not prog.view and step.output not in internal:
+                    self._materialize(step)
+            self._temps = [[take(t) for t in prog.temps] for prog in self.programs]
         self._outputs = list(schedule.outputs)
         self._out_copy = [
             take(size(n.id)) if copy or self._root(n.id) in self._param_ids() else None
@@ -224,6 +232,64 @@ class WgpuPlan:
                 pipe = self.dev.pipeline(d.wgsl, len(d.args))
                 dispatches.append((step.index, pipe, len(d.args), d.grid, refs))
         return dispatches
+
+    def _pack(
+        self, internal: set[int], kernels: Sequence[Any], fused_at: dict[int, Any], skipped: set[int]
+    ) -> list[list[Any]]:
+        """Give every computed value and scratch buffer a buffer shared with others of disjoint lifetime.
+
+        A lifetime runs from the first to the last step that dispatches touching the value run at,
+        in the fused order and in the node-by-node order of ``run_traced`` (both must stay valid), to
+        the end for outputs and parameter updates. Values of any shape share (:func:`~asg.gpu.pool.pack`);
+        an unfused in-place step keeps core's choice of the dying input it overwrites. Returns the temps.
+        """
+        end = len(self.schedule.steps)
+        first: dict[int, int] = {}
+        last: dict[int, int] = {}
+        for dispatches in {
+            id(self._dispatches): self._dispatches,
+            id(self._traced_dispatches): self._traced_dispatches,
+        }.values():
+            for index, _, _, _, refs in dispatches:
+                for kind, ref in refs:
+                    if kind == "value":
+                        r = self._root(ref)
+                        first[r] = min(first.get(r, index), index)
+                        last[r] = max(last.get(r, index), index)
+        kept = {self._root(n.id) for n in self.schedule.outputs} | {
+            self._root(v.id) for _, v in self.schedule.updates
+        }
+        fused = skipped | set(fused_at)
+        in_place_of = self.schedule.memory.in_place_of
+        values: list[Lifetime] = []
+        for step, prog, kernel in zip(self.schedule.steps, self.programs, kernels, strict=True):
+            v = step.output
+            if prog.view or v in internal:
+                continue
+            over = in_place_of.get(v) if kernel.in_place and step.index not in fused else None
+            if over is not None and (self._root(over) != over or last.get(over) != step.index):
+                over = None
+            lo = min(first.get(v, step.index), step.index)
+            hi = end if v in kept else max(last.get(v, step.index), step.index)
+            values.append(Lifetime(v, self._size(v), lo, hi, over))
+        temps_at = {}
+        for step, prog in zip(self.schedule.steps, self.programs, strict=True):
+            for k, nb in enumerate(prog.temps):
+                key = -(1 + step.index * 1_000_000 + k)
+                temps_at[key] = (step.index, k)
+                values.append(Lifetime(key, nb, step.index, step.index))
+        self.lifetimes = values
+        slot_of, sizes = pack(values)
+        slots = [self._take(nb) for nb in sizes]
+        temps: list[list[Any]] = [[None] * len(prog.temps) for prog in self.programs]
+        for key, slot in slot_of.items():
+            if key >= 0:
+                self._buf[key] = slots[slot]
+            else:
+                index, k = temps_at[key]
+                temps[index][k] = slots[slot]
+        self.packed_bytes = sum(b.size for b in slots)
+        return temps
 
     def _materialize(self, step: Any) -> None:
         """Give ``step``'s value its buffer: its entry of core's buffer table, or one of its own."""
@@ -420,8 +486,8 @@ class WgpuPlan:
             timer = _Timer(self.dev) if "timestamp-query" in self.dev.features else None
             if self._traced is None:
                 for step, prog in zip(self.schedule.steps, self.programs, strict=True):
-                    if not prog.view and step.output not in self._buf:
-                        self._materialize(step)
+                    if not prog.view and step.output not in self._buf:  # kept in registers when fused
+                        self._buf[step.output] = self._take(self._size(step.output))
                 self._traced = self._encode(self._traced_dispatches)
             by_step: dict[int, list[tuple[Any, Any, tuple[int, int, int]]]] = {}
             for pipe, bg, grid, index in self._traced:

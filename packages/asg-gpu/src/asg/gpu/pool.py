@@ -1,4 +1,5 @@
-"""A size-class buffer pool: plans take their buffers from it and give them back when dropped.
+"""A size-class buffer pool: plans take their buffers from it and give them back when dropped; :func:`pack`
+shares a plan's buffers between values of disjoint lifetimes.
 
 Sizes are rounded up to a class (four classes per power of two, so at most 25% is wasted); a
 released buffer waits on its class's free list for the next plan. :meth:`BufferPool.trim` destroys
@@ -7,6 +8,8 @@ the free ones explicitly: wgpu frees dropped buffers only at garbage collection.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,31 +43,60 @@ class PoolStats:
 
 
 class BufferPool:
-    """Buffers of a :class:`~asg.gpu.device.GpuDevice`, reused by size class."""
+    """Buffers of a :class:`~asg.gpu.device.GpuDevice`, reused by size class.
 
-    def __init__(self, device: Any) -> None:
+    Free buffers wait for reuse up to ``max_free_bytes`` in all (default 256 MiB); past that the
+    oldest are destroyed, so memory a dropped plan held does not stay taken for good. A request
+    takes a free buffer of its class, else the smallest free one at most twice its size.
+    """
+
+    def __init__(self, device: Any, max_free_bytes: int = 256 << 20) -> None:
         self.device = device
+        self.max_free_bytes = max_free_bytes
         self._free: dict[int, list[Any]] = {}
         self._in_use: dict[int, int] = {}  # id(buffer) -> size class
+        self._free_bytes = 0
+        self._order: list[Any] = []  # free buffers, oldest first
         self.created = 0
+        self.destroyed = 0
 
     def acquire(self, nbytes: int) -> Any:
         """A buffer of at least ``nbytes`` (STORAGE | COPY_SRC | COPY_DST)."""
         size = size_class(nbytes)
-        free = self._free.get(size)
-        buf = free.pop() if free else None
-        if buf is None:
+        found = size if self._free.get(size) else None
+        if found is None:
+            larger = [c for c, bufs in self._free.items() if bufs and size < c <= 2 * size]
+            found = min(larger) if larger else None
+        if found is None:
             buf = self.device.create_buffer(size)
             self.created += 1
-        self._in_use[id(buf)] = size
+            self._in_use[id(buf)] = size
+            return buf
+        buf = self._free[found].pop()
+        self._order.remove(buf)
+        self._free_bytes -= found
+        self._in_use[id(buf)] = found
         return buf
 
     def release(self, buf: Any) -> None:
-        """Give ``buf`` back for reuse."""
+        """Give ``buf`` back for reuse (the oldest free buffers past ``max_free_bytes`` are destroyed)."""
         size = self._in_use.pop(id(buf), None)
         if size is None:
             raise ValueError("BufferPool.release: this buffer is not in use (released twice?)")
         self._free.setdefault(size, []).append(buf)
+        self._order.append(buf)
+        self._free_bytes += size
+        while self._free_bytes > self.max_free_bytes and self._order:
+            old = self._order.pop(0)
+            old_size = old.size
+            for c, bufs in self._free.items():
+                if any(b is old for b in bufs):
+                    bufs.remove(old)
+                    old_size = c
+                    break
+            old.destroy()
+            self._free_bytes -= old_size
+            self.destroyed += 1
 
     def trim(self) -> int:
         """Destroy every free buffer; return the bytes freed."""
@@ -73,7 +105,10 @@ class BufferPool:
             for b in bufs:
                 b.destroy()
                 freed += size
+                self.destroyed += 1
         self._free.clear()
+        self._order.clear()
+        self._free_bytes = 0
         return freed
 
     def stats(self) -> PoolStats:
@@ -85,3 +120,60 @@ class BufferPool:
             free_buffers=sum(len(b) for b in self._free.values()),
             created=self.created,
         )
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    """A value to place: its bytes and the steps from its first write to its last read (inclusive).
+
+    ``over``: the key of a value whose slot it may take although that value's last read is this
+    value's first step (an elementwise kernel written in place over its dying input).
+    """
+
+    key: int
+    nbytes: int
+    first: int
+    last: int
+    over: int | None = None
+
+
+def pack(values: Sequence[Lifetime]) -> tuple[dict[int, int], list[int]]:
+    """Share buffers between values whose lifetimes do not overlap, whatever their shapes.
+
+    Largest first, each value goes to the smallest slot where it overlaps no value already there
+    (a slot's size is that of its first, largest value), else to a new slot. Returns (key -> slot,
+    slot sizes). Core's buffer table shares a buffer only between values of one shape and dtype.
+
+    >>> v = [
+    ...     Lifetime(0, 400, 0, 1),
+    ...     Lifetime(1, 100, 1, 2),
+    ...     Lifetime(2, 300, 2, 3),
+    ...     Lifetime(3, 300, 3, 3, over=2),
+    ... ]
+    >>> pack(v)  # 2 takes 0's slot (0 died before); 3 is written in place over 2
+    ({0: 0, 2: 0, 3: 0, 1: 1}, [400, 100])
+    """
+    slot_of: dict[int, int] = {}
+    sizes: list[int] = []
+    spans: list[list[tuple[int, int, int]]] = []  # per slot: (first, last, key), disjoint, by first
+
+    def fits(slot: int, v: Lifetime) -> bool:
+        span = spans[slot]
+        at = bisect.bisect_left(span, (v.first, -1, -1))
+        if at < len(span) and span[at][0] <= v.last:
+            return False
+        if at:
+            _, last, key = span[at - 1]
+            if last >= v.first and not (key == v.over and last == v.first):
+                return False
+        return True
+
+    for v in sorted(values, key=lambda v: (-v.nbytes, v.first)):
+        slot = next((s for s in range(len(sizes) - 1, -1, -1) if fits(s, v)), None)
+        if slot is None:
+            slot = len(sizes)
+            sizes.append(v.nbytes)
+            spans.append([])
+        bisect.insort(spans[slot], (v.first, v.last, v.key))
+        slot_of[v.key] = slot
+    return slot_of, sizes
