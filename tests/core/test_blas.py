@@ -15,7 +15,9 @@ PATHS = [pytest.param("mkl", marks=pytest.mark.skipif(not HAVE_MKL, reason=NO_MK
 
 
 @pytest.fixture(params=PATHS)
-def path(request: pytest.FixtureRequest):
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Each path; on MKL every product goes to MKL (the small ones here would go to numpy)."""
+    monkeypatch.setattr(blas, "_MIN_WORK", 1)
     before = blas.use(request.param)
     yield request.param
     blas.use(before)
@@ -85,9 +87,12 @@ LAYOUTS = {
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_matches_float64_reference(path, layout, dtype):
+def test_matches_float64_reference(path, layout, dtype, request):
     a, b = LAYOUTS[layout](dtype)
+    seen = request.getfixturevalue("calls") if path == "mkl" else []
     _check(a, b)
+    # every layout but the batch that no one stride describes is one MKL call
+    assert len(seen) == (0 if path == "numpy" or layout == "broadcast both ways" else 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -132,15 +137,17 @@ def test_errors_and_other_dtypes_as_numpy(path):
 def test_mkl_runs_the_products_it_should(calls):
     blas.use("mkl")
     try:
-        f32, f64 = _rand((64, 64), np.float32), _rand((64, 64), np.float64)
+        f32, f64 = _rand((128, 128), np.float32), _rand((128, 128), np.float64)
         _check(f32, f32.T)
         _check(f64, f64)
-        _check(_rand((4, 64, 64), np.float32), _rand((4, 64, 64), np.float32))
-        _check(_rand((4, 64, 64), np.float32), f32)  # folded into one sgemm
+        _check(_rand((4, 128, 64), np.float32), _rand((4, 64, 128), np.float32))
+        _check(_rand((4, 64, 128), np.float32), f32)  # folded into one sgemm
         assert calls == ["sgemm", "dgemm", "sgemm_batch", "sgemm"]
         calls.clear()
-        _check(_rand((4, 4), np.float32), _rand((4, 4), np.float32))  # too small: numpy
-        _check(_rand((2, 1, 20, 17), np.float32), _rand((1, 3, 17, 30), np.float32))  # no single batch stride
+        _check(_rand((64, 64), np.float32), _rand((64, 64), np.float32))  # under _MIN_WORK: numpy
+        _check(
+            _rand((2, 1, 64, 128), np.float32), _rand((1, 3, 128, 64), np.float32)
+        )  # no single batch stride
         _check(f32.astype(np.float16), f32.astype(np.float16))
         assert calls == []
     finally:
@@ -160,14 +167,19 @@ def test_asg_blas_environment(monkeypatch):
     before = blas.use(None)
     try:
         monkeypatch.setenv("ASG_BLAS", "numpy")
+        blas.use(None)  # reads ASG_BLAS again (asg.core's import read it first)
         assert blas.info()["blas"] == "numpy"
         monkeypatch.setenv("ASG_BLAS", "mkl")
         if HAVE_MKL:
+            blas.use(None)
             assert blas.info()["blas"] == "mkl"
         monkeypatch.setenv("ASG_BLAS", "openblas")
         with pytest.raises(ValueError, match="ASG_BLAS must be 'numpy' or 'mkl', got 'openblas'"):
+            blas.use(None)
+        with pytest.raises(ValueError, match="ASG_BLAS must be 'numpy' or 'mkl', got 'openblas'"):
             blas.matmul(_rand((4, 4), np.float32), _rand((4, 4), np.float32))
         monkeypatch.delenv("ASG_BLAS")
+        blas.use(None)
         assert blas.info()["blas"] == ("mkl" if HAVE_MKL else "numpy")
     finally:
         blas.use(before)
@@ -178,10 +190,18 @@ def test_asg_blas_environment(monkeypatch):
 def test_forced_mkl_without_the_library_says_why(monkeypatch):
     monkeypatch.setattr(blas, "_mkl", None)
     monkeypatch.setattr(blas, "_failed", "the mkl package is not installed (pip install asg-core[mkl])")
+    before = blas.use("numpy")
     monkeypatch.setenv("ASG_BLAS", "mkl")
-    with pytest.raises(RuntimeError, match=r"ASG_BLAS=mkl, but the mkl package is not installed"):
-        blas.matmul(_rand((64, 64), np.float32), _rand((64, 64), np.float32))
-    monkeypatch.delenv("ASG_BLAS")
+    try:
+        with pytest.raises(RuntimeError, match=r"ASG_BLAS=mkl, but the mkl package is not installed"):
+            blas.use(None)
+        with pytest.raises(RuntimeError, match=r"ASG_BLAS=mkl, but the mkl package is not installed"):
+            blas.matmul(_rand((64, 64), np.float32), _rand((64, 64), np.float32))
+        monkeypatch.delenv("ASG_BLAS")
+        blas.use(None)
+    finally:
+        monkeypatch.delenv("ASG_BLAS", raising=False)
+        blas.use(before)
     assert blas.info() == {
         "blas": "numpy",
         "why": "the mkl package is not installed (pip install asg-core[mkl])",
