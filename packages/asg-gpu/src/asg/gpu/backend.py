@@ -32,7 +32,7 @@ from asg.core.schedule import Schedule
 from asg.core.storage import claim_all
 
 from . import kernels as _kernels  # noqa: F401  (registers the wgpu lowerings)
-from .codegen import Program, elementwise_kernel, from_gpu, nbytes, to_gpu
+from .codegen import Program, chunks, elementwise_kernel, from_gpu, nbytes, to_gpu, window
 from .codegen import grid as grid_for
 from .device import GpuDevice, get_device
 from .kernels._base import register_deferred
@@ -146,12 +146,14 @@ class WgpuPlan:
         def size(node_id: int) -> int:
             return nbytes(shapes[node_id], self._nodes[node_id].dtype)
 
-        limit = dev.max_binding
-        for node in graph.nodes:  # inputs, parameters and constants are bound too
-            if size(node.id) > limit:
+        self._take, self._size = take, size
+
+        largest = int(dev.limits.get("max-buffer-size", 1 << 62))
+        for node in graph.nodes:
+            if size(node.id) > largest:
                 raise ExecutionError(
                     f"wgpu: {graph.format_node(node)} is {size(node.id)} bytes, more than the adapter's "
-                    f"largest storage binding ({limit} bytes, {dev.summary}); split the tensor (smaller batch)"
+                    f"largest buffer ({largest} bytes, {dev.summary}); split the tensor (smaller batch)"
                 )
         for node in schedule.inputs:
             self._buf[node.id] = take(size(node.id))
@@ -179,13 +181,12 @@ class WgpuPlan:
             from .fusion import plan_groups
 
             root = {n.id: self._root(n.id) for n in graph.nodes}
-            fused_at, skipped, self.fused_groups = plan_groups(schedule, root)
+            fused_at, skipped, self.fused_groups = plan_groups(schedule, root, max_binding=dev.max_binding)
         # Values a fused kernel keeps in registers get no buffer (run_traced allocates them if it runs).
         internal = {n.id for g in self.fused_groups for n in g.nodes} - {
             o.id for g in self.fused_groups for o in g.outputs
         }
         self._planned: dict[int, Any] = {}
-        self._take, self._size = take, size
         # Per dispatch: (step index, pipeline, number of bindings, grid, argument descriptors).
         self._dispatches = self._collect(fused_at, skipped)
         self._traced_dispatches = self._collect({}, set()) if fused_at else self._dispatches
@@ -207,7 +208,7 @@ class WgpuPlan:
             for (_, v), copy in zip(schedule.updates, schedule.update_copies, strict=True)
         ]
         self._bound_params: list[Any] | None = None
-        self._guards: dict[tuple[int, int, int], tuple[Any, Any, tuple[int, int, int]]] = {}
+        self._guards: dict[tuple[int, int, int], list[tuple[Any, Any, tuple[int, int, int]]]] = {}
         self._encoded: list[tuple[Any, Any, tuple[int, int, int]]] = []
         self.calls = 0
 
@@ -218,20 +219,38 @@ class WgpuPlan:
                 continue
             for d in [fused_at[step.index]] if step.index in fused_at else prog.dispatches:
                 refs = []
-                for role, k in d.args:
+                windows = d.windows or (None,) * len(d.args)
+                for (role, k), win in zip(d.args, windows, strict=True):
                     if role == "in":
-                        refs.append(("value", step.inputs[k]))
+                        refs.append(("value", step.inputs[k], win))
                     elif role == "out":
-                        refs.append(("value", step.output))
+                        refs.append(("value", step.output, win))
                     elif role == "value":
-                        refs.append(("value", k))
+                        refs.append(("value", k, win))
                     elif role == "err":
-                        refs.append(("err", step.index))
+                        refs.append(("err", step.index, None))
                     else:
-                        refs.append(("temp", step.index * 1_000_000 + k))
+                        refs.append(("temp", step.index * 1_000_000 + k, None))
+                self._check_binding(step, refs)
                 pipe = self.dev.pipeline(d.wgsl, len(d.args))
                 dispatches.append((step.index, pipe, len(d.args), d.grid, refs))
         return dispatches
+
+    def _check_binding(self, step: Any, refs: list[tuple[str, int, Any]]) -> None:
+        """A value bound past the adapter's largest storage binding is an error naming the op and the value."""
+        limit = self.dev.max_binding
+        for kind, ref, win in refs:
+            if kind != "value":
+                continue
+            nb = win[1] if win is not None else self._size(ref)
+            if nb > limit:
+                graph = self.schedule.graph
+                raise ExecutionError(
+                    f"wgpu: {graph.format_node(step.node)} binds {graph.format_node(self._nodes[ref])}: it is "
+                    f"{nb} bytes, more than the adapter's largest storage binding ({limit} bytes, {self.dev.summary}). "
+                    f"Elementwise ops and parameter updates run over windows of that size; {step.node.op!r} "
+                    "binds its operands whole: split the tensor (smaller batch)"
+                )
 
     def _pack(
         self, internal: set[int], kernels: Sequence[Any], fused_at: dict[int, Any], skipped: set[int]
@@ -251,7 +270,7 @@ class WgpuPlan:
             id(self._traced_dispatches): self._traced_dispatches,
         }.values():
             for index, _, _, _, refs in dispatches:
-                for kind, ref in refs:
+                for kind, ref, _ in refs:
                     if kind == "value":
                         r = self._root(ref)
                         first[r] = min(first.get(r, index), index)
@@ -343,9 +362,10 @@ class WgpuPlan:
         encoded = []
         for index, pipe, nbind, grid, refs in dispatches:
             windows = []
-            for kind, ref in refs:
+            for kind, ref, win in refs:
                 if kind == "value":
-                    windows.append(self._window(ref))
+                    buf, off, nb = self._window(ref)
+                    windows.append((buf, win[0], win[1]) if win is not None else (buf, off, nb))
                 elif kind == "err":
                     windows.append((self._err, 256 * self._checks[ref][0], 8))
                 else:
@@ -392,31 +412,34 @@ class WgpuPlan:
                 cpass = enc.begin_compute_pass()
                 for src, dst, nb in values:
                     if src is not dst:
-                        pipe, bg, grid = self._guarded_copy(src, dst, nb)
-                        cpass.set_pipeline(pipe)
-                        cpass.set_bind_group(0, bg)
-                        cpass.dispatch_workgroups(*grid)
+                        for pipe, bg, grid in self._guarded_copy(src, dst, nb):
+                            cpass.set_pipeline(pipe)
+                            cpass.set_bind_group(0, bg)
+                            cpass.dispatch_workgroups(*grid)
                 cpass.end()
         if self._err is not None:
             windows.append((self._err, 0, 256 * len(self._checks)))
         return windows
 
-    def _guarded_copy(self, src: Any, dst: Any, nb: int) -> tuple[Any, Any, tuple[int, int, int]]:
+    def _guarded_copy(self, src: Any, dst: Any, nb: int) -> list[tuple[Any, Any, tuple[int, int, int]]]:
+        """Dispatches copying ``nb`` bytes unless an index check failed (over windows past the binding limit)."""
         key = (id(src), id(dst), nb)
         found = self._guards.get(key)
         if found is None:
-            words = (nb + 3) // 4
-            body = [
-                "var bad = 0u;",
-                f"for (var s = 0; s < {len(self._checks)}; s++) {{ bad = bad | err[s * 64]; }}",
-                "if (bad == 0u) { dst[i] = src[i]; }",
-            ]
-            wgsl = elementwise_kernel([("err", "u32"), ("src", "u32"), ("dst", "u32")], words, body)
-            pipe = self.dev.pipeline(wgsl, 3)
-            bg = self.dev.bind_group(
-                3, [(self._err, 0, self._err.size), (src, 0, 4 * words), (dst, 0, 4 * words)]
-            )
-            found = self._guards[key] = (pipe, bg, grid_for(words))
+            found = []
+            for start, words in chunks((nb + 3) // 4, [4], self.dev.max_binding):
+                body = [
+                    "var bad = 0u;",
+                    f"for (var s = 0; s < {len(self._checks)}; s++) {{ bad = bad | err[s * 64]; }}",
+                    "if (bad == 0u) { dst[i] = src[i]; }",
+                ]
+                wgsl = elementwise_kernel([("err", "u32"), ("src", "u32"), ("dst", "u32")], words, body)
+                off, size = window(start, words, "int32")
+                bg = self.dev.bind_group(
+                    3, [(self._err, 0, self._err.size), (src, off, size), (dst, off, size)]
+                )
+                found.append((self.dev.pipeline(wgsl, 3), bg, grid_for(words)))
+            self._guards[key] = found
         return found
 
     def _raise_index_errors(self, data: bytes) -> None:

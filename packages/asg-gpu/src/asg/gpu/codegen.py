@@ -174,6 +174,8 @@ class Dispatch:
     wgsl: str
     grid: tuple[int, int, int]
     args: tuple[tuple[str, int], ...]
+    windows: tuple[tuple[int, int] | None, ...] = ()
+    """Per arg, the (byte offset, bytes) of the value it binds, or None for all of it (empty: all whole)."""
 
 
 @dataclass
@@ -190,6 +192,28 @@ class Program:
     view: bool = False
     name: str = ""
     index_check: tuple[str, int, bool] | None = None
+
+
+def chunks(count: int, itemsizes: Sequence[int], limit: int) -> list[tuple[int, int]]:
+    """(first element, elements) pieces of ``0 .. count`` whose windows of each itemsize fit ``limit`` bytes.
+
+    One piece when everything fits; else pieces of a multiple of 1024 elements, so every window's
+    byte offset is a multiple of 256 (WebGPU's storage offset alignment is at most that).
+
+    >>> chunks(10, [4], 1 << 20), chunks(5000, [4, 2], 8192)
+    ([(0, 10)], [(0, 2048), (2048, 2048), (4096, 904)])
+    """
+    widest = max(itemsizes, default=4)
+    if count * widest <= limit:
+        return [(0, count)]
+    per = max(1024, limit // widest // 1024 * 1024)
+    return [(start, min(per, count - start)) for start in range(0, count, per)]
+
+
+def window(start: int, count: int, dtype: str) -> tuple[int, int]:
+    """The (byte offset, bytes) window of elements ``start .. start + count`` of a ``dtype`` buffer."""
+    item = ITEMSIZE[dtype]
+    return start * item, max(4, (count * item + 3) // 4 * 4)
 
 
 def grid(threads: int, wg: int = WG) -> tuple[int, int, int]:

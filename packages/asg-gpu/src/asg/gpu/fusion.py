@@ -23,6 +23,7 @@ from asg.core.schedule import Schedule
 from asg.core.specialize import Specialization
 
 from .codegen import (
+    ITEMSIZE,
     VTYPE,
     Dispatch,
     broadcast_strides,
@@ -313,7 +314,11 @@ class _Placement:
 
 
 def plan_groups(
-    schedule: Schedule, root: Mapping[int, int], matmul_epilogues: bool = True, reductions: bool = True
+    schedule: Schedule,
+    root: Mapping[int, int],
+    matmul_epilogues: bool = True,
+    reductions: bool = True,
+    max_binding: int | None = None,
 ) -> tuple[dict[int, Dispatch], set[int], list[ElementwiseGroup]]:
     """Which steps run fused: (step index -> fused dispatch there, step indices skipped, groups fused).
 
@@ -321,6 +326,7 @@ def plan_groups(
     core's groups contributes its elementwise nodes (:func:`elementwise_nodes`; the matmul,
     reduction or normalisation anchor stays its own kernel), cut in schedule order into the longest
     runs that can be placed safely (a training step's group often spans forward and backward).
+    A group with a value past ``max_binding`` bytes is not fused (its elementwise ops run over windows).
     """
     place = _Placement(schedule, root)
     at: dict[int, Dispatch] = {}
@@ -341,7 +347,12 @@ def plan_groups(
         skipped.update(place.pos[n.id] for n in chunk if place.pos[n.id] != last)
         fused.append(found)
 
+    limit = max_binding if max_binding is not None else 1 << 62
+    shapes = schedule.spec.shapes
     for group in find_fusion_groups(schedule.graph):
+        touched = [*group.nodes, *group.inputs]
+        if any(math.prod(shapes[n.id]) * ITEMSIZE[n.dtype] > limit for n in touched if n.id in shapes):
+            continue  # past the binding limit: node by node, elementwise ops over windows
         nodes = sorted(
             (n for n in elementwise_nodes(group, schedule) if n.id in place.pos),
             key=lambda n: place.pos[n.id],

@@ -16,10 +16,12 @@ from asg.core.dtypes import promote
 from asg.core.lowering import LoweringContext
 
 from ..codegen import (
+    ITEMSIZE,
     VTYPE,
     Dispatch,
     Program,
     broadcast_strides,
+    chunks,
     convert,
     coords,
     literal,
@@ -27,7 +29,9 @@ from ..codegen import (
     offset,
     per_element,
     store,
+    window,
 )
+from ..device import get_device
 from ._base import const_scalar, gpu_lowering
 
 # WGSL functions the table's expressions call (prepended to kernels that use them).
@@ -303,18 +307,40 @@ def _cast(ctx: LoweringContext) -> Program:
 
 
 def _with_operands(ctx: LoweringContext, value: str, ctype: str, bound: list[int]) -> Program:
-    """The one-dispatch program storing ``value`` (written over the operands of inputs ``bound``)."""
+    """The program storing ``value`` (written over the operands of inputs ``bound``).
+
+    One dispatch; several over byte windows of the output and the inputs of its shape when those
+    exceed the adapter's largest storage binding (broadcast inputs are bound whole).
+    """
     out_shape = tuple(ctx.out_type.shape)
-    needs_coords = any(tuple(ctx.in_types[k].shape) != out_shape for k in bound)
-    body = (coords(out_shape) if needs_coords else []) + [
-        store("out", ctx.out_type.dtype, "i", convert(value, ctype, VTYPE[ctx.out_type.dtype]))
-    ]
+    out_dtype = ctx.out_type.dtype
+    same = [tuple(ctx.in_types[k].shape) == out_shape for k in bound]
+    needs_coords = not all(same)
     count = math.prod(out_shape)
-    prog = per_element(ctx.name, [ctx.in_types[k].dtype for k in bound], ctx.out_type.dtype, count, body)
-    for j, d in enumerate(prog.dispatches):
-        args = tuple(("in", bound[k]) if role == "in" else (role, k) for role, k in d.args)
-        wgsl = d.wgsl.replace("\n@compute", functions_for(d.wgsl) + "\n@compute", 1)
-        prog.dispatches[j] = Dispatch(wgsl, d.grid, args)
+    dtypes = [ctx.in_types[k].dtype for k in bound]
+    pieces = chunks(
+        count,
+        [ITEMSIZE[d] for d, s in zip(dtypes, same, strict=True) if s] + [ITEMSIZE[out_dtype]],
+        get_device().max_binding,
+    )
+    result = store("out", out_dtype, "i", convert(value, ctype, VTYPE[out_dtype]))
+    prog = Program([], name=ctx.name)
+    for start, n in pieces:
+        if len(pieces) == 1:
+            body = (coords(out_shape) if needs_coords else []) + [result]
+        else:  # same-shape operands are read at i of their window; coordinates come from i + start
+            body = [f"let gi = i + {start};", *(coords(out_shape, "gi") if needs_coords else []), result]
+        piece = per_element(ctx.name, dtypes, out_dtype, n, body)
+        for d in piece.dispatches:
+            args = tuple(("in", bound[k]) if role == "in" else (role, k) for role, k in d.args)
+            wgsl = d.wgsl.replace("\n@compute", functions_for(d.wgsl) + "\n@compute", 1)
+            windows: tuple[tuple[int, int] | None, ...] = ()
+            if len(pieces) > 1:
+                windows = (
+                    *(window(start, n, dt) if s else None for dt, s in zip(dtypes, same, strict=True)),
+                    window(start, n, out_dtype),
+                )
+            prog.dispatches.append(Dispatch(wgsl, d.grid, args, windows))
     return prog
 
 
