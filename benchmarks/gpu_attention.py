@@ -49,9 +49,14 @@ def numpy_results(arrays: dict[str, np.ndarray], causal: bool, scale: float) -> 
 
 
 def wgpu_times(
-    backend: WgpuBackend, sh: Shapes, causal: bool, scale: float, reps: int, seed: int = 0
-) -> tuple[dict[str, float], dict[str, float]]:
-    """(seconds per dispatch, max abs error against numpy) of each attention kernel at ``sh``."""
+    backend: WgpuBackend, sh: Shapes, scale: float, reps: int, repeat: int = 3, seed: int = 0
+) -> dict[bool, tuple[dict[str, list[float]], dict[str, float]]]:
+    """Per ``causal`` (False, True): (seconds per dispatch of each attention kernel at ``sh``, one
+    figure per repeat; max abs error against numpy).
+
+    Every configuration runs on the same buffers, allocated once: on the H200, kernels timed after
+    freshly re-allocated buffers sometimes ran 3x slower, so the repeats also show the spread.
+    """
     import wgpu
 
     dev = backend.device()
@@ -63,48 +68,56 @@ def wgpu_times(
         "v": rng.standard_normal((*lead, sh.S, sh.Ev)).astype(np.float32),
         "g": rng.standard_normal((*lead, sh.L, sh.Ev)).astype(np.float32),
     }
-    want = numpy_results(arrays, causal, scale)
-    host = {**arrays, "lse": want["lse"].astype(np.float32), "delta": want["delta"].astype(np.float32)}
-    bufs = {}
-    for name, a in host.items():
-        bufs[name] = dev.create_buffer(a.nbytes)
-        dev.write(bufs[name], a)
+    sizes = {**{n: a.nbytes for n, a in arrays.items()}, "lse": 4 * arrays["q"][..., 0].size}
+    sizes["delta"] = sizes["lse"]
+    bufs = {n: dev.create_buffer(size) for n, size in sizes.items()}
+    for n, a in arrays.items():
+        dev.write(bufs[n], a)
+    out_size = max(sizes.values())
+    out = dev.create_buffer(out_size)
     qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2)
     qbuf = dev.device.create_buffer(
         size=256, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
     )
-    seconds, errors = {}, {}
-    for op in ROLES:
-        wgsl, names, grid = attention_wgsl(op, sh, causal, scale)
-        expected = want["lse" if op == "attention_lse" else op]
-        out = dev.create_buffer(expected.size * 4)
-        windows = [(bufs[n], 0, host[n].nbytes) if n != "out" else (out, 0, expected.size * 4) for n in names]
-        pipe = dev.pipeline(wgsl, len(names))
-        bg = dev.bind_group(len(names), windows)
 
-        def run(count: int, pipe=pipe, bg=bg, grid=grid) -> float:
-            enc = dev.device.create_command_encoder()
-            writes = {"query_set": qs, "beginning_of_pass_write_index": 0, "end_of_pass_write_index": 1}
-            cpass = enc.begin_compute_pass(timestamp_writes=writes)
-            cpass.set_pipeline(pipe)
-            cpass.set_bind_group(0, bg)
-            for _ in range(count):
-                cpass.dispatch_workgroups(*grid)
-            cpass.end()
-            enc.resolve_query_set(qs, 0, 2, qbuf, 0)
-            dev.queue.submit([enc.finish()])
-            t = np.frombuffer(dev.read(qbuf, 16), np.uint64)
-            return float(int(t[1]) - int(t[0])) * 1e-9
+    def run(count: int, pipe: object, bg: object, grid: tuple[int, int, int]) -> float:
+        enc = dev.device.create_command_encoder()
+        writes = {"query_set": qs, "beginning_of_pass_write_index": 0, "end_of_pass_write_index": 1}
+        cpass = enc.begin_compute_pass(timestamp_writes=writes)
+        cpass.set_pipeline(pipe)
+        cpass.set_bind_group(0, bg)
+        for _ in range(count):
+            cpass.dispatch_workgroups(*grid)
+        cpass.end()
+        enc.resolve_query_set(qs, 0, 2, qbuf, 0)
+        dev.queue.submit([enc.finish()])
+        t = np.frombuffer(dev.read(qbuf, 16), np.uint64)
+        return float(int(t[1]) - int(t[0])) * 1e-9
 
-        run(1)  # JIT / warm-up
-        seconds[op] = run(reps) / reps
-        got = np.frombuffer(dev.read(out, expected.size * 4), np.float32).reshape(expected.shape)
-        finite = np.isfinite(expected)
-        errors[op] = float(np.abs(got[finite] - expected[finite]).max()) if finite.any() else 0.0
-        out.destroy()
-    for buf in bufs.values():
+    results = {}
+    for causal in (False, True):
+        want = numpy_results(arrays, causal, scale)
+        dev.write(bufs["lse"], want["lse"].astype(np.float32))
+        dev.write(bufs["delta"], want["delta"].astype(np.float32))
+        seconds: dict[str, list[float]] = {op: [] for op in ROLES}
+        errors = {}
+        kernels = {}
+        for op in ROLES:
+            wgsl, names, grid = attention_wgsl(op, sh, causal, scale)
+            windows = [(bufs[n], 0, sizes[n]) if n != "out" else (out, 0, out_size) for n in names]
+            kernels[op] = (dev.pipeline(wgsl, len(names)), dev.bind_group(len(names), windows), grid)
+            run(1, *kernels[op])  # JIT / warm-up
+            expected = want["lse" if op == "attention_lse" else op]
+            got = np.frombuffer(dev.read(out, expected.size * 4), np.float32).reshape(expected.shape)
+            finite = np.isfinite(expected)
+            errors[op] = float(np.abs(got[finite] - expected[finite]).max()) if finite.any() else 0.0
+        for _ in range(repeat):
+            for op in ROLES:
+                seconds[op].append(run(reps, *kernels[op]) / reps)
+        results[causal] = (seconds, errors)
+    for buf in (*bufs.values(), out):
         buf.destroy()
-    return seconds, errors
+    return results
 
 
 def torch_times(sh: Shapes, causal: bool, reps: int, dtype: str) -> tuple[float, float] | None:
@@ -151,54 +164,52 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="B=2, H=2, T=64, E=32: a quick run on lavapipe")
     parser.add_argument("--shape", type=int, nargs=4, metavar=("B", "H", "T", "E"), default=(32, 8, 256, 64))
-    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--reps", type=int, default=20, help="dispatches per timed pass")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes per kernel (min and max shown)")
     args = parser.parse_args()
     b, h, t, e = (2, 2, 64, 32) if args.small else args.shape
-    reps = 2 if args.small else args.reps
+    reps, repeat = (2, 1) if args.small else (args.reps, args.repeat)
     backend = WgpuBackend()
     dev = backend.device()
-    print(f"adapter: {dev.summary}; B={b} H={h} T={t} E={e}, float32, {reps} reps")
+    print(f"adapter: {dev.summary}; B={b} H={h} T={t} E={e}, float32, {reps} dispatches x {repeat} passes")
     sh = Shapes((b, h), t, t, e, e, None)
     scale = 1.0 / math.sqrt(e)
     flops_fwd = 4.0 * b * h * t * t * e  # q k^T and P v
-    rows = []
-    for causal in (False, True):
-        start = time.perf_counter()
-        secs, errs = wgpu_times(backend, sh, causal, scale, reps)
-        wall = time.perf_counter() - start
-        ref32 = torch_times(sh, causal, reps, "float32")
-        ref16 = torch_times(sh, causal, reps, "float16")
-        rows.append((causal, secs, errs, ref32, ref16, wall))
+    start = time.perf_counter()
+    measured = wgpu_times(backend, sh, scale, reps, repeat)
+    print(f"wgpu wall time, JIT and numpy checks included: {time.perf_counter() - start:.1f} s")
     ms = lambda s: f"{s * 1e3:.3f}" if s is not None else "-"  # noqa: E731
     print(
-        f"{'causal':>6} {'kernel':>18} {'wgpu ms':>9} {'TFLOP/s':>8} {'max err':>8}"
+        f"{'causal':>6} {'kernel':>18} {'wgpu ms (min-max)':>18} {'TFLOP/s':>8} {'max err':>8}"
         f" | {'torch fp32 ms (fwd, fwd+bwd)':>28} {'torch fp16 ms':>16}"
     )
-    for causal, secs, errs, ref32, ref16, wall in rows:
-        work = {
-            "attention": 2,
-            "attention_lse": 1,
-            "attention_grad_q": 3,
-            "attention_grad_k": 3,
-            "attention_grad_v": 2,
-        }
+    products = {
+        "attention": 2,
+        "attention_lse": 1,
+        "attention_grad_q": 3,
+        "attention_grad_k": 3,
+        "attention_grad_v": 2,
+    }
+    for causal, (secs, errs) in measured.items():
+        ref32 = torch_times(sh, causal, reps, "float32")
+        ref16 = torch_times(sh, causal, reps, "float16")
         frac = 0.5 if causal else 1.0
+        best = {op: min(v) for op, v in secs.items()}
         for op in ROLES:
-            tf = work[op] * flops_fwd / 2 * frac / secs[op] / 1e12
-            print(f"{causal!s:>6} {op:>18} {ms(secs[op]):>9} {tf:>8.3g} {errs[op]:>8.1e} |")
-        fwd = secs["attention"]
-        bwd = sum(secs[op] for op in ("attention_lse", *GRADS))
+            tf = products[op] * flops_fwd / 2 * frac / best[op] / 1e12
+            spread = f"{ms(best[op])}-{ms(max(secs[op]))}"
+            print(f"{causal!s:>6} {op:>18} {spread:>18} {tf:>8.3g} {errs[op]:>8.1e} |")
+        fwd = best["attention"]
+        bwd = sum(best[op] for op in ("attention_lse", *GRADS))
         t32 = f"{ms(ref32[0])}, {ms(ref32[1])}" if ref32 else "-"
         t16 = f"{ms(ref16[0])}, {ms(ref16[1])}" if ref16 else "-"
-        print(f"{causal!s:>6} {'forward':>18} {ms(fwd):>9} {'':>8} {'':>8} | {t32:>28} {t16:>16}")
+        print(f"{causal!s:>6} {'forward':>18} {ms(fwd):>18} {'':>8} {'':>8} | {t32:>28} {t16:>16}")
         ratio = (
-            f" (torch fp32 / wgpu: fwd {ref32[0] / fwd:.2f}, fwd+bwd {ref32[1] / (fwd + bwd):.2f})"
+            f"  (torch fp32 / wgpu: fwd {ref32[0] / fwd:.2f}, fwd+bwd {ref32[1] / (fwd + bwd):.2f})"
             if ref32
             else ""
         )
-        print(
-            f"{causal!s:>6} {'forward+backward':>18} {ms(fwd + bwd):>9}{ratio}  [wall incl. JIT {wall:.1f}s]"
-        )
+        print(f"{causal!s:>6} {'forward+backward':>18} {ms(fwd + bwd):>18}{ratio}")
 
 
 if __name__ == "__main__":

@@ -322,8 +322,8 @@ def _product(
 
 
 def _steps(count: int, body: list[str]) -> list[str]:
-    """``body`` for ``kk`` in ``0 .. count``, as a WGSL loop (unrolled by the generator it ran 2.5x
-    slower on the H200)."""
+    """``body`` for ``kk`` in ``0 .. count``, as a WGSL loop (a variant unrolled by the generator
+    was not faster on the H200)."""
     return [f"    for (var kk = 0; kk < {count}; kk++) {{", *(f"        {x}" for x in body), "    }"]
 
 
