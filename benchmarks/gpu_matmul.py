@@ -26,7 +26,7 @@ os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
 import asg.core as ag
 from asg.core.backends import available_backends, get_backend, register_backend
 from asg.gpu.backend import WgpuBackend
-from asg.gpu.kernels.linalg import matmul_program, matmul_tile
+from asg.gpu.kernels.linalg import TILES, matmul_program, matmul_tile, split_k
 
 if "wgpu" not in available_backends():  # run from the source tree (PYTHONPATH), asg-gpu not installed
     register_backend("wgpu", WgpuBackend)
@@ -177,19 +177,22 @@ def main() -> None:
         tf, err = wgpu_matmul_tflops(backend, a, b, reps)
         each = [wgpu_matmul_tflops(backend, a, b, reps, c)[0] for c in VARIANTS]
         batch = int(np.prod(_out_shape(a, b)[:-2]))
-        tile = matmul_tile(a[-2] * (batch if len(b) == 2 else 1), b[-1], a[-1], 1 if len(b) == 2 else batch)
-        rows.append((label, tile, tf, torch_tflops(a, b, reps), err, each))
+        mn = (a[-2] * (batch if len(b) == 2 else 1), b[-1], a[-1], 1 if len(b) == 2 else batch)
+        splits = split_k(*mn)
+        tile = "x".join(map(str, matmul_tile(*mn) if splits == 1 else TILES[0][0]))
+        rows.append(
+            (label, tile + (f"/{splits}k" if splits > 1 else ""), tf, torch_tflops(a, b, reps), err, each)
+        )
     print(f"host cost per dispatch in a compiled plan: {dispatch_cost():.1f} us")
     names = "".join(f"{'x'.join(map(str, c)):>12}" for c in VARIANTS)
     print(
-        f"{'shape':>8} {'tile':>10} {'wgpu TF/s':>10} {'torch TF/s':>11} {'ratio':>6} {'rel err':>8} | TF/s per tile:{names}"
+        f"{'shape':>8} {'tile (/split-K)':>13} {'wgpu TF/s':>10} {'torch TF/s':>11} {'ratio':>6} {'rel err':>8} | TF/s per tile:{names}"
     )
     for label, tile, tf, ref, err, each in rows:
         ratio = f"{tf / ref:.0%}" if ref else "-"
         ref_s = f"{ref:.3g}" if ref else "-"
         per_tile = "".join(f"{t:>12.3g}" for t in each)
-        name = "x".join(map(str, tile))
-        print(f"{label:>8} {name:>10} {tf:>10.3g} {ref_s:>11} {ratio:>6} {err:>8.1e} | {'':>14}{per_tile}")
+        print(f"{label:>8} {tile:>13} {tf:>10.3g} {ref_s:>11} {ratio:>6} {err:>8.1e} | {'':>14}{per_tile}")
 
 
 if __name__ == "__main__":

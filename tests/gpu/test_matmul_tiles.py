@@ -8,32 +8,34 @@ import pytest
 import asg.core as ag
 from asg.gpu.codegen import nbytes
 from asg.gpu.device import get_device
-from asg.gpu.kernels.linalg import TILES, matmul_program, matmul_tile
+from asg.gpu.kernels.linalg import TILES, matmul_program, matmul_tile, split_k
 
 RNG = np.random.default_rng(0)
 
 
 def _run(a: np.ndarray, b: np.ndarray, **program_options) -> tuple[np.ndarray, str]:
-    """``a @ b`` through the matmul program's one dispatch; returns the product and the kernel's text."""
+    """``a @ b`` through the matmul program's dispatches; returns the product and the first kernel's text."""
     out_shape = (*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-1])
     prog = matmul_program(a.shape, b.shape, out_shape, "test", **program_options)
-    (d,) = prog.dispatches
     dev = get_device()
-    bufs = [dev.create_buffer(x.nbytes) for x in (a, b)] + [dev.create_buffer(nbytes(out_shape, "float32"))]
-    dev.write(bufs[0], a)
-    dev.write(bufs[1], b)
-    bg = dev.bind_group(3, [(buf, 0, buf.size) for buf in bufs])
+    out_bytes = nbytes(out_shape, "float32")
+    values = {("in", 0): dev.create_buffer(a.nbytes), ("in", 1): dev.create_buffer(b.nbytes)}
+    values[("out", 0)] = dev.create_buffer(out_bytes)
+    values.update({("tmp", j): dev.create_buffer(nb) for j, nb in enumerate(prog.temps)})
+    dev.write(values[("in", 0)], a)
+    dev.write(values[("in", 1)], b)
     enc = dev.device.create_command_encoder()
     cpass = enc.begin_compute_pass()
-    cpass.set_pipeline(dev.pipeline(d.wgsl, 3))
-    cpass.set_bind_group(0, bg)
-    cpass.dispatch_workgroups(*d.grid)
+    for d in prog.dispatches:
+        cpass.set_pipeline(dev.pipeline(d.wgsl, len(d.args)))
+        cpass.set_bind_group(0, dev.bind_group(len(d.args), [(values[r], 0, values[r].size) for r in d.args]))
+        cpass.dispatch_workgroups(*d.grid)
     cpass.end()
     dev.queue.submit([enc.finish()])
-    got = np.frombuffer(dev.read(bufs[2], nbytes(out_shape, "float32")), np.float32).reshape(out_shape)
-    for buf in bufs:
+    got = np.frombuffer(dev.read(values[("out", 0)], out_bytes), np.float32).reshape(out_shape)
+    for buf in values.values():
         buf.destroy()
-    return got, d.wgsl
+    return got, prog.dispatches[0].wgsl
 
 
 def _check(a_shape, b_shape, **options) -> str:
@@ -60,6 +62,25 @@ def test_every_tile_matches_numpy(tile, shapes):
     assert wgsl.startswith(f"// matmul {'x'.join(map(str, tile))}")
 
 
+@pytest.mark.parametrize(
+    ("shapes", "splits"),
+    [(((64, 1000), (1000, 68)), 3), (((2, 3, 40, 300), (3, 300, 36)), 2), (((70, 36), (36, 68)), 5)],
+    ids=["ragged-k", "batched", "more-slices-than-k-steps"],
+)
+def test_split_k_matches_numpy(shapes, splits):
+    wgsl = _check(*shapes, splits=splits)
+    assert f"split-k {splits}" in wgsl.splitlines()[0]
+
+
+def test_long_k_products_with_few_tiles_split_k():
+    assert split_k(512, 2048, 8192) == 4  # GPT's MLP weight gradient: 64 tiles of 128x128
+    assert split_k(1024, 1024, 1024) == 1 and split_k(4096, 4096, 16384) == 1  # k not long, or tiles enough
+    (mm, _sum) = matmul_program((64, 2048), (2048, 64), (64, 64)).dispatches
+    assert "split-k 4" in mm.wgsl and mm.grid[2] == 4
+    prog = matmul_program((64, 2048), (2048, 64), (64, 64), epilogue=None, splits=1)
+    assert len(prog.dispatches) == 1
+
+
 def _groups(tile, m, n, batch=1):
     return -(-m // tile[0]) * -(-n // tile[1]) * batch
 
@@ -81,6 +102,16 @@ def test_the_tile_keeps_the_gpu_busy_without_padding_waste():
         tile = matmul_tile(m, n, 64, batch)
         fewest = dict(TILES)[tile]
         assert _groups(tile, m, n, batch) >= fewest
+
+
+def test_a_split_k_product_in_a_compiled_function_matches_numpy():
+    x = ag.input("x", (64, 2048))
+    y = ag.input("y", (2048, 64))
+    a = RNG.standard_normal((64, 2048)).astype(np.float32)
+    b = RNG.standard_normal((2048, 64)).astype(np.float32)
+    f = ag.compile(x @ y, inputs=[x, y], backend="wgpu")
+    np.testing.assert_allclose(f(a, b), a.astype(np.float64) @ b, rtol=1e-5, atol=1e-4)
+    assert f.plan_for(a, b).dispatch_count == 2
 
 
 def test_the_backend_lowering_uses_the_chosen_tile():

@@ -66,7 +66,7 @@ def _im2col_conv2d(ctx: LoweringContext) -> Program:
         store("out", "float32", "i", "v"),
     ]
     im2col = per_element(ctx.name, ["float32"], "float32", math.prod(cols), body)
-    mm = matmul_program((co, ckk), cols, (n, co, p), ctx.name)
+    mm = matmul_program((co, ckk), cols, (n, co, p), ctx.name, splits=1)
     dispatches = [Dispatch(d.wgsl, d.grid, (("in", 0), ("tmp", 0))) for d in im2col.dispatches]
     dispatches += [Dispatch(d.wgsl, d.grid, (("in", 1), ("tmp", 0), ("out", 0))) for d in mm.dispatches]
     return Program(dispatches, temps=[4 * max(math.prod(cols), 1)])

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from asg.core.lowering import LoweringContext
 
-from ..codegen import HELPERS, Dispatch, Program, broadcast_strides, declare, strides
+from ..codegen import HELPERS, Dispatch, Program, broadcast_strides, declare, elementwise_kernel, strides
+from ..codegen import grid as grid_for
 from ._base import gpu_lowering
 
 THREADS = 16  # invocations per side of the workgroup
@@ -198,12 +199,15 @@ def matmul_vec4_wgsl(
     config: tuple[int, int, int],
     nb: tuple[int, int],
     epilogue: Epilogue | None = None,
+    split: tuple[int, int] = (1, 0),
 ) -> str:
     """The vec4 kernel (``k % 4 == 0`` and ``n % 4 == 0``): A, B and C read and written as ``vec4<f32>``.
 
     A's tile is loaded as 4x4 blocks, transposed in registers and stored ``As[k][m/4]``; B's rows are
     copied ``Bs[k][n/4]``. An invocation owns groups of 4 rows (``4 ty + 64 g``) by 4 columns
-    (``4 tx + 64 h``), one ``vec4`` accumulator per row and column group.
+    (``4 tx + 64 h``), one ``vec4`` accumulator per row and column group. ``split = (S, KC)``: the
+    z grid runs S slices of KC along K per product, each writing its partial product to its own
+    (m, n) block of C (split-K; :func:`matmul_program` sums them).
     """
     bm, bn, bk = config
     gm, gn = bm // 64, bn // 64
@@ -216,7 +220,7 @@ def matmul_vec4_wgsl(
     lines = [
         f"let a_base = {' + '.join(a_terms) or '0'};",
         f"let b_base = {' + '.join(b_terms) or '0'};",
-        f"let o_base = z * {m * n4};",
+        f"let o_base = {'i32(wid.z)' if split[0] > 1 else 'z'} * {m * n4};",
         f"let row0 = i32(wid.y) * {bm};",
         f"let col0 = i32(wid.x) * {bn};",
         f"let tx = lid % {THREADS};",
@@ -226,7 +230,11 @@ def matmul_vec4_wgsl(
         for h in range(gn):
             for i in range(4):
                 lines.append(f"var acc_{g}_{h}_{i} = vec4<f32>(0.0);")
-    lines.append(f"for (var k0 = 0; k0 < {k}; k0 += {bk}) {{")
+    if split[0] > 1:
+        lines.append(f"let k_begin = (i32(wid.z) % {split[0]}) * {split[1]};")
+        lines.append(f"for (var k0 = k_begin; k0 < min(k_begin + {split[1]}, {k}); k0 += {bk}) {{")
+    else:
+        lines.append(f"for (var k0 = 0; k0 < {k}; k0 += {bk}) {{")
     blocks = bm4 * (bk // 4)  # 4x4 blocks of the A tile
     for t in range(-(-blocks // nthreads)):
         lines += [
@@ -279,7 +287,7 @@ def matmul_vec4_wgsl(
                 lines.append(f"    {{ let c = col0 + {64 * h} + tx * 4; if (c < {n}) {{ {st} }} }}")
             lines.append("  } }")
     body = "\n    ".join(lines)
-    return f"""// matmul {bm}x{bn}x{bk} vec4
+    return f"""// matmul {bm}x{bn}x{bk} vec4{f" split-k {split[0]}" if split[0] > 1 else ""}
 {_header(epilogue, "vec4<f32>")}
 {HELPERS if epilogue else ""}
 {epilogue.source if epilogue else ""}
@@ -287,11 +295,30 @@ var<workgroup> As: array<vec4<f32>, {bm4 * bk}>;
 var<workgroup> Bs: array<vec4<f32>, {bn4 * bk}>;
 @compute @workgroup_size({nthreads})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {{
-    let z = i32(wid.z);
+    let z = i32(wid.z){f" / {split[0]}" if split[0] > 1 else ""};
     let lid = i32(lidx);
     {body}
 }}
 """
+
+
+def split_k(m: int, n: int, k: int, batch: int = 1) -> int:
+    """Slices along K for a product whose 128x128 tiles are too few for the GPU but whose K is long
+    (weight gradients: (d, B*T) @ (B*T, 4d)): enough for :data:`TILES`' 256 workgroups, each slice at
+    least 512 deep; 1 (no split) unless ``k >= 4 * max(m, n)``.
+
+    >>> (
+    ...     split_k(512, 2048, 8192),
+    ...     split_k(512, 512, 8192),
+    ...     split_k(1024, 1024, 1024),
+    ...     split_k(4096, 4096, 16384),
+    ... )
+    (4, 16, 1, 1)
+    """
+    tiles = -(-m // 128) * -(-n // 128) * batch
+    if k < 4 * max(m, n) or tiles >= TILES[0][1]:
+        return 1
+    return max(1, min(-(-TILES[0][1] // tiles), k // 512))
 
 
 def matmul_program(
@@ -302,11 +329,14 @@ def matmul_program(
     config: tuple[int, int, int] | None = None,
     vec4: bool = True,
     epilogue: Epilogue | None = None,
+    splits: int | None = None,
 ) -> Program:
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
 
     ``vec4`` (default) uses the vec4 kernel where ``k`` and ``n`` are multiples of 4; ``config`` forces
     a tile (BM, BN, BK), BM and BN multiples of 64 for the vec4 kernel (default :func:`matmul_tile`).
+    ``splits`` (default :func:`split_k`; only for the vec4 kernel without an epilogue): partial
+    products over slices of K into a scratch buffer, then one kernel summing them (two dispatches).
     The kernel's first line names its tile (``// matmul 64x128x32 vec4``).
     """
     a_shape, b_shape, out_shape = tuple(a_shape), tuple(b_shape), tuple(out_shape)
@@ -325,20 +355,42 @@ def matmul_program(
     count = math.prod(batch)
     if m * n * count == 0:
         return Program([], name=name)
-    if count > 65535:
+    vec = k % 4 == 0 and n % 4 == 0 and k > 0 and vec4
+    if splits is None:
+        splits = split_k(m, n, k, max(count, 1)) if vec and epilogue is None and config is None else 1
+    if not vec or epilogue is not None:
+        splits = 1
+    if splits > 1:
+        config = config or TILES[0][0]
+    if count * splits > 65535:
         raise ValueError(f"matmul: {count} batch entries exceed the 65,535 of a z grid; reshape the batch")
     bm, bn, bk = config or matmul_tile(m, n, k, max(count, 1))
     nb_a = math.prod(a_shape[:-2]) if len(b_shape) != 2 else 1
     nb_b = math.prod(b_shape[:-2]) if len(b_shape) != 2 else 1
-    if k % 4 == 0 and n % 4 == 0 and k and vec4:
+    grid = (-(-n // bn), -(-m // bm), max(count, 1) * splits)
+    if vec:
+        kc = -(-k // (splits * bk)) * bk  # a slice is a whole number of K steps
         wgsl = matmul_vec4_wgsl(
-            m, n, k, batch, a_st, b_st, (bm, bn, bk), (max(nb_a, 1), max(nb_b, 1)), epilogue
+            m, n, k, batch, a_st, b_st, (bm, bn, bk), (max(nb_a, 1), max(nb_b, 1)), epilogue, (splits, kc)
         )
     else:
         wgsl = matmul_wgsl(m, n, k, batch, a_st, b_st, (bm, bn, bk), epilogue)
         wgsl = wgsl.replace("NB_A", str(max(nb_a, 1))).replace("NB_B", str(max(nb_b, 1)))
-    grid = (-(-n // bn), -(-m // bm), max(count, 1))
-    return Program([Dispatch(wgsl, grid, (("in", 0), ("in", 1), ("out", 0)))], name=name)
+    if splits == 1:
+        return Program([Dispatch(wgsl, grid, (("in", 0), ("in", 1), ("out", 0)))], name=name)
+    # the partial products (batch, splits, m, n) in scratch, summed in slice order
+    total, mn = max(count, 1) * m * n, m * n
+    terms = " + ".join(f"part[base + {s * mn}]" for s in range(splits))
+    body = [f"let base = (i / {mn}) * {splits * mn} + i % {mn};", f"out[i] = {terms};"]
+    sum_wgsl = elementwise_kernel([("part", "float32"), ("out", "float32")], total, body)
+    return Program(
+        [
+            Dispatch(wgsl, grid, (("in", 0), ("in", 1), ("tmp", 0))),
+            Dispatch(sum_wgsl, grid_for(total), (("tmp", 0), ("out", 0))),
+        ],
+        temps=[4 * total * splits],
+        name=name,
+    )
 
 
 @gpu_lowering("matmul")
