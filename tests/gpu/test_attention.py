@@ -104,3 +104,19 @@ def test_tiny_gpt_forward_and_backward():
     got = ag.compile(outputs, inputs=[tokens, targets], backend="wgpu")(*data)
     for name, g, w in zip(("loss", *names), got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize(("length_q", "length_k"), [(0, 4), (4, 0)])
+def test_empty_lengths(length_q, length_k):
+    # No keys: every row gives 0 and zero gradients; no queries: the key and value gradients are 0.
+    # (Against exact zeros: asg-core's numpy kernels cannot reshape these yet.)
+    shapes = {"q": (2, length_q, 8), "k": (2, length_k, 8), "v": (2, length_k, 5)}
+    q, k, v = (ag.input(n, s) for n, s in shapes.items())
+    out = ag.attention(q, k, v)
+    grads = ag.grad((out * out).sum() + out.sum(), [q, k, v])
+    f = ag.compile([out, *grads], inputs=[q, k, v], backend="wgpu")
+    rng = np.random.default_rng(8)
+    got = f(*(rng.standard_normal(s).astype(np.float32) for s in shapes.values()))
+    for g, shape in zip(got, [(2, length_q, 5), *shapes.values()], strict=True):
+        assert g.shape == shape
+        assert not np.any(g)
