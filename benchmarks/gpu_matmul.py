@@ -58,18 +58,24 @@ def wgpu_matmul_tflops(
     dev = backend.device()
     out_shape = _out_shape(a_shape, b_shape)
     prog = matmul_program(a_shape, b_shape, out_shape, "bench", config)
-    (d,) = prog.dispatches
-    pipe = dev.pipeline(d.wgsl, 3)
     rng = np.random.default_rng(0)
     a = rng.standard_normal(a_shape).astype(np.float32)
     b = rng.standard_normal(b_shape).astype(np.float32)
     out_bytes = int(np.prod(out_shape)) * 4
-    bufs = [dev.create_buffer(a.nbytes), dev.create_buffer(b.nbytes), dev.create_buffer(out_bytes)]
-    dev.write(bufs[0], a)
-    dev.write(bufs[1], b)
-    bg = dev.bind_group(
-        3, [(buf, 0, nb) for buf, nb in zip(bufs, (a.nbytes, b.nbytes, out_bytes), strict=True)]
-    )
+    values = {("in", 0): dev.create_buffer(a.nbytes), ("in", 1): dev.create_buffer(b.nbytes)}
+    values[("out", 0)] = dev.create_buffer(out_bytes)
+    values.update({("tmp", j): dev.create_buffer(nb) for j, nb in enumerate(prog.temps)})
+    dev.write(values[("in", 0)], a)
+    dev.write(values[("in", 1)], b)
+    # (pipeline, bind group, grid) per dispatch: split-K products are two
+    steps = [
+        (
+            dev.pipeline(d.wgsl, len(d.args)),
+            dev.bind_group(len(d.args), [(values[r], 0, values[r].size) for r in d.args]),
+            d.grid,
+        )
+        for d in prog.dispatches
+    ]
     qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2)
     qbuf = dev.device.create_buffer(
         size=256, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
@@ -84,10 +90,11 @@ def wgpu_matmul_tflops(
                 "end_of_pass_write_index": 1,
             }
         )
-        cpass.set_pipeline(pipe)
-        cpass.set_bind_group(0, bg)
         for _ in range(count):
-            cpass.dispatch_workgroups(*d.grid)
+            for pipe, bg, grid in steps:
+                cpass.set_pipeline(pipe)
+                cpass.set_bind_group(0, bg)
+                cpass.dispatch_workgroups(*grid)
         cpass.end()
         enc.resolve_query_set(qs, 0, 2, qbuf, 0)
         dev.queue.submit([enc.finish()])
@@ -96,10 +103,10 @@ def wgpu_matmul_tflops(
 
     run(1)  # JIT / warm-up
     seconds = run(reps)
-    got = np.frombuffer(dev.read(bufs[2], out_bytes), np.float32).reshape(out_shape)
+    got = np.frombuffer(dev.read(values[("out", 0)], out_bytes), np.float32).reshape(out_shape)
     want = a.astype(np.float64) @ b.astype(np.float64)
     err = float(np.abs(got - want).max() / np.abs(want).max())
-    for buf in bufs:
+    for buf in values.values():
         buf.destroy()
     return _flops(a_shape, b_shape) * reps / seconds / 1e12, err
 
