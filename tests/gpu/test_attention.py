@@ -25,11 +25,14 @@ def _qkv(lead, length_q, length_k, e, ev, seed=0):
     )
 
 
-@pytest.mark.parametrize(("length_q", "length_k"), [(70, 70), (5, 9), (9, 5)])
-def test_causal(length_q, length_k):
-    # L == S over two query and key blocks; L < S; L > S, where the first L - S rows see no key (0).
-    q, k, v = _qkv((1, 2), length_q, length_k, 8, 8, seed=length_q)
-    check_op(lambda q, k, v: ag.attention(q, k, v, causal=True), q, k, v, backend="wgpu")
+@pytest.mark.parametrize(
+    ("length_q", "length_k", "e", "scale"), [(70, 70, 64, 0.2), (5, 9, 8, None), (9, 5, 8, None)]
+)
+def test_causal(length_q, length_k, e, scale):
+    # L == S over two query and key blocks with GPT's head size; L < S; L > S, where the first L - S
+    # rows see no key (0).
+    q, k, v = _qkv((1, 2), length_q, length_k, e, e, seed=length_q)
+    check_op(lambda q, k, v: ag.attention(q, k, v, causal=True, scale=scale), q, k, v, backend="wgpu")
 
 
 def test_padding_mask_and_fully_masked_entry():
@@ -52,11 +55,6 @@ def test_odd_sizes_with_shared_mask_and_causal():
     mask = np.random.default_rng(4).random((37, 53)) > 0.3
     check_op(ag.attention, q, k, v, backend="wgpu")
     check_op(lambda q, k, v, m: ag.attention(q, k, v, m, causal=True), q, k, v, mask, backend="wgpu")
-
-
-def test_gpt_head_dim_64_with_scale():
-    q, k, v = _qkv((1, 2), 70, 70, 64, 64, seed=5)
-    check_op(lambda q, k, v: ag.attention(q, k, v, causal=True, scale=0.2), q, k, v, backend="wgpu")
 
 
 def test_head_dim_256_streams_fewer_rows():
