@@ -270,3 +270,38 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch() -> None:
     for (k, a), (_, b) in zip(big.state_dict().items(), small.state_dict().items(), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=k)
     assert "sgd_update" not in acc_step.accumulate_function.graph.op_counts()
+
+
+class _CountingBatches:
+    """A re-iterable of batches that, like a shuffling DataLoader, starts an epoch at each ``iter()``."""
+
+    def __init__(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.batches, self.starts = batches, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self.starts += 1
+        return iter(self.batches)
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_fit_iterates_the_batches_once_per_epoch(progress: bool) -> None:
+    # tqdm.auto's asyncio bar calls iter() on its iterable when built: fit must hand it one iterator, or
+    # a DataLoader would start two epochs (two shuffle orders) per training epoch and resumes would drift
+    rng = np.random.default_rng(0)
+    batches = _CountingBatches(
+        [(rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, 3, 8)) for _ in range(3)]
+    )
+    model = nn.Linear(4, 3)
+    history = nn.fit(
+        model,
+        nn.CrossEntropyLoss(),
+        nn.optim.SGD(model.parameters(), lr=0.1),
+        batches,
+        epochs=3,
+        progress=progress,
+    )
+    assert batches.starts == 3
+    assert len(history.history["loss"]) == 3

@@ -682,8 +682,10 @@ def fit(
         total, seen = 0.0, 0
         start = time.perf_counter()
         total_batches = len(train_batches) if hasattr(train_batches, "__len__") else None  # type: ignore[arg-type]
+        # one iterator per epoch: tqdm.auto's asyncio class calls iter() on what it is given, and
+        # iterating it again would start a second epoch (a DataLoader reshuffles on each iter())
         bar = tqdm(
-            train_batches,
+            iter(train_batches),
             total=total_batches,
             desc=f"epoch {epoch + 1}/{epochs}",
             disable=not show,

@@ -238,7 +238,7 @@ def _train_images(args: argparse.Namespace) -> float:
     epochs = max(args.epochs - start, 0)
     if epochs:
         nn.fit(
-            model, nn.CrossEntropyLoss(), opt, _OneLoaderEpoch(loader), epochs=epochs, val_batches=test_batches,
+            model, nn.CrossEntropyLoss(), opt, loader, epochs=epochs, val_batches=test_batches,
             metrics={"acc": _accuracy}, callbacks=[nn.LRSchedulerCallback(sched), _EpochCheckpoint(manager, start, info, sched), _EpochLine(start, args.epochs)],
             progress=args.progress, backend=args.backend,
         )  # fmt: skip
@@ -249,24 +249,6 @@ def _train_images(args: argparse.Namespace) -> float:
     )
     print(f"test accuracy: {acc:.2%}")
     return acc
-
-
-class _OneLoaderEpoch:
-    """``loader``, started only when its first batch is taken: one loader epoch per training epoch.
-
-    fit's progress bar (``tqdm.auto``'s asyncio class, even when disabled) calls ``iter()`` when it is built
-    and again to loop; a DataLoader starts an epoch (a new shuffle order) at each ``iter()``, so epoch ``e``
-    would see order ``2e + 1`` and a resumed run could not continue the order.
-    """
-
-    def __init__(self, loader: data.DataLoader) -> None:
-        self.loader = loader
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Any:
-        yield from self.loader
 
 
 class _EpochLine(nn.Callback):
