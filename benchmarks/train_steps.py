@@ -429,6 +429,14 @@ def worker_asg(w: Workload, args: argparse.Namespace) -> dict[str, Any]:
     losses += [float(fn(x, y)) for _ in range(2)]
     ms = timed(lambda: fn(x, y), args.warmup, args.steps)
     setup = [f"asg backend {args.backend}, {ag.get_num_threads()} threads"]
+    from asg.core import blas as asg_blas
+
+    blas = asg_blas.info()  # which BLAS ASG's matmul and convolution GEMMs used
+    setup.append(
+        f"matmul on MKL ({blas['layer']} threading layer, {blas['threads']} threads)"
+        if blas["blas"] == "mkl"
+        else f"matmul on numpy's BLAS ({blas['why']})"
+    )
     if "numba" in sys.modules:
         import numba
 
