@@ -95,13 +95,11 @@ class Shapes:
 
 def chunk_rows(shapes: Shapes, role: Role) -> int:
     """KX, the rows of the second product's operand streamed per step: 16, or fewer for wide rows
-    (where 16 would pass :data:`SHARED_LIMIT`)."""
+    (where 16 would pass :data:`SHARED_LIMIT`); 0 when even 4 would (rows over 576 wide)."""
     for kx in (16, 8, 4):
         if 16 * _shared_vec4s(shapes, role, kx) <= SHARED_LIMIT:
             return kx
-    raise ValueError(
-        f"attention: rows of {_acc_width(shapes, role)} features are too wide for the wgpu kernels' workgroup memory"
-    )
+    return 0
 
 
 def _shared_vec4s(shapes: Shapes, role: Role, kx: int) -> int:
@@ -128,6 +126,12 @@ def attention_wgsl(
     sh = shapes
     kx = chunk_rows(sh, role)
     d = _acc_width(sh, role)
+    if not kx:
+        raise ValueError(
+            f"{op}: query/key features E = {sh.E} and value features Ev = {sh.Ev}: rows of {d} features "
+            f"do not fit the wgpu kernel's {SHARED_LIMIT // 1024} KiB of workgroup memory (at most 576); "
+            "use the unfused formula (matmul, softmax, matmul) for such heads"
+        )
     hd = -(-d // 64)  # column groups of 64 in the accumulated rows
     dp4 = 16 * hd
     n_own, n_other = (sh.L, sh.S) if role.own_query else (sh.S, sh.L)
