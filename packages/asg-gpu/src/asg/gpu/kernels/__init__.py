@@ -3,7 +3,18 @@
 :data:`IMPLEMENTED` holds the names of the ops that have a wgpu lowering.
 """
 
-from . import attention, convolution, elementwise, linalg, normalization, optim, pooling, random, reduction, shape  # noqa: F401  (registration side effects)
+from . import (  # noqa: F401  (registration side effects)
+    attention,
+    convolution,
+    elementwise,
+    linalg,
+    normalization,
+    optim,
+    pooling,
+    random,
+    reduction,
+    shape,
+)
 from ._base import IMPLEMENTED, gpu_lowering
 
 __all__ = ["IMPLEMENTED", "gpu_lowering"]
