@@ -78,9 +78,11 @@ def asg_step(
     target = ag.input("target", (batch * t,), "int64")
     loss = F.cross_entropy(model(idx), target)
     grads = ag.grad(loss, params)
-    return ag.compile(
-        loss, inputs=[idx, target], updates=opt.updates(grads), backend=backend, options=options
-    )
+    # last layers first, as compile_train_step orders them: a plan runs the nodes in the order the
+    # updates reach them, so each weight gradient is computed as soon as its layer's backward is done
+    # and that layer's activations and gradients are freed early
+    updates = dict(reversed(list(opt.updates(grads).items())))
+    return ag.compile(loss, inputs=[idx, target], updates=updates, backend=backend, options=options)
 
 
 def time_asg(step, x: np.ndarray, y: np.ndarray, steps: int) -> tuple[float, list[float]]:
