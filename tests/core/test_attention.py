@@ -349,3 +349,16 @@ def test_the_fused_training_graph_plans_less_memory_than_the_unfused_one() -> No
     scores = 8 * 4 * 256 * 256 * 4  # one (B, H, T, T) float32 value
     assert figures["fused"].peak_bytes() < scores <= figures["unfused"].peak_bytes()
     assert figures["fused"].memory.bytes() < figures["unfused"].memory.bytes()
+
+
+@pytest.mark.parametrize(("length", "keys"), [(0, 4), (3, 0), (0, 0)])
+def test_empty_lengths_give_empty_or_zero_results(length: int, keys: int) -> None:
+    # no queries: empty outputs; no keys: every row attends nothing, so 0 and zero gradients
+    q, k, v = ag.input("q", (2, length, 8)), ag.input("k", (2, keys, 8)), ag.input("v", (2, keys, 5))
+    out = ag.attention(q, k, v)
+    step = ag.compile([out, *ag.grad(out.sum(), [q, k, v])], inputs=[q, k, v])
+    rng = np.random.default_rng(0)
+    values = step(*(rng.normal(size=t.shape).astype(np.float32) for t in (q, k, v)))
+    assert [r.shape for r in values] == [(2, length, 5), (2, length, 8), (2, keys, 8), (2, keys, 5)]
+    for r in values:
+        np.testing.assert_array_equal(r, np.zeros_like(r))

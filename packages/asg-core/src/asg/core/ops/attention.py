@@ -186,7 +186,7 @@ class _Blocks:
 
     def rows_of(self, a: np.ndarray) -> np.ndarray:
         """``(*, X, Y)`` as ``(N, X, Y)`` in the compute dtype (a view when nothing changes)."""
-        return a.reshape(-1, *a.shape[-2:]).astype(self.dtype, copy=False)
+        return a.reshape(math.prod(a.shape[:-2]), *a.shape[-2:]).astype(self.dtype, copy=False)
 
     def flat(self, a: np.ndarray) -> np.ndarray:
         """A per-row input such as lse ``(*, L)`` as ``(N, L)`` in the compute dtype."""
