@@ -20,10 +20,11 @@ from asg.core.passes.narrow import (
     narrow_index_dtypes,
     random_keys,
 )
-from asg.core.registry import TensorType
+from asg.core.registry import KEY, RANDOM, TensorType, ops_with
 from asg.core.schedule import Schedule
 from asg.core.storage import Storage, claim_all
 from asg.core.testing import scratch_ops
+from asg.core.testing.references import fold_in as fold_in_spec
 
 WGSL = frozenset({"float32", "int32", "bool"})
 THIS_FILE = __file__
@@ -236,6 +237,26 @@ def test_a_constant_key_stays_int64_beside_a_counter_and_ids():
     assert [c.dtype for c in n.nodes if c.op == "constant" and c.name == "key"] == ["int64"]
     assert n.inputs[1].dtype == "int32"
     check_same_values(g, n, np.ones((2, 16), "float32"), np.array([4, -1], "int64"))
+
+
+def test_a_key_that_no_random_op_reads_stays_int64_as_a_graph_output():
+    # fold_in gives a key (the KEY trait): as an output it is not narrowed, or the hash would change
+    assert "fold_in" in ops_with(KEY) and not ops_with(KEY) & ops_with(RANDOM)
+    key = ag.input("key", (3, 1), "int64")
+    data = ag.input("data", (4,), "int64")
+    ids = ag.input("ids", (4,), "int64")
+    folded = ag.fold_in(key, data)
+    g = ag.Graph([folded.node, ag.fold_in(folded, 7).node, (ids * 2).node])
+    n = narrow_index_dtypes(g)
+    assert [i.dtype for i in n.inputs] == ["int64", "int64", "int32"]  # key and data kept, ids narrowed
+    assert [o.dtype for o in n.outputs] == ["int64", "int64", "int32"]
+    assert {x.op for x in n.nodes if x.dtype == "int64"} == {"input", "constant", "fold_in"}
+    feeds = (np.array([[1], [-3], [-1234567890123]], "int64"), np.array([0, 2**40, -7, 3]), np.arange(4))
+    keys, again, _ = check_same_values(g, n, *feeds)
+    assert np.abs(keys).max() > np.iinfo("int32").max  # 64-bit hashes: int32 could not hold them
+    np.testing.assert_array_equal(keys[2, 1], fold_in_spec(-1234567890123, 2**40))
+    np.testing.assert_array_equal(again[0, 0], fold_in_spec(fold_in_spec(1, 0), 7))
+    check_supported_dtypes(n, WGSL | {"int64"}, "wgpu")
 
 
 def test_registered_as_a_pass_that_is_not_default():

@@ -57,10 +57,11 @@ MOVEMENT = "movement"  # output elements are input elements, rearranged or repea
 REDUCTION = "reduction"  # reduces its input over ``axes``
 BILINEAR = "bilinear"  # linear in each of its two inputs (mul, matmul, convolution)
 RANDOM = "random"  # draws numbers from a key: pure given the key, but never constant-folded
+KEY = "key"  # gives a random key (fold_in: a 64-bit hash, not an index): never narrowed to int32
 EFFECTFUL = "effectful"  # two applications to equal inputs may differ: never merged or folded
 NORMALIZATION = "normalization"  # normalises its first input over trailing axes (layer_norm): a fusion anchor
 TRAITS = frozenset(
-    {ELEMENTWISE, COMMUTATIVE, VIEW, MOVEMENT, REDUCTION, BILINEAR, RANDOM, EFFECTFUL, NORMALIZATION}
+    {ELEMENTWISE, COMMUTATIVE, VIEW, MOVEMENT, REDUCTION, BILINEAR, RANDOM, KEY, EFFECTFUL, NORMALIZATION}
 )
 
 InferRule = Callable[..., TensorType]

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..dtypes import dtype_of, is_float
 from ..errors import DTypeError, DTypeRuleError
-from ..registry import RANDOM, TensorType, define_op
+from ..registry import KEY, RANDOM, TensorType, define_op
 from ..shapes import Dim, format_shape, normalize_shape
 from ..tensor import Tensor, apply, as_tensor, constant, state
 from ._rules import broadcast
@@ -191,6 +191,7 @@ def _bernoulli_kernel(key: np.ndarray, p: float, shape: tuple[int, ...], dtype: 
 
 define_op(
     "fold_in",
+    traits=(KEY,),
     infer=_fold_in_infer,
     kernel=_fold_in_kernel,
     differentiable=False,

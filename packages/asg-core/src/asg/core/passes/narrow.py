@@ -17,9 +17,11 @@ What narrowing means for the caller:
 - an int64 graph output becomes int32: the caller gets int32 arrays (the values are the same);
 - computed values are not range-checked (as on the backend): index arithmetic must fit in int32;
 - random keys stay int64. A key (the first input of a :data:`~asg.core.registry.RANDOM` op, the
-  int64 values derived from it through their first input, and everything it is computed from) is a
-  64-bit hash state, not an index: narrowing it would change the random numbers. A backend without
-  int64 must store keys as two 32-bit words; :func:`check_supported_dtypes` says so when it meets one;
+  output of a :data:`~asg.core.registry.KEY` op such as ``fold_in`` even when no random op reads it,
+  the int64 values derived from one, and everything it is computed from) is a 64-bit hash state, not
+  an index: narrowing it would change the random numbers. A key that is a graph output stays an int64
+  output. A backend without int64 must store keys as two 32-bit words; :func:`check_supported_dtypes`
+  says so when it meets one;
 - an int64 parameter or state that is not a key (a step counter, BatchNorm's ``num_batches_tracked``)
   becomes an int32 parameter node of the same :class:`~asg.core.graph.Variable`, whose host array
   stays int64: the backend's storage keeps an int32 copy (:func:`asg.core.storage.store_as`), range-checked
@@ -37,7 +39,7 @@ import numpy as np
 from ..dtypes import DTYPES, FLOAT_DTYPES, INT_DTYPES
 from ..errors import DTypeError
 from ..graph import Graph, Node
-from ..registry import RANDOM, op_has
+from ..registry import KEY, RANDOM, op_has
 from .base import register_pass
 from .rewrite import copy_node, make_node, rewrite
 
@@ -74,11 +76,12 @@ def describe_node(graph: Graph, node: Node) -> str:
 def random_keys(graph: Graph) -> set[int]:
     """Ids of the random-key values of ``graph``: int64 values a random op's key is computed from or with.
 
-    They are the first input of each :data:`~asg.core.registry.RANDOM` op (the key), every int64 value
-    it is computed from (seeds, step counters, ``fold_in`` results), and every int64 value computed
-    from one of those but a constant (the counter's update ``counter + 1``, the next key: not another
-    counter's ``n + 1`` that shares the constant 1). Narrowing never changes them, nor anything they
-    are computed from.
+    They are the first input of each :data:`~asg.core.registry.RANDOM` op (the key), the output of each
+    :data:`~asg.core.registry.KEY` op (``fold_in``: a key whether or not a random op reads it), every
+    int64 value they are computed from (seeds, step counters, the data folded in), and every int64
+    value computed from one of those but a constant (the counter's update ``counter + 1``, the next
+    key: not another counter's ``n + 1`` that shares the constant 1). Narrowing never changes them, nor
+    anything they are computed from.
 
     >>> import asg.core as ag
     >>> key = ag.input("key", (), "int64")
@@ -87,8 +90,12 @@ def random_keys(graph: Graph) -> set[int]:
     >>> g = ag.Graph([noise.node, ids.node])
     >>> sorted(n.op for n in g.nodes if n.id in random_keys(g))  # the key, the 3 folded in, fold_in
     ['constant', 'fold_in', 'input']
+    >>> g = ag.Graph([ag.fold_in(key, ids).node])  # a key as a graph output: no random op reads it
+    >>> sorted(n.name or n.op for n in g.nodes if n.id in random_keys(g))
+    ['fold_in', 'ids', 'key']
     """
     keys = {n.inputs[0].id for n in graph.nodes if op_has(n.op, RANDOM) and n.inputs}
+    keys |= {n.id for n in graph.nodes if op_has(n.op, KEY)}
     while True:
         upstream = _ancestors(graph, keys)
         grown = {n.id for n in graph.nodes if n.id in upstream and n.dtype == WIDE}
