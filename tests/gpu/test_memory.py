@@ -79,7 +79,7 @@ def test_packed_buffers_train_the_gpt_step_identically(gpt_runs):
 def test_packing_cuts_the_gpt_step_s_buffers(gpt_runs):
     (_, _, table), (_, plan, packed) = gpt_runs[False], gpt_runs[True]
     assert packed < 0.8 * table  # core's table keeps one buffer per shape, and the updates their own
-    assert plan.packed_bytes <= 1.1 * _max_live(plan.lifetimes)
+    assert plan.packed_bytes <= 1.2 * _max_live(plan.lifetimes)  # a buffer holds one value at a time
 
 
 def test_the_pool_destroys_free_buffers_past_its_cap():

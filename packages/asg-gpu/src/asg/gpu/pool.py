@@ -140,9 +140,10 @@ class Lifetime:
 def pack(values: Sequence[Lifetime]) -> tuple[dict[int, int], list[int]]:
     """Share buffers between values whose lifetimes do not overlap, whatever their shapes.
 
-    Largest first, each value goes to the smallest slot where it overlaps no value already there
-    (a slot's size is that of its first, largest value), else to a new slot. Returns (key -> slot,
-    slot sizes). Core's buffer table shares a buffer only between values of one shape and dtype.
+    Largest first, each value goes to the slot where it overlaps no value already there and leaves
+    the least idle time around it (then the smallest such slot; a slot's size is that of its first,
+    largest value), else to a new slot. Returns (key -> slot, slot sizes). Core's buffer table
+    shares a buffer only between values of one shape and dtype.
 
     >>> v = [
     ...     Lifetime(0, 400, 0, 1),
@@ -156,24 +157,32 @@ def pack(values: Sequence[Lifetime]) -> tuple[dict[int, int], list[int]]:
     slot_of: dict[int, int] = {}
     sizes: list[int] = []
     spans: list[list[tuple[int, int, int]]] = []  # per slot: (first, last, key), disjoint, by first
+    never = 1 << 62
 
-    def fits(slot: int, v: Lifetime) -> bool:
+    def idle(slot: int, v: Lifetime) -> int | None:
+        """Steps the slot would sit unused right before and after ``v``, or None when ``v`` overlaps it."""
         span = spans[slot]
         at = bisect.bisect_left(span, (v.first, -1, -1))
-        if at < len(span) and span[at][0] <= v.last:
-            return False
+        after = span[at][0] if at < len(span) else never
+        if after <= v.last:
+            return None
+        before = -1
         if at:
-            _, last, key = span[at - 1]
-            if last >= v.first and not (key == v.over and last == v.first):
-                return False
-        return True
+            _, before, key = span[at - 1]
+            if before >= v.first and not (key == v.over and before == v.first):
+                return None
+        return (v.first - before) + (after - v.last)
 
     for v in sorted(values, key=lambda v: (-v.nbytes, v.first)):
-        slot = next((s for s in range(len(sizes) - 1, -1, -1) if fits(s, v)), None)
-        if slot is None:
-            slot = len(sizes)
+        best, best_key = None, None
+        for s in range(len(sizes)):
+            gap = idle(s, v)
+            if gap is not None and (best_key is None or (gap, sizes[s]) < best_key):
+                best, best_key = s, (gap, sizes[s])
+        if best is None:
+            best = len(sizes)
             sizes.append(v.nbytes)
             spans.append([])
-        bisect.insort(spans[slot], (v.first, v.last, v.key))
-        slot_of[v.key] = slot
+        bisect.insort(spans[best], (v.first, v.last, v.key))
+        slot_of[v.key] = best
     return slot_of, sizes
