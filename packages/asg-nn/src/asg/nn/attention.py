@@ -185,6 +185,15 @@ class MultiheadAttention(_RandomLayer):
         is_causal: bool = False,
         kv_cache: KVCache | None = None,
     ) -> tuple[ag.Tensor, ag.Tensor | None]:
+        """Attends ``query`` over ``key``/``value``: ``(N, L, E)``, ``(N, S, kdim)``, ``(N, S, vdim)`` ->
+        ``(output (N, L, E), weights)``.
+
+        With ``batch_first=False`` the sequence comes first (``(L, N, E)``, ``(S, N, kdim)``...); unbatched
+        inputs (``query`` ``(L, E)``) give ``(L, E)``. ``weights`` is ``(N, L, S)`` (``(N, H, L, S)`` with
+        ``average_attn_weights=False``), or None when ``need_weights=False``, which takes the fused
+        scaled-dot-product attention. Raises ``ShapeError`` when ``query`` does not have ``embed_dim``
+        features; with ``kv_cache`` the masks must be None.
+        """
         query, key, value = ag.as_tensor(query), ag.as_tensor(key), ag.as_tensor(value)
         batched = query.ndim == 3
         if not batched:  # (L, E): one sequence
@@ -246,6 +255,7 @@ class MultiheadAttention(_RandomLayer):
         return out, weights
 
     def extra_repr(self) -> str:
+        """``embed_dim=…, num_heads=…, batch_first=…`` for ``repr``."""
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
 
 
@@ -279,6 +289,7 @@ class FeedForward(Module):
         self.activation = _activation(activation)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies ``linear2(dropout(activation(linear1(x))))``: ``(*, d_model) -> (*, d_model)``."""
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
 
@@ -343,6 +354,12 @@ class TransformerEncoderLayer(_TransformerLayer):
     def forward(
         self, src: ag.Tensor, src_mask: Any = None, src_key_padding_mask: Any = None, is_causal: bool = False
     ) -> ag.Tensor:
+        """Runs the self-attention and feed-forward blocks: ``src`` ``(N, L, E)`` -> ``(N, L, E)``
+        (``(L, N, E)`` with ``batch_first=False``).
+
+        ``src_mask`` ``(L, L)`` (bool True = not allowed, or float added) and ``src_key_padding_mask``
+        ``(N, L)`` (True = ignore) go to ``self_attn``; ``is_causal=True`` applies the causal mask.
+        """
         x = src
         if self.norm_first:
             x = x + self._sa(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
@@ -377,6 +394,13 @@ class TransformerDecoderLayer(_TransformerLayer):
         tgt_is_causal: bool = False,
         memory_is_causal: bool = False,
     ) -> ag.Tensor:
+        """Runs the self-attention, cross-attention and feed-forward blocks: ``tgt`` ``(N, T, E)`` and
+        ``memory`` ``(N, S, E)`` -> ``(N, T, E)`` (sequence first with ``batch_first=False``).
+
+        ``tgt_mask`` ``(T, T)`` and ``tgt_key_padding_mask`` ``(N, T)`` go to ``self_attn``;
+        ``memory_mask`` ``(T, S)`` and ``memory_key_padding_mask`` ``(N, S)`` to ``multihead_attn``
+        (bool True = not allowed / ignore, or float added); the ``*_is_causal`` flags apply the causal mask.
+        """
         x = tgt
         if self.norm_first:
             x = x + self._sa(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal)

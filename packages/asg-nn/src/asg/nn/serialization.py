@@ -431,6 +431,9 @@ class CheckpointManager:
         return self.entries[-1] if self.entries else None
 
     def path(self, entry: Mapping[str, Any]) -> str:
+        """The file of an index entry (from :attr:`entries`, :meth:`latest` or :meth:`best`), inside
+        :attr:`directory`.
+        """
         return os.path.join(self.directory, entry["file"])
 
     def save(

@@ -346,6 +346,13 @@ def _gpt_accuracy(model: GPT, ids: np.ndarray, T: int, backend: str) -> float:
 
 
 def cmd_train(args: argparse.Namespace) -> float:
+    """``asg-zoo train MODEL --dataset NAME``: train, checkpoint into ``--out``, return the test accuracy.
+
+    Image models train ``--epochs`` epochs (Adam, or AdamW with ``--weight-decay``; cosine learning rate),
+    saving a checkpoint after each; ``gpt`` trains ``--steps`` steps on ``shakespeare``, saves one
+    checkpoint, reports next-character accuracy and prints a sample. ``--resume`` continues from the
+    latest checkpoint in ``--out``. A dataset that does not fit the model exits with a message.
+    """
     if args.model == "gpt":
         if args.dataset not in TEXT_DATASETS:
             raise SystemExit(f"asg-zoo train gpt: --dataset must be one of {', '.join(TEXT_DATASETS)}")
@@ -356,6 +363,12 @@ def cmd_train(args: argparse.Namespace) -> float:
 
 
 def cmd_eval(args: argparse.Namespace) -> float:
+    """``asg-zoo eval CHECKPOINT``: rebuild the model of a ``train`` checkpoint (file or folder: its
+    latest) and return its test accuracy.
+
+    Image models are scored on the test split of ``--dataset`` (default: the one they trained on); a GPT
+    on next-character accuracy over the shakespeare test split.
+    """
     model, meta = _restore(args.checkpoint)
     dataset = args.dataset or meta["dataset"]
     if meta["model_name"] == "gpt":
@@ -416,6 +429,13 @@ def _generator(args: argparse.Namespace) -> tuple[GPT, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> str:
+    """``asg-zoo generate [CHECKPOINT] [--hf DIR]``: sample ``--max-new-tokens`` tokens after ``--prompt``;
+    prints and returns the text (prompt included).
+
+    The model is a ``train gpt`` checkpoint with its character tokenizer, or GPT-2 weights from ``--hf``
+    with a BPE tokenizer; ``--temperature``, ``--top-k``, ``--top-p`` and ``--seed`` go to
+    :meth:`GPT.generate`, ``--show-ids`` also prints the token ids.
+    """
     model, tok = _generator(args)
     out = model.generate(
         np.array([tok.encode(args.prompt)]), args.max_new_tokens, temperature=args.temperature,
@@ -534,6 +554,12 @@ def estimate_flops(graph: ag.Graph, batch: int = 1) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
+    """``asg-zoo info MODEL``: print a freshly built model's config, parameter count, inference-graph size
+    and op counts, and FLOPs per example (:func:`estimate_flops`); ``--graph`` prints the whole graph.
+
+    Returns ``{"parameters", "nodes", "flops"}``. Image models take ``--dataset``'s input shape; GPT the
+    ``train gpt`` configuration.
+    """
     if args.model == "gpt":
         config = GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=4, n_embd=64)
         x = ag.input("idx", ("B", 64), "int64")

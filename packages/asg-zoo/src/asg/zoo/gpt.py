@@ -97,6 +97,13 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self, x: ag.Tensor, pos: ag.Tensor, cache: tuple[ag.Tensor, ...] | None = None
     ) -> tuple[ag.Tensor, ag.Tensor, ag.Tensor]:
+        """Attends causally: ``x`` ``(B, T, C)`` at positions ``pos`` ``(T,)`` -> ``(y (B, T, C), k, v)``.
+
+        Without ``cache``, ``k`` and ``v`` are this call's keys and values ``(B, nh, T, hs)``. With
+        ``cache = (write (T, S), allowed (T, S), past_k, past_v)``, the new keys and values are written into
+        the ``(B, nh, S, hs)`` cache at the slots ``write`` selects, the queries attend where ``allowed`` is
+        True, and ``k``, ``v`` are the updated caches.
+        """
         B, T, C = x.shape  # batch, sequence length, n_embd
         nh, hs = self.n_head, C // self.n_head
         q, k, v = self.c_attn(x).split(self.n_embd, axis=2)  # 3 x (B, T, C)
@@ -143,6 +150,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: ag.Tensor) -> ag.Tensor:
+        """Applies ``dropout(c_proj(gelu_tanh(c_fc(x))))``: ``(B, T, C) -> (B, T, C)``."""
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
@@ -159,6 +167,9 @@ class Block(nn.Module):
     def forward(
         self, x: ag.Tensor, pos: ag.Tensor, cache: tuple[ag.Tensor, ...] | None = None
     ) -> tuple[ag.Tensor, ag.Tensor, ag.Tensor]:
+        """Runs the block: ``x`` ``(B, T, C)`` -> ``(x (B, T, C), k, v)``, ``k`` and ``v`` from
+        :meth:`CausalSelfAttention.forward` (this call's keys and values, or the updated ``cache``).
+        """
         a, k, v = self.attn(self.ln_1(x), pos, cache)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
@@ -217,6 +228,12 @@ class GPT(nn.Module):
         return nn.optim.AdamW(groups, lr=lr, betas=betas)
 
     def forward(self, idx: ag.Tensor, cache: KVCache | None = None) -> Any:
+        """Maps token ids ``idx`` ``(B, T)`` (int64) to logits ``(B, T, vocab_size)``.
+
+        With a :class:`KVCache`, the tokens sit at ``cache.pos`` and attend the cached keys and values;
+        returns ``(logits, keys, values)``, the updated ``(B, nh, S, hs)`` caches, one per layer. Raises
+        ``ShapeError`` when ``T`` is more than ``block_size``.
+        """
         idx = ag.as_tensor(idx)
         T = idx.shape[1]
         if isinstance(T, int) and self.config.block_size < T:
