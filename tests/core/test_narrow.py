@@ -259,6 +259,28 @@ def test_a_key_that_no_random_op_reads_stays_int64_as_a_graph_output():
     check_supported_dtypes(n, WGSL | {"int64"}, "wgpu")
 
 
+@pytest.mark.parametrize(
+    "build, op",
+    [
+        (lambda keys: ag.random_uniform(keys[1, 2], (3,)), "slice"),  # a slice of an array of keys
+        (lambda keys: ag.fold_in(keys + 1, 3), "add"),  # arithmetic on keys, then folded again
+        (lambda keys: keys * 2, "mul"),  # as a graph output too
+    ],
+)
+def test_an_int64_value_computed_from_a_fold_in_hash_is_an_error_naming_it(build, op):
+    # a backend without int64 computes it on the low 32 bits of the hash: the numbers would be wrong
+    key = ag.input("key", (3, 1), "int64")
+    keys = ag.fold_in(key, ag.arange(4)).named("keys")
+    g = ag.Graph([build(keys).node])
+    with pytest.raises(UnsupportedDTypeError) as err:
+        narrow_index_dtypes(g)
+    text = str(err.value)
+    bad = next(n for n in g.nodes if n.op == op and n.dtype == "int64")
+    assert text.startswith(f"narrow_index_dtypes: {g.format_node(bad)} (built at {THIS_FILE}:")
+    assert f"from the random key {g.format_node(keys.node)} (named 'keys'" in text
+    assert f"op {op!r} would keep its low 32 bits" in text and "ag.fold_in(key, i)" in text
+
+
 def test_registered_as_a_pass_that_is_not_default():
     assert PASSES["narrow_index_dtypes"] is narrow_index_dtypes
     assert "narrow_index_dtypes" not in DEFAULT_PASSES

@@ -21,7 +21,8 @@ What narrowing means for the caller:
   the int64 values derived from one, and everything it is computed from) is a 64-bit hash state, not
   an index: narrowing it would change the random numbers. A key that is a graph output stays an int64
   output. A backend without int64 must store keys as two 32-bit words; :func:`check_supported_dtypes`
-  says so when it meets one;
+  says so when it meets one. Only ``fold_in`` and the random ops read both words, so an int64 value
+  moved or computed from a ``fold_in`` result (``keys[1]``, ``key + 1``) is an error naming it;
 - an int64 parameter or state that is not a key (a step counter, BatchNorm's ``num_batches_tracked``)
   becomes an int32 parameter node of the same :class:`~asg.core.graph.Variable`, whose host array
   stays int64: the backend's storage keeps an int32 copy (:func:`asg.core.storage.store_as`), range-checked
@@ -108,6 +109,31 @@ def random_keys(graph: Graph) -> set[int]:
         if grown <= keys:
             return keys
         keys |= grown
+
+
+def _check_no_op_computes_on_a_hash(graph: Graph) -> None:
+    """Refuse an int64 value moved or computed from a :data:`~asg.core.registry.KEY` op's 64-bit hash.
+
+    Such a value stays int64 (it is derived from a key), but a backend without 64-bit integers computes
+    it on the low word (only ``fold_in`` and the random ops read a key's two 32-bit words), so it would be
+    wrong, and so would the numbers drawn from it. Keys that are inputs or state are not refused: their
+    values are not known here (a seed or a step counter fits in 32 bits).
+    """
+    hashes: set[int] = set()
+    for node in graph.nodes:  # graph order: inputs before their users
+        if op_has(node.op, KEY):
+            hashes.add(node.id)
+            continue
+        read = next((i for i in node.inputs if i.id in hashes), None)
+        if read is None or node.dtype != WIDE or op_has(node.op, RANDOM):
+            continue
+        raise UnsupportedDTypeError(
+            f"narrow_index_dtypes: {describe_node(graph, node)} computes an int64 value from the random "
+            f"key {describe_node(graph, read)}: a key is a 64-bit hash and this backend has no 64-bit "
+            f"integers (only fold_in and the random ops read all of a key, op {node.op!r} would keep its "
+            "low 32 bits), so derive each key with ag.fold_in(key, i) or ag.split_key(key, n) instead of "
+            "slicing, reshaping or computing on keys"
+        )
 
 
 def _ancestors(graph: Graph, roots: set[int]) -> set[int]:
@@ -215,6 +241,7 @@ def narrow_index_dtypes(graph: Graph) -> Graph:
         >>> out[:, 0].tolist(), idx.tolist(), idx.dtype.name
         ([9.0, 0.0], [2, 2], 'int32')
     """
+    _check_no_op_computes_on_a_hash(graph)
     keep = _ancestors(graph, random_keys(graph))
     originals = iter(graph.nodes)  # with retype=True, rewrite offers every node once, in graph order
 
