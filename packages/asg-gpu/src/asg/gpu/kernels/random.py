@@ -1,7 +1,8 @@
 """The random ops on the GPU, from the same counter-based streams as asg-core's numpy kernels.
 
 Keys are int64 held as two 32-bit words; ``mix64`` (splitmix64's finaliser) runs on ``vec2<u32>``
-pairs with a 32x32->64 multiply built from 16-bit halves. ``random_uniform`` and ``bernoulli`` are
+pairs with a 32x32->64 multiply built from 16-bit halves; ``fold_in`` writes both words, so a key that
+is a graph output reads back as the int64 numpy computes. ``random_uniform`` and ``bernoulli`` are
 bit-identical to numpy (integer hashing, then exact float32 scaling); ``random_normal`` uses float32
 ``log``/``cos`` of the GPU, so it matches numpy to a few ulps, not bit for bit.
 """
