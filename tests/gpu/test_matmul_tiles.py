@@ -14,9 +14,14 @@ RNG = np.random.default_rng(0)
 
 
 def _run(a: np.ndarray, b: np.ndarray, **program_options) -> tuple[np.ndarray, str]:
-    """``a @ b`` through the matmul program's dispatches; returns the product and the first kernel's text."""
+    """``a @ b`` through the matmul program's dispatches; returns the product and the first kernel's text.
+
+    With ``a_transposed=True`` the buffer of input 0 holds ``a.T``.
+    """
     out_shape = (*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-1])
     prog = matmul_program(a.shape, b.shape, out_shape, "test", **program_options)
+    if program_options.get("a_transposed"):
+        a = np.ascontiguousarray(a.T)
     dev = get_device()
     out_bytes = nbytes(out_shape, "float32")
     values = {("in", 0): dev.create_buffer(a.nbytes), ("in", 1): dev.create_buffer(b.nbytes)}
@@ -70,6 +75,19 @@ def test_every_tile_matches_numpy(tile, shapes):
 def test_split_k_matches_numpy(shapes, splits):
     wgsl = _check(*shapes, splits=splits)
     assert f"split-k {splits}" in wgsl.splitlines()[0]
+
+
+@pytest.mark.parametrize("tile", [t for t, _ in TILES], ids=lambda t: "x".join(map(str, t)))
+def test_a_transposed_operand_read_in_place_matches_numpy(tile):
+    wgsl = _check((68, 40), (40, 36), config=tile, a_transposed=True)  # ragged against every tile
+    assert "A^T" in wgsl.splitlines()[0]
+
+
+def test_a_transposed_operand_with_split_k_matches_numpy():
+    wgsl = _check((64, 1024), (1024, 32), a_transposed=True)
+    assert "split-k" in wgsl.splitlines()[0] and "A^T" in wgsl.splitlines()[0]
+    with pytest.raises(ValueError, match="transposed A needs 2-D operands"):
+        matmul_program((6, 8), (8, 4), (6, 4), a_transposed=True)
 
 
 def test_long_k_products_with_few_tiles_split_k():

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+import asg.core as ag
 from asg.core.backends import get_backend
 from asg.gpu.pool import BufferPool, Lifetime, pack
 
@@ -95,3 +96,23 @@ def test_the_pool_destroys_free_buffers_past_its_cap():
     pool.release(again)
     pool.trim()
     assert pool.stats().free_bytes == 0
+
+
+def test_a_weight_gradient_reads_the_activation_in_place_of_a_transposed_copy():
+    rng = np.random.default_rng(2)
+    x = ag.input("x", (96, 32))
+    w = ag.parameter(rng.standard_normal((32, 48)).astype(np.float32), name="w")
+    (gw,) = ag.grad((ag.tanh(x @ w) ** 2).sum(), [w])  # gw = x^T @ (...)
+    data = rng.standard_normal((96, 32)).astype(np.float32)
+    f = ag.compile(gw, inputs=[x], backend="wgpu")
+    want = ag.compile(gw, inputs=[x])(data)
+    np.testing.assert_allclose(f(data), want, rtol=1e-5, atol=1e-5)
+    plan = f.plan_for(data)
+    ops = [s.node.op for s in plan.schedule.steps]
+    assert "transpose" in ops  # in the schedule, but not run: the matmul reads x itself
+    kernels = [d.wgsl.splitlines()[0] for p in plan.programs for d in p.dispatches]
+    assert any("A^T" in k for k in kernels)
+    unfolded = ag.compile(gw, inputs=[x], backend="wgpu", options={"fusion": False})
+    assert plan.dispatch_count < unfolded.plan_for(data).dispatch_count
+    profile = f.profile(data)  # node by node: the transpose runs there
+    assert "transpose" in [t.op for t in profile.nodes]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -182,14 +183,16 @@ class WgpuPlan:
 
             root = {n.id: self._root(n.id) for n in graph.nodes}
             fused_at, skipped, self.fused_groups = plan_groups(schedule, root, max_binding=dev.max_binding)
+        folded = self._fold_transposes(fused_at, skipped) if fusion else set()
         # Values a fused kernel keeps in registers get no buffer (run_traced allocates them if it runs).
         internal = {n.id for g in self.fused_groups for n in g.nodes} - {
             o.id for g in self.fused_groups for o in g.outputs
         }
+        internal |= folded
         self._planned: dict[int, Any] = {}
         # Per dispatch: (step index, pipeline, number of bindings, grid, argument descriptors).
         self._dispatches = self._collect(fused_at, skipped)
-        self._traced_dispatches = self._collect({}, set()) if fused_at else self._dispatches
+        self._traced_dispatches = self._collect({}, set()) if fused_at or skipped else self._dispatches
         if pack_buffers:
             self._temps = self._pack(internal, kernels, fused_at, skipped)
         else:  # core's buffer table as it is: one buffer per entry (values of one shape and dtype share)
@@ -235,6 +238,55 @@ class WgpuPlan:
                 pipe = self.dev.pipeline(d.wgsl, len(d.args))
                 dispatches.append((step.index, pipe, len(d.args), d.grid, refs))
         return dispatches
+
+    def _fold_transposes(self, fused_at: dict[int, Any], skipped: set[int]) -> set[int]:
+        """A matmul whose left operand is a 2-D transpose read by nothing else reads the transpose's input
+        in place (``matmul_program(a_transposed=True)``): the weight gradient ``X^T @ dY`` then needs no
+        transposed copy of the activation X. The transpose's step is skipped (``run_traced`` still runs it);
+        returns the ids of the transposes folded.
+        """
+        from .kernels.linalg import matmul_program, transposed_operand_ok
+
+        schedule = self.schedule
+        shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
+        readers: dict[int, int] = {}
+        for step in schedule.steps:
+            for i in set(step.inputs):
+                readers[i] = readers.get(i, 0) + 1
+        kept = {n.id for n in schedule.outputs} | {v.id for _, v in schedule.updates}
+        made_at = {step.output: step for step in schedule.steps}
+        folded: set[int] = set()
+        for step in schedule.steps:
+            node = step.node
+            if (
+                node.op != "matmul"
+                or node.dtype != "float32"
+                or step.index in fused_at
+                or step.index in skipped
+            ):
+                continue
+            a, b = node.inputs
+            t_step = made_at.get(a.id)
+            a_shape, b_shape = tuple(shapes[a.id]), tuple(shapes[b.id])
+            if (
+                t_step is None
+                or a.op != "transpose"
+                or tuple(attrs[a.id].get("axes", ())) != (1, 0)
+                or readers.get(a.id) != 1
+                or a.id in kept
+                or not transposed_operand_ok(a_shape, b_shape)
+            ):
+                continue
+            prog = matmul_program(
+                a_shape, b_shape, shapes[node.id], self.programs[step.index].name, a_transposed=True
+            )
+            for j, d in enumerate(prog.dispatches):
+                args = tuple(("value", a.inputs[0].id) if arg == ("in", 0) else arg for arg in d.args)
+                prog.dispatches[j] = replace(d, args=args)
+            self.programs[step.index] = prog
+            skipped.add(t_step.index)
+            folded.add(a.id)
+        return folded
 
     def _check_binding(self, step: Any, refs: list[tuple[str, int, Any]]) -> None:
         """A value bound past the adapter's largest storage binding is an error naming the op and the value."""

@@ -200,6 +200,7 @@ def matmul_vec4_wgsl(
     nb: tuple[int, int],
     epilogue: Epilogue | None = None,
     split: tuple[int, int] = (1, 0),
+    a_t: bool = False,
 ) -> str:
     """The vec4 kernel (``k % 4 == 0`` and ``n % 4 == 0``): A, B and C read and written as ``vec4<f32>``.
 
@@ -207,7 +208,9 @@ def matmul_vec4_wgsl(
     copied ``Bs[k][n/4]``. An invocation owns groups of 4 rows (``4 ty + 64 g``) by 4 columns
     (``4 tx + 64 h``), one ``vec4`` accumulator per row and column group. ``split = (S, KC)``: the
     z grid runs S slices of KC along K per product, each writing its partial product to its own
-    (m, n) block of C (split-K; :func:`matmul_program` sums them).
+    (m, n) block of C (split-K; :func:`matmul_program` sums them). ``a_t``: the buffer A holds A
+    transposed, (k, m) with ``m % 4 == 0``, one unbatched product (the weight gradient ``X^T @ dY``
+    reading X where it is, instead of a transposed copy).
     """
     bm, bn, bk = config
     gm, gn = bm // 64, bn // 64
@@ -235,25 +238,34 @@ def matmul_vec4_wgsl(
         lines.append(f"for (var k0 = k_begin; k0 < min(k_begin + {split[1]}, {k}); k0 += {bk}) {{")
     else:
         lines.append(f"for (var k0 = 0; k0 < {k}; k0 += {bk}) {{")
-    blocks = bm4 * (bk // 4)  # 4x4 blocks of the A tile
-    for t in range(-(-blocks // nthreads)):
-        lines += [
-            f"    {{ let e = lid + {t * nthreads};",
-            f"      if (e < {blocks}) {{",
-            f"        let mb = e / {bk // 4}; let kb = e % {bk // 4};",
-            "        let c = k0 + kb * 4;",
-        ]
-        for i in range(4):
-            lines.append(
-                f"        let r{i} = row0 + mb * 4 + {i}; let a{i} = select(vec4<f32>(0.0), "
-                f"A[min(a_base + r{i} * {k4} + c / 4, {a_last})], r{i} < {m} && c < {k});"
-            )
-        comps = "xyzw"
-        for j in range(4):
-            lines.append(
-                f"        As[(kb * 4 + {j}) * {bm4} + mb] = vec4<f32>(a0.{comps[j]}, a1.{comps[j]}, a2.{comps[j]}, a3.{comps[j]});"
-            )
-        lines.append("      } }")
+    if a_t:  # A^T is stored, (k, m): each row of the tile is a vec4 copy along m
+        avec = bk * bm4
+        for t in range(-(-avec // nthreads)):
+            lines += [
+                f"    {{ let e = lid + {t * nthreads};",
+                f"      if (e < {avec}) {{ let kk = e / {bm4}; let mm = e % {bm4}; let r = k0 + kk; let c = row0 + mm * 4;",
+                f"        As[e] = select(vec4<f32>(0.0), A[min(r * {m // 4} + c / 4, {k * (m // 4) - 1})], r < {k} && c < {m}); }} }}",
+            ]
+    else:
+        blocks = bm4 * (bk // 4)  # 4x4 blocks of the A tile
+        for t in range(-(-blocks // nthreads)):
+            lines += [
+                f"    {{ let e = lid + {t * nthreads};",
+                f"      if (e < {blocks}) {{",
+                f"        let mb = e / {bk // 4}; let kb = e % {bk // 4};",
+                "        let c = k0 + kb * 4;",
+            ]
+            for i in range(4):
+                lines.append(
+                    f"        let r{i} = row0 + mb * 4 + {i}; let a{i} = select(vec4<f32>(0.0), "
+                    f"A[min(a_base + r{i} * {k4} + c / 4, {a_last})], r{i} < {m} && c < {k});"
+                )
+            comps = "xyzw"
+            for j in range(4):
+                lines.append(
+                    f"        As[(kb * 4 + {j}) * {bm4} + mb] = vec4<f32>(a0.{comps[j]}, a1.{comps[j]}, a2.{comps[j]}, a3.{comps[j]});"
+                )
+            lines.append("      } }")
     bvec = bk * bn4
     for t in range(-(-bvec // nthreads)):
         lines += [
@@ -287,7 +299,7 @@ def matmul_vec4_wgsl(
                 lines.append(f"    {{ let c = col0 + {64 * h} + tx * 4; if (c < {n}) {{ {st} }} }}")
             lines.append("  } }")
     body = "\n    ".join(lines)
-    return f"""// matmul {bm}x{bn}x{bk} vec4{f" split-k {split[0]}" if split[0] > 1 else ""}
+    return f"""// matmul {bm}x{bn}x{bk} vec4{f" split-k {split[0]}" if split[0] > 1 else ""}{" A^T" if a_t else ""}
 {_header(epilogue, "vec4<f32>")}
 {HELPERS if epilogue else ""}
 {epilogue.source if epilogue else ""}
@@ -321,6 +333,19 @@ def split_k(m: int, n: int, k: int, batch: int = 1) -> int:
     return max(1, min(-(-TILES[0][1] // tiles), k // 512))
 
 
+def transposed_operand_ok(a_shape: Sequence[int], b_shape: Sequence[int]) -> bool:
+    """True when ``matmul_program(..., a_transposed=True)`` runs (a, b): both 2-D, m, k, n multiples of 4.
+
+    >>> transposed_operand_ok((512, 8192), (8192, 2048)), transposed_operand_ok((6, 8), (8, 4))
+    (True, False)
+    """
+    return (
+        len(a_shape) == 2
+        and len(b_shape) == 2
+        and all(int(d) % 4 == 0 and int(d) for d in (*a_shape, b_shape[1]))
+    )
+
+
 def matmul_program(
     a_shape: Sequence[int],
     b_shape: Sequence[int],
@@ -330,6 +355,7 @@ def matmul_program(
     vec4: bool = True,
     epilogue: Epilogue | None = None,
     splits: int | None = None,
+    a_transposed: bool = False,
 ) -> Program:
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
 
@@ -337,7 +363,8 @@ def matmul_program(
     a tile (BM, BN, BK), BM and BN multiples of 64 for the vec4 kernel (default :func:`matmul_tile`).
     ``splits`` (default :func:`split_k`; only for the vec4 kernel without an epilogue): partial
     products over slices of K into a scratch buffer, then one kernel summing them (two dispatches).
-    The kernel's first line names its tile (``// matmul 64x128x32 vec4``).
+    ``a_transposed``: input 0 holds A transposed, (k, m), for 2-D A and B with m, k, n multiples of 4
+    (:func:`transposed_operand_ok`). The kernel's first line names its tile (``// matmul 64x128x32 vec4``).
     """
     a_shape, b_shape, out_shape = tuple(a_shape), tuple(b_shape), tuple(out_shape)
     k = a_shape[-1]
@@ -356,6 +383,10 @@ def matmul_program(
     if m * n * count == 0:
         return Program([], name=name)
     vec = k % 4 == 0 and n % 4 == 0 and k > 0 and vec4
+    if a_transposed and not (vec and transposed_operand_ok(a_shape, b_shape)):
+        raise ValueError(
+            f"matmul: a transposed A needs 2-D operands with m, k, n multiples of 4, got {a_shape} @ {b_shape}"
+        )
     if splits is None:
         splits = split_k(m, n, k, max(count, 1)) if vec and epilogue is None and config is None else 1
     if not vec or epilogue is not None:
@@ -371,7 +402,17 @@ def matmul_program(
     if vec:
         kc = -(-k // (splits * bk)) * bk  # a slice is a whole number of K steps
         wgsl = matmul_vec4_wgsl(
-            m, n, k, batch, a_st, b_st, (bm, bn, bk), (max(nb_a, 1), max(nb_b, 1)), epilogue, (splits, kc)
+            m,
+            n,
+            k,
+            batch,
+            a_st,
+            b_st,
+            (bm, bn, bk),
+            (max(nb_a, 1), max(nb_b, 1)),
+            epilogue,
+            (splits, kc),
+            a_transposed,
         )
     else:
         wgsl = matmul_wgsl(m, n, k, batch, a_st, b_st, (bm, bn, bk), epilogue)
