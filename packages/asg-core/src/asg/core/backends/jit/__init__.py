@@ -33,6 +33,8 @@ A fused group runs as one step named after its first output (``Function.profile`
 output's op; ``step.node.meta["jit"]`` says which ops it fuses); ``Function.capture`` sees only a
 group's outputs, not the values inside it. Running numpy-jit functions from several threads at once
 needs numba's ``omp`` or ``tbb`` threading layer (the ``workqueue`` layer refuses concurrent launches).
+numba picks the layer (``tbb`` when the tbb package is installed, else ``omp``; ``NUMBA_THREADING_LAYER``
+chooses); ``benchmarks/jit_threads.py`` shows which, and whether idle threads spin.
 
 Backend options (``compile(..., backend="numpy-jit", options={...})``):
 
@@ -380,6 +382,7 @@ def _slice_sums(schedule: Schedule, users: Mapping[int, list[Node]], graph_outpu
             nodes.append(n)
             for i in n.inputs:
                 inner = users[i.id] == [n] and i.id not in graph_outputs and shapes[i.id] == shape
+                inner = inner and i.dtype == root.dtype
                 if inner and i.op == "add":
                     stack.append(i)
                 elif inner and i.op == "slice_backward":
