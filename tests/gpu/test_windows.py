@@ -8,6 +8,8 @@ import asg.core as ag
 from asg.core.errors import ExecutionError
 from asg.gpu.device import get_device
 
+pytestmark = pytest.mark.slow  # about 1 GB of host memory for lavapipe's buffers
+
 LIMIT = get_device().max_binding
 N = LIMIT // 8 + 1000  # a (2, N) float32 tensor is a little more than the limit
 
