@@ -3,7 +3,10 @@
 It consumes core's :class:`~asg.core.schedule.Schedule`: each step's lowered kernel (a
 :class:`~asg.core.registry.Kernel` with the node's attributes bound) is given its planned buffer as
 ``out=``. The first call runs step by step and checks every result's shape and dtype against the
-graph; later calls run generated straight-line Python (:attr:`NumpyPlan.source`).
+graph; later calls run generated straight-line Python (:attr:`NumpyPlan.source`). There, the
+step computing a parameter's new value writes it into the parameter's own array when nothing reads
+the old value afterwards (``out=`` in the source): no copy after the step. The outputs of one
+optimizer op on the same inputs (``adam_update`` ... one op per updated tensor) come from one call.
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ class NumpyPlan:
     Intermediate values live in a list of slots (local variables in the generated code); kernels
     that accept ``out=`` write into the buffers of the schedule's table, allocated once per plan.
     Values no longer needed are dropped as soon as their last reader has run. Calls are not
-    re-entrant: :class:`~asg.core.function.Function` serialises them with a lock.
+    re-entrant: :class:`~asg.core.function.Function` serialises them with a lock. The checked first
+    run and traced runs copy every update into its parameter after the step; the generated code
+    writes some in place (:func:`_in_place_writes`), so a failure there can leave earlier parameters
+    updated, which its error says.
     """
 
     def __init__(
