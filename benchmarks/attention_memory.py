@@ -12,6 +12,10 @@ blocks), and the median step time.
 ``n_layer`` 2, ``n_embd = heads * dim``, vocabulary 65), built once as it is (fused) and once with
 ``ag.attention`` replaced by the unfused formula while the graph is built.
 
+Forms: ``unfused`` (the formula, as built), ``fused`` (``ag.attention`` and its gradient ops kept fused:
+``options={"decompose": ()}``) and ``decomposed`` (``ag.attention`` as the numpy backend runs it by
+default: every op of the family replaced by its formula before lowering, the shared scores merged).
+
     python benchmarks/attention_memory.py [--batch 8] [--heads 4] [--length 256] [--dim 32] [--steps 5] [--gpt]
 """
 
@@ -43,15 +47,17 @@ def unfused(
     return ag.matmul(ag.softmax(s, -1), v)
 
 
-def attention_step(build, arrays: list[np.ndarray]) -> ag.Function:
+def attention_step(build, arrays: list[np.ndarray], options: dict) -> ag.Function:
     """``[out, dq, dk, dv]`` of ``sum(out * cotangent)`` for causal attention built by ``build``."""
     xs = [ag.input(n, a.shape, a.dtype) for n, a in zip("qkv", arrays, strict=True)]
     out = build(*xs, causal=True)
     cot = ag.constant(np.random.default_rng(1).standard_normal(out.shape).astype(np.float32))
-    return ag.compile([out, *ag.grad((out * cot).sum(), xs)], inputs=xs)
+    return ag.compile([out, *ag.grad((out * cot).sum(), xs)], inputs=xs, options=options)
 
 
-def gpt_step(build, batch: int, heads: int, length: int, dim: int) -> tuple[ag.Function, list[np.ndarray]]:
+def gpt_step(
+    build, batch: int, heads: int, length: int, dim: int, options: dict
+) -> tuple[ag.Function, list[np.ndarray]]:
     """A zoo GPT's loss and parameter gradients, with ``ag.attention`` being ``build`` while it is built."""
     from asg.zoo import GPT, GPTConfig, lm_loss
 
@@ -64,7 +70,7 @@ def gpt_step(build, batch: int, heads: int, length: int, dim: int) -> tuple[ag.F
     finally:
         ag.attention = fused
     params = [p for p in model.parameters() if p.dtype.startswith("float")]
-    f = ag.compile([loss, *ag.grad(loss, params)], inputs=[idx, targets])
+    f = ag.compile([loss, *ag.grad(loss, params)], inputs=[idx, targets], options=options)
     tokens = np.random.default_rng(2).integers(0, 65, (2, batch, length))
     return f, list(tokens)
 
@@ -104,15 +110,20 @@ def main() -> None:
     what = f"zoo GPT (2 layers) loss + gradients, B={a.batch}, T={a.length}, {a.heads} heads of {a.dim}"
     print(what if a.gpt else f"causal attention forward + backward, q/k/v {shape} float32, numpy backend")
     print(
-        f"{'':8} {'planned MiB':>12} {'peak MiB':>10} {'unplanned MiB':>14} {'tracemalloc MiB':>16} {'ms':>8}"
+        f"{'':10} {'planned MiB':>12} {'peak MiB':>10} {'unplanned MiB':>14} {'tracemalloc MiB':>16} {'ms':>8}"
     )
-    for name, build in (("unfused", unfused), ("fused", ag.attention)):
+    forms = (
+        ("unfused", unfused, {}),
+        ("fused", ag.attention, {"decompose": ()}),
+        ("decomposed", ag.attention, {}),
+    )
+    for name, build, options in forms:
         if a.gpt:
-            m = measure(*gpt_step(build, a.batch, a.heads, a.length, a.dim), a.steps)
+            m = measure(*gpt_step(build, a.batch, a.heads, a.length, a.dim, options), a.steps)
         else:
-            m = measure(attention_step(build, arrays), arrays, a.steps)
+            m = measure(attention_step(build, arrays, options), arrays, a.steps)
         mib = [m[key] / 2**20 for key in ("planned", "peak", "unplanned", "traced")]
-        print(f"{name:8} {mib[0]:12.2f} {mib[1]:10.2f} {mib[2]:14.2f} {mib[3]:16.2f} {m['ms']:8.1f}")
+        print(f"{name:10} {mib[0]:12.2f} {mib[1]:10.2f} {mib[2]:14.2f} {mib[3]:16.2f} {m['ms']:8.1f}")
 
 
 if __name__ == "__main__":

@@ -245,13 +245,17 @@ def test_options_are_validated_per_backend_and_passed_to_it(copy_backend):
     with pytest.raises(ValueError) as info:
         ag.compile(x * 2.0, options={"memory_plan": False})
     assert str(info.value) == (
-        "compile: unknown option 'memory_plan' for backend 'numpy'; known options: check_numerics, memory_planning"
+        "compile: unknown option 'memory_plan' for backend 'numpy'; known options: check_numerics, decompose, memory_planning"
     )
-    with pytest.raises(ValueError, match=r"known options: check_numerics, label, memory_planning$"):
+    with pytest.raises(
+        ValueError, match=r"known options: check_numerics, decompose, label, memory_planning$"
+    ):
         ag.compile(x * 2.0, backend="numpy-copy", options={"lable": "x"})
     f = ag.compile(x * 2.0, backend="numpy-copy", options={"label": "mine"})
     f(np.ones(3, np.float32))
-    assert copy_backend.compiled == [{"memory_planning": True, "check_numerics": False, "label": "mine"}]
+    assert copy_backend.compiled == [
+        {"memory_planning": True, "check_numerics": False, "decompose": None, "label": "mine"}
+    ]
     assert f.options == copy_backend.compiled[0]
 
 

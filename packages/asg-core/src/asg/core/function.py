@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from .errors import ShapeError
 from .graph import Graph, Node
 from .lowering import check_lowerable
 from .passes import Pass, run_passes
+from .passes.decompose import decompose
 from .passes.narrow import check_supported_dtypes, narrow_index_dtypes
 from .shapes import format_shape
 from .specialize import bind_inputs, specialize
@@ -128,7 +129,9 @@ class Function:
             opts.setdefault("memory_planning", False)
         self.options: dict[str, Any] = resolve_options(backend, self.backend, opts)
         # What the backend runs: the graph narrowed and checked for its capabilities.
-        self._run_graph, self._run_updates = _for_backend(graph, num_outputs, updates, backend, self.backend)
+        self._run_graph, self._run_updates = _for_backend(
+            graph, num_outputs, updates, backend, self.backend, self.options["decompose"]
+        )
         self._run_inputs = self._run_graph.inputs
         self._feed_dtypes = [np.dtype(n.dtype) for n in self._run_inputs]
         self._check_numerics = bool(self.options["check_numerics"])
@@ -374,10 +377,24 @@ def _check_updates(
 
 
 def _for_backend(
-    graph: Graph, num_outputs: int, updates: list[tuple[Node, Node]], name: str, backend: Backend
+    graph: Graph,
+    num_outputs: int,
+    updates: list[tuple[Node, Node]],
+    name: str,
+    backend: Backend,
+    decompose_ops: Collection[str] | None = None,
 ) -> tuple[Graph, list[tuple[Node, Node]]]:
-    """The graph as ``backend`` runs it: index dtypes narrowed where it asks, dtypes and kernels checked."""
+    """The graph as ``backend`` runs it: fused ops it prefers as formulas decomposed, index dtypes
+    narrowed where it asks, dtypes and kernels checked."""
     caps = getattr(backend, "capabilities", None) or Capabilities()
+    decomposed = decompose(graph, caps.decompose if decompose_ops is None else decompose_ops)
+    if decomposed is not graph:
+        params = {p.data: p for p in decomposed.parameters}
+        updates = [
+            (params.get(param.data, param), value)
+            for (param, _), value in zip(updates, decomposed.outputs[num_outputs:], strict=True)
+        ]
+        graph = decomposed
     if caps.narrow_index:
         narrowed = narrow_index_dtypes(graph)
         if narrowed is not graph:

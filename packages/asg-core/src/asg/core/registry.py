@@ -117,6 +117,9 @@ class OpDef:
         symbol: infix symbol used in error messages (``@`` for matmul).
         shape_attrs: attributes holding dimensions that may be symbolic; they are resolved to
             ints when a plan is compiled for concrete input shapes.
+        decomposition: for a fused op, its formula in simpler ops, ``(*inputs, **attrs) -> Tensor``
+            written with the Tensor API; a backend that runs the formula faster than the fused
+            kernel lists the op in ``Capabilities.decompose`` (see :mod:`asg.core.passes.decompose`).
     """
 
     name: str
@@ -130,6 +133,7 @@ class OpDef:
     family: str = ""
     doc: str = ""
     traits: frozenset[str] = frozenset()
+    decomposition: Callable[..., Any] | None = None
 
     def has(self, trait: str) -> bool:
         """True when the op carries ``trait``.
@@ -158,12 +162,14 @@ def define_op(
     shape_attrs: tuple[str, ...] = (),
     traits: Iterable[str] = (),
     doc: str = "",
+    decomposition: Callable[..., Any] | None = None,
 ) -> OpDef:
     """Declare an op: its rules and numpy kernel in one place. Returns the registered :class:`OpDef`.
 
     ``elementwise=True`` and ``view=True`` also give the op the :data:`ELEMENTWISE` and :data:`VIEW` traits.
     ``kernel`` becomes the numpy :class:`Kernel` record: ``out_arg`` says it accepts ``out=``; it may
     return a view when the op is a view, and runs in place when the op is elementwise.
+    ``decomposition`` is a fused op's formula in simpler ops (:attr:`OpDef.decomposition`).
     """
     if name in OPS:
         raise ValueError(f"op {name!r} is already defined (in {OPS[name].family})")
@@ -191,6 +197,7 @@ def define_op(
         family=sys._getframe(1).f_globals.get("__name__", ""),
         doc=doc,
         traits=trait_set,
+        decomposition=decomposition,
     )
     OPS[name] = op
     return op

@@ -38,10 +38,15 @@ class Capabilities:
             naming the node (WGSL: no ``float64``, no ``int64``).
         narrow_index: int64 index values are narrowed to int32 before compiling (for backends
             without 64-bit integers).
+        decompose: fused ops this backend runs faster as their formulas in simpler ops (the numpy
+            backends: the attention family, whose fused CPU kernels recompute the probabilities per
+            gradient op); replaced before lowering by :func:`~asg.core.passes.decompose.decompose`.
+            ``compile(..., options={"decompose": ()})`` keeps them fused (for their smaller memory).
     """
 
     dtypes: frozenset[str] = frozenset(DTYPES)
     narrow_index: bool = False
+    decompose: frozenset[str] = frozenset()
 
 
 class Plan(Protocol):
@@ -88,7 +93,8 @@ class Backend(ABC):
         return None
 
 
-CORE_OPTIONS: dict[str, Any] = {"memory_planning": True, "check_numerics": False}
+# decompose: None = the backend's Capabilities.decompose; a collection of op names overrides it
+CORE_OPTIONS: dict[str, Any] = {"memory_planning": True, "check_numerics": False, "decompose": None}
 
 
 def resolve_options(backend_name: str, backend: Backend, options: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -17,16 +17,17 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import ExecutionError
 from ..graph import LEAF_OPS, Node
+from ..ops.attention import ATTENTION_OPS
 from ..registry import ELEMENTWISE, Kernel, get_op
 from ..schedule import MemoryPlan, Schedule
 from ..storage import claim
-from .base import Backend, OnStep
+from .base import Backend, Capabilities, OnStep
 
 # (kernel, argument slots, output slot, slots to free after it)
 _Call = tuple[Any, tuple[int, ...], int, tuple[int, ...]]
@@ -518,7 +519,11 @@ class NumpyBackend(Backend):
     """The reference CPU backend: numpy kernels, buffer reuse, in-place elementwise ops.
 
     Parameters stay in their host numpy arrays (``storage`` is ``None``); every dtype is supported.
+    The fused attention ops run as their formulas (``Capabilities.decompose``): on the CPU, keeping
+    the probabilities is faster than the fused kernels' recomputing them for each gradient.
     """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(decompose=ATTENTION_OPS)
 
     def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]) -> NumpyPlan:
         return NumpyPlan(schedule, kernels, options)

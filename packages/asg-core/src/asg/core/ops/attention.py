@@ -51,6 +51,7 @@ from .shape import ones, stop_gradient, swapaxes, unsqueeze
 _BLOCK_ELEMENTS = 1 << 18  # scores per numpy block: 1 MiB in float32
 _CAUSAL_ROWS = 64  # query rows per causal block: keys above the diagonal are skipped per block
 _GRAD_OPS = ("attention_grad_q", "attention_grad_k", "attention_grad_v")
+ATTENTION_OPS = frozenset({"attention", "attention_lse", *_GRAD_OPS})  # the fused family
 
 
 # ============================================================================= shape/dtype rules
@@ -391,6 +392,18 @@ def _probabilities(
     return exp(s - shift)  # masked scores are -inf: P = 0 there, with a zero gradient
 
 
+def _attention_composite(
+    q: Tensor, k: Tensor, v: Tensor, *mask: Tensor, causal: bool, scale: float
+) -> Tensor:
+    """``P v`` with ``P = exp(scores - lse)``: the probabilities the gradient formulas also build, so
+    that CSE keeps one copy of the scores and of ``P`` when every op of the family is decomposed."""
+    dtype = q.dtype
+    lse = _lse_composite(q, k, v, *mask, causal=causal, scale=scale)
+    q, k, v = _compute(q, k, v)
+    out = matmul(_probabilities(q, k, lse, mask, causal, scale), v)
+    return cast(out, dtype) if out.dtype != dtype else out
+
+
 def _grad_composite(which: str) -> Callable[..., Tensor]:
     def composite(
         q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, delta: Tensor, *mask: Tensor,
@@ -443,6 +456,7 @@ define_op(
     infer=_attention_infer,
     kernel=_attention_kernel,
     grad=_attention_grad,
+    decomposition=_attention_composite,
     doc="Fused ``softmax(scale * q k^T, masked) v``: (*, L, E), (*, S, E), (*, S, Ev)[, bool mask] -> (*, L, Ev).",
 )
 define_op(
@@ -450,6 +464,7 @@ define_op(
     infer=_lse_infer,
     kernel=_lse_kernel,
     grad=_through_floats(_lse_composite, 3),
+    decomposition=_lse_composite,
     doc="Log-sum-exp over the keys of ``scale * q k^T`` (masked keys left out): (*, L), -inf for a row with no key.",
 )
 for _which, _kernel in zip("qkv", (_grad_q_kernel, _grad_k_kernel, _grad_v_kernel), strict=True):
@@ -458,6 +473,7 @@ for _which, _kernel in zip("qkv", (_grad_q_kernel, _grad_k_kernel, _grad_v_kerne
         infer=_grad_infer(_which),
         kernel=_kernel,
         grad=_through_floats(_grad_composite(_which), 6),
+        decomposition=_grad_composite(_which),
         doc=f"d{_which} of attention, recomputing P blockwise: (q, k, v, dout, lse, delta[, mask]) -> d{_which}.",
     )
 
