@@ -12,6 +12,13 @@ reshape, transpose and broadcast):
 - ``reshape(reshape(x))`` -> one reshape, or ``x``; ``transpose(transpose(x))`` -> one transpose, or
   ``x``; ``broadcast_to(broadcast_to(x))`` -> one broadcast; ``broadcast_to``/``sum_to``/``reshape``
   to ``x``'s own shape, ``transpose`` by the identity and ``cast`` to ``x``'s dtype -> ``x``.
+- A sum of tensors that are zero outside disjoint ranges of one axis -> one ``concat`` of the ranges
+  (zeros of a gap's shape where no range lands). Such a tensor is a ``concat`` along that axis with
+  zero inputs (the gradient of ``split``/``chunk``/``slice_range``) or a ``slice_backward`` (the gradient
+  of ``x[a:b]``) of step-1 ranges. The gradient of ``q, k, v = chunk(qkv, 3, axis)`` is then one concat
+  of the three piece gradients instead of three zero-padded full-size tensors and two adds. Ranges that
+  coincide on the axis are summed in turn (pieces tiling two axes); ranges that overlap otherwise keep
+  the adds. Each element is one piece's value plus zeros, so the values are the same.
 """
 
 from __future__ import annotations
@@ -97,7 +104,104 @@ def _simplify_add(node: Node, values: _Values) -> Node | None:
         return _try("sub", [a, b.inputs[0]], {}, node)
     if a.op == "neg":
         return _try("sub", [b, a.inputs[0]], {}, node)
+    return _merge_segments(node, values)
+
+
+Segments = dict[tuple[int, int], Node]
+"""The non-zero ranges ``[start, stop)`` of a tensor along one axis and their contents (zeros elsewhere)."""
+
+
+def _slice_bounds(node: Node) -> list[tuple[int, int] | None] | None:
+    """Per axis of a ``slice_backward``: the step-1 range it writes, ``None`` for a symbolic axis it
+    writes whole; ``None`` in place of the list when some range is empty, strided or symbolic."""
+    bounds: list[tuple[int, int] | None] = []
+    for d, (start, stop, step) in zip(node.shape, node.attrs["index"], strict=True):
+        if not isinstance(d, int):
+            if start not in (None, 0) or stop is not None or step != 1:
+                return None
+            bounds.append(None)
+            continue
+        r = range(*slice(start, stop, step).indices(d))
+        if len(r) == 0 or (step != 1 and len(r) > 1):
+            return None
+        bounds.append((r.start, r.start + len(r)))
+    return bounds
+
+
+def _segment_axes(node: Node) -> list[int]:
+    """The axes along which :func:`_segments` can describe ``node``."""
+    if node.op == "concat":
+        return [node.attrs["axis"]]
+    if node.op == "slice_backward" and (bounds := _slice_bounds(node)) is not None:
+        return [a for a, b in enumerate(bounds) if b is not None and b != (0, node.shape[a])]
+    return []
+
+
+def _segments(node: Node, axis: int, values: _Values) -> Segments | None:
+    """``node`` as non-zero ranges along ``axis`` (see :data:`Segments`), or ``None`` when it is not one."""
+    if node.op == "concat" and node.attrs["axis"] == axis:
+        segments, start = {}, 0
+        for x in node.inputs:
+            if not isinstance(size := x.shape[axis], int):
+                return None
+            if size and not values.is_zero(x):
+                segments[start, start + size] = x
+            start += size
+        return segments
+    if node.op != "slice_backward" or axis not in _segment_axes(node):
+        return None
+    bounds = _slice_bounds(node)
+    assert bounds is not None and bounds[axis] is not None
+    start, stop = bounds[axis]
+    (g,) = node.inputs
+    shape = tuple(stop - start if a == axis else d for a, d in enumerate(node.shape))
+    index = tuple((0, stop - start, 1) if a == axis else s for a, s in enumerate(node.attrs["index"]))
+    inner = make_node("slice_backward", [g], {"shape": shape, "index": index}, node)
+    return {(start, stop): g if _segment_axes(inner) == [] and g.shape == shape else inner}
+
+
+def _merge_segments(node: Node, values: _Values) -> Node | None:
+    """``a + b`` as one ``concat`` when ``a`` and ``b`` are zero outside disjoint (or coinciding) ranges
+    of one axis; ``None`` otherwise."""
+    a, b = node.inputs
+    if not (_same_type(a, node) and _same_type(b, node)):
+        return None
+    for axis in sorted(set(_segment_axes(a)) & set(_segment_axes(b))):
+        merged = _merge_along(node, axis, values)
+        if merged is not None:
+            return merged
     return None
+
+
+def _merge_along(node: Node, axis: int, values: _Values) -> Node | None:
+    parts = [_segments(x, axis, values) for x in node.inputs]
+    if parts[0] is None or parts[1] is None:
+        return None
+    merged = dict(parts[0])
+    for (start, stop), x in parts[1].items():
+        if any(s < stop and start < e and (s, e) != (start, stop) for s, e in merged):
+            return None  # overlapping ranges: the adds stay
+        if (start, stop) in merged:  # the same range in both: sum the two, if that is a concat too
+            total = _merge_segments(make_node("add", [merged[start, stop], x], {}, node), values)
+            if total is None:
+                return None
+            x = total
+        merged[start, stop] = x
+    pieces, at, size = [], 0, node.shape[axis]
+    for (start, stop), x in sorted(merged.items()):
+        pieces += [_zeros(node, axis, start - at)] if start > at else []
+        pieces.append(x)
+        at = stop
+    pieces += [_zeros(node, axis, size - at)] if size > at else []
+    if len(pieces) == 1:
+        return pieces[0] if _same_type(pieces[0], node) else None
+    return _try("concat", pieces, {"axis": axis}, node)
+
+
+def _zeros(like: Node, axis: int, size: int) -> Node:
+    """Zeros of ``like``'s type with ``size`` entries on ``axis``."""
+    shape = tuple(size if a == axis else d for a, d in enumerate(like.shape))
+    return make_node("full", [], {"shape": shape, "value": 0.0, "dtype": like.dtype}, like)
 
 
 def _simplify_sub(node: Node, values: _Values) -> Node | None:
