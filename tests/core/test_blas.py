@@ -232,10 +232,11 @@ def test_thread_count_follows_set_num_threads():
             pytest.skip("numpy's BLAS is not OpenBLAS")
         assert numpy_openblas == [1] * len(numpy_openblas)  # MKL does the GEMMs: OpenBLAS keeps 1 thread
         _check(_rand((200, 100), np.float32), _rand((100, 150), np.float32))
+        ag.set_num_threads(n)
+        assert blas.info()["threads"] == n
     finally:
         ag.set_num_threads(n)
         blas.use(before)
-    assert blas.info()["threads"] == n
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numpy-jit"])
