@@ -95,11 +95,14 @@ class WgpuBackend(Backend):
 
     @property
     def storage(self) -> WgpuStorage:  # type: ignore[override]
+        """The GPU buffers of every parameter and state value (opens the device on first use)."""
         self.device()
         assert self._storage is not None
         return self._storage
 
     def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]) -> WgpuPlan:
+        """A :class:`WgpuPlan` for ``schedule`` on the adapter of ``options["adapter"]`` (or
+        ``ASG_WGPU_ADAPTER``); the options ``raw_dispatch``, ``fusion`` and ``pack_buffers`` pass on."""
         self.device(options.get("adapter"))
         return WgpuPlan(
             self,

@@ -193,6 +193,7 @@ class GpuDevice:
 
     # ------------------------------------------------------------------ memory
     def create_buffer(self, nbytes: int) -> Any:
+        """A new storage buffer of ``nbytes`` rounded up to 16 (at least 16), copyable both ways."""
         wgpu = _wgpu()
         usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
         return self.device.create_buffer(size=max(16, _align(nbytes, 16)), usage=usage)

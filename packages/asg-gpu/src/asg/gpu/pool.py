@@ -39,6 +39,7 @@ class PoolStats:
 
     @property
     def total_bytes(self) -> int:
+        """``in_use_bytes + free_bytes``: all the pool holds on the device."""
         return self.in_use_bytes + self.free_bytes
 
 

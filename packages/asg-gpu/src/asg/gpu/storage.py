@@ -31,6 +31,7 @@ class WgpuStorage(Storage):
         self._records[id(var)][3] = True
 
     def upload(self, var: Variable) -> None:
+        """Copy ``var``'s host value into a new pooled buffer (int64 state narrowed by ``to_device``)."""
         value = var._value
         if value is None:
             raise ValueError(f"parameter {var.name!r} has no value to upload to the GPU")
@@ -41,6 +42,7 @@ class WgpuStorage(Storage):
         self._records[id(var)] = [var, buf, size, False]
 
     def sync_to_host(self, var: Variable) -> None:
+        """Read ``var`` back into its host array when a plan wrote the buffer since (else nothing)."""
         rec = self._records.get(id(var))
         if rec is None or not rec[3]:
             return
@@ -50,6 +52,7 @@ class WgpuStorage(Storage):
         rec[3] = False
 
     def write(self, var: Variable) -> None:
+        """Write ``var``'s host value (after ``assign``) to its buffer, a new one if its size changed."""
         rec = self._records.get(id(var))
         value = self.to_device(var)
         size = nbytes(value.shape, value.dtype.name)
@@ -62,6 +65,7 @@ class WgpuStorage(Storage):
         rec[3] = False
 
     def release(self, var: Variable) -> None:
+        """Give ``var``'s buffer back to the pool (the caller reads it back first: :meth:`sync_to_host`)."""
         rec = self._records.pop(id(var), None)
         if rec is not None:
             self.pool.release(rec[1])

@@ -142,6 +142,7 @@ def _concat(ctx: LoweringContext) -> Program:
 
 
 def convert_load(buf: str, src: str, index: str, dst: str) -> str:
+    """WGSL reading element ``index`` of ``buf`` (dtype ``src``) as a value of dtype ``dst``."""
     from ..codegen import convert
 
     return convert(load(buf, src, f"({index})"), VTYPE[src], VTYPE[dst])
