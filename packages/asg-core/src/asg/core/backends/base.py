@@ -65,7 +65,12 @@ class Plan(Protocol):
 
     def run_traced(
         self, feeds: Sequence[np.ndarray], on_step: OnStep, update: bool = True
-    ) -> list[np.ndarray]: ...
+    ) -> list[np.ndarray]:
+        """Run one step calling ``on_step(step, value, seconds)`` after each kernel; the outputs.
+
+        An exception from ``on_step`` stops the run before any update; ``update=False`` applies none.
+        """
+        ...
 
 
 class Backend(ABC):

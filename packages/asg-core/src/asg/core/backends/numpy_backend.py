@@ -526,4 +526,5 @@ class NumpyBackend(Backend):
     capabilities: ClassVar[Capabilities] = Capabilities(decompose=ATTENTION_OPS)
 
     def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]) -> NumpyPlan:
+        """A :class:`NumpyPlan`: generated Python calling ``kernels`` in ``schedule`` order."""
         return NumpyPlan(schedule, kernels, options)

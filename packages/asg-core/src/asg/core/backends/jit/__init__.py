@@ -677,6 +677,8 @@ class NumpyJitBackend(NumpyBackend):
         inherit_numpy_lowerings()
 
     def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]) -> NumpyPlan:
+        """A :class:`JitPlan` with the fusible runs of ``schedule`` as numba kernels; without numba (or
+        ``ASG_JIT=0``) the plain numpy plan."""
         if enabled():
             schedule, kernels = fuse_schedule(schedule, kernels, options)
             return JitPlan(schedule, kernels, options)
@@ -691,5 +693,7 @@ class JitPlan(NumpyPlan):
         return super().__call__(feeds)
 
     def run_traced(self, feeds: Sequence[np.ndarray], on_step: Any, update: bool = True) -> list[np.ndarray]:
+        """:meth:`NumpyPlan.run_traced <asg.core.backends.numpy_backend.NumpyPlan.run_traced>` with
+        numba's thread count set first."""
         apply_num_threads()
         return super().run_traced(feeds, on_step, update)
