@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -387,23 +387,20 @@ def _for_backend(
     """The graph as ``backend`` runs it: fused ops it prefers as formulas decomposed, index dtypes
     narrowed where it asks, dtypes and kernels checked."""
     caps = getattr(backend, "capabilities", None) or Capabilities()
-    decomposed = decompose(graph, caps.decompose if decompose_ops is None else decompose_ops)
-    if decomposed is not graph:
-        params = {p.data: p for p in decomposed.parameters}
-        updates = [
-            (params.get(param.data, param), value)
-            for (param, _), value in zip(updates, decomposed.outputs[num_outputs:], strict=True)
-        ]
-        graph = decomposed
+    rewrites: list[Callable[[Graph], Graph]] = [
+        lambda g: decompose(g, caps.decompose if decompose_ops is None else decompose_ops)
+    ]
     if caps.narrow_index:
-        narrowed = narrow_index_dtypes(graph)
-        if narrowed is not graph:
-            params = {p.data: p for p in narrowed.parameters}
+        rewrites.append(narrow_index_dtypes)
+    for rewrite_graph in rewrites:
+        rewritten = rewrite_graph(graph)
+        if rewritten is not graph:  # the update pairs follow the rewritten parameters and values
+            params = {p.data: p for p in rewritten.parameters}
             updates = [
                 (params.get(param.data, param), value)
-                for (param, _), value in zip(updates, narrowed.outputs[num_outputs:], strict=True)
+                for (param, _), value in zip(updates, rewritten.outputs[num_outputs:], strict=True)
             ]
-            graph = narrowed
+            graph = rewritten
     if not set(n.dtype for n in graph.nodes) <= caps.dtypes:
         check_supported_dtypes(graph, caps.dtypes, name)
     prepare = getattr(backend, "prepare_lowerings", None)
