@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from nn_parity import load_from_torch, torch_or_skip
 
 import asg.core as ag
 from asg import nn
@@ -92,3 +93,92 @@ def test_batchnorm_statistics_stay_float32_and_update_even_on_a_skipped_step() -
     assert int(model[1].num_batches_tracked.numpy()) == 1
     h = x @ w.T + b  # the batch statistics, computed in float16
     np.testing.assert_allclose(model[1].running_mean.numpy(), 0.1 * h.mean(0), rtol=1e-2, atol=1e-3)
+
+
+def _accumulating_pair(
+    scaler: nn.amp.LossScaler, k: int, seed: int = 1
+) -> tuple[nn.Module, nn.TrainStep, nn.Module, nn.TrainStep]:
+    """The same model twice: float16 with loss scaling and ``accumulate=k``, and float32 on whole batches."""
+    nn.init.manual_seed(seed)
+    m16 = _model()
+    nn.init.manual_seed(seed)
+    m32 = _model()
+    s16 = nn.compile_train_step(m16, nn.CrossEntropyLoss(), nn.optim.Adam(m16.parameters(), lr=0.01),
+                                accumulate=k, mixed_precision=True, loss_scaler=scaler)  # fmt: skip
+    s32 = nn.compile_train_step(m32, nn.CrossEntropyLoss(), nn.optim.Adam(m32.parameters(), lr=0.01))
+    return m16, s16, m32, s32
+
+
+def test_mixed_precision_accumulation_follows_float32_on_the_whole_batch() -> None:
+    x, y = _data(128)
+    k = 4
+    scaler = nn.amp.LossScaler(init_scale=2.0**12, growth_interval=3)
+    m16, s16, m32, s32 = _accumulating_pair(scaler, k)
+    scales = []
+    for _ in range(10):
+        s32(x, y)
+        for i in range(k):  # equal micro-batches: the mean of their mean losses is the whole batch's
+            s16(x[i * 32 : (i + 1) * 32], y[i * 32 : (i + 1) * 32])
+        scales.append(float(scaler.scale.numpy()))
+    # finite throughout: the scale grows once per 3 optimizer steps, not per micro-batch
+    assert scales == [2.0**12] * 2 + [2.0**13] * 3 + [2.0**14] * 3 + [2.0**15] * 2
+    assert m16[0].weight.dtype == "float32"
+    for (name, a), (_, b) in zip(m32.state_dict().items(), m16.state_dict().items(), strict=True):
+        np.testing.assert_allclose(b, a, rtol=0.02, atol=2e-3, err_msg=name)
+    assert "adam_update" not in s16.accumulate_function.graph.op_counts()
+
+
+@pytest.mark.torch
+def test_mixed_precision_accumulation_matches_torch_grad_scaler() -> None:
+    torch = torch_or_skip()
+    x, y = _data(96)
+    k, scaler = 3, nn.amp.LossScaler(init_scale=2.0**10, growth_interval=2)
+    nn.init.manual_seed(2)
+    ours = _model()
+    theirs = torch.nn.Sequential(
+        torch.nn.Linear(8, 32), torch.nn.LayerNorm(32), torch.nn.GELU(), torch.nn.Linear(32, 2)
+    )
+    load_from_torch(ours, theirs)
+    step = nn.compile_train_step(ours, nn.CrossEntropyLoss(), nn.optim.SGD(ours.parameters(), lr=0.2, momentum=0.9),
+                                 accumulate=k, mixed_precision=True, loss_scaler=scaler)  # fmt: skip
+    opt = torch.optim.SGD(theirs.parameters(), lr=0.2, momentum=0.9)
+    t_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+    for _ in range(5):
+        opt.zero_grad()
+        for i in range(k):  # PyTorch's recipe: scale(loss / k).backward() per micro-batch, one step
+            xb, yb = x[i * 32 : (i + 1) * 32], y[i * 32 : (i + 1) * 32]
+            ours_loss = step(xb, yb)
+            t_loss = torch.nn.functional.cross_entropy(theirs(torch.tensor(xb)), torch.tensor(yb))
+            t_scaler.scale(t_loss / k).backward()
+            assert ours_loss == pytest.approx(float(t_loss.detach()), rel=5e-3, abs=2e-3)
+        t_scaler.step(opt)
+        t_scaler.update()
+        assert float(scaler.scale.numpy()) == t_scaler.get_scale()
+    for name, v in theirs.state_dict().items():
+        np.testing.assert_allclose(ours.state_dict()[name], v.numpy(), rtol=0.02, atol=2e-3, err_msg=name)
+
+
+def test_an_overflow_in_one_micro_batch_skips_the_accumulated_step_and_halves_the_scale_once() -> None:
+    x, y = _data(128)
+    k = 4
+    scaler = nn.amp.LossScaler(init_scale=2.0**12)
+    m16, s16, m32, s32 = _accumulating_pair(scaler, k)
+    before = m16.state_dict()
+    bad = x.copy()
+    bad[40, 3] = 1e5  # beyond float16's range (65504): inf in micro-batch 1, non-finite gradients
+    for i in range(k):
+        s16(bad[i * 32 : (i + 1) * 32], y[i * 32 : (i + 1) * 32])
+        if i < k - 1:  # accumulating only: nothing moves before the k-th call
+            assert float(scaler.scale.numpy()) == 2.0**12
+    for name, v in m16.state_dict().items():  # the whole step skipped: weights, Adam state untouched
+        np.testing.assert_array_equal(v, before[name], err_msg=name)
+    assert all(float(s["step"].numpy()) == 0 for s in s16.optimizer.state.values())
+    assert float(scaler.scale.numpy()) == 2.0**11 and int(scaler.good_steps.numpy()) == 0
+    # the sums were reset: the next accumulated step is float32's first step on the whole batch
+    s32(x, y)
+    for i in range(k):
+        s16(x[i * 32 : (i + 1) * 32], y[i * 32 : (i + 1) * 32])
+    assert float(scaler.scale.numpy()) == 2.0**11 and int(scaler.good_steps.numpy()) == 1
+    for (name, a), (_, b) in zip(m32.state_dict().items(), m16.state_dict().items(), strict=True):
+        assert (b != before[name]).any(), name
+        np.testing.assert_allclose(b, a, rtol=0.02, atol=2e-3, err_msg=name)

@@ -305,3 +305,20 @@ def test_fit_iterates_the_batches_once_per_epoch(progress: bool) -> None:
     )
     assert batches.starts == 3
     assert len(history.history["loss"]) == 3
+
+
+def test_fit_with_mixed_precision_and_accumulation() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = (x[:, 0] > x[:, 1]).astype(np.int64)
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = nn.optim.Adam(model.parameters(), lr=0.02)
+    scaler = nn.amp.LossScaler(init_scale=2.0**8, growth_interval=5)
+    history = nn.fit(model, nn.CrossEntropyLoss(), opt, batches, epochs=8, val_batches=batches,
+                     accumulate=2, mixed_precision=True, loss_scaler=scaler, progress=False)  # fmt: skip
+    assert history["loss"][-1] < 0.7 * history["loss"][0]
+    assert history["val_loss"][-1] == pytest.approx(history["loss"][-1], rel=0.3)
+    # 8 epochs x 4 batches accumulated by 2: 16 optimizer steps, all finite, so the scale grew 3 times
+    assert {float(s["step"].numpy()) for s in opt.state.values()} == {16.0}
+    assert float(scaler.scale.numpy()) == 2.0**11 and int(scaler.good_steps.numpy()) == 1

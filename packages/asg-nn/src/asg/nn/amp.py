@@ -7,7 +7,9 @@ differentiating, divides the gradients by it, and gates the optimizer's updates 
 finite: a step whose float16 gradients overflowed leaves the weights and optimizer state unchanged (layer
 statistics such as BatchNorm's still update, as with PyTorch's GradScaler) and halves the scale; ``growth_interval``
 finite steps in a row double it (``torch.amp.GradScaler``'s policy). ``compile_train_step(...,
-mixed_precision=True)`` puts both into the one compiled step.
+mixed_precision=True)`` puts both into the one compiled step; with ``accumulate=k`` the scaled float32
+gradients of ``k`` micro-batches are summed, then unscaled, tested and applied (or skipped) once, and the
+scale moves once per optimizer step.
 
 >>> import numpy as np
 >>> import asg.core as ag
@@ -88,14 +90,23 @@ class LossScaler:
 
     def gradients(self, loss: ag.Tensor, params: Sequence[ag.Tensor]) -> list[ag.Tensor]:
         """Unscaled gradients of ``loss`` (float32) through the scaled loss; sets :attr:`finite`."""
-        grads = ag.grad(ag.cast(loss, "float32") * self.scale, list(params))
-        return self.unscale(grads)
+        return self.unscale(self.scaled_gradients(loss, params))
+
+    def scaled_gradients(self, loss: ag.Tensor, params: Sequence[ag.Tensor]) -> list[ag.Tensor]:
+        """The gradients of ``loss * scale`` (in the parameters' dtype, float32 for master weights).
+
+        Gradient accumulation sums these over the micro-batches and calls :meth:`unscale` once on the
+        sum (``divide_by`` the number of micro-batches), as PyTorch's GradScaler does: one finiteness
+        test, one (skipped or applied) step and one scale update per optimizer step.
+        """
+        return ag.grad(ag.cast(loss, "float32") * self.scale, list(params))
 
     def unscale(self, scaled: Sequence[ag.Tensor], divide_by: float = 1.0) -> list[ag.Tensor]:
         """``scaled`` gradients divided by the scale (and by ``divide_by``); sets :attr:`finite`.
 
         The data-parallel step calls it on the summed gradients of all ranks with ``divide_by`` the
-        number of ranks, so the finiteness test and the back-off see the averaged gradients.
+        number of ranks, and gradient accumulation on the summed gradients of its micro-batches with
+        ``divide_by`` their number, so the finiteness test and the back-off see the averaged gradients.
         """
         inv = 1.0 / (self.scale * float(divide_by))
         grads = [g * ag.cast(inv, g.dtype) for g in scaled]

@@ -166,7 +166,10 @@ class TrainStep:
 
     With ``accumulate=k`` the gradients of ``k`` consecutive calls are summed in state variables and the
     optimizer steps on every ``k``-th call with their mean (clipping applies to that mean): two compiled
-    functions share the forward and backward nodes, one adding to the accumulators, one updating.
+    functions share the forward and backward nodes, one adding to the accumulators, one updating. With
+    ``mixed_precision`` as well, each call runs a scaled float16 backward and adds its float32 gradients
+    to the sums; the ``k``-th call unscales the sum once and skips the whole step (and backs the scale off,
+    once) if any micro-batch overflowed, as ``torch.amp.GradScaler`` with accumulation.
 
     Attributes:
         function: the compiled :class:`asg.core.Function` that updates the parameters (built at the first
@@ -189,8 +192,6 @@ class TrainStep:
         loss_scaler: LossScaler | None = None,
         **compile_options: Any,
     ) -> None:
-        if mixed_precision and accumulate > 1:
-            raise ValueError("compile_train_step: mixed_precision with accumulate > 1 is not supported yet")
         self.mixed_precision = mixed_precision
         self.loss_scaler = (loss_scaler or LossScaler()) if mixed_precision else None
         if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
@@ -212,15 +213,15 @@ class TrainStep:
         xs, out, loss, state_updates = _trace_loss(
             self.model, self.loss_fn, self._specs, arrays, count, "compile_train_step"
         )
-        params = self.optimizer.params
-        if self.loss_scaler is not None:  # float16 forward and backward, float32 master weights
+        params, scaler, k = self.optimizer.params, self.loss_scaler, self.accumulate
+        if scaler is not None:  # float16 forward and backward, float32 master weights
             half_loss, loss, out, state_updates = _half_precision_step(loss, out, state_updates)
-            grads = self.loss_scaler.gradients(half_loss, params)
+            grads = scaler.scaled_gradients(half_loss, params)  # unscaled below, after accumulating
         else:
             grads = ag.grad(loss, params)
         outs = [loss, *([out] if self.return_outputs else [])]
-        k = self.accumulate
         if k > 1:
+            # float32 sums (of scaled gradients with a scaler: the scale is constant between steps)
             sums = [ag.state(np.zeros(p.shape, p.dtype), name=f"accumulated.{p.name}") for p in params]
             self.accumulate_function = ag.compile(
                 outs,
@@ -228,8 +229,12 @@ class TrainStep:
                 updates={**state_updates, **{a: a + g for a, g in zip(sums, grads, strict=True)}},
                 **self.compile_options,
             )
-            grads = [(a + g) * (1.0 / k) for a, g in zip(sums, grads, strict=True)]
+            grads = [a + g for a, g in zip(sums, grads, strict=True)]
             state_updates = {**state_updates, **{a: ag.zeros_like(a) for a in sums}}
+        if scaler is not None:  # one unscale and finiteness test per optimizer step, on the mean
+            grads = scaler.unscale(grads, divide_by=k)
+        elif k > 1:
+            grads = [g * (1.0 / k) for g in grads]
         # overflowed gradients: no optimizer step (layer statistics still move)
         step_updates, extra = _optimizer_updates(
             self.optimizer, grads, self.clip_value, self.clip_norm, self.loss_scaler
@@ -281,7 +286,8 @@ def compile_train_step(
             their mean (gradient accumulation).
         mixed_precision: compute the forward and backward pass in float16 (the graph rewrite
             :func:`asg.nn.amp.half_precision`) with float32 master weights and dynamic loss scaling
-            (``loss_scaler``, default :class:`asg.nn.amp.LossScaler()`).
+            (``loss_scaler``, default :class:`asg.nn.amp.LossScaler()`); with ``accumulate`` the loss
+            scale is tested and updated once per optimizer step.
         compile_options: passed to :func:`asg.core.compile` (``backend=``, ...).
 
     Returns:
@@ -638,6 +644,8 @@ def fit(
     progress: bool | None = None,
     clip_grad_norm: float | None = None,
     accumulate: int = 1,
+    mixed_precision: bool = False,
+    loss_scaler: LossScaler | None = None,
     step: TrainStep | None = None,
     **compile_options: Any,
 ) -> History:
@@ -648,6 +656,8 @@ def fit(
     Metrics are objects with ``reset/update(y_true, y_pred)/compute`` or functions
     ``f(y_true, y_pred) -> float`` (asg-data's metrics are both kinds). A tqdm progress bar shows loss,
     metrics and throughput when stderr is a terminal (``progress=`` forces it on or off).
+    ``clip_grad_norm``, ``accumulate``, ``mixed_precision`` and ``loss_scaler`` are passed to
+    :func:`compile_train_step` (validation runs in float32).
 
     Returns:
         the :class:`History` (the last callback each hook reaches, so it records what others log, e.g. ``lr``).
@@ -668,6 +678,8 @@ def fit(
         clip_grad_norm=clip_grad_norm,
         return_outputs=want_outputs,
         accumulate=accumulate,
+        mixed_precision=mixed_precision,
+        loss_scaler=loss_scaler,
         **compile_options,
     )
     evaluate = compile_eval_step(model, loss, **compile_options) if val_batches is not None else None
