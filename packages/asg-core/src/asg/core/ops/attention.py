@@ -301,39 +301,28 @@ def _backward_blocks(
     return b, g, walk()
 
 
-def _grad_q_kernel(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, dout: np.ndarray, lse: np.ndarray, delta: np.ndarray,
-    *mask: np.ndarray, causal: bool, scale: float,
-) -> np.ndarray:  # fmt: skip
-    b, _, blocks = _backward_blocks(q, k, v, dout, lse, delta, mask, causal, scale, need_ds=True)
-    dq = np.zeros(b.q.shape, b.dtype)
-    for ns, rs, ks, _, ds in blocks:
-        dq[ns, rs] = np.matmul(ds, b.k[ns, ks])
-    dq *= scale
-    return _in_dtype_of(dq, q)
+def _grad_kernel(which: str) -> Callable[..., np.ndarray]:
+    """The numpy kernel of ``attention_grad_{which}``, summed block by block: ``dq = scale dS k``,
+    ``dk = scale dS^T q``, ``dv = P^T dout`` (without ``dS``)."""
 
+    def kernel(
+        q: np.ndarray, k: np.ndarray, v: np.ndarray, dout: np.ndarray, lse: np.ndarray, delta: np.ndarray,
+        *mask: np.ndarray, causal: bool, scale: float,
+    ) -> np.ndarray:  # fmt: skip
+        b, g, blocks = _backward_blocks(q, k, v, dout, lse, delta, mask, causal, scale, need_ds=which != "v")
+        grad = np.zeros(getattr(b, which).shape, b.dtype)
+        for ns, rs, ks, p, ds in blocks:
+            if which == "q":  # a block's query rows are in no other block
+                grad[ns, rs] = np.matmul(ds, b.k[ns, ks])
+            elif which == "k":
+                grad[ns, ks] += np.matmul(ds.transpose(0, 2, 1), b.q[ns, rs])
+            else:
+                grad[ns, ks] += np.matmul(p.transpose(0, 2, 1), g[ns, rs])
+        if which != "v":
+            grad *= scale
+        return _in_dtype_of(grad, {"q": q, "k": k, "v": v}[which])
 
-def _grad_k_kernel(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, dout: np.ndarray, lse: np.ndarray, delta: np.ndarray,
-    *mask: np.ndarray, causal: bool, scale: float,
-) -> np.ndarray:  # fmt: skip
-    b, _, blocks = _backward_blocks(q, k, v, dout, lse, delta, mask, causal, scale, need_ds=True)
-    dk = np.zeros(b.k.shape, b.dtype)
-    for ns, rs, ks, _, ds in blocks:
-        dk[ns, ks] += np.matmul(ds.transpose(0, 2, 1), b.q[ns, rs])
-    dk *= scale
-    return _in_dtype_of(dk, k)
-
-
-def _grad_v_kernel(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, dout: np.ndarray, lse: np.ndarray, delta: np.ndarray,
-    *mask: np.ndarray, causal: bool, scale: float,
-) -> np.ndarray:  # fmt: skip
-    b, g, blocks = _backward_blocks(q, k, v, dout, lse, delta, mask, causal, scale, need_ds=False)
-    dv = np.zeros(b.v.shape, b.dtype)
-    for ns, rs, ks, p, _ in blocks:
-        dv[ns, ks] += np.matmul(p.transpose(0, 2, 1), g[ns, rs])
-    return _in_dtype_of(dv, v)
+    return kernel
 
 
 # ============================================================================= the formulas, as Tensor ops
@@ -467,11 +456,11 @@ define_op(
     decomposition=_lse_composite,
     doc="Log-sum-exp over the keys of ``scale * q k^T`` (masked keys left out): (*, L), -inf for a row with no key.",
 )
-for _which, _kernel in zip("qkv", (_grad_q_kernel, _grad_k_kernel, _grad_v_kernel), strict=True):
+for _which in "qkv":
     define_op(
         f"attention_grad_{_which}",
         infer=_grad_infer(_which),
-        kernel=_kernel,
+        kernel=_grad_kernel(_which),
         grad=_through_floats(_grad_composite(_which), 6),
         decomposition=_grad_composite(_which),
         doc=f"d{_which} of attention, recomputing P blockwise: (q, k, v, dout, lse, delta[, mask]) -> d{_which}.",
