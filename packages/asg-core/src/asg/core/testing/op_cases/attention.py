@@ -110,12 +110,17 @@ def _torch_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
-def _torch_lse(q: Any, k: Any, mask: Any = None, causal: bool = False, scale: float = 1.0) -> Any:
+def _torch_scores(q: Any, k: Any, mask: Any, causal: bool, scale: float) -> Any:
+    """``scale * q k^T`` in torch, ``-inf`` where masked (as :func:`_scores_ref`)."""
     s = T.matmul(q, T.transpose(k, -1, -2)) * scale
     allowed = T.tensor(allowed_ref(q.shape[-2], k.shape[-2], causal=causal))
     if mask is not None:
         allowed = allowed & mask
-    return T.logsumexp(T.where(allowed, s, -math.inf), -1)
+    return T.where(allowed, s, -math.inf)
+
+
+def _torch_lse(q: Any, k: Any, mask: Any = None, causal: bool = False, scale: float = 1.0) -> Any:
+    return T.logsumexp(_torch_scores(q, k, mask, causal, scale), -1)
 
 
 # ============================================================================= attention
@@ -271,9 +276,7 @@ def _backward_inputs(seed: int) -> tuple:
 
 def _torch_grads(q: Any, k: Any, v: Any, dout: Any, lse: Any, delta: Any, mask: Any) -> tuple:
     """The backward ops' formulas written with torch ops (autograd checks their gradients)."""
-    s = T.matmul(q, T.transpose(k, -1, -2)) * 0.5
-    allowed = mask & T.tensor(allowed_ref(q.shape[-2], k.shape[-2], causal=True))
-    p = T.exp(T.where(allowed, s, -math.inf) - lse[..., None])
+    p = T.exp(_torch_scores(q, k, mask, True, 0.5) - lse[..., None])
     ds = p * (T.matmul(dout, T.transpose(v, -1, -2)) - delta[..., None])
     return (
         T.matmul(ds, k) * 0.5,
