@@ -367,18 +367,7 @@ def int32_backend(monkeypatch):
         yield register
 
 
-def counter_step(backend: str, start: int = 5):
-    """A float32 parameter trained by SGD and an int64 step counter ``n`` (``n + 1`` each call)."""
-    w = ag.parameter(np.array([1.0, -2.0, 0.5], "float32"), name="w")
-    n = ag.state(np.array(start, "int64"), name="n")
-    x = ag.input("x", ("B", 3))
-    loss = ((x * w).sum(axis=1) ** 2).mean() / (n + 1).astype("float32")
-    (gw,) = ag.grad(loss, [w])
-    f = ag.compile([loss, n * 2], inputs=[x], updates={w: w - 0.1 * gw, n: n + 1}, backend=backend)
-    return f, w, n
-
-
-def test_an_int64_counter_is_stored_as_int32_and_read_back_as_int64(int32_backend, tmp_path):
+def test_an_int64_counter_is_stored_as_int32_and_read_back_as_int64(int32_backend, tmp_path, counter_step):
     storage = int32_backend(Int32Storage())
     x = np.random.default_rng(0).standard_normal((4, 3)).astype("float32")
     want, want_w, want_n = counter_step("numpy")
@@ -401,7 +390,7 @@ def test_an_int64_counter_is_stored_as_int32_and_read_back_as_int64(int32_backen
     assert f(x)[1].tolist() == 82 and int(n.numpy()) == 42
 
 
-def test_function_to_a_backend_without_int64_moves_the_counter_as_int32(int32_backend):
+def test_function_to_a_backend_without_int64_moves_the_counter_as_int32(int32_backend, counter_step):
     storage = int32_backend(Int32Storage())
     x = np.ones((2, 3), "float32")
     f, _, n = counter_step("numpy")
@@ -413,7 +402,7 @@ def test_function_to_a_backend_without_int64_moves_the_counter_as_int32(int32_ba
     assert n.node.data._value.dtype.name == "int64"
 
 
-def test_a_counter_outside_int32_is_an_error_naming_it_at_upload_and_write(int32_backend):
+def test_a_counter_outside_int32_is_an_error_naming_it_at_upload_and_write(int32_backend, counter_step):
     int32_backend(Int32Storage())
     x = np.ones((2, 3), "float32")
     f, _, n = counter_step("no-int64", start=2**31)
@@ -433,7 +422,7 @@ def test_a_counter_outside_int32_is_an_error_naming_it_at_upload_and_write(int32
         n.assign(np.array(-3_000_000_000))
 
 
-def test_a_narrowing_backend_without_storage_is_refused_naming_the_parameter(int32_backend):
+def test_a_narrowing_backend_without_storage_is_refused_naming_the_parameter(int32_backend, counter_step):
     int32_backend(None)
     f, _, _ = counter_step("no-int64")
     with pytest.raises(

@@ -17,18 +17,7 @@ from asg.core.backends import get_backend
 X = np.random.default_rng(0).standard_normal((4, 3)).astype("float32")
 
 
-def counter_step(backend: str, start: int = 5):
-    """SGD on ``w``, and an int64 counter ``n`` (``n + 1`` each call) that the loss reads."""
-    w = ag.parameter(np.array([1.0, -2.0, 0.5], "float32"), name="w")
-    n = ag.state(np.array(start, "int64"), name="n")
-    x = ag.input("x", ("B", 3))
-    loss = ((x * w).sum(axis=1) ** 2).mean() / (n + 1).astype("float32")
-    (gw,) = ag.grad(loss, [w])
-    f = ag.compile([loss, n * 2], inputs=[x], updates={w: w - 0.1 * gw, n: n + 1}, backend=backend)
-    return f, w, n
-
-
-def test_a_counter_updated_each_step_matches_numpy_and_reads_back_as_int64(tmp_path):
+def test_a_counter_updated_each_step_matches_numpy_and_reads_back_as_int64(tmp_path, counter_step):
     want, want_w, want_n = counter_step("numpy")
     f, w, n = counter_step("wgpu")
     for step in range(3):
@@ -46,7 +35,7 @@ def test_a_counter_updated_each_step_matches_numpy_and_reads_back_as_int64(tmp_p
     assert f(X)[1].tolist() == 200 and int(n.numpy()) == 101
 
 
-def test_the_counter_moves_between_numpy_and_wgpu():
+def test_the_counter_moves_between_numpy_and_wgpu(counter_step):
     f, _, n = counter_step("numpy")
     f(X)
     g = f.to("wgpu")  # uploaded before any wgpu plan: the first plan re-uploads it as int32
@@ -55,7 +44,7 @@ def test_the_counter_moves_between_numpy_and_wgpu():
     assert n.numpy().dtype.name == "int64" and int(n.numpy()) == 10
 
 
-def test_a_counter_outside_int32_is_an_error_naming_it():
+def test_a_counter_outside_int32_is_an_error_naming_it(counter_step):
     f, _, n = counter_step("wgpu", start=2**31)
     with pytest.raises(ag.UnsupportedDTypeError, match=r"parameter 'n' \(int64\) is stored as int32"):
         f(X)
