@@ -30,8 +30,8 @@ def _ours(make_opt, steps: int = 20, sched=None):
     s = ag.input("s", (4,))
     loss = (((w - data["target_w"]) ** 2) * ag.unsqueeze(s, 1)).sum() + ((b - data["target_b"]) ** 3).sum()
     opt = make_opt([w, b])
+    scheduler = sched(opt) if sched else None  # before compiling, as OneCycleLR's momentum cycling needs
     step = ag.compile(loss, inputs=[s], updates=opt.updates(ag.grad(loss, [w, b])))
-    scheduler = sched(opt) if sched else None
     lrs = []
     for i in range(steps):
         step(np.abs(data["x"][i]) + 0.1)
@@ -123,10 +123,13 @@ SCHEDULERS = [
     ("WarmupCosineAnnealingLR", lambda m, o: m.WarmupCosineAnnealingLR(o, 4, 15, eta_min=0.002, start_factor=0.25),
      lambda m, o: m.SequentialLR(o, [m.LinearLR(o, 0.25, 1.0, 4), m.CosineAnnealingLR(o, 11, 0.002)], [4])),
     ("OneCycleLR", lambda m, o: m.OneCycleLR(o, max_lr=0.1, total_steps=20),
+     lambda m, o: m.OneCycleLR(o, max_lr=0.1, total_steps=20)),
+    ("OneCycleLR-fixed-momentum", lambda m, o: m.OneCycleLR(o, max_lr=0.1, total_steps=20, cycle_momentum=False),
      lambda m, o: m.OneCycleLR(o, max_lr=0.1, total_steps=20, cycle_momentum=False)),
-    ("OneCycleLR-3", lambda m, o: m.OneCycleLR(o, max_lr=0.1, total_steps=20, three_phase=True, anneal_strategy="linear"),
+    ("OneCycleLR-3", lambda m, o: m.OneCycleLR(o, max_lr=0.1, total_steps=20, three_phase=True, anneal_strategy="linear",
+                                               base_momentum=0.7, max_momentum=0.9),
      lambda m, o: m.OneCycleLR(o, max_lr=0.1, total_steps=20, three_phase=True, anneal_strategy="linear",
-                               cycle_momentum=False)),
+                               base_momentum=0.7, max_momentum=0.9)),
 ]  # fmt: skip
 
 
@@ -150,6 +153,97 @@ def test_scheduler_lr_sequence_and_parameters_match_torch(name, ours_fn, theirs_
     np.testing.assert_allclose(lrs, tlrs, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(w, tw, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(b, tb, rtol=1e-5, atol=1e-6)
+
+
+class _MomentumLog:
+    """Wraps a scheduler; records group 0's momentum (SGD) or beta1 (Adam) before each ``step()``."""
+
+    def __init__(self, scheduler) -> None:  # type: ignore[no-untyped-def]
+        self.scheduler, self.seen = scheduler, []
+
+    def step(self) -> None:
+        group = self.scheduler.optimizer.param_groups[0]
+        self.seen.append(group["betas"][0] if "betas" in group else group["momentum"])
+        self.scheduler.step()
+
+
+ONE_CYCLE_OPTIMIZERS = [
+    ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.05)),
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, dampening=0.0)),
+    ("SGD", dict(lr=0.05)),  # momentum 0 at construction: the cycle turns momentum on, as in PyTorch
+    ("Adam", dict(lr=0.05, weight_decay=0.1, amsgrad=True)),
+    ("AdamW", dict(lr=0.05, weight_decay=0.3, betas=(0.85, 0.99))),
+]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    ONE_CYCLE_OPTIMIZERS,
+    ids=[f"{n}-{i}" for i, (n, _) in enumerate(ONE_CYCLE_OPTIMIZERS)],
+)
+@pytest.mark.parametrize("strategy", ["cos", "linear"])
+def test_one_cycle_momentum_sequence_and_twenty_steps_match_torch(
+    name: str, kwargs: dict, strategy: str
+) -> None:
+    torch = torch_or_skip()
+    cycle = dict(
+        max_lr=0.2,
+        total_steps=20,
+        pct_start=0.25,
+        anneal_strategy=strategy,
+        base_momentum=0.8,
+        max_momentum=0.95,
+    )
+    logs: list[_MomentumLog] = []
+
+    def sched(module):  # type: ignore[no-untyped-def]
+        return lambda o: logs.append(_MomentumLog(module.OneCycleLR(o, **cycle))) or logs[-1]
+
+    w, b, opt, lrs = _ours(lambda ps: getattr(nn.optim, name)(ps, **kwargs), 20, sched(nn.lr_scheduler))
+    tw, tb, topt, tlrs = _theirs(
+        lambda ps: getattr(torch.optim, name)(ps, **kwargs), 20, sched(torch.optim.lr_scheduler)
+    )
+    ours, theirs = logs
+    assert len(set(ours.seen)) > 10 and min(ours.seen) == pytest.approx(0.8) and ours.seen[0] == 0.95
+    np.testing.assert_allclose(ours.seen, theirs.seen, rtol=1e-12)
+    np.testing.assert_allclose(lrs, tlrs, rtol=1e-12)
+    np.testing.assert_allclose(w, tw, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b, tb, rtol=1e-5, atol=1e-6)
+    for key in ("momentum", "betas", "max_momentum", "base_momentum"):
+        if key in topt.param_groups[0]:
+            assert opt.param_groups[0][key] == pytest.approx(topt.param_groups[0][key], rel=1e-12), key
+    group = opt.param_groups[0]  # the graph variable holds the group's last momentum or beta1
+    want = group["betas"][0] if "betas" in group else group["momentum"]
+    assert float(group.momentum_var.numpy()) == np.float32(want)
+
+
+def test_cycled_momentum_changes_without_recompiling_and_is_checked() -> None:
+    p = nn.Parameter(np.ones(3), name="p")
+    x = ag.input("x", ("B", 3))
+    loss = (x * p).sum()
+    opt = nn.optim.SGD([p], lr=0.1, momentum=0.9)
+    sched = nn.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=6)
+    step = ag.compile(loss, inputs=[x], updates=opt.updates(ag.grad(loss, [p])))
+    assert "sgd_update" not in step.graph.op_counts()  # momentum is a variable: the step is unfused
+    momenta = []
+    for i in range(6):
+        momenta.append(float(opt.param_groups[0].momentum_var.numpy()))
+        step(np.ones((1, 3), np.float32))
+        if i < 5:
+            sched.step()
+    assert step.num_plans == 1 and len(set(momenta)) >= 4
+    # a step compiled before the scheduler holds a constant momentum: refused, naming the fix
+    opt2 = nn.optim.Adam([nn.Parameter(np.ones(2), name="q")])
+    opt2.updates([ag.constant(np.ones(2, "float32"))])
+    with pytest.raises(RuntimeError, match="before compiling"):
+        nn.lr_scheduler.OneCycleLR(opt2, max_lr=0.1, total_steps=5)
+    with pytest.raises(ValueError, match="cycle_momentum=False"):
+        nn.lr_scheduler.OneCycleLR(nn.optim.RMSprop([nn.Parameter(np.ones(2))]), max_lr=0.1, total_steps=5)
+    nn.lr_scheduler.OneCycleLR(nn.optim.RMSprop([nn.Parameter(np.ones(2))]), max_lr=0.1, total_steps=5,
+                               cycle_momentum=False)  # fmt: skip
+    with pytest.raises(ValueError, match="max_momentum has 2 values for 1"):
+        nn.lr_scheduler.OneCycleLR(nn.optim.SGD([nn.Parameter(np.ones(2))]), 0.1, 5, max_momentum=[0.9, 0.8])
 
 
 def test_changing_the_lr_does_not_recompile() -> None:

@@ -197,7 +197,21 @@ class OneCycleLR(LRScheduler):
 
     The lr rises from ``max_lr / div_factor`` to ``max_lr`` over ``pct_start`` of ``total_steps`` and
     anneals (``"cos"`` or ``"linear"``) to ``initial_lr / final_div_factor``; ``three_phase`` as in PyTorch.
-    Momentum cycling is not supported: pass ``cycle_momentum=False`` to PyTorch to compare.
+    With ``cycle_momentum`` (the default, as in PyTorch) the momentum (SGD) or beta1 (Adam, AdamW) moves
+    the other way, from ``max_momentum`` down to ``base_momentum`` and back: the optimizer's momentum
+    becomes a graph variable (:meth:`asg.nn.optim.Optimizer.vary_momentum`), so create the scheduler
+    before compiling the training step.
+
+    >>> import numpy as np
+    >>> from asg import nn
+    >>> opt = nn.optim.SGD([nn.Parameter(np.zeros(1))], lr=0.1, momentum=0.9)
+    >>> sched = nn.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=4, pct_start=0.5)
+    >>> seq = []
+    >>> for _ in range(4):
+    ...     seq.append((round(sched.get_last_lr()[0], 3), round(opt.param_groups[0]["momentum"], 3)))
+    ...     sched.step()
+    >>> seq
+    [(0.04, 0.95), (1.0, 0.85), (0.5, 0.9), (0.0, 0.95)]
     """
 
     def __init__(
@@ -209,16 +223,14 @@ class OneCycleLR(LRScheduler):
         steps_per_epoch: int | None = None,
         pct_start: float = 0.3,
         anneal_strategy: str = "cos",
+        cycle_momentum: bool = True,
+        base_momentum: float | list[float] = 0.85,
+        max_momentum: float | list[float] = 0.95,
         div_factor: float = 25.0,
         final_div_factor: float = 1e4,
         three_phase: bool = False,
-        cycle_momentum: bool = False,
         last_epoch: int = -1,
     ) -> None:
-        if cycle_momentum:
-            raise ValueError(
-                "OneCycleLR: cycle_momentum=True is not supported (momentum is a compiled constant)"
-            )
         if total_steps is None:
             if epochs is None or steps_per_epoch is None:
                 raise ValueError("OneCycleLR: give total_steps, or epochs and steps_per_epoch")
@@ -233,42 +245,88 @@ class OneCycleLR(LRScheduler):
             )
         self.total_steps, self.anneal_strategy = total_steps, anneal_strategy
         n = len(optimizer.param_groups)
-        max_lrs = list(max_lr) if isinstance(max_lr, (list, tuple)) else [max_lr] * n
+        max_lrs = _per_group("max_lr", max_lr, n)
         if last_epoch == -1:
             for group, m in zip(optimizer.param_groups, max_lrs, strict=True):
                 group["initial_lr"] = m / div_factor
                 group["max_lr"] = m
                 group["min_lr"] = group["initial_lr"] / final_div_factor
                 group["lr"] = group["initial_lr"]
+        self.cycle_momentum = cycle_momentum
+        if cycle_momentum:
+            if getattr(optimizer, "momentum_key", None) is None:
+                raise ValueError(
+                    f"OneCycleLR: cycle_momentum=True needs an optimizer with momentum or beta1 (SGD, Adam, "
+                    f"AdamW), got {type(optimizer).__name__}; pass cycle_momentum=False"
+                )
+            optimizer.vary_momentum()
+            self.use_beta1 = optimizer.momentum_key == "betas"
+            if last_epoch == -1:
+                pairs = zip(
+                    _per_group("max_momentum", max_momentum, n),
+                    _per_group("base_momentum", base_momentum, n),
+                    strict=True,
+                )
+                for group, (hi, lo) in zip(optimizer.param_groups, pairs, strict=True):
+                    group["max_momentum"], group["base_momentum"] = hi, lo
+                    self._set_momentum(group, hi)
+        # (last step of the phase, lr from, lr to, momentum from, momentum to)
         if three_phase:
             self._phases = [
-                (float(pct_start * total_steps) - 1, "initial_lr", "max_lr"),
-                (float(2 * pct_start * total_steps) - 2, "max_lr", "initial_lr"),
-                (total_steps - 1.0, "initial_lr", "min_lr"),
+                (float(pct_start * total_steps) - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
+                (
+                    float(2 * pct_start * total_steps) - 2,
+                    "max_lr",
+                    "initial_lr",
+                    "base_momentum",
+                    "max_momentum",
+                ),
+                (total_steps - 1.0, "initial_lr", "min_lr", "max_momentum", "max_momentum"),
             ]
         else:
             self._phases = [
-                (float(pct_start * total_steps) - 1, "initial_lr", "max_lr"),
-                (total_steps - 1.0, "max_lr", "min_lr"),
+                (float(pct_start * total_steps) - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
+                (total_steps - 1.0, "max_lr", "min_lr", "base_momentum", "max_momentum"),
             ]
         super().__init__(optimizer, last_epoch)
 
+    def _set_momentum(self, group: dict[str, Any], value: float) -> None:
+        if self.use_beta1:
+            group["betas"] = (value, *group["betas"][1:])
+        else:
+            group["momentum"] = value
+
+    def _anneal(self, start: float, end: float, pct: float) -> float:
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
     def get_lr(self) -> list[float]:
-        """Each group's learning rate at the current step of the cycle; ``ValueError`` past ``total_steps``."""
+        """Each group's learning rate at the current step of the cycle; ``ValueError`` past ``total_steps``.
+
+        With ``cycle_momentum`` it also writes each group's momentum (or beta1), as PyTorch's does.
+        """
         step = self.last_epoch
         if step > self.total_steps:
             raise ValueError(f"OneCycleLR: stepped {step} times, but total_steps is {self.total_steps}")
         lrs = []
         for group in self.optimizer.param_groups:
             start = 0.0
-            for i, (end, lo_key, hi_key) in enumerate(self._phases):
+            for i, (end, lr_from, lr_to, m_from, m_to) in enumerate(self._phases):
                 if step <= end or i == len(self._phases) - 1:
                     pct = (step - start) / (end - start)
-                    a, b = group[lo_key], group[hi_key]
-                    if self.anneal_strategy == "cos":
-                        lrs.append(b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1))
-                    else:
-                        lrs.append((b - a) * pct + a)
+                    lrs.append(self._anneal(group[lr_from], group[lr_to], pct))
+                    if self.cycle_momentum:
+                        self._set_momentum(group, self._anneal(group[m_from], group[m_to], pct))
                     break
                 start = end
         return lrs
+
+
+def _per_group(name: str, value: float | list[float], n: int) -> list[float]:
+    """One value per parameter group: a list of ``n``, or one number repeated."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"OneCycleLR: {name} has {len(value)} values for {n} parameter groups")
+        return list(value)
+    return [value] * n

@@ -5,6 +5,9 @@ returns ``{variable: new value}`` for ``ag.compile(updates=...)``, so the forwar
 and the update compile into one function. Each update is one fused op of asg-core's "optim" family
 (``sgd_update``, ``adam_update``, ``rmsprop_update``). The learning rate of each parameter group is a
 graph variable: setting ``group["lr"]`` (as the schedulers do) changes it without recompiling.
+After :meth:`Optimizer.vary_momentum` (what ``OneCycleLR(cycle_momentum=True)`` calls) SGD's momentum and
+Adam's beta1 are graph variables too, and their updates are built from elementwise ops instead of the fused
+op, whose momentum and betas are compiled constants.
 
 State lives in asg-core variables under PyTorch's names (``exp_avg``, ``exp_avg_sq``, ``step``,
 ``momentum_buffer``, ``square_avg``, ``grad_avg``), and :meth:`Optimizer.state_dict` has PyTorch's
@@ -39,14 +42,18 @@ __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "clip_grad_norm", "cl
 
 
 class _Group(dict):
-    """A parameter group; writing ``"lr"`` also writes the group's learning-rate graph variable."""
+    """A parameter group; writing ``"lr"`` also writes the group's learning-rate graph variable, and
+    writing ``"momentum"`` (SGD) or ``"betas"`` (Adam: beta1) its momentum variable once it has one."""
 
     lr_var: ag.Tensor
+    momentum_var: ag.Tensor | None = None
 
     def __setitem__(self, key: str, value: Any) -> None:
         super().__setitem__(key, value)
         if key == "lr" and hasattr(self, "lr_var"):
             self.lr_var.assign(np.asarray(value, np.float32))
+        elif self.momentum_var is not None and key in ("momentum", "betas"):
+            self.momentum_var.assign(np.asarray(value[0] if key == "betas" else value, np.float32))
 
 
 def _check_params(params: Any, where: str) -> list[ag.Tensor]:
@@ -71,8 +78,11 @@ class Optimizer:
     """Base class: parameter groups, per-parameter state variables, PyTorch-shaped ``state_dict``.
 
     Subclasses define ``_state_names(group)`` (the state tensors a parameter needs) and
-    ``_update(group, param, grad, state)`` (the fused op applications).
+    ``_update(group, param, grad, state)`` (the fused op applications); ``momentum_key`` names the
+    hyperparameter :meth:`vary_momentum` turns into a variable (``None``: not supported).
     """
+
+    momentum_key: str | None = None
 
     def __init__(self, params: Iterable[Any], defaults: Mapping[str, Any]) -> None:
         name = type(self).__name__
@@ -89,6 +99,7 @@ class Optimizer:
         groups = items if isinstance(items[0], Mapping) else [{"params": items}]
         self.param_groups: list[_Group] = []
         self.state: dict[int, dict[str, ag.Tensor]] = {}  # id(Variable) -> state variables
+        self._built = False  # updates() was called: compiled steps hold the hyperparameters they read
         seen: set[int] = set()
         for spec in groups:
             if not isinstance(spec, Mapping) or "params" not in spec:
@@ -140,6 +151,7 @@ class Optimizer:
         else:
             by_var = {id(p.node.data): g for p, g in grads.items()}
         out: dict[ag.Tensor, ag.Tensor] = {}
+        self._built = True
         for group in self.param_groups:
             for p in group["params"]:
                 g = by_var.get(id(p.node.data))
@@ -169,6 +181,41 @@ class Optimizer:
         lr: ag.Tensor,
     ) -> dict[str, ag.Tensor]:
         raise NotImplementedError
+
+    def vary_momentum(self) -> None:
+        """Make each group's momentum (SGD) or beta1 (Adam, AdamW) a float32 graph variable.
+
+        Writing ``group["momentum"]`` or ``group["betas"]`` then changes it in compiled steps without
+        recompiling, as ``group["lr"]`` does (``OneCycleLR(cycle_momentum=True)`` relies on it). Those
+        updates are built from elementwise ops rather than the fused optimizer op. Call it before
+        :meth:`updates` (before compiling a step with this optimizer).
+
+        >>> import numpy as np
+        >>> import asg.core as ag
+        >>> from asg import nn
+        >>> w = nn.Parameter(np.ones(1), name="w")
+        >>> opt = nn.optim.SGD([w], lr=1.0, momentum=0.5)
+        >>> opt.vary_momentum()
+        >>> step = ag.compile([], updates=opt.updates([ag.constant(np.ones(1, "float32"))]))
+        >>> _ = step()
+        >>> opt.param_groups[0]["momentum"] = 0.0
+        >>> _ = step()
+        >>> float(w.numpy()[0])  # buffers 1, then 0 * 1 + 1: the second step reads the new momentum
+        -1.0
+        """
+        name = type(self).__name__
+        if self.momentum_key is None:
+            raise ValueError(f"{name}.vary_momentum: {name} has no momentum or beta1 to vary")
+        if self._built:
+            raise RuntimeError(
+                f"{name}.vary_momentum: the optimizer's updates were already built with a constant "
+                f"{self.momentum_key}; create the scheduler (OneCycleLR) before compiling the training step"
+            )
+        for i, group in enumerate(self.param_groups):
+            if group.momentum_var is None:
+                value = group[self.momentum_key]
+                value = value[0] if self.momentum_key == "betas" else value
+                group.momentum_var = ag.state(np.float32(value), name=f"optim.group{i}.momentum")
 
     @property
     def params(self) -> list[ag.Tensor]:
@@ -304,8 +351,10 @@ class SGD(Optimizer):
             ),
         )
 
+    momentum_key = "momentum"
+
     def _state_names(self, group: Mapping[str, Any]) -> list[str]:
-        return ["momentum_buffer"] if group["momentum"] else []
+        return ["momentum_buffer"] if group["momentum"] or group.momentum_var is not None else []
 
     def _exported(self, name: str) -> bool:
         return name != "step"  # torch.optim.SGD keeps only momentum_buffer
@@ -315,6 +364,8 @@ class SGD(Optimizer):
             entry["step"].assign(np.float32(1.0))  # the buffer exists: later steps accumulate into it
 
     def _update(self, group, p, g, state, step, lr):  # type: ignore[no-untyped-def]
+        if group.momentum_var is not None:
+            return _sgd_formula(group, p, g, state["momentum_buffer"], step, lr, group.momentum_var)
         return fused.sgd_update(
             p,
             g,
@@ -361,10 +412,14 @@ class Adam(Optimizer):
             ),
         )
 
+    momentum_key = "betas"
+
     def _state_names(self, group: Mapping[str, Any]) -> list[str]:
         return ["exp_avg", "exp_avg_sq", *(["max_exp_avg_sq"] if group["amsgrad"] else [])]
 
     def _update(self, group, p, g, state, step, lr):  # type: ignore[no-untyped-def]
+        if group.momentum_var is not None:
+            return _adam_formula(group, p, g, state, step, lr, group.momentum_var)
         return fused.adam_update(
             p,
             g,
@@ -449,6 +504,52 @@ class RMSprop(Optimizer):
             centered=group["centered"],
             maximize=group["maximize"],
         )
+
+
+# --------------------------------------------------------------------------- variable momentum
+# The fused ops compile momentum and betas as constants; with a momentum variable (vary_momentum) the
+# same steps are written with elementwise ops, in torch.optim's order of operations.
+def _descent_grad(group: Mapping[str, Any], p: ag.Tensor, g: ag.Tensor) -> ag.Tensor:
+    """The maximize sign and, unless decoupled, the L2 weight decay folded into the gradient."""
+    g = -g if group["maximize"] else g
+    if group["weight_decay"] and not group.get("decoupled_weight_decay", False):
+        g = g + group["weight_decay"] * p
+    return g
+
+
+def _sgd_formula(group, p, g, buf, step, lr, momentum):  # type: ignore[no-untyped-def]
+    """``torch.optim.SGD``'s step with ``momentum`` a scalar tensor: the first step sets ``buf = grad``."""
+    g = _descent_grad(group, p, g)
+    m = ag.cast(momentum, p.dtype)
+    new_buf = ag.where(step <= 1.0, g, buf * m + (1.0 - group["dampening"]) * g)
+    direction = g + new_buf * m if group["nesterov"] else new_buf
+    return {"param": p - ag.cast(lr, p.dtype) * direction, "momentum_buffer": new_buf}
+
+
+def _one_minus_power(log_base: ag.Tensor | float, t: ag.Tensor) -> ag.Tensor:
+    """``1 - base ** t`` without float32's cancellation (``1 - 0.999`` loses 4 digits): ``-expm1(t log base)``
+    by Kahan's formula ``(u - 1) x / log(u)``, ``u = exp(x)`` (``x`` itself where ``u`` rounds to 1)."""
+    x = t * log_base
+    u = ag.exp(x)
+    return -ag.where(u == 1.0, x, (u - 1.0) * x / ag.log(u))
+
+
+def _adam_formula(group, p, g, state, step, lr, beta1):  # type: ignore[no-untyped-def]
+    """``torch.optim.Adam``/``AdamW``'s step with ``beta1`` a scalar tensor (the bias correction uses it too)."""
+    g = _descent_grad(group, p, g)
+    lr_p, b1 = ag.cast(lr, p.dtype), ag.cast(beta1, p.dtype)
+    beta2, eps = group["betas"][1], group["eps"]
+    if group["weight_decay"] and group["decoupled_weight_decay"]:
+        p = p * (1.0 - lr_p * group["weight_decay"])
+    out = {"exp_avg": state["exp_avg"] + (g - state["exp_avg"]) * (1.0 - b1)}
+    out["exp_avg_sq"] = state["exp_avg_sq"] * beta2 + (1.0 - beta2) * g * g
+    v = out["exp_avg_sq"]
+    if group["amsgrad"]:
+        v = out["max_exp_avg_sq"] = ag.maximum(state["max_exp_avg_sq"], v)
+    t = ag.cast(step, p.dtype)
+    step_size = lr_p / _one_minus_power(ag.log(b1), t)
+    denom = ag.sqrt(v) / ag.sqrt(_one_minus_power(math.log(beta2), t)) + eps
+    return {"param": p - step_size * out["exp_avg"] / denom, **out}
 
 
 # --------------------------------------------------------------------------- gradient clipping
