@@ -517,7 +517,15 @@ def _descent_grad(group: Mapping[str, Any], p: ag.Tensor, g: ag.Tensor) -> ag.Te
     return g
 
 
-def _sgd_formula(group, p, g, buf, step, lr, momentum):  # type: ignore[no-untyped-def]
+def _sgd_formula(
+    group: Mapping[str, Any],
+    p: ag.Tensor,
+    g: ag.Tensor,
+    buf: ag.Tensor,
+    step: ag.Tensor,
+    lr: ag.Tensor,
+    momentum: ag.Tensor,
+) -> dict[str, ag.Tensor]:
     """``torch.optim.SGD``'s step with ``momentum`` a scalar tensor: the first step sets ``buf = grad``."""
     g = _descent_grad(group, p, g)
     m = ag.cast(momentum, p.dtype)
@@ -534,7 +542,15 @@ def _one_minus_power(log_base: ag.Tensor | float, t: ag.Tensor) -> ag.Tensor:
     return -ag.where(u == 1.0, x, (u - 1.0) * x / ag.log(u))
 
 
-def _adam_formula(group, p, g, state, step, lr, beta1):  # type: ignore[no-untyped-def]
+def _adam_formula(
+    group: Mapping[str, Any],
+    p: ag.Tensor,
+    g: ag.Tensor,
+    state: Mapping[str, ag.Tensor],
+    step: ag.Tensor,
+    lr: ag.Tensor,
+    beta1: ag.Tensor,
+) -> dict[str, ag.Tensor]:
     """``torch.optim.Adam``/``AdamW``'s step with ``beta1`` a scalar tensor (the bias correction uses it too)."""
     g = _descent_grad(group, p, g)
     lr_p, b1 = ag.cast(lr, p.dtype), ag.cast(beta1, p.dtype)
