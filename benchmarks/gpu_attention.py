@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import tempfile
+import sys
 import time
 
 import numpy as np
 
-os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _gpu import cuda_torch, pass_timer  # sets XDG_RUNTIME_DIR, registers wgpu from the source tree
 
 import asg.core as ag
 from asg.core.tensor import apply
@@ -57,8 +58,6 @@ def wgpu_times(
     Every configuration runs on the same buffers, allocated once: on the H200, kernels timed after
     freshly re-allocated buffers sometimes ran 3x slower, so the repeats also show the spread.
     """
-    import wgpu
-
     dev = backend.device()
     rng = np.random.default_rng(seed)
     lead = sh.batch
@@ -75,25 +74,7 @@ def wgpu_times(
         dev.write(bufs[n], a)
     out_size = max(sizes.values())
     out = dev.create_buffer(out_size)
-    qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2)
-    qbuf = dev.device.create_buffer(
-        size=256, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
-    )
-
-    def run(count: int, pipe: object, bg: object, grid: tuple[int, int, int]) -> float:
-        enc = dev.device.create_command_encoder()
-        writes = {"query_set": qs, "beginning_of_pass_write_index": 0, "end_of_pass_write_index": 1}
-        cpass = enc.begin_compute_pass(timestamp_writes=writes)
-        cpass.set_pipeline(pipe)
-        cpass.set_bind_group(0, bg)
-        for _ in range(count):
-            cpass.dispatch_workgroups(*grid)
-        cpass.end()
-        enc.resolve_query_set(qs, 0, 2, qbuf, 0)
-        dev.queue.submit([enc.finish()])
-        t = np.frombuffer(dev.read(qbuf, 16), np.uint64)
-        return float(int(t[1]) - int(t[0])) * 1e-9
-
+    timed = pass_timer(dev)
     results = {}
     for causal in (False, True):
         want = numpy_results(arrays, causal, scale)
@@ -105,15 +86,15 @@ def wgpu_times(
         for op in ROLES:
             wgsl, names, grid = attention_wgsl(op, sh, causal, scale)
             windows = [(bufs[n], 0, sizes[n]) if n != "out" else (out, 0, out_size) for n in names]
-            kernels[op] = (dev.pipeline(wgsl, len(names)), dev.bind_group(len(names), windows), grid)
-            run(1, *kernels[op])  # JIT / warm-up
+            kernels[op] = [(dev.pipeline(wgsl, len(names)), dev.bind_group(len(names), windows), grid)]
+            timed(1, kernels[op])  # JIT / warm-up
             expected = want["lse" if op == "attention_lse" else op]
             got = np.frombuffer(dev.read(out, expected.size * 4), np.float32).reshape(expected.shape)
             finite = np.isfinite(expected)
             errors[op] = float(np.abs(got[finite] - expected[finite]).max()) if finite.any() else 0.0
         for _ in range(repeat):
             for op in ROLES:
-                seconds[op].append(run(reps, *kernels[op]) / reps)
+                seconds[op].append(timed(reps, kernels[op]) / reps)
         results[causal] = (seconds, errors)
     for buf in (*bufs.values(), out):
         buf.destroy()
@@ -122,14 +103,9 @@ def wgpu_times(
 
 def torch_times(sh: Shapes, causal: bool, reps: int, dtype: str) -> tuple[float, float] | None:
     """(forward, forward + backward) seconds of torch SDPA on CUDA in ``dtype``, or None without CUDA."""
-    try:
-        import torch
-    except ImportError:
+    torch = cuda_torch()
+    if torch is None:
         return None
-    if not torch.cuda.is_available():
-        return None
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     dt = getattr(torch, dtype)
     q, k, v = (
         torch.randn(*sh.batch, n, e, device="cuda", dtype=dt, requires_grad=True)

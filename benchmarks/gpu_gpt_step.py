@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
+import sys
 import time
 
 import numpy as np
 
-os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _gpu import cuda_torch  # sets XDG_RUNTIME_DIR, registers wgpu from the source tree
 
 import asg.core as ag
 from asg import nn
-from asg.core.backends import available_backends, get_backend, register_backend
-from asg.gpu.backend import WgpuBackend
+from asg.core.backends import get_backend
 from asg.nn import functional as F
-
-if "wgpu" not in available_backends():  # run from the source tree (PYTHONPATH), asg-gpu not installed
-    register_backend("wgpu", WgpuBackend)
 
 
 class Block(nn.Module):
@@ -133,15 +130,10 @@ def torch_gpt(vocab: int, t: int, d: int, layers: int, h: int):  # type: ignore[
 def torch_step(
     vocab: int, t: int, d: int, layers: int, h: int, batch: int, steps: int
 ) -> tuple[float, float] | None:
-    try:
-        import torch
-        import torch.nn.functional as TF
-    except ImportError:
+    torch = cuda_torch()
+    if torch is None:
         return None
-    if not torch.cuda.is_available():
-        return None
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    TF = torch.nn.functional
     torch.manual_seed(0)
 
     m = torch_gpt(vocab, t, d, layers, h).cuda()

@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
+import sys
 import time
 
 import numpy as np
 
-os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _gpu import cuda_torch, pass_timer  # sets XDG_RUNTIME_DIR, registers wgpu from the source tree
 
 import asg.core as ag
-from asg.core.backends import available_backends, get_backend, register_backend
+from asg.core.backends import get_backend
 from asg.gpu.backend import WgpuBackend
 from asg.gpu.kernels.linalg import TILES, matmul_program, matmul_tile, split_k
-
-if "wgpu" not in available_backends():  # run from the source tree (PYTHONPATH), asg-gpu not installed
-    register_backend("wgpu", WgpuBackend)
 
 Shape = tuple[int, ...]
 
@@ -53,8 +51,6 @@ def wgpu_matmul_tflops(
 
     ``config``: a tile (BM, BN, BK) instead of the backend's choice (``matmul_tile``).
     """
-    import wgpu
-
     dev = backend.device()
     out_shape = _out_shape(a_shape, b_shape)
     prog = matmul_program(a_shape, b_shape, out_shape, "bench", config)
@@ -76,33 +72,9 @@ def wgpu_matmul_tflops(
         )
         for d in prog.dispatches
     ]
-    qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2)
-    qbuf = dev.device.create_buffer(
-        size=256, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
-    )
-
-    def run(count: int) -> float:
-        enc = dev.device.create_command_encoder()
-        cpass = enc.begin_compute_pass(
-            timestamp_writes={
-                "query_set": qs,
-                "beginning_of_pass_write_index": 0,
-                "end_of_pass_write_index": 1,
-            }
-        )
-        for _ in range(count):
-            for pipe, bg, grid in steps:
-                cpass.set_pipeline(pipe)
-                cpass.set_bind_group(0, bg)
-                cpass.dispatch_workgroups(*grid)
-        cpass.end()
-        enc.resolve_query_set(qs, 0, 2, qbuf, 0)
-        dev.queue.submit([enc.finish()])
-        t = np.frombuffer(dev.read(qbuf, 16), np.uint64)
-        return float(int(t[1]) - int(t[0])) * 1e-9
-
-    run(1)  # JIT / warm-up
-    seconds = run(reps)
+    timed = pass_timer(dev)
+    timed(1, steps)  # JIT / warm-up
+    seconds = timed(reps, steps)
     got = np.frombuffer(dev.read(values[("out", 0)], out_bytes), np.float32).reshape(out_shape)
     want = a.astype(np.float64) @ b.astype(np.float64)
     err = float(np.abs(got - want).max() / np.abs(want).max())
@@ -116,14 +88,9 @@ VARIANTS = [(64, 64, 16), (64, 128, 16), (64, 128, 32), (128, 64, 32), (128, 128
 
 
 def torch_tflops(a_shape: Shape, b_shape: Shape, reps: int) -> float | None:
-    try:
-        import torch
-    except ImportError:
+    torch = cuda_torch()
+    if torch is None:
         return None
-    if not torch.cuda.is_available():
-        return None
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     a = torch.randn(*a_shape, device="cuda")
     b = torch.randn(*b_shape, device="cuda")
     for _ in range(3):
