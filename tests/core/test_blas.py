@@ -30,7 +30,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         pytest.skip(NO_MKL)
     lib = blas._load()
     seen: list[str] = []
-    for name in ("sgemm", "dgemm", "sgemm_batch", "dgemm_batch"):
+    for name in ("sgemm", "dgemm", "sgemm_batch", "dgemm_batch", "sgemm_grouped", "dgemm_grouped"):
         real = getattr(lib, name)
 
         def spy(*args, _real=real, _name=name):
@@ -61,6 +61,14 @@ def _check(a, b, out=None):
     return got
 
 
+def _heads(dt, i, j, transpose_second):
+    """Two of q, k, v as attention heads: (B, H, T, hs) views of one (B, T, 3, H, hs) tensor, whose
+    (B, H) batch no single stride reaches; the second one transposed (k^T) or not."""
+    qkv = _rand((4, 16, 3, 3, 8), dt).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hs)
+    second = np.swapaxes(qkv[j], -1, -2) if transpose_second else qkv[j]
+    return qkv[i], second
+
+
 LAYOUTS = {
     "2-d": lambda dt: (_rand((40, 33), dt), _rand((33, 50), dt, 1)),
     "a transposed": lambda dt: (_t(_rand((40, 33), dt)), _rand((33, 50), dt, 1)),
@@ -80,6 +88,8 @@ LAYOUTS = {
     "(m, k) @ (b, k, n)": lambda dt: (_rand((20, 17), dt), _rand((6, 17, 30), dt, 1)),
     "broadcast batch 1": lambda dt: (_rand((1, 20, 17), dt), _rand((6, 17, 30), dt, 1)),
     "broadcast both ways": lambda dt: (_rand((2, 1, 20, 17), dt), _rand((1, 3, 17, 30), dt, 1)),
+    "attention heads q @ k^T": lambda dt: _heads(dt, 0, 1, True),
+    "attention heads p @ v": lambda dt: (_rand((4, 3, 16, 16), dt), _heads(dt, 2, 2, False)[1]),
     "rank-1 dims": lambda dt: (_rand((1, 1, 300), dt), _rand((1, 300, 1), dt, 1)),
     "m = 1 row": lambda dt: (_rand((7, 1, 200), dt), _rand((7, 200, 40), dt, 1)),
 }
@@ -91,8 +101,7 @@ def test_matches_float64_reference(path, layout, dtype, request):
     a, b = LAYOUTS[layout](dtype)
     seen = request.getfixturevalue("calls") if path == "mkl" else []
     _check(a, b)
-    # every layout but the batch that no one stride describes is one MKL call
-    assert len(seen) == (0 if path == "numpy" or layout == "broadcast both ways" else 1)
+    assert len(seen) == (0 if path == "numpy" else 1)  # every layout is one MKL call
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -104,6 +113,9 @@ def test_into_out(path, dtype):
     assert (wide[..., 25:] == 7).all()
     _check(a, b, np.empty((4, 25, 30), dtype).transpose(0, 2, 1))  # a transposed out
     _check(a[0], b[0], np.empty((30, 25), dtype))
+    q, kt = _heads(dtype, 0, 1, True)  # a batch that no single stride reaches, into out
+    _check(q, kt, np.empty((4, 3, 16, 16), dtype))
+    _check(q, kt, np.empty((16, 4, 3, 16), dtype).transpose(1, 2, 3, 0))
 
 
 def test_out_may_alias_an_operand(path):
@@ -144,10 +156,10 @@ def test_mkl_runs_the_products_it_should(calls):
         _check(_rand((4, 64, 128), np.float32), f32)  # folded into one sgemm
         assert calls == ["sgemm", "dgemm", "sgemm_batch", "sgemm"]
         calls.clear()
+        _check(_rand((2, 1, 64, 128), np.float32), _rand((1, 3, 128, 64), np.float32))
+        assert calls == ["sgemm_grouped"]  # no single batch stride: one call over the matrices' addresses
+        calls.clear()
         _check(_rand((64, 64), np.float32), _rand((64, 64), np.float32))  # under _MIN_WORK: numpy
-        _check(
-            _rand((2, 1, 64, 128), np.float32), _rand((1, 3, 128, 64), np.float32)
-        )  # no single batch stride
         _check(f32.astype(np.float16), f32.astype(np.float16))
         assert calls == []
     finally:

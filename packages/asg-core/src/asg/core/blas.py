@@ -95,6 +95,10 @@ class _MKL:
         int_, ptr = ctypes.c_int, ctypes.c_void_p
         head = [int_] * 6  # layout, transa, transb, m, n, k
         for name, real in (("s", ctypes.c_float), ("d", ctypes.c_double)):
+            grouped = getattr(lib, f"cblas_{name}gemm_batch")  # pointer arrays: any batch layout
+            grouped.argtypes = [int_, *[ptr] * 13, int_, ptr]
+            grouped.restype = None
+            setattr(self, f"{name}gemm_grouped", grouped)
             gemm = getattr(lib, f"cblas_{name}gemm")
             gemm.argtypes = [*head, real, ptr, int_, ptr, int_, real, ptr, int_]
             gemm.restype = None
@@ -390,7 +394,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         a3 = _fold(a if a.shape[:-2] == batch else np.broadcast_to(a, (*batch, m, k)), (count, m, k))
         b3 = _fold(b if b.shape[:-2] == batch else np.broadcast_to(b, (*batch, k, n)), (count, k, n))
         if a3 is None or b3 is None:
-            return _numpy_matmul(a, b, out)  # no single batch stride: numpy's loop
+            # no single batch stride (attention's heads of a (B, T, 3, H, hs) tensor): one grouped call
+            return _matmul_pointers(lib, a, b, out, batch, m, n, k)
     c3 = None if out is None else _result(out, (count, m, n), a, b)
     direct = c3 is not None
     if c3 is None:
@@ -461,6 +466,64 @@ def _matmul_2d(lib: _MKL, a: np.ndarray, b: np.ndarray, out: np.ndarray | None) 
         c.ctypes.data,
         ldc,
     )
+    if out is None or c is out:
+        return c
+    np.copyto(out, c)
+    return out
+
+
+def _pointers(x: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
+    """The address of each matrix of ``x`` broadcast to ``batch``, in C order (uint64 array)."""
+    strides = np.broadcast_to(x, (*batch, *x.shape[-2:])).strides[: len(batch)]
+    offsets = np.zeros(1, np.int64)
+    for size, stride in zip(batch, strides, strict=True):
+        offsets = (offsets[:, None] + np.arange(size, dtype=np.int64) * stride).ravel()
+    return (offsets + x.ctypes.data).astype(np.uint64)
+
+
+def _matmul_pointers(
+    lib: _MKL,
+    a: np.ndarray,
+    b: np.ndarray,
+    out: np.ndarray | None,
+    batch: tuple[int, ...],
+    m: int,
+    n: int,
+    k: int,
+) -> np.ndarray:
+    """A batch whose matrices no single stride reaches: one ``cblas_?gemm_batch`` over their addresses."""
+    item = a.itemsize
+    fa = _layout(m, k, *a.strides[-2:], item) if a.flags.aligned and min(a.strides) >= 0 else None
+    if fa is None:
+        a = np.ascontiguousarray(a)
+        fa = (_NO_TRANS, k)
+    fb = _layout(k, n, *b.strides[-2:], item) if b.flags.aligned and min(b.strides) >= 0 else None
+    if fb is None:
+        b = np.ascontiguousarray(b)
+        fb = (_NO_TRANS, n)
+    shape = (*batch, m, n)
+    c = None
+    if out is not None and out.flags.writeable and out.flags.aligned and min(out.strides) >= 0:
+        fc = _layout(m, n, *out.strides[-2:], item)
+        if (
+            fc is not None
+            and fc[0] == _NO_TRANS
+            and not np.may_share_memory(out, a)
+            and not np.may_share_memory(out, b)
+        ):
+            c, ldc = out, fc[1]
+    if c is None:
+        c, ldc = np.empty(shape, a.dtype), n
+    pa, pb, pc = _pointers(a, batch), _pointers(b, batch), _pointers(c, batch)
+    ints = np.array([fa[0], fb[0], m, n, k, fa[1], fb[1], ldc, len(pc)], np.int32)
+    ones = np.array([1.0, 0.0], a.dtype)  # alpha, beta
+    at = ints.ctypes.data
+    grouped = lib.sgemm_grouped if a.dtype.char == "f" else lib.dgemm_grouped
+    i4, f = 4, ones.ctypes.data
+    grouped(
+        _ROW_MAJOR, at, at + i4, at + 2 * i4, at + 3 * i4, at + 4 * i4, f, pa.ctypes.data, at + 5 * i4,
+        pb.ctypes.data, at + 6 * i4, f + item, pc.ctypes.data, at + 7 * i4, 1, at + 8 * i4,
+    )  # fmt: skip
     if out is None or c is out:
         return c
     np.copyto(out, c)
