@@ -2,10 +2,12 @@
 
 :func:`matmul` is ``np.matmul`` for operands of 2 or more dims. With the ``mkl`` wheel installed
 (``pip install asg-core[mkl]``) it calls oneMKL's ``cblas_?gemm`` (2-d, and ``(..., m, k) @ (k, n)``
-folded into one GEMM) and ``cblas_?gemm_batch_strided`` (batched, broadcast batch) through ctypes:
+folded into one GEMM), ``cblas_?gemm_batch_strided`` (batched, broadcast batch) and, for a batch
+that no single stride reaches (attention heads viewed in a fused qkv tensor), ``cblas_?gemm_batch``
+over the matrices' addresses, through ctypes; one MKL call for each product:
 
-- float32 and float64 only; other dtypes, products under ``_MIN_WORK`` multiply-adds (where the
-  ctypes call costs more than it saves) and batch layouts that no single stride describes go to numpy;
+- float32 and float64 only; other dtypes and products under ``_MIN_WORK`` multiply-adds (where the
+  ctypes call costs more than it saves) go to numpy;
 - a transposed view is passed as a transpose flag, not copied; other strided operands are copied;
 - an ``out`` that overlaps an operand, or that no GEMM can write directly, gets the result through a
   temporary, as ``np.matmul`` does.
