@@ -238,14 +238,26 @@ def matmul_vec4_wgsl(
         lines.append(f"for (var k0 = k_begin; k0 < min(k_begin + {split[1]}, {k}); k0 += {bk}) {{")
     else:
         lines.append(f"for (var k0 = 0; k0 < {k}; k0 += {bk}) {{")
-    if a_t:  # A^T is stored, (k, m): each row of the tile is a vec4 copy along m
-        avec = bk * bm4
-        for t in range(-(-avec // nthreads)):
-            lines += [
+
+    def copy_rows(
+        tile: str, buf: str, along: str, width: int, tile_w4: int, col0: str, base: str, last: int
+    ) -> list[str]:
+        """WGSL copying rows ``k0 .. k0 + bk`` of the row-major ``(k, width)`` buffer ``buf`` (from
+        ``base``), ``tile_w4`` vec4s from column ``col0`` on, to ``tile[kk * tile_w4 + mm]`` (``nn``
+        along n); zero past k and width. A^T's tile and B's are both such copies."""
+        count, start = bk * tile_w4, f"{base} + " if base else ""
+        x = along * 2  # the vec4 column's name: mm, nn
+        rows = []
+        for t in range(-(-count // nthreads)):
+            rows += [
                 f"    {{ let e = lid + {t * nthreads};",
-                f"      if (e < {avec}) {{ let kk = e / {bm4}; let mm = e % {bm4}; let r = k0 + kk; let c = row0 + mm * 4;",
-                f"        As[e] = select(vec4<f32>(0.0), A[min(r * {m // 4} + c / 4, {k * (m // 4) - 1})], r < {k} && c < {m}); }} }}",
+                f"      if (e < {count}) {{ let kk = e / {tile_w4}; let {x} = e % {tile_w4}; let r = k0 + kk; let c = {col0} + {x} * 4;",
+                f"        {tile}[e] = select(vec4<f32>(0.0), {buf}[min({start}r * {width // 4} + c / 4, {last})], r < {k} && c < {width}); }} }}",
             ]
+        return rows
+
+    if a_t:  # A^T is stored, (k, m): each row of the tile is a vec4 copy along m
+        lines += copy_rows("As", "A", "m", m, bm4, "row0", "", k * (m // 4) - 1)
     else:
         blocks = bm4 * (bk // 4)  # 4x4 blocks of the A tile
         for t in range(-(-blocks // nthreads)):
@@ -266,13 +278,7 @@ def matmul_vec4_wgsl(
                     f"        As[(kb * 4 + {j}) * {bm4} + mb] = vec4<f32>(a0.{comps[j]}, a1.{comps[j]}, a2.{comps[j]}, a3.{comps[j]});"
                 )
             lines.append("      } }")
-    bvec = bk * bn4
-    for t in range(-(-bvec // nthreads)):
-        lines += [
-            f"    {{ let e = lid + {t * nthreads};",
-            f"      if (e < {bvec}) {{ let kk = e / {bn4}; let nn = e % {bn4}; let r = k0 + kk; let c = col0 + nn * 4;",
-            f"        Bs[e] = select(vec4<f32>(0.0), B[min(b_base + r * {n4} + c / 4, {b_last})], r < {k} && c < {n}); }} }}",
-        ]
+    lines += copy_rows("Bs", "B", "n", n, bn4, "col0", "b_base", b_last)
     lines += _tile_products(
         bk,
         (gm, bm4),
