@@ -373,7 +373,7 @@ def require_float_tensor(x: Tensor, what: str) -> None:
     >>> require_float_tensor(ag.input("i", (2,), "int64"), "softmax")
     Traceback (most recent call last):
     ...
-    asg.core.errors.DTypeError: softmax: i (2,): expected a floating-point tensor, got int64 ...
+    asg.core.errors.DTypeError: softmax: i (2,): expected a floating-point tensor, got int64 (cast it with .astype('float32'))
     """
     try:
         require_float(TensorType(x.shape, x.dtype))
