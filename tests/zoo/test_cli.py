@@ -123,6 +123,21 @@ def test_export_needs_an_output_and_a_matching_checkpoint(tmp_path):
         run(["export", "lenet5", "--weights", str(out), "--bundle", str(tmp_path / "x.asg")])
 
 
+def test_export_onnx_without_the_onnx_package_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real_find_spec(name, *a)
+    )
+    onnx_file = tmp_path / "lenet.onnx"
+    with pytest.raises(SystemExit, match=r"onnx package is not installed: `pip install onnx`"):
+        run(["export", "lenet5", "--onnx", str(onnx_file)])
+    assert not onnx_file.exists()
+    run(["export", "lenet5", "--bundle", str(tmp_path / "lenet.asg")])  # the bundle needs no onnx
+    assert (tmp_path / "lenet.asg").is_file()
+
+
 def test_training_graph_is_a_whole_training_step():
     import numpy as np
 

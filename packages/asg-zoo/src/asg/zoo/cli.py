@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import sys
 import time
@@ -468,6 +469,11 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
     if not args.onnx and not args.bundle:
         raise SystemExit("asg-zoo export: give --onnx FILE, --bundle FILE or both")
+    if args.onnx and importlib.util.find_spec("onnx") is None:
+        raise SystemExit(
+            "asg-zoo export --onnx: the onnx package is not installed: `pip install onnx` "
+            "(or asg-core[onnx]); --bundle alone needs nothing more"
+        )
     weights = Path(args.weights) if args.weights else None
     dataset = args.dataset
     if weights is not None and (weights.is_dir() or _is_train_checkpoint(weights)):
