@@ -87,6 +87,22 @@ def test_gpt2_from_hub_cache_layout(gpt2_dir, tmp_path):
         resolve_pretrained("tiny/bert", cache_dir=tmp_path / "hub")
 
 
+def test_pretrained_paths_expand_the_home_folder_and_a_dotted_folder_is_not_a_hub_id(
+    gpt2_dir, tmp_path, monkeypatch
+):
+    path, _ = gpt2_dir
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HOME", raising=False)
+    snap = tmp_path / "hf" / "models--tiny--gpt2" / "snapshots" / "abc"
+    shutil.copytree(path, snap)
+    shutil.copytree(path, tmp_path / "gpt2")
+    assert resolve_pretrained("tiny/gpt2", cache_dir="~/hf") == snap  # as the README writes cache_dir
+    assert resolve_pretrained("~/gpt2") == tmp_path / "gpt2"
+    with pytest.raises(FileNotFoundError, match=r"^\.data/minilm: no such folder$"):
+        resolve_pretrained(".data/minilm")  # was "not in the Hugging Face hub cache (models--.data--minilm)"
+
+
 def test_mapping_errors_list_missing_and_unexpected_names(gpt2_dir, tmp_path):
     path, _ = gpt2_dir
     bad = tmp_path / "bad"

@@ -78,7 +78,7 @@ class WeightImportError(KeyError, ValueError):
 def _cache_roots(cache_dir: str | os.PathLike[str] | None) -> list[Path]:
     roots = []
     if cache_dir is not None:
-        roots.append(Path(cache_dir))
+        roots.append(Path(cache_dir).expanduser())
     if os.environ.get("HF_HUB_CACHE"):
         roots.append(Path(os.environ["HF_HUB_CACHE"]))
     if os.environ.get("HF_HOME"):
@@ -122,7 +122,7 @@ def resolve_pretrained(
     >>> resolve_pretrained("openai/gpt2", cache_dir=root) == snap
     True
     """
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():
             return path
@@ -132,7 +132,8 @@ def resolve_pretrained(
             f"{path}: no config.json (expected a save_pretrained folder or a hub cache entry)"
         )
     name = os.fspath(source)
-    if name.count("/") == 1 and not path.exists():
+    # a hub id is "org/name"; "./x", ".data/x", "~/x" and "/x" are folders
+    if name.count("/") == 1 and not path.exists() and not name.startswith((".", "~", "/")):
         entry_name = "models--" + name.replace("/", "--")
         searched = []
         for root in _cache_roots(cache_dir):
