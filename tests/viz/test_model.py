@@ -99,6 +99,34 @@ def test_scopes_become_groups_with_one_box_per_block(gpt):
     assert ("f:transformer.h.0", "f:transformer.h.1") in visible.edges  # the residual stream
 
 
+def test_module_weights_join_their_users_scope_and_optimizer_state_joins_the_updates():
+    # asg-nn makes a weight before the module is called (no scope) and its optimizer state outside any
+    # module: the zoo GPT's step opened with ~150 loose boxes in one row (a 16000 x 281 PNG).
+    w = ag.parameter(np.ones((3, 2), "float32"), name="fc.weight")
+    shared = ag.parameter(np.ones((2,), "float32"), name="shared")
+    x = ag.input("x", ("B", 3))
+    with ag.scope("net"):
+        with ag.scope("fc"):
+            h = (x @ w).relu()
+        with ag.scope("out"):
+            loss = (h * shared).sum()
+    with ag.scope("other"):
+        z = shared * 2.0
+    (gw,) = ag.grad(loss, [w])
+    m = ag.parameter(np.zeros((3, 2), "float32"), name="optim.fc.weight.exp_avg")
+    step = ag.parameter(np.zeros((), "float32"), name="optim.fc.weight.step")
+    m_new = m * 0.9 + gw
+    step_new = step + 1.0
+    w_new = w - m_new / step_new
+    model = GraphModel(ag.Graph([loss.node, z.node, w_new.node, m_new.node, step_new.node]))
+    info = model.nodes
+    assert info[w.node.id].group == "f:net.fc" and info[w.node.id].role == "forward"
+    assert info[shared.node.id].group is None  # read in net.out and in other: no common scope
+    for t in (m, step, step_new, m_new, w_new):
+        assert info[t.node.id].role == "update" and info[t.node.id].group == "u:", t.name
+    assert info[x.node.id].group is None and info[x.node.id].role == "forward"
+
+
 def test_ancestors_descendants_and_search():
     x = ag.input("x", (3,))
     w = ag.parameter(np.ones(3, "float32"), name="w")

@@ -263,6 +263,12 @@ class GraphModel:
                 roles = {self.nodes[u].role for u in info.users}
                 if "forward" not in roles:
                     info.role = "gradient" if "gradient" in roles else "update"
+        # Optimizer state outside any scope (Adam's exp_avg, a step counter and its increment) is read
+        # only by updates: it is part of the update too. Reverse order settles a chain's users first.
+        for info in reversed(self.nodes.values()):
+            users = [self.nodes[u].role for u in info.users]
+            if info.role == "forward" and info.scope is None and users and set(users) == {"update"}:
+                info.role = "update"
 
     def _group_for(self, info: NodeInfo) -> str | None:
         prefix = {"forward": "f", "gradient": "g", "update": "u"}[info.role]
@@ -270,9 +276,25 @@ class GraphModel:
             return self._ensure_group("g", "")
         if info.role == "update" and info.scope is None:
             return self._ensure_group("u", "")
-        if info.scope is None:
+        scope = info.scope
+        if scope is None and info.op == "parameter" and info.role == "forward":
+            scope = self._users_scope(info)  # an nn.Module's weight is made before the module is called
+        if scope is None:
             return None
-        return self._ensure_group(prefix, info.scope)
+        return self._ensure_group(prefix, scope)
+
+    def _users_scope(self, info: NodeInfo) -> str | None:
+        """The innermost scope holding every forward user of ``info`` (None when one has no scope)."""
+        scopes = [self.nodes[u].scope for u in info.users if self.nodes[u].role == "forward"]
+        if not scopes or any(s is None for s in scopes):
+            return None
+        common = [s.split(".") for s in scopes if s is not None]
+        parts: list[str] = []
+        for level in zip(*common, strict=False):
+            if len(set(level)) > 1:
+                break
+            parts.append(level[0])
+        return ".".join(parts) or None
 
     def _ensure_group(self, prefix: str, path: str) -> str:
         key = f"{prefix}:{path}"
