@@ -2,7 +2,7 @@
 
 The IR is at the bottom and every module imports only from its own layer or below::
 
-    errors, dtypes, shapes  <  registry  <  graph  <  tensor  <  autograd  <  ops.*  <  the rest
+    errors, dtypes, shapes, threads, blas  <  registry  <  graph  <  tensor  <  autograd  <  ops.*  <  the rest
 
 Autograd sits below the op families, as JAX's ``ad`` sits below ``lax``: it applies the few ops it
 emits by registry name, and the families import it (``layer_norm``'s gradient differentiates a
@@ -27,6 +27,8 @@ LAYERS = {
     "shapes": 0,
     "registry": 1,
     "naming": 0,
+    "threads": 0,  # thread counts and the BLAS (numpy only): the kernels of ops.* call them
+    "blas": 0,
     "graph": 2,
     "tensor": 3,
     "autograd": 4,

@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from . import threads
+
 __all__ = ["info", "matmul", "set_num_threads", "use"]
 
 log = logging.getLogger("asg.core.blas")
@@ -160,9 +162,7 @@ def _load() -> _MKL | None:
             _failed = f"could not load {path}: {err}"
             log.warning("%s: matmul uses numpy's BLAS", _failed)
             return None
-        from .threads import get_num_threads
-
-        lib.set_num_threads(get_num_threads())
+        lib.set_num_threads(threads.get_num_threads())
         _limit_numpy_openblas()
         log.info("matmul uses %s (%s layer, %d threads)", lib.version, lib.layer, lib.num_threads())
         _mkl = lib
@@ -534,3 +534,6 @@ def _matmul_pointers(
 
 _env = os.environ.get("ASG_BLAS", "").strip().lower()
 _prepare_openmp()
+
+
+threads.on_thread_count_change(set_num_threads)

@@ -27,13 +27,22 @@ import logging
 import os
 import sys
 import threading
-
-from . import blas
+from collections.abc import Callable
 
 __all__ = ["default_num_threads", "get_num_threads", "set_num_threads"]
 
 log = logging.getLogger("asg.core.threads")
 _requested: int | None = None  # set_num_threads' value
+# Called with the new count by set_num_threads; asg.core.blas adds MKL's setter when it is imported, so
+# this module (below blas) does not import it.
+_thread_count_listeners: list[Callable[[int], None]] = []
+
+
+def on_thread_count_change(listener: Callable[[int], None]) -> None:
+    """Call ``listener(n)`` whenever the BLAS thread count is set (by :func:`set_num_threads` or
+    ``ASG_NUM_THREADS``); a library with its own thread pool (:mod:`asg.core.blas`'s MKL) follows it."""
+    _thread_count_listeners.append(listener)
+
 _numba = threading.local()  # numba's thread count is per calling thread: the value given to this one
 _blas_from_env = False
 
@@ -107,7 +116,8 @@ def _set_blas(n: int) -> None:
         log.info("threadpoolctl is not installed: the BLAS keeps its own thread count")
     else:
         threadpool_limits(limits=n, user_api="blas")
-    blas.set_num_threads(n)  # MKL, when asg.core.blas does the GEMMs on it (numpy's OpenBLAS then 1)
+    for listener in _thread_count_listeners:  # MKL, when asg.core.blas does the GEMMs on it
+        listener(n)
 
 
 def apply_num_threads() -> int:
