@@ -56,7 +56,7 @@ def test_errors_exit_with_status_2_and_name_the_file(tmp_path):
     assert proc.returncode == 2
     assert "bad.json" in proc.stderr and "not valid JSON" in proc.stderr
     proc = _run("missing.json", cwd=tmp_path)
-    assert proc.returncode == 2 and "no such file" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip() == "asg-viz: no such file 'missing.json'"
     proc = _run("a.json", "--demo", "1", cwd=tmp_path)
     assert proc.returncode == 2 and "give one of" in proc.stderr
 

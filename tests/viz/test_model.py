@@ -205,6 +205,9 @@ def test_graph_json_and_bundle_load_with_scopes_and_gradient_links(gpt, tmp_path
         load_path(bad)
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_path(tmp_path / "missing.json")
+    (tmp_path / "runs").mkdir()  # a checkpoint folder of asg-zoo train
+    with pytest.raises(FileNotFoundError, match=r"is a folder; give a graph JSON file .*--bundle model\.asg"):
+        load_path(tmp_path / "runs")
 
 
 def test_shown_ids_match_a_rewritten_run_graph_by_printed_name():

@@ -36,8 +36,14 @@ def load_path(path: str | os.PathLike[str]) -> tuple[Graph, Function | None]:
     Returns the graph and, for a bundle, the loaded :class:`~asg.core.Function` (so it can be profiled).
     """
     where = os.fspath(path)
+    if os.path.isdir(where):
+        raise FileNotFoundError(
+            f"{where!r} is a folder; give a graph JSON file (Graph.to_json) or a function bundle "
+            "(Function.save). For a checkpoint of `asg-zoo train`, write its bundle first: "
+            f"`asg-zoo export MODEL --weights {where} --bundle model.asg`"
+        )
     if not os.path.isfile(where):
-        raise FileNotFoundError(f"asg-viz: no such file {where!r}")
+        raise FileNotFoundError(f"no such file {where!r}")  # the CLI prefixes "asg-viz: "
     with open(where, "rb") as f:
         head = f.read(1)
     if head in (b"{", b"[", b" ", b"\n", b"\r", b"\t"):
