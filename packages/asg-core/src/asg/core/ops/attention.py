@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import blas
 from ..errors import DTypeRuleError, ShapeError
 from ..registry import TensorType, define_op
 from ..shapes import Dim, format_shape
@@ -215,7 +216,7 @@ class _Blocks:
 
     def scores(self, ns: slice, rs: slice, ks: slice) -> np.ndarray:
         """``scale * q k^T`` of the block, ``-inf`` where masked."""
-        s = np.matmul(self.q[ns, rs], self.k[ns, ks].transpose(0, 2, 1))
+        s = blas.matmul(self.q[ns, rs], self.k[ns, ks].transpose(0, 2, 1))
         s *= self.scale
         blocked = self.blocked(ns, rs, ks)
         if blocked is not None:
@@ -247,7 +248,7 @@ def _forward(b: _Blocks, want_out: bool) -> tuple[np.ndarray | None, np.ndarray]
         with np.errstate(divide="ignore"):
             lse[ns, rs] = m[..., 0] + np.log(total)
             if want_out:
-                o = np.matmul(p, b.v[ns, ks])
+                o = blas.matmul(p, b.v[ns, ks])
                 o *= np.where(total > 0, 1.0 / total, 0.0)[..., None]
                 out[ns, rs] = o
     return out, lse
@@ -293,7 +294,7 @@ def _backward_blocks(
             p = b.probabilities(lse_rows, ns, rs, ks)
             ds = None
             if need_ds:
-                ds = np.matmul(g[ns, rs], b.v[ns, ks].transpose(0, 2, 1))  # dP = dout v^T
+                ds = blas.matmul(g[ns, rs], b.v[ns, ks].transpose(0, 2, 1))  # dP = dout v^T
                 ds -= delta_rows[ns, rs, None]
                 ds *= p
             yield ns, rs, ks, p, ds
@@ -313,11 +314,11 @@ def _grad_kernel(which: str) -> Callable[..., np.ndarray]:
         grad = np.zeros(getattr(b, which).shape, b.dtype)
         for ns, rs, ks, p, ds in blocks:
             if which == "q":  # a block's query rows are in no other block
-                grad[ns, rs] = np.matmul(ds, b.k[ns, ks])
+                grad[ns, rs] = blas.matmul(ds, b.k[ns, ks])
             elif which == "k":
-                grad[ns, ks] += np.matmul(ds.transpose(0, 2, 1), b.q[ns, rs])
+                grad[ns, ks] += blas.matmul(ds.transpose(0, 2, 1), b.q[ns, rs])
             else:
-                grad[ns, ks] += np.matmul(p.transpose(0, 2, 1), g[ns, rs])
+                grad[ns, ks] += blas.matmul(p.transpose(0, 2, 1), g[ns, rs])
         if which != "v":
             grad *= scale
         return _in_dtype_of(grad, {"q": q, "k": k, "v": v}[which])

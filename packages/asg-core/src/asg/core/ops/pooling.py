@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import blas
 from ..errors import DTypeRuleError
 from ..registry import TensorType, define_op
 from ..shapes import Dim, format_shape
@@ -419,7 +420,7 @@ def _adaptive_avg_kernel(x: np.ndarray, output_size: Pair, out: np.ndarray | Non
     else:
         rows = _bin_average_matrix(h, oh, x.dtype.name)
         cols = _bin_average_matrix(w, ow, x.dtype.name)
-        result = np.matmul(np.matmul(rows, x), cols.T, out=out)
+        result = blas.matmul(blas.matmul(rows, x), cols.T, out=out)
     return result
 
 
@@ -435,7 +436,7 @@ def _adaptive_avg_backward_kernel(
 ) -> np.ndarray:
     rows = _bin_average_matrix(size[0], output_size[0], g.dtype.name)
     cols = _bin_average_matrix(size[1], output_size[1], g.dtype.name)
-    return np.matmul(np.matmul(rows.T, g), cols, out=out)
+    return blas.matmul(blas.matmul(rows.T, g), cols, out=out)
 
 
 define_op(
