@@ -138,6 +138,11 @@ def test_export_onnx_without_the_onnx_package_says_what_to_install(tmp_path, mon
     assert (tmp_path / "lenet.asg").is_file()
 
 
+def test_cifar10_without_data_dir_asks_for_it(tmp_path):
+    with pytest.raises(SystemExit, match=r"--dataset cifar10 reads local files: pass --data-dir DIR"):
+        run(["train", "lenet5", "--dataset", "cifar10", "--epochs", "1", "--out", str(tmp_path / "r")])
+
+
 def test_training_graph_is_a_whole_training_step():
     import numpy as np
 

@@ -73,6 +73,11 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> dict[
         x_test, y_test = loader(root, split="test")
         x_train, x_test = x_train[:, None] / np.float32(255), x_test[:, None] / np.float32(255)
     elif name == "cifar10":
+        if data_dir is None:  # load_cifar10 has no default folder
+            raise SystemExit(
+                "asg-zoo: --dataset cifar10 reads local files: pass --data-dir DIR, the unpacked "
+                "cifar-10-batches-bin/ folder (CIFAR-10's binary version) or its parent"
+            )
         x_train, y_train = data.load_cifar10(data_dir, split="train")
         x_test, y_test = data.load_cifar10(data_dir, split="test")
         x_train, x_test = x_train / np.float32(255), x_test / np.float32(255)
