@@ -59,8 +59,8 @@ def _mnist_dir(args_dir: str | None) -> str | None:
 
 
 def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """``{"x_train", "y_train", "x_test", "y_test"}``: images float32 ``(N, C, H, W)`` standardised with
-    the training set's mean and std, labels int64."""
+    """``{"x_train", "y_train", "x_test", "y_test", "mean", "std"}``: images float32 ``(N, C, H, W)``
+    standardised with the training set's ``mean`` and ``std`` (of the pixels in [0, 1]), labels int64."""
     if name == "digits":
         images, labels = data.load_digits(as_float=True)
         x_train, x_test, y_train, y_test = data.train_test_split(
@@ -89,6 +89,8 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> dict[
         "y_train": np.asarray(y_train, np.int64),
         "x_test": ((x_test - mean) / std).astype(np.float32),
         "y_test": np.asarray(y_test, np.int64),
+        "mean": np.asarray(mean, np.float32),
+        "std": np.asarray(std, np.float32),
     }
 
 
@@ -239,7 +241,9 @@ def _train_images(args: argparse.Namespace) -> float:
     test_batches = [
         (ds["x_test"][i : i + 500], ds["y_test"][i : i + 500]) for i in range(0, len(ds["y_test"]), 500)
     ]
-    info = {"model_name": args.model, "config": dataclasses.asdict(config), "dataset": args.dataset}
+    info = {"model_name": args.model, "config": dataclasses.asdict(config), "dataset": args.dataset,
+            # export puts this standardisation in front of the model, so its files take pixels in [0, 1]
+            "input_normalization": {"mean": float(ds["mean"]), "std": float(ds["std"])}}  # fmt: skip
     began = time.perf_counter()
     epochs = max(args.epochs - start, 0)
     if epochs:
@@ -481,6 +485,7 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
         )
     weights = Path(args.weights) if args.weights else None
     dataset = args.dataset
+    norm = None
     if weights is not None and (weights.is_dir() or _is_train_checkpoint(weights)):
         model, meta = _restore(weights)
         if meta["model_name"] != args.model:
@@ -488,6 +493,7 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
                 f"asg-zoo export {args.model}: {weights} holds a {meta['model_name']} checkpoint"
             )
         dataset = meta.get("dataset", dataset)
+        norm = meta.get("input_normalization")
     else:
         if args.model == "gpt":
             config = GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=4, n_embd=64)
@@ -501,7 +507,12 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
         x = ag.input("idx", ("B", "T"), "int64")
     else:
         x = ag.input("x", ("B", *IMAGE_SHAPES[dataset]))
-    fn = ag.compile(model(x), inputs=[x])
+    fn = ag.compile(model((x - norm["mean"]) / norm["std"] if norm else x), inputs=[x])
+    if norm:
+        print(
+            f"input {x.name}: pixels in [0, 1] as the {dataset} loader gives them (standardised inside "
+            f"with the training set's mean {norm['mean']:.4f} and std {norm['std']:.4f})"
+        )
     result: dict[str, Any] = {"nodes": len(fn.graph.nodes)}
     if args.onnx:
         to_onnx(fn, args.onnx)
