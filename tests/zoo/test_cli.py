@@ -149,6 +149,29 @@ def test_cifar10_without_data_dir_asks_for_it(tmp_path):
         run(["train", "lenet5", "--dataset", "cifar10", "--epochs", "1", "--out", str(tmp_path / "r")])
 
 
+def test_default_out_is_per_model_and_resume_refuses_another_models_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run(["train", "mlp", "--dataset", "digits", "--epochs", "1", "--no-progress"])
+    run(["train", "lenet5", "--dataset", "digits", "--epochs", "1", "--no-progress"])
+    assert run(["eval", "runs/mlp-digits"]) > 0.5 and run(["eval", "runs/lenet5-digits"]) > 0.3
+    # both went to runs/asg-zoo, where `train mlp --resume` met lenet5's weights (a StateDictError)
+    with pytest.raises(
+        SystemExit, match=r"runs/mlp-digits/ckpt-\d+\.safetensors holds a mlp checkpoint on digits"
+    ):
+        run(
+            [
+                "train",
+                "lenet5",
+                "--dataset",
+                "digits",
+                "--out",
+                "runs/mlp-digits",
+                "--resume",
+                "--no-progress",
+            ]
+        )
+
+
 def test_training_graph_is_a_whole_training_step():
     import numpy as np
 

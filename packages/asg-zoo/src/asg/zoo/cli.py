@@ -180,6 +180,18 @@ def _read_checkpoint_info(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _check_resume(manager: nn.CheckpointManager, args: argparse.Namespace) -> None:
+    """Refuse ``--resume`` from a checkpoint of another model or dataset (it would not load)."""
+    path = manager.path(manager.latest())
+    meta = nn.read_checkpoint_metadata(path)
+    model, dataset = meta.get("model_name", args.model), meta.get("dataset", args.dataset)
+    if (model, dataset) != (args.model, args.dataset):
+        raise SystemExit(
+            f"asg-zoo train {args.model} --dataset {args.dataset} --resume: {path} holds a {model} "
+            f"checkpoint on {dataset}; give another --out"
+        )
+
+
 def _restore(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     path = _checkpoint_file(path)
     meta = _read_checkpoint_info(path)
@@ -220,6 +232,7 @@ def _train_images(args: argparse.Namespace) -> float:
     manager = nn.CheckpointManager(args.out, max_to_keep=2)
     start = 0
     if args.resume and manager.latest() is not None:
+        _check_resume(manager, args)
         start = int(manager.restore(model, opt)["step"])
         # this run's schedule at epoch `start` (not the saved one): the learning rates of an uninterrupted
         # run of --epochs, whatever --epochs the first part was given
@@ -305,6 +318,7 @@ def _train_gpt(args: argparse.Namespace) -> float:
     manager = nn.CheckpointManager(args.out, max_to_keep=2)
     start = 0
     if args.resume and manager.latest() is not None:
+        _check_resume(manager, args)
         start = int(manager.restore(model, opt)["step"])
         print(f"resumed from {manager.path(manager.latest())} after step {start}")
     print(
@@ -363,6 +377,8 @@ def cmd_train(args: argparse.Namespace) -> float:
     checkpoint, reports next-character accuracy and prints a sample. ``--resume`` continues from the
     latest checkpoint in ``--out``. A dataset that does not fit the model exits with a message.
     """
+    if args.out is None:  # one folder per model and dataset, so --resume never meets another model's
+        args.out = f"runs/{args.model}-{args.dataset}"
     if args.model == "gpt":
         if args.dataset not in TEXT_DATASETS:
             raise SystemExit(f"asg-zoo train gpt: --dataset must be one of {', '.join(TEXT_DATASETS)}")
@@ -631,7 +647,7 @@ def _parser() -> argparse.ArgumentParser:
         help="AdamW's decoupled weight decay for image models (default 0: Adam; vit 0.05)",
     )
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="runs/asg-zoo", help="checkpoint directory (default runs/asg-zoo)")
+    t.add_argument("--out", default=None, help="checkpoint directory (default runs/MODEL-DATASET)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     t.add_argument(
         "--progress",
