@@ -115,14 +115,10 @@ def asg_worker(cfg: dict[str, int], a: argparse.Namespace) -> None:
     import gpu_gpt_step as bench  # after the adapter choice; registers wgpu when run from the source tree
 
     from asg import nn
-    from asg.core.backends import available_backends, get_backend, register_backend
+    from asg.core.backends import get_backend
     from asg.nn import functional as F
     from asg.nn import parallel
 
-    if "wgpu" not in available_backends():  # run from the source tree: asg-gpu's entry point is not installed
-        from asg.gpu.backend import WgpuBackend
-
-        register_backend("wgpu", WgpuBackend)
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
     if world > 2:
@@ -199,6 +195,7 @@ def torch_worker(cfg: dict[str, int], a: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as TF
+    from _gpu import cuda_torch
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     rank = _env_int("OMPI_COMM_WORLD_RANK", "PMI_RANK") or 0
@@ -210,8 +207,7 @@ def torch_worker(cfg: dict[str, int], a: argparse.Namespace) -> None:
     device = torch.device(f"cuda:{local % gpus}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        cuda_torch()  # TF32 off, as the other GPU benchmarks
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(a.port))
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=a.timeout))
     try:
