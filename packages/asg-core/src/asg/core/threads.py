@@ -43,6 +43,7 @@ def on_thread_count_change(listener: Callable[[int], None]) -> None:
     ``ASG_NUM_THREADS``); a library with its own thread pool (:mod:`asg.core.blas`'s MKL) follows it."""
     _thread_count_listeners.append(listener)
 
+
 _numba = threading.local()  # numba's thread count is per calling thread: the value given to this one
 _blas_from_env = False
 
