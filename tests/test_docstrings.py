@@ -110,14 +110,19 @@ def _undocumented(package: str) -> Iterator[str]:
             yield from visit(f"{modname}.{name}", obj)
 
 
-@pytest.mark.parametrize("package", PACKAGES)
-def test_every_public_member_has_a_docstring(package: str) -> None:
+def _import_or_skip(package: str) -> None:
+    """Import ``asg.<package>``; skip when an optional package lacks a dependency outside asg."""
     try:
         importlib.import_module(f"asg.{package}")
     except ImportError as err:
         if package in OPTIONAL and not (getattr(err, "name", None) or "").startswith("asg"):
             pytest.skip(f"asg.{package} needs {err.name}")
         raise
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_public_member_has_a_docstring(package: str) -> None:
+    _import_or_skip(package)
     missing = sorted(set(_undocumented(package)))
     assert not missing, f"{len(missing)} public members of asg.{package} have no docstring:\n" + "\n".join(
         missing
@@ -126,12 +131,7 @@ def test_every_public_member_has_a_docstring(package: str) -> None:
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_docstring_examples_run(package: str) -> None:
-    try:
-        importlib.import_module(f"asg.{package}")
-    except ImportError as err:
-        if package in OPTIONAL and not (getattr(err, "name", None) or "").startswith("asg"):
-            pytest.skip(f"asg.{package} needs {err.name}")
-        raise
+    _import_or_skip(package)
     flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
     failed = []
     for modname in _public_modules(package):

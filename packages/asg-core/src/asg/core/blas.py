@@ -439,18 +439,7 @@ def _matmul_2d(lib: _MKL, a: np.ndarray, b: np.ndarray, out: np.ndarray | None) 
     if fb is None:
         b = np.ascontiguousarray(b)
         fb = (_NO_TRANS, n)
-    c = None
-    if out is not None and out.flags.writeable and out.flags.aligned:
-        fc = _layout(m, n, *out.strides, item)
-        if (
-            fc is not None
-            and fc[0] == _NO_TRANS
-            and not np.may_share_memory(out, a)
-            and not np.may_share_memory(out, b)
-        ):
-            c, ldc = out, fc[1]
-    if c is None:
-        c, ldc = np.empty((m, n), a.dtype), n
+    c, ldc = _result_buffer(out, a, b, (m, n), item)
     gemm = lib.sgemm if a.dtype.char == "f" else lib.dgemm
     gemm(
         _ROW_MAJOR,
@@ -504,18 +493,7 @@ def _matmul_pointers(
         b = np.ascontiguousarray(b)
         fb = (_NO_TRANS, n)
     shape = (*batch, m, n)
-    c = None
-    if out is not None and out.flags.writeable and out.flags.aligned and min(out.strides) >= 0:
-        fc = _layout(m, n, *out.strides[-2:], item)
-        if (
-            fc is not None
-            and fc[0] == _NO_TRANS
-            and not np.may_share_memory(out, a)
-            and not np.may_share_memory(out, b)
-        ):
-            c, ldc = out, fc[1]
-    if c is None:
-        c, ldc = np.empty(shape, a.dtype), n
+    c, ldc = _result_buffer(out, a, b, shape, item)
     pa, pb, pc = _pointers(a, batch), _pointers(b, batch), _pointers(c, batch)
     ints = np.array([fa[0], fb[0], m, n, k, fa[1], fb[1], ldc, len(pc)], np.int32)
     ones = np.array([1.0, 0.0], a.dtype)  # alpha, beta
@@ -530,6 +508,24 @@ def _matmul_pointers(
         return c
     np.copyto(out, c)
     return out
+
+
+def _result_buffer(
+    out: np.ndarray | None, a: np.ndarray, b: np.ndarray, shape: tuple[int, ...], item: int
+) -> tuple[np.ndarray, int]:
+    """Where MKL writes ``shape`` (``(..., m, n)``) and its leading dimension: ``out`` itself when its
+    matrices are row-major, writable and overlap neither operand, else a new array (copied by the caller)."""
+    m, n = shape[-2:]
+    if out is not None and out.flags.writeable and out.flags.aligned and min(out.strides, default=0) >= 0:
+        fc = _layout(m, n, *out.strides[-2:], item)
+        if (
+            fc is not None
+            and fc[0] == _NO_TRANS
+            and not np.may_share_memory(out, a)
+            and not np.may_share_memory(out, b)
+        ):
+            return out, fc[1]
+    return np.empty(shape, a.dtype), n
 
 
 _env = os.environ.get("ASG_BLAS", "").strip().lower()
