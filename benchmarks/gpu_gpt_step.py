@@ -175,6 +175,9 @@ def main() -> None:
         action="store_true",
         help="lavapipe: 2 layers, d=64, T=64, batch 8; memory with and without packing",
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="also print the per-kernel GPU profile (timestamps)"
+    )
     a = parser.parse_args()
     if a.check:
         a.layers, a.d, a.heads, a.t, a.batch, a.steps = 2, 32, 4, 16, 4, 5
@@ -221,6 +224,8 @@ def main() -> None:
     if ref_t:
         print(f"{'torch CUDA eager, SDPA':30} {ref_t[0] * 1e3:>9.2f} {ref_t[1]:>9.0f}")
         print(f"ratio asg/torch: {seconds / ref_t[0]:.2f}x")
+    if a.profile:
+        print(step.profile(x, y).table(top=25))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@ np.matmul reference, for every operand layout the kernels hand it; the routing a
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -219,6 +223,25 @@ def test_forced_mkl_without_the_library_says_why(monkeypatch):
         "why": "the mkl package is not installed (pip install asg-core[mkl])",
     }
     _check(_rand((64, 64), np.float32), _rand((64, 64), np.float32))
+
+
+def _blas_info_in_a_fresh_process(**env: str) -> str:
+    code = "from asg.core import blas; import numpy as np; blas.matmul(np.ones((128, 128), 'f'), np.ones((128, 128), 'f')); print(blas.info())"
+    run = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
+    return run.stdout + run.stderr
+
+
+def test_asg_mkl_library_names_the_library(tmp_path):
+    bogus = tmp_path / "libmkl_rt.so.3"
+    bogus.write_bytes(b"not a shared library")
+    out = _blas_info_in_a_fresh_process(ASG_MKL_LIBRARY=str(bogus), ASG_BLAS="mkl")
+    assert f"ASG_BLAS=mkl, but could not load {bogus} (ASG_MKL_LIBRARY)" in out
+    if HAVE_MKL:  # the wheel's own library, named explicitly, is the one loaded
+        path = blas._find_mkl_rt()
+        out = _blas_info_in_a_fresh_process(ASG_MKL_LIBRARY=path)
+        assert "'blas': 'mkl'" in out and repr(path) in out
 
 
 @pytest.mark.skipif(not HAVE_MKL, reason=NO_MKL)

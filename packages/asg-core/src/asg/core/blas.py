@@ -13,7 +13,8 @@ over the matrices' addresses, through ctypes; one MKL call for each product:
   temporary, as ``np.matmul`` does.
 
 ``ASG_BLAS=numpy`` or ``ASG_BLAS=mkl`` forces one (``mkl`` raises when it cannot be loaded);
-:func:`use` does the same at run time.
+:func:`use` does the same at run time. ``ASG_MKL_LIBRARY=/path/to/libmkl_rt.so.3`` names an MKL
+outside the ``mkl`` wheel (a conda or oneAPI install; its other ``libmkl_*`` files beside it).
 
 Threads. MKL runs ``asg.core.get_num_threads()`` threads (:func:`asg.core.set_num_threads` sets
 it), on MKL's GNU OpenMP threading layer: the libgomp that numba's ``"numpy-jit"`` kernels use, so
@@ -123,7 +124,10 @@ class _MKL:
 
 
 def _find_mkl_rt() -> str | None:
-    """The path of ``libmkl_rt.so*`` from the installed ``mkl`` distribution, or None."""
+    """The path of ``libmkl_rt.so*``: ``ASG_MKL_LIBRARY``, else the installed ``mkl`` distribution's, or None."""
+    override = os.environ.get("ASG_MKL_LIBRARY", "").strip()
+    if override:
+        return override  # loading it says what is wrong with it, naming the path
     candidates = []
     try:
         files = importlib.metadata.files("mkl") or []
@@ -159,7 +163,8 @@ def _load() -> _MKL | None:
         try:
             lib = _MKL(path)
         except (OSError, AttributeError) as err:
-            _failed = f"could not load {path}: {err}"
+            named = " (ASG_MKL_LIBRARY)" if os.environ.get("ASG_MKL_LIBRARY", "").strip() else ""
+            _failed = f"could not load {path}{named}: {err}"
             log.warning("%s: matmul uses numpy's BLAS", _failed)
             return None
         lib.set_num_threads(threads.get_num_threads())
@@ -234,7 +239,9 @@ def _under(path: str, root: str) -> bool:
 
 
 def _mkl_rt_in_prefix() -> bool:
-    """A cheap look for ``libmkl_rt`` in ``sys.prefix/lib``, where the mkl wheel puts it."""
+    """A cheap look for ``libmkl_rt``: ``ASG_MKL_LIBRARY``, or ``sys.prefix/lib``, where the mkl wheel puts it."""
+    if os.environ.get("ASG_MKL_LIBRARY", "").strip():
+        return True
     try:
         return any(f.startswith("libmkl_rt.so") for f in os.listdir(os.path.join(sys.prefix, "lib")))
     except OSError:
