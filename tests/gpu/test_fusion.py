@@ -73,11 +73,29 @@ def test_reduction_prologues_run_inside_the_reduction(reduce):
     assert f.plan_for(data).dispatch_count == 1
 
 
-def test_profile_still_reports_every_node_of_a_fused_plan():
+def test_traced_profile_still_reports_every_node_of_a_fused_plan():
     x, loss, _ = _block()
-    f = ag.compile(loss, inputs=[x], backend="wgpu")
+    f = ag.compile(loss, inputs=[x], backend="wgpu", options={"profile": "traced"})
     p = f.profile(np.ones((8, 16), "float32"))
     assert len(p.nodes) == len(f.plan_for(np.ones((8, 16), "float32")).schedule.steps)
+
+
+def test_profile_times_the_fused_dispatches_the_step_runs():
+    x, loss, grads = _block()
+    data = RNG.standard_normal((8, 16)).astype("float32")
+    f = ag.compile([loss, *grads], inputs=[x], backend="wgpu")
+    want = f(data)
+    plan = f.plan_for(data)
+    p = f.profile(data)
+    # one row per dispatch of the real (fused) step, named by the ops it fuses, at the step it runs at
+    assert [(t.index, t.op) for t in p.nodes] == plan.dispatch_labels()
+    assert len(p.nodes) == plan.dispatch_count < len(plan.schedule.steps)
+    fused = ["+".join(n.op for n in g.nodes) for g in plan.fused_groups]
+    assert fused and set(fused) <= {t.op for t in p.nodes}
+    assert all(t.seconds >= 0 for t in p.nodes) and round(sum(t.share for t in p.nodes), 6) == 1.0
+    assert p.kernel_seconds > 0
+    for a, b in zip(f(data), want, strict=True):  # profiling ran the step without applying updates
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,35 @@ class Profile:
         ]
         return cls(backend, nodes, total, wall_seconds, MemoryFigures.of(schedule))
 
+    @classmethod
+    def from_dispatches(
+        cls,
+        backend: str,
+        schedule: Schedule,
+        rows: Sequence[tuple[int, str, float]],
+        wall_seconds: float,
+    ) -> Profile:
+        """Build a profile from (step index, label, seconds) per kernel a backend ran: a fused
+        kernel is attributed to the step it runs at and named by its ops (``matmul+add+gelu``)."""
+        names = schedule.graph.names()
+        total = float(sum(s for _, _, s in rows))
+        nodes = []
+        for index, label, s in rows:
+            node = schedule.steps[index].node
+            nodes.append(
+                NodeTiming(
+                    index=index,
+                    op=label,
+                    name=names[node.id],
+                    scope=node.meta.get("scope"),
+                    seconds=float(s),
+                    share=float(s) / total if total > 0 else 0.0,
+                    line=schedule.graph.format_node(node),
+                    node_id=node.id,
+                )
+            )
+        return cls(backend, nodes, total, wall_seconds, MemoryFigures.of(schedule))
+
     def by_op(self) -> list[tuple[str, float, float, int]]:
         """``(op, seconds, share, calls)`` per op, slowest first."""
         totals: dict[str, list[float]] = {}
@@ -172,7 +201,14 @@ def _size(n: int) -> str:
 
 
 def profile(plan: Any, feeds: Sequence[np.ndarray], backend: str, update: bool = False) -> Profile:
-    """Run one traced step of ``plan`` and return its :class:`Profile`."""
+    """Run one step of ``plan`` and return its :class:`Profile`: the plan's own kernels where it can
+    time them (``plan.run_timed(feeds, update)``, a GPU plan's fused dispatches), else one traced step."""
+    start = time.perf_counter()
+    timed = getattr(plan, "run_timed", None)
+    found = timed(feeds, update=update) if timed is not None else None
+    if found is not None:
+        _, rows = found
+        return Profile.from_dispatches(backend, plan.schedule, rows, time.perf_counter() - start)
     seconds = [0.0] * len(plan.schedule.steps)
 
     def on_step(step: Step, value: Any, s: float) -> None:

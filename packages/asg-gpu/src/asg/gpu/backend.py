@@ -57,7 +57,10 @@ class WgpuBackend(Backend):
       node by node;
     - ``pack_buffers`` (default True): values of any shape whose lifetimes (after fusion) do not overlap
       share a buffer (:func:`~asg.gpu.pool.pack`), parameter updates included; False gives each entry
-      of core's buffer table (values of one shape and dtype) its own buffer.
+      of core's buffer table (values of one shape and dtype) its own buffer;
+    - ``profile`` (default ``"plan"``): ``Function.profile`` times the plan's own (fused) dispatches,
+      one row per dispatch named by the ops it runs (:meth:`WgpuPlan.run_timed`); ``"traced"`` times
+      node by node (``run_traced``), one row per node of the schedule.
 
     The device is created on first use; without an adapter that is a :class:`~asg.gpu.device.NoAdapterError`.
     """
@@ -71,7 +74,13 @@ class WgpuBackend(Backend):
             dtypes.add("float16")
         return Capabilities(dtypes=frozenset(dtypes), narrow_index=True)
 
-    options: Mapping[str, Any] = {"adapter": None, "raw_dispatch": True, "fusion": True, "pack_buffers": True}
+    options: Mapping[str, Any] = {
+        "adapter": None,
+        "raw_dispatch": True,
+        "fusion": True,
+        "pack_buffers": True,
+        "profile": "plan",
+    }
 
     def __init__(self) -> None:
         self._device: GpuDevice | None = None
@@ -111,6 +120,7 @@ class WgpuBackend(Backend):
             raw=bool(options.get("raw_dispatch", True)),
             fusion=bool(options.get("fusion", True)),
             pack_buffers=bool(options.get("pack_buffers", True)),
+            profile=str(options.get("profile", "plan")),
         )
 
 
@@ -125,7 +135,11 @@ class WgpuPlan:
         raw: bool = True,
         fusion: bool = True,
         pack_buffers: bool = True,
+        profile: str = "plan",
     ) -> None:
+        if profile not in ("plan", "traced"):
+            raise ValueError(f"wgpu: option profile={profile!r}: expected 'plan' or 'traced'")
+        self.profile_mode = profile
         self.schedule = schedule
         self.raw = raw
         self.encode_seconds = 0.0  # host time recording the last step's dispatches
@@ -187,6 +201,10 @@ class WgpuPlan:
             root = {n.id: self._root(n.id) for n in graph.nodes}
             fused_at, skipped, self.fused_groups = plan_groups(schedule, root, max_binding=dev.max_binding)
         folded = self._fold_transposes(fused_at, skipped) if fusion else set()
+        pos = {step.output: step.index for step in schedule.steps}
+        self._labels = {
+            max(pos[n.id] for n in g.nodes): "+".join(n.op for n in g.nodes) for g in self.fused_groups
+        }
         # Values a fused kernel keeps in registers get no buffer (run_traced allocates them if it runs).
         internal = {n.id for g in self.fused_groups for n in g.nodes} - {
             o.id for g in self.fused_groups for o in g.outputs
@@ -380,6 +398,26 @@ class WgpuPlan:
         """Dispatches per step (after fusion)."""
         return len(self._dispatches)
 
+    def dispatch_labels(self) -> list[tuple[int, str]]:
+        """(step index, ops) of each dispatch of a step: a fused kernel's ops joined by ``+``
+        (``matmul+add+gelu``), else its step's op."""
+        ops = [step.node.op for step in self.schedule.steps]
+        return [(index, self._labels.get(index, ops[index])) for index, *_ in self._dispatches]
+
+    def dispatch_bytes(self) -> list[int]:
+        """Bytes each dispatch of a step binds (its inputs, outputs and scratch buffers, each once):
+        what it reads and writes at most, for a bandwidth bound."""
+        sizes = []
+        for _, _, _, _, refs in self._dispatches:
+            seen: dict[Any, int] = {}
+            for kind, ref, win in refs:
+                if kind == "value":
+                    seen[(self._root(ref), win)] = win[1] if win is not None else self._size(ref)
+                elif kind == "temp":
+                    seen[ref] = self.programs[ref // 1_000_000].temps[ref % 1_000_000]
+            sizes.append(sum(seen.values()))
+        return sizes
+
     # ------------------------------------------------------------------ buffers
     def _param_ids(self) -> set[int]:
         return {n.id for n in self._param_nodes}
@@ -551,6 +589,59 @@ class WgpuPlan:
             self.calls += 1
             return out
 
+    def run_timed(
+        self, feeds: Sequence[np.ndarray], update: bool = False
+    ) -> tuple[list[np.ndarray], list[tuple[int, str, float]]] | None:
+        """Run the step as it runs (fused), each dispatch in its own compute pass between two
+        timestamps, all in one submission: (outputs, (step index, ops, GPU seconds) per dispatch).
+
+        ``None`` (nothing run) when the adapter has no ``timestamp-query`` or the plan was compiled
+        with ``options={"profile": "traced"}``; ``Function.profile`` then runs ``run_traced``.
+        """
+        if self.profile_mode != "plan" or "timestamp-query" not in self.dev.features:
+            return None
+        import wgpu
+
+        with self.dev.lock:
+            self._prepare(feeds)
+            count = len(self._encoded)
+            per_set = _QUERIES_PER_SET // 2
+            enc = self.dev.device.create_command_encoder()
+            if self._err is not None:
+                enc.clear_buffer(self._err)
+            sets = []
+            for start in range(0, count, per_set):
+                n = 2 * min(per_set, count - start)
+                qs = self.dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=n)
+                buf = self.dev.device.create_buffer(
+                    size=8 * n, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
+                )
+                sets.append((qs, buf, n))
+            for k, (pipe, bg, grid, _) in enumerate(self._encoded):
+                j = k % per_set
+                writes = {
+                    "query_set": sets[k // per_set][0],
+                    "beginning_of_pass_write_index": 2 * j,
+                    "end_of_pass_write_index": 2 * j + 1,
+                }
+                cpass = enc.begin_compute_pass(timestamp_writes=writes)
+                cpass.set_pipeline(pipe)
+                cpass.set_bind_group(0, bg)
+                cpass.dispatch_workgroups(*grid)
+                cpass.end()
+            for qs, buf, n in sets:
+                enc.resolve_query_set(qs, 0, n, buf, 0)
+            out = self._finish(enc, update=update)
+            stamps = [np.frombuffer(self.dev.read(buf, 8 * n), np.uint64) for _, buf, n in sets]
+            for qs, buf, _ in sets:
+                qs.destroy()
+                buf.destroy()
+            t = np.concatenate([np.zeros(0, np.uint64), *stamps]).astype(np.int64).reshape(-1, 2)
+            seconds = np.maximum(t[:, 1] - t[:, 0], 0) * 1e-9
+            labels = self.dispatch_labels()
+            rows = [(index, ops, float(s)) for (index, ops), s in zip(labels, seconds, strict=True)]
+            return out, rows
+
     def run_traced(
         self, feeds: Sequence[np.ndarray], on_step: OnStep, update: bool = True
     ) -> list[np.ndarray]:
@@ -613,6 +704,9 @@ def _record_raw(cpass: Any, raw: Sequence[tuple[Any, Any, int, int, int]]) -> No
             last = pipe
         set_bind_group(handle, 0, bg, 0, null)
         dispatch(handle, x, y, z)
+
+
+_QUERIES_PER_SET = 4096  # wgpu's largest query set
 
 
 class _Timer:
