@@ -4,12 +4,14 @@ Run on the lent GPU machine (see ../shared/device/README.md)::
 
     source .gl/preamble.sh; PYTHONPATH=packages/asg-core/src:packages/asg-gpu/src python3 benchmarks/gpu_matmul.py
 
-The wgpu figure is the backend's own lowering of ``a @ b`` (the kernel ``compile(..., backend="wgpu")``
-runs, its tile from ``matmul_tile``), dispatched back to back in one compute pass and timed by timestamp
-queries; each tile variant is timed too, on square products and on the GPT benchmark's shapes.
-``--small`` is a quick lavapipe run.
-It also prints the host cost per dispatch of a compiled plan of many small elementwise ops, and
-checks each product against numpy. torch is optional: without CUDA its column says "-".
+The wgpu figure is the backend's own lowering of ``a @ b`` (the program ``matmul_program`` makes
+with its defaults: the tile from ``matmul_tile``, split-K from ``split_k``), dispatched back to back
+in one compute pass and timed by timestamp queries. Every candidate variant (tile, double-buffered
+tiles, split-K slices; :data:`VARIANTS`) is timed too, on square products and on the GPT
+benchmark's shapes, and each result is checked against numpy (float64): a cell ending in ``!`` is
+wrong (relative error over 1e-4, or elements left unwritten). ``--small`` is a quick lavapipe run.
+It also prints the host cost per dispatch of a compiled plan of many small elementwise ops.
+torch is optional: without CUDA its row says "-".
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -26,10 +29,57 @@ from _gpu import cuda_torch, pass_timer  # sets XDG_RUNTIME_DIR, registers wgpu 
 
 import asg.core as ag
 from asg.core.backends import get_backend
-from asg.gpu.backend import WgpuBackend
 from asg.gpu.kernels.linalg import TILES, matmul_program, matmul_tile, split_k
 
 Shape = tuple[int, ...]
+Tile = tuple[int, ...]
+Variant = tuple[Tile, int]  # (tile, split-K slices)
+
+# timed for every shape: TILES' tiles and the candidates (BK 32 at 64x64, double-buffered tiles)
+VARIANTS: list[Variant] = [
+    (t, 1)
+    for t in [
+        (64, 64, 16),
+        (64, 128, 16),
+        (64, 128, 32),
+        (128, 64, 32),
+        (128, 128, 16),
+        (128, 128, 32),
+        (64, 64, 32),
+        (64, 64, 16, 2),
+        (64, 64, 32, 2),
+        (64, 128, 16, 2),
+        (128, 64, 16, 2),
+        (128, 128, 16, 2),
+    ]
+]
+# split-K candidates where 128x128 tiles make under two waves on the H200's 132 SMs ...
+SPLITS_FEW: list[Variant] = [
+    ((128, 128, 16), 2),
+    ((128, 128, 16, 2), 2),
+    ((64, 128, 32), 2),
+    ((128, 128, 16), 4),
+]
+# ... and, for long K (k >= 4 max(m, n): weight gradients), more slices
+SPLITS_LONG_K: list[Variant] = [
+    ((128, 128, 16), 8),
+    ((128, 128, 16, 2), 4),
+    ((64, 128, 32), 4),
+    ((64, 128, 16, 2), 2),
+]
+TOLERANCE = 1e-4  # relative to the product's largest element
+
+
+def variant_name(variant: Variant | None) -> str:
+    """``128x128x16``, ``+db`` for a 2-stage (double-buffered) tile, ``/kS`` for S split-K slices."""
+    if variant is None:
+        return "backend"
+    tile, splits = variant
+    return (
+        "x".join(map(str, tile[:3]))
+        + ("+db" if tile[3:] == (2,) else "")
+        + (f"/k{splits}" if splits > 1 else "")
+    )
 
 
 def _out_shape(a: Shape, b: Shape) -> Shape:
@@ -40,51 +90,67 @@ def _flops(a: Shape, b: Shape) -> float:
     return 2.0 * float(np.prod(_out_shape(a, b))) * a[-1]
 
 
-def wgpu_matmul_tflops(
-    backend: WgpuBackend,
-    a_shape: Shape,
-    b_shape: Shape,
-    reps: int,
-    config: tuple[int, int, int] | None = None,
-) -> tuple[float, float]:
-    """(TFLOP/s from timestamps, max relative error against numpy) for ``a @ b``.
-
-    ``config``: a tile (BM, BN, BK) instead of the backend's choice (``matmul_tile``).
-    """
-    dev = backend.device()
-    out_shape = _out_shape(a_shape, b_shape)
-    prog = matmul_program(a_shape, b_shape, out_shape, "bench", config)
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal(a_shape).astype(np.float32)
-    b = rng.standard_normal(b_shape).astype(np.float32)
-    out_bytes = int(np.prod(out_shape)) * 4
-    values = {("in", 0): dev.create_buffer(a.nbytes), ("in", 1): dev.create_buffer(b.nbytes)}
-    values[("out", 0)] = dev.create_buffer(out_bytes)
-    values.update({("tmp", j): dev.create_buffer(nb) for j, nb in enumerate(prog.temps)})
-    dev.write(values[("in", 0)], a)
-    dev.write(values[("in", 1)], b)
-    # (pipeline, bind group, grid) per dispatch: split-K products are two
-    steps = [
-        (
-            dev.pipeline(d.wgsl, len(d.args)),
-            dev.bind_group(len(d.args), [(values[r], 0, values[r].size) for r in d.args]),
-            d.grid,
-        )
-        for d in prog.dispatches
-    ]
-    timed = pass_timer(dev)
-    timed(1, steps)  # JIT / warm-up
-    seconds = timed(reps, steps)
-    got = np.frombuffer(dev.read(values[("out", 0)], out_bytes), np.float32).reshape(out_shape)
-    want = a.astype(np.float64) @ b.astype(np.float64)
-    err = float(np.abs(got - want).max() / np.abs(want).max())
-    for buf in values.values():
-        buf.destroy()
-    return _flops(a_shape, b_shape) * reps / seconds / 1e12, err
+def _product(a: Shape, b: Shape) -> tuple[int, int, int, int]:
+    """(m, n, k, batch) as the lowering sees ``a @ b``: a 2-D right operand folds the batch into m."""
+    batch = int(np.prod(_out_shape(a, b)[:-2]))
+    return (a[-2] * (batch if len(b) == 2 else 1), b[-1], a[-1], 1 if len(b) == 2 else batch)
 
 
-# tiles timed for every shape (the backend's own choice is the "tile" column)
-VARIANTS = [(64, 64, 16), (64, 128, 16), (64, 128, 32), (128, 64, 32), (128, 128, 16), (128, 128, 32)]
+def shape_variants(a: Shape, b: Shape) -> list[Variant]:
+    """:data:`VARIANTS` no larger than the product (rounded up to 64), and split-K where it may pay."""
+    m, n, k, batch = _product(a, b)
+    variants = list(VARIANTS)
+    if -(-m // 128) * -(-n // 128) * batch < 2 * 132:
+        variants += SPLITS_FEW + (SPLITS_LONG_K if k >= 4 * max(m, n) else [])
+    return [v for v in variants if v[0][0] <= -(-m // 64) * 64 and v[0][1] <= -(-n // 64) * 64]
+
+
+class Bench:
+    """One product's operands on the GPU, its float64 reference, and timings of program variants."""
+
+    def __init__(self, dev: Any, a_shape: Shape, b_shape: Shape) -> None:
+        self.dev, self.a_shape, self.b_shape = dev, a_shape, b_shape
+        self.out_shape = _out_shape(a_shape, b_shape)
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal(a_shape).astype(np.float32)
+        b = rng.standard_normal(b_shape).astype(np.float32)
+        self.want = a.astype(np.float64) @ b.astype(np.float64)
+        self.unwritten = np.full(self.out_shape, np.nan, np.float32)
+        self.values = {("in", 0): dev.create_buffer(a.nbytes), ("in", 1): dev.create_buffer(b.nbytes)}
+        self.values[("out", 0)] = dev.create_buffer(self.unwritten.nbytes)
+        dev.write(self.values[("in", 0)], a)
+        dev.write(self.values[("in", 1)], b)
+        self.timed = pass_timer(dev)
+
+    def run(self, reps: int, variant: Variant | None) -> tuple[float, float]:
+        """(TFLOP/s from timestamps, max relative error against numpy; inf where elements were left
+        unwritten) of the program of ``variant`` (None: the backend's defaults)."""
+        dev, values = self.dev, dict(self.values)
+        config, splits = variant or (None, None)
+        prog = matmul_program(self.a_shape, self.b_shape, self.out_shape, "bench", config, splits=splits)
+        temps = [dev.create_buffer(nb) for nb in prog.temps]
+        values.update({("tmp", j): buf for j, buf in enumerate(temps)})
+        dev.write(values[("out", 0)], self.unwritten)
+        steps = [
+            (
+                dev.pipeline(d.wgsl, len(d.args)),
+                dev.bind_group(len(d.args), [(values[r], 0, values[r].size) for r in d.args]),
+                d.grid,
+            )
+            for d in prog.dispatches
+        ]
+        self.timed(1, steps)  # JIT / warm-up
+        seconds = self.timed(reps, steps)
+        out = values[("out", 0)]
+        got = np.frombuffer(dev.read(out, self.unwritten.nbytes), np.float32).reshape(self.out_shape)
+        err = float(np.abs(got - self.want).max() / np.abs(self.want).max())
+        for buf in temps:
+            buf.destroy()
+        return _flops(self.a_shape, self.b_shape) * reps / seconds / 1e12, err if np.isfinite(err) else np.inf
+
+    def close(self) -> None:
+        for buf in self.values.values():
+            buf.destroy()
 
 
 def torch_tflops(a_shape: Shape, b_shape: Shape, reps: int) -> float | None:
@@ -135,38 +201,65 @@ def _shapes(sizes: list[int], gpt: bool) -> list[tuple[str, Shape, Shape]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--no-gpt", action="store_true", help="square products only")
     parser.add_argument("--small", action="store_true", help="lavapipe: sizes 64 and 128, no GPT shapes")
     args = parser.parse_args()
     if args.small:
-        args.sizes, args.reps = [64, 128], 1
-    backend = get_backend("wgpu")
-    dev = backend.device()
+        args.sizes, args.reps, args.no_gpt = [64, 128], 1, True
+    start = time.perf_counter()
+    dev = get_backend("wgpu").device()
     print(f"adapter: {dev.summary}; features: {', '.join(sorted(dev.features))}")
-    rows = []
-    for label, a, b in _shapes(args.sizes, not args.small):
-        flop = _flops(a, b)
-        reps = max(args.reps, min(args.reps * 10, int(args.reps * 2 * 2048**3 / flop)))
-        tf, err = wgpu_matmul_tflops(backend, a, b, reps)
-        each = [wgpu_matmul_tflops(backend, a, b, reps, c)[0] for c in VARIANTS]
-        batch = int(np.prod(_out_shape(a, b)[:-2]))
-        mn = (a[-2] * (batch if len(b) == 2 else 1), b[-1], a[-1], 1 if len(b) == 2 else batch)
+    shapes = _shapes(args.sizes, not args.no_gpt)
+    # per shape: {variant name: (TF/s, rel err)}, torch TF/s, the backend's choice
+    results: list[tuple[str, dict[str, tuple[float, float]], float | None, str]] = []
+    for label, a, b in shapes:
+        reps = max(args.reps, min(args.reps * 10, int(args.reps * 2 * 2048**3 / _flops(a, b))))
+        bench = Bench(dev, a, b)
+        cells = {variant_name(v): bench.run(reps, v) for v in [None, *shape_variants(a, b)]}
+        bench.close()
+        mn = _product(a, b)
         splits = split_k(*mn)
-        tile = "x".join(map(str, matmul_tile(*mn) if splits == 1 else TILES[0][0]))
-        rows.append(
-            (label, tile + (f"/{splits}k" if splits > 1 else ""), tf, torch_tflops(a, b, reps), err, each)
-        )
+        chosen = variant_name((matmul_tile(*mn) if splits == 1 else TILES[0][0], splits))
+        results.append((label, cells, torch_tflops(a, b, reps), chosen))
+        print(f"  {label}: {len(cells)} variants, {time.perf_counter() - start:.0f} s", flush=True)
     print(f"host cost per dispatch in a compiled plan: {dispatch_cost():.1f} us")
-    names = "".join(f"{'x'.join(map(str, c)):>12}" for c in VARIANTS)
-    print(
-        f"{'shape':>8} {'tile (/split-K)':>13} {'wgpu TF/s':>10} {'torch TF/s':>11} {'ratio':>6} {'rel err':>8} | TF/s per tile:{names}"
-    )
-    for label, tile, tf, ref, err, each in rows:
-        ratio = f"{tf / ref:.0%}" if ref else "-"
-        ref_s = f"{ref:.3g}" if ref else "-"
-        per_tile = "".join(f"{t:>12.3g}" for t in each)
-        print(f"{label:>8} {tile:>13} {tf:>10.3g} {ref_s:>11} {ratio:>6} {err:>8.1e} | {'':>14}{per_tile}")
+    names = list(dict.fromkeys(name for _, cells, _, _ in results for name in cells))
+
+    def cell(got: tuple[float, float] | None) -> str:
+        return "-" if got is None else f"{got[0]:.3g}" + ("!" if got[1] > TOLERANCE else "")
+
+    # the fastest correct variant per shape
+    best = [
+        max(
+            ((v, got) for v, got in cells.items() if got[1] <= TOLERANCE),
+            key=lambda c: c[1][0],
+            default=("-", (0.0, 0.0)),
+        )
+        for _, cells, _, _ in results
+    ]
+    table = [
+        ["variant", *(label for label, _, _, _ in results)],
+        ["torch (cuBLAS)", *(f"{ref:.3g}" if ref else "-" for _, _, ref, _ in results)],
+        *([name, *(cell(cells.get(name)) for _, cells, _, _ in results)] for name in names),
+        ["backend's tile", *(chosen for *_, chosen in results)],
+        ["best", *(name for name, _ in best)],
+        [
+            "best / torch",
+            *(f"{got[0] / r[2]:.0%}" if r[2] else "-" for (_, got), r in zip(best, results, strict=True)),
+        ],
+        [
+            "backend / torch",
+            *(f"{cells['backend'][0] / ref:.0%}" if ref else "-" for _, cells, ref, _ in results),
+        ],
+    ]
+    widths = [max(len(line[c]) for line in table) + 2 for c in range(len(table[0]))]
+    print("\nTF/s per variant (+db: double-buffered tiles, /kS: S split-K slices; ! wrong, - not run)")
+    for line in table:
+        print("".join(f"{v:>{w}}" for v, w in zip(line, widths, strict=True)))
+    errors = max(got[1] for _, cells, _, _ in results for got in cells.values())
+    print(f"\nlargest relative error: {errors:.1e}; total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

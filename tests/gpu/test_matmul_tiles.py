@@ -60,11 +60,29 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("tile", [t for t, _ in TILES], ids=lambda t: "x".join(map(str, t)))
+# the candidates benchmarks/gpu_matmul.py times beyond TILES: BK 32 at 64x64, 2-stage (double-buffered)
+CANDIDATES = [
+    (64, 64, 32),
+    (64, 64, 16, 2),
+    (64, 64, 32, 2),
+    (64, 128, 16, 2),
+    (128, 64, 16, 2),
+    (128, 128, 16, 2),
+]
+EVERY_TILE = list(dict.fromkeys([t for t, _ in TILES] + CANDIDATES))
+
+
+def _tile_id(tile) -> str:
+    return "x".join(map(str, tile[:3])) + ("-2stage" if tile[3:] == (2,) else "")
+
+
+@pytest.mark.parametrize("tile", EVERY_TILE, ids=_tile_id)
 @pytest.mark.parametrize("shapes", list(SHAPES.values()), ids=list(SHAPES))
 def test_every_tile_matches_numpy(tile, shapes):
-    wgsl = _check(*shapes, config=tile)
-    assert wgsl.startswith(f"// matmul {'x'.join(map(str, tile))}")
+    first = _check(*shapes, config=tile).splitlines()[0]
+    assert first.startswith(f"// matmul {'x'.join(map(str, tile[:3]))}")
+    # the scalar kernel (k or n not a multiple of 4) has one stage whatever the tile asks
+    assert ("2-stage" in first) == (tile[3:] == (2,) and "vec4" in first)
 
 
 @pytest.mark.parametrize(
@@ -72,12 +90,18 @@ def test_every_tile_matches_numpy(tile, shapes):
     [(((64, 1000), (1000, 68)), 3), (((2, 3, 40, 300), (3, 300, 36)), 2), (((70, 36), (36, 68)), 5)],
     ids=["ragged-k", "batched", "more-slices-than-k-steps"],
 )
-def test_split_k_matches_numpy(shapes, splits):
-    wgsl = _check(*shapes, splits=splits)
+@pytest.mark.parametrize(
+    "tile",
+    [None, (128, 128, 16, 2), (64, 64, 32, 2)],
+    ids=["default", "128x128x16-2stage", "64x64x32-2stage"],
+)
+def test_split_k_matches_numpy(shapes, splits, tile):
+    wgsl = _check(*shapes, splits=splits, config=tile)
     assert f"split-k {splits}" in wgsl.splitlines()[0]
+    assert ("2-stage" in wgsl.splitlines()[0]) == (tile is not None)
 
 
-@pytest.mark.parametrize("tile", [t for t, _ in TILES], ids=lambda t: "x".join(map(str, t)))
+@pytest.mark.parametrize("tile", EVERY_TILE, ids=_tile_id)
 def test_a_transposed_operand_read_in_place_matches_numpy(tile):
     wgsl = _check((68, 40), (40, 36), config=tile, a_transposed=True)  # ragged against every tile
     assert "A^T" in wgsl.splitlines()[0]
@@ -86,8 +110,16 @@ def test_a_transposed_operand_read_in_place_matches_numpy(tile):
 def test_a_transposed_operand_with_split_k_matches_numpy():
     wgsl = _check((64, 1024), (1024, 32), a_transposed=True)
     assert "split-k" in wgsl.splitlines()[0] and "A^T" in wgsl.splitlines()[0]
+    wgsl = _check((68, 1000), (1000, 36), a_transposed=True, config=(64, 64, 16, 2), splits=3)
+    assert "2-stage split-k 3 A^T" in wgsl.splitlines()[0]
     with pytest.raises(ValueError, match="transposed A needs 2-D operands"):
         matmul_program((6, 8), (8, 4), (6, 4), a_transposed=True)
+
+
+@pytest.mark.parametrize("tile", [(64, 128, 32, 2), (128, 128, 32, 2), (128, 128, 64)])
+def test_a_tile_beyond_32_kib_of_workgroup_memory_is_refused(tile):
+    with pytest.raises(ValueError, match="more than 32 KiB of workgroup memory"):
+        matmul_program((256, 256), (256, 256), (256, 256), config=tile)
 
 
 def test_long_k_products_with_few_tiles_split_k():

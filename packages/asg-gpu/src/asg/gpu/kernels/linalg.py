@@ -26,17 +26,23 @@ THREADS = 16  # invocations per side of the workgroup
 
 
 def _tile_products(
-    bk: int, a: tuple[int, int], b: tuple[int, int], fmas: Callable[[int], list[str]]
+    bk: int,
+    a: tuple[int, int],
+    b: tuple[int, int],
+    fmas: Callable[[int], list[str]],
+    offsets: tuple[str, str] = ("", ""),
 ) -> list[str]:
-    """The end of a k-step of a tiled matmul: the tiles are in ``As``/``Bs``; for each of the ``bk``
-    rows, registers ``a{kk}_{i}`` and ``b{kk}_{j}`` ((count, row pitch) in ``a``/``b``) are read
-    and ``fmas(kk)`` accumulates their products; the k loop closes."""
-    lines = ["    workgroupBarrier();"]
+    """The FMAs of a k-step of a tiled matmul whose tiles are in ``As``/``Bs`` (from ``offsets``, WGSL
+    expressions, for a double-buffered tile): for each of the ``bk`` rows, registers ``a{kk}_{i}`` and
+    ``b{kk}_{j}`` ((count, row pitch) in ``a``/``b``) are read and ``fmas(kk)`` accumulates their
+    products."""
+    at, bt = (f"{o} + " if o else "" for o in offsets)
+    lines = []
     for kk in range(bk):
-        lines += [f"    let a{kk}_{i} = As[{kk * a[1]} + ty + {i * THREADS}];" for i in range(a[0])]
-        lines += [f"    let b{kk}_{j} = Bs[{kk * b[1]} + tx + {j * THREADS}];" for j in range(b[0])]
+        lines += [f"    let a{kk}_{i} = As[{at}{kk * a[1]} + ty + {i * THREADS}];" for i in range(a[0])]
+        lines += [f"    let b{kk}_{j} = Bs[{bt}{kk * b[1]} + tx + {j * THREADS}];" for j in range(b[0])]
         lines += [f"    {line}" for line in fmas(kk)]
-    return [*lines, "    workgroupBarrier();", "}"]
+    return lines
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ def _declare_from(first: int, bindings: Sequence[tuple[str, str]]) -> str:
 # 2048^3: 35; at 1024^3, 64 workgroups: 16); 64x128 with K step 32 serves one per SM (1024^3: 26 where
 # 128x128 gives 16 and 64x64 22; dW of GPT's MLP, 512x2048 over k=8192: 24 where 128x128 gives 14);
 # 128x64 is its transpose for narrow products (attention's p @ v, n=64: 26 where 128x128 gives 17).
-TILES: tuple[tuple[tuple[int, int, int], int], ...] = (
+TILES: tuple[tuple[tuple[int, ...], int], ...] = (
     ((128, 128, 16), 256),
     ((64, 128, 32), 128),
     ((128, 64, 32), 128),
@@ -74,25 +80,26 @@ TILES: tuple[tuple[tuple[int, int, int], int], ...] = (
 )
 
 
-def matmul_tile(m: int, n: int, k: int, batch: int = 1) -> tuple[int, int, int]:
-    """(BM, BN, BK) for ``batch`` products (m, k) @ (k, n): the first tile of :data:`TILES` that gives
-    enough workgroups, is no larger than the product (rounded up to 64) and, for 64x128 or 128x64,
-    is oriented along the longer side.
+def matmul_tile(m: int, n: int, k: int, batch: int = 1) -> tuple[int, ...]:
+    """The tile, (BM, BN, BK) or (BM, BN, BK, stages), for ``batch`` products (m, k) @ (k, n): the first
+    of :data:`TILES` that gives enough workgroups, is no larger than the product (rounded up to 64)
+    and, for 64x128 or 128x64, is oriented along the longer side.
 
     >>> matmul_tile(4096, 4096, 4096), matmul_tile(1024, 1024, 1024), matmul_tile(512, 2048, 8192)
     ((128, 128, 16), (64, 128, 32), (64, 128, 32))
     >>> matmul_tile(256, 64, 256, batch=256), matmul_tile(8, 8, 8)  # attention's p @ v; a tiny one
     ((128, 64, 32), (64, 64, 16))
     """
-    for (bm, bn, bk), fewest in TILES:
+    for tile, fewest in TILES:
+        bm, bn = tile[:2]
         if bm > -(-m // 64) * 64 or bn > -(-n // 64) * 64 or (bm, bn) == ((64, 128) if m > n else (128, 64)):
             continue
         if -(-m // bm) * -(-n // bn) * batch >= fewest:
-            return bm, bn, bk
+            return tile
     return TILES[-1][0]
 
 
-def tile_config(m: int, n: int, k: int) -> tuple[int, int, int]:
+def tile_config(m: int, n: int, k: int) -> tuple[int, ...]:
     """The tile of one (m, k) @ (k, n) product (:func:`matmul_tile` with ``batch=1``)."""
     return matmul_tile(m, n, k)
 
@@ -108,7 +115,7 @@ def matmul_wgsl(
     epilogue: Epilogue | None = None,
 ) -> str:
     """The WGSL of an (m, k) @ (k, n) product over ``batch`` (per-batch element strides of A and B)."""
-    bm, bn, bk = config or tile_config(m, n, k)
+    bm, bn, bk = (config or tile_config(m, n, k))[:3]
     tm, tn = bm // THREADS, bn // THREADS
     nthreads = THREADS * THREADS
     lines: list[str] = []
@@ -139,6 +146,7 @@ def matmul_wgsl(
         lines.append(
             f"        Bs[kk * {bn} + nn] = select(0.0, B[min(b_base + r * {n} + c, {k * n} * NB_B - 1)], r < {k} && c < {n}); }} }}"
         )
+    lines.append("    workgroupBarrier();")
     lines += _tile_products(
         bk,
         (tm, bm),
@@ -147,6 +155,7 @@ def matmul_wgsl(
             f"acc_{i}_{j} = fma(a{kk}_{i}, b{kk}_{j}, acc_{i}_{j});" for i in range(tm) for j in range(tn)
         ],
     )
+    lines += ["    workgroupBarrier();", "}"]
     for i in range(tm):
         lines.append(f"{{ let r = row0 + ty + {i * THREADS};")
         lines.append(f"  if (r < {m}) {{")
@@ -196,7 +205,7 @@ def matmul_vec4_wgsl(
     batch: Sequence[int],
     a_st: Sequence[int],
     b_st: Sequence[int],
-    config: tuple[int, int, int],
+    config: Sequence[int],
     nb: tuple[int, int],
     epilogue: Epilogue | None = None,
     split: tuple[int, int] = (1, 0),
@@ -206,13 +215,18 @@ def matmul_vec4_wgsl(
 
     A's tile is loaded as 4x4 blocks, transposed in registers and stored ``As[k][m/4]``; B's rows are
     copied ``Bs[k][n/4]``. An invocation owns groups of 4 rows (``4 ty + 64 g``) by 4 columns
-    (``4 tx + 64 h``), one ``vec4`` accumulator per row and column group. ``split = (S, KC)``: the
+    (``4 tx + 64 h``), one ``vec4`` accumulator per row and column group. ``config``: (BM, BN, BK)
+    or (BM, BN, BK, stages); with 2 stages the tiles are double-buffered: each k-step loads the next
+    step's tiles into registers, multiplies the current ones, then stores the next ones in the other
+    half of workgroup memory (one barrier per step instead of two, loads in flight during the FMAs).
+    ``split = (S, KC)``: the
     z grid runs S slices of KC along K per product, each writing its partial product to its own
     (m, n) block of C (split-K; :func:`matmul_program` sums them). ``a_t``: the buffer A holds A
     transposed, (k, m) with ``m % 4 == 0``, one unbatched product (the weight gradient ``X^T @ dY``
     reading X where it is, instead of a transposed copy).
     """
-    bm, bn, bk = config
+    bm, bn, bk = config[:3]
+    stages = config[3] if len(config) > 3 else 1
     gm, gn = bm // 64, bn // 64
     nthreads = THREADS * THREADS
     bm4, bn4, k4, n4 = bm // 4, bn // 4, k // 4, n // 4
@@ -235,61 +249,118 @@ def matmul_vec4_wgsl(
                 lines.append(f"var acc_{g}_{h}_{i} = vec4<f32>(0.0);")
     if split[0] > 1:
         lines.append(f"let k_begin = (i32(wid.z) % {split[0]}) * {split[1]};")
-        lines.append(f"for (var k0 = k_begin; k0 < min(k_begin + {split[1]}, {k}); k0 += {bk}) {{")
+        lines.append(f"let k_end = min(k_begin + {split[1]}, {k});")
     else:
-        lines.append(f"for (var k0 = 0; k0 < {k}; k0 += {bk}) {{")
+        lines += ["let k_begin = 0;", f"let k_end = {k};"]
+
+    # The tile loads, one unit per range of `nthreads` elements: (element count, the unit's index
+    # lines, value lines reading the rows from WGSL k `kv` into registers named by `reg`, store lines
+    # writing those registers to the tile from offset `off`).
+    Unit = tuple[
+        int,
+        list[str],
+        Callable[[str, Callable[[int], str]], list[str]],
+        Callable[[str, Callable[[int], str]], list[str]],
+    ]
 
     def copy_rows(
         tile: str, buf: str, along: str, width: int, tile_w4: int, col0: str, base: str, last: int
-    ) -> list[str]:
-        """WGSL copying rows ``k0 .. k0 + bk`` of the row-major ``(k, width)`` buffer ``buf`` (from
-        ``base``), ``tile_w4`` vec4s from column ``col0`` on, to ``tile[kk * tile_w4 + mm]`` (``nn``
-        along n); zero past k and width. A^T's tile and B's are both such copies."""
-        count, start = bk * tile_w4, f"{base} + " if base else ""
-        x = along * 2  # the vec4 column's name: mm, nn
-        rows = []
-        for t in range(-(-count // nthreads)):
-            rows += [
-                f"    {{ let e = lid + {t * nthreads};",
-                f"      if (e < {count}) {{ let kk = e / {tile_w4}; let {x} = e % {tile_w4}; let r = k0 + kk; let c = {col0} + {x} * 4;",
-                f"        {tile}[e] = select(vec4<f32>(0.0), {buf}[min({start}r * {width // 4} + c / 4, {last})], r < {k} && c < {width}); }} }}",
-            ]
-        return rows
+    ) -> Unit:
+        """Rows ``kv .. kv + bk`` of the row-major ``(k, width)`` buffer ``buf`` (from ``base``),
+        ``tile_w4`` vec4s from column ``col0`` on, to ``tile[kk * tile_w4 + mm]`` (``nn`` along n);
+        zero past k and width. A^T's tile and B's are both such copies."""
+        start, x = f"{base} + " if base else "", along * 2  # the vec4 column's name: mm, nn
+        at = f"min({start}r * {width // 4} + c / 4, {last})"
+        value = f"{buf}[{at}]"
+        index = [f"let kk = e / {tile_w4}; let {x} = e % {tile_w4};"]
+        fetch = lambda kv, reg: [  # noqa: E731
+            f"let r = {kv} + kk; let c = {col0} + {x} * 4;",
+            f"{reg(0)} select(vec4<f32>(0.0), {value}, r < {k} && c < {width});",
+        ]
+        store = lambda off, val: [f"{tile}[{off}e] = {val(0)};"]  # noqa: E731
+        return bk * tile_w4, index, fetch, store
 
-    if a_t:  # A^T is stored, (k, m): each row of the tile is a vec4 copy along m
-        lines += copy_rows("As", "A", "m", m, bm4, "row0", "", k * (m // 4) - 1)
-    else:
-        blocks = bm4 * (bk // 4)  # 4x4 blocks of the A tile
-        for t in range(-(-blocks // nthreads)):
-            lines += [
-                f"    {{ let e = lid + {t * nthreads};",
-                f"      if (e < {blocks}) {{",
-                f"        let mb = e / {bk // 4}; let kb = e % {bk // 4};",
-                "        let c = k0 + kb * 4;",
-            ]
+    def a_blocks() -> Unit:
+        """A's tile as 4x4 blocks (rows ``mb * 4 ..``, columns ``kv + kb * 4 ..``), transposed into ``As``."""
+        index = [f"let mb = e / {bk // 4}; let kb = e % {bk // 4};"]
+
+        def fetch(kv: str, reg: Callable[[int], str]) -> list[str]:
+            rows = [f"let c = {kv} + kb * 4;"]
             for i in range(4):
-                lines.append(
-                    f"        let r{i} = row0 + mb * 4 + {i}; let a{i} = select(vec4<f32>(0.0), "
-                    f"A[min(a_base + r{i} * {k4} + c / 4, {a_last})], r{i} < {m} && c < {k});"
+                at = f"min(a_base + r{i} * {k4} + c / 4, {a_last})"
+                rows.append(
+                    f"let r{i} = row0 + mb * 4 + {i}; {reg(i)} select(vec4<f32>(0.0), A[{at}], r{i} < {m} && c < {k});"
                 )
-            comps = "xyzw"
-            for j in range(4):
-                lines.append(
-                    f"        As[(kb * 4 + {j}) * {bm4} + mb] = vec4<f32>(a0.{comps[j]}, a1.{comps[j]}, a2.{comps[j]}, a3.{comps[j]});"
-                )
-            lines.append("      } }")
-    lines += copy_rows("Bs", "B", "n", n, bn4, "col0", "b_base", b_last)
-    lines += _tile_products(
-        bk,
-        (gm, bm4),
-        (gn, bn4),
-        lambda kk: [
+            return rows
+
+        def store(off: str, val: Callable[[int], str]) -> list[str]:
+            return [
+                f"As[{off}(kb * 4 + {j}) * {bm4} + mb] = vec4<f32>({', '.join(f'{val(i)}.{c}' for i in range(4))});"
+                for j, c in enumerate("xyzw")
+            ]
+
+        return bm4 * (bk // 4), index, fetch, store
+
+    a_unit = copy_rows("As", "A", "m", m, bm4, "row0", "", k * (m // 4) - 1) if a_t else a_blocks()
+    b_unit = copy_rows("Bs", "B", "n", n, bn4, "col0", "b_base", b_last)
+    # (tile, unit number, count, index lines, fetch, store) per range of `nthreads` elements
+    parts = [
+        (name, t, *unit)
+        for name, unit in (("a", a_unit), ("b", b_unit))
+        for t in range(-(-unit[0] // nthreads))
+    ]
+
+    def scoped(t: int, count: int, index: list[str], body: list[str]) -> list[str]:
+        guard = f"if (e < {count}) " if (t + 1) * nthreads > count else ""
+        return [
+            f"    {{ let e = lid + {t * nthreads}; {guard}{{",
+            *(f"        {x}" for x in index + body),
+            "    } }",
+        ]
+
+    def fmas(kk: int) -> list[str]:
+        return [
             f"acc_{g}_{h}_{i} = fma(vec4<f32>(a{kk}_{g}.{'xyzw'[i]}), b{kk}_{h}, acc_{g}_{h}_{i});"
             for g in range(gm)
             for h in range(gn)
             for i in range(4)
-        ],
-    )
+        ]
+
+    size_a, size_b = bm4 * bk, bn4 * bk  # vec4s in one stage of each tile
+    if stages == 1:
+        lines.append(f"for (var k0 = k_begin; k0 < k_end; k0 += {bk}) {{")
+        for _name, t, count, index, fetch, store in parts:
+            body = fetch("k0", lambda i: f"let v{i} =") + store("", lambda i: f"v{i}")
+            lines += scoped(t, count, index, body)
+        lines.append("    workgroupBarrier();")
+        lines += _tile_products(bk, (gm, bm4), (gn, bn4), fmas)
+        lines += ["    workgroupBarrier();", "}"]
+    else:
+        # the next step's values of unit t of tile x in registers px{t}_{i} (4 for A's 4x4 blocks)
+        regs = {(name, t): [f"p{name}{t}_{i}" for i in range(4)] for name, t, *_ in parts}
+        for (name, _t), names in regs.items():
+            lines += [f"var {v} = vec4<f32>(0.0);" for v in names[: 4 if name == "a" and not a_t else 1]]
+
+        def load(kv: str) -> list[str]:
+            out = []
+            for name, t, count, index, fetch, _store in parts:
+                out += scoped(t, count, index, fetch(kv, lambda i, r=regs[name, t]: f"{r[i]} ="))
+            return out
+
+        def keep(off: dict[str, str]) -> list[str]:
+            out = []
+            for name, t, count, index, _fetch, store in parts:
+                out += scoped(t, count, index, store(off[name], lambda i, r=regs[name, t]: r[i]))
+            return out
+
+        lines += [*load("k_begin"), *keep({"a": "", "b": ""}), "workgroupBarrier();"]
+        lines.append(f"for (var k0 = k_begin; k0 < k_end; k0 += {bk}) {{")
+        lines.append(f"    let stage = ((k0 - k_begin) / {bk}) % 2;")
+        lines.append(f"    let sa = stage * {size_a}; let sb = stage * {size_b};")
+        lines += load(f"(k0 + {bk})")
+        lines += _tile_products(bk, (gm, bm4), (gn, bn4), fmas, ("sa", "sb"))
+        lines += keep({"a": f"{size_a} - sa + ", "b": f"{size_b} - sb + "})
+        lines += ["    workgroupBarrier();", "}"]
     for g in range(gm):
         for i in range(4):
             lines.append(f"{{ let r = row0 + {64 * g} + ty * 4 + {i};")
@@ -305,12 +376,19 @@ def matmul_vec4_wgsl(
                 lines.append(f"    {{ let c = col0 + {64 * h} + tx * 4; if (c < {n}) {{ {st} }} }}")
             lines.append("  } }")
     body = "\n    ".join(lines)
-    return f"""// matmul {bm}x{bn}x{bk} vec4{f" split-k {split[0]}" if split[0] > 1 else ""}{" A^T" if a_t else ""}
+    flags = "".join(
+        (
+            " 2-stage" if stages == 2 else "",
+            f" split-k {split[0]}" if split[0] > 1 else "",
+            " A^T" if a_t else "",
+        )
+    )
+    return f"""// matmul {bm}x{bn}x{bk} vec4{flags}
 {_header(epilogue, "vec4<f32>")}
 {HELPERS if epilogue else ""}
 {epilogue.source if epilogue else ""}
-var<workgroup> As: array<vec4<f32>, {bm4 * bk}>;
-var<workgroup> Bs: array<vec4<f32>, {bn4 * bk}>;
+var<workgroup> As: array<vec4<f32>, {size_a * stages}>;
+var<workgroup> Bs: array<vec4<f32>, {size_b * stages}>;
 @compute @workgroup_size({nthreads})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {{
     let z = i32(wid.z){f" / {split[0]}" if split[0] > 1 else ""};
@@ -357,7 +435,7 @@ def matmul_program(
     b_shape: Sequence[int],
     out_shape: Sequence[int],
     name: str = "",
-    config: tuple[int, int, int] | None = None,
+    config: Sequence[int] | None = None,
     vec4: bool = True,
     epilogue: Epilogue | None = None,
     splits: int | None = None,
@@ -366,7 +444,9 @@ def matmul_program(
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
 
     ``vec4`` (default) uses the vec4 kernel where ``k`` and ``n`` are multiples of 4; ``config`` forces
-    a tile (BM, BN, BK), BM and BN multiples of 64 for the vec4 kernel (default :func:`matmul_tile`).
+    a tile (BM, BN, BK), BM and BN multiples of 64 for the vec4 kernel (default :func:`matmul_tile`),
+    or (BM, BN, BK, stages): 2 stages double-buffer the vec4 kernel's tiles (:func:`matmul_vec4_wgsl`);
+    the tiles' workgroup memory, ``4 * BK * (BM + BN) * stages`` bytes, must fit the portable 32 KiB.
     ``splits`` (default :func:`split_k`; only for the vec4 kernel without an epilogue): partial
     products over slices of K into a scratch buffer, then one kernel summing them (two dispatches).
     ``a_transposed``: input 0 holds A transposed, (k, m), for 2-D A and B with m, k, n multiples of 4
@@ -401,7 +481,10 @@ def matmul_program(
         config = config or TILES[0][0]
     if count * splits > 65535:
         raise ValueError(f"matmul: {count} batch entries exceed the 65,535 of a z grid; reshape the batch")
-    bm, bn, bk = config or matmul_tile(m, n, k, max(count, 1))
+    tile = tuple(config or matmul_tile(m, n, k, max(count, 1)))
+    bm, bn, bk = tile[:3]
+    if vec and 4 * bk * (bm + bn) * (tile[3] if len(tile) > 3 else 1) > 32768:
+        raise ValueError(f"matmul: tile {tile} needs more than 32 KiB of workgroup memory")
     nb_a = math.prod(a_shape[:-2]) if len(b_shape) != 2 else 1
     nb_b = math.prod(b_shape[:-2]) if len(b_shape) != 2 else 1
     grid = (-(-n // bn), -(-m // bm), max(count, 1) * splits)
@@ -414,7 +497,7 @@ def matmul_program(
             batch,
             a_st,
             b_st,
-            (bm, bn, bk),
+            tile,
             (max(nb_a, 1), max(nb_b, 1)),
             epilogue,
             (splits, kc),
