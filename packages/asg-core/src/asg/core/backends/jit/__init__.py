@@ -308,6 +308,7 @@ register_lowering("log_softmax", BACKEND, _softmax_lowering(True))
 register_lowering("layer_norm", BACKEND, _row_kernel(_layer_norm_make))
 register_lowering("layer_norm_backward", BACKEND, _row_kernel(_layer_norm_backward_make))
 inherit_numpy_lowerings()  # every op asg-core defines (imported before the backends)
+from . import conv as _conv  # noqa: E402, F401  (conv and pool kernels; they fall back to the rules above)
 
 
 # ============================================================================ units: what one kernel computes

@@ -1,0 +1,165 @@
+"""``"numpy-jit"`` lowerings of the stride-1 convolutions with few channels, and of max pooling.
+
+The numpy kernels run a convolution as im2col + one GEMM: the columns are ``kH*kW`` times the input,
+which costs more than the arithmetic when a group has few channels (LeNet's 1->6 and 6->16 5x5 convolutions
+spent 60% of a training step there). Here, when the stride is 1 and ``C_in/groups * C_out/groups`` is at
+most :data:`DIRECT_MAX_CHANNELS`, the three ops of the family run as direct loops over one image per thread
+(:mod:`.conv_kernels`):
+
+- ``conv2d`` directly;
+- ``conv2d_backward_weight`` as one dot product per weight over the images of a thread, summed after;
+- ``conv_transpose2d`` as the ``conv2d`` of its input with the flipped, channel-swapped weight (the
+  strided case keeps numpy-jit's GEMM + parallel scatter).
+
+``max_pool2d`` and its backward and gather ops find each window's first maximum in one parallel pass
+(the numpy kernels make several array passes, plus a mask per kernel offset). Everything else, and
+every case outside these, runs the kernels numpy-jit ran before.
+
+Example:
+    >>> import numpy as np
+    >>> import asg.core as ag
+    >>> x = ag.input("x", (2, 1, 8, 8))
+    >>> w = ag.constant(np.ones((3, 1, 3, 3), "float32"))
+    >>> f = ag.compile(ag.max_pool2d(ag.conv2d(x, w, padding=1), 2), backend="numpy-jit")
+    >>> f(np.ones((2, 1, 8, 8), "float32"))[0, 0]
+    array([[4., 6., 6., 6.],
+           [6., 9., 9., 9.],
+           [6., 9., 9., 9.],
+           [6., 9., 9., 9.]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ...lowering import LoweringContext
+from ...registry import Kernel, get_op, register_lowering
+from . import BACKEND, enabled
+
+DIRECT_MAX_CHANNELS = 256
+"""The largest ``C_in/groups * C_out/groups`` of a convolution that runs as direct loops (stride 1)."""
+
+
+def _direct(ctx: LoweringContext, weight_shape: tuple[int, ...], groups: int) -> bool:
+    """Whether a convolution with this stride and weight runs as direct loops."""
+    if tuple(ctx.attrs["stride"]) != (1, 1):
+        return False
+    c_first, c_second = weight_shape[0], weight_shape[1]  # (C_out, C_in/groups) or (C_in, C_out/groups)
+    return (c_first // groups) * c_second <= DIRECT_MAX_CHANNELS
+
+
+def _c(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a)
+
+
+def _conv2d_make(ctx: LoweringContext) -> Any:
+    attrs, shape = ctx.attrs, ctx.out_type.shape
+    if not _direct(ctx, ctx.in_types[1].shape, int(attrs["groups"])):
+        return None
+    from . import conv_kernels
+
+    top, bottom, left, right = attrs["padding"]
+    (dh, dw), (_, _, h, wd) = attrs["dilation"], ctx.in_types[0].shape
+    hp, wp = h + top + bottom, wd + left + right
+
+    def run(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        result = np.empty(shape, x.dtype) if out is None else out
+        return conv_kernels.conv_direct(_c(x), _c(w), top, left, hp, wp, dh, dw, result)
+
+    return run
+
+
+def _conv_transpose_make(ctx: LoweringContext) -> Any:
+    attrs, shape = ctx.attrs, ctx.out_type.shape
+    groups = int(attrs["groups"])
+    c_in, c_out_per_group, kh, kw = ctx.in_types[1].shape
+    if not _direct(ctx, (c_in, c_out_per_group), groups):
+        return None
+    from . import conv_kernels
+
+    (dh, dw), (top, _, left, _) = attrs["dilation"], attrs["padding"]
+    span_h, span_w = (kh - 1) * dh, (kw - 1) * dw
+    hp, wp = shape[2] + span_h, shape[3] + span_w
+    cig = c_in // groups
+
+    def run(g: np.ndarray, w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        # conv2d's weight (groups*C_out/groups, C_in/groups, kH, kW), flipped in space
+        forward = (
+            w.reshape(groups, cig, c_out_per_group, kh, kw)
+            .transpose(0, 2, 1, 3, 4)
+            .reshape(groups * c_out_per_group, cig, kh, kw)[:, :, ::-1, ::-1]
+        )
+        result = np.empty(shape, g.dtype) if out is None else out
+        return conv_kernels.conv_direct(
+            _c(g), _c(forward), span_h - top, span_w - left, hp, wp, dh, dw, result
+        )
+
+    return run
+
+
+def _backward_weight_make(ctx: LoweringContext) -> Any:
+    attrs, shape = ctx.attrs, ctx.out_type.shape
+    if not _direct(ctx, shape, int(attrs["groups"])):
+        return None
+    import numba
+
+    from . import conv_kernels
+
+    top, bottom, left, right = attrs["padding"]
+    (dh, dw), (n, _, h, wd) = attrs["dilation"], ctx.in_types[0].shape
+    hp, wp = h + top + bottom, wd + left + right
+
+    def run(x: np.ndarray, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        chunks = max(1, min(n, numba.get_num_threads()))
+        part = np.empty((chunks, *shape), x.dtype)
+        conv_kernels.conv_weight_direct(_c(x), _c(g), top, left, hp, wp, dh, dw, part)
+        return np.sum(part, axis=0, out=out)
+
+    return run
+
+
+def _pool_make(kernel_name: str) -> Callable[[LoweringContext], Any]:
+    def make(ctx: LoweringContext) -> Any:
+        from . import conv_kernels
+
+        kernel = getattr(conv_kernels, kernel_name)
+        attrs, shape = ctx.attrs, ctx.out_type.shape
+        geometry = (*attrs["kernel_size"], *attrs["stride"], *attrs["padding"], *attrs["dilation"])
+
+        def run(*arrays: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+            result = np.empty(shape, arrays[0].dtype) if out is None else out
+            return kernel(*[_c(a) for a in arrays], *geometry, result)
+
+        return run
+
+    return make
+
+
+def _with_out(make: Callable[[LoweringContext], Any], fallback: Callable[[LoweringContext], Any]) -> Any:
+    """A rule running the kernel ``make(ctx)`` builds (it takes ``out=``, a planned buffer), or
+    ``fallback``'s where numba is off or ``make`` declines (returns None)."""
+
+    def rule(ctx: LoweringContext) -> Any:
+        if enabled() and ctx.out_type.dtype in ("float32", "float64") and math.prod(ctx.out_type.shape):
+            fn = make(ctx)
+            if fn is not None:
+                return Kernel(fn, out_arg=True)
+        return fallback(ctx)
+
+    return rule
+
+
+def _register(op: str, make: Callable[[LoweringContext], Any]) -> None:
+    register_lowering(op, BACKEND, _with_out(make, get_op(op).lowerings[BACKEND]))
+
+
+_register("conv2d", _conv2d_make)
+_register("conv_transpose2d", _conv_transpose_make)
+_register("conv2d_backward_weight", _backward_weight_make)
+_register("max_pool2d", _pool_make("max_pool"))
+_register("max_pool2d_backward", _pool_make("max_pool_backward"))
+_register("max_pool2d_gather", _pool_make("max_pool_gather"))
