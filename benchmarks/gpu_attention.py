@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,9 +31,16 @@ from _gpu import cuda_torch, pass_timer  # sets XDG_RUNTIME_DIR, registers wgpu 
 import asg.core as ag
 from asg.core.tensor import apply
 from asg.gpu.backend import WgpuBackend
-from asg.gpu.kernels.attention import ROLES, Shapes, attention_wgsl
+from asg.gpu.kernels.attention import FUSED, ROLES, VARIANTS, Shapes, attention_wgsl
 
 GRADS = ("attention_grad_q", "attention_grad_k", "attention_grad_v")
+KERNELS = (*ROLES, *FUSED)
+# what each kernel writes to out (and out2), by the names numpy_results gives them
+OUTPUTS = {op: (op,) for op in ROLES} | {
+    "attention_lse": ("lse",),
+    "attention+lse": ("attention", "lse"),
+    "attention_grad_kv": ("attention_grad_k", "attention_grad_v"),
+}
 
 
 def numpy_results(arrays: dict[str, np.ndarray], causal: bool, scale: float) -> dict[str, np.ndarray]:
@@ -50,13 +58,21 @@ def numpy_results(arrays: dict[str, np.ndarray], causal: bool, scale: float) -> 
 
 
 def wgpu_times(
-    backend: WgpuBackend, sh: Shapes, scale: float, reps: int, repeat: int = 3, seed: int = 0
-) -> dict[bool, tuple[dict[str, list[float]], dict[str, float]]]:
-    """Per ``causal`` (False, True): (seconds per dispatch of each attention kernel at ``sh``, one
-    figure per repeat; max abs error against numpy).
+    backend: WgpuBackend,
+    sh: Shapes,
+    scale: float,
+    reps: int,
+    variants: Sequence[str],
+    repeat: int = 3,
+    seed: int = 0,
+) -> dict[bool, dict[str, dict[str, tuple[list[float], float]]]]:
+    """Per ``causal`` (False, True), per variant (names in :data:`VARIANTS`), per kernel (:data:`KERNELS`):
+    (seconds per dispatch, one figure per repeat; max abs error against numpy over its outputs).
 
-    Every configuration runs on the same buffers, allocated once: on the H200, kernels timed after
-    freshly re-allocated buffers sometimes ran 3x slower, so the repeats also show the spread.
+    A kernel whose WGSL another variant already generated (the softmax knob leaves the gradient
+    kernels alone) is compiled and timed once. Every configuration runs on the same buffers,
+    allocated once: on the H200, kernels timed after freshly re-allocated buffers sometimes ran 3x
+    slower, so the repeats also show the spread.
     """
     dev = backend.device()
     rng = np.random.default_rng(seed)
@@ -69,34 +85,44 @@ def wgpu_times(
     }
     sizes = {**{n: a.nbytes for n, a in arrays.items()}, "lse": 4 * arrays["q"][..., 0].size}
     sizes["delta"] = sizes["lse"]
+    sizes["out"] = sizes["out2"] = max(sizes.values())
     bufs = {n: dev.create_buffer(size) for n, size in sizes.items()}
     for n, a in arrays.items():
         dev.write(bufs[n], a)
-    out_size = max(sizes.values())
-    out = dev.create_buffer(out_size)
     timed = pass_timer(dev)
-    results = {}
+    results: dict[bool, dict[str, dict[str, tuple[list[float], float]]]] = {}
     for causal in (False, True):
         want = numpy_results(arrays, causal, scale)
         dev.write(bufs["lse"], want["lse"].astype(np.float32))
         dev.write(bufs["delta"], want["delta"].astype(np.float32))
-        seconds: dict[str, list[float]] = {op: [] for op in ROLES}
-        errors = {}
-        kernels = {}
-        for op in ROLES:
-            wgsl, names, grid = attention_wgsl(op, sh, causal, scale)
-            windows = [(bufs[n], 0, sizes[n]) if n != "out" else (out, 0, out_size) for n in names]
-            kernels[op] = [(dev.pipeline(wgsl, len(names)), dev.bind_group(len(names), windows), grid)]
-            timed(1, kernels[op])  # JIT / warm-up
-            expected = want["lse" if op == "attention_lse" else op]
-            got = np.frombuffer(dev.read(out, expected.size * 4), np.float32).reshape(expected.shape)
-            finite = np.isfinite(expected)
-            errors[op] = float(np.abs(got[finite] - expected[finite]).max()) if finite.any() else 0.0
+        kernels: dict[str, tuple[list, float]] = {}  # WGSL -> (dispatches, max error)
+        chosen: dict[tuple[str, str], str] = {}  # (variant, kernel) -> WGSL
+        for name in variants:
+            for op in KERNELS:
+                wgsl, names, grid = attention_wgsl(op, sh, causal, scale, VARIANTS[name])
+                chosen[name, op] = wgsl
+                if wgsl in kernels:
+                    continue
+                windows = [(bufs[n], 0, sizes[n]) for n in names]
+                dispatch = [(dev.pipeline(wgsl, len(names)), dev.bind_group(len(names), windows), grid)]
+                timed(1, dispatch)  # JIT / warm-up
+                err = 0.0
+                for buf, expected in zip(("out", "out2"), OUTPUTS[op], strict=False):
+                    ref = want[expected]
+                    got = np.frombuffer(dev.read(bufs[buf], ref.size * 4), np.float32).reshape(ref.shape)
+                    finite = np.isfinite(ref)
+                    if finite.any():
+                        err = max(err, float(np.abs(got[finite] - ref[finite]).max()))
+                kernels[wgsl] = (dispatch, err)
+        seconds: dict[str, list[float]] = {wgsl: [] for wgsl in kernels}
         for _ in range(repeat):
-            for op in ROLES:
-                seconds[op].append(timed(reps, kernels[op]) / reps)
-        results[causal] = (seconds, errors)
-    for buf in (*bufs.values(), out):
+            for wgsl, (dispatch, _) in kernels.items():
+                seconds[wgsl].append(timed(reps, dispatch) / reps)
+        results[causal] = {
+            name: {op: (seconds[chosen[name, op]], kernels[chosen[name, op]][1]) for op in KERNELS}
+            for name in variants
+        }
+    for buf in bufs.values():
         buf.destroy()
     return results
 
@@ -141,7 +167,14 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="B=2, H=2, T=64, E=32: a quick run on lavapipe")
     parser.add_argument("--shape", type=int, nargs=4, metavar=("B", "H", "T", "E"), default=(32, 8, 256, 64))
     parser.add_argument("--reps", type=int, default=20, help="dispatches per timed pass")
-    parser.add_argument("--repeat", type=int, default=3, help="timed passes per kernel (min and max shown)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes per kernel (the best is shown)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help="kernel variants to compare",
+    )
     args = parser.parse_args()
     b, h, t, e = (2, 2, 64, 32) if args.small else args.shape
     reps, repeat = (2, 1) if args.small else (args.reps, args.repeat)
@@ -152,40 +185,41 @@ def main() -> None:
     scale = 1.0 / math.sqrt(e)
     flops_fwd = 4.0 * b * h * t * t * e  # q k^T and P v
     start = time.perf_counter()
-    measured = wgpu_times(backend, sh, scale, reps, repeat)
+    measured = wgpu_times(backend, sh, scale, reps, args.variants, repeat)
     print(f"wgpu wall time, JIT and numpy checks included: {time.perf_counter() - start:.1f} s")
-    ms = lambda s: f"{s * 1e3:.3f}" if s is not None else "-"  # noqa: E731
     print(
-        f"{'causal':>6} {'kernel':>18} {'wgpu ms (min-max)':>18} {'TFLOP/s':>8} {'max err':>8}"
-        f" | {'torch fp32 ms (fwd, fwd+bwd)':>28} {'torch fp16 ms':>16}"
+        "ms per kernel (best of the passes); fwd+bwd = attention + attention_lse + grad_q + grad_k + grad_v;"
+        " fused = attention+lse + grad_q + grad_kv (two-output kernels, not lowered yet);"
+        " TF/s of the forward; err: max abs error vs numpy over all kernels; spread: worst (max-min)/min"
     )
-    products = {
-        "attention": 2,
-        "attention_lse": 1,
-        "attention_grad_q": 3,
-        "attention_grad_k": 3,
-        "attention_grad_v": 2,
-    }
-    for causal, (secs, errs) in measured.items():
-        ref32 = torch_times(sh, causal, reps, "float32")
-        ref16 = torch_times(sh, causal, reps, "float16")
+    short = {op: op.replace("attention_", "").replace("attention", "attn") for op in KERNELS}
+    head = "".join(f"{short[op]:>9}" for op in KERNELS)
+    print(
+        f"{'causal':>6} {'variant':>9}{head} {'fwd+bwd':>8} {'fused':>8} {'TF/s':>6} {'err':>8} {'spread':>6}"
+    )
+    for causal, per_variant in measured.items():
         frac = 0.5 if causal else 1.0
-        best = {op: min(v) for op, v in secs.items()}
-        for op in ROLES:
-            tf = products[op] * flops_fwd / 2 * frac / best[op] / 1e12
-            spread = f"{ms(best[op])}-{ms(max(secs[op]))}"
-            print(f"{causal!s:>6} {op:>18} {spread:>18} {tf:>8.3g} {errs[op]:>8.1e} |")
-        fwd = best["attention"]
-        bwd = sum(best[op] for op in ("attention_lse", *GRADS))
-        t32 = f"{ms(ref32[0])}, {ms(ref32[1])}" if ref32 else "-"
-        t16 = f"{ms(ref16[0])}, {ms(ref16[1])}" if ref16 else "-"
-        print(f"{causal!s:>6} {'forward':>18} {ms(fwd):>18} {'':>8} {'':>8} | {t32:>28} {t16:>16}")
-        ratio = (
-            f"  (torch fp32 / wgpu: fwd {ref32[0] / fwd:.2f}, fwd+bwd {ref32[1] / (fwd + bwd):.2f})"
-            if ref32
-            else ""
-        )
-        print(f"{causal!s:>6} {'forward+backward':>18} {ms(fwd + bwd):>18}{ratio}")
+        for name, per_op in per_variant.items():
+            best = {op: min(secs) for op, (secs, _) in per_op.items()}
+            err = max(e for _, e in per_op.values())
+            spread = max((max(secs) - min(secs)) / min(secs) for secs, _ in per_op.values())
+            total = best["attention"] + sum(best[op] for op in ("attention_lse", *GRADS))
+            fused = best["attention+lse"] + best["attention_grad_q"] + best["attention_grad_kv"]
+            tf = flops_fwd * frac / best["attention"] / 1e12
+            cols = "".join(f"{best[op] * 1e3:>9.3f}" for op in KERNELS)
+            print(
+                f"{causal!s:>6} {name:>9}{cols} {total * 1e3:>8.3f} {fused * 1e3:>8.3f} {tf:>6.2f}"
+                f" {err:>8.1e} {spread:>6.0%}"
+            )
+        for dtype in ("float32", "float16"):
+            ref = torch_times(sh, causal, reps, dtype)
+            if ref is not None:
+                tf = flops_fwd * frac / ref[0] / 1e12
+                label = f"torch {dtype[5:]}"
+                print(
+                    f"{causal!s:>6} {label:>9} {'fwd':>8} {ref[0] * 1e3:.3f}, fwd+bwd {ref[1] * 1e3:.3f}"
+                    f" (SDPA, {tf:.2f} TF/s forward)"
+                )
 
 
 if __name__ == "__main__":

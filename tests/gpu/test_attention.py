@@ -4,16 +4,29 @@ The op cases (tests/gpu/test_parity.py) use one block of rows; these shapes cros
 blocks, leave partial blocks (L, S, E not multiples of 16 or 64), skip causal blocks and read masks
 with broadcast strides. check_op on wgpu compares the forward and the gradients of sum(out * c) with
 respect to q, k and v, which run attention_lse and attention_grad_q/k/v. Shapes stay small: lavapipe
-compiles every distinct kernel (about 0.3-0.7 s each).
+compiles every distinct kernel (about 0.3-0.7 s each). Every kernel variant ($ASG_WGPU_ATTN_VARIANT)
+runs one case with odd sizes, causal rows that see no key and a fully masked entry; the two-output
+kernels (not lowered yet) are run directly and compared with numpy.
 """
 
 import numpy as np
 import pytest
 
 import asg.core as ag
+from asg.core.tensor import apply
 from asg.core.testing import check_op
 from asg.core.testing.op_cases.attention import attention_ref
-from asg.gpu.kernels.attention import ROLES, Shapes, chunk_rows
+from asg.gpu.backend import WgpuBackend
+from asg.gpu.kernels.attention import (
+    DEFAULT_VARIANT,
+    FUSED,
+    ROLES,
+    VARIANT_ENV,
+    VARIANTS,
+    Shapes,
+    attention_wgsl,
+    chunk_rows,
+)
 
 
 def _qkv(lead, length_q, length_k, e, ev, seed=0):
@@ -125,3 +138,54 @@ def test_too_wide_rows_are_refused_when_the_plan_is_built():
     f = ag.compile(ag.attention(q, q, q), backend="wgpu")
     with pytest.raises(ValueError, match=r"attention: query/key features E = 600 .*\(at most 576\)"):
         f(np.zeros((1, 4, 600), np.float32))
+
+
+@pytest.mark.parametrize("variant", [n for n in VARIANTS if n != DEFAULT_VARIANT])
+def test_variants(variant, monkeypatch):
+    # L=53 > S=37 (causal: the first 16 rows see no key), E=24 and Ev=20 fill no block or slice, and
+    # the (B, 1, 1, S) padding mask keeps no key of entry 1.
+    monkeypatch.setenv(VARIANT_ENV, variant)
+    q, k, v = _qkv((2, 2), 53, 37, 24, 20, seed=9)
+    mask = np.random.default_rng(10).random((2, 1, 1, 37)) > 0.3
+    mask[1] = False
+    check_op(lambda q, k, v, m: ag.attention(q, k, v, m, causal=True), q, k, v, mask, backend="wgpu")
+
+
+def _dispatch(op, sh, causal, scale, variant, arrays):
+    """The outputs (out, out2) of the kernel of ``op`` run on wgpu over the float32 ``arrays``."""
+    dev = WgpuBackend().device()
+    wgsl, names, grid = attention_wgsl(op, sh, causal, scale, VARIANTS[variant])
+    nbytes = max(a.nbytes for a in arrays.values())
+    bufs = {n: dev.create_buffer(arrays[n].nbytes if n in arrays else nbytes) for n in names}
+    for n, a in arrays.items():
+        if n in bufs:
+            dev.write(bufs[n], a.astype(np.float32))
+    enc = dev.device.create_command_encoder()
+    cpass = enc.begin_compute_pass()
+    cpass.set_pipeline(dev.pipeline(wgsl, len(names)))
+    cpass.set_bind_group(0, dev.bind_group(len(names), [(bufs[n], 0, bufs[n].size) for n in names]))
+    cpass.dispatch_workgroups(*grid)
+    cpass.end()
+    dev.queue.submit([enc.finish()])
+    return [np.frombuffer(dev.read(bufs[n], nbytes), np.float32) for n in ("out", "out2")]
+
+
+@pytest.mark.parametrize("variant", ["base", "regs-k32", "sg"])
+def test_two_output_kernels(variant):
+    # attention+lse writes the forward and its lse, attention_grad_kv the key and value gradients,
+    # as numpy's attention, attention_lse, attention_grad_k and attention_grad_v give them.
+    sh = Shapes((2,), 37, 53, 24, 20, None)
+    q, k, v = _qkv(sh.batch, sh.L, sh.S, sh.E, sh.Ev, seed=11)
+    g = np.random.default_rng(12).standard_normal((*sh.batch, sh.L, sh.Ev))
+    xs = [ag.input(n, a.shape) for n, a in zip("qkvg", (q, k, v, g), strict=True)]
+    out = apply("attention", *xs[:3], causal=True, scale=0.3)
+    lse = apply("attention_lse", *xs[:3], causal=True, scale=0.3)
+    delta = (xs[3] * out).sum(-1)
+    grads = [apply(f"attention_grad_{n}", *xs, lse, delta, causal=True, scale=0.3) for n in "kv"]
+    want = ag.compile([out, lse, delta, *grads], inputs=xs, backend="numpy")(q, k, v, g)
+    arrays = dict(zip(("q", "k", "v", "g", "lse", "delta"), (q, k, v, g, *want[1:3]), strict=True))
+    assert set(FUSED) == {"attention+lse", "attention_grad_kv"}
+    for op, expected in (("attention+lse", want[:2]), ("attention_grad_kv", want[3:])):
+        got = _dispatch(op, sh, True, 0.3, variant, arrays)
+        for a, w in zip(got, expected, strict=True):
+            np.testing.assert_allclose(a[: w.size].reshape(w.shape), w, rtol=1e-4, atol=1e-5, err_msg=op)

@@ -27,6 +27,7 @@ Float16 runs through float32 scratch (:func:`~asg.gpu.kernels._base.via_float32`
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,49 @@ SHARED_LIMIT = 32768  # bytes of workgroup memory (lavapipe's limit; NVIDIA has 
 
 
 @dataclass(frozen=True)
+class Variant:
+    """Tuning knobs of the generated kernels (the layout of rows and columns stays the same).
+
+    ``kc``: feature columns of the score products per workgroup-memory step (16 or 32; at 32 the
+    operand tile shares its workgroup memory with ``Ss``); ``kx``: rows of the second product's
+    operand per step (at most: fewer where wide rows would pass :data:`SHARED_LIMIT`);
+    ``softmax`` (the forward and lse kernels): ``"shared"`` runs the online softmax on the score
+    tile in workgroup memory, 4 invocations per row; ``"regs"`` keeps it in each invocation's 4 x 4
+    registers and exchanges only the 16 per-row block maxima (and the final sums) through workgroup
+    memory; ``"subgroup"`` exchanges them by ``subgroupShuffleXor`` where subgroups have at least 16
+    invocations (else as ``"regs"``; it needs the device's ``subgroup`` feature).
+    """
+
+    kc: int = 16
+    kx: int = 16
+    softmax: str = "shared"
+
+
+VARIANTS = {
+    "base": Variant(),
+    "k32": Variant(kc=32, kx=32),
+    "regs": Variant(softmax="regs"),
+    "regs-k32": Variant(kc=32, kx=32, softmax="regs"),
+    "sg": Variant(softmax="subgroup"),
+    "sg-k32": Variant(kc=32, kx=32, softmax="subgroup"),
+}
+VARIANT_ENV = "ASG_WGPU_ATTN_VARIANT"  # names the variant the lowering uses (a key of VARIANTS)
+DEFAULT_VARIANT = "base"
+
+
+def selected_variant() -> Variant:
+    """The :data:`VARIANTS` entry named by ``$ASG_WGPU_ATTN_VARIANT`` (default ``"base"``).
+
+    >>> selected_variant() == VARIANTS[os.environ.get(VARIANT_ENV, DEFAULT_VARIANT)]
+    True
+    """
+    name = os.environ.get(VARIANT_ENV, DEFAULT_VARIANT)
+    if name not in VARIANTS:
+        raise ValueError(f"{VARIANT_ENV}={name!r}: not one of {sorted(VARIANTS)}")
+    return VARIANTS[name]
+
+
+@dataclass(frozen=True)
 class Role:
     """What one of the five kernels computes.
 
@@ -51,6 +95,9 @@ class Role:
     prefix, own buffer, other buffer) of the score-tile products; ``x``: the other-side operand of
     the second product (None: no second product, the lse kernel); ``value``: what the tile becomes
     (``"softmax"``, ``"p"`` or ``"ds"``); ``scaled``: the result is multiplied by ``scale``.
+    The two-output kernels of :data:`FUSED` also write ``out2``: ``x2`` names the operand of a
+    second accumulation of the probabilities (``P^T dout``, the value gradient), ``lse`` says the
+    forward writes its log-sum-exp there.
     """
 
     own_query: bool
@@ -58,6 +105,8 @@ class Role:
     x: str | None
     value: str
     scaled: bool
+    x2: str | None = None
+    lse: bool = False
 
 
 ROLES = {
@@ -66,6 +115,12 @@ ROLES = {
     "attention_grad_q": Role(True, (("s", "q", "k"), ("dp", "g", "v")), "k", "ds", True),
     "attention_grad_k": Role(False, (("s", "k", "q"), ("dp", "v", "g")), "q", "ds", True),
     "attention_grad_v": Role(False, (("s", "k", "q"),), "g", "p", False),
+}
+# Kernels with a second output ``out2`` (not ops yet: a lowering has one output): the forward with
+# its lse, and the key gradient with the value gradient (one pass over the probabilities).
+FUSED = {
+    "attention+lse": Role(True, (("s", "q", "k"),), "v", "softmax", False, lse=True),
+    "attention_grad_kv": Role(False, (("s", "k", "q"), ("dp", "v", "g")), "q", "ds", True, x2="g"),
 }
 INPUTS = ("q", "k", "v", "g", "lse", "delta")  # the grad ops' inputs in order (the forward's: q, k, v)
 
@@ -93,56 +148,79 @@ class Shapes:
         }[name]
 
 
-def chunk_rows(shapes: Shapes, role: Role) -> int:
-    """KX, the rows of the second product's operand streamed per step: 16, or fewer for wide rows
-    (where 16 would pass :data:`SHARED_LIMIT`); 0 when even 4 would (rows over 576 wide)."""
-    for kx in (16, 8, 4):
-        if 16 * _shared_vec4s(shapes, role, kx) <= SHARED_LIMIT:
+def chunk_rows(shapes: Shapes, role: Role, variant: Variant = VARIANTS["base"]) -> int:
+    """KX, the rows of the second product's operand streamed per step: ``variant.kx`` (16 for the
+    base variant), or fewer for wide rows (where more would pass :data:`SHARED_LIMIT`); 0 when even
+    4 would (rows over 576 wide in the base variant)."""
+    for kx in (32, 16, 8, 4):
+        if kx <= variant.kx and 16 * _shared_vec4s(shapes, role, kx, variant) <= SHARED_LIMIT:
             return kx
     return 0
 
 
-def _shared_vec4s(shapes: Shapes, role: Role, kx: int) -> int:
+def _shared_vec4s(shapes: Shapes, role: Role, kx: int, variant: Variant) -> int:
     dp4 = 16 * -(-_acc_width(shapes, role) // 64)
-    b = max(KC * (BC // 4 + 1), kx * dp4)
+    a, b = _tile_sizes(variant, dp4, kx)
+    s = BC * (BR // 4 + 1)
     stats = (256 + BR) // 4 if role.value == "softmax" else 0
-    return KC * (BR // 4 + 1) + b + BC * (BR // 4 + 1) + stats
+    return (max(a, s) if _aliased(variant) else a + s) + b + stats
+
+
+def _aliased(variant: Variant) -> bool:
+    """Whether the products' operand tile As lives in Ss's workgroup memory (free while it is used)."""
+    return variant.kc > 16
+
+
+def _tile_sizes(variant: Variant, dp4: int, kx: int) -> tuple[int, int]:
+    """vec4s of As and of Bs (the products' other operand, then the second product's rows)."""
+    return variant.kc * (BR // 4 + 1), max(variant.kc * (BC // 4 + 1), kx * dp4)
 
 
 def _acc_width(shapes: Shapes, role: Role) -> int:
-    """D, the width of the accumulated rows (0 for the lse kernel)."""
-    return 0 if role.x is None else shapes.rows(role.x)[1]
+    """D, the width of the accumulated rows (0 for the lse kernel; the wider of both for grad_kv)."""
+    return max([shapes.rows(x)[1] for x in (role.x, role.x2) if x] or [0])
 
 
 def attention_wgsl(
-    op: str, shapes: Shapes, causal: bool, scale: float
+    op: str, shapes: Shapes, causal: bool, scale: float, variant: Variant | None = None
 ) -> tuple[str, list[str], tuple[int, int, int]]:
     """(WGSL, the buffers it binds in order, workgroup grid) of the kernel of ``op`` (one of :data:`ROLES`).
 
-    The buffers are names from :data:`INPUTS` plus ``"mask"`` and ``"out"``.
+    The buffers are names from :data:`INPUTS` plus ``"mask"`` and ``"out"``. ``variant``: the
+    :class:`Variant` (default: :func:`selected_variant`); one whose workgroup memory would not fit
+    the shape falls back to the base variant.
     """
-    assert BR == BC == 64 and KC == 16, "each invocation copies one vec4 of each 64 x 16 tile"
-    role = ROLES[op]
+    assert BR == BC == 64 and KC == 16, "each invocation copies one vec4 per 64 x 16 tile"
+    role = ROLES[op] if op in ROLES else FUSED[op]
     sh = shapes
-    kx = chunk_rows(sh, role)
-    d = _acc_width(sh, role)
-    if not kx:
+    var = selected_variant() if variant is None else variant
+    d, d2 = (sh.rows(role.x)[1] if role.x else 0), (sh.rows(role.x2)[1] if role.x2 else 0)
+    if not chunk_rows(sh, role):  # the base variant's limit, whichever variant runs
         raise ValueError(
             f"{op}: query/key features E = {sh.E} and value features Ev = {sh.Ev}: rows of {d} features "
             f"do not fit the wgpu kernel's {SHARED_LIMIT // 1024} KiB of workgroup memory (at most 576); "
             "use the unfused formula (matmul, softmax, matmul) for such heads"
         )
+    kx = chunk_rows(sh, role, var)
+    if not kx:
+        var = VARIANTS["base"]
+        kx = chunk_rows(sh, role, var)
+    kc = var.kc
+    regs = role.value == "softmax" and var.softmax != "shared"
+    tiles = "Ss" if _aliased(var) else "As"  # the array holding the products' own-row tile
     hd = -(-d // 64)  # column groups of 64 in the accumulated rows
-    dp4 = 16 * hd
+    hd2 = -(-d2 // 64)
+    dp4 = 16 * max(hd, hd2)
     n_own, n_other = (sh.L, sh.S) if role.own_query else (sh.S, sh.L)
     ap4 = sp4 = BR // 4 + 1  # pitches (in vec4) of As[k][r] and Ss[c][r], padded against bank conflicts
     bp4 = BC // 4 + 1
-    st = 256 // BR  # invocations per row in the online softmax
+    st = 256 // BR  # invocations per row in the online softmax ("shared")
     cpt = BC // st  # columns each of them handles
     need = {b for _, own, other in role.products for b in (own, other)} | ({role.x} if role.x else set())
     if role.value in ("p", "ds"):
         need |= {"lse"} | ({"delta"} if role.value == "ds" else set())
-    names = [n for n in INPUTS if n in need] + (["mask"] if sh.mask is not None else []) + ["out"]
+    outs = ["out", "out2"] if role.x2 or role.lse else ["out"]
+    names = [n for n in INPUTS if n in need] + (["mask"] if sh.mask is not None else []) + outs
     count = math.prod(sh.batch)
     last_row = count * sh.L - 1  # of lse and delta
 
@@ -154,7 +232,9 @@ def attention_wgsl(
         f"let ty = lid / {THREADS};",
         f"let tk = lid % {KC}; let tg = lid / {KC};  // the tile element this invocation copies",
     ]
-    for name in names[:-1]:
+    if var.softmax == "subgroup" and role.value == "softmax":
+        lines += ["if (lid == 0) { sg_w = sgs; }", "let sg_ok = workgroupUniformLoad(&sg_w) >= 16u;"]
+    for name in names[: -len(outs)]:
         if name != "mask":
             rows, width = sh.rows(name)
             lines.append(f"let {name}_base = z * {rows * width};")
@@ -165,6 +245,8 @@ def attention_wgsl(
         lines.append(f"let mask_base = {' + '.join(terms) or '0'};")
     out_width = 1 if role.x is None else d
     lines.append(f"let out_base = z * {n_own * out_width};")
+    if role.x2 or role.lse:
+        lines.append(f"let out2_base = z * {n_own * (d2 if role.x2 else 1)};")
 
     # ------------------------------------------------------------ per-row values of own query rows
     if role.value in ("p", "ds") and role.own_query:
@@ -173,13 +255,16 @@ def attention_wgsl(
             lines.append(f"let lse_{i} = _finite(lse[min(lse_base + {row}, {last_row})]);")
             if role.value == "ds":
                 lines.append(f"let delta_{i} = delta[min(delta_base + {row}, {last_row})];")
-    if role.value == "softmax":
+    if regs:
+        lines += [f"var m_{i} = {NEG};" for i in range(4)] + ["var l_r = vec4<f32>(0.0);"]
+    elif role.value == "softmax":
         lines += [
             f"let sr = lid / {st}; let sp = lid % {st}; let sq = sr / 4; let sc = sr % 4;",
             f"var m_run = {NEG};",
             "var l_part = 0.0;",
         ]
     lines += [f"var o_{i}_{h} = vec4<f32>(0.0);" for i in range(4) for h in range(hd)]
+    lines += [f"var w_{i}_{h} = vec4<f32>(0.0);" for i in range(4) for h in range(hd2)]
 
     # ------------------------------------------------------------ the walk over the other side
     if causal:
@@ -193,7 +278,7 @@ def attention_wgsl(
     lines.append(f"for (var c0 = c_start; c0 < c_end; c0 += {BC}) {{")
     body: list[str] = []
     for prefix, own, other in role.products:
-        body += _product(prefix, own, other, sh, n_own, n_other, ap4, bp4)
+        body += _product(prefix, own, other, sh, n_own, n_other, ap4, bp4, kc, tiles)
     # the tile, masked, as the second product's left operand: Ss[c][r], rows 4 ty + i, columns 4 tx + j
     if role.value in ("p", "ds") and not role.own_query:
         for j in range(4):
@@ -220,25 +305,53 @@ def attention_wgsl(
                 val = f"select(0.0, exp({s_ij} - {lse_}), {' && '.join(ok)})"
                 if role.value == "ds":
                     dl = f"delta_{i}" if role.own_query else f"delta_{j}"
-                    val = f"{val} * (dp_{i}[{j}] - {dl})"
+                    body.append(f"let p_{i}_{j} = {val};")
+                    val = f"p_{i}_{j} * (dp_{i}[{j}] - {dl})"
             body.append(f"let v_{i}_{j} = {val};")
-            comps.append(f"v_{i}_{j}")
-        body.append(f"Ss[(4 * tx + {j}) * {sp4} + ty] = vec4<f32>({', '.join(comps)});")
-    body.append("workgroupBarrier();")
-    if role.value == "softmax":
+            comps.append(f"{'p' if regs else 'v'}_{i}_{j}")
+        if not regs and not role.x2:
+            body.append(f"Ss[(4 * tx + {j}) * {sp4} + ty] = vec4<f32>({', '.join(comps)});")
+    if role.x2:  # P^T x2 first, then dS^T x into Ss's memory
+        for prefix, x, h_ in (("p", role.x2, hd2), ("v", None, 0)):
+            for j in range(4):
+                comps = ", ".join(f"{prefix}_{i}_{j}" for i in range(4))
+                body.append(f"Ss[(4 * tx + {j}) * {sp4} + ty] = vec4<f32>({comps});")
+            body.append("workgroupBarrier();")
+            if x:
+                body += _accumulate(x, sh, n_other, h_, 16 * h_, kx, sp4, "w")
+    elif regs:
+        body += _register_softmax(var.softmax == "subgroup")
+        if role.x is not None:
+            for j in range(4):
+                comps = ", ".join(f"p_{i}_{j}" for i in range(4))
+                body.append(f"Ss[(4 * tx + {j}) * {sp4} + ty] = vec4<f32>({comps});")
+            body += [f"o_{i}_{h} = o_{i}_{h} * al_{i};" for i in range(4) for h in range(hd)]
+            body.append("workgroupBarrier();")
+    else:
+        body.append("workgroupBarrier();")
+    if role.value == "softmax" and not regs:
         body += _online_softmax(st, cpt, sp4)
     if role.x is not None:
-        if role.value == "softmax":  # rescale the rows by exp(m_old - m_new)
+        if role.value == "softmax" and not regs:  # rescale the rows by exp(m_old - m_new)
             for i in range(4):
                 body.append(f"{{ let al = alpha_s[4 * ty + {i}];")
                 body += [f"  o_{i}_{h} = o_{i}_{h} * al;" for h in range(hd)]
                 body.append("}")
-        body += _accumulate(role.x, sh, n_other, hd, dp4, kx, sp4)
+        body += _accumulate(role.x, sh, n_other, hd, 16 * hd, kx, sp4)
     lines += [f"    {line}" for line in body]
     lines.append("}")
 
     # ------------------------------------------------------------ results
-    if role.value == "softmax":
+    inf = literal(float("-inf"), "f32")
+    lse_out = "out" if role.x is None else "out2" if role.lse else None
+    if regs:
+        lines += ["workgroupBarrier();", *_row_reduce("l_r", "+", var.softmax == "subgroup")]
+        if lse_out:
+            for i in range(4):
+                r = f"own0 + 4 * ty + {i}"
+                lse = f"select(m_{i} + log(l_r[{i}]), {inf}, l_r[{i}] == 0.0)"
+                lines.append(f"if (tx == 0 && {r} < {n_own}) {{ {lse_out}[{lse_out}_base + {r}] = {lse}; }}")
+    elif role.value == "softmax":
         lines += [
             "red[lid] = l_part;",
             "workgroupBarrier();",
@@ -247,36 +360,42 @@ def attention_wgsl(
             *[f"    l = l + red[sr * {st} + {p}];" for p in range(st)],
             "    alpha_s[sr] = l;",
         ]
-        if role.x is None:
-            inf = literal(float("-inf"), "f32")
-            lines.append(
-                f"    if (own0 + sr < {n_own}) {{ out[out_base + own0 + sr] = select(m_run + log(l), {inf}, l == 0.0); }}"
-            )
+        if lse_out:
+            lse = f"select(m_run + log(l), {inf}, l == 0.0)"
+            lines.append(f"    if (own0 + sr < {n_own}) {{ {lse_out}[{lse_out}_base + own0 + sr] = {lse}; }}")
         lines += ["}", "workgroupBarrier();"]
     if role.x is not None:
         for i in range(4):
             r = f"4 * ty + {i}"
             lines.append(f"if (own0 + {r} < {n_own}) {{")
-            if role.value == "softmax":
+            if regs:
+                lines.append(f"    let l = l_r[{i}]; let f = select(1.0 / l, 0.0, l == 0.0);")
+            elif role.value == "softmax":
                 lines.append(f"    let l = alpha_s[{r}]; let f = select(1.0 / l, 0.0, l == 0.0);")
             else:
                 lines.append(f"    let f = {literal(scale if role.scaled else 1.0, 'f32')};")
-            for h in range(hd):
-                for j in range(4):
-                    c = f"4 * tx + {64 * h + j}"
-                    guard = f"if ({c} < {d}) " if d % 64 else ""
-                    lines.append(
-                        f"    {guard}{{ out[out_base + (own0 + {r}) * {d} + {c}] = o_{i}_{h}[{j}] * f; }}"
-                    )
+            for dst, acc, width, f in (("out", "o", d, "f"), ("out2", "w", d2, "1.0")):
+                for h in range(-(-width // 64)):
+                    for j in range(4):
+                        c = f"4 * tx + {64 * h + j}"
+                        guard = f"if ({c} < {width}) " if width % 64 else ""
+                        at = f"{dst}[{dst}_base + (own0 + {r}) * {width} + {c}]"
+                        lines.append(f"    {guard}{{ {at} = {acc}_{i}_{h}[{j}] * {f}; }}")
             lines.append("}")
 
-    shared = [
-        f"As: array<vec4<f32>, {KC * ap4}>",
-        f"Bs: array<vec4<f32>, {max(KC * bp4, kx * dp4)}>",
-        f"Ss: array<vec4<f32>, {BC * sp4}>",
+    a_size, b_size = _tile_sizes(var, dp4, kx)
+    shared = [] if _aliased(var) else [f"As: array<vec4<f32>, {a_size}>"]
+    shared += [
+        f"Bs: array<vec4<f32>, {b_size}>",
+        f"Ss: array<vec4<f32>, {max(BC * sp4, a_size) if _aliased(var) else BC * sp4}>",
     ]
-    if role.value == "softmax":
+    if regs:
+        shared.append("redv: array<vec4<f32>, 256>")
+        if var.softmax == "subgroup":
+            shared.append("sg_w: u32")
+    elif role.value == "softmax":
         shared += ["red: array<f32, 256>", f"alpha_s: array<f32, {BR}>"]
+    sg_arg = ", @builtin(subgroup_size) sgs: u32" if var.softmax == "subgroup" and regs else ""
     decl = "\n".join(f"var<workgroup> {s};" for s in shared)
     bindings = [(n, "bool" if n == "mask" else "float32") for n in names]
     inner = "\n    ".join(lines)
@@ -284,45 +403,60 @@ def attention_wgsl(
 {decl}
 fn _finite(x: f32) -> f32 {{ return select(x, 0.0, x < {NEG}); }}
 @compute @workgroup_size({THREADS * THREADS})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {{
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32{sg_arg}) {{
     {inner}
 }}
 """
     return wgsl, names, (-(-n_own // BR), max(count, 1), 1)
 
 
-def _tile_fetch(buf: str, row0: str, nrows: int, width: int, k0: str) -> str:
-    """The ``vec4`` of rows ``row0 + 4 tg .. + 3`` at column ``k0 + tk`` of ``buf`` (``nrows`` x
+def _tile_fetch(buf: str, row0: str, nrows: int, width: int, col: str) -> str:
+    """The ``vec4`` of rows ``row0 + 4 tg .. + 3`` at column ``col`` of ``buf`` (``nrows`` x
     ``width`` per batch entry), zero outside: this invocation's part of a 64-row, 16-column tile."""
     parts = []
     for i in range(4):
         r = f"{row0} + 4 * tg + {i}"
-        at = f"{buf}[{buf}_base + min({r}, {nrows - 1}) * {width} + min({k0} + tk, {width - 1})]"
-        parts.append(f"select(0.0, {at}, {r} < {nrows} && {k0} + tk < {width})")
+        at = f"{buf}[{buf}_base + min({r}, {nrows - 1}) * {width} + min({col}, {width - 1})]"
+        parts.append(f"select(0.0, {at}, {r} < {nrows} && {col} < {width})")
     return f"vec4<f32>({', '.join(parts)})"
 
 
 def _product(
-    prefix: str, own: str, other: str, sh: Shapes, n_own: int, n_other: int, ap4: int, bp4: int
+    prefix: str,
+    own: str,
+    other: str,
+    sh: Shapes,
+    n_own: int,
+    n_other: int,
+    ap4: int,
+    bp4: int,
+    kc: int = KC,
+    tiles: str = "As",
 ) -> list[str]:
     """``{prefix}_i[j] = own[4 ty + i] . other[4 tx + j]`` over the feature axis, streamed in slices
-    of KC stored transposed (``As[k][r]``)."""
+    of ``kc`` stored transposed (``{tiles}[k][r]``, ``Bs[k][c]``)."""
     width = sh.rows(own)[1]
+    copies = []
+    for t in range(kc // KC):
+        col = f"k0 + tk + {KC * t}"
+        copies += [
+            f"    {tiles}[(tk + {KC * t}) * {ap4} + tg] = {_tile_fetch(own, 'own0', n_own, width, col)};",
+            f"    Bs[(tk + {KC * t}) * {bp4} + tg] = {_tile_fetch(other, 'c0', n_other, width, col)};",
+        ]
     body = [
-        f"    As[tk * {ap4} + tg] = {_tile_fetch(own, 'own0', n_own, width, 'k0')};",
-        f"    Bs[tk * {bp4} + tg] = {_tile_fetch(other, 'c0', n_other, width, 'k0')};",
+        *copies,
         "    workgroupBarrier();",
         *_steps(
-            KC,
+            kc,
             [
-                f"let a = As[kk * {ap4} + ty]; let b = Bs[kk * {bp4} + tx];",
+                f"let a = {tiles}[kk * {ap4} + ty]; let b = Bs[kk * {bp4} + tx];",
                 *[f"{prefix}_{i} = fma(vec4<f32>(a.{'xyzw'[i]}), b, {prefix}_{i});" for i in range(4)],
             ],
         ),
         "    workgroupBarrier();",
     ]
     lines = [f"var {prefix}_{i} = vec4<f32>(0.0);" for i in range(4)]
-    return [*lines, f"for (var k0 = 0; k0 < {width}; k0 += {KC}) {{", *body, "}"]
+    return [*lines, f"for (var k0 = 0; k0 < {width}; k0 += {kc}) {{", *body, "}"]
 
 
 def _steps(count: int, body: list[str]) -> list[str]:
@@ -358,9 +492,54 @@ def _online_softmax(st: int, cpt: int, sp4: int) -> list[str]:
     ]
 
 
-def _accumulate(x: str, sh: Shapes, n_other: int, hd: int, dp4: int, kx: int, sp4: int) -> list[str]:
-    """``o_i_h[j] += sum_c Ss[c][4 ty + i] * x[c0 + c][4 tx + 64 h + j]``, ``x`` streamed ``kx`` rows
-    at a time (``Bs[kk][d / 4]``)."""
+def _row_reduce(name: str, combine: str, subgroup: bool) -> list[str]:
+    """Combine the ``vec4`` ``name`` (this invocation's values of rows ``4 ty .. 4 ty + 3``) over the
+    16 invocations of those rows (``combine``: ``"max"`` or ``"+"``) into ``name``: by subgroup
+    shuffles where ``sg_ok``, else through ``redv`` (whose next writer waits at a barrier first)."""
+
+    def comb(other: str) -> str:
+        return f"{name} = max({name}, {other});" if combine == "max" else f"{name} = {name} + {other};"
+
+    shared = [
+        f"redv[tx * 16 + ty] = {name};",
+        "workgroupBarrier();",
+        f"{name} = redv[ty];",
+        *[comb(f"redv[{c * 16} + ty]") for c in range(1, 16)],
+    ]
+    if not subgroup:
+        return shared
+    shuffles = [comb(f"subgroupShuffleXor({name}, {m}u)") for m in (1, 2, 4, 8)]
+    return ["if (sg_ok) {", *(f"    {x}" for x in shuffles), "} else {", *(f"    {x}" for x in shared), "}"]
+
+
+def _register_softmax(subgroup: bool) -> list[str]:
+    """The forward's per-block softmax step on the registers ``v_i_j`` (row ``4 ty + i``): the rows'
+    block maxima combined over their 16 invocations, the running maxima ``m_i``, the probabilities
+    ``p_i_j``, the rescale factors ``al_i = exp(m_old - m_new)`` and the partial row sums ``l_r``."""
+    lines = [
+        "var bm = vec4<f32>("
+        + ", ".join(f"max(max(v_{i}_0, v_{i}_1), max(v_{i}_2, v_{i}_3))" for i in range(4))
+        + ");",
+        *_row_reduce("bm", "max", subgroup),
+    ]
+    for i in range(4):
+        lines += [
+            f"let mb_{i} = max(m_{i}, bm[{i}]);",
+            f"let mu_{i} = select(mb_{i}, 0.0, mb_{i} <= {NEG});",
+            f"let al_{i} = exp(m_{i} - mu_{i});",
+            f"m_{i} = mb_{i};",
+            *[f"let p_{i}_{j} = select(exp(v_{i}_{j} - mu_{i}), 0.0, v_{i}_{j} <= {NEG});" for j in range(4)],
+        ]
+    al = ", ".join(f"al_{i}" for i in range(4))
+    ps = ", ".join(f"p_{i}_0 + p_{i}_1 + p_{i}_2 + p_{i}_3" for i in range(4))
+    return [*lines, f"l_r = l_r * vec4<f32>({al}) + vec4<f32>({ps});"]
+
+
+def _accumulate(
+    x: str, sh: Shapes, n_other: int, hd: int, dp4: int, kx: int, sp4: int, acc: str = "o"
+) -> list[str]:
+    """``{acc}_i_h[j] += sum_c Ss[c][4 ty + i] * x[c0 + c][4 tx + 64 h + j]``, ``x`` streamed ``kx``
+    rows at a time (``Bs[kk][d / 4]``)."""
     width = sh.rows(x)[1]
     lines = [f"for (var kc = 0; kc < min({BC}, {n_other} - c0); kc += {kx}) {{"]
     for t in range(-(-kx * dp4 // (THREADS * THREADS))):
@@ -381,7 +560,7 @@ def _accumulate(x: str, sh: Shapes, n_other: int, hd: int, dp4: int, kx: int, sp
                 f"let a = Ss[(kc + kk) * {sp4} + ty];",
                 *[f"let b_{h} = Bs[kk * {dp4} + tx + {16 * h}];" for h in range(hd)],
                 *[
-                    f"o_{i}_{h} = fma(vec4<f32>(a.{'xyzw'[i]}), b_{h}, o_{i}_{h});"
+                    f"{acc}_{i}_{h} = fma(vec4<f32>(a.{'xyzw'[i]}), b_{h}, {acc}_{i}_{h});"
                     for i in range(4)
                     for h in range(hd)
                 ],
