@@ -2,8 +2,8 @@
 
 A layer_norm row is contiguous (the normalised axes trail); one workgroup walks it several times
 (mean, centred variance, then the output), combining partial sums in workgroup memory. The weight
-gradient first writes each row's mean and rstd to a scratch buffer, then reduces over rows per
-feature in a second dispatch.
+gradient first writes each row's mean and rstd to a scratch buffer, then sums over rows per
+feature (:func:`~asg.gpu.kernels.reduction.column_sum`: coalesced, rows in parallel chunks).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from asg.core.lowering import LoweringContext
 
 from ..codegen import Dispatch, Program, check_index, literal, load, per_element, store
 from ._base import gpu_lowering
-from .reduction import Prologue, _kernel, _rows_grid, _wg, tree
+from .reduction import Prologue, _kernel, _rows_grid, _wg, column_sum, column_sum_grids, tree
 
 
 def _row_kernel(
@@ -118,27 +118,19 @@ def _layer_norm_weight_grad(ctx: LoweringContext) -> Program:
         "if (lid == 0 && live) { st[2 * o] = mean; st[2 * o + 1] = rstd; }",
     ]
     stats = _row_kernel(["x", "st"], wg, rows, stats_body).replace("FEAT", str(feat))
-    wg2 = _wg(rows)
-    col_body = [
-        "var acc = 0.0;",
-        f"for (var r = lid; live && r < {rows}; r += {wg2}) {{",
-        f"    let off = r * {feat} + o;",
-        "    acc = acc + g[off] * ((x[off] - st[2 * r]) * st[2 * r + 1]);",
-        "}",
-        "part[lid] = acc;",
-        " ".join(tree("part", wg2, "part[lid] = part[lid] + part[lid + s];")),
-        "if (lid == 0 && live) { dw[o] = part[0]; }",
-    ]
-    col_bindings = [("g", "float32"), ("x", "float32"), ("st", "float32"), ("dw", "float32")]
-    col = _kernel(col_bindings, wg2, [f"part: array<f32, {wg2}>"], col_body, feat)
     if not rows:
         return per_element(ctx.name, [], "float32", feat, [store("out", "float32", "i", "0.0")])
+    col_bindings = [("g", "float32"), ("x", "float32"), ("st", "float32")]
+    term = "g[off] * ((x[off] - st[2 * r]) * st[2 * r + 1])"
+    (col, total), chunks = column_sum(rows, feat, term, col_bindings, "float32")
+    g1, g2 = column_sum_grids(feat, chunks)
     return Program(
         [
             Dispatch(stats, _rows_grid(rows), (("in", 1), ("tmp", 0))),
-            Dispatch(col, _rows_grid(feat), (("in", 0), ("in", 1), ("tmp", 0), ("out", 0))),
+            Dispatch(col, g1, (("in", 0), ("in", 1), ("tmp", 0), ("tmp", 1))),
+            Dispatch(total, g2, (("tmp", 1), ("out", 0))),
         ],
-        temps=[8 * rows],
+        temps=[8 * rows, 4 * chunks * feat],
     )
 
 

@@ -1,7 +1,8 @@
 """Reductions (sum, mean, max, min, argmax, argmin, sum_to, count), softmax/log_softmax and cumsum.
 
 A reduction runs one workgroup per output element: its invocations stride over the reduced
-elements, then combine their partial results in workgroup memory (a tree). The reduced axes may be
+elements, then combine their partial results in workgroup memory (a tree). A sum over leading
+axes (``sum_to`` a bias's shape) is a column sum instead (:func:`column_sum`). The reduced axes may be
 any subset; input offsets come from the output's coordinates plus the reduced coordinates, both
 computed with the strides baked in. Softmax is the same shape of kernel with three passes over a
 row (max, sum of exponentials, write).
@@ -22,6 +23,8 @@ from ..codegen import (
     Dispatch,
     Program,
     declare,
+    elementwise_kernel,
+    grid,
     literal,
     load,
     per_element,
@@ -228,6 +231,60 @@ def _reduce(ctx: LoweringContext) -> Program:
     return reduce_program(ctx, _axes(ctx), ctx.op_name)
 
 
+COLS = 64  # columns per workgroup of a column sum (x of its 64 x 4 invocations)
+LANES = 4  # rows each column's workgroup visits at once (y)
+
+
+def column_sum(
+    rows: int, cols: int, term: str, bindings: Sequence[tuple[str, str]], out_dtype: str
+) -> tuple[tuple[str, str], int]:
+    """(WGSL of two passes, chunks) summing ``term`` over the rows of a (rows, cols) space, per column.
+
+    ``term`` is an f32 expression of ``off`` (the element ``r * cols + c``) and ``r`` over the
+    buffers ``bindings``. Pass 1 (grids: :func:`column_sum_grids`) has each workgroup sum a chunk of
+    rows for 64 consecutive columns, neighbouring invocations reading neighbouring columns
+    (coalesced), into ``part[chunk * cols + c]``; pass 2 adds each column's chunks in order into
+    ``out[c]``. A bias gradient (rows = batch x tokens, a few hundred columns) so reads at the
+    memory's speed, where one workgroup per column strode across the rows.
+    """
+    tiles = -(-cols // COLS)
+    chunks = max(1, min(-(-rows // (4 * LANES)), -(-1024 // tiles)))
+    per = -(-rows // chunks)
+    chunks = -(-rows // per)
+    first = f"""{declare([*bindings, ("part", "float32")])}
+var<workgroup> acc_: array<f32, {COLS * LANES}>;
+@compute @workgroup_size({COLS}, {LANES})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{
+    let c = i32(wid.x) * {COLS} + i32(lid.x);
+    let start = i32(wid.y) * {per};
+    let stop = min(start + {per}, {rows});
+    var acc = 0.0;
+    if (c < {cols}) {{
+        for (var r = start + i32(lid.y); r < stop; r += {LANES}) {{ let off = r * {cols} + c; acc = acc + {term}; }}
+    }}
+    acc_[lid.y * {COLS}u + lid.x] = acc;
+    workgroupBarrier();
+    if (lid.y == 0u && c < {cols}) {{
+        var total = acc_[lid.x];
+        for (var k = 1u; k < {LANES}u; k++) {{ total = total + acc_[k * {COLS}u + lid.x]; }}
+        part[i32(wid.y) * {cols} + c] = total;
+    }}
+}}
+"""
+    total = "total" if VTYPE[out_dtype] == "f32" else f"{VTYPE[out_dtype]}(total)"
+    second = [
+        "var total = 0.0;",
+        f"for (var k = 0; k < {chunks}; k++) {{ total = total + part[k * {cols} + i]; }}",
+        store("out", out_dtype, "i", total),
+    ]
+    return (first, elementwise_kernel([("part", "float32"), ("out", out_dtype)], cols, second)), chunks
+
+
+def column_sum_grids(cols: int, chunks: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The grids of :func:`column_sum`'s two passes."""
+    return (-(-cols // COLS), chunks, 1), grid(cols)
+
+
 @gpu_lowering("sum_to", f16=True)
 def _sum_to(ctx: LoweringContext) -> Program:
     shape = _shape(ctx.in_types[0])
@@ -238,6 +295,19 @@ def _sum_to(ctx: LoweringContext) -> Program:
     axes = tuple(range(lead)) + tuple(
         lead + i for i, d in enumerate(target) if d == 1 and shape[lead + i] != 1
     )
+    rows, cols = math.prod(shape[: len(axes)]), math.prod(shape[len(axes) :])
+    dtype = ctx.in_types[0].dtype
+    if axes == tuple(range(len(axes))) and VTYPE[dtype] == "f32" and COLS // 2 <= cols <= MAX_GROUPS * COLS:
+        # a leading block of axes (a bias gradient): columns in parallel, rows in chunks
+        (first, second), chunks = column_sum(
+            rows, cols, load("in0", dtype, "off"), [("in0", dtype)], ctx.out_type.dtype
+        )
+        g1, g2 = column_sum_grids(cols, chunks)
+        return Program(
+            [Dispatch(first, g1, (("in", 0), ("tmp", 0))), Dispatch(second, g2, (("tmp", 0), ("out", 0)))],
+            temps=[4 * chunks * cols],
+            name=ctx.name,
+        )
     return reduce_program(ctx, axes, "sum")
 
 

@@ -1,0 +1,50 @@
+"""Column sums (bias and layer_norm weight gradients) and the embedding gradient on wgpu, against numpy."""
+
+import numpy as np
+import pytest
+
+import asg.core as ag
+
+RNG = np.random.default_rng(3)
+
+
+@pytest.mark.parametrize(
+    ("shape", "target"),
+    [((4, 37, 96), (96,)), ((3, 50, 200), (200,)), ((6, 5, 33), (5, 33)), ((700, 64), (64,))],
+    ids=["bias", "cols-not-a-multiple-of-64", "keep-two-axes", "many-rows"],
+)
+def test_sum_to_a_trailing_shape_matches_numpy(shape, target):
+    x = ag.input("x", shape)
+    data = RNG.standard_normal(shape).astype(np.float32)
+    f = ag.compile(ag.sum_to(x, target), backend="wgpu")
+    want = data.astype(np.float64).reshape(-1, int(np.prod(target))).sum(0).reshape(target)
+    np.testing.assert_allclose(f(data), want, rtol=1e-5, atol=1e-5)
+    assert f.plan_for(data).dispatch_count == 2  # chunks of rows, then the chunks per column
+
+
+@pytest.mark.parametrize("rows", [1, 24, 333])
+def test_layer_norm_gradients_match_numpy(rows):
+    x = ag.input("x", (rows, 80))
+    w = ag.parameter(RNG.standard_normal(80).astype(np.float32), name="w")
+    b = ag.parameter(RNG.standard_normal(80).astype(np.float32), name="b")
+    y = ag.layer_norm(x, (80,), weight=w, bias=b)
+    loss = (ag.tanh(y) * ag.constant(RNG.standard_normal((rows, 80)).astype(np.float32))).sum()
+    grads = ag.grad(loss, [x, w, b])
+    data = RNG.standard_normal((rows, 80)).astype(np.float32)
+    got = ag.compile(grads, inputs=[x], backend="wgpu")(data)
+    want = ag.compile(grads, inputs=[x])(data)
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, r, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize(("vocab", "n"), [(7, 300), (65, 2048), (50, 3)])
+def test_embedding_gradient_matches_numpy_add_at(vocab, n):
+    table = ag.parameter(RNG.standard_normal((vocab, 24)).astype(np.float32), name="table")
+    idx = ag.input("idx", (n,), "int64")
+    wv = RNG.standard_normal((n, 24)).astype(np.float32)
+    (g,) = ag.grad((ag.index_select(table, idx, axis=0) * ag.constant(wv)).sum(), [table])
+    data = RNG.integers(0, vocab, n).astype(np.int64)
+    got = ag.compile(g, inputs=[idx], backend="wgpu")(data)
+    want = np.zeros((vocab, 24), np.float32)
+    np.add.at(want, data, wv)  # in position order, as the GPU sums each row's run
+    np.testing.assert_array_equal(got, want)
