@@ -35,17 +35,18 @@ Shape = tuple[int, ...]
 Tile = tuple[int, ...]
 Variant = tuple[Tile, int]  # (tile, split-K slices)
 
-# timed for every shape: TILES' tiles and the candidates (BK 32 at 64x64, double-buffered tiles)
+# timed for every shape: TILES' tiles and the candidates (BK 32 at 64x64, 8x16 outputs per
+# invocation at 128x256 and 256x128, double-buffered tiles)
 VARIANTS: list[Variant] = [
     (t, 1)
     for t in [
         (64, 64, 16),
-        (64, 128, 16),
         (64, 128, 32),
         (128, 64, 32),
         (128, 128, 16),
-        (128, 128, 32),
         (64, 64, 32),
+        (128, 256, 16),
+        (256, 128, 16),
         (64, 64, 16, 2),
         (64, 64, 32, 2),
         (64, 128, 16, 2),
@@ -53,20 +54,16 @@ VARIANTS: list[Variant] = [
         (128, 128, 16, 2),
     ]
 ]
-# split-K candidates where 128x128 tiles make under two waves on the H200's 132 SMs ...
+# split-K candidates where 128x128 tiles leave some of the H200's 132 SMs idle ...
 SPLITS_FEW: list[Variant] = [
     ((128, 128, 16), 2),
     ((128, 128, 16, 2), 2),
     ((64, 128, 32), 2),
     ((128, 128, 16), 4),
+    ((128, 128, 16, 2), 4),
 ]
 # ... and, for long K (k >= 4 max(m, n): weight gradients), more slices
-SPLITS_LONG_K: list[Variant] = [
-    ((128, 128, 16), 8),
-    ((128, 128, 16, 2), 4),
-    ((64, 128, 32), 4),
-    ((64, 128, 16, 2), 2),
-]
+SPLITS_LONG_K: list[Variant] = [((128, 128, 16), 8), ((64, 128, 32), 4), ((64, 128, 16, 2), 4)]
 TOLERANCE = 1e-4  # relative to the product's largest element
 
 
@@ -100,7 +97,7 @@ def shape_variants(a: Shape, b: Shape) -> list[Variant]:
     """:data:`VARIANTS` no larger than the product (rounded up to 64), and split-K where it may pay."""
     m, n, k, batch = _product(a, b)
     variants = list(VARIANTS)
-    if -(-m // 128) * -(-n // 128) * batch < 2 * 132:
+    if -(-m // 128) * -(-n // 128) * batch < 132:
         variants += SPLITS_FEW + (SPLITS_LONG_K if k >= 4 * max(m, n) else [])
     return [v for v in variants if v[0][0] <= -(-m // 64) * 64 and v[0][1] <= -(-n // 64) * 64]
 
@@ -108,13 +105,15 @@ def shape_variants(a: Shape, b: Shape) -> list[Variant]:
 class Bench:
     """One product's operands on the GPU, its float64 reference, and timings of program variants."""
 
-    def __init__(self, dev: Any, a_shape: Shape, b_shape: Shape) -> None:
-        self.dev, self.a_shape, self.b_shape = dev, a_shape, b_shape
+    def __init__(self, dev: Any, a_shape: Shape, b_shape: Shape, a_transposed: bool = False) -> None:
+        self.dev, self.a_shape, self.b_shape, self.a_t = dev, a_shape, b_shape, a_transposed
         self.out_shape = _out_shape(a_shape, b_shape)
         rng = np.random.default_rng(0)
         a = rng.standard_normal(a_shape).astype(np.float32)
         b = rng.standard_normal(b_shape).astype(np.float32)
         self.want = a.astype(np.float64) @ b.astype(np.float64)
+        if a_transposed:  # the buffer holds A^T, read in place (the weight gradient X^T @ dY)
+            a = np.ascontiguousarray(a.T)
         self.unwritten = np.full(self.out_shape, np.nan, np.float32)
         self.values = {("in", 0): dev.create_buffer(a.nbytes), ("in", 1): dev.create_buffer(b.nbytes)}
         self.values[("out", 0)] = dev.create_buffer(self.unwritten.nbytes)
@@ -127,7 +126,9 @@ class Bench:
         unwritten) of the program of ``variant`` (None: the backend's defaults)."""
         dev, values = self.dev, dict(self.values)
         config, splits = variant or (None, None)
-        prog = matmul_program(self.a_shape, self.b_shape, self.out_shape, "bench", config, splits=splits)
+        prog = matmul_program(
+            self.a_shape, self.b_shape, self.out_shape, "bench", config, splits=splits, a_transposed=self.a_t
+        )
         temps = [dev.create_buffer(nb) for nb in prog.temps]
         values.update({("tmp", j): buf for j, buf in enumerate(temps)})
         dev.write(values[("out", 0)], self.unwritten)
@@ -187,14 +188,15 @@ def dispatch_cost(ops: int = 400, calls: int = 20) -> float:
     return encode / calls / len(plan._encoded) * 1e6
 
 
-def _shapes(sizes: list[int], gpt: bool) -> list[tuple[str, Shape, Shape]]:
-    rows = [(f"{n}^3", (n, n), (n, n)) for n in sizes]
+def _shapes(sizes: list[int], gpt: bool) -> list[tuple[str, Shape, Shape, bool]]:
+    """(label, A's shape, B's shape, whether A's buffer holds A^T) of the products timed."""
+    rows = [(f"{n}^3", (n, n), (n, n), False) for n in sizes]
     if gpt:  # the GPT benchmark's products (B*T=8192, d=512, 4d=2048, 8 heads of 64, T=256)
         rows += [
-            ("x@W_fc", (8192, 512), (512, 2048)),
-            ("dW_fc", (512, 8192), (8192, 2048)),
-            ("q@k^T", (32, 8, 256, 64), (32, 8, 64, 256)),
-            ("p@v", (32, 8, 256, 256), (32, 8, 256, 64)),
+            ("x@W_fc", (8192, 512), (512, 2048), False),
+            ("dW_fc^T", (512, 8192), (8192, 2048), True),  # as the step runs it: X^T @ dY, X read in place
+            ("q@k^T", (32, 8, 256, 64), (32, 8, 64, 256), False),
+            ("p@v", (32, 8, 256, 256), (32, 8, 256, 64), False),
         ]
     return rows
 
@@ -204,6 +206,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--no-gpt", action="store_true", help="square products only")
+    parser.add_argument("--only", nargs="+", metavar="LABEL", help="these products only (1024^3, p@v, ...)")
     parser.add_argument("--small", action="store_true", help="lavapipe: sizes 64 and 128, no GPT shapes")
     args = parser.parse_args()
     if args.small:
@@ -211,12 +214,12 @@ def main() -> None:
     start = time.perf_counter()
     dev = get_backend("wgpu").device()
     print(f"adapter: {dev.summary}; features: {', '.join(sorted(dev.features))}")
-    shapes = _shapes(args.sizes, not args.no_gpt)
+    shapes = [s for s in _shapes(args.sizes, not args.no_gpt) if not args.only or s[0] in args.only]
     # per shape: {variant name: (TF/s, rel err)}, torch TF/s, the backend's choice
     results: list[tuple[str, dict[str, tuple[float, float]], float | None, str]] = []
-    for label, a, b in shapes:
+    for label, a, b, a_t in shapes:
         reps = max(args.reps, min(args.reps * 10, int(args.reps * 2 * 2048**3 / _flops(a, b))))
-        bench = Bench(dev, a, b)
+        bench = Bench(dev, a, b, a_t)
         cells = {variant_name(v): bench.run(reps, v) for v in [None, *shape_variants(a, b)]}
         bench.close()
         mn = _product(a, b)

@@ -60,9 +60,12 @@ SHAPES = {
 }
 
 
-# the candidates benchmarks/gpu_matmul.py times beyond TILES: BK 32 at 64x64, 2-stage (double-buffered)
+# the candidates benchmarks/gpu_matmul.py times beyond TILES: BK 32 at 64x64, 8x16 outputs per
+# invocation, 2-stage (double-buffered)
 CANDIDATES = [
     (64, 64, 32),
+    (128, 256, 16),
+    (256, 128, 16),
     (64, 64, 16, 2),
     (64, 64, 32, 2),
     (64, 128, 16, 2),
