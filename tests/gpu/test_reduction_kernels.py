@@ -48,3 +48,21 @@ def test_embedding_gradient_matches_numpy_add_at(vocab, n):
     want = np.zeros((vocab, 24), np.float32)
     np.add.at(want, data, wv)  # in position order, as the GPU sums each row's run
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes", "dtype"),
+    [
+        ((70, 33), (1, 0), "float32"),
+        ((3, 40, 64), (0, 2, 1), "float32"),
+        ((2, 2, 5, 97), (0, 1, 3, 2), "int32"),
+    ],
+    ids=["2-d", "batched", "int32-4-d"],
+)
+def test_tiled_transpose_matches_numpy(shape, axes, dtype):
+    x = ag.input("x", shape, dtype)
+    data = RNG.integers(-1000, 1000, shape).astype(dtype)
+    f = ag.compile(ag.permute(x, axes), backend="wgpu")
+    np.testing.assert_array_equal(f(data), np.transpose(data, axes))
+    (d,) = f.plan_for(data).programs[-1].dispatches
+    assert "var<workgroup> tile" in d.wgsl

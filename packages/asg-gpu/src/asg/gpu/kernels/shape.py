@@ -17,6 +17,7 @@ from asg.core.lowering import LoweringContext
 
 from ..codegen import (
     HELPERS,
+    MAX_GROUPS,
     VTYPE,
     WG,
     Dispatch,
@@ -65,10 +66,57 @@ def _view(ctx: LoweringContext) -> Program:
 gpu_lowering("recompute", f16=True, defined_above=True)(_view)
 
 
+TILE = 32  # a tiled transpose's tile: 32 x 32 elements, 32 x 8 invocations
+
+
 @gpu_lowering("transpose", f16=True)
 def _transpose(ctx: LoweringContext) -> Program:
-    st = strides(_shape(ctx.in_types[0]))
-    return copy_program(ctx, 0, [st[a] for a in ctx.attrs["axes"]])
+    shape = _shape(ctx.in_types[0])
+    axes = tuple(a % len(shape) for a in ctx.attrs["axes"])
+    nd = len(shape)
+    if (
+        nd >= 2
+        and axes == (*range(nd - 2), nd - 1, nd - 2)
+        and ctx.out_type.dtype in ("float32", "float16", "int32")
+        and min(shape[-2:]) > 1
+        and -(-max(shape[-2:]) // TILE) <= MAX_GROUPS
+        and _count(shape[:-2]) <= MAX_GROUPS
+    ):
+        return tiled_transpose(ctx.name, ctx.out_type.dtype, _count(shape[:-2]), shape[-2], shape[-1])
+    st = strides(shape)
+    return copy_program(ctx, 0, [st[a] for a in axes])
+
+
+def tiled_transpose(name: str, dtype: str, batch: int, rows: int, cols: int) -> Program:
+    """``out[b, c, r] = in0[b, r, c]`` through 32 x 32 tiles in workgroup memory (padded a column, so
+    no bank conflicts): reads and writes both run along rows of 32 neighbours, where the copy kernel
+    read (or wrote) with a stride of a whole row. A weight's transpose for ``dY @ W^T``."""
+    t = VTYPE[dtype]
+    src = load("in0", dtype, f"b * {rows * cols} + r * {cols} + c")
+    wgsl = f"""{declare([("in0", dtype), ("out", dtype)])}
+var<workgroup> tile: array<array<{t}, {TILE + 1}>, {TILE}>;
+@compute @workgroup_size({TILE}, 8)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{
+    let b = i32(wid.z);
+    let tx = i32(lid.x);
+    let ty = i32(lid.y);
+    let r0 = i32(wid.x) * {TILE};
+    let c0 = i32(wid.y) * {TILE};
+    for (var k = 0; k < {TILE}; k += 8) {{
+        let r = r0 + ty + k;
+        let c = c0 + tx;
+        if (r < {rows} && c < {cols}) {{ tile[ty + k][tx] = {src}; }}
+    }}
+    workgroupBarrier();
+    for (var k = 0; k < {TILE}; k += 8) {{
+        let c = c0 + ty + k;
+        let r = r0 + tx;
+        if (r < {rows} && c < {cols}) {{ {store("out", dtype, f"b * {rows * cols} + c * {rows} + r", "tile[tx][ty + k]")} }}
+    }}
+}}
+"""
+    groups = (-(-rows // TILE), -(-cols // TILE), batch)
+    return Program([Dispatch(wgsl, groups, (("in", 0), ("out", 0)))], name=name)
 
 
 @gpu_lowering("broadcast_to", f16=True)
