@@ -1,5 +1,6 @@
 """GPU memory of a plan: values of disjoint lifetimes share buffers whatever their shapes; the pool's free list is capped."""
 
+import gc
 import importlib.util
 import itertools
 import pathlib
@@ -65,6 +66,8 @@ def gpt_runs():
     y = rng.integers(0, 65, (4 * 32,)).astype(np.int64)
     runs = {}
     for packed in (False, True):
+        gc.collect()  # earlier tests' plans give their buffers back,
+        get_backend("wgpu").pool.trim()  # and no free buffer (up to twice the size) is reused
         step = bench.asg_step("wgpu", *cfg, options={"pack_buffers": packed})
         losses = [float(step(x, y)) for _ in range(3)]
         plan = step.plan_for(x, y)
@@ -80,7 +83,8 @@ def test_packed_buffers_train_the_gpt_step_identically(gpt_runs):
 def test_packing_cuts_the_gpt_step_s_buffers(gpt_runs):
     (_, _, table), (_, plan, packed) = gpt_runs[False], gpt_runs[True]
     assert packed < 0.8 * table  # core's table keeps one buffer per shape, and the updates their own
-    assert plan.packed_bytes <= 1.2 * _max_live(plan.lifetimes)  # a buffer holds one value at a time
+    # a buffer holds one value at a time; sizes round up to the pool's classes
+    assert plan.packed_bytes <= 1.25 * _max_live(plan.lifetimes)
 
 
 def test_the_pool_destroys_free_buffers_past_its_cap():

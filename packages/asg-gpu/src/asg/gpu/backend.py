@@ -37,6 +37,7 @@ from .codegen import Program, chunks, elementwise_kernel, from_gpu, nbytes, to_g
 from .codegen import grid as grid_for
 from .device import GpuDevice, get_device
 from .kernels._base import register_deferred
+from .kernels.linalg import ALoad
 from .pool import BufferPool, Lifetime, pack
 from .storage import WgpuStorage
 
@@ -195,12 +196,18 @@ class WgpuPlan:
         self.fused_groups: list[Any] = []
         fused_at: dict[int, Any] = {}
         skipped: set[int] = set()
+        folded: set[int] = set()
         if fusion:
-            from .fusion import plan_groups
+            from .fusion import matmul_operands, plan_groups
 
             root = {n.id: self._root(n.id) for n in graph.nodes}
-            fused_at, skipped, self.fused_groups = plan_groups(schedule, root, max_binding=dev.max_binding)
-        folded = self._fold_transposes(fused_at, skipped) if fusion else set()
+            # needs lifetimes from the dispatches (packing): a matmul reads the recomputed value's input later
+            recomputed = matmul_operands(schedule, root) if pack_buffers else {}
+            fused_at, skipped, self.fused_groups = plan_groups(
+                schedule, root, max_binding=dev.max_binding, recomputed=recomputed
+            )
+            folded = self._fold_transposes(fused_at, skipped, recomputed)
+            folded |= self._fold_recomputed(fused_at, skipped, recomputed)
         pos = {step.output: step.index for step in schedule.steps}
         self._labels = {
             max(pos[n.id] for n in g.nodes): "+".join(n.op for n in g.nodes) for g in self.fused_groups
@@ -236,8 +243,8 @@ class WgpuPlan:
         self._encoded: list[tuple[Any, Any, tuple[int, int, int]]] = []
         self.calls = 0
 
-    def _collect(self, fused_at: dict[int, Any], skipped: set[int]) -> list[tuple[int, Any, int, Any, list]]:
-        dispatches = []
+    def _step_dispatches(self, fused_at: dict[int, Any], skipped: set[int]) -> Any:
+        """(step, dispatch, refs) of each dispatch a step runs: refs are (kind, value id / key, window)."""
         for step, prog in zip(self.schedule.steps, self.programs, strict=True):
             if step.index in skipped:
                 continue
@@ -255,19 +262,69 @@ class WgpuPlan:
                         refs.append(("err", step.index, None))
                     else:
                         refs.append(("temp", step.index * 1_000_000 + k, None))
-                self._check_binding(step, refs)
-                pipe = self.dev.pipeline(d.wgsl, len(d.args))
-                dispatches.append((step.index, pipe, len(d.args), d.grid, refs))
+                yield step, d, refs
+
+    def _collect(self, fused_at: dict[int, Any], skipped: set[int]) -> list[tuple[int, Any, int, Any, list]]:
+        dispatches = []
+        for step, d, refs in self._step_dispatches(fused_at, skipped):
+            self._check_binding(step, refs)
+            pipe = self.dev.pipeline(d.wgsl, len(d.args))
+            dispatches.append((step.index, pipe, len(d.args), d.grid, refs))
         return dispatches
 
-    def _fold_transposes(self, fused_at: dict[int, Any], skipped: set[int]) -> set[int]:
+    def _fold_recomputed(
+        self, fused_at: dict[int, Any], skipped: set[int], recomputed: Mapping[int, tuple[int, ALoad]]
+    ) -> set[int]:
+        """Each unfused matmul reading a value of ``recomputed`` (:func:`~asg.gpu.fusion.matmul_operands`)
+        as A binds the value's input and recomputes it as it loads A (fused matmuls and folded
+        transposes already do). A value no dispatch reads any more is not computed: its step is
+        skipped (``run_traced`` still runs it); returns the ids of those values.
+        """
+        if not recomputed:
+            return set()
+        from .kernels.linalg import matmul_program
+
+        shapes = self.schedule.spec.shapes
+        for step in self.schedule.steps:
+            if step.node.op != "matmul" or step.index in fused_at or step.index in skipped:
+                continue
+            a, b = step.inputs
+            found = recomputed.get(self._root(a))
+            if found is None or self.programs[step.index].dispatches[0].args[0] != ("in", 0):
+                continue  # not reading A as it is (a folded transpose reads another value)
+            source, load = found
+            prog = matmul_program(
+                shapes[a], shapes[b], shapes[step.output], self.programs[step.index].name, a_load=load
+            )
+            for j, d in enumerate(prog.dispatches):
+                args = tuple(("value", source) if arg == ("in", 0) else arg for arg in d.args)
+                prog.dispatches[j] = replace(d, args=args)
+            self.programs[step.index] = prog
+        read = {
+            self._root(ref)
+            for step, _, refs in self._step_dispatches(fused_at, skipped)
+            for kind, ref, _ in refs
+            if kind == "value" and step.output not in recomputed
+        }
+        dropped = set(recomputed) - read
+        skipped.update(step.index for step in self.schedule.steps if step.output in dropped)
+        return dropped
+
+    def _fold_transposes(
+        self,
+        fused_at: dict[int, Any],
+        skipped: set[int],
+        recomputed: Mapping[int, tuple[int, ALoad]] | None = None,
+    ) -> set[int]:
         """A matmul whose left operand is a 2-D transpose read by nothing else reads the transpose's input
         in place (``matmul_program(a_transposed=True)``): the weight gradient ``X^T @ dY`` then needs no
         transposed copy of the activation X. The transpose's step is skipped (``run_traced`` still runs it);
-        returns the ids of the transposes folded.
+        returns the ids of the transposes folded. When X is a value of ``recomputed`` the matmul binds
+        its input and recomputes it (:func:`~asg.gpu.fusion.matmul_operands`).
         """
         from .kernels.linalg import matmul_program, transposed_operand_ok
 
+        recomputed = recomputed or {}
         schedule = self.schedule
         shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
         readers: dict[int, int] = {}
@@ -298,11 +355,17 @@ class WgpuPlan:
                 or not transposed_operand_ok(a_shape, b_shape)
             ):
                 continue
+            source, load = recomputed.get(self._root(a.inputs[0].id), (a.inputs[0].id, None))
             prog = matmul_program(
-                a_shape, b_shape, shapes[node.id], self.programs[step.index].name, a_transposed=True
+                a_shape,
+                b_shape,
+                shapes[node.id],
+                self.programs[step.index].name,
+                a_transposed=True,
+                a_load=load,
             )
             for j, d in enumerate(prog.dispatches):
-                args = tuple(("value", a.inputs[0].id) if arg == ("in", 0) else arg for arg in d.args)
+                args = tuple(("value", source) if arg == ("in", 0) else arg for arg in d.args)
                 prog.dispatches[j] = replace(d, args=args)
             self.programs[step.index] = prog
             skipped.add(t_step.index)

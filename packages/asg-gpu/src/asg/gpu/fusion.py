@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from asg.core.fusion import FusionGroup, find_fusion_groups
 from asg.core.graph import Node
-from asg.core.schedule import Schedule
+from asg.core.schedule import Schedule, Step
 from asg.core.specialize import Specialization
 
 from .codegen import (
@@ -34,8 +34,10 @@ from .codegen import (
     load,
     offset,
     store,
+    strides,
 )
-from .kernels.elementwise import FUSIBLE, emit, functions_for
+from .kernels.elementwise import FUSIBLE, TABLE, emit, functions_for
+from .kernels.linalg import ALoad, transposed_operand_ok
 
 
 def _const(node: object) -> object | None:
@@ -131,11 +133,14 @@ class ElementwiseGroup:
     source: FusionGroup | None = None
 
 
-def matmul_epilogue_kernel(group: ElementwiseGroup, schedule: Schedule) -> Dispatch:
+def matmul_epilogue_kernel(
+    group: ElementwiseGroup, schedule: Schedule, a_load: tuple[int, ALoad] | None = None
+) -> Dispatch:
     """The matmul ``group.nodes[0]`` with the elementwise nodes after it computed in its store.
 
     The epilogue function gets each product element and its linear index; external inputs (a bias,
-    a residual) are read at that index's coordinates through their broadcast strides.
+    a residual) are read at that index's coordinates through their broadcast strides. ``a_load``:
+    (the value bound as A, how A is recomputed from it) when A is not stored (:func:`matmul_operands`).
     """
     from .kernels.linalg import Epilogue, matmul_program
 
@@ -154,14 +159,125 @@ def matmul_epilogue_kernel(group: ElementwiseGroup, schedule: Schedule) -> Dispa
     body = "\n    ".join((coords(space) if needs_coords else []) + lets)
     source = f"fn epilogue(i: i32, acc: f32) {{\n    {body}\n}}"
     source = functions_for(source) + "\n" + source
+    a_value, load = a_load if a_load is not None else (anchor.inputs[0].id, None)
     a, b = anchor.inputs
     prog = matmul_program(
-        spec.shapes[a.id], spec.shapes[b.id], space, "", epilogue=Epilogue(source, tuple(bindings), store_c)
+        spec.shapes[a.id],
+        spec.shapes[b.id],
+        space,
+        "",
+        epilogue=Epilogue(source, tuple(bindings), store_c),
+        a_load=load,
     )
     (d,) = prog.dispatches
-    args = [("value", a.id), ("value", b.id)] + ([("value", anchor.id)] if store_c else [])
+    args = [("value", a_value), ("value", b.id)] + ([("value", anchor.id)] if store_c else [])
     args += [("value", i) for i in reads] + [("value", o.id) for o in outs]
     return Dispatch(d.wgsl, d.grid, tuple(args))
+
+
+def transpose_index(in_shape: Sequence[int], axes: Sequence[int]) -> str:
+    """WGSL of ``fn a_index(l: i32) -> i32`` for ``permute(x, axes)`` of a contiguous ``x`` of ``in_shape``:
+    the vec4 index in x of linear element ``l`` of the permuted value (its last axis kept, a multiple of 4).
+
+    >>> print(transpose_index((2, 3, 4, 8), (0, 2, 1, 3)))  # (B, h, T, hs) -> (B, T, h, hs)
+    fn a_index(l: i32) -> i32 {
+        return ((l / 96) * 96 + ((l / 24) % 4) * 8 + ((l / 8) % 3) * 32 + (l % 8)) / 4;
+    }
+    """
+    in_st = strides(tuple(in_shape))
+    out_shape = tuple(in_shape[a] for a in axes)
+    out_st = strides(out_shape)
+    terms = []
+    for d, (size, axis) in enumerate(zip(out_shape, axes, strict=True)):
+        if size == 1:
+            continue
+        at = f"(l / {out_st[d]})" if out_st[d] > 1 else "l"
+        coord = at if d == 0 else f"({at} % {size})"
+        terms.append(coord if in_st[axis] == 1 else f"{coord} * {in_st[axis]}")
+    return f"fn a_index(l: i32) -> i32 {{\n    return ({' + '.join(terms) or '0'}) / 4;\n}}"
+
+
+def a_load_for(node: Node, spec: Specialization) -> ALoad:
+    """How a matmul recomputes ``node`` (an elementwise op of one input, or a transpose keeping its
+    last axis) from its input as it loads A (:class:`~asg.gpu.kernels.linalg.ALoad`)."""
+    if node.op == "transpose":
+        return ALoad(index=transpose_index(spec.shapes[node.inputs[0].id], spec.attrs[node.id]["axes"]))
+    expr = emit(node.op, spec.attrs[node.id], ["float32"], "float32", [("x", "f32")])
+    return ALoad(prologue=f"fn prologue(x: f32) -> f32 {{\n    return {expr};\n}}")
+
+
+def matmul_operands(schedule: Schedule, root: Mapping[int, int]) -> dict[int, tuple[int, ALoad]]:
+    """Values that the matmuls reading them recompute as they load A, so no buffer ever holds them.
+
+    A float32 elementwise op of one input (``gelu(h)`` in an MLP), or a transpose keeping its last
+    axis (a multiple of 4; attention's output back to (B, T, heads, hs)), qualifies when every step
+    reading it, or a reshape of it, is a matmul taking it as A (``gelu(h) @ W``; k and n multiples
+    of 4, B 2-D or A unbatched) or a 2-D transpose read only by such a matmul, whose operands suit
+    a transposed A (the weight gradient ``gelu(h)^T @ dY``). Returns value id -> (id of its input,
+    :func:`a_load_for`). Recomputing costs the op (or the index arithmetic) once per vec4 of A per
+    column tile of the product; storing the value would keep it alive from the forward to the
+    backward pass.
+    """
+    shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
+    readers: dict[int, list[Step]] = {}
+    for step in schedule.steps:
+        for i in set(step.inputs):
+            readers.setdefault(root.get(i, i), []).append(step)
+    kept = {root.get(n.id, n.id) for n in schedule.outputs} | {
+        root.get(v.id, v.id) for _, v in schedule.updates
+    }
+
+    def reads_as_a(step: Step, value: int) -> bool:
+        node = step.node
+        if node.op != "matmul" or node.dtype != "float32":
+            return False
+        a, b = step.inputs
+        return (
+            root.get(a, a) == value
+            and root.get(b, b) != value
+            and int(shapes[a][-1]) % 4 == 0
+            and int(shapes[b][-1]) % 4 == 0
+            and (len(shapes[a]) == 2 or len(shapes[b]) == 2)
+        )
+
+    def recomputable(node: Node) -> bool:
+        if node.op == "transpose":
+            axes = tuple(attrs[node.id]["axes"])
+            return len(axes) > 1 and axes[-1] == len(axes) - 1 and int(shapes[node.id][-1]) % 4 == 0
+        return node.op in TABLE and tuple(shapes[node.inputs[0].id]) == tuple(shapes[node.id])
+
+    found: dict[int, tuple[int, ALoad]] = {}
+    for step in schedule.steps:
+        node = step.node
+        if (
+            len(node.inputs) != 1
+            or node.dtype != "float32"
+            or node.inputs[0].dtype != "float32"
+            or node.id in kept
+            or not readers.get(node.id)
+            or not recomputable(node)
+        ):
+            continue
+        ok = True
+        for r in readers[node.id]:
+            if root.get(r.output, r.output) != r.output:
+                continue  # a reshape: its readers are among the value's
+            if r.node.op == "transpose" and tuple(attrs[r.output].get("axes", ())) == (1, 0):
+                users = readers.get(r.output, [])
+                ok = (
+                    r.output not in kept
+                    and len(users) == 1
+                    and users[0].inputs[0] == r.output
+                    and reads_as_a(users[0], r.output)
+                    and transposed_operand_ok(shapes[r.output], shapes[users[0].inputs[1]])
+                )
+            else:
+                ok = reads_as_a(r, node.id)
+            if not ok:
+                break
+        if ok:
+            found[node.id] = (node.inputs[0].id, a_load_for(node, schedule.spec))
+    return found
 
 
 REDUCTIONS = frozenset({"sum", "mean", "max", "min", "argmax", "argmin"})
@@ -319,6 +435,7 @@ def plan_groups(
     matmul_epilogues: bool = True,
     reductions: bool = True,
     max_binding: int | None = None,
+    recomputed: Mapping[int, tuple[int, ALoad]] | None = None,
 ) -> tuple[dict[int, Dispatch], set[int], list[ElementwiseGroup]]:
     """Which steps run fused: (step index -> fused dispatch there, step indices skipped, groups fused).
 
@@ -327,7 +444,10 @@ def plan_groups(
     reduction or normalisation anchor stays its own kernel), cut in schedule order into the longest
     runs that can be placed safely (a training step's group often spans forward and backward).
     A group with a value past ``max_binding`` bytes is not fused (its elementwise ops run over windows).
+    ``recomputed`` (:func:`matmul_operands`): values recomputed by the matmuls reading them, left out
+    of every group (a fused matmul reading one as A recomputes it).
     """
+    recomputed = recomputed or {}
     place = _Placement(schedule, root)
     at: dict[int, Dispatch] = {}
     skipped: set[int] = set()
@@ -343,7 +463,8 @@ def plan_groups(
 
     def emit_matmul(chunk: list[Node], found: ElementwiseGroup) -> None:
         last = max(place.pos[n.id] for n in chunk)
-        at[last] = matmul_epilogue_kernel(found, schedule)
+        a = chunk[0].inputs[0].id
+        at[last] = matmul_epilogue_kernel(found, schedule, recomputed.get(root.get(a, a)))
         skipped.update(place.pos[n.id] for n in chunk if place.pos[n.id] != last)
         fused.append(found)
 
@@ -354,7 +475,7 @@ def plan_groups(
         if any(math.prod(shapes[n.id]) * ITEMSIZE[n.dtype] > limit for n in touched if n.id in shapes):
             continue  # past the binding limit: node by node, elementwise ops over windows
         nodes = sorted(
-            (n for n in elementwise_nodes(group, schedule) if n.id in place.pos),
+            (n for n in elementwise_nodes(group, schedule) if n.id in place.pos and n.id not in recomputed),
             key=lambda n: place.pos[n.id],
         )
         anchor = group.anchor

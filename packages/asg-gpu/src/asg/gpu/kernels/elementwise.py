@@ -223,13 +223,14 @@ TABLE: dict[str, tuple[Expr, str]] = {
 }
 
 
-def functions_for(text: str) -> str:
-    """The :data:`FUNCTIONS` that ``text`` calls (and those they call), as WGSL source."""
+def functions_for(text: str, defined: str = "") -> str:
+    """The :data:`FUNCTIONS` that ``text`` calls (and those they call), as WGSL source; those already
+    in the source ``defined`` left out (two generated functions of one kernel)."""
     used = [src for name, src in FUNCTIONS.items() if f"{name}(" in text]
     for name, src in FUNCTIONS.items():  # one level of helpers calling helpers
         if src not in used and any(f"{name}(" in u for u in used):
             used.append(src)
-    return "\n".join(used)
+    return "\n".join(src for src in used if src not in defined)
 
 
 def operand(ctx: LoweringContext, k: int, ctype: str, bound: list[int]) -> tuple[str, list[str]]:
