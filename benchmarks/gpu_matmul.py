@@ -52,6 +52,8 @@ VARIANTS: list[Variant] = [
         (64, 128, 16, 2),
         (128, 64, 16, 2),
         (128, 128, 16, 2),
+        (64, 128, 32, 2),  # 48 KiB of workgroup memory: where the device allows (the H200 does)
+        (128, 64, 32, 2),
     ]
 ]
 # split-K candidates where 128x128 tiles leave some of the H200's 132 SMs idle ...
@@ -61,6 +63,7 @@ SPLITS_FEW: list[Variant] = [
     ((64, 128, 32), 2),
     ((128, 128, 16), 4),
     ((128, 128, 16, 2), 4),
+    ((64, 128, 32, 2), 2),
 ]
 # ... and, for long K (k >= 4 max(m, n): weight gradients), more slices
 SPLITS_LONG_K: list[Variant] = [((128, 128, 16), 8), ((64, 128, 32), 4), ((64, 128, 16, 2), 4)]
@@ -93,13 +96,24 @@ def _product(a: Shape, b: Shape) -> tuple[int, int, int, int]:
     return (a[-2] * (batch if len(b) == 2 else 1), b[-1], a[-1], 1 if len(b) == 2 else batch)
 
 
-def shape_variants(a: Shape, b: Shape) -> list[Variant]:
-    """:data:`VARIANTS` no larger than the product (rounded up to 64), and split-K where it may pay."""
+def _workgroup_bytes(tile: Tile) -> int:
+    return 4 * tile[2] * (tile[0] + tile[1]) * (tile[3] if len(tile) > 3 else 1)
+
+
+def shape_variants(a: Shape, b: Shape, workgroup_bytes: int) -> list[Variant]:
+    """:data:`VARIANTS` no larger than the product (rounded up to 64), and split-K where it may pay;
+    those whose tiles fit ``workgroup_bytes``."""
     m, n, k, batch = _product(a, b)
     variants = list(VARIANTS)
     if -(-m // 128) * -(-n // 128) * batch < 132:
         variants += SPLITS_FEW + (SPLITS_LONG_K if k >= 4 * max(m, n) else [])
-    return [v for v in variants if v[0][0] <= -(-m // 64) * 64 and v[0][1] <= -(-n // 64) * 64]
+    return [
+        (tile, splits)
+        for tile, splits in variants
+        if tile[0] <= -(-m // 64) * 64
+        and tile[1] <= -(-n // 64) * 64
+        and _workgroup_bytes(tile) <= workgroup_bytes
+    ]
 
 
 class Bench:
@@ -120,6 +134,7 @@ class Bench:
         dev.write(self.values[("in", 0)], a)
         dev.write(self.values[("in", 1)], b)
         self.timed = pass_timer(dev)
+        self.workgroup_bytes = int(dev.limits["max-compute-workgroup-storage-size"])
 
     def run(self, reps: int, variant: Variant | None) -> tuple[float, float]:
         """(TFLOP/s from timestamps, max relative error against numpy; inf where elements were left
@@ -127,7 +142,14 @@ class Bench:
         dev, values = self.dev, dict(self.values)
         config, splits = variant or (None, None)
         prog = matmul_program(
-            self.a_shape, self.b_shape, self.out_shape, "bench", config, splits=splits, a_transposed=self.a_t
+            self.a_shape,
+            self.b_shape,
+            self.out_shape,
+            "bench",
+            config,
+            splits=splits,
+            a_transposed=self.a_t,
+            workgroup_bytes=self.workgroup_bytes,
         )
         temps = [dev.create_buffer(nb) for nb in prog.temps]
         values.update({("tmp", j): buf for j, buf in enumerate(temps)})
@@ -220,7 +242,8 @@ def main() -> None:
     for label, a, b, a_t in shapes:
         reps = max(args.reps, min(args.reps * 10, int(args.reps * 2 * 2048**3 / _flops(a, b))))
         bench = Bench(dev, a, b, a_t)
-        cells = {variant_name(v): bench.run(reps, v) for v in [None, *shape_variants(a, b)]}
+        variants = [None, *shape_variants(a, b, bench.workgroup_bytes)]
+        cells = {variant_name(v): bench.run(reps, v) for v in variants}
         bench.close()
         mn = _product(a, b)
         splits = split_k(*mn)
