@@ -21,6 +21,7 @@ from asg.core.lowering import LoweringContext
 from ..codegen import HELPERS, Dispatch, Program, broadcast_strides, declare, elementwise_kernel, strides
 from ..codegen import grid as grid_for
 from ._base import gpu_lowering
+from .elementwise import functions_for
 
 THREADS = 16  # invocations per side of the workgroup
 
@@ -57,6 +58,21 @@ class Epilogue:
     source: str
     bindings: tuple[tuple[str, str], ...]
     store_c: bool
+
+
+@dataclass(frozen=True)
+class ALoad:
+    """A left operand recomputed as it is loaded (:func:`asg.gpu.fusion.matmul_operands` finds them).
+
+    ``prologue``: WGSL of ``fn prologue(x: f32) -> f32`` applied to every element loaded (A is an
+    elementwise op of the buffer bound: ``gelu(h) @ W`` reads h); the helper functions it calls
+    are added. ``index``: WGSL of ``fn a_index(l: i32) -> i32``, the vec4 index in the buffer bound
+    of the 4 elements from linear index ``l`` of A as stored (of A^T for a transposed A): A is a
+    transpose of the buffer, read where it lies.
+    """
+
+    prologue: str | None = None
+    index: str | None = None
 
 
 def _declare_from(first: int, bindings: Sequence[tuple[str, str]]) -> str:
@@ -210,6 +226,7 @@ def matmul_vec4_wgsl(
     epilogue: Epilogue | None = None,
     split: tuple[int, int] = (1, 0),
     a_t: bool = False,
+    a_load: ALoad | None = None,
 ) -> str:
     """The vec4 kernel (``k % 4 == 0`` and ``n % 4 == 0``): A, B and C read and written as ``vec4<f32>``.
 
@@ -223,7 +240,8 @@ def matmul_vec4_wgsl(
     z grid runs S slices of KC along K per product, each writing its partial product to its own
     (m, n) block of C (split-K; :func:`matmul_program` sums them). ``a_t``: the buffer A holds A
     transposed, (k, m) with ``m % 4 == 0``, one unbatched product (the weight gradient ``X^T @ dY``
-    reading X where it is, instead of a transposed copy).
+    reading X where it is, instead of a transposed copy). ``a_load``: A is recomputed as it is
+    loaded from the buffer bound (:class:`ALoad`; unbatched A, or a batch folded into its rows).
     """
     bm, bn, bk = config[:3]
     stages = config[3] if len(config) > 3 else 1
@@ -253,6 +271,13 @@ def matmul_vec4_wgsl(
     else:
         lines += ["let k_begin = 0;", f"let k_end = {k};"]
 
+    prologue, a_index = (a_load.prologue, a_load.index) if a_load else (None, None)
+
+    def load_a(at: str, linear: str) -> str:
+        """A's vec4 at vec4 index ``at`` of A as stored, whose linear element index is ``linear``."""
+        value = f"A[min(a_index({linear}), {a_last})]" if a_index else f"A[{at}]"
+        return f"prologue4({value})" if prologue else value
+
     # The tile loads, one unit per range of `nthreads` elements: (element count, the unit's index
     # lines, value lines reading the rows from WGSL k `kv` into registers named by `reg`, store lines
     # writing those registers to the tile from offset `off`).
@@ -271,7 +296,7 @@ def matmul_vec4_wgsl(
         zero past k and width. A^T's tile and B's are both such copies."""
         start, x = f"{base} + " if base else "", along * 2  # the vec4 column's name: mm, nn
         at = f"min({start}r * {width // 4} + c / 4, {last})"
-        value = f"{buf}[{at}]"
+        value = load_a(at, f"r * {width} + c") if buf == "A" else f"{buf}[{at}]"
         index = [f"let kk = e / {tile_w4}; let {x} = e % {tile_w4};"]
         fetch = lambda kv, reg: [  # noqa: E731
             f"let r = {kv} + kk; let c = {col0} + {x} * 4;",
@@ -289,7 +314,7 @@ def matmul_vec4_wgsl(
             for i in range(4):
                 at = f"min(a_base + r{i} * {k4} + c / 4, {a_last})"
                 rows.append(
-                    f"let r{i} = row0 + mb * 4 + {i}; {reg(i)} select(vec4<f32>(0.0), A[{at}], r{i} < {m} && c < {k});"
+                    f"let r{i} = row0 + mb * 4 + {i}; {reg(i)} select(vec4<f32>(0.0), {load_a(at, f'r{i} * {k} + c')}, r{i} < {m} && c < {k});"
                 )
             return rows
 
@@ -376,17 +401,28 @@ def matmul_vec4_wgsl(
                 lines.append(f"    {{ let c = col0 + {64 * h} + tx * 4; if (c < {n}) {{ {st} }} }}")
             lines.append("  } }")
     body = "\n    ".join(lines)
+    loads = [a_index or ""]
+    if prologue:
+        loads += [
+            functions_for(prologue, defined=epilogue.source if epilogue else ""),
+            prologue,
+            "fn prologue4(x: vec4<f32>) -> vec4<f32> {\n"
+            "    return vec4<f32>(prologue(x.x), prologue(x.y), prologue(x.z), prologue(x.w));\n}",
+        ]
     flags = "".join(
         (
             " 2-stage" if stages == 2 else "",
             f" split-k {split[0]}" if split[0] > 1 else "",
             " A^T" if a_t else "",
+            " prologue" if prologue else "",
+            " a_index" if a_index else "",
         )
     )
     return f"""// matmul {bm}x{bn}x{bk} vec4{flags}
 {_header(epilogue, "vec4<f32>")}
-{HELPERS if epilogue else ""}
+{HELPERS if epilogue or prologue else ""}
 {epilogue.source if epilogue else ""}
+{chr(10).join(x for x in loads if x)}
 var<workgroup> As: array<vec4<f32>, {size_a * stages}>;
 var<workgroup> Bs: array<vec4<f32>, {size_b * stages}>;
 @compute @workgroup_size({nthreads})
@@ -440,6 +476,7 @@ def matmul_program(
     epilogue: Epilogue | None = None,
     splits: int | None = None,
     a_transposed: bool = False,
+    a_load: ALoad | None = None,
     workgroup_bytes: int = 32768,
 ) -> Program:
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
@@ -452,7 +489,8 @@ def matmul_program(
     ``splits`` (default :func:`split_k`; only for the vec4 kernel without an epilogue): partial
     products over slices of K into a scratch buffer, then one kernel summing them (two dispatches).
     ``a_transposed``: input 0 holds A transposed, (k, m), for 2-D A and B with m, k, n multiples of 4
-    (:func:`transposed_operand_ok`). The kernel's first line names its tile (``// matmul 64x128x32 vec4``).
+    (:func:`transposed_operand_ok`). ``a_load``: A recomputed as it is loaded (:class:`ALoad`; vec4
+    kernel, A unbatched or B 2-D). The kernel's first line names its tile (``// matmul 64x128x32 vec4``).
     """
     a_shape, b_shape, out_shape = tuple(a_shape), tuple(b_shape), tuple(out_shape)
     k = a_shape[-1]
@@ -474,6 +512,10 @@ def matmul_program(
     if a_transposed and not (vec and transposed_operand_ok(a_shape, b_shape)):
         raise ValueError(
             f"matmul: a transposed A needs 2-D operands with m, k, n multiples of 4, got {a_shape} @ {b_shape}"
+        )
+    if a_load and not (vec and (len(b_shape) == 2 or len(a_shape) == 2)):
+        raise ValueError(
+            f"matmul: recomputing A as it loads needs k and n multiples of 4 and one A, got {a_shape} @ {b_shape}"
         )
     if splits is None:
         splits = split_k(m, n, k, max(count, 1)) if vec and epilogue is None and config is None else 1
@@ -504,6 +546,7 @@ def matmul_program(
             epilogue,
             (splits, kc),
             a_transposed,
+            a_load,
         )
     else:
         wgsl = matmul_wgsl(m, n, k, batch, a_st, b_st, (bm, bn, bk), epilogue)
