@@ -2,14 +2,18 @@
 
 Run on the lent GPU machine (see ../shared/device/README.md)::
 
-    source .gl/preamble.sh; PYTHONPATH=packages/asg-core/src:packages/asg-gpu/src python3 benchmarks/gpu_matmul.py
+    source .gl/preamble.sh
+    export PYTHONPATH=packages/asg-core/src:packages/asg-nn/src:packages/asg-data/src:packages/asg-gpu/src:$PYTHONPATH
+    python3 benchmarks/gpu_matmul.py                  # 1024^3, 2048^3, 4096^3 and the GPT shapes
+    python3 benchmarks/gpu_matmul.py --only 1024^3 p@v   # some of them
 
 The wgpu figure is the backend's own lowering of ``a @ b`` (the program ``matmul_program`` makes
 with its defaults: the tile from ``matmul_tile``, split-K from ``split_k``), dispatched back to back
 in one compute pass and timed by timestamp queries. Every candidate variant (tile, double-buffered
 tiles, split-K slices; :data:`VARIANTS`) is timed too, on square products and on the GPT
 benchmark's shapes, and each result is checked against numpy (float64): a cell ending in ``!`` is
-wrong (relative error over 1e-4, or elements left unwritten). ``--small`` is a quick lavapipe run.
+wrong (relative error over 1e-4, or elements left unwritten). Tiles over the device's workgroup
+memory are left out (lavapipe: 32 KiB). ``--small`` is a quick lavapipe run.
 It also prints the host cost per dispatch of a compiled plan of many small elementwise ops.
 torch is optional: without CUDA its row says "-".
 """
