@@ -7,11 +7,14 @@ Run on the lent GPU machine (see ../shared/device/README.md)::
 
 and on lavapipe (CPU) with ``--small``. Each wgpu kernel (``attention``, and the backward's
 ``attention_lse``, ``attention_grad_q/k/v``) is the backend's own lowering for the shape
-(:func:`asg.gpu.kernels.attention.attention_wgsl`), dispatched ``--reps`` times back to back in one
-compute pass and timed by timestamp queries; its output is checked against asg-core's numpy kernel.
-The backward's ``delta = sum(dout * out, -1)`` (ordinary ops, memory-bound) is not timed. PyTorch
-runs ``scaled_dot_product_attention`` forward, and forward plus backward, in float32 (and float16 for
-reference) timed with CUDA events; without CUDA its columns say "-".
+(:func:`asg.gpu.kernels.attention.attention_wgsl`), in every variant
+(:data:`~asg.gpu.kernels.attention.VARIANTS`, one table row each; ``--variants`` picks some), plus
+the two-output kernels the backend does not lower yet (``attention+lse``, ``attention_grad_kv``).
+Each is dispatched ``--reps`` times back to back in one compute pass and timed by timestamp
+queries; its outputs are checked against asg-core's numpy kernels. The backward's
+``delta = sum(dout * out, -1)`` (ordinary ops, memory-bound) is not timed. PyTorch runs
+``scaled_dot_product_attention`` forward, and forward plus backward, in float32 (and float16 for
+reference) timed with CUDA events; without CUDA its rows are left out.
 """
 
 from __future__ import annotations

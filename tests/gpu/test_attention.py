@@ -170,7 +170,7 @@ def _dispatch(op, sh, causal, scale, variant, arrays):
     return [np.frombuffer(dev.read(bufs[n], nbytes), np.float32) for n in ("out", "out2")]
 
 
-@pytest.mark.parametrize("variant", ["base", "regs-k32", "sg"])
+@pytest.mark.parametrize("variant", ["base", "regs-k32", "sg-pf-k32"])
 def test_two_output_kernels(variant):
     # attention+lse writes the forward and its lse, attention_grad_kv the key and value gradients,
     # as numpy's attention, attention_lse, attention_grad_k and attention_grad_v give them.

@@ -22,6 +22,12 @@ Causal blocks past the diagonal are never visited. A masked score is a large neg
 sentinel rather than ``-inf`` (WGSL has no infinity literal and may assume none), and
 probabilities are zeroed explicitly where masked, so a row with no key gives 0 (lse ``-inf``).
 Float16 runs through float32 scratch (:func:`~asg.gpu.kernels._base.via_float32`).
+
+:class:`Variant` knobs (``$ASG_WGPU_ATTN_VARIANT`` names one of :data:`VARIANTS` for the lowering;
+``benchmarks/gpu_attention.py`` compares them all) change the slices streamed per step, where the
+forward's softmax runs and whether the next slice is prefetched into registers. :data:`FUSED` holds
+two-output kernels (the forward with its lse; the key and value gradients from one pass) that the
+benchmark and tests run directly: a lowering has one output, so no op uses them yet.
 """
 
 from __future__ import annotations
@@ -55,12 +61,15 @@ class Variant:
     tile in workgroup memory, 4 invocations per row; ``"regs"`` keeps it in each invocation's 4 x 4
     registers and exchanges only the 16 per-row block maxima (and the final sums) through workgroup
     memory; ``"subgroup"`` exchanges them by ``subgroupShuffleXor`` where subgroups have at least 16
-    invocations (else as ``"regs"``; it needs the device's ``subgroup`` feature).
+    invocations (else as ``"regs"``; it needs the device's ``subgroup`` feature); ``prefetch``: each
+    slice of the streamed operands is loaded into registers one step ahead (the first ones at the
+    start of the block), so global-memory latency overlaps the products.
     """
 
     kc: int = 16
     kx: int = 16
     softmax: str = "shared"
+    prefetch: bool = False
 
 
 VARIANTS = {
@@ -70,6 +79,9 @@ VARIANTS = {
     "regs-k32": Variant(kc=32, kx=32, softmax="regs"),
     "sg": Variant(softmax="subgroup"),
     "sg-k32": Variant(kc=32, kx=32, softmax="subgroup"),
+    "pf": Variant(softmax="regs", prefetch=True),
+    "pf-k32": Variant(kc=32, kx=32, softmax="regs", prefetch=True),
+    "sg-pf-k32": Variant(kc=32, kx=32, softmax="subgroup", prefetch=True),
 }
 VARIANT_ENV = "ASG_WGPU_ATTN_VARIANT"  # names the variant the lowering uses (a key of VARIANTS)
 DEFAULT_VARIANT = "base"
@@ -277,8 +289,17 @@ def attention_wgsl(
         lines.append(f"let c_start = 0; let c_end = {n_other};")
     lines.append(f"for (var c0 = c_start; c0 < c_end; c0 += {BC}) {{")
     body: list[str] = []
+    pf = var.prefetch
     for prefix, own, other in role.products:
-        body += _product(prefix, own, other, sh, n_own, n_other, ap4, bp4, kc, tiles)
+        pre, loop = _product(prefix, own, other, sh, n_own, n_other, ap4, bp4, kc, tiles, pf)
+        body = pre + body + loop
+    acc_pre = []
+    if role.x2:
+        acc_pre, acc_x2 = _accumulate(role.x2, sh, n_other, hd2, 16 * hd2, kx, sp4, "w", pf)
+    if role.x:
+        pre, acc_x = _accumulate(role.x, sh, n_other, hd, 16 * hd, kx, sp4, "o", pf)
+        acc_pre += pre
+    body = acc_pre + body
     # the tile, masked, as the second product's left operand: Ss[c][r], rows 4 ty + i, columns 4 tx + j
     if role.value in ("p", "ds") and not role.own_query:
         for j in range(4):
@@ -312,13 +333,13 @@ def attention_wgsl(
         if not regs and not role.x2:
             body.append(f"Ss[(4 * tx + {j}) * {sp4} + ty] = vec4<f32>({', '.join(comps)});")
     if role.x2:  # P^T x2 first, then dS^T x into Ss's memory
-        for prefix, x, h_ in (("p", role.x2, hd2), ("v", None, 0)):
+        for prefix, x in (("p", role.x2), ("v", None)):
             for j in range(4):
                 comps = ", ".join(f"{prefix}_{i}_{j}" for i in range(4))
                 body.append(f"Ss[(4 * tx + {j}) * {sp4} + ty] = vec4<f32>({comps});")
             body.append("workgroupBarrier();")
             if x:
-                body += _accumulate(x, sh, n_other, h_, 16 * h_, kx, sp4, "w")
+                body += acc_x2
     elif regs:
         body += _register_softmax(var.softmax == "subgroup")
         if role.x is not None:
@@ -337,7 +358,7 @@ def attention_wgsl(
                 body.append(f"{{ let al = alpha_s[4 * ty + {i}];")
                 body += [f"  o_{i}_{h} = o_{i}_{h} * al;" for h in range(hd)]
                 body.append("}")
-        body += _accumulate(role.x, sh, n_other, hd, 16 * hd, kx, sp4)
+        body += acc_x
     lines += [f"    {line}" for line in body]
     lines.append("}")
 
@@ -432,20 +453,30 @@ def _product(
     bp4: int,
     kc: int = KC,
     tiles: str = "As",
-) -> list[str]:
+    prefetch: bool = False,
+) -> tuple[list[str], list[str]]:
     """``{prefix}_i[j] = own[4 ty + i] . other[4 tx + j]`` over the feature axis, streamed in slices
-    of ``kc`` stored transposed (``{tiles}[k][r]``, ``Bs[k][c]``)."""
+    of ``kc`` stored transposed (``{tiles}[k][r]``, ``Bs[k][c]``): (lines to run first, the loop).
+
+    ``prefetch``: the next slice is loaded into registers while this one is multiplied (the first
+    one by the lines to run first, which the caller puts ahead of the block's work)."""
     width = sh.rows(own)[1]
-    copies = []
+    pre, copies, refetch = [], [], []
     for t in range(kc // KC):
-        col = f"k0 + tk + {KC * t}"
-        copies += [
-            f"    {tiles}[(tk + {KC * t}) * {ap4} + tg] = {_tile_fetch(own, 'own0', n_own, width, col)};",
-            f"    Bs[(tk + {KC * t}) * {bp4} + tg] = {_tile_fetch(other, 'c0', n_other, width, col)};",
-        ]
+        dst = [f"{tiles}[(tk + {KC * t}) * {ap4} + tg]", f"Bs[(tk + {KC * t}) * {bp4} + tg]"]
+        for u, (buf, row0, rows) in enumerate(((own, "own0", n_own), (other, "c0", n_other))):
+            col = f"tk + {KC * t}"
+            if prefetch:
+                reg = f"{prefix}_p{u}{t}"
+                pre.append(f"var {reg} = {_tile_fetch(buf, row0, rows, width, col)};")
+                copies.append(f"    {dst[u]} = {reg};")
+                refetch.append(f"    {reg} = {_tile_fetch(buf, row0, rows, width, f'k0 + {kc} + {col}')};")
+            else:
+                copies.append(f"    {dst[u]} = {_tile_fetch(buf, row0, rows, width, f'k0 + {col}')};")
     body = [
         *copies,
         "    workgroupBarrier();",
+        *refetch,
         *_steps(
             kc,
             [
@@ -456,7 +487,7 @@ def _product(
         "    workgroupBarrier();",
     ]
     lines = [f"var {prefix}_{i} = vec4<f32>(0.0);" for i in range(4)]
-    return [*lines, f"for (var k0 = 0; k0 < {width}; k0 += {kc}) {{", *body, "}"]
+    return pre, [*lines, f"for (var k0 = 0; k0 < {width}; k0 += {kc}) {{", *body, "}"]
 
 
 def _steps(count: int, body: list[str]) -> list[str]:
@@ -536,24 +567,45 @@ def _register_softmax(subgroup: bool) -> list[str]:
 
 
 def _accumulate(
-    x: str, sh: Shapes, n_other: int, hd: int, dp4: int, kx: int, sp4: int, acc: str = "o"
-) -> list[str]:
+    x: str,
+    sh: Shapes,
+    n_other: int,
+    hd: int,
+    dp4: int,
+    kx: int,
+    sp4: int,
+    acc: str = "o",
+    prefetch: bool = False,
+) -> tuple[list[str], list[str]]:
     """``{acc}_i_h[j] += sum_c Ss[c][4 ty + i] * x[c0 + c][4 tx + 64 h + j]``, ``x`` streamed ``kx``
-    rows at a time (``Bs[kk][d / 4]``)."""
+    rows at a time (``Bs[kk][d / 4]``): (lines to run first, the loop), as :func:`_product`."""
     width = sh.rows(x)[1]
-    lines = [f"for (var kc = 0; kc < min({BC}, {n_other} - c0); kc += {kx}) {{"]
+    pre, copies, refetch = [], [], []
     for t in range(-(-kx * dp4 // (THREADS * THREADS))):
         e = f"(lid + {t * THREADS * THREADS})"
-        gr = f"(c0 + kc + {e} / {dp4})"
-        parts = []
-        for j in range(4):
-            dd = f"(({e} % {dp4}) * 4 + {j})"
-            at = f"{x}[{x}_base + min({gr}, {n_other - 1}) * {width} + min({dd}, {width - 1})]"
-            parts.append(f"select(0.0, {at}, {gr} < {n_other} && {dd} < {width})")
+
+        def fetch(kc: str, e: str = e) -> str:
+            gr = f"(c0 + {kc}{e} / {dp4})"
+            parts = []
+            for j in range(4):
+                dd = f"(({e} % {dp4}) * 4 + {j})"
+                at = f"{x}[{x}_base + min({gr}, {n_other - 1}) * {width} + min({dd}, {width - 1})]"
+                parts.append(f"select(0.0, {at}, {gr} < {n_other} && {dd} < {width})")
+            return f"vec4<f32>({', '.join(parts)})"
+
         guard = f"if ({e} < {kx * dp4}) " if (t + 1) * THREADS * THREADS > kx * dp4 else ""
-        lines.append(f"    {guard}{{ Bs[{e}] = vec4<f32>({', '.join(parts)}); }}")
-    lines += [
+        if prefetch:
+            reg = f"{acc}_x{t}"
+            pre.append(f"var {reg} = {fetch('')};")
+            copies.append(f"    {guard}{{ Bs[{e}] = {reg}; }}")
+            refetch.append(f"    {reg} = {fetch(f'kc + {kx} + ')};")
+        else:
+            copies.append(f"    {guard}{{ Bs[{e}] = {fetch('kc + ')}; }}")
+    lines = [
+        f"for (var kc = 0; kc < min({BC}, {n_other} - c0); kc += {kx}) {{",
+        *copies,
         "    workgroupBarrier();",
+        *refetch,
         *_steps(
             kx,
             [
@@ -569,7 +621,7 @@ def _accumulate(
         "    workgroupBarrier();",
         "}",
     ]
-    return lines
+    return pre, lines
 
 
 def shapes_of(ctx: LoweringContext) -> Shapes:
