@@ -506,3 +506,51 @@ def test_a_sum_of_slice_gradients_is_one_kernel_matching_numpy(parts) -> None:
     labels = [s.node.meta.get("jit", "") for s in got_fn.plan_for(*data).schedule.steps]
     disjoint = all(b1 <= a2 for (_, b1), (a2, _) in zip(sorted(parts), sorted(parts)[1:], strict=False))
     assert any(lab.startswith("slice_sum kernel") for lab in labels) == disjoint
+
+
+@needs_numba
+def test_layer_norm_gradients_and_bias_sums_run_numba_kernels_matching_float64(monkeypatch) -> None:
+    # layer_norm's weight gradient and sum_to over leading axes (bias gradients, at least 256 rows and
+    # 2**17 elements) are blocked parallel column sums: against a float64 reference, not only numpy's
+    from asg.core.backends.jit import kernels
+
+    called: list[str] = []
+    for name in ("layer_norm_weight_grad_rows", "column_sums"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(
+            kernels, name, lambda *a, _real=real, _name=name: called.append(_name) or _real(*a)
+        )
+    rng = np.random.default_rng(5)
+    shape = (4, 80, 512)  # 320 rows of 512
+    xs, gs = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    x, g = ag.input("x", shape), ag.input("g", shape)
+    weight = ag.apply("layer_norm_weight_grad", g, x, normalized_shape=(512,), eps=1e-5)
+    bias = ag.sum_to(g * 1.0, (512,))
+    fn = ag.compile([weight, bias], inputs=[g, x], backend="numpy-jit")
+    got_w, got_b = fn(gs, xs)
+    x64, g64 = xs.astype(np.float64), gs.astype(np.float64)
+    x_hat = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(got_w, (g64 * x_hat).sum((0, 1)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_b, g64.sum((0, 1)), rtol=1e-5, atol=1e-5)
+    assert sorted(called) == ["column_sums", "layer_norm_weight_grad_rows"]
+
+
+@needs_numba
+@pytest.mark.parametrize("kind", ["softmax", "log_softmax", "layer_norm"])
+def test_row_kernels_match_float64_on_long_rows(kind: str) -> None:
+    # the row sums are reassociated (vectorised); still float64 sums: within float32 rounding of float64
+    rng = np.random.default_rng(6)
+    xs = (rng.standard_normal((37, 1000)) * 4).astype(np.float32)
+    x = ag.input("x", xs.shape)
+    y = {"softmax": ag.softmax, "log_softmax": ag.log_softmax}.get(
+        kind, lambda t, axis: ag.layer_norm(t, 1000)
+    )
+    got = ag.compile(y(x, axis=-1), backend="numpy-jit")(xs)
+    x64 = xs.astype(np.float64)
+    if kind == "layer_norm":
+        want = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+    else:
+        shifted = x64 - x64.max(-1, keepdims=True)
+        lse = np.log(np.exp(shifted).sum(-1, keepdims=True))
+        want = np.exp(shifted - lse) if kind == "softmax" else shifted - lse
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)

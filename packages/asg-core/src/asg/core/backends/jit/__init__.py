@@ -10,6 +10,8 @@ single-threaded numpy passes:
   of cross_entropy, dropout's mask-and-scale;
 - elementwise ops not in a group (erf, gelu, sigmoid ...) on large arrays run as one-op loops;
 - softmax/log_softmax over the last axis and layer_norm forward/backward are row-wise kernels;
+  layer_norm's weight gradient and ``sum_to`` over leading axes (bias gradients) are parallel
+  column sums (blocks of rows, each into its own partial sums in float64);
 - conv_transpose2d (conv2d's input gradient) scatters its GEMM's columns in one parallel pass;
 - a sum of ``slice_backward`` of disjoint parts (the gradient of attention's q, k, v split) is one
   array the parts are copied into;
@@ -286,6 +288,41 @@ def _layer_norm_backward_make(ctx: LoweringContext) -> Any:
     return run
 
 
+def _layer_norm_weight_grad_make(ctx: LoweringContext) -> Any:
+    from . import kernels
+
+    shape, attrs = ctx.in_types[1].shape, ctx.attrs
+    rows = _rows_of(shape, len(attrs["normalized_shape"]))
+    eps, out_shape = float(attrs["eps"]), ctx.out_type.shape
+
+    def run(g: np.ndarray, x: np.ndarray) -> np.ndarray:
+        out = np.empty(rows[1], x.dtype)
+        g2, x2 = np.ascontiguousarray(g).reshape(rows), np.ascontiguousarray(x).reshape(rows)
+        return kernels.layer_norm_weight_grad_rows(g2, x2, eps, out).reshape(out_shape)
+
+    return run
+
+
+_COLUMN_SUMS_MIN = 1 << 17  # elements (and 256 rows); below, numpy's sum is as fast as a parallel launch
+
+
+def _sum_to_make(ctx: LoweringContext) -> Any:
+    """sum_to over leading axes only (bias gradients: (B, T, N) -> (N,)) as parallel column sums."""
+    from . import kernels
+
+    shape, target = ctx.in_types[0].shape, tuple(ctx.out_type.shape)
+    lead = len(shape) - len(target)
+    rows = _rows_of(shape, len(target))
+    if lead == 0 or tuple(shape[lead:]) != target or rows[0] < 256 or math.prod(shape) < _COLUMN_SUMS_MIN:
+        return None
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = np.empty(rows[1], x.dtype)
+        return kernels.column_sums(np.ascontiguousarray(x).reshape(rows), out).reshape(target)
+
+    return run
+
+
 def _conv_transpose_make(ctx: LoweringContext) -> Any:
     from ...ops.convolution import conv_transpose_columns
     from . import kernels
@@ -307,6 +344,8 @@ register_lowering("softmax", BACKEND, _softmax_lowering(False))
 register_lowering("log_softmax", BACKEND, _softmax_lowering(True))
 register_lowering("layer_norm", BACKEND, _row_kernel(_layer_norm_make))
 register_lowering("layer_norm_backward", BACKEND, _row_kernel(_layer_norm_backward_make))
+register_lowering("layer_norm_weight_grad", BACKEND, _row_kernel(_layer_norm_weight_grad_make))
+register_lowering("sum_to", BACKEND, _row_kernel(_sum_to_make))
 inherit_numpy_lowerings()  # every op asg-core defines (imported before the backends)
 from . import conv as _conv  # noqa: E402, F401  (conv and pool kernels; they fall back to the rules above)
 
