@@ -1,4 +1,5 @@
-"""Column sums (bias and layer_norm weight gradients) and the embedding gradient on wgpu, against numpy."""
+"""Kernels of a training step besides the matmuls: column sums (bias and layer_norm weight gradients),
+the embedding gradient, tiled transposes and the merged Adam update, on wgpu against numpy."""
 
 import numpy as np
 import pytest
@@ -66,3 +67,33 @@ def test_tiled_transpose_matches_numpy(shape, axes, dtype):
     np.testing.assert_array_equal(f(data), np.transpose(data, axes))
     (d,) = f.plan_for(data).programs[-1].dispatches
     assert "var<workgroup> tile" in d.wgsl
+
+
+def _adam_step(weight_decay: float, backend: str, options: dict | None = None):
+    from asg import nn
+
+    rng = np.random.default_rng(4)
+    x = ag.input("x", (16, 12))
+    w = ag.parameter(rng.standard_normal((12, 5)).astype(np.float32), name="w")
+    b = ag.parameter(np.zeros(5, np.float32), name="b")
+    loss = (ag.tanh(x @ w + b) ** 2).mean()
+    opt = nn.optim.AdamW([w, b], lr=1e-2, weight_decay=weight_decay)
+    updates = opt.updates(ag.grad(loss, [w, b]))
+    return ag.compile(loss, inputs=[x], updates=updates, backend=backend, options=options)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_one_kernel_runs_the_three_outputs_of_an_adam_step(weight_decay):
+    data = np.random.default_rng(5).standard_normal((16, 12)).astype(np.float32)
+    gpu = _adam_step(weight_decay, "wgpu")
+    plan = gpu.plan_for(data)
+    merged = [ops for _, ops in plan.dispatch_labels() if ops == "+".join(["adam_update"] * 3)]
+    assert len(merged) == 2  # one per parameter: new param, exp_avg and exp_avg_sq together
+    unmerged = _adam_step(weight_decay, "wgpu", {"fusion": False}).plan_for(data)
+    assert plan.dispatch_count <= unmerged.dispatch_count - 4
+    cpu = _adam_step(weight_decay, "numpy")
+    # the moments carry over: a wrong one shows in the next steps' losses
+    got = [float(gpu(data)) for _ in range(4)]
+    want = [float(cpu(data)) for _ in range(4)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got[-1] < got[0]

@@ -212,6 +212,8 @@ class WgpuPlan:
         self._labels = {
             max(pos[n.id] for n in g.nodes): "+".join(n.op for n in g.nodes) for g in self.fused_groups
         }
+        if fusion:
+            self._merge_updates(fused_at, skipped)
         # Values a fused kernel keeps in registers get no buffer (run_traced allocates them if it runs).
         internal = {n.id for g in self.fused_groups for n in g.nodes} - {
             o.id for g in self.fused_groups for o in g.outputs
@@ -371,6 +373,45 @@ class WgpuPlan:
             skipped.add(t_step.index)
             folded.add(a.id)
         return folded
+
+    def _merge_updates(self, fused_at: dict[int, Any], skipped: set[int]) -> None:
+        """Sibling optimizer updates (the nodes of one ``adam_update``: new param, exp_avg, exp_avg_sq;
+        same inputs) run as one kernel storing all of them, at the last one's step
+        (:func:`~asg.gpu.kernels.optim.merged_update`), when nothing reads an output before then."""
+        from asg.core.lowering import context
+
+        from .codegen import Dispatch
+        from .kernels.optim import MERGEABLE, merged_update
+
+        schedule = self.schedule
+        graph, spec = schedule.graph, schedule.spec
+        siblings: dict[tuple, list[Any]] = {}
+        readers: dict[int, list[int]] = {}
+        for step in schedule.steps:
+            for i in step.inputs:
+                readers.setdefault(self._root(i), []).append(step.index)
+            node = step.node
+            if node.op in MERGEABLE and step.index not in fused_at and step.index not in skipped:
+                attrs = sorted((k, repr(v)) for k, v in spec.attrs[node.id].items() if k != "output")
+                siblings.setdefault((node.op, tuple(step.inputs), tuple(attrs)), []).append(step)
+        names = graph.names()
+        for group in siblings.values():
+            last = max(s.index for s in group)
+            if (
+                len(group) < 2
+                or len({spec.attrs[s.node.id]["output"] for s in group}) < len(group)
+                or any(r <= last for s in group for r in readers.get(s.output, ()))
+                or any(self._size(v) > self.dev.max_binding for v in group[0].inputs)
+            ):
+                continue
+            found = merged_update([context("wgpu", graph, s.node, spec, names) for s in group])
+            if found is None:
+                continue
+            wgsl, grid, bound = found
+            args = [("value", group[0].inputs[k]) for k in bound] + [("value", s.output) for s in group]
+            fused_at[last] = Dispatch(wgsl, grid, tuple(args))
+            skipped.update(s.index for s in group if s.index != last)
+            self._labels[last] = "+".join(s.node.op for s in group)
 
     def _check_binding(self, step: Any, refs: list[tuple[str, int, Any]]) -> None:
         """A value bound past the adapter's largest storage binding is an error naming the op and the value."""

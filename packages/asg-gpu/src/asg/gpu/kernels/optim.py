@@ -1,4 +1,5 @@
-"""The fused optimizer updates (sgd_update, adam_update, rmsprop_update): one elementwise kernel each.
+"""The fused optimizer updates (sgd_update, adam_update, rmsprop_update): one elementwise kernel each;
+a plan runs the sibling nodes of one Adam step (new param, exp_avg, exp_avg_sq) as one (:func:`merged_update`).
 
 The formulas follow asg-core's numpy kernels line by line (torch.optim's single-tensor code). numpy
 computes the bias corrections ``1 - beta**t`` in float64; here they are ``-expm1(t * ln(beta))`` in
@@ -9,10 +10,11 @@ float32 with ``ln(beta)`` from the host, which keeps their relative error near 1
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from asg.core.lowering import LoweringContext
 
-from ..codegen import Program, literal, load, per_element, store
+from ..codegen import Program, elementwise_kernel, grid, literal, load, per_element, store
 from ._base import const_scalar, gpu_lowering
 
 EXPM1 = """
@@ -26,8 +28,8 @@ def _f(v: float) -> str:
     return literal(v, "f32")
 
 
-def _program(ctx: LoweringContext, names: list[str], lines: list[str], result: str) -> Program:
-    """Bind the inputs by name (scalars read once, constants inlined) and store ``result``."""
+def _loads(ctx: LoweringContext, names: list[str]) -> tuple[list[str], list[int]]:
+    """Lines binding the inputs by name (scalars read once, constants inlined), and the inputs bound."""
     body, bound = [], []
     for k, name in enumerate(names):
         value = const_scalar(ctx, k)
@@ -38,6 +40,12 @@ def _program(ctx: LoweringContext, names: list[str], lines: list[str], result: s
         bound.append(k)
         index = "0" if tuple(ctx.in_types[k].shape) == () else "i"
         body.append(f"let {name} = f32({load(f'in{slot}', ctx.in_types[k].dtype, index)});")
+    return body, bound
+
+
+def _program(ctx: LoweringContext, names: list[str], lines: list[str], result: str) -> Program:
+    """Bind the inputs by name (scalars read once, constants inlined) and store ``result``."""
+    body, bound = _loads(ctx, names)
     body += lines
     body.append(store("out", "float32", "i", result))
     count = math.prod(int(d) for d in ctx.out_type.shape)
@@ -46,6 +54,29 @@ def _program(ctx: LoweringContext, names: list[str], lines: list[str], result: s
         args = tuple(("in", bound[k]) if role == "in" else (role, k) for role, k in d.args)
         prog.dispatches[j] = type(d)(d.wgsl.replace("\n@compute", EXPM1 + "\n@compute", 1), d.grid, args)
     return prog
+
+
+def merged_update(ctxs: Sequence[LoweringContext]) -> tuple[str, tuple[int, int, int], list[int]] | None:
+    """One kernel storing the outputs of sibling update nodes (the same op, inputs and attributes
+    but ``output``: ``adam_update``'s new param, exp_avg and exp_avg_sq), each in ``out{j}`` in the
+    order of ``ctxs``: (WGSL, grid, the inputs it binds as ``in0..``). The inputs are read once
+    instead of once per output, and one dispatch runs instead of three. ``None`` if the op has no
+    merged form (:data:`MERGEABLE`)."""
+    ctx = ctxs[0]
+    parts = MERGEABLE.get(ctx.op_name)
+    if parts is None:
+        return None
+    names, lines, results = parts(ctx)
+    if len(names) != len(ctx.in_types) or any(c.attrs["output"] not in results for c in ctxs):
+        return None  # AMSGrad's extra state
+    body, bound = _loads(ctx, names)
+    body += lines
+    body += [store(f"out{j}", "float32", "i", results[c.attrs["output"]]) for j, c in enumerate(ctxs)]
+    bindings = [(f"in{j}", ctx.in_types[k].dtype) for j, k in enumerate(bound)]
+    bindings += [(f"out{j}", "float32") for j in range(len(ctxs))]
+    count = math.prod(int(d) for d in ctx.out_type.shape)
+    wgsl = elementwise_kernel(bindings, count, body).replace("\n@compute", EXPM1 + "\n@compute", 1)
+    return wgsl, grid(count), bound
 
 
 def _lerp(start: str, end: str, weight: float) -> str:
@@ -74,8 +105,8 @@ def _sgd(ctx: LoweringContext) -> Program:
     return _program(ctx, names, lines, "param - lr * g")
 
 
-@gpu_lowering("adam_update")
-def _adam(ctx: LoweringContext) -> Program:
+def _adam_parts(ctx: LoweringContext) -> tuple[list[str], list[str], dict[str, str]]:
+    """(input names, lines, expression of each output) of one Adam step."""
     a = ctx.attrs
     b1, b2 = a["beta1"], a["beta2"]
     names = ["param0", "grad0", "exp_avg", "exp_avg_sq", "step", "lr"]
@@ -86,17 +117,19 @@ def _adam(ctx: LoweringContext) -> Program:
         lines.append(f"param = param * (1.0 - lr * {_f(a['weight_decay'])});")
     elif a["weight_decay"]:
         lines.append(f"g = g + {_f(a['weight_decay'])} * param;")
-    if a["output"] == "exp_avg":
-        return _program(ctx, names, lines, _lerp("exp_avg", "g", 1 - b1))
-    lines.append(f"let v = exp_avg_sq * {_f(b2)} + {_f(1 - b2)} * (g * g);")
-    if a["output"] == "exp_avg_sq":
-        return _program(ctx, names, lines, "v")
     lines += [
         f"let m = {_lerp('exp_avg', 'g', 1 - b1)};",
+        f"let v = exp_avg_sq * {_f(b2)} + {_f(1 - b2)} * (g * g);",
         f"let step_size = lr / -expm1_f(step * {_f(math.log(b1))});",
         f"let denom = sqrt(v) / sqrt(-expm1_f(step * {_f(math.log(b2))})) + {_f(a['eps'])};",
     ]
-    return _program(ctx, names, lines, "param - step_size * (m / denom)")
+    return names, lines, {"exp_avg": "m", "exp_avg_sq": "v", "param": "param - step_size * (m / denom)"}
+
+
+@gpu_lowering("adam_update")
+def _adam(ctx: LoweringContext) -> Program:
+    names, lines, results = _adam_parts(ctx)
+    return _program(ctx, names, lines, results[ctx.attrs["output"]])
 
 
 @gpu_lowering("rmsprop_update")
@@ -132,3 +165,7 @@ def _rmsprop(ctx: LoweringContext) -> Program:
             return _program(ctx, names, lines, "buf")
         return _program(ctx, names, lines, "param - lr * buf")
     return _program(ctx, names, lines, "param - lr * (g / avg)")
+
+
+# ops whose sibling nodes (one per output) :func:`merged_update` computes in one kernel: op -> parts
+MERGEABLE = {"adam_update": _adam_parts}
