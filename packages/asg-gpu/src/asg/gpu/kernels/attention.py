@@ -174,7 +174,7 @@ def _shared_vec4s(shapes: Shapes, role: Role, kx: int, variant: Variant) -> int:
     dp4 = 16 * -(-_acc_width(shapes, role) // 64)
     a, b = _tile_sizes(variant, dp4, kx)
     s = BC * (BR // 4 + 1)
-    stats = (256 + BR) // 4 if role.value == "softmax" else 0
+    stats = 0 if role.value != "softmax" else (256 + BR) // 4 if variant.softmax == "shared" else 256 + 1
     return (max(a, s) if _aliased(variant) else a + s) + b + stats
 
 
