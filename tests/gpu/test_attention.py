@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 import asg.core as ag
+from asg.core.lowering import LoweringContext
+from asg.core.registry import OPS, TensorType
 from asg.core.tensor import apply
 from asg.core.testing import check_op
 from asg.core.testing.op_cases.attention import attention_ref
@@ -20,12 +22,14 @@ from asg.gpu.backend import WgpuBackend
 from asg.gpu.kernels.attention import (
     DEFAULT_VARIANT,
     FUSED,
+    INPUTS,
     ROLES,
     VARIANT_ENV,
     VARIANTS,
     Shapes,
     attention_wgsl,
     chunk_rows,
+    merged_grad_kv,
 )
 
 
@@ -151,23 +155,35 @@ def test_variants(variant, monkeypatch):
     check_op(lambda q, k, v, m: ag.attention(q, k, v, m, causal=True), q, k, v, mask, backend="wgpu")
 
 
-def _dispatch(op, sh, causal, scale, variant, arrays):
-    """The outputs (out, out2) of the kernel of ``op`` run on wgpu over the float32 ``arrays``."""
+def _run(wgsl, grid, inputs, out_sizes):
+    """The float32 outputs (of ``out_sizes`` elements) of one dispatch of ``wgsl`` binding
+    ``inputs`` (arrays) and then the outputs."""
     dev = WgpuBackend().device()
-    wgsl, names, grid = attention_wgsl(op, sh, causal, scale, VARIANTS[variant])
-    nbytes = max(a.nbytes for a in arrays.values())
-    bufs = {n: dev.create_buffer(arrays[n].nbytes if n in arrays else nbytes) for n in names}
-    for n, a in arrays.items():
-        if n in bufs:
-            dev.write(bufs[n], a.astype(np.float32))
+    bufs = [dev.create_buffer(a.nbytes) for a in inputs] + [dev.create_buffer(4 * n) for n in out_sizes]
+    for buf, a in zip(bufs, inputs, strict=False):
+        dev.write(buf, a)
     enc = dev.device.create_command_encoder()
     cpass = enc.begin_compute_pass()
-    cpass.set_pipeline(dev.pipeline(wgsl, len(names)))
-    cpass.set_bind_group(0, dev.bind_group(len(names), [(bufs[n], 0, bufs[n].size) for n in names]))
+    cpass.set_pipeline(dev.pipeline(wgsl, len(bufs)))
+    cpass.set_bind_group(0, dev.bind_group(len(bufs), [(b, 0, b.size) for b in bufs]))
     cpass.dispatch_workgroups(*grid)
     cpass.end()
     dev.queue.submit([enc.finish()])
-    return [np.frombuffer(dev.read(bufs[n], nbytes), np.float32) for n in ("out", "out2")]
+    outs = bufs[len(inputs) :]
+    return [np.frombuffer(dev.read(b, 4 * n), np.float32) for b, n in zip(outs, out_sizes, strict=True)]
+
+
+def _reference(sh, seed):
+    """q, k, v, dout (float32) and numpy's out, lse, delta, grad_k, grad_v (causal, scale 0.3)."""
+    q, k, v = _qkv(sh.batch, sh.L, sh.S, sh.E, sh.Ev, seed=seed)
+    g = np.random.default_rng(seed + 1).standard_normal((*sh.batch, sh.L, sh.Ev))
+    xs = [ag.input(n, a.shape) for n, a in zip("qkvg", (q, k, v, g), strict=True)]
+    out = apply("attention", *xs[:3], causal=True, scale=0.3)
+    lse = apply("attention_lse", *xs[:3], causal=True, scale=0.3)
+    delta = (xs[3] * out).sum(-1)
+    grads = [apply(f"attention_grad_{n}", *xs, lse, delta, causal=True, scale=0.3) for n in "kv"]
+    want = ag.compile([out, lse, delta, *grads], inputs=xs, backend="numpy")(q, k, v, g)
+    return [a.astype(np.float32) for a in (q, k, v, g)], want
 
 
 @pytest.mark.parametrize("variant", ["base", "regs-k32", "sg-pf-k32"])
@@ -175,17 +191,42 @@ def test_two_output_kernels(variant):
     # attention+lse writes the forward and its lse, attention_grad_kv the key and value gradients,
     # as numpy's attention, attention_lse, attention_grad_k and attention_grad_v give them.
     sh = Shapes((2,), 37, 53, 24, 20, None)
-    q, k, v = _qkv(sh.batch, sh.L, sh.S, sh.E, sh.Ev, seed=11)
-    g = np.random.default_rng(12).standard_normal((*sh.batch, sh.L, sh.Ev))
-    xs = [ag.input(n, a.shape) for n, a in zip("qkvg", (q, k, v, g), strict=True)]
-    out = apply("attention", *xs[:3], causal=True, scale=0.3)
-    lse = apply("attention_lse", *xs[:3], causal=True, scale=0.3)
-    delta = (xs[3] * out).sum(-1)
-    grads = [apply(f"attention_grad_{n}", *xs, lse, delta, causal=True, scale=0.3) for n in "kv"]
-    want = ag.compile([out, lse, delta, *grads], inputs=xs, backend="numpy")(q, k, v, g)
-    arrays = dict(zip(("q", "k", "v", "g", "lse", "delta"), (q, k, v, g, *want[1:3]), strict=True))
+    qkvg, want = _reference(sh, seed=11)
+    arrays = dict(zip(INPUTS, (*qkvg, *want[1:3]), strict=True))
     assert set(FUSED) == {"attention+lse", "attention_grad_kv"}
     for op, expected in (("attention+lse", want[:2]), ("attention_grad_kv", want[3:])):
-        got = _dispatch(op, sh, True, 0.3, variant, arrays)
+        wgsl, names, grid = attention_wgsl(op, sh, True, 0.3, VARIANTS[variant])
+        assert names[-2:] == ["out", "out2"]
+        got = _run(wgsl, grid, [arrays[n] for n in names[:-2]], [w.size for w in expected])
         for a, w in zip(got, expected, strict=True):
-            np.testing.assert_allclose(a[: w.size].reshape(w.shape), w, rtol=1e-4, atol=1e-5, err_msg=op)
+            np.testing.assert_allclose(a.reshape(w.shape), w, rtol=1e-4, atol=1e-5, err_msg=op)
+
+
+@pytest.mark.parametrize("first", ["attention_grad_k", "attention_grad_v"])
+def test_merged_grad_kv(first):
+    # The helper a backend merge of sibling gradient nodes would call: both outputs, in the nodes'
+    # order, from the inputs it names; no merged form for other pairs.
+    sh = Shapes((2,), 37, 53, 24, 20, None)
+    qkvg, want = _reference(sh, seed=13)
+    inputs = (*qkvg, *want[1:3])
+    types = tuple(TensorType(a.shape, "float32") for a in inputs)
+    out_types = {"attention_grad_k": want[3], "attention_grad_v": want[4]}
+    order = [first, *(op for op in out_types if op != first)]
+    ctxs = [
+        LoweringContext(
+            None,
+            OPS[op],
+            "wgpu",
+            types,
+            TensorType(out_types[op].shape, "float32"),
+            {"causal": True, "scale": 0.3},
+            op,
+            None,
+        )
+        for op in order
+    ]
+    wgsl, grid, bound = merged_grad_kv(ctxs)
+    got = _run(wgsl, grid, [inputs[k] for k in bound], [out_types[op].size for op in order])
+    for a, op in zip(got, order, strict=True):
+        np.testing.assert_allclose(a.reshape(out_types[op].shape), out_types[op], rtol=1e-4, atol=1e-5)
+    assert merged_grad_kv([ctxs[0], ctxs[0]]) is None

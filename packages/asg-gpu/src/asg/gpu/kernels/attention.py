@@ -194,13 +194,19 @@ def _acc_width(shapes: Shapes, role: Role) -> int:
 
 
 def attention_wgsl(
-    op: str, shapes: Shapes, causal: bool, scale: float, variant: Variant | None = None
+    op: str,
+    shapes: Shapes,
+    causal: bool,
+    scale: float,
+    variant: Variant | None = None,
+    out2_first: bool = False,
 ) -> tuple[str, list[str], tuple[int, int, int]]:
     """(WGSL, the buffers it binds in order, workgroup grid) of the kernel of ``op`` (one of :data:`ROLES`).
 
     The buffers are names from :data:`INPUTS` plus ``"mask"`` and ``"out"``. ``variant``: the
     :class:`Variant` (default: :func:`selected_variant`); one whose workgroup memory would not fit
-    the shape falls back to the base variant.
+    the shape falls back to the base variant. ``out2_first``: a two-output kernel binds ``out2``
+    before ``out``.
     """
     assert BR == BC == 64 and KC == 16, "each invocation copies one vec4 per 64 x 16 tile"
     role = ROLES[op] if op in ROLES else FUSED[op]
@@ -232,6 +238,7 @@ def attention_wgsl(
     if role.value in ("p", "ds"):
         need |= {"lse"} | ({"delta"} if role.value == "ds" else set())
     outs = ["out", "out2"] if role.x2 or role.lse else ["out"]
+    outs = outs[::-1] if out2_first else outs
     names = [n for n in INPUTS if n in need] + (["mask"] if sh.mask is not None else []) + outs
     count = math.prod(sh.batch)
     last_row = count * sh.L - 1  # of lse and delta
@@ -650,9 +657,51 @@ def attention_program(ctx: LoweringContext) -> Program:
     return Program([Dispatch(wgsl, grid, tuple(role[n] for n in names))], name=ctx.name)
 
 
+def merged_grad_kv(ctxs: Sequence[LoweringContext]) -> tuple[str, tuple[int, int, int], list[int]] | None:
+    """One kernel for sibling ``attention_grad_k`` and ``attention_grad_v`` nodes (same inputs and
+    attributes; either order) storing both outputs, ``ctxs``' in their order, after the inputs:
+    (WGSL, grid, the inputs it binds), as :func:`asg.gpu.kernels.optim.merged_update`. It computes
+    the probabilities once instead of twice. ``None`` for other nodes, float16 or empty outputs.
+
+    >>> merged_grad_kv([]) is None
+    True
+    """
+    ops = [c.op_name for c in ctxs]
+    if sorted(ops) != ["attention_grad_k", "attention_grad_v"]:
+        return None
+    ctx = ctxs[0]
+    if any(t.dtype == "float16" for c in ctxs for t in (*c.in_types, c.out_type)):
+        return None
+    if any(math.prod(int(d) for d in c.out_type.shape) == 0 for c in ctxs):
+        return None
+    if any(dict(c.attrs) != dict(ctx.attrs) or c.in_types != ctx.in_types for c in ctxs):
+        return None
+    sh = shapes_of(ctx)
+    if math.prod(sh.batch) > 65535:
+        return None
+    scale = ctx.attrs.get("scale")
+    scale = 1.0 / math.sqrt(sh.E) if scale is None else float(scale)
+    causal = bool(ctx.attrs.get("causal"))
+    wgsl, names, grid = attention_wgsl(
+        "attention_grad_kv", sh, causal, scale, None, ops[0] == "attention_grad_v"
+    )
+    index = {n: k for k, n in enumerate(INPUTS)} | {"mask": 6}
+    return wgsl, grid, [index[n] for n in names if n not in ("out", "out2")]
+
+
 @gpu_lowering(*ROLES)
 def _attention(ctx: LoweringContext) -> Program:
     return attention_program(ctx)
 
 
-__all__: Sequence[str] = ["ROLES", "Shapes", "attention_program", "attention_wgsl"]
+__all__: Sequence[str] = [
+    "FUSED",
+    "ROLES",
+    "VARIANTS",
+    "Shapes",
+    "Variant",
+    "attention_program",
+    "attention_wgsl",
+    "merged_grad_kv",
+    "selected_variant",
+]
