@@ -178,6 +178,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also print the per-kernel GPU profile (timestamps)"
     )
+    parser.add_argument(
+        "--no-recompute",
+        action="store_true",
+        help="wgpu option recompute=False: store the values matmuls would recompute as they load A",
+    )
     a = parser.parse_args()
     if a.check:
         a.layers, a.d, a.heads, a.t, a.batch, a.steps = 2, 32, 4, 16, 4, 5
@@ -187,7 +192,7 @@ def main() -> None:
     x = rng.integers(0, a.vocab, (a.batch, a.t)).astype(np.int64)
     y = rng.integers(0, a.vocab, (a.batch * a.t,)).astype(np.int64)
     cfg = (a.vocab, a.t, a.d, a.layers, a.heads, a.batch)
-    step = asg_step("wgpu", *cfg)
+    step = asg_step("wgpu", *cfg, options={"recompute": False} if a.no_recompute else None)
     seconds, losses = time_asg(step, x, y, a.steps)
     plan = step.plan_for(x, y)
     pool = get_backend("wgpu").pool.stats()

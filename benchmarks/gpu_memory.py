@@ -103,11 +103,14 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=65)
     parser.add_argument("--run", action="store_true", help="also run one step (its staging buffer counts)")
     parser.add_argument("--no-pack", action="store_true", help="options pack_buffers=False")
+    parser.add_argument(
+        "--no-recompute", action="store_true", help="options recompute=False (matmuls read stored operands)"
+    )
     a = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.integers(0, a.vocab, (a.batch, a.t)).astype(np.int64)
     y = rng.integers(0, a.vocab, (a.batch * a.t,)).astype(np.int64)
-    options = {"pack_buffers": False} if a.no_pack else None
+    options = {"pack_buffers": not a.no_pack, "recompute": not a.no_recompute}
     step = asg_step("wgpu", a.vocab, a.t, a.d, a.layers, a.heads, a.batch, options=options)
     plan = step.plan_for(x, y)
     if a.run:

@@ -59,6 +59,10 @@ class WgpuBackend(Backend):
     - ``pack_buffers`` (default True): values of any shape whose lifetimes (after fusion) do not overlap
       share a buffer (:func:`~asg.gpu.pool.pack`), parameter updates included; False gives each entry
       of core's buffer table (values of one shape and dtype) its own buffer;
+    - ``recompute`` (default True, with ``fusion`` and ``pack_buffers``): a value read only as the
+      left operand of matmuls (an MLP's activation, attention's output transposed back) is not
+      stored: each matmul recomputes it from the op's input as it loads A
+      (:func:`~asg.gpu.fusion.matmul_operands`);
     - ``profile`` (default ``"plan"``): ``Function.profile`` times the plan's own (fused) dispatches,
       one row per dispatch named by the ops it runs (:meth:`WgpuPlan.run_timed`); ``"traced"`` times
       node by node (``run_traced``), one row per node of the schedule.
@@ -80,6 +84,7 @@ class WgpuBackend(Backend):
         "raw_dispatch": True,
         "fusion": True,
         "pack_buffers": True,
+        "recompute": True,
         "profile": "plan",
     }
 
@@ -112,7 +117,7 @@ class WgpuBackend(Backend):
 
     def compile(self, schedule: Schedule, kernels: Sequence[Any], options: Mapping[str, Any]) -> WgpuPlan:
         """A :class:`WgpuPlan` for ``schedule`` on the adapter of ``options["adapter"]`` (or
-        ``ASG_WGPU_ADAPTER``); the options ``raw_dispatch``, ``fusion`` and ``pack_buffers`` pass on."""
+        ``ASG_WGPU_ADAPTER``); the other options (see the class) pass on."""
         self.device(options.get("adapter"))
         return WgpuPlan(
             self,
@@ -122,6 +127,7 @@ class WgpuBackend(Backend):
             fusion=bool(options.get("fusion", True)),
             pack_buffers=bool(options.get("pack_buffers", True)),
             profile=str(options.get("profile", "plan")),
+            recompute=bool(options.get("recompute", True)),
         )
 
 
@@ -137,6 +143,7 @@ class WgpuPlan:
         fusion: bool = True,
         pack_buffers: bool = True,
         profile: str = "plan",
+        recompute: bool = True,
     ) -> None:
         if profile not in ("plan", "traced"):
             raise ValueError(f"wgpu: option profile={profile!r}: expected 'plan' or 'traced'")
@@ -202,7 +209,7 @@ class WgpuPlan:
 
             root = {n.id: self._root(n.id) for n in graph.nodes}
             # needs lifetimes from the dispatches (packing): a matmul reads the recomputed value's input later
-            recomputed = matmul_operands(schedule, root) if pack_buffers else {}
+            recomputed = matmul_operands(schedule, root) if pack_buffers and recompute else {}
             fused_at, skipped, self.fused_groups = plan_groups(
                 schedule, root, max_binding=dev.max_binding, recomputed=recomputed
             )

@@ -8,7 +8,8 @@ element (broadcasting through strides, one-element constants inlined), every nod
 local, and only the group's outputs are stored. :func:`plan_groups` places each kernel at the step
 of the group's last node in core's schedule, when that keeps the schedule's buffer plan valid
 (readers of the outputs come later; no input's buffer is reused before then); other groups run
-node by node.
+node by node. :func:`matmul_operands` finds the values no kernel needs to store because every
+matmul reading them recomputes them as it loads its left operand (``gelu(h) @ W``).
 """
 
 from __future__ import annotations
@@ -236,6 +237,7 @@ def matmul_operands(schedule: Schedule, root: Mapping[int, int]) -> dict[int, tu
             root.get(a, a) == value
             and root.get(b, b) != value
             and int(shapes[a][-1]) % 4 == 0
+            and int(shapes[a][-1]) > 0
             and int(shapes[b][-1]) % 4 == 0
             and (len(shapes[a]) == 2 or len(shapes[b]) == 2)
         )
