@@ -386,6 +386,17 @@ def test_simplify_composes_transposes_reshapes_and_broadcasts():
     assert after.outputs[2].op == "broadcast_to" and after.outputs[2].inputs[0].op != "broadcast_to"
 
 
+def test_simplify_keeps_the_reshape_that_copies_a_transposed_view():
+    # attention's output (B, H, T, hs) -> (B, T, H, hs) -> (B, T, d): that reshape copies; a second
+    # reshape of it (the weight gradient's (B*T, d)) stays a reshape of the copy, not a second copy
+    x = ag.input("x", (2, 3, 4, 5))
+    o = x.permute(0, 2, 1, 3).reshape(2, 4, 15)
+    graph = graph_of(o * 1.0 * 2.0, o.reshape(8, 15))  # (the pass must remove a node: x * 1)
+    after = check_pass(simplify_pass, graph, rand(2, 3, 4, 5))
+    assert after.outputs[1].op == "reshape" and after.outputs[1].inputs[0].op == "reshape"
+    assert after.outputs[1].inputs[0] is after.outputs[0].inputs[0]
+
+
 def test_simplify_cleans_gradient_graphs():
     x = ag.input("x", ("B", 3))
     w = ag.parameter(rand(3, 2), name="w")

@@ -9,9 +9,10 @@ reshape, transpose and broadcast):
   ``+0.0``: the two zeros compare equal, so that is the only change, as in XLA.)
 - ``x * 0`` -> zeros only when ``x`` is known to be finite (``inf * 0`` is NaN).
 - ``x + (-y)`` -> ``x - y``; ``x - (-y)`` -> ``x + y``; ``(-x) * (-y)`` -> ``x * y``; ``-(-x)`` -> ``x``.
-- ``reshape(reshape(x))`` -> one reshape, or ``x``; ``transpose(transpose(x))`` -> one transpose, or
-  ``x``; ``broadcast_to(broadcast_to(x))`` -> one broadcast; ``broadcast_to``/``sum_to``/``reshape``
-  to ``x``'s own shape, ``transpose`` by the identity and ``cast`` to ``x``'s dtype -> ``x``.
+- ``reshape(reshape(x))`` -> one reshape (not of a transpose: that reshape copies), or ``x``;
+  ``transpose(transpose(x))`` -> one transpose, or ``x``; ``broadcast_to(broadcast_to(x))`` -> one
+  broadcast; ``broadcast_to``/``sum_to``/``reshape`` to ``x``'s own shape, ``transpose`` by the
+  identity and ``cast`` to ``x``'s dtype -> ``x``.
 - A sum of tensors that are zero outside disjoint ranges of one axis -> one ``concat`` of the ranges
   (zeros of a gap's shape where no range lands). Such a tensor is a ``concat`` along that axis with
   zero inputs (the gradient of ``split``/``chunk``/``slice_range``) or a ``slice_backward`` (the gradient
@@ -242,6 +243,10 @@ def _simplify_reshape(node: Node, values: _Values) -> Node | None:
         x = x.inputs[0]
         if _same_type(x, node):
             return x
+        if x.op == "transpose":
+            # reshaping a transposed view copies it: the inner reshape's copy (which attention's
+            # (B, T, H, hs) -> (B, T, d) also feeds elsewhere) is reshaped as a view, not copied again
+            return None
         return _try("reshape", [x], {"shape": node.shape}, node)
     return x if _same_type(x, node) else None
 
