@@ -11,7 +11,8 @@ single-threaded numpy passes:
 - elementwise ops not in a group (erf, gelu, sigmoid ...) on large arrays run as one-op loops;
 - softmax/log_softmax over the last axis and layer_norm forward/backward are row-wise kernels;
   layer_norm's weight gradient and ``sum_to`` over leading axes (bias gradients) are parallel
-  column sums (blocks of rows, each into its own partial sums in float64);
+  column sums (blocks of rows, each into its own partial sums in float64), ``sum`` over trailing
+  axes (softmax's backward) parallel row sums;
 - conv_transpose2d (conv2d's input gradient) scatters its GEMM's columns in one parallel pass;
 - a sum of ``slice_backward`` of disjoint parts (the gradient of attention's q, k, v split) is one
   array the parts are copied into;
@@ -323,6 +324,26 @@ def _sum_to_make(ctx: LoweringContext) -> Any:
     return run
 
 
+def _sum_rows_make(ctx: LoweringContext) -> Any:
+    """sum over trailing axes (softmax's backward: (B, H, T, T) -> (B, H, T, 1)) as parallel row sums."""
+    from . import kernels
+
+    shape, axes = ctx.in_types[0].shape, tuple(sorted(ctx.attrs["axes"]))  # normalised: 0 <= axis < ndim
+    k = len(axes)
+    if not k or axes != tuple(range(len(shape) - k, len(shape))) or k == len(shape):
+        return None
+    rows = _rows_of(shape, k)
+    if rows[0] < 256 or math.prod(shape) < _COLUMN_SUMS_MIN // 4:
+        return None
+    out_shape = ctx.out_type.shape
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = np.empty(rows[0], x.dtype)
+        return kernels.row_sums(np.ascontiguousarray(x).reshape(rows), out).reshape(out_shape)
+
+    return run
+
+
 def _conv_transpose_make(ctx: LoweringContext) -> Any:
     from ...ops.convolution import conv_transpose_columns
     from . import kernels
@@ -346,6 +367,7 @@ register_lowering("layer_norm", BACKEND, _row_kernel(_layer_norm_make))
 register_lowering("layer_norm_backward", BACKEND, _row_kernel(_layer_norm_backward_make))
 register_lowering("layer_norm_weight_grad", BACKEND, _row_kernel(_layer_norm_weight_grad_make))
 register_lowering("sum_to", BACKEND, _row_kernel(_sum_to_make))
+register_lowering("sum", BACKEND, _row_kernel(_sum_rows_make))
 inherit_numpy_lowerings()  # every op asg-core defines (imported before the backends)
 from . import conv as _conv  # noqa: E402, F401  (conv and pool kernels; they fall back to the rules above)
 

@@ -70,6 +70,15 @@ def log_softmax_rows(x, out):  # pragma: no cover - compiled
     return out
 
 
+@njit(**_JIT)
+def row_sums(x, out):  # pragma: no cover - compiled
+    # sum over the trailing axes (softmax's backward, cross_entropy): out[r] = sum of row r
+    rows, cols = x.shape
+    for r in prange(rows):
+        out[r] = _row_sum(x, r, cols)
+    return out
+
+
 @njit(**_ROW_SUM)
 def _row_exp_sum(x, r, cols):  # pragma: no cover - compiled
     total = 0.0
