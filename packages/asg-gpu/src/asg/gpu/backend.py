@@ -384,11 +384,13 @@ class WgpuPlan:
     def _merge_updates(self, fused_at: dict[int, Any], skipped: set[int]) -> None:
         """Sibling optimizer updates (the nodes of one ``adam_update``: new param, exp_avg, exp_avg_sq;
         same inputs) run as one kernel storing all of them, at the last one's step
-        (:func:`~asg.gpu.kernels.optim.merged_update`), when nothing reads an output before then."""
+        (:func:`~asg.gpu.kernels.optim.merged_update`), when nothing reads an output before then.
+        A one-element input computed only for them from parameters (the step count ``step + 1``)
+        is computed in that kernel too (invocation 0 stores it)."""
         from asg.core.lowering import context
 
         from .codegen import Dispatch
-        from .kernels.optim import MERGEABLE, merged_update
+        from .kernels.optim import MERGEABLE, merged_update, scalar_expression
 
         schedule = self.schedule
         graph, spec = schedule.graph, schedule.spec
@@ -402,6 +404,8 @@ class WgpuPlan:
                 attrs = sorted((k, repr(v)) for k, v in spec.attrs[node.id].items() if k != "output")
                 siblings.setdefault((node.op, tuple(step.inputs), tuple(attrs)), []).append(step)
         names = graph.names()
+        made_at = {s.output: s for s in schedule.steps}
+        kept = {self._root(n.id) for n in schedule.outputs} | {self._root(v.id) for _, v in schedule.updates}
         for group in siblings.values():
             last = max(s.index for s in group)
             if (
@@ -411,14 +415,41 @@ class WgpuPlan:
                 or any(self._size(v) > self.dev.max_binding for v in group[0].inputs)
             ):
                 continue
-            found = merged_update([context("wgpu", graph, s.node, spec, names) for s in group])
+            computed: dict[int, str] = {}
+            extra: list[tuple[str, str]] = []
+            scalars: list[tuple[str, str, str]] = []
+            extra_ids, scalar_ids, inlined = [], [], []
+            members = {s.index for s in group}
+            for k, v in enumerate(group[0].inputs):
+                src = made_at.get(v)
+                if (
+                    src is None
+                    or src.index in fused_at
+                    or src.index in skipped
+                    or self.programs[src.index].view
+                    or any(r not in members for r in readers.get(v, ()))
+                ):
+                    continue
+                inline = scalar_expression(src.node, spec, f"x{len(extra)}_")
+                if inline is None:
+                    continue
+                computed[k], binds, ids = inline
+                extra += binds
+                extra_ids += ids
+                if v in kept:
+                    scalars.append((f"s{len(scalars)}", src.node.dtype, computed[k]))
+                    scalar_ids.append(v)
+                inlined.append(src)
+            ctxs = [context("wgpu", graph, s.node, spec, names) for s in group]
+            found = merged_update(ctxs, computed, extra, scalars)
             if found is None:
                 continue
             wgsl, grid, bound = found
-            args = [("value", group[0].inputs[k]) for k in bound] + [("value", s.output) for s in group]
+            args = [("value", group[0].inputs[k]) for k in bound] + [("value", i) for i in extra_ids]
+            args += [("value", s.output) for s in group] + [("value", v) for v in scalar_ids]
             fused_at[last] = Dispatch(wgsl, grid, tuple(args))
-            skipped.update(s.index for s in group if s.index != last)
-            self._labels[last] = "+".join(s.node.op for s in group)
+            skipped.update(s.index for s in [*group, *inlined] if s.index != last)
+            self._labels[last] = "+".join(s.node.op for s in [*inlined, *group])
 
     def _check_binding(self, step: Any, refs: list[tuple[str, int, Any]]) -> None:
         """A value bound past the adapter's largest storage binding is an error naming the op and the value."""

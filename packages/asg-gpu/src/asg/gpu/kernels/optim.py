@@ -10,11 +10,13 @@ float32 with ``ln(beta)`` from the host, which keeps their relative error near 1
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from asg.core.graph import Node
 from asg.core.lowering import LoweringContext
+from asg.core.specialize import Specialization
 
-from ..codegen import Program, elementwise_kernel, grid, literal, load, per_element, store
+from ..codegen import VTYPE, Program, elementwise_kernel, grid, literal, load, per_element, store
 from ._base import const_scalar, gpu_lowering
 
 EXPM1 = """
@@ -28,10 +30,16 @@ def _f(v: float) -> str:
     return literal(v, "f32")
 
 
-def _loads(ctx: LoweringContext, names: list[str]) -> tuple[list[str], list[int]]:
-    """Lines binding the inputs by name (scalars read once, constants inlined), and the inputs bound."""
+def _loads(
+    ctx: LoweringContext, names: list[str], computed: Mapping[int, str] | None = None
+) -> tuple[list[str], list[int]]:
+    """Lines binding the inputs by name (scalars read once, constants inlined, those of ``computed``
+    given by its expression), and the inputs bound."""
     body, bound = [], []
     for k, name in enumerate(names):
+        if computed and k in computed:
+            body.append(f"let {name} = {computed[k]};")
+            continue
         value = const_scalar(ctx, k)
         if value is not None and tuple(ctx.in_types[k].shape) == ():
             body.append(f"let {name} = {_f(value)};")
@@ -56,12 +64,22 @@ def _program(ctx: LoweringContext, names: list[str], lines: list[str], result: s
     return prog
 
 
-def merged_update(ctxs: Sequence[LoweringContext]) -> tuple[str, tuple[int, int, int], list[int]] | None:
+def merged_update(
+    ctxs: Sequence[LoweringContext],
+    computed: Mapping[int, str] | None = None,
+    extra: Sequence[tuple[str, str]] = (),
+    scalar_outputs: Sequence[tuple[str, str, str]] = (),
+) -> tuple[str, tuple[int, int, int], list[int]] | None:
     """One kernel storing the outputs of sibling update nodes (the same op, inputs and attributes
     but ``output``: ``adam_update``'s new param, exp_avg and exp_avg_sq), each in ``out{j}`` in the
     order of ``ctxs``: (WGSL, grid, the inputs it binds as ``in0..``). The inputs are read once
     instead of once per output, and one dispatch runs instead of three. ``None`` if the op has no
-    merged form (:data:`MERGEABLE`)."""
+    merged form (:data:`MERGEABLE`).
+
+    ``computed``: input index -> f32 expression computing it in the kernel (the step count
+    ``step + 1``) from the buffers ``extra`` (declared after the inputs); ``scalar_outputs``:
+    (buffer, dtype, expression) stored by invocation 0, declared after the outputs.
+    """
     ctx = ctxs[0]
     parts = MERGEABLE.get(ctx.op_name)
     if parts is None:
@@ -69,11 +87,13 @@ def merged_update(ctxs: Sequence[LoweringContext]) -> tuple[str, tuple[int, int,
     names, lines, results = parts(ctx)
     if len(names) != len(ctx.in_types) or any(c.attrs["output"] not in results for c in ctxs):
         return None  # AMSGrad's extra state
-    body, bound = _loads(ctx, names)
+    body, bound = _loads(ctx, names, computed)
     body += lines
     body += [store(f"out{j}", "float32", "i", results[c.attrs["output"]]) for j, c in enumerate(ctxs)]
-    bindings = [(f"in{j}", ctx.in_types[k].dtype) for j, k in enumerate(bound)]
+    body += [f"if (i == 0) {{ {store(name, dtype, '0', expr)} }}" for name, dtype, expr in scalar_outputs]
+    bindings = [(f"in{j}", ctx.in_types[k].dtype) for j, k in enumerate(bound)] + list(extra)
     bindings += [(f"out{j}", "float32") for j in range(len(ctxs))]
+    bindings += [(name, dtype) for name, dtype, _ in scalar_outputs]
     count = math.prod(int(d) for d in ctx.out_type.shape)
     wgsl = elementwise_kernel(bindings, count, body).replace("\n@compute", EXPM1 + "\n@compute", 1)
     return wgsl, grid(count), bound
@@ -165,6 +185,32 @@ def _rmsprop(ctx: LoweringContext) -> Program:
             return _program(ctx, names, lines, "buf")
         return _program(ctx, names, lines, "param - lr * buf")
     return _program(ctx, names, lines, "param - lr * (g / avg)")
+
+
+def scalar_expression(
+    node: Node, spec: Specialization, prefix: str
+) -> tuple[str, list[tuple[str, str]], list[int]] | None:
+    """A one-element float32 elementwise ``node`` (the step count ``step + 1``) as an expression of
+    its inputs, for :func:`merged_update`'s ``computed``: (expression, bindings ``{prefix}{k}``, ids of
+    the values bound). Only inputs valid for the whole step qualify (parameters, inputs, constants:
+    one-element ones inlined); else ``None``."""
+    from .elementwise import TABLE, emit
+
+    if node.op not in TABLE or node.dtype != "float32" or tuple(spec.shapes[node.id]) != ():
+        return None
+    values, bindings, ids = [], [], []
+    for inp in node.inputs:
+        if inp.op == "constant" and inp.data is not None and inp.data.size == 1:
+            values.append((literal(inp.data.reshape(()).item(), VTYPE[inp.dtype]), VTYPE[inp.dtype]))
+        elif inp.op in ("parameter", "input") and tuple(spec.shapes[inp.id]) == ():
+            name = f"{prefix}{len(bindings)}"
+            bindings.append((name, inp.dtype))
+            ids.append(inp.id)
+            values.append((load(name, inp.dtype, "0"), VTYPE[inp.dtype]))
+        else:
+            return None
+    expr = emit(node.op, spec.attrs[node.id], [i.dtype for i in node.inputs], node.dtype, values)
+    return f"f32({expr})", bindings, ids
 
 
 # ops whose sibling nodes (one per output) :func:`merged_update` computes in one kernel: op -> parts
