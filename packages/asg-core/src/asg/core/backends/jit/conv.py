@@ -8,7 +8,7 @@ most :data:`DIRECT_MAX_CHANNELS`, the three ops of the family run as direct loop
 
 - ``conv2d`` directly;
 - ``conv2d_backward_weight`` as one dot product per weight over the images of a thread, summed after;
-- ``conv_transpose2d`` as the ``conv2d`` of its input with the flipped, channel-swapped weight (the
+- ``conv_transpose2d`` as the scatter of each input channel's plane, shifted per kernel offset (the
   strided case keeps numpy-jit's GEMM + parallel scatter).
 
 ``max_pool2d`` and its backward and gather ops find each window's first maximum in one parallel pass
@@ -58,7 +58,8 @@ def _c(a: np.ndarray) -> np.ndarray:
 
 def _conv2d_make(ctx: LoweringContext) -> Any:
     attrs, shape = ctx.attrs, ctx.out_type.shape
-    if not _direct(ctx, ctx.in_types[1].shape, int(attrs["groups"])):
+    groups = int(attrs["groups"])
+    if not _direct(ctx, ctx.in_types[1].shape, groups):
         return None
     from . import conv_kernels
 
@@ -75,28 +76,17 @@ def _conv2d_make(ctx: LoweringContext) -> Any:
 
 def _conv_transpose_make(ctx: LoweringContext) -> Any:
     attrs, shape = ctx.attrs, ctx.out_type.shape
-    groups = int(attrs["groups"])
-    c_in, c_out_per_group, kh, kw = ctx.in_types[1].shape
-    if not _direct(ctx, (c_in, c_out_per_group), groups):
+    if not _direct(ctx, ctx.in_types[1].shape, int(attrs["groups"])):
         return None
     from . import conv_kernels
 
-    (dh, dw), (top, _, left, _) = attrs["dilation"], attrs["padding"]
-    span_h, span_w = (kh - 1) * dh, (kw - 1) * dw
-    hp, wp = shape[2] + span_h, shape[3] + span_w
-    cig = c_in // groups
+    top, bottom, left, right = attrs["padding"]
+    hp, wp = shape[2] + top + bottom, shape[3] + left + right
+    (dh, dw) = attrs["dilation"]
 
     def run(g: np.ndarray, w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        # conv2d's weight (groups*C_out/groups, C_in/groups, kH, kW), flipped in space
-        forward = (
-            w.reshape(groups, cig, c_out_per_group, kh, kw)
-            .transpose(0, 2, 1, 3, 4)
-            .reshape(groups * c_out_per_group, cig, kh, kw)[:, :, ::-1, ::-1]
-        )
         result = np.empty(shape, g.dtype) if out is None else out
-        return conv_kernels.conv_direct(
-            _c(g), _c(forward), span_h - top, span_w - left, hp, wp, dh, dw, result
-        )
+        return conv_kernels.conv_transpose_direct(_c(g), _c(w), top, left, hp, wp, dh, dw, result)
 
     return run
 

@@ -33,53 +33,92 @@ def _pad_image(x, n, top, left, hp, wp, xp):  # pragma: no cover - compiled
                 dst[s + left] = src[s]
 
 
+@njit(**{**_FMA, "parallel": False}, inline="always")
+def _add_products(dst, sources, starts, weights, first, count, length):  # pragma: no cover - compiled
+    """``dst[q] += sum_k weights[k] * sources[starts[k] + q]`` over ``k`` in ``first .. first+count``,
+    four terms per pass over ``dst`` (one load and store of ``dst`` per four multiply-adds)."""
+    k = first
+    while k + 4 <= first + count:
+        s0 = sources[starts[k] : starts[k] + length]  # slices: no negative-index checks in the loop
+        s1 = sources[starts[k + 1] : starts[k + 1] + length]
+        s2 = sources[starts[k + 2] : starts[k + 2] + length]
+        s3 = sources[starts[k + 3] : starts[k + 3] + length]
+        w0, w1, w2, w3 = weights[k], weights[k + 1], weights[k + 2], weights[k + 3]
+        for q in range(length):
+            dst[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q] + w3 * s3[q]
+        k += 4
+    while k < first + count:
+        s0 = sources[starts[k] : starts[k] + length]
+        w0 = weights[k]
+        for q in range(length):
+            dst[q] += w0 * s0[q]
+        k += 1
+
+
 @njit(**_FMA)
 def conv_direct(x, w, top, left, hp, wp, dh, dw, out):  # pragma: no cover - compiled
-    # out[n, co, y, x] = sum_{c, i, j} w[co, c, i, j] * xpad[n, g*cig + c, y + i*dh, x + j*dw], stride 1;
-    # xpad is x placed at (top, left) in an (hp, wp) zero plane. Four output channels of a group at a time
-    # share each load of the input (then one at a time for the rest of the group).
+    # out[n, co, y, x] = sum_{c, i, j} w[co, c, i, j] * xpad[n, grp*cig + c, y + i*dh, x + j*dw], stride 1;
+    # xpad is x placed at (top, left) in an (hp, wp) zero plane. Each output plane is one pass per four
+    # (c, i, j) terms over its flat positions.
     n_img, channels = x.shape[0], x.shape[1]
     c_out, cig, kh, kw = w.shape
-    groups = channels // cig
-    cog = c_out // groups
+    cog = c_out // (channels // cig)
     ho, wo = out.shape[2], out.shape[3]
     length = (ho - 1) * wp + wo
+    plane = hp * wp
+    weights = w.reshape(c_out, cig * kh * kw)
+    starts = np.empty(cig * kh * kw, np.int64)  # where term (c, i, j) starts reading a group's planes
+    for c in range(cig):
+        for i in range(kh):
+            for j in range(kw):
+                starts[(c * kh + i) * kw + j] = c * plane + i * dh * wp + j * dw
     for n in prange(n_img):
-        xp = np.zeros((channels, hp * wp), x.dtype)
+        xp = np.zeros((channels, plane), x.dtype)
         _pad_image(x, n, top, left, hp, wp, xp)
-        acc = np.empty((4, length), x.dtype)
-        a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
-        for grp in range(groups):
-            co = grp * cog
-            while co < (grp + 1) * cog:
-                block = 4 if co + 4 <= (grp + 1) * cog else 1
-                acc[:block] = 0
-                for c in range(cig):
-                    for i in range(kh):
-                        for j in range(kw):
-                            off = i * dh * wp + j * dw
-                            src = xp[grp * cig + c, off : off + length]  # a slice: no negative-index checks
-                            if block == 4:
-                                w0, w1, w2, w3 = (
-                                    w[co, c, i, j],
-                                    w[co + 1, c, i, j],
-                                    w[co + 2, c, i, j],
-                                    w[co + 3, c, i, j],
-                                )
-                                for q in range(length):
-                                    v = src[q]
-                                    a0[q] += w0 * v
-                                    a1[q] += w1 * v
-                                    a2[q] += w2 * v
-                                    a3[q] += w3 * v
-                            else:
-                                w0 = w[co, c, i, j]
-                                for q in range(length):
-                                    a0[q] += w0 * src[q]
-                for k in range(block):
-                    for y in range(ho):
-                        out[n, co + k, y] = acc[k, y * wp : y * wp + wo]
-                co += block
+        flat = xp.reshape(-1)
+        acc = np.empty(length, x.dtype)
+        for co in range(c_out):
+            acc[:] = 0
+            base = (co // cog) * cig * plane
+            _add_products(acc, flat[base:], starts, weights[co], 0, starts.shape[0], length)
+            for y in range(ho):
+                out[n, co, y] = acc[y * wp : y * wp + wo]
+    return out
+
+
+@njit(**_FMA)
+def conv_transpose_direct(g, w, top, left, hp, wp, dh, dw, out):  # pragma: no cover - compiled
+    # conv_transpose2d at stride 1: xpad[n, grp*cox + c, y + i*dh, x + j*dw] += w[grp*cgg + k, c, i, j] * g[n, k, y, x]
+    # over an (hp, wp) plane, then out is xpad from (top, left). g is read at width wp (zeros past its
+    # width), so each (c, i, j) is one pass per four channels of g over the flat positions of g.
+    n_img, c_g, hg, wg = g.shape
+    _, cox, kh, kw = w.shape
+    c_x, h, wd = out.shape[1], out.shape[2], out.shape[3]
+    cgg = c_g // (c_x // cox)
+    length = (hg - 1) * wp + wg
+    weights = np.empty((c_x, kh, kw, cgg), w.dtype)  # the terms of each (c, i, j), contiguous
+    for c in range(c_x):
+        for i in range(kh):
+            for j in range(kw):
+                for k in range(cgg):
+                    weights[c, i, j, k] = w[(c // cox) * cgg + k, c % cox, i, j]
+    starts = np.arange(cgg) * length
+    for n in prange(n_img):
+        gw = np.zeros((c_g, length), g.dtype)
+        for k in range(c_g):
+            for y in range(hg):
+                gw[k, y * wp : y * wp + wg] = g[n, k, y]
+        flat = gw.reshape(-1)
+        xp = np.zeros((c_x, hp * wp), g.dtype)
+        for c in range(c_x):
+            source = flat[(c // cox) * cgg * length :]
+            for i in range(kh):
+                for j in range(kw):
+                    off = i * dh * wp + j * dw
+                    _add_products(xp[c, off : off + length], source, starts, weights[c, i, j], 0, cgg, length)
+        for c in range(c_x):
+            for r in range(h):
+                out[n, c, r] = xp[c, (r + top) * wp + left : (r + top) * wp + left + wd]
     return out
 
 
@@ -148,7 +187,7 @@ def _first_max(plane, y, s, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover
             r = r0 + i * dh
             for j in range(kw):
                 v = plane[r, c0 + j * dw]
-                bigger = v > best  # selects, not branches: which is bigger is unpredictable
+                bigger = v > best  # a select, not a branch: which is bigger is unpredictable
                 best = v if bigger else best
                 arg = r * wd + c0 + j * dw if bigger else arg
                 nan |= v != v
@@ -169,16 +208,44 @@ def _first_max(plane, y, s, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover
     return best, arg
 
 
+@njit(**{**_JIT, "parallel": False}, inline="always")
+def _first_max_2x2(plane, y, s):  # pragma: no cover - compiled
+    """``_first_max`` of a 2x2 window at stride 2 without padding, as offset 0..3 of the window: constant
+    strides let the loop over ``s`` vectorise (the pool most networks use)."""
+    r, c = 2 * y, 2 * s
+    v0, v1, v2, v3 = plane[r, c], plane[r, c + 1], plane[r + 1, c], plane[r + 1, c + 1]
+    best, arg = v0, 0
+    arg = 1 if v1 > best else arg
+    best = v1 if v1 > best else best
+    arg = 2 if v2 > best else arg
+    best = v2 if v2 > best else best
+    arg = 3 if v3 > best else arg
+    best = v3 if v3 > best else best
+    nan = (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3)
+    return (np.nan if nan else best), (3 if nan else arg)
+
+
+@njit(**{**_JIT, "parallel": False}, inline="always")
+def _is_2x2(plane, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - compiled
+    fits = 2 * ho <= plane.shape[0] and 2 * wo <= plane.shape[1]
+    return kh == kw == sh == sw == 2 and ph == pw == 0 and dh == dw == 1 and fits
+
+
 @njit(**_JIT)
 def max_pool(x, kh, kw, sh, sw, ph, pw, dh, dw, out):  # pragma: no cover - compiled
     n_img, channels = x.shape[0], x.shape[1]
     ho, wo = out.shape[2], out.shape[3]
     for task in prange(n_img * channels):
         n, c = task // channels, task % channels
-        plane = x[n, c]
-        for y in range(ho):
-            for s in range(wo):
-                out[n, c, y, s] = _first_max(plane, y, s, kh, kw, sh, sw, ph, pw, dh, dw)[0]
+        plane, result = x[n, c], out[n, c]
+        if _is_2x2(plane, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw):
+            for y in range(ho):
+                for s in range(wo):
+                    result[y, s] = _first_max_2x2(plane, y, s)[0]
+        else:
+            for y in range(ho):
+                for s in range(wo):
+                    result[y, s] = _first_max(plane, y, s, kh, kw, sh, sw, ph, pw, dh, dw)[0]
     return out
 
 
@@ -189,13 +256,27 @@ def max_pool_backward(x, g, kh, kw, sh, sw, ph, pw, dh, dw, out):  # pragma: no 
     ho, wo = g.shape[2], g.shape[3]
     for task in prange(n_img * channels):
         n, c = task // channels, task % channels
-        plane, target = x[n, c], out[n, c].reshape(-1)
-        target[:] = 0
-        for y in range(ho):
-            for s in range(wo):
-                arg = _first_max(plane, y, s, kh, kw, sh, sw, ph, pw, dh, dw)[1]
-                if arg >= 0:
-                    target[arg] += g[n, c, y, s]
+        plane, grad, target = x[n, c], g[n, c], out[n, c]
+        if _is_2x2(plane, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw):
+            # every element of the 2*ho x 2*wo corner is written once; the rest (odd sizes) stays 0
+            target[2 * ho :] = 0
+            target[:, 2 * wo :] = 0
+            for y in range(ho):
+                for s in range(wo):
+                    arg = _first_max_2x2(plane, y, s)[1]
+                    v = grad[y, s]
+                    target[2 * y, 2 * s] = v if arg == 0 else 0
+                    target[2 * y, 2 * s + 1] = v if arg == 1 else 0
+                    target[2 * y + 1, 2 * s] = v if arg == 2 else 0
+                    target[2 * y + 1, 2 * s + 1] = v if arg == 3 else 0
+        else:
+            flat = target.reshape(-1)
+            flat[:] = 0
+            for y in range(ho):
+                for s in range(wo):
+                    arg = _first_max(plane, y, s, kh, kw, sh, sw, ph, pw, dh, dw)[1]
+                    if arg >= 0:
+                        flat[arg] += grad[y, s]
     return out
 
 
@@ -204,11 +285,17 @@ def max_pool_gather(x, h, kh, kw, sh, sw, ph, pw, dh, dw, out):  # pragma: no co
     # out[window] = h at the window's first maximum (0 where that is padding)
     n_img, channels = x.shape[0], x.shape[1]
     ho, wo = out.shape[2], out.shape[3]
+    wd = x.shape[3]
     for task in prange(n_img * channels):
         n, c = task // channels, task % channels
-        plane, source = x[n, c], h[n, c].reshape(-1)
+        plane, source, result = x[n, c], h[n, c].reshape(-1), out[n, c]
+        two = _is_2x2(plane, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
         for y in range(ho):
             for s in range(wo):
-                arg = _first_max(plane, y, s, kh, kw, sh, sw, ph, pw, dh, dw)[1]
-                out[n, c, y, s] = source[arg] if arg >= 0 else 0
+                if two:
+                    k = _first_max_2x2(plane, y, s)[1]
+                    arg = (2 * y + k // 2) * wd + 2 * s + k % 2
+                else:
+                    arg = _first_max(plane, y, s, kh, kw, sh, sw, ph, pw, dh, dw)[1]
+                result[y, s] = source[arg] if arg >= 0 else 0
     return out
