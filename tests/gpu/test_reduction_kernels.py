@@ -97,3 +97,22 @@ def test_one_kernel_runs_the_three_outputs_of_an_adam_step(weight_decay):
     want = [float(cpu(data)) for _ in range(4)]
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert got[-1] < got[0]
+
+
+def test_head_split_and_merge_copies_read_their_sources_in_place():
+    # attention's layout changes: a fused qkv projection split into heads, the heads' gradients
+    # merged back; each chain of copies runs as one copy from the source
+    b, t, h, e = 2, 5, 3, 4
+    x = ag.input("x", (b, t, 3 * h * e))
+    q, k, v = (ag.reshape(z, (b, t, h, e)).transpose(1, 2) for z in ag.chunk(x, 3, axis=2))
+    w = ag.constant(RNG.standard_normal((b, h, t, e)).astype(np.float32))
+    loss = (ag.tanh(q * k + v) * w).sum()
+    (gx,) = ag.grad(loss, [x])
+    data = RNG.standard_normal((b, t, 3 * h * e)).astype(np.float32)
+    f = ag.compile([loss, gx], inputs=[x], backend="wgpu")
+    for got, want in zip(f(data), ag.compile([loss, gx], inputs=[x])(data), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-5)
+    labels = [ops for _, ops in f.plan_for(data).dispatch_labels()]
+    assert labels.count("slice_range+transpose") == 3
+    assert "transpose+transpose+transpose+concat" in labels
+    assert "slice_range" not in labels and "transpose" not in labels

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -221,6 +222,8 @@ class WgpuPlan:
         }
         if fusion:
             self._merge_updates(fused_at, skipped)
+            if pack_buffers:  # the sources' lifetimes then come from the dispatches reading them
+                folded |= self._fold_copies(fused_at, skipped)
         # Values a fused kernel keeps in registers get no buffer (run_traced allocates them if it runs).
         internal = {n.id for g in self.fused_groups for n in g.nodes} - {
             o.id for g in self.fused_groups for o in g.outputs
@@ -379,6 +382,80 @@ class WgpuPlan:
             self.programs[step.index] = prog
             skipped.add(t_step.index)
             folded.add(a.id)
+        return folded
+
+    def _fold_copies(self, fused_at: dict[int, Any], skipped: set[int]) -> set[int]:
+        """A transpose, slice_range or concat reading (through reshapes) transposes or slices that
+        nothing else reads reads their source in place (:func:`~asg.gpu.kernels.shape.source_offset`):
+        the split of a fused qkv projection into heads is one copy, the heads' gradients go straight
+        into the concatenation. The copies' steps are skipped (``run_traced`` still runs them);
+        returns the ids of their values."""
+        from .codegen import Dispatch, grid
+        from .kernels.shape import FOLDABLE, chain_copy, concat_kernel
+
+        schedule = self.schedule
+        shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
+        made_at = {s.output: s for s in schedule.steps}
+        readers: dict[int, int] = {}
+        for s in schedule.steps:
+            for i in set(s.inputs):
+                readers[i] = readers.get(i, 0) + 1
+        kept = {self._root(n.id) for n in schedule.outputs} | {self._root(v.id) for _, v in schedule.updates}
+        limit = self.dev.max_binding
+
+        def chain_of(value: int) -> tuple[int, list[Any], list[Any]]:
+            chain, copies = [], []
+            while True:
+                s = made_at.get(value)
+                if (
+                    s is None
+                    or s.node.op not in FOLDABLE
+                    or s.index in fused_at
+                    or s.index in skipped
+                    or readers.get(value) != 1
+                    or value in kept
+                    or (s.node.op == "reshape") != bool(self.programs[s.index].view)
+                ):
+                    break
+                chain.append((s.node.op, tuple(shapes[s.inputs[0]]), tuple(shapes[value]), attrs[value]))
+                copies += [s] if s.node.op != "reshape" else []
+                value = s.inputs[0]
+            return value, chain, copies
+
+        folded: set[int] = set()
+        for step in reversed(schedule.steps):
+            node = step.node
+            if (
+                node.op not in ("transpose", "slice_range", "concat")
+                or step.index in fused_at
+                or step.index in skipped
+                or self.programs[step.index].view
+                or self._size(step.output) > limit
+            ):
+                continue
+            found = [chain_of(v) for v in step.inputs]
+            if not any(copies for _, _, copies in found) or any(
+                self._size(src) > limit for src, _, _ in found
+            ):
+                continue
+            out = tuple(shapes[step.output])
+            if node.op == "concat":
+                inputs = [(tuple(shapes[v]), self._nodes[v].dtype) for v in step.inputs]
+                chains = [chain for _, chain, _ in found]
+                wgsl = concat_kernel(out, attrs[step.output]["axis"] % len(out), inputs, node.dtype, chains)
+                d = Dispatch(wgsl, grid(math.prod(out)), ())
+            else:
+                own = (node.op, tuple(shapes[step.inputs[0]]), out, attrs[step.output])
+                chain = [own, *found[0][1]]
+                (d,) = chain_copy(
+                    self.programs[step.index].name, node.dtype, math.prod(out), chain
+                ).dispatches
+            args = (*(("value", src) for src, _, _ in found), ("value", step.output))
+            fused_at[step.index] = Dispatch(d.wgsl, d.grid, args)
+            copies = [c for _, _, cs in found for c in cs]
+            skipped.update(c.index for c in copies)
+            folded.update(c.output for c in copies)
+            self._labels[step.index] = "+".join([*(c.node.op for c in reversed(copies)), node.op])
         return folded
 
     def _merge_updates(self, fused_at: dict[int, Any], skipped: set[int]) -> None:

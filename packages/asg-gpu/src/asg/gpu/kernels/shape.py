@@ -11,7 +11,8 @@ outside the axis reads 0.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from asg.core.lowering import LoweringContext
 
@@ -172,24 +173,83 @@ def _slice_backward(ctx: LoweringContext) -> Program:
     return per_element(ctx.name, [dtype], dtype, _count(out), body)
 
 
-@gpu_lowering("concat", f16=True)
-def _concat(ctx: LoweringContext) -> Program:
-    out = _shape(ctx.out_type)
-    axis = ctx.attrs["axis"] % len(out)
-    dtype = ctx.out_type.dtype
+# One movement op of a chain a kernel reads through: (op, input shape, output shape, attributes);
+# op is "reshape", "transpose" or "slice_range".
+Move = tuple[str, tuple[int, ...], tuple[int, ...], Mapping[str, Any]]
+
+FOLDABLE = frozenset({"reshape", "transpose", "slice_range"})
+
+
+def source_offset(chain: Sequence[Move], index: str, tag: str = "") -> tuple[list[str], str]:
+    """(lines, variable): the offset into a chain's source of element ``index`` of the chain's value.
+
+    ``chain`` runs from the value read back to the source (its last op first): a reshape keeps the
+    linear index, a transpose or a slice maps the coordinates. A kernel reading a transposed or
+    sliced value through this reads the source in place, so the copy is never stored.
+    """
+    lines: list[str] = []
+    cur = index
+    for k, (op, shape_in, shape_out, attrs) in enumerate(chain):
+        if op == "reshape":
+            continue
+        pre = f"g{tag}{k}_"
+        st = strides(shape_in)
+        lines += coords(shape_out, cur, pre)
+        if op == "transpose":
+            axes = [a % len(shape_in) for a in attrs["axes"]]
+            terms = [f"{pre}{d} * {st[a]}" for d, a in enumerate(axes)]
+        else:  # slice_range
+            axis, start = attrs["axis"] % len(shape_in), attrs["start"]
+            start = max(0, min(start + shape_in[axis] if start < 0 else start, shape_in[axis]))
+            terms = [f"{pre}{d} * {st[d]}" for d in range(len(shape_in))] + [str(start * st[axis])]
+        lines.append(f"let o{tag}{k} = {' + '.join(terms) or '0'};")
+        cur = f"o{tag}{k}"
+    return lines, cur
+
+
+def chain_copy(name: str, dtype: str, count: int, chain: Sequence[Move]) -> Program:
+    """``out[i]`` = element ``i`` of the chain's value, read from its source ``in0`` (a transpose of a
+    slice, say: the q of a fused qkv projection split into heads, in one copy instead of two)."""
+    lines, off = source_offset(chain, "i")
+    body = [*lines, store("out", dtype, "i", load("in0", dtype, off))]
+    return per_element(name, [dtype], dtype, count, body)
+
+
+def concat_kernel(
+    out: Sequence[int],
+    axis: int,
+    inputs: Sequence[tuple[tuple[int, ...], str]],
+    dtype: str,
+    chains: Sequence[Sequence[Move]] = (),
+) -> str:
+    """The concatenation of ``inputs`` ((shape, dtype), bound as ``in0..``) along ``axis``; input k
+    read through ``chains[k]`` (:func:`source_offset`) where given, from the chain's source."""
     body = [*coords(out), f"var v = {literal(0, VTYPE[dtype])};"]
     at = 0
-    for k, t in enumerate(ctx.in_types):
-        shape = _shape(t)
+    for k, (shape, src) in enumerate(inputs):
         st = list(strides(shape))
         n = shape[axis]
         terms = [f"c{d} * {st[d]}" for d in range(len(out)) if d != axis]
         terms.append(f"(c{axis} - {at}) * {st[axis]}")
         cond = f"c{axis} >= {at} && c{axis} < {at + n}"
-        body.append(f"if ({cond}) {{ v = {convert_load(f'in{k}', t.dtype, ' + '.join(terms), dtype)}; }}")
+        lines, off = source_offset(chains[k] if k < len(chains) else (), f"l{k}", f"{k}_")
+        read = " ".join([f"let l{k} = {' + '.join(terms)};", *lines])
+        body.append(f"if ({cond}) {{ {read} v = {convert_load(f'in{k}', src, off, dtype)}; }}")
         at += n
     body.append(store("out", dtype, "i", "v"))
-    return per_element(ctx.name, [t.dtype for t in ctx.in_types], dtype, _count(out), body)
+    return elementwise_kernel(
+        [*((f"in{k}", src) for k, (_, src) in enumerate(inputs)), ("out", dtype)], math.prod(out), body
+    )
+
+
+@gpu_lowering("concat", f16=True)
+def _concat(ctx: LoweringContext) -> Program:
+    out = _shape(ctx.out_type)
+    axis = ctx.attrs["axis"] % len(out)
+    inputs = [(_shape(t), t.dtype) for t in ctx.in_types]
+    wgsl = concat_kernel(out, axis, inputs, ctx.out_type.dtype)
+    args = (*tuple(("in", k) for k in range(len(inputs))), ("out", 0))
+    return Program([Dispatch(wgsl, grid(_count(out)), args)] if _count(out) else [], name=ctx.name)
 
 
 def convert_load(buf: str, src: str, index: str, dst: str) -> str:
