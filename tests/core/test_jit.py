@@ -188,6 +188,21 @@ def test_special_values_propagate_as_in_numpy() -> None:
     np.testing.assert_allclose(got, want, rtol=5e-6, atol=1e-37, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_rows_with_special_values_match_numpy(dtype: str) -> None:
+    # the float32 row max works on the bits (NaN of either sign, infinities, signed zeros)
+    rows = np.tile(np.linspace(-3, 3, 9), (8, 1))
+    rows[0, 2], rows[1, 5], rows[2, :] = np.nan, -np.nan, np.nan  # NaN (sign bit set in row 1)
+    rows[3, 4], rows[4, :], rows[5, 1] = np.inf, -np.inf, -np.inf
+    rows[6, :], rows[6, 3], rows[7, :] = 0.0, -0.0, -1e30
+    values = rows.astype(dtype)
+    x = ag.input("x", values.shape, dtype)
+    for fn in (ag.softmax, ag.log_softmax):
+        got = ag.compile(fn(x, axis=-1), backend="numpy-jit")(values)
+        want = ag.compile(fn(x, axis=-1))(values)
+        np.testing.assert_allclose(got, want, rtol=5e-6, atol=1e-7, equal_nan=True)
+
+
 def _optimizer_step(backend: str, kind: str, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     p = ag.parameter(rng.standard_normal((30, 7)).astype(np.float32), name="p")
