@@ -11,8 +11,23 @@ import pytest
 
 import asg.core as ag
 from asg.core.backends import get_backend
+from asg.gpu.fusion import transpose_index
+from asg.gpu.kernels.linalg import ALoad
 from asg.gpu.pool import pack, size_class
 from asg.nn import functional as F
+
+
+def _load(path: pathlib.Path):
+    """The module at ``path`` (a benchmark script, another test file), imported by its file name."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_tiles = _load(pathlib.Path(__file__).with_name("test_matmul_tiles.py"))  # the tile variants, their runner
+EVERY_TILE, _run, _tile_id = _tiles.EVERY_TILE, _tiles._run, _tiles._tile_id
 
 RNG = np.random.default_rng(0)
 
@@ -26,6 +41,39 @@ def _kernels(plan) -> list[str]:
 def _stored(plan, op: str) -> list[bool]:
     """For each step of ``op``: whether its value has a buffer in the plan."""
     return [s.output in plan._buf for s in plan.schedule.steps if s.node.op == op]
+
+
+PERMUTED = (2, 4, 12, 8)  # (B, h, T, hs), read as its (B, T, h, hs) permutation: (24, 32) as 2-D
+
+
+@pytest.mark.parametrize("tile", EVERY_TILE, ids=_tile_id)
+@pytest.mark.parametrize("a_transposed", [False, True], ids=["A", "A^T"])
+def test_every_tile_recomputes_a_as_it_loads(tile, a_transposed):
+    exp_a = ALoad(prologue="fn prologue(x: f32) -> f32 {\n    return exp(x);\n}")
+    a = RNG.standard_normal((36, 72)).astype(np.float32) * 0.5
+    b = RNG.standard_normal((72, 68)).astype(np.float32)
+    got, wgsl = _run(a, b, config=tile, a_transposed=a_transposed, a_load=exp_a)
+    assert "prologue" in wgsl.splitlines()[0]
+    np.testing.assert_allclose(got, np.exp(a.astype(np.float64)) @ b, rtol=1e-5, atol=1e-4)
+    # the buffer holds x; A (or A^T, as stored) is its permutation, reshaped to 2-D
+    x = RNG.standard_normal(PERMUTED).astype(np.float32)
+    logical = x.transpose(0, 2, 1, 3).reshape(24, 32)
+    moved = ALoad(index=transpose_index(PERMUTED, (0, 2, 1, 3)))
+    w = RNG.standard_normal((24 if a_transposed else 32, 68)).astype(np.float32)
+    a = x.reshape(24, 32).T if a_transposed else x.reshape(24, 32)  # _run binds a.T for A^T
+    got, wgsl = _run(a, w, config=tile, a_transposed=a_transposed, a_load=moved)
+    assert "a_index" in wgsl.splitlines()[0]
+    want = (logical.T if a_transposed else logical).astype(np.float64) @ w
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_a_recomputed_transposed_a_with_split_k():
+    tanh = ALoad(prologue="fn prologue(x: f32) -> f32 {\n    return tanh(x);\n}")
+    a = RNG.standard_normal((36, 1000)).astype(np.float32)
+    b = RNG.standard_normal((1000, 68)).astype(np.float32)
+    got, wgsl = _run(a, b, a_transposed=True, a_load=tanh, splits=3)
+    assert "split-k 3" in wgsl.splitlines()[0]
+    np.testing.assert_allclose(got, np.tanh(a.astype(np.float64)) @ b, rtol=1e-5, atol=1e-4)
 
 
 def _mlp(act, batch=(4, 256)):
@@ -112,17 +160,8 @@ def test_attention_s_output_transposed_back_is_read_where_it_lies():
     assert any("a_index" in k and "A^T" in k for k in kernels)
 
 
-def _gpt_bench():
-    path = pathlib.Path(__file__).parents[2] / "benchmarks" / "gpu_gpt_step.py"
-    spec = importlib.util.spec_from_file_location("gpu_gpt_step", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_gpt_step"] = bench
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_the_gpt_step_stores_neither_its_mlp_activations_nor_attention_s_transposed_outputs():
-    bench = _gpt_bench()
+    bench = _load(pathlib.Path(__file__).parents[2] / "benchmarks" / "gpu_gpt_step.py")
     cfg = (65, 32, 32, 2, 4, 4)  # vocab, T, d, layers, heads, batch
     x = RNG.integers(0, 65, (4, 32)).astype(np.int64)
     y = RNG.integers(0, 65, (4 * 32,)).astype(np.int64)
