@@ -581,3 +581,28 @@ def test_row_kernels_match_float64(kind: str, monkeypatch) -> None:
         want = np.exp(shifted - lse) if kind == "softmax" else shifted - lse
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-5)
     assert len(called) == (kind == "sum")
+
+
+@needs_numba
+def test_a_concat_of_reshaped_views_is_one_kernel_matching_numpy() -> None:
+    # the gradient of attention's q, k, v split: (B, H, T, hs) -> (B, T, H, hs) -> (B, T, d) per part,
+    # concatenated; each part is copied from the transposed view into its slice, with no reshaped copy
+    b, t, h, hs = 2, 5, 3, 4
+    qkv = ag.input("qkv", (b, t, 3 * h * hs))
+    d = h * hs
+    heads = [qkv[:, :, j * d : (j + 1) * d].reshape(b, t, h, hs).permute(0, 2, 1, 3) for j in range(3)]
+    loss = sum(((x * (j + 1.0)) ** 2.0).sum() for j, x in enumerate(heads))
+    (g,) = ag.grad(loss, [qkv])
+    data = np.random.default_rng(3).standard_normal((b, t, 3 * d)).astype(np.float32)
+    got_fn, want_fn = (ag.compile(g, inputs=[qkv], backend=k) for k in ("numpy-jit", "numpy"))
+    np.testing.assert_array_equal(got_fn(data), want_fn(data))
+    labels = [s.node.meta.get("jit", "") for s in got_fn.plan_for(data).schedule.steps]
+    assert any(lab.startswith("concat kernel") and lab.endswith("reshape, concat") for lab in labels), labels
+    # a part whose reshape no view of its slice can take ((3, 4) -> (6, 2) beside another column pair)
+    a, c = ag.input("a", (3, 4)), ag.input("c", (6, 2))
+    joined = ag.concat([(a * 2.0).reshape(6, 2), c], axis=1)
+    arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.ones((6, 2), np.float32)]
+    np.testing.assert_array_equal(
+        ag.compile(joined, backend="numpy-jit")(*arrays),
+        np.concatenate([arrays[0].reshape(6, 2) * 2, arrays[1]], 1),
+    )

@@ -15,7 +15,8 @@ single-threaded numpy passes:
   axes (softmax's backward) parallel row sums;
 - conv_transpose2d (conv2d's input gradient) scatters its GEMM's columns in one parallel pass;
 - a sum of ``slice_backward`` of disjoint parts (the gradient of attention's q, k, v split) is one
-  array the parts are copied into;
+  array the parts are copied into; so is a ``concat`` of reshaped parts, each copied from the
+  reshape's input (a transposed view) without a reshaped copy first;
 - the optimizer updates (``adam_update``, ``sgd_update``, ``rmsprop_update``) of one parameter, one op
   per updated tensor in the graph, run as one kernel computing all of them, written into the state's
   own arrays where nothing else reads them afterwards (AMSGrad runs the numpy kernel's single call).
@@ -403,7 +404,7 @@ def _find_units(schedule: Schedule, options: Mapping[str, Any]) -> list[_Unit]:
         return all(codegen.supported(n) for n in nodes) and math.prod(shapes[nodes[-1].id]) >= minimum
 
     if options["fuse"]:
-        for unit in _slice_sums(schedule, users, graph_outputs):
+        for unit in [*_slice_sums(schedule, users, graph_outputs), *_concats(schedule, users, graph_outputs)]:
             units.append(unit)
             taken.update(n.id for n in unit.nodes)
         for group in find_fusion_groups(graph):
@@ -464,6 +465,22 @@ def _slice_sums(schedule: Schedule, users: Mapping[int, list[Node]], graph_outpu
     return found
 
 
+def _concats(schedule: Schedule, users: Mapping[int, list[Node]], graph_outputs: set[int]) -> list[_Unit]:
+    """``concat`` nodes with parts that are reshapes read only there (the gradient of attention's q, k,
+    v split: (B, T, H, hs) transposed views -> (B, T, d) each, then (B, T, 3d)): one unit each, which
+    copies each reshape's input straight into its part of the result, not into a reshaped copy first."""
+    found = []
+    for n in schedule.graph.nodes:
+        if n.op != "concat" or n.dtype not in ("float32", "float64"):
+            continue
+        parts = [
+            i for i in n.inputs if i.op == "reshape" and users[i.id] == [n] and i.id not in graph_outputs
+        ]
+        if parts:
+            found.append(_unit([*dict.fromkeys(parts), n], users, graph_outputs, "concat"))
+    return found
+
+
 def _cover(shape: tuple[int, ...], leaves: Sequence[Node], attrs: Mapping[int, Any]) -> np.ndarray:
     """How many of the ``slice_backward`` leaves write each element (built once per plan)."""
     cover = np.zeros(shape, np.uint8)
@@ -489,6 +506,40 @@ def _slice_sum_kernel(unit: _Unit, schedule: Schedule) -> Any:
             out.fill(0)
         for k, index in parts:
             out[index] = arrays[k]
+        return [out]
+
+    run.first_out = first_out  # type: ignore[attr-defined]
+    return run
+
+
+def _concat_kernel(unit: _Unit, schedule: Schedule) -> Any:
+    """A :func:`_concats` unit: each part copied into its slice of the result, a reshaped part from its
+    reshape's input (through a view of the slice in the input's shape, where the strides allow one)."""
+    concat, shapes = unit.nodes[-1], schedule.spec.shapes
+    axis, position = int(schedule.spec.attrs[concat.id]["axis"]), {n.id: k for k, n in enumerate(unit.inputs)}
+    shape, dtype = shapes[concat.id], concat.dtype
+    parts, start = [], 0
+    for part in concat.inputs:
+        source = part.inputs[0] if part.id not in position else part
+        index = tuple(
+            slice(start, start + shapes[part.id][axis]) if a == axis else slice(None)
+            for a in range(len(shape))
+        )
+        parts.append((position[source.id], index, tuple(shapes[source.id])))
+        start += shapes[part.id][axis]
+    first_out: list[np.ndarray | None] = [None]
+
+    def run(*arrays: np.ndarray) -> list[np.ndarray]:
+        out = first_out[0] if first_out[0] is not None else np.empty(shape, dtype)
+        for k, index, source_shape in parts:
+            target = out[index].view()
+            try:
+                target.shape = source_shape  # a view of the part in the source's shape
+            except AttributeError:
+                target = out[index]
+                np.copyto(target, arrays[k].reshape(target.shape))
+                continue
+            np.copyto(target, arrays[k])
         return [out]
 
     run.first_out = first_out  # type: ignore[attr-defined]
@@ -624,6 +675,8 @@ def _unit_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, Any]) ->
         return _elementwise_kernel(unit, schedule, options)
     if unit.kind == "slice_sum":
         return _slice_sum_kernel(unit, schedule)
+    if unit.kind == "concat":
+        return _concat_kernel(unit, schedule)
     return _optimizer_kernel(unit, schedule)
 
 
