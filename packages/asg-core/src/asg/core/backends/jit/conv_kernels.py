@@ -55,11 +55,36 @@ def _add_products(dst, sources, starts, weights, first, count, length):  # pragm
         k += 1
 
 
+@njit(**{**_FMA, "parallel": False}, inline="always")
+def _add_products_2(d0, d1, sources, starts, w0s, w1s, count, length):  # pragma: no cover - compiled
+    """:func:`_add_products` into two outputs at once (from ``first`` 0), sharing each source's loads."""
+    k = 0
+    while k + 4 <= count:
+        s0 = sources[starts[k] : starts[k] + length]
+        s1 = sources[starts[k + 1] : starts[k + 1] + length]
+        s2 = sources[starts[k + 2] : starts[k + 2] + length]
+        s3 = sources[starts[k + 3] : starts[k + 3] + length]
+        a0, a1, a2, a3 = w0s[k], w0s[k + 1], w0s[k + 2], w0s[k + 3]
+        b0, b1, b2, b3 = w1s[k], w1s[k + 1], w1s[k + 2], w1s[k + 3]
+        for q in range(length):
+            v0, v1, v2, v3 = s0[q], s1[q], s2[q], s3[q]
+            d0[q] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
+            d1[q] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
+        k += 4
+    while k < count:
+        s0 = sources[starts[k] : starts[k] + length]
+        a0, b0 = w0s[k], w1s[k]
+        for q in range(length):
+            d0[q] += a0 * s0[q]
+            d1[q] += b0 * s0[q]
+        k += 1
+
+
 @njit(**_FMA)
 def conv_direct(x, w, top, left, hp, wp, dh, dw, out):  # pragma: no cover - compiled
     # out[n, co, y, x] = sum_{c, i, j} w[co, c, i, j] * xpad[n, grp*cig + c, y + i*dh, x + j*dw], stride 1;
-    # xpad is x placed at (top, left) in an (hp, wp) zero plane. Each output plane is one pass per four
-    # (c, i, j) terms over its flat positions.
+    # xpad is x placed at (top, left) in an (hp, wp) zero plane. Two output planes of a group at a time,
+    # one pass over them per four (c, i, j) terms.
     n_img, channels = x.shape[0], x.shape[1]
     c_out, cig, kh, kw = w.shape
     cog = c_out // (channels // cig)
@@ -67,7 +92,8 @@ def conv_direct(x, w, top, left, hp, wp, dh, dw, out):  # pragma: no cover - com
     length = (ho - 1) * wp + wo
     plane = hp * wp
     weights = w.reshape(c_out, cig * kh * kw)
-    starts = np.empty(cig * kh * kw, np.int64)  # where term (c, i, j) starts reading a group's planes
+    terms = cig * kh * kw
+    starts = np.empty(terms, np.int64)  # where term (c, i, j) starts reading a group's planes
     for c in range(cig):
         for i in range(kh):
             for j in range(kw):
@@ -76,13 +102,25 @@ def conv_direct(x, w, top, left, hp, wp, dh, dw, out):  # pragma: no cover - com
         xp = np.zeros((channels, plane), x.dtype)
         _pad_image(x, n, top, left, hp, wp, xp)
         flat = xp.reshape(-1)
-        acc = np.empty(length, x.dtype)
-        for co in range(c_out):
+        acc = np.empty((2, length), x.dtype)
+        for co in range(0, c_out, 2):
+            pair = co + 1 < c_out and (co + 1) // cog == co // cog
             acc[:] = 0
-            base = (co // cog) * cig * plane
-            _add_products(acc, flat[base:], starts, weights[co], 0, starts.shape[0], length)
-            for y in range(ho):
-                out[n, co, y] = acc[y * wp : y * wp + wo]
+            source = flat[(co // cog) * cig * plane :]
+            if pair:
+                _add_products_2(acc[0], acc[1], source, starts, weights[co], weights[co + 1], terms, length)
+            else:
+                _add_products(acc[0], source, starts, weights[co], 0, terms, length)
+            for k in range(2 if pair else 1):
+                for y in range(ho):
+                    out[n, co + k, y] = acc[k, y * wp : y * wp + wo]
+            if not pair and co + 1 < c_out:  # the next group starts at co + 1
+                acc[0] = 0
+                _add_products(
+                    acc[0], flat[((co + 1) // cog) * cig * plane :], starts, weights[co + 1], 0, terms, length
+                )
+                for y in range(ho):
+                    out[n, co + 1, y] = acc[0, y * wp : y * wp + wo]
     return out
 
 
@@ -110,12 +148,28 @@ def conv_transpose_direct(g, w, top, left, hp, wp, dh, dw, out):  # pragma: no c
                 gw[k, y * wp : y * wp + wg] = g[n, k, y]
         flat = gw.reshape(-1)
         xp = np.zeros((c_x, hp * wp), g.dtype)
-        for c in range(c_x):
+        for c in range(0, c_x, 2):
+            pair = c + 1 < c_x and (c + 1) // cox == c // cox  # two planes of a group share g's loads
             source = flat[(c // cox) * cgg * length :]
             for i in range(kh):
                 for j in range(kw):
                     off = i * dh * wp + j * dw
-                    _add_products(xp[c, off : off + length], source, starts, weights[c, i, j], 0, cgg, length)
+                    if pair:
+                        d0, d1 = xp[c, off : off + length], xp[c + 1, off : off + length]
+                        _add_products_2(
+                            d0, d1, source, starts, weights[c, i, j], weights[c + 1, i, j], cgg, length
+                        )
+                    else:
+                        _add_products(
+                            xp[c, off : off + length], source, starts, weights[c, i, j], 0, cgg, length
+                        )
+            if not pair and c + 1 < c_x:  # the next group starts at c + 1
+                source = flat[((c + 1) // cox) * cgg * length :]
+                for i in range(kh):
+                    for j in range(kw):
+                        off = i * dh * wp + j * dw
+                        d0 = xp[c + 1, off : off + length]
+                        _add_products(d0, source, starts, weights[c + 1, i, j], 0, cgg, length)
         for c in range(c_x):
             for r in range(h):
                 out[n, c, r] = xp[c, (r + top) * wp + left : (r + top) * wp + left + wd]
