@@ -224,6 +224,7 @@ class WgpuPlan:
             self._merge_updates(fused_at, skipped)
             if pack_buffers:  # the sources' lifetimes then come from the dispatches reading them
                 folded |= self._fold_copies(fused_at, skipped)
+                self._merge_norm_grads(fused_at, skipped)
         # Values a fused kernel keeps in registers get no buffer (run_traced allocates them if it runs).
         internal = {n.id for g in self.fused_groups for n in g.nodes} - {
             o.id for g in self.fused_groups for o in g.outputs
@@ -457,6 +458,59 @@ class WgpuPlan:
             folded.update(c.output for c in copies)
             self._labels[step.index] = "+".join([*(c.node.op for c in reversed(copies)), node.op])
         return folded
+
+    def _merge_norm_grads(self, fused_at: dict[int, Any], skipped: set[int]) -> None:
+        """A layer_norm's bias gradient (``sum_to`` of the ``g`` its weight gradient reads) is summed
+        in the weight gradient's column pass
+        (:func:`~asg.gpu.kernels.normalization.layer_norm_weight_grad_program`), at the earlier of
+        the two steps: ``g`` read once, two dispatches fewer. The other step is skipped
+        (``run_traced`` still runs it)."""
+        from asg.core.lowering import context
+
+        from .kernels.normalization import layer_norm_weight_grad_program
+
+        schedule = self.schedule
+        shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
+        readers: dict[int, list[int]] = {}
+        sums: dict[int, list[Any]] = {}
+        for step in schedule.steps:
+            for i in step.inputs:
+                readers.setdefault(self._root(i), []).append(step.index)
+            node = step.node
+            if node.op == "sum_to" and node.dtype == "float32" and step.index not in {*fused_at, *skipped}:
+                sums.setdefault(self._root(step.inputs[0]), []).append(step)
+        names = schedule.graph.names()
+        made_at = {step.output: step.index for step in schedule.steps}
+        for step in schedule.steps:
+            node = step.node
+            if node.op != "layer_norm_weight_grad" or step.index in fused_at or step.index in skipped:
+                continue
+            g, x = step.inputs
+            feat = tuple(int(d) for d in attrs[step.output]["normalized_shape"])
+            for s in sums.get(self._root(g), []):
+                at = min(s.index, step.index)  # both values computed there, by one program
+                if (
+                    s.index in skipped
+                    or tuple(shapes[s.inputs[0]]) != tuple(shapes[g])
+                    or tuple(shapes[s.output]) != feat
+                    or self.programs[s.index].view
+                    or any(made_at.get(self._root(v), -1) >= at for v in (g, x))
+                    or any(r <= at for v in (s.output, step.output) for r in readers.get(v, ()))
+                ):
+                    continue
+                ctx = context("wgpu", schedule.graph, node, schedule.spec, names)
+                prog = layer_norm_weight_grad_program(ctx, bias_grad=s.output)
+                values = {
+                    ("in", 0): ("value", g),
+                    ("in", 1): ("value", x),
+                    ("out", 0): ("value", step.output),
+                }
+                for j, d in enumerate(prog.dispatches):
+                    prog.dispatches[j] = replace(d, args=tuple(values.get(a, a) for a in d.args))
+                self.programs[at] = prog
+                skipped.add(s.index if at == step.index else step.index)
+                self._labels[at] = "layer_norm_weight_grad+sum_to"
+                break
 
     def _merge_updates(self, fused_at: dict[int, Any], skipped: set[int]) -> None:
         """Sibling optimizer updates (the nodes of one ``adam_update``: new param, exp_avg, exp_avg_sq;

@@ -109,6 +109,13 @@ def _layer_norm_backward(ctx: LoweringContext) -> Program:
 
 @gpu_lowering("layer_norm_weight_grad")
 def _layer_norm_weight_grad(ctx: LoweringContext) -> Program:
+    return layer_norm_weight_grad_program(ctx)
+
+
+def layer_norm_weight_grad_program(ctx: LoweringContext, bias_grad: int | None = None) -> Program:
+    """The weight gradient ``sum over rows of g * (x - mean) * rstd`` (stats, then a column sum);
+    with ``bias_grad`` (a value id) the same column pass also sums ``g`` into that value: the bias
+    gradient, ``sum_to(g)``, without reading ``g`` again (a plan merges the two)."""
     shape = tuple(int(d) for d in ctx.in_types[1].shape)
     feat = math.prod(int(d) for d in ctx.attrs["normalized_shape"])
     rows = math.prod(shape) // max(feat, 1)
@@ -121,16 +128,20 @@ def _layer_norm_weight_grad(ctx: LoweringContext) -> Program:
     if not rows:
         return per_element(ctx.name, [], "float32", feat, [store("out", "float32", "i", "0.0")])
     col_bindings = [("g", "float32"), ("x", "float32"), ("st", "float32")]
-    term = "g[off] * ((x[off] - st[2 * r]) * st[2 * r + 1])"
-    (col, total), chunks = column_sum(rows, feat, term, col_bindings, "float32")
+    terms = ["g[off] * ((x[off] - st[2 * r]) * st[2 * r + 1])"] + (
+        ["g[off]"] if bias_grad is not None else []
+    )
+    (col, total), chunks = column_sum(rows, feat, terms, col_bindings, "float32")
     g1, g2 = column_sum_grids(feat, chunks)
+    outs = (("out", 0),) + ((("value", bias_grad),) if bias_grad is not None else ())
     return Program(
         [
             Dispatch(stats, _rows_grid(rows), (("in", 1), ("tmp", 0))),
             Dispatch(col, g1, (("in", 0), ("in", 1), ("tmp", 0), ("tmp", 1))),
-            Dispatch(total, g2, (("tmp", 1), ("out", 0))),
+            Dispatch(total, g2, (("tmp", 1), *outs)),
         ],
-        temps=[8 * rows, 4 * chunks * feat],
+        temps=[8 * rows, 4 * chunks * feat * len(terms)],
+        name=ctx.name,
     )
 
 

@@ -236,48 +236,58 @@ LANES = 4  # rows each column's workgroup visits at once (y)
 
 
 def column_sum(
-    rows: int, cols: int, term: str, bindings: Sequence[tuple[str, str]], out_dtype: str
+    rows: int, cols: int, terms: Sequence[str], bindings: Sequence[tuple[str, str]], out_dtype: str
 ) -> tuple[tuple[str, str], int]:
-    """(WGSL of two passes, chunks) summing ``term`` over the rows of a (rows, cols) space, per column.
+    """(WGSL of two passes, chunks) summing each of ``terms`` over the rows of a (rows, cols) space,
+    per column.
 
-    ``term`` is an f32 expression of ``off`` (the element ``r * cols + c``) and ``r`` over the
+    A term is an f32 expression of ``off`` (the element ``r * cols + c``) and ``r`` over the
     buffers ``bindings``. Pass 1 (grids: :func:`column_sum_grids`) has each workgroup sum a chunk of
     rows for 64 consecutive columns, neighbouring invocations reading neighbouring columns
-    (coalesced), into ``part[chunk * cols + c]``; pass 2 adds each column's chunks in order into
-    ``out[c]``. A bias gradient (rows = batch x tokens, a few hundred columns) so reads at the
-    memory's speed, where one workgroup per column strode across the rows.
+    (coalesced), into ``part``; pass 2 adds each column's chunks in order into ``out`` (one term)
+    or ``out0``, ``out1``... A bias gradient (rows = batch x tokens, a few hundred columns) so reads
+    at the memory's speed, where one workgroup per column strode across the rows.
     """
     tiles = -(-cols // COLS)
     chunks = max(1, min(-(-rows // (4 * LANES)), -(-1024 // tiles)))
     per = -(-rows // chunks)
     chunks = -(-rows // per)
+    n = len(terms)
+    adds = " ".join(f"acc{t} = acc{t} + {term};" for t, term in enumerate(terms))
+    keep = "\n    ".join(f"acc_[{t * COLS * LANES}u + lid.y * {COLS}u + lid.x] = acc{t};" for t in range(n))
     first = f"""{declare([*bindings, ("part", "float32")])}
-var<workgroup> acc_: array<f32, {COLS * LANES}>;
+var<workgroup> acc_: array<f32, {n * COLS * LANES}>;
 @compute @workgroup_size({COLS}, {LANES})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{
     let c = i32(wid.x) * {COLS} + i32(lid.x);
     let start = i32(wid.y) * {per};
     let stop = min(start + {per}, {rows});
-    var acc = 0.0;
+    {" ".join(f"var acc{t} = 0.0;" for t in range(n))}
     if (c < {cols}) {{
-        for (var r = start + i32(lid.y); r < stop; r += {LANES}) {{ let off = r * {cols} + c; acc = acc + {term}; }}
+        for (var r = start + i32(lid.y); r < stop; r += {LANES}) {{ let off = r * {cols} + c; {adds} }}
     }}
-    acc_[lid.y * {COLS}u + lid.x] = acc;
+    {keep}
     workgroupBarrier();
     if (lid.y == 0u && c < {cols}) {{
-        var total = acc_[lid.x];
-        for (var k = 1u; k < {LANES}u; k++) {{ total = total + acc_[k * {COLS}u + lid.x]; }}
-        part[i32(wid.y) * {cols} + c] = total;
+        for (var t = 0u; t < {n}u; t++) {{
+            var total = acc_[t * {COLS * LANES}u + lid.x];
+            for (var k = 1u; k < {LANES}u; k++) {{ total = total + acc_[t * {COLS * LANES}u + k * {COLS}u + lid.x]; }}
+            part[(i32(t) * {chunks} + i32(wid.y)) * {cols} + c] = total;
+        }}
     }}
 }}
 """
-    total = "total" if VTYPE[out_dtype] == "f32" else f"{VTYPE[out_dtype]}(total)"
-    second = [
-        "var total = 0.0;",
-        f"for (var k = 0; k < {chunks}; k++) {{ total = total + part[k * {cols} + i]; }}",
-        store("out", out_dtype, "i", total),
-    ]
-    return (first, elementwise_kernel([("part", "float32"), ("out", out_dtype)], cols, second)), chunks
+    outs = ["out"] if n == 1 else [f"out{t}" for t in range(n)]
+    second = []
+    for t, name in enumerate(outs):
+        total = f"total{t}" if VTYPE[out_dtype] == "f32" else f"{VTYPE[out_dtype]}(total{t})"
+        second += [
+            f"var total{t} = 0.0;",
+            f"for (var k = 0; k < {chunks}; k++) {{ total{t} = total{t} + part[({t * chunks} + k) * {cols} + i]; }}",
+            store(name, out_dtype, "i", total),
+        ]
+    bindings2 = [("part", "float32"), *((name, out_dtype) for name in outs)]
+    return (first, elementwise_kernel(bindings2, cols, second)), chunks
 
 
 def column_sum_grids(cols: int, chunks: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -300,7 +310,7 @@ def _sum_to(ctx: LoweringContext) -> Program:
     if axes == tuple(range(len(axes))) and VTYPE[dtype] == "f32" and COLS // 2 <= cols <= MAX_GROUPS * COLS:
         # a leading block of axes (a bias gradient): columns in parallel, rows in chunks
         (first, second), chunks = column_sum(
-            rows, cols, load("in0", dtype, "off"), [("in0", dtype)], ctx.out_type.dtype
+            rows, cols, [load("in0", dtype, "off")], [("in0", dtype)], ctx.out_type.dtype
         )
         g1, g2 = column_sum_grids(cols, chunks)
         return Program(
