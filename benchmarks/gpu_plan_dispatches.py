@@ -69,7 +69,7 @@ def main() -> None:
     print(f"{'#':>4} {'step':>5} {'MiB':>8} {'bound ms':>9} {'meas ms':>8} {'TB/s':>5}  {'shape':20} ops")
     for k, index, ops, out, nb, s in sorted(rows, key=order)[: a.top]:
         ms = f"{s * 1e3:8.3f} {nb / s / 1e12 if s else 0.0:5.2f}" if s is not None else f"{'-':>8} {'-':>5}"
-        print(f"{k:4d} {index:5d} {nb / 2**20:8.2f} {bound(nb):9.4f} {ms}  {str(out):20} {ops}")
+        print(f"{k:4d} {index:5d} {nb / 2**20:8.2f} {bound(nb):9.4f} {ms}  {out!s:20} {ops}")
     totals: dict[str, list[float]] = {}
     for _, _, ops, _, nb, s in rows:
         entry = totals.setdefault(ops, [0, 0, 0.0])
