@@ -9,7 +9,9 @@ On the lent GPU machine::
 
 ``--check`` runs a tiny configuration on wgpu and on numpy and prints both loss curves (lavapipe
 can run it); ``--small`` a small one on lavapipe with the memory figures, with and without buffer packing. The table gives median step time, GPU memory held by the backend's pool, dispatches
-per step and, where torch has CUDA, PyTorch's eager SDPA step and peak memory.
+per step and, where torch has CUDA, PyTorch's eager SDPA step and peak memory. ``--no-recompute``
+compiles with the wgpu option ``recompute=False`` (the MLP activation and attention's transposed
+output stored instead of recomputed by the matmuls reading them), to compare time and memory.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Builds the step's plan (full size by default: 8 layers, d=512, T=256, batch 32),
 parameters and optimizer state, and prints every byte the backend holds on the device for it: the
 plan's buffers (packed values, split-K scratch, inputs, output and update copies), the parameters'
 and state's pooled buffers, the pool's free list and the readback staging buffer. Then the values
-live at the plan's peak step by op, and the largest buffers with the values they hold. The figures
-come from the plan and the pool, so lavapipe gives those of any adapter with the same binding limit
-(``--run`` also runs one step, slow on lavapipe)::
+live at the plan's peak step by op, and the plan's buffers by size. The figures come from the plan
+and the pool, so lavapipe gives those of any adapter with the same binding limit (``--run`` also
+runs one step, slow on lavapipe: 15 minutes at full size; ``--no-recompute`` stores the values that
+matmuls otherwise recompute as they load A, the plan before that option)::
 
     PYTHONPATH=packages/asg-core/src:packages/asg-nn/src:packages/asg-gpu/src \\
         python3 benchmarks/gpu_memory.py
