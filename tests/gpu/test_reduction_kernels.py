@@ -118,3 +118,17 @@ def test_head_split_and_merge_copies_read_their_sources_in_place():
     assert labels.count("slice_range+transpose") == 3
     assert "transpose+transpose+transpose+concat" in labels
     assert "slice_range" not in labels and "transpose" not in labels
+
+
+def test_layer_norm_backward_accumulates_the_residual_gradient_in_place_of_an_add():
+    x = ag.input("x", (6, 3, 40))
+    h = x
+    for k in range(2):  # pre-norm blocks: the residual stream's gradient adds up through them
+        w = ag.parameter(RNG.standard_normal(40).astype(np.float32), name=f"w{k}")
+        h = h + ag.tanh(ag.layer_norm(h, (40,), weight=w))
+    loss = (h * ag.constant(RNG.standard_normal((6, 3, 40)).astype(np.float32))).sum()
+    (gx,) = ag.grad(loss, [x])
+    data = RNG.standard_normal((6, 3, 40)).astype(np.float32)
+    f = ag.compile(gx, inputs=[x], backend="wgpu")
+    np.testing.assert_allclose(f(data), ag.compile(gx, inputs=[x])(data), rtol=2e-5, atol=2e-5)
+    assert "layer_norm_backward+add" in [ops for _, ops in f.plan_for(data).dispatch_labels()]

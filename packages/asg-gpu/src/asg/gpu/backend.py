@@ -220,11 +220,13 @@ class WgpuPlan:
         self._labels = {
             max(pos[n.id] for n in g.nodes): "+".join(n.op for n in g.nodes) for g in self.fused_groups
         }
+        self._written_over: dict[int, int] = {}  # value -> the dying input its fused kernel stores it over
         if fusion:
             self._merge_updates(fused_at, skipped)
             if pack_buffers:  # the sources' lifetimes then come from the dispatches reading them
                 folded |= self._fold_copies(fused_at, skipped)
                 self._merge_norm_grads(fused_at, skipped)
+                folded |= self._fold_residual_adds(fused_at, skipped)
         # Values a fused kernel keeps in registers get no buffer (run_traced allocates them if it runs).
         internal = {n.id for g in self.fused_groups for n in g.nodes} - {
             o.id for g in self.fused_groups for o in g.outputs
@@ -459,6 +461,63 @@ class WgpuPlan:
             self._labels[step.index] = "+".join([*(c.node.op for c in reversed(copies)), node.op])
         return folded
 
+    def _fold_residual_adds(self, fused_at: dict[int, Any], skipped: set[int]) -> set[int]:
+        """``add(r, layer_norm_backward(...))`` with the gradient read only there: the backward kernel
+        runs at the add's step and stores ``dx + r`` itself, over ``r``'s buffer where ``r`` dies there
+        (the residual stream's gradient of a pre-norm block,
+        :func:`~asg.gpu.kernels.normalization.layer_norm_backward_program`); the backward's own step
+        is skipped (``run_traced`` still runs both). Returns the ids of the gradients not stored."""
+        from asg.core.lowering import context
+
+        from .codegen import Dispatch
+        from .kernels.normalization import layer_norm_backward_program
+
+        schedule = self.schedule
+        shapes = schedule.spec.shapes
+        made_at = {step.output: step for step in schedule.steps}
+        readers: dict[int, int] = {}
+        for step in schedule.steps:
+            for i in set(step.inputs):
+                readers[self._root(i)] = readers.get(self._root(i), 0) + 1
+        kept = {self._root(n.id) for n in schedule.outputs} | {self._root(v.id) for _, v in schedule.updates}
+        names = schedule.graph.names()
+        folded: set[int] = set()
+        for step in schedule.steps:
+            node = step.node
+            if (
+                node.op != "add"
+                or node.dtype != "float32"
+                or step.index in fused_at
+                or step.index in skipped
+                or len({tuple(shapes[v]) for v in (*step.inputs, step.output)}) != 1
+            ):
+                continue
+            for k in (0, 1):
+                u, r = step.inputs[k], step.inputs[1 - k]
+                src = made_at.get(u)
+                if (
+                    src is None
+                    or src.node.op != "layer_norm_backward"
+                    or src.node.dtype != "float32"
+                    or src.index in fused_at
+                    or src.index in skipped
+                    or readers.get(u) != 1
+                    or u in kept
+                    or self._root(r) == u
+                ):
+                    continue
+                ctx = context("wgpu", schedule.graph, src.node, schedule.spec, names)
+                (d,) = layer_norm_backward_program(ctx, residual=r).dispatches
+                values = {("out", 0): ("value", step.output)}
+                values.update({("in", j): ("value", v) for j, v in enumerate(src.inputs)})
+                fused_at[step.index] = Dispatch(d.wgsl, d.grid, tuple(values.get(a, a) for a in d.args))
+                skipped.add(src.index)
+                folded.add(u)
+                self._written_over[step.output] = r  # each invocation reads r[off], then stores there
+                self._labels[step.index] = "layer_norm_backward+add"
+                break
+        return folded
+
     def _merge_norm_grads(self, fused_at: dict[int, Any], skipped: set[int]) -> None:
         """A layer_norm's bias gradient (``sum_to`` of the ``g`` its weight gradient reads) is summed
         in the weight gradient's column pass
@@ -631,7 +690,11 @@ class WgpuPlan:
             v = step.output
             if prog.view or v in internal:
                 continue
-            over = in_place_of.get(v) if kernel.in_place and step.index not in fused else None
+            over = (
+                in_place_of.get(v)
+                if kernel.in_place and step.index not in fused
+                else self._written_over.get(v)
+            )
             if over is not None and (self._root(over) != over or last.get(over) != step.index):
                 over = None
             lo = min(first.get(v, step.index), step.index)

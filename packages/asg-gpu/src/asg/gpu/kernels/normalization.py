@@ -86,13 +86,21 @@ def _layer_norm(ctx: LoweringContext) -> Program:
 
 @gpu_lowering("layer_norm_backward")
 def _layer_norm_backward(ctx: LoweringContext) -> Program:
+    return layer_norm_backward_program(ctx)
+
+
+def layer_norm_backward_program(ctx: LoweringContext, residual: int | None = None) -> Program:
+    """The input gradient of layer_norm; with ``residual`` (a value id of the output's shape) it
+    stores ``dx + residual``: a pre-norm block's residual stream gradient accumulated in the same
+    kernel (a plan folds the ``add`` that follows)."""
     rows, feat = _features(ctx)
     rows = math.prod(int(d) for d in ctx.in_types[1].shape) // max(feat, 1)
     wg = _wg(feat)
     hw = ctx.attrs["has_weight"]
-    names = ["g", "x"] + (["w"] if hw else []) + ["dx"]
+    names = ["g", "x"] + (["w"] if hw else []) + (["res"] if residual is not None else []) + ["dx"]
     gh = "(g[off] * w[r])" if hw else "g[off]"
     f = literal(feat, "f32")
+    plus = " + res[off]" if residual is not None else ""
     body = [
         *_stats(wg, feat, ctx.attrs["eps"]),
         *_row_sum(gh, "sum_g", wg, feat),
@@ -100,11 +108,12 @@ def _layer_norm_backward(ctx: LoweringContext) -> Program:
         f"let mean_g = sum_g * (1.0 / {f});",
         f"let x_coef = sum_gx * (rstd * rstd * (1.0 / {f}));",
         f"for (var r = lid; live && r < {feat}; r += {wg}) {{ let off = base + r;"
-        f" dx[off] = ({gh} - ((x[off] - mean) * x_coef + mean_g)) * rstd; }}",
+        f" dx[off] = ({gh} - ((x[off] - mean) * x_coef + mean_g)) * rstd{plus}; }}",
     ]
     wgsl = _row_kernel(names, wg, rows, body).replace("FEAT", str(feat))
-    args = (*tuple(("in", k) for k in range(len(names) - 1)), ("out", 0))
-    return Program([Dispatch(wgsl, _rows_grid(rows), args)] if rows else [])
+    ins = tuple(("in", k) for k in range(2 + hw))
+    res = (("value", residual),) if residual is not None else ()
+    return Program([Dispatch(wgsl, _rows_grid(rows), (*ins, *res, ("out", 0)))] if rows else [])
 
 
 @gpu_lowering("layer_norm_weight_grad")
