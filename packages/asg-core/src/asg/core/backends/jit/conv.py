@@ -112,17 +112,18 @@ def _backward_weight_make(ctx: LoweringContext) -> Any:
     return run
 
 
-def _pool_make(kernel_name: str) -> Callable[[LoweringContext], Any]:
+def _pool_make(mode_name: str) -> Callable[[LoweringContext], Any]:
     def make(ctx: LoweringContext) -> Any:
         from . import conv_kernels
 
-        kernel = getattr(conv_kernels, kernel_name)
+        mode = getattr(conv_kernels, mode_name)
         attrs, shape = ctx.attrs, ctx.out_type.shape
         geometry = (*attrs["kernel_size"], *attrs["stride"], *attrs["padding"], *attrs["dilation"])
 
-        def run(*arrays: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-            result = np.empty(shape, arrays[0].dtype) if out is None else out
-            return kernel(*[_c(a) for a in arrays], *geometry, result)
+        def run(x: np.ndarray, *other: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+            result = np.empty(shape, x.dtype) if out is None else out
+            x = _c(x)
+            return conv_kernels.max_pool(mode, x, _c(other[0]) if other else x, *geometry, result)
 
         return run
 
@@ -150,6 +151,6 @@ def _register(op: str, make: Callable[[LoweringContext], Any]) -> None:
 _register("conv2d", _conv2d_make)
 _register("conv_transpose2d", _conv_transpose_make)
 _register("conv2d_backward_weight", _backward_weight_make)
-_register("max_pool2d", _pool_make("max_pool"))
-_register("max_pool2d_backward", _pool_make("max_pool_backward"))
-_register("max_pool2d_gather", _pool_make("max_pool_gather"))
+_register("max_pool2d", _pool_make("FORWARD"))
+_register("max_pool2d_backward", _pool_make("BACKWARD"))
+_register("max_pool2d_gather", _pool_make("GATHER"))

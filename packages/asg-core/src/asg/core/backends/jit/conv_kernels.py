@@ -21,7 +21,7 @@ _FMA = {**_JIT, "fastmath": {"contract"}}
 _DOT = {**_JIT, "fastmath": {"contract", "reassoc"}}
 
 
-@njit(**{**_JIT, "parallel": False}, inline="always")
+@njit(**{**_JIT, "parallel": False})
 def _pad_image(x, n, top, left, hp, wp, xp):  # pragma: no cover - compiled
     """Image ``n`` of ``x`` placed at ``(top, left)`` in the zero planes ``xp`` (C, hp*wp); negative offsets crop."""
     channels, h, wd = x.shape[1], x.shape[2], x.shape[3]
@@ -33,7 +33,7 @@ def _pad_image(x, n, top, left, hp, wp, xp):  # pragma: no cover - compiled
                 dst[s + left] = src[s]
 
 
-@njit(**{**_FMA, "parallel": False}, inline="always")
+@njit(**{**_FMA, "parallel": False})
 def _add_products(dst, sources, starts, weights, first, count, length):  # pragma: no cover - compiled
     """``dst[q] += sum_k weights[k] * sources[starts[k] + q]`` over ``k`` in ``first .. first+count``,
     four terms per pass over ``dst`` (one load and store of ``dst`` per four multiply-adds)."""
@@ -55,7 +55,7 @@ def _add_products(dst, sources, starts, weights, first, count, length):  # pragm
         k += 1
 
 
-@njit(**{**_FMA, "parallel": False}, inline="always")
+@njit(**{**_FMA, "parallel": False})
 def _add_products_2(d0, d1, sources, starts, w0s, w1s, count, length):  # pragma: no cover - compiled
     """:func:`_add_products` into two outputs at once (from ``first`` 0), sharing each source's loads."""
     k = 0
@@ -285,71 +285,52 @@ def _is_2x2(plane, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover 
     return kh == kw == sh == sw == 2 and ph == pw == 0 and dh == dw == 1 and fits
 
 
+FORWARD, BACKWARD, GATHER = 0, 1, 2  # what max_pool computes
+
+
 @njit(**_JIT)
-def max_pool(x, kh, kw, sh, sw, ph, pw, dh, dw, out):  # pragma: no cover - compiled
-    n_img, channels = x.shape[0], x.shape[1]
-    ho, wo = out.shape[2], out.shape[3]
+def max_pool(mode, x, other, kh, kw, sh, sw, ph, pw, dh, dw, out):  # pragma: no cover - compiled
+    # FORWARD: out = each window's maximum (other unused); BACKWARD: out = 0, then other (pooled-shaped)
+    # added at each window's first maximum; GATHER: out = other (input-shaped) read there (0 in padding).
+    # One kernel for the three (one compile); one plane per task, so no two tasks write one element.
+    n_img, channels, wd = x.shape[0], x.shape[1], x.shape[3]
+    ho, wo = (other.shape[2], other.shape[3]) if mode == BACKWARD else (out.shape[2], out.shape[3])
     for task in prange(n_img * channels):
         n, c = task // channels, task % channels
-        plane, result = x[n, c], out[n, c]
-        if _is_2x2(plane, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw):
+        plane, result, values = x[n, c], out[n, c], other[n, c]
+        two = _is_2x2(plane, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
+        if mode == FORWARD and two:  # the loops over s vectorise
             for y in range(ho):
                 for s in range(wo):
                     result[y, s] = _first_max_2x2(plane, y, s)[0]
-        else:
-            for y in range(ho):
-                for s in range(wo):
-                    result[y, s] = _first_max(plane, y, s, kh, kw, sh, sw, ph, pw, dh, dw)[0]
-    return out
-
-
-@njit(**_JIT)
-def max_pool_backward(x, g, kh, kw, sh, sw, ph, pw, dh, dw, out):  # pragma: no cover - compiled
-    # out = 0, then each window's g added at its first maximum (one plane per task: no two write one element)
-    n_img, channels = x.shape[0], x.shape[1]
-    ho, wo = g.shape[2], g.shape[3]
-    for task in prange(n_img * channels):
-        n, c = task // channels, task % channels
-        plane, grad, target = x[n, c], g[n, c], out[n, c]
-        if _is_2x2(plane, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw):
+            continue
+        if mode == BACKWARD and two:
             # every element of the 2*ho x 2*wo corner is written once; the rest (odd sizes) stays 0
-            target[2 * ho :] = 0
-            target[:, 2 * wo :] = 0
+            result[2 * ho :] = 0
+            result[:, 2 * wo :] = 0
             for y in range(ho):
                 for s in range(wo):
-                    arg = _first_max_2x2(plane, y, s)[1]
-                    v = grad[y, s]
-                    target[2 * y, 2 * s] = v if arg == 0 else 0
-                    target[2 * y, 2 * s + 1] = v if arg == 1 else 0
-                    target[2 * y + 1, 2 * s] = v if arg == 2 else 0
-                    target[2 * y + 1, 2 * s + 1] = v if arg == 3 else 0
-        else:
-            flat = target.reshape(-1)
+                    k = _first_max_2x2(plane, y, s)[1]
+                    v = values[y, s]
+                    result[2 * y, 2 * s] = v if k == 0 else 0
+                    result[2 * y, 2 * s + 1] = v if k == 1 else 0
+                    result[2 * y + 1, 2 * s] = v if k == 2 else 0
+                    result[2 * y + 1, 2 * s + 1] = v if k == 3 else 0
+            continue
+        flat, source = result.reshape(-1), values.reshape(-1)
+        if mode == BACKWARD:
             flat[:] = 0
-            for y in range(ho):
-                for s in range(wo):
-                    arg = _first_max(plane, y, s, kh, kw, sh, sw, ph, pw, dh, dw)[1]
-                    if arg >= 0:
-                        flat[arg] += grad[y, s]
-    return out
-
-
-@njit(**_JIT)
-def max_pool_gather(x, h, kh, kw, sh, sw, ph, pw, dh, dw, out):  # pragma: no cover - compiled
-    # out[window] = h at the window's first maximum (0 where that is padding)
-    n_img, channels = x.shape[0], x.shape[1]
-    ho, wo = out.shape[2], out.shape[3]
-    wd = x.shape[3]
-    for task in prange(n_img * channels):
-        n, c = task // channels, task % channels
-        plane, source, result = x[n, c], h[n, c].reshape(-1), out[n, c]
-        two = _is_2x2(plane, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
         for y in range(ho):
             for s in range(wo):
                 if two:
-                    k = _first_max_2x2(plane, y, s)[1]
+                    best, k = _first_max_2x2(plane, y, s)
                     arg = (2 * y + k // 2) * wd + 2 * s + k % 2
                 else:
-                    arg = _first_max(plane, y, s, kh, kw, sh, sw, ph, pw, dh, dw)[1]
-                result[y, s] = source[arg] if arg >= 0 else 0
+                    best, arg = _first_max(plane, y, s, kh, kw, sh, sw, ph, pw, dh, dw)
+                if mode == FORWARD:
+                    result[y, s] = best
+                elif mode == GATHER:
+                    result[y, s] = source[arg] if arg >= 0 else 0
+                elif arg >= 0:
+                    flat[arg] += values[y, s]
     return out
