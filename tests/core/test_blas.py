@@ -161,13 +161,7 @@ def test_mkl_runs_the_products_it_should(calls):
         assert calls == ["sgemm", "dgemm", "sgemm_batch", "sgemm"]
         calls.clear()
         _check(_rand((2, 1, 64, 128), np.float32), _rand((1, 3, 128, 64), np.float32))
-        assert calls == ["sgemm_grouped"]  # a broadcast batch: one call over the matrices' addresses
-        calls.clear()
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(blas, "_MIN_WORK", 1)
-            _check(*_heads(np.float32, 0, 1, True))  # heads of a qkv tensor (no single stride): copied,
-            _check(_rand((4, 3, 16, 16), np.float32), _heads(np.float32, 2, 2, False)[1])  # then strided
-        assert calls == ["sgemm_batch", "sgemm_batch"]
+        assert calls == ["sgemm_grouped"]  # no single batch stride: one call over the matrices' addresses
         calls.clear()
         _check(_rand((64, 64), np.float32), _rand((64, 64), np.float32))  # under _MIN_WORK: numpy
         _check(f32.astype(np.float16), f32.astype(np.float16))

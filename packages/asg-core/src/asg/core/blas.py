@@ -2,10 +2,9 @@
 
 :func:`matmul` is ``np.matmul`` for operands of 2 or more dims. With the ``mkl`` wheel installed
 (``pip install asg-core[mkl]``) it calls oneMKL's ``cblas_?gemm`` (2-d, and ``(..., m, k) @ (k, n)``
-folded into one GEMM), ``cblas_?gemm_batch_strided`` (batched, broadcast batch; a batch that no
-single stride reaches, attention heads viewed in a fused qkv tensor, is copied first) and, for a
-broadcast batch that no single stride reaches, ``cblas_?gemm_batch`` over the matrices' addresses,
-through ctypes; one MKL call for each product:
+folded into one GEMM), ``cblas_?gemm_batch_strided`` (batched, broadcast batch) and, for a batch
+that no single stride reaches (attention heads viewed in a fused qkv tensor), ``cblas_?gemm_batch``
+over the matrices' addresses, through ctypes; one MKL call for each product:
 
 - float32 and float64 only; other dtypes and products under ``_MIN_WORK`` multiply-adds (where the
   ctypes call costs more than it saves) go to numpy;
@@ -309,26 +308,6 @@ def _fold(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
 _INT_MAX = 2**31 - 1  # MKL's LP64 interface takes 32-bit dims, leading dims and strides
 
 
-def _batched(x: np.ndarray, batch: tuple[int, ...], shape: tuple[int, int, int]) -> np.ndarray | None:
-    """``x`` (``(..., r, c)``, broadcast to ``batch``) as one ``(count, r, c)`` strided batch, or None.
-
-    Matrices that no single batch stride reaches (attention's heads, viewed in a ``(B, T, 3, H, hs)``
-    tensor) are copied when they are not broadcast: MKL's strided batch on the copy takes half the
-    time of its grouped call on the views (64 heads of 64x64x32, 2 threads: 0.15 + 0.03 ms of copy
-    against 0.32 ms); only a broadcast operand, whose copy would repeat it, stays for the grouped call.
-    """
-    if x.shape[:-2] != batch:
-        return _fold(np.broadcast_to(x, (*batch, *x.shape[-2:])), shape)
-    folded = _fold(x, shape)
-    if folded is not None:
-        return folded
-    if abs(x.strides[-2]) < abs(x.strides[-1]):  # a transposed view (k.T): copy k, pass a transpose flag
-        return (
-            np.ascontiguousarray(np.swapaxes(x, -1, -2)).reshape(shape[0], shape[2], shape[1]).swapaxes(1, 2)
-        )
-    return np.ascontiguousarray(x).reshape(shape)
-
-
 def _layout(r: int, c: int, s0: int, s1: int, item: int) -> tuple[int, int] | None:
     """``(trans, ld)`` of an ``(r, c)`` matrix with byte strides ``(s0, s1)`` for a row-major GEMM
     operand: row-major itself, or the transpose of one; None when it is neither."""
@@ -421,10 +400,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         # (..., m, k) @ (k, n) with a's rows one stride apart: one GEMM over all count*m rows
         a3, b3, m, count = rows, b[None], count * m, 1
     else:
-        a3 = _batched(a, batch, (count, m, k))
-        b3 = _batched(b, batch, (count, k, n))
+        a3 = _fold(a if a.shape[:-2] == batch else np.broadcast_to(a, (*batch, m, k)), (count, m, k))
+        b3 = _fold(b if b.shape[:-2] == batch else np.broadcast_to(b, (*batch, k, n)), (count, k, n))
         if a3 is None or b3 is None:
-            # a broadcast batch that no single stride reaches: one grouped call over the addresses
+            # no single batch stride (attention's heads of a (B, T, 3, H, hs) tensor): one grouped call
             return _matmul_pointers(lib, a, b, out, batch, m, n, k)
     c3 = None if out is None else _result(out, (count, m, n), a, b)
     direct = c3 is not None
