@@ -21,6 +21,7 @@ from asg.core.testing.op_cases.attention import attention_ref
 from asg.gpu.backend import WgpuBackend
 from asg.gpu.kernels.attention import (
     DEFAULT_VARIANT,
+    FALLBACK_VARIANT,
     FUSED,
     INPUTS,
     ROLES,
@@ -29,7 +30,10 @@ from asg.gpu.kernels.attention import (
     Shapes,
     attention_wgsl,
     chunk_rows,
+    default_variant,
     merged_grad_kv,
+    selected_variant,
+    subgroup_size,
 )
 
 
@@ -144,7 +148,20 @@ def test_too_wide_rows_are_refused_when_the_plan_is_built():
         f(np.zeros((1, 4, 600), np.float32))
 
 
-@pytest.mark.parametrize("variant", [n for n in VARIANTS if n != DEFAULT_VARIANT])
+def test_default_variant_follows_the_subgroup_size(monkeypatch):
+    # Subgroups of at least 16 invocations (the H200's 32) take sg-pf-k32; lavapipe's are 8 wide, where
+    # its shuffles would fall back anyway, so the lowering takes pf-k32 there.
+    monkeypatch.delenv(VARIANT_ENV, raising=False)
+    size = subgroup_size()
+    if "llvmpipe" in WgpuBackend().device().summary:
+        assert size == 8
+    assert default_variant() == (DEFAULT_VARIANT if size >= 16 else FALLBACK_VARIANT)
+    assert selected_variant() == VARIANTS[default_variant()]
+    monkeypatch.setenv(VARIANT_ENV, "base")
+    assert selected_variant() == VARIANTS["base"]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_variants(variant, monkeypatch):
     # L=53 > S=37 (causal: the first 16 rows see no key), E=24 and Ev=20 fill no block or slice, and
     # the (B, 1, 1, S) padding mask keeps no key of entry 1.
