@@ -284,13 +284,14 @@ def test_matmul_and_conv_kernels_go_through_blas(path, backend, monkeypatch):
         return real(a, b, out)
 
     monkeypatch.setattr(blas, "matmul", spy)
-    x = ag.input("x", (4, 3, 12, 12), dtype="float64")
-    w = ag.parameter(_rand((8, 3, 3, 3), np.float64), name="w")
-    v = ag.parameter(_rand((8 * 10 * 10, 16), np.float64, 1), name="v")
+    # 12 x 24 channels: over numpy-jit's DIRECT_MAX_CHANNELS (backends/jit/conv.py), so a GEMM there too
+    x = ag.input("x", (4, 12, 12, 12), dtype="float64")
+    w = ag.parameter(_rand((24, 12, 3, 3), np.float64), name="w")
+    v = ag.parameter(_rand((24 * 10 * 10, 16), np.float64, 1), name="v")
     y = ag.conv2d(x, w).reshape((4, -1)) @ v
     loss = (y * y).sum()
     fn = ag.compile([loss, *ag.grad(loss, [w, v])], backend=backend)
-    xs = _rand((4, 3, 12, 12), np.float64, 2)
+    xs = _rand((4, 12, 12, 12), np.float64, 2)
     got = fn(xs)
     assert len(seen) >= 5  # conv forward, weight grad; matmul forward and both grads
     seen.clear()
