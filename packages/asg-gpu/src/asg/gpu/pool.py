@@ -143,8 +143,10 @@ def pack(values: Sequence[Lifetime]) -> tuple[dict[int, int], list[int]]:
 
     Largest first, each value goes to the slot where it overlaps no value already there and leaves
     the least idle time around it (then the smallest such slot; a slot's size is that of its first,
-    largest value), else to a new slot. Returns (key -> slot, slot sizes). Core's buffer table
-    shares a buffer only between values of one shape and dtype.
+    largest value), else to a new slot. Two passes, values of one size taken by first step or
+    longest lifetime first: the one whose slots take fewer bytes in size classes
+    (:func:`size_class`) wins. Returns (key -> slot, slot sizes). Core's buffer table shares a
+    buffer only between values of one shape and dtype.
 
     >>> v = [
     ...     Lifetime(0, 400, 0, 1),
@@ -155,6 +157,15 @@ def pack(values: Sequence[Lifetime]) -> tuple[dict[int, int], list[int]]:
     >>> pack(v)  # 2 takes 0's slot (0 died before); 3 is written in place over 2
     ({0: 0, 2: 0, 3: 0, 1: 1}, [400, 100])
     """
+    passes = [
+        _pack_greedy(sorted(values, key=lambda v: (-v.nbytes, v.first))),
+        _pack_greedy(sorted(values, key=lambda v: (-v.nbytes, v.first - v.last, v.first))),
+    ]
+    return min(passes, key=lambda p: sum(size_class(n) for n in p[1]))
+
+
+def _pack_greedy(values: Sequence[Lifetime]) -> tuple[dict[int, int], list[int]]:
+    """:func:`pack`'s placement of ``values`` in their order."""
     slot_of: dict[int, int] = {}
     sizes: list[int] = []
     spans: list[list[tuple[int, int, int]]] = []  # per slot: (first, last, key), disjoint, by first
@@ -174,7 +185,7 @@ def pack(values: Sequence[Lifetime]) -> tuple[dict[int, int], list[int]]:
                 return None
         return (v.first - before) + (after - v.last)
 
-    for v in sorted(values, key=lambda v: (-v.nbytes, v.first)):
+    for v in values:
         best, best_key = None, None
         for s in range(len(sizes)):
             gap = idle(s, v)
