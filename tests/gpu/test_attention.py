@@ -6,7 +6,8 @@ with broadcast strides. check_op on wgpu compares the forward and the gradients 
 respect to q, k and v, which run attention_lse and attention_grad_q/k/v. Shapes stay small: lavapipe
 compiles every distinct kernel (about 0.3-0.7 s each). Every kernel variant ($ASG_WGPU_ATTN_VARIANT)
 runs one case with odd sizes, causal rows that see no key and a fully masked entry; the two-output
-kernels (not lowered yet) are run directly and compared with numpy.
+kernels are run directly and compared with numpy, and the plan's merge of sibling key and value
+gradients into one of them is checked.
 """
 
 import numpy as np
@@ -18,7 +19,7 @@ from asg.core.registry import OPS, TensorType
 from asg.core.tensor import apply
 from asg.core.testing import check_op
 from asg.core.testing.op_cases.attention import attention_ref
-from asg.gpu.backend import WgpuBackend
+from asg.gpu.backend import WgpuBackend, WgpuPlan
 from asg.gpu.kernels.attention import (
     DEFAULT_VARIANT,
     FALLBACK_VARIANT,
@@ -247,3 +248,41 @@ def test_merged_grad_kv(first):
     for a, op in zip(got, order, strict=True):
         np.testing.assert_allclose(a.reshape(out_types[op].shape), out_types[op], rtol=1e-4, atol=1e-5)
     assert merged_grad_kv([ctxs[0], ctxs[0]]) is None
+
+
+def test_sibling_key_and_value_gradients_run_as_one_dispatch(monkeypatch):
+    # A causal attention and a masked one (L != S, sizes off the blocks), loss sum(out * c) over both:
+    # each pair of key and value gradients is one merged_grad_kv dispatch at the later step (nothing
+    # reads them before), and the loss and gradients equal numpy's.
+    rng = np.random.default_rng(14)
+    qkv = [*_qkv((2, 2), 37, 37, 24, 20, seed=15), *_qkv((2, 2), 21, 45, 16, 12, seed=16)]
+    params = [ag.parameter(a.astype(np.float32), name=f"p{k}") for k, a in enumerate(qkv)]
+    mask = ag.input("mask", (2, 1, 1, 45), "bool")
+    c0, c1 = (
+        ag.constant(rng.standard_normal(s).astype(np.float32)) for s in [(2, 2, 37, 20), (2, 2, 21, 12)]
+    )
+    out0 = ag.attention(*params[:3], causal=True)
+    out1 = ag.attention(*params[3:], mask, scale=0.4)
+    loss = (out0 * c0).sum() + (out1 * c1).sum()
+    outputs = [loss, *ag.grad(loss, params)]
+    data = rng.random((2, 1, 1, 45)) > 0.3
+    want = ag.compile(outputs, inputs=[mask], backend="numpy")(data)
+    f = ag.compile(outputs, inputs=[mask], backend="wgpu")
+    for name, g, w in zip(("loss", *(p.name for p in params)), f(data), want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+    plan = f.plan_for(data)
+    labels = [ops for _, ops in plan.dispatch_labels()]
+    assert sum("attention_grad_k" in ops and "attention_grad_v" in ops for ops in labels) == 2
+    assert "attention_grad_k" not in labels and "attention_grad_v" not in labels
+    merged_at = {index for index, ops in plan.dispatch_labels() if ops.startswith("attention_grad_k")}
+    steps = {s.node.op: [] for s in plan.schedule.steps}
+    for s in plan.schedule.steps:
+        steps[s.node.op].append(s)
+    firsts = {life.key: life.first for life in plan.lifetimes}
+    for gk, gv in zip(steps["attention_grad_k"], steps["attention_grad_v"], strict=True):
+        assert gk.inputs == gv.inputs
+        assert max(gk.index, gv.index) in merged_at  # nothing reads either gradient before
+        assert (firsts[gk.output], firsts[gv.output]) == (gk.index, gv.index)  # as run_traced writes them
+    monkeypatch.setattr(WgpuPlan, "_merge_grad_kv", lambda self, fused_at, skipped: None)
+    unmerged = ag.compile(outputs, inputs=[mask], backend="wgpu").plan_for(data)
+    assert unmerged.dispatch_count == plan.dispatch_count + 2

@@ -227,6 +227,7 @@ class WgpuPlan:
                 folded |= self._fold_copies(fused_at, skipped)
                 self._merge_norm_grads(fused_at, skipped)
                 folded |= self._fold_residual_adds(fused_at, skipped)
+                self._merge_grad_kv(fused_at, skipped)
         # Values a fused kernel keeps in registers get no buffer (run_traced allocates them if it runs).
         internal = {n.id for g in self.fused_groups for n in g.nodes} - {
             o.id for g in self.fused_groups for o in g.outputs
@@ -640,6 +641,49 @@ class WgpuPlan:
             fused_at[last] = Dispatch(wgsl, grid, tuple(args))
             skipped.update(s.index for s in [*group, *inlined] if s.index != last)
             self._labels[last] = "+".join(s.node.op for s in [*inlined, *group])
+
+    def _merge_grad_kv(self, fused_at: dict[int, Any], skipped: set[int]) -> None:
+        """Sibling ``attention_grad_k`` and ``attention_grad_v`` nodes (same inputs and attributes) run
+        as one kernel storing both gradients (:func:`~asg.gpu.kernels.attention.merged_grad_kv`: the
+        probabilities computed once), at the later of the two steps, when no dispatch reads either
+        gradient before it (in the GPT step the heads' transposes between the two steps are folded
+        into the concatenation after both). The inputs only the earlier node read live until then
+        (``_pack`` takes lifetimes from the dispatches). The other step is skipped (``run_traced``
+        still runs it). Runs after the other folds: it reads their dispatches."""
+        from asg.core.lowering import context
+
+        from .codegen import Dispatch
+        from .kernels.attention import merged_grad_kv
+
+        schedule = self.schedule
+        graph, spec = schedule.graph, schedule.spec
+        siblings: dict[tuple, list[Any]] = {}
+        for step in schedule.steps:
+            node = step.node
+            free = step.index not in fused_at and step.index not in skipped
+            if node.op in ("attention_grad_k", "attention_grad_v") and free:
+                attrs = sorted((k, repr(v)) for k, v in spec.attrs[node.id].items())
+                siblings.setdefault((tuple(step.inputs), tuple(attrs)), []).append(step)
+        first_read: dict[int, int] = {}  # value -> the first step whose dispatch reads it, in the fused order
+        for step, _, refs in self._step_dispatches(fused_at, skipped):
+            for kind, ref, _ in refs:
+                if kind == "value" and ref != step.output:
+                    first_read.setdefault(self._root(ref), step.index)
+        names = graph.names()
+        for group in siblings.values():
+            if len(group) != 2 or any(self.programs[s.index].view for s in group):
+                continue
+            found = merged_grad_kv([context("wgpu", graph, s.node, spec, names) for s in group])
+            if found is None:
+                continue
+            last = max(s.index for s in group)
+            if any(first_read.get(s.output, last + 1) <= last for s in group):
+                continue
+            wgsl, grid, bound = found
+            args = [("value", group[0].inputs[k]) for k in bound] + [("value", s.output) for s in group]
+            fused_at[last] = Dispatch(wgsl, grid, tuple(args))
+            skipped.update(s.index for s in group if s.index != last)
+            self._labels[last] = "+".join(s.node.op for s in group)
 
     def _check_binding(self, step: Any, refs: list[tuple[str, int, Any]]) -> None:
         """A value bound past the adapter's largest storage binding is an error naming the op and the value."""

@@ -27,7 +27,9 @@ Float16 runs through float32 scratch (:func:`~asg.gpu.kernels._base.via_float32`
 ``benchmarks/gpu_attention.py`` compares them all) change the slices streamed per step, where the
 forward's softmax runs and whether the next slice is prefetched into registers. :data:`FUSED` holds
 two-output kernels (the forward with its lse; the key and value gradients from one pass) that the
-benchmark and tests run directly: a lowering has one output, so no op uses them yet.
+benchmark and tests run directly; a lowering has one output, so the wgpu plan runs the second one
+for sibling gradient nodes (:func:`merged_grad_kv`, ``WgpuPlan._merge_grad_kv``) and the first one
+not yet.
 """
 
 from __future__ import annotations
@@ -175,8 +177,8 @@ ROLES = {
     "attention_grad_k": Role(False, (("s", "k", "q"), ("dp", "v", "g")), "q", "ds", True),
     "attention_grad_v": Role(False, (("s", "k", "q"),), "g", "p", False),
 }
-# Kernels with a second output ``out2`` (not ops yet: a lowering has one output): the forward with
-# its lse, and the key gradient with the value gradient (one pass over the probabilities).
+# Kernels with a second output ``out2`` (not ops: a lowering has one output): the forward with its
+# lse, and the key gradient with the value gradient (one pass over the probabilities).
 FUSED = {
     "attention+lse": Role(True, (("s", "q", "k"),), "v", "softmax", False, lse=True),
     "attention_grad_kv": Role(False, (("s", "k", "q"), ("dp", "v", "g")), "q", "ds", True, x2="g"),
