@@ -370,7 +370,9 @@ register_lowering("layer_norm_weight_grad", BACKEND, _row_kernel(_layer_norm_wei
 register_lowering("sum_to", BACKEND, _row_kernel(_sum_to_make))
 register_lowering("sum", BACKEND, _row_kernel(_sum_rows_make))
 inherit_numpy_lowerings()  # every op asg-core defines (imported before the backends)
-from . import conv as _conv  # noqa: E402, F401  (conv and pool kernels; they fall back to the rules above)
+from .conv import register as _register_conv  # noqa: E402
+
+_register_conv(BACKEND, enabled)  # conv and pool kernels; they fall back to the rules above
 
 
 # ============================================================================ units: what one kernel computes

@@ -38,7 +38,6 @@ import numpy as np
 
 from ...lowering import LoweringContext
 from ...registry import Kernel, get_op, register_lowering
-from . import BACKEND, enabled
 
 DIRECT_MAX_CHANNELS = 256
 """The largest ``C_in/groups * C_out/groups`` of a convolution that runs as direct loops (stride 1)."""
@@ -130,9 +129,13 @@ def _pool_make(mode_name: str) -> Callable[[LoweringContext], Any]:
     return make
 
 
-def _with_out(make: Callable[[LoweringContext], Any], fallback: Callable[[LoweringContext], Any]) -> Any:
+def _with_out(
+    make: Callable[[LoweringContext], Any],
+    fallback: Callable[[LoweringContext], Any],
+    enabled: Callable[[], bool],
+) -> Any:
     """A rule running the kernel ``make(ctx)`` builds (it takes ``out=``, a planned buffer), or
-    ``fallback``'s where numba is off or ``make`` declines (returns None)."""
+    ``fallback``'s where numba is off (``enabled()`` is false) or ``make`` declines (returns None)."""
 
     def rule(ctx: LoweringContext) -> Any:
         if enabled() and ctx.out_type.dtype in ("float32", "float64") and math.prod(ctx.out_type.shape):
@@ -144,13 +147,16 @@ def _with_out(make: Callable[[LoweringContext], Any], fallback: Callable[[Loweri
     return rule
 
 
-def _register(op: str, make: Callable[[LoweringContext], Any]) -> None:
-    register_lowering(op, BACKEND, _with_out(make, get_op(op).lowerings[BACKEND]))
-
-
-_register("conv2d", _conv2d_make)
-_register("conv_transpose2d", _conv_transpose_make)
-_register("conv2d_backward_weight", _backward_weight_make)
-_register("max_pool2d", _pool_make("FORWARD"))
-_register("max_pool2d_backward", _pool_make("BACKWARD"))
-_register("max_pool2d_gather", _pool_make("GATHER"))
+def register(backend: str, enabled: Callable[[], bool]) -> None:
+    """Register the convolution and max-pool rules for ``backend`` over its current rules, which they
+    fall back to (the jit package calls this, passing its ``enabled``)."""
+    makes = {
+        "conv2d": _conv2d_make,
+        "conv_transpose2d": _conv_transpose_make,
+        "conv2d_backward_weight": _backward_weight_make,
+        "max_pool2d": _pool_make("FORWARD"),
+        "max_pool2d_backward": _pool_make("BACKWARD"),
+        "max_pool2d_gather": _pool_make("GATHER"),
+    }
+    for op, make in makes.items():
+        register_lowering(op, backend, _with_out(make, get_op(op).lowerings[backend], enabled))
