@@ -32,7 +32,7 @@ from asg.gpu.kernels.attention import (
     attention_wgsl,
     chunk_rows,
     default_variant,
-    merged_grad_kv,
+    merged_attention,
     selected_variant,
     subgroup_size,
 )
@@ -220,40 +220,43 @@ def test_two_output_kernels(variant):
             np.testing.assert_allclose(a.reshape(w.shape), w, rtol=1e-4, atol=1e-5, err_msg=op)
 
 
-@pytest.mark.parametrize("first", ["attention_grad_k", "attention_grad_v"])
-def test_merged_grad_kv(first):
-    # The helper a backend merge of sibling gradient nodes would call: both outputs, in the nodes'
-    # order, from the inputs it names; no merged form for other pairs.
+@pytest.mark.parametrize("pair", [(0, 1), (1, 0), (2, 3), (3, 2)])
+def test_merged_attention(pair):
+    # The helper the plan's merge of sibling nodes calls: both outputs, in the nodes' order, from the
+    # inputs it names; no merged form for other pairs.
     sh = Shapes((2,), 37, 53, 24, 20, None)
     qkvg, want = _reference(sh, seed=13)
     inputs = (*qkvg, *want[1:3])
-    types = tuple(TensorType(a.shape, "float32") for a in inputs)
-    out_types = {"attention_grad_k": want[3], "attention_grad_v": want[4]}
-    order = [first, *(op for op in out_types if op != first)]
+    ops = ["attention", "attention_lse", "attention_grad_k", "attention_grad_v"]
+    outs = dict(zip(ops, (want[0], want[1], want[3], want[4]), strict=True))
+    order = [ops[k] for k in pair]
+    n_in = 3 if order[0].startswith("attention_lse") or order[0] == "attention" else 6
+    types = tuple(TensorType(a.shape, "float32") for a in inputs[:n_in])
     ctxs = [
         LoweringContext(
             None,
             OPS[op],
             "wgpu",
             types,
-            TensorType(out_types[op].shape, "float32"),
+            TensorType(outs[op].shape, "float32"),
             {"causal": True, "scale": 0.3},
             op,
             None,
         )
         for op in order
     ]
-    wgsl, grid, bound = merged_grad_kv(ctxs)
-    got = _run(wgsl, grid, [inputs[k] for k in bound], [out_types[op].size for op in order])
+    wgsl, grid, bound = merged_attention(ctxs)
+    got = _run(wgsl, grid, [inputs[k] for k in bound], [outs[op].size for op in order])
     for a, op in zip(got, order, strict=True):
-        np.testing.assert_allclose(a.reshape(out_types[op].shape), out_types[op], rtol=1e-4, atol=1e-5)
-    assert merged_grad_kv([ctxs[0], ctxs[0]]) is None
+        np.testing.assert_allclose(a.reshape(outs[op].shape), outs[op], rtol=1e-4, atol=1e-5, err_msg=op)
+    assert merged_attention([ctxs[0], ctxs[0]]) is None
 
 
-def test_sibling_key_and_value_gradients_run_as_one_dispatch(monkeypatch):
+def test_sibling_attention_nodes_run_as_one_dispatch(monkeypatch):
     # A causal attention and a masked one (L != S, sizes off the blocks), loss sum(out * c) over both:
-    # each pair of key and value gradients is one merged_grad_kv dispatch at the later step (nothing
-    # reads them before), and the loss and gradients equal numpy's.
+    # each forward stores its lse for the backward (one dispatch at the forward's step), each pair of
+    # key and value gradients is one dispatch at the later step (nothing reads them before), and the
+    # loss and gradients equal numpy's.
     rng = np.random.default_rng(14)
     qkv = [*_qkv((2, 2), 37, 37, 24, 20, seed=15), *_qkv((2, 2), 21, 45, 16, 12, seed=16)]
     params = [ag.parameter(a.astype(np.float32), name=f"p{k}") for k, a in enumerate(qkv)]
@@ -274,7 +277,9 @@ def test_sibling_key_and_value_gradients_run_as_one_dispatch(monkeypatch):
     labels = [ops for _, ops in plan.dispatch_labels()]
     assert sum("attention_grad_k" in ops and "attention_grad_v" in ops for ops in labels) == 2
     assert "attention_grad_k" not in labels and "attention_grad_v" not in labels
+    assert labels.count("attention+attention_lse") == 2 and "attention_lse" not in labels
     merged_at = {index for index, ops in plan.dispatch_labels() if ops.startswith("attention_grad_k")}
+    merged_fwd = {index for index, ops in plan.dispatch_labels() if ops == "attention+attention_lse"}
     steps = {s.node.op: [] for s in plan.schedule.steps}
     for s in plan.schedule.steps:
         steps[s.node.op].append(s)
@@ -283,6 +288,11 @@ def test_sibling_key_and_value_gradients_run_as_one_dispatch(monkeypatch):
         assert gk.inputs == gv.inputs
         assert max(gk.index, gv.index) in merged_at  # nothing reads either gradient before
         assert (firsts[gk.output], firsts[gv.output]) == (gk.index, gv.index)  # as run_traced writes them
-    monkeypatch.setattr(WgpuPlan, "_merge_grad_kv", lambda self, fused_at, skipped: None)
+    lse_of = {s.inputs: s for s in steps["attention_lse"]}
+    assert len(lse_of) == len(steps["attention"]) == 2
+    for fwd in steps["attention"]:
+        assert fwd.index in merged_fwd
+        assert firsts[lse_of[fwd.inputs].output] == fwd.index  # stored by the forward, read by the backward
+    monkeypatch.setattr(WgpuPlan, "_merge_attention", lambda self, fused_at, skipped: None)
     unmerged = ag.compile(outputs, inputs=[mask], backend="wgpu").plan_for(data)
-    assert unmerged.dispatch_count == plan.dispatch_count + 2
+    assert unmerged.dispatch_count == plan.dispatch_count + 4

@@ -227,7 +227,7 @@ class WgpuPlan:
                 folded |= self._fold_copies(fused_at, skipped)
                 self._merge_norm_grads(fused_at, skipped)
                 folded |= self._fold_residual_adds(fused_at, skipped)
-                self._merge_grad_kv(fused_at, skipped)
+                self._merge_attention(fused_at, skipped)
         # Values a fused kernel keeps in registers get no buffer (run_traced allocates them if it runs).
         internal = {n.id for g in self.fused_groups for n in g.nodes} - {
             o.id for g in self.fused_groups for o in g.outputs
@@ -642,26 +642,29 @@ class WgpuPlan:
             skipped.update(s.index for s in [*group, *inlined] if s.index != last)
             self._labels[last] = "+".join(s.node.op for s in [*inlined, *group])
 
-    def _merge_grad_kv(self, fused_at: dict[int, Any], skipped: set[int]) -> None:
-        """Sibling ``attention_grad_k`` and ``attention_grad_v`` nodes (same inputs and attributes) run
-        as one kernel storing both gradients (:func:`~asg.gpu.kernels.attention.merged_grad_kv`: the
-        probabilities computed once), at the later of the two steps, when no dispatch reads either
-        gradient before it (in the GPT step the heads' transposes between the two steps are folded
-        into the concatenation after both). The inputs only the earlier node read live until then
-        (``_pack`` takes lifetimes from the dispatches). The other step is skipped (``run_traced``
-        still runs it). Runs after the other folds: it reads their dispatches."""
+    def _merge_attention(self, fused_at: dict[int, Any], skipped: set[int]) -> None:
+        """Sibling attention nodes (same inputs and attributes) run as one kernel storing both
+        outputs (:func:`~asg.gpu.kernels.attention.merged_attention`). ``attention`` and its
+        ``attention_lse`` (which the backward computes again): at the forward's step, the lse alive
+        from there to its readers (``_pack`` takes lifetimes from the dispatches, so this needs packed
+        buffers). ``attention_grad_k`` and ``attention_grad_v``: at the later of the two steps, when
+        no dispatch reads either gradient before it (in the GPT step the heads' transposes between
+        them are folded into the concatenation after both); the inputs only the earlier one read
+        live until then. The other step is skipped (``run_traced`` still runs it). Runs after the
+        other folds: it reads their dispatches."""
         from asg.core.lowering import context
 
         from .codegen import Dispatch
-        from .kernels.attention import merged_grad_kv
+        from .kernels.attention import MERGED, merged_attention
 
         schedule = self.schedule
         graph, spec = schedule.graph, schedule.spec
+        mergeable = {op for pair in MERGED for op in pair}
         siblings: dict[tuple, list[Any]] = {}
         for step in schedule.steps:
             node = step.node
             free = step.index not in fused_at and step.index not in skipped
-            if node.op in ("attention_grad_k", "attention_grad_v") and free:
+            if node.op in mergeable and free:
                 attrs = sorted((k, repr(v)) for k, v in spec.attrs[node.id].items())
                 siblings.setdefault((tuple(step.inputs), tuple(attrs)), []).append(step)
         first_read: dict[int, int] = {}  # value -> the first step whose dispatch reads it, in the fused order
@@ -673,17 +676,21 @@ class WgpuPlan:
         for group in siblings.values():
             if len(group) != 2 or any(self.programs[s.index].view for s in group):
                 continue
-            found = merged_grad_kv([context("wgpu", graph, s.node, spec, names) for s in group])
+            found = merged_attention([context("wgpu", graph, s.node, spec, names) for s in group])
             if found is None:
                 continue
-            last = max(s.index for s in group)
-            if any(first_read.get(s.output, last + 1) <= last for s in group):
+            first, last = min(s.index for s in group), max(s.index for s in group)
+            if group[0].node.op == "attention" or group[1].node.op == "attention":
+                at = first  # every input is ready there, every reader of either output comes later
+            elif any(first_read.get(s.output, last + 1) <= last for s in group):
                 continue
+            else:
+                at = last
             wgsl, grid, bound = found
             args = [("value", group[0].inputs[k]) for k in bound] + [("value", s.output) for s in group]
-            fused_at[last] = Dispatch(wgsl, grid, tuple(args))
-            skipped.update(s.index for s in group if s.index != last)
-            self._labels[last] = "+".join(s.node.op for s in group)
+            fused_at[at] = Dispatch(wgsl, grid, tuple(args))
+            skipped.update(s.index for s in group if s.index != at)
+            self._labels[at] = "+".join(s.node.op for s in group)
 
     def _check_binding(self, step: Any, refs: list[tuple[str, int, Any]]) -> None:
         """A value bound past the adapter's largest storage binding is an error naming the op and the value."""

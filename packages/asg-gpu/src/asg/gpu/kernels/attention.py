@@ -27,9 +27,8 @@ Float16 runs through float32 scratch (:func:`~asg.gpu.kernels._base.via_float32`
 ``benchmarks/gpu_attention.py`` compares them all) change the slices streamed per step, where the
 forward's softmax runs and whether the next slice is prefetched into registers. :data:`FUSED` holds
 two-output kernels (the forward with its lse; the key and value gradients from one pass) that the
-benchmark and tests run directly; a lowering has one output, so the wgpu plan runs the second one
-for sibling gradient nodes (:func:`merged_grad_kv`, ``WgpuPlan._merge_grad_kv``) and the first one
-not yet.
+benchmark and tests run directly; a lowering has one output, so the wgpu plan runs them for sibling
+nodes (:func:`merged_attention`, ``WgpuPlan._merge_attention``).
 """
 
 from __future__ import annotations
@@ -706,17 +705,26 @@ def attention_program(ctx: LoweringContext) -> Program:
     return Program([Dispatch(wgsl, grid, tuple(role[n] for n in names))], name=ctx.name)
 
 
-def merged_grad_kv(ctxs: Sequence[LoweringContext]) -> tuple[str, tuple[int, int, int], list[int]] | None:
-    """One kernel for sibling ``attention_grad_k`` and ``attention_grad_v`` nodes (same inputs and
-    attributes; either order) storing both outputs, ``ctxs``' in their order, after the inputs:
-    (WGSL, grid, the inputs it binds), as :func:`asg.gpu.kernels.optim.merged_update`. It computes
-    the probabilities once instead of twice. ``None`` for other nodes, float16 or empty outputs.
+# Sibling nodes (same inputs and attributes; sorted names) and the kernel of :data:`FUSED` storing both
+MERGED = {
+    ("attention", "attention_lse"): "attention+lse",
+    ("attention_grad_k", "attention_grad_v"): "attention_grad_kv",
+}
 
-    >>> merged_grad_kv([]) is None
+
+def merged_attention(ctxs: Sequence[LoweringContext]) -> tuple[str, tuple[int, int, int], list[int]] | None:
+    """One kernel for sibling nodes of a pair of :data:`MERGED` (same inputs and attributes; either
+    order) storing both outputs, ``ctxs``' in their order, after the inputs: (WGSL, grid, the inputs
+    it binds), as :func:`asg.gpu.kernels.optim.merged_update`. The forward with its lse walks the
+    scores once; the key and value gradients compute the probabilities once. ``None`` for other
+    nodes, float16 or empty outputs.
+
+    >>> merged_attention([]) is None
     True
     """
     ops = [c.op_name for c in ctxs]
-    if sorted(ops) != ["attention_grad_k", "attention_grad_v"]:
+    fused = MERGED.get(tuple(sorted(ops)))
+    if fused is None or len(ops) != 2:
         return None
     ctx = ctxs[0]
     if any(t.dtype == "float16" for c in ctxs for t in (*c.in_types, c.out_type)):
@@ -731,10 +739,8 @@ def merged_grad_kv(ctxs: Sequence[LoweringContext]) -> tuple[str, tuple[int, int
     scale = ctx.attrs.get("scale")
     scale = 1.0 / math.sqrt(sh.E) if scale is None else float(scale)
     causal = bool(ctx.attrs.get("causal"))
-    wgsl, names, grid = attention_wgsl(
-        "attention_grad_kv", sh, causal, scale, None, ops[0] == "attention_grad_v"
-    )
-    index = {n: k for k, n in enumerate(INPUTS)} | {"mask": 6}
+    wgsl, names, grid = attention_wgsl(fused, sh, causal, scale, None, ops[0] != min(ops))
+    index = {n: k for k, n in enumerate(INPUTS)} | {"mask": 3 if fused == "attention+lse" else 6}
     return wgsl, grid, [index[n] for n in names if n not in ("out", "out2")]
 
 
@@ -745,6 +751,7 @@ def _attention(ctx: LoweringContext) -> Program:
 
 __all__: Sequence[str] = [
     "FUSED",
+    "MERGED",
     "ROLES",
     "VARIANTS",
     "Shapes",
@@ -752,7 +759,7 @@ __all__: Sequence[str] = [
     "attention_program",
     "attention_wgsl",
     "default_variant",
-    "merged_grad_kv",
+    "merged_attention",
     "selected_variant",
     "subgroup_size",
 ]
