@@ -162,14 +162,19 @@ def torch_step(
     return float(np.median(times)), torch.cuda.max_memory_allocated() / 2**20
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model's flags (the reference GPT by default), shared with gpu_memory.py and gpu_plan_dispatches.py."""
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--d", type=int, default=512)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--t", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--vocab", type=int, default=65)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--check", action="store_true", help="tiny config on wgpu and numpy, losses compared")
     parser.add_argument(

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_gpt_step import asg_step  # also registers wgpu (through _gpu)
+from gpu_gpt_step import add_model_arguments, asg_step  # also registers wgpu (through _gpu)
 
 from asg.core.backends import get_backend
 from asg.core.storage import claim_all
@@ -96,12 +96,7 @@ def report(plan: Any, top: int = 12) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--d", type=int, default=512)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--t", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--vocab", type=int, default=65)
+    add_model_arguments(parser)
     parser.add_argument("--run", action="store_true", help="also run one step (its staging buffer counts)")
     parser.add_argument("--no-pack", action="store_true", help="options pack_buffers=False")
     parser.add_argument(

@@ -22,17 +22,15 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_gpt_step import asg_step  # sets XDG_RUNTIME_DIR, registers wgpu from the source tree
+from gpu_gpt_step import (  # sets XDG_RUNTIME_DIR, registers wgpu from the source tree
+    add_model_arguments,
+    asg_step,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--d", type=int, default=512)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--t", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--vocab", type=int, default=65)
+    add_model_arguments(parser)
     parser.add_argument("--small", action="store_true", help="2 layers, d=64, T=64, batch 8")
     parser.add_argument("--tbps", type=float, default=4.0, help="bandwidth for the lower bound, TB/s")
     parser.add_argument("--top", type=int, default=30, help="largest dispatches to list")
