@@ -33,7 +33,7 @@ from _gpu import cuda_torch, pass_timer  # sets XDG_RUNTIME_DIR, registers wgpu 
 
 import asg.core as ag
 from asg.core.backends import get_backend
-from asg.gpu.kernels.linalg import TILES, matmul_program, matmul_tile, split_k
+from asg.gpu.kernels.linalg import CANDIDATE_TILES, TILES, matmul_program, matmul_tile, split_k
 
 Shape = tuple[int, ...]
 Tile = tuple[int, ...]
@@ -44,18 +44,8 @@ Variant = tuple[Tile, int]  # (tile, split-K slices)
 VARIANTS: list[Variant] = [
     (t, 1)
     for t in [
-        (64, 64, 16),
-        (64, 128, 32),
-        (128, 64, 32),
-        (128, 128, 16),
-        (64, 64, 32),
-        (128, 256, 16),
-        (256, 128, 16),
-        (64, 64, 16, 2),
-        (64, 64, 32, 2),
-        (64, 128, 16, 2),
-        (128, 64, 16, 2),
-        (128, 128, 16, 2),
+        *(tile for tile, _ in TILES),
+        *CANDIDATE_TILES,
         (64, 128, 32, 2),  # 48 KiB of workgroup memory: where the device allows (the H200 does)
         (128, 64, 32, 2),
     ]

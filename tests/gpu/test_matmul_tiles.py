@@ -8,7 +8,7 @@ import pytest
 import asg.core as ag
 from asg.gpu.codegen import nbytes
 from asg.gpu.device import get_device
-from asg.gpu.kernels.linalg import TILES, matmul_program, matmul_tile, split_k
+from asg.gpu.kernels.linalg import CANDIDATE_TILES, TILES, matmul_program, matmul_tile, split_k
 
 RNG = np.random.default_rng(0)
 
@@ -60,19 +60,7 @@ SHAPES = {
 }
 
 
-# the candidates benchmarks/gpu_matmul.py times beyond TILES: BK 32 at 64x64, 8x16 outputs per
-# invocation, 2-stage (double-buffered)
-CANDIDATES = [
-    (64, 64, 32),
-    (128, 256, 16),
-    (256, 128, 16),
-    (64, 64, 16, 2),
-    (64, 64, 32, 2),
-    (64, 128, 16, 2),
-    (128, 64, 16, 2),
-    (128, 128, 16, 2),
-]
-EVERY_TILE = list(dict.fromkeys([t for t, _ in TILES] + CANDIDATES))
+EVERY_TILE = list(dict.fromkeys([t for t, _ in TILES] + list(CANDIDATE_TILES)))
 
 
 def _tile_id(tile) -> str:

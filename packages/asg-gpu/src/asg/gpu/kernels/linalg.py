@@ -96,6 +96,20 @@ TILES: tuple[tuple[tuple[int, ...], int], ...] = (
 )
 
 
+CANDIDATE_TILES: tuple[tuple[int, ...], ...] = (
+    (64, 64, 32),
+    (128, 256, 16),
+    (256, 128, 16),
+    (64, 64, 16, 2),
+    (64, 64, 32, 2),
+    (64, 128, 16, 2),
+    (128, 64, 16, 2),
+    (128, 128, 16, 2),
+)
+"""Tiles beyond :data:`TILES` that ``benchmarks/gpu_matmul.py`` times and the tests check (BK 32 at
+64x64, 8x16 outputs per invocation, 2-stage); all fit the portable 32 KiB of workgroup memory."""
+
+
 def matmul_tile(m: int, n: int, k: int, batch: int = 1) -> tuple[int, ...]:
     """The tile, (BM, BN, BK) or (BM, BN, BK, stages), for ``batch`` products (m, k) @ (k, n): the first
     of :data:`TILES` that gives enough workgroups, is no larger than the product (rounded up to 64)
