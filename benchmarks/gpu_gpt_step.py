@@ -9,9 +9,10 @@ On the lent GPU machine::
 
 ``--check`` runs a tiny configuration on wgpu and on numpy and prints both loss curves (lavapipe
 can run it); ``--small`` a small one on lavapipe with the memory figures, with and without buffer packing. The table gives median step time, GPU memory held by the backend's pool, dispatches
-per step and, where torch has CUDA, PyTorch's eager SDPA step and peak memory. ``--no-recompute``
-compiles with the wgpu option ``recompute=False`` (the MLP activation and attention's transposed
-output stored instead of recomputed by the matmuls reading them), to compare time and memory.
+per step and, where torch has CUDA, PyTorch's eager SDPA step and peak memory. ``--recompute MODE``
+sets the wgpu option ``recompute`` (``all``: the MLP activation and attention's transposed output
+recomputed by the matmuls reading them, not stored; ``transpose``, the default: the transposes only;
+``none``), to compare time and memory.
 """
 
 from __future__ import annotations
@@ -172,6 +173,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", type=int, default=65)
 
 
+def add_recompute_argument(parser: argparse.ArgumentParser) -> None:
+    """``--recompute all|transpose|none``: the wgpu option (values matmuls recompute as they load A)."""
+    parser.add_argument(
+        "--recompute",
+        choices=("all", "transpose", "none"),
+        default="transpose",
+        help="wgpu option recompute: what the matmuls recompute as they load A instead of reading it stored",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
@@ -185,11 +196,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also print the per-kernel GPU profile (timestamps)"
     )
-    parser.add_argument(
-        "--no-recompute",
-        action="store_true",
-        help="wgpu option recompute=False: store the values matmuls would recompute as they load A",
-    )
+    add_recompute_argument(parser)
     a = parser.parse_args()
     if a.check:
         a.layers, a.d, a.heads, a.t, a.batch, a.steps = 2, 32, 4, 16, 4, 5
@@ -199,7 +206,7 @@ def main() -> None:
     x = rng.integers(0, a.vocab, (a.batch, a.t)).astype(np.int64)
     y = rng.integers(0, a.vocab, (a.batch * a.t,)).astype(np.int64)
     cfg = (a.vocab, a.t, a.d, a.layers, a.heads, a.batch)
-    step = asg_step("wgpu", *cfg, options={"recompute": False} if a.no_recompute else None)
+    step = asg_step("wgpu", *cfg, options={"recompute": a.recompute})
     seconds, losses = time_asg(step, x, y, a.steps)
     plan = step.plan_for(x, y)
     pool = get_backend("wgpu").pool.stats()

@@ -6,8 +6,8 @@ plan's buffers (packed values, split-K scratch, inputs, output and update copies
 and state's pooled buffers, the pool's free list and the readback staging buffer. Then the values
 live at the plan's peak step by op, and the plan's buffers by size. The figures come from the plan
 and the pool, so lavapipe gives those of any adapter with the same binding limit (``--run`` also
-runs one step, slow on lavapipe: 15 minutes at full size; ``--no-recompute`` stores the values that
-matmuls otherwise recompute as they load A, the plan before that option)::
+runs one step, slow on lavapipe: 15 minutes at full size; ``--recompute all|transpose|none`` sets
+what the matmuls recompute as they load A instead of storing it)::
 
     PYTHONPATH=packages/asg-core/src:packages/asg-nn/src:packages/asg-gpu/src \\
         python3 benchmarks/gpu_memory.py
@@ -24,7 +24,11 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_gpt_step import add_model_arguments, asg_step  # also registers wgpu (through _gpu)
+from gpu_gpt_step import (  # also registers wgpu (through _gpu)
+    add_model_arguments,
+    add_recompute_argument,
+    asg_step,
+)
 
 from asg.core.backends import get_backend
 from asg.core.storage import claim_all
@@ -99,14 +103,12 @@ def main() -> None:
     add_model_arguments(parser)
     parser.add_argument("--run", action="store_true", help="also run one step (its staging buffer counts)")
     parser.add_argument("--no-pack", action="store_true", help="options pack_buffers=False")
-    parser.add_argument(
-        "--no-recompute", action="store_true", help="options recompute=False (matmuls read stored operands)"
-    )
+    add_recompute_argument(parser)
     a = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.integers(0, a.vocab, (a.batch, a.t)).astype(np.int64)
     y = rng.integers(0, a.vocab, (a.batch * a.t,)).astype(np.int64)
-    options = {"pack_buffers": not a.no_pack, "recompute": not a.no_recompute}
+    options = {"pack_buffers": not a.no_pack, "recompute": a.recompute}
     step = asg_step("wgpu", a.vocab, a.t, a.d, a.layers, a.heads, a.batch, options=options)
     plan = step.plan_for(x, y)
     if a.run:

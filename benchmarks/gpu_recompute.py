@@ -1,6 +1,6 @@
 """What recomputing a matmul's left operand as it loads costs: the GPT step's four products that do it.
 
-With the wgpu option ``recompute`` (default) the MLP's ``gelu(h) @ W_out`` and its weight gradient
+With the wgpu option ``recompute="all"`` the MLP's ``gelu(h) @ W_out`` and its weight gradient
 ``gelu(h)^T @ dY`` read h and apply gelu per loaded vec4, and attention's projection and its weight
 gradient read attention's (B, h, T, hs) output through an index map instead of a transposed copy
 (:func:`asg.gpu.fusion.matmul_operands`). This times each product both ways (GPU time by timestamp

@@ -97,7 +97,7 @@ def test_an_mlp_activation_is_recomputed_by_both_matmuls_reading_it(name):
     # 1024 rows: the weight gradients act(h)^T @ dY and x^T @ dH run split-K with a transposed A
     x, loss, grads = _mlp(ACTIVATIONS[name])
     data = RNG.standard_normal((4, 256, 36)).astype(np.float32)
-    f = ag.compile([loss, *grads], inputs=[x], backend="wgpu")
+    f = ag.compile([loss, *grads], inputs=[x], backend="wgpu", options={"recompute": "all"})
     want = ag.compile([loss, *grads], inputs=[x])(data)
     for got, ref in zip(f(data), want, strict=True):
         np.testing.assert_allclose(got, ref, rtol=2e-5, atol=1e-6)
@@ -112,6 +112,8 @@ def test_an_mlp_activation_is_recomputed_by_both_matmuls_reading_it(name):
         np.testing.assert_allclose(got, ref, rtol=2e-5, atol=1e-6)
     assert _stored(stored.plan_for(data), op) == [True]
     assert plan.dispatch_count <= stored.plan_for(data).dispatch_count
+    default = ag.compile([loss, *grads], inputs=[x], backend="wgpu")  # "transpose": activations stored
+    assert _stored(default.plan_for(data), op) == [True]
 
 
 def test_an_activation_read_by_another_op_is_stored():
@@ -134,7 +136,7 @@ def test_a_recomputed_operand_leaves_the_tile_padding_zero(op):
     w = ag.parameter(RNG.standard_normal((36, 44)).astype(np.float32), name="w")
     y = getattr(ag, op)(x) @ w
     data = RNG.standard_normal((50, 36)).astype(np.float32)
-    f = ag.compile(y, inputs=[x], backend="wgpu")
+    f = ag.compile(y, inputs=[x], backend="wgpu", options={"recompute": "all"})
     np.testing.assert_allclose(f(data), ag.compile(y, inputs=[x])(data), rtol=1e-5, atol=1e-5)
     assert _stored(f.plan_for(data), op) == [False]
 
@@ -160,19 +162,28 @@ def test_attention_s_output_transposed_back_is_read_where_it_lies():
     assert any("a_index" in k and "A^T" in k for k in kernels)
 
 
-def test_the_gpt_step_stores_neither_its_mlp_activations_nor_attention_s_transposed_outputs():
+def test_the_recompute_option_is_checked():
+    x = ag.input("x", (8, 8))
+    with pytest.raises(
+        ValueError, match=r"wgpu: option recompute='some': expected 'all', 'transpose' or 'none'"
+    ):
+        ag.compile(x @ x, backend="wgpu", options={"recompute": "some"})(np.ones((8, 8), np.float32))
+
+
+@pytest.mark.parametrize("mode", ["all", "transpose"])
+def test_the_gpt_step_stores_no_attention_transposed_output_nor_with_all_its_mlp_activations(mode):
     bench = _load(pathlib.Path(__file__).parents[2] / "benchmarks" / "gpu_gpt_step.py")
     cfg = (65, 32, 32, 2, 4, 4)  # vocab, T, d, layers, heads, batch
     x = RNG.integers(0, 65, (4, 32)).astype(np.int64)
     y = RNG.integers(0, 65, (4 * 32,)).astype(np.int64)
     gc.collect()  # earlier tests' plans give their buffers back
     get_backend("wgpu").pool.trim()  # and none is free to reuse: each buffer of this plan is new
-    step = bench.asg_step("wgpu", *cfg)
+    step = bench.asg_step("wgpu", *cfg, options={"recompute": mode})
     ref = bench.asg_step("numpy", *cfg)
     losses = [float(step(x, y)) for _ in range(3)]
     np.testing.assert_allclose(losses, [float(ref(x, y)) for _ in range(3)], rtol=1e-5)
     plan = step.plan_for(x, y)
-    assert _stored(plan, "gelu") == [False, False]
+    assert _stored(plan, "gelu") == ([False, False] if mode == "all" else [True, True])
     back = [s for s in plan.schedule.steps if s.node.op == "transpose" and s.node.inputs[0].op == "attention"]
     assert len(back) == 2 and not any(s.output in plan._buf for s in back)
     # the plan holds the buffers of its packing, each rounded to the pool's size class, and little else

@@ -207,7 +207,9 @@ def a_load_for(node: Node, spec: Specialization) -> ALoad:
     return ALoad(prologue=f"fn prologue(x: f32) -> f32 {{\n    return {expr};\n}}")
 
 
-def matmul_operands(schedule: Schedule, root: Mapping[int, int]) -> dict[int, tuple[int, ALoad]]:
+def matmul_operands(
+    schedule: Schedule, root: Mapping[int, int], elementwise: bool = True
+) -> dict[int, tuple[int, ALoad]]:
     """Values that the matmuls reading them recompute as they load A, so no buffer ever holds them.
 
     A float32 elementwise op of one input (``gelu(h)`` in an MLP), or a transpose keeping its last
@@ -217,7 +219,7 @@ def matmul_operands(schedule: Schedule, root: Mapping[int, int]) -> dict[int, tu
     a transposed A (the weight gradient ``gelu(h)^T @ dY``). Returns value id -> (id of its input,
     :func:`a_load_for`). Recomputing costs the op (or the index arithmetic) once per vec4 of A per
     column tile of the product; storing the value would keep it alive from the forward to the
-    backward pass.
+    backward pass. ``elementwise=False`` takes transposes only.
     """
     shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
     readers: dict[int, list[Step]] = {}
@@ -246,7 +248,7 @@ def matmul_operands(schedule: Schedule, root: Mapping[int, int]) -> dict[int, tu
         if node.op == "transpose":
             axes = tuple(attrs[node.id]["axes"])
             return len(axes) > 1 and axes[-1] == len(axes) - 1 and int(shapes[node.id][-1]) % 4 == 0
-        return node.op in TABLE and tuple(shapes[node.inputs[0].id]) == tuple(shapes[node.id])
+        return elementwise and node.op in TABLE and tuple(shapes[node.inputs[0].id]) == tuple(shapes[node.id])
 
     found: dict[int, tuple[int, ALoad]] = {}
     for step in schedule.steps:
