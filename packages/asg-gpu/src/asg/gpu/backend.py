@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -366,11 +366,7 @@ class WgpuPlan:
         recomputed = recomputed or {}
         schedule = self.schedule
         shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
-        readers: dict[int, int] = {}
-        for step in schedule.steps:
-            for i in set(step.inputs):
-                readers[i] = readers.get(i, 0) + 1
-        kept = {n.id for n in schedule.outputs} | {v.id for _, v in schedule.updates}
+        readers, kept = self._reader_counts(), self._kept()
         made_at = {step.output: step for step in schedule.steps}
         folded: set[int] = set()
         for step in schedule.steps:
@@ -423,11 +419,7 @@ class WgpuPlan:
         schedule = self.schedule
         shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
         made_at = {s.output: s for s in schedule.steps}
-        readers: dict[int, int] = {}
-        for s in schedule.steps:
-            for i in set(s.inputs):
-                readers[i] = readers.get(i, 0) + 1
-        kept = {self._root(n.id) for n in schedule.outputs} | {self._root(v.id) for _, v in schedule.updates}
+        readers, kept = self._reader_counts(), self._kept(self._root)
         limit = self.dev.max_binding
 
         def chain_of(value: int) -> tuple[int, list[Any], list[Any]]:
@@ -499,11 +491,7 @@ class WgpuPlan:
         schedule = self.schedule
         shapes = schedule.spec.shapes
         made_at = {step.output: step for step in schedule.steps}
-        readers: dict[int, int] = {}
-        for step in schedule.steps:
-            for i in set(step.inputs):
-                readers[self._root(i)] = readers.get(self._root(i), 0) + 1
-        kept = {self._root(n.id) for n in schedule.outputs} | {self._root(v.id) for _, v in schedule.updates}
+        readers, kept = self._reader_counts(self._root), self._kept(self._root)
         names = schedule.graph.names()
         folded: set[int] = set()
         for step in schedule.steps:
@@ -831,6 +819,19 @@ class WgpuPlan:
     # ------------------------------------------------------------------ buffers
     def _param_ids(self) -> set[int]:
         return {n.id for n in self._param_nodes}
+
+    def _reader_counts(self, key: Callable[[int], int] = int) -> dict[int, int]:
+        """How many schedule steps read each value (``key(id)``: the value, or the buffer it views)."""
+        readers: dict[int, int] = {}
+        for step in self.schedule.steps:
+            for i in set(step.inputs):
+                readers[key(i)] = readers.get(key(i), 0) + 1
+        return readers
+
+    def _kept(self, key: Callable[[int], int] = int) -> set[int]:
+        """The values that outlive the step (outputs and updated values), as ``key(id)``."""
+        schedule = self.schedule
+        return {key(n.id) for n in schedule.outputs} | {key(v.id) for _, v in schedule.updates}
 
     def _root(self, node_id: int) -> int:
         while node_id in self._views:
