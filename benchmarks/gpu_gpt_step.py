@@ -196,6 +196,18 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also print the per-kernel GPU profile (timestamps)"
     )
+    parser.add_argument(
+        "--profile-out",
+        default=os.environ.get("OUT"),
+        help="with --profile: write dispatches.json and each kernel's WGSL here (default $OUT)",
+    )
+    parser.add_argument(
+        "--dispatches-per-submit",
+        type=int,
+        default=None,
+        help="wgpu option dispatches_per_submit (0: the whole step in one compute pass and submission)",
+    )
+    parser.add_argument("--no-torch", action="store_true", help="leave out PyTorch's step")
     add_recompute_argument(parser)
     a = parser.parse_args()
     if a.check:
@@ -206,7 +218,10 @@ def main() -> None:
     x = rng.integers(0, a.vocab, (a.batch, a.t)).astype(np.int64)
     y = rng.integers(0, a.vocab, (a.batch * a.t,)).astype(np.int64)
     cfg = (a.vocab, a.t, a.d, a.layers, a.heads, a.batch)
-    step = asg_step("wgpu", *cfg, options={"recompute": a.recompute})
+    options: dict = {"recompute": a.recompute}
+    if a.dispatches_per_submit is not None:
+        options["dispatches_per_submit"] = a.dispatches_per_submit
+    step = asg_step("wgpu", *cfg, options=options)
     seconds, losses = time_asg(step, x, y, a.steps)
     plan = step.plan_for(x, y)
     pool = get_backend("wgpu").pool.stats()
@@ -226,7 +241,7 @@ def main() -> None:
         print(
             f"max relative difference: {max(abs(p - q) / abs(q) for p, q in zip(losses, ref_losses, strict=True)):.2e}"
         )
-    ref_t = torch_step(*cfg, a.steps) if not a.check and not a.small else None
+    ref_t = torch_step(*cfg, a.steps) if not (a.check or a.small or a.no_torch) else None
     mib = 2**20
     print(
         f"memory: parameters and optimizer state {storage_bytes / mib:.1f} MiB; the plan's buffers "
@@ -244,7 +259,57 @@ def main() -> None:
         print(f"{'torch CUDA eager, SDPA':30} {ref_t[0] * 1e3:>9.2f} {ref_t[1]:>9.0f}")
         print(f"ratio asg/torch: {seconds / ref_t[0]:.2f}x")
     if a.profile:
-        print(step.profile(x, y).table(top=25))
+        prof = step.profile(x, y)
+        print(prof.table(top=25))
+        print(step_breakdown(plan, x, y, seconds, prof.kernel_seconds))
+        if a.profile_out:
+            dump_dispatches(plan, prof, a.profile_out)
+
+
+def step_breakdown(plan, x: np.ndarray, y: np.ndarray, wall: float, kernels: float) -> str:
+    """Where a step's wall time goes: the GPU's one compute pass (timestamps at its two ends), the
+    host's rest (feeds, recording, submit, readback), and inside the pass the kernels (each timed in a
+    pass of its own) against the gaps between them."""
+    passes, phases = [], []
+    for _ in range(5):
+        _, s = plan.run_pass_timed([x, y])
+        passes.append(s)
+    for _ in range(5):
+        plan([x, y])
+        phases.append(plan.host_seconds)
+    gpu = float(np.median(passes))
+    rows = [
+        ("step, wall", wall),
+        ("GPU: the step's compute passes", gpu),
+        ("  kernels (sum, each in its own pass)", kernels),
+        ("  between kernels", gpu - kernels),
+        ("host: wall - GPU passes", wall - gpu),
+    ]
+    rows += [(f"  host phase: {k}", float(np.median([p[k] for p in phases]))) for k in phases[0]]
+    n = plan.dispatch_count
+    lines = [f"{'breakdown':40} {'ms':>8}"] + [f"{k:40} {v * 1e3:8.2f}" for k, v in rows]
+    lines.append(f"{n} dispatches: {(gpu - kernels) / n * 1e6:.1f} us between two, on average")
+    return "\n".join(lines)
+
+
+def dump_dispatches(plan, prof, out_dir: str) -> None:
+    """Write each dispatch's ops, GPU ms, grid and bytes (dispatches.json) and its WGSL (wgsl/K.wgsl)."""
+    import json
+
+    os.makedirs(os.path.join(out_dir, "wgsl"), exist_ok=True)
+    sources, grids, sizes = plan.dispatch_sources(), plan.dispatch_grids(), plan.dispatch_bytes()
+    unique: dict[str, int] = {}
+    rows = []
+    for t, src, grid, nb in zip(prof.nodes, sources, grids, sizes, strict=True):
+        k = unique.setdefault(src, len(unique))
+        rows.append(
+            {"ops": t.op, "ms": t.seconds * 1e3, "grid": grid, "bytes": nb, "wgsl": k, "node": t.line}
+        )
+    for src, k in unique.items():
+        with open(os.path.join(out_dir, "wgsl", f"{k}.wgsl"), "w") as f:
+            f.write(src)
+    with open(os.path.join(out_dir, "dispatches.json"), "w") as f:
+        json.dump(rows, f, indent=0)
 
 
 if __name__ == "__main__":

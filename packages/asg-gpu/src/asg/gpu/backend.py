@@ -42,6 +42,11 @@ from .kernels.linalg import ALoad
 from .pool import BufferPool, Lifetime, pack
 from .storage import WgpuStorage
 
+DISPATCHES_PER_SUBMIT = 128
+"""Dispatches per compute pass and submission of a step (option ``dispatches_per_submit``; 0: one
+pass). On the H200 the GPT step's host side (recording, wgpu's checks as each pass ends) took about
+12 ms after its 58 ms of GPU work when the step was one submission."""
+
 
 class WgpuBackend(Backend):
     """asg-core's backend for WebGPU through wgpu-py (Vulkan, Metal, DX12; lavapipe on CPU-only machines).
@@ -90,6 +95,7 @@ class WgpuBackend(Backend):
         "pack_buffers": True,
         "recompute": "transpose",
         "profile": "plan",
+        "dispatches_per_submit": DISPATCHES_PER_SUBMIT,
     }
 
     def __init__(self) -> None:
@@ -132,6 +138,7 @@ class WgpuBackend(Backend):
             pack_buffers=bool(options.get("pack_buffers", True)),
             profile=str(options.get("profile", "plan")),
             recompute=recompute_mode(options.get("recompute", "transpose")),
+            dispatches_per_submit=int(options.get("dispatches_per_submit", DISPATCHES_PER_SUBMIT)),
         )
 
 
@@ -164,13 +171,16 @@ class WgpuPlan:
         pack_buffers: bool = True,
         profile: str = "plan",
         recompute: str = "transpose",
+        dispatches_per_submit: int = 0,
     ) -> None:
         if profile not in ("plan", "traced"):
             raise ValueError(f"wgpu: option profile={profile!r}: expected 'plan' or 'traced'")
         self.profile_mode = profile
         self.schedule = schedule
         self.raw = raw
+        self.dispatches_per_submit = dispatches_per_submit
         self.encode_seconds = 0.0  # host time recording the last step's dispatches
+        self.host_seconds: dict[str, float] = {}  # the last step's host phases (see _run)
         self.backend = backend
         self.dev = dev = backend.device()
         self.pool = pool = backend.pool
@@ -220,6 +230,10 @@ class WgpuPlan:
             )
         }
         self._err = take(256 * len(self._checks)) if self._checks else None
+        # Indices read straight from a feed (through reshapes) are checked on the host before the step
+        # runs; only the others need the flags read back after it and the guarded parameter copies.
+        self._host_checks = self._fed_indices()
+        self._device_checks = {i: c for i, c in self._checks.items() if i not in self._host_checks}
         self.fused_groups: list[Any] = []
         fused_at: dict[int, Any] = {}
         skipped: set[int] = set()
@@ -258,6 +272,7 @@ class WgpuPlan:
         internal |= folded
         self._planned: dict[int, Any] = {}
         # Per dispatch: (step index, pipeline, number of bindings, grid, argument descriptors).
+        self._source_of: dict[int, str] = {}
         self._dispatches = self._collect(fused_at, skipped)
         self._traced_dispatches = self._collect({}, set()) if fused_at or skipped else self._dispatches
         if pack_buffers:
@@ -308,6 +323,7 @@ class WgpuPlan:
         for step, d, refs in self._step_dispatches(fused_at, skipped):
             self._check_binding(step, refs)
             pipe = self.dev.pipeline(d.wgsl, len(d.args))
+            self._source_of[id(pipe)] = d.wgsl
             dispatches.append((step.index, pipe, len(d.args), d.grid, refs))
         return dispatches
 
@@ -802,6 +818,14 @@ class WgpuPlan:
         ops = [step.node.op for step in self.schedule.steps]
         return [(index, self._labels.get(index, ops[index])) for index, *_ in self._dispatches]
 
+    def dispatch_sources(self) -> list[str]:
+        """The WGSL of each dispatch of a step (for benchmarks and reading what a fused kernel does)."""
+        return [self._source_of[id(pipe)] for _, pipe, *_ in self._dispatches]
+
+    def dispatch_grids(self) -> list[tuple[int, int, int]]:
+        """The workgroup grid of each dispatch of a step."""
+        return [tuple(grid) for _, _, _, grid, _ in self._dispatches]
+
     def dispatch_bytes(self) -> list[int]:
         """Bytes each dispatch of a step binds (its inputs, outputs and scratch buffers, each once):
         what it reads and writes at most, for a bandwidth bound."""
@@ -861,6 +885,7 @@ class WgpuPlan:
         # (pipeline, bind group, x, y, z) as C handles, for raw dispatch (the objects above keep them alive)
         self._raw = [(p._internal, bg._internal, *g) for p, bg, g, _ in self._encoded]
         self._bound_params = params
+        self._update_raw: list[tuple[Any, Any, int, int, int]] | None = None
 
     def _encode(self, dispatches: list) -> list[tuple[Any, Any, tuple[int, int, int], int]]:
         encoded = []
@@ -886,6 +911,7 @@ class WgpuPlan:
 
     # ------------------------------------------------------------------ running
     def _prepare(self, feeds: Sequence[np.ndarray]) -> None:
+        self._check_fed_indices(feeds)
         claim_all(self._variables, self.storage)
         self._bind()
         for node, array in zip(self.schedule.inputs, feeds, strict=True):
@@ -908,20 +934,30 @@ class WgpuPlan:
                     enc.copy_buffer_to_buffer(src, 0, scratch, 0, nb)
                     src = scratch
                 values.append((src, self.storage.buffer(param.data), nb))
-            if self._err is None:
+            if not self._device_checks:
                 for src, dst, nb in values:
                     if src is not dst:
                         enc.copy_buffer_to_buffer(src, 0, dst, 0, nb)
             else:  # copied by a kernel that does nothing when an index check failed in this step
+                if self._update_raw is None:  # once per binding of the parameters (see _bind)
+                    guarded = [
+                        (pipe, bg, *grid)
+                        for src, dst, nb in values
+                        if src is not dst
+                        for pipe, bg, grid in self._guarded_copy(src, dst, nb)
+                    ]
+                    self._update_raw = [(p._internal, b._internal, *g) for p, b, *g in guarded]
+                    self._update_guarded = guarded
                 cpass = enc.begin_compute_pass()
-                for src, dst, nb in values:
-                    if src is not dst:
-                        for pipe, bg, grid in self._guarded_copy(src, dst, nb):
-                            cpass.set_pipeline(pipe)
-                            cpass.set_bind_group(0, bg)
-                            cpass.dispatch_workgroups(*grid)
+                if self.raw:
+                    _record_raw(cpass, self._update_raw)
+                else:
+                    for pipe, bg, *grid in self._update_guarded:
+                        cpass.set_pipeline(pipe)
+                        cpass.set_bind_group(0, bg)
+                        cpass.dispatch_workgroups(*grid)
                 cpass.end()
-        if self._err is not None:
+        if self._device_checks:
             windows.append((self._err, 0, 256 * len(self._checks)))
         return windows
 
@@ -946,24 +982,53 @@ class WgpuPlan:
             self._guards[key] = found
         return found
 
+    def _fed_indices(self) -> dict[int, int]:
+        """Index-checking steps whose indices (a step's last input) are a feed, reshaped or not:
+        step index -> the feed's position."""
+        fed = {n.id: k for k, n in enumerate(self.schedule.inputs)}
+        found = {}
+        for index in self._checks:
+            value = self.schedule.steps[index].inputs[-1]
+            while value in self._views:
+                value = self._views[value]
+            if value in fed:
+                found[index] = fed[value]
+        return found
+
+    def _check_fed_indices(self, feeds: Sequence[np.ndarray]) -> None:
+        for index, pos in self._host_checks.items():
+            _, (_, size, negative) = self._checks[index]
+            values = np.asarray(feeds[pos])
+            if values.size:
+                low, high = values.min(), values.max()
+                if low < (-size if negative else 0) or high >= size:
+                    bad = int(low) if low < (-size if negative else 0) else int(high)
+                    raise self._index_error(index, bad, "the step did not run")
+
     def _raise_index_errors(self, data: bytes) -> None:
         words = np.frombuffer(data, np.uint32).reshape(len(self._checks), 64)
-        for index, (slot, (what, size, negative)) in sorted(self._checks.items()):
+        for index, (slot, _) in sorted(self._device_checks.items()):
             if words[slot, 0]:
                 bad = int(words[slot, 1].view(np.int32))
-                node = self.schedule.steps[index].node
-                low = -size if negative else 0
-                where = f"\n  built at {node.meta['source']}" if node.meta.get("source") else ""
-                raise ExecutionError(
-                    f"while executing {self.schedule.graph.format_node(node)}{where}\n  IndexError: {node.op}: "
-                    f"{what} {bad} is out of range for {size} entries (valid: {low} to {size - 1}); check the "
-                    "values fed to this op (on wgpu the step ran; its parameter updates were not applied)"
+                raise self._index_error(
+                    index, bad, "on wgpu the step ran; its parameter updates were not applied"
                 )
+
+    def _index_error(self, index: int, bad: int, note: str) -> ExecutionError:
+        _, (what, size, negative) = self._checks[index]
+        node = self.schedule.steps[index].node
+        low = -size if negative else 0
+        where = f"\n  built at {node.meta['source']}" if node.meta.get("source") else ""
+        return ExecutionError(
+            f"while executing {self.schedule.graph.format_node(node)}{where}\n  IndexError: {node.op}: "
+            f"{what} {bad} is out of range for {size} entries (valid: {low} to {size - 1}); check the "
+            f"values fed to this op ({note})"
+        )
 
     def _finish(self, enc: Any, update: bool) -> list[np.ndarray]:
         windows = self._encode_updates(enc, update)
         data = self.dev.read_many(windows, encoder=enc)
-        if self._err is not None:
+        if self._device_checks:
             self._raise_index_errors(data.pop())
         if update:
             for var in self._update_vars:
@@ -972,33 +1037,81 @@ class WgpuPlan:
         return [from_gpu(b, shapes[n.id], n.dtype) for b, n in zip(data, self._outputs, strict=True)]
 
     def __call__(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self._run(feeds)
+
+    def run_pass_timed(
+        self, feeds: Sequence[np.ndarray], update: bool = True
+    ) -> tuple[list[np.ndarray], float]:
+        """Run the step as ``__call__`` does, with a timestamp at each end of its one compute pass:
+        (outputs, GPU seconds of the pass). Against the wall time of a step, this splits the host's
+        share (feeds, recording, submit, readback) from the GPU's; against the per-dispatch times of
+        ``run_timed``, it shows what the barriers between dispatches cost. ``None`` seconds when the
+        adapter has no ``timestamp-query``."""
+        timer = _Timer(self.dev) if "timestamp-query" in self.dev.features else None
+        out = self._run(feeds, update=update, timer=timer)
+        return out, (timer.seconds() if timer is not None else None)
+
+    def _run(
+        self, feeds: Sequence[np.ndarray], update: bool = True, timer: _Timer | None = None
+    ) -> list[np.ndarray]:
+        """Run one step. Its dispatches go in compute passes of ``dispatches_per_submit`` each, every
+        pass but the last submitted as soon as it is recorded, so that the GPU runs the first while the
+        host records the next (recording and wgpu's checks at each pass's end cost about as much as a
+        tenth of the GPU's time); the last one's encoder goes on with the updates and the readback.
+        ``host_seconds`` keeps the host's phases of the step."""
         with self.dev.lock:
+            t0 = time.perf_counter()
             self._prepare(feeds)
-            enc = self.dev.device.create_command_encoder()
-            if self._err is not None:
-                enc.clear_buffer(self._err)
-            cpass = enc.begin_compute_pass()
-            start = time.perf_counter()
-            if self.raw:
-                _record_raw(cpass, self._raw)
-            else:
-                last = None
-                for pipe, bg, grid, _ in self._encoded:
-                    if pipe is not last:
-                        cpass.set_pipeline(pipe)
-                        last = pipe
-                    cpass.set_bind_group(0, bg)
-                    cpass.dispatch_workgroups(*grid)
-            self.encode_seconds = time.perf_counter() - start
-            cpass.end()
+            t1 = time.perf_counter()
+            count = len(self._encoded)
+            per = self.dispatches_per_submit if self.dispatches_per_submit > 0 else max(count, 1)
+            starts = list(range(0, count, per)) or [0]
+            recording = 0.0
+            for k, start in enumerate(starts):
+                enc = self.dev.device.create_command_encoder()
+                if k == 0 and self._device_checks:
+                    enc.clear_buffer(self._err)
+                last = k == len(starts) - 1
+                stamped = timer is not None and (k == 0 or last)
+                cpass = enc.begin_compute_pass(**(timer.pass_args(k == 0, last) if stamped else {}))
+                t = time.perf_counter()
+                self._record(cpass, start, start + per)
+                recording += time.perf_counter() - t
+                cpass.end()
+                if not last:
+                    self.dev.queue.submit([enc.finish()])
+            if timer is not None:
+                timer.resolve(enc)
+            self.encode_seconds = recording
+            t2 = time.perf_counter()
             try:
-                out = self._finish(enc, update=True)
+                out = self._finish(enc, update=update)
             except ExecutionError:
                 raise
             except Exception as err:
                 raise ExecutionError(f"wgpu: the step failed on {self.dev.summary}: {err}") from err
+            t3 = time.perf_counter()
+            self.host_seconds = {
+                "feeds": t1 - t0,
+                "recording": recording,
+                "passes and submits": t2 - t1 - recording,
+                "updates and readback": t3 - t2,
+            }
             self.calls += 1
             return out
+
+    def _record(self, cpass: Any, start: int, stop: int) -> None:
+        """Record dispatches ``start:stop`` of the step into ``cpass``."""
+        if self.raw:
+            _record_raw(cpass, self._raw[start:stop])
+            return
+        last = None
+        for pipe, bg, grid, _ in self._encoded[start:stop]:
+            if pipe is not last:
+                cpass.set_pipeline(pipe)
+                last = pipe
+            cpass.set_bind_group(0, bg)
+            cpass.dispatch_workgroups(*grid)
 
     def run_timed(
         self, feeds: Sequence[np.ndarray], update: bool = False
@@ -1132,14 +1245,14 @@ class _Timer:
             size=256, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
         )
 
-    def pass_args(self) -> dict[str, Any]:
-        return {
-            "timestamp_writes": {
-                "query_set": self.qs,
-                "beginning_of_pass_write_index": 0,
-                "end_of_pass_write_index": 1,
-            }
-        }
+    def pass_args(self, first: bool = True, last: bool = True) -> dict[str, Any]:
+        """``begin_compute_pass`` arguments: the start stamp in the ``first`` pass, the end in the ``last``."""
+        writes: dict[str, Any] = {"query_set": self.qs}
+        if first:
+            writes["beginning_of_pass_write_index"] = 0
+        if last:
+            writes["end_of_pass_write_index"] = 1
+        return {"timestamp_writes": writes}
 
     def resolve(self, enc: Any) -> None:
         enc.resolve_query_set(self.qs, 0, 2, self.buf, 0)
