@@ -92,6 +92,18 @@ def test_split_k_matches_numpy(shapes, splits, tile):
     assert ("2-stage" in wgsl.splitlines()[0]) == (tile is not None)
 
 
+@pytest.mark.parametrize(
+    ("shapes", "splits"),
+    [(((64, 2050), (2050, 65)), None), (((40, 1001), (1001, 65)), 3), (((2, 30, 700), (700, 13)), 2)],
+    ids=["default", "ragged", "batched"],
+)
+def test_split_k_in_the_scalar_kernel_matches_numpy(shapes, splits):
+    # n not a multiple of 4 (a tied LM head's weight gradient, (d, B*T) @ (B*T, 65)): the scalar kernel
+    wgsl = _check(*shapes, splits=splits)
+    first = wgsl.splitlines()[0]
+    assert "vec4" not in first and f"split-k {splits or split_k(64, 65, 2050)}" in first
+
+
 @pytest.mark.parametrize("tile", EVERY_TILE, ids=_tile_id)
 def test_a_transposed_operand_read_in_place_matches_numpy(tile):
     wgsl = _check((68, 40), (40, 36), config=tile, a_transposed=True)  # ragged against every tile

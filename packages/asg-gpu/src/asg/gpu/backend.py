@@ -18,10 +18,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -41,6 +42,9 @@ from .kernels._base import register_deferred
 from .kernels.linalg import ALoad
 from .pool import BufferPool, Lifetime, pack
 from .storage import WgpuStorage
+
+HOST_INDEX_NODES = 16
+"""Most ops the host runs to compute a step's indices from its feeds, checking them before the step."""
 
 DISPATCHES_PER_SUBMIT = 128
 """Dispatches per compute pass and submission of a step (option ``dispatches_per_submit``; 0: one
@@ -258,6 +262,7 @@ class WgpuPlan:
             max(pos[n.id] for n in g.nodes): "+".join(n.op for n in g.nodes) for g in self.fused_groups
         }
         self._written_over: dict[int, int] = {}  # value -> the dying input its fused kernel stores it over
+        self._merged_update_inputs: dict[int, set[int]] = {}  # an output of a merged update -> its inputs
         if fusion:
             self._merge_updates(fused_at, skipped)
             if pack_buffers:  # the sources' lifetimes then come from the dispatches reading them
@@ -275,8 +280,9 @@ class WgpuPlan:
         self._source_of: dict[int, str] = {}
         self._dispatches = self._collect(fused_at, skipped)
         self._traced_dispatches = self._collect({}, set()) if fused_at or skipped else self._dispatches
+        self._in_place = self._updates_in_place() if pack_buffers else {}
         if pack_buffers:
-            self._temps = self._pack(internal, kernels, fused_at, skipped)
+            self._temps = self._pack(internal | set(self._in_place), kernels, fused_at, skipped)
         else:  # core's buffer table as it is: one buffer per entry (values of one shape and dtype share)
             for step, prog in zip(schedule.steps, self.programs, strict=True):
                 if not prog.view and step.output not in internal:
@@ -293,6 +299,7 @@ class WgpuPlan:
             for (_, v), copy in zip(schedule.updates, schedule.update_copies, strict=True)
         ]
         self._bound_params: list[Any] | None = None
+        self._own: dict[int, Any] | None = None  # run_traced's buffers of the values updated in place
         self._guards: dict[tuple[int, int, int], list[tuple[Any, Any, tuple[int, int, int]]]] = {}
         self._encoded: list[tuple[Any, Any, tuple[int, int, int]]] = []
         self.calls = 0
@@ -666,8 +673,48 @@ class WgpuPlan:
             args = [("value", group[0].inputs[k]) for k in bound] + [("value", i) for i in extra_ids]
             args += [("value", s.output) for s in group] + [("value", v) for v in scalar_ids]
             fused_at[last] = Dispatch(wgsl, grid, tuple(args))
+            for s in group:
+                self._merged_update_inputs[s.output] = set(group[0].inputs)
             skipped.update(s.index for s in [*group, *inlined] if s.index != last)
             self._labels[last] = "+".join(s.node.op for s in [*inlined, *group])
+
+    def _updates_in_place(self) -> dict[int, int]:
+        """New values a merged update kernel stores straight into their parameter's storage: value
+        id -> parameter node id. The kernel reads each element of its inputs before it stores that
+        element of its outputs, so this is safe when no later dispatch reads the parameter, nothing
+        returns it, no index check must be able to cancel the step (those run on the GPU), and the
+        value needs no copy of its own. The values then take no buffer of the plan, and the step
+        copies nothing into the parameters."""
+        if self._device_checks:
+            return {}
+        order = [refs for *_, refs in self._dispatches]
+        writer: dict[int, int] = {}
+        last_read: dict[int, int] = {}
+        for k, refs in enumerate(order):
+            for kind, ref, _ in refs:
+                if kind == "value":
+                    last_read[self._root(ref)] = k
+        for k, refs in enumerate(order):  # a merged update's output is first touched by its kernel
+            for kind, ref, _ in refs:
+                if kind == "value" and ref in self._merged_update_inputs:
+                    writer.setdefault(ref, k)
+        returned = {self._root(n.id) for n in self.schedule.outputs}
+        found: dict[int, int] = {}
+        for (param, value), copy in zip(self.schedule.updates, self.schedule.update_copies, strict=True):
+            v, p = value.id, param.id
+            if (
+                copy
+                or v not in self._merged_update_inputs
+                or p not in self._merged_update_inputs[v]
+                or p in returned
+                or self._root(v) != v
+                or self._size(v) != self._size(p)
+                or v in found
+                or last_read.get(p, -1) > writer.get(v, -1)
+            ):
+                continue
+            found[v] = p
+        return found
 
     def _merge_attention(self, fused_at: dict[int, Any], skipped: set[int]) -> None:
         """Sibling attention nodes (same inputs and attributes) run as one kernel storing both
@@ -880,8 +927,11 @@ class WgpuPlan:
             return
         for node, buf in zip(self._param_nodes, params, strict=True):
             self._buf[node.id] = buf
+        for value, param in self._in_place.items():
+            self._buf[value] = self._buf[param]
         self._encoded = self._encode(self._dispatches)
-        self._traced = self._encoded if self._traced_dispatches is self._dispatches else None
+        same = self._traced_dispatches is self._dispatches and not self._in_place
+        self._traced = self._encoded if same else None
         # (pipeline, bind group, x, y, z) as C handles, for raw dispatch (the objects above keep them alive)
         self._raw = [(p._internal, bg._internal, *g) for p, bg, g, _ in self._encoded]
         self._bound_params = params
@@ -982,25 +1032,71 @@ class WgpuPlan:
             self._guards[key] = found
         return found
 
-    def _fed_indices(self) -> dict[int, int]:
-        """Index-checking steps whose indices (a step's last input) are a feed, reshaped or not:
-        step index -> the feed's position."""
-        fed = {n.id: k for k, n in enumerate(self.schedule.inputs)}
-        found = {}
+    def _fed_indices(self) -> dict[int, list[Node]]:
+        """Index-checking steps whose indices (a step's last input) the host can compute from the feeds
+        and constants alone, through at most :data:`HOST_INDEX_NODES` pure ops with numpy kernels (a
+        reshape; cross_entropy's ``where(y != ignore_index, y, 0)``): step index -> those nodes in order,
+        the indices last (feeds and constants are not listed)."""
+        from asg.core.passes.rewrite import is_pure
+        from asg.core.registry import RANDOM, get_op
+
+        fed = {n.id for n in self.schedule.inputs}
+        found: dict[int, list[Node]] = {}
         for index in self._checks:
-            value = self.schedule.steps[index].inputs[-1]
-            while value in self._views:
-                value = self._views[value]
-            if value in fed:
-                found[index] = fed[value]
+            order: list[Node] = []
+            seen: set[int] = set()
+            todo = [(self._nodes[self.schedule.steps[index].inputs[-1]], False)]
+            ok = True
+            while todo and ok:
+                node, ready = todo.pop()
+                if ready:
+                    order.append(node)
+                    continue
+                if node.id in seen:
+                    continue
+                seen.add(node.id)
+                if node.op == "constant" or node.id in fed:
+                    continue
+                op = get_op(node.op) if node.op not in ("input", "parameter") else None
+                if (
+                    op is None
+                    or not is_pure(node.op)
+                    or op.has(RANDOM)
+                    or "numpy" not in op.kernels
+                    or len(seen) > HOST_INDEX_NODES
+                ):
+                    ok = False
+                    break
+                todo.append((node, True))
+                todo += [(i, False) for i in node.inputs]
+            if ok:
+                found[index] = order
         return found
 
     def _check_fed_indices(self, feeds: Sequence[np.ndarray]) -> None:
-        for index, pos in self._host_checks.items():
+        if not self._host_checks:
+            return
+        from asg.core.registry import get_op
+
+        values = {
+            n.id: np.asarray(f).astype(n.dtype, copy=False)
+            for n, f in zip(self.schedule.inputs, feeds, strict=True)
+        }
+        attrs = self.schedule.spec.attrs
+        for index, order in self._host_checks.items():
+            for node in order:
+                if node.id not in values:
+                    args = [values[i.id] if i.op != "constant" else i.data for i in node.inputs]
+                    values[node.id] = np.asarray(
+                        get_op(node.op).kernels["numpy"](*args, **attrs.get(node.id, node.attrs))
+                    )
+            found = values.get(self.schedule.steps[index].inputs[-1])
+            if found is None:  # the indices are a feed or a constant as they are
+                leaf = self._nodes[self.schedule.steps[index].inputs[-1]]
+                found = leaf.data if leaf.op == "constant" else values[leaf.id]
             _, (_, size, negative) = self._checks[index]
-            values = np.asarray(feeds[pos])
-            if values.size:
-                low, high = values.min(), values.max()
+            if found.size:
+                low, high = found.min(), found.max()
                 if low < (-size if negative else 0) or high >= size:
                     bad = int(low) if low < (-size if negative else 0) else int(high)
                     raise self._index_error(index, bad, "the step did not run")
@@ -1059,7 +1155,7 @@ class WgpuPlan:
         host records the next (recording and wgpu's checks at each pass's end cost about as much as a
         tenth of the GPU's time); the last one's encoder goes on with the updates and the readback.
         ``host_seconds`` keeps the host's phases of the step."""
-        with self.dev.lock:
+        with self.dev.lock, self._parameters_kept(update):
             t0 = time.perf_counter()
             self._prepare(feeds)
             t1 = time.perf_counter()
@@ -1126,7 +1222,7 @@ class WgpuPlan:
             return None
         import wgpu
 
-        with self.dev.lock:
+        with self.dev.lock, self._parameters_kept(update):
             self._prepare(feeds)
             count = len(self._encoded)
             per_set = _QUERIES_PER_SET // 2
@@ -1166,6 +1262,52 @@ class WgpuPlan:
             rows = [(index, ops, float(s)) for (index, ops), s in zip(labels, seconds, strict=True)]
             return out, rows
 
+    @contextlib.contextmanager
+    def _own_update_buffers(self) -> Iterator[None]:
+        """Node by node, an optimizer's new values are separate kernels (the new parameter reads
+        the old moments): the values updated in place get buffers of their own while inside, and the
+        step ends with copies into the parameters as usual."""
+        if not self._in_place:
+            yield
+            return
+        claim_all(self._variables, self.storage)
+        self._bind()
+        fused = {v: self._buf[v] for v in self._in_place}
+        if self._own is None:
+            self._own = {v: self._take(self._size(v)) for v in self._in_place}
+        self._buf.update(self._own)
+        try:
+            yield
+        finally:
+            self._buf.update(fused)
+
+    @contextlib.contextmanager
+    def _parameters_kept(self, update: bool) -> Iterator[None]:
+        """With updates in place, a step that must not update (``update=False``) runs between a copy
+        of the parameters it writes and the copy back."""
+        if update or not self._in_place:
+            yield
+            return
+        claim_all(self._variables, self.storage)
+        self._bind()
+        saved = []
+        enc = self.dev.device.create_command_encoder()
+        for param in set(self._in_place.values()):
+            buf, nb = self._buf[param], self._size(param)
+            keep = self.pool.acquire(nb)
+            enc.copy_buffer_to_buffer(buf, 0, keep, 0, (nb + 3) // 4 * 4)
+            saved.append((buf, keep, nb))
+        self.dev.queue.submit([enc.finish()])
+        try:
+            yield
+        finally:
+            enc = self.dev.device.create_command_encoder()
+            for buf, keep, nb in saved:
+                enc.copy_buffer_to_buffer(keep, 0, buf, 0, (nb + 3) // 4 * 4)
+            self.dev.queue.submit([enc.finish()])
+            for _, keep, _ in saved:
+                self.pool.release(keep)
+
     def run_traced(
         self, feeds: Sequence[np.ndarray], on_step: OnStep, update: bool = True
     ) -> list[np.ndarray]:
@@ -1174,7 +1316,7 @@ class WgpuPlan:
         ``seconds`` is the GPU time of the step's dispatches from timestamp queries where the
         adapter has them, else the wall time of the submission and its wait.
         """
-        with self.dev.lock:
+        with self.dev.lock, self._own_update_buffers():
             self._prepare(feeds)
             timer = _Timer(self.dev) if "timestamp-query" in self.dev.features else None
             if self._traced is None:

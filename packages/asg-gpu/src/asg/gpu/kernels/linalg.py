@@ -143,8 +143,12 @@ def matmul_wgsl(
     b_st: Sequence[int],
     config: tuple[int, int, int] | None = None,
     epilogue: Epilogue | None = None,
+    split: tuple[int, int] = (1, 0),
 ) -> str:
-    """The WGSL of an (m, k) @ (k, n) product over ``batch`` (per-batch element strides of A and B)."""
+    """The WGSL of an (m, k) @ (k, n) product over ``batch`` (per-batch element strides of A and B).
+
+    ``split = (S, KC)``: split-K as in :func:`matmul_vec4_wgsl` (S slices of KC per product, each
+    written to its own (m, n) block of C)."""
     bm, bn, bk = (config or tile_config(m, n, k))[:3]
     tm, tn = bm // THREADS, bn // THREADS
     nthreads = THREADS * THREADS
@@ -155,7 +159,7 @@ def matmul_wgsl(
     b_terms = [f"((z / {bst[d]}) % {batch[d]}) * {b_st[d]}" for d in range(len(batch)) if b_st[d]]
     lines.append(f"let a_base = {' + '.join(a_terms) or '0'};")
     lines.append(f"let b_base = {' + '.join(b_terms) or '0'};")
-    lines.append(f"let o_base = z * {m * n};")
+    lines.append(f"let o_base = {'i32(wid.z)' if split[0] > 1 else 'z'} * {m * n};")
     lines.append(f"let row0 = i32(wid.y) * {bm};")
     lines.append(f"let col0 = i32(wid.x) * {bn};")
     lines.append(f"let tx = lid % {THREADS};")
@@ -163,7 +167,12 @@ def matmul_wgsl(
     for i in range(tm):
         for j in range(tn):
             lines.append(f"var acc_{i}_{j} = 0.0;")
-    lines.append(f"for (var k0 = 0; k0 < {k}; k0 += {bk}) {{")
+    if split[0] > 1:
+        lines.append(f"let k_begin = (i32(wid.z) % {split[0]}) * {split[1]};")
+        lines.append(f"let k_end = min(k_begin + {split[1]}, {k});")
+    else:
+        lines += ["let k_begin = 0;", f"let k_end = {k};"]
+    lines.append(f"for (var k0 = k_begin; k0 < k_end; k0 += {bk}) {{")
     for t in range(-(-bm * bk // nthreads)):
         lines.append(f"    {{ let e = lid + {t * nthreads}; let mm = e / {bk}; let kk = e % {bk};")
         lines.append(f"      if (e < {bm * bk}) {{ let r = row0 + mm; let c = k0 + kk;")
@@ -196,7 +205,7 @@ def matmul_wgsl(
             )
         lines.append("  } }")
     body = "\n    ".join(lines)
-    return f"""// matmul {bm}x{bn}x{bk}
+    return f"""// matmul {bm}x{bn}x{bk}{f" split-k {split[0]}" if split[0] > 1 else ""}
 {_header(epilogue, "f32")}
 {HELPERS}
 {epilogue.source if epilogue else ""}
@@ -204,7 +213,7 @@ var<workgroup> As: array<f32, {bm * bk}>;
 var<workgroup> Bs: array<f32, {bn * bk}>;
 @compute @workgroup_size({nthreads})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {{
-    let z = i32(wid.z);
+    let z = i32(wid.z){f" / {split[0]}" if split[0] > 1 else ""};
     let lid = i32(lidx);
     {body}
 }}
@@ -500,7 +509,7 @@ def matmul_program(
     or (BM, BN, BK, stages): 2 stages double-buffer the vec4 kernel's tiles (:func:`matmul_vec4_wgsl`);
     the tiles' workgroup memory, ``4 * BK * (BM + BN) * stages`` bytes, must fit ``workgroup_bytes``
     (default the portable 32 KiB; a device's ``max-compute-workgroup-storage-size`` may allow more).
-    ``splits`` (default :func:`split_k`; only for the vec4 kernel without an epilogue): partial
+    ``splits`` (default :func:`split_k`; only without an epilogue): partial
     products over slices of K into a scratch buffer, then one kernel summing them (two dispatches).
     ``a_transposed``: input 0 holds A transposed, (k, m), for 2-D A and B with m, k, n multiples of 4
     (:func:`transposed_operand_ok`). ``a_load``: A recomputed as it is loaded (:class:`ALoad`; vec4
@@ -532,10 +541,10 @@ def matmul_program(
             f"matmul: recomputing A as it loads needs k and n multiples of 4 and one A, got {a_shape} @ {b_shape}"
         )
     if splits is None:
-        splits = split_k(m, n, k, max(count, 1)) if vec and epilogue is None and config is None else 1
-    if not vec or epilogue is not None:
+        splits = split_k(m, n, k, max(count, 1)) if epilogue is None and config is None else 1
+    if epilogue is not None:
         splits = 1
-    if splits > 1:
+    if splits > 1 and vec:
         config = config or TILES[0][0]
     if count * splits > 65535:
         raise ValueError(f"matmul: {count} batch entries exceed the 65,535 of a z grid; reshape the batch")
@@ -563,7 +572,8 @@ def matmul_program(
             a_load,
         )
     else:
-        wgsl = matmul_wgsl(m, n, k, batch, a_st, b_st, (bm, bn, bk), epilogue)
+        kc = -(-k // (splits * bk)) * bk
+        wgsl = matmul_wgsl(m, n, k, batch, a_st, b_st, (bm, bn, bk), epilogue, (splits, kc))
         wgsl = wgsl.replace("NB_A", str(max(nb_a, 1))).replace("NB_B", str(max(nb_b, 1)))
     if splits == 1:
         return Program([Dispatch(wgsl, grid, (("in", 0), ("in", 1), ("out", 0)))], name=name)
