@@ -210,7 +210,13 @@ def _shapes(sizes: list[int], gpt: bool) -> list[tuple[str, Shape, Shape, bool]]
     if gpt:  # the GPT benchmark's products (B*T=8192, d=512, 4d=2048, 8 heads of 64, T=256)
         rows += [
             ("x@W_fc", (8192, 512), (512, 2048), False),
+            ("x@W_qkv", (8192, 512), (512, 1536), False),
+            ("x@W_proj", (8192, 512), (512, 512), False),
+            ("h@W_out", (8192, 2048), (2048, 512), False),  # and dX of the MLP's first layer, dH @ W_fc^T
             ("dW_fc^T", (512, 8192), (8192, 2048), True),  # as the step runs it: X^T @ dY, X read in place
+            ("dW_qkv^T", (512, 8192), (8192, 1536), True),
+            ("dW_proj^T", (512, 8192), (8192, 512), True),
+            ("dW_out^T", (2048, 8192), (8192, 512), True),
             ("q@k^T", (32, 8, 256, 64), (32, 8, 64, 256), False),
             ("p@v", (32, 8, 256, 256), (32, 8, 256, 64), False),
         ]
