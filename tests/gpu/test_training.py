@@ -118,3 +118,21 @@ def test_a_wgpu_training_step_saved_and_loaded_continues_identically(tmp_path):
     expected = [float(step(xb, yb)) for xb, yb in data[2:]]
     loaded = ag.load(tmp_path / "step.asg").to("wgpu")
     assert [float(loaded(xb, yb)) for xb, yb in data[2:]] == expected
+
+
+def test_a_step_split_over_many_submissions_equals_one_submission():
+    runs = []
+    for per in (
+        0,
+        3,
+    ):  # 0: one compute pass; 3: a pass and a submission every 3 dispatches (the first shorter)
+        x, y, loss, params, updates = _mlp(seed=5)
+        step = ag.compile(
+            loss, inputs=[x, y], updates=updates, backend="wgpu", options={"dispatches_per_submit": per}
+        )
+        losses = [float(step(xb, yb)) for xb, yb in _data(4)]
+        runs.append((losses, [p.numpy().copy() for p in params]))
+        assert step.plan_for(*next(_data(1))).dispatch_count > 6
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        np.testing.assert_array_equal(a, b)
