@@ -116,6 +116,29 @@ def test_matmul_epilogue_runs_in_the_matmul_store(a_shape, w_shape):
     assert [n.op for n in plan.fused_groups[0].nodes] == ["matmul", "add", "gelu", "mul"]
 
 
+@pytest.mark.parametrize(
+    ("extra_shape", "vec4"),
+    [((2, 5, 12), True), ((12,), True), ((1, 1, 12), True), ((2, 5, 1), False), ((5, 12), False)],
+    ids=["residual", "bias", "bias-3d", "column", "middle-broadcast"],
+)
+def test_the_vec4_epilogue_reads_and_writes_four_elements_at_once(extra_shape, vec4):
+    # a residual or a bias reads as vec4 next to the accumulators; other broadcasts take the scalar epilogue
+    x = ag.input("x", (2, 5, 8))
+    w = ag.parameter(RNG.standard_normal((8, 12)).astype("float32"), name="w")
+    extra = ag.input("extra", extra_shape)
+    h = x @ w
+    y = ag.tanh(h + extra) * 0.5 + 2.0
+    f = ag.compile([y, h], inputs=[x, extra], backend="wgpu")  # h is stored too (C and the epilogue)
+    data = RNG.standard_normal((2, 5, 8)).astype("float32")
+    more = RNG.standard_normal(extra_shape).astype("float32")
+    for got, want in zip(f(data, more), ag.compile([y, h], inputs=[x, extra])(data, more), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+    plan = f.plan_for(data, more)
+    assert plan.dispatch_count == 1
+    (wgsl,) = plan.dispatch_sources()
+    assert ("fn epilogue4(" in wgsl) == vec4 and ("fn epilogue(" in wgsl) != vec4
+
+
 def test_residual_add_runs_inside_layer_norm():
     x = ag.input("x", (4, 6, 16))
     r = ag.input("r", (4, 6, 16))

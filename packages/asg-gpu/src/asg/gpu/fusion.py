@@ -151,29 +151,100 @@ def matmul_epilogue_kernel(
     values: dict[int, tuple[str, str]] = {anchor.id: ("acc", "f32")}
     matmul_only = {anchor.inputs[0].id, anchor.inputs[1].id} - {i.id for n in nodes for i in n.inputs}
     inputs = [e for e in group.inputs if e.id not in matmul_only]
-    bindings, reads, lets, needs_coords = _group_values(inputs, nodes, spec, space, values)
     store_c = any(o.id == anchor.id for o in group.outputs)
     outs = [o for o in group.outputs if o.id != anchor.id]
-    for j, o in enumerate(outs):
-        bindings.append((f"out{j}", o.dtype))
-        lets.append(store(f"out{j}", o.dtype, "i", values[o.id][0]))
-    body = "\n    ".join((coords(space) if needs_coords else []) + lets)
-    source = f"fn epilogue(i: i32, acc: f32) {{\n    {body}\n}}"
+    a, b = anchor.inputs
+    k, n = int(spec.shapes[a.id][-1]), int(space[-1])
+    found = (
+        _vec4_epilogue(anchor, inputs, nodes, outs, spec, space) if k % 4 == 0 and n % 4 == 0 and k else None
+    )
+    if found is not None:
+        source, bindings, reads = found
+    else:
+        bindings, reads, lets, needs_coords = _group_values(inputs, nodes, spec, space, values)
+        for j, o in enumerate(outs):
+            bindings.append((f"out{j}", o.dtype))
+            lets.append(store(f"out{j}", o.dtype, "i", values[o.id][0]))
+        body = "\n    ".join((coords(space) if needs_coords else []) + lets)
+        source = f"fn epilogue(i: i32, acc: f32) {{\n    {body}\n}}"
     source = functions_for(source) + "\n" + source
     a_value, load = a_load if a_load is not None else (anchor.inputs[0].id, None)
-    a, b = anchor.inputs
     prog = matmul_program(
         spec.shapes[a.id],
         spec.shapes[b.id],
         space,
         "",
-        epilogue=Epilogue(source, tuple(bindings), store_c),
+        epilogue=Epilogue(source, tuple(bindings), store_c, vec4=found is not None),
         a_load=load,
     )
     (d,) = prog.dispatches
     args = [("value", a_value), ("value", b.id)] + ([("value", anchor.id)] if store_c else [])
     args += [("value", i) for i in reads] + [("value", o.id) for o in outs]
     return Dispatch(d.wgsl, d.grid, tuple(args))
+
+
+def _vec4_epilogue(
+    anchor: Node,
+    inputs: Sequence[Node],
+    nodes: Sequence[Node],
+    outs: Sequence[Node],
+    spec: Specialization,
+    space: tuple[int, ...],
+) -> tuple[str, list[tuple[str, str]], list[int]] | None:
+    """``fn epilogue4(i4: i32, acc: vec4<f32>)`` for the vec4 matmul: four neighbouring elements of a
+    row (``i4``: their vec4 index) computed at once, each input read and each output written as one
+    ``vec4`` (the scalar epilogue made four loads and stores of each); the math stays the scalar
+    formulas, once per component. Returns (source, bindings, ids read), or ``None`` unless every
+    input and output is float32 and every input either has the product's shape or is a row vector
+    over its last axis (a bias)."""
+    n4 = space[-1] // 4
+    if any(o.dtype != "float32" for o in outs) or any(v.dtype != "float32" for v in nodes):
+        return None
+    bindings: list[tuple[str, str]] = []
+    reads: list[int] = []
+    loads: list[str] = []
+    values: list[dict[int, tuple[str, str]]] = [{} for _ in range(4)]
+    for e in inputs:
+        c = _const(e)
+        if c is not None and e.dtype == "float32":
+            for q in range(4):
+                values[q][e.id] = (literal(c, "f32"), "f32")
+            continue
+        shape = tuple(int(d) for d in spec.shapes[e.id])
+        if e.dtype != "float32":
+            return None
+        if shape == space:
+            index = "i4"
+        elif shape[-1:] == space[-1:] and math.prod(shape) == space[-1]:
+            index = f"i4 % {n4}"
+        else:
+            return None
+        slot = len(bindings)
+        bindings.append((f"in{slot}", "vec4<f32>"))
+        reads.append(e.id)
+        loads.append(f"let e{slot} = in{slot}[{index}];")
+        for q in range(4):
+            values[q][e.id] = (f"e{slot}.{'xyzw'[q]}", "f32")
+    lets = list(loads)
+    for q in range(4):
+        values[q][anchor.id] = (f"acc.{'xyzw'[q]}", "f32")
+        for k, node in enumerate(nodes):
+            if any(i.id not in values[q] for i in node.inputs):
+                return None
+            expr = emit(
+                node.op,
+                spec.attrs[node.id],
+                [i.dtype for i in node.inputs],
+                node.dtype,
+                [values[q][i.id] for i in node.inputs],
+            )
+            lets.append(f"let v{k}_{q} = {expr};")
+            values[q][node.id] = (f"v{k}_{q}", "f32")
+    for j, o in enumerate(outs):
+        bindings.append((f"out{j}", "vec4<f32>"))
+        lets.append(f"out{j}[i4] = vec4<f32>({', '.join(values[q][o.id][0] for q in range(4))});")
+    body = "\n    ".join(lets)
+    return f"fn epilogue4(i4: i32, acc: vec4<f32>) {{\n    {body}\n}}", bindings, reads
 
 
 def transpose_index(in_shape: Sequence[int], axes: Sequence[int]) -> str:

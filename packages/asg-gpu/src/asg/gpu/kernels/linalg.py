@@ -58,6 +58,9 @@ class Epilogue:
     source: str
     bindings: tuple[tuple[str, str], ...]
     store_c: bool
+    vec4: bool = False
+    """``source`` defines ``fn epilogue4(i4: i32, acc: vec4<f32>)`` instead (``i4``: the vec4 index of
+    four neighbouring outputs of a row), for the vec4 kernel only."""
 
 
 @dataclass(frozen=True)
@@ -418,8 +421,10 @@ def matmul_vec4_wgsl(
                 if epilogue is None:
                     st = f"C[{at}] = {acc};"
                 else:
-                    st = (f"C[{at}] = {acc}; " if epilogue.store_c else "") + " ".join(
-                        f"epilogue(({at}) * 4 + {q}, {acc}.{'xyzw'[q]});" for q in range(4)
+                    st = (f"C[{at}] = {acc}; " if epilogue.store_c else "") + (
+                        f"epilogue4({at}, {acc});"
+                        if epilogue.vec4
+                        else " ".join(f"epilogue(({at}) * 4 + {q}, {acc}.{'xyzw'[q]});" for q in range(4))
                     )
                 lines.append(f"    {{ let c = col0 + {64 * h} + tx * 4; if (c < {n}) {{ {st} }} }}")
             lines.append("  } }")
@@ -535,6 +540,8 @@ def matmul_program(
     if m * n * count == 0:
         return Program([], name=name)
     vec = k % 4 == 0 and n % 4 == 0 and k > 0 and vec4
+    if epilogue is not None and epilogue.vec4 and not vec:
+        raise ValueError(f"matmul: a vec4 epilogue needs k and n multiples of 4, got {a_shape} @ {b_shape}")
     if a_transposed and not (vec and transposed_operand_ok(a_shape, b_shape)):
         raise ValueError(
             f"matmul: a transposed A needs 2-D operands with m, k, n multiples of 4, got {a_shape} @ {b_shape}"
