@@ -85,3 +85,31 @@ def test_a_node_by_node_run_updates_as_the_fused_step_does():
     fused(*data[0])
     for a, b in zip(_values(traced_params), _values(fused_params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_every_update_of_the_gpt_step_runs_in_place_after_the_last_read_of_its_weight():
+    # a weight is read by its layer's input gradient, scheduled after its update: the update moves after it
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[2] / "benchmarks" / "gpu_gpt_step.py"
+    spec = importlib.util.spec_from_file_location("gpu_gpt_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 65, (2, 8)).astype(np.int64)
+    y = rng.integers(0, 65, (16,)).astype(np.int64)
+    step = bench.asg_step("wgpu", 65, 8, 16, 2, 2, 2)
+    plan = step.plan_for(x, y)
+    assert len(plan._in_place) == len(plan._merged_update_inputs) > 0
+    order = [refs for *_, refs in plan._dispatches]
+    for value, param in plan._in_place.items():
+        writes = min(k for k, refs in enumerate(order) if any(r == value for _, r, _ in refs))
+        reads = [k for k, refs in enumerate(order) if any(plan._root(r) == param for _, r, _ in refs)]
+        assert max(reads) <= writes
+    labels = [label for _, label in plan.dispatch_labels()]
+    assert (
+        labels.count("add+adam_update+adam_update+adam_update")
+        + labels.count("adam_update+adam_update+adam_update")
+        == len(plan._in_place) // 3
+    )

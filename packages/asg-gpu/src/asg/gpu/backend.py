@@ -280,6 +280,9 @@ class WgpuPlan:
         self._source_of: dict[int, str] = {}
         self._dispatches = self._collect(fused_at, skipped)
         self._traced_dispatches = self._collect({}, set()) if fused_at or skipped else self._dispatches
+        self._label_at = [index for index, *_ in self._dispatches]  # the step each dispatch is named by
+        if pack_buffers and not self._device_checks:
+            self._delay_updates()
         self._in_place = self._updates_in_place() if pack_buffers else {}
         if pack_buffers:
             self._temps = self._pack(internal | set(self._in_place), kernels, fused_at, skipped)
@@ -678,6 +681,40 @@ class WgpuPlan:
             skipped.update(s.index for s in [*group, *inlined] if s.index != last)
             self._labels[last] = "+".join(s.node.op for s in [*inlined, *group])
 
+    def _delay_updates(self) -> None:
+        """Move each merged update kernel after the last dispatch reading a parameter it updates (a
+        layer's weight is read by the input gradient scheduled after its update), when nothing
+        between reads its outputs, so that :meth:`_updates_in_place` can write it in place. The
+        moved dispatch takes the step index of the one it follows: buffer lifetimes come from those
+        indices, so its inputs stay alive until it runs."""
+        targets = {v.id: p.id for p, v in self.schedule.updates}
+        k = len(self._dispatches) - 1
+        while k >= 0:
+            refs = self._dispatches[k][4]
+            outs = {r for kind, r, _ in refs if kind == "value" and r in self._merged_update_inputs}
+            params = {targets[v] for v in outs if v in targets}
+            if not params:
+                k -= 1
+                continue
+            after = [
+                j
+                for j in range(k + 1, len(self._dispatches))
+                if any(kind == "value" and self._root(r) in params for kind, r, _ in self._dispatches[j][4])
+            ]
+            reads_outs = any(
+                kind == "value" and self._root(r) in outs
+                for j in range(k + 1, (after[-1] if after else k) + 1)
+                for kind, r, _ in self._dispatches[j][4]
+            )
+            if after and not reads_outs:
+                last = after[-1]
+                moved = (self._dispatches[last][0], *self._dispatches[k][1:])
+                self._dispatches.insert(last + 1, moved)
+                self._label_at.insert(last + 1, self._label_at[k])
+                del self._dispatches[k]
+                del self._label_at[k]
+            k -= 1
+
     def _updates_in_place(self) -> dict[int, int]:
         """New values a merged update kernel stores straight into their parameter's storage: value
         id -> parameter node id. The kernel reads each element of its inputs before it stores that
@@ -863,7 +900,7 @@ class WgpuPlan:
         """(step index, ops) of each dispatch of a step: a fused kernel's ops joined by ``+``
         (``matmul+add+gelu``), else its step's op."""
         ops = [step.node.op for step in self.schedule.steps]
-        return [(index, self._labels.get(index, ops[index])) for index, *_ in self._dispatches]
+        return [(index, self._labels.get(index, ops[index])) for index in self._label_at]
 
     def dispatch_sources(self) -> list[str]:
         """The WGSL of each dispatch of a step (for benchmarks and reading what a fused kernel does)."""
