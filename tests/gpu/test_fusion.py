@@ -139,6 +139,25 @@ def test_the_vec4_epilogue_reads_and_writes_four_elements_at_once(extra_shape, v
     assert ("fn epilogue4(" in wgsl) == vec4 and ("fn epilogue(" in wgsl) != vec4
 
 
+def test_an_elementwise_kernel_read_only_by_an_epilogue_runs_inside_it():
+    # GELU's backward: gelu'(h), a chain of h alone, times dY @ W: one kernel, the derivative not stored
+    h = ag.input("h", (4, 6, 16))
+    dy = ag.input("dy", (4, 6, 8))
+    w = ag.parameter(RNG.standard_normal((8, 16)).astype("float32"), name="w")
+    slope = ag.tanh(h * 0.7 + 0.1) * ag.exp(-h * h) + 1.0
+    y = (dy @ w) * slope
+    f = ag.compile(y, inputs=[h, dy], backend="wgpu")
+    data = [
+        RNG.standard_normal((4, 6, 16)).astype("float32"),
+        RNG.standard_normal((4, 6, 8)).astype("float32"),
+    ]
+    np.testing.assert_allclose(f(*data), ag.compile(y, inputs=[h, dy])(*data), rtol=2e-5, atol=1e-6)
+    plan = f.plan_for(*data)
+    assert plan.dispatch_count == 1
+    (wgsl,) = plan.dispatch_sources()
+    assert "fn epilogue4(" in wgsl and "tanh" in wgsl
+
+
 def test_residual_add_runs_inside_layer_norm():
     x = ag.input("x", (4, 6, 16))
     r = ag.input("r", (4, 6, 16))

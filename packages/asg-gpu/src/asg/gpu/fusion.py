@@ -610,4 +610,53 @@ def plan_groups(
             emit_chunk(chunk, found)
             chunk, found = [n], place.group([n], group)
         emit_chunk(chunk, found)
+    if matmul_epilogues:
+        _absorb_into_epilogues(place, at, skipped, fused, recomputed)
     return at, skipped, fused
+
+
+def _absorb_into_epilogues(
+    place: _Placement,
+    at: dict[int, Dispatch],
+    skipped: set[int],
+    fused: list[ElementwiseGroup],
+    recomputed: Mapping[int, tuple[int, ALoad]],
+) -> None:
+    """A fused elementwise kernel whose one value is read only by a fused matmul's epilogue runs
+    inside that epilogue instead (GELU's derivative of the pre-activation, times ``dY @ W``): its
+    value is neither stored nor read back, and its kernel is gone. In place in ``at``,
+    ``skipped`` and ``fused``."""
+    schedule = place.schedule
+    shapes = schedule.spec.shapes
+    by_output = {g.outputs[0].id: g for g in fused if len(g.outputs) == 1 and g.nodes[0].op != "matmul"}
+    for m in list(fused):
+        anchor = m.nodes[0]
+        if anchor.op != "matmul" or m not in fused:
+            continue
+        space = tuple(shapes[anchor.id])
+        members = {n.id for n in m.nodes}
+        for e in m.inputs:
+            g = by_output.get(e.id)
+            if (
+                g is None
+                or g not in fused
+                or e.id in {i.id for i in anchor.inputs}  # the product's own operand: loaded as a tile
+                or e.id in place.kept
+                or any(tuple(shapes[n.id]) != space for n in g.nodes)
+                or any(schedule.steps[r].output not in members for r in place.readers.get(e.id, ()))
+            ):
+                continue
+            trial = place.group([anchor, *g.nodes, *m.nodes[1:]], m.source, contraction=True)
+            if trial is None or {o.id for o in trial.outputs} != {o.id for o in m.outputs}:
+                continue
+            gone = [place.pos[n.id] for n in g.nodes]
+            at.pop(max(gone), None)
+            skipped.update(gone)
+            a = anchor.inputs[0].id
+            at[max(place.pos[n.id] for n in m.nodes)] = matmul_epilogue_kernel(
+                trial, schedule, recomputed.get(place.root.get(a, a))
+            )
+            fused[fused.index(m)] = trial
+            fused.remove(g)
+            m = trial
+            members = {n.id for n in m.nodes}
