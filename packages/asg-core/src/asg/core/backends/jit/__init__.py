@@ -14,6 +14,8 @@ single-threaded numpy passes:
   column sums (blocks of rows, each into its own partial sums in float64), ``sum`` over trailing
   axes (softmax's backward) parallel row sums;
 - conv_transpose2d (conv2d's input gradient) scatters its GEMM's columns in one parallel pass;
+- index_select_backward over axis 0 (an embedding's gradient) is one scatter-add pass, the columns
+  split between threads (numpy's kernel sorts the indices and sums segments);
 - a sum of ``slice_backward`` of disjoint parts (the gradient of attention's q, k, v split) is one
   array the parts are copied into; so is a ``concat`` of reshaped parts, each copied from the
   reshape's input (a transposed view) without a reshaped copy first;
@@ -361,7 +363,29 @@ def _conv_transpose_make(ctx: LoweringContext) -> Any:
     return run
 
 
+def _index_select_backward_make(ctx: LoweringContext) -> Any:
+    """index_select_backward over axis 0 (the embedding gradient) as one scatter-add pass, not numpy's
+    argsort, gather and ``add.reduceat``."""
+    from . import kernels
+
+    shape = tuple(ctx.out_type.shape)
+    if int(ctx.attrs["axis"]) != 0 or not shape or ctx.in_types[1].dtype not in ("int32", "int64"):
+        return None
+    count = math.prod(ctx.in_types[1].shape)
+    if not count:
+        return None
+
+    def run(g: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        out = np.empty(shape, g.dtype)
+        rows = np.ascontiguousarray(g).reshape(count, -1)
+        kernels.scatter_add_rows(rows, idx.reshape(-1) % shape[0], out.reshape(shape[0], -1))
+        return out
+
+    return run
+
+
 register_lowering("conv_transpose2d", BACKEND, _row_kernel(_conv_transpose_make))
+register_lowering("index_select_backward", BACKEND, _row_kernel(_index_select_backward_make))
 register_lowering("softmax", BACKEND, _softmax_lowering(False))
 register_lowering("log_softmax", BACKEND, _softmax_lowering(True))
 register_lowering("layer_norm", BACKEND, _row_kernel(_layer_norm_make))

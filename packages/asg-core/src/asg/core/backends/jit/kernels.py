@@ -321,3 +321,26 @@ def col2im(cols, stride_h, stride_w, dil_h, dil_w, top, left, out):  # pragma: n
                         if 0 <= col < width:
                             plane[row, col] += src[y, x]
     return out
+
+
+_SCATTER_COLUMNS = 64  # columns per task of scatter_add_rows (each task owns its columns: no races)
+
+
+@njit(**_JIT)
+def scatter_add_rows(rows, idx, out):  # pragma: no cover - compiled
+    # out[idx[i], :] += rows[i, :] into zeros (index_select_backward over axis 0: the embedding
+    # gradient), rows added in their order, as the numpy kernel's stable-sorted segment sums; the
+    # columns are split between tasks, so every element is written by one task
+    n, cols = rows.shape
+    tasks = (cols + _SCATTER_COLUMNS - 1) // _SCATTER_COLUMNS
+    for t in prange(tasks):
+        c0 = t * _SCATTER_COLUMNS
+        c1 = min(cols, c0 + _SCATTER_COLUMNS)
+        for r in range(out.shape[0]):
+            for c in range(c0, c1):
+                out[r, c] = 0
+        for i in range(n):
+            r = idx[i]
+            for c in range(c0, c1):
+                out[r, c] += rows[i, c]
+    return out
