@@ -118,3 +118,50 @@ def test_a_broadcast_batch_without_one_stride_stays_grouped(calls) -> None:
     b = np.random.default_rng(1).standard_normal((1, 3, 8, 16)).astype(np.float32)
     _check(a, b)
     assert calls == ["sgemm_grouped"]
+
+
+def _units(f, *feeds) -> list:
+    plan = f.plan_for(*feeds)
+    return [s.node.meta["jit"] for s in plan.schedule.steps if "jit" in s.node.meta]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_scalar_constants_become_literals_and_match_numpy(dtype: str, monkeypatch) -> None:
+    from asg.core.backends.jit import NumpyJitBackend
+
+    monkeypatch.setattr(NumpyJitBackend, "options", {**NumpyJitBackend.options, "min_elements": 0})
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((64, 96)).astype(dtype)
+    x = ag.input("x", xs.shape, dtype)
+    # finite scalars (literals), an infinite one and a full array (both read from memory)
+    big = ag.constant(rng.standard_normal((64, 96)).astype(dtype))
+    y = ag.gelu(x * 0.5 + 0.25) + ag.minimum(x, np.array(np.inf, dtype)) * big
+    seen = []
+    real = jit.codegen.kernel_source
+
+    def spy(*args, **kwargs):
+        source = real(*args, **kwargs)
+        seen.append((args[6] if len(args) > 6 else kwargs.get("literals")) or {})
+        return source
+
+    monkeypatch.setattr(jit.codegen, "kernel_source", spy)
+    got = ag.compile(y, backend="numpy-jit")(xs)
+    want = ag.compile(y, backend="numpy")(xs)
+    tol = 1e-6 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    assert seen and any(0.5 in lit.values() and 0.25 in lit.values() for lit in seen)
+    assert not any(np.isinf(v) for lit in seen for v in lit.values())
+
+
+@needs_numba
+def test_gelu_backward_matches_numpy_with_literal_constants() -> None:
+    rng = np.random.default_rng(3)
+    xs = rng.standard_normal((16, 64, 512)).astype(np.float32)
+    w = ag.parameter(rng.standard_normal(512).astype(np.float32), name="b")
+    x = ag.input("x", xs.shape)
+    loss = (ag.gelu(x + w) * 1.5).sum()
+    g = ag.grad(loss, [w])[0]
+    got = ag.compile(g, inputs=[x], backend="numpy-jit")(xs)
+    want = ag.compile(g, inputs=[x], backend="numpy")(xs)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-3)

@@ -572,6 +572,16 @@ def _concat_kernel(unit: _Unit, schedule: Schedule) -> Any:
     return run
 
 
+def _scalar_constant(node: Node) -> float | None:
+    """The value of a one-element finite float constant (a literal in the generated loop), else None."""
+    if node.op != "constant" or node.dtype not in ("float32", "float64") or node.data is None:
+        return None
+    data = np.asarray(node.data)
+    if data.size != 1 or not np.isfinite(data).all():
+        return None
+    return float(data.reshape(-1)[0])
+
+
 def _elementwise_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, Any]) -> Any | None:
     shapes = schedule.spec.shapes
     space = shapes[unit.outputs[0].id]
@@ -579,7 +589,8 @@ def _elementwise_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, A
     if lay is None:
         return None
     parallel = math.prod(space) >= int(options["parallel_min_elements"])
-    source = codegen.kernel_source("kernel", unit.nodes, unit.inputs, unit.outputs, lay, parallel)
+    literals = {k: _scalar_constant(n) for k, n in enumerate(unit.inputs) if _scalar_constant(n) is not None}
+    source = codegen.kernel_source("kernel", unit.nodes, unit.inputs, unit.outputs, lay, parallel, literals)
     fn = load_source(source, "kernel")
     in_shapes, loop_shape = lay.input_shapes, lay.shape
     dtypes = [np.dtype(o.dtype) for o in unit.outputs]

@@ -19,7 +19,7 @@ operands are cast first), so results match the numpy kernels to float rounding.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ...graph import Node
@@ -276,17 +276,24 @@ def kernel_source(
     outputs: Sequence[Node],
     lay: Layout,
     parallel: bool,
+    literals: Mapping[int, float] | None = None,
 ) -> str:
     """Python source of a module defining ``name(a0, ..., o0, ...)``: the group's loop (see module doc).
 
     ``nodes`` are the group's nodes in graph order, ``inputs`` the values read from memory (in
-    argument order) and ``outputs`` the values written (in argument order).
+    argument order) and ``outputs`` the values written (in argument order). ``literals`` maps the
+    position of an input that is a one-element float constant to its value: the loop uses it as a
+    literal (its argument is still passed, unread), so LLVM sees equal subexpressions as equal (GELU's
+    backward computes erf(x * 0.7071...) once for the forward value and its derivative, not twice).
     """
     var: dict[int, str] = {}
     args = [f"a{k}" for k in range(len(inputs))]
     outs = [f"o{k}" for k in range(len(outputs))]
     hoisted, row_loads, loads, sliced = [], [], [], []
     for k, (node, shape) in enumerate(zip(inputs, lay.input_shapes, strict=True)):
+        if literals and k in literals:
+            var[node.id] = _lit(literals[k], node.dtype)
+            continue
         v = f"x{k}"
         var[node.id] = v
         if lay.kind == "flat":
