@@ -158,6 +158,21 @@ def test_an_elementwise_kernel_read_only_by_an_epilogue_runs_inside_it():
     assert "fn epilogue4(" in wgsl and "tanh" in wgsl
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["fused-epilogue", "plain"])
+def test_a_linear_layer_reads_its_weight_in_place_without_a_transposed_copy(bias):
+    x = ag.input("x", (3, 5, 8))
+    w = ag.parameter(RNG.standard_normal((12, 8)).astype("float32"), name="w")  # (out, in) as nn.Linear
+    b = ag.parameter(RNG.standard_normal((12,)).astype("float32"), name="b")
+    y = x @ w.T + b if bias else x @ w.T
+    f = ag.compile(y, inputs=[x], backend="wgpu")
+    data = RNG.standard_normal((3, 5, 8)).astype("float32")
+    np.testing.assert_allclose(f(data), ag.compile(y, inputs=[x])(data), rtol=2e-5, atol=1e-6)
+    plan = f.plan_for(data)
+    assert plan.dispatch_count == 1
+    (wgsl,) = plan.dispatch_sources()
+    assert "B^T" in wgsl.splitlines()[0]
+
+
 def test_residual_add_runs_inside_layer_norm():
     x = ag.input("x", (4, 6, 16))
     r = ag.input("r", (4, 6, 16))

@@ -22,6 +22,8 @@ def _run(a: np.ndarray, b: np.ndarray, **program_options) -> tuple[np.ndarray, s
     prog = matmul_program(a.shape, b.shape, out_shape, "test", **program_options)
     if program_options.get("a_transposed"):
         a = np.ascontiguousarray(a.T)
+    if program_options.get("b_transposed"):
+        b = np.ascontiguousarray(b.T)
     dev = get_device()
     out_bytes = nbytes(out_shape, "float32")
     values = {("in", 0): dev.create_buffer(a.nbytes), ("in", 1): dev.create_buffer(b.nbytes)}
@@ -108,6 +110,21 @@ def test_split_k_in_the_scalar_kernel_matches_numpy(shapes, splits):
 def test_a_transposed_operand_read_in_place_matches_numpy(tile):
     wgsl = _check((68, 40), (40, 36), config=tile, a_transposed=True)  # ragged against every tile
     assert "A^T" in wgsl.splitlines()[0]
+
+
+@pytest.mark.parametrize("tile", EVERY_TILE, ids=_tile_id)
+def test_a_transposed_right_operand_read_in_place_matches_numpy(tile):
+    wgsl = _check((2, 34, 40), (40, 36), config=tile, b_transposed=True)  # ragged, a batch folded into m
+    assert "B^T" in wgsl.splitlines()[0]
+    wgsl = _check((68, 40), (40, 36), config=tile, b_transposed=True, a_transposed=True)
+    assert "A^T B^T" in wgsl.splitlines()[0]
+
+
+def test_a_transposed_right_operand_needs_the_vec4_kernel_and_a_2d_b():
+    with pytest.raises(ValueError, match="transposed B needs a 2-D B"):
+        matmul_program((6, 8), (8, 6), (6, 6), b_transposed=True)
+    with pytest.raises(ValueError, match="transposed B needs a 2-D B"):
+        matmul_program((2, 8, 8), (2, 8, 8), (2, 8, 8), b_transposed=True)
 
 
 def test_a_transposed_operand_with_split_k_matches_numpy():

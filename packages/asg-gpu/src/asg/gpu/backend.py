@@ -431,6 +431,69 @@ class WgpuPlan:
             self.programs[step.index] = prog
             skipped.add(t_step.index)
             folded.add(a.id)
+        return folded | self._fold_b_transposes(fused_at, skipped, recomputed, folded)
+
+    def _fold_b_transposes(
+        self,
+        fused_at: dict[int, Any],
+        skipped: set[int],
+        recomputed: Mapping[int, tuple[int, ALoad]],
+        a_folded: set[int],
+    ) -> set[int]:
+        """A matmul whose right operand is a 2-D transpose read by nothing else reads the transpose's
+        input in place (``b_transposed``): a linear layer's ``x @ W^T`` needs no copy of ``W^T``
+        (fused epilogue matmuls and plain ones; a plain one whose A was folded keeps its copy)."""
+        from .fusion import matmul_epilogue_kernel
+        from .kernels.linalg import matmul_program
+
+        schedule = self.schedule
+        shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
+        readers, kept = self._reader_counts(), self._kept()
+        made_at = {step.output: step for step in schedule.steps}
+        pos = {step.output: step.index for step in schedule.steps}
+        group_of = {g.nodes[0].id: g for g in self.fused_groups if g.nodes[0].op == "matmul"}
+        folded: set[int] = set()
+        for step in schedule.steps:
+            node = step.node
+            if node.op != "matmul" or node.dtype != "float32":
+                continue
+            a, b = node.inputs
+            t_step = made_at.get(b.id)
+            shape = tuple(shapes[b.id])
+            if (
+                t_step is None
+                or b.op != "transpose"
+                or tuple(attrs[b.id].get("axes", ())) != (1, 0)
+                or readers.get(b.id) != 1
+                or b.id in kept
+                or len(shape) != 2
+                or any(d % 4 or not d for d in shape)
+                or shapes[a.id][-1] % 4
+                or t_step.index in fused_at
+                or t_step.index in skipped
+            ):
+                continue
+            group = group_of.get(node.id)
+            if group is not None:
+                last = max(pos[n.id] for n in group.nodes)
+                if last not in fused_at:
+                    continue
+                root_a = self._root(a.id)
+                fused_at[last] = matmul_epilogue_kernel(
+                    group, schedule, recomputed.get(root_a), b_transposed=True
+                )
+            elif step.index in fused_at or step.index in skipped or a.id in a_folded:
+                continue
+            else:
+                prog = matmul_program(
+                    shapes[a.id], shape, shapes[node.id], self.programs[step.index].name, b_transposed=True
+                )
+                for j, d in enumerate(prog.dispatches):
+                    args = tuple(("value", b.inputs[0].id) if arg == ("in", 1) else arg for arg in d.args)
+                    prog.dispatches[j] = replace(d, args=args)
+                self.programs[step.index] = prog
+            skipped.add(t_step.index)
+            folded.add(b.id)
         return folded
 
     def _fold_copies(self, fused_at: dict[int, Any], skipped: set[int]) -> set[int]:

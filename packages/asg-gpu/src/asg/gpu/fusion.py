@@ -135,7 +135,10 @@ class ElementwiseGroup:
 
 
 def matmul_epilogue_kernel(
-    group: ElementwiseGroup, schedule: Schedule, a_load: tuple[int, ALoad] | None = None
+    group: ElementwiseGroup,
+    schedule: Schedule,
+    a_load: tuple[int, ALoad] | None = None,
+    b_transposed: bool = False,
 ) -> Dispatch:
     """The matmul ``group.nodes[0]`` with the elementwise nodes after it computed in its store.
 
@@ -176,9 +179,12 @@ def matmul_epilogue_kernel(
         "",
         epilogue=Epilogue(source, tuple(bindings), store_c, vec4=found is not None),
         a_load=load,
+        b_transposed=b_transposed,
     )
     (d,) = prog.dispatches
-    args = [("value", a_value), ("value", b.id)] + ([("value", anchor.id)] if store_c else [])
+    args = [("value", a_value), ("value", b.inputs[0].id if b_transposed else b.id)] + (
+        [("value", anchor.id)] if store_c else []
+    )
     args += [("value", i) for i in reads] + [("value", o.id) for o in outs]
     return Dispatch(d.wgsl, d.grid, tuple(args))
 

@@ -253,6 +253,7 @@ def matmul_vec4_wgsl(
     split: tuple[int, int] = (1, 0),
     a_t: bool = False,
     a_load: ALoad | None = None,
+    b_t: bool = False,
 ) -> str:
     """The vec4 kernel (``k % 4 == 0`` and ``n % 4 == 0``): A, B and C read and written as ``vec4<f32>``.
 
@@ -268,6 +269,8 @@ def matmul_vec4_wgsl(
     transposed, (k, m) with ``m % 4 == 0``, one unbatched product (the weight gradient ``X^T @ dY``
     reading X where it is, instead of a transposed copy). ``a_load``: A is recomputed as it is
     loaded from the buffer bound (:class:`ALoad`; unbatched A, or a batch folded into its rows).
+    ``b_t``: the buffer B holds B transposed, (n, k), 2-D (a linear layer's ``x @ W^T`` reading W
+    where it is); its tile is loaded as 4x4 blocks, like A's.
     """
     bm, bn, bk = config[:3]
     stages = config[3] if len(config) > 3 else 1
@@ -331,29 +334,40 @@ def matmul_vec4_wgsl(
         store = lambda off, val: [f"{tile}[{off}e] = {val(0)};"]  # noqa: E731
         return bk * tile_w4, index, fetch, store
 
-    def a_blocks() -> Unit:
-        """A's tile as 4x4 blocks (rows ``mb * 4 ..``, columns ``kv + kb * 4 ..``), transposed into ``As``."""
+    def blocks(tile: str, rows: int, row0: str, base: str, last: int, tile_w4: int, load: Callable) -> Unit:
+        """A row-major (rows, k) operand's tile as 4x4 blocks (rows ``mb * 4 ..`` from ``row0``,
+        columns ``kv + kb * 4 ..``), transposed into ``tile[k][rows / 4]``: A's, or B's when the
+        buffer holds B^T (``b_t``)."""
         index = [f"let mb = e / {bk // 4}; let kb = e % {bk // 4};"]
+        start = f"{base} + " if base else ""
 
         def fetch(kv: str, reg: Callable[[int], str]) -> list[str]:
-            rows = [f"let c = {kv} + kb * 4;"]
+            out = [f"let c = {kv} + kb * 4;"]
             for i in range(4):
-                at = f"min(a_base + r{i} * {k4} + c / 4, {a_last})"
-                rows.append(
-                    f"let r{i} = row0 + mb * 4 + {i}; {reg(i)} select(vec4<f32>(0.0), {load_a(at, f'r{i} * {k} + c')}, r{i} < {m} && c < {k});"
+                at = f"min({start}r{i} * {k4} + c / 4, {last})"
+                out.append(
+                    f"let r{i} = {row0} + mb * 4 + {i}; {reg(i)} select(vec4<f32>(0.0), {load(at, f'r{i} * {k} + c')}, r{i} < {rows} && c < {k});"
                 )
-            return rows
+            return out
 
         def store(off: str, val: Callable[[int], str]) -> list[str]:
             return [
-                f"As[{off}(kb * 4 + {j}) * {bm4} + mb] = vec4<f32>({', '.join(f'{val(i)}.{c}' for i in range(4))});"
+                f"{tile}[{off}(kb * 4 + {j}) * {tile_w4} + mb] = vec4<f32>({', '.join(f'{val(i)}.{c}' for i in range(4))});"
                 for j, c in enumerate("xyzw")
             ]
 
-        return bm4 * (bk // 4), index, fetch, store
+        return tile_w4 * (bk // 4), index, fetch, store
 
-    a_unit = copy_rows("As", "A", "m", m, bm4, "row0", "", k * (m // 4) - 1) if a_t else a_blocks()
-    b_unit = copy_rows("Bs", "B", "n", n, bn4, "col0", "b_base", b_last)
+    a_unit = (
+        copy_rows("As", "A", "m", m, bm4, "row0", "", k * (m // 4) - 1)
+        if a_t
+        else blocks("As", m, "row0", "a_base", a_last, bm4, load_a)
+    )
+    b_unit = (
+        blocks("Bs", n, "col0", "b_base", n * k4 * nb[1] - 1, bn4, lambda at, _linear: f"B[{at}]")
+        if b_t
+        else copy_rows("Bs", "B", "n", n, bn4, "col0", "b_base", b_last)
+    )
     # (tile, unit number, count, index lines, fetch, store) per range of `nthreads` elements
     parts = [
         (name, t, *unit)
@@ -390,7 +404,8 @@ def matmul_vec4_wgsl(
         # the next step's values of unit t of tile x in registers px{t}_{i} (4 for A's 4x4 blocks)
         regs = {(name, t): [f"p{name}{t}_{i}" for i in range(4)] for name, t, *_ in parts}
         for (name, _t), names in regs.items():
-            lines += [f"var {v} = vec4<f32>(0.0);" for v in names[: 4 if name == "a" and not a_t else 1]]
+            blocked = (name == "a" and not a_t) or (name == "b" and b_t)
+            lines += [f"var {v} = vec4<f32>(0.0);" for v in names[: 4 if blocked else 1]]
 
         def load(kv: str) -> list[str]:
             out = []
@@ -442,6 +457,7 @@ def matmul_vec4_wgsl(
             " 2-stage" if stages == 2 else "",
             f" split-k {split[0]}" if split[0] > 1 else "",
             " A^T" if a_t else "",
+            " B^T" if b_t else "",
             " prologue" if prologue else "",
             " a_index" if a_index else "",
         )
@@ -509,6 +525,7 @@ def matmul_program(
     a_transposed: bool = False,
     a_load: ALoad | None = None,
     workgroup_bytes: int = 32768,
+    b_transposed: bool = False,
 ) -> Program:
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
 
@@ -521,7 +538,9 @@ def matmul_program(
     products over slices of K into a scratch buffer, then one kernel summing them (two dispatches).
     ``a_transposed``: input 0 holds A transposed, (k, m), for 2-D A and B with m, k, n multiples of 4
     (:func:`transposed_operand_ok`). ``a_load``: A recomputed as it is loaded (:class:`ALoad`; vec4
-    kernel, A unbatched or B 2-D). The kernel's first line names its tile (``// matmul 64x128x32 vec4``).
+    kernel, A unbatched or B 2-D). ``b_transposed``: input 1 holds B transposed, (n, k), for a 2-D B
+    with k and n multiples of 4 (:func:`transposed_operand_ok` of ``(b^T, ...)``). The kernel's first
+    line names its tile (``// matmul 64x128x32 vec4``).
     """
     a_shape, b_shape, out_shape = tuple(a_shape), tuple(b_shape), tuple(out_shape)
     k = a_shape[-1]
@@ -545,6 +564,10 @@ def matmul_program(
     if a_transposed and not (vec and transposed_operand_ok(a_shape, b_shape)):
         raise ValueError(
             f"matmul: a transposed A needs 2-D operands with m, k, n multiples of 4, got {a_shape} @ {b_shape}"
+        )
+    if b_transposed and not (vec and len(b_shape) == 2):
+        raise ValueError(
+            f"matmul: a transposed B needs a 2-D B with k and n multiples of 4, got {a_shape} @ {b_shape}"
         )
     if a_load and not (vec and (len(b_shape) == 2 or len(a_shape) == 2)):
         raise ValueError(
@@ -580,6 +603,7 @@ def matmul_program(
             (splits, kc),
             a_transposed,
             a_load,
+            b_transposed,
         )
     else:
         kc = -(-k // (splits * bk)) * bk
