@@ -32,6 +32,11 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The MKL gemm entry points called (names), through counting wrappers."""
     if not HAVE_MKL:
         pytest.skip(NO_MKL)
+    return spy_gemm(monkeypatch)
+
+
+def spy_gemm(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Wrap MKL's gemm entry points to record the name of each one called; returns that list."""
     lib = blas._load()
     seen: list[str] = []
     for name in ("sgemm", "dgemm", "sgemm_batch", "dgemm_batch", "sgemm_grouped", "dgemm_grouped"):

@@ -11,6 +11,8 @@ import asg.core as ag
 from asg.core import blas
 from asg.core.backends import jit
 
+from .test_blas import spy_gemm
+
 HAVE_NUMBA = jit.enabled()
 ag.get_backend("numpy-jit")
 needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed (or ASG_JIT=0)")
@@ -70,17 +72,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         pytest.skip("the mkl package is not installed")
     monkeypatch.setattr(blas, "_MIN_WORK", 1)
     before = blas.use("mkl")
-    lib = blas._load()
-    seen: list[str] = []
-    for name in ("sgemm", "dgemm", "sgemm_batch", "dgemm_batch", "sgemm_grouped", "dgemm_grouped"):
-        real = getattr(lib, name)
-
-        def spy(*args, _real=real, _name=name):
-            seen.append(_name)
-            return _real(*args)
-
-        monkeypatch.setattr(lib, name, spy)
-    yield seen
+    yield spy_gemm(monkeypatch)
     blas.use(before)
 
 
