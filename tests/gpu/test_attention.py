@@ -20,6 +20,7 @@ from asg.core.tensor import apply
 from asg.core.testing import check_op
 from asg.core.testing.op_cases.attention import attention_ref
 from asg.gpu.backend import WgpuBackend, WgpuPlan
+from asg.gpu.kernels import attention as attention_kernels
 from asg.gpu.kernels.attention import (
     DEFAULT_VARIANT,
     FALLBACK_VARIANT,
@@ -191,15 +192,28 @@ def _run(wgsl, grid, inputs, out_sizes):
     return [np.frombuffer(dev.read(b, 4 * n), np.float32) for b, n in zip(outs, out_sizes, strict=True)]
 
 
+def _scaled_ds(q, k, v, g, scale=0.3):
+    """float64 ``scale * dS`` of causal attention (``dS = P * (g v^T - delta)``; zero where masked)."""
+    q, k, v, g = (a.astype(np.float64) for a in (q, k, v, g))
+    s = scale * q @ np.swapaxes(k, -1, -2)
+    seen = np.arange(k.shape[-2]) <= np.arange(q.shape[-2])[:, None] + k.shape[-2] - q.shape[-2]
+    s = np.where(seen, s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    out = p @ v
+    delta = (g * out).sum(-1, keepdims=True)
+    return scale * p * (g @ np.swapaxes(v, -1, -2) - delta)
+
+
 def _reference(sh, seed):
-    """q, k, v, dout (float32) and numpy's out, lse, delta, grad_k, grad_v (causal, scale 0.3)."""
+    """q, k, v, dout (float32) and numpy's out, lse, delta, grad_k, grad_v, grad_q (causal, scale 0.3)."""
     q, k, v = _qkv(sh.batch, sh.L, sh.S, sh.E, sh.Ev, seed=seed)
     g = np.random.default_rng(seed + 1).standard_normal((*sh.batch, sh.L, sh.Ev))
     xs = [ag.input(n, a.shape) for n, a in zip("qkvg", (q, k, v, g), strict=True)]
     out = apply("attention", *xs[:3], causal=True, scale=0.3)
     lse = apply("attention_lse", *xs[:3], causal=True, scale=0.3)
     delta = (xs[3] * out).sum(-1)
-    grads = [apply(f"attention_grad_{n}", *xs, lse, delta, causal=True, scale=0.3) for n in "kv"]
+    grads = [apply(f"attention_grad_{n}", *xs, lse, delta, causal=True, scale=0.3) for n in "kvq"]
     want = ag.compile([out, lse, delta, *grads], inputs=xs, backend="numpy")(q, k, v, g)
     return [a.astype(np.float32) for a in (q, k, v, g)], want
 
@@ -207,29 +221,60 @@ def _reference(sh, seed):
 @pytest.mark.parametrize("variant", ["base", "regs-k32", "sg-pf-k32"])
 def test_two_output_kernels(variant):
     # attention+lse writes the forward and its lse, attention_grad_kv the key and value gradients,
-    # as numpy's attention, attention_lse, attention_grad_k and attention_grad_v give them.
-    sh = Shapes((2,), 37, 53, 24, 20, None)
+    # as numpy's attention, attention_lse, attention_grad_k and attention_grad_v give them;
+    # attention_grad_kv+ds also scale * dS (zero where causal masking hides a key; S = 52 is a
+    # multiple of 4, L = 37 > 16 rows see no key of the second block).
+    sh = Shapes((2,), 37, 52, 24, 20, None)
     qkvg, want = _reference(sh, seed=11)
     arrays = dict(zip(INPUTS, (*qkvg, *want[1:3]), strict=True))
-    assert set(FUSED) == {"attention+lse", "attention_grad_kv"}
-    for op, expected in (("attention+lse", want[:2]), ("attention_grad_kv", want[3:])):
+    ds = _scaled_ds(*qkvg)
+    assert set(FUSED) == {"attention+lse", "attention_grad_kv", "attention_grad_kv+ds"}
+    cases = [
+        ("attention+lse", want[:2]),
+        ("attention_grad_kv", want[3:5]),
+        ("attention_grad_kv+ds", [*want[3:5], ds]),
+    ]
+    for op, expected in cases:
         wgsl, names, grid = attention_wgsl(op, sh, True, 0.3, VARIANTS[variant])
-        assert names[-2:] == ["out", "out2"]
-        got = _run(wgsl, grid, [arrays[n] for n in names[:-2]], [w.size for w in expected])
+        outs = ["out", "out2", "out3"][: len(expected)]
+        assert names[-len(outs) :] == outs
+        got = _run(wgsl, grid, [arrays[n] for n in names[: -len(outs)]], [w.size for w in expected])
         for a, w in zip(got, expected, strict=True):
             np.testing.assert_allclose(a.reshape(w.shape), w, rtol=1e-4, atol=1e-5, err_msg=op)
 
 
-@pytest.mark.parametrize("pair", [(0, 1), (1, 0), (2, 3), (3, 2)])
-def test_merged_attention(pair):
-    # The helper the plan's merge of sibling nodes calls: both outputs, in the nodes' order, from the
-    # inputs it names; no merged form for other pairs.
-    sh = Shapes((2,), 37, 53, 24, 20, None)
+def _run_program(prog, inputs, out_sizes):
+    """The float32 outputs of a :class:`Program` whose dispatches bind ``("in", k)`` of ``inputs``,
+    ``("out", j)`` (``out_sizes[j]`` elements) and its scratch buffers ``("tmp", t)``."""
+    dev = WgpuBackend().device()
+    bufs = {("in", k): dev.create_buffer(a.nbytes) for k, a in enumerate(inputs)}
+    bufs |= {("out", j): dev.create_buffer(4 * n) for j, n in enumerate(out_sizes)}
+    bufs |= {("tmp", t): dev.create_buffer(nb) for t, nb in enumerate(prog.temps)}
+    for k, a in enumerate(inputs):
+        dev.write(bufs["in", k], a)
+    enc = dev.device.create_command_encoder()
+    cpass = enc.begin_compute_pass()
+    for d in prog.dispatches:
+        used = [bufs[a] for a in d.args]
+        cpass.set_pipeline(dev.pipeline(d.wgsl, len(used)))
+        cpass.set_bind_group(0, dev.bind_group(len(used), [(b, 0, b.size) for b in used]))
+        cpass.dispatch_workgroups(*d.grid)
+    cpass.end()
+    dev.queue.submit([enc.finish()])
+    return [np.frombuffer(dev.read(bufs["out", j], 4 * n), np.float32) for j, n in enumerate(out_sizes)]
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0), (2, 3), (3, 2), (4, 2, 3), (3, 4, 2)])
+def test_merged_attention(order, monkeypatch):
+    # The helper the plan's merge of sibling nodes calls: the outputs, in the nodes' order, from the
+    # inputs they bind (the query gradient with the others through the stored dS and a matmul); no
+    # merged form for other sets, nor for all three gradients when dS would not fit the binding.
+    sh = Shapes((2,), 37, 52, 24, 20, None)
     qkvg, want = _reference(sh, seed=13)
     inputs = (*qkvg, *want[1:3])
-    ops = ["attention", "attention_lse", "attention_grad_k", "attention_grad_v"]
-    outs = dict(zip(ops, (want[0], want[1], want[3], want[4]), strict=True))
-    order = [ops[k] for k in pair]
+    ops = ["attention", "attention_lse", "attention_grad_k", "attention_grad_v", "attention_grad_q"]
+    outs = dict(zip(ops, (want[0], want[1], want[3], want[4], want[5]), strict=True))
+    order = [ops[k] for k in order]
     n_in = 3 if order[0].startswith("attention_lse") or order[0] == "attention" else 6
     types = tuple(TensorType(a.shape, "float32") for a in inputs[:n_in])
     ctxs = [
@@ -245,20 +290,28 @@ def test_merged_attention(pair):
         )
         for op in order
     ]
-    wgsl, grid, bound = merged_attention(ctxs)
-    got = _run(wgsl, grid, [inputs[k] for k in bound], [outs[op].size for op in order])
+    prog = merged_attention(ctxs)
+    assert len(prog.dispatches) == (2 if len(order) == 3 else 1)  # the kernel, then dq = dS @ k
+    assert prog.temps == ([4 * 2 * 37 * 52] if len(order) == 3 else [])
+    got = _run_program(prog, inputs[:n_in], [outs[op].size for op in order])
     for a, op in zip(got, order, strict=True):
         np.testing.assert_allclose(a.reshape(outs[op].shape), outs[op], rtol=1e-4, atol=1e-5, err_msg=op)
     assert merged_attention([ctxs[0], ctxs[0]]) is None
+    if len(order) == 3:
+        assert merged_attention(ctxs, max_binding=4 * 2 * 37 * 52 - 1) is None
+        monkeypatch.setattr(attention_kernels, "DQ_MATMUL", False)
+        assert merged_attention(ctxs) is None
 
 
 def test_sibling_attention_nodes_run_as_one_dispatch(monkeypatch):
     # A causal attention and a masked one (L != S, sizes off the blocks), loss sum(out * c) over both:
     # each forward stores its lse for the backward (one dispatch at the forward's step), each pair of
-    # key and value gradients is one dispatch at the later step (nothing reads them before), and the
-    # loss and gradients equal numpy's.
+    # key and value gradients is one dispatch at the later step (nothing reads them before), with the
+    # query gradient as a matmul of the dS it stores where S is a multiple of 4 (the causal one's 40;
+    # the masked one's 45 is not: its query gradient keeps its own kernel), and the loss and
+    # gradients equal numpy's.
     rng = np.random.default_rng(14)
-    qkv = [*_qkv((2, 2), 37, 37, 24, 20, seed=15), *_qkv((2, 2), 21, 45, 16, 12, seed=16)]
+    qkv = [*_qkv((2, 2), 37, 40, 24, 20, seed=15), *_qkv((2, 2), 21, 45, 16, 12, seed=16)]
     params = [ag.parameter(a.astype(np.float32), name=f"p{k}") for k, a in enumerate(qkv)]
     mask = ag.input("mask", (2, 1, 1, 45), "bool")
     c0, c1 = (
@@ -275,10 +328,12 @@ def test_sibling_attention_nodes_run_as_one_dispatch(monkeypatch):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
     plan = f.plan_for(data)
     labels = [ops for _, ops in plan.dispatch_labels()]
-    assert sum("attention_grad_k" in ops and "attention_grad_v" in ops for ops in labels) == 2
+    assert sum("attention_grad_k" in ops and "attention_grad_v" in ops for ops in labels) == 3
+    assert sum(all(f"attention_grad_{n}" in ops for n in "qkv") for ops in labels) == 2  # kernel, matmul
     assert "attention_grad_k" not in labels and "attention_grad_v" not in labels
+    assert labels.count("attention_grad_q") == 1
     assert labels.count("attention+attention_lse") == 2 and "attention_lse" not in labels
-    merged_at = {index for index, ops in plan.dispatch_labels() if ops.startswith("attention_grad_k")}
+    merged_at = {index for index, ops in plan.dispatch_labels() if "attention_grad_k" in ops}
     merged_fwd = {index for index, ops in plan.dispatch_labels() if ops == "attention+attention_lse"}
     steps = {s.node.op: [] for s in plan.schedule.steps}
     for s in plan.schedule.steps:

@@ -317,7 +317,8 @@ class WgpuPlan:
         for step, prog in zip(self.schedule.steps, self.programs, strict=True):
             if step.index in skipped:
                 continue
-            for d in [fused_at[step.index]] if step.index in fused_at else prog.dispatches:
+            fused = fused_at.get(step.index, prog.dispatches)
+            for d in fused if isinstance(fused, list) else [fused]:
                 refs = []
                 windows = d.windows or (None,) * len(d.args)
                 for (role, k), win in zip(d.args, windows, strict=True):
@@ -824,15 +825,16 @@ class WgpuPlan:
         return found
 
     def _merge_attention(self, fused_at: dict[int, Any], skipped: set[int]) -> None:
-        """Sibling attention nodes (same inputs and attributes) run as one kernel storing both
+        """Sibling attention nodes (same inputs and attributes) run as one kernel storing their
         outputs (:func:`~asg.gpu.kernels.attention.merged_attention`). ``attention`` and its
         ``attention_lse`` (which the backward computes again): at the forward's step, the lse alive
         from there to its readers (``_pack`` takes lifetimes from the dispatches, so this needs packed
-        buffers). ``attention_grad_k`` and ``attention_grad_v``: at the later of the two steps, when
-        no dispatch reads either gradient before it (in the GPT step the heads' transposes between
-        them are folded into the concatenation after both); the inputs only the earlier one read
-        live until then. The other step is skipped (``run_traced`` still runs it). Runs after the
-        other folds: it reads their dispatches."""
+        buffers). The key and value gradients, and with them the query gradient (the kernel stores
+        ``scale dS`` in a scratch buffer of the step, a batched matmul then gives ``dS @ k``): at the
+        latest of the steps, when no dispatch reads a gradient before it (in the GPT step the heads'
+        transposes between them are folded into the concatenation after all three); the inputs only
+        earlier ones read live until then. The other steps are skipped (``run_traced`` still runs
+        them). Runs after the other folds: it reads their dispatches."""
         from asg.core.lowering import context
 
         from .codegen import Dispatch
@@ -840,7 +842,7 @@ class WgpuPlan:
 
         schedule = self.schedule
         graph, spec = schedule.graph, schedule.spec
-        mergeable = {op for pair in MERGED for op in pair}
+        mergeable = {op for ops in MERGED for op in ops}
         siblings: dict[tuple, list[Any]] = {}
         for step in schedule.steps:
             node = step.node
@@ -854,24 +856,38 @@ class WgpuPlan:
                 if kind == "value" and ref != step.output:
                     first_read.setdefault(self._root(ref), step.index)
         names = graph.names()
+
+        def merged(steps: list[Any]) -> Any:
+            ctxs = [context("wgpu", graph, s.node, spec, names) for s in steps]
+            return merged_attention(ctxs, self.dev.max_binding) if len(steps) > 1 else None
+
         for group in siblings.values():
-            if len(group) != 2 or any(self.programs[s.index].view for s in group):
+            if any(self.programs[s.index].view for s in group):
                 continue
-            found = merged_attention([context("wgpu", graph, s.node, spec, names) for s in group])
-            if found is None:
-                continue
-            first, last = min(s.index for s in group), max(s.index for s in group)
-            if group[0].node.op == "attention" or group[1].node.op == "attention":
-                at = first  # every input is ready there, every reader of either output comes later
-            elif any(first_read.get(s.output, last + 1) <= last for s in group):
-                continue
-            else:
-                at = last
-            wgsl, grid, bound = found
-            args = [("value", group[0].inputs[k]) for k in bound] + [("value", s.output) for s in group]
-            fused_at[at] = Dispatch(wgsl, grid, tuple(args))
-            skipped.update(s.index for s in group if s.index != at)
-            self._labels[at] = "+".join(s.node.op for s in group)
+            pair = [s for s in group if s.node.op != "attention_grad_q"]  # without the query gradient
+            for steps in [group, pair] if len(group) == 3 else [group]:
+                found = merged(steps)
+                if found is None:
+                    continue
+                first, last = min(s.index for s in steps), max(s.index for s in steps)
+                if any(s.node.op == "attention" for s in steps):
+                    at = first  # every input is ready there, every reader of either output comes later
+                elif any(first_read.get(s.output, last + 1) <= last for s in steps):
+                    continue
+                else:
+                    at = last
+                own = self.programs[at]
+                refs = {("in", k): ("value", v) for k, v in enumerate(steps[0].inputs)}
+                refs |= {("out", j): ("value", s.output) for j, s in enumerate(steps)}
+                refs |= {("tmp", t): ("tmp", len(own.temps) + t) for t in range(len(found.temps))}
+                fused_at[at] = [
+                    Dispatch(d.wgsl, d.grid, tuple(refs[r] for r in d.args)) for d in found.dispatches
+                ]
+                if found.temps:
+                    self.programs[at] = replace(own, temps=[*own.temps, *found.temps])
+                skipped.update(s.index for s in steps if s.index != at)
+                self._labels[at] = "+".join(s.node.op for s in steps)
+                break
 
     def _check_binding(self, step: Any, refs: list[tuple[str, int, Any]]) -> None:
         """A value bound past the adapter's largest storage binding is an error naming the op and the value."""

@@ -38,6 +38,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from asg.core.lowering import LoweringContext
 
@@ -157,7 +158,8 @@ class Role:
     (``"softmax"``, ``"p"`` or ``"ds"``); ``scaled``: the result is multiplied by ``scale``.
     The two-output kernels of :data:`FUSED` also write ``out2``: ``x2`` names the operand of a
     second accumulation of the probabilities (``P^T dout``, the value gradient), ``lse`` says the
-    forward writes its log-sum-exp there.
+    forward writes its log-sum-exp there. ``ds``: the kernel also stores ``scale * dS`` (``*batch, L, S``,
+    zero where masked) in ``out3``, from which one batched matmul gives the query gradient.
     """
 
     own_query: bool
@@ -167,6 +169,7 @@ class Role:
     scaled: bool
     x2: str | None = None
     lse: bool = False
+    ds: bool = False
 
 
 ROLES = {
@@ -181,6 +184,9 @@ ROLES = {
 FUSED = {
     "attention+lse": Role(True, (("s", "q", "k"),), "v", "softmax", False, lse=True),
     "attention_grad_kv": Role(False, (("s", "k", "q"), ("dp", "v", "g")), "q", "ds", True, x2="g"),
+    "attention_grad_kv+ds": Role(
+        False, (("s", "k", "q"), ("dp", "v", "g")), "q", "ds", True, x2="g", ds=True
+    ),
 }
 INPUTS = ("q", "k", "v", "g", "lse", "delta")  # the grad ops' inputs in order (the forward's: q, k, v)
 
@@ -287,6 +293,10 @@ def attention_wgsl(
         need |= {"lse"} | ({"delta"} if role.value == "ds" else set())
     outs = ["out", "out2"] if role.x2 or role.lse else ["out"]
     outs = outs[::-1] if out2_first else outs
+    if role.ds:
+        if sh.S % 4:
+            raise ValueError(f"{op}: dS is stored as vec4 rows: S = {sh.S} must be a multiple of 4")
+        outs = [*outs, "out3"]
     names = [n for n in INPUTS if n in need] + (["mask"] if sh.mask is not None else []) + outs
     count = math.prod(sh.batch)
     last_row = count * sh.L - 1  # of lse and delta
@@ -314,6 +324,8 @@ def attention_wgsl(
     lines.append(f"let out_base = z * {n_own * out_width};")
     if role.x2 or role.lse:
         lines.append(f"let out2_base = z * {n_own * (d2 if role.x2 else 1)};")
+    if role.ds:
+        lines.append(f"let out3_base = z * {sh.L * sh.S // 4} + i32(wid.x) * {BR // 4} + ty;")
 
     # ------------------------------------------------------------ per-row values of own query rows
     if role.value in ("p", "ds") and role.own_query:
@@ -342,6 +354,10 @@ def attention_wgsl(
             lines.append(f"let c_start = max(0, own0 - {shift}); let c_end = {n_other};")
     else:
         lines.append(f"let c_start = 0; let c_end = {n_other};")
+    if role.ds and causal:  # dS is zero for the queries before c_start: they see none of these keys
+        lines.append(f"for (var c0 = 0; c0 < c_start; c0 += {BC}) {{")
+        lines += [f"    {line}" for line in _store_ds(sh, "vec4<f32>(0.0)", "c_start")]
+        lines.append("}")
     lines.append(f"for (var c0 = c_start; c0 < c_end; c0 += {BC}) {{")
     body: list[str] = []
     pf = var.prefetch
@@ -387,6 +403,10 @@ def attention_wgsl(
             comps.append(f"{'p' if regs else 'v'}_{i}_{j}")
         if not regs and not role.x2:
             body.append(f"Ss[(4 * tx + {j}) * {sp4} + ty] = vec4<f32>({', '.join(comps)});")
+    if role.ds:
+        body += _store_ds(
+            sh, lambda j: f"vec4<f32>({', '.join(f'v_{i}_{j}' for i in range(4))}) * {literal(scale, 'f32')}"
+        )
     if role.x2:  # P^T x2 first, then dS^T x into Ss's memory
         for prefix, x in (("p", role.x2), ("v", None)):
             for j in range(4):
@@ -473,7 +493,7 @@ def attention_wgsl(
         shared += ["red: array<f32, 256>", f"alpha_s: array<f32, {BR}>"]
     sg_arg = ", @builtin(subgroup_size) sgs: u32" if var.softmax == "subgroup" and regs else ""
     decl = "\n".join(f"var<workgroup> {s};" for s in shared)
-    bindings = [(n, "bool" if n == "mask" else "float32") for n in names]
+    bindings = [(n, "bool" if n == "mask" else "vec4<f32>" if n == "out3" else "float32") for n in names]
     inner = "\n    ".join(lines)
     wgsl = f"""{declare(bindings)}
 {decl}
@@ -484,6 +504,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }}
 """
     return wgsl, names, (-(-n_own // BR), max(count, 1), 1)
+
+
+def _store_ds(sh: Shapes, value: Any, below: str | None = None) -> list[str]:
+    """Stores of a key-row workgroup's dS block into ``out3`` (``*batch, L, S`` as vec4 rows): query
+    ``c0 + 4 tx + j`` takes keys ``own0 + 4 ty .. + 3`` (``value(j)``, or ``value`` for every j); only
+    queries before ``below`` when given."""
+    lines = []
+    for j in range(4):
+        q = f"c0 + 4 * tx + {j}"
+        ok = [f"{q} < {sh.L}", f"own0 + 4 * ty < {sh.S}"] + ([f"{q} < {below}"] if below else [])
+        v = value(j) if callable(value) else value
+        lines.append(f"if ({' && '.join(ok)}) {{ out3[out3_base + ({q}) * {sh.S // 4}] = {v}; }}")
+    return lines
 
 
 def _tile_fetch(buf: str, row0: str, nrows: int, width: int, col: str) -> str:
@@ -705,26 +738,32 @@ def attention_program(ctx: LoweringContext) -> Program:
     return Program([Dispatch(wgsl, grid, tuple(role[n] for n in names))], name=ctx.name)
 
 
-# Sibling nodes (same inputs and attributes; sorted names) and the kernel of :data:`FUSED` storing both
+# Sibling nodes (same inputs and attributes; sorted names) and the kernel of :data:`FUSED` storing
+# their outputs: the query gradient with the other two is ``scale dS @ k``, dS stored by the kernel
 MERGED = {
     ("attention", "attention_lse"): "attention+lse",
     ("attention_grad_k", "attention_grad_v"): "attention_grad_kv",
+    ("attention_grad_k", "attention_grad_q", "attention_grad_v"): "attention_grad_kv+ds",
 }
+DQ_MATMUL = True  # the query gradient from the stored dS when all three gradients are siblings
 
 
-def merged_attention(ctxs: Sequence[LoweringContext]) -> tuple[str, tuple[int, int, int], list[int]] | None:
-    """One kernel for sibling nodes of a pair of :data:`MERGED` (same inputs and attributes; either
-    order) storing both outputs, ``ctxs``' in their order, after the inputs: (WGSL, grid, the inputs
-    it binds), as :func:`asg.gpu.kernels.optim.merged_update`. The forward with its lse walks the
-    scores once; the key and value gradients compute the probabilities once. ``None`` for other
-    nodes, float16 or empty outputs.
+def merged_attention(ctxs: Sequence[LoweringContext], max_binding: int = 1 << 31) -> Program | None:
+    """One program for sibling nodes of a set in :data:`MERGED` (same inputs and attributes; any
+    order): its dispatches bind ``("in", k)`` (input ``k`` of the nodes), ``("out", j)`` (the output
+    of ``ctxs[j]``) and ``("tmp", 0)``. The forward with its lse walks the scores once; the key and
+    value gradients compute the probabilities once; with the query gradient too, that kernel also
+    stores ``scale dS`` (a scratch buffer of ``*batch, L, S``, at most ``max_binding`` bytes) and a
+    batched matmul gives ``dS @ k``. ``None`` for other nodes, float16 or empty outputs.
 
     >>> merged_attention([]) is None
     True
     """
+    from .linalg import matmul_program
+
     ops = [c.op_name for c in ctxs]
     fused = MERGED.get(tuple(sorted(ops)))
-    if fused is None or len(ops) != 2:
+    if fused is None or len(set(ops)) != len(ops):
         return None
     ctx = ctxs[0]
     if any(t.dtype == "float16" for c in ctxs for t in (*c.in_types, c.out_type)):
@@ -734,14 +773,29 @@ def merged_attention(ctxs: Sequence[LoweringContext]) -> tuple[str, tuple[int, i
     if any(dict(c.attrs) != dict(ctx.attrs) or c.in_types != ctx.in_types for c in ctxs):
         return None
     sh = shapes_of(ctx)
-    if math.prod(sh.batch) > 65535:
+    count = math.prod(sh.batch)
+    if count > 65535:
+        return None
+    ds_bytes = 4 * count * sh.L * sh.S
+    if fused == "attention_grad_kv+ds" and (not DQ_MATMUL or sh.S % 4 or ds_bytes > max_binding):
         return None
     scale = ctx.attrs.get("scale")
     scale = 1.0 / math.sqrt(sh.E) if scale is None else float(scale)
     causal = bool(ctx.attrs.get("causal"))
-    wgsl, names, grid = attention_wgsl(fused, sh, causal, scale, None, ops[0] != min(ops))
-    index = {n: k for k, n in enumerate(INPUTS)} | {"mask": 3 if fused == "attention+lse" else 6}
-    return wgsl, grid, [index[n] for n in names if n not in ("out", "out2")]
+    pair = [op for op in ops if op != "attention_grad_q"]
+    wgsl, names, grid = attention_wgsl(fused, sh, causal, scale)
+    index = {n: ("in", k) for k, n in enumerate(INPUTS)} | {
+        "mask": ("in", 3 if fused == "attention+lse" else 6)
+    }
+    index |= {"out": ("out", ops.index(min(pair))), "out2": ("out", ops.index(max(pair))), "out3": ("tmp", 0)}
+    dispatches = [Dispatch(wgsl, grid, tuple(index[n] for n in names))]
+    if fused != "attention_grad_kv+ds":
+        return Program(dispatches, name=ctx.name)
+    dq = ops.index("attention_grad_q")
+    mm = matmul_program((*sh.batch, sh.L, sh.S), (*sh.batch, sh.S, sh.E), (*sh.batch, sh.L, sh.E))
+    roles = {("in", 0): ("tmp", 0), ("in", 1): ("in", 1), ("out", 0): ("out", dq)}
+    dispatches += [Dispatch(d.wgsl, d.grid, tuple(roles[a] for a in d.args)) for d in mm.dispatches]
+    return Program(dispatches, temps=[ds_bytes], name=ctx.name)
 
 
 @gpu_lowering(*ROLES)
