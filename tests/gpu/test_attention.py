@@ -348,6 +348,39 @@ def test_sibling_attention_nodes_run_as_one_dispatch(monkeypatch):
     for fwd in steps["attention"]:
         assert fwd.index in merged_fwd
         assert firsts[lse_of[fwd.inputs].output] == fwd.index  # stored by the forward, read by the backward
-    monkeypatch.setattr(WgpuPlan, "_merge_attention", lambda self, fused_at, skipped: None)
+    monkeypatch.setattr(WgpuPlan, "_merge_attention", lambda self, fused_at, skipped: set())
     unmerged = ag.compile(outputs, inputs=[mask], backend="wgpu").plan_for(data)
     assert unmerged.dispatch_count == plan.dispatch_count + 4
+
+
+@pytest.mark.parametrize("hs", [12, 6], ids=["vec4-heads", "odd-heads"])
+def test_heads_of_a_fused_projection_are_read_in_place(hs):
+    # GPT's split of one qkv projection into heads (chunk, reshape, transpose): the merged attention
+    # kernels and the query gradient's matmul read q, k and v where the projection stored them, so
+    # the heads' copies are not run; loss and gradients equal numpy's. Heads of 6 (offsets and
+    # strides not multiples of 4) keep their copies.
+    b, t, h = 2, 40, 2
+    c = h * hs
+    rng = np.random.default_rng(21)
+    x = ag.parameter(rng.standard_normal((b, t, c)).astype(np.float32), name="x")
+    w = ag.parameter((rng.standard_normal((c, 3 * c)) / np.sqrt(c)).astype(np.float32), name="w")
+    weights = ag.constant(rng.standard_normal((b, h, t, hs)).astype(np.float32))
+    q, k, v = (ag.reshape(z, (b, t, h, hs)).transpose(1, 2) for z in ag.chunk(x @ w, 3, axis=2))
+    loss = (ag.attention(q, k, v, causal=True) * weights).sum()
+    outputs = [loss, *ag.grad(loss, [x, w])]
+    want = ag.compile(outputs, backend="numpy")()
+    f = ag.compile(outputs, backend="wgpu")
+    for name, got, expected in zip(("loss", "x", "w"), f(), want, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=name)
+    plan = f.plan_for()
+    labels = [ops for _, ops in plan.dispatch_labels()]
+    copies = sum("slice_range" in ops and "transpose" in ops for ops in labels)
+    assert copies == (0 if hs % 4 == 0 else 3)
+    assert sum(all(f"attention_grad_{n}" in ops for n in "qkv") for ops in labels) == 2
+    if hs % 4 == 0:  # the projection's output is bound by the forward kernel for q, k and v
+        (qkv,) = [s.output for s in plan.schedule.steps if s.node.op == "matmul"][:1]
+        fwd = plan.dispatch_labels().index(
+            next(x for x in plan.dispatch_labels() if x[1] == "attention+attention_lse")
+        )
+        refs = [ref for kind, ref, _ in plan._dispatches[fwd][4] if kind == "value"]
+        assert refs[:3] == [qkv] * 3

@@ -274,7 +274,7 @@ class WgpuPlan:
                 folded |= self._fold_copies(fused_at, skipped)
                 self._merge_norm_grads(fused_at, skipped)
                 folded |= self._fold_residual_adds(fused_at, skipped)
-                self._merge_attention(fused_at, skipped)
+                folded |= self._merge_attention(fused_at, skipped)
         # Values a fused kernel keeps in registers get no buffer (run_traced allocates them if it runs).
         internal = {n.id for g in self.fused_groups for n in g.nodes} - {
             o.id for g in self.fused_groups for o in g.outputs
@@ -824,7 +824,7 @@ class WgpuPlan:
             found[v] = p
         return found
 
-    def _merge_attention(self, fused_at: dict[int, Any], skipped: set[int]) -> None:
+    def _merge_attention(self, fused_at: dict[int, Any], skipped: set[int]) -> set[int]:
         """Sibling attention nodes (same inputs and attributes) run as one kernel storing their
         outputs (:func:`~asg.gpu.kernels.attention.merged_attention`). ``attention`` and its
         ``attention_lse`` (which the backward computes again): at the forward's step, the lse alive
@@ -834,7 +834,10 @@ class WgpuPlan:
         latest of the steps, when no dispatch reads a gradient before it (in the GPT step the heads'
         transposes between them are folded into the concatenation after all three); the inputs only
         earlier ones read live until then. The other steps are skipped (``run_traced`` still runs
-        them). Runs after the other folds: it reads their dispatches."""
+        them). q, k and v copied out of a fused projection (``_fold_copies``' transposed slices) that
+        only merged kernels read are read where the projection stored them
+        (:meth:`_attention_inputs_in_place`): their copies are skipped too; returns their ids.
+        Runs after the other folds: it reads their dispatches."""
         from asg.core.lowering import context
 
         from .codegen import Dispatch
@@ -857,17 +860,17 @@ class WgpuPlan:
                     first_read.setdefault(self._root(ref), step.index)
         names = graph.names()
 
-        def merged(steps: list[Any]) -> Any:
+        def merged(steps: list[Any], layouts: Any = None) -> Any:
             ctxs = [context("wgpu", graph, s.node, spec, names) for s in steps]
-            return merged_attention(ctxs, self.dev.max_binding) if len(steps) > 1 else None
+            return merged_attention(ctxs, self.dev.max_binding, layouts) if len(steps) > 1 else None
 
+        chosen = []  # (steps, the step they run at)
         for group in siblings.values():
             if any(self.programs[s.index].view for s in group):
                 continue
             pair = [s for s in group if s.node.op != "attention_grad_q"]  # without the query gradient
             for steps in [group, pair] if len(group) == 3 else [group]:
-                found = merged(steps)
-                if found is None:
+                if merged(steps) is None:
                     continue
                 first, last = min(s.index for s in steps), max(s.index for s in steps)
                 if any(s.node.op == "attention" for s in steps):
@@ -876,18 +879,76 @@ class WgpuPlan:
                     continue
                 else:
                     at = last
-                own = self.programs[at]
-                refs = {("in", k): ("value", v) for k, v in enumerate(steps[0].inputs)}
-                refs |= {("out", j): ("value", s.output) for j, s in enumerate(steps)}
-                refs |= {("tmp", t): ("tmp", len(own.temps) + t) for t in range(len(found.temps))}
-                fused_at[at] = [
-                    Dispatch(d.wgsl, d.grid, tuple(refs[r] for r in d.args)) for d in found.dispatches
-                ]
-                if found.temps:
-                    self.programs[at] = replace(own, temps=[*own.temps, *found.temps])
-                skipped.update(s.index for s in steps if s.index != at)
-                self._labels[at] = "+".join(s.node.op for s in steps)
+                chosen.append((steps, at))
                 break
+        in_place = self._attention_inputs_in_place(
+            [s for steps, _ in chosen for s in steps], fused_at, skipped
+        )
+        for steps, at in chosen:
+            layouts = {k: in_place[v][1] for k, v in enumerate(steps[0].inputs) if v in in_place}
+            found = merged(steps, layouts)
+            own = self.programs[at]
+            refs = {("in", k): ("value", in_place.get(v, (v,))[0]) for k, v in enumerate(steps[0].inputs)}
+            refs |= {("out", j): ("value", s.output) for j, s in enumerate(steps)}
+            refs |= {("tmp", t): ("tmp", len(own.temps) + t) for t in range(len(found.temps))}
+            fused_at[at] = [
+                Dispatch(d.wgsl, d.grid, tuple(refs[r] for r in d.args)) for d in found.dispatches
+            ]
+            if found.temps:
+                self.programs[at] = replace(own, temps=[*own.temps, *found.temps])
+            skipped.update(s.index for s in steps if s.index != at)
+            self._labels[at] = "+".join(s.node.op for s in steps)
+        made_at = {step.output: step for step in schedule.steps}
+        for v in in_place:  # the heads' copies nothing reads any more
+            fused_at.pop(made_at[v].index, None)
+            skipped.add(made_at[v].index)
+        return set(in_place)
+
+    def _attention_inputs_in_place(
+        self, merged: list[Any], fused_at: dict[int, Any], skipped: set[int]
+    ) -> dict[int, tuple[int, Any]]:
+        """q, k and v of the merged attention steps ``merged`` that are copies of a transposed slice
+        (the heads of a fused qkv projection) read by no other step: value -> (the source, its
+        :class:`~asg.gpu.kernels.attention.Layout` there), for the kernels to read them in place."""
+        from .kernels.attention import Layout
+        from .kernels.shape import FOLDABLE, strided_view
+
+        schedule = self.schedule
+        shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
+        made_at = {s.output: s for s in schedule.steps}
+        readers, kept = self._reader_counts(), self._kept(self._root)
+        ours = {s.index for s in merged}
+        read_by: dict[int, set[int]] = {}
+        touched: set[int] = set()
+        for step, _, refs in self._step_dispatches(fused_at, skipped):
+            for kind, ref, _ in refs:
+                if kind == "value":
+                    touched.add(self._root(ref))
+                    if ref != step.output:
+                        read_by.setdefault(ref, set()).add(step.index)
+        found: dict[int, tuple[int, Any]] = {}
+        for v in {s.inputs[k] for s in merged for k in range(3)}:
+            if v in kept or not read_by.get(v, set()) <= ours or self._nodes[v].dtype != "float32":
+                continue
+            chain, x = [], v
+            while (s := made_at.get(x)) is not None and s.node.op in FOLDABLE:
+                if x != v and (readers.get(x) != 1 or self._root(x) in kept):
+                    break
+                if (s.node.op == "reshape") != bool(self.programs[s.index].view):
+                    break
+                chain.append((s.node.op, tuple(shapes[s.inputs[0]]), tuple(shapes[x]), attrs[x]))
+                x = s.inputs[0]
+            view = strided_view(chain)
+            src = self._root(x)
+            if view is None or src not in touched or self._size(src) > self.dev.max_binding:
+                continue
+            offset, st = view
+            # rows of unit stride; multiples of 4, as the query gradient's vec4 matmul reads k
+            if st[-1] != 1 or any(x % 4 for x in (offset, *st[:-1], shapes[v][-1])):
+                continue
+            size = math.prod(int(d) for d in shapes[src])
+            found[v] = (src, Layout(offset, tuple(st[:-2]), st[-2], size))
+        return found
 
     def _check_binding(self, step: Any, refs: list[tuple[str, int, Any]]) -> None:
         """A value bound past the adapter's largest storage binding is an error naming the op and the value."""

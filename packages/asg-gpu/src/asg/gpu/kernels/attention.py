@@ -36,8 +36,8 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from asg.core.lowering import LoweringContext
@@ -192,8 +192,21 @@ INPUTS = ("q", "k", "v", "g", "lse", "delta")  # the grad ops' inputs in order (
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where an input's rows lie in the buffer bound for it: element ``(*z, r, c)`` at
+    ``offset + sum(z_k * strides_k) + r * pitch + c`` (the q of a fused qkv projection read in place:
+    offset ``h * hs``-style head columns, pitch ``3 d``)."""
+
+    offset: int
+    strides: tuple[int, ...]
+    pitch: int
+    size: int  # elements of the buffer
+
+
+@dataclass(frozen=True)
 class Shapes:
-    """The concrete problem: ``batch`` leading dims, lengths L (queries) and S (keys), feature sizes."""
+    """The concrete problem: ``batch`` leading dims, lengths L (queries) and S (keys), feature sizes;
+    ``layouts``: (input name, :class:`Layout`) of inputs not stored contiguously."""
 
     batch: tuple[int, ...]
     L: int
@@ -201,6 +214,26 @@ class Shapes:
     E: int
     Ev: int
     mask: tuple[int, ...] | None  # the bool mask's shape (broadcasting to (*batch, L, S)), or None
+    layouts: tuple[tuple[str, Layout], ...] = ()
+
+    def pitch(self, name: str) -> int:
+        """Elements from one row of input ``name`` to the next."""
+        found = dict(self.layouts).get(name)
+        return found.pitch if found else self.rows(name)[1]
+
+    def base(self, name: str) -> str:
+        """The WGSL offset of batch entry ``z`` (flat over ``batch``) of input ``name``."""
+        found = dict(self.layouts).get(name)
+        if found is None:
+            rows, width = self.rows(name)
+            return f"z * {rows * width}"
+        bst = strides(self.batch)
+        terms = [
+            f"((z / {bst[k]}) % {n}) * {st}"
+            for k, (n, st) in enumerate(zip(self.batch, found.strides, strict=True))
+            if st and n > 1
+        ]
+        return " + ".join([str(found.offset), *terms])
 
     def rows(self, name: str) -> tuple[int, int]:
         """(rows, row length) of each buffer per batch entry."""
@@ -313,8 +346,7 @@ def attention_wgsl(
         lines += ["if (lid == 0) { sg_w = sgs; }", "let sg_ok = workgroupUniformLoad(&sg_w) >= 16u;"]
     for name in names[: -len(outs)]:
         if name != "mask":
-            rows, width = sh.rows(name)
-            lines.append(f"let {name}_base = z * {rows * width};")
+            lines.append(f"let {name}_base = {sh.base(name)};")
     if sh.mask is not None:
         mst = broadcast_strides(sh.mask, (*sh.batch, sh.L, sh.S))
         bst = strides(sh.batch)
@@ -519,13 +551,14 @@ def _store_ds(sh: Shapes, value: Any, below: str | None = None) -> list[str]:
     return lines
 
 
-def _tile_fetch(buf: str, row0: str, nrows: int, width: int, col: str) -> str:
+def _tile_fetch(buf: str, row0: str, nrows: int, width: int, col: str, pitch: int) -> str:
     """The ``vec4`` of rows ``row0 + 4 tg .. + 3`` at column ``col`` of ``buf`` (``nrows`` x
-    ``width`` per batch entry), zero outside: this invocation's part of a 64-row, 16-column tile."""
+    ``width`` per batch entry, rows ``pitch`` apart), zero outside: this invocation's part of a
+    64-row, 16-column tile."""
     parts = []
     for i in range(4):
         r = f"{row0} + 4 * tg + {i}"
-        at = f"{buf}[{buf}_base + min({r}, {nrows - 1}) * {width} + min({col}, {width - 1})]"
+        at = f"{buf}[{buf}_base + min({r}, {nrows - 1}) * {pitch} + min({col}, {width - 1})]"
         parts.append(f"select(0.0, {at}, {r} < {nrows} && {col} < {width})")
     return f"vec4<f32>({', '.join(parts)})"
 
@@ -556,11 +589,15 @@ def _product(
             col = f"tk + {KC * t}"
             if prefetch:
                 reg = f"{prefix}_p{u}{t}"
-                pre.append(f"var {reg} = {_tile_fetch(buf, row0, rows, width, col)};")
+                pre.append(f"var {reg} = {_tile_fetch(buf, row0, rows, width, col, sh.pitch(buf))};")
                 copies.append(f"    {dst[u]} = {reg};")
-                refetch.append(f"    {reg} = {_tile_fetch(buf, row0, rows, width, f'k0 + {kc} + {col}')};")
+                refetch.append(
+                    f"    {reg} = {_tile_fetch(buf, row0, rows, width, f'k0 + {kc} + {col}', sh.pitch(buf))};"
+                )
             else:
-                copies.append(f"    {dst[u]} = {_tile_fetch(buf, row0, rows, width, f'k0 + {col}')};")
+                copies.append(
+                    f"    {dst[u]} = {_tile_fetch(buf, row0, rows, width, f'k0 + {col}', sh.pitch(buf))};"
+                )
     body = [
         *copies,
         "    workgroupBarrier();",
@@ -677,7 +714,7 @@ def _accumulate(
             parts = []
             for j in range(4):
                 dd = f"(({e} % {dp4}) * 4 + {j})"
-                at = f"{x}[{x}_base + min({gr}, {n_other - 1}) * {width} + min({dd}, {width - 1})]"
+                at = f"{x}[{x}_base + min({gr}, {n_other - 1}) * {sh.pitch(x)} + min({dd}, {width - 1})]"
                 parts.append(f"select(0.0, {at}, {gr} < {n_other} && {dd} < {width})")
             return f"vec4<f32>({', '.join(parts)})"
 
@@ -748,13 +785,17 @@ MERGED = {
 DQ_MATMUL = True  # the query gradient from the stored dS when all three gradients are siblings
 
 
-def merged_attention(ctxs: Sequence[LoweringContext], max_binding: int = 1 << 31) -> Program | None:
+def merged_attention(
+    ctxs: Sequence[LoweringContext], max_binding: int = 1 << 31, layouts: Mapping[int, Layout] | None = None
+) -> Program | None:
     """One program for sibling nodes of a set in :data:`MERGED` (same inputs and attributes; any
     order): its dispatches bind ``("in", k)`` (input ``k`` of the nodes), ``("out", j)`` (the output
     of ``ctxs[j]``) and ``("tmp", 0)``. The forward with its lse walks the scores once; the key and
     value gradients compute the probabilities once; with the query gradient too, that kernel also
     stores ``scale dS`` (a scratch buffer of ``*batch, L, S``, at most ``max_binding`` bytes) and a
-    batched matmul gives ``dS @ k``. ``None`` for other nodes, float16 or empty outputs.
+    batched matmul gives ``dS @ k``. ``layouts``: input index -> :class:`Layout` of inputs the
+    dispatches read where another value holds them (bound in their place). ``None`` for other
+    nodes, float16 or empty outputs.
 
     >>> merged_attention([]) is None
     True
@@ -772,7 +813,8 @@ def merged_attention(ctxs: Sequence[LoweringContext], max_binding: int = 1 << 31
         return None
     if any(dict(c.attrs) != dict(ctx.attrs) or c.in_types != ctx.in_types for c in ctxs):
         return None
-    sh = shapes_of(ctx)
+    layouts = dict(layouts or {})
+    sh = replace(shapes_of(ctx), layouts=tuple((INPUTS[k], layouts[k]) for k in sorted(layouts)))
     count = math.prod(sh.batch)
     if count > 65535:
         return None
@@ -792,7 +834,11 @@ def merged_attention(ctxs: Sequence[LoweringContext], max_binding: int = 1 << 31
     if fused != "attention_grad_kv+ds":
         return Program(dispatches, name=ctx.name)
     dq = ops.index("attention_grad_q")
-    mm = matmul_program((*sh.batch, sh.L, sh.S), (*sh.batch, sh.S, sh.E), (*sh.batch, sh.L, sh.E))
+    k_rows = layouts.get(1)
+    k_layout = None if k_rows is None else (k_rows.offset, k_rows.strides, k_rows.pitch, k_rows.size)
+    mm = matmul_program(
+        (*sh.batch, sh.L, sh.S), (*sh.batch, sh.S, sh.E), (*sh.batch, sh.L, sh.E), b_layout=k_layout
+    )
     roles = {("in", 0): ("tmp", 0), ("in", 1): ("in", 1), ("out", 0): ("out", dq)}
     dispatches += [Dispatch(d.wgsl, d.grid, tuple(roles[a] for a in d.args)) for d in mm.dispatches]
     return Program(dispatches, temps=[ds_bytes], name=ctx.name)
@@ -808,6 +854,7 @@ __all__: Sequence[str] = [
     "MERGED",
     "ROLES",
     "VARIANTS",
+    "Layout",
     "Shapes",
     "Variant",
     "attention_program",

@@ -254,6 +254,7 @@ def matmul_vec4_wgsl(
     a_t: bool = False,
     a_load: ALoad | None = None,
     b_t: bool = False,
+    b_rows: tuple[int, int, int] | None = None,
 ) -> str:
     """The vec4 kernel (``k % 4 == 0`` and ``n % 4 == 0``): A, B and C read and written as ``vec4<f32>``.
 
@@ -270,7 +271,9 @@ def matmul_vec4_wgsl(
     reading X where it is, instead of a transposed copy). ``a_load``: A is recomputed as it is
     loaded from the buffer bound (:class:`ALoad`; unbatched A, or a batch folded into its rows).
     ``b_t``: the buffer B holds B transposed, (n, k), 2-D (a linear layer's ``x @ W^T`` reading W
-    where it is); its tile is loaded as 4x4 blocks, like A's.
+    where it is); its tile is loaded as 4x4 blocks, like A's. ``b_rows``: (offset, row pitch,
+    elements) of B's rows in the buffer bound (``b_st`` its batch strides; all multiples of 4): the
+    heads' keys read where a fused qkv projection stored them.
     """
     bm, bn, bk = config[:3]
     stages = config[3] if len(config) > 3 else 1
@@ -281,6 +284,10 @@ def matmul_vec4_wgsl(
     a_terms = [f"((z / {bst[d]}) % {batch[d]}) * {a_st[d] // 4}" for d in range(len(batch)) if a_st[d]]
     b_terms = [f"((z / {bst[d]}) % {batch[d]}) * {b_st[d] // 4}" for d in range(len(batch)) if b_st[d]]
     a_last, b_last = m * k4 * nb[0] - 1, k * n4 * nb[1] - 1
+    b_pitch = n
+    if b_rows is not None:
+        b_terms.insert(0, str(b_rows[0] // 4))
+        b_pitch, b_last = b_rows[1], b_rows[2] // 4 - 1
     lines = [
         f"let a_base = {' + '.join(a_terms) or '0'};",
         f"let b_base = {' + '.join(b_terms) or '0'};",
@@ -318,13 +325,21 @@ def matmul_vec4_wgsl(
     ]
 
     def copy_rows(
-        tile: str, buf: str, along: str, width: int, tile_w4: int, col0: str, base: str, last: int
+        tile: str,
+        buf: str,
+        along: str,
+        width: int,
+        tile_w4: int,
+        col0: str,
+        base: str,
+        last: int,
+        pitch: int = 0,
     ) -> Unit:
         """Rows ``kv .. kv + bk`` of the row-major ``(k, width)`` buffer ``buf`` (from ``base``),
         ``tile_w4`` vec4s from column ``col0`` on, to ``tile[kk * tile_w4 + mm]`` (``nn`` along n);
         zero past k and width. A^T's tile and B's are both such copies."""
         start, x = f"{base} + " if base else "", along * 2  # the vec4 column's name: mm, nn
-        at = f"min({start}r * {width // 4} + c / 4, {last})"
+        at = f"min({start}r * {(pitch or width) // 4} + c / 4, {last})"
         value = load_a(at, f"r * {width} + c") if buf == "A" else f"{buf}[{at}]"
         index = [f"let kk = e / {tile_w4}; let {x} = e % {tile_w4};"]
         fetch = lambda kv, reg: [  # noqa: E731
@@ -366,7 +381,7 @@ def matmul_vec4_wgsl(
     b_unit = (
         blocks("Bs", n, "col0", "b_base", n * k4 * nb[1] - 1, bn4, lambda at, _linear: f"B[{at}]")
         if b_t
-        else copy_rows("Bs", "B", "n", n, bn4, "col0", "b_base", b_last)
+        else copy_rows("Bs", "B", "n", n, bn4, "col0", "b_base", b_last, b_pitch)
     )
     # (tile, unit number, count, index lines, fetch, store) per range of `nthreads` elements
     parts = [
@@ -526,6 +541,7 @@ def matmul_program(
     a_load: ALoad | None = None,
     workgroup_bytes: int = 32768,
     b_transposed: bool = False,
+    b_layout: tuple[int, tuple[int, ...], int, int] | None = None,
 ) -> Program:
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
 
@@ -539,8 +555,10 @@ def matmul_program(
     ``a_transposed``: input 0 holds A transposed, (k, m), for 2-D A and B with m, k, n multiples of 4
     (:func:`transposed_operand_ok`). ``a_load``: A recomputed as it is loaded (:class:`ALoad`; vec4
     kernel, A unbatched or B 2-D). ``b_transposed``: input 1 holds B transposed, (n, k), for a 2-D B
-    with k and n multiples of 4 (:func:`transposed_operand_ok` of ``(b^T, ...)``). The kernel's first
-    line names its tile (``// matmul 64x128x32 vec4``).
+    with k and n multiples of 4 (:func:`transposed_operand_ok` of ``(b^T, ...)``). ``b_layout``:
+    (offset, batch strides, row pitch, elements of the buffer) where B's rows are not stored
+    contiguously (batched vec4 kernel, all multiples of 4). The kernel's first line names its tile
+    (``// matmul 64x128x32 vec4``).
     """
     a_shape, b_shape, out_shape = tuple(a_shape), tuple(b_shape), tuple(out_shape)
     k = a_shape[-1]
@@ -569,6 +587,12 @@ def matmul_program(
         raise ValueError(
             f"matmul: a transposed B needs a 2-D B with k and n multiples of 4, got {a_shape} @ {b_shape}"
         )
+    if b_layout is not None:
+        if not (vec and batch and all(x % 4 == 0 for x in (b_layout[0], *b_layout[1], b_layout[2]))):
+            raise ValueError(
+                f"matmul: B read in place needs a batched vec4 product and multiples of 4, got {b_layout}"
+            )
+        b_st = tuple(b_layout[1])
     if a_load and not (vec and (len(b_shape) == 2 or len(a_shape) == 2)):
         raise ValueError(
             f"matmul: recomputing A as it loads needs k and n multiples of 4 and one A, got {a_shape} @ {b_shape}"
@@ -604,6 +628,7 @@ def matmul_program(
             a_transposed,
             a_load,
             b_transposed,
+            None if b_layout is None else (b_layout[0], b_layout[2], b_layout[3]),
         )
     else:
         kc = -(-k // (splits * bk)) * bk

@@ -207,6 +207,60 @@ def source_offset(chain: Sequence[Move], index: str, tag: str = "") -> tuple[lis
     return lines, cur
 
 
+def strided_view(chain: Sequence[Move]) -> tuple[int, tuple[int, ...]] | None:
+    """(offset, strides) in elements of a chain's value in its (contiguous) source: the value is
+    ``source[offset + sum(i_d * strides_d)]``, or ``None`` where a reshape of a strided value has no
+    such form. ``chain`` runs from the value back to the source, as for :func:`source_offset`.
+
+    >>> q = [("transpose", (2, 6, 4, 8), (2, 4, 6, 8), {"axes": (0, 2, 1, 3)}),
+    ...      ("reshape", (2, 6, 32), (2, 6, 4, 8), {}),
+    ...      ("slice_range", (2, 6, 96), (2, 6, 32), {"axis": 2, "start": 32, "stop": 64})]
+    >>> strided_view(q)  # the second third of a fused qkv, split into 4 heads of 8
+    (32, (576, 8, 96, 1))
+    """
+    if not chain:
+        return None
+    shape = chain[-1][1]
+    st = list(strides(shape))
+    offset = 0
+    for op, shape_in, shape_out, attrs in reversed(chain):
+        if op == "transpose":
+            st = [st[a % len(shape_in)] for a in attrs["axes"]]
+        elif op == "slice_range":
+            axis, start = attrs["axis"] % len(shape_in), attrs["start"]
+            offset += max(0, min(start + shape_in[axis] if start < 0 else start, shape_in[axis])) * st[axis]
+        else:
+            found = _reshaped_strides(shape_in, st, shape_out)
+            if found is None:
+                return None
+            st = found
+    return offset, tuple(st)
+
+
+def _reshaped_strides(shape: Sequence[int], st: Sequence[int], new: Sequence[int]) -> list[int] | None:
+    """The strides of a strided array of ``shape`` reshaped to ``new`` without a copy, or None:
+    each run of old dims merged or split must be contiguous within itself."""
+    old = [(n, s) for n, s in zip(shape, st, strict=True) if n != 1]
+    dims = [k for k, n in enumerate(new) if n != 1]
+    out = [0] * len(new)
+    a = b = 0
+    while a < len(old) and b < len(dims):
+        po, pn, a2, b2 = old[a][0], new[dims[b]], a + 1, b + 1
+        while po != pn:
+            if pn < po:
+                pn, b2 = pn * new[dims[b2]], b2 + 1
+            else:
+                po, a2 = po * old[a2][0], a2 + 1
+        if any(old[k][1] != old[k + 1][0] * old[k + 1][1] for k in range(a, a2 - 1)):
+            return None
+        stride = old[a2 - 1][1]
+        for k in range(b2 - 1, b - 1, -1):
+            out[dims[k]] = stride
+            stride *= new[dims[k]]
+        a, b = a2, b2
+    return out
+
+
 def chain_copy(name: str, dtype: str, count: int, chain: Sequence[Move]) -> Program:
     """``out[i]`` = element ``i`` of the chain's value, read from its source ``in0`` (a transpose of a
     slice, say: the q of a fused qkv projection split into heads, in one copy instead of two)."""
