@@ -213,16 +213,34 @@ def inherit_numpy_lowerings() -> None:
 
 
 def _row_kernel(make: Callable[[LoweringContext], Any | None]) -> Callable[[LoweringContext], Any]:
-    """A lowering that uses the numba kernel ``make(ctx)`` builds, or numpy's when it returns None."""
+    """A lowering that uses the numba kernel ``make(ctx)`` builds, or numpy's when it returns None.
+
+    The kernel takes ``out=`` (a C-contiguous array of the result's shape and dtype, such as the
+    buffer the plan reuses between steps; None: a new array), so the plan's memory planner gives it a
+    buffer instead of a fresh array per call (page faults on every large result).
+    """
 
     def rule(ctx: LoweringContext) -> Any:
         if enabled() and ctx.out_type.dtype in ("float32", "float64") and math.prod(ctx.out_type.shape):
             fn = make(ctx)
             if fn is not None:
-                return Kernel(fn)
+                return Kernel(fn, out_arg=True)
         return _as_numpy(ctx)
 
     return rule
+
+
+def _out(out: np.ndarray | None, shape: Sequence[int], dtype: Any) -> np.ndarray:
+    """``out`` when it can be written as the flat rows a row kernel writes, else a new array."""
+    if (
+        out is not None
+        and out.flags.c_contiguous
+        and out.flags.writeable
+        and out.dtype == dtype
+        and tuple(out.shape) == tuple(shape)
+    ):
+        return out
+    return np.empty(shape, dtype)
 
 
 def _rows_of(shape: Sequence[int], k: int) -> tuple[int, int]:
@@ -239,8 +257,8 @@ def _softmax_lowering(log_of: bool) -> Callable[[LoweringContext], Any]:
         kernel = kernels.log_softmax_rows if log_of else kernels.softmax_rows
         rows = _rows_of(shape, 1)
 
-        def run(x: np.ndarray) -> np.ndarray:
-            out = np.empty(shape, x.dtype)
+        def run(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+            out = _out(out, shape, x.dtype)
             kernel(np.ascontiguousarray(x).reshape(rows), out.reshape(rows))
             return out
 
@@ -256,8 +274,8 @@ def _layer_norm_make(ctx: LoweringContext) -> Any:
     rows = _rows_of(shape, len(attrs["normalized_shape"]))
     eps, has_w, has_b = float(attrs["eps"]), bool(attrs["has_weight"]), bool(attrs["has_bias"])
 
-    def run(x: np.ndarray, *params: np.ndarray) -> np.ndarray:
-        out = np.empty(shape, x.dtype)
+    def run(x: np.ndarray, *params: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        out = _out(out, shape, x.dtype)
         none = np.empty(0, x.dtype)
         w = params[0].reshape(-1) if has_w else none
         b = params[-1].reshape(-1) if has_b else none
@@ -276,8 +294,8 @@ def _layer_norm_backward_make(ctx: LoweringContext) -> Any:
     rows = _rows_of(shape, len(attrs["normalized_shape"]))
     eps, has_w = float(attrs["eps"]), bool(attrs["has_weight"])
 
-    def run(g: np.ndarray, x: np.ndarray, *weight: np.ndarray) -> np.ndarray:
-        out = np.empty(shape, x.dtype)
+    def run(g: np.ndarray, x: np.ndarray, *weight: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        out = _out(out, shape, x.dtype)
         w = weight[0].reshape(-1) if has_w else np.empty(0, x.dtype)
         kernels.layer_norm_backward_rows(
             np.ascontiguousarray(g).reshape(rows),
@@ -299,8 +317,8 @@ def _layer_norm_weight_grad_make(ctx: LoweringContext) -> Any:
     rows = _rows_of(shape, len(attrs["normalized_shape"]))
     eps, out_shape = float(attrs["eps"]), ctx.out_type.shape
 
-    def run(g: np.ndarray, x: np.ndarray) -> np.ndarray:
-        out = np.empty(rows[1], x.dtype)
+    def run(g: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        out = _out(out, out_shape, x.dtype).reshape(rows[1])
         g2, x2 = np.ascontiguousarray(g).reshape(rows), np.ascontiguousarray(x).reshape(rows)
         return kernels.layer_norm_weight_grad_rows(g2, x2, eps, out).reshape(out_shape)
 
@@ -320,8 +338,8 @@ def _sum_to_make(ctx: LoweringContext) -> Any:
     if lead == 0 or tuple(shape[lead:]) != target or rows[0] < 256 or math.prod(shape) < _COLUMN_SUMS_MIN:
         return None
 
-    def run(x: np.ndarray) -> np.ndarray:
-        out = np.empty(rows[1], x.dtype)
+    def run(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        out = _out(out, target, x.dtype).reshape(rows[1])
         return kernels.column_sums(np.ascontiguousarray(x).reshape(rows), out).reshape(target)
 
     return run
@@ -340,8 +358,8 @@ def _sum_rows_make(ctx: LoweringContext) -> Any:
         return None
     out_shape = ctx.out_type.shape
 
-    def run(x: np.ndarray) -> np.ndarray:
-        out = np.empty(rows[0], x.dtype)
+    def run(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        out = _out(out, out_shape, x.dtype).reshape(rows[0])
         return kernels.row_sums(np.ascontiguousarray(x).reshape(rows), out).reshape(out_shape)
 
     return run
@@ -355,8 +373,8 @@ def _conv_transpose_make(ctx: LoweringContext) -> Any:
     (sh, sw), (dh, dw), groups = attrs["stride"], attrs["dilation"], int(attrs["groups"])
     top, left = attrs["padding"][0], attrs["padding"][2]
 
-    def run(g: np.ndarray, w: np.ndarray) -> np.ndarray:
-        out = np.empty(shape, g.dtype)
+    def run(g: np.ndarray, w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        out = _out(out, shape, g.dtype)
         kernels.col2im(conv_transpose_columns(g, w, groups), sh, sw, dh, dw, top, left, out)
         return out
 
@@ -375,8 +393,8 @@ def _index_select_backward_make(ctx: LoweringContext) -> Any:
     if not count:
         return None
 
-    def run(g: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        out = np.empty(shape, g.dtype)
+    def run(g: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        out = _out(out, shape, g.dtype)
         rows = np.ascontiguousarray(g).reshape(count, -1)
         kernels.scatter_add_rows(rows, idx.reshape(-1) % shape[0], out.reshape(shape[0], -1))
         return out
@@ -430,7 +448,14 @@ def _find_units(schedule: Schedule, options: Mapping[str, Any]) -> list[_Unit]:
         return all(codegen.supported(n) for n in nodes) and math.prod(shapes[nodes[-1].id]) >= minimum
 
     if options["fuse"]:
-        for unit in [*_slice_sums(schedule, users, graph_outputs), *_concats(schedule, users, graph_outputs)]:
+        found = [
+            *_slice_sums(schedule, users, graph_outputs),
+            *_concats(schedule, users, graph_outputs),
+            *_softmax_units(schedule, users, graph_outputs),
+        ]
+        for unit in found:
+            if any(n.id in taken for n in unit.nodes):
+                continue
             units.append(unit)
             taken.update(n.id for n in unit.nodes)
         for group in find_fusion_groups(graph):
@@ -507,6 +532,65 @@ def _concats(schedule: Schedule, users: Mapping[int, list[Node]], graph_outputs:
     return found
 
 
+def _bias_suffix(shape: tuple[int, ...], bias: tuple[int, ...]) -> bool:
+    """``bias`` (leading 1s dropped) is a trailing part of ``shape``, last axis included: it broadcasts
+    over the leading axes only, so row ``r`` of ``shape`` reads row ``r % rows`` of ``bias``."""
+    bias = tuple(bias)
+    while bias and bias[0] == 1:
+        bias = bias[1:]
+    return bool(shape) and len(bias) <= len(shape) and tuple(shape[len(shape) - len(bias) :]) == bias
+
+
+def _softmax_units(
+    schedule: Schedule, users: Mapping[int, list[Node]], graph_outputs: set[int]
+) -> list[_Unit]:
+    """Softmax over the last axis, with the additive bias before it and its gradient, as row kernels:
+
+    - ``softmax(x + bias)`` (attention's additive mask; ``bias`` broadcast over leading axes), the sum
+      read only by the softmax: one pass instead of an add and a softmax (kind ``softmax_bias``);
+    - ``y * (g - sum(g * y, -1, keepdims))`` (softmax's gradient rule), each inner value read only by
+      the next: one pass over each row instead of a mul, a row sum and a sub-mul (``softmax_backward``).
+    """
+    shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
+    floats = ("float32", "float64")
+
+    def inner(n: Node) -> bool:
+        return n.id not in graph_outputs and len(users[n.id]) == 1
+
+    found = []
+    for n in schedule.graph.nodes:
+        if n.dtype not in floats:
+            continue
+        shape = tuple(shapes[n.id])
+        if n.op == "softmax" and shape and int(attrs[n.id]["axis"]) == len(shape) - 1:
+            add = n.inputs[0]
+            if add.op != "add" or not inner(add) or any(i.dtype != n.dtype for i in add.inputs):
+                continue
+            a, b = add.inputs
+            if tuple(shapes[a.id]) != shape:
+                a, b = b, a
+            if tuple(shapes[a.id]) == shape and _bias_suffix(shape, tuple(shapes[b.id])) and a is not b:
+                found.append(_unit([add, n], users, graph_outputs, "softmax_bias"))
+        elif n.op == "mul" and len(shape) >= 1:
+            for y, d in (n.inputs, n.inputs[::-1]):
+                if d.op != "sub" or not inner(d) or tuple(shapes[y.id]) != shape:
+                    continue
+                g, total = d.inputs
+                if total.op != "sum" or not inner(total) or tuple(shapes[g.id]) != shape:
+                    continue
+                axes = tuple(sorted(a % len(shape) for a in attrs[total.id]["axes"]))
+                if axes != (len(shape) - 1,) or not attrs[total.id]["keepdims"]:
+                    continue
+                prod = total.inputs[0]
+                if prod.op != "mul" or not inner(prod) or {i.id for i in prod.inputs} != {g.id, y.id}:
+                    continue
+                if g is y or any(v.dtype != n.dtype for v in (g, y, d, total, prod)):
+                    continue
+                found.append(_unit([prod, total, d, n], users, graph_outputs, "softmax_backward"))
+                break
+    return found
+
+
 def _cover(shape: tuple[int, ...], leaves: Sequence[Node], attrs: Mapping[int, Any]) -> np.ndarray:
     """How many of the ``slice_backward`` leaves write each element (built once per plan)."""
     cover = np.zeros(shape, np.uint8)
@@ -572,6 +656,40 @@ def _concat_kernel(unit: _Unit, schedule: Schedule) -> Any:
     return run
 
 
+def _softmax_kernel(unit: _Unit, schedule: Schedule) -> Any:
+    """A :func:`_softmax_units` unit: ``softmax(x + bias)`` or softmax's gradient, rows in parallel."""
+    from . import kernels
+
+    shapes = schedule.spec.shapes
+    last = unit.nodes[-1]
+    shape, dtype = tuple(shapes[last.id]), np.dtype(last.dtype)
+    rows = _rows_of(shape, 1)
+    position = {n.id: k for k, n in enumerate(unit.inputs)}
+    if unit.kind == "softmax_bias":
+        a, b = unit.nodes[0].inputs
+        if tuple(shapes[a.id]) != shape:
+            a, b = b, a
+        order = (position[a.id], position[b.id])
+        bias_rows = (math.prod(shapes[b.id]) // shape[-1], shape[-1])
+        kernel = kernels.softmax_bias_rows
+    else:
+        d = unit.nodes[2]
+        y = next(i for i in last.inputs if i is not d)
+        order = (position[d.inputs[0].id], position[y.id])  # (g, y)
+        bias_rows = rows
+        kernel = kernels.softmax_backward_rows
+    first_out: list[np.ndarray | None] = [None]
+
+    def run(*arrays: np.ndarray) -> list[np.ndarray]:
+        out = first_out[0] if first_out[0] is not None else np.empty(shape, dtype)
+        x, other = (np.ascontiguousarray(arrays[k]) for k in order)
+        kernel(x.reshape(rows), other.reshape(bias_rows), out.reshape(rows))
+        return [out]
+
+    run.first_out = first_out  # type: ignore[attr-defined]
+    return run
+
+
 def _scalar_constant(node: Node) -> float | None:
     """The value of a one-element finite float constant (a literal in the generated loop), else None."""
     if node.op != "constant" or node.dtype not in ("float32", "float64") or node.data is None:
@@ -595,13 +713,13 @@ def _elementwise_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, A
     in_shapes, loop_shape = lay.input_shapes, lay.shape
     dtypes = [np.dtype(o.dtype) for o in unit.outputs]
 
-    first_out: list[np.ndarray | None] = [None]  # a planned buffer for the first output, if any
+    # Where each output is written, when given: a planned buffer for the first output, a buffer of its
+    # own for each other one (:func:`_plan_unit_buffers`); None: a fresh array per call.
+    first_out: list[np.ndarray | None] = [None] * len(dtypes)
 
     def run(*arrays: np.ndarray) -> list[np.ndarray]:
         args = [np.ascontiguousarray(a).reshape(s) for a, s in zip(arrays, in_shapes, strict=True)]
-        outs = [np.empty(space, d) for d in dtypes]
-        if first_out[0] is not None:
-            outs[0] = first_out[0]
+        outs = [o if o is not None else np.empty(space, d) for o, d in zip(first_out, dtypes, strict=True)]
         fn(*args, *[o.reshape(loop_shape) for o in outs])
         return outs
 
@@ -714,6 +832,8 @@ def _unit_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, Any]) ->
         return _slice_sum_kernel(unit, schedule)
     if unit.kind == "concat":
         return _concat_kernel(unit, schedule)
+    if unit.kind in ("softmax_bias", "softmax_backward"):
+        return _softmax_kernel(unit, schedule)
     return _optimizer_kernel(unit, schedule)
 
 
@@ -745,7 +865,10 @@ def fuse_schedule(
     mapping: dict[int, Node] = {}
     shapes, attrs = dict(spec.shapes), dict(spec.attrs)
     flags: dict[int, Any] = {}
-    pooled: dict[int, list[np.ndarray | None]] = {}  # head node id -> its kernel's output buffer slot
+    pooled: dict[int, list[np.ndarray | None]] = {}  # head node id -> its kernel's output buffer slots
+    # (slots, index, node) of the other outputs of elementwise units: each gets a buffer of its own
+    tails: list[tuple[list[np.ndarray | None], int, Node]] = []
+    final = {n.id for n in graph.outputs}
     for step in fused_steps(graph, groups):
         if isinstance(step, FusionGroup):
             unit, compute = units[step.index], built[step.index]
@@ -755,13 +878,15 @@ def fuse_schedule(
                 + ", ".join(n.op for n in unit.nodes)
             )
             head: Node | None = None
-            for out, fn in zip(unit.outputs, fns, strict=True):
+            for k, (out, fn) in enumerate(zip(unit.outputs, fns, strict=True)):
                 ins = [mapping.get(i.id, i) for i in unit.inputs] if head is None else [head]
                 new = Node(
                     out.op, ins, out.attrs, out.shape, out.dtype, out.name, None, {**out.meta, "jit": label}
                 )
                 if head is None and hasattr(compute, "first_out"):
                     pooled[new.id] = compute.first_out
+                elif k and unit.kind == "elementwise" and out.id not in final:
+                    tails.append((compute.first_out, k, new))
                 head = head or new
                 mapping[out.id] = new
                 shapes[new.id], attrs[new.id] = spec.shapes[out.id], spec.attrs[out.id]
@@ -782,6 +907,14 @@ def fuse_schedule(
     )
     if planning and pooled:
         _plan_unit_buffers(new_graph, new_spec, flags, pooled)
+    if planning:
+        # The head writes every output at its step, but a tail's step (where a planned lifetime would
+        # start) comes later, at its first reader: a buffer shared with values live in between could be
+        # overwritten, so each tail gets one of its own. These values (GELU's derivative, kept for the
+        # backward) are alive across most of a training step anyway; fresh arrays cost page faults.
+        for slots, k, node in tails:
+            slots[k] = np.empty(new_spec.shapes[node.id], node.dtype)
+            node.meta["jit_own_buffer"] = True
     return new_schedule, [flags[s.node.id] for s in new_schedule.steps]
 
 

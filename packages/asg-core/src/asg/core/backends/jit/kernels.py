@@ -83,6 +83,46 @@ def softmax_rows(x, out):  # pragma: no cover - compiled
     return out
 
 
+@njit(**_JIT)
+def softmax_bias_rows(x, bias, out):  # pragma: no cover - compiled
+    # softmax(x + bias) over rows, bias broadcast over leading dims: row r adds bias row r % len(bias)
+    # (attention's additive mask), the sum rounded to the dtype as numpy's add before the softmax
+    rows, cols = x.shape
+    brows = bias.shape[0]
+    for r in prange(rows):
+        br = r % brows
+        for c in range(cols):
+            out[r, c] = x[r, c] + bias[br, c]
+        m = _row_max(out, r, cols)
+        for c in range(cols):
+            out[r, c] = fexp(out[r, c] - m)
+        total = _row_sum(out, r, cols)
+        for c in range(cols):
+            out[r, c] = out[r, c] / total
+    return out
+
+
+@njit(**_JIT)
+def softmax_backward_rows(g, y, out):  # pragma: no cover - compiled
+    # y * (g - sum(g * y)) over rows in one pass (softmax's gradient): the products rounded to the
+    # dtype as the unfused mul's, summed in float64, the sum rounded to the dtype as the sum's result
+    rows, cols = g.shape
+    for r in prange(rows):
+        out[r, 0] = _row_dot(g, y, r, cols)
+        total = out[r, 0]
+        for c in range(cols):
+            out[r, c] = y[r, c] * (g[r, c] - total)
+    return out
+
+
+@njit(**_ROW_SUM)
+def _row_dot(a, b, r, cols):  # pragma: no cover - compiled
+    total = 0.0
+    for c in range(cols):
+        total += a[r, c] * b[r, c]
+    return total
+
+
 @njit(**_ROW_SUM)
 def _row_sum(x, r, cols):  # pragma: no cover - compiled
     total = 0.0
