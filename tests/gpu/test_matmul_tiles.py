@@ -195,3 +195,17 @@ def test_the_backend_lowering_uses_the_chosen_tile():
     (prog,) = [p for p in f.plan_for(data).programs if p.dispatches]
     bm, bn, bk = matmul_tile(256, 256, 32)
     assert prog.dispatches[0].wgsl.startswith(f"// matmul {bm}x{bn}x{bk} vec4")
+
+
+@pytest.mark.parametrize("shift", [0, 24, -40], ids=["square", "more-keys", "more-queries"])
+@pytest.mark.parametrize("tile", [(64, 64, 16), (128, 64, 32), (64, 128, 16, 2)], ids=_tile_id)
+def test_a_causally_zero_operand_skips_its_zero_k_steps(tile, shift):
+    # dS of causal attention: row r of A is zero past column r + shift; each tile's K loop stops at
+    # its last row's limit and the product still equals numpy's (rows with no column give zeros)
+    m, k, n = 136, 136 + shift, 68
+    a = RNG.standard_normal((3, m, k)).astype(np.float32)
+    a[:, np.arange(k)[None, :] > np.arange(m)[:, None] + shift] = 0.0
+    b = RNG.standard_normal((3, k, n)).astype(np.float32)
+    got, wgsl = _run(a, b, config=tile, a_causal=shift)
+    assert f"row0 + {tile[0] + shift}" in wgsl
+    np.testing.assert_allclose(got, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5 * math.sqrt(k))

@@ -837,7 +837,11 @@ def merged_attention(
     k_rows = layouts.get(1)
     k_layout = None if k_rows is None else (k_rows.offset, k_rows.strides, k_rows.pitch, k_rows.size)
     mm = matmul_program(
-        (*sh.batch, sh.L, sh.S), (*sh.batch, sh.S, sh.E), (*sh.batch, sh.L, sh.E), b_layout=k_layout
+        (*sh.batch, sh.L, sh.S),
+        (*sh.batch, sh.S, sh.E),
+        (*sh.batch, sh.L, sh.E),
+        b_layout=k_layout,
+        a_causal=sh.S - sh.L if causal else None,  # dS is zero past each query's last key
     )
     roles = {("in", 0): ("tmp", 0), ("in", 1): ("in", 1), ("out", 0): ("out", dq)}
     dispatches += [Dispatch(d.wgsl, d.grid, tuple(roles[a] for a in d.args)) for d in mm.dispatches]

@@ -255,6 +255,7 @@ def matmul_vec4_wgsl(
     a_load: ALoad | None = None,
     b_t: bool = False,
     b_rows: tuple[int, int, int] | None = None,
+    a_causal: int | None = None,
 ) -> str:
     """The vec4 kernel (``k % 4 == 0`` and ``n % 4 == 0``): A, B and C read and written as ``vec4<f32>``.
 
@@ -273,7 +274,8 @@ def matmul_vec4_wgsl(
     ``b_t``: the buffer B holds B transposed, (n, k), 2-D (a linear layer's ``x @ W^T`` reading W
     where it is); its tile is loaded as 4x4 blocks, like A's. ``b_rows``: (offset, row pitch,
     elements) of B's rows in the buffer bound (``b_st`` its batch strides; all multiples of 4): the
-    heads' keys read where a fused qkv projection stored them.
+    heads' keys read where a fused qkv projection stored them. ``a_causal``: A is zero past column
+    ``r + a_causal`` of each row ``r`` (a causal attention's dS), so a tile's K loop stops there.
     """
     bm, bn, bk = config[:3]
     stages = config[3] if len(config) > 3 else 1
@@ -304,6 +306,8 @@ def matmul_vec4_wgsl(
     if split[0] > 1:
         lines.append(f"let k_begin = (i32(wid.z) % {split[0]}) * {split[1]};")
         lines.append(f"let k_end = min(k_begin + {split[1]}, {k});")
+    elif a_causal is not None:
+        lines += ["let k_begin = 0;", f"let k_end = min({k}, row0 + {bm + a_causal});"]
     else:
         lines += ["let k_begin = 0;", f"let k_end = {k};"]
 
@@ -542,6 +546,7 @@ def matmul_program(
     workgroup_bytes: int = 32768,
     b_transposed: bool = False,
     b_layout: tuple[int, tuple[int, ...], int, int] | None = None,
+    a_causal: int | None = None,
 ) -> Program:
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
 
@@ -557,7 +562,8 @@ def matmul_program(
     kernel, A unbatched or B 2-D). ``b_transposed``: input 1 holds B transposed, (n, k), for a 2-D B
     with k and n multiples of 4 (:func:`transposed_operand_ok` of ``(b^T, ...)``). ``b_layout``:
     (offset, batch strides, row pitch, elements of the buffer) where B's rows are not stored
-    contiguously (batched vec4 kernel, all multiples of 4). The kernel's first line names its tile
+    contiguously (batched vec4 kernel, all multiples of 4). ``a_causal``: A is zero past column
+    ``r + a_causal`` of row ``r``; the vec4 kernel without split-K skips those K steps. The kernel's first line names its tile
     (``// matmul 64x128x32 vec4``).
     """
     a_shape, b_shape, out_shape = tuple(a_shape), tuple(b_shape), tuple(out_shape)
@@ -629,6 +635,7 @@ def matmul_program(
             a_load,
             b_transposed,
             None if b_layout is None else (b_layout[0], b_layout[2], b_layout[3]),
+            a_causal if splits == 1 else None,
         )
     else:
         kc = -(-k // (splits * bk)) * bk
