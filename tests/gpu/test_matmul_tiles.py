@@ -186,6 +186,22 @@ def test_a_split_k_product_in_a_compiled_function_matches_numpy():
     assert f.plan_for(a, b).dispatch_count == 2
 
 
+def test_a_linear_layer_s_split_k_weight_gradient_stores_its_transpose():
+    # dW = (x^T dy)^T: the split-K product reads x in place and its slices' sum stores dW (out, in)
+    # directly, so neither transpose runs; the gradient equals numpy's
+    x = ag.input("x", (2048, 64))
+    w = ag.parameter(RNG.standard_normal((32, 64)).astype(np.float32), name="w")
+    c = ag.constant(RNG.standard_normal((2048, 32)).astype(np.float32))
+    loss = ((x @ w.T) * c).sum()
+    f = ag.compile(ag.grad(loss, [w]), inputs=[x], backend="wgpu")
+    data = RNG.standard_normal((2048, 64)).astype(np.float32)
+    want = c.numpy().astype(np.float64).T @ data
+    np.testing.assert_allclose(f(data)[0], want, rtol=1e-5, atol=1e-4)
+    plan = f.plan_for(data)
+    assert [ops for _, ops in plan.dispatch_labels()] == ["matmul", "matmul"]
+    assert "out[(i % 32) * 64 + i / 32]" in plan.dispatch_sources()[1]
+
+
 def test_the_backend_lowering_uses_the_chosen_tile():
     x = ag.input("x", (4, 64, 32))
     w = ag.parameter(RNG.standard_normal((32, 256)).astype(np.float32), name="w")

@@ -391,7 +391,10 @@ class WgpuPlan:
         in place (``matmul_program(a_transposed=True)``): the weight gradient ``X^T @ dY`` then needs no
         transposed copy of the activation X. The transpose's step is skipped (``run_traced`` still runs it);
         returns the ids of the transposes folded. When X is a value of ``recomputed`` the matmul binds
-        its input and recomputes it (:func:`~asg.gpu.fusion.matmul_operands`).
+        its input and recomputes it (:func:`~asg.gpu.fusion.matmul_operands`). When the product runs
+        split-K and only a 2-D transpose reads it (the gradient of a linear layer's ``W`` from that of
+        ``W^T``), the sum of its slices stores the transpose's value (``transposed_out``) and that
+        step is skipped too.
         """
         from .kernels.linalg import matmul_program, transposed_operand_ok
 
@@ -400,6 +403,22 @@ class WgpuPlan:
         shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
         readers, kept = self._reader_counts(), self._kept()
         made_at = {step.output: step for step in schedule.steps}
+        read_by: dict[int, list[Any]] = {}
+        for s in schedule.steps:
+            for v in set(s.inputs):
+                read_by.setdefault(v, []).append(s)
+
+        def transposed_by(value: int) -> Any:
+            """The step of the 2-D transpose that alone reads ``value``, or None."""
+            found = read_by.get(value, [])
+            ok = len(found) == 1 and readers.get(value) == 1 and value not in kept
+            t = found[0] if ok else None
+            if t is None or t.node.op != "transpose" or len(shapes[value]) != 2:
+                return None
+            if tuple(attrs[t.output].get("axes", ())) != (1, 0) or self.programs[t.index].view:
+                return None
+            return t if t.index not in fused_at and t.index not in skipped else None
+
         folded: set[int] = set()
         for step in schedule.steps:
             node = step.node
@@ -423,20 +442,22 @@ class WgpuPlan:
             ):
                 continue
             source, load = recomputed.get(self._root(a.inputs[0].id), (a.inputs[0].id, None))
-            prog = matmul_program(
-                a_shape,
-                b_shape,
-                shapes[node.id],
-                self.programs[step.index].name,
-                a_transposed=True,
-                a_load=load,
-            )
+            out_shape, name = shapes[node.id], self.programs[step.index].name
+            prog = matmul_program(a_shape, b_shape, out_shape, name, a_transposed=True, a_load=load)
+            after = transposed_by(node.id) if len(prog.dispatches) == 2 else None
+            if after is not None:
+                prog = matmul_program(
+                    a_shape, b_shape, out_shape, name, a_transposed=True, a_load=load, transposed_out=True
+                )
+            outs = {("in", 0): ("value", source), **({("out", 0): ("value", after.output)} if after else {})}
             for j, d in enumerate(prog.dispatches):
-                args = tuple(("value", source) if arg == ("in", 0) else arg for arg in d.args)
-                prog.dispatches[j] = replace(d, args=args)
+                prog.dispatches[j] = replace(d, args=tuple(outs.get(arg, arg) for arg in d.args))
             self.programs[step.index] = prog
             skipped.add(t_step.index)
             folded.add(a.id)
+            if after is not None:
+                skipped.add(after.index)
+                folded.add(node.id)
         if FOLD_B_TRANSPOSES:
             folded |= self._fold_b_transposes(fused_at, skipped, recomputed, folded)
         return folded

@@ -547,6 +547,7 @@ def matmul_program(
     b_transposed: bool = False,
     b_layout: tuple[int, tuple[int, ...], int, int] | None = None,
     a_causal: int | None = None,
+    transposed_out: bool = False,
 ) -> Program:
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
 
@@ -563,7 +564,9 @@ def matmul_program(
     with k and n multiples of 4 (:func:`transposed_operand_ok` of ``(b^T, ...)``). ``b_layout``:
     (offset, batch strides, row pitch, elements of the buffer) where B's rows are not stored
     contiguously (batched vec4 kernel, all multiples of 4). ``a_causal``: A is zero past column
-    ``r + a_causal`` of row ``r``; the vec4 kernel without split-K skips those K steps. The kernel's first line names its tile
+    ``r + a_causal`` of row ``r``; the vec4 kernel without split-K skips those K steps.
+    ``transposed_out``: a split-K product of 2-D operands stores its sum transposed, (n, m) (a
+    weight gradient ``(X^T dY)^T`` without a transpose of its own). The kernel's first line names its tile
     (``// matmul 64x128x32 vec4``).
     """
     a_shape, b_shape, out_shape = tuple(a_shape), tuple(b_shape), tuple(out_shape)
@@ -641,12 +644,17 @@ def matmul_program(
         kc = -(-k // (splits * bk)) * bk
         wgsl = matmul_wgsl(m, n, k, batch, a_st, b_st, (bm, bn, bk), epilogue, (splits, kc))
         wgsl = wgsl.replace("NB_A", str(max(nb_a, 1))).replace("NB_B", str(max(nb_b, 1)))
+    if transposed_out and (splits == 1 or batch):
+        raise ValueError(
+            f"matmul: a transposed result needs a split-K product of 2-D operands, got {a_shape} @ {b_shape}"
+        )
     if splits == 1:
         return Program([Dispatch(wgsl, grid, (("in", 0), ("in", 1), ("out", 0)))], name=name)
     # the partial products (batch, splits, m, n) in scratch, summed in slice order
     total, mn = max(count, 1) * m * n, m * n
     terms = " + ".join(f"part[base + {s * mn}]" for s in range(splits))
-    body = [f"let base = (i / {mn}) * {splits * mn} + i % {mn};", f"out[i] = {terms};"]
+    at = f"(i % {n}) * {m} + i / {n}" if transposed_out else "i"
+    body = [f"let base = (i / {mn}) * {splits * mn} + i % {mn};", f"out[{at}] = {terms};"]
     sum_wgsl = elementwise_kernel([("part", "float32"), ("out", "float32")], total, body)
     return Program(
         [
