@@ -23,7 +23,6 @@ from ..codegen import (
     Dispatch,
     Program,
     declare,
-    elementwise_kernel,
     grid,
     literal,
     load,
@@ -141,8 +140,15 @@ def reduce_wgsl(
     kind: str,
     prologue: Prologue | None = None,
 ) -> tuple[str, int]:
-    """(WGSL, rows) of the reduction of a ``shape`` input (buffer ``in0``, or ``prologue``) to ``out``."""
+    """(WGSL, workgroups) of the reduction of a ``shape`` input (buffer ``in0``, or ``prologue``) to
+    ``out``; ``_rows_grid(workgroups)`` is its grid.
+
+    A row of up to :data:`SHORT` elements is reduced by a few invocations of a workgroup holding
+    several rows (:func:`_short_rows`); a longer row has a workgroup of its own.
+    """
     row, elem, rows, count = split_offsets(shape, axes)
+    if 0 < count <= SHORT:
+        return _short_rows(shape, in_dtype, out_dtype, axes, kind, prologue)
     wg = _wg(count)
     vt = VTYPE[in_dtype]
     if kind in ("sum", "mean"):
@@ -219,6 +225,215 @@ def reduce_wgsl(
     return _kernel(bindings, wg, shared, body, rows, prologue.source), rows
 
 
+SHORT = 128  # a row of at most this many reduced elements shares its workgroup with other rows
+SHORT_WG = 256  # invocations of such a workgroup
+BATCH = 8  # elements an invocation loads before combining them (loads in flight at once)
+
+
+def _contiguous(shape: Sequence[int], axes: Sequence[int]) -> bool:
+    """Whether the reduced elements of a row are consecutive in memory (``off = base + r``)."""
+    st = strides(shape)
+    red = [d for d in range(len(shape)) if d in axes and shape[d] > 1]
+    sub = strides([shape[d] for d in red])
+    return all(st[d] == sub[j] for j, d in enumerate(red))
+
+
+def short_layout(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, int]:
+    """(invocations per row, rows per workgroup) of :func:`_short_rows`.
+
+    A contiguous row gets a power of two of neighbouring invocations, about 4 elements each (at
+    least 8 to a row of 32 or more: each load instruction then reads whole 32-byte sectors), at
+    most 32; a strided row gets one invocation, so neighbouring invocations read neighbouring rows.
+    """
+    count = math.prod(shape[d] for d in axes)
+    lanes = 1
+    if _contiguous(shape, axes):
+        lanes = min(32, 1 << max(0, (-(-count // 4) - 1).bit_length()))
+    return lanes, SHORT_WG // lanes
+
+
+def _short_rows(
+    shape: Sequence[int],
+    in_dtype: str,
+    out_dtype: str,
+    axes: Sequence[int],
+    kind: str,
+    prologue: Prologue | None,
+) -> tuple[str, int]:
+    """(WGSL, workgroups) of a reduction of short rows, :data:`SHORT_WG` invocations a workgroup.
+
+    ``lanes`` invocations (:func:`short_layout`) reduce a row: lane ``l`` combines elements
+    ``l, l + lanes, ...``, its loads issued in batches of :data:`BATCH` before they are combined (no
+    dependent load waits for the previous one), then a tree over the lanes in workgroup memory
+    (``log2(lanes)`` barriers; none for one lane). Row ``o`` is the workgroup's index times its rows
+    plus ``lid / lanes``; ``base`` and ``off`` are computed as in the one-row kernel, so a prologue
+    sees the same indices. A lane's max, min, argmax or argmin goes in element order; its sum is a
+    tree (:func:`_tree_schedule`): with the tree over the lanes, the one-row kernel's order of
+    additions, so the same bits. (A running sum, which a strided row of one lane was at first, had
+    2 to 4 times the tree's error on rows of 32 to 128 elements, and moved a ResNet's batch-norm
+    gradients out of the numpy backend's tolerance.)
+    """
+    row, elem, rows, count = split_offsets(shape, axes)
+    lanes, per_wg = short_layout(shape, axes)
+    groups = -(-rows // per_wg)
+    vt = VTYPE[in_dtype]
+    x = "prologue(off_)" if prologue else load("in0", in_dtype, "off_")
+    fl = vt == "f32"
+    arg = kind in ("argmax", "argmin")
+    if kind in ("sum", "mean"):
+        at = "f32" if vt == "f32" else "i32"
+        x = f"select(0, 1, {x})" if vt == "bool" else x
+        init = literal(0, at)
+        comb = ""  # a tree instead (_tree_schedule)
+        tree_comb = "part[lid] = part[lid] + part[lid + s];"
+    elif kind in ("max", "min"):
+        at = vt
+        pick = ">" if kind == "max" else "<"
+        if fl:
+            init = literal(float("-inf") if kind == "max" else float("inf"), "f32")
+            comb = f"acc = select(acc, {{v}}, (is_nan({{v}}) && !is_nan(acc)) || {{v}} {pick} acc);"
+            tree_comb = (
+                "let a = part[lid]; let b = part[lid + s]; "
+                f"if ((is_nan(b) && !is_nan(a)) || b {pick} a) {{ part[lid] = b; }}"
+            )
+        else:
+            init = literal(-(2**31) if kind == "max" else 2**31 - 1, "i32")
+            comb = f"acc = select(acc, {{v}}, {{v}} {pick} acc);"
+            tree_comb = f"let a = part[lid]; let b = part[lid + s]; if (b {pick} a) {{ part[lid] = b; }}"
+    else:  # argmax / argmin: the first index of the extreme (a NaN counts as the extreme, as numpy's)
+        at = vt
+        pick = ">" if kind == "argmax" else "<"
+        nan_a = "is_nan(a)" if fl else "false"
+        nan_b = "is_nan(b)" if fl else "false"
+        wins = f"(({nan_b}) && !({nan_a})) || (!({nan_a}) && !({nan_b}) && b {pick} a) || ((a == b || (({nan_a}) && ({nan_b}))) && ib < ia)"
+        init = literal(0, vt)
+        comb = (
+            "{{ let a = acc; let b = {v}; let ia = at; let ib = {r}; "
+            f"let w = {{valid}}(ia < 0 || {wins}); acc = select(a, b, w); at = select(ia, ib, w); }}}}"
+        )
+        tree_comb = (
+            "let a = part[lid]; let b = part[lid + s]; let ia = where_[lid]; let ib = where_[lid + s]; "
+            f"if (ib >= 0 && (ia < 0 || {wins})) {{ part[lid] = b; where_[lid] = ib; }}"
+        )
+    # the elements of this lane, in batches: loads first, then the combines
+    per = -(-count // lanes)
+    lines: list[str] = []
+
+    def load_element(j: int) -> list[str]:
+        r = f"lane + {lanes * j}" if lanes > 1 else str(j)
+        value = f"{{ let off_ = red_off(base, r{j}); v{j} = {x}; }}"
+        if lanes * j + lanes > count:  # some lanes have no element j: it holds the identity (init)
+            return [f"let r{j} = {r};", f"var v{j} = {init}; if (r{j} < {count}) {value}"]
+        return [f"let r{j} = {r};", f"var v{j} = {init}; {value}"]
+
+    if kind in ("sum", "mean"):
+        # a tree, not a running sum (whose error grows with the count): the one-row kernel's
+        # order exactly, so the same bits (see _tree_schedule)
+        for batch, adds in _tree_schedule(per):
+            lines += [line for j in batch for line in load_element(j)] + adds
+    else:  # max, min, argmax, argmin: exact, in element order (the first index wins a tie)
+        for start in range(0, per, BATCH):
+            js = range(start, min(per, start + BATCH))
+            lines += [line for j in js for line in load_element(j)]
+            for j in js:
+                valid = f"r{j} < {count} && " if lanes * j + lanes > count else ""
+                lines.append(comb.format(v=f"v{j}", r=f"r{j}", valid=valid))
+    elems = "\n        ".join(lines)
+    body = [
+        *row,
+        f"var acc = {init};",
+        *(["var at = -1;"] if arg else []),
+        f"if (live) {{\n        {elems}\n    }}",
+    ]
+    shared: list[str] = []
+    res, where = "acc", "at"
+    if lanes > 1:
+        shared = [f"part: array<{at}, {SHORT_WG}>"] + ([f"where_: array<i32, {SHORT_WG}>"] if arg else [])
+        body += [
+            "part[lid] = acc;",
+            *(["where_[lid] = at;"] if arg else []),
+            "workgroupBarrier();",
+            f"for (var s = {lanes // 2}; s > 0; s = s >> 1u) {{",
+            f"    if (lane < s) {{ {tree_comb} }}",
+            "    workgroupBarrier();",
+            "}",
+        ]
+        res, where = "part[lid]", "where_[lid]"
+    if kind == "mean":
+        result = f"{res} / {literal(count, 'f32')}"
+    elif arg:
+        result = where
+    elif kind == "sum" and VTYPE[out_dtype] != at:
+        result = f"{VTYPE[out_dtype]}({res})"
+    else:
+        result = res
+    body.append(f"if (lane == 0 && live) {{ {store('out', out_dtype, 'o', result)} }}")
+    off = "let off = base + r;" if _contiguous(shape, axes) else elem[0]
+    off_fn = f"fn red_off(base: i32, r: i32) -> i32 {{ {off} return off; }}"
+    if prologue is None:
+        bindings = [("in0", in_dtype), ("out", out_dtype)]
+        extra = off_fn
+    else:
+        bindings = [*prologue.before, ("out", out_dtype), *prologue.after]
+        extra = prologue.source + "\n" + off_fn
+    decl = "\n".join(f"var<workgroup> {s};" for s in shared)
+    inner = "\n    ".join(body)
+    wgsl = f"""{declare(bindings)}
+{HELPERS}
+{extra}
+{decl}
+@compute @workgroup_size({SHORT_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let lid = i32(lid3.x);
+    let lane = lid % {lanes};
+    let o = i32(wid.x + wid.y * nwg.x) * {per_wg} + lid / {lanes};
+    let live = o < {rows};
+    {inner}
+}}
+"""
+    return wgsl, groups
+
+
+def _tree_schedule(per: int) -> list[tuple[list[int], list[str]]]:
+    """A lane's ``per`` values ``v0 .. v{per-1}`` added in a tree into ``acc``: (elements to load,
+    statements then) a batch of :data:`BATCH` loads at a time.
+
+    The tree is the one-row kernel's (:func:`tree` over a power of two ``P >= per`` of slots, slot
+    ``j`` added to slot ``j + P/2``, then ``j + P/4`` ...; empty slots hold zeros), so that a short
+    row's sum is the same bits as it was with a workgroup of its own, and its error grows with
+    ``log2(count)``, not ``count``. Visiting the slots in bit-reversed order makes that tree a
+    contiguous pairwise one, computed as the loads arrive with a stack of ``log2(P)`` partial sums
+    (a binary counter), so a lane keeps about ``BATCH + log2(P)`` values live, not ``per``.
+    (Where a fused prologue ends in a product, the driver may fuse it into the first addition, an
+    FMA, which the one-row kernel's trip through workgroup memory prevented: other bits, one
+    rounding fewer.)
+    """
+    bits = max(0, (per - 1).bit_length())
+    stack: list[tuple[int, str | None]] = []  # (level, the partial sum's name; None: empty slots)
+    schedule: list[tuple[list[int], list[str]]] = []
+    batch: list[int] = []
+    adds: list[str] = []
+    names = 0
+    for m in range(1 << bits):
+        j = int(format(m, f"0{bits}b")[::-1], 2) if bits else 0
+        if j < per:
+            batch.append(j)
+        stack.append((0, f"v{j}" if j < per else None))
+        while len(stack) > 1 and stack[-1][0] == stack[-2][0]:
+            (level, b), (_, a) = stack.pop(), stack.pop()
+            if a is not None and b is not None:
+                adds.append(f"let s{names} = {a} + {b};")
+                a, names = f"s{names}", names + 1
+            stack.append((level + 1, a if a is not None else b))
+        if len(batch) == BATCH:
+            schedule.append((batch, adds))
+            batch, adds = [], []
+    ((_, total),) = stack
+    schedule.append((batch, [*adds, f"acc = {total};"]))
+    return schedule
+
+
 def _axes(ctx: LoweringContext) -> tuple[int, ...]:
     nd = len(ctx.in_types[0].shape)
     if "axis" in ctx.attrs:  # argmax, argmin
@@ -233,6 +448,7 @@ def _reduce(ctx: LoweringContext) -> Program:
 
 COLS = 64  # columns per workgroup of a column sum (x of its 64 x 4 invocations)
 LANES = 4  # rows each column's workgroup visits at once (y)
+UNROLL = 4  # rows a lane of column_sum's first pass loads before adding them
 
 
 def column_sum(
@@ -244,8 +460,8 @@ def column_sum(
     A term is an f32 expression of ``off`` (the element ``r * cols + c``) and ``r`` over the
     buffers ``bindings``. Pass 1 (grids: :func:`column_sum_grids`) has each workgroup sum a chunk of
     rows for 64 consecutive columns, neighbouring invocations reading neighbouring columns
-    (coalesced), into ``part``; pass 2 adds each column's chunks in order into ``out`` (one term)
-    or ``out0``, ``out1``... A bias gradient (rows = batch x tokens, a few hundred columns) so reads
+    (coalesced), into ``part``; pass 2 (:func:`_column_totals`) adds each column's chunks, several
+    invocations a column and a fixed tree, into ``out`` (one term) or ``out0``, ``out1``... A bias gradient (rows = batch x tokens, a few hundred columns) so reads
     at the memory's speed, where one workgroup per column strode across the rows.
     """
     tiles = -(-cols // COLS)
@@ -253,9 +469,25 @@ def column_sum(
     per = -(-rows // chunks)
     chunks = -(-rows // per)
     n = len(terms)
-    adds = " ".join(f"acc{t} = acc{t} + {term};" for t, term in enumerate(terms))
+    # each term a function of (off, r); a lane loads UNROLL rows before adding them, in row order
+    fns = "\n".join(
+        f"fn term{t}(off: i32, r: i32) -> f32 {{ return {term}; }}" for t, term in enumerate(terms)
+    )
+    adds = " ".join(f"acc{t} = acc{t} + term{t}(r * {cols} + c, r);" for t in range(n))
+    batch = (
+        " ".join(
+            f"let v{t}_{u} = term{t}((r + {u * LANES}) * {cols} + c, r + {u * LANES});"
+            for u in range(UNROLL)
+            for t in range(n)
+        )
+        + " "
+        + " ".join(
+            f"acc{t} = acc{t} + " + " + ".join(f"v{t}_{u}" for u in range(UNROLL)) + ";" for t in range(n)
+        )
+    )
     keep = "\n    ".join(f"acc_[{t * COLS * LANES}u + lid.y * {COLS}u + lid.x] = acc{t};" for t in range(n))
     first = f"""{declare([*bindings, ("part", "float32")])}
+{fns}
 var<workgroup> acc_: array<f32, {n * COLS * LANES}>;
 @compute @workgroup_size({COLS}, {LANES})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{
@@ -264,7 +496,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let stop = min(start + {per}, {rows});
     {" ".join(f"var acc{t} = 0.0;" for t in range(n))}
     if (c < {cols}) {{
-        for (var r = start + i32(lid.y); r < stop; r += {LANES}) {{ let off = r * {cols} + c; {adds} }}
+        var r = start + i32(lid.y);
+        for (; r + {(UNROLL - 1) * LANES} < stop; r += {UNROLL * LANES}) {{
+            {batch}
+        }}
+        for (; r < stop; r += {LANES}) {{ {adds} }}
     }}
     {keep}
     workgroupBarrier();
@@ -278,21 +514,86 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }}
 """
     outs = ["out"] if n == 1 else [f"out{t}" for t in range(n)]
-    second = []
-    for t, name in enumerate(outs):
-        total = f"total{t}" if VTYPE[out_dtype] == "f32" else f"{VTYPE[out_dtype]}(total{t})"
-        second += [
-            f"var total{t} = 0.0;",
-            f"for (var k = 0; k < {chunks}; k++) {{ total{t} = total{t} + part[({t * chunks} + k) * {cols} + i]; }}",
-            store(name, out_dtype, "i", total),
+    return (first, _column_totals(cols, chunks, n, outs, out_dtype)), chunks
+
+
+TOTALS_WG = 256  # invocations of a workgroup of column_sum's second pass
+
+
+def _totals_layout(chunks: int) -> tuple[int, int]:
+    """(lanes, columns) of a workgroup of :func:`column_sum`'s second pass: ``lanes`` invocations
+    share a column's chunks (a power of two, about 4 chunks each, at most 64)."""
+    lanes = min(64, 1 << max(0, (-(-chunks // 4) - 1).bit_length()))
+    return lanes, TOTALS_WG // lanes
+
+
+def _column_totals(cols: int, chunks: int, n: int, outs: Sequence[str], out_dtype: str) -> str:
+    """Pass 2 of :func:`column_sum`: each column's ``chunks`` partial sums (per term) added up.
+
+    A workgroup of (columns x lanes) invocations (:func:`_totals_layout`); lane ``l`` of a column adds
+    chunks ``l, l + lanes, ...`` in that order, its loads issued in batches of :data:`BATCH` before
+    the adds, then the lanes' sums meet in a fixed tree in workgroup memory: the same order on every
+    run, so the same bits.
+    """
+    lanes, width = _totals_layout(chunks)
+    per = -(-chunks // lanes)
+    lines: list[str] = []
+    for start in range(0, per, BATCH):
+        loads, adds = [], []
+        for j in range(start, min(per, start + BATCH)):
+            loads.append(f"let k{j} = lane + {lanes * j};")
+            guard = f"if (k{j} < {chunks}) " if lanes * j + lanes > chunks else ""
+            for t in range(n):
+                loads.append(
+                    f"var p{t}_{j} = 0.0; {guard}{{ p{t}_{j} = part[({t * chunks} + k{j}) * {cols} + c]; }}"
+                )
+                adds.append(f"total{t} = total{t} + p{t}_{j};")
+        lines += loads + adds
+    elems = "\n        ".join(lines)
+    body = [
+        "let cl = i32(lid3.x);",
+        "let lane = i32(lid3.y);",
+        f"let c = i32(wid.x + wid.y * nwg.x) * {width} + cl;",
+        f"let live = c < {cols};",
+        *(f"var total{t} = 0.0;" for t in range(n)),
+        f"if (live) {{\n        {elems}\n    }}",
+    ]
+    results = [f"total{t}" for t in range(n)]
+    shared = ""
+    if lanes > 1:
+        shared = f"var<workgroup> sh: array<f32, {n * TOTALS_WG}>;"
+        adds = " ".join(
+            f"sh[{t * TOTALS_WG} + lid] = sh[{t * TOTALS_WG} + lid] + sh[{t * TOTALS_WG} + lid + s * {width}];"
+            for t in range(n)
+        )
+        body += [
+            f"let lid = lane * {width} + cl;",
+            *(f"sh[{t * TOTALS_WG} + lid] = total{t};" for t in range(n)),
+            "workgroupBarrier();",
+            f"for (var s = {lanes // 2}; s > 0; s = s >> 1u) {{",
+            f"    if (lane < s) {{ {adds} }}",
+            "    workgroupBarrier();",
+            "}",
         ]
-    bindings2 = [("part", "float32"), *((name, out_dtype) for name in outs)]
-    return (first, elementwise_kernel(bindings2, cols, second)), chunks
+        results = [f"sh[{t * TOTALS_WG} + cl]" for t in range(n)]
+    cast = (lambda v: v) if VTYPE[out_dtype] == "f32" else (lambda v: f"{VTYPE[out_dtype]}({v})")
+    stores = " ".join(store(name, out_dtype, "c", cast(v)) for name, v in zip(outs, results, strict=True))
+    body.append(f"if (lane == 0 && live) {{ {stores} }}")
+    inner = "\n    ".join(body)
+    bindings = [("part", "float32"), *((name, out_dtype) for name in outs)]
+    return f"""{declare(bindings)}
+{shared}
+@compute @workgroup_size({width}, {lanes})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {{
+    {inner}
+}}
+"""
 
 
 def column_sum_grids(cols: int, chunks: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """The grids of :func:`column_sum`'s two passes."""
-    return (-(-cols // COLS), chunks, 1), grid(cols)
+    return (-(-cols // COLS), chunks, 1), grid(cols, _totals_layout(chunks)[1])
 
 
 @gpu_lowering("sum_to", f16=True)
