@@ -357,7 +357,8 @@ def test_sibling_attention_nodes_run_as_one_dispatch(monkeypatch):
 def test_heads_of_a_fused_projection_are_read_in_place(hs):
     # GPT's split of one qkv projection into heads (chunk, reshape, transpose): the merged attention
     # kernels and the query gradient's matmul read q, k and v where the projection stored them, so
-    # the heads' copies are not run; loss and gradients equal numpy's. Heads of 6 (offsets and
+    # the heads' copies are not run, and store their gradients where the concatenation of the heads'
+    # gradients puts them, so that does not run either; loss and gradients equal numpy's. Heads of 6 (offsets and
     # strides not multiples of 4) keep their copies.
     b, t, h = 2, 40, 2
     c = h * hs
@@ -376,6 +377,8 @@ def test_heads_of_a_fused_projection_are_read_in_place(hs):
     labels = [ops for _, ops in plan.dispatch_labels()]
     copies = sum("slice_range" in ops and "transpose" in ops for ops in labels)
     assert copies == (0 if hs % 4 == 0 else 3)
+    # the gradients of q, k and v are stored into their places in the projection's gradient
+    assert sum("concat" in ops for ops in labels) == (0 if hs % 4 == 0 else 1)
     assert sum(all(f"attention_grad_{n}" in ops for n in "qkv") for ops in labels) == 2
     if hs % 4 == 0:  # the projection's output is bound by the forward kernel for q, k and v
         (qkv,) = [s.output for s in plan.schedule.steps if s.node.op == "matmul"][:1]

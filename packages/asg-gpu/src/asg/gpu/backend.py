@@ -905,12 +905,18 @@ class WgpuPlan:
         in_place = self._attention_inputs_in_place(
             [s for steps, _ in chosen for s in steps], fused_at, skipped
         )
+        placed, concats = self._attention_outputs_in_place(
+            [steps for steps, _ in chosen if len(steps) == 3], fused_at
+        )
         for steps, at in chosen:
-            layouts = {k: in_place[v][1] for k, v in enumerate(steps[0].inputs) if v in in_place}
+            layouts: dict[Any, Any] = {
+                k: in_place[v][1] for k, v in enumerate(steps[0].inputs) if v in in_place
+            }
+            layouts |= {("out", j): placed[s.output][1] for j, s in enumerate(steps) if s.output in placed}
             found = merged(steps, layouts)
             own = self.programs[at]
             refs = {("in", k): ("value", in_place.get(v, (v,))[0]) for k, v in enumerate(steps[0].inputs)}
-            refs |= {("out", j): ("value", s.output) for j, s in enumerate(steps)}
+            refs |= {("out", j): ("value", placed.get(s.output, (s.output,))[0]) for j, s in enumerate(steps)}
             refs |= {("tmp", t): ("tmp", len(own.temps) + t) for t in range(len(found.temps))}
             fused_at[at] = [
                 Dispatch(d.wgsl, d.grid, tuple(refs[r] for r in d.args)) for d in found.dispatches
@@ -923,7 +929,73 @@ class WgpuPlan:
         for v in in_place:  # the heads' copies nothing reads any more
             fused_at.pop(made_at[v].index, None)
             skipped.add(made_at[v].index)
-        return set(in_place)
+        for c in concats:  # the heads' gradients are in their places already
+            fused_at.pop(c, None)
+            skipped.add(c)
+        return set(in_place) | set(placed)
+
+    def _attention_outputs_in_place(
+        self, triples: list[list[Any]], fused_at: dict[int, Any]
+    ) -> tuple[dict[int, tuple[int, Any]], list[int]]:
+        """The gradients of q, k and v (merged, ``triples``) that a concatenation (``_fold_copies``'
+        transposes and reshapes into a concat) alone reads, all three: value -> (the concatenation,
+        the :class:`~asg.gpu.kernels.attention.Layout` of the gradient in it), and the steps of those
+        concatenations, so the attention step stores the gradients there (the qkv projection's
+        gradient, without the heads' transposes)."""
+        from .kernels.attention import Layout
+        from .kernels.shape import strided_view
+
+        schedule = self.schedule
+        shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
+        made_at = {s.output: s for s in schedule.steps}
+        readers, kept = self._reader_counts(), self._kept(self._root)
+        outputs = {s.output for steps in triples for s in steps}
+        placed: dict[int, tuple[int, Any]] = {}
+        concats = []
+        for step in schedule.steps:
+            if (
+                step.node.op != "concat"
+                or step.index not in fused_at
+                or self._nodes[step.output].dtype != "float32"
+            ):
+                continue
+            if self._size(step.output) > self.dev.max_binding or self._root(step.output) in kept:
+                continue
+            out = tuple(shapes[step.output])
+            axis = attrs[step.output]["axis"] % len(out)
+            found, start = {}, 0
+            for u in step.inputs:
+                chain, x = [], u  # from the concatenated value back to the gradient
+                while (
+                    x not in outputs
+                    and (s := made_at.get(x)) is not None
+                    and s.node.op in ("transpose", "reshape")
+                ):
+                    if readers.get(x) != 1 or self._root(x) in kept:
+                        break
+                    chain.append((s.node.op, tuple(shapes[s.inputs[0]]), tuple(shapes[x]), attrs[x]))
+                    x = s.inputs[0]
+                width = shapes[u][axis]
+                if x not in outputs or readers.get(x) != 1 or x in kept:
+                    break
+                # the gradient as a view of the concatenation: the chain undone, then the slice of u
+                inverse = [
+                    ("transpose", o, i, {"axes": tuple(int(a) for a in np.argsort(at["axes"]))})
+                    if op == "transpose"
+                    else ("reshape", o, i, {})
+                    for op, i, o, at in reversed(chain)
+                ]
+                inverse.append(("slice_range", out, tuple(shapes[u]), {"axis": axis, "start": start}))
+                start += width
+                view = strided_view(inverse)
+                if view is None or view[1][-1] != 1 or any(v % 4 for v in (view[0], *view[1][:-1])):
+                    break
+                found[x] = (step.output, Layout(view[0], tuple(view[1][:-2]), view[1][-2], math.prod(out)))
+            else:
+                if any(all(s.output in found for s in steps) for steps in triples):
+                    placed |= found
+                    concats.append(step.index)
+        return placed, concats
 
     def _attention_inputs_in_place(
         self, merged: list[Any], fused_at: dict[int, Any], skipped: set[int]

@@ -353,9 +353,12 @@ def attention_wgsl(
         terms = [f"((z / {bst[k]}) % {sh.batch[k]}) * {mst[k]}" for k in range(len(sh.batch)) if mst[k]]
         lines.append(f"let mask_base = {' + '.join(terms) or '0'};")
     out_width = 1 if role.x is None else d
-    lines.append(f"let out_base = z * {n_own * out_width};")
+    placed = dict(sh.layouts)  # outputs stored in place have layouts too
+    lines.append(f"let out_base = {sh.base('out') if 'out' in placed else f'z * {n_own * out_width}'};")
     if role.x2 or role.lse:
-        lines.append(f"let out2_base = z * {n_own * (d2 if role.x2 else 1)};")
+        lines.append(
+            f"let out2_base = {sh.base('out2') if 'out2' in placed else f'z * {n_own * (d2 if role.x2 else 1)}'};"
+        )
     if role.ds:
         lines.append(f"let out3_base = z * {sh.L * sh.S // 4} + i32(wid.x) * {BR // 4} + ty;")
 
@@ -507,7 +510,8 @@ def attention_wgsl(
                     for j in range(4):
                         c = f"4 * tx + {64 * h + j}"
                         guard = f"if ({c} < {width}) " if width % 64 else ""
-                        at = f"{dst}[{dst}_base + (own0 + {r}) * {width} + {c}]"
+                        pitch = placed[dst].pitch if dst in placed else width
+                        at = f"{dst}[{dst}_base + (own0 + {r}) * {pitch} + {c}]"
                         lines.append(f"    {guard}{{ {at} = {acc}_{i}_{h}[{j}] * {f}; }}")
             lines.append("}")
 
@@ -794,7 +798,8 @@ def merged_attention(
     value gradients compute the probabilities once; with the query gradient too, that kernel also
     stores ``scale dS`` (a scratch buffer of ``*batch, L, S``, at most ``max_binding`` bytes) and a
     batched matmul gives ``dS @ k``. ``layouts``: input index -> :class:`Layout` of inputs the
-    dispatches read where another value holds them (bound in their place). ``None`` for other
+    dispatches read where another value holds them (bound in their place), and ``("out", j)`` ->
+    the :class:`Layout` of ``ctxs[j]``'s output stored into another value. ``None`` for other
     nodes, float16 or empty outputs.
 
     >>> merged_attention([]) is None
@@ -814,7 +819,11 @@ def merged_attention(
     if any(dict(c.attrs) != dict(ctx.attrs) or c.in_types != ctx.in_types for c in ctxs):
         return None
     layouts = dict(layouts or {})
-    sh = replace(shapes_of(ctx), layouts=tuple((INPUTS[k], layouts[k]) for k in sorted(layouts)))
+    pair = [op for op in ops if op != "attention_grad_q"]
+    named = {"out": ops.index(min(pair)), "out2": ops.index(max(pair))}  # the kernel's outputs: ctxs
+    placed = [(INPUTS[k], layouts[k]) for k in sorted(k for k in layouts if isinstance(k, int))]
+    placed += [(name, layouts["out", j]) for name, j in named.items() if ("out", j) in layouts]
+    sh = replace(shapes_of(ctx), layouts=tuple(placed))
     count = math.prod(sh.batch)
     if count > 65535:
         return None
@@ -824,24 +833,25 @@ def merged_attention(
     scale = ctx.attrs.get("scale")
     scale = 1.0 / math.sqrt(sh.E) if scale is None else float(scale)
     causal = bool(ctx.attrs.get("causal"))
-    pair = [op for op in ops if op != "attention_grad_q"]
     wgsl, names, grid = attention_wgsl(fused, sh, causal, scale)
     index = {n: ("in", k) for k, n in enumerate(INPUTS)} | {
         "mask": ("in", 3 if fused == "attention+lse" else 6)
     }
-    index |= {"out": ("out", ops.index(min(pair))), "out2": ("out", ops.index(max(pair))), "out3": ("tmp", 0)}
+    index |= {name: ("out", j) for name, j in named.items()} | {"out3": ("tmp", 0)}
     dispatches = [Dispatch(wgsl, grid, tuple(index[n] for n in names))]
     if fused != "attention_grad_kv+ds":
         return Program(dispatches, name=ctx.name)
     dq = ops.index("attention_grad_q")
-    k_rows = layouts.get(1)
+    k_rows, dq_rows = layouts.get(1), layouts.get(("out", dq))
     k_layout = None if k_rows is None else (k_rows.offset, k_rows.strides, k_rows.pitch, k_rows.size)
+    dq_layout = None if dq_rows is None else (dq_rows.offset, dq_rows.strides, dq_rows.pitch)
     mm = matmul_program(
         (*sh.batch, sh.L, sh.S),
         (*sh.batch, sh.S, sh.E),
         (*sh.batch, sh.L, sh.E),
         b_layout=k_layout,
         a_causal=sh.S - sh.L if causal else None,  # dS is zero past each query's last key
+        c_layout=dq_layout,
     )
     roles = {("in", 0): ("tmp", 0), ("in", 1): ("in", 1), ("out", 0): ("out", dq)}
     dispatches += [Dispatch(d.wgsl, d.grid, tuple(roles[a] for a in d.args)) for d in mm.dispatches]

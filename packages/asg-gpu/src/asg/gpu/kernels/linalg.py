@@ -240,6 +240,17 @@ def _store(idx: str, acc: str, epilogue: Epilogue | None) -> str:
     return (f"C[{idx}] = {acc}; " if epilogue.store_c else "") + f"epilogue({idx}, {acc});"
 
 
+def _c_base(batch: Sequence[int], size4: int, c_rows: tuple[int, tuple[int, ...], int] | None) -> str:
+    """The vec4 offset of product ``z``'s C: ``z * size4``, or from ``c_rows``' offset and strides."""
+    if c_rows is None:
+        return f"z * {size4}"
+    bst = strides(batch)
+    terms = [
+        f"((z / {bst[d]}) % {batch[d]}) * {c_rows[1][d] // 4}" for d in range(len(batch)) if c_rows[1][d]
+    ]
+    return " + ".join([str(c_rows[0] // 4), *terms])
+
+
 def matmul_vec4_wgsl(
     m: int,
     n: int,
@@ -256,6 +267,7 @@ def matmul_vec4_wgsl(
     b_t: bool = False,
     b_rows: tuple[int, int, int] | None = None,
     a_causal: int | None = None,
+    c_rows: tuple[int, tuple[int, ...], int] | None = None,
 ) -> str:
     """The vec4 kernel (``k % 4 == 0`` and ``n % 4 == 0``): A, B and C read and written as ``vec4<f32>``.
 
@@ -276,6 +288,8 @@ def matmul_vec4_wgsl(
     elements) of B's rows in the buffer bound (``b_st`` its batch strides; all multiples of 4): the
     heads' keys read where a fused qkv projection stored them. ``a_causal``: A is zero past column
     ``r + a_causal`` of each row ``r`` (a causal attention's dS), so a tile's K loop stops there.
+    ``c_rows``: (offset, batch strides, row pitch) where C's rows go in the buffer bound (multiples
+    of 4; no split-K): the heads' query gradient stored into its place in the qkv gradient.
     """
     bm, bn, bk = config[:3]
     stages = config[3] if len(config) > 3 else 1
@@ -293,7 +307,7 @@ def matmul_vec4_wgsl(
     lines = [
         f"let a_base = {' + '.join(a_terms) or '0'};",
         f"let b_base = {' + '.join(b_terms) or '0'};",
-        f"let o_base = {'i32(wid.z)' if split[0] > 1 else 'z'} * {m * n4};",
+        f"let o_base = {_c_base(batch, m * n4, c_rows) if split[0] == 1 else f'i32(wid.z) * {m * n4}'};",
         f"let row0 = i32(wid.y) * {bm};",
         f"let col0 = i32(wid.x) * {bn};",
         f"let tx = lid % {THREADS};",
@@ -451,7 +465,7 @@ def matmul_vec4_wgsl(
             lines.append(f"{{ let r = row0 + {64 * g} + ty * 4 + {i};")
             lines.append(f"  if (r < {m}) {{")
             for h in range(gn):
-                at, acc = f"o_base + r * {n4} + c / 4", f"acc_{g}_{h}_{i}"
+                at, acc = f"o_base + r * {c_rows[2] // 4 if c_rows else n4} + c / 4", f"acc_{g}_{h}_{i}"
                 if epilogue is None:
                     st = f"C[{at}] = {acc};"
                 else:
@@ -548,6 +562,7 @@ def matmul_program(
     b_layout: tuple[int, tuple[int, ...], int, int] | None = None,
     a_causal: int | None = None,
     transposed_out: bool = False,
+    c_layout: tuple[int, tuple[int, ...], int] | None = None,
 ) -> Program:
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
 
@@ -566,7 +581,9 @@ def matmul_program(
     contiguously (batched vec4 kernel, all multiples of 4). ``a_causal``: A is zero past column
     ``r + a_causal`` of row ``r``; the vec4 kernel without split-K skips those K steps.
     ``transposed_out``: a split-K product of 2-D operands stores its sum transposed, (n, m) (a
-    weight gradient ``(X^T dY)^T`` without a transpose of its own). The kernel's first line names its tile
+    weight gradient ``(X^T dY)^T`` without a transpose of its own). ``c_layout``: (offset, batch
+    strides, row pitch) of C's rows in the buffer bound, for a batched vec4 product without split-K
+    (all multiples of 4). The kernel's first line names its tile
     (``// matmul 64x128x32 vec4``).
     """
     a_shape, b_shape, out_shape = tuple(a_shape), tuple(b_shape), tuple(out_shape)
@@ -602,6 +619,12 @@ def matmul_program(
                 f"matmul: B read in place needs a batched vec4 product and multiples of 4, got {b_layout}"
             )
         b_st = tuple(b_layout[1])
+    if c_layout is not None and not (
+        vec and batch and all(x % 4 == 0 for x in (c_layout[0], *c_layout[1], c_layout[2]))
+    ):
+        raise ValueError(
+            f"matmul: C stored in place needs a batched vec4 product and multiples of 4, got {c_layout}"
+        )
     if a_load and not (vec and (len(b_shape) == 2 or len(a_shape) == 2)):
         raise ValueError(
             f"matmul: recomputing A as it loads needs k and n multiples of 4 and one A, got {a_shape} @ {b_shape}"
@@ -639,11 +662,14 @@ def matmul_program(
             b_transposed,
             None if b_layout is None else (b_layout[0], b_layout[2], b_layout[3]),
             a_causal if splits == 1 else None,
+            c_layout,
         )
     else:
         kc = -(-k // (splits * bk)) * bk
         wgsl = matmul_wgsl(m, n, k, batch, a_st, b_st, (bm, bn, bk), epilogue, (splits, kc))
         wgsl = wgsl.replace("NB_A", str(max(nb_a, 1))).replace("NB_B", str(max(nb_b, 1)))
+    if c_layout is not None and splits > 1:
+        raise ValueError("matmul: C stored in place has no split-K")
     if transposed_out and (splits == 1 or batch):
         raise ValueError(
             f"matmul: a transposed result needs a split-K product of 2-D operands, got {a_shape} @ {b_shape}"
