@@ -242,3 +242,53 @@ def test_a_second_output_that_is_a_graph_output_is_never_reused() -> None:
     f(b)
     for held, copy in zip(first, kept, strict=True):
         np.testing.assert_array_equal(held, copy)
+
+
+# ----------------------------------------------------------------------------- layer_norm backward + add
+def _pre_norm_blocks(dtype: str, weight: bool, seed: int = 12):
+    """Two pre-norm residual blocks x + f(layer_norm(x)): the residual stream's gradient is
+    ``dy + layer_norm_backward(...)`` at each norm."""
+    rng = np.random.default_rng(seed)
+    x = ag.input("x", (4, 16, 32), dtype)
+    params = []
+    h = x
+    for i in range(2):
+        w = ag.parameter(rng.uniform(0.5, 1.5, 32).astype(dtype), name=f"w{i}") if weight else None
+        m = ag.parameter(rng.standard_normal((32, 32)).astype(dtype) * 0.2, name=f"m{i}")
+        params += [p for p in (w, m) if p is not None]
+        h = h + ag.tanh(ag.layer_norm(h, (32,), w) @ m)
+    loss = (h * h).sum()
+    return loss, x, params
+
+
+@needs_numba
+@pytest.mark.parametrize(("dtype", "weight"), [("float32", True), ("float64", True), ("float32", False)])
+def test_layer_norm_backward_and_residual_add_are_one_kernel(dtype: str, weight: bool) -> None:
+    loss, x, params = _pre_norm_blocks(dtype, weight)
+    grads = ag.grad(loss, [x, *params])
+    f = ag.compile([loss, *grads], backend="numpy-jit")
+    ref = ag.compile([loss, *grads])
+    rng = np.random.default_rng(13)
+    xs = [rng.standard_normal((4, 16, 32)).astype(dtype) for _ in range(2)]
+    labels = _labels(f, xs[0])
+    assert sum(label.startswith("norm_backward_add kernel") for label in labels) >= 2, labels
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for a in xs + xs:
+        for got, want in zip(f(a), ref(a), strict=True):
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+@needs_numba
+def test_layer_norm_backward_and_residual_add_match_finite_differences() -> None:
+    loss, x, _ = _pre_norm_blocks("float64", True, seed=14)
+    f = ag.compile([loss, ag.grad(loss, [x])[0]], backend="numpy-jit")
+    a = np.random.default_rng(15).standard_normal((4, 16, 32))
+    assert any(label.startswith("norm_backward_add") for label in _labels(f, a))
+    _, gx = f(a)
+    eps = 1e-6
+    for idx in [(0, 0, 0), (3, 15, 31), (2, 7, 11)]:
+        up, down = a.copy(), a.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        numeric = (float(f(up)[0]) - float(f(down)[0])) / (2 * eps)
+        assert abs(gx[idx] - numeric) <= 1e-6 * max(1.0, abs(numeric))

@@ -452,6 +452,7 @@ def _find_units(schedule: Schedule, options: Mapping[str, Any]) -> list[_Unit]:
             *_slice_sums(schedule, users, graph_outputs),
             *_concats(schedule, users, graph_outputs),
             *_softmax_units(schedule, users, graph_outputs),
+            *_norm_backward_adds(schedule, users, graph_outputs),
         ]
         for unit in found:
             if any(n.id in taken for n in unit.nodes):
@@ -589,6 +590,58 @@ def _softmax_units(
                 found.append(_unit([prod, total, d, n], users, graph_outputs, "softmax_backward"))
                 break
     return found
+
+
+def _norm_backward_adds(
+    schedule: Schedule, users: Mapping[int, list[Node]], graph_outputs: set[int]
+) -> list[_Unit]:
+    """``r + layer_norm_backward(g, x[, w])`` with the backward read only there (the residual stream's
+    gradient of pre-norm blocks): one row kernel adding ``r`` as it stores dx (``norm_backward_add``)."""
+    shapes = schedule.spec.shapes
+    found = []
+    for n in schedule.graph.nodes:
+        if n.op != "add" or n.dtype not in ("float32", "float64"):
+            continue
+        shape = tuple(shapes[n.id])
+        for lnb, res in (n.inputs, n.inputs[::-1]):
+            if (
+                lnb.op == "layer_norm_backward"
+                and lnb is not res
+                and users[lnb.id] == [n]
+                and lnb.id not in graph_outputs
+                and lnb.dtype == n.dtype == res.dtype
+                and tuple(shapes[lnb.id]) == tuple(shapes[res.id]) == shape
+                and all(i.dtype == n.dtype for i in lnb.inputs)
+            ):
+                found.append(_unit([lnb, n], users, graph_outputs, "norm_backward_add"))
+                break
+    return found
+
+
+def _norm_backward_add_kernel(unit: _Unit, schedule: Schedule) -> Any:
+    """A :func:`_norm_backward_adds` unit: layer_norm's input gradient plus the residual, rows in parallel."""
+    from . import kernels
+
+    lnb, add = unit.nodes
+    shapes, attrs = schedule.spec.shapes, schedule.spec.attrs[lnb.id]
+    shape, dtype = tuple(shapes[add.id]), np.dtype(add.dtype)
+    rows = _rows_of(shape, len(attrs["normalized_shape"]))
+    eps, has_w = float(attrs["eps"]), bool(attrs["has_weight"])
+    position = {n.id: k for k, n in enumerate(unit.inputs)}
+    res = add.inputs[1] if add.inputs[0] is lnb else add.inputs[0]
+    g_at, x_at, res_at = position[lnb.inputs[0].id], position[lnb.inputs[1].id], position[res.id]
+    w_at = position[lnb.inputs[2].id] if has_w else None
+    first_out: list[np.ndarray | None] = [None]
+
+    def run(*arrays: np.ndarray) -> list[np.ndarray]:
+        out = first_out[0] if first_out[0] is not None else np.empty(shape, dtype)
+        w = arrays[w_at].reshape(-1) if w_at is not None else np.empty(0, dtype)
+        g, x, r = (np.ascontiguousarray(arrays[k]).reshape(rows) for k in (g_at, x_at, res_at))
+        kernels.layer_norm_backward_add_rows(g, x, w, has_w, eps, r, out.reshape(rows))
+        return [out]
+
+    run.first_out = first_out  # type: ignore[attr-defined]
+    return run
 
 
 def _cover(shape: tuple[int, ...], leaves: Sequence[Node], attrs: Mapping[int, Any]) -> np.ndarray:
@@ -834,6 +887,8 @@ def _unit_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, Any]) ->
         return _concat_kernel(unit, schedule)
     if unit.kind in ("softmax_bias", "softmax_backward"):
         return _softmax_kernel(unit, schedule)
+    if unit.kind == "norm_backward_add":
+        return _norm_backward_add_kernel(unit, schedule)
     return _optimizer_kernel(unit, schedule)
 
 

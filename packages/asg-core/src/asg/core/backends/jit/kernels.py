@@ -221,6 +221,24 @@ def layer_norm_backward_rows(g, x, w, has_w, eps, out):  # pragma: no cover - co
     return out
 
 
+@njit(**_JIT)
+def layer_norm_backward_add_rows(g, x, w, has_w, eps, res, out):  # pragma: no cover - compiled
+    # res + layer_norm_backward (the residual stream's gradient of a pre-norm block): dx rounded to
+    # the dtype first, then added in the dtype, as the unfused add does
+    rows, cols = x.shape
+    for r in prange(rows):
+        mean, rstd = _row_moments(x, r, cols, eps)
+        sum_g, sum_gx = _row_grad_sums(g, x, w, has_w, r, cols, mean, rstd)
+        mean_g = sum_g / cols
+        mean_gx = sum_gx / cols
+        for c in range(cols):
+            gh = g[r, c] * w[c] if has_w else g[r, c]
+            xh = (x[r, c] - mean) * rstd
+            out[r, c] = rstd * (gh - mean_g - xh * mean_gx)
+            out[r, c] = out[r, c] + res[r, c]
+    return out
+
+
 _BLOCKS = 8  # row blocks of the column sums: parallel tasks, each summing its rows into its own row
 
 
