@@ -292,3 +292,74 @@ def test_layer_norm_backward_and_residual_add_match_finite_differences() -> None
         down[idx] -= eps
         numeric = (float(f(up)[0]) - float(f(down)[0])) / (2 * eps)
         assert abs(gx[idx] - numeric) <= 1e-6 * max(1.0, abs(numeric))
+
+
+# ----------------------------------------------------------------------------- GEMM alpha
+def _mkl_available() -> bool:
+    from asg.core import blas
+
+    return blas._find_mkl_rt() is not None
+
+
+@pytest.mark.parametrize("path", ["2d", "batched", "folded", "grouped", "out", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_matmul_alpha_matches_float64(path: str, dtype, monkeypatch) -> None:
+    from asg.core import blas
+
+    if path != "numpy":
+        if not _mkl_available():
+            pytest.skip("the mkl package is not installed")
+        monkeypatch.setattr(blas, "_MIN_WORK", 1)
+    before = blas.use("mkl" if path != "numpy" else "numpy")
+    try:
+        rng = np.random.default_rng(16)
+        if path == "2d":
+            a, b = rng.standard_normal((33, 17)), rng.standard_normal((19, 17)).T  # b a transposed view
+        elif path == "folded":
+            a, b = rng.standard_normal((3, 11, 17)), rng.standard_normal((17, 9))
+        elif path == "grouped":  # heads of one (B, T, 3d) tensor, no single batch stride
+            monkeypatch.setattr(blas, "_COPY_STRIDED", False)
+            qkv = rng.standard_normal((4, 12, 3 * 16))
+            a = qkv[:, :, :16].reshape(4, 12, 2, 8).transpose(0, 2, 1, 3)
+            b = np.swapaxes(qkv[:, :, 16:32].reshape(4, 12, 2, 8).transpose(0, 2, 1, 3), -1, -2)
+        else:
+            a, b = rng.standard_normal((2, 3, 10, 7)), rng.standard_normal((2, 3, 7, 5))
+        a, b = a.astype(dtype), b.astype(dtype)
+        out = np.empty((*a.shape[:-1], b.shape[-1]), dtype)
+        out = out if path == "out" else None
+        got = blas.matmul(a, b, out, alpha=0.3)
+        if out is not None:
+            assert got is out
+        want = 0.3 * np.matmul(a.astype(np.float64), b.astype(np.float64))
+        tol = 3e-6 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * 10)
+        np.testing.assert_allclose(blas.matmul(a, b), want / 0.3, rtol=tol, atol=tol * 10)  # alpha 1
+    finally:
+        blas.use(before)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("left", [False, True])
+def test_a_scaled_product_is_one_gemm_and_matches(dtype: str, left: bool) -> None:
+    """``(a @ b) * c`` (attention's query gradient times the scale) is one GEMM with alpha c."""
+    rng = np.random.default_rng(17)
+    a, b = ag.input("a", (8, 4, 64, 64), dtype), ag.input("b", (8, 4, 64, 32), dtype)
+    prod = a @ b
+    y = 0.125 * prod if left else prod * 0.125
+    z = ag.tanh(y)
+    f = ag.compile(z, backend="numpy-jit")
+    feeds = [
+        rng.standard_normal((8, 4, 64, 64)).astype(dtype),
+        rng.standard_normal((8, 4, 64, 32)).astype(dtype),
+    ]
+    labels = _labels(f, *feeds)
+    assert any(label.startswith("scaled_matmul kernel over 2 nodes: matmul, mul") for label in labels), labels
+    want = np.tanh(0.125 * np.matmul(*(x.astype(np.float64) for x in feeds)))
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for _ in range(2):
+        np.testing.assert_allclose(f(*feeds), want, rtol=tol, atol=tol)
+    # the product read elsewhere too: left as a GEMM and a multiply, still right
+    g = ag.compile([z, prod.sum()], backend="numpy-jit")
+    assert not any(label.startswith("scaled_matmul") for label in _labels(g, *feeds))
+    np.testing.assert_allclose(g(*feeds)[0], want, rtol=tol, atol=tol)

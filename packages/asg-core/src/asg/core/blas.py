@@ -374,13 +374,15 @@ def _result(out: np.ndarray, shape: tuple[int, int, int], *operands: np.ndarray)
     return c3 if apart else None
 
 
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, alpha: float = 1.0) -> np.ndarray:
     """``np.matmul(a, b, out=out)`` for arrays of 2 or more dims, on MKL where that applies.
 
     Args:
         a: ``(..., m, k)``.
         b: ``(..., k, n)``; the batch dims broadcast as in numpy.
         out: optional ``(..., m, n)`` array of the result dtype to write into; may overlap ``a`` or ``b``.
+        alpha: the product scaled by ``alpha`` (GEMM's alpha on MKL: no pass of its own; on numpy, the
+            product multiplied in place afterwards, as ``np.matmul(a, b) * alpha`` rounds).
 
     >>> import numpy as np
     >>> from asg.core import blas
@@ -391,9 +393,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     """
     lib = _active()
     if lib is None or a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.dtype.char not in "fd":
-        return _numpy_matmul(a, b, out)
+        return _scaled(_numpy_matmul(a, b, out), alpha)
     if a.ndim == 2 and b.ndim == 2:
-        return _matmul_2d(lib, a, b, out)
+        return _matmul_2d(lib, a, b, out, alpha)
     m, k = a.shape[-2:]
     n = b.shape[-1]
     batch = a.shape[:-2]
@@ -412,7 +414,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         or max(m, n, k, count) > _INT_MAX
         or (out is not None and (out.shape != shape or out.dtype != a.dtype))
     ):
-        return _numpy_matmul(a, b, out)
+        return _scaled(_numpy_matmul(a, b, out), alpha)
     rows = _fold(a, (1, count * m, k)) if b.ndim == 2 and count > 1 else None
     if rows is not None:
         # (..., m, k) @ (k, n) with a's rows one stride apart: one GEMM over all count*m rows
@@ -427,7 +429,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
                 b3 = _batch_copy(b, (count, k, n))
         if a3 is None or b3 is None:
             # no single batch stride (attention's heads of a (B, T, 3, H, hs) tensor): one grouped call
-            return _matmul_pointers(lib, a, b, out, batch, m, n, k)
+            return _matmul_pointers(lib, a, b, out, batch, m, n, k, alpha)
     c3 = None if out is None else _result(out, (count, m, n), a, b)
     direct = c3 is not None
     if c3 is None:
@@ -442,9 +444,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     else:
         gemm, gemm_batch = lib.dgemm, lib.dgemm_batch
     if count == 1:
-        gemm(_ROW_MAJOR, ta, tb, m, n, k, 1.0, pa, lda, pb, ldb, 0.0, pc, ldc)
+        gemm(_ROW_MAJOR, ta, tb, m, n, k, alpha, pa, lda, pb, ldb, 0.0, pc, ldc)
     else:
-        gemm_batch(_ROW_MAJOR, ta, tb, m, n, k, 1.0, pa, lda, sa, pb, ldb, sb, 0.0, pc, ldc, sc, count)
+        gemm_batch(_ROW_MAJOR, ta, tb, m, n, k, alpha, pa, lda, sa, pb, ldb, sb, 0.0, pc, ldc, sc, count)
     if direct:
         return out
     if out is None:
@@ -453,14 +455,16 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     return out
 
 
-def _matmul_2d(lib: _MKL, a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+def _matmul_2d(
+    lib: _MKL, a: np.ndarray, b: np.ndarray, out: np.ndarray | None, alpha: float = 1.0
+) -> np.ndarray:
     """:func:`matmul` of two matrices: the same rules, fewer Python steps (the common case)."""
     (m, k), (k2, n) = a.shape, b.shape
     item = a.itemsize
     if k2 != k or m * n * k < _MIN_WORK or max(m, n, k) > _INT_MAX:
-        return np.matmul(a, b, out=out)
+        return _scaled(np.matmul(a, b, out=out), alpha)
     if out is not None and (out.shape != (m, n) or out.dtype != a.dtype):
-        return np.matmul(a, b, out=out)  # numpy's error, or its casting
+        return _scaled(np.matmul(a, b, out=out), alpha)  # numpy's error, or its casting
     fa = _layout(m, k, *a.strides, item) if a.flags.aligned else None
     if fa is None:
         a = np.ascontiguousarray(a)
@@ -478,7 +482,7 @@ def _matmul_2d(lib: _MKL, a: np.ndarray, b: np.ndarray, out: np.ndarray | None) 
         m,
         n,
         k,
-        1.0,
+        alpha,
         a.ctypes.data,
         fa[1],
         b.ctypes.data,
@@ -511,6 +515,7 @@ def _matmul_pointers(
     m: int,
     n: int,
     k: int,
+    alpha: float = 1.0,
 ) -> np.ndarray:
     """A batch whose matrices no single stride reaches: one ``cblas_?gemm_batch`` over their addresses."""
     item = a.itemsize
@@ -526,7 +531,7 @@ def _matmul_pointers(
     c, ldc = _result_buffer(out, a, b, shape, item)
     pa, pb, pc = _pointers(a, batch), _pointers(b, batch), _pointers(c, batch)
     ints = np.array([fa[0], fb[0], m, n, k, fa[1], fb[1], ldc, len(pc)], np.int32)
-    ones = np.array([1.0, 0.0], a.dtype)  # alpha, beta
+    ones = np.array([alpha, 0.0], a.dtype)  # alpha, beta
     at = ints.ctypes.data
     grouped = lib.sgemm_grouped if a.dtype.char == "f" else lib.dgemm_grouped
     i4, f = 4, ones.ctypes.data
@@ -538,6 +543,13 @@ def _matmul_pointers(
         return c
     np.copyto(out, c)
     return out
+
+
+def _scaled(product: np.ndarray, alpha: float) -> np.ndarray:
+    """``product * alpha`` in place (the numpy paths of :func:`matmul`); ``product`` itself for 1."""
+    if alpha != 1.0:
+        np.multiply(product, product.dtype.type(alpha), out=product)
+    return product
 
 
 def _result_buffer(

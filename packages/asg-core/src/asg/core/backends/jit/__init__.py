@@ -453,6 +453,7 @@ def _find_units(schedule: Schedule, options: Mapping[str, Any]) -> list[_Unit]:
             *_concats(schedule, users, graph_outputs),
             *_softmax_units(schedule, users, graph_outputs),
             *_norm_backward_adds(schedule, users, graph_outputs),
+            *_scaled_matmuls(schedule, users, graph_outputs),
         ]
         for unit in found:
             if any(n.id in taken for n in unit.nodes):
@@ -639,6 +640,47 @@ def _norm_backward_add_kernel(unit: _Unit, schedule: Schedule) -> Any:
         g, x, r = (np.ascontiguousarray(arrays[k]).reshape(rows) for k in (g_at, x_at, res_at))
         kernels.layer_norm_backward_add_rows(g, x, w, has_w, eps, r, out.reshape(rows))
         return [out]
+
+    run.first_out = first_out  # type: ignore[attr-defined]
+    return run
+
+
+def _scaled_matmuls(
+    schedule: Schedule, users: Mapping[int, list[Node]], graph_outputs: set[int]
+) -> list[_Unit]:
+    """``matmul(a, b) * c`` with ``c`` a one-element float constant and the product read only there
+    (attention's query gradient times 1/sqrt(head_size)): one GEMM with alpha ``c`` (``scaled_matmul``)."""
+    found = []
+    for n in schedule.graph.nodes:
+        if n.op != "mul" or n.dtype not in ("float32", "float64"):
+            continue
+        for mm, c in (n.inputs, n.inputs[::-1]):
+            if (
+                mm.op == "matmul"
+                and _scalar_constant(c) is not None
+                and c.dtype == n.dtype == mm.dtype
+                and users[mm.id] == [n]
+                and mm.id not in graph_outputs
+                and tuple(schedule.spec.shapes[mm.id]) == tuple(schedule.spec.shapes[n.id])
+            ):
+                found.append(_unit([mm, n], users, graph_outputs, "scaled_matmul"))
+                break
+    return found
+
+
+def _scaled_matmul_kernel(unit: _Unit, schedule: Schedule) -> Any:
+    """A :func:`_scaled_matmuls` unit: :func:`asg.core.blas.matmul` with ``alpha``."""
+    from ... import blas
+
+    mm, mul = unit.nodes
+    c = next(i for i in mul.inputs if i is not mm)
+    alpha = _scalar_constant(c)
+    position = {n.id: k for k, n in enumerate(unit.inputs)}
+    a_at, b_at = position[mm.inputs[0].id], position[mm.inputs[1].id]
+    first_out: list[np.ndarray | None] = [None]
+
+    def run(*arrays: np.ndarray) -> list[np.ndarray]:
+        return [blas.matmul(arrays[a_at], arrays[b_at], first_out[0], alpha=alpha)]
 
     run.first_out = first_out  # type: ignore[attr-defined]
     return run
@@ -889,6 +931,8 @@ def _unit_kernel(unit: _Unit, schedule: Schedule, options: Mapping[str, Any]) ->
         return _softmax_kernel(unit, schedule)
     if unit.kind == "norm_backward_add":
         return _norm_backward_add_kernel(unit, schedule)
+    if unit.kind == "scaled_matmul":
+        return _scaled_matmul_kernel(unit, schedule)
     return _optimizer_kernel(unit, schedule)
 
 
