@@ -70,16 +70,22 @@ def _row_max_impl(x, r, cols):  # pragma: no cover - compiled
     return scan
 
 
+@njit(inline="always")
+def _exp_normalize(src, out, r, cols):  # pragma: no cover - compiled
+    # row r of out = softmax of row r of src (src may be out): shift by the max, exp, divide by the sum
+    m = _row_max(src, r, cols)
+    for c in range(cols):
+        out[r, c] = fexp(src[r, c] - m)
+    total = _row_sum(out, r, cols)
+    for c in range(cols):
+        out[r, c] = out[r, c] / total
+
+
 @njit(**_JIT)
 def softmax_rows(x, out):  # pragma: no cover - compiled
     rows, cols = x.shape
     for r in prange(rows):
-        m = _row_max(x, r, cols)
-        for c in range(cols):
-            out[r, c] = fexp(x[r, c] - m)
-        total = _row_sum(out, r, cols)
-        for c in range(cols):
-            out[r, c] = out[r, c] / total
+        _exp_normalize(x, out, r, cols)
     return out
 
 
@@ -93,12 +99,7 @@ def softmax_bias_rows(x, bias, out):  # pragma: no cover - compiled
         br = r % brows
         for c in range(cols):
             out[r, c] = x[r, c] + bias[br, c]
-        m = _row_max(out, r, cols)
-        for c in range(cols):
-            out[r, c] = fexp(out[r, c] - m)
-        total = _row_sum(out, r, cols)
-        for c in range(cols):
-            out[r, c] = out[r, c] / total
+        _exp_normalize(out, out, r, cols)
     return out
 
 
