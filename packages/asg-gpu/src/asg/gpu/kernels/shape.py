@@ -212,9 +212,11 @@ def strided_view(chain: Sequence[Move]) -> tuple[int, tuple[int, ...]] | None:
     ``source[offset + sum(i_d * strides_d)]``, or ``None`` where a reshape of a strided value has no
     such form. ``chain`` runs from the value back to the source, as for :func:`source_offset`.
 
-    >>> q = [("transpose", (2, 6, 4, 8), (2, 4, 6, 8), {"axes": (0, 2, 1, 3)}),
-    ...      ("reshape", (2, 6, 32), (2, 6, 4, 8), {}),
-    ...      ("slice_range", (2, 6, 96), (2, 6, 32), {"axis": 2, "start": 32, "stop": 64})]
+    >>> q = [
+    ...     ("transpose", (2, 6, 4, 8), (2, 4, 6, 8), {"axes": (0, 2, 1, 3)}),
+    ...     ("reshape", (2, 6, 32), (2, 6, 4, 8), {}),
+    ...     ("slice_range", (2, 6, 96), (2, 6, 32), {"axis": 2, "start": 32, "stop": 64}),
+    ... ]
     >>> strided_view(q)  # the second third of a fused qkv, split into 4 heads of 8
     (32, (576, 8, 96, 1))
     """
