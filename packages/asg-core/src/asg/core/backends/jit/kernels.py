@@ -207,8 +207,9 @@ def _row_grad_sums(g, x, w, has_w, r, cols, mean, rstd):  # pragma: no cover - c
 
 
 @njit(**_JIT)
-def layer_norm_backward_rows(g, x, w, has_w, eps, out):  # pragma: no cover - compiled
-    # dx = rstd * (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat)), g_hat = g * w
+def _layer_norm_backward(g, x, w, has_w, eps, res, has_res, out):  # pragma: no cover - compiled
+    # dx = rstd * (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat)), g_hat = g * w; with has_res,
+    # res + dx (dx rounded to the dtype first, then added in the dtype, as the unfused add does)
     rows, cols = x.shape
     for r in prange(rows):
         mean, rstd = _row_moments(x, r, cols, eps)
@@ -219,25 +220,19 @@ def layer_norm_backward_rows(g, x, w, has_w, eps, out):  # pragma: no cover - co
             gh = g[r, c] * w[c] if has_w else g[r, c]
             xh = (x[r, c] - mean) * rstd
             out[r, c] = rstd * (gh - mean_g - xh * mean_gx)
+            if has_res:
+                out[r, c] = out[r, c] + res[r, c]
     return out
 
 
-@njit(**_JIT)
-def layer_norm_backward_add_rows(g, x, w, has_w, eps, res, out):  # pragma: no cover - compiled
-    # res + layer_norm_backward (the residual stream's gradient of a pre-norm block): dx rounded to
-    # the dtype first, then added in the dtype, as the unfused add does
-    rows, cols = x.shape
-    for r in prange(rows):
-        mean, rstd = _row_moments(x, r, cols, eps)
-        sum_g, sum_gx = _row_grad_sums(g, x, w, has_w, r, cols, mean, rstd)
-        mean_g = sum_g / cols
-        mean_gx = sum_gx / cols
-        for c in range(cols):
-            gh = g[r, c] * w[c] if has_w else g[r, c]
-            xh = (x[r, c] - mean) * rstd
-            out[r, c] = rstd * (gh - mean_g - xh * mean_gx)
-            out[r, c] = out[r, c] + res[r, c]
-    return out
+def layer_norm_backward_rows(g, x, w, has_w, eps, out):
+    """layer_norm's input gradient, row by row, into ``out``."""
+    return _layer_norm_backward(g, x, w, has_w, eps, out, False, out)
+
+
+def layer_norm_backward_add_rows(g, x, w, has_w, eps, res, out):
+    """``res`` + layer_norm's input gradient (the residual stream's gradient of a pre-norm block)."""
+    return _layer_norm_backward(g, x, w, has_w, eps, res, True, out)
 
 
 _BLOCKS = 8  # row blocks of the column sums: parallel tasks, each summing its rows into its own row
