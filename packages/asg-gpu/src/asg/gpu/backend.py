@@ -400,7 +400,7 @@ class WgpuPlan:
 
         recomputed = recomputed or {}
         schedule = self.schedule
-        shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
+        shapes = schedule.spec.shapes
         readers, kept = self._reader_counts(), self._kept()
         made_at = {step.output: step for step in schedule.steps}
         read_by: dict[int, list[Any]] = {}
@@ -415,9 +415,10 @@ class WgpuPlan:
             t = found[0] if ok else None
             if t is None or t.node.op != "transpose" or len(shapes[value]) != 2:
                 return None
-            if tuple(attrs[t.output].get("axes", ())) != (1, 0) or self.programs[t.index].view:
+            if tuple(schedule.spec.attrs[t.output].get("axes", ())) != (1, 0):
                 return None
-            return t if t.index not in fused_at and t.index not in skipped else None
+            free = not self.programs[t.index].view and t.index not in fused_at and t.index not in skipped
+            return t if free else None
 
         folded: set[int] = set()
         for step in schedule.steps:
@@ -434,10 +435,7 @@ class WgpuPlan:
             a_shape, b_shape = tuple(shapes[a.id]), tuple(shapes[b.id])
             if (
                 t_step is None
-                or a.op != "transpose"
-                or tuple(attrs[a.id].get("axes", ())) != (1, 0)
-                or readers.get(a.id) != 1
-                or a.id in kept
+                or not self._sole_transpose(a, readers, kept)
                 or not transposed_operand_ok(a_shape, b_shape)
             ):
                 continue
@@ -462,6 +460,11 @@ class WgpuPlan:
             folded |= self._fold_b_transposes(fused_at, skipped, recomputed, folded)
         return folded
 
+    def _sole_transpose(self, node: Node, readers: Mapping[int, int], kept: set[int]) -> bool:
+        """Whether ``node`` is a 2-D transpose (axes (1, 0)) that one step reads and no output keeps."""
+        axes = tuple(self.schedule.spec.attrs[node.id].get("axes", ()))
+        return node.op == "transpose" and axes == (1, 0) and readers.get(node.id) == 1 and node.id not in kept
+
     def _fold_b_transposes(
         self,
         fused_at: dict[int, Any],
@@ -476,7 +479,7 @@ class WgpuPlan:
         from .kernels.linalg import matmul_program
 
         schedule = self.schedule
-        shapes, attrs = schedule.spec.shapes, schedule.spec.attrs
+        shapes = schedule.spec.shapes
         readers, kept = self._reader_counts(), self._kept()
         made_at = {step.output: step for step in schedule.steps}
         pos = {step.output: step.index for step in schedule.steps}
@@ -491,10 +494,7 @@ class WgpuPlan:
             shape = tuple(shapes[b.id])
             if (
                 t_step is None
-                or b.op != "transpose"
-                or tuple(attrs[b.id].get("axes", ())) != (1, 0)
-                or readers.get(b.id) != 1
-                or b.id in kept
+                or not self._sole_transpose(b, readers, kept)
                 or len(shape) != 2
                 or any(d % 4 or not d for d in shape)
                 or shapes[a.id][-1] % 4
