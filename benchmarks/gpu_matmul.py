@@ -48,6 +48,8 @@ VARIANTS: list[Variant] = [
         *CANDIDATE_TILES,
         (64, 128, 32, 2),  # 48 KiB of workgroup memory: where the device allows (the H200 does)
         (128, 64, 32, 2),
+        (64, 128, 64),  # 48 KiB too: the backend's tile for one such product where it fits
+        (128, 64, 64),
     ]
 ]
 # split-K candidates where 128x128 tiles leave some of the H200's 132 SMs idle ...
@@ -247,7 +249,8 @@ def main() -> None:
         bench.close()
         mn = _product(a, b)
         splits = split_k(*mn)
-        chosen = variant_name((matmul_tile(*mn) if splits == 1 else TILES[0][0], splits))
+        tile = matmul_tile(*mn, workgroup_bytes=bench.workgroup_bytes)
+        chosen = variant_name((tile if splits == 1 else TILES[0][0], splits))
         results.append((label, cells, torch_tflops(a, b, reps), chosen))
         print(f"  {label}: {len(cells)} variants, {time.perf_counter() - start:.0f} s", flush=True)
     print(f"host cost per dispatch in a compiled plan: {dispatch_cost():.1f} us")
