@@ -10,7 +10,9 @@
 #      its own process (benchmarks/train_steps.py --scale). MKL: the lent machine's python has numba but
 #      no mkl wheel, so carry .mkl/mkl5.tar.xz (libmkl_rt, _core, _gnu_thread, _intel_lp64 and _avx512 .so.3
 #      from `pip download mkl`, tar | xz: the wheel is 229 MB); it is unpacked into /tmp/mkl and named by
-#      ASG_MKL_LIBRARY, with MKL_ENABLE_INSTRUCTIONS=AVX512 so that MKL loads the carried kernel library.
+#      ASG_MKL_LIBRARY. MKL picks its kernels for the CPU, as PyTorch's MKL does (forcing AVX512 ran
+#      some of GPT-tiny's GEMMs 7-30% slower on the Emerald Rapids host, 2026-12-04). Two rounds:
+#      PyTorch's LeNet step ranged 4.8-7.9 ms between processes there.
 # mnist: (not in all) LeNet-5 on real MNIST through asg-zoo's CLI on wgpu, MNIST_EPOCHS (default 2) epochs:
 #      the time per epoch; carry .mnistgz (the four IDX files of scripts/fetch_test_data.sh, gzipped).
 # ddp: (not in all) the GPT step data-parallel on wgpu, 1 vs 2 MPI ranks (one adapter per local rank: on one
@@ -33,14 +35,13 @@ fi
 if [ "$what" = cpu ] || [ "$what" = all ]; then
     if [ -f .mkl/mkl5.tar.xz ]; then
         mkdir -p /tmp/mkl && tar xJf .mkl/mkl5.tar.xz -C /tmp/mkl
-        export ASG_MKL_LIBRARY=/tmp/mkl/libmkl_rt.so.3 MKL_ENABLE_INSTRUCTIONS=AVX512 \
-            LD_LIBRARY_PATH=/tmp/mkl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        export ASG_MKL_LIBRARY=/tmp/mkl/libmkl_rt.so.3 LD_LIBRARY_PATH=/tmp/mkl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     else
         echo "cpu: no .mkl/mkl5.tar.xz carried: ASG's matmul uses numpy's OpenBLAS"
     fi
     # The OpenBLAS variables this workplace sets slow a current numpy: unset them for the benchmark only.
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE taskset -c 2,3 timeout 420 \
-        python3 benchmarks/train_steps.py --threads 2 --scale 2>&1 | tee "$out/train_steps.txt"
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE taskset -c 2,3 timeout 540 \
+        python3 benchmarks/train_steps.py --threads 2 --scale --rounds 2 2>&1 | tee "$out/train_steps.txt"
 fi
 if [ "$what" = mnist ]; then
     # _gpu registers the wgpu backend from the source tree (asg-gpu is on PYTHONPATH, not installed)
