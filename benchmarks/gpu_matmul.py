@@ -13,7 +13,9 @@ in one compute pass and timed by timestamp queries. Every candidate variant (til
 tiles, split-K slices; :data:`VARIANTS`) is timed too, on square products and on the GPT
 benchmark's shapes, and each result is checked against numpy (float64): a cell ending in ``!`` is
 wrong (relative error over 1e-4, or elements left unwritten). Tiles over the device's workgroup
-memory are left out (lavapipe: 32 KiB). ``--small`` is a quick lavapipe run.
+memory are left out (lavapipe: 32 KiB). Where the device has subgroups, A's values passed by
+subgroup shuffles instead of its tile (:data:`SUBGROUP_VARIANTS`, ``+sg``) are timed too.
+``--small`` is a quick lavapipe run.
 It also prints the host cost per dispatch of a compiled plan of many small elementwise ops.
 torch is optional: without CUDA its row says "-".
 """
@@ -33,11 +35,12 @@ from _gpu import cuda_torch, pass_timer  # sets XDG_RUNTIME_DIR, registers wgpu 
 
 import asg.core as ag
 from asg.core.backends import get_backend
+from asg.gpu.kernels.attention import subgroup_size
 from asg.gpu.kernels.linalg import CANDIDATE_TILES, TILES, matmul_program, matmul_tile, split_k
 
 Shape = tuple[int, ...]
 Tile = tuple[int, ...]
-Variant = tuple[Tile, int]  # (tile, split-K slices)
+Variant = tuple[Tile, int] | tuple[Tile, int, bool]  # (tile, split-K slices[, A by subgroup shuffles])
 
 # timed for every shape: TILES' tiles and the candidates (BK 32 at 64x64, 8x16 outputs per
 # invocation at 128x256 and 256x128, double-buffered tiles)
@@ -63,17 +66,26 @@ SPLITS_FEW: list[Variant] = [
 ]
 # ... and, for long K (k >= 4 max(m, n): weight gradients), more slices
 SPLITS_LONG_K: list[Variant] = [((128, 128, 16), 8), ((64, 128, 32), 4), ((64, 128, 16, 2), 4)]
+# A's values by subgroup shuffles instead of its workgroup tile (matmul_program(subgroup=S) at the
+# device's subgroup size), where the device has the subgroup feature and A is not read transposed
+SUBGROUP_VARIANTS: list[Variant] = [
+    ((64, 128, 32), 1, True),
+    ((128, 64, 32), 1, True),
+    ((128, 128, 16), 1, True),
+]
 TOLERANCE = 1e-4  # relative to the product's largest element
 
 
 def variant_name(variant: Variant | None) -> str:
-    """``128x128x16``, ``+db`` for a 2-stage (double-buffered) tile, ``/kS`` for S split-K slices."""
+    """``128x128x16``, ``+db`` for a 2-stage (double-buffered) tile, ``+sg`` for A by subgroup
+    shuffles, ``/kS`` for S split-K slices."""
     if variant is None:
         return "backend"
-    tile, splits = variant
+    tile, splits = variant[:2]
     return (
         "x".join(map(str, tile[:3]))
         + ("+db" if tile[3:] == (2,) else "")
+        + ("+sg" if variant[2:] == (True,) else "")
         + (f"/k{splits}" if splits > 1 else "")
     )
 
@@ -92,23 +104,30 @@ def _product(a: Shape, b: Shape) -> tuple[int, int, int, int]:
     return (a[-2] * (batch if len(b) == 2 else 1), b[-1], a[-1], 1 if len(b) == 2 else batch)
 
 
-def _workgroup_bytes(tile: Tile) -> int:
-    return 4 * tile[2] * (tile[0] + tile[1]) * (tile[3] if len(tile) > 3 else 1)
+def _workgroup_bytes(variant: Variant) -> int:
+    tile = variant[0]
+    rows = tile[1] if variant[2:] == (True,) else tile[0] + tile[1]  # shuffled A has no tile
+    return 4 * tile[2] * rows * (tile[3] if len(tile) > 3 else 1)
 
 
-def shape_variants(a: Shape, b: Shape, workgroup_bytes: int) -> list[Variant]:
-    """:data:`VARIANTS` no larger than the product (rounded up to 64), and split-K where it may pay;
-    those whose tiles fit ``workgroup_bytes``."""
+def shape_variants(
+    a: Shape, b: Shape, workgroup_bytes: int, subgroup: bool = False, a_transposed: bool = False
+) -> list[Variant]:
+    """:data:`VARIANTS` no larger than the product (rounded up to 64), split-K where it may pay and
+    :data:`SUBGROUP_VARIANTS` where ``subgroup`` (A not ``a_transposed``); those whose tiles fit
+    ``workgroup_bytes``."""
     m, n, k, batch = _product(a, b)
     variants = list(VARIANTS)
     if -(-m // 128) * -(-n // 128) * batch < 132:
         variants += SPLITS_FEW + (SPLITS_LONG_K if k >= 4 * max(m, n) else [])
+    if subgroup and not a_transposed:
+        variants += SUBGROUP_VARIANTS
     return [
-        (tile, splits)
-        for tile, splits in variants
-        if tile[0] <= -(-m // 64) * 64
-        and tile[1] <= -(-n // 64) * 64
-        and _workgroup_bytes(tile) <= workgroup_bytes
+        variant
+        for variant in variants
+        if variant[0][0] <= -(-m // 64) * 64
+        and variant[0][1] <= -(-n // 64) * 64
+        and _workgroup_bytes(variant) <= workgroup_bytes
     ]
 
 
@@ -131,12 +150,13 @@ class Bench:
         dev.write(self.values[("in", 1)], b)
         self.timed = pass_timer(dev)
         self.workgroup_bytes = int(dev.limits["max-compute-workgroup-storage-size"])
+        self.subgroup = subgroup_size()  # 0: no subgroup feature
 
     def run(self, reps: int, variant: Variant | None) -> tuple[float, float]:
         """(TFLOP/s from timestamps, max relative error against numpy; inf where elements were left
         unwritten) of the program of ``variant`` (None: the backend's defaults)."""
         dev, values = self.dev, dict(self.values)
-        config, splits = variant or (None, None)
+        config, splits = variant[:2] if variant else (None, None)
         prog = matmul_program(
             self.a_shape,
             self.b_shape,
@@ -146,6 +166,7 @@ class Bench:
             splits=splits,
             a_transposed=self.a_t,
             workgroup_bytes=self.workgroup_bytes,
+            subgroup=self.subgroup if variant and variant[2:] == (True,) else 0,
         )
         temps = [dev.create_buffer(nb) for nb in prog.temps]
         values.update({("tmp", j): buf for j, buf in enumerate(temps)})
@@ -237,14 +258,16 @@ def main() -> None:
         args.sizes, args.reps, args.no_gpt = [64, 128], 1, True
     start = time.perf_counter()
     dev = get_backend("wgpu").device()
-    print(f"adapter: {dev.summary}; features: {', '.join(sorted(dev.features))}")
+    print(
+        f"adapter: {dev.summary}; features: {', '.join(sorted(dev.features))}; subgroup size {subgroup_size()}"
+    )
     shapes = [s for s in _shapes(args.sizes, not args.no_gpt) if not args.only or s[0] in args.only]
     # per shape: {variant name: (TF/s, rel err)}, torch TF/s, the backend's choice
     results: list[tuple[str, dict[str, tuple[float, float]], float | None, str]] = []
     for label, a, b, a_t in shapes:
         reps = max(args.reps, min(args.reps * 10, int(args.reps * 2 * 2048**3 / _flops(a, b))))
         bench = Bench(dev, a, b, a_t)
-        variants = [None, *shape_variants(a, b, bench.workgroup_bytes)]
+        variants = [None, *shape_variants(a, b, bench.workgroup_bytes, bench.subgroup > 0, a_t)]
         cells = {variant_name(v): bench.run(reps, v) for v in variants}
         bench.close()
         mn = _product(a, b)
@@ -284,7 +307,10 @@ def main() -> None:
         ],
     ]
     widths = [max(len(line[c]) for line in table) + 2 for c in range(len(table[0]))]
-    print("\nTF/s per variant (+db: double-buffered tiles, /kS: S split-K slices; ! wrong, - not run)")
+    print(
+        "\nTF/s per variant (+db: double-buffered tiles, +sg: A by subgroup shuffles, /kS: S split-K slices;"
+        " ! wrong, - not run)"
+    )
     for line in table:
         print("".join(f"{v:>{w}}" for v, w in zip(line, widths, strict=True)))
     errors = max(got[1] for _, cells, _, _ in results for got in cells.values())

@@ -8,6 +8,7 @@ import pytest
 import asg.core as ag
 from asg.gpu.codegen import nbytes
 from asg.gpu.device import get_device
+from asg.gpu.kernels.attention import subgroup_size
 from asg.gpu.kernels.linalg import CANDIDATE_TILES, TILES, matmul_program, matmul_tile, split_k
 
 RNG = np.random.default_rng(0)
@@ -225,3 +226,52 @@ def test_a_causally_zero_operand_skips_its_zero_k_steps(tile, shift):
     got, wgsl = _run(a, b, config=tile, a_causal=shift)
     assert f"row0 + {tile[0] + shift}" in wgsl
     np.testing.assert_allclose(got, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5 * math.sqrt(k))
+
+
+SUBGROUP_TILES = [(64, 64, 16), (64, 128, 32), (128, 64, 32), (128, 128, 16)]
+SUBGROUP_SHAPES = {
+    **{name: SHAPES[name] for name in ("vec4-ragged", "vec4-whole-tiles", "batched-broadcast")},
+    "ragged-k": ((130, 100), (100, 132)),  # m, n, k past whole tiles and K steps of every tile
+    "batched": ((2, 3, 70, 36), (2, 3, 36, 68)),
+}
+
+
+def _device_subgroup_size() -> int:
+    size = subgroup_size()
+    if size == 0:
+        pytest.skip("the device has no subgroup feature: A cannot reach the invocations by shuffles")
+    return size
+
+
+@pytest.mark.parametrize("tile", SUBGROUP_TILES, ids=_tile_id)
+@pytest.mark.parametrize("shapes", list(SUBGROUP_SHAPES.values()), ids=list(SUBGROUP_SHAPES))
+def test_a_by_subgroup_shuffles_matches_numpy(tile, shapes):
+    # the kernel generated for the device's subgroup size (lavapipe: 8, NVIDIA: 32) has no tile of A
+    size = _device_subgroup_size()
+    wgsl = _check(*shapes, config=tile, subgroup=size)
+    assert wgsl.splitlines()[0] == f"// matmul {_tile_id(tile)} vec4 sg{size}"
+    assert "var<workgroup> As" not in wgsl and "subgroupShuffle" in wgsl
+
+
+@pytest.mark.parametrize("options", [{"splits": 3}, {"b_transposed": True}], ids=["split-k", "b-transposed"])
+def test_a_by_subgroup_shuffles_with_split_k_or_b_transposed_matches_numpy(options):
+    size = _device_subgroup_size()
+    wgsl = _check((68, 1000), (1000, 36), config=(64, 64, 16), subgroup=size, **options)
+    assert f"sg{size}" in wgsl.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        ({"subgroup": 4}, r"a subgroup size in \(8, 16, 32, 64\)"),
+        ({"subgroup": 32, "config": (64, 64, 16, 2)}, "one stage"),
+        ({"subgroup": 16, "config": (64, 64, 8)}, r"\(BM / 64\) \* BK a multiple of 16 lanes"),
+        ({"subgroup": 8, "a_transposed": True}, "A not transposed"),
+    ],
+    ids=["size-4", "2-stage", "bk-8-on-16-lanes", "a-transposed"],
+)
+def test_a_by_subgroup_shuffles_refuses_what_it_does_not_cover(options, why):
+    with pytest.raises(ValueError, match=f"A by subgroup shuffles .*needs .*{why}"):
+        matmul_program((64, 64), (64, 64), (64, 64), workgroup_bytes=32768, **options)
+    with pytest.raises(ValueError, match="A by subgroup shuffles needs k and n multiples of 4"):
+        matmul_program((6, 6), (6, 6), (6, 6), subgroup=8)  # the scalar kernel

@@ -8,6 +8,8 @@ accumulators are generated named variables (``acc_0_0`` ...) and the whole K sli
 the generator: WGSL loops over function-local arrays cost about 30x (see the wgpu notes).
 Bounds are checked on loads and stores, so any M, N, K work. Batch dimensions broadcast
 (``(B, H, T, D) @ (B, H, D, T)``, ``(B, T, D) @ (D, N)``); a 2-D right operand folds the batch into M.
+Opt-in (``matmul_program(..., subgroup=S)``): the vec4 kernel without A's tile, A's values passed
+between the invocations of a row by subgroup shuffles.
 """
 
 from __future__ import annotations
@@ -33,15 +35,19 @@ def _tile_products(
     b: tuple[int, int],
     fmas: Callable[[int], list[str]],
     offsets: tuple[str, str] = ("", ""),
+    a_values: Callable[[int], list[str]] | None = None,
 ) -> list[str]:
     """The FMAs of a k-step of a tiled matmul whose tiles are in ``As``/``Bs`` (from ``offsets``, WGSL
     expressions, for a double-buffered tile): for each of the ``bk`` rows, registers ``a{kk}_{i}`` and
     ``b{kk}_{j}`` ((count, row pitch) in ``a``/``b``) are read and ``fmas(kk)`` accumulates their
-    products."""
+    products. ``a_values(kk)``: the lines defining the ``a{kk}_{i}`` instead (A without a tile)."""
     at, bt = (f"{o} + " if o else "" for o in offsets)
     lines = []
     for kk in range(bk):
-        lines += [f"    let a{kk}_{i} = As[{at}{kk * a[1]} + ty + {i * THREADS}];" for i in range(a[0])]
+        if a_values is not None:
+            lines += [f"    {line}" for line in a_values(kk)]
+        else:
+            lines += [f"    let a{kk}_{i} = As[{at}{kk * a[1]} + ty + {i * THREADS}];" for i in range(a[0])]
         lines += [f"    let b{kk}_{j} = Bs[{bt}{kk * b[1]} + tx + {j * THREADS}];" for j in range(b[0])]
         lines += [f"    {line}" for line in fmas(kk)]
     return lines
@@ -273,6 +279,78 @@ def _c_base(batch: Sequence[int], size4: int, c_rows: tuple[int, tuple[int, ...]
     return " + ".join([str(c_rows[0] // 4), *terms])
 
 
+SUBGROUP_SIZES = (8, 16, 32, 64)
+"""Subgroup sizes the vec4 kernel's shuffled-A variant is generated for (``matmul_program(subgroup=S)``)."""
+
+
+def _check_subgroup(subgroup: int, config: Sequence[int], a_t: bool, a_load: ALoad | None) -> None:
+    """Raise ValueError unless the vec4 kernel's shuffled-A variant exists for these options."""
+    bm, _bn, bk = config[:3]
+    lanes = min(subgroup, THREADS)
+    refusals = [
+        (subgroup not in SUBGROUP_SIZES, f"a subgroup size in {SUBGROUP_SIZES}"),
+        (len(config) > 3 and config[3] != 1, "one stage"),
+        (a_t, "A not transposed"),
+        (a_load is not None, "A without a load prologue or index"),
+        (bk % 4 != 0 or (bm // 64) * bk % lanes != 0, f"(BM / 64) * BK a multiple of {lanes} lanes"),
+    ]
+    wanted = [why for refused, why in refusals if refused]
+    if wanted:
+        raise ValueError(
+            f"matmul: A by subgroup shuffles (subgroup {subgroup}, tile {tuple(config)}) needs {', '.join(wanted)}"
+        )
+
+
+def _shuffled_a(
+    gm: int, bk: int, m: int, k: int, subgroup: int, last: int
+) -> tuple[list[str], list[str], Callable[[int], list[str]]]:
+    """A's values by subgroup shuffles instead of a workgroup tile: (lines before the K loop, the
+    loop's loads, the ``a_values`` of :func:`_tile_products`).
+
+    The 16 invocations of one ``ty`` use the same 4 * ``gm`` rows of A (``row0 + 64 g + 4 ty + i``),
+    i.e. ``gm * bk`` vec4s along k per K step. Their H = min(subgroup, 16) lanes of one subgroup
+    (lanes follow ``local_invocation_index``: a subgroup of 8 holds half a ``ty``, one of 32 two
+    ``ty``) each load ``gm * bk / H`` of those vec4s from global memory into ``sa{p}`` (unit
+    ``u = p H + lane``: row ``u / (bk / 4)``, k vec4 ``u % (bk / 4)``); at every 4th kk each of the
+    4 * ``gm`` rows' vec4 of the next 4 kk is shuffled from its owner (``sg_row + u % H``), and
+    ``a{kk}_{g}`` takes component kk % 4 of the 4 rows of group g.
+    """
+    lanes, bk4 = min(subgroup, THREADS), bk // 4
+    per_lane = gm * bk // lanes
+    before = [
+        f"let sg_lane = tx % {lanes};",
+        "let sg_row = sid - u32(sg_lane);  // this row group's first lane in the subgroup",
+    ]
+    for p in range(per_lane):
+        before += [
+            f"let sa_u{p} = sg_lane + {p * lanes};",
+            f"let sa_r{p} = row0 + ty * 4 + (sa_u{p} / {4 * bk4}) * 64 + (sa_u{p} / {bk4}) % 4;",
+            f"let sa_c{p} = (sa_u{p} % {bk4}) * 4;",
+            f"let sa_at{p} = a_base + sa_r{p} * {k // 4};",
+        ]
+    loads = [
+        f"    let sa_k{p} = k0 + sa_c{p}; let sa{p} = select(vec4<f32>(0.0), "
+        f"A[min(sa_at{p} + sa_k{p} / 4, {last})], sa_r{p} < {m} && sa_k{p} < {k});"
+        for p in range(per_lane)
+    ]
+
+    def a_values(kk: int) -> list[str]:
+        kb, c = kk // 4, "xyzw"[kk % 4]
+        out = []
+        if kk % 4 == 0:
+            for g in range(gm):
+                for i in range(4):
+                    u = (4 * g + i) * bk4 + kb
+                    out.append(f"let s{kb}_{g}_{i} = subgroupShuffle(sa{u // lanes}, sg_row + {u % lanes}u);")
+        out += [
+            f"let a{kk}_{g} = vec4<f32>({', '.join(f's{kb}_{g}_{i}.{c}' for i in range(4))});"
+            for g in range(gm)
+        ]
+        return out
+
+    return before, loads, a_values
+
+
 def matmul_vec4_wgsl(
     m: int,
     n: int,
@@ -290,6 +368,7 @@ def matmul_vec4_wgsl(
     b_rows: tuple[int, int, int] | None = None,
     a_causal: int | None = None,
     c_rows: tuple[int, tuple[int, ...], int] | None = None,
+    subgroup: int = 0,
 ) -> str:
     """The vec4 kernel (``k % 4 == 0`` and ``n % 4 == 0``): A, B and C read and written as ``vec4<f32>``.
 
@@ -312,8 +391,14 @@ def matmul_vec4_wgsl(
     ``r + a_causal`` of each row ``r`` (a causal attention's dS), so a tile's K loop stops there.
     ``c_rows``: (offset, batch strides, row pitch) where C's rows go in the buffer bound (multiples
     of 4; no split-K): the heads' query gradient stored into its place in the qkv gradient.
+    ``subgroup``: the subgroup size S the kernel is generated for (0: off): A's values reach the
+    invocations by ``subgroupShuffle`` from registers loaded straight from global memory instead of
+    through ``As`` (:func:`_shuffled_a`); one stage, A neither transposed nor recomputed
+    (:func:`_check_subgroup`); needs the device's ``subgroup`` feature at that subgroup size.
     """
     bm, bn, bk = config[:3]
+    if subgroup:
+        _check_subgroup(subgroup, config, a_t, a_load)
     stages = config[3] if len(config) > 3 else 1
     gm, gn = bm // 64, bn // 64
     nthreads = THREADS * THREADS
@@ -429,7 +514,7 @@ def matmul_vec4_wgsl(
     # (tile, unit number, count, index lines, fetch, store) per range of `nthreads` elements
     parts = [
         (name, t, *unit)
-        for name, unit in (("a", a_unit), ("b", b_unit))
+        for name, unit in ((("b", b_unit),) if subgroup else (("a", a_unit), ("b", b_unit)))
         for t in range(-(-unit[0] // nthreads))
     ]
 
@@ -451,12 +536,17 @@ def matmul_vec4_wgsl(
 
     size_a, size_b = bm4 * bk, bn4 * bk  # vec4s in one stage of each tile
     if stages == 1:
-        lines += loop
+        a_values = None
+        if subgroup:
+            before, a_loads, a_values = _shuffled_a(gm, bk, m, k, subgroup, a_last)
+            lines += [*before, *loop, *a_loads]
+        else:
+            lines += loop
         for _name, t, count, index, fetch, store in parts:
             body = fetch("k0", lambda i: f"let v{i} =") + store("", lambda i: f"v{i}")
             lines += scoped(t, count, index, body)
         lines.append("    workgroupBarrier();")
-        lines += _tile_products(bk, (gm, bm4), (gn, bn4), fmas)
+        lines += _tile_products(bk, (gm, bm4), (gn, bn4), fmas, a_values=a_values)
         lines += ["    workgroupBarrier();", "}"]
     else:
         # the next step's values of unit t of tile x in registers px{t}_{i} (4 for A's 4x4 blocks)
@@ -518,17 +608,19 @@ def matmul_vec4_wgsl(
             " B^T" if b_t else "",
             " prologue" if prologue else "",
             " a_index" if a_index else "",
+            f" sg{subgroup}" if subgroup else "",
         )
     )
+    a_tile = "" if subgroup else f"var<workgroup> As: array<vec4<f32>, {size_a * stages}>;\n"
+    sg_arg = ", @builtin(subgroup_invocation_id) sid: u32" if subgroup else ""
     return f"""// matmul {bm}x{bn}x{bk} vec4{flags}
 {_header(epilogue, "vec4<f32>")}
 {HELPERS if epilogue or prologue else ""}
 {epilogue.source if epilogue else ""}
 {chr(10).join(x for x in loads if x)}
-var<workgroup> As: array<vec4<f32>, {size_a * stages}>;
-var<workgroup> Bs: array<vec4<f32>, {size_b * stages}>;
+{a_tile}var<workgroup> Bs: array<vec4<f32>, {size_b * stages}>;
 @compute @workgroup_size({nthreads})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {{
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32{sg_arg}) {{
     let z = i32(wid.z){f" / {split[0]}" if split[0] > 1 else ""};
     let lid = i32(lidx);
     {body}
@@ -588,6 +680,7 @@ def matmul_program(
     a_causal: int | None = None,
     transposed_out: bool = False,
     c_layout: tuple[int, tuple[int, ...], int] | None = None,
+    subgroup: int = 0,
 ) -> Program:
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
 
@@ -608,8 +701,15 @@ def matmul_program(
     ``transposed_out``: a split-K product of 2-D operands stores its sum transposed, (n, m) (a
     weight gradient ``(X^T dY)^T`` without a transpose of its own). ``c_layout``: (offset, batch
     strides, row pitch) of C's rows in the buffer bound, for a batched vec4 product without split-K
-    (all multiples of 4). The kernel's first line names its tile
-    (``// matmul 64x128x32 vec4``).
+    (all multiples of 4). ``subgroup``: S (one of :data:`SUBGROUP_SIZES`, the device's subgroup size,
+    :func:`asg.gpu.kernels.attention.subgroup_size`) generates the vec4 kernel whose A values reach
+    the invocations by subgroup shuffles instead of a workgroup tile (one-stage tiles, A neither
+    transposed nor recomputed; split-K, epilogues and B's and C's options unchanged); 0 (default) off.
+    The kernel's first line names its tile (``// matmul 64x128x32 vec4``, ``... vec4 sg32``).
+
+    >>> wgsl = matmul_program((256, 256), (256, 256), (256, 256), config=(64, 128, 32), subgroup=32)
+    >>> wgsl.dispatches[0].wgsl.splitlines()[0], "var<workgroup> As" in wgsl.dispatches[0].wgsl
+    ('// matmul 64x128x32 vec4 sg32', False)
     """
     a_shape, b_shape, out_shape = tuple(a_shape), tuple(b_shape), tuple(out_shape)
     k = a_shape[-1]
@@ -650,6 +750,10 @@ def matmul_program(
         raise ValueError(
             f"matmul: C stored in place needs a batched vec4 product and multiples of 4, got {c_layout}"
         )
+    if subgroup and not vec:
+        raise ValueError(
+            f"matmul: A by subgroup shuffles needs k and n multiples of 4, got {a_shape} @ {b_shape}"
+        )
     if a_load and not (vec and (len(b_shape) == 2 or len(a_shape) == 2)):
         raise ValueError(
             f"matmul: recomputing A as it loads needs k and n multiples of 4 and one A, got {a_shape} @ {b_shape}"
@@ -666,7 +770,7 @@ def matmul_program(
         workgroup_bytes = device_workgroup_bytes()
     tile = tuple(config or matmul_tile(m, n, k, max(count, 1), workgroup_bytes if vec else 32768))
     bm, bn, bk = tile[:3]
-    if vec and 4 * bk * (bm + bn) * (tile[3] if len(tile) > 3 else 1) > workgroup_bytes:
+    if vec and 4 * bk * (bn if subgroup else bm + bn) * (tile[3] if len(tile) > 3 else 1) > workgroup_bytes:
         raise ValueError(f"matmul: tile {tile} needs more than {workgroup_bytes} B of workgroup memory")
     nb_a = math.prod(a_shape[:-2]) if len(b_shape) != 2 else 1
     nb_b = math.prod(b_shape[:-2]) if len(b_shape) != 2 else 1
@@ -690,6 +794,7 @@ def matmul_program(
             None if b_layout is None else (b_layout[0], b_layout[2], b_layout[3]),
             a_causal if splits == 1 else None,
             c_layout,
+            subgroup,
         )
     else:
         kc = -(-k // (splits * bk)) * bk
