@@ -298,13 +298,28 @@ def _numpy_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.nd
 
 
 def _fold(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A view of ``x`` with ``shape`` (leading dims merged), or None when that needs a copy."""
-    view = x.view()
-    try:
-        view.shape = shape
-    except AttributeError:
+    """A view of ``x`` with ``shape`` (consecutive dims of ``x`` merged), or None when that needs a copy.
+
+    Decided from the strides: numpy's failed in-place reshape (``view.shape = shape``) cost 40 µs a
+    call, 2-8 ms of a GPT training step, whose attention heads are views that do not fold.
+    """
+    dims = [(n, st) for n, st in zip(x.shape, x.strides, strict=True) if n != 1]
+    at = 0
+    for n in shape:
+        if n == 1 or x.size == 0:
+            continue
+        size, last = 1, None
+        while size < n and at < len(dims):
+            d, st = dims[at]
+            if last is not None and last != st * d:  # the dims merged must be one stride apart
+                return None
+            size, last, at = size * d, st, at + 1
+        if size != n:
+            return None
+    if at != len(dims) and x.size:
         return None
-    return view
+    view = x.reshape(shape)
+    return view if view.size == 0 or np.may_share_memory(view, x) else None
 
 
 # A batched operand whose matrices no single stride reaches (attention's heads, viewed in the fused qkv
