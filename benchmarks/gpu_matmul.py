@@ -72,6 +72,8 @@ SUBGROUP_VARIANTS: list[Variant] = [
     ((64, 128, 32), 1, True),
     ((128, 64, 32), 1, True),
     ((128, 128, 16), 1, True),
+    ((128, 128, 32), 1, True),  # K step 32 at 128x128: B's tile alone fits 16 KiB
+    ((64, 128, 64), 1, True),
 ]
 TOLERANCE = 1e-4  # relative to the product's largest element
 
