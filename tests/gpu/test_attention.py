@@ -353,6 +353,23 @@ def test_sibling_attention_nodes_run_as_one_dispatch(monkeypatch):
     assert unmerged.dispatch_count == plan.dispatch_count + 4
 
 
+def test_the_query_gradient_matmul_with_a_by_subgroup_shuffles_reads_and_stores_in_place(monkeypatch):
+    # the query gradient's matmul (dS @ K: A zero past the causal diagonal, K read in the qkv
+    # projection, dQ stored into its gradient) with A's values passed by subgroup shuffles, as it runs
+    # by default where subgroups are 16 wide or more; here at the device's size (lavapipe: 8)
+    if attention_kernels.subgroup_size() == 0:
+        pytest.skip("the device has no subgroup feature")
+    monkeypatch.setenv("ASG_WGPU_MATMUL_SUBGROUPS", "1")
+    test_heads_of_a_fused_projection_are_read_in_place(12)
+    b, t, h, hs = 2, 40, 2, 12
+    x = ag.input("x", (b, t, 3 * h * hs))
+    q, k, v = (ag.reshape(z, (b, t, h, hs)).transpose(1, 2) for z in ag.chunk(x, 3, axis=2))
+    loss = ag.attention(q, k, v, causal=True).sum()
+    f = ag.compile(ag.grad(loss, [x]), inputs=[x], backend="wgpu")
+    sources = f.plan_for(np.zeros((b, t, 3 * h * hs), np.float32)).dispatch_sources()
+    assert any(src.startswith("// matmul") and " sg" in src.splitlines()[0] for src in sources)
+
+
 @pytest.mark.parametrize("hs", [12, 6], ids=["vec4-heads", "odd-heads"])
 def test_heads_of_a_fused_projection_are_read_in_place(hs):
     # GPT's split of one qkv projection into heads (chunk, reshape, transpose): the merged attention

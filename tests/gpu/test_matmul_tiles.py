@@ -275,3 +275,32 @@ def test_a_by_subgroup_shuffles_refuses_what_it_does_not_cover(options, why):
         matmul_program((64, 64), (64, 64), (64, 64), workgroup_bytes=32768, **options)
     with pytest.raises(ValueError, match="A by subgroup shuffles needs k and n multiples of 4"):
         matmul_program((6, 6), (6, 6), (6, 6), subgroup=8)  # the scalar kernel
+
+
+def test_batched_products_on_64x128_tiles_shuffle_a_by_default(monkeypatch):
+    # where subgroups are at least 16 wide: attention's p @ v shape (128x64 tiles) gets the shuffled-A
+    # kernel; unbatched products, 128x128 tiles and lavapipe's 8-wide subgroups keep A's tile, unless
+    # ASG_WGPU_MATMUL_SUBGROUPS=1 asks for it everywhere it applies (0: nowhere)
+    from asg.gpu.kernels import attention
+
+    def header(a, b, out):
+        return matmul_program(a, b, out, workgroup_bytes=32768).dispatches[0].wgsl.splitlines()[0]
+
+    p_v = ((32, 8, 256, 256), (32, 8, 256, 64), (32, 8, 256, 64))
+    q_k = ((32, 8, 256, 64), (32, 8, 64, 256), (32, 8, 256, 256))
+    square = ((1024, 1024), (1024, 1024), (1024, 1024))
+    monkeypatch.setattr(attention, "subgroup_size", lambda: 32)
+    assert header(*p_v) == "// matmul 128x64x32 vec4 sg32"
+    assert header(*q_k) == "// matmul 128x128x16 vec4"
+    assert header(*square) == "// matmul 64x128x32 vec4"
+    monkeypatch.setenv("ASG_WGPU_MATMUL_SUBGROUPS", "0")
+    assert header(*p_v) == "// matmul 128x64x32 vec4"
+    monkeypatch.setattr(attention, "subgroup_size", lambda: 8)
+    monkeypatch.delenv("ASG_WGPU_MATMUL_SUBGROUPS")
+    assert header(*p_v) == "// matmul 128x64x32 vec4"
+    monkeypatch.setenv("ASG_WGPU_MATMUL_SUBGROUPS", "1")
+    assert header(*p_v) == "// matmul 128x64x32 vec4 sg8"
+    assert header(*q_k) == "// matmul 128x128x16 vec4 sg8"
+    assert header(*square) == "// matmul 64x128x32 vec4"
+    monkeypatch.setattr(attention, "subgroup_size", lambda: 0)  # no subgroup feature
+    assert header(*p_v) == "// matmul 128x64x32 vec4"

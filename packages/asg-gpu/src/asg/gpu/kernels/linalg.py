@@ -8,14 +8,16 @@ accumulators are generated named variables (``acc_0_0`` ...) and the whole K sli
 the generator: WGSL loops over function-local arrays cost about 30x (see the wgpu notes).
 Bounds are checked on loads and stores, so any M, N, K work. Batch dimensions broadcast
 (``(B, H, T, D) @ (B, H, D, T)``, ``(B, T, D) @ (D, N)``); a 2-D right operand folds the batch into M.
-Opt-in (``matmul_program(..., subgroup=S)``): the vec4 kernel without A's tile, A's values passed
-between the invocations of a row by subgroup shuffles.
+``matmul_program(..., subgroup=S)``: the vec4 kernel without A's tile, A's values passed between
+the invocations of a row by subgroup shuffles; by default for batched products on 64x128 and 128x64
+tiles where subgroups are at least 16 wide (:func:`default_subgroup`).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -143,6 +145,37 @@ def matmul_tile(m: int, n: int, k: int, batch: int = 1, workgroup_bytes: int = 3
                 return (bm, bn, 64)
             return tile
     return TILES[-1][0]
+
+
+SUBGROUP_TILES = ((128, 64, 32), (64, 128, 32))
+"""The tiles of batched products whose A reaches the invocations by subgroup shuffles by default (H200,
+subgroups of 32, 2026-12-04: attention's p @ v shape, (32, 8, 256, 256) @ (32, 8, 256, 64), 27.5 TF/s
+against 24.1 with A's tile; on 128x128 tiles and unbatched products the shuffles were slower)."""
+
+
+def default_subgroup(tile: Sequence[int], batched: bool) -> int:
+    """The subgroup size ``matmul_program`` generates a product's kernel for by default: the device's
+    (:func:`asg.gpu.kernels.attention.subgroup_size`) for a batched product on one of
+    :data:`SUBGROUP_TILES` where subgroups are at least 16 wide (lavapipe's 8 stay on A's tile), else
+    0. ``ASG_WGPU_MATMUL_SUBGROUPS``: ``0`` never; ``1`` every batched product the kernel covers, at
+    any subgroup size (the tests run it so on lavapipe).
+
+    >>> default_subgroup((128, 128, 16), batched=True), default_subgroup((128, 64, 32), batched=False)
+    (0, 0)
+    """
+    mode = os.environ.get("ASG_WGPU_MATMUL_SUBGROUPS", "").strip()
+    if not batched or mode == "0" or (mode != "1" and tuple(tile) not in SUBGROUP_TILES):
+        return 0
+    from . import attention
+
+    size = attention.subgroup_size()
+    if size not in SUBGROUP_SIZES or (mode != "1" and size < 16):
+        return 0
+    try:
+        _check_subgroup(size, tile, False, None)
+    except ValueError:
+        return 0
+    return size
 
 
 @functools.cache
@@ -680,7 +713,7 @@ def matmul_program(
     a_causal: int | None = None,
     transposed_out: bool = False,
     c_layout: tuple[int, tuple[int, ...], int] | None = None,
-    subgroup: int = 0,
+    subgroup: int | None = None,
 ) -> Program:
     """The program of ``a @ b`` for concrete shapes (inputs 0 and 1, output 0).
 
@@ -704,7 +737,8 @@ def matmul_program(
     (all multiples of 4). ``subgroup``: S (one of :data:`SUBGROUP_SIZES`, the device's subgroup size,
     :func:`asg.gpu.kernels.attention.subgroup_size`) generates the vec4 kernel whose A values reach
     the invocations by subgroup shuffles instead of a workgroup tile (one-stage tiles, A neither
-    transposed nor recomputed; split-K, epilogues and B's and C's options unchanged); 0 (default) off.
+    transposed nor recomputed; split-K, epilogues and B's and C's options unchanged); 0 off; None
+    (default): :func:`default_subgroup`.
     The kernel's first line names its tile (``// matmul 64x128x32 vec4``, ``... vec4 sg32``).
 
     >>> wgsl = matmul_program((256, 256), (256, 256), (256, 256), config=(64, 128, 32), subgroup=32)
@@ -769,6 +803,9 @@ def matmul_program(
     if workgroup_bytes is None:
         workgroup_bytes = device_workgroup_bytes()
     tile = tuple(config or matmul_tile(m, n, k, max(count, 1), workgroup_bytes if vec else 32768))
+    if subgroup is None:
+        plain = config is None and vec and splits == 1 and not a_transposed and a_load is None
+        subgroup = default_subgroup(tile, bool(batch)) if plain else 0
     bm, bn, bk = tile[:3]
     if vec and 4 * bk * (bn if subgroup else bm + bn) * (tile[3] if len(tile) > 3 else 1) > workgroup_bytes:
         raise ValueError(f"matmul: tile {tile} needs more than {workgroup_bytes} B of workgroup memory")
