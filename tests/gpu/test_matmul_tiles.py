@@ -289,6 +289,7 @@ def test_batched_products_on_64x128_tiles_shuffle_a_by_default(monkeypatch):
     p_v = ((32, 8, 256, 256), (32, 8, 256, 64), (32, 8, 256, 64))
     q_k = ((32, 8, 256, 64), (32, 8, 64, 256), (32, 8, 256, 256))
     square = ((1024, 1024), (1024, 1024), (1024, 1024))
+    monkeypatch.delenv("ASG_WGPU_MATMUL_SUBGROUPS", raising=False)
     monkeypatch.setattr(attention, "subgroup_size", lambda: 32)
     assert header(*p_v) == "// matmul 128x64x32 vec4 sg32"
     assert header(*q_k) == "// matmul 128x128x16 vec4"
