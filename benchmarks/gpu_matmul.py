@@ -36,7 +36,14 @@ from _gpu import cuda_torch, pass_timer  # sets XDG_RUNTIME_DIR, registers wgpu 
 import asg.core as ag
 from asg.core.backends import get_backend
 from asg.gpu.kernels.attention import subgroup_size
-from asg.gpu.kernels.linalg import CANDIDATE_TILES, TILES, matmul_program, matmul_tile, split_k
+from asg.gpu.kernels.linalg import (
+    CANDIDATE_TILES,
+    TILES,
+    default_subgroup,
+    matmul_program,
+    matmul_tile,
+    split_k,
+)
 
 Shape = tuple[int, ...]
 Tile = tuple[int, ...]
@@ -275,7 +282,8 @@ def main() -> None:
         mn = _product(a, b)
         splits = split_k(*mn)
         tile = matmul_tile(*mn, workgroup_bytes=bench.workgroup_bytes)
-        chosen = variant_name((tile if splits == 1 else TILES[0][0], splits))
+        shuffled = splits == 1 and not a_t and default_subgroup(tile, len(b) > 2) > 0
+        chosen = variant_name((tile if splits == 1 else TILES[0][0], splits, shuffled))
         results.append((label, cells, torch_tflops(a, b, reps), chosen))
         print(f"  {label}: {len(cells)} variants, {time.perf_counter() - start:.0f} s", flush=True)
     print(f"host cost per dispatch in a compiled plan: {dispatch_cost():.1f} us")

@@ -308,3 +308,37 @@ def test_matmul_and_conv_kernels_go_through_blas(path, backend, monkeypatch):
         blas.use(before)
     for g, r in zip(got, want, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12 * np.abs(r).max())
+
+
+def test_fold_views_exactly_where_numpy_reshapes_without_a_copy():
+    # _fold decides from the strides; it must give a view exactly where numpy's reshape would, and
+    # that view must be numpy's (same data, same values), or None
+    from asg.core.blas import _fold
+
+    base = np.arange(4 * 6 * 10 * 8, dtype=np.float32).reshape(4, 6, 10, 8)
+    views = [
+        base,
+        base.transpose(0, 2, 1, 3),  # heads seen in a (B, T, H, D) tensor
+        base[:, :3],
+        base[:, :, ::2],
+        base.transpose(1, 0, 2, 3),
+        base[:1],
+        base[:, :1],
+        np.broadcast_to(base[:1], (3, 6, 10, 8)),
+        base[:0],
+        base.transpose(0, 1, 3, 2),
+        base.reshape(24, 10, 8)[::2].reshape(3, 4, 10, 8),
+    ]
+    for x in views:
+        lead = int(np.prod(x.shape[:-2]))
+        for shape in [(lead, *x.shape[-2:]), (1, lead * x.shape[-2], x.shape[-1]), x.shape]:
+            view = x.view()
+            try:
+                view.shape = shape  # numpy's in-place reshape: fails where a copy is needed
+            except AttributeError:
+                view = None
+            got = _fold(x, shape)
+            assert (got is None) == (view is None), (x.shape, x.strides, shape)
+            if got is not None:
+                assert got.shape == shape and np.array_equal(got, view)
+                assert got.size == 0 or np.shares_memory(got, x)

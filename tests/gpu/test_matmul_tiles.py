@@ -228,7 +228,7 @@ def test_a_causally_zero_operand_skips_its_zero_k_steps(tile, shift):
     np.testing.assert_allclose(got, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5 * math.sqrt(k))
 
 
-SUBGROUP_TILES = [(64, 64, 16), (64, 128, 32), (128, 64, 32), (128, 128, 16)]
+SHUFFLED_A_TILES = [(64, 64, 16), (64, 128, 32), (128, 64, 32), (128, 128, 16)]
 SUBGROUP_SHAPES = {
     **{name: SHAPES[name] for name in ("vec4-ragged", "vec4-whole-tiles", "batched-broadcast")},
     "ragged-k": ((130, 100), (100, 132)),  # m, n, k past whole tiles and K steps of every tile
@@ -243,7 +243,7 @@ def _device_subgroup_size() -> int:
     return size
 
 
-@pytest.mark.parametrize("tile", SUBGROUP_TILES, ids=_tile_id)
+@pytest.mark.parametrize("tile", SHUFFLED_A_TILES, ids=_tile_id)
 @pytest.mark.parametrize("shapes", list(SUBGROUP_SHAPES.values()), ids=list(SUBGROUP_SHAPES))
 def test_a_by_subgroup_shuffles_matches_numpy(tile, shapes):
     # the kernel generated for the device's subgroup size (lavapipe: 8, NVIDIA: 32) has no tile of A
