@@ -11,8 +11,9 @@
 #      no mkl wheel, so carry .mkl/mkl5.tar.xz (libmkl_rt, _core, _gnu_thread, _intel_lp64 and _avx512 .so.3
 #      from `pip download mkl`, tar | xz: the wheel is 229 MB); it is unpacked into /tmp/mkl and named by
 #      ASG_MKL_LIBRARY. MKL picks its kernels for the CPU, as PyTorch's MKL does (forcing AVX512 ran
-#      some of GPT-tiny's GEMMs 7-30% slower on the Emerald Rapids host, 2026-12-04). Two rounds:
-#      PyTorch's LeNet step ranged 4.8-7.9 ms between processes there.
+#      some of GPT-tiny's GEMMs 7-30% slower on the Emerald Rapids host, 2026-12-04). Three rounds of
+#      the three models (one process's LeNet step took 4.4 ms and the next 7.7 there; PyTorch's 4.8-7.9),
+#      then one of the larger sizes, in two calls that fit the 600 s a device command may take.
 # mnist: (not in all) LeNet-5 on real MNIST through asg-zoo's CLI on wgpu, MNIST_EPOCHS (default 2) epochs:
 #      the time per epoch; carry .mnistgz (the four IDX files of scripts/fetch_test_data.sh, gzipped).
 # ddp: (not in all) the GPT step data-parallel on wgpu, 1 vs 2 MPI ranks (one adapter per local rank: on one
@@ -40,8 +41,10 @@ if [ "$what" = cpu ] || [ "$what" = all ]; then
         echo "cpu: no .mkl/mkl5.tar.xz carried: ASG's matmul uses numpy's OpenBLAS"
     fi
     # The OpenBLAS variables this workplace sets slow a current numpy: unset them for the benchmark only.
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE taskset -c 2,3 timeout 540 \
-        python3 benchmarks/train_steps.py --threads 2 --scale --rounds 2 2>&1 | tee "$out/train_steps.txt"
+    pinned="env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE taskset -c 2,3"
+    $pinned timeout 250 python3 benchmarks/train_steps.py --threads 2 --rounds 3 2>&1 | tee "$out/train_steps.txt"
+    $pinned timeout 290 python3 benchmarks/train_steps.py --threads 2 --rounds 1 --steps 15 --backends numpy-jit \
+        --only mlp-h1024,mlp-h4096,gpt-d256-t64,gpt-d512-t256 2>&1 | tee "$out/train_steps_scale.txt"
 fi
 if [ "$what" = mnist ]; then
     # _gpu registers the wgpu backend from the source tree (asg-gpu is on PYTHONPATH, not installed)

@@ -555,12 +555,13 @@ def main(argv: list[str] | None = None) -> None:
         f"after 3 checked + {args.warmup} warm-up steps; Adam lr 1e-3, fp32, one fixed random batch\n",
         flush=True,
     )
-    rows, setups, profiles = [], {}, []
+    rows, setups, profiles, rounds_lines = [], {}, [], []
     with tempfile.TemporaryDirectory(prefix="asg-bench-") as tmp:
         for w in chosen:
             weights = os.path.join(tmp, f"{w.name}.npz")
             refs: list[dict] = []
             runs: dict[str, list[dict]] = {b: [] for b in backends}
+            paired: dict[str, list[tuple[float, float]]] = {b: [] for b in backends}
             # Rounds alternate the frameworks, so that changing load from other processes falls on all.
             for _ in range(args.rounds):
                 ref = run_worker("torch", w, args, weights) if with_torch else None
@@ -570,6 +571,10 @@ def main(argv: list[str] | None = None) -> None:
                     got = run_worker("asg", w, args, weights if ref is not None else "", backend)
                     if got is not None:
                         runs[backend].append(got)
+                        if ref is not None:
+                            paired[backend].append((got["ms"], ref["ms"]))
+            if args.rounds > 1:
+                rounds_lines.extend(round_summary(w.name, b, pairs) for b, pairs in paired.items() if pairs)
             ref = _median_run(refs)
             if ref is not None:
                 setups.setdefault("PyTorch", ref["setup"])
@@ -590,6 +595,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{side}: " + "; ".join(lines))
     print()
     print_table(rows, backends)
+    if rounds_lines:
+        print(
+            "\nper round (ASG and PyTorch processes run one after the other, so each ratio pairs times taken "
+            "under the same load):"
+        )
+        print("\n".join(rounds_lines))
     for text in profiles:
         print("\n" + text)
 
@@ -599,6 +610,21 @@ def _median_run(runs: list[dict]) -> dict | None:
     if not runs:
         return None
     return sorted(runs, key=lambda r: r["ms"])[(len(runs) - 1) // 2]
+
+
+def round_summary(name: str, backend: str, pairs: Sequence[tuple[float, float]]) -> str:
+    """One line of the rounds' step times and the ratio of each round's pair.
+
+    >>> round_summary("lenet", "numpy-jit", [(4.0, 5.0), (8.0, 6.0), (4.5, 6.0)])
+    'lenet          numpy-jit  ASG 4.00 8.00 4.50 ms, PyTorch 5.00 6.00 6.00 ms, ratio per round 0.80 1.33 0.75 (median 0.80, range 0.75-1.33)'
+    """
+    ratios = [a / t for a, t in pairs]
+    return (
+        f"{name:14s} {backend:10s} ASG {' '.join(f'{a:.2f}' for a, _ in pairs)} ms, "
+        f"PyTorch {' '.join(f'{t:.2f}' for _, t in pairs)} ms, ratio per round "
+        f"{' '.join(f'{r:.2f}' for r in ratios)} (median {float(np.median(ratios)):.2f}, "
+        f"range {min(ratios):.2f}-{max(ratios):.2f})"
+    )
 
 
 def loss_check(name: str, backend: str, asg: Sequence[float], ref: Sequence[float]) -> str:
