@@ -551,6 +551,43 @@ def test_layer_norm_gradients_and_bias_sums_run_numba_kernels_matching_float64(m
 
 
 @needs_numba
+@pytest.mark.parametrize(
+    ("shape", "target", "kernel"),
+    [
+        ((64, 6, 28, 28), (1, 6, 1, 1), "channel_sums"),  # LeNet's first convolution's bias gradient
+        ((64, 6, 28, 28), (6, 1, 1), "channel_sums"),  # the target's leading 1s left out
+        ((8, 4, 16, 16, 16), (4, 16, 1, 1), "channel_sums"),  # two kept axes, between reduced ones
+        ((4, 80, 512), (512,), "column_sums"),  # over leading axes (320 rows)
+        ((4, 80, 512), (80, 512), None),  # 4 rows: numpy's sum
+        ((2, 6, 8, 8), (1, 6, 1, 1), None),  # under 2**17 elements: numpy's sum
+        ((64, 6, 28, 28), (64, 1, 28, 1), None),  # kept axes not consecutive: numpy's sum
+    ],
+)
+def test_sum_to_keeping_consecutive_axes_runs_parallel_sums_matching_float64(
+    shape, target, kernel, monkeypatch
+) -> None:
+    # sum_to over the axes either side of a kept block (a convolution's bias gradient) or over leading
+    # axes: blocked parallel sums accumulated in float64, where big enough; numpy's sum elsewhere
+    from asg.core.backends.jit import kernels
+
+    called: list[str] = []
+    for name in ("channel_sums", "column_sums"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(
+            kernels, name, lambda *a, _real=real, _name=name: called.append(_name) or _real(*a)
+        )
+    xs = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    x = ag.input("x", shape)
+    got = ag.compile(ag.sum_to(x * 1.0, target), inputs=[x], backend="numpy-jit")(xs)
+    padded = (1,) * (len(shape) - len(target)) + target
+    axes = tuple(a for a, t in enumerate(padded) if t == 1)
+    want = xs.astype(np.float64).sum(axes, keepdims=True).reshape(target)
+    assert got.shape == target and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert called == ([kernel] if kernel else [])
+
+
+@needs_numba
 @pytest.mark.parametrize("kind", ["softmax", "log_softmax", "layer_norm", "sum"])
 def test_row_kernels_match_float64(kind: str, monkeypatch) -> None:
     # the row sums are reassociated (vectorised); still float64 sums: within float32 rounding of float64.

@@ -329,18 +329,26 @@ _COLUMN_SUMS_MIN = 1 << 17  # elements (and 256 rows); below, numpy's sum is as 
 
 
 def _sum_to_make(ctx: LoweringContext) -> Any:
-    """sum_to over leading axes only (bias gradients: (B, T, N) -> (N,)) as parallel column sums."""
+    """sum_to keeping one block of consecutive axes, in parallel: column sums over leading axes (bias
+    gradients: (B, T, N) -> (N,)), or channel sums over the axes either side ((N, C, H, W) -> (1, C, 1, 1))."""
     from . import kernels
 
-    shape, target = ctx.in_types[0].shape, tuple(ctx.out_type.shape)
-    lead = len(shape) - len(target)
-    rows = _rows_of(shape, len(target))
-    if lead == 0 or tuple(shape[lead:]) != target or rows[0] < 256 or math.prod(shape) < _COLUMN_SUMS_MIN:
+    shape, target = tuple(ctx.in_types[0].shape), tuple(ctx.out_type.shape)
+    padded = (1,) * (len(shape) - len(target)) + target
+    kept = [a for a, (n, t) in enumerate(zip(shape, padded, strict=True)) if t != 1]
+    if not kept or any(shape[a] != padded[a] for a in kept) or kept != list(range(kept[0], kept[-1] + 1)):
+        return None
+    first, stop = kept[0], kept[-1] + 1
+    view = (math.prod(shape[:first]), math.prod(shape[first:stop]), math.prod(shape[stop:]))
+    if view[0] < (256 if view[2] == 1 else 2) or math.prod(shape) < _COLUMN_SUMS_MIN:
         return None
 
     def run(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        out = _out(out, target, x.dtype).reshape(rows[1])
-        return kernels.column_sums(np.ascontiguousarray(x).reshape(rows), out).reshape(target)
+        flat = _out(out, target, x.dtype).reshape(view[1])
+        x = np.ascontiguousarray(x)
+        if view[2] == 1:
+            return kernels.column_sums(x.reshape(view[:2]), flat).reshape(target)
+        return kernels.channel_sums(x.reshape(view), flat).reshape(target)
 
     return run
 

@@ -267,6 +267,22 @@ def column_sums(x, out):  # pragma: no cover - compiled
     return out
 
 
+@njit(**_JIT)
+def channel_sums(x, out):  # pragma: no cover - compiled
+    # out[c] = sum over n and s of x[n, c, s] (a convolution's bias gradient: (N, C, H*W) -> (C,)),
+    # blocks of n as column_sums, each (n, c) row summed in SIMD lanes
+    rows, channels, inner = x.shape
+    blocks = min(rows, _BLOCKS)
+    partial = np.zeros((blocks, channels), np.float64)
+    for b in prange(blocks):
+        for r in range(b * rows // blocks, (b + 1) * rows // blocks):
+            plane = x[r]
+            for c in range(channels):
+                partial[b, c] += _row_sum(plane, c, inner)
+    _sum_blocks(partial, out)
+    return out
+
+
 @njit(**_SERIAL)
 def _sum_blocks(partial, out):  # pragma: no cover - compiled
     blocks, cols = partial.shape
