@@ -44,11 +44,14 @@ def _both(op: str, arrays: list[np.ndarray], **attrs) -> tuple[np.ndarray, np.nd
 
 
 CONV = [  # (x shape, weight shape, padding (top, bottom, left, right), dilation, groups)
-    ((3, 1, 12, 11), (6, 1, 5, 5), (2, 2, 2, 2), (1, 1), 1),  # LeNet's conv1: one input channel
-    ((2, 6, 9, 10), (16, 6, 5, 5), (0, 0, 0, 0), (1, 1), 1),  # LeNet's conv2 (16 = four blocks of 4)
-    ((2, 4, 8, 9), (6, 2, 3, 2), (1, 0, 2, 1), (2, 1), 2),  # asymmetric padding, dilation, 2 groups of 3
-    ((1, 5, 7, 7), (5, 1, 3, 3), (1, 1, 1, 1), (1, 2), 5),  # depthwise
-    ((2, 3, 6, 5), (7, 3, 1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1, 7 = a block of 4 and three single channels
+    # LeNet's conv1: one input channel, its 6 outputs one register tile of 6
+    ((3, 1, 12, 11), (6, 1, 5, 5), (2, 2, 2, 2), (1, 1), 1),
+    ((2, 6, 9, 10), (16, 6, 5, 5), (0, 0, 0, 0), (1, 1), 1),  # LeNet's conv2 (16 = four tiles of 4)
+    # asymmetric padding, dilation, 2 groups of 3 (tiles of 4, one channel and 3 of 15 terms padded)
+    ((2, 4, 8, 9), (6, 2, 3, 2), (1, 0, 2, 1), (2, 1), 2),
+    ((2, 4, 7, 7), (12, 2, 3, 3), (1, 1, 1, 1), (1, 1), 2),  # 2 groups of 6 channels: a tile of 6 each
+    ((1, 5, 7, 7), (5, 1, 3, 3), (1, 1, 1, 1), (1, 2), 5),  # depthwise: tiles of 1
+    ((2, 3, 6, 5), (7, 3, 1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1, 7 = two tiles of 4, one padded
 ]
 
 

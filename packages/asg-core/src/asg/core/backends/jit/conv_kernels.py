@@ -5,8 +5,11 @@ padded into a task-local buffer of width ``wp``: output pixel ``(y, x)`` of a st
 flat position ``q = y*wp + x``, and kernel offset ``(i, j)`` reads the padded plane at ``q + i*dh*wp + j*dw``,
 so every kernel offset is one long contiguous loop over ``q`` (columns ``x >= wo`` are computed and dropped).
 That avoids im2col's columns (25x the input for a 5x5 kernel) where the channel counts are too small for
-a GEMM to pay for them. The max-pool kernels find each window's first maximum in one pass per plane, as
-the numpy kernels' rule does (the first offset equal to the window's maximum, the last one when that
+a GEMM to pay for them. The forward convolution and the weight gradient run register tiles over those
+shifted windows (:mod:`.tiles`); the transposed convolution adds shifted planes four at a time.
+
+The max-pool kernels find each window's first maximum in one pass per plane, as the numpy kernels' rule
+does (the first offset equal to the window's maximum, the last one when that
 maximum is NaN; padding reads as -inf and takes no gradient).
 """
 
@@ -15,10 +18,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .tiles import DOT_CHANNELS, DOT_TERMS, LANES, TILE, dot_tile, fma_tile_1, fma_tile_4, fma_tile_6
+
 _JIT = {"parallel": True, "cache": True, "nogil": True, "error_model": "numpy"}
-# contract: a multiply-add may be one FMA; reassoc: a dot product may be summed in SIMD lanes (as a GEMM's)
+# contract: a multiply-add may be one FMA
 _FMA = {**_JIT, "fastmath": {"contract"}}
-_DOT = {**_JIT, "fastmath": {"contract", "reassoc"}}
 
 
 @njit(**{**_JIT, "parallel": False})
@@ -80,48 +84,62 @@ def _add_products_2(d0, d1, sources, starts, w0s, w1s, count, length):  # pragma
         k += 1
 
 
-@njit(**_FMA)
+@njit(**_JIT)
 def conv_direct(x, w, top, left, hp, wp, dh, dw, out):  # pragma: no cover - compiled
     # out[n, co, y, x] = sum_{c, i, j} w[co, c, i, j] * xpad[n, grp*cig + c, y + i*dh, x + j*dw], stride 1;
-    # xpad is x placed at (top, left) in an (hp, wp) zero plane. Two output planes of a group at a time,
-    # one pass over them per four (c, i, j) terms.
+    # xpad is x placed at (top, left) in an (hp, wp) zero plane. A block of a group's output channels
+    # times TILE flat positions at a time, accumulated in registers over every (c, i, j) (tiles.fma_tile).
     n_img, channels = x.shape[0], x.shape[1]
     c_out, cig, kh, kw = w.shape
-    cog = c_out // (channels // cig)
+    groups = channels // cig
+    cog = c_out // groups
     ho, wo = out.shape[2], out.shape[3]
-    length = (ho - 1) * wp + wo
+    tiles = ((ho - 1) * wp + wo + TILE - 1) // TILE
     plane = hp * wp
-    weights = w.reshape(c_out, cig * kh * kw)
     terms = cig * kh * kw
-    starts = np.empty(terms, np.int64)  # where term (c, i, j) starts reading a group's planes
+    block = 1 if cog == 1 else 6 if cog % 6 == 0 and cog % 4 != 0 else 4  # channels per tile
+    blocks = (cog + block - 1) // block
+    stacked = np.zeros(groups * blocks * terms * block, x.dtype)  # [group, block, term, channel], 0-padded
+    flat_w = w.reshape(c_out, terms)
+    for co in range(c_out):
+        k = co % cog
+        first = ((co // cog) * blocks + k // block) * terms * block + k % block
+        for t in range(terms):
+            stacked[first + t * block] = flat_w[co, t]
+    starts = _term_starts(cig, kh, kw, plane, wp, dh, dw, terms)
+    size = max(channels * plane, (groups - 1) * cig * plane + starts[terms - 1] + tiles * TILE)
+    for n in prange(n_img):
+        xp = np.zeros(size, x.dtype)  # the padded planes, then zeros the last tiles may read
+        _pad_image(x, n, top, left, hp, wp, xp[: channels * plane].reshape(channels, plane))
+        acc = np.empty((block, tiles * TILE), x.dtype)
+        for grp in range(groups):
+            source = xp[grp * cig * plane :]
+            for b in range(blocks):
+                weights = stacked[(grp * blocks + b) * terms * block : (grp * blocks + b + 1) * terms * block]
+                for tile in range(tiles):
+                    if block == 6:
+                        fma_tile_6(source, starts, weights, terms, tile * TILE, acc)
+                    elif block == 4:
+                        fma_tile_4(source, starts, weights, terms, tile * TILE, acc)
+                    else:
+                        fma_tile_1(source, starts, weights, terms, tile * TILE, acc)
+                for k in range(min(block, cog - b * block)):
+                    co = grp * cog + b * block + k
+                    for y in range(ho):
+                        out[n, co, y] = acc[k, y * wp : y * wp + wo]
+    return out
+
+
+@njit(**{**_JIT, "parallel": False})
+def _term_starts(cig, kh, kw, plane, wp, dh, dw, count):  # pragma: no cover - compiled
+    """Where term ``(c, i, j)`` starts reading a group's planes; ``count`` may exceed the terms (those
+    extra starts are 0: a tile padded with terms that read the first plane, and whose sums are dropped)."""
+    starts = np.zeros(count, np.int64)
     for c in range(cig):
         for i in range(kh):
             for j in range(kw):
                 starts[(c * kh + i) * kw + j] = c * plane + i * dh * wp + j * dw
-    for n in prange(n_img):
-        xp = np.zeros((channels, plane), x.dtype)
-        _pad_image(x, n, top, left, hp, wp, xp)
-        flat = xp.reshape(-1)
-        acc = np.empty((2, length), x.dtype)
-        for co in range(0, c_out, 2):
-            pair = co + 1 < c_out and (co + 1) // cog == co // cog
-            acc[:] = 0
-            source = flat[(co // cog) * cig * plane :]
-            if pair:
-                _add_products_2(acc[0], acc[1], source, starts, weights[co], weights[co + 1], terms, length)
-            else:
-                _add_products(acc[0], source, starts, weights[co], 0, terms, length)
-            for k in range(2 if pair else 1):
-                for y in range(ho):
-                    out[n, co + k, y] = acc[k, y * wp : y * wp + wo]
-            if not pair and co + 1 < c_out:  # the next group starts at co + 1
-                acc[0] = 0
-                _add_products(
-                    acc[0], flat[((co + 1) // cog) * cig * plane :], starts, weights[co + 1], 0, terms, length
-                )
-                for y in range(ho):
-                    out[n, co + 1, y] = acc[0, y * wp : y * wp + wo]
-    return out
+    return starts
 
 
 @njit(**_FMA)
@@ -176,56 +194,44 @@ def conv_transpose_direct(g, w, top, left, hp, wp, dh, dw, out):  # pragma: no c
     return out
 
 
-@njit(**_DOT)
+@njit(**_JIT)
 def conv_weight_direct(x, g, top, left, hp, wp, dh, dw, part):  # pragma: no cover - compiled
     # part[t, co, c, i, j] = sum over the images of chunk t, and (y, x), of
-    # g[n, co, y, x] * xpad[n, grp*cig + c, y + i*dh, x + j*dw]  (stride 1; conv2d's weight gradient)
+    # g[n, co, y, x] * xpad[n, grp*cig + c, y + i*dh, x + j*dw]  (stride 1; conv2d's weight gradient),
+    # as tiles of DOT_CHANNELS output channels x DOT_TERMS terms, each a dot product over the flat
+    # positions (tiles.dot_tile); a group's channels and the terms are padded up to whole tiles.
     n_img, channels = x.shape[0], x.shape[1]
     chunks, c_out, cig, kh, kw = part.shape
     groups = channels // cig
     cog = c_out // groups
     ho, wo = g.shape[2], g.shape[3]
-    length = (ho - 1) * wp + wo
+    steps = ((ho - 1) * wp + wo + LANES - 1) // LANES
+    plane = hp * wp
+    terms = cig * kh * kw
+    padded_terms = (terms + DOT_TERMS - 1) // DOT_TERMS * DOT_TERMS
+    padded_cog = (cog + DOT_CHANNELS - 1) // DOT_CHANNELS * DOT_CHANNELS
+    starts = _term_starts(cig, kh, kw, plane, wp, dh, dw, padded_terms)
+    size = max(channels * plane, (groups - 1) * cig * plane + starts[terms - 1] + steps * LANES)
     for t in prange(chunks):
-        acc = part[t]
-        acc[:] = 0
-        xp = np.zeros((channels, hp * wp), x.dtype)
-        gw = np.zeros((c_out, length), x.dtype)  # g at width wp; the columns x >= wo stay 0
-        zero = gw[0, 0]  # in x's dtype: a float64 sum would halve the SIMD width
+        acc = np.zeros((groups * padded_cog, padded_terms), x.dtype)
+        xp = np.zeros(size, x.dtype)
+        gw = np.zeros((groups * padded_cog, steps * LANES), x.dtype)  # g at width wp; the rest stays 0
         for n in range(t * n_img // chunks, (t + 1) * n_img // chunks):
-            _pad_image(x, n, top, left, hp, wp, xp)
+            _pad_image(x, n, top, left, hp, wp, xp[: channels * plane].reshape(channels, plane))
             for co in range(c_out):
+                row = (co // cog) * padded_cog + co % cog
                 for y in range(ho):
-                    gw[co, y * wp : y * wp + wo] = g[n, co, y]
+                    gw[row, y * wp : y * wp + wo] = g[n, co, y]
             for grp in range(groups):
-                co = grp * cog
-                while co < (grp + 1) * cog:
-                    block = 4 if co + 4 <= (grp + 1) * cog else 1
-                    step = block // 4
-                    g0, g1, g2, g3 = gw[co], gw[co + step], gw[co + 2 * step], gw[co + 3 * step]
-                    for c in range(cig):
-                        for i in range(kh):
-                            for j in range(kw):
-                                off = i * dh * wp + j * dw
-                                src = xp[grp * cig + c, off : off + length]
-                                if block == 4:
-                                    t0, t1, t2, t3 = zero, zero, zero, zero
-                                    for q in range(length):
-                                        v = src[q]
-                                        t0 += g0[q] * v
-                                        t1 += g1[q] * v
-                                        t2 += g2[q] * v
-                                        t3 += g3[q] * v
-                                    acc[co, c, i, j] += t0
-                                    acc[co + 1, c, i, j] += t1
-                                    acc[co + 2, c, i, j] += t2
-                                    acc[co + 3, c, i, j] += t3
-                                else:
-                                    t0 = zero
-                                    for q in range(length):
-                                        t0 += g0[q] * src[q]
-                                    acc[co, c, i, j] += t0
-                    co += block
+                source = xp[grp * cig * plane :]
+                for c0 in range(grp * padded_cog, (grp + 1) * padded_cog, DOT_CHANNELS):
+                    for t0 in range(0, padded_terms, DOT_TERMS):
+                        dot_tile(source, gw, starts, t0, c0, steps, acc)
+        sums = part[t].reshape(c_out, terms)
+        for co in range(c_out):
+            row = (co // cog) * padded_cog + co % cog
+            for k in range(terms):
+                sums[co, k] = acc[row, k]
     return part
 
 
