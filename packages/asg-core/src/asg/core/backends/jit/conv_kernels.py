@@ -6,7 +6,8 @@ flat position ``q = y*wp + x``, and kernel offset ``(i, j)`` reads the padded pl
 so every kernel offset is one long contiguous loop over ``q`` (columns ``x >= wo`` are computed and dropped).
 That avoids im2col's columns (25x the input for a 5x5 kernel) where the channel counts are too small for
 a GEMM to pay for them. The forward convolution and the weight gradient run register tiles over those
-shifted windows (:mod:`.tiles`); the transposed convolution adds shifted planes four at a time.
+shifted windows (:mod:`.tiles`); the transposed convolution adds g's planes, shifted per kernel offset,
+in tiles of the same kind.
 
 The max-pool kernels find each window's first maximum in one pass per plane, as the numpy kernels' rule
 does (the first offset equal to the window's maximum, the last one when that
@@ -18,11 +19,21 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .tiles import DOT_CHANNELS, DOT_TERMS, LANES, TILE, dot_tile, fma_tile_1, fma_tile_4, fma_tile_6
+from .tiles import (
+    DOT_CHANNELS,
+    DOT_TERMS,
+    LANES,
+    TILE,
+    dot_tile,
+    fma_add_tile_1,
+    fma_add_tile_4,
+    fma_add_tile_6,
+    fma_tile_1,
+    fma_tile_4,
+    fma_tile_6,
+)
 
 _JIT = {"parallel": True, "cache": True, "nogil": True, "error_model": "numpy"}
-# contract: a multiply-add may be one FMA
-_FMA = {**_JIT, "fastmath": {"contract"}}
 
 
 @njit(**{**_JIT, "parallel": False})
@@ -35,53 +46,6 @@ def _pad_image(x, n, top, left, hp, wp, xp):  # pragma: no cover - compiled
             src = x[n, c, r]
             for s in range(max(0, -left), min(wd, wp - left)):
                 dst[s + left] = src[s]
-
-
-@njit(**{**_FMA, "parallel": False})
-def _add_products(dst, sources, starts, weights, first, count, length):  # pragma: no cover - compiled
-    """``dst[q] += sum_k weights[k] * sources[starts[k] + q]`` over ``k`` in ``first .. first+count``,
-    four terms per pass over ``dst`` (one load and store of ``dst`` per four multiply-adds)."""
-    k = first
-    while k + 4 <= first + count:
-        s0 = sources[starts[k] : starts[k] + length]  # slices: no negative-index checks in the loop
-        s1 = sources[starts[k + 1] : starts[k + 1] + length]
-        s2 = sources[starts[k + 2] : starts[k + 2] + length]
-        s3 = sources[starts[k + 3] : starts[k + 3] + length]
-        w0, w1, w2, w3 = weights[k], weights[k + 1], weights[k + 2], weights[k + 3]
-        for q in range(length):
-            dst[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q] + w3 * s3[q]
-        k += 4
-    while k < first + count:
-        s0 = sources[starts[k] : starts[k] + length]
-        w0 = weights[k]
-        for q in range(length):
-            dst[q] += w0 * s0[q]
-        k += 1
-
-
-@njit(**{**_FMA, "parallel": False})
-def _add_products_2(d0, d1, sources, starts, w0s, w1s, count, length):  # pragma: no cover - compiled
-    """:func:`_add_products` into two outputs at once (from ``first`` 0), sharing each source's loads."""
-    k = 0
-    while k + 4 <= count:
-        s0 = sources[starts[k] : starts[k] + length]
-        s1 = sources[starts[k + 1] : starts[k + 1] + length]
-        s2 = sources[starts[k + 2] : starts[k + 2] + length]
-        s3 = sources[starts[k + 3] : starts[k + 3] + length]
-        a0, a1, a2, a3 = w0s[k], w0s[k + 1], w0s[k + 2], w0s[k + 3]
-        b0, b1, b2, b3 = w1s[k], w1s[k + 1], w1s[k + 2], w1s[k + 3]
-        for q in range(length):
-            v0, v1, v2, v3 = s0[q], s1[q], s2[q], s3[q]
-            d0[q] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
-            d1[q] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
-        k += 4
-    while k < count:
-        s0 = sources[starts[k] : starts[k] + length]
-        a0, b0 = w0s[k], w1s[k]
-        for q in range(length):
-            d0[q] += a0 * s0[q]
-            d1[q] += b0 * s0[q]
-        k += 1
 
 
 @njit(**_JIT)
@@ -118,11 +82,11 @@ def conv_direct(x, w, top, left, hp, wp, dh, dw, out):  # pragma: no cover - com
                 weights = stacked[(grp * blocks + b) * terms * block : (grp * blocks + b + 1) * terms * block]
                 for tile in range(tiles):
                     if block == 6:
-                        fma_tile_6(source, starts, weights, terms, tile * TILE, acc)
+                        fma_tile_6(source, starts, weights, terms, tile * TILE, acc, 0)
                     elif block == 4:
-                        fma_tile_4(source, starts, weights, terms, tile * TILE, acc)
+                        fma_tile_4(source, starts, weights, terms, tile * TILE, acc, 0)
                     else:
-                        fma_tile_1(source, starts, weights, terms, tile * TILE, acc)
+                        fma_tile_1(source, starts, weights, terms, tile * TILE, acc, 0)
                 for k in range(min(block, cog - b * block)):
                     co = grp * cog + b * block + k
                     for y in range(ho):
@@ -142,55 +106,59 @@ def _term_starts(cig, kh, kw, plane, wp, dh, dw, count):  # pragma: no cover - c
     return starts
 
 
-@njit(**_FMA)
+@njit(**_JIT)
 def conv_transpose_direct(g, w, top, left, hp, wp, dh, dw, out):  # pragma: no cover - compiled
     # conv_transpose2d at stride 1: xpad[n, grp*cox + c, y + i*dh, x + j*dw] += w[grp*cgg + k, c, i, j] * g[n, k, y, x]
     # over an (hp, wp) plane, then out is xpad from (top, left). g is read at width wp (zeros past its
-    # width), so each (c, i, j) is one pass per four channels of g over the flat positions of g.
+    # width): for each kernel offset (i, j), a block of a group's planes gets the sum over the group's
+    # channels k of g's planes shifted by (i*dh, j*dw), TILE positions at a time (tiles.fma_add_tile).
     n_img, c_g, hg, wg = g.shape
     _, cox, kh, kw = w.shape
     c_x, h, wd = out.shape[1], out.shape[2], out.shape[3]
-    cgg = c_g // (c_x // cox)
-    length = (hg - 1) * wp + wg
-    weights = np.empty((c_x, kh, kw, cgg), w.dtype)  # the terms of each (c, i, j), contiguous
-    for c in range(c_x):
-        for i in range(kh):
-            for j in range(kw):
-                for k in range(cgg):
-                    weights[c, i, j, k] = w[(c // cox) * cgg + k, c % cox, i, j]
-    starts = np.arange(cgg) * length
+    groups = c_x // cox
+    cgg = c_g // groups
+    tiles = ((hg - 1) * wp + wg + TILE - 1) // TILE
+    span = tiles * TILE  # g's flat positions, rounded up to whole tiles (zeros past its last row)
+    block = 1 if cox == 1 else 6 if cox % 6 == 0 and cox % 4 != 0 else 4
+    blocks = (cox + block - 1) // block
+    # weights[group, block, i, j, k, channel]: the terms (channels k of g) of one offset, 0-padded
+    stacked = np.zeros(groups * blocks * kh * kw * cgg * block, w.dtype)
+    for grp in range(groups):
+        for c in range(cox):
+            for i in range(kh):
+                for j in range(kw):
+                    first = (((grp * blocks + c // block) * kh + i) * kw + j) * cgg * block + c % block
+                    for k in range(cgg):
+                        stacked[first + k * block] = w[grp * cgg + k, c, i, j]
+    starts = np.arange(cgg) * span
+    width = max(hp * wp, (kh - 1) * dh * wp + (kw - 1) * dw + span)  # the last tiles' writes fit
     for n in prange(n_img):
-        gw = np.zeros((c_g, length), g.dtype)
+        gw = np.zeros((c_g, span), g.dtype)
         for k in range(c_g):
             for y in range(hg):
                 gw[k, y * wp : y * wp + wg] = g[n, k, y]
         flat = gw.reshape(-1)
-        xp = np.zeros((c_x, hp * wp), g.dtype)
-        for c in range(0, c_x, 2):
-            pair = c + 1 < c_x and (c + 1) // cox == c // cox  # two planes of a group share g's loads
-            source = flat[(c // cox) * cgg * length :]
-            for i in range(kh):
-                for j in range(kw):
-                    off = i * dh * wp + j * dw
-                    if pair:
-                        d0, d1 = xp[c, off : off + length], xp[c + 1, off : off + length]
-                        _add_products_2(
-                            d0, d1, source, starts, weights[c, i, j], weights[c + 1, i, j], cgg, length
-                        )
-                    else:
-                        _add_products(
-                            xp[c, off : off + length], source, starts, weights[c, i, j], 0, cgg, length
-                        )
-            if not pair and c + 1 < c_x:  # the next group starts at c + 1
-                source = flat[((c + 1) // cox) * cgg * length :]
+        xp = np.zeros((groups * blocks * block, width), g.dtype)  # a block's rows padded to whole tiles
+        for grp in range(groups):
+            source = flat[grp * cgg * span :]
+            for b in range(blocks):
+                row = (grp * blocks + b) * block
                 for i in range(kh):
                     for j in range(kw):
-                        off = i * dh * wp + j * dw
-                        d0 = xp[c + 1, off : off + length]
-                        _add_products(d0, source, starts, weights[c + 1, i, j], 0, cgg, length)
+                        at = row * width + i * dh * wp + j * dw
+                        first = (((grp * blocks + b) * kh + i) * kw + j) * cgg * block
+                        weights = stacked[first : first + cgg * block]
+                        for tile in range(tiles):
+                            if block == 6:
+                                fma_add_tile_6(source, starts, weights, cgg, tile * TILE, xp, at)
+                            elif block == 4:
+                                fma_add_tile_4(source, starts, weights, cgg, tile * TILE, xp, at)
+                            else:
+                                fma_add_tile_1(source, starts, weights, cgg, tile * TILE, xp, at)
         for c in range(c_x):
+            plane = xp[(c // cox) * blocks * block + c % cox]
             for r in range(h):
-                out[n, c, r] = xp[c, (r + top) * wp + left : (r + top) * wp + left + wd]
+                out[n, c, r] = plane[(r + top) * wp + left : (r + top) * wp + left + wd]
     return out
 
 

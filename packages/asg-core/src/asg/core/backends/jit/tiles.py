@@ -6,9 +6,10 @@ product per weight ends in a horizontal sum after a short loop. These intrinsics
 accumulators in vector registers across a whole reduction instead (the micro-kernel of a GEMM, with
 im2col's columns read in place as shifted windows of a padded plane):
 
-- :func:`fma_tile` ``(cb, 2)``: ``cb`` output channels x :data:`TILE` positions, summed over every
-  kernel term; one load of the input per term feeds ``cb`` vector FMAs;
-- :func:`dot_tile` ``(cb, tb)``: ``cb`` output channels x ``tb`` kernel terms of the weight gradient,
+- ``fma_tile_<cb>``: ``cb`` output channels x :data:`TILE` positions, summed over every kernel term
+  (one load of the input per term feeds ``cb`` vector FMAs), stored; ``fma_add_tile_<cb>`` adds them
+  (the transposed convolution's scatter of one kernel offset);
+- ``dot_tile``: :data:`DOT_CHANNELS` output channels x :data:`DOT_TERMS` kernel terms of the weight gradient,
   each a dot product over the positions, horizontally summed once at the end.
 
 Vectors are :data:`LANES` wide in the arrays' dtype (float32 or float64; LLVM splits them to what
@@ -110,24 +111,27 @@ def _loop(
     return results
 
 
-def _make_fma_tile(cb: int) -> Any:
+def _make_fma_tile(cb: int, add: bool) -> Any:
     @intrinsic
-    def fma_tile(typingctx, src, starts, weights, terms, q0, acc):  # pragma: no cover - compiled
-        """``acc[c, q0 + p] = sum_t weights[t*cb + c] * src[starts[t] + q0 + p]`` for ``c < cb``,
-        ``p < TILE``, ``t < terms``."""
+    def fma_tile(typingctx, src, starts, weights, terms, q0, acc, at0):  # pragma: no cover - compiled
+        """``s[c, p] = sum_t weights[t*cb + c] * src[starts[t] + q0 + p]`` for ``c < cb``, ``p < TILE``,
+        ``t < terms``, stored (``add``: added) at flat element ``c * row + at0 + q0 + p`` of ``acc``
+        (``row``: its first stride)."""
         if not (
             _arrays_ok(src, weights, acc) and isinstance(starts, types.Array) and starts.dtype == types.int64
         ):
             return None
-        if not (isinstance(terms, types.Integer) and isinstance(q0, types.Integer)):
+        if not all(isinstance(a, types.Integer) for a in (terms, q0, at0)):
             return None
-        sig = types.void(src, starts, weights, terms, q0, acc)
+        sig = types.void(src, starts, weights, terms, q0, acc, at0)
 
         def codegen(context, builder, signature, args):
             src_a, starts_a, weights_a, acc_a = (
                 context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 1, 2, 5)
             )
-            terms_v, q0_v = (context.cast(builder, args[k], signature.args[k], types.int64) for k in (3, 4))
+            terms_v, q0_v, at0_v = (
+                context.cast(builder, args[k], signature.args[k], types.int64) for k in (3, 4, 6)
+            )
             _, vec, item, suffix = _llvm(signature.args[0].dtype)
             fma = _fma(builder, vec, suffix)
             spread = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
@@ -154,10 +158,15 @@ def _make_fma_tile(cb: int) -> Any:
 
             sums = _loop(builder, terms_v, 2 * cb, vec, body)
             row = _row_elements(builder, acc_a, item)
+            first = builder.add(at0_v, q0_v)
             for c in range(cb):
                 for h in range(2):
-                    at = builder.add(builder.mul(_const(c), row), builder.add(q0_v, _const(h * LANES)))
-                    builder.store(sums[2 * c + h], _at(builder, acc_a.data, at, vec), align=item)
+                    at = builder.add(builder.mul(_const(c), row), builder.add(first, _const(h * LANES)))
+                    ptr = _at(builder, acc_a.data, at, vec)
+                    value = sums[2 * c + h]
+                    if add:
+                        value = builder.fadd(builder.load(ptr, align=item), value)
+                    builder.store(value, ptr, align=item)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -223,9 +232,12 @@ def _make_dot_tile(cb: int, tb: int) -> Any:
     return dot_tile
 
 
-fma_tile_1 = _make_fma_tile(1)
-fma_tile_4 = _make_fma_tile(4)
-fma_tile_6 = _make_fma_tile(6)
+fma_tile_1 = _make_fma_tile(1, False)
+fma_tile_4 = _make_fma_tile(4, False)
+fma_tile_6 = _make_fma_tile(6, False)
+fma_add_tile_1 = _make_fma_tile(1, True)
+fma_add_tile_4 = _make_fma_tile(4, True)
+fma_add_tile_6 = _make_fma_tile(6, True)
 DOT_CHANNELS, DOT_TERMS = 2, 5
 """The weight gradient's tile: output channels x kernel terms (one row of a 5x5 kernel)."""
 dot_tile = _make_dot_tile(DOT_CHANNELS, DOT_TERMS)
