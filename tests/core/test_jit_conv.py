@@ -52,6 +52,8 @@ CONV = [  # (x shape, weight shape, padding (top, bottom, left, right), dilation
     ((2, 4, 7, 7), (12, 2, 3, 3), (1, 1, 1, 1), (1, 1), 2),  # 2 groups of 6 channels: a tile of 6 each
     ((1, 5, 7, 7), (5, 1, 3, 3), (1, 1, 1, 1), (1, 2), 5),  # depthwise: tiles of 1
     ((2, 3, 6, 5), (7, 3, 1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1, 7 = two tiles of 4, one padded
+    # 19 images: the weight gradient sums groups of a thread's images per tile, then the rest
+    ((19, 3, 6, 6), (4, 3, 3, 3), (1, 1, 1, 1), (1, 1), 1),
 ]
 
 

@@ -162,12 +162,18 @@ def conv_transpose_direct(g, w, top, left, hp, wp, dh, dw, out):  # pragma: no c
     return out
 
 
+DOT_IMAGES, DOT_STEPS = 8, 512
+"""The weight gradient's tiles sum over up to DOT_IMAGES images of a thread's chunk in one call, as many
+as take about DOT_STEPS vectors of positions (small planes: LeNet's conv2 has 17 a image)."""
+
+
 @njit(**_JIT)
 def conv_weight_direct(x, g, top, left, hp, wp, dh, dw, part):  # pragma: no cover - compiled
     # part[t, co, c, i, j] = sum over the images of chunk t, and (y, x), of
     # g[n, co, y, x] * xpad[n, grp*cig + c, y + i*dh, x + j*dw]  (stride 1; conv2d's weight gradient),
     # as tiles of DOT_CHANNELS output channels x DOT_TERMS terms, each a dot product over the flat
-    # positions (tiles.dot_tile); a group's channels and the terms are padded up to whole tiles.
+    # positions of a few images at a time (tiles.dot_tile); a group's channels and the terms are padded up
+    # to whole tiles.
     n_img, channels = x.shape[0], x.shape[1]
     chunks, c_out, cig, kh, kw = part.shape
     groups = channels // cig
@@ -178,23 +184,28 @@ def conv_weight_direct(x, g, top, left, hp, wp, dh, dw, part):  # pragma: no cov
     terms = cig * kh * kw
     padded_terms = (terms + DOT_TERMS - 1) // DOT_TERMS * DOT_TERMS
     padded_cog = (cog + DOT_CHANNELS - 1) // DOT_CHANNELS * DOT_CHANNELS
+    rows = groups * padded_cog
     starts = _term_starts(cig, kh, kw, plane, wp, dh, dw, padded_terms)
     size = max(channels * plane, (groups - 1) * cig * plane + starts[terms - 1] + steps * LANES)
+    few = max(1, min(DOT_IMAGES, DOT_STEPS // steps))
     for t in prange(chunks):
-        acc = np.zeros((groups * padded_cog, padded_terms), x.dtype)
-        xp = np.zeros(size, x.dtype)
-        gw = np.zeros((groups * padded_cog, steps * LANES), x.dtype)  # g at width wp; the rest stays 0
-        for n in range(t * n_img // chunks, (t + 1) * n_img // chunks):
-            _pad_image(x, n, top, left, hp, wp, xp[: channels * plane].reshape(channels, plane))
-            for co in range(c_out):
-                row = (co // cog) * padded_cog + co % cog
-                for y in range(ho):
-                    gw[row, y * wp : y * wp + wo] = g[n, co, y]
+        acc = np.zeros((rows, padded_terms), x.dtype)
+        xp = np.zeros((few, size), x.dtype)
+        gw = np.zeros((few, rows, steps * LANES), x.dtype)  # g at width wp; the rest stays 0
+        first, last = t * n_img // chunks, (t + 1) * n_img // chunks
+        for n0 in range(first, last, few):
+            count = min(few, last - n0)
+            for m in range(count):
+                _pad_image(x, n0 + m, top, left, hp, wp, xp[m, : channels * plane].reshape(channels, plane))
+                for co in range(c_out):
+                    row = (co // cog) * padded_cog + co % cog
+                    for y in range(ho):
+                        gw[m, row, y * wp : y * wp + wo] = g[n0 + m, co, y]
             for grp in range(groups):
-                source = xp[grp * cig * plane :]
+                source = xp[0, grp * cig * plane :]
                 for c0 in range(grp * padded_cog, (grp + 1) * padded_cog, DOT_CHANNELS):
                     for t0 in range(0, padded_terms, DOT_TERMS):
-                        dot_tile(source, gw, starts, t0, c0, steps, acc)
+                        dot_tile(source, gw[0], starts, t0, c0, steps, acc, count, size, rows * steps * LANES)
         sums = part[t].reshape(c_out, terms)
         for co in range(c_out):
             row = (co // cog) * padded_cog + co % cog

@@ -78,10 +78,12 @@ def _loop(
     accumulators: int,
     vec: ir.VectorType,
     body: Callable[[Any, list], list],
+    initial: list | None = None,
 ) -> list:
-    """``for i in range(count)`` carrying ``accumulators`` vectors (from zero) through ``body(i, accs)``,
-    which returns their new values; the values after the loop (zeros when ``count <= 0``)."""
+    """``for i in range(count)`` carrying ``accumulators`` vectors (from ``initial``, else zero) through
+    ``body(i, accs)``, which returns their new values; the values after the loop."""
     zero = ir.Constant(vec, [0.0] * LANES)
+    starting = initial if initial is not None else [zero] * accumulators
     before = builder.block
     loop = builder.append_basic_block("tile.loop")
     done = builder.append_basic_block("tile.done")
@@ -90,9 +92,9 @@ def _loop(
     i = builder.phi(_I64)
     i.add_incoming(_const(0), before)
     carried = []
-    for _ in range(accumulators):
+    for value in starting:
         phi = builder.phi(vec)
-        phi.add_incoming(zero, before)
+        phi.add_incoming(value, before)
         carried.append(phi)
     new = body(i, carried)
     after = builder.block
@@ -103,9 +105,9 @@ def _loop(
     builder.cbranch(builder.icmp_signed("<", following, count), loop, done)
     builder.position_at_end(done)
     results = []
-    for value in new:
+    for first, value in zip(starting, new, strict=True):
         phi = builder.phi(vec)
-        phi.add_incoming(zero, before)
+        phi.add_incoming(first, before)
         phi.add_incoming(value, after)
         results.append(phi)
     return results
@@ -176,22 +178,25 @@ def _make_fma_tile(cb: int, add: bool) -> Any:
 
 def _make_dot_tile(cb: int, tb: int) -> Any:
     @intrinsic
-    def dot_tile(typingctx, src, g, starts, t0, c0, steps, part):  # pragma: no cover - compiled
-        """``part[c0 + c, t0 + k] += sum_q g[c0 + c, q] * src[starts[t0 + k] + q]`` for ``c < cb``,
-        ``k < tb``, ``q < steps * LANES``."""
+    def dot_tile(
+        typingctx, src, g, starts, t0, c0, steps, part, images, src_step, g_step
+    ):  # pragma: no cover
+        """``part[c0 + c, t0 + k] += sum_m sum_q g[c0 + c, m*g_step + q] * src[m*src_step + starts[t0 + k] + q]``
+        for ``c < cb``, ``k < tb``, ``m < images``, ``q < steps * LANES`` (flat elements past the arrays'
+        first image: the callers' buffers hold ``images`` of them, ``*_step`` elements apart)."""
         if not (_arrays_ok(src, g, part) and isinstance(starts, types.Array) and starts.dtype == types.int64):
             return None
-        if not all(isinstance(a, types.Integer) for a in (t0, c0, steps)):
+        if not all(isinstance(a, types.Integer) for a in (t0, c0, steps, images, src_step, g_step)):
             return None
-        sig = types.void(src, g, starts, t0, c0, steps, part)
+        sig = types.void(src, g, starts, t0, c0, steps, part, images, src_step, g_step)
 
         def codegen(context, builder, signature, args):
             src_a, g_a, starts_a = (
                 context.make_array(signature.args[k])(context, builder, args[k]) for k in range(3)
             )
             part_a = context.make_array(signature.args[6])(context, builder, args[6])
-            t0_v, c0_v, steps_v = (
-                context.cast(builder, args[k], signature.args[k], types.int64) for k in (3, 4, 5)
+            t0_v, c0_v, steps_v, images_v, src_step_v, g_step_v = (
+                context.cast(builder, args[k], signature.args[k], types.int64) for k in (3, 4, 5, 7, 8, 9)
             )
             scalar, vec, item, suffix = _llvm(signature.args[0].dtype)
             fma = _fma(builder, vec, suffix)
@@ -204,19 +209,27 @@ def _make_dot_tile(cb: int, tb: int) -> Any:
             ]
             g_rows = [builder.mul(builder.add(c0_v, _const(c)), g_row) for c in range(cb)]
 
-            def body(q, accs):
-                at = builder.mul(q, _const(LANES))
-                gs = [
-                    builder.load(_at(builder, g_a.data, builder.add(r, at), vec), align=item) for r in g_rows
-                ]
-                new = [None] * (cb * tb)
-                for k, first in enumerate(firsts):
-                    v = builder.load(_at(builder, src_a.data, builder.add(first, at), vec), align=item)
-                    for c in range(cb):
-                        new[c * tb + k] = builder.call(fma, [gs[c], v, accs[c * tb + k]])
-                return new
+            def image(m, accs):
+                src_at, g_at = builder.mul(m, src_step_v), builder.mul(m, g_step_v)
+                src_firsts = [builder.add(src_at, first) for first in firsts]
+                g_firsts = [builder.add(g_at, r) for r in g_rows]
 
-            sums = _loop(builder, steps_v, cb * tb, vec, body)
+                def positions(q, accs):
+                    at = builder.mul(q, _const(LANES))
+                    gs = [
+                        builder.load(_at(builder, g_a.data, builder.add(r, at), vec), align=item)
+                        for r in g_firsts
+                    ]
+                    new = [None] * (cb * tb)
+                    for k, first in enumerate(src_firsts):
+                        v = builder.load(_at(builder, src_a.data, builder.add(first, at), vec), align=item)
+                        for c in range(cb):
+                            new[c * tb + k] = builder.call(fma, [gs[c], v, accs[c * tb + k]])
+                    return new
+
+                return _loop(builder, steps_v, cb * tb, vec, positions, accs)
+
+            sums = _loop(builder, images_v, cb * tb, vec, image)
             for c in range(cb):
                 for k in range(tb):
                     total = builder.call(reduce, [ir.Constant(scalar, 0.0), sums[c * tb + k]])
