@@ -146,3 +146,18 @@ def test_max_pool_kernels_match_numpy_with_ties_nan_and_all_minus_inf_windows(
     got, want_gather = _both("max_pool2d_gather", [x, rand(*x.shape, seed=14)], **attrs)
     np.testing.assert_array_equal(got, want_gather)
     assert calls == {"forward": 1, "backward": 1, "gather": 1}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_2x2_max_pool_backward_takes_whole_vectors_of_windows_with_ties_and_nan(calls, dtype):
+    # 18 windows a row: two vector steps of tiles.LANES windows, then two one at a time; odd height
+    x = (np.round(rand(2, 3, 9, 37, seed=15) * 3) / 3).astype(dtype)  # ties in most windows
+    x[0, 0, 2:5, 3:9] = np.nan  # a NaN's window takes the gradient at its last offset
+    x[1, 2, :4, :20] = -np.inf
+    x[1, 1, 4:6, 16:18] = 0.5  # four equal values: the first takes it
+    attrs = dict(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1), ceil_mode=False)
+    g = rand(2, 3, 4, 18, seed=16).astype(dtype)
+    got, want = _both("max_pool2d_backward", [x, g], **attrs)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want)
+    assert calls == {"backward": 1}

@@ -31,6 +31,7 @@ from .tiles import (
     fma_tile_1,
     fma_tile_4,
     fma_tile_6,
+    max_pool_2x2_backward_rows,
 )
 
 _JIT = {"parallel": True, "cache": True, "nogil": True, "error_model": "numpy"}
@@ -293,8 +294,10 @@ def max_pool(mode, x, other, kh, kw, sh, sw, ph, pw, dh, dw, out):  # pragma: no
             # every element of the 2*ho x 2*wo corner is written once; the rest (odd sizes) stays 0
             result[2 * ho :] = 0
             result[:, 2 * wo :] = 0
+            vectors = wo // LANES  # windows LANES at a time, then one at a time
             for y in range(ho):
-                for s in range(wo):
+                max_pool_2x2_backward_rows(plane, values, result, y, vectors)
+                for s in range(vectors * LANES, wo):
                     k = _first_max_2x2(plane, y, s)[1]
                     v = values[y, s]
                     result[2 * y, 2 * s] = v if k == 0 else 0

@@ -10,7 +10,10 @@ im2col's columns read in place as shifted windows of a padded plane):
   (one load of the input per term feeds ``cb`` vector FMAs), stored; ``fma_add_tile_<cb>`` adds them
   (the transposed convolution's scatter of one kernel offset);
 - ``dot_tile``: :data:`DOT_CHANNELS` output channels x :data:`DOT_TERMS` kernel terms of the weight gradient,
-  each a dot product over the positions, horizontally summed once at the end.
+  each a dot product over the positions, horizontally summed once at the end;
+- :func:`max_pool_2x2_backward_rows`: 2x2 max pooling's backward, :data:`LANES` windows a step (the
+  two input rows split into even and odd columns, the gradient selected into the first maximum's
+  place, then interleaved back), where numba's loop over windows stayed scalar.
 
 Vectors are :data:`LANES` wide in the arrays' dtype (float32 or float64; LLVM splits them to what
 the CPU has). Loads and stores are unaligned; the callers size their buffers so that every tile
@@ -254,3 +257,77 @@ fma_add_tile_6 = _make_fma_tile(6, True)
 DOT_CHANNELS, DOT_TERMS = 2, 5
 """The weight gradient's tile: output channels x kernel terms (one row of a 5x5 kernel)."""
 dot_tile = _make_dot_tile(DOT_CHANNELS, DOT_TERMS)
+
+
+@intrinsic
+def max_pool_2x2_backward_rows(typingctx, x, g, out, y, blocks):  # pragma: no cover - compiled
+    """2x2 max pooling's backward for windows ``0 .. LANES*blocks`` of pooled row ``y``: ``g[y, s]``
+    written at its window's first maximum in rows ``2y`` and ``2y+1`` of ``out``, 0 at the other three
+    (the last of the four when the window holds a NaN), ``LANES`` windows per vector step (``x``, ``g``
+    and ``out`` are 2-D planes)."""
+    if not (_arrays_ok(x, g, out) and x.ndim == g.ndim == out.ndim == 2):
+        return None
+    if not (isinstance(y, types.Integer) and isinstance(blocks, types.Integer)):
+        return None
+    sig = types.void(x, g, out, y, blocks)
+
+    def codegen(context, builder, signature, args):
+        x_a, g_a, out_a = (context.make_array(signature.args[k])(context, builder, args[k]) for k in range(3))
+        y_v, blocks_v = (context.cast(builder, args[k], signature.args[k], types.int64) for k in (3, 4))
+        scalar, vec, item, _ = _llvm(signature.args[0].dtype)
+        pair = ir.VectorType(scalar, 2 * LANES)
+        i32 = ir.IntType(32)
+        evens = ir.Constant(ir.VectorType(i32, LANES), list(range(0, 2 * LANES, 2)))
+        odds = ir.Constant(ir.VectorType(i32, LANES), list(range(1, 2 * LANES, 2)))
+        zip_ = ir.Constant(
+            ir.VectorType(i32, 2 * LANES), [k // 2 + LANES * (k % 2) for k in range(2 * LANES)]
+        )
+        zero = ir.Constant(vec, [0.0] * LANES)
+        x_row, g_row, out_row = (_row_elements(builder, a, item) for a in (x_a, g_a, out_a))
+        top = builder.mul(builder.mul(y_v, _const(2)), x_row)
+        x_rows = [top, builder.add(top, x_row)]
+        out_top = builder.mul(builder.mul(y_v, _const(2)), out_row)
+        out_rows = [out_top, builder.add(out_top, out_row)]
+        g_first = builder.mul(y_v, g_row)
+
+        def body(b, accs):
+            at = builder.mul(b, _const(2 * LANES))
+            halves = []
+            for r in x_rows:
+                both = builder.load(
+                    builder.bitcast(builder.gep(x_a.data, [builder.add(r, at)]), pair.as_pointer()),
+                    align=item,
+                )
+                halves += [
+                    builder.shuffle_vector(both, both, evens),
+                    builder.shuffle_vector(both, both, odds),
+                ]
+            v0, v1, v2, v3 = halves
+            grad = builder.load(
+                _at(builder, g_a.data, builder.add(g_first, builder.mul(b, _const(LANES))), vec), align=item
+            )
+            m1 = builder.fcmp_ordered(">", v1, v0)
+            best = builder.select(m1, v1, v0)
+            m2 = builder.fcmp_ordered(">", v2, best)
+            best = builder.select(m2, v2, best)
+            m3 = builder.fcmp_ordered(">", v3, best)
+            nan = builder.or_(
+                builder.or_(builder.fcmp_unordered("uno", v0, v0), builder.fcmp_unordered("uno", v1, v1)),
+                builder.or_(builder.fcmp_unordered("uno", v2, v2), builder.fcmp_unordered("uno", v3, v3)),
+            )
+            k3 = builder.or_(m3, nan)
+            k2 = builder.and_(m2, builder.not_(k3))
+            later = builder.or_(m2, k3)
+            k1 = builder.and_(m1, builder.not_(later))
+            k0 = builder.not_(builder.or_(m1, later))
+            outs = [builder.select(k, grad, zero) for k in (k0, k1, k2, k3)]
+            for r, (left, right) in zip(out_rows, (outs[:2], outs[2:]), strict=True):
+                both = builder.shuffle_vector(left, right, zip_)
+                ptr = builder.bitcast(builder.gep(out_a.data, [builder.add(r, at)]), pair.as_pointer())
+                builder.store(both, ptr, align=item)
+            return accs
+
+        _loop(builder, blocks_v, 0, vec, body)
+        return context.get_dummy_value()
+
+    return sig, codegen
