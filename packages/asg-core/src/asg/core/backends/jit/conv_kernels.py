@@ -10,8 +10,8 @@ shifted windows (:mod:`.tiles`); the transposed convolution adds g's planes, shi
 in tiles of the same kind.
 
 The max-pool kernels find each window's first maximum in one pass per plane, as the numpy kernels' rule
-does (the first offset equal to the window's maximum, the last one when that
-maximum is NaN; padding reads as -inf and takes no gradient).
+does (the first offset equal to the window's maximum, the last one when that maximum is NaN; padding
+reads as -inf and takes no gradient).
 """
 
 from __future__ import annotations
@@ -49,6 +49,31 @@ def _pad_image(x, n, top, left, hp, wp, xp):  # pragma: no cover - compiled
                 dst[s + left] = src[s]
 
 
+@njit(**{**_JIT, "parallel": False}, inline="always")
+def _channel_block(count):  # pragma: no cover - compiled
+    """Output channels per register tile for a group of ``count``: 6 where that divides it and 4 does
+    not (LeNet's first convolution), 1 for depthwise, else 4 (the last tile 0-padded)."""
+    return 1 if count == 1 else 6 if count % 6 == 0 and count % 4 != 0 else 4
+
+
+@njit(**{**_JIT, "parallel": False}, inline="always")
+def _fma_tile(block, add, source, starts, weights, terms, q0, acc, at0):  # pragma: no cover - compiled
+    """The ``tiles.fma_tile_<block>`` (``add``: ``fma_add_tile_<block>``) call."""
+    if add:
+        if block == 6:
+            fma_add_tile_6(source, starts, weights, terms, q0, acc, at0)
+        elif block == 4:
+            fma_add_tile_4(source, starts, weights, terms, q0, acc, at0)
+        else:
+            fma_add_tile_1(source, starts, weights, terms, q0, acc, at0)
+    elif block == 6:
+        fma_tile_6(source, starts, weights, terms, q0, acc, at0)
+    elif block == 4:
+        fma_tile_4(source, starts, weights, terms, q0, acc, at0)
+    else:
+        fma_tile_1(source, starts, weights, terms, q0, acc, at0)
+
+
 @njit(**_JIT)
 def conv_direct(x, w, top, left, hp, wp, dh, dw, out):  # pragma: no cover - compiled
     # out[n, co, y, x] = sum_{c, i, j} w[co, c, i, j] * xpad[n, grp*cig + c, y + i*dh, x + j*dw], stride 1;
@@ -62,7 +87,7 @@ def conv_direct(x, w, top, left, hp, wp, dh, dw, out):  # pragma: no cover - com
     tiles = ((ho - 1) * wp + wo + TILE - 1) // TILE
     plane = hp * wp
     terms = cig * kh * kw
-    block = 1 if cog == 1 else 6 if cog % 6 == 0 and cog % 4 != 0 else 4  # channels per tile
+    block = _channel_block(cog)
     blocks = (cog + block - 1) // block
     stacked = np.zeros(groups * blocks * terms * block, x.dtype)  # [group, block, term, channel], 0-padded
     flat_w = w.reshape(c_out, terms)
@@ -82,12 +107,7 @@ def conv_direct(x, w, top, left, hp, wp, dh, dw, out):  # pragma: no cover - com
             for b in range(blocks):
                 weights = stacked[(grp * blocks + b) * terms * block : (grp * blocks + b + 1) * terms * block]
                 for tile in range(tiles):
-                    if block == 6:
-                        fma_tile_6(source, starts, weights, terms, tile * TILE, acc, 0)
-                    elif block == 4:
-                        fma_tile_4(source, starts, weights, terms, tile * TILE, acc, 0)
-                    else:
-                        fma_tile_1(source, starts, weights, terms, tile * TILE, acc, 0)
+                    _fma_tile(block, False, source, starts, weights, terms, tile * TILE, acc, 0)
                 for k in range(min(block, cog - b * block)):
                     co = grp * cog + b * block + k
                     for y in range(ho):
@@ -120,7 +140,7 @@ def conv_transpose_direct(g, w, top, left, hp, wp, dh, dw, out):  # pragma: no c
     cgg = c_g // groups
     tiles = ((hg - 1) * wp + wg + TILE - 1) // TILE
     span = tiles * TILE  # g's flat positions, rounded up to whole tiles (zeros past its last row)
-    block = 1 if cox == 1 else 6 if cox % 6 == 0 and cox % 4 != 0 else 4
+    block = _channel_block(cox)
     blocks = (cox + block - 1) // block
     # weights[group, block, i, j, k, channel]: the terms (channels k of g) of one offset, 0-padded
     stacked = np.zeros(groups * blocks * kh * kw * cgg * block, w.dtype)
@@ -150,12 +170,7 @@ def conv_transpose_direct(g, w, top, left, hp, wp, dh, dw, out):  # pragma: no c
                         first = (((grp * blocks + b) * kh + i) * kw + j) * cgg * block
                         weights = stacked[first : first + cgg * block]
                         for tile in range(tiles):
-                            if block == 6:
-                                fma_add_tile_6(source, starts, weights, cgg, tile * TILE, xp, at)
-                            elif block == 4:
-                                fma_add_tile_4(source, starts, weights, cgg, tile * TILE, xp, at)
-                            else:
-                                fma_add_tile_1(source, starts, weights, cgg, tile * TILE, xp, at)
+                            _fma_tile(block, True, source, starts, weights, cgg, tile * TILE, xp, at)
         for c in range(c_x):
             plane = xp[(c // cox) * blocks * block + c % cox]
             for r in range(h):
