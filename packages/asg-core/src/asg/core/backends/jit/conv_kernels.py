@@ -25,9 +25,6 @@ from .tiles import (
     LANES,
     TILE,
     dot_tile,
-    fma_add_tile_1,
-    fma_add_tile_4,
-    fma_add_tile_6,
     fma_tile_1,
     fma_tile_4,
     fma_tile_6,
@@ -58,20 +55,13 @@ def _channel_block(count):  # pragma: no cover - compiled
 
 @njit(**{**_JIT, "parallel": False}, inline="always")
 def _fma_tile(block, add, source, starts, weights, terms, q0, acc, at0):  # pragma: no cover - compiled
-    """The ``tiles.fma_tile_<block>`` (``add``: ``fma_add_tile_<block>``) call."""
-    if add:
-        if block == 6:
-            fma_add_tile_6(source, starts, weights, terms, q0, acc, at0)
-        elif block == 4:
-            fma_add_tile_4(source, starts, weights, terms, q0, acc, at0)
-        else:
-            fma_add_tile_1(source, starts, weights, terms, q0, acc, at0)
-    elif block == 6:
-        fma_tile_6(source, starts, weights, terms, q0, acc, at0)
+    """The ``tiles.fma_tile_<block>`` call (``add``: added into ``acc``, else stored)."""
+    if block == 6:
+        fma_tile_6(source, starts, weights, terms, q0, acc, at0, add)
     elif block == 4:
-        fma_tile_4(source, starts, weights, terms, q0, acc, at0)
+        fma_tile_4(source, starts, weights, terms, q0, acc, at0, add)
     else:
-        fma_tile_1(source, starts, weights, terms, q0, acc, at0)
+        fma_tile_1(source, starts, weights, terms, q0, acc, at0, add)
 
 
 @njit(**_JIT)
@@ -132,7 +122,7 @@ def conv_transpose_direct(g, w, top, left, hp, wp, dh, dw, out):  # pragma: no c
     # conv_transpose2d at stride 1: xpad[n, grp*cox + c, y + i*dh, x + j*dw] += w[grp*cgg + k, c, i, j] * g[n, k, y, x]
     # over an (hp, wp) plane, then out is xpad from (top, left). g is read at width wp (zeros past its
     # width): for each kernel offset (i, j), a block of a group's planes gets the sum over the group's
-    # channels k of g's planes shifted by (i*dh, j*dw), TILE positions at a time (tiles.fma_add_tile).
+    # channels k of g's planes shifted by (i*dh, j*dw), TILE positions at a time (tiles.fma_tile_*, adding).
     n_img, c_g, hg, wg = g.shape
     _, cox, kh, kw = w.shape
     c_x, h, wd = out.shape[1], out.shape[2], out.shape[3]

@@ -7,8 +7,8 @@ accumulators in vector registers across a whole reduction instead (the micro-ker
 im2col's columns read in place as shifted windows of a padded plane):
 
 - ``fma_tile_<cb>``: ``cb`` output channels x :data:`TILE` positions, summed over every kernel term
-  (one load of the input per term feeds ``cb`` vector FMAs), stored; ``fma_add_tile_<cb>`` adds them
-  (the transposed convolution's scatter of one kernel offset);
+  (one load of the input per term feeds ``cb`` vector FMAs), stored, or added (the transposed
+  convolution's scatter of one kernel offset);
 - ``dot_tile``: :data:`DOT_CHANNELS` output channels x :data:`DOT_TERMS` kernel terms of the weight gradient,
   each a dot product over the positions, horizontally summed once at the end;
 - :func:`max_pool_2x2_backward_rows`: 2x2 max pooling's backward, :data:`LANES` windows a step (the
@@ -118,9 +118,9 @@ def _loop(
     return results
 
 
-def _make_fma_tile(cb: int, add: bool) -> Any:
+def _make_fma_tile(cb: int) -> Any:
     @intrinsic
-    def fma_tile(typingctx, src, starts, weights, terms, q0, acc, at0):  # pragma: no cover - compiled
+    def fma_tile(typingctx, src, starts, weights, terms, q0, acc, at0, add):  # pragma: no cover - compiled
         """``s[c, p] = sum_t weights[t*cb + c] * src[starts[t] + q0 + p]`` for ``c < cb``, ``p < TILE``,
         ``t < terms``, stored (``add``: added) at flat element ``c * row + at0 + q0 + p`` of ``acc``
         (``row``: its first stride)."""
@@ -128,9 +128,11 @@ def _make_fma_tile(cb: int, add: bool) -> Any:
             _arrays_ok(src, weights, acc) and isinstance(starts, types.Array) and starts.dtype == types.int64
         ):
             return None
-        if not all(isinstance(a, types.Integer) for a in (terms, q0, at0)):
+        if not (
+            all(isinstance(a, types.Integer) for a in (terms, q0, at0)) and isinstance(add, types.Boolean)
+        ):
             return None
-        sig = types.void(src, starts, weights, terms, q0, acc, at0)
+        sig = types.void(src, starts, weights, terms, q0, acc, at0, add)
 
         def codegen(context, builder, signature, args):
             src_a, starts_a, weights_a, acc_a = (
@@ -170,10 +172,8 @@ def _make_fma_tile(cb: int, add: bool) -> Any:
                 for h in range(2):
                     at = builder.add(builder.mul(_const(c), row), builder.add(first, _const(h * LANES)))
                     ptr = _at(builder, acc_a.data, at, vec)
-                    value = sums[2 * c + h]
-                    if add:
-                        value = builder.fadd(builder.load(ptr, align=item), value)
-                    builder.store(value, ptr, align=item)
+                    added = builder.fadd(builder.load(ptr, align=item), sums[2 * c + h])
+                    builder.store(builder.select(args[7], added, sums[2 * c + h]), ptr, align=item)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -250,12 +250,9 @@ def _make_dot_tile(cb: int, tb: int) -> Any:
     return dot_tile
 
 
-fma_tile_1 = _make_fma_tile(1, False)
-fma_tile_4 = _make_fma_tile(4, False)
-fma_tile_6 = _make_fma_tile(6, False)
-fma_add_tile_1 = _make_fma_tile(1, True)
-fma_add_tile_4 = _make_fma_tile(4, True)
-fma_add_tile_6 = _make_fma_tile(6, True)
+fma_tile_1 = _make_fma_tile(1)
+fma_tile_4 = _make_fma_tile(4)
+fma_tile_6 = _make_fma_tile(6)
 DOT_CHANNELS, DOT_TERMS = 2, 5
 """The weight gradient's tile: output channels x kernel terms (one row of a 5x5 kernel)."""
 dot_tile = _make_dot_tile(DOT_CHANNELS, DOT_TERMS)
