@@ -335,7 +335,7 @@ def _sum_to_make(ctx: LoweringContext) -> Any:
 
     shape, target = tuple(ctx.in_types[0].shape), tuple(ctx.out_type.shape)
     padded = (1,) * (len(shape) - len(target)) + target
-    kept = [a for a, (n, t) in enumerate(zip(shape, padded, strict=True)) if t != 1]
+    kept = [a for a, t in enumerate(padded) if t != 1]
     if not kept or any(shape[a] != padded[a] for a in kept) or kept != list(range(kept[0], kept[-1] + 1)):
         return None
     first, stop = kept[0], kept[-1] + 1

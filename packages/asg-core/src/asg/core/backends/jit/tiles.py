@@ -77,18 +77,15 @@ def _const(n: int) -> ir.Constant:
     return ir.Constant(_I64, n)
 
 
+def _zeros(vec: ir.VectorType, count: int) -> list:
+    return [ir.Constant(vec, [0.0] * LANES)] * count
+
+
 def _loop(
-    builder: ir.IRBuilder,
-    count: Any,
-    accumulators: int,
-    vec: ir.VectorType,
-    body: Callable[[Any, list], list],
-    initial: list | None = None,
+    builder: ir.IRBuilder, count: Any, vec: ir.VectorType, body: Callable[[Any, list], list], starting: list
 ) -> list:
-    """``for i in range(count)`` carrying ``accumulators`` vectors (from ``initial``, else zero) through
-    ``body(i, accs)``, which returns their new values; the values after the loop."""
-    zero = ir.Constant(vec, [0.0] * LANES)
-    starting = initial if initial is not None else [zero] * accumulators
+    """``for i in range(count)`` carrying the vectors ``starting`` through ``body(i, accs)``, which
+    returns their new values; the values after the loop."""
     before = builder.block
     loop = builder.append_basic_block("tile.loop")
     done = builder.append_basic_block("tile.done")
@@ -165,7 +162,7 @@ def _make_fma_tile(cb: int) -> Any:
                     new += [builder.call(fma, [wide, v, accs[2 * c + h]]) for h, v in enumerate(inputs)]
                 return new
 
-            sums = _loop(builder, terms_v, 2 * cb, vec, body)
+            sums = _loop(builder, terms_v, vec, body, _zeros(vec, 2 * cb))
             row = _row_elements(builder, acc_a, item)
             first = builder.add(at0_v, q0_v)
             for c in range(cb):
@@ -232,9 +229,9 @@ def _make_dot_tile(cb: int, tb: int) -> Any:
                             new[c * tb + k] = builder.call(fma, [gs[c], v, accs[c * tb + k]])
                     return new
 
-                return _loop(builder, steps_v, cb * tb, vec, positions, accs)
+                return _loop(builder, steps_v, vec, positions, accs)
 
-            sums = _loop(builder, images_v, cb * tb, vec, image)
+            sums = _loop(builder, images_v, vec, image, _zeros(vec, cb * tb))
             for c in range(cb):
                 for k in range(tb):
                     total = builder.call(reduce, [ir.Constant(scalar, 0.0), sums[c * tb + k]])
@@ -326,7 +323,7 @@ def max_pool_2x2_backward_rows(typingctx, x, g, out, y, blocks):  # pragma: no c
                 builder.store(both, ptr, align=item)
             return accs
 
-        _loop(builder, blocks_v, 0, vec, body)
+        _loop(builder, blocks_v, vec, body, [])
         return context.get_dummy_value()
 
     return sig, codegen
